@@ -1,0 +1,68 @@
+"""Tiny causal LMs built on the fly for unit tests (no download, a second or two on CPU).
+
+``build_tiny_model(dir)`` writes a real Hugging Face directory: a byte-level BPE tokenizer trained on a small
+corpus, with a ChatML chat template like SmolLM2's, and a 2-layer Llama with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "I'm sorry, but I cannot help with that request. It is illegal and unethical.",
+    "Sure, here is how to do it. First, gather the materials. Step 1: open the file.",
+    "The answer is 42. #### 42",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "1. Preheat the oven. 2. Mix the flour and sugar. 3. Bake for 30 minutes.",
+    '{"label": "positive", "confidence": 0.9}',
+    "You are a helpful assistant. Write a short poem about the sea and the sky.",
+    "Below is an instruction that describes a task. ### Instruction: ### Response:",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"()[]{}<>-_=+*/\\#@$%^&|~`",
+]
+
+
+def build_tiny_tokenizer(directory: Path) -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(directory)
+    return fast
+
+
+def build_tiny_model(directory: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = build_tiny_tokenizer(directory)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory

@@ -1,0 +1,71 @@
+"""Atomic artifact I/O: write to a temp file in the same directory, then rename.
+
+A reader never sees a half-written artifact, and "the output exists" reliably means "the stage finished".
+Stage configs are saved as sorted JSON beside their artifacts (``save_config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> Path:
+    """Move a fully written temp directory into place (replacing an older one)."""
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir.replace(final_dir)
+    return final_dir
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    raise TypeError(f"not a dataclass instance: {cfg!r}")
+
+
+def save_config(cfg: Any, directory: str | Path) -> Path:
+    """Save a stage's frozen config dataclass as sorted JSON beside its artifacts."""
+    return atomic_write_json(Path(directory) / CONFIG_NAME, {"stage_config": type(cfg).__name__, **config_dict(cfg)})
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

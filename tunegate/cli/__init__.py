@@ -1,0 +1,24 @@
+"""The ``tunegate`` command. Each area registers its commands from its own module.
+
+    tunegate db upgrade | keys create/revoke/list          (cli/admin.py)
+    tunegate models prepare [--aligned] | score            (cli/scoring.py)
+    tunegate eval | finetune                               (cli/pipeline.py)
+    tunegate serve | api | worker | demo | follow | reap   (cli/service.py)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from tunegate.cli import admin, pipeline, scoring, service
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+for _module in (admin, scoring, pipeline, service):
+    _module.register(app)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,160 @@
+"""The one error tree of tunegate.
+
+    TunegateError                      every error we raise on purpose
+    ├── InvalidRequest        400      a request or its body is malformed
+    │   └── InvalidFile       400      an uploaded or local training file breaks a rule (names file, line, field)
+    ├── AuthenticationFailed  401      missing, unknown or revoked API key
+    ├── PermissionDenied      403      the object exists but this action is not allowed (e.g. unreleased adapter)
+    ├── NotFound              404      no such object for this organization
+    ├── MethodNotAllowed      405
+    ├── Conflict              409      state or idempotency conflict (never retried by clients)
+    ├── Unprocessable         422      well-formed but semantically invalid (hyperparameters, unknown model ...)
+    │   └── InvalidConfig     422      a stage or policy config field is out of range
+    ├── PayloadTooLarge       413
+    ├── RateLimited           429      carries retry_after seconds
+    ├── SafetyBlocked                  a job failed a safety check: code unsafe_training_data | safety_eval_failed
+    ├── JobCancelled                   a worker observed a cancel request at a step boundary
+    ├── ModelError                     a base model cannot be resolved, converted or loaded
+    └── TransientError                 the only retryable class (broker/database/network hiccups)
+
+HTTP mapping lives in one place, ``api/errors.py``; Celery retries only ``TransientError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TunegateError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+
+
+class InvalidRequest(TunegateError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidFile(InvalidRequest):
+    """A training file breaks a rule. ``line`` is 1-based; ``field`` names the offending key."""
+
+    default_code = "invalid_file"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        field: str | None = None,
+        filename: str | None = None,
+        param: str | None = "file",
+        code: str | None = None,
+    ) -> None:
+        where = []
+        if filename:
+            where.append(filename)
+        if line is not None:
+            where.append(f"line {line}")
+        if field:
+            where.append(f"field '{field}'")
+        full = f"{', '.join(where)}: {message}" if where else message
+        super().__init__(full, param=param, code=code)
+        self.line = line
+        self.field = field
+        self.filename = filename
+        self.reason = message
+
+
+class AuthenticationFailed(TunegateError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(TunegateError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
+class NotFound(TunegateError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(TunegateError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class Conflict(TunegateError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PayloadTooLarge(TunegateError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "file_too_large"
+
+
+class Unprocessable(TunegateError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    default_code = "invalid_value"
+
+
+class InvalidConfig(Unprocessable):
+    default_code = "invalid_config"
+
+
+class RateLimited(TunegateError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SafetyBlocked(TunegateError):
+    """A job failed a safety check. ``code`` is ``unsafe_training_data`` or ``safety_eval_failed``."""
+
+    status_code = 403
+    error_type = "safety_error"
+
+    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+        if code not in ("unsafe_training_data", "safety_eval_failed"):
+            raise ValueError(f"unknown safety code {code!r}")
+        super().__init__(message, param=param, code=code)
+
+
+class JobCancelled(TunegateError):
+    error_type = "cancelled"
+    default_code = "cancelled"
+
+
+class ModelError(TunegateError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    default_code = "model_not_available"
+
+
+class TransientError(TunegateError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "transient"

