@@ -147,8 +147,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF quantization_config stays on the config after dequantizing; derived models then refuse to save.
+    # The weights are plain fp32 tensors after dequantizing, so detaching the quantizer is safe.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     _strip_quant_config(tmp / "config.json")
