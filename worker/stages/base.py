@@ -1,0 +1,61 @@
+"""What every stage shares: its I/O context, cancellation checks, and the result artifact.
+
+A stage is a frozen config dataclass plus ``run(cfg, inputs) -> Result``. ``inputs.io`` carries the output
+directory, a progress callback (the service turns it into job events) and a ``should_stop`` poll (a cancel
+request); long loops call ``io.step(fraction, message, **metrics)`` at each step boundary, which raises
+``JobCancelled`` when a cancel was requested. A stage writes ``result.json`` last (atomically), so
+``result_exists(out_dir)`` means the stage finished and may be skipped on redelivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_json, read_json, save_config
+from tunegate.errors import JobCancelled
+
+RESULT_NAME = "result.json"
+ProgressFn = Callable[[float, str, dict[str, Any]], None]
+
+
+def _no_progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+    del fraction, message, metrics
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class StageIO:
+    out_dir: Path
+    progress: ProgressFn = _no_progress
+    should_stop: Callable[[], bool] = _never
+    stage: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
+        """Report progress (0..1 within this stage) and stop here if a cancel was requested."""
+        if self.should_stop():
+            raise JobCancelled(f"cancelled during {self.stage or 'stage'} at {fraction:.0%}: {message}".rstrip(": "))
+        self.progress(max(0.0, min(1.0, fraction)), message, metrics)
+
+
+def result_exists(out_dir: Path) -> bool:
+    return (Path(out_dir) / RESULT_NAME).is_file()
+
+
+def load_result(out_dir: Path) -> dict[str, Any]:
+    data = read_json(Path(out_dir) / RESULT_NAME)
+    assert isinstance(data, dict)
+    return data
+
+
+def finish(out_dir: Path, cfg: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """Save the config beside the artifacts, then the result (last, atomically)."""
+    save_config(cfg, out_dir)
+    atomic_write_json(Path(out_dir) / RESULT_NAME, result)
+    return result
