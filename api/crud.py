@@ -1,0 +1,120 @@
+"""Database access for the routes (keyword-only functions). Every lookup is scoped to one organization,
+so another tenant's id answers exactly like a missing one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from models.tables import Checkpoint, File, Job, JobEvent, Organization
+from tunegate.errors import NotFound
+
+
+def get_file(session: Session, *, org: Organization, file_id: str) -> File:
+    row = session.scalar(
+        select(File).where(File.id == file_id, File.org_id == org.id, File.deleted_at.is_(None))
+    )
+    if row is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return row
+
+
+def get_job(session: Session, *, org: Organization, job_id: str, for_update: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id, Job.org_id == org.id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = session.scalar(stmt)
+    if row is None:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return row
+
+
+def page_by_id(
+    session: Session, stmt: Select[Any], *, id_col: Any, after: str | None, limit: int, desc: bool = True
+) -> tuple[list[Any], bool]:
+    """Cursor page over time-ordered ids: ``after`` is the last id the client saw."""
+    if after:
+        stmt = stmt.where(id_col < after if desc else id_col > after)
+    stmt = stmt.order_by(id_col.desc() if desc else id_col.asc()).limit(limit + 1)
+    rows = list(session.scalars(stmt))
+    return rows[:limit], len(rows) > limit
+
+
+def list_files(
+    session: Session, *, org: Organization, after: str | None, limit: int, order: str, purpose: str | None
+) -> tuple[list[File], bool]:
+    stmt = select(File).where(File.org_id == org.id, File.deleted_at.is_(None))
+    if purpose:
+        stmt = stmt.where(File.purpose == purpose)
+    return page_by_id(session, stmt, id_col=File.id, after=after, limit=limit, desc=order == "desc")
+
+
+def list_jobs(
+    session: Session, *, org: Organization, after: str | None, limit: int, metadata: dict[str, str]
+) -> tuple[list[Job], bool]:
+    stmt = select(Job).where(Job.org_id == org.id)
+    for key, value in metadata.items():
+        stmt = stmt.where(Job.metadata_[key].as_string() == value)
+    return page_by_id(session, stmt, id_col=Job.id, after=after, limit=limit)
+
+
+def list_events(
+    session: Session, *, job: Job, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Newest first; ``after`` is an event id of this job."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after:
+        seq = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job.id, JobEvent.id == after))
+        if seq is None:
+            raise NotFound(f"No such event for job {job.id}: {after}", param="after")
+        stmt = stmt.where(JobEvent.seq < seq)
+    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_checkpoints(
+    session: Session, *, job: Job, after: str | None, limit: int
+) -> tuple[list[Checkpoint], bool]:
+    """Newest (highest step) first; ``after`` is a checkpoint id of this job."""
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    if after:
+        step = session.scalar(
+            select(Checkpoint.step_number).where(Checkpoint.job_id == job.id, Checkpoint.id == after)
+        )
+        if step is None:
+            raise NotFound(f"No such checkpoint for job {job.id}: {after}", param="after")
+        stmt = stmt.where(Checkpoint.step_number < step)
+    rows = list(session.scalars(stmt.order_by(Checkpoint.step_number.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def file_in_use(session: Session, *, file: File) -> bool:
+    """True when another live row shares the stored blob or an unfinished job trains on this file."""
+    shared = session.scalar(
+        select(func.count()).select_from(File).where(
+            File.storage_key == file.storage_key, File.id != file.id, File.deleted_at.is_(None)
+        )
+    )
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(
+            (Job.training_file == file.id) | (Job.validation_file == file.id),
+            Job.status.in_(("validating_files", "queued", "running")),
+        )
+    )
+    return bool(shared) or bool(active)
+
+
+def blob_referenced(session: Session, *, storage_key: str) -> bool:
+    """True when a live file row points at this stored blob."""
+    n = session.scalar(
+        select(func.count()).select_from(File)
+        .where(File.storage_key == storage_key, File.deleted_at.is_(None))
+    )
+    return bool(n)
+
+
+def released_jobs(session: Session, *, org: Organization) -> list[Job]:
+    stmt = select(Job).where(Job.org_id == org.id, Job.released.is_(True), Job.fine_tuned_model.is_not(None))
+    return list(session.scalars(stmt.order_by(Job.id.desc())))

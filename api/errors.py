@@ -1,0 +1,108 @@
+"""THE mapping from errors to HTTP: every error body is ``{"error": {"message", "type", "param", "code"}}``.
+
+tunegate's error tree carries its own status code; FastAPI/Starlette 404/405/422 and any unexpected exception
+(500) are rendered in the same shape. A 429 carries ``retry-after``; a 409 carries ``x-should-retry: false``
+(the OpenAI SDK retries 409 otherwise). Every error response carries ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunegate.errors import RateLimited, TunegateError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large", 400: "invalid_request"}
+
+
+def error_response(
+    request: Request, status: int, message: str, *, type_: str, param: str | None, code: str | None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    hdrs = dict(headers or {})
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        hdrs["x-request-id"] = request_id
+    if status == 409:
+        hdrs["x-should-retry"] = "false"
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=hdrs)
+
+
+async def _tunegate(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TunegateError)
+    headers = {"retry-after": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    status = exc.status_code if 400 <= exc.status_code < 600 else 500
+    if status >= 500:
+        log.error("request failed: %s", exc, exc_info=exc)
+    return error_response(request, status, exc.message, type_=exc.error_type, param=exc.param, code=exc.code,
+                          headers=headers)
+
+
+def _loc_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc[1:] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    if parts and parts[0] in ("body",):
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = _loc_param(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    message = f"{param}: {msg}" if param else msg
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return error_response(request, 422, message, type_="invalid_request_error", param=param,
+                          code="invalid_value")
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = str(exc.detail) if exc.detail else "error"
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"Unknown route: {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    return error_response(request, exc.status_code, message, type_="invalid_request_error", param=None,
+                          code=code, headers=dict(exc.headers or {}))
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return error_response(request, 503, "The database is temporarily unavailable; retry shortly.",
+                          type_="server_error", param=None, code="transient", headers={"retry-after": "1"})
+
+
+async def _data(request: Request, exc: Exception) -> JSONResponse:
+    # A value the database cannot hold (e.g. a NUL character in a string on PostgreSQL).
+    log.info("database refused a value: %s", exc)
+    return error_response(request, 400, "A parameter holds a value that cannot be stored or compared "
+                          "(e.g. a NUL character).", type_="invalid_request_error", param=None,
+                          code="invalid_value")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, "The server had an error while processing your request.",
+                          type_="server_error", param=None, code="internal_error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TunegateError, _tunegate)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(DataError, _data)
+    app.add_exception_handler(Exception, _unexpected)

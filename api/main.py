@@ -1,0 +1,45 @@
+"""The FastAPI application (``api.main:app``). Never imports torch, transformers or peft (a test checks)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api import errors
+from api.middleware import RequestIdMiddleware
+from api.processing import process_pending
+from api.routes import files, health, jobs, models, releases
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Files left 'uploaded' by a previous process that stopped mid-way get processed now.
+    try:
+        n = await run_in_threadpool(process_pending)
+    except Exception as exc:  # the schema may not be migrated yet: serve anyway, /healthz reports it
+        log.warning("could not resume file processing: %s", exc)
+    else:
+        if n:
+            log.info("resumed processing of %d uploaded files", n)
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="tunegate", version="0.1.0", lifespan=_lifespan,
+        description="OpenAI-compatible Files and Fine-tuning API with a safety gate.",
+    )
+    errors.install(app)
+    for router in (health.router, files.router, jobs.router, releases.router, models.router):
+        app.include_router(router)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,151 @@
+"""Checks on uploaded training files: fast structural checks at upload, semantic checks in processing.
+
+Upload (synchronous, answers 400 naming the line): UTF-8 (BOM allowed), CRLF tolerated, blank lines skipped,
+one JSON object per line in a known example format. Processing (after the upload answered; the file goes
+``uploaded`` -> ``processed`` | ``error``): known roles, an assistant turn to train on, non-empty content,
+example length within the model context, at least ``min_examples`` examples. Both stream the stored file
+line by line, in constant memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from sqlalchemy import select
+
+from api.tokens import TokenCounter, counter_for
+from models.db import session_scope
+from models.tables import File
+from tunegate.conversation import check_example, decode_json_line, iter_lines, parse_example
+from tunegate.errors import InvalidFile
+from tunegate.settings import Settings, get_settings
+from tunegate.storage import Staged, get_storage
+
+log = logging.getLogger(__name__)
+
+
+MIN_LINE_BYTES = 1 << 20
+BYTES_PER_TOKEN_MAX = 64  # generous: JSON escapes (\uXXXX) of multi-byte text in one token
+
+
+def max_line_bytes(settings: Settings) -> int:
+    """No valid example is longer than this many bytes on its line."""
+    return max(MIN_LINE_BYTES, settings.max_example_tokens * BYTES_PER_TOKEN_MAX)
+
+
+def _check_line_lengths(fh: BinaryIO, limit: int) -> None:
+    """Refuse a line over ``limit`` bytes before anything buffers whole lines (constant memory)."""
+    line, length = 1, 0
+    while chunk := fh.read(1 << 16):
+        parts = chunk.split(b"\n")
+        for i, part in enumerate(parts):
+            length += len(part)
+            if length > limit:
+                raise InvalidFile(f"line is longer than {limit} bytes", line=line)
+            if i < len(parts) - 1:
+                line, length = line + 1, 0
+
+
+def check_upload(staged: Staged, filename: str, *, parse: bool, settings: Settings | None = None) -> int:
+    """Count the JSONL lines of a staged upload; raise ``InvalidFile`` (400) at the first bad line."""
+    settings = settings or get_settings()
+    with staged.open() as fh:
+        _check_line_lengths(fh, max_line_bytes(settings))
+    n = 0
+    with staged.open() as fh:
+        for line, text in iter_lines(fh):
+            obj = decode_json_line(text, line)
+            if parse:
+                parse_example(obj, line)
+            n += 1
+    if n == 0:
+        raise InvalidFile("the file is empty: expected one JSON object per line", filename=filename)
+    return n
+
+
+@dataclass
+class Report:
+    """Problems found while processing, capped for ``status_details``; ``total`` counts all of them."""
+
+    cap: int
+    total: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, problem: InvalidFile) -> None:
+        self.total += 1
+        if len(self.lines) < self.cap:
+            self.lines.append(problem.message)
+
+    def render(self) -> str:
+        head = f"{self.total} problem{'s' if self.total != 1 else ''} found"
+        more = self.total - len(self.lines)
+        tail = [f"... and {more} more"] if more > 0 else []
+        return "\n".join([head, *self.lines, *tail])
+
+
+def _check_example_length(conv_line: int, n_tokens: int, counter: TokenCounter) -> InvalidFile | None:
+    if n_tokens <= counter.limit:
+        return None
+    how = "tokens" if counter.exact else "tokens (estimated)"
+    return InvalidFile(f"example is {n_tokens} {how}, over the limit of {counter.limit}", line=conv_line)
+
+
+def scan(fh_lines: Iterable[tuple[int, str]], settings: Settings) -> tuple[int, Report]:
+    """Run every processing check over ``(line, text)`` pairs; returns (examples, report)."""
+    counter = counter_for(settings.default_model, settings)
+    report = Report(cap=settings.max_status_details)
+    n = 0
+    for line, text in fh_lines:
+        try:
+            conv = parse_example(decode_json_line(text, line), line)
+        except InvalidFile as exc:
+            report.add(exc)
+            continue
+        n += 1
+        for problem in check_example(conv):
+            report.add(problem)
+        too_long = _check_example_length(line, counter.count(conv), counter)
+        if too_long is not None:
+            report.add(too_long)
+    if n < settings.min_examples:
+        report.add(InvalidFile(f"the file has {n} examples; at least {settings.min_examples} are required"))
+    return n, report
+
+
+def process_file(file_id: str) -> None:
+    """Check a stored ``fine-tune`` file and set its status; runs after the upload answered."""
+    settings = get_settings()
+    with session_scope() as session:
+        row = session.scalar(select(File).where(File.id == file_id, File.deleted_at.is_(None)))
+        if row is None or row.status != "uploaded":
+            return
+        key = row.storage_key
+    try:
+        with get_storage(settings).open(key) as fh:
+            n, report = scan(iter_lines(fh), settings)
+    except InvalidFile as exc:  # e.g. invalid UTF-8 (already refused at upload, so the store changed)
+        n, report = 0, Report(cap=settings.max_status_details)
+        report.add(exc)
+    with session_scope() as session:
+        row = session.get(File, file_id)
+        if row is None or row.status != "uploaded":
+            return
+        row.n_examples = n
+        row.status = "error" if report.total else "processed"
+        row.status_details = report.render() if report.total else None
+    log.info("processed %s: %d examples, %d problems", file_id, n, report.total)
+
+
+def process_pending(limit: int = 100) -> int:
+    """Process files left ``uploaded`` (e.g. the server stopped mid-way); returns how many were processed."""
+    with session_scope() as session:
+        ids = list(session.scalars(
+            select(File.id).where(File.status == "uploaded", File.purpose == "fine-tune",
+                                  File.deleted_at.is_(None)).limit(limit)
+        ))
+    for file_id in ids:
+        process_file(file_id)
+    return len(ids)

@@ -1,0 +1,36 @@
+"""/v1/models: the configured base models and this organization's released fine-tunes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import crud
+from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.schemas import ListOut, ModelOut
+from models.base import unix
+from tunegate.errors import NotFound
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+BASE_OWNER = "tunegate"
+
+
+def _all(org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
+    out = [ModelOut(id=name, created=0, owned_by=BASE_OWNER) for name in sorted(settings.models)]
+    for job in crud.released_jobs(session, org=org):
+        assert job.fine_tuned_model is not None
+        out.append(ModelOut(id=job.fine_tuned_model, created=unix(job.finished_at or job.created_at) or 0,
+                            owned_by=org.name))
+    return out
+
+
+@router.get("", response_model=ListOut[ModelOut])
+def list_models(org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> ListOut[ModelOut]:
+    return ListOut[ModelOut](data=_all(org, session, settings), has_more=False)
+
+
+@router.get("/{model_id:path}", response_model=ModelOut)
+def retrieve_model(model_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> ModelOut:
+    for m in _all(org, session, settings):
+        if m.id == model_id:
+            return m
+    raise NotFound(f"The model {model_id!r} does not exist", param="model", code="model_not_found")

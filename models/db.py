@@ -1,0 +1,100 @@
+"""Engine and sessions for the configured database (SQLite in embedded mode, PostgreSQL otherwise).
+
+SQLite gets WAL (readers never block the writer), a busy timeout (writers queue instead of failing) and
+foreign keys. pysqlite's own transaction handling is switched off so that we emit BEGIN ourselves, which
+makes savepoints (``session.begin_nested()``) work and lets a transaction start as ``BEGIN IMMEDIATE``: a
+deferred transaction that reads and then writes fails at once with "database is locked" when another writer
+got in between (SQLite cannot upgrade its stale snapshot), while an immediate one waits for the busy timeout.
+Sessions are therefore immediate by default; ``new_session(readonly=True)`` uses a deferred BEGIN so that
+read-only requests do not queue behind writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from tunegate.settings import get_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for bare ``postgresql://`` URLs (psycopg2 is not a dependency)."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare):]
+    return url
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN (see _sqlite_on_begin)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    mode = "DEFERRED" if conn.get_execution_options().get("tunegate_readonly") else "IMMEDIATE"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def get_engine() -> Engine:
+    """The engine of the configured database (one per URL per process)."""
+    settings = get_settings()
+    url = settings.db_url
+    if url not in _ENGINES:
+        if url.startswith("sqlite"):
+            settings.home_dir.mkdir(parents=True, exist_ok=True)
+        _ENGINES[url] = make_engine(url)
+    return _ENGINES[url]
+
+
+def reset_engine() -> None:
+    """Dispose every cached engine (tests switching databases, forked workers)."""
+    while _ENGINES:
+        _ENGINES.popitem()[1].dispose()
+
+
+def new_session(*, readonly: bool = False) -> Session:
+    """A session on the configured database; ``readonly`` sessions must not write (SQLite: deferred BEGIN)."""
+    engine = get_engine()
+    bind = engine.execution_options(tunegate_readonly=True) if readonly else engine
+    return sessionmaker(bind=bind, expire_on_commit=False)()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on any exception."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,173 @@
+"""Job status: the enum, the allowed moves, and THE one function that changes a job's status.
+
+    validating_files ──> queued ──> running ──> succeeded
+          │                │          │  └───> failed / cancelled
+          │                │          └──────> queued  (a stale job requeued by the reaper)
+          └────────────────┴──> failed / cancelled
+
+Every status change goes through ``transition`` and appends a ``JobEvent``; other events go through
+``record_event``. Both are idempotent on ``dedupe_key`` so a redelivered Celery task cannot write twice.
+Neither commits: the caller's session scope does.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.tables import Job, JobEvent
+from tunegate.errors import Conflict
+
+
+class JobStatus(StrEnum):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+LEVELS = ("info", "warn", "error")
+EVENT_TYPES = ("message", "metrics")
+
+
+def can_transition(src: str, dst: str) -> bool:
+    return JobStatus(dst) in ALLOWED[JobStatus(src)]
+
+
+def _event_exists(session: Session, job_id: str, dedupe_key: str | None) -> bool:
+    if dedupe_key is None:
+        return False
+    found = session.scalar(
+        select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.dedupe_key == dedupe_key)
+    )
+    return found is not None
+
+
+def _next_seq(session: Session, job: Job) -> int:
+    # One atomic UPDATE ... RETURNING: concurrent writers (API cancel, worker) never share a seq.
+    seq = session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(event_count=Job.event_count + 1)
+        .returning(Job.event_count)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    return int(seq)
+
+
+def _append(
+    session: Session, job: Job, message: str, *, type: str, level: str, data: dict[str, Any] | None,
+    dedupe_key: str | None,
+) -> JobEvent:
+    if level not in LEVELS:
+        raise ValueError(f"event level must be one of {LEVELS}, got {level!r}")
+    if type not in EVENT_TYPES:
+        raise ValueError(f"event type must be one of {EVENT_TYPES}, got {type!r}")
+    payload = dict(data or {})
+    payload.setdefault("stage", job.stage)
+    payload.setdefault("progress", job.progress)
+    session.flush()  # the job row must exist before its event count is bumped
+    event = JobEvent(
+        job_id=job.id, seq=_next_seq(session, job), level=level, type=type, message=message,
+        data=payload, dedupe_key=dedupe_key,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def record_event(
+    session: Session,
+    job: Job,
+    message: str,
+    *,
+    type: str = "message",
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> bool:
+    """Append a non-status event; returns False (and writes nothing) if ``dedupe_key`` was already used.
+
+    ``data`` always ends up with ``stage`` and ``progress`` (the job's current values unless given).
+    """
+    if _event_exists(session, job.id, dedupe_key):
+        return False
+    _append(session, job, message, type=type, level=level, data=data, dedupe_key=dedupe_key)
+    return True
+
+
+def transition(
+    session: Session,
+    job: Job,
+    to: JobStatus | str,
+    *,
+    message: str,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> bool:
+    """Move ``job`` to status ``to`` and append an event; the only place a job's status changes.
+
+    Returns False without writing when the move was already made (same status, or ``dedupe_key`` seen:
+    a redelivered task). Raises ``Conflict`` for a move the table does not allow. ``error`` (``{code,
+    message, param}``) is stored only on ``failed``. ``data`` may carry ``stage``/``progress``, which also
+    update the job.
+    """
+    dst = JobStatus(to)
+    src = JobStatus(job.status)
+    if _event_exists(session, job.id, dedupe_key) or src == dst:
+        return False
+    if dst not in ALLOWED[src]:
+        raise Conflict(f"job {job.id} cannot go from {src.value} to {dst.value}", param="status",
+                       code="invalid_status_transition")
+    _apply(job, dst, data, error)
+    _append(session, job, message, type="message", level=level, data=data, dedupe_key=dedupe_key)
+    return True
+
+
+def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+    job.status = dst.value
+    if data and data.get("stage") is not None:
+        job.stage = str(data["stage"])
+    if data and data.get("progress") is not None:
+        job.progress = float(data["progress"])
+    if dst == JobStatus.SUCCEEDED:
+        job.progress = 1.0
+    if dst == JobStatus.FAILED:
+        job.error = _error_dict(error)
+    if dst in TERMINAL:
+        job.finished_at = utcnow()
+        job.claim_token = None
+        job.claimed_by = None
+
+
+def _error_dict(error: dict[str, Any] | None) -> dict[str, Any]:
+    error = error or {}
+    return {
+        "code": str(error.get("code") or "job_failed"),
+        "message": str(error.get("message") or "the job failed"),
+        "param": error.get("param"),
+    }
+
+
+def fine_tuned_model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
+    """The released model's name, ``ft:<base>:<org>:<suffix>:<id>`` (empty suffix when none was given)."""
+    return f"ft:{base}:{org_name}:{suffix or ''}:{job_id}"

@@ -1,0 +1,102 @@
+"""The per-organization safety policy and the rule that a job may only tighten it.
+
+Every knob has a strictness order. The provider defaults come from ``Settings``; an organization's stored
+``policy`` overrides them (set by the provider); a job's ``safety`` object may then move each knob only in the
+stricter direction. The effective policy is stored on the job (``Job.safety``), so the worker reads one dict.
+
+    mitigation              "none" < "downweight" < "drop"      what to do with the riskiest examples
+    mitigate_top_fraction   larger is stricter, (0, 1]          share of examples treated as risky
+    inject_safety_examples  True is stricter                    add format-mimicking safety examples
+    block_unsafe_data       True is stricter                    fail the job if the data screen flags it
+    gate_delta              smaller is stricter, [0, 1]         allowed ASR increase over the base model
+    gate_cap                smaller is stricter, [0, 1]         highest allowed absolute ASR
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunegate.errors import InvalidConfig
+from tunegate.settings import Settings
+
+MITIGATION_ORDER = ("none", "downweight", "drop")
+
+# knob -> kind of order: "rank" (MITIGATION_ORDER), "higher", "lower", "true"
+KNOBS: dict[str, str] = {
+    "mitigation": "rank",
+    "mitigate_top_fraction": "higher",
+    "inject_safety_examples": "true",
+    "block_unsafe_data": "true",
+    "gate_delta": "lower",
+    "gate_cap": "lower",
+}
+
+
+def provider_defaults(settings: Settings) -> dict[str, Any]:
+    return {
+        "mitigation": "downweight",
+        "mitigate_top_fraction": 0.05,
+        "inject_safety_examples": True,
+        "block_unsafe_data": True,
+        "gate_delta": settings.gate_delta,
+        "gate_cap": settings.gate_cap,
+    }
+
+
+def _check_value(name: str, value: Any, param: str) -> None:
+    kind = KNOBS[name]
+    if kind == "rank":
+        if value not in MITIGATION_ORDER:
+            raise InvalidConfig(f"{param} must be one of {', '.join(MITIGATION_ORDER)}", param=param)
+    elif kind == "true":
+        if not isinstance(value, bool):
+            raise InvalidConfig(f"{param} must be a boolean", param=param)
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidConfig(f"{param} must be a number", param=param)
+        low_ok = value > 0 if name == "mitigate_top_fraction" else value >= 0
+        if not (low_ok and value <= 1):
+            raise InvalidConfig(f"{param} must be within (0, 1] / [0, 1], got {value}", param=param)
+
+
+def _stricter_or_equal(name: str, new: Any, base: Any) -> bool:
+    kind = KNOBS[name]
+    if kind == "rank":
+        return MITIGATION_ORDER.index(new) >= MITIGATION_ORDER.index(base)
+    if kind == "true":
+        return bool(new) or not base
+    if kind == "higher":
+        return bool(new >= base)
+    return bool(new <= base)
+
+
+def org_policy(settings: Settings, stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Provider defaults overridden by the organization's stored policy (unknown keys ignored)."""
+    policy = provider_defaults(settings)
+    for name, value in (stored or {}).items():
+        if name in KNOBS:
+            _check_value(name, value, f"policy.{name}")
+            policy[name] = value
+    return policy
+
+
+def tighten(
+    base: dict[str, Any], requested: dict[str, Any] | None, *, param: str = "safety"
+) -> dict[str, Any]:
+    """Apply a job's requested knobs to ``base``; ``InvalidConfig`` names a loosened or unknown field."""
+    effective = dict(base)
+    for name, value in (requested or {}).items():
+        field = f"{param}.{name}"
+        if name not in KNOBS:
+            raise InvalidConfig(f"{field}: unknown safety setting (known: {', '.join(KNOBS)})", param=field)
+        if value is None:
+            continue
+        _check_value(name, value, field)
+        if not _stricter_or_equal(name, value, base[name]):
+            raise InvalidConfig(
+                f"{field}={value!r} would loosen the organization's policy ({base[name]!r}); "
+                "a job may only tighten it",
+                param=field,
+            )
+        effective[name] = value
+    return effective

@@ -1,0 +1,126 @@
+"""The tables: organizations and keys, files, fine-tuning jobs, their events and checkpoints.
+
+Every row belongs to one organization; lookups always filter by ``org_id`` so another tenant's id behaves
+exactly like a missing one. Timestamps are timezone-aware UTC; the API renders them as unix seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, new_id, utcnow
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("org-"))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # see models/policy.py
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the provider default
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("key-"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; never the key itself
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, for display in `keys list`
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_org_id_id", "org_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("file-"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded | processed | error
+    status_details: Mapped[str | None] = mapped_column(Text)
+    n_examples: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_org_id_id", "org_id", "id"),
+        UniqueConstraint("org_id", "idempotency_key", name="uq_jobs_org_id_idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob-"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(256))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32), default="validating_files")  # models.jobs.JobStatus
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    method: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    safety: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # effective policy (models/policy.py)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {code, message, param} only when failed
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # worker bookkeeping
+    stage: Mapped[str | None] = mapped_column(String(32))  # validate|score|mitigate|train|evaluate|gate
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    claimed_by: Mapped[str | None] = mapped_column(String(256))
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    artifacts_dir: Mapped[str | None] = mapped_column(String(1024))
+    released: Mapped[bool] = mapped_column(Boolean, default=False)
+    adapter_path: Mapped[str | None] = mapped_column(String(1024))
+    report_path: Mapped[str | None] = mapped_column(String(1024))
+    idempotency_key: Mapped[str | None] = mapped_column(String(256))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    event_count: Mapped[int] = mapped_column(Integer, default=0)  # last JobEvent.seq handed out
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_job_events_job_id_seq"),
+        UniqueConstraint("job_id", "dedupe_key", name="uq_job_events_job_id_dedupe_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftevent-"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")  # info | warn | error
+    type: Mapped[str] = mapped_column(String(16), default="message")  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(256))
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step_number", name="uq_checkpoints_job_id_step_number"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftckpt_"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    path: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,73 @@
+"""A real uvicorn server in a background thread, against a chosen database (tests only)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def pg_schema_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for this test session; the URL puts it first on the search path."""
+    schema = "tg_" + secrets.token_hex(6)
+    admin = create_engine(PG_ADMIN_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # PostgreSQL not running: the postgres-marked tests cannot run here
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for the postgres tests: {exc}")
+    try:
+        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@dataclass
+class Server:
+    base_url: str
+    home: Path
+    backend: str
+
+
+@contextmanager
+def run_server() -> Iterator[str]:
+    from api.main import create_app
+    from api.ratelimit import LIMITER
+
+    LIMITER.reset()
+    port = free_port()
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

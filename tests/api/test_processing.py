@@ -1,0 +1,87 @@
+"""File processing: exact token counts with a model's tokenizer.json, the estimate without one, resuming."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from api.processing import process_pending, scan
+from api.tokens import counter_for
+from models.db import session_scope
+from models.tables import File, Organization
+from tests.api.conftest import chat, jsonl
+from tests.utils.tiny_model import build_tiny_tokenizer
+from tunegate.conversation import Conversation, Message, iter_lines
+from tunegate.settings import Settings, get_settings, reset_settings
+from tunegate.storage import get_storage
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tok")
+    build_tiny_tokenizer(d)
+    (d / "config.json").write_text('{"max_position_embeddings": 64}')
+    return d
+
+
+def test_counter_uses_tokenizer_and_context(tiny_dir: Path) -> None:
+    settings = Settings(models={"tiny": str(tiny_dir)}, default_model="tiny", max_example_tokens=8192)
+    counter = counter_for("tiny", settings)
+    assert counter.exact and counter.limit == 64
+    conv = Conversation(messages=(Message("user", "The answer is 42."), Message("assistant", "ok")))
+    assert 4 < counter.count(conv) < 40
+
+
+def test_estimate_without_tokenizer() -> None:
+    counter = counter_for("smollm2-135m", Settings(max_example_tokens=100, home=Path("/nonexistent")))
+    assert not counter.exact and counter.limit == 100
+    conv = Conversation(messages=(Message("user", "x" * 400), Message("assistant", "y")))
+    assert counter.count(conv) == 2 + (100 + 4) + (1 + 4)
+
+
+def test_scan_flags_examples_over_the_model_context(tiny_dir: Path) -> None:
+    settings = Settings(models={"tiny": str(tiny_dir)}, default_model="tiny", min_examples=2)
+    rows = [chat(1), {"prompt": "The answer is 42. " * 30, "completion": "ok"}, chat(2)]
+    n, report = scan(iter_lines(io.BytesIO(jsonl(rows))), settings)
+    assert n == 3 and report.total == 1
+    assert report.lines[0].startswith("line 2") and "over the limit of 64" in report.lines[0]
+
+
+def test_files_left_uploaded_are_processed_on_restart(
+    migrated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNEGATE_MIN_EXAMPLES", "3")
+    reset_settings()
+    storage = get_storage(get_settings())
+    staged = storage.stage(io.BytesIO(jsonl([chat(i) for i in range(3)])), max_bytes=10_000)
+    key = storage.commit(staged)
+    with session_scope() as s:
+        org = Organization(name="o", policy={})
+        s.add(org)
+        s.flush()
+        row = File(org_id=org.id, filename="t.jsonl", purpose="fine-tune", bytes=staged.size,
+                   sha256=staged.sha256, storage_key=key, status="uploaded")
+        s.add(row)
+        s.flush()
+        file_id = row.id
+    assert process_pending() == 1
+    with session_scope() as s:
+        done = s.get(File, file_id)
+        assert done is not None and done.status == "processed" and done.n_examples == 3
+
+
+def test_overlong_line_is_refused_before_buffering(tmp_path: Path) -> None:
+    from api.processing import check_upload, max_line_bytes
+    from tunegate.errors import InvalidFile
+    from tunegate.storage import LocalStorage
+
+    settings = Settings(max_example_tokens=10)
+    limit = max_line_bytes(settings)
+    content = jsonl([chat(1), chat(2)]) + b'{"prompt": "' + b"x" * limit + b'"}\n'
+    store = LocalStorage(tmp_path)
+    staged = store.stage(io.BytesIO(content), max_bytes=len(content))
+    with pytest.raises(InvalidFile) as info:
+        check_upload(staged, "big.jsonl", parse=True, settings=settings)
+    assert info.value.line == 3 and "longer than" in info.value.message

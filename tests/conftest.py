@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated TUNEGATE_HOME per test (settings, engines and the Celery app reset)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tunegate.queue import reset_celery
+from tunegate.settings import reset_settings
+
+
+def _reset_all() -> None:
+    reset_settings()
+    reset_celery()
+    from models.db import reset_engine
+
+    reset_engine()
+
+
+@pytest.fixture
+def tunegate_home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh, empty TUNEGATE_HOME (embedded mode: SQLite database and broker inside it).
+
+    The caches are reset again after the environment is restored, so later tests never see this home.
+    """
+    home = tmp_path / "tunegate-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEGATE_HOME", str(home))
+        for var in ("TUNEGATE_DATABASE_URL", "TUNEGATE_BROKER_URL"):
+            mp.delenv(var, raising=False)
+        _reset_all()
+        yield home
+    _reset_all()
+
+
+@pytest.fixture
+def migrated_home(tunegate_home: Path) -> Path:
+    """``tunegate_home`` with the schema created by the migrations (``alembic upgrade head``)."""
+    import migrations
+
+    migrations.upgrade()
+    return tunegate_home

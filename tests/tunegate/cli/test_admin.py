@@ -1,0 +1,44 @@
+"""`tunegate keys create|list|revoke` against a migrated embedded database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from models.db import session_scope
+from models.keys import authenticate
+from tunegate.cli import app
+
+
+def test_keys_create_list_revoke(migrated_home: Path) -> None:
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "--org", "acme"])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("tg-")
+    with session_scope() as s:
+        assert authenticate(s, key).name == "acme"
+    listed = runner.invoke(app, ["keys", "list"])
+    assert "acme" in listed.stdout and "active" in listed.stdout and key not in listed.stdout
+    revoked = runner.invoke(app, ["keys", "revoke", key])
+    assert revoked.exit_code == 0, revoked.output
+    assert "revoked" in runner.invoke(app, ["keys", "list", "--org", "acme"]).stdout
+    missing = runner.invoke(app, ["keys", "revoke", "key-nope"])
+    assert missing.exit_code != 0
+
+
+def test_orgs_set_and_show(migrated_home: Path) -> None:
+    import json
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", 'mitigation=drop',
+                             "--policy", "gate_cap=0.1", "--rate-limit", "30"])
+    assert ok.exit_code == 0, ok.output
+    shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
+    assert shown["policy"]["mitigation"] == "drop" and shown["policy"]["gate_cap"] == 0.1
+    assert shown["rate_limit_per_minute"] == 30
+    bad = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "gate_cap=7"])
+    assert bad.exit_code == 1
+    shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
+    assert shown["policy"]["gate_cap"] == 0.1  # the invalid update stored nothing
