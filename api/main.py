@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.deps import CurrentOrg
 from api.middleware import RequestIdMiddleware
 from api.processing import process_pending
 from api.routes import files, health, jobs, models, releases
@@ -31,14 +33,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # Only /healthz is public: the schema is served to authenticated callers, and no docs UI is mounted.
     app = FastAPI(
         title="tunegate", version="0.1.0", lifespan=_lifespan,
+        openapi_url=None, docs_url=None, redoc_url=None,
         description="OpenAI-compatible Files and Fine-tuning API with a safety gate.",
     )
     errors.install(app)
     for router in (health.router, files.router, jobs.router, releases.router, models.router):
         app.include_router(router)
     app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def read_openapi(org: CurrentOrg) -> dict[str, Any]:
+        del org
+        return app.openapi()
+
     return app
 
 

@@ -77,7 +77,12 @@ def test_healthz_needs_no_auth(server: Server) -> None:
     r = httpx.get(f"{server.base_url}/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok"}
     assert r.headers["x-request-id"].startswith("req_")
-    assert httpx.get(f"{server.base_url}/openapi.json").status_code == 200
+    # Nothing but /healthz is served without a key, the API description included.
+    anonymous = httpx.get(f"{server.base_url}/openapi.json")
+    assert anonymous.status_code == 401 and set(anonymous.json()["error"]) == ERROR_KEYS
+    authed = httpx.get(f"{server.base_url}/openapi.json", headers={"authorization": f"Bearer {new_key()}"})
+    assert authed.status_code == 200 and "/v1/files" in authed.json()["paths"]
+    assert httpx.get(f"{server.base_url}/docs").status_code == 404
 
 
 def test_unstorable_values_are_4xx_not_500(server: Server) -> None:
