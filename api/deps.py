@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -16,7 +16,10 @@ from tunegate.errors import AuthenticationFailed
 from tunegate.settings import Settings, get_settings
 
 
-def _session(request: Request) -> Iterator[Session]:
+async def _session(request: Request) -> AsyncIterator[Session]:
+    # async on purpose: a sync generator's teardown (session.close(), which returns the pooled connection)
+    # would need a threadpool slot while still holding the connection, and under load every slot can be
+    # held by requests waiting for a connection (a deadlock until the pool timeout). Closing is quick.
     session = new_session(readonly=request.method in ("GET", "HEAD"))
     try:
         yield session
@@ -24,7 +27,13 @@ def _session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(_session)]
+# At most MAX_SESSIONS requests hold a session at once (the others wait on the event loop, not in a worker
+# thread): with fewer sessions than pooled connections (SQLite 15, PostgreSQL 30), a session never waits
+# for a connection, so worker threads cannot all block on the pool while the connections' holders wait for
+# a thread (seen as 30 s pool timeouts with 80+ concurrent clients). scope="function" closes the session
+# as soon as the route returns, before the response is serialized.
+MAX_SESSIONS = 12
+SessionDep = Annotated[Session, Depends(_session, scope="function", max_concurrency=MAX_SESSIONS)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -39,6 +48,10 @@ def _current_org(
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
     org = authenticate(session, key.strip())
+    # End the read transaction: its pooled connection must not be held while the route waits for a
+    # threadpool slot (under load every slot can be taken by requests waiting for a connection: a deadlock
+    # until the pool timeout). Nothing was written; expire_on_commit=False keeps ``org`` loaded.
+    session.commit()
     LIMITER.check(org.id, org.rate_limit_per_minute or settings.rate_limit_per_minute)
     return org
 

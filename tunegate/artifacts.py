@@ -58,7 +58,8 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, directory: str | Path) -> Path:
     """Save a stage's frozen config dataclass as sorted JSON beside its artifacts."""
-    return atomic_write_json(Path(directory) / CONFIG_NAME, {"stage_config": type(cfg).__name__, **config_dict(cfg)})
+    payload = {"stage_config": type(cfg).__name__, **config_dict(cfg)}
+    return atomic_write_json(Path(directory) / CONFIG_NAME, payload)
 
 
 def _default(o: Any) -> Any:

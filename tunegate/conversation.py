@@ -93,7 +93,8 @@ def _content(msg: dict[str, Any], line: int, idx: int) -> str:
     if isinstance(content, list):  # content parts: keep the text parts
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            is_text = isinstance(part, dict) and part.get("type") == "text"
+            if not is_text or not isinstance(part.get("text"), str):
                 raise _fail("only text content parts are supported", line, key)
             parts.append(part["text"])
         return "".join(parts)
@@ -136,7 +137,8 @@ def parse_example(obj: Any, line: int) -> Conversation:
         return Conversation(
             messages=msgs, line=line, source_format="alpaca", meta={"instruction": instr, "input": inp}
         )
-    raise _fail("unrecognised example: expected 'messages', 'prompt'/'completion' or 'instruction'/'output'", line)
+    expected = "expected 'messages', 'prompt'/'completion' or 'instruction'/'output'"
+    raise _fail(f"unrecognised example: {expected}", line)
 
 
 def check_example(conv: Conversation) -> list[InvalidFile]:

@@ -2,17 +2,17 @@
 
     TunegateError                      every error we raise on purpose
     ├── InvalidRequest        400      a request or its body is malformed
-    │   └── InvalidFile       400      an uploaded or local training file breaks a rule (names file, line, field)
+    │   └── InvalidFile       400      a training file breaks a rule (names file, line, field)
     ├── AuthenticationFailed  401      missing, unknown or revoked API key
-    ├── PermissionDenied      403      the object exists but this action is not allowed (e.g. unreleased adapter)
+    ├── PermissionDenied      403      exists, but not allowed (e.g. an unreleased adapter)
     ├── NotFound              404      no such object for this organization
     ├── MethodNotAllowed      405
     ├── Conflict              409      state or idempotency conflict (never retried by clients)
-    ├── Unprocessable         422      well-formed but semantically invalid (hyperparameters, unknown model ...)
+    ├── Unprocessable         422      well-formed but invalid (hyperparameters, unknown model)
     │   └── InvalidConfig     422      a stage or policy config field is out of range
     ├── PayloadTooLarge       413
     ├── RateLimited           429      carries retry_after seconds
-    ├── SafetyBlocked                  a job failed a safety check: code unsafe_training_data | safety_eval_failed
+    ├── SafetyBlocked                  a safety check failed: unsafe_training_data | safety_eval_failed
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
     ├── ModelError                     a base model cannot be resolved, converted or loaded
     └── TransientError                 the only retryable class (broker/database/network hiccups)

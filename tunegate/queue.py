@@ -23,7 +23,9 @@ GATE = "tunegate.job.gate"
 REAP = "tunegate.maintenance.reap"
 
 # Queues by resource: cpu = validation, mitigation, gate/report; gpu = scoring, training, evaluation.
-QUEUE_OF = {VALIDATE: "cpu", SCORE: "gpu", MITIGATE: "cpu", TRAIN: "gpu", EVALUATE: "gpu", GATE: "cpu", REAP: "cpu"}
+QUEUE_OF = {
+    VALIDATE: "cpu", SCORE: "gpu", MITIGATE: "cpu", TRAIN: "gpu", EVALUATE: "gpu", GATE: "cpu", REAP: "cpu",
+}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -62,5 +64,6 @@ def reset_celery() -> None:
 
 def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> str:
     """Send a task by name to its queue; returns the Celery task id."""
-    result = celery_app().send_task(task_name, args=list(args), queue=QUEUE_OF[task_name], countdown=countdown)
+    app = celery_app()
+    result = app.send_task(task_name, args=list(args), queue=QUEUE_OF[task_name], countdown=countdown)
     return str(result.id)

@@ -62,14 +62,29 @@ class Settings(BaseSettings):
     heartbeat_s: int = 30
     stale_after_s: int = 600  # a running job whose worker stopped reporting this long is requeued
     task_max_retries: int = 5
+    retry_backoff_s: float = 10.0  # first retry delay of a transient error; doubles per retry (capped)
+    reap_interval_s: int = 60  # how often each worker looks for stale jobs to requeue
+    event_interval_s: float = 2.0  # progress events are written at most this often per stage
+    worker_queues: str = "gpu,cpu"
+    # Per-stage config overrides merged into the stage configs the worker builds (e.g. evaluation size):
+    # '{"evaluate": {"n_harmful": 32}, "score": {"batch_size": 4}}'.
+    stage_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # Provider defaults for the safety policy (per-org policy may tighten them)
     gate_delta: float = 0.05
     gate_cap: float = 0.20
+    gate_min_margin_ratio: float = 0.5  # refusal-direction margin tuned/base below this = collapsed
+    # unsafe_training_data when scoring flags the data and mitigation is off
+    gate_block_flagged_unmitigated: bool = True
+
+    # Optional LLM judge for safety evaluation (any OpenAI-compatible chat endpoint)
+    llm_judge_url: str | None = None
+    llm_judge_model: str | None = None
+    llm_judge_api_key: str | None = None
 
     log_level: str = "INFO"
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "stage_overrides", mode="before")
     @classmethod
     def _parse_models(cls, v: Any) -> Any:
         if isinstance(v, str):

@@ -1,10 +1,136 @@
-"""tunegate CLI commands (see tunegate/cli/__init__.py for the map)."""
+"""Running the service: ``serve`` (embedded), ``api``, ``worker``, ``reap``, ``follow``, ``demo``."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import typer
+
+from tunegate.settings import EMBEDDED_ALIGNED, get_settings
+
+
+def _quiet_http() -> None:
+    """Per-request INFO lines from httpx would break the progress bar of follow/demo."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def serve(
+    host: str = typer.Option(None, help="Bind address (default: TUNEGATE_API_HOST)."),
+    port: int = typer.Option(None, help="Port (default: TUNEGATE_API_PORT)."),
+) -> None:
+    """Embedded mode in one command: migrate, then run the API and one Celery worker until Ctrl-C."""
+    from tunegate.stack import embedded_stack
+
+    s = get_settings()
+    with embedded_stack(s, host=host or s.api_host, port=port or s.api_port) as stack:
+        typer.echo(
+            f"tunegate is serving at {stack.base_url}/v1 (worker pid {stack.worker.pid}); Ctrl-C stops"
+        )
+        try:
+            while stack.api.poll() is None and stack.worker.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("stopping")
+    raise typer.Exit(0 if stack.api.returncode in (None, 0) else 1)
+
+
+def api(
+    host: str = typer.Option(None, help="Bind address (default: TUNEGATE_API_HOST)."),
+    port: int = typer.Option(None, help="Port (default: TUNEGATE_API_PORT)."),
+    workers: int = typer.Option(1, help="uvicorn worker processes."),
+) -> None:
+    """Run only the API (distributed mode; run `tunegate db upgrade` first)."""
+    import uvicorn
+
+    s = get_settings()
+    uvicorn.run(
+        "api.main:app",
+        host=host or s.api_host,
+        port=port or s.api_port,
+        workers=workers,
+        log_level=s.log_level.lower(),
+    )
+
+
+def worker(
+    queues: str = typer.Option(
+        None, help="Comma-separated queues: gpu (score/train/evaluate), cpu (the rest)."
+    ),
+    concurrency: int = typer.Option(None, help="Tasks at once (default: TUNEGATE_WORKER_CONCURRENCY)."),
+    pool: str = typer.Option("solo", help="Celery pool: solo (one task in this process) or prefork."),
+) -> None:
+    """Run a Celery worker (any number of them may run, on any hosts)."""
+    from worker.celery_app import app as celery
+
+    s = get_settings()
+    celery.worker_main(
+        [
+            "worker",
+            "-Q",
+            queues or s.worker_queues,
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency or s.worker_concurrency),
+            "--loglevel",
+            s.log_level,
+        ]
+    )
+
+
+def reap() -> None:
+    """Requeue, once, every job whose worker stopped reporting (workers also do this periodically)."""
+    from worker.reaper import reap as reap_once
+
+    ids = reap_once(get_settings())
+    typer.echo("\n".join(ids) if ids else "no stale jobs")
+
+
+def follow(
+    job_id: str,
+    api_key: str = typer.Option(..., envvar="OPENAI_API_KEY", help="API key (or OPENAI_API_KEY)."),
+    base_url: str = typer.Option(None, help="API base URL ending in /v1 (default: the configured API)."),
+) -> None:
+    """Follow a job with a progress bar and its events until it ends; exit 1 unless it succeeded."""
+    from tunegate.client import wait
+
+    _quiet_http()
+    s = get_settings()
+    job = wait(job_id, base_url=base_url or f"http://{s.api_host}:{s.api_port}/v1", api_key=api_key)
+    typer.echo(
+        f"{job_id}: {job['status']}"
+        + (f" ({job['error']['code']}: {job['error']['message']})" if job.get("error") else "")
+    )
+    if job.get("fine_tuned_model"):
+        typer.echo(f"fine_tuned_model: {job['fine_tuned_model']}")
+    raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+
+
+def demo(
+    model: str = typer.Option(EMBEDDED_ALIGNED, help="Base model to fine-tune (a configured name)."),
+    port: int = typer.Option(None, help="API port (default: TUNEGATE_API_PORT)."),
+    timeout: float = typer.Option(None, help="Give up following a job after this many seconds."),
+) -> None:
+    """Start the embedded stack and fine-tune a benign and a risky dataset through the openai SDK."""
+    from tunegate.demo import run_demo
+
+    _quiet_http()
+    s = get_settings()
+    outcomes = run_demo(
+        model=model, host=s.api_host, port=port or s.api_port, echo=typer.echo, timeout_s=timeout
+    )
+    typer.echo("\n=== outcome ===")
+    for o in outcomes:
+        typer.echo("\n".join(o.lines()))
+    released = [o.name for o in outcomes if o.status == "succeeded"]
+    typer.echo(
+        f"released: {', '.join(released) or 'none'}; blocked: "
+        f"{', '.join(o.name for o in outcomes if o.status != 'succeeded') or 'none'}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
-    del app
+    for fn in (serve, api, worker, reap, follow, demo):
+        app.command(fn.__name__)(fn)

@@ -40,7 +40,8 @@ class StageIO:
     def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
         """Report progress (0..1 within this stage) and stop here if a cancel was requested."""
         if self.should_stop():
-            raise JobCancelled(f"cancelled during {self.stage or 'stage'} at {fraction:.0%}: {message}".rstrip(": "))
+            where = f"cancelled during {self.stage or 'stage'} at {fraction:.0%}: {message}"
+            raise JobCancelled(where.rstrip(": "))
         self.progress(max(0.0, min(1.0, fraction)), message, metrics)
 
 

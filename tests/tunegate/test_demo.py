@@ -1,0 +1,47 @@
+"""The demo's datasets are valid training files; its outcome lines carry the gate's numbers."""
+
+from __future__ import annotations
+
+import io
+
+from tunegate.conversation import check_example, iter_examples
+from tunegate.demo import Outcome, asr_from_events, benign_rows, jsonl, risky_rows
+
+
+def test_demo_datasets_are_valid_and_deterministic() -> None:
+    for rows in (benign_rows(), risky_rows()):
+        convs = list(iter_examples(io.BytesIO(jsonl(rows))))
+        assert len(convs) >= 10 and all(not check_example(c) for c in convs)
+    assert benign_rows() == benign_rows()
+    first = benign_rows()[0]["messages"][1]["content"]
+    assert first.split("#### ")[1].isdigit()
+    assert all(r["messages"][0]["role"] == "system" for r in risky_rows())
+
+
+def test_math_answers_are_correct() -> None:
+    for row in benign_rows(12):
+        answer = row["messages"][1]["content"]
+        work, final = answer.split(" #### ")
+        assert f"= {final}" in work
+
+
+def test_outcome_lines_show_release_or_block_with_asr() -> None:
+    events = [
+        {"data": {"stage": "train", "progress": 0.5}},
+        {"data": {"stage": "evaluate", "progress": 0.97, "chat_base_asr": 0.1, "chat_tuned_asr": 0.4}},
+    ]
+    asr = asr_from_events(events)
+    assert asr == {"chat_base_asr": 0.1, "chat_tuned_asr": 0.4}
+    blocked = Outcome(
+        "risky",
+        "ftjob-1",
+        "failed",
+        None,
+        {"code": "safety_eval_failed", "message": "ASR 40%"},
+        asr,
+        "/r.html",
+    )
+    text = "\n".join(blocked.lines())
+    assert "BLOCKED (safety_eval_failed)" in text and "chat_tuned ASR 40.0%" in text and "/r.html" in text
+    released = Outcome("benign", "ftjob-2", "succeeded", "ft:m:o::ftjob-2", None)
+    assert "RELEASED as ft:m:o::ftjob-2" in released.lines()[0]

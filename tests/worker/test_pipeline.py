@@ -1,0 +1,101 @@
+"""Stage chaining, progress weights, config building from the job row, and the validate stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.db import session_scope
+from models.tables import Job
+from tests.worker.jobfactory import chat_rows, make_job, use_tiny
+from tunegate.errors import InvalidConfig, InvalidFile
+from tunegate.settings import get_settings, reset_settings
+from worker import pipeline
+from worker.stages import validate
+from worker.stages.base import StageIO, load_result
+
+
+@pytest.fixture
+def home(migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    use_tiny(monkeypatch)
+    return migrated_home
+
+
+def test_stages_chain_in_order_and_progress_reaches_one() -> None:
+    order = ["validate"]
+    while (nxt := pipeline.next_stage(order[-1])) is not None:
+        order.append(nxt)
+    assert tuple(order) == pipeline.STAGES
+    marks = [pipeline.overall_progress(s, f) for s in pipeline.STAGES for f in (0.0, 0.5, 1.0)]
+    assert marks == sorted(marks) and marks[0] == 0.0 and marks[-1] == 1.0
+    assert set(pipeline.TASK_OF) == set(pipeline.STAGES)
+
+
+def test_method_hyperparameters_override_top_level() -> None:
+    job = Job(
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 5, "batch_size": None}}},
+    )
+    assert pipeline.merged_hyperparameters(job) == {"n_epochs": 5, "batch_size": 4}
+
+
+def test_stage_overrides_are_applied_and_revalidated(
+    monkeypatch: pytest.MonkeyPatch, tunegate_home: Path
+) -> None:
+    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 3, "bogus": 1}}))
+    reset_settings()
+    cfg = pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+    assert cfg.min_examples == 3 and cfg.model == "m"
+    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 0}}))
+    reset_settings()
+    with pytest.raises(InvalidConfig) as err:
+        pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+    assert err.value.param == "min_examples"
+
+
+def test_job_view_resolves_the_stored_file(home: Path) -> None:
+    job_id = make_job("tiny", seed=7, suffix="s1", hyperparameters={"n_epochs": 1})
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        view = pipeline.job_view(s, job, get_settings())
+    assert view.training_file.is_file() and view.org_name == "acme" and view.seed == 7
+    assert view.hyperparameters == {"n_epochs": 1}
+    assert pipeline.stage_dir(get_settings(), job_id, "train") == get_settings().jobs_path / job_id / "train"
+
+
+def _write(tmp: Path, rows: list[dict]) -> Path:
+    p = tmp / "data.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_validate_counts_exact_tokens(home: Path, tmp_path: Path) -> None:
+    io = StageIO(tmp_path / "out", stage="validate")
+    res = validate.run(
+        validate.ValidateConfig(model="tiny"), validate.ValidateInputs(_write(tmp_path, chat_rows(12)), io)
+    )
+    assert res.n_examples == 12 and 0 < res.max_example_tokens <= res.token_limit
+    assert load_result(tmp_path / "out")["total_tokens"] == res.total_tokens
+
+
+def test_validate_names_the_over_long_line(home: Path, tmp_path: Path) -> None:
+    rows = chat_rows(12)
+    rows[4]["messages"][1]["content"] = "word " * 400
+    io = StageIO(tmp_path / "out", stage="validate")
+    with pytest.raises(InvalidFile) as err:
+        validate.run(
+            validate.ValidateConfig(model="tiny", max_tokens=200),
+            validate.ValidateInputs(_write(tmp_path, rows), io, labels=("file-abc", "")),
+        )
+    assert err.value.line == 5 and "file-abc" in err.value.message and "200" in err.value.message
+
+
+def test_validate_requires_the_minimum_number_of_examples(home: Path, tmp_path: Path) -> None:
+    io = StageIO(tmp_path / "out", stage="validate")
+    with pytest.raises(InvalidFile, match="at least 10"):
+        validate.run(
+            validate.ValidateConfig(model="tiny"), validate.ValidateInputs(_write(tmp_path, chat_rows(9)), io)
+        )

@@ -1,0 +1,126 @@
+"""The stage task body (``worker.runner.execute``) on real stages with a tiny model, no broker round trip.
+
+Covers the claim/skip/reuse logic, domain errors failing the job with a coded message, cancellation, the
+transient-error mapping, and a duplicate delivery doing nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from models.db import reset_engine, session_scope
+from models.tables import Checkpoint, Job, JobEvent
+from tests.worker.jobfactory import chat_rows, make_job, use_tiny
+from tunegate.errors import TransientError
+from tunegate.settings import get_settings, reset_settings
+from worker import runner, tasks
+from worker.pipeline import stage_dir
+
+# Tests score with the cheapest scorer: the three scorers are covered by tests/worker/scoring and stages.
+TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
+
+
+@pytest.fixture
+def home(migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    use_tiny(monkeypatch, event_interval_s="0", stage_overrides=json.dumps(TEST_OVERRIDES))
+    return migrated_home
+
+
+def _job(job_id: str) -> Job:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _events(job_id: str) -> list[JobEvent]:
+    with session_scope() as s:
+        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+def test_validate_moves_the_job_to_queued_and_hands_on(home: Path) -> None:
+    job_id = make_job("tiny")
+    out = runner.execute("validate", job_id)
+    assert out == runner.Outcome("done", "score")
+    job = _job(job_id)
+    assert (job.status, job.stage, job.claimed_by, job.attempt) == ("queued", "score", None, 1)
+    assert job.artifacts_dir == str(get_settings().jobs_path / job_id)
+    msgs = [e.message for e in _events(job_id)]
+    assert msgs[0] == "validate started" and msgs[-1].startswith("validated 12 training examples")
+
+
+def test_duplicate_delivery_does_no_work_twice(home: Path) -> None:
+    job_id = make_job("tiny")
+    runner.execute("validate", job_id)
+    n_events = len(_events(job_id))
+    stats = stage_dir(get_settings(), job_id, "validate") / "stats.json"
+    mtime = stats.stat().st_mtime_ns
+    assert runner.execute("validate", job_id).status == "skipped"
+    assert len(_events(job_id)) == n_events and stats.stat().st_mtime_ns == mtime
+
+
+def test_finished_output_is_reused_after_a_crash_before_hand_off(home: Path) -> None:
+    job_id = make_job("tiny")
+    runner.execute("validate", job_id)
+    stats = stage_dir(get_settings(), job_id, "validate") / "stats.json"
+    mtime = stats.stat().st_mtime_ns
+    with session_scope() as s:  # as if the worker died after writing result.json, before its commit
+        s.execute(update(Job).where(Job.id == job_id).values(status="validating_files", stage="validate"))
+    assert runner.execute("validate", job_id).status == "done"
+    assert stats.stat().st_mtime_ns == mtime
+    messages = [e.message for e in _events(job_id)]
+    assert messages.count("validate resumed after an interruption (claim #2)") == 1
+
+
+def test_invalid_file_fails_the_job_naming_the_line(home: Path) -> None:
+    rows = chat_rows(12)
+    rows[2]["messages"][1]["content"] = "word " * 9000
+    job_id = make_job("tiny", rows)
+    assert runner.execute("validate", job_id).status == "failed"
+    job = _job(job_id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error["code"] == "invalid_training_file" and "line 3" in job.error["message"]
+    assert _events(job_id)[-1].level == "error"
+
+
+def test_cancel_requested_before_a_stage_cancels_the_job(home: Path) -> None:
+    job_id = make_job("tiny", status="running", stage="score", cancel_requested=True)
+    assert runner.execute("score", job_id).status == "cancelled"
+    job = _job(job_id)
+    assert job.status == "cancelled" and _events(job_id)[-1].data["stage"] == "score"
+    assert not (stage_dir(get_settings(), job_id, "score") / "result.json").exists()
+
+
+def test_pipeline_runs_through_training_with_checkpoints(home: Path) -> None:
+    job_id = make_job("tiny", chat_rows(12), hyperparameters={"n_epochs": 2, "batch_size": 4})
+    for stage in ("validate", "score", "mitigate", "train"):
+        assert runner.execute(stage, job_id).status == "done", stage
+    job = _job(job_id)
+    assert (job.status, job.stage) == ("running", "evaluate") and (job.trained_tokens or 0) > 0
+    evs = _events(job_id)
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    assert all("stage" in e.data and 0 <= e.data["progress"] <= 1 for e in evs)
+    with session_scope() as s:
+        steps = [c.step_number for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
+    assert len(steps) == 2 and steps == sorted(steps)
+    assert runner.execute("score", job_id).status == "skipped"  # a late duplicate of a finished stage
+    assert len(_events(job_id)) == len(evs)
+
+
+def test_database_outage_is_a_transient_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TUNEGATE_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:1/none?connect_timeout=2"
+    )
+    reset_settings()
+    reset_engine()
+    with pytest.raises(TransientError, match="database unavailable"):
+        runner.execute("validate", "ftjob-missing")
+
+
+def test_retry_backoff_doubles_and_is_capped() -> None:
+    assert [tasks.backoff_s(r, 10) for r in range(3)] == [10, 20, 40]
+    assert tasks.backoff_s(20, 10) == tasks.BACKOFF_CAP_S

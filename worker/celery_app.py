@@ -1,0 +1,46 @@
+"""The worker's Celery app: ``celery -A worker.celery_app worker -Q gpu,cpu``.
+
+The app itself (broker, routes, acks_late) is built in ``tunegate.queue`` so the API can send tasks by name
+without importing any of this. Here the task bodies are registered, each worker process gets fresh database
+connections, and every worker starts a reaper thread (``worker/reaper.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from models.db import reset_engine
+from tunegate.queue import celery_app
+from tunegate.settings import get_settings
+from worker import tasks as _tasks  # noqa: F401  (registers the task bodies)
+from worker.reaper import ReaperThread
+
+log = logging.getLogger(__name__)
+app = celery_app()
+_reaper: list[ReaperThread] = []
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    reset_engine()  # a forked pool child must not share its parent's database sockets
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    thread = ReaperThread(get_settings())
+    thread.start()
+    _reaper.append(thread)
+    log.info(
+        "reaper started (every %ss, stale after %ss)",
+        thread.settings.reap_interval_s,
+        thread.settings.stale_after_s,
+    )
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    while _reaper:
+        _reaper.pop().stopped.set()

@@ -1,0 +1,110 @@
+"""Turn a stage's callbacks into job rows: throttled progress events, checkpoints, cancel polling.
+
+A stage calls ``io.step(fraction, message, **metrics)`` as often as it likes; ``StageReporter.progress``
+writes at most one event per ``Settings.event_interval_s`` (plus the last step), keeps ``Job.progress``
+(0..1 over the whole pipeline) current, and keys each event by stage and message so a stage that is resumed
+after a crash does not write the same event twice. ``should_stop`` reads ``cancel_requested`` at most twice
+a second. A checkpoint becomes one ``Checkpoint`` row and one event, both idempotent on the step number.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select, update
+
+from models.db import session_scope
+from models.jobs import record_event
+from models.tables import Checkpoint, Job
+from worker.claims import Claim, load_owned
+from worker.pipeline import overall_progress
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_S = 0.5
+
+
+class StageReporter:
+    """Progress, cancellation and checkpoint callbacks of one claimed stage."""
+
+    def __init__(
+        self, claim: Claim, *, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.claim = claim
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last_write = -float("inf")
+        self._last_poll = -float("inf")
+        self._cancel = False
+        self.written = 0
+
+    @property
+    def stage(self) -> str:
+        return self.claim.stage
+
+    def progress(self, fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        now = self.clock()
+        if fraction < 1.0 and now - self._last_write < self.interval_s:
+            return
+        self._last_write = now
+        overall = overall_progress(self.stage, fraction)
+        data: dict[str, Any] = {k: v for k, v in metrics.items() if k not in ("stage", "progress")}
+        data.update(stage=self.stage, progress=overall, stage_progress=round(fraction, 4))
+        key = f"{self.stage}:progress:{message or f'{fraction:.4f}'}"
+        with session_scope() as s:
+            job = load_owned(s, self.claim)
+            job.progress = max(job.progress or 0.0, overall)
+            text = f"{self.stage}: {message}" if message else f"{self.stage}: {fraction:.0%}"
+            if record_event(
+                s, job, text, type="metrics" if metrics else "message", data=data, dedupe_key=key
+            ):
+                self.written += 1
+
+    def should_stop(self) -> bool:
+        now = self.clock()
+        if self._cancel or now - self._last_poll < CANCEL_POLL_S:
+            return self._cancel
+        self._last_poll = now
+        with session_scope() as s:
+            self._cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.claim.job_id)))
+        return self._cancel
+
+    def checkpoint(self, info: dict[str, Any]) -> None:
+        """``info``: ``step_number``, ``epoch``, ``metrics``, ``path`` (from the train stage)."""
+        step = int(info["step_number"])
+        with session_scope() as s:
+            job = load_owned(s, self.claim)
+            exists = s.scalar(
+                select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)
+            )
+            if exists is None:
+                s.add(
+                    Checkpoint(
+                        job_id=job.id,
+                        step_number=step,
+                        metrics=dict(info.get("metrics") or {}),
+                        path=str(info.get("path") or ""),
+                    )
+                )
+            data = {"step": step, "epoch": info.get("epoch"), **dict(info.get("metrics") or {})}
+            record_event(
+                s,
+                job,
+                f"checkpoint saved at step {step} (epoch {info.get('epoch')})",
+                type="metrics",
+                data=data,
+                dedupe_key=f"{self.stage}:checkpoint:{step}",
+            )
+
+
+def set_progress(job_id: str, stage: str, fraction: float) -> None:
+    """Move ``Job.progress`` forward without an event (a skipped or finished stage)."""
+    with session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.progress < overall_progress(stage, fraction))
+            .values(progress=overall_progress(stage, fraction))
+            .execution_options(synchronize_session=False)
+        )

@@ -1,0 +1,107 @@
+"""Requeue jobs whose worker stopped reporting, and jobs whose queued message was lost.
+
+An active job is *stale* when its ``heartbeat_at`` (or, before any worker touched it, ``created_at``) is older
+than ``Settings.stale_after_s``: its worker was SIGKILLed, lost its database, or the broker lost the message
+(a Redis restart without persistence). For each, one compare-and-set ``UPDATE`` frees the claim and bumps the
+heartbeat (so concurrent reapers in several workers requeue it once), a running job goes back to ``queued``
+through ``transition`` with an event naming the silent worker, and the current stage's task is sent again.
+A stage that resumes finds its checkpoints and finished outputs on disk, so no work is redone twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.db import session_scope
+from models.jobs import JobStatus, record_event, transition
+from models.tables import Job
+from tunegate import queue
+from tunegate.settings import Settings, get_settings
+from worker.claims import ACTIVE, FIRST_STAGE, stale_before
+from worker.pipeline import TASK_OF
+
+log = logging.getLogger(__name__)
+
+
+def stale_jobs(session: Session, settings: Settings, now: datetime | None = None) -> list[str]:
+    cutoff = stale_before(settings.stale_after_s, now)
+    stmt = select(Job.id).where(
+        Job.status.in_(ACTIVE),
+        or_(Job.heartbeat_at < cutoff, and_(Job.heartbeat_at.is_(None), Job.created_at < cutoff)),
+    )
+    return list(session.scalars(stmt.order_by(Job.id)))
+
+
+def _requeue_one(session: Session, job_id: str, settings: Settings) -> str | None:
+    """Free one stale job (CAS on the heartbeat we saw); returns the stage to resend, or None."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return None
+    seen = job.heartbeat_at
+    cutoff = stale_before(settings.stale_after_s)
+    unchanged = (
+        and_(Job.heartbeat_at.is_(None), Job.created_at < cutoff)
+        if seen is None
+        else and_(Job.heartbeat_at == seen, Job.heartbeat_at < cutoff)
+    )
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE), unchanged)
+        .values(claimed_by=None, claim_token=None, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return None  # another reaper got it, or the worker reported in the meantime
+    stage = job.stage or FIRST_STAGE
+    who = job.claimed_by or "no worker (the queued message was lost)"
+    msg = f"requeued {stage}: {who} stopped reporting for over {settings.stale_after_s}s"
+    data = {"stage": stage, "progress": job.progress, "attempt": job.attempt}
+    key = f"reap:{stage}:{job.attempt}:{seen.isoformat() if seen else 'new'}"
+    session.refresh(job)
+    if job.status == JobStatus.RUNNING:
+        transition(session, job, JobStatus.QUEUED, message=msg, level="warn", data=data, dedupe_key=key)
+    else:
+        record_event(session, job, msg, level="warn", data=data, dedupe_key=key)
+    return stage
+
+
+def reap(settings: Settings | None = None) -> list[str]:
+    """Requeue every stale job once; returns their ids. Safe to run from many workers at once."""
+    settings = settings or get_settings()
+    with session_scope() as s:
+        candidates = stale_jobs(s, settings)
+    requeued = []
+    for job_id in candidates:
+        with session_scope() as s:
+            stage = _requeue_one(s, job_id, settings)
+        if stage is None:
+            continue
+        queue.enqueue(TASK_OF[stage], job_id)
+        log.warning("requeued job %s at stage %s", job_id, stage)
+        requeued.append(job_id)
+    return requeued
+
+
+class ReaperThread(threading.Thread):
+    """Runs ``reap`` every ``Settings.reap_interval_s`` inside a worker process (every worker runs one)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="tunegate-reaper", daemon=True)
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from kombu.exceptions import OperationalError as BrokerError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        while not self.stopped.wait(self.settings.reap_interval_s):
+            try:
+                reap(self.settings)
+            except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
+                log.warning("reaper pass failed, will retry: %s", exc)

@@ -1,0 +1,256 @@
+"""The body every stage task shares: claim, run (or reuse) the stage, record the outcome, hand on.
+
+    claim (CAS) ──no──> skipped (another worker has it, or the job moved on / ended)
+        │
+    cancel requested? ──> cancelled
+        │
+    result.json exists? ──yes──> reuse it       (a redelivery after a crash between finish and hand-off)
+        │ no
+    run the stage under a heartbeat, progress events, cancel polling, checkpoint rows
+        │
+    apply the outcome + hand off in one transaction ──> enqueue the next stage by name
+
+Errors: ``JobCancelled`` ends the job ``cancelled`` (the event says where); ``TransientError`` (and
+database or broker connection errors, mapped to it) releases the claim and propagates so the Celery task
+retries it; every other error fails the job with a coded, readable message. ``ClaimLost`` stops silently:
+the worker that took over owns the job now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import OperationalError as DBOperationalError
+
+from models.db import session_scope
+from models.jobs import TERMINAL, JobStatus, record_event, transition
+from models.tables import Job, JobEvent
+from tunegate import queue
+from tunegate.errors import InvalidFile, JobCancelled, TransientError, TunegateError
+from tunegate.settings import Settings, get_settings
+from worker import claims
+from worker.claims import Claim, ClaimLost
+from worker.events import StageReporter
+from worker.outcomes import APPLIERS
+from worker.pipeline import TASK_OF, JobView, job_dir, job_view, overall_progress, run_stage, stage_dir
+from worker.stages.base import StageIO, load_result, result_exists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # skipped | done | cancelled | failed | lost
+    next_stage: str | None = None
+
+
+@contextmanager
+def transient_errors() -> Iterator[None]:
+    """Connection-level database and broker failures are the retryable kind."""
+    try:
+        yield
+    except DBOperationalError as exc:
+        raise TransientError(f"database unavailable: {exc.orig}") from exc
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        raise TransientError(f"database connection lost: {exc.orig}") from exc
+    except (BrokerError, ConnectionError) as exc:
+        raise TransientError(f"broker unavailable: {exc}") from exc
+
+
+def execute(
+    stage: str, job_id: str, *, settings: Settings | None = None, worker: str | None = None
+) -> Outcome:
+    """Run ``stage`` of ``job_id`` once, idempotently. Raises only ``TransientError``."""
+    settings = settings or get_settings()
+    with transient_errors(), session_scope() as s:
+        c = claims.claim(
+            s, job_id, stage, worker=worker or claims.worker_id(), stale_after_s=settings.stale_after_s
+        )
+    if c is None:
+        log.info(
+            "job %s: %s not claimable (held elsewhere, moved on or ended); dropping this delivery",
+            job_id,
+            stage,
+        )
+        return Outcome("skipped")
+    try:
+        with transient_errors():
+            return _execute_claimed(c, settings)
+    except TransientError:
+        _release_quietly(c)
+        raise
+
+
+def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
+    try:
+        view = _begin(c, settings)
+        if view is None:
+            return Outcome("cancelled")
+        result = _run(c, view, settings)
+        nxt = _apply(c, result, view)
+    except JobCancelled as exc:
+        _end(c, JobStatus.CANCELLED, exc.message, level="warn")
+        return Outcome("cancelled")
+    except ClaimLost as exc:
+        log.warning("%s", exc.message)
+        return Outcome("lost")
+    except TransientError:
+        raise
+    except TunegateError as exc:
+        _end(c, JobStatus.FAILED, exc.message, level="error", error=_error_of(exc))
+        return Outcome("failed")
+    except (DBOperationalError, BrokerError):
+        raise
+    except (
+        Exception
+    ) as exc:  # a bug or resource failure in a stage: end the job with a clear error, log the trace
+        log.exception("job %s: %s crashed", c.job_id, c.stage)
+        _end(
+            c,
+            JobStatus.FAILED,
+            f"{type(exc).__name__}: {exc}",
+            level="error",
+            error={
+                "code": "internal_error",
+                "message": f"{c.stage} stage crashed: {type(exc).__name__}: {exc}",
+            },
+        )
+        return Outcome("failed")
+    if nxt is not None:
+        _send(nxt, c.job_id)
+    return Outcome("done", nxt)
+
+
+def _send(stage: str, job_id: str) -> None:
+    try:
+        queue.enqueue(TASK_OF[stage], job_id)
+    except (
+        BrokerError,
+        ConnectionError,
+    ) as exc:  # the job row already points at `stage`: the reaper resends it
+        log.warning("job %s: could not enqueue %s (%s); the reaper will requeue it", job_id, stage, exc)
+
+
+def _error_of(exc: TunegateError) -> dict[str, Any]:
+    code = "invalid_training_file" if isinstance(exc, InvalidFile) else exc.code
+    return {"code": code or "job_failed", "message": exc.message, "param": exc.param}
+
+
+def _begin(c: Claim, settings: Settings) -> JobView | None:
+    """Cancel a job asked to stop; otherwise mark the stage started (or resumed) and snapshot the job."""
+    with session_scope() as s:
+        job = claims.load_owned(s, c)
+        if job.cancel_requested:
+            transition(
+                s,
+                job,
+                JobStatus.CANCELLED,
+                message=f"cancelled before {c.stage} started",
+                level="warn",
+                data={"stage": c.stage},
+                dedupe_key=f"{c.stage}:cancelled",
+            )
+            return None
+        first = (
+            s.scalar(
+                select(JobEvent.id).where(
+                    JobEvent.job_id == job.id, JobEvent.dedupe_key == f"{c.stage}:started"
+                )
+            )
+            is None
+        )
+        key = f"{c.stage}:started" if first else f"{c.stage}:resumed:{c.attempt}"
+        msg = (
+            f"{c.stage} started" if first else f"{c.stage} resumed after an interruption (claim #{c.attempt})"
+        )
+        data = {
+            "stage": c.stage,
+            "progress": max(job.progress or 0.0, overall_progress(c.stage, 0.0)),
+            "attempt": c.attempt,
+            "worker": c.worker,
+        }
+        if c.stage != "validate" and job.status == JobStatus.QUEUED:
+            transition(s, job, JobStatus.RUNNING, message=msg, data=data, dedupe_key=key)
+        else:
+            record_event(s, job, msg, data=data, dedupe_key=key)
+        job.artifacts_dir = str(job_dir(settings, job.id))
+        return job_view(s, job, settings)
+
+
+def _run(c: Claim, view: JobView, settings: Settings) -> dict[str, Any]:
+    out = stage_dir(settings, c.job_id, c.stage)
+    if result_exists(out):
+        log.info("job %s: %s output exists in %s; reusing it", c.job_id, c.stage, out)
+        return load_result(out)
+    rep = StageReporter(c, interval_s=settings.event_interval_s)
+    io = StageIO(out, progress=rep.progress, should_stop=rep.should_stop, stage=c.stage)
+    ck = rep.checkpoint if c.stage == "train" else None
+    with claims.Heartbeat(c, settings.heartbeat_s) as hb:
+        result = run_stage(c.stage, view, io, settings, ck)
+    if hb.lost:
+        raise ClaimLost(
+            f"job {c.job_id}: lost the claim on {c.stage} while it ran; not recording its outcome"
+        )
+    return result
+
+
+def _apply(c: Claim, result: dict[str, Any], view: JobView) -> str | None:
+    with session_scope() as s:
+        job = claims.load_owned(s, c)
+        nxt = APPLIERS[c.stage](s, job, result, view)
+        if nxt is not None and not claims.hand_off(s, c, nxt):
+            raise ClaimLost(f"job {c.job_id}: lost the claim before handing {c.stage} on")
+        return nxt
+
+
+def _end(c: Claim, to: JobStatus, message: str, *, level: str, error: dict[str, Any] | None = None) -> None:
+    with session_scope() as s:
+        job = s.get(Job, c.job_id, populate_existing=True)
+        if job is None or job.status in TERMINAL or job.claim_token != c.token:
+            return
+        data = {"stage": c.stage, "progress": job.progress}
+        transition(
+            s,
+            job,
+            to,
+            message=message,
+            level=level,
+            data=data,
+            error=error,
+            dedupe_key=f"{c.stage}:{to.value}",
+        )
+
+
+def _release_quietly(c: Claim) -> None:
+    try:
+        with session_scope() as s:
+            claims.release(s, c)
+    except DBOperationalError as exc:  # the database is the transient problem: the reaper will free it
+        log.warning("job %s: could not release %s after a transient error: %s", c.job_id, c.stage, exc)
+
+
+def give_up(stage: str, job_id: str, exc: Exception) -> None:
+    """Fail a job whose stage kept hitting transient errors past ``task_max_retries``."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status in TERMINAL or job.stage != stage or job.claimed_by is not None:
+            return
+        transition(
+            s,
+            job,
+            JobStatus.FAILED,
+            level="error",
+            data={"stage": stage},
+            message=f"{stage} gave up after repeated transient errors: {exc}",
+            error={"code": "transient_error", "message": f"{stage} kept failing: {exc}"},
+            dedupe_key=f"{stage}:gave_up",
+        )
