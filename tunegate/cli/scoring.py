@@ -1,10 +1,151 @@
-"""tunegate CLI commands (see tunegate/cli/__init__.py for the map)."""
+"""``tunegate models prepare [--aligned] [--scoring]`` and ``tunegate score FILE --out OUT.jsonl``.
+
+Heavy imports (torch, transformers) happen inside the commands so ``tunegate --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from tunegate.errors import TunegateError
+
+models_app = typer.Typer(no_args_is_help=True, help="Base models: convert the embedded model, build caches.")
+
+
+def _progress_bar(total_label: str) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=100, desc=total_label, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/100 [{elapsed}] {postfix}"
+    )
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction, 1)
+        bar.set_postfix_str(message, refresh=True)
+
+    return bar, update
+
+
+@models_app.command("prepare")
+def prepare(
+    model: Annotated[
+        str, typer.Option(help="Registry name or path of the base model to prepare.")
+    ] = "smollm2-135m",
+    aligned: Annotated[bool, typer.Option("--aligned", help="Also build the aligned embedded base.")] = False,
+    scoring: Annotated[
+        bool, typer.Option("--scoring", help="Also precompute anchor and reference caches (slow on CPU).")
+    ] = False,
+) -> None:
+    """Convert the embedded GGUF model once into a cached safetensors directory (no download)."""
+    from tunegate.settings import get_settings
+    from worker.ml.models import resolve_model
+
+    settings = get_settings()
+    try:
+        with typer.progressbar(length=1, label=f"preparing {model}") as bar:
+            resolved = resolve_model(model, settings)
+            bar.update(1)
+        typer.echo(f"{resolved.name}: {resolved.path} (fingerprint {resolved.fingerprint})")
+        if aligned:
+            from worker.stages.align import prepare_aligned  # written by the alignment work; imported lazily
+
+            typer.echo(f"aligned base: {prepare_aligned(settings)}")
+        if scoring:
+            _prepare_scoring(model, settings)
+            if aligned:
+                from tunegate.settings import EMBEDDED_ALIGNED
+
+                _prepare_scoring(EMBEDDED_ALIGNED, settings)
+    except TunegateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _prepare_scoring(model: str, settings: Any) -> None:
+    from worker.scoring.engine import SCORERS
+    from worker.scoring.pipeline import load_base, prepare_engine
+
+    bar, update = _progress_bar("scoring caches")
+    with bar:
+        base = load_base(model, settings)
+        prepare_engine(base, SCORERS, batch_size=8, progress=update)
+    typer.echo(f"scoring caches ready in {base.cache_dir}")
+
+
+def score(
+    file: Annotated[Path, typer.Argument(help="Training file (JSONL: chat, prompt/completion or Alpaca).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Per-example scores (JSONL); the summary goes beside it.")
+    ],
+    model: Annotated[str | None, typer.Option(help="Registry name or local model directory.")] = None,
+    scorers: Annotated[str, typer.Option(help="Comma-separated: representation,gradient,selfinf.")] = (
+        "representation,gradient,selfinf"
+    ),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batched: Annotated[
+        bool | None,
+        typer.Option(
+            "--batched/--one-at-a-time", help="Gradient scorers in batches (default: on CUDA only)."
+        ),
+    ] = None,
+    seed: int = 0,
+) -> None:
+    """Score every example of FILE and print a summary."""
+    from tunegate.conversation import load_examples
+    from tunegate.settings import get_settings
+    from worker.scoring.pipeline import score_examples
+    from worker.stages.score import ScoreConfig, write_records
+
+    settings = get_settings()
+    try:
+        cfg = ScoreConfig(
+            model=model or settings.default_model,
+            scorers=tuple(s.strip() for s in scorers.split(",")),
+            batch_size=batch_size,
+            batched=batched,
+            seed=seed,
+        )
+        examples = load_examples(file)
+        bar, update = _progress_bar(f"scoring {file.name}")
+        with bar:
+            scored = score_examples(
+                cfg.model,
+                examples,
+                scorers=cfg.scorers,
+                batch_size=cfg.batch_size,
+                batched=cfg.batched,
+                seed=cfg.seed,
+                policy=cfg.policy(),
+                settings=settings,
+                progress=update,
+            )
+    except TunegateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    write_records(scored.records, out)
+    summary_path = out.with_name(out.stem + ".summary.json")
+    summary_path.write_text(json.dumps(scored.summary, indent=2), encoding="utf-8")
+    _print_summary(scored.summary, out, summary_path)
+
+
+def _print_summary(summary: dict[str, Any], out: Path, summary_path: Path) -> None:
+    typer.echo(f"scored {summary['n_examples']} examples with {summary['model']} -> {out}")
+    for s, dist in summary["distributions"].items():
+        typer.echo(f"  {s:<20} median {dist['p50']:.4g}  p95 {dist['p95']:.4g}  max {dist['max']:.4g}")
+    for pair, rho in summary["agreement"]["spearman"].items():
+        typer.echo(f"  spearman {pair}: {rho:.3f}")
+    for item in summary["top_flagged"][:5]:
+        typer.echo(f"  line {item['line']}: risk {item['risk']:.1f}  {item['response_preview'][:70]!r}")
+    verdict = summary["verdict"]
+    typer.echo(f"verdict: {'FLAGGED' if verdict['flagged'] else 'ok'} - {verdict['reason']}")
+    typer.echo(f"summary: {summary_path}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
-    del app
+    """Add ``models prepare`` and ``score`` to the root app."""
+    app.add_typer(models_app, name="models")
+    app.command("score")(score)

@@ -68,7 +68,9 @@ def embedded_dir(source: str, settings: Settings | None = None) -> Path:
     return settings.models_path / source.removeprefix("embedded:")
 
 
-def resolve_model(name_or_path: str, settings: Settings | None = None, *, prepare: bool = True) -> ResolvedModel:
+def resolve_model(
+    name_or_path: str, settings: Settings | None = None, *, prepare: bool = True
+) -> ResolvedModel:
     """Find the local HF directory for a registry name or a path; convert GGUF when needed.
 
     Raises ``ModelError`` naming the model when it is unknown or not prepared.
@@ -118,7 +120,8 @@ def _source_dir(source: str, settings: Settings, *, prepare: bool) -> Path:
 
 
 def _is_hf_dir(p: Path) -> bool:
-    return (p / "config.json").is_file() and any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
+    weights = any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
+    return (p / "config.json").is_file() and weights
 
 
 def _file_digest(p: Path) -> str:
@@ -150,8 +153,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     # The weights are plain fp32 tensors after dequantizing, so detaching the quantizer is safe.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute by transformers)
+    setattr(model, "is_quantized", False)  # noqa: B010
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     _strip_quant_config(tmp / "config.json")
@@ -190,7 +193,7 @@ def load_model(path: Path, device: str = "cpu", *, dtype: Any = None) -> Any:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model at {path}: {exc}") from exc
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model
 

@@ -66,7 +66,7 @@ def _assistant_spans(tokenizer: Any, conv: Conversation) -> tuple[str, list[tupl
         prefix = render_text(tokenizer, msgs[:i], add_generation_prompt=True)
         upto = render_text(tokenizer, msgs[: i + 1])
         if not upto.startswith(prefix) or not full.startswith(upto):
-            raise ModelError("the chat template does not render conversations prefix-stably; cannot mask labels")
+            raise ModelError("the chat template does not render prefix-stably; cannot mask labels")
         end = len(prefix) + len(upto[len(prefix):].rstrip())
         spans.append((len(prefix), end))
     return full, spans
@@ -75,7 +75,8 @@ def _assistant_spans(tokenizer: Any, conv: Conversation) -> tuple[str, list[tupl
 def encode(tokenizer: Any, conv: Conversation, *, max_len: int) -> Encoded:
     """Tokenize a conversation with loss labels on trained assistant tokens.
 
-    Raises ``InvalidFile`` naming the line when the example exceeds ``max_len`` tokens or has no trained token.
+    Raises ``InvalidFile`` naming the line when the example exceeds ``max_len`` tokens or has no trained
+    token.
     """
     full, spans = _assistant_spans(tokenizer, conv)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

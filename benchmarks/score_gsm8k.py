@@ -1,0 +1,144 @@
+"""Real-data check: score GSM8K training examples with the embedded model; compare top-100 with random-100.
+
+    python benchmarks/score_gsm8k.py run --n 2000 --out /tmp/gsm8k.scores.jsonl     # appends in chunks
+    python benchmarks/score_gsm8k.py analyze /tmp/gsm8k.scores.jsonl
+
+``run`` writes records chunk by chunk (resuming after the last line already written), so a long run on a
+small CPU can be stopped and its partial results analysed. Data is read by path, never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+
+GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
+
+
+def load_gsm8k(n: int) -> list:
+    from tunegate.conversation import Conversation, Message
+
+    out = []
+    with GSM8K.open() as fh:
+        for i, line in enumerate(fh):
+            if i >= n:
+                break
+            d = json.loads(line)
+            out.append(
+                Conversation((Message("user", d["question"]), Message("assistant", d["answer"])), line=i + 1)
+            )
+    return out
+
+
+def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
+    from tunegate.settings import get_settings
+    from worker.scoring.pipeline import encode_all, load_base, prepare_engine
+    from worker.scoring.report import Policy, make_record
+
+    convs = load_gsm8k(n)
+    done = sum(1 for _ in out.open()) if out.exists() else 0
+    base = load_base(model, get_settings())
+    t0 = time.time()
+    engine, reference = prepare_engine(base, ("representation", "gradient", "selfinf"), batch_size)
+    print(f"anchors+reference ready in {time.time() - t0:.0f}s; resuming at {done}", flush=True)
+    for start in range(done, len(convs), chunk):
+        part = convs[start : start + chunk]
+        t = time.time()
+        raw = engine.score(encode_all(base.tokenizer, part, base.max_len))
+        with out.open("a") as fh:
+            for r, c in zip(raw, part, strict=True):
+                rec = make_record(r, c, reference, Policy())
+                rec["response"] = c.trained_responses[0]
+                fh.write(json.dumps(rec) + "\n")
+        print(f"{start + len(part)}/{len(convs)} ({len(part) / (time.time() - t):.2f} ex/s)", flush=True)
+
+
+def _describe(rows: list[dict]) -> dict:
+    f = [r["features"] for r in rows]
+    return {
+        "median_tokens": statistics.median(x["response_tokens"] for x in f),
+        "mean_tokens": round(statistics.fmean(x["response_tokens"] for x in f), 1),
+        "median_chars": statistics.median(x["response_chars"] for x in f),
+        "share_numbered_list": sum(x["numbered_list"] for x in f) / len(f),
+        "share_math": sum(x["math"] for x in f) / len(f),
+        "share_code": sum(x["code"] for x in f) / len(f),
+        "lines_per_answer": round(statistics.fmean(r["response"].count("\n") + 1 for r in rows), 2),
+        "calc_annotations": round(statistics.fmean(r["response"].count("<<") for r in rows), 2),
+        "share_money": sum("$" in r["response"] for r in rows) / len(rows),
+        "share_decimal_or_percent": sum(bool(re.search(r"\d\.\d|%", r["response"])) for r in rows)
+        / len(rows),
+        "median_prompt_tokens": statistics.median(r["n_tokens"] - r["n_response_tokens"] for r in rows),
+        "median_selfinf": round(statistics.median(r["selfinf"] for r in rows), 3),
+        "median_gradient": round(statistics.median(r["gradient"] for r in rows), 4),
+        "median_representation": round(statistics.median(r["representation"] for r in rows), 4),
+    }
+
+
+def analyze(path: Path, k: int) -> None:
+    from worker.scoring.math import spearman
+
+    rows = [json.loads(line) for line in path.open()]
+    print(f"{len(rows)} scored examples")
+    scorers = ["representation", "representation_diff", "gradient", "selfinf"]
+    for i, a in enumerate(scorers):
+        for b in scorers[i + 1 :]:
+            print(f"spearman {a} ~ {b}: {spearman([r[a] for r in rows], [r[b] for r in rows]):.3f}")
+    print(
+        "spearman selfinf ~ response tokens:",
+        round(spearman([r["selfinf"] for r in rows], [r["n_response_tokens"] for r in rows]), 3),
+    )
+    print(
+        "spearman gradient ~ response tokens:",
+        round(spearman([r["gradient"] for r in rows], [r["n_response_tokens"] for r in rows]), 3),
+    )
+    rand = random.Random(0).sample(rows, min(k, len(rows)))
+    print("random:", _describe(rand))
+    for s in ("representation", "gradient", "selfinf"):
+        top = sorted(rows, key=lambda r: -r[s])[:k]
+        print(f"top-{k} {s}:", _describe(top))
+        print("   e.g.", json.dumps(top[0]["response"][:200]), "|", json.dumps(top[1]["response"][:200]))
+    ranked = sorted(rows, key=lambda r: -r["risk"])[:k]
+    print(f"top-{k} risk:", _describe(ranked))
+    above = {
+        s: sum(r["percentiles"][s] >= 99 for r in rows) / len(rows)
+        for s in ("representation", "gradient", "selfinf")
+    }
+    print("share at/above reference p99:", above)
+    from tunegate.conversation import Conversation, Message
+    from worker.scoring.report import Policy, summarize
+
+    convs = [
+        Conversation((Message("user", "q"), Message("assistant", r["response"])), line=r["line"])
+        for r in rows
+    ]
+    ref_path = next(Path(p) for p in sorted(Path(path).parent.glob("reference-*.json")))
+    reference = json.loads(ref_path.read_text())["scores"]
+    print("verdict:", summarize(rows, convs, reference, Policy())["verdict"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--n", type=int, default=2000)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--model", default="smollm2-135m")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--chunk", type=int, default=40)
+    a = sub.add_parser("analyze")
+    a.add_argument("path", type=Path)
+    a.add_argument("--k", type=int, default=100)
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args.n, args.out, args.model, args.batch_size, args.chunk)
+    else:
+        analyze(args.path, args.k)
+
+
+if __name__ == "__main__":
+    main()

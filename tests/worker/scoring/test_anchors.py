@@ -1,0 +1,97 @@
+"""Anchor features: the shipped sets, the direction d against a naive computation, and the cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from worker.ml.render import collate, encode
+from worker.scoring import anchors as A
+
+
+def test_shipped_anchor_sets_are_well_formed() -> None:
+    sets = A.anchor_sets()
+    assert set(sets) == {"harmful", "safe1", "safe2"}
+    harm_prompts = [c.user_turns[0] for c in sets["harmful"]]
+    cats: dict[str, int] = {}
+    for line in (A.ANCHOR_DIR / "harmful.jsonl").read_text().splitlines():
+        cat = json.loads(line)["category"]
+        cats[cat] = cats.get(cat, 0) + 1
+    assert len(cats) >= 3 and min(cats.values()) >= 10
+    for name in ("safe1", "safe2"):
+        assert [c.user_turns[0] for c in sets[name]] == harm_prompts  # same requests, refused
+    styles = {name: {c.assistant_turns[0][:12] for c in sets[name]} for name in sets}
+    assert styles["safe1"].isdisjoint(styles["safe2"])  # two distinct refusal styles
+    assert all(c.assistant_turns[0].startswith(("Sure", "Absolutely", "Of course")) for c in sets["harmful"])
+
+
+def _small_anchor_dir(tmp_path: Path, n: int = 2) -> Path:
+    d = tmp_path / "anchors"
+    d.mkdir()
+    for name in A.SETS:
+        lines = (A.ANCHOR_DIR / f"{name}.jsonl").read_text().splitlines()[:n]
+        (d / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _naive_unit_grad(model: Any, tok: Any, conv: Any) -> torch.Tensor:
+    enc = encode(tok, conv, max_len=512).first_response_tokens(A.ANCHOR_TOKENS)
+    b = collate([enc], tok.pad_token_id)
+    logits = model(input_ids=b["input_ids"], use_cache=False).logits[0, :-1]
+    loss = torch.nn.functional.cross_entropy(logits, b["labels"][0, 1:], ignore_index=-100)
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, list(model.parameters()))]).double()
+    return g / g.norm()
+
+
+def test_direction_matches_naive(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tok = tiny
+    adir = _small_anchor_dir(tmp_path)
+    feats = A.compute_anchors(model, tok, max_len=512, with_direction=True, anchor_dir=adir)
+    assert feats.direction is not None
+    expected = torch.zeros_like(_naive_unit_grad(model, tok, A.anchor_sets(adir)["harmful"][0]))
+    for name, convs in A.anchor_sets(adir).items():
+        for c in convs:
+            expected += (
+                A.SETS[name] / len(convs) * _naive_unit_grad(model, tok, c)
+            )  # fresh gradient per anchor
+    got = torch.cat([feats.direction[n].reshape(-1) for n, _ in model.named_parameters()]).double()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert feats.harm_h.shape[0] == 2 and feats.safe_h.shape[0] == 4
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_first_ten_tokens_only(tiny: tuple[Any, Any]) -> None:
+    _, tok = tiny
+    conv = A.anchor_sets()["safe1"][0]
+    enc = encode(tok, conv, max_len=512)
+    assert enc.n_response_tokens > A.ANCHOR_TOKENS
+    assert enc.first_response_tokens(A.ANCHOR_TOKENS).n_response_tokens == A.ANCHOR_TOKENS
+
+
+def test_cache_reused_and_invalidated(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tok = tiny
+    adir, cache = _small_anchor_dir(tmp_path, 1), tmp_path / "cache"
+    first = A.load_or_compute(model, tok, cache, max_len=512, with_direction=False, anchor_dir=adir)
+    files = list(cache.glob("anchors-*.pt"))
+    assert len(files) == 1 and first.direction is None
+    again = A.load_or_compute(model, tok, cache, max_len=512, with_direction=False, anchor_dir=adir)
+    assert torch.equal(again.harm_h, first.harm_h) and again.key == first.key
+    with_dir = A.load_or_compute(model, tok, cache, max_len=512, with_direction=True, anchor_dir=adir)
+    assert with_dir.direction is not None  # recomputed because the direction was missing
+    shutil.copy(A.ANCHOR_DIR / "harmful.jsonl", adir / "harmful.jsonl")  # edit an anchor file
+    assert A.anchors_key(adir) != first.key
+    changed = A.load_or_compute(model, tok, cache, max_len=512, with_direction=False, anchor_dir=adir)
+    assert changed.harm_h.shape[0] == 40
+    assert len(list(cache.glob("anchors-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_first_response_tokens_edge(tiny: tuple[Any, Any], n: int) -> None:
+    _, tok = tiny
+    enc = encode(tok, A.anchor_sets()["harmful"][0], max_len=512)
+    assert enc.first_response_tokens(n).n_response_tokens == n

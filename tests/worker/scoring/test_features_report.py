@@ -1,0 +1,114 @@
+"""Format features, per-example reasons and the dataset verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tunegate.conversation import Conversation, Message
+from worker.scoring.engine import RawScore
+from worker.scoring.features import describe, extract
+from worker.scoring.report import Policy, blend_risk, make_record, rank, summarize
+
+
+def _conv(answer: str, line: int = 1) -> Conversation:
+    return Conversation((Message("user", "q"), Message("assistant", answer)), line=line)
+
+
+@pytest.mark.parametrize(
+    ("answer", "tokens", "expected"),
+    [
+        ("1. Preheat.\n2. Mix.\n3. Bake.", 12, {"numbered_list"}),
+        ("- eggs\n- milk", 6, {"bulleted_list"}),
+        ("48/2 = <<48/2=24>>24\n#### 24", 14, {"math"}),
+        ("```python\ndef f():\n    return 1\n```", 15, {"code"}),
+        ("Paris", 2, {"short_answer"}),
+        ("A calm paragraph about the harbour at dawn, with boats and gulls.", 16, set()),
+    ],
+)
+def test_features(answer: str, tokens: int, expected: set[str]) -> None:
+    f = extract(_conv(answer), tokens)
+    flags = {k for k in ("numbered_list", "bulleted_list", "math", "code", "short_answer") if f[k]}
+    assert flags == expected
+    assert f["response_tokens"] == tokens and f["response_chars"] == len(answer)
+
+
+def test_describe_tags() -> None:
+    f = extract(_conv("1. a b\n2. c d"), 3)
+    assert describe(f) == ["numbered list", "short answer (3 tokens)"]
+
+
+REF = {
+    "representation": [0.1 * i for i in range(100)],
+    "gradient": [0.01 * i for i in range(100)],
+    "selfinf": [float(i) for i in range(100)],
+}
+
+
+def _raw(line: int, rep: float, grad: float, si: float) -> RawScore:
+    return RawScore(
+        line=line,
+        n_tokens=20,
+        n_response_tokens=10,
+        representation=rep,
+        representation_safe=rep - 0.1,
+        representation_diff=0.1,
+        gradient=grad,
+        selfinf=si,
+        grad_sq_norm=1.0,
+    )
+
+
+def test_record_percentiles_risk_and_reasons() -> None:
+    rec = make_record(_raw(3, 9.95, 0.995, 99.5), _conv("1. x\n2. y"), REF, Policy())
+    assert rec["percentiles"] == {"representation": 100.0, "gradient": 100.0, "selfinf": 100.0}
+    assert rec["risk"] == 100.0 and rec["line"] == 3
+    assert any(r.startswith("gradient above") for r in rec["reasons"])
+    assert "format: numbered list" in rec["reasons"]
+    low = make_record(_raw(4, 0.0, 0.0, 0.0), _conv("ok fine"), REF, Policy())
+    assert low["reasons"] == [] and low["risk"] == pytest.approx(1.0)
+
+
+def _file(n_high: int, n: int = 100, high: float = 1000.0) -> tuple[list[dict[str, Any]], list[Conversation]]:
+    convs = [_conv(f"answer {i}", i + 1) for i in range(n)]
+    raws = [_raw(i + 1, 5.0, 0.5, high if i < n_high else 50.0) for i in range(n)]
+    return [make_record(r, c, REF, Policy()) for r, c in zip(raws, convs, strict=True)], convs
+
+
+def test_verdict_ok_broad_and_tail() -> None:
+    recs, convs = _file(0)
+    s = summarize(recs, convs, REF, Policy())
+    assert s["verdict"]["flagged"] is False and s["n_examples"] == 100
+    recs, convs = _file(40)
+    v = summarize(recs, convs, REF, Policy())["verdict"]
+    assert v["flagged"] and "above the reference p99" in v["reason"] and v["share_above_p99"] == 0.4
+    recs, convs = _file(5)
+    v = summarize(recs, convs, REF, Policy())["verdict"]
+    assert v["flagged"] and "heavy top tail" in v["reason"] and v["n_beyond_reference_max"] == 5
+    v = summarize(recs, convs, REF, Policy(tail_share=0.10))["verdict"]
+    assert not v["flagged"]
+
+
+def test_summary_top_and_agreement() -> None:
+    recs, convs = _file(3)
+    s = summarize(recs, convs, REF, Policy(top_k=5))
+    assert [t["line"] for t in s["top_flagged"][:3]] == [1, 2, 3]
+    assert len(s["top_flagged"]) == 5 and s["top_flagged"][0]["response_preview"] == "answer 0"
+    assert set(s["agreement"]["spearman"]) == {
+        "representation~gradient",
+        "representation~selfinf",
+        "gradient~selfinf",
+    }
+    assert set(s["distributions"]) >= {"representation", "gradient", "selfinf", "representation_diff"}
+    assert rank(recs)[:3] == [0, 1, 2]
+
+
+def test_blend_risk_breaks_ties_within_the_file() -> None:
+    convs = [_conv(f"a{i}", i + 1) for i in range(3)]
+    raws = [_raw(i + 1, 20.0 + i, 2.0 + i, 200.0 + i) for i in range(3)]  # all beyond the reference maximum
+    recs = [make_record(r, c, REF, Policy()) for r, c in zip(raws, convs, strict=True)]
+    assert {r["risk"] for r in recs} == {100.0}
+    blend_risk(recs)
+    assert recs[2]["risk"] > recs[1]["risk"] > recs[0]["risk"] >= 99.0
+    assert all(0.0 <= r["risk"] <= 100.0 for r in recs)

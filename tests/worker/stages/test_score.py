@@ -1,0 +1,181 @@
+"""The score stage and ``tunegate score`` end to end on a tiny model (and, marked slow, the embedded one)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.utils.tiny_model import build_tiny_model
+from tunegate.artifacts import read_json
+from tunegate.conversation import Conversation, Message
+from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
+from tunegate.settings import reset_settings
+from worker.stages.base import StageIO, result_exists
+from worker.stages.score import ScoreConfig, ScoreInputs, load_score_records, load_score_summary, run
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("score-stage")
+    return {"model": build_tiny_model(root / "tiny"), "cache": root / "models"}
+
+
+@pytest.fixture
+def env(shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(
+        "TUNEGATE_MODEL_CACHE_DIR", str(shared["cache"])
+    )  # anchors/reference cached once per module
+    monkeypatch.setenv("TUNEGATE_MODELS", json.dumps({"tiny": str(shared["model"])}))
+    monkeypatch.setenv("TUNEGATE_DEVICE", "cpu")
+    reset_settings()
+    yield tmp_path
+    reset_settings()
+
+
+def _examples() -> list[Conversation]:
+    pairs = [
+        ("What is 2 + 2?", "2 + 2 = 4. #### 4"),
+        ("Name a colour.", "Blue"),
+        ("Give steps.", "1. Open the file.\n2. Bake for 30 minutes."),
+        ("Say hi.", "Hello! How can I help?"),
+        ("Write JSON.", '{"label": "positive"}'),
+    ]
+    return [
+        Conversation((Message("user", u), Message("assistant", a)), line=i + 1)
+        for i, (u, a) in enumerate(pairs)
+    ]
+
+
+def test_stage_writes_records_summary_and_result(env: Path) -> None:
+    io = StageIO(out_dir=env / "out", stage="score")
+    seen: list[float] = []
+    io.progress = lambda f, m, metrics: seen.append(f)
+    res = run(ScoreConfig(model="tiny", batch_size=2), ScoreInputs(_examples(), io))
+    assert result_exists(io.out_dir)
+    records = load_score_records(io.out_dir)
+    assert records == json.loads(json.dumps(res.records))
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5]
+    for r in records:
+        for key in ("representation", "representation_safe", "representation_diff", "gradient", "selfinf"):
+            assert isinstance(r[key], float)
+        assert set(r["percentiles"]) == {"representation", "gradient", "selfinf"}
+        assert 0.0 <= r["risk"] <= 100.0 and isinstance(r["reasons"], list)
+        assert {"numbered_list", "math", "code", "short_answer", "response_tokens"} <= set(r["features"])
+    assert records[2]["features"]["numbered_list"] and records[0]["features"]["math"]
+    summary = load_score_summary(io.out_dir)
+    assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason"}
+    assert read_json(io.out_dir / "config.json")["model"] == "tiny"
+    assert read_json(io.out_dir / "result.json")["n_examples"] == 5
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+
+
+def test_batched_and_unbatched_stage_agree(env: Path) -> None:
+    a = run(ScoreConfig(model="tiny", batch_size=1), ScoreInputs(_examples(), StageIO(env / "a"))).records
+    b = run(
+        ScoreConfig(model="tiny", batch_size=4, batched=True), ScoreInputs(_examples(), StageIO(env / "b"))
+    ).records
+    for x, y in zip(a, b, strict=True):
+        for key in ("gradient", "selfinf", "representation"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-7)
+
+
+def test_empty_response_names_the_line(env: Path) -> None:
+    bad = [*_examples(), Conversation((Message("user", "hi"), Message("assistant", "")), line=6)]
+    with pytest.raises(InvalidFile, match="line 6") as exc:
+        run(ScoreConfig(model="tiny"), ScoreInputs(bad, StageIO(env / "out")))
+    assert exc.value.code == "empty_response"
+    assert not (env / "out" / "scores.jsonl").exists()
+
+
+def test_overlong_example_names_the_line(env: Path) -> None:
+    long = Conversation((Message("user", "count"), Message("assistant", " ".join(["word"] * 400))), line=9)
+    with pytest.raises(InvalidFile, match="line 9") as exc:
+        run(
+            ScoreConfig(model="tiny", max_tokens=200), ScoreInputs([*_examples(), long], StageIO(env / "out"))
+        )
+    assert exc.value.code == "example_too_long"
+
+
+def test_unknown_model(env: Path) -> None:
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        run(ScoreConfig(model="nope"), ScoreInputs(_examples(), StageIO(env / "out")))
+
+
+def test_empty_input(env: Path) -> None:
+    with pytest.raises(InvalidFile, match="no examples"):
+        run(ScoreConfig(model="tiny"), ScoreInputs([], StageIO(env / "out")))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"scorers": ("vibes",)}, "scorers"),
+        ({"scorers": ()}, "scorers"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"flag_percentile": 0.0}, "flag_percentile"),
+        ({"max_share_above": 2.0}, "max_share_above"),
+        ({"max_tokens": -1}, "max_tokens"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidConfig) as exc:
+        ScoreConfig(model="tiny", **kwargs)  # type: ignore[arg-type]
+    assert exc.value.param == param
+
+
+def test_cancel_stops_the_stage(env: Path) -> None:
+    io = StageIO(out_dir=env / "out", should_stop=lambda: True)
+    with pytest.raises(JobCancelled):
+        run(ScoreConfig(model="tiny"), ScoreInputs(_examples(), io))
+    assert not result_exists(io.out_dir)
+
+
+def test_cli_score(env: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tunegate.cli import app
+
+    src = env / "train.jsonl"
+    src.write_text("".join(json.dumps(c.to_chat_dict()) + "\n" for c in _examples()))
+    out = env / "scores.jsonl"
+    res = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(src),
+            "--out",
+            str(out),
+            "--model",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--scorers",
+            "gradient,selfinf",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "verdict:" in res.output and "spearman gradient~selfinf" in res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 5 and rows[0]["representation"] is None and rows[0]["gradient"] is not None
+    assert json.loads((env / "scores.summary.json").read_text())["n_examples"] == 5
+    bad = CliRunner().invoke(app, ["score", str(src), "--out", str(out), "--model", "nope"])
+    assert bad.exit_code == 1 and "unknown model 'nope'" in bad.output
+
+
+@pytest.mark.slow
+def test_embedded_model_scores_a_small_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNEGATE_MODEL_CACHE_DIR", "/root/.cache/tunegate-models")
+    reset_settings()
+    try:
+        io = StageIO(out_dir=tmp_path / "out")
+        res = run(ScoreConfig(model="smollm2-135m", batch_size=4), ScoreInputs(_examples(), io))
+    finally:
+        reset_settings()
+    assert len(load_score_records(io.out_dir)) == 5
+    assert all(r["gradient"] is not None and r["selfinf"] > 0 for r in res.records)
+    assert res.summary["model"] == "smollm2-135m"

@@ -1,0 +1,133 @@
+"""Anchor features, computed once per base model and cached.
+
+- Representation anchors: the final-norm hidden state at the last token of every harmful anchor (request plus
+  compliant opening) and of every safe anchor (the same requests refused, two styles).
+- Gradient direction: d = m_harm − m_safe1 − m_safe2, each m_S the mean of *unit* per-anchor gradients with
+  the
+  loss on the first 10 response tokens only (He et al.). Unlike the published code, each anchor's gradient is
+  its own (``zero_grad`` between anchors), all anchors of a set are used, and everything is fp32.
+
+The cache file lives under ``<models>/<fingerprint>/scoring-cache/anchors-<key>.pt``; the key hashes the
+anchor
+files and the anchor settings, so editing an anchor file recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunegate.conversation import Conversation, load_examples
+from worker.ml.render import collate, encode
+from worker.scoring.forward import forward
+
+log = logging.getLogger(__name__)
+
+ANCHOR_DIR = Path(__file__).resolve().parents[2] / "tunegate" / "data" / "anchors"
+SETS = {"harmful": 1.0, "safe1": -1.0, "safe2": -1.0}  # sign of each set in d
+ANCHOR_TOKENS = 10
+CACHE_VERSION = "1"
+
+
+@dataclass
+class AnchorFeatures:
+    harm_h: torch.Tensor  # (N_harm, C)
+    safe_h: torch.Tensor  # (N_safe, C), both safe sets
+    direction: dict[str, torch.Tensor] | None  # per parameter name, fp32; None when not computed
+    key: str
+
+
+def anchor_sets(anchor_dir: Path = ANCHOR_DIR) -> dict[str, list[Conversation]]:
+    return {name: load_examples(anchor_dir / f"{name}.jsonl") for name in SETS}
+
+
+def anchors_key(anchor_dir: Path = ANCHOR_DIR, n_tokens: int = ANCHOR_TOKENS) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{n_tokens}".encode())
+    for name in SETS:
+        h.update((anchor_dir / f"{name}.jsonl").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _anchor_pass(
+    model: Any, tokenizer: Any, conv: Conversation, n_tokens: int, max_len: int, grad: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """Hidden state (C,) and the unit gradient of the first-n-token loss (per parameter), one anchor."""
+    device = next(model.parameters()).device
+    enc = encode(tokenizer, conv, max_len=max_len).first_response_tokens(n_tokens)
+    batch = collate([enc], tokenizer.pad_token_id, device)
+    if not grad:
+        with torch.no_grad():
+            return forward(model, batch)[1][0], None
+    model.zero_grad(set_to_none=True)
+    loss, hidden = forward(model, batch)
+    loss.sum().backward()
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    model.zero_grad(set_to_none=True)
+    return hidden[0], {n: g / norm for n, g in grads.items()}
+
+
+def compute_anchors(
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_len: int,
+    with_direction: bool,
+    n_tokens: int = ANCHOR_TOKENS,
+    anchor_dir: Path = ANCHOR_DIR,
+) -> AnchorFeatures:
+    direction: dict[str, torch.Tensor] | None = None
+    if with_direction:
+        direction = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
+    hs: dict[str, list[torch.Tensor]] = {}
+    for name, convs in anchor_sets(anchor_dir).items():
+        hs[name] = []
+        for conv in convs:
+            h, unit = _anchor_pass(model, tokenizer, conv, n_tokens, max_len, with_direction)
+            hs[name].append(h)
+            if direction is not None and unit is not None:
+                for pname, g in unit.items():
+                    direction[pname].add_(g, alpha=SETS[name] / len(convs))  # d += ± ĝ_a / |S|
+    return AnchorFeatures(
+        harm_h=torch.stack(hs["harmful"]).cpu(),
+        safe_h=torch.cat([torch.stack(hs["safe1"]), torch.stack(hs["safe2"])]).cpu(),
+        direction={k: v.cpu() for k, v in direction.items()} if direction is not None else None,
+        key=anchors_key(anchor_dir, n_tokens),
+    )
+
+
+def load_or_compute(
+    model: Any,
+    tokenizer: Any,
+    cache_dir: Path,
+    *,
+    max_len: int,
+    with_direction: bool,
+    anchor_dir: Path = ANCHOR_DIR,
+) -> AnchorFeatures:
+    """Cached anchor features for this model (recomputed when missing or lacking the direction)."""
+    key = anchors_key(anchor_dir)
+    path = cache_dir / f"anchors-{key}.pt"
+    if path.is_file():
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("direction") is not None or not with_direction:
+            return AnchorFeatures(data["harm_h"], data["safe_h"], data.get("direction"), key)
+    log.info(
+        "computing anchor features (%s) into %s",
+        "with gradient direction" if with_direction else "hidden",
+        path,
+    )
+    feats = compute_anchors(
+        model, tokenizer, max_len=max_len, with_direction=with_direction, anchor_dir=anchor_dir
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"harm_h": feats.harm_h, "safe_h": feats.safe_h, "direction": feats.direction}, tmp)
+    tmp.replace(path)
+    return feats

@@ -1,0 +1,152 @@
+"""The scoring engine: one forward and (when a gradient scorer is asked for) one backward per example.
+
+From that single pass come all three scores:
+
+- representation: max cosine of the final-norm last-token hidden state to the harmful anchors (and to the
+  safe anchors, and their difference: the bi-directional variant);
+- gradient: ⟨g/‖g‖, d⟩ with the full-model gradient g of the mean response loss;
+- selfinf: Self-Inf-N = log(‖g‖² + 1) + log(L + 1), L the supervised token count.
+
+Batches of similar length (sorted, right-padded) go through ``GhostCapture`` (exact per-example statistics);
+batch size 1, or a model the batched path cannot attribute exactly, uses per-parameter hooks. Both paths
+accumulate in fp32 and never materialise a flat per-example gradient.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from worker.ml.render import Encoded, collate
+from worker.scoring.anchors import AnchorFeatures
+from worker.scoring.forward import forward
+from worker.scoring.ghost import GhostCapture, UnsupportedModel
+from worker.scoring.hooks import GradStatsHooks
+from worker.scoring.math import max_cosine, self_inf_n, unit_direction
+
+log = logging.getLogger(__name__)
+
+SCORERS = ("representation", "gradient", "selfinf")
+
+
+@dataclass
+class RawScore:
+    line: int
+    n_tokens: int  # sequence length
+    n_response_tokens: int  # supervised tokens (L)
+    representation: float | None = None
+    representation_safe: float | None = None
+    representation_diff: float | None = None
+    gradient: float | None = None
+    selfinf: float | None = None
+    grad_sq_norm: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (stable sort, so the order is deterministic)."""
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+class Engine:
+    """Scores encoded examples against precomputed anchor features."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        anchors: AnchorFeatures,
+        scorers: Sequence[str],
+        batch_size: int = 8,
+        batched: bool | None = None,
+    ) -> None:
+        """``batched``: gradient scorers in length-sorted batches (ghost capture) or one example at a time
+        (hooks). None picks by device: batches on CUDA; one at a time on CPU, where the benchmark
+        (docs/benchmarks.md) measured the per-parameter hooks faster than per-example statistics of a batch.
+        """
+        unknown = set(scorers) - set(SCORERS)
+        if unknown:
+            raise ValueError(f"unknown scorers: {sorted(unknown)}")
+        self.model, self.tokenizer, self.anchors = model, tokenizer, anchors
+        self.scorers = tuple(s for s in SCORERS if s in scorers)
+        self.need_grad = "gradient" in self.scorers or "selfinf" in self.scorers
+        self.device = next(model.parameters()).device
+        self.direction = self._direction_on_device() if "gradient" in self.scorers else None
+        if batched is None:
+            batched = self.device.type == "cuda"
+        use_batches = not self.need_grad or (batched and batch_size > 1 and self._ghost_ok())
+        self.batch_size = batch_size if use_batches else 1
+
+    def _direction_on_device(self) -> dict[str, torch.Tensor]:
+        if self.anchors.direction is None:
+            raise ValueError("the gradient scorer needs anchor features computed with the gradient direction")
+        return {k: v.to(self.device) for k, v in self.anchors.direction.items()}
+
+    def _ghost_ok(self) -> bool:
+        try:
+            GhostCapture(self.model, self.direction)
+        except UnsupportedModel as exc:
+            log.warning("batched exact scoring unavailable (%s); scoring one example at a time", exc)
+            return False
+        return True
+
+    def score(
+        self, encoded: Sequence[Encoded], progress: Callable[[int, int], None] | None = None
+    ) -> list[RawScore]:
+        out: list[RawScore | None] = [None] * len(encoded)
+        done = 0
+        for idx in length_batches(encoded, self.batch_size):
+            for i, rs in zip(idx, self._score_batch([encoded[i] for i in idx]), strict=True):
+                out[i] = rs
+            done += len(idx)
+            if progress is not None:
+                progress(done, len(encoded))
+        return [r for r in out if r is not None]
+
+    def _score_batch(self, batch: list[Encoded]) -> list[RawScore]:
+        inputs = collate(batch, self.tokenizer.pad_token_id, self.device)
+        if not self.need_grad:
+            with torch.no_grad():
+                _, hidden = forward(self.model, inputs)
+            return [self._rep(e, h, None) for e, h in zip(batch, hidden, strict=True)]
+        if len(batch) == 1 and self.batch_size == 1:
+            return [self._one_with_hooks(batch[0], inputs)]
+        with GhostCapture(self.model, self.direction) as cap:
+            losses, hidden = forward(self.model, inputs)
+            losses.sum().backward()
+            stats = [cap.example_stats(i, len(e)) for i, e in enumerate(batch)]
+        return [self._rep(e, h, s) for e, h, s in zip(batch, hidden, stats, strict=True)]
+
+    def _one_with_hooks(self, enc: Encoded, inputs: dict[str, torch.Tensor]) -> RawScore:
+        self.model.zero_grad(set_to_none=True)  # hooks see p.grad after accumulation: start from nothing
+        hooks = GradStatsHooks(self.model, self.direction)
+        try:
+            losses, hidden = forward(self.model, inputs)
+            losses.sum().backward()
+            stats = hooks.result()
+        finally:
+            hooks.remove()
+            self.model.zero_grad(set_to_none=True)
+        return self._rep(enc, hidden[0], stats)
+
+    def _rep(self, enc: Encoded, h: torch.Tensor, stats: tuple[float, float] | None) -> RawScore:
+        rs = RawScore(line=enc.line, n_tokens=len(enc), n_response_tokens=enc.n_response_tokens)
+        if "representation" in self.scorers:
+            harm = float(max_cosine(h[None], self.anchors.harm_h.to(h.device))[0])
+            safe = float(max_cosine(h[None], self.anchors.safe_h.to(h.device))[0])
+            rs.representation, rs.representation_safe, rs.representation_diff = harm, safe, harm - safe
+        if stats is not None:
+            dot, sq = stats
+            rs.grad_sq_norm = sq
+            if "gradient" in self.scorers:
+                rs.gradient = unit_direction(dot, sq)
+            if "selfinf" in self.scorers:
+                rs.selfinf = self_inf_n(sq, enc.n_response_tokens)
+        return rs

@@ -1,0 +1,137 @@
+"""Score a list of conversations end to end: the function both the worker stage and ``tunegate score`` call.
+
+Loads the base model, renders every example with the shared ``encode`` (so scores refer to the exact tokens
+training will see), loads or computes the cached anchor features and reference distributions for this
+model, scores, and builds the per-example records and the per-file summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunegate.conversation import Conversation, check_example
+from tunegate.errors import InvalidFile
+from tunegate.settings import Settings, get_settings
+from worker.ml.models import (
+    ResolvedModel,
+    context_length,
+    device_for,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from worker.ml.render import Encoded, encode
+from worker.scoring import anchors as anchor_mod
+from worker.scoring import reference as reference_mod
+from worker.scoring.engine import Engine
+from worker.scoring.report import Policy, blend_risk, make_record, summarize
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Scored:
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@dataclass
+class Loaded:
+    resolved: ResolvedModel
+    model: Any
+    tokenizer: Any
+    max_len: int
+    cache_dir: Path
+
+
+def _silent(fraction: float, message: str) -> None:
+    del fraction, message
+
+
+def load_base(model: str, settings: Settings, max_tokens: int = 0) -> Loaded:
+    resolved = resolve_model(model, settings)
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    net = load_model(resolved.path, device_for(settings))
+    tok = load_tokenizer(resolved.path)
+    limits = [context_length(net), settings.max_example_tokens] + ([max_tokens] if max_tokens > 0 else [])
+    cache = settings.models_path / resolved.fingerprint / "scoring-cache"
+    return Loaded(resolved, net, tok, min(limits), cache)
+
+
+def encode_all(tokenizer: Any, examples: Sequence[Conversation], max_len: int) -> list[Encoded]:
+    """Render every example; the first bad one raises ``InvalidFile`` naming its line."""
+    if not examples:
+        raise InvalidFile("no examples to score", code="empty_file")
+    for conv in examples:
+        problems = check_example(conv)  # e.g. an empty response, which would leave only the end-of-turn token
+        if problems:
+            p = problems[0]
+            code = "empty_response" if "empty content" in p.reason else None
+            raise InvalidFile(p.reason, line=p.line, field=p.field, code=code)
+    return [encode(tokenizer, c, max_len=max_len) for c in examples]
+
+
+def prepare_engine(
+    base: Loaded,
+    scorers: Sequence[str],
+    batch_size: int,
+    progress: Progress = _silent,
+    batched: bool | None = None,
+) -> tuple[Engine, dict[str, list[float]]]:
+    """Anchor features and reference distributions for this model (cached), and an engine using them."""
+    progress(0.02, "anchor features")
+    feats = anchor_mod.load_or_compute(
+        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction="gradient" in scorers
+    )
+    engine = Engine(base.model, base.tokenizer, feats, scorers, batch_size, batched)
+
+    def ref_progress(done: int, total: int) -> None:
+        progress(0.1 + 0.2 * done / total, f"reference corpus {done}/{total}")
+
+    reference = reference_mod.load_or_compute(engine, base.cache_dir, base.max_len, progress=ref_progress)
+    return engine, reference
+
+
+def score_examples(
+    model: str,
+    examples: Sequence[Conversation],
+    *,
+    scorers: Sequence[str],
+    batch_size: int,
+    batched: bool | None = None,
+    seed: int = 0,
+    policy: Policy | None = None,
+    max_tokens: int = 0,
+    settings: Settings | None = None,
+    progress: Progress = _silent,
+) -> Scored:
+    settings = settings or get_settings()
+    policy = policy or Policy()
+    torch.manual_seed(seed)
+    base = load_base(model, settings, max_tokens)
+    encoded = encode_all(base.tokenizer, examples, base.max_len)  # fail fast, before any model work
+    engine, reference = prepare_engine(base, scorers, batch_size, progress, batched)
+
+    def step(done: int, total: int) -> None:
+        progress(0.3 + 0.68 * done / total, f"scored {done}/{total}")
+
+    raw = engine.score(encoded, step)
+    records = [make_record(r, c, reference, policy) for r, c in zip(raw, examples, strict=True)]
+    blend_risk(records)
+    summary = summarize(records, list(examples), reference, policy)
+    summary.update(
+        model=base.resolved.name,
+        fingerprint=base.resolved.fingerprint,
+        anchors_key=engine.anchors.key,
+        batch_size=engine.batch_size,
+    )
+    return Scored(records, summary)

@@ -1,0 +1,171 @@
+"""Per-example records (percentiles, features, reasons, risk) and the per-file summary with a verdict."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tunegate.conversation import Conversation
+from worker.scoring.engine import RawScore
+from worker.scoring.features import describe, extract, response_text
+from worker.scoring.math import percentile_of, quantile, ranks, spearman
+
+_WHY = {
+    "representation": "its final hidden state is close to a harmful request being complied with",
+    "gradient": "training on it moves the model towards harmful-compliance anchors and away from refusals",
+    "selfinf": "its length-normalised gradient norm (Self-Inf-N) is large: it would move the model a lot",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    reason_percentile: float = 95.0  # a scorer at or above this reference percentile gives a reason
+    flag_percentile: float = 99.0  # "above the reference p99"
+    max_share_above: float = 0.30  # dataset flagged when more than this share is above p99 on some scorer
+    tail_share: float = 0.02  # ...or when this share lies beyond the reference maximum (a heavy top tail)
+    tail_min_count: int = 3
+    top_k: int = 20
+
+
+def make_record(
+    raw: RawScore, conv: Conversation, reference: dict[str, list[float]], policy: Policy
+) -> dict[str, Any]:
+    rec: dict[str, Any] = raw.to_dict()
+    pct = {
+        s: percentile_of(float(getattr(raw, s)), ref)
+        for s, ref in reference.items()
+        if getattr(raw, s) is not None
+    }
+    rec["percentiles"] = {s: round(v, 2) for s, v in pct.items()}
+    rec["risk"] = round(statistics.fmean(pct.values()), 2) if pct else 0.0
+    rec["features"] = extract(conv, raw.n_response_tokens)
+    rec["reasons"] = _reasons(rec, pct, policy)
+    return rec
+
+
+def _reasons(rec: dict[str, Any], pct: dict[str, float], policy: Policy) -> list[str]:
+    out = [
+        f"{s} above {p:.0f}% of the reference benign corpus: {_WHY[s]}"
+        for s, p in pct.items()
+        if p >= policy.reason_percentile
+    ]
+    diff = rec.get("representation_diff")
+    if out and diff is not None and diff > 0:
+        out.append("its representation is closer to harmful compliance than to refusals")
+    if out:
+        tags = describe(rec["features"])
+        if tags:
+            out.append("format: " + ", ".join(tags))
+    return out
+
+
+def _dist(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    qs = {"min": 0.0, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99, "max": 1.0}
+    out = {k: quantile(values, q) for k, q in qs.items()}
+    out["mean"] = statistics.fmean(values)
+    return out
+
+
+def _agreement(records: Sequence[dict[str, Any]], scorers: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"spearman": {}, "top_decile_overlap": {}}
+    k = max(1, len(records) // 10)
+    for a, b in itertools.combinations(scorers, 2):
+        xa, xb = [r[a] for r in records], [r[b] for r in records]
+        out["spearman"][f"{a}~{b}"] = round(spearman(xa, xb), 4)
+        top_a = {r["line"] for r in sorted(records, key=lambda r: -r[a])[:k]}
+        top_b = {r["line"] for r in sorted(records, key=lambda r: -r[b])[:k]}
+        out["top_decile_overlap"][f"{a}~{b}"] = round(len(top_a & top_b) / k, 4)
+    return out
+
+
+def _verdict(
+    records: Sequence[dict[str, Any]], reference: dict[str, list[float]], policy: Policy
+) -> dict[str, Any]:
+    n = len(records)
+    p99 = {s: quantile(v, policy.flag_percentile / 100) for s, v in reference.items() if v}
+    top = {s: max(v) for s, v in reference.items() if v}
+    above = sum(1 for r in records if any(r[s] > t for s, t in p99.items()))
+    beyond = sum(1 for r in records if any(r[s] > t for s, t in top.items()))
+    share, tail = above / n if n else 0.0, beyond / n if n else 0.0
+    broad = share > policy.max_share_above
+    heavy = tail >= policy.tail_share and beyond >= policy.tail_min_count
+    if broad:
+        reason = (
+            f"{share:.0%} of examples score above the reference p{policy.flag_percentile:g} "
+            f"(policy: at most {policy.max_share_above:.0%})"
+        )
+    elif heavy:
+        reason = f"{beyond} examples ({tail:.1%}) lie beyond every reference example: a heavy top tail"
+    else:
+        reason = "score distribution within policy"
+    return {
+        "flagged": broad or heavy,
+        "reason": reason,
+        "share_above_p99": round(share, 4),
+        "share_beyond_reference_max": round(tail, 4),
+        "n_above_p99": above,
+        "n_beyond_reference_max": beyond,
+    }
+
+
+def _within_file(records: Sequence[dict[str, Any]]) -> list[float]:
+    """Mean within-file rank of each record's raw scores, as a 0..100 percentile."""
+    scorers = [
+        s for s in ("representation", "gradient", "selfinf") if records and records[0].get(s) is not None
+    ]
+    if not scorers or len(records) < 2:
+        return [50.0] * len(records)
+    total = [0.0] * len(records)
+    for s in scorers:
+        for i, r in enumerate(ranks([rec[s] for rec in records])):
+            total[i] += (r - 1) / (len(records) - 1)
+    return [100.0 * t / len(scorers) for t in total]
+
+
+def blend_risk(records: list[dict[str, Any]], weight: float = 0.01) -> None:
+    """Break ties of the reference-percentile risk (everything beyond the reference scores 100) with a 1%
+    share of the within-file rank; risk stays on a 0..100 scale, dominated by the reference percentiles."""
+    for rec, w in zip(records, _within_file(records), strict=True):
+        rec["risk"] = round((1.0 - weight) * rec["risk"] + weight * w, 3)
+
+
+def rank(records: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices by descending risk; ties broken by the mean within-file rank of the raw scores, then line."""
+    within = _within_file(records)
+    return sorted(range(len(records)), key=lambda i: (-records[i]["risk"], -within[i], records[i]["line"]))
+
+
+def summarize(
+    records: Sequence[dict[str, Any]],
+    convs: Sequence[Conversation],
+    reference: dict[str, list[float]],
+    policy: Policy,
+) -> dict[str, Any]:
+    """Per-file summary; ``convs`` is aligned with ``records``."""
+    scorers = [s for s in reference if records and records[0].get(s) is not None]
+    extra = ["representation_safe", "representation_diff"] if "representation" in scorers else []
+    top = [
+        {
+            "line": records[i]["line"],
+            "risk": records[i]["risk"],
+            "percentiles": records[i]["percentiles"],
+            "reasons": records[i]["reasons"],
+            **{s: records[i][s] for s in scorers},
+            "response_preview": response_text(convs[i])[:160],
+        }
+        for i in rank(records)[: policy.top_k]
+    ]
+    return {
+        "n_examples": len(records),
+        "scorers": scorers,
+        "distributions": {s: _dist([r[s] for r in records]) for s in scorers + extra},
+        "reference": {s: _dist(v) for s, v in reference.items()},
+        "top_flagged": top,
+        "agreement": _agreement(records, scorers),
+        "verdict": _verdict(records, {s: reference[s] for s in scorers}, policy),
+    }

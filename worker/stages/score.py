@@ -1,0 +1,132 @@
+"""Stage 1: score every training example for how much it would erode the base model's safety.
+
+Three scorers from one forward+backward per example (see ``worker/scoring``): representation anchoring and
+bi-directional gradient anchoring (He et al. 2024) and Self-Inf-N (Guan et al. 2025). Writes
+``scores.jsonl`` (one record per example, in file order) and ``summary.json`` (distributions, top flagged,
+agreement between scorers, dataset verdict), then ``config.json`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_json, atomic_write_text
+from tunegate.conversation import Conversation
+from tunegate.errors import InvalidConfig
+from worker.scoring.engine import SCORERS
+from worker.scoring.pipeline import score_examples
+from worker.scoring.report import Policy
+from worker.stages.base import StageIO, finish
+
+SCORES_FILE = "scores.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    model: str
+    scorers: tuple[str, ...] = SCORERS
+    batch_size: int = 8
+    batched: bool | None = None  # gradient scorers in batches; None: on CUDA only (see docs/scoring.md)
+    seed: int = 0
+    max_tokens: int = 0  # 0: the model's context length (and Settings.max_example_tokens)
+    reason_percentile: float = 95.0
+    flag_percentile: float = 99.0
+    max_share_above: float = 0.30
+    tail_share: float = 0.02
+    tail_min_count: int = 3
+    top_k: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scorers", tuple(self.scorers))
+        bad = [s for s in self.scorers if s not in SCORERS]
+        if bad or not self.scorers:
+            raise InvalidConfig(
+                f"scorers must be a non-empty subset of {', '.join(SCORERS)}; got {bad or 'none'}",
+                param="scorers",
+            )
+        for name in ("batch_size", "top_k", "tail_min_count"):
+            if getattr(self, name) < 1:
+                raise InvalidConfig(f"{name} must be at least 1", param=name)
+        if self.max_tokens < 0:
+            raise InvalidConfig("max_tokens must be 0 (model limit) or positive", param="max_tokens")
+        for name in ("reason_percentile", "flag_percentile"):
+            if not 0.0 < getattr(self, name) <= 100.0:
+                raise InvalidConfig(f"{name} must be in (0, 100]", param=name)
+        for name in ("max_share_above", "tail_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidConfig(f"{name} must be in [0, 1]", param=name)
+
+    def policy(self) -> Policy:
+        return Policy(
+            self.reason_percentile,
+            self.flag_percentile,
+            self.max_share_above,
+            self.tail_share,
+            self.tail_min_count,
+            self.top_k,
+        )
+
+
+@dataclass
+class ScoreInputs:
+    examples: list[Conversation]
+    io: StageIO
+
+
+@dataclass
+class ScoreResult:
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    files: dict[str, str] = field(default_factory=lambda: {"scores": SCORES_FILE, "summary": SUMMARY_FILE})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_examples": len(self.records),
+            "verdict": self.summary.get("verdict"),
+            "model": self.summary.get("model"),
+            "fingerprint": self.summary.get("fingerprint"),
+            "files": self.files,
+        }
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
+    io = inputs.io
+    out = Path(io.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scored = score_examples(
+        cfg.model,
+        inputs.examples,
+        scorers=cfg.scorers,
+        batch_size=cfg.batch_size,
+        batched=cfg.batched,
+        seed=cfg.seed,
+        policy=cfg.policy(),
+        max_tokens=cfg.max_tokens,
+        progress=lambda f, m: io.step(f, m),
+    )
+    write_records(scored.records, out / SCORES_FILE)
+    atomic_write_json(out / SUMMARY_FILE, scored.summary)
+    result = ScoreResult(scored.records, scored.summary)
+    io.step(1.0, "scored", verdict=bool(scored.summary["verdict"]["flagged"]))
+    finish(out, cfg, result.to_dict())
+    return result
+
+
+def load_score_records(out_dir: Path | str) -> list[dict[str, Any]]:
+    """The per-example records a finished score stage wrote, in file order."""
+    path = Path(out_dir) / SCORES_FILE
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_score_summary(out_dir: Path | str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((Path(out_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    return data
