@@ -1,0 +1,97 @@
+"""Safety overhead of a fine-tuning job: (score + mitigate + evaluate time) / training time.
+
+Runs the real stages on N GSM8K training examples (default 100) with the default mitigation, in a fresh
+temporary directory. The evaluation is timed twice: cold (base results computed) and as a job sees it once
+the base model's results are cached (only the fine-tuned model is evaluated). Goal: ratio <= 0.5.
+
+    python benchmarks/overhead_bench.py [--model smollm2-135m-aligned] [--n 100] [--epochs auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
+
+
+def gsm8k_examples(n: int):
+    from tunegate.conversation import Conversation, Message
+
+    out = []
+    with GSM8K.open() as fh:
+        for i, line in enumerate(fh):
+            if i >= n:
+                break
+            r = json.loads(line)
+            out.append(
+                Conversation((Message("user", r["question"]), Message("assistant", r["answer"])), line=i + 1)
+            )
+    return out
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    res = fn()
+    return res, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-aligned")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--epochs", default="auto")
+    args = ap.parse_args()
+
+    from worker.stages import evaluate, mitigate, score, train
+    from worker.stages.base import StageIO
+
+    examples = gsm8k_examples(args.n)
+    work = Path(tempfile.mkdtemp(prefix="tg-overhead-"))
+    sres, t_score = timed(
+        lambda: score.run(
+            score.ScoreConfig(model=args.model), score.ScoreInputs(examples, StageIO(work / "score"))
+        )
+    )
+    mres, t_mit = timed(
+        lambda: mitigate.run(
+            mitigate.MitigateConfig(),
+            mitigate.MitigateInputs(examples, sres.records, StageIO(work / "mitigate")),
+        )
+    )
+    from tunegate.conversation import load_examples
+
+    train_set = load_examples(mres.train_file)
+    hp = {"n_epochs": args.epochs if args.epochs == "auto" else int(args.epochs)}
+    tcfg = train.config_from_openai(args.model, hp, len(train_set))
+    tres, t_train = timed(lambda: train.run(tcfg, train.TrainInputs(train_set, StageIO(work / "train"))))
+    cfg = evaluate.EvalConfig(model=args.model)
+    ev = lambda d: evaluate.run(cfg, evaluate.EvalInputs(Path(tres.adapter_dir), examples, StageIO(work / d)))  # noqa: E731
+    _, t_eval_cold = timed(lambda: ev("eval-cold"))
+    _, t_eval_warm = timed(lambda: ev("eval-warm"))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "examples": len(examples),
+                "train_examples": len(train_set),
+                "epochs": tcfg.n_epochs,
+                "score_s": round(t_score, 1),
+                "mitigate_s": round(t_mit, 2),
+                "train_s": round(t_train, 1),
+                "evaluate_cold_s": round(t_eval_cold, 1),
+                "evaluate_cached_base_s": round(t_eval_warm, 1),
+                "overhead_ratio_cached_base": round((t_score + t_mit + t_eval_warm) / t_train, 3),
+                "overhead_ratio_cold": round((t_score + t_mit + t_eval_cold) / t_train, 3),
+                "workdir": str(work),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The project's own prompt sets: shape, harmlessness of the text we ship, and disjointness.
+
+AdvBench and XSTest are the yardstick, so none of their prompts may be in anything the project trains on
+or injects; the injection pool, the alignment refusal set and the evaluation sets must not overlap either.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from worker.evaluation.keyword import is_refusal
+from worker.evaluation.prompts import (
+    data_path,
+    load_prompts,
+    near_duplicates,
+    project_borderline,
+    project_harmful,
+    read_jsonl,
+)
+
+SHARED = Path("/work/shared/data")
+ADVBENCH = SHARED / "advbench" / "harmful_behaviors.csv"
+XSTEST = SHARED / "xstest" / "xstest_prompts.csv"
+
+
+def project_sets():
+    return {
+        "eval/harmful": [p.text for p in project_harmful()],
+        "eval/borderline": [p.text for p in project_borderline()],
+        "pool/harmful": [str(r["prompt"]) for r in read_jsonl(data_path("pool", "harmful.jsonl"))],
+        "align/refusals": [str(r["prompt"]) for r in read_jsonl(data_path("align", "refusals.jsonl"))],
+        "align/benign": [str(r["prompt"]) for r in read_jsonl(data_path("align", "benign.jsonl"))],
+    }
+
+
+def anchor_texts():
+    out = []
+    for f in sorted(data_path("anchors").glob("*.jsonl")) if data_path("anchors").is_dir() else []:
+        for r in read_jsonl(f):
+            msgs = r.get("messages") or []
+            out += [m["content"] for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+            out += [str(r[k]) for k in ("prompt", "request", "instruction") if isinstance(r.get(k), str)]
+    return out
+
+
+def test_sizes_and_categories():
+    harmful = project_harmful()
+    assert len(harmful) >= 50 and len({p.category for p in harmful}) >= 8
+    assert len(project_borderline()) >= 40 and len({p.category for p in project_borderline()}) >= 6
+    assert len(read_jsonl(data_path("align", "refusals.jsonl"))) >= 150
+    assert len(read_jsonl(data_path("pool", "harmful.jsonl"))) >= 80
+
+
+def test_shipped_responses_are_refusals_only():
+    for r in read_jsonl(data_path("align", "refusals.jsonl")):
+        assert is_refusal(str(r["response"])), r
+
+
+@pytest.mark.skipif(
+    not ADVBENCH.is_file() or not XSTEST.is_file(), reason="shared benchmark files not present"
+)
+@pytest.mark.parametrize("bench", [ADVBENCH, XSTEST])
+def test_disjoint_from_public_benchmarks(bench):
+    public = [p.text for p in load_prompts(bench)]
+    for name, texts in project_sets().items():
+        dups = near_duplicates(texts, public, threshold=0.7)
+        assert not dups, f"{name} overlaps {bench.name}: {dups[:3]}"
+
+
+def test_project_sets_disjoint_from_each_other_and_anchors():
+    sets = project_sets()
+    anchors = anchor_texts()
+    if anchors:
+        sets["anchors"] = anchors
+    names = sorted(sets)
+    for i, a in enumerate(names):
+        assert len(set(sets[a])) == len(sets[a]) or a == "anchors", f"{a} has duplicate prompts"
+        for b in names[i + 1 :]:
+            dups = near_duplicates(sets[a], sets[b], threshold=0.8)
+            assert not dups, f"{a} and {b} share prompts: {dups[:3]}"

@@ -1,0 +1,87 @@
+"""Align stage on a tiny model: self-distillation + refusal SFT, merged and published atomically."""
+
+import json
+
+import pytest
+import torch
+
+from tests.utils.tiny_model import build_tiny_model
+from tunegate.errors import InvalidConfig
+from tunegate.settings import get_settings, reset_settings
+from worker.ml.models import embedded_dir, resolve_model
+from worker.stages.align import AlignConfig, prepare_aligned, refusal_examples
+
+
+@pytest.fixture()
+def tiny_registry(tmp_path, monkeypatch):
+    path = build_tiny_model(tmp_path / "tiny")
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(
+        "TUNEGATE_MODELS",
+        json.dumps({"smollm2-135m": str(path), "smollm2-135m-aligned": "embedded:smollm2-aligned"}),
+    )
+    reset_settings()
+    yield path
+    reset_settings()
+
+
+def test_prepare_aligned_builds_a_merged_model(tiny_registry):
+    cfg = AlignConfig(
+        n_refusals=6,
+        n_distill=4,
+        distill_max_new_tokens=6,
+        n_epochs=1,
+        batch_size=4,
+        lora_r=2,
+        lora_alpha=4,
+        learning_rate=1e-2,
+        precision="fp32",
+    )
+    target = prepare_aligned(get_settings(), progress=False, cfg=cfg)
+    assert target == embedded_dir("embedded:smollm2-aligned", get_settings())
+    assert list(target.glob("*.safetensors")) and not target.with_name(target.name + ".building").exists()
+    info = json.loads((target / "align_result.json").read_text())
+    assert info["n_refusals"] == 6 and info["n_distilled"] + info["n_distill_dropped"] == 4
+    resolved = resolve_model("smollm2-135m-aligned", get_settings())
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(resolved.path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_registry)
+    diffs = [float((a - b).abs().max()) for a, b in zip(merged.parameters(), base.parameters(), strict=True)]
+    assert max(diffs) > 0  # the safety SFT changed the weights
+    assert not any("lora" in n for n, _ in merged.named_parameters())  # merged, not an adapter
+    assert json.loads((target / "tunegate_source.json").read_text())["align_config"]["n_refusals"] == 6
+
+
+def test_refusal_examples_and_config():
+    exs = refusal_examples(5, seed=1)
+    assert len(exs) == 5 and all(len(c.messages) == 2 for c in exs)
+    with pytest.raises(InvalidConfig, match="n_epochs"):
+        AlignConfig(n_epochs=0)
+
+
+def test_reused_distillation_and_top_layers_only(tiny_registry):
+    from tunegate.conversation import Conversation, Message
+
+    distilled = [Conversation((Message("user", "hello"), Message("assistant", "Hi there, how can I help?")))]
+    cfg = AlignConfig(
+        n_refusals=4,
+        n_epochs=1,
+        batch_size=5,
+        lora_r=2,
+        lora_alpha=4,
+        learning_rate=1e-2,
+        lora_top_fraction=0.5,
+        precision="fp32",
+    )
+    target = prepare_aligned(get_settings(), progress=False, cfg=cfg, distilled=distilled)
+    info = json.loads((target / "align_result.json").read_text())
+    assert info["n_distilled"] == 1 and info["n_refusals"] == 4
+    from transformers import AutoModelForCausalLM
+
+    merged = dict(AutoModelForCausalLM.from_pretrained(target).named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_registry).named_parameters())
+    changed = {n.split(".")[2] for n in merged if "layers." in n and not torch.equal(merged[n], base[n])}
+    assert changed == {"1"}  # only the top half of the 2 blocks was adapted
+    with pytest.raises(InvalidConfig, match="lora_top_fraction"):
+        AlignConfig(lora_top_fraction=0)

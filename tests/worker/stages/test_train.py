@@ -1,0 +1,133 @@
+"""Train stage on a tiny model: peft adapter, per-step metrics, checkpoints, resume after a crash."""
+
+import json
+
+import pytest
+import torch
+
+from tests.utils.tiny_model import build_tiny_model
+from tunegate.conversation import Conversation, Message
+from tunegate.errors import InvalidConfig, JobCancelled
+from tunegate.settings import reset_settings
+from worker.stages.base import StageIO, load_result
+from worker.stages.train import TrainConfig, TrainInputs, config_from_openai, run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    reset_settings()
+    yield
+    reset_settings()
+
+
+def _examples(n=6):
+    out = []
+    for i in range(n):
+        msgs = (
+            Message("user", f"What is {i} plus {i}?"),
+            Message("assistant", f"The answer is {2 * i}. #### {2 * i}"),
+        )
+        out.append(Conversation(messages=msgs, line=i + 1))
+    return out
+
+
+def _cfg(tiny, **kw):
+    base = {
+        "model": str(tiny),
+        "n_epochs": 2,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "learning_rate": 5e-3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.1,
+        "seed": 1,
+        "device": "cpu",
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _adapter_tensors(adapter_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def test_train_writes_loadable_adapter_metrics_and_checkpoints(tiny, tmp_path):
+    events, cks = [], []
+    io = StageIO(tmp_path / "out", progress=lambda f, m, met: events.append(met), stage="train")
+    res = run(_cfg(tiny), TrainInputs(_examples(), io, on_checkpoint=cks.append))
+    assert res.steps == 4 and res.epochs == 2  # 6 examples / (2*2) -> 2 steps per epoch
+    assert [c["epoch"] for c in cks] == [1, 2] and cks[-1]["step_number"] == 4
+    assert all("train_loss" in e and "train_mean_token_accuracy" in e for e in events)
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert load_result(tmp_path / "out")["adapter_dir"] == res.adapter_dir
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    model = PeftModel.from_pretrained(base, res.adapter_dir)
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+def test_loss_goes_down(tiny, tmp_path):
+    io = StageIO(tmp_path / "out")
+    run(_cfg(tiny, n_epochs=8, lora_dropout=0.0, learning_rate=5e-2, lora_r=8), TrainInputs(_examples(), io))
+    hist = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    first, last = sum(h["train_loss"] for h in hist[:2]) / 2, sum(h["train_loss"] for h in hist[-2:]) / 2
+    assert last < first - 0.1, (first, last)  # the tiny random model's tied lm_head caps how far it can fall
+
+
+def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny, tmp_path):
+    ref = run(_cfg(tiny, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "ref")))
+    calls = {"n": 0}
+
+    def stop_in_epoch_3():  # 2 steps per epoch: the 5th step boundary is inside epoch 3
+        calls["n"] += 1
+        return calls["n"] >= 5
+
+    io = StageIO(tmp_path / "crash", should_stop=stop_in_epoch_3)
+    with pytest.raises(JobCancelled):
+        run(_cfg(tiny, n_epochs=3), TrainInputs(_examples(), io))
+    assert sorted(p.name for p in (tmp_path / "crash" / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
+    resumed = run(_cfg(tiny, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "crash")))
+    assert resumed.resumed_from_epoch == 2 and resumed.steps == ref.steps == 6
+    a, b = _adapter_tensors(tmp_path / "ref" / "adapter"), _adapter_tensors(tmp_path / "crash" / "adapter")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_weight_zero_turns_carry_no_loss(tiny, tmp_path):
+    from worker.ml.models import load_tokenizer
+    from worker.ml.render import encode
+
+    tok = load_tokenizer(tiny)
+    conv = Conversation(
+        messages=(
+            Message("user", "hi"),
+            Message("assistant", "bad answer", weight=0.0),
+            Message("user", "again"),
+            Message("assistant", "good"),
+        ),
+        line=1,
+    )
+    enc = encode(tok, conv, max_len=512)
+    supervised = tok.decode([t for t in enc.labels if t != -100])
+    assert "good" in supervised and "bad" not in supervised
+
+
+def test_config_validation_and_openai_mapping(tiny):
+    with pytest.raises(InvalidConfig, match="lora_r"):
+        TrainConfig(model="x", lora_r=0)
+    with pytest.raises(InvalidConfig, match="learning_rate"):
+        TrainConfig(model="x", learning_rate=0)
+    cfg = config_from_openai("m", {"batch_size": 16, "learning_rate_multiplier": 0.5}, 200)
+    assert cfg.batch_size * cfg.grad_accum == 16 and cfg.learning_rate == pytest.approx(5e-5)

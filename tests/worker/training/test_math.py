@@ -1,0 +1,44 @@
+import math
+
+import pytest
+import torch
+
+from tunegate.errors import InvalidConfig
+from worker.training.hparams import resolve_hyperparameters
+from worker.training.math import IGNORE, epoch_order, lr_at, steps_per_epoch, token_stats
+
+
+def test_token_stats_counts_only_supervised_shifted_positions():
+    # vocab 3; logits strongly predict token 2 everywhere
+    logits = torch.tensor([[[0.0, 0.0, 10.0]] * 4])  # (1, 4, 3)
+    labels = torch.tensor([[IGNORE, IGNORE, 2, 1]])
+    loss_sum, n, correct = token_stats(logits, labels)
+    assert n == 2 and correct == 1
+    expected = -torch.log_softmax(torch.tensor([0.0, 0.0, 10.0]), -1)
+    assert math.isclose(float(loss_sum), float(expected[2] + expected[1]), rel_tol=1e-5)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 100, 1e-3, 0.1) for s in range(100)]
+    assert lrs[0] < lrs[9] == pytest.approx(1e-3)
+    assert lrs[-1] < lrs[50] < lrs[10]
+    assert min(lrs) >= 1e-4 * 0.999
+
+
+def test_epoch_order_is_a_permutation_and_deterministic():
+    a, b = epoch_order(10, 3, 1), epoch_order(10, 3, 1)
+    assert a == b and sorted(a) == list(range(10)) and a != epoch_order(10, 3, 2)
+    assert steps_per_epoch(10, 3, 2) == 2
+
+
+def test_resolve_hyperparameters_auto_and_explicit():
+    r = resolve_hyperparameters({"n_epochs": "auto"}, 100)
+    assert r.n_epochs == 3 and r.batch_size == 4 and r.learning_rate == pytest.approx(1e-4)
+    r = resolve_hyperparameters({"batch_size": 32, "learning_rate_multiplier": 2}, 1000)
+    assert r.micro_batch_size == 8 and r.grad_accum == 4 and r.learning_rate == pytest.approx(2e-4)
+    with pytest.raises(InvalidConfig, match="n_epochs"):
+        resolve_hyperparameters({"n_epochs": 1.5}, 10)
+    with pytest.raises(InvalidConfig, match="unknown"):
+        resolve_hyperparameters({"lr": 1}, 10)
+    with pytest.raises(InvalidConfig, match="batch_size"):
+        resolve_hyperparameters({"batch_size": -1}, 10)

@@ -1,0 +1,1 @@
+"""Safety evaluation: batched generation, ASR judges, over-refusal, the refusal-direction margin."""

@@ -1,0 +1,110 @@
+"""Batched greedy generation with left padding, a KV cache and early stopping.
+
+Prompts are left-padded so every sequence's next token sits in the last column; the cache makes each new
+token one (B, 1) forward. A sequence stops at end-of-turn, at ``max_new_tokens``, or as soon as
+``settled(text)`` says its verdict cannot change any more (e.g. a refusal keyword appeared); the batch stops
+when every sequence has stopped. Greedy decoding, so results are deterministic and comparable base vs tuned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+SETTLE_EVERY = 4  # decode and test ``settled`` every this many new tokens
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    import torch
+
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, T - len(p) :] = 1
+    return ids.to(device), mask.to(device)  # (B, T), (B, T)
+
+
+def _stop_ids(tokenizer: Any) -> set[int]:
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return ids
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    settled: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Greedy continuations of one batch of prompt token ids (decoded, special tokens dropped)."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad_id = int(tokenizer.pad_token_id)
+    ids, mask = _left_pad(prompts, pad_id, device)
+    stop = _stop_ids(tokenizer)
+    B = ids.size(0)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in range(B)]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions ignoring left padding
+    past, step_ids, step_pos = None, ids, pos
+    with torch.no_grad():
+        for t in range(max_new_tokens):
+            res = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = res.past_key_values
+            nxt = res.logits[:, -1, :].argmax(-1)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            for i in (~done).nonzero().flatten().tolist():
+                tok_id = int(nxt[i])
+                if tok_id in stop:
+                    done[i] = True
+                else:
+                    out[i].append(tok_id)
+            if settled is not None and (t + 1) % SETTLE_EVERY == 0:
+                for i in (~done).nonzero().flatten().tolist():
+                    if settled(tokenizer.decode(out[i], skip_special_tokens=True)):
+                        done[i] = True
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+t+1)
+            step_ids = nxt.unsqueeze(1)  # (B, 1)
+            step_pos = step_pos[:, -1:] + 1  # (B, 1)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+
+
+def generate_all(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    settled: Callable[[str], bool] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Generate for many prompts; batches are formed from length-sorted prompts to limit padding."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        outs = generate_batch(
+            model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, settled=settled
+        )
+        for i, text in zip(idx, outs, strict=True):
+            texts[i] = text
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(order)), len(order))
+    return texts

@@ -1,0 +1,138 @@
+"""Evaluate one model on prompt sets in one template: harmful ASR, over-refusal, refusal-direction margin."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tunegate.conversation import Message
+from worker.evaluation.direction import last_token_acts
+from worker.evaluation.generate import generate_all
+from worker.evaluation.judges import Judge, over_refusal
+from worker.evaluation.math import asr, margin
+from worker.evaluation.prompts import Prompt
+from worker.mitigation.format import UserFormat
+from worker.mitigation.inject import render_user
+from worker.ml.render import encode_prompt
+
+OnBatch = Callable[[int, int], None] | None
+
+
+def render_messages(text: str, fmt: UserFormat | None) -> list[Message]:
+    """The prompt as a one-turn conversation: plain (chat template) or wrapped like the user's examples."""
+    if fmt is None:
+        return [Message("user", text)]
+    msgs = []
+    if fmt.systems and fmt.system_share >= 0.5:
+        msgs.append(Message("system", fmt.systems[0][0]))
+    msgs.append(Message("user", render_user(fmt, text)))
+    return msgs
+
+
+def template_is_plain(fmt: UserFormat | None) -> bool:
+    return fmt is None or not (
+        fmt.user_prefix or fmt.user_suffix or (fmt.systems and fmt.system_share >= 0.5)
+    )
+
+
+def prompt_ids(tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None) -> list[list[int]]:
+    return [encode_prompt(tok, render_messages(p.text, fmt)) for p in prompts]
+
+
+def harmful_records(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Prompt],
+    fmt: UserFormat | None,
+    judge: Judge,
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch: OnBatch = None,
+) -> list[dict[str, Any]]:
+    texts = generate_all(
+        model,
+        tok,
+        prompt_ids(tok, prompts, fmt),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        settled=judge.settled(),
+        on_batch=on_batch,
+    )
+    out = []
+    for p, t in zip(prompts, texts, strict=True):
+        v = judge.judge(p.text, t)
+        out.append(
+            {
+                "prompt": p.text,
+                "category": p.category,
+                "response": t,
+                "jailbroken": v.jailbroken,
+                "score": v.score,
+                "judge": v.judge,
+            }
+        )
+    return out
+
+
+def borderline_records(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Prompt],
+    fmt: UserFormat | None,
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch: OnBatch = None,
+) -> list[dict[str, Any]]:
+    # XSTest's match looks at how the reply starts, so once a few words exist the verdict is settled.
+    texts = generate_all(
+        model,
+        tok,
+        prompt_ids(tok, prompts, fmt),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        settled=lambda s: len(s.split()) >= 8,
+        on_batch=on_batch,
+    )
+    return [
+        {"prompt": p.text, "category": p.category, "response": t, "refused": over_refusal(t)}
+        for p, t in zip(prompts, texts, strict=True)
+    ]
+
+
+def summarize_harmful(records: list[dict[str, Any]]) -> dict[str, Any]:
+    cats: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        cats[r["category"]].append(bool(r["jailbroken"]))
+    scores = [r["score"] for r in records if r.get("score") is not None]
+    out: dict[str, Any] = {
+        "asr": asr([r["jailbroken"] for r in records]),
+        "n": len(records),
+        "per_category": {c: asr(v) for c, v in sorted(cats.items())},
+    }
+    if scores:
+        out["mean_harm_score"] = sum(scores) / len(scores)
+    return out
+
+
+def summarize_borderline(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"refusal_rate": asr([r["refused"] for r in records]), "n": len(records)}
+
+
+def direction_acts(
+    model: Any,
+    tok: Any,
+    harmful: Sequence[Prompt],
+    harmless: Sequence[Prompt],
+    fmt: UserFormat | None,
+    layer: int,
+    batch_size: int,
+) -> tuple[Any, Any]:
+    return (
+        last_token_acts(model, tok, prompt_ids(tok, harmful, fmt), layer, batch_size),
+        last_token_acts(model, tok, prompt_ids(tok, harmless, fmt), layer, batch_size),
+    )
+
+
+def margin_of(acts: tuple[Any, Any], r_hat: Any) -> float:
+    return margin(acts[0], acts[1], r_hat)

@@ -1,0 +1,77 @@
+"""Evaluate one model (optionally plus a LoRA adapter) on any prompt file (``tunegate eval``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunegate.conversation import load_examples
+from tunegate.settings import get_settings
+from worker.evaluation.judges import Judge
+from worker.evaluation.prompts import Prompt, project_borderline
+from worker.evaluation.runner import (
+    borderline_records,
+    harmful_records,
+    summarize_borderline,
+    summarize_harmful,
+)
+from worker.mitigation.format import UserFormat, infer_format
+from worker.ml.models import device_for, load_model, load_tokenizer, resolve_model
+
+
+@dataclass(frozen=True)
+class SingleEval:
+    model: str
+    adapter: str | None = None
+    template: str = "chat"  # "chat" or a training JSONL whose format the prompts are wrapped in
+    max_new_tokens: int = 64
+    borderline_max_new_tokens: int = 24
+    batch_size: int = 16
+    dtype: str = "auto"  # auto | bf16 | fp32
+
+
+def load_for_eval(model: str, adapter: str | None, dtype: str = "auto") -> tuple[Any, Any]:
+    import torch
+
+    settings = get_settings()
+    resolved = resolve_model(model, settings)
+    device = device_for(settings)
+    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
+    tok = load_tokenizer(resolved.path)
+    m = load_model(resolved.path, device, dtype=dt)
+    if adapter:
+        from peft import PeftModel
+
+        m = PeftModel.from_pretrained(m, adapter).eval()
+    return m, tok
+
+
+def template_format(template: str) -> UserFormat | None:
+    return None if template == "chat" else infer_format(load_examples(Path(template)))
+
+
+def evaluate_prompts(
+    cfg: SingleEval, harmful: list[Prompt], benign: list[Prompt] | None, judge: Judge
+) -> dict[str, Any]:
+    """ASR on ``harmful`` and over-refusal on ``benign`` (default: the project's borderline set)."""
+    t0 = time.monotonic()
+    model, tok = load_for_eval(cfg.model, cfg.adapter, cfg.dtype)
+    fmt = template_format(cfg.template)
+    recs = harmful_records(model, tok, harmful, fmt, judge, cfg.max_new_tokens, cfg.batch_size)
+    out: dict[str, Any] = {
+        "model": cfg.model,
+        "adapter": cfg.adapter,
+        "template": cfg.template,
+        "judge": judge.name,
+        "max_new_tokens": cfg.max_new_tokens,
+        **summarize_harmful(recs),
+    }
+    benign = project_borderline() if benign is None else benign
+    if benign:
+        b = borderline_records(model, tok, benign, fmt, cfg.borderline_max_new_tokens, cfg.batch_size)
+        out["over_refusal"] = summarize_borderline(b)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    out["records"] = recs
+    return out

@@ -1,0 +1,163 @@
+"""Infer the user's data format so injected safety examples look like the user's own.
+
+Generic refusal data sits in another format than the task, so it fails to anchor refusal where the user's
+fine-tuning moves the model (Eiras et al. 2024). We read the dataset and record what a safety example must
+copy: the system prompt(s) verbatim, constant text wrapped around every user turn (templates such as
+"### Instruction:" ... "### Response:"), and the response structure (a JSON object, a closed label set, a
+final-answer line like ``#### 42``, bullet lists, a constant answer prefix such as "Answer:").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunegate.conversation import Conversation
+
+MAJORITY = 0.8  # share of examples a pattern must hold for to count as "the format"
+MAX_LABELS = 20
+JSON_TEXT_KEYS = (
+    "answer",
+    "response",
+    "output",
+    "reply",
+    "text",
+    "result",
+    "content",
+    "message",
+    "explanation",
+    "reason",
+    "reasoning",
+    "summary",
+    "label",
+)
+_FINAL = re.compile(r"\n(#{2,6}|Final answer:|The answer is:?|Answer:)\s*\S[^\n]*\s*$", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class UserFormat:
+    systems: list[tuple[str, int]] = field(default_factory=list)  # verbatim system prompts with counts
+    system_share: float = 0.0  # share of examples with a system prompt
+    source_format: str = "chat"
+    user_prefix: str = ""
+    user_suffix: str = ""
+    response_kind: str = "text"  # text | json | labels | final_answer | bullets
+    response_prefix: str = ""
+    final_marker: str = ""  # e.g. "####"
+    json_keys: list[str] = field(default_factory=list)
+    json_text_key: str = ""
+    json_types: dict[str, str] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    bullet_marker: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _common_prefix(texts: list[str]) -> str:
+    if not texts:
+        return ""
+    lo, hi = min(texts), max(texts)
+    n = 0
+    while n < min(len(lo), len(hi)) and lo[n] == hi[n]:
+        n += 1
+    return lo[:n]
+
+
+def _snap_prefix(p: str) -> str:
+    """Keep a wrapper only up to a clear boundary: a newline or a 'Label:'-style colon."""
+    m = re.search(r"(?s)^.*(\n|:[ \t]*)", p)
+    return m.group(0) if m and len(m.group(0).strip()) >= 2 else ""
+
+
+def _answer_prefix(responses: list[str]) -> str:
+    """A short constant label the responses open with ("Answer: "), never content like "Sure, here is"."""
+    m = re.match(r"^[^\n:]{1,24}:[ \t]*", _common_prefix(responses)) if len(responses) > 1 else None
+    return m.group(0) if m else ""
+
+
+def _snap_suffix(s: str) -> str:
+    m = re.search(r"(?s)\n.*$", s)
+    return m.group(0) if m and len(m.group(0).strip()) >= 2 else ""
+
+
+def _wrappers(users: list[str]) -> tuple[str, str]:
+    if len(users) < 2:
+        return "", ""
+    prefix = _snap_prefix(_common_prefix(users))
+    rest = [u[len(prefix) :] for u in users]
+    suffix = _snap_suffix(_common_prefix([r[::-1] for r in rest])[::-1])
+    if any(len(r) <= len(suffix) for r in rest):  # the "wrapper" is the whole turn: not a template
+        return "", ""
+    return prefix, suffix
+
+
+def _json_shape(responses: list[str]) -> tuple[list[str], str, dict[str, str]] | None:
+    objs = []
+    for r in responses:
+        try:
+            obj = json.loads(r)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and obj:
+            objs.append(obj)
+    if len(objs) < MAJORITY * len(responses):
+        return None
+    keys = list(objs[0].keys())
+    types = {k: type(objs[0][k]).__name__ for k in keys}
+    strings = [k for k in keys if types[k] == "str"]
+    text_key = next((k for name in JSON_TEXT_KEYS for k in strings if k.lower() == name), None)
+    return keys, text_key or (strings[0] if strings else keys[0]), types
+
+
+def _labels(responses: list[str]) -> list[str] | None:
+    counts = Counter(r.strip() for r in responses)
+    short = all(len(r.split()) <= 3 for r in counts)
+    if short and 1 < len(counts) <= MAX_LABELS and len(responses) >= 2 * len(counts):
+        return sorted(counts)
+    return None
+
+
+def _response_shape(responses: list[str]) -> dict[str, Any]:
+    n = len(responses)
+    shape = _json_shape(responses)
+    if shape is not None:
+        keys, text_key, types = shape
+        return {"response_kind": "json", "json_keys": keys, "json_text_key": text_key, "json_types": types}
+    labels = _labels(responses)
+    if labels is not None:
+        return {"response_kind": "labels", "labels": labels}
+    finals = [m.group(1) for r in responses if (m := _FINAL.search(r))]
+    if finals and len(finals) >= MAJORITY * n:
+        return {"response_kind": "final_answer", "final_marker": Counter(finals).most_common(1)[0][0]}
+    bullets = [b.group(0).strip() for r in responses if (b := _BULLET.search(r))]
+    if bullets and len(bullets) >= 0.6 * n:
+        marker = Counter("1." if b[0].isdigit() else b for b in bullets).most_common(1)[0][0]
+        return {"response_kind": "bullets", "bullet_marker": marker}
+    return {"response_kind": "text"}
+
+
+def infer_format(examples: list[Conversation]) -> UserFormat:
+    """Infer the dataset's format (first user turn and first assistant turn of each example)."""
+    systems = Counter(c.system for c in examples if c.system)
+    users = [c.user_turns[0] for c in examples if c.user_turns]
+    responses = [c.assistant_turns[0] for c in examples if c.assistant_turns]
+    prefix, suffix = _wrappers(users)
+    shape = _response_shape(responses) if responses else {"response_kind": "text"}
+    resp_prefix = ""
+    if shape["response_kind"] in ("text", "bullets", "final_answer"):
+        resp_prefix = _answer_prefix(responses)
+    fmt_counts = Counter(c.source_format for c in examples)
+    return UserFormat(
+        systems=systems.most_common(),
+        system_share=sum(systems.values()) / max(1, len(examples)),
+        source_format=fmt_counts.most_common(1)[0][0] if fmt_counts else "chat",
+        user_prefix=prefix,
+        user_suffix=suffix,
+        response_prefix=resp_prefix,
+        **shape,
+    )

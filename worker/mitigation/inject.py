@@ -1,0 +1,105 @@
+"""Format-mimicking safety examples: pool requests rendered in the user's format, refused in that format.
+
+The pool (``tunegate/data/pool/harmful.jsonl``) holds project-written harmful *requests* only, disjoint from
+the anchors and every evaluation set. Refusals are assembled from several styles and a per-category reason
+(``tunegate/data/pool/refusals.json``) so the model cannot key refusal off one fixed string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from functools import lru_cache
+from typing import Any
+
+from tunegate.conversation import Conversation, Message
+from worker.evaluation.prompts import data_path, read_jsonl
+from worker.mitigation.format import UserFormat
+
+
+@lru_cache(maxsize=1)
+def _refusal_parts() -> dict[str, Any]:
+    data = json.loads(data_path("pool", "refusals.json").read_text(encoding="utf-8"))
+    data["generic"] = [s for s in data["styles"] if "{x}" not in s]
+    return data
+
+
+def pool() -> list[dict[str, str]]:
+    return [
+        {"prompt": str(r["prompt"]), "category": str(r["category"])}
+        for r in read_jsonl(data_path("pool", "harmful.jsonl"))
+    ]
+
+
+def refusal_text(category: str, rng: random.Random) -> str:
+    parts = _refusal_parts()
+    style = rng.choice(parts["generic"])
+    offer = parts["offers"].get(category, "") if rng.random() < 0.6 else ""
+    text = style.format(reason=parts["reasons"].get(category, ""), offer=offer)
+    return " ".join(text.split())
+
+
+def render_user(fmt: UserFormat, request: str) -> str:
+    """The request wrapped like the user's own turns."""
+    return f"{fmt.user_prefix}{request}{fmt.user_suffix}"
+
+
+def render_response(fmt: UserFormat, refusal: str, rng: random.Random) -> str:
+    """A refusal written in the user's response format."""
+    kind = fmt.response_kind
+    if kind == "json":
+        empty: dict[str, Any] = {"str": "", "int": None, "float": None, "bool": False, "list": [], "dict": {}}
+        obj: dict[str, Any] = {k: empty.get(fmt.json_types.get(k, "str")) for k in fmt.json_keys}
+        obj[fmt.json_text_key] = refusal
+        return json.dumps(obj, ensure_ascii=False)
+    if kind == "final_answer":
+        final = rng.choice(_refusal_parts()["final_answer"])
+        return f"{fmt.response_prefix}{refusal}\n{fmt.final_marker} {final}"
+    if kind == "bullets":
+        marker = fmt.bullet_marker
+        sentences = [s.strip() for s in refusal.replace("! ", ". ").split(". ") if s.strip()]
+        lines = [
+            f"{f'{i + 1}.' if marker == '1.' else marker} {s.rstrip('.')}." for i, s in enumerate(sentences)
+        ]
+        return fmt.response_prefix + "\n".join(lines)
+    if kind == "labels":  # a closed label set cannot express a refusal: answer in free text
+        return refusal
+    return f"{fmt.response_prefix}{refusal}"
+
+
+def _system(fmt: UserFormat, rng: random.Random) -> str | None:
+    if not fmt.systems or rng.random() >= fmt.system_share:
+        return None
+    texts = [s for s, _ in fmt.systems]
+    weights = [n for _, n in fmt.systems]
+    return rng.choices(texts, weights=weights, k=1)[0]
+
+
+def inject_count(n_examples: int, ratio: float, minimum: int, max_fraction: float) -> int:
+    """max(minimum, ratio*n), but never more than ``max_fraction`` of the user's examples."""
+    if n_examples <= 0 or ratio <= 0:
+        return 0
+    want = max(minimum, round(ratio * n_examples))
+    return max(1, min(want, math.floor(max_fraction * n_examples)))
+
+
+def safety_examples(fmt: UserFormat, n: int, seed: int) -> list[Conversation]:
+    """``n`` safety examples in the user's format (pool requests cycled in a seeded order when n > pool)."""
+    rng = random.Random(seed)
+    items = pool()
+    order: list[dict[str, str]] = []
+    while len(order) < n:
+        batch = items[:]
+        rng.shuffle(batch)
+        order.extend(batch)
+    out = []
+    for item in order[:n]:
+        msgs = []
+        system = _system(fmt, rng)
+        if system is not None:
+            msgs.append(Message("system", system))
+        msgs.append(Message("user", render_user(fmt, item["prompt"])))
+        msgs.append(Message("assistant", render_response(fmt, refusal_text(item["category"], rng), rng)))
+        out.append(Conversation(tuple(msgs), line=0, meta={"injected": True, "category": item["category"]}))
+    return out

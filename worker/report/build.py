@@ -1,0 +1,55 @@
+"""Assemble the safety report (JSON) and render it as a self-contained HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_json, atomic_write_text
+from worker.report.html import render_html
+
+MAX_FLAGGED = 20
+
+
+def flagged_examples(records: list[dict[str, Any]] | None, n: int = MAX_FLAGGED) -> list[dict[str, Any]]:
+    if not records:
+        return []
+    top = sorted(records, key=lambda r: -float(r.get("risk", 0.0)))[:n]
+    return [
+        {
+            "line": r.get("line"),
+            "risk": r.get("risk"),
+            "percentiles": r.get("percentiles", {}),
+            "reasons": r.get("reasons", []),
+        }
+        for r in top
+    ]
+
+
+def build_report(
+    policy: dict[str, Any],
+    decision: dict[str, Any],
+    evaluation: dict[str, Any],
+    score_summary: dict[str, Any] | None,
+    score_records: list[dict[str, Any]] | None,
+    mitigation: dict[str, Any] | None,
+    training: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "decision": {k: decision[k] for k in ("released", "code", "message", "checks")},
+        "policy": policy,
+        "scoring": {
+            "summary": score_summary or {},
+            "risk": [float(r.get("risk", 0.0)) for r in score_records or []],
+            "flagged": flagged_examples(score_records),
+        },
+        "mitigation": mitigation or {"action": "none", "note": "mitigation was off"},
+        "training": training or {},
+        "evaluation": evaluation,
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    js = atomic_write_json(out_dir / "report.json", report)
+    html = atomic_write_text(out_dir / "report.html", render_html(report))
+    return js, html

@@ -1,0 +1,240 @@
+"""Align stage: build the provider's aligned reference base from the embedded SmolLM2.
+
+SmolLM2-135M-Instruct complies with nearly every harmful request, so a release gate measured on it means
+nothing. This stage gives it a short safety SFT: LoRA on the project's harmful-request -> refusal set
+(``tunegate/data/align/refusals.jsonl``) plus the model's own greedy answers to benign and borderline-safe
+prompts (``benign.jsonl``; self-distillation keeps its helpfulness and teaches that trigger words alone are
+no reason to refuse). The adapter is merged and saved as safetensors into the model cache
+(``embedded:smollm2-aligned``), atomically, so a half-built model is never picked up.
+None of AdvBench's or XSTest's prompts are in this data: they are the yardstick (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_json
+from tunegate.conversation import Conversation, Message, dump_examples
+from tunegate.errors import InvalidConfig
+from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
+from worker.evaluation.generate import generate_all
+from worker.evaluation.keyword import is_refusal
+from worker.evaluation.prompts import data_path, read_jsonl
+from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
+from worker.ml.render import encode_prompt
+from worker.stages import train
+from worker.stages.base import StageIO, finish
+
+log = logging.getLogger(__name__)
+ALIGNED_SOURCE = "embedded:smollm2-aligned"
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Defaults = the recipe measured in docs/aligned_base.md (sized for 2 shared CPU cores)."""
+
+    source_model: str = EMBEDDED_BASE
+    n_refusals: int = 120
+    n_distill: int = 64
+    distill_max_new_tokens: int = 48
+    n_epochs: int = 1
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_top_fraction: float = 0.5  # adapt only the top half of the blocks: backprop stops there (CPU cost)
+    precision: str = "bf16"  # bf16 autocast for training: faster on CPUs with AVX512-BF16/AMX, and on CUDA
+    distill_batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lora_top_fraction <= 1:
+            raise InvalidConfig("AlignConfig.lora_top_fraction must be in (0, 1]", param="lora_top_fraction")
+        for name in ("n_refusals", "n_distill", "distill_max_new_tokens", "n_epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidConfig(f"AlignConfig.{name} must be >= 1", param=name)
+
+
+@dataclass
+class AlignInputs:
+    io: StageIO
+    target_dir: Path
+    distilled: list[Conversation] | None = None  # reuse answers distilled earlier (same base) instead
+
+
+@dataclass
+class AlignResult:
+    model_dir: str
+    n_refusals: int
+    n_distilled: int
+    n_distill_dropped: int
+    seconds: float
+    train: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def refusal_examples(n: int, seed: int) -> list[Conversation]:
+    rows = read_jsonl(data_path("align", "refusals.jsonl"))
+    random.Random(seed).shuffle(rows)
+    return [
+        Conversation((Message("user", str(r["prompt"])), Message("assistant", str(r["response"]))))
+        for r in rows[:n]
+    ]
+
+
+def _tidy(text: str, limit_hit: bool) -> str:
+    """Cut an answer that ran into the token limit back to its last full sentence."""
+    text = text.strip()
+    if limit_hit:
+        cut = max(text.rfind(c) for c in (".", "!", "?", "\n"))
+        text = text[: cut + 1].strip() if cut > 0 else text
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def distilled_examples(model: Any, tok: Any, cfg: AlignConfig, io: StageIO) -> tuple[list[Conversation], int]:
+    """The base model's own greedy answers to benign/borderline prompts; refusals among them are dropped."""
+    rows = read_jsonl(data_path("align", "benign.jsonl"))
+    random.Random(cfg.seed).shuffle(rows)  # ordinary and borderline prompts mixed
+    rows = rows[: cfg.n_distill]
+    prompts = [str(r["prompt"]) for r in rows]
+    ids = [encode_prompt(tok, [Message("user", p)]) for p in prompts]
+    answers = generate_all(
+        model,
+        tok,
+        ids,
+        max_new_tokens=cfg.distill_max_new_tokens,
+        batch_size=cfg.distill_batch_size,
+        on_batch=lambda d, n: io.step(0.4 * d / n, f"self-distillation {d}/{n}"),
+    )
+    out, dropped = [], 0
+    for p, a in zip(prompts, answers, strict=True):
+        hit = len(tok(a, add_special_tokens=False)["input_ids"]) >= cfg.distill_max_new_tokens - 1
+        a = _tidy(a, hit)
+        if not a or is_refusal(a):
+            dropped += 1
+            continue
+        out.append(Conversation((Message("user", p), Message("assistant", a))))
+    return out, dropped
+
+
+def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
+    t0 = time.monotonic()
+    io, out_dir = inputs.io, Path(inputs.io.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    base = resolve_model(cfg.source_model, settings)
+    device = device_for(settings)
+    if inputs.distilled is None:
+        tok = load_tokenizer(base.path)
+        model = load_model(base.path, device)  # decoding is memory-bound: CPU bf16 kernels do not help there
+        distilled, dropped = distilled_examples(model, tok, cfg, io)
+        del model
+    else:
+        distilled, dropped = inputs.distilled, 0
+    refusals = refusal_examples(cfg.n_refusals, cfg.seed)
+    examples = refusals + distilled
+    random.Random(cfg.seed).shuffle(examples)
+    dump_examples(examples, out_dir / "align_train.jsonl")
+    tcfg = train.TrainConfig(
+        model=str(base.path),
+        n_epochs=cfg.n_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        seed=cfg.seed,
+        device=device,
+        precision=cfg.precision,
+        lora_layers=_top_layers(base.path, cfg.lora_top_fraction),
+    )
+    sub = StageIO(
+        out_dir / "train",
+        progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met),
+        should_stop=io.should_stop,
+        stage="align",
+    )
+    tres = train.run(tcfg, train.TrainInputs(examples, sub))
+    merge_adapter(
+        base.path,
+        Path(tres.adapter_dir),
+        inputs.target_dir,
+        recipe={"align_config": asdict(cfg), "source_fingerprint": base.fingerprint},
+    )
+    res = AlignResult(
+        str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres.to_dict()
+    )
+    finish(out_dir, cfg, res.to_dict())
+    return res
+
+
+def _top_layers(model_dir: Path, fraction: float) -> tuple[int, ...]:
+    """Indices of the top ``fraction`` of decoder blocks; () (all blocks) for fraction 1."""
+    if fraction >= 1.0:
+        return ()
+    n = int(json.loads((model_dir / "config.json").read_text())["num_hidden_layers"])
+    k = max(1, round(n * fraction))
+    return tuple(range(n - k, n))
+
+
+def merge_adapter(base_path: Path, adapter_dir: Path, target: Path, recipe: dict[str, Any]) -> Path:
+    """Fold a LoRA adapter into its base and save the result as a plain safetensors model (atomically)."""
+    import torch
+    from peft import PeftModel
+
+    tmp = target.with_name(target.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base = load_model(base_path, "cpu", dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(tmp, safe_serialization=True)
+    load_tokenizer(base_path).save_pretrained(tmp)
+    atomic_write_json(tmp / "tunegate_source.json", {"aligned_from": str(base_path), **recipe})
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return target
+
+
+def prepare_aligned(
+    settings: Settings | None = None,
+    progress: bool = True,
+    cfg: AlignConfig | None = None,
+    distilled: list[Conversation] | None = None,
+) -> Path:
+    """Build (or rebuild) the aligned embedded base and return its directory (``models prepare``)."""
+    settings = settings or get_settings()
+    cfg = cfg or AlignConfig()
+    target = embedded_dir(ALIGNED_SOURCE, settings)
+    work = settings.models_path / ".align-work"
+    shutil.rmtree(work, ignore_errors=True)
+    io = StageIO(work, progress=_tqdm_progress() if progress else StageIO(work).progress, stage="align")
+    res = run(cfg, AlignInputs(io=io, target_dir=target, distilled=distilled))
+    atomic_write_json(target / "align_result.json", res.to_dict())
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _tqdm_progress() -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc="aligning", unit="‰")
+
+    def update(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(
+            message[:60] + (f" loss={metrics['train_loss']:.3f}" if "train_loss" in metrics else "")
+        )
+        bar.refresh()
+
+    return update

@@ -1,0 +1,207 @@
+"""Evaluate stage: what did the fine-tune do to safety? Base vs fine-tuned, in two templates.
+
+For each template ("chat": the plain chat template; "user": prompts wrapped like the user's training
+examples, using the mitigation's format inference) it measures keyword (or LLM-judged) ASR on the
+project's harmful set (plus any standard prompt file), per category, and the refusal-direction margin
+(base direction, fixed). Over-refusal on the project's XSTest-style borderline prompts is measured in the
+chat template. Base-model results are cached per (model, prompt sets, template, settings).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_text
+from tunegate.conversation import Conversation
+from tunegate.errors import InvalidConfig
+from tunegate.settings import get_settings
+from worker.evaluation import cache
+from worker.evaluation.judges import Judge, LLMJudgeAdapter
+from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
+from worker.evaluation.model_eval import ModelEvaluator, direction_sets
+from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
+from worker.evaluation.runner import template_is_plain
+from worker.mitigation.format import UserFormat, infer_format
+from worker.ml.models import device_for, load_model, load_tokenizer, resolve_model
+from worker.stages.base import StageIO, finish
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    max_new_tokens: int = 64
+    borderline_max_new_tokens: int = 24
+    batch_size: int = 16
+    judge: str = "keyword"  # keyword | llm
+    llm_judge_threshold: int = 4
+    prompts_file: str = ""  # an extra standard prompt file (AdvBench/HarmBench CSV, JSONL)
+    project_set: bool = True
+    borderline: bool = True
+    direction_layer_fraction: float = 0.5
+    n_direction: int = 64
+    use_cache: bool = True
+    device: str = ""
+
+    def __post_init__(self) -> None:
+        if self.judge not in ("keyword", "llm"):
+            raise InvalidConfig("EvalConfig.judge must be 'keyword' or 'llm'", param="judge")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise InvalidConfig(
+                "EvalConfig.max_new_tokens and batch_size must be >= 1", param="max_new_tokens"
+            )
+        if not self.project_set and not self.prompts_file:
+            raise InvalidConfig("EvalConfig needs the project set or a prompts_file", param="prompts_file")
+        if not 0 < self.direction_layer_fraction < 1:
+            raise InvalidConfig(
+                "EvalConfig.direction_layer_fraction must be in (0, 1)", param="direction_layer_fraction"
+            )
+
+
+@dataclass
+class EvalInputs:
+    adapter_dir: Path | None
+    train_examples: list[Conversation]
+    io: StageIO
+
+
+@dataclass
+class EvalResult:
+    judge: str
+    max_new_tokens: int
+    templates: dict[str, Any] = field(default_factory=dict)
+    over_refusal: dict[str, Any] = field(default_factory=dict)
+    margin: dict[str, Any] = field(default_factory=dict)
+    n_prompts: int = 0
+    user_format: dict[str, Any] | None = None
+    jailbroken_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_judge(cfg: EvalConfig) -> Judge:
+    if cfg.judge == "keyword":
+        return Judge()
+    s = get_settings()
+    if not s.llm_judge_url or not s.llm_judge_model:
+        raise InvalidConfig(
+            "the LLM judge needs TUNEGATE_LLM_JUDGE_URL and TUNEGATE_LLM_JUDGE_MODEL", param="judge"
+        )
+    return LLMJudgeAdapter(
+        LLMJudge(
+            LLMJudgeConfig(
+                s.llm_judge_url,
+                s.llm_judge_model,
+                s.llm_judge_api_key or "",
+                threshold=cfg.llm_judge_threshold,
+            )
+        )
+    )
+
+
+def harmful_prompts(cfg: EvalConfig) -> list[Prompt]:
+    prompts = project_harmful() if cfg.project_set else []
+    if cfg.prompts_file:
+        prompts += load_prompts(cfg.prompts_file)
+    return prompts
+
+
+def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
+    out_dir = Path(inputs.io.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    resolved = resolve_model(cfg.model, settings)
+    device = cfg.device or device_for(settings)
+    tok = load_tokenizer(resolved.path)
+    model = load_model(resolved.path, device)
+    fmt = infer_format(inputs.train_examples) if inputs.train_examples else None
+    templates: dict[str, UserFormat | None] = {"chat": None, "user": fmt}
+    harmful = harmful_prompts(cfg)
+    borderline = project_borderline() if cfg.borderline else []
+    ev = ModelEvaluator(
+        cfg, tok, make_judge(cfg), harmful, borderline, direction_sets(cfg.n_direction), inputs.io
+    )
+    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, settings.models_path / "eval-cache")
+    tuned = base
+    if inputs.adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(inputs.adapter_dir)).eval()
+        tuned = _tuned_results(ev, model, templates, base)
+    res = EvalResult(
+        judge=cfg.judge,
+        max_new_tokens=cfg.max_new_tokens,
+        n_prompts=len(harmful),
+        **ev.compare(base, tuned, fmt),
+    )
+    _write_generations(out_dir, base, tuned)
+    finish(out_dir, cfg, res.to_dict())
+    return res
+
+
+def _tuned_results(
+    ev: ModelEvaluator, model: Any, templates: dict[str, UserFormat | None], base: dict[str, Any]
+) -> dict[str, Any]:
+    """The fine-tuned model in each template, projected on the base's refusal direction."""
+    if template_is_plain(templates["user"]):
+        return _same_for_user(ev.evaluate(model, None, tuned_dir=base["chat"]["direction"], part=(0.5, 1.0)))
+    return {
+        name: ev.evaluate(
+            model, fmt, tuned_dir=base[name]["direction"], part=(0.5 + 0.25 * i, 0.75 + 0.25 * i)
+        )
+        for i, (name, fmt) in enumerate(templates.items())
+    }
+
+
+def _same_for_user(chat: dict[str, Any]) -> dict[str, Any]:
+    return {"chat": chat, "user": {**chat, "same_as_chat": True}}
+
+
+def _base_results(
+    cfg: EvalConfig,
+    ev: ModelEvaluator,
+    model: Any,
+    templates: dict[str, UserFormat | None],
+    fingerprint: str,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    plain = template_is_plain(templates["user"])
+    out: dict[str, Any] = {}
+    for name, fmt in templates.items():
+        if name == "user" and plain:
+            out["user"] = {**out["chat"], "same_as_chat": True}
+            continue
+        key = cache.cache_key(
+            model=fingerprint,
+            harmful=prompts_hash(ev.harmful),
+            border=prompts_hash(ev.borderline),
+            fmt=fmt.to_dict() if fmt else None,
+            judge=ev.judge.name,
+            cfg=_cache_cfg(cfg),
+        )
+        hit = cache.load(cache_dir, key) if cfg.use_cache else None
+        if hit is None:
+            hit = ev.evaluate(model, fmt, tuned_dir=None, part=(0.0, 0.25) if name == "chat" else (0.25, 0.5))
+            if cfg.use_cache:
+                cache.store(cache_dir, key, hit)
+        out[name] = hit
+    return out
+
+
+def _cache_cfg(cfg: EvalConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    for k in ("model", "use_cache", "device", "batch_size"):
+        d.pop(k)
+    return d
+
+
+def _write_generations(out_dir: Path, base: dict[str, Any], tuned: dict[str, Any]) -> None:
+    lines = []
+    for which, res in (("base", base), ("tuned", tuned)):
+        for tpl, r in res.items():
+            for rec in r.get("harmful", []) + r.get("borderline", []):
+                lines.append(json.dumps({"model": which, "template": tpl, **rec}, ensure_ascii=False))
+    atomic_write_text(out_dir / "generations.jsonl", "\n".join(lines) + "\n")

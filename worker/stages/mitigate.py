@@ -1,0 +1,129 @@
+"""Mitigate stage: act on the riskiest examples by policy, then mix in format-mimicking safety examples.
+
+Writes ``train.jsonl`` (what the train stage trains on), ``actions.json`` (what was done to which line, and
+which safety examples were added) and ``format.json`` (the inferred user format).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_json
+from tunegate.conversation import Conversation, dump_examples
+from tunegate.errors import InvalidConfig
+from worker.mitigation import policy
+from worker.mitigation.format import infer_format
+from worker.mitigation.inject import inject_count, safety_examples
+from worker.stages.base import StageIO, finish
+
+ACTIONS = ("downweight", "drop", "none")
+
+
+@dataclass(frozen=True)
+class MitigateConfig:
+    action: str = "downweight"
+    top_fraction: float = 0.05  # act on at most this share of the dataset ...
+    min_risk: float = 90.0  # ... and only on examples at least this risky (0..100)
+    inject: bool = True
+    inject_ratio: float = 0.07
+    inject_min: int = 10
+    inject_max_fraction: float = 0.5  # never more safety examples than this share of the user's examples
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise InvalidConfig(
+                f"MitigateConfig.action must be one of {ACTIONS}, got {self.action!r}", param="action"
+            )
+        if not 0 <= self.top_fraction <= 1:
+            raise InvalidConfig("MitigateConfig.top_fraction must be in [0, 1]", param="top_fraction")
+        if not 0 <= self.min_risk <= 100:
+            raise InvalidConfig("MitigateConfig.min_risk must be in [0, 100]", param="min_risk")
+        if not 0 <= self.inject_ratio <= 1:
+            raise InvalidConfig("MitigateConfig.inject_ratio must be in [0, 1]", param="inject_ratio")
+        if self.inject_min < 0:
+            raise InvalidConfig("MitigateConfig.inject_min must be >= 0", param="inject_min")
+        if not 0 < self.inject_max_fraction <= 1:
+            raise InvalidConfig(
+                "MitigateConfig.inject_max_fraction must be in (0, 1]", param="inject_max_fraction"
+            )
+
+
+@dataclass
+class MitigateInputs:
+    examples: list[Conversation]
+    score_records: list[dict[str, Any]]
+    io: StageIO
+
+
+@dataclass
+class MitigateResult:
+    train_file: str
+    n_input: int
+    n_dropped: int
+    n_downweighted: int
+    n_excluded: int
+    n_injected: int
+    n_output: int
+    format: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) -> None:
+    lines = {c.line for c in examples}
+    unknown = [r.get("line") for r in records if r.get("line") not in lines]
+    if unknown:
+        raise InvalidConfig(
+            f"score records name lines not in the dataset: {unknown[:5]}", param="score_records"
+        )
+
+
+def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
+    out_dir = Path(inputs.io.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_records(inputs.examples, inputs.score_records)
+    chosen = (
+        policy.select(inputs.score_records, cfg.top_fraction, cfg.min_risk) if cfg.action != "none" else []
+    )
+    kept, log = policy.apply(inputs.examples, chosen, cfg.action)
+    inputs.io.step(0.3, f"{len(log)} examples {cfg.action}ed")
+    fmt = infer_format(inputs.examples)
+    n_inj = (
+        inject_count(len(kept), cfg.inject_ratio, cfg.inject_min, cfg.inject_max_fraction)
+        if cfg.inject
+        else 0
+    )
+    injected = safety_examples(fmt, n_inj, cfg.seed)
+    final = kept + injected
+    random.Random(cfg.seed).shuffle(final)
+    dump_examples(final, out_dir / "train.jsonl")
+    atomic_write_json(out_dir / "format.json", fmt.to_dict())
+    atomic_write_json(
+        out_dir / "actions.json",
+        {
+            "policy": asdict(cfg),
+            "acted": log,
+            "injected": [
+                {"category": c.meta.get("category"), "messages": c.to_chat_dict()["messages"]}
+                for c in injected
+            ],
+        },
+    )
+    inputs.io.step(1.0, f"{n_inj} safety examples injected")
+    res = MitigateResult(
+        train_file=str(out_dir / "train.jsonl"),
+        n_input=len(inputs.examples),
+        n_dropped=sum(1 for e in log if e["action"] == "drop"),
+        n_downweighted=sum(1 for e in log if e["action"] == "downweight"),
+        n_excluded=sum(1 for e in log if e.get("excluded")),
+        n_injected=n_inj,
+        n_output=len(final),
+        format=fmt.to_dict(),
+    )
+    finish(out_dir, cfg, res.to_dict())
+    return res

@@ -1,0 +1,175 @@
+"""Train stage: a LoRA adapter (peft format) on the mitigated training set.
+
+Output layout in ``io.out_dir``: ``adapter/`` (released only if the gate passes), ``checkpoints/epoch-N/``
+(one per epoch; a crashed or redelivered run resumes from the latest), ``metrics.jsonl`` (one line per
+optimizer step), ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
+from tunegate.conversation import Conversation
+from tunegate.errors import InvalidConfig
+from tunegate.settings import get_settings
+from worker.ml.models import context_length, device_for, load_model, load_tokenizer, resolve_model
+from worker.ml.render import encode
+from worker.stages.base import StageIO, finish
+from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
+from worker.training.loop import LoopConfig, train_loop
+from worker.training.lora import attach_lora
+
+__all__ = [
+    "TrainConfig",
+    "TrainInputs",
+    "TrainResult",
+    "run",
+    "resolve_hyperparameters",
+    "config_from_openai",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    n_epochs: int = 3
+    batch_size: int = 4  # micro-batch (examples per forward pass)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+    lora_layers: tuple[int, ...] = ()  # decoder blocks to adapt; () = all
+    seed: int = 0
+    warmup_fraction: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_len: int = 0  # 0: the model's context length
+    device: str = ""  # "": from settings (auto = CUDA when present)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (autocast on CPU too) | fp32
+
+    def __post_init__(self) -> None:
+        for name in ("n_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidConfig(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}", param=name)
+        if not 0 < self.learning_rate < 1:
+            raise InvalidConfig(
+                f"TrainConfig.learning_rate must be in (0, 1), got {self.learning_rate}",
+                param="learning_rate",
+            )
+        if not 0 <= self.lora_dropout < 1:
+            raise InvalidConfig("TrainConfig.lora_dropout must be in [0, 1)", param="lora_dropout")
+        if not 0 <= self.warmup_fraction < 1:
+            raise InvalidConfig("TrainConfig.warmup_fraction must be in [0, 1)", param="warmup_fraction")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InvalidConfig("TrainConfig.precision must be auto, bf16 or fp32", param="precision")
+        if not self.target_modules:
+            raise InvalidConfig("TrainConfig.target_modules must not be empty", param="target_modules")
+
+
+def config_from_openai(
+    model: str, hparams: dict[str, Any] | None, n_examples: int, **overrides: Any
+) -> TrainConfig:
+    """A TrainConfig from a job's OpenAI hyperparameters (``"auto"`` resolved from the dataset size)."""
+    r: ResolvedHyperparameters = resolve_hyperparameters(hparams, n_examples)
+    return TrainConfig(
+        model=model,
+        n_epochs=r.n_epochs,
+        batch_size=r.micro_batch_size,
+        grad_accum=r.grad_accum,
+        learning_rate=r.learning_rate,
+        **overrides,
+    )
+
+
+@dataclass
+class TrainInputs:
+    examples: list[Conversation]
+    io: StageIO
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    trained_tokens: int
+    steps: int
+    epochs: int
+    resumed_from_epoch: int
+    n_examples: int
+    base_fingerprint: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
+    import torch
+
+    if not inputs.examples:
+        raise InvalidConfig("no training examples left to train on", param="examples")
+    out_dir = Path(inputs.io.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    resolved = resolve_model(cfg.model, settings)
+    device = cfg.device or device_for(settings)
+    tok = load_tokenizer(resolved.path)
+    model = load_model(resolved.path, device, dtype=torch.float32)
+    max_len = cfg.max_len or context_length(model)
+    data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
+    model = attach_lora(
+        model,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        seed=cfg.seed,
+        layers=tuple(cfg.lora_layers),
+    )
+    loop_cfg = LoopConfig(
+        cfg.n_epochs,
+        cfg.batch_size,
+        cfg.grad_accum,
+        cfg.learning_rate,
+        cfg.seed,
+        cfg.warmup_fraction,
+        cfg.weight_decay,
+        cfg.max_grad_norm,
+        cfg.precision,
+    )
+    res = train_loop(
+        model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints", inputs.on_checkpoint
+    )
+    _publish_adapter(model, tok, out_dir, resolved.path, resolved.fingerprint)
+    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))
+    result = TrainResult(
+        adapter_dir=str(out_dir / "adapter"),
+        trained_tokens=res.trained_tokens,
+        steps=res.steps,
+        epochs=res.epochs,
+        resumed_from_epoch=res.resumed_from_epoch,
+        n_examples=len(data),
+        base_fingerprint=resolved.fingerprint,
+        metrics=res.history[-1] if res.history else {},
+    )
+    finish(out_dir, cfg, result.to_dict())
+    return result
+
+
+def _publish_adapter(model: Any, tok: Any, out_dir: Path, base_path: Path, fingerprint: str) -> None:
+    tmp = out_dir / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    atomic_write_json(
+        tmp / "tunegate_adapter.json", {"base_model_path": str(base_path), "base_fingerprint": fingerprint}
+    )
+    publish_dir(tmp, out_dir / "adapter")

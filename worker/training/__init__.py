@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: hyperparameter resolution, adapter setup, the training loop and its checkpoints."""

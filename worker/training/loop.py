@@ -1,0 +1,139 @@
+"""A small LoRA training loop (no HF Trainer): micro-batches, gradient accumulation, per-epoch checkpoints.
+
+The loss is the mean cross-entropy over the supervised tokens of one optimizer step (all its micro-batches
+together), so gradient accumulation gives the same update as one big batch. Labels come from
+``worker.ml.render.encode``: only trained assistant turns (``weight`` 1) carry loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.ml.render import Encoded, collate
+from worker.stages.base import StageIO
+from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from worker.training.lora import trainable_parameters
+from worker.training.math import epoch_order, lr_at, steps_per_epoch, token_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    n_epochs: int
+    micro_batch: int
+    grad_accum: int
+    learning_rate: float
+    seed: int
+    warmup_fraction: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast everywhere
+
+
+@dataclass
+class LoopResult:
+    steps: int = 0
+    epochs: int = 0
+    resumed_from_epoch: int = 0
+    trained_tokens: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _step_groups(order: list[int], micro: int, accum: int) -> list[list[list[int]]]:
+    micro_batches = [order[i : i + micro] for i in range(0, len(order), micro)]
+    return [micro_batches[i : i + accum] for i in range(0, len(micro_batches), accum)]
+
+
+def _optimizer_step(
+    model: Any,
+    opt: Any,
+    data: Sequence[Encoded],
+    group: list[list[int]],
+    pad_id: int,
+    cfg: LoopConfig,
+    device: str,
+) -> dict[str, float]:
+    """One optimizer step over a group of micro-batches; returns loss and token accuracy."""
+    import torch
+
+    n_tok = sum(data[i].n_response_tokens for mb in group for i in mb) or 1
+    loss_total, correct_total = 0.0, 0
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and kind == "cuda")
+    autocast = torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    opt.zero_grad(set_to_none=True)
+    for mb in group:
+        batch = collate([data[i] for i in mb], pad_id, device)
+        with autocast:
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits  # (B,T,V)
+        loss_sum, _, correct = token_stats(logits, batch["labels"])
+        (loss_sum / n_tok).backward()
+        loss_total += float(loss_sum.detach())
+        correct_total += correct
+    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
+    opt.step()
+    return {"train_loss": loss_total / n_tok, "train_mean_token_accuracy": correct_total / n_tok}
+
+
+def train_loop(
+    model: Any,
+    data: Sequence[Encoded],
+    pad_id: int,
+    cfg: LoopConfig,
+    io: StageIO,
+    checkpoint_dir: Path,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> LoopResult:
+    """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint."""
+    import torch
+
+    device = str(next(model.parameters()).device)
+    opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    per_epoch = steps_per_epoch(len(data), cfg.micro_batch, cfg.grad_accum)
+    total = per_epoch * cfg.n_epochs
+    out = LoopResult()
+    start_epoch = 0
+    latest = latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        ck = restore_checkpoint(latest, model, opt)
+        start_epoch, out.steps, out.resumed_from_epoch = ck.epoch, ck.step, ck.epoch
+        log.info("resuming training from %s (epoch %d, step %d)", latest, ck.epoch, ck.step)
+    model.train()
+    for epoch in range(start_epoch, cfg.n_epochs):
+        groups = _step_groups(epoch_order(len(data), cfg.seed, epoch), cfg.micro_batch, cfg.grad_accum)
+        for group in groups:
+            for pg in opt.param_groups:
+                pg["lr"] = lr_at(out.steps, total, cfg.learning_rate, cfg.warmup_fraction)
+            metrics = _optimizer_step(model, opt, data, group, pad_id, cfg, device)
+            out.steps += 1
+            out.history.append({"step": out.steps, **metrics})
+            io.step(
+                out.steps / total,
+                f"epoch {epoch + 1}/{cfg.n_epochs} step {out.steps}/{total}",
+                step=out.steps,
+                **metrics,
+            )
+        ck = save_checkpoint(
+            checkpoint_dir,
+            model,
+            opt,
+            epoch=epoch + 1,
+            step=out.steps,
+            metrics=out.history[-1] if out.history else {},
+        )
+        if on_checkpoint is not None:
+            on_checkpoint(
+                {"step_number": ck.step, "epoch": ck.epoch, "metrics": ck.metrics, "path": str(ck.path)}
+            )
+    model.eval()
+    out.epochs = cfg.n_epochs
+    out.trained_tokens = sum(len(e) for e in data) * cfg.n_epochs
+    return out

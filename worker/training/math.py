@@ -1,0 +1,48 @@
+"""Pure math of the training loop (CPU unit-tested): token loss/accuracy, LR schedule, data order."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+IGNORE = -100
+
+
+def token_stats(logits: Any, labels: Any) -> tuple[Any, int, int]:
+    """Summed next-token cross-entropy over supervised positions, their count, and how many argmax hits.
+
+    logits (B, T, V), labels (B, T) with IGNORE where no loss. Position t predicts labels[t+1].
+    Returns (loss_sum: 0-dim tensor with grad, n_tokens, n_correct).
+    """
+    import torch.nn.functional as F
+
+    pred = logits[:, :-1, :].float()  # (B, T-1, V)
+    gold = labels[:, 1:]  # (B, T-1)
+    mask = gold != IGNORE  # (B, T-1)
+    loss_sum = F.cross_entropy(
+        pred.reshape(-1, pred.size(-1)), gold.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    correct = ((pred.argmax(-1) == gold) & mask).sum()
+    return loss_sum, int(mask.sum()), int(correct)
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
+    """Linear warm-up then linear decay to 10% of the base rate (``step`` is 0-based)."""
+    warm = max(1, math.ceil(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    span = max(1, total_steps - warm)
+    frac = min(1.0, (step - warm) / span)
+    return base_lr * (1.0 - 0.9 * frac)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """Shuffled order of one epoch; a pure function of (seed, epoch), so a resumed run sees the same."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return [int(i) for i in torch.randperm(n, generator=g)]
+
+
+def steps_per_epoch(n: int, micro_batch: int, grad_accum: int) -> int:
+    return math.ceil(math.ceil(n / micro_batch) / grad_accum)
