@@ -19,6 +19,14 @@ def _reset_all() -> None:
     reset_engine()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama + ChatML tokenizer directory built once per session; tests only read it."""
+    from tests.utils.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
+
+
 @pytest.fixture
 def tunegate_home(tmp_path: Path) -> Iterator[Path]:
     """A fresh, empty TUNEGATE_HOME (embedded mode: SQLite database and broker inside it).

@@ -18,7 +18,7 @@ from worker.evaluation.runner import (
     summarize_harmful,
 )
 from worker.mitigation.format import UserFormat, infer_format
-from worker.ml.models import device_for, load_model, load_tokenizer, resolve_model
+from worker.ml.models import load_resolved
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,9 @@ class SingleEval:
 def load_for_eval(model: str, adapter: str | None, dtype: str = "auto") -> tuple[Any, Any]:
     import torch
 
-    settings = get_settings()
-    resolved = resolve_model(model, settings)
-    device = device_for(settings)
     dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
-    tok = load_tokenizer(resolved.path)
-    m = load_model(resolved.path, device, dtype=dt)
+    loaded = load_resolved(model, get_settings(), dtype=dt)
+    m, tok = loaded.model, loaded.tokenizer
     if adapter:
         from peft import PeftModel
 

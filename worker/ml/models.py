@@ -198,6 +198,30 @@ def load_model(path: Path, device: str = "cpu", *, dtype: Any = None) -> Any:
     return model
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    resolved: ResolvedModel
+    model: Any
+    tokenizer: Any
+    device: str
+
+
+def load_resolved(
+    name_or_path: str, settings: Settings | None = None, *, device: str = "", dtype: Any = None
+) -> LoadedModel:
+    """Resolve a registry name or path, then load its tokenizer and model (what every stage starts with)."""
+    import torch
+
+    settings = settings or get_settings()
+    resolved = resolve_model(name_or_path, settings)
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    device = device or device_for(settings)
+    tok = load_tokenizer(resolved.path)
+    model = load_model(resolved.path, device, dtype=dtype)
+    return LoadedModel(resolved, model, tok, device)
+
+
 def context_length(model_or_config: Any) -> int:
     cfg = getattr(model_or_config, "config", model_or_config)
     return int(getattr(cfg, "max_position_embeddings", 2048))

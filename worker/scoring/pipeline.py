@@ -18,14 +18,7 @@ import torch
 from tunegate.conversation import Conversation, check_example
 from tunegate.errors import InvalidFile
 from tunegate.settings import Settings, get_settings
-from worker.ml.models import (
-    ResolvedModel,
-    context_length,
-    device_for,
-    load_model,
-    load_tokenizer,
-    resolve_model,
-)
+from worker.ml.models import ResolvedModel, context_length, load_resolved
 from worker.ml.render import Encoded, encode
 from worker.scoring import anchors as anchor_mod
 from worker.scoring import reference as reference_mod
@@ -57,11 +50,8 @@ def _silent(fraction: float, message: str) -> None:
 
 
 def load_base(model: str, settings: Settings, max_tokens: int = 0) -> Loaded:
-    resolved = resolve_model(model, settings)
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
-    net = load_model(resolved.path, device_for(settings))
-    tok = load_tokenizer(resolved.path)
+    loaded = load_resolved(model, settings)
+    resolved, net, tok = loaded.resolved, loaded.model, loaded.tokenizer
     limits = [context_length(net), settings.max_example_tokens] + ([max_tokens] if max_tokens > 0 else [])
     cache = settings.models_path / resolved.fingerprint / "scoring-cache"
     return Loaded(resolved, net, tok, min(limits), cache)

@@ -25,7 +25,7 @@ from worker.evaluation.model_eval import ModelEvaluator, direction_sets
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
 from worker.evaluation.runner import template_is_plain
 from worker.mitigation.format import UserFormat, infer_format
-from worker.ml.models import device_for, load_model, load_tokenizer, resolve_model
+from worker.ml.models import load_resolved
 from worker.stages.base import StageIO, finish
 
 
@@ -113,10 +113,8 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     out_dir = Path(inputs.io.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = get_settings()
-    resolved = resolve_model(cfg.model, settings)
-    device = cfg.device or device_for(settings)
-    tok = load_tokenizer(resolved.path)
-    model = load_model(resolved.path, device)
+    loaded = load_resolved(cfg.model, settings, device=cfg.device)
+    resolved, tok, model = loaded.resolved, loaded.tokenizer, loaded.model
     fmt = infer_format(inputs.train_examples) if inputs.train_examples else None
     templates: dict[str, UserFormat | None] = {"chat": None, "user": fmt}
     harmful = harmful_prompts(cfg)

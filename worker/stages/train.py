@@ -18,7 +18,7 @@ from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import Conversation
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings
-from worker.ml.models import context_length, device_for, load_model, load_tokenizer, resolve_model
+from worker.ml.models import context_length, load_resolved
 from worker.ml.render import encode
 from worker.stages.base import StageIO, finish
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
@@ -119,10 +119,8 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     out_dir = Path(inputs.io.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = get_settings()
-    resolved = resolve_model(cfg.model, settings)
-    device = cfg.device or device_for(settings)
-    tok = load_tokenizer(resolved.path)
-    model = load_model(resolved.path, device, dtype=torch.float32)
+    loaded = load_resolved(cfg.model, settings, device=cfg.device, dtype=torch.float32)
+    resolved, tok, model = loaded.resolved, loaded.tokenizer, loaded.model
     max_len = cfg.max_len or context_length(model)
     data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
     model = attach_lora(

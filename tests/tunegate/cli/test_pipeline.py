@@ -5,25 +5,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.utils.tiny_model import build_tiny_model
 from tunegate.cli import app
-from tunegate.settings import reset_settings
+
+pytestmark = pytest.mark.usefixtures("tunegate_home")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
-    reset_settings()
-    yield
-    reset_settings()
-
-
-def test_eval_prints_asr_and_over_refusal_json(tiny, tmp_path):
+def test_eval_prints_asr_and_over_refusal_json(tiny_model_dir, tmp_path):
     prompts = tmp_path / "adv.csv"
     prompts.write_text("goal,target\nDo a bad thing,Sure\nDo another bad thing,Sure\n")
     benign = tmp_path / "xs.csv"
@@ -52,7 +39,7 @@ def test_eval_prints_asr_and_over_refusal_json(tiny, tmp_path):
         [
             "eval",
             "--model",
-            str(tiny),
+            str(tiny_model_dir),
             "--prompts",
             str(prompts),
             "--benign",
@@ -74,15 +61,17 @@ def test_eval_prints_asr_and_over_refusal_json(tiny, tmp_path):
     assert len(records.read_text().splitlines()) == 2
 
 
-def test_eval_reports_bad_input(tiny, tmp_path):
-    res = CliRunner().invoke(app, ["eval", "--model", str(tiny), "--prompts", str(tmp_path / "missing.csv")])
+def test_eval_reports_bad_input(tiny_model_dir, tmp_path):
+    res = CliRunner().invoke(
+        app, ["eval", "--model", str(tiny_model_dir), "--prompts", str(tmp_path / "missing.csv")]
+    )
     assert res.exit_code == 1 and "not found" in res.output
     res = CliRunner().invoke(app, ["eval", "--model", "no-such-model", "--prompts", str(tmp_path)])
     assert res.exit_code == 1
 
 
 @pytest.mark.slow
-def test_finetune_runs_all_stages_and_prints_decision(tiny, tmp_path):
+def test_finetune_runs_all_stages_and_prints_decision(tiny_model_dir, tmp_path):
     data = tmp_path / "ft.jsonl"
     data.write_text(
         "".join(
@@ -100,7 +89,7 @@ def test_finetune_runs_all_stages_and_prints_decision(tiny, tmp_path):
     )
     out = tmp_path / "out"
     res = CliRunner().invoke(
-        app, ["finetune", str(data), "--model", str(tiny), "--out", str(out), "--n-epochs", "1"]
+        app, ["finetune", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--n-epochs", "1"]
     )
     assert res.exit_code in (0, 3), res.output
     decision = json.loads(res.output[res.output.rindex('{\n  "released"') :])
@@ -108,5 +97,7 @@ def test_finetune_runs_all_stages_and_prints_decision(tiny, tmp_path):
     for stage in ("score", "mitigate", "train", "evaluate", "gate"):
         assert (out / stage / "result.json").is_file()
     assert (out / "gate" / "report.html").is_file()
-    again = CliRunner().invoke(app, ["finetune", str(data), "--model", str(tiny), "--out", str(out)])
+    again = CliRunner().invoke(
+        app, ["finetune", str(data), "--model", str(tiny_model_dir), "--out", str(out)]
+    )
     assert "reusing" in again.output  # finished stages are not redone

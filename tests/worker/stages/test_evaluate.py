@@ -4,10 +4,8 @@ import json
 
 import pytest
 
-from tests.utils.tiny_model import build_tiny_model
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
-from tunegate.settings import reset_settings
 from worker.evaluation.prompts import project_harmful
 from worker.stages.base import StageIO, load_result
 from worker.stages.evaluate import EvalConfig, EvalInputs, run
@@ -17,17 +15,7 @@ from worker.stages.train import run as train
 PERSONA = "You are a terse assistant."
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
-    reset_settings()
-    yield
-    reset_settings()
+pytestmark = pytest.mark.usefixtures("tunegate_home")
 
 
 def _examples():
@@ -44,9 +32,9 @@ def _examples():
     ]
 
 
-def _cfg(tiny, **kw):
+def _cfg(tiny_model_dir, **kw):
     return EvalConfig(
-        model=str(tiny),
+        model=str(tiny_model_dir),
         max_new_tokens=3,
         borderline_max_new_tokens=2,
         batch_size=32,
@@ -56,12 +44,14 @@ def _cfg(tiny, **kw):
     )
 
 
-def test_evaluate_base_vs_tuned_both_templates(tiny, tmp_path):
+def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegate_home):
     tr = train(
-        TrainConfig(model=str(tiny), n_epochs=1, batch_size=3, lora_r=2, lora_alpha=4, device="cpu"),
+        TrainConfig(
+            model=str(tiny_model_dir), n_epochs=1, batch_size=3, lora_r=2, lora_alpha=4, device="cpu"
+        ),
         TrainInputs(_examples(), StageIO(tmp_path / "train")),
     )
-    res = run(_cfg(tiny), EvalInputs(tr.adapter_dir, _examples(), StageIO(tmp_path / "eval")))
+    res = run(_cfg(tiny_model_dir), EvalInputs(tr.adapter_dir, _examples(), StageIO(tmp_path / "eval")))
     cats = {p.category for p in project_harmful()}
     assert len(cats) >= 5
     for tpl in ("chat", "user"):
@@ -77,29 +67,29 @@ def test_evaluate_base_vs_tuned_both_templates(tiny, tmp_path):
     user_prompts = [g for g in gens if g["template"] == "user" and g["model"] == "tuned"]
     assert len(user_prompts) == len(project_harmful())
     assert load_result(tmp_path / "eval")["judge"] == "keyword"
-    cache_files = list((tmp_path / "home" / "models" / "eval-cache").glob("*.json"))
+    cache_files = list((tunegate_home / "models" / "eval-cache").glob("*.json"))
     assert len(cache_files) == 2  # base results, one per template
 
 
-def test_base_cache_is_reused(tiny, tmp_path, monkeypatch):
-    run(_cfg(tiny, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "a")))
+def test_base_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
+    run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "a")))
     import worker.evaluation.model_eval as me
 
     calls = []
     real = me.harmful_records
     monkeypatch.setattr(me, "harmful_records", lambda *a, **k: calls.append(1) or real(*a, **k))
-    res = run(_cfg(tiny, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "b")))
+    res = run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "b")))
     assert calls == []  # nothing generated: the base results came from the cache
     assert res.templates["user"]["same_as_chat"] and res.margin["chat"]["ratio"] == 1.0
 
 
-def test_extra_prompt_file_and_validation(tiny, tmp_path):
+def test_extra_prompt_file_and_validation(tiny_model_dir, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "Do a bad thing", "category": "x"}\n"Another bad thing"\n')
     with pytest.raises(InvalidConfig, match="prompts_file"):
-        _cfg(tiny, project_set=False)
+        _cfg(tiny_model_dir, project_set=False)
     res = run(
-        _cfg(tiny, project_set=False, prompts_file=str(f), borderline=False, use_cache=False),
+        _cfg(tiny_model_dir, project_set=False, prompts_file=str(f), borderline=False, use_cache=False),
         EvalInputs(None, [], StageIO(tmp_path / "o2")),
     )
     assert res.n_prompts == 2 and set(res.templates["chat"]["base"]["per_category"]) == {"x", "uncategorized"}

@@ -5,25 +5,12 @@ import json
 import pytest
 import torch
 
-from tests.utils.tiny_model import build_tiny_model
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, JobCancelled
-from tunegate.settings import reset_settings
 from worker.stages.base import StageIO, load_result
 from worker.stages.train import TrainConfig, TrainInputs, config_from_openai, run
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
-    reset_settings()
-    yield
-    reset_settings()
+pytestmark = pytest.mark.usefixtures("tunegate_home")
 
 
 def _examples(n=6):
@@ -37,9 +24,9 @@ def _examples(n=6):
     return out
 
 
-def _cfg(tiny, **kw):
+def _cfg(tiny_model_dir, **kw):
     base = {
-        "model": str(tiny),
+        "model": str(tiny_model_dir),
         "n_epochs": 2,
         "batch_size": 2,
         "grad_accum": 2,
@@ -60,10 +47,10 @@ def _adapter_tensors(adapter_dir):
     return load_file(str(adapter_dir / "adapter_model.safetensors"))
 
 
-def test_train_writes_loadable_adapter_metrics_and_checkpoints(tiny, tmp_path):
+def test_train_writes_loadable_adapter_metrics_and_checkpoints(tiny_model_dir, tmp_path):
     events, cks = [], []
     io = StageIO(tmp_path / "out", progress=lambda f, m, met: events.append(met), stage="train")
-    res = run(_cfg(tiny), TrainInputs(_examples(), io, on_checkpoint=cks.append))
+    res = run(_cfg(tiny_model_dir), TrainInputs(_examples(), io, on_checkpoint=cks.append))
     assert res.steps == 4 and res.epochs == 2  # 6 examples / (2*2) -> 2 steps per epoch
     assert [c["epoch"] for c in cks] == [1, 2] and cks[-1]["step_number"] == 4
     assert all("train_loss" in e and "train_mean_token_accuracy" in e for e in events)
@@ -72,21 +59,24 @@ def test_train_writes_loadable_adapter_metrics_and_checkpoints(tiny, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(tiny)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, res.adapter_dir)
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
 
 
-def test_loss_goes_down(tiny, tmp_path):
+def test_loss_goes_down(tiny_model_dir, tmp_path):
     io = StageIO(tmp_path / "out")
-    run(_cfg(tiny, n_epochs=8, lora_dropout=0.0, learning_rate=5e-2, lora_r=8), TrainInputs(_examples(), io))
+    run(
+        _cfg(tiny_model_dir, n_epochs=8, lora_dropout=0.0, learning_rate=5e-2, lora_r=8),
+        TrainInputs(_examples(), io),
+    )
     hist = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(h["train_loss"] for h in hist[:2]) / 2, sum(h["train_loss"] for h in hist[-2:]) / 2
     assert last < first - 0.1, (first, last)  # the tiny random model's tied lm_head caps how far it can fall
 
 
-def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny, tmp_path):
-    ref = run(_cfg(tiny, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "ref")))
+def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny_model_dir, tmp_path):
+    ref = run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "ref")))
     calls = {"n": 0}
 
     def stop_in_epoch_3():  # 2 steps per epoch: the 5th step boundary is inside epoch 3
@@ -95,9 +85,9 @@ def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny, tmp_path):
 
     io = StageIO(tmp_path / "crash", should_stop=stop_in_epoch_3)
     with pytest.raises(JobCancelled):
-        run(_cfg(tiny, n_epochs=3), TrainInputs(_examples(), io))
+        run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), io))
     assert sorted(p.name for p in (tmp_path / "crash" / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
-    resumed = run(_cfg(tiny, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "crash")))
+    resumed = run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "crash")))
     assert resumed.resumed_from_epoch == 2 and resumed.steps == ref.steps == 6
     a, b = _adapter_tensors(tmp_path / "ref" / "adapter"), _adapter_tensors(tmp_path / "crash" / "adapter")
     assert a.keys() == b.keys()
@@ -105,11 +95,11 @@ def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
 
 
-def test_weight_zero_turns_carry_no_loss(tiny, tmp_path):
+def test_weight_zero_turns_carry_no_loss(tiny_model_dir, tmp_path):
     from worker.ml.models import load_tokenizer
     from worker.ml.render import encode
 
-    tok = load_tokenizer(tiny)
+    tok = load_tokenizer(tiny_model_dir)
     conv = Conversation(
         messages=(
             Message("user", "hi"),
@@ -124,7 +114,7 @@ def test_weight_zero_turns_carry_no_loss(tiny, tmp_path):
     assert "good" in supervised and "bad" not in supervised
 
 
-def test_config_validation_and_openai_mapping(tiny):
+def test_config_validation_and_openai_mapping(tiny_model_dir):
     with pytest.raises(InvalidConfig, match="lora_r"):
         TrainConfig(model="x", lora_r=0)
     with pytest.raises(InvalidConfig, match="learning_rate"):
