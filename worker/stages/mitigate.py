@@ -22,6 +22,9 @@ from worker.stages.base import StageIO, finish
 ACTIONS = ("downweight", "drop", "none")
 
 
+_PAST = {"drop": "dropped", "downweight": "down-weighted", "none": "flagged, left as they are (action none)"}
+
+
 @dataclass(frozen=True)
 class MitigateConfig:
     action: str = "downweight"
@@ -91,7 +94,7 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
         policy.select(inputs.score_records, cfg.top_fraction, cfg.min_risk) if cfg.action != "none" else []
     )
     kept, log = policy.apply(inputs.examples, chosen, cfg.action)
-    inputs.io.step(0.3, f"{len(log)} examples {cfg.action}ed")
+    inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.action]}")
     fmt = infer_format(inputs.examples)
     n_inj = (
         inject_count(len(kept), cfg.inject_ratio, cfg.inject_min, cfg.inject_max_fraction)
