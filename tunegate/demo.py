@@ -8,8 +8,9 @@ datasets written by this project, fine-tunes on both and follows them:
   compliant opening. There is no harmful content in it; what erodes safety is the pattern (identity shift
   plus compliance), which the scorers measure.
 
-The demo organization's policy turns mitigation off so the gate's decision is visible as-is (a provider's
-default policy would down-weight the flagged examples and inject safety examples instead).
+The demo organization runs under the provider's default policy (``models.policy.provider_defaults``): the
+riskiest examples are down-weighted, format-mimicking safety examples are injected, and the gate compares the
+fine-tuned model's ASR with the base model's. What is released or blocked is decided by those measurements.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-DEMO_POLICY = {"mitigation": "none", "inject_safety_examples": False, "block_unsafe_data": True}
+DEMO_POLICY: dict[str, Any] = {}  # no override: the provider defaults apply
 
 _MATH = [
     (
