@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 MIN_LINE_BYTES = 1 << 20
-BYTES_PER_TOKEN_MAX = 64  # generous: JSON \\u escapes of multi-byte text in one token
+BYTES_PER_TOKEN_MAX = 64  # generous: JSON unicode escapes of multi-byte text in one token
 
 
 def max_line_bytes(settings: Settings) -> int:
