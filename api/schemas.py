@@ -6,7 +6,7 @@ Nullable fields are always present and ``null`` (never ``{}``). Our additions to
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -127,6 +127,17 @@ class ListOut(BaseModel, Generic[T]):
     has_more: bool
     first_id: str | None = None
     last_id: str | None = None
+
+    @classmethod
+    def page(cls, data: list[T], has_more: bool) -> ListOut[T]:
+        """A cursor page: ``first_id``/``last_id`` name its ends (the SDK sends ``after=last_id``)."""
+        first = cast(_Identified, data[0]).id if data else None
+        last = cast(_Identified, data[-1]).id if data else None
+        return cls(data=data, has_more=has_more, first_id=first, last_id=last)
+
+
+class _Identified(Protocol):
+    id: str
 
 
 class HealthOut(BaseModel):

@@ -91,8 +91,7 @@ def list_files(
 ) -> ListOut[FileOut]:
     rows, more = crud.list_files(session, org=org, after=after, limit=limit, order=order, purpose=purpose)
     data = [file_out(r) for r in rows]
-    return ListOut[FileOut](data=data, has_more=more, first_id=data[0].id if data else None,
-                            last_id=data[-1].id if data else None)
+    return ListOut[FileOut].page(data, more)
 
 
 @router.get("/{file_id}", response_model=FileOut)

@@ -43,8 +43,7 @@ def list_jobs(
     wanted = _metadata_filter(request)
     rows, more = crud.list_jobs(session, org=org, after=after, limit=limit, metadata=wanted)
     data = [job_out(r) for r in rows]
-    return ListOut[JobOut](data=data, has_more=more, first_id=data[0].id if data else None,
-                           last_id=data[-1].id if data else None)
+    return ListOut[JobOut].page(data, more)
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -77,8 +76,7 @@ def list_events(
     job = crud.get_job(session, org=org, job_id=job_id)
     rows, more = crud.list_events(session, job=job, after=after, limit=limit)
     data = [event_out(r) for r in rows]
-    return ListOut[EventOut](data=data, has_more=more, first_id=data[0].id if data else None,
-                             last_id=data[-1].id if data else None)
+    return ListOut[EventOut].page(data, more)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListOut[CheckpointOut])
@@ -88,7 +86,6 @@ def list_checkpoints(
     job = crud.get_job(session, org=org, job_id=job_id)
     rows, more = crud.list_checkpoints(session, job=job, after=after, limit=limit)
     data = [checkpoint_out(r, job, org.name) for r in rows]
-    return ListOut[CheckpointOut](data=data, has_more=more, first_id=data[0].id if data else None,
-                                  last_id=data[-1].id if data else None)
+    return ListOut[CheckpointOut].page(data, more)
 
 
