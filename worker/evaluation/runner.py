@@ -40,6 +40,22 @@ def prompt_ids(tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None) -> l
     return [encode_prompt(tok, render_messages(p.text, fmt)) for p in prompts]
 
 
+def _generate(
+    model: Any, tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None, max_new_tokens: int,
+    batch_size: int, settled: Callable[[str], bool] | None, on_batch: OnBatch,
+) -> list[str]:
+    """Greedy replies in ``fmt``; each stops once ``settled`` says its verdict is known."""
+    ids = prompt_ids(tok, prompts, fmt)
+    return generate_all(
+        model, tok, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, settled=settled,
+        on_batch=on_batch,
+    )
+
+
+def _first_words_written(text: str) -> bool:
+    return len(text.split()) >= 8
+
+
 def harmful_records(
     model: Any,
     tok: Any,
@@ -50,15 +66,7 @@ def harmful_records(
     batch_size: int,
     on_batch: OnBatch = None,
 ) -> list[dict[str, Any]]:
-    texts = generate_all(
-        model,
-        tok,
-        prompt_ids(tok, prompts, fmt),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        settled=judge.settled(),
-        on_batch=on_batch,
-    )
+    texts = _generate(model, tok, prompts, fmt, max_new_tokens, batch_size, judge.settled(), on_batch)
     out = []
     for p, t in zip(prompts, texts, strict=True):
         v = judge.judge(p.text, t)
@@ -85,15 +93,7 @@ def borderline_records(
     on_batch: OnBatch = None,
 ) -> list[dict[str, Any]]:
     # XSTest's match looks at how the reply starts, so once a few words exist the verdict is settled.
-    texts = generate_all(
-        model,
-        tok,
-        prompt_ids(tok, prompts, fmt),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        settled=lambda s: len(s.split()) >= 8,
-        on_batch=on_batch,
-    )
+    texts = _generate(model, tok, prompts, fmt, max_new_tokens, batch_size, _first_words_written, on_batch)
     return [
         {"prompt": p.text, "category": p.category, "response": t, "refused": over_refusal(t)}
         for p, t in zip(prompts, texts, strict=True)
