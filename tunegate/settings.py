@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(default=None, description="Uploaded files; default home/files.")
     artifacts_dir: Path | None = Field(default=None, description="Job artifacts; default home/jobs.")
     model_cache_dir: Path | None = Field(default=None, description="Converted models; default home/models.")
+    eval_cache_dir: Path | None = Field(
+        default=None, description="Cached base-model evaluation results; default <model cache>/eval-cache."
+    )
 
     # Base-model registry: job `model` name -> local HF directory, GGUF file or "embedded:<id>".
     models: dict[str, str] = Field(default_factory=_default_models)
@@ -115,6 +118,10 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return (self.model_cache_dir or self.home_dir / "models").expanduser()
+
+    @property
+    def eval_cache_path(self) -> Path:
+        return (self.eval_cache_dir or self.models_path / "eval-cache").expanduser()
 
     @property
     def embedded(self) -> bool:

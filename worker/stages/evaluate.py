@@ -122,7 +122,7 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     ev = ModelEvaluator(
         cfg, tok, make_judge(cfg), harmful, borderline, direction_sets(cfg.n_direction), inputs.io
     )
-    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, settings.models_path / "eval-cache")
+    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, settings.eval_cache_path)
     tuned = base
     if inputs.adapter_dir is not None:
         from peft import PeftModel

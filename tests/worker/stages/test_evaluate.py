@@ -6,6 +6,7 @@ import pytest
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
+from tunegate.settings import reset_settings
 from worker.evaluation.prompts import project_harmful
 from worker.stages.base import StageIO, load_result
 from worker.stages.evaluate import EvalConfig, EvalInputs, run
@@ -81,6 +82,12 @@ def test_base_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
     res = run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "b")))
     assert calls == []  # nothing generated: the base results came from the cache
     assert res.templates["user"]["same_as_chat"] and res.margin["chat"]["ratio"] == 1.0
+
+    elsewhere = tmp_path / "other-cache"  # TUNEGATE_EVAL_CACHE_DIR moves the cache: computed afresh there
+    monkeypatch.setenv("TUNEGATE_EVAL_CACHE_DIR", str(elsewhere))
+    reset_settings()
+    run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "c")))
+    assert calls and len(list(elsewhere.glob("*.json"))) == 1
 
 
 def test_extra_prompt_file_and_validation(tiny_model_dir, tmp_path):
