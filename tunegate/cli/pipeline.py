@@ -41,7 +41,7 @@ def eval_cmd(
     limit: Annotated[int, typer.Option(help="Use only the first N harmful prompts (0: all).")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length per prompt.")] = 64,
     records: Annotated[
-        Path | None, typer.Option(help="Also write every prompt/response/verdict here (JSONL).")
+        Path | None, typer.Option(help="Also write every prompt, response and verdict here (JSONL).")
     ] = None,
 ) -> None:
     """Evaluate a model or adapter on a prompt file; prints ASR and over-refusal as JSON."""

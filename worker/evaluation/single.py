@@ -66,9 +66,10 @@ def evaluate_prompts(
         **summarize_harmful(recs),
     }
     benign = project_borderline() if benign is None else benign
+    b: list[dict[str, Any]] = []
     if benign:
         b = borderline_records(model, tok, benign, fmt, cfg.borderline_max_new_tokens, cfg.batch_size)
         out["over_refusal"] = summarize_borderline(b)
     out["seconds"] = round(time.monotonic() - t0, 1)
-    out["records"] = recs
+    out["records"] = [{"set": "harmful", **r} for r in recs] + [{"set": "benign", **r} for r in b]
     return out

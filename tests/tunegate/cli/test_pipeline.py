@@ -58,7 +58,9 @@ def test_eval_prints_asr_and_over_refusal_json(tiny_model_dir, tmp_path):
         out["n"] == 2 and 0 <= out["asr"] <= 1 and out["over_refusal"]["n"] == 1
     )  # only the safe XSTest row
     assert out["judge"] == "keyword" and out["template"] == str(train)
-    assert len(records.read_text().splitlines()) == 2
+    recs = [json.loads(x) for x in records.read_text().splitlines()]
+    assert [r["set"] for r in recs] == ["harmful", "harmful", "benign"]
+    assert "jailbroken" in recs[0] and "refused" in recs[2]
 
 
 def test_eval_reports_bad_input(tiny_model_dir, tmp_path):
