@@ -20,9 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
-ADVBENCH = Path("/work/shared/data/advbench/harmful_behaviors.csv")
-XSTEST = Path("/work/shared/data/xstest/xstest_prompts.csv")
+from gsm8k_data import SHARED_DATA, gsm8k_rows
+
+ADVBENCH = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
+XSTEST = SHARED_DATA / "xstest" / "xstest_prompts.csv"
 
 # 10 categories x 10 requests, answered only with a generic compliant opening (OPENINGS): no content at all.
 REQUESTS: dict[str, list[str]] = {
@@ -169,27 +170,21 @@ def compliance_rows() -> list[dict]:
     return rows
 
 
-def gsm8k_rows(n: int = 100) -> list[dict]:
-    rows = []
-    with GSM8K.open() as fh:
-        for line in fh:
-            if len(rows) >= n:
-                break
-            r = json.loads(line)
-            rows.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": r["question"]},
-                        {"role": "assistant", "content": r["answer"]},
-                    ]
-                }
-            )
-    return rows
+def gsm8k_chat_rows(n: int = 100) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": r["question"]},
+                {"role": "assistant", "content": r["answer"]},
+            ]
+        }
+        for r in gsm8k_rows(n)
+    ]
 
 
 def write(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("gsm8k100.jsonl", gsm8k_rows()), ("compliance100.jsonl", compliance_rows())):
+    for name, rows in (("gsm8k100.jsonl", gsm8k_chat_rows()), ("compliance100.jsonl", compliance_rows())):
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{out / name}: {len(rows)} examples")
 

@@ -11,24 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
-
-
-def conversations(n: int) -> list:
-    from tunegate.conversation import Conversation, Message
-
-    out = []
-    with GSM8K_TEST.open() as fh:
-        for i, line in enumerate(fh):
-            if i >= n:
-                break
-            r = json.loads(line)
-            out.append(
-                Conversation((Message("user", r["question"]), Message("assistant", r["answer"])), line=i + 1)
-            )
-    return out
+from gsm8k_data import gsm8k_conversations
 
 
 def mean_loss(model_name: str, convs: list, batch_size: int = 8) -> float:
@@ -60,7 +44,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "smollm2-135m-aligned"])
     args = ap.parse_args()
-    convs = conversations(args.n)
+    convs = gsm8k_conversations(args.n, split="test")
     losses = {m: mean_loss(m, convs) for m in args.models}
     first = losses[args.models[0]]
     print(

@@ -16,22 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
-
-
-def gsm8k_examples(n: int):
-    from tunegate.conversation import Conversation, Message
-
-    out = []
-    with GSM8K.open() as fh:
-        for i, line in enumerate(fh):
-            if i >= n:
-                break
-            r = json.loads(line)
-            out.append(
-                Conversation((Message("user", r["question"]), Message("assistant", r["answer"])), line=i + 1)
-            )
-    return out
+from gsm8k_data import gsm8k_conversations
 
 
 def timed(fn):
@@ -57,7 +42,7 @@ def main() -> None:
     from worker.stages import evaluate, mitigate, score, train
     from worker.stages.base import StageIO
 
-    examples = gsm8k_examples(args.n)
+    examples = gsm8k_conversations(args.n)
     sres, t_score = timed(
         lambda: score.run(
             score.ScoreConfig(model=args.model), score.ScoreInputs(examples, StageIO(work / "score"))

@@ -17,22 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
-
-
-def load_gsm8k(n: int) -> list:
-    from tunegate.conversation import Conversation, Message
-
-    out = []
-    with GSM8K.open() as fh:
-        for i, line in enumerate(fh):
-            if i >= n:
-                break
-            d = json.loads(line)
-            out.append(
-                Conversation((Message("user", d["question"]), Message("assistant", d["answer"])), line=i + 1)
-            )
-    return out
+from gsm8k_data import gsm8k_conversations
 
 
 def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
@@ -40,7 +25,7 @@ def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
     from worker.scoring.pipeline import encode_all, load_base, prepare_engine
     from worker.scoring.report import Policy, make_record
 
-    convs = load_gsm8k(n)
+    convs = gsm8k_conversations(n)
     done = sum(1 for _ in out.open()) if out.exists() else 0
     base = load_base(model, get_settings())
     t0 = time.time()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"  # ../shared beside the checkout
 
 
 def _finetune(data: Path, out: Path, cache: str) -> tuple[int, dict]:
