@@ -64,7 +64,7 @@ def _describe(rows: list[dict]) -> dict:
     }
 
 
-def analyze(path: Path, k: int) -> None:
+def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
     from worker.scoring.math import spearman
 
     rows = [json.loads(line) for line in path.open()]
@@ -101,7 +101,11 @@ def analyze(path: Path, k: int) -> None:
         Conversation((Message("user", "q"), Message("assistant", r["response"])), line=r["line"])
         for r in rows
     ]
-    ref_path = next(Path(p) for p in sorted(Path(path).parent.glob("reference-*.json")))
+    found = [reference_file] if reference_file else sorted(Path(path).parent.glob("reference-*.json"))
+    if not found:
+        print("verdict: skipped (pass --reference <models>/<fingerprint>/scoring-cache/reference-*.json)")
+        return
+    ref_path = found[0]
     reference = json.loads(ref_path.read_text())["scores"]
     print("verdict:", summarize(rows, convs, reference, Policy())["verdict"])
 
@@ -118,11 +122,12 @@ def main() -> None:
     a = sub.add_parser("analyze")
     a.add_argument("path", type=Path)
     a.add_argument("--k", type=int, default=100)
+    a.add_argument("--reference", type=Path, help="the cached reference-*.json of the scoring model")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.n, args.out, args.model, args.batch_size, args.chunk)
     else:
-        analyze(args.path, args.k)
+        analyze(args.path, args.k, args.reference)
 
 
 if __name__ == "__main__":
