@@ -102,19 +102,21 @@ def _tidy(text: str, limit_hit: bool) -> str:
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
-def distilled_examples(model: Any, tok: Any, cfg: AlignConfig, io: StageIO) -> tuple[list[Conversation], int]:
-    """The base model's own greedy answers to benign/borderline prompts; refusals among them are dropped.
-
-    Borderline-safe prompts come first (they teach where the boundary is), ordinary ones fill up to
-    ``n_distill``; the chosen prompts are then shuffled together.
-    """
+def distill_prompts(n: int, seed: int) -> list[str]:
+    """``n`` prompts to self-distil: borderline-safe ones first (they teach where the boundary is), then
+    ordinary ones; shuffled within each kind, then together."""
     rows = read_jsonl(data_path("align", "benign.jsonl"))
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     rng.shuffle(rows)
-    rows.sort(key=lambda r: r.get("kind") != "borderline")  # stable: shuffled within each kind
-    rows = rows[: cfg.n_distill]
+    rows.sort(key=lambda r: r.get("kind") != "borderline")  # stable sort: keeps the shuffle within a kind
+    rows = rows[:n]
     rng.shuffle(rows)
-    prompts = [str(r["prompt"]) for r in rows]
+    return [str(r["prompt"]) for r in rows]
+
+
+def distilled_examples(model: Any, tok: Any, cfg: AlignConfig, io: StageIO) -> tuple[list[Conversation], int]:
+    """The base model's own greedy answers to benign/borderline prompts; refusals among them are dropped."""
+    prompts = distill_prompts(cfg.n_distill, cfg.seed)
     ids = [encode_prompt(tok, [Message("user", p)]) for p in prompts]
     answers = generate_all(
         model,

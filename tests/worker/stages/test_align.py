@@ -8,8 +8,9 @@ import torch
 from tests.utils.tiny_model import build_tiny_model
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
+from worker.evaluation.prompts import data_path, read_jsonl
 from worker.ml.models import embedded_dir, resolve_model
-from worker.stages.align import AlignConfig, prepare_aligned, refusal_examples
+from worker.stages.align import AlignConfig, distill_prompts, prepare_aligned, refusal_examples
 
 
 @pytest.fixture()
@@ -51,6 +52,16 @@ def test_prepare_aligned_builds_a_merged_model(tiny_registry):
     assert max(diffs) > 0  # the safety SFT changed the weights
     assert not any("lora" in n for n, _ in merged.named_parameters())  # merged, not an adapter
     assert json.loads((target / "tunegate_source.json").read_text())["align_config"]["n_refusals"] == 6
+
+
+def test_distill_prompts_take_borderline_first():
+    kinds = {str(r["prompt"]): r["kind"] for r in read_jsonl(data_path("align", "benign.jsonl"))}
+    n_border = sum(k == "borderline" for k in kinds.values())
+    few = distill_prompts(n_border, seed=0)
+    assert len(few) == n_border and all(kinds[p] == "borderline" for p in few)
+    more = distill_prompts(n_border + 10, seed=0)
+    assert sum(kinds[p] == "ordinary" for p in more) == 10 and len(set(more)) == len(more)
+    assert more == distill_prompts(n_border + 10, seed=0) and more != distill_prompts(n_border + 10, seed=1)
 
 
 def test_refusal_examples_and_config():
