@@ -31,7 +31,7 @@ from worker.evaluation.prompts import data_path, read_jsonl
 from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
 from worker.ml.render import encode_prompt
 from worker.stages import train
-from worker.stages.base import StageIO, finish
+from worker.stages.base import StageIO, StageResult, finish
 
 log = logging.getLogger(__name__)
 ALIGNED_SOURCE = "embedded:smollm2-aligned"
@@ -72,16 +72,13 @@ class AlignInputs:
 
 
 @dataclass
-class AlignResult:
+class AlignResult(StageResult):
     model_dir: str
     n_refusals: int
     n_distilled: int
     n_distill_dropped: int
     seconds: float
     train: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def refusal_examples(n: int, seed: int) -> list[Conversation]:

@@ -10,15 +10,22 @@ request); long loops call ``io.step(fraction, message, **metrics)`` at each step
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tunegate.artifacts import atomic_write_json, read_json, save_config
 from tunegate.errors import JobCancelled
 
 RESULT_NAME = "result.json"
 ProgressFn = Callable[[float, str, dict[str, Any]], None]
+
+
+class StageResult:
+    """Base of every stage's result dataclass: ``to_dict()`` is what ``result.json`` holds."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast(Any, self))
 
 
 def _no_progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, 
 from worker.evaluation.runner import template_is_plain
 from worker.mitigation.format import UserFormat, infer_format
 from worker.ml.models import load_resolved
-from worker.stages.base import StageIO, finish
+from worker.stages.base import StageIO, StageResult, finish
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class EvalInputs:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(StageResult):
     judge: str
     max_new_tokens: int
     templates: dict[str, Any] = field(default_factory=dict)
@@ -77,9 +77,6 @@ class EvalResult:
     n_prompts: int = 0
     user_format: dict[str, Any] | None = None
     jailbroken_examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_judge(cfg: EvalConfig) -> Judge:

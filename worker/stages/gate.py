@@ -17,7 +17,7 @@ from typing import Any
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings, get_settings
 from worker.report.build import build_report, write_report
-from worker.stages.base import StageIO, finish
+from worker.stages.base import StageIO, StageResult, finish
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,13 @@ class GateInputs:
 
 
 @dataclass
-class GateResult:
+class GateResult(StageResult):
     released: bool
     code: str | None
     message: str
     checks: list[dict[str, Any]] = field(default_factory=list)
     report_json: str = ""
     report_html: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def mitigation_active(mitigation: dict[str, Any] | None) -> bool:

@@ -17,7 +17,7 @@ from tunegate.errors import InvalidConfig
 from worker.mitigation import policy
 from worker.mitigation.format import infer_format
 from worker.mitigation.inject import inject_count, safety_examples
-from worker.stages.base import StageIO, finish
+from worker.stages.base import StageIO, StageResult, finish
 
 ACTIONS = ("downweight", "drop", "none")
 
@@ -63,7 +63,7 @@ class MitigateInputs:
 
 
 @dataclass
-class MitigateResult:
+class MitigateResult(StageResult):
     train_file: str
     n_input: int
     n_dropped: int
@@ -72,9 +72,6 @@ class MitigateResult:
     n_injected: int
     n_output: int
     format: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings
 from worker.ml.models import context_length, load_resolved
 from worker.ml.render import encode
-from worker.stages.base import StageIO, finish
+from worker.stages.base import StageIO, StageResult, finish
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import LoopConfig, train_loop
 from worker.training.lora import attach_lora
@@ -97,7 +97,7 @@ class TrainInputs:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(StageResult):
     adapter_dir: str
     trained_tokens: int
     steps: int
@@ -106,9 +106,6 @@ class TrainResult:
     n_examples: int
     base_fingerprint: str
     metrics: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:

@@ -7,7 +7,7 @@ job now, naming the file and line, instead of an hour into training. Writes ``st
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from tunegate.errors import InvalidConfig, InvalidFile
 from tunegate.settings import get_settings
 from worker.ml.models import context_length, load_tokenizer, resolve_model
 from worker.ml.render import encode
-from worker.stages.base import StageIO, finish
+from worker.stages.base import StageIO, StageResult, finish
 
 STEP_EVERY = 200  # examples between progress reports
 
@@ -44,15 +44,12 @@ class ValidateInputs:
 
 
 @dataclass
-class ValidateResult:
+class ValidateResult(StageResult):
     n_examples: int
     n_validation: int
     token_limit: int
     max_example_tokens: int
     total_tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _load(path: Path, label: str) -> list[Conversation]:
