@@ -20,8 +20,8 @@ def mean_loss(model_name: str, convs: list, batch_size: int = 8) -> float:
     import torch
 
     from worker.ml.models import context_length, load_resolved
-    from worker.ml.render import IGNORE, collate, encode
-    from worker.scoring.forward import per_example_loss
+    from worker.ml.render import collate, encode
+    from worker.training.math import token_stats
 
     lm = load_resolved(model_name)
     enc = [encode(lm.tokenizer, c, max_len=context_length(lm.model)) for c in convs]
@@ -32,10 +32,9 @@ def mean_loss(model_name: str, convs: list, batch_size: int = 8) -> float:
             part = enc[i : i + batch_size]
             batch = collate(part, pad, lm.device)
             logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            losses = per_example_loss(logits, batch["labels"])  # (B,) mean over each row's response tokens
-            counts = (batch["labels"][:, 1:] != IGNORE).sum(dim=1)  # (B,)
-            total += float((losses * counts).sum())
-            tokens += int(counts.sum())
+            loss_sum, n_tokens, _ = token_stats(logits, batch["labels"])  # the training stage's own loss
+            total += float(loss_sum)
+            tokens += n_tokens
     return total / tokens
 
 
