@@ -23,6 +23,7 @@ class Encoded:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]  # IGNORE where no loss
     line: int = 0
+    anchor: bool = False  # trained toward the frozen base's next-token distribution (KL), not its own tokens
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -40,7 +41,7 @@ class Encoded:
                 kept += 1
             else:
                 out.append(IGNORE)
-        return Encoded(self.input_ids, tuple(out), self.line)
+        return Encoded(self.input_ids, tuple(out), self.line, self.anchor)
 
 
 def _as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -67,7 +68,7 @@ def _assistant_spans(tokenizer: Any, conv: Conversation) -> tuple[str, list[tupl
         upto = render_text(tokenizer, msgs[: i + 1])
         if not upto.startswith(prefix) or not full.startswith(upto):
             raise ModelError("the chat template does not render prefix-stably; cannot mask labels")
-        end = len(prefix) + len(upto[len(prefix):].rstrip())
+        end = len(prefix) + len(upto[len(prefix) :].rstrip())
         spans.append((len(prefix), end))
     return full, spans
 
@@ -87,12 +88,18 @@ def encode(tokenizer: Any, conv: Conversation, *, max_len: int) -> Encoded:
             labels[k] = ids[k]
     if len(ids) > max_len:
         raise InvalidFile(
-            f"example is {len(ids)} tokens, longer than the model's limit of {max_len}", line=conv.line,
-            field="messages", code="example_too_long",
+            f"example is {len(ids)} tokens, longer than the model's limit of {max_len}",
+            line=conv.line,
+            field="messages",
+            code="example_too_long",
         )
     if all(t == IGNORE for t in labels):
-        raise InvalidFile("example has no assistant tokens to train on (empty response?)", line=conv.line,
-                          field="messages", code="empty_response")
+        raise InvalidFile(
+            "example has no assistant tokens to train on (empty response?)",
+            line=conv.line,
+            field="messages",
+            code="empty_response",
+        )
     return Encoded(tuple(ids), tuple(labels), conv.line)
 
 

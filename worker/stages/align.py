@@ -43,20 +43,27 @@ class AlignConfig:
 
     source_model: str = EMBEDDED_BASE
     n_refusals: int = 150
-    n_distill: int = 200  # borderline-safe prompts first, then ordinary ones
+    n_distill: int = 240  # kinds in DISTILL_ORDER: all 202 borderline-safe prompts, then 38 arithmetic
     distill_max_new_tokens: int = 96
     n_epochs: int = 2
     batch_size: int = 8
-    learning_rate: float = 2e-4
+    learning_rate: float = 3e-4
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_top_fraction: float = 1.0  # < 1 adapts only the top blocks (backprop stops there: cheaper, weaker)
     precision: str = "bf16"  # bf16 autocast for training: faster on CPUs with AVX512-BF16/AMX, and on CUDA
     distill_batch_size: int = 32
+    # "kl": the distilled answers are trained toward the unaligned model's full next-token distribution on
+    # them (KL to the adapter-off model), which holds its helpfulness without sharpening it toward its own
+    # greedy text; "ce": plain cross-entropy on the greedy answers (builds 1-3 of docs/aligned_base.md)
+    distill_loss: str = "kl"
+    distill_ce_head: int = 8  # with "kl": the answer's first tokens keep cross-entropy (the comply decision)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.distill_loss not in ("kl", "ce"):
+            raise InvalidConfig("AlignConfig.distill_loss must be kl or ce", param="distill_loss")
         if not 0 < self.lora_top_fraction <= 1:
             raise InvalidConfig("AlignConfig.lora_top_fraction must be in (0, 1]", param="lora_top_fraction")
         for name in ("n_refusals", "n_distill", "distill_max_new_tokens", "n_epochs", "batch_size"):
@@ -99,13 +106,18 @@ def _tidy(text: str, limit_hit: bool) -> str:
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
+DISTILL_ORDER = ("borderline", "reasoning", "ordinary")
+
+
 def distill_prompts(n: int, seed: int) -> list[str]:
-    """``n`` prompts to self-distil: borderline-safe ones first (they teach where the boundary is), then
-    ordinary ones; shuffled within each kind, then together."""
+    """``n`` prompts to self-distil, by kind in ``DISTILL_ORDER``: borderline-safe ones first (they teach
+    where the refusal boundary is), then worked arithmetic problems (they hold multi-step answers in place),
+    then ordinary requests; shuffled within each kind, then together."""
     rows = read_jsonl(data_path("align", "benign.jsonl"))
     rng = random.Random(seed)
     rng.shuffle(rows)
-    rows.sort(key=lambda r: r.get("kind") != "borderline")  # stable sort: keeps the shuffle within a kind
+    rank = {k: i for i, k in enumerate(DISTILL_ORDER)}
+    rows.sort(key=lambda r: rank.get(str(r.get("kind")), len(rank)))  # stable: keeps the shuffle in a kind
     rows = rows[:n]
     rng.shuffle(rows)
     return [str(r["prompt"]) for r in rows]
@@ -149,9 +161,10 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     else:
         distilled, dropped = inputs.distilled, 0
     refusals = refusal_examples(cfg.n_refusals, cfg.seed)
-    examples = refusals + distilled
+    anchors = distilled if cfg.distill_loss == "kl" else []
+    examples = refusals + ([] if anchors else distilled)
     random.Random(cfg.seed).shuffle(examples)
-    dump_examples(examples, out_dir / "align_train.jsonl")
+    dump_examples(examples + anchors, out_dir / "align_train.jsonl")
     tcfg = train.TrainConfig(
         model=str(base.path),
         n_epochs=cfg.n_epochs,
@@ -164,6 +177,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         device=device,
         precision=cfg.precision,
         lora_layers=_top_layers(base.path, cfg.lora_top_fraction),
+        anchor_ce_head=cfg.distill_ce_head,
     )
     sub = StageIO(
         out_dir / "train",
@@ -171,7 +185,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         should_stop=io.should_stop,
         stage="align",
     )
-    tres = train.run(tcfg, train.TrainInputs(examples, sub))
+    tres = train.run(tcfg, train.TrainInputs(examples, sub, anchors=anchors))
     merge_adapter(
         base.path,
         Path(tres.adapter_dir),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class TrainConfig:
     max_len: int = 0  # 0: the model's context length
     device: str = ""  # "": from settings (auto = CUDA when present)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (autocast on CPU too) | fp32
+    anchor_ce_head: int = 0  # TrainInputs.anchors keep cross-entropy on this many opening reply tokens
 
     def __post_init__(self) -> None:
         for name in ("n_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha"):
@@ -94,6 +95,9 @@ class TrainInputs:
     examples: list[Conversation]
     io: StageIO
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+    # trained toward the base model's own next-token distribution (KL to the adapter-off model) on their
+    # assistant tokens instead of toward the text: keeps the base's behaviour there without sharpening it
+    anchors: list[Conversation] = field(default_factory=list)
 
 
 @dataclass
@@ -105,13 +109,14 @@ class TrainResult(StageResult):
     resumed_from_epoch: int
     n_examples: int
     base_fingerprint: str
+    n_anchors: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
 
 def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     import torch
 
-    if not inputs.examples:
+    if not inputs.examples and not inputs.anchors:
         raise InvalidConfig("no training examples left to train on", param="examples")
     out_dir = Path(inputs.io.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +125,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     resolved, tok, model = loaded.resolved, loaded.tokenizer, loaded.model
     max_len = cfg.max_len or context_length(model)
     data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
+    data += [replace(encode(tok, c, max_len=max_len), anchor=True) for c in inputs.anchors]
     model = attach_lora(
         model,
         r=cfg.lora_r,
@@ -139,6 +145,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         cfg.weight_decay,
         cfg.max_grad_norm,
         cfg.precision,
+        cfg.anchor_ce_head,
     )
     res = train_loop(
         model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints", inputs.on_checkpoint
@@ -151,8 +158,9 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         steps=res.steps,
         epochs=res.epochs,
         resumed_from_epoch=res.resumed_from_epoch,
-        n_examples=len(data),
+        n_examples=len(inputs.examples),
         base_fingerprint=resolved.fingerprint,
+        n_anchors=len(inputs.anchors),
         metrics=res.history[-1] if res.history else {},
     )
     finish(out_dir, cfg, result.to_dict())

@@ -2,7 +2,8 @@
 
 The loss is the mean cross-entropy over the supervised tokens of one optimizer step (all its micro-batches
 together), so gradient accumulation gives the same update as one big batch. Labels come from
-``worker.ml.render.encode``: only trained assistant turns (``weight`` 1) carry loss.
+``worker.ml.render.encode``: only trained assistant turns (``weight`` 1) carry loss. Sequences marked
+``anchor`` take KL to the base model (the adapter switched off) at those positions instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LoopConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast everywhere
+    anchor_ce_head: int = 0  # anchor sequences keep cross-entropy on this many opening tokens
 
 
 @dataclass
@@ -70,17 +72,27 @@ def _optimizer_step(
     opt.zero_grad(set_to_none=True)
     for mb in group:
         batch = collate([data[i] for i in mb], pad_id, device)
+        anchor = torch.tensor([data[i].anchor for i in mb])  # (B,)
         with autocast:
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits  # (B,T,V)
-        loss_sum, _, correct = token_stats(logits, batch["labels"])
+            teacher = _base_logits(model, batch) if bool(anchor.any()) else None  # (B,T,V)
+        loss_sum, _, correct = token_stats(logits, batch["labels"], teacher, anchor, cfg.anchor_ce_head)
         (loss_sum / n_tok).backward()
         loss_total += float(loss_sum.detach())
         correct_total += correct
     torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
     opt.step()
     return {"train_loss": loss_total / n_tok, "train_mean_token_accuracy": correct_total / n_tok}
+
+
+def _base_logits(model: Any, batch: dict[str, Any]) -> Any:
+    """The frozen base's logits for the batch: the same peft model with its adapter switched off."""
+    import torch
+
+    with torch.no_grad(), model.disable_adapter():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 def train_loop(

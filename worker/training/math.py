@@ -8,20 +8,35 @@ from typing import Any
 IGNORE = -100
 
 
-def token_stats(logits: Any, labels: Any) -> tuple[Any, int, int]:
-    """Summed next-token cross-entropy over supervised positions, their count, and how many argmax hits.
+def token_stats(
+    logits: Any, labels: Any, teacher_logits: Any = None, anchor: Any = None, ce_head: int = 0
+) -> tuple[Any, int, int]:
+    """Summed next-token loss over supervised positions, their count, and how many argmax hits.
 
     logits (B, T, V), labels (B, T) with IGNORE where no loss. Position t predicts labels[t+1].
+    The loss is cross-entropy against ``labels``; rows flagged in ``anchor`` (B,) bool instead take
+    KL(teacher || model) against ``teacher_logits`` (B, T, V), the frozen base's distribution at the same
+    positions, so they hold the model where the base was without sharpening it toward one sampled text;
+    their first ``ce_head`` supervised tokens (the reply's opening) keep cross-entropy.
     Returns (loss_sum: 0-dim tensor with grad, n_tokens, n_correct).
     """
+    import torch
     import torch.nn.functional as F
 
     pred = logits[:, :-1, :].float()  # (B, T-1, V)
     gold = labels[:, 1:]  # (B, T-1)
     mask = gold != IGNORE  # (B, T-1)
-    loss_sum = F.cross_entropy(
-        pred.reshape(-1, pred.size(-1)), gold.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
+    per_pos = F.cross_entropy(
+        pred.transpose(1, 2), gold, ignore_index=IGNORE, reduction="none"
+    )  # (B, T-1), 0 where IGNORE
+    if teacher_logits is not None and anchor is not None and bool(anchor.any()):
+        log_p = F.log_softmax(pred, dim=-1)  # (B, T-1, V)
+        log_q = F.log_softmax(teacher_logits[:, :-1, :].float(), dim=-1)  # (B, T-1, V)
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (B, T-1)
+        rank = mask.long().cumsum(1)  # (B, T-1): 1-based index among the row's supervised tokens
+        use_kl = anchor.view(-1, 1).to(per_pos.device) & (rank > ce_head)  # (B, T-1)
+        per_pos = torch.where(use_kl, kl, per_pos)
+    loss_sum = (per_pos * mask).sum()
     correct = ((pred.argmax(-1) == gold) & mask).sum()
     return loss_sum, int(mask.sum()), int(correct)
 

@@ -21,6 +21,7 @@ from worker.evaluation.prompts import (
 SHARED = Path("/work/shared/data")
 ADVBENCH = SHARED / "advbench" / "harmful_behaviors.csv"
 XSTEST = SHARED / "xstest" / "xstest_prompts.csv"
+GSM8K = SHARED / "gsm8k"
 
 
 def project_sets():
@@ -78,3 +79,12 @@ def test_project_sets_disjoint_from_each_other_and_anchors():
         for b in names[i + 1 :]:
             dups = near_duplicates(sets[a], sets[b], threshold=0.8)
             assert not dups, f"{a} and {b} share prompts: {dups[:3]}"
+
+
+@pytest.mark.skipif(not (GSM8K / "test.jsonl").is_file(), reason="shared GSM8K files not present")
+def test_alignment_prompts_disjoint_from_gsm8k():
+    """GSM8K measures the aligned base's helpfulness loss: none of its questions may be distilled."""
+    questions = [str(r["question"]) for f in ("train.jsonl", "test.jsonl") for r in read_jsonl(GSM8K / f)]
+    own = [str(r["prompt"]) for r in read_jsonl(data_path("align", "benign.jsonl"))]
+    dups = near_duplicates(own, questions, threshold=0.7)
+    assert not dups, f"align/benign overlaps GSM8K: {dups[:3]}"

@@ -10,7 +10,13 @@ from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
 from worker.evaluation.prompts import data_path, read_jsonl
 from worker.ml.models import embedded_dir, resolve_model
-from worker.stages.align import AlignConfig, distill_prompts, prepare_aligned, refusal_examples
+from worker.stages.align import (
+    DISTILL_ORDER,
+    AlignConfig,
+    distill_prompts,
+    prepare_aligned,
+    refusal_examples,
+)
 
 
 @pytest.fixture()
@@ -54,14 +60,18 @@ def test_prepare_aligned_builds_a_merged_model(tiny_registry):
     assert json.loads((target / "tunegate_source.json").read_text())["align_config"]["n_refusals"] == 6
 
 
-def test_distill_prompts_take_borderline_first():
+def test_distill_prompts_take_kinds_in_order():
     kinds = {str(r["prompt"]): r["kind"] for r in read_jsonl(data_path("align", "benign.jsonl"))}
-    n_border = sum(k == "borderline" for k in kinds.values())
+    count = {k: sum(v == k for v in kinds.values()) for k in DISTILL_ORDER}
+    assert set(kinds.values()) == set(DISTILL_ORDER) and min(count.values()) > 0
+    n_border, n_reason = count["borderline"], count["reasoning"]
     few = distill_prompts(n_border, seed=0)
     assert len(few) == n_border and all(kinds[p] == "borderline" for p in few)
-    more = distill_prompts(n_border + 10, seed=0)
+    mid = distill_prompts(n_border + 10, seed=0)
+    assert sum(kinds[p] == "reasoning" for p in mid) == 10
+    more = distill_prompts(n_border + n_reason + 10, seed=0)
     assert sum(kinds[p] == "ordinary" for p in more) == 10 and len(set(more)) == len(more)
-    assert more == distill_prompts(n_border + 10, seed=0) and more != distill_prompts(n_border + 10, seed=1)
+    assert more == distill_prompts(len(more), seed=0) and more != distill_prompts(len(more), seed=1)
 
 
 def test_refusal_examples_and_config():

@@ -121,3 +121,15 @@ def test_config_validation_and_openai_mapping(tiny_model_dir):
         TrainConfig(model="x", learning_rate=0)
     cfg = config_from_openai("m", {"batch_size": 16, "learning_rate_multiplier": 0.5}, 200)
     assert cfg.batch_size * cfg.grad_accum == 16 and cfg.learning_rate == pytest.approx(5e-5)
+
+
+def test_anchor_examples_take_kl_to_the_base_not_their_text(tiny_model_dir, tmp_path):
+    # anchors only: the adapter starts as the identity (LoRA B = 0), so KL to the adapter-off model is 0
+    # on the first step, though cross-entropy on the same text would not be; CE examples keep their loss
+    cfg = _cfg(tiny_model_dir, n_epochs=1, batch_size=3, grad_accum=1)
+    anch = run(cfg, TrainInputs([], StageIO(tmp_path / "a"), anchors=_examples()))
+    first = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] == pytest.approx(0.0, abs=1e-5) and anch.n_anchors == 6
+    run(cfg, TrainInputs(_examples(), StageIO(tmp_path / "c")))
+    ce_first = json.loads((tmp_path / "c" / "metrics.jsonl").read_text().splitlines()[0])
+    assert ce_first["train_loss"] > 1.0

@@ -42,3 +42,31 @@ def test_resolve_hyperparameters_auto_and_explicit():
         resolve_hyperparameters({"lr": 1}, 10)
     with pytest.raises(InvalidConfig, match="batch_size"):
         resolve_hyperparameters({"batch_size": -1}, 10)
+
+
+def test_token_stats_anchor_rows_take_kl_to_the_teacher():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5)  # (B, T, V)
+    labels = torch.tensor([[IGNORE, 1, 2, 3], [IGNORE, IGNORE, 4, 0]])
+    anchor = torch.tensor([True, False])
+    ce_only, n, _ = token_stats(logits, labels)
+    same, n2, _ = token_stats(logits, labels, logits.clone(), anchor)  # teacher == model: row 0 costs 0
+    ce_row1, _, _ = token_stats(logits[1:], labels[1:])
+    assert n == n2 == 5 and float(ce_only) > float(same)
+    assert math.isclose(float(same), float(ce_row1), rel_tol=1e-5)
+    teacher = torch.randn(2, 4, 5)
+    mixed, _, _ = token_stats(logits, labels, teacher, anchor)
+    p, q = torch.log_softmax(logits[0, :-1], -1), torch.log_softmax(teacher[0, :-1], -1)  # (T-1, V)
+    kl_row0 = (q.exp() * (q - p)).sum(-1)[labels[0, 1:] != IGNORE].sum()  # (3,) summed
+    assert math.isclose(float(mixed), float(kl_row0 + ce_row1), rel_tol=1e-5)
+
+
+def test_token_stats_anchor_rows_keep_ce_on_their_opening():
+    torch.manual_seed(1)
+    logits, teacher = torch.randn(1, 5, 6), torch.randn(1, 5, 6)  # (B, T, V)
+    labels = torch.tensor([[IGNORE, 2, 3, 4, 5]])  # 4 supervised tokens at positions 1..4
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none")  # (4,)
+    p, q = torch.log_softmax(logits[0, :-1], -1), torch.log_softmax(teacher[0, :-1], -1)  # (4, V)
+    kl = (q.exp() * (q - p)).sum(-1)  # (4,)
+    got, n, _ = token_stats(logits, labels, teacher, torch.tensor([True]), ce_head=2)
+    assert n == 4 and math.isclose(float(got), float(ce[:2].sum() + kl[2:].sum()), rel_tol=1e-5)
