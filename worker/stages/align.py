@@ -2,9 +2,11 @@
 
 SmolLM2-135M-Instruct complies with nearly every harmful request, so a release gate measured on it means
 nothing. This stage gives it a short safety SFT: LoRA on the project's harmful-request -> refusal set
-(``tunegate/data/align/refusals.jsonl``) plus the model's own greedy answers to benign and borderline-safe
-prompts (``benign.jsonl``; self-distillation keeps its helpfulness and teaches that trigger words alone are
-no reason to refuse). The adapter is merged and saved as safetensors into the model cache
+(``tunegate/data/align/refusals.jsonl``) plus the model's own greedy answers to benign, borderline-safe and
+arithmetic prompts (``benign.jsonl``; self-distillation keeps its helpfulness and teaches that trigger words
+alone are no reason to refuse). Those answers are anchors: after their opening tokens they are trained toward
+the unaligned model's own next-token distribution (KL), not toward the greedy text, which would sharpen it.
+The adapter is merged and saved as safetensors into the model cache
 (``embedded:smollm2-aligned``), atomically, so a half-built model is never picked up.
 None of AdvBench's or XSTest's prompts are in this data: they are the yardstick (a test checks it).
 """
@@ -164,7 +166,8 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     anchors = distilled if cfg.distill_loss == "kl" else []
     examples = refusals + ([] if anchors else distilled)
     random.Random(cfg.seed).shuffle(examples)
-    dump_examples(examples + anchors, out_dir / "align_train.jsonl")
+    dump_examples(examples, out_dir / "align_train.jsonl")
+    dump_examples(anchors, out_dir / "align_anchors.jsonl")  # empty with distill_loss "ce"
     tcfg = train.TrainConfig(
         model=str(base.path),
         n_epochs=cfg.n_epochs,
