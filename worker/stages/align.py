@@ -163,8 +163,9 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     else:
         distilled, dropped = inputs.distilled, 0
     refusals = refusal_examples(cfg.n_refusals, cfg.seed)
-    anchors = distilled if cfg.distill_loss == "kl" else []
-    examples = refusals + ([] if anchors else distilled)
+    anchored = cfg.distill_loss == "kl"
+    anchors = distilled if anchored else []
+    examples = refusals + ([] if anchored else distilled)
     random.Random(cfg.seed).shuffle(examples)
     dump_examples(examples, out_dir / "align_train.jsonl")
     dump_examples(anchors, out_dir / "align_anchors.jsonl")  # empty with distill_loss "ce"
