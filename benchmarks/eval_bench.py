@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from machine import print_machine
+
 ADVBENCH = Path("/work/shared/data/advbench/harmful_behaviors.csv")
 
 
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
+    print_machine()
 
     from worker.evaluation.judges import Judge
     from worker.evaluation.prompts import load_prompts

@@ -13,6 +13,7 @@ import argparse
 import json
 
 from gsm8k_data import gsm8k_conversations
+from machine import print_machine
 
 
 def mean_loss(model_name: str, convs: list, batch_size: int = 8) -> float:
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "smollm2-135m-aligned"])
     args = ap.parse_args()
+    print_machine()
     convs = gsm8k_conversations(args.n, split="test")
     losses = {m: mean_loss(m, convs) for m in args.models}
     first = losses[args.models[0]]

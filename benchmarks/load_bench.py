@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from machine import print_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,6 +164,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--database-url", default="", help="PostgreSQL URL (default: embedded SQLite)")
     args = ap.parse_args()
+    print_machine()
     home = Path(tempfile.mkdtemp(prefix="tunegate-load-"))
     env = {
         **os.environ,

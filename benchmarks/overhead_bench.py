@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from gsm8k_data import gsm8k_conversations
+from machine import print_machine
 
 
 def timed(fn):
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--epochs", default="auto")
     args = ap.parse_args()
+    print_machine()
     work = Path(tempfile.mkdtemp(prefix="tg-overhead-"))
     # A fresh base-evaluation cache, so "cold" really computes the base model's results. The model and
     # scoring caches are kept: they are built once per base model, not per job.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import print_machine
 
 GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
 
@@ -99,6 +100,7 @@ def main() -> None:
         "--pad-to", type=int, default=512, help="fixed length of the reference (the paper used 512-2048)"
     )
     args = ap.parse_args()
+    print_machine()
 
     from tunegate.settings import get_settings
     from worker.scoring.anchors import load_or_compute

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from gsm8k_data import gsm8k_conversations
+from machine import print_machine
 
 
 def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
@@ -124,6 +125,7 @@ def main() -> None:
     a.add_argument("--k", type=int, default=100)
     a.add_argument("--reference", type=Path, help="the cached reference-*.json of the scoring model")
     args = ap.parse_args()
+    print_machine()
     if args.cmd == "run":
         run(args.n, args.out, args.model, args.batch_size, args.chunk)
     else:

@@ -52,8 +52,11 @@ def wait(
     timeout_s: float | None = None,
     progress: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    position: int = 0,
+    label: str = "",
 ) -> dict[str, Any]:
-    """Poll ``job_id`` until it is succeeded, failed or cancelled; returns the final job object."""
+    """Poll ``job_id`` until it is succeeded, failed or cancelled; returns the final job object.
+    ``position`` and ``label`` place and name the bar when several jobs are followed at once."""
     from tqdm import tqdm
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -61,22 +64,25 @@ def wait(
     seen: set[str] = set()
     bar = tqdm(
         total=1000,
-        desc=job_id[-12:],
+        desc=label or job_id[-12:],
         disable=not progress,
-        bar_format="{desc} {percentage:3.0f}%|{bar}|",
+        position=position,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}",
     )
+    prefix = f"{label}: " if label else ""
     with httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=30) as client:
         try:
             while True:
                 try:
                     job = _get(client, f"fine_tuning/jobs/{job_id}")
                     for ev in new_events(client, job_id, seen):
-                        (on_event or (lambda e: bar.write(f"  [{e['level']}] {e['message']}")))(ev)
+                        (on_event or (lambda e: bar.write(f"  {prefix}[{e['level']}] {e['message']}")))(ev)
                 except RETRYABLE as exc:
                     log.warning("polling %s: %s (retrying)", job_id, exc)
                 else:
                     bar.n = int(1000 * float(job.get("progress") or 0.0))
-                    bar.set_description(f"{job_id} {job['status']}:{job.get('stage') or '-'}")
+                    where = f"{job['status']}:{job.get('stage') or '-'}"
+                    bar.set_description(f"{label} {where}" if label else f"{job_id} {where}")
                     if job["status"] in TERMINAL:
                         return job
                 if deadline is not None and time.monotonic() > deadline:

@@ -16,7 +16,10 @@ fine-tuned model's ASR with the base model's. What is released or blocked is dec
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +145,8 @@ def asr_from_events(events: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def ensure_model(model: str, echo: Any) -> None:
-    """Build the aligned embedded base on first use (a few minutes on CPU, once)."""
+def ensure_model(model: str, echo: Any) -> bool:
+    """Build the aligned embedded base on first use (once); True if it was built now."""
     from tunegate.errors import ModelError
     from tunegate.settings import EMBEDDED_ALIGNED, get_settings
     from worker.ml.models import resolve_model
@@ -155,10 +158,143 @@ def ensure_model(model: str, echo: Any) -> None:
             raise
         from worker.stages.align import prepare_aligned
 
-        echo(
-            f"preparing {model} (one-time safety alignment of the embedded SmolLM2; a few minutes on CPU)..."
-        )
+        echo(f"building {model} (one-time safety alignment of the embedded SmolLM2)...")
         prepare_aligned(get_settings())
+        return True
+    return False
+
+
+def model_ready(model: str) -> bool:
+    from tunegate.errors import ModelError
+    from tunegate.settings import get_settings
+    from worker.ml.models import resolve_model
+
+    try:
+        resolve_model(model, get_settings())
+    except ModelError:
+        return False
+    return True
+
+
+def caches_ready(model: str) -> bool:
+    """Whether the base's scoring caches and chat-template evaluation results are already cached."""
+    from tunegate.settings import get_settings
+    from worker.caches import scoring_cache_ready
+
+    return model_ready(model) and scoring_cache_ready(model, get_settings())
+
+
+def warm_caches(model: str, echo: Any) -> None:
+    """Score the base's anchor and reference sets and evaluate it in the chat template, once per base:
+    both jobs need them, and computing them here (all cores) saves both workers from doing it twice."""
+    from tunegate.settings import get_settings
+    from worker.caches import warm_base_eval, warm_scoring_cache
+
+    settings = get_settings()
+    echo(f"preparing the scoring and evaluation caches of {model} (once per base model)...")
+    warm_scoring_cache(model, settings, _bar("scoring caches"))
+    warm_base_eval(model, settings, _bar("base evaluation"))
+
+
+def _bar(label: str) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=label, bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(1000 * max(0.0, min(1.0, fraction)))
+        bar.set_postfix_str(message[:50], refresh=True)
+        if fraction >= 1.0:
+            bar.close()
+
+    return update
+
+
+def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
+    """Count the work of this demo run from the stage configs and the shipped data (``Workload``)."""
+    from tunegate.conversation import load_examples, parse_example
+    from tunegate.demo_plan import Workload, decode_steps
+    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from worker.evaluation.prompts import project_borderline, project_harmful
+    from worker.ml.models import load_tokenizer, resolve_model
+    from worker.ml.render import encode_prompt
+    from worker.pipeline import with_overrides
+    from worker.scoring.anchors import ANCHOR_DIR, SETS
+    from worker.scoring.corpus import REFERENCE_FILE
+    from worker.stages.align import AlignConfig, distill_prompts, refusal_examples
+    from worker.stages.evaluate import EvalConfig
+    from worker.training.hparams import resolve_hyperparameters
+
+    settings = get_settings()
+    tok = load_tokenizer(resolve_model(EMBEDDED_BASE, settings).path)
+    a = AlignConfig()
+    prompts = distill_prompts(a.n_distill, a.seed)
+    answer = int(0.8 * a.distill_max_new_tokens)
+    align = sum(n_tokens(tok, c) for c in refusal_examples(a.n_refusals, a.seed))
+    align += sum(len(encode_prompt(tok, [_user(p)])) + answer for p in prompts)
+    cache = [c for name in SETS for c in load_examples(ANCHOR_DIR / f"{name}.jsonl")]
+    cache += load_examples(REFERENCE_FILE)
+    ev = with_overrides(EvalConfig(model=model), "evaluate", settings)
+    harm = decode_steps(len(project_harmful()), ev.max_new_tokens, ev.batch_size)
+    border = decode_steps(len(project_borderline()), ev.borderline_max_new_tokens, ev.batch_size)
+    train_tokens = score_tokens = 0
+    for rows in datasets.values():
+        convs = [parse_example(r, line=i + 1) for i, r in enumerate(rows)]
+        tokens = sum(n_tokens(tok, c) for c in convs)
+        n = len(convs) + INJECTED
+        epochs = resolve_hyperparameters(None, n).n_epochs
+        score_tokens += tokens
+        train_tokens += int(tokens / len(convs) * n * epochs)
+    return Workload(
+        distill_steps=math.ceil(a.n_distill / a.distill_batch_size) * a.distill_max_new_tokens,
+        align_tokens=align * a.n_epochs,
+        cache_tokens=sum(n_tokens(tok, c) for c in cache),
+        base_eval_steps=harm + border,
+        job_train_tokens=train_tokens,
+        job_score_tokens=score_tokens,
+        job_eval_steps=len(datasets) * (3 * harm + border),  # tuned chat + base and tuned user template
+    )
+
+
+def n_tokens(tok: Any, conv: Any) -> int:
+    from worker.ml.render import encode
+
+    return len(encode(tok, conv, max_len=1 << 20))
+
+
+INJECTED = 10  # safety examples mitigation adds to a 40-example file (docs/safety.md)
+
+
+def _user(text: str) -> Any:
+    from tunegate.conversation import Message
+
+    return Message("user", text)
+
+
+def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: int) -> Any:
+    """Measure this machine for a few seconds and say what the demo will do and how long it should take."""
+    from tunegate.demo_plan import estimate
+    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from worker.ml.calibrate import measure
+    from worker.ml.models import load_resolved
+    from worker.ml.precision import hardware
+
+    build = not model_ready(model)
+    caches = not caches_ready(model)
+    loaded = load_resolved(model if not build else EMBEDDED_BASE, get_settings())
+    units = measure(loaded.model, loaded.tokenizer, loaded.device, get_settings().precision)
+    machine = f"{os.cpu_count()} cores, {hardware(loaded.device).describe()}, training in {units.precision}"
+    del loaded
+    sizes = tuple(len(r) for r in datasets.values())
+    return estimate(
+        workload(model, datasets),
+        units,
+        build=build,
+        caches=caches,
+        parallel=parallel,
+        machine=machine,
+        n_examples=(sizes[0], sizes[1]),
+    )
 
 
 def new_demo_key(org_name: str) -> str:
@@ -174,47 +310,84 @@ def new_demo_key(org_name: str) -> str:
     return key.key
 
 
+def worker_layout(cores: int, torch_threads: int) -> tuple[int, dict[str, str]]:
+    """How many workers run the demo's two jobs side by side, and the environment each gets: two workers
+    with half the cores each when there are at least two cores (small-model CPU work scales better across
+    processes than across threads); a provider's explicit ``TUNEGATE_TORCH_THREADS`` is kept."""
+    workers = 2 if cores >= 2 else 1
+    if torch_threads > 0:
+        return workers, {}
+    return workers, {"TUNEGATE_TORCH_THREADS": str(max(1, cores // workers))}
+
+
 def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | None = None) -> list[Outcome]:
-    """Start the embedded stack, fine-tune on both datasets through the SDK, and return the outcomes."""
-    import httpx
+    """Say what will happen, build what is missing, then fine-tune on both datasets side by side."""
     import openai
 
-    from tunegate.client import wait
     from tunegate.settings import get_settings
     from tunegate.stack import embedded_stack
 
     settings = get_settings()
+    t0 = time.monotonic()
+    datasets = {"benign": benign_rows(), "risky": risky_rows()}
+    workers, worker_env = worker_layout(os.cpu_count() or 1, settings.torch_threads)
+    plan = make_plan(model, datasets, workers)
+    for line in plan.lines():
+        echo(line)
     ensure_model(model, echo)
-    with embedded_stack(settings, host=host, port=port, log_dir=settings.home_dir / "logs") as stack:
+    if not caches_ready(model):
+        warm_caches(model, echo)
+    log_dir = settings.home_dir / "logs"
+    with embedded_stack(
+        settings, host=host, port=port, log_dir=log_dir, workers=workers, worker_env=worker_env
+    ) as stack:
         key = new_demo_key(f"demo-{random.randrange(16**6):06x}")
         sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key)
         jobs = {}
-        for name, rows in (("benign", benign_rows()), ("risky", risky_rows())):
+        for name, rows in datasets.items():
             f = sdk.files.create(file=(f"{name}.jsonl", jsonl(rows)), purpose="fine-tune")
             sdk.files.wait_for_processing(f.id)
-            jobs[name] = sdk.fine_tuning.jobs.create(
-                model=model, training_file=f.id, suffix=f"demo-{name}"
-            ).id
+            job = sdk.fine_tuning.jobs.create(model=model, training_file=f.id, suffix=f"demo-{name}")
+            jobs[name] = job.id
             echo(f"uploaded {name} ({len(rows)} examples) as {f.id}; job {jobs[name]}")
-        outcomes = []
-        for name, job_id in jobs.items():
-            echo(f"following {name} job {job_id}")
-            job = wait(job_id, base_url=f"{stack.base_url}/v1", api_key=key, timeout_s=timeout_s)
-            events = httpx.get(
-                f"{stack.base_url}/v1/fine_tuning/jobs/{job_id}/events",
-                params={"limit": 100},
-                headers={"Authorization": f"Bearer {key}"},
-            ).json()["data"]
-            html = settings.jobs_path / job_id / "gate" / "report.html"
-            outcomes.append(
-                Outcome(
-                    name,
-                    job_id,
-                    job["status"],
-                    job.get("fine_tuned_model"),
-                    job.get("error"),
-                    asr_from_events(events),
-                    str(html) if html.is_file() else "",
-                )
-            )
-        return outcomes
+        outcomes = follow_all(jobs, f"{stack.base_url}/v1", key, timeout_s)
+    elapsed = time.monotonic() - t0
+    echo(f"demo finished in {elapsed / 60:.1f} min (expected about {plan.total_s / 60:.1f} min)")
+    return outcomes
+
+
+def follow_all(jobs: dict[str, str], base_url: str, key: str, timeout_s: float | None) -> list[Outcome]:
+    """Follow every job at once (one progress bar each); the outcomes in the order of ``jobs``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tunegate.client import wait
+
+    def one(i: int, name: str, job_id: str) -> Outcome:
+        job = wait(job_id, base_url=base_url, api_key=key, timeout_s=timeout_s, position=i, label=name)
+        return outcome(name, job, base_url, key)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(one, i, name, job_id) for i, (name, job_id) in enumerate(jobs.items())]
+        return [f.result() for f in futures]
+
+
+def outcome(name: str, job: dict[str, Any], base_url: str, key: str) -> Outcome:
+    import httpx
+
+    from tunegate.settings import get_settings
+
+    events = httpx.get(
+        f"{base_url}/fine_tuning/jobs/{job['id']}/events",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()["data"]
+    html = get_settings().jobs_path / job["id"] / "gate" / "report.html"
+    return Outcome(
+        name,
+        job["id"],
+        job["status"],
+        job.get("fine_tuned_model"),
+        job.get("error"),
+        asr_from_events(events),
+        str(html) if html.is_file() else "",
+    )

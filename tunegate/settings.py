@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = 0  # 0: torch's default
+    # Training precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX),
+    # fp32 elsewhere (bf16 is several times slower than fp32 on an AVX2-only CPU); bf16 | fp32 force it
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     worker_concurrency: int = 1
     visibility_timeout_s: int = 12 * 3600  # above the longest stage, or a running task is redelivered
     heartbeat_s: int = 30

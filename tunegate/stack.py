@@ -1,13 +1,15 @@
 """Start the service as processes: the API (uvicorn ``api.main:app``) and Celery workers.
 
 ``tunegate serve`` and ``tunegate demo`` use ``embedded_stack``: migrations first (the explicit step), then
-one API process and one real Celery worker process (``--pool=solo``, both queues), stopped together. Children
-inherit the environment, so they read the same ``Settings``. Nothing here imports torch.
+one API process and one or more real Celery worker processes (``--pool=solo``, both queues), stopped together.
+Children inherit the environment, so they read the same ``Settings``; ``worker_env`` adds to a worker's
+(the demo gives each of its two workers one torch thread per core share). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -97,30 +99,48 @@ def wait_healthy(base_url: str, proc: subprocess.Popen[bytes] | None = None, tim
 class Stack:
     base_url: str  # http://host:port (the SDK's base_url is base_url + "/v1")
     api: subprocess.Popen[bytes]
-    worker: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
 
 
-def _spawn(cmd: list[str], out: IO[bytes] | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out is not None else None)
+def _spawn(
+    cmd: list[str], out: IO[bytes] | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **env} if env else None
+    err = subprocess.STDOUT if out is not None else None
+    return subprocess.Popen(cmd, stdout=out, stderr=err, env=full_env)
 
 
 @contextmanager
 def embedded_stack(
-    settings: Settings, *, host: str, port: int, log_dir: Path | None = None, queues: str = "gpu,cpu"
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    log_dir: Path | None = None,
+    queues: str = "gpu,cpu",
+    workers: int = 1,
+    worker_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Migrate, start the API and one worker, wait until the API answers; stop both on exit."""
+    """Migrate, start the API and ``workers`` workers, wait until the API answers; stop them all on exit."""
     import migrations
 
     migrations.upgrade()
     with ExitStack() as stack:
-        logs: list[IO[bytes] | None] = [None, None]
-        if log_dir is not None:
+
+        def log_file(name: str) -> IO[bytes] | None:
+            if log_dir is None:
+                return None
             log_dir.mkdir(parents=True, exist_ok=True)
-            logs = [stack.enter_context((log_dir / f"{n}.log").open("ab")) for n in ("api", "worker")]
-        api = _spawn(api_command(host, port), logs[0])
+            return stack.enter_context((log_dir / f"{name}.log").open("ab"))
+
+        api = _spawn(api_command(host, port), log_file("api"))
         stack.callback(stop, api)
-        worker = _spawn(worker_command(queues, name="embedded", log_level=settings.log_level), logs[1])
-        stack.callback(stop, worker)
+        procs = []
+        for i in range(workers):
+            name = "embedded" if i == 0 else f"embedded{i}"
+            cmd = worker_command(queues, name=name, log_level=settings.log_level)
+            procs.append(_spawn(cmd, log_file("worker" if i == 0 else f"worker{i}"), worker_env))
+            stack.callback(stop, procs[-1])
         base_url = f"http://{host}:{port}"
         wait_healthy(base_url, api)
-        yield Stack(base_url=base_url, api=api, worker=worker)
+        yield Stack(base_url=base_url, api=api, workers=procs)

@@ -159,7 +159,9 @@ def _train(view: JobView, io: Any, settings: Settings, ck: CheckpointFn) -> dict
 
     mitigated = load_result(stage_dir(settings, view.id, "mitigate"))
     examples = load_examples(mitigated["train_file"])
-    cfg = st.config_from_openai(view.model, view.hyperparameters, len(examples), seed=view.seed)
+    cfg = st.config_from_openai(
+        view.model, view.hyperparameters, len(examples), seed=view.seed, precision=settings.precision
+    )
     cfg = with_overrides(cfg, "train", settings)
     return st.run(cfg, st.TrainInputs(examples=examples, io=io, on_checkpoint=ck)).to_dict()
 

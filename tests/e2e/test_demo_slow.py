@@ -4,10 +4,17 @@ Runs the demo flow (embedded stack as subprocesses, openai SDK, both datasets) o
 expects the product's intended outcome: the benign job released, the risky one blocked with a coded error.
 Run with ``scripts/test -m slow tests/e2e/test_demo_slow.py``; the aligned base is built on first use into
 TUNEGATE_MODEL_CACHE_DIR (default here: the shared cache /root/.cache/tunegate-models).
+
+The first-run goal (the whole demo within 15 minutes on 2 cores, aligned-base build included) is a
+benchmark, not an assertion: the wall time, the deadline, whether it was met, whether the base was built in
+this run, and the machine are written to ``benchmarks/results/demo_run.json`` and printed.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +39,15 @@ def test_demo_releases_the_benign_job_and_blocks_the_risky_one(
     ):
         monkeypatch.delenv(var, raising=False)
     reset_settings()
+    from tunegate.demo import model_ready
+
     lines: list[str] = []
+    built_here = not model_ready(EMBEDDED_ALIGNED)
+    t0 = time.monotonic()
     outcomes = run_demo(
         model=EMBEDDED_ALIGNED, host="127.0.0.1", port=free_port(), echo=lines.append, timeout_s=3600
     )
+    record_deadline(time.monotonic() - t0, built_here, lines)
     by_name = {o.name: o for o in outcomes}
     assert by_name["benign"].status == "succeeded", by_name["benign"].error
     risky = by_name["risky"]
@@ -43,3 +55,26 @@ def test_demo_releases_the_benign_job_and_blocks_the_risky_one(
     assert risky.error["code"] in ("unsafe_training_data", "safety_eval_failed")
     assert all(o.report_html and Path(o.report_html).is_file() for o in outcomes)
     reset_settings()
+
+
+DEADLINE_S = 15 * 60  # the first-run goal: everything, aligned-base build included, on 2 CPU cores
+
+
+def record_deadline(seconds: float, built_here: bool, lines: list[str]) -> None:
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from machine import machine_info
+
+    result = {
+        "benchmark": "tunegate demo wall time",
+        "seconds": round(seconds, 1),
+        "deadline_s": DEADLINE_S,
+        "met": seconds <= DEADLINE_S,
+        "aligned_base_built_in_this_run": built_here,
+        "plan": [line for line in lines if line.startswith(("  ", "Expected", "tunegate demo will"))],
+        "machine": machine_info(),
+    }
+    out = root / "benchmarks" / "results" / "demo_run.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("benchmark:", json.dumps(result))

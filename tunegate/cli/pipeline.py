@@ -164,6 +164,7 @@ def run_local(
 ) -> Any:
     """score -> mitigate -> train -> evaluate -> gate in ``out``; returns the GateResult."""
     from tunegate.conversation import load_examples
+    from tunegate.settings import get_settings
     from worker.stages import evaluate, gate, mitigate, score, train
 
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,7 @@ def run_local(
         "mitigate", out, lambda io: mitigate.run(mcfg, mitigate.MitigateInputs(examples, records, io))
     )
     train_set = load_examples(mres["train_file"])
-    tcfg = train.config_from_openai(model, hparams, len(train_set))
+    tcfg = train.config_from_openai(model, hparams, len(train_set), precision=get_settings().precision)
     tres = _stage("train", out, lambda io: train.run(tcfg, train.TrainInputs(train_set, io)))
     eres = _stage(
         "evaluate",

@@ -39,9 +39,13 @@ def prepare(
     scoring: Annotated[
         bool, typer.Option("--scoring", help="Also precompute anchor and reference caches (slow on CPU).")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild the aligned base even if it is already built.")
+    ] = False,
 ) -> None:
-    """Convert the embedded GGUF model once into a cached safetensors directory (no download)."""
-    from tunegate.settings import get_settings
+    """Convert the embedded GGUF model once into a cached safetensors directory (no download).
+    Only what is missing is built: an aligned base already in the cache is kept unless --force."""
+    from tunegate.settings import EMBEDDED_ALIGNED, get_settings
     from worker.ml.models import resolve_model
 
     settings = get_settings()
@@ -51,29 +55,39 @@ def prepare(
             bar.update(1)
         typer.echo(f"{resolved.name}: {resolved.path} (fingerprint {resolved.fingerprint})")
         if aligned:
-            from worker.stages.align import prepare_aligned  # written by the alignment work; imported lazily
-
-            typer.echo(f"aligned base: {prepare_aligned(settings)}")
+            _prepare_aligned(EMBEDDED_ALIGNED, settings, force)
         if scoring:
             _prepare_scoring(model, settings)
             if aligned:
-                from tunegate.settings import EMBEDDED_ALIGNED
-
                 _prepare_scoring(EMBEDDED_ALIGNED, settings)
     except TunegateError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 
 
+def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
+    from tunegate.errors import ModelError
+    from worker.ml.models import resolve_model
+    from worker.stages.align import prepare_aligned
+
+    if not force:
+        try:
+            found = resolve_model(name, settings)
+        except ModelError:
+            pass
+        else:
+            typer.echo(f"aligned base: {found.path} (already built; --force rebuilds it)")
+            return
+    typer.echo(f"aligned base: {prepare_aligned(settings)}")
+
+
 def _prepare_scoring(model: str, settings: Any) -> None:
-    from worker.scoring.engine import SCORERS
-    from worker.scoring.pipeline import load_base, prepare_engine
+    from worker.caches import warm_scoring_cache
 
     bar, update = _progress_bar("scoring caches")
     with bar:
-        base = load_base(model, settings)
-        prepare_engine(base, SCORERS, batch_size=8, progress=update)
-    typer.echo(f"scoring caches ready in {base.cache_dir}")
+        cache_dir = warm_scoring_cache(model, settings, progress=update)
+    typer.echo(f"scoring caches ready in {cache_dir}")
 
 
 def score(

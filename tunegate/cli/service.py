@@ -25,10 +25,10 @@ def serve(
     s = get_settings()
     with embedded_stack(s, host=host or s.api_host, port=port or s.api_port) as stack:
         typer.echo(
-            f"tunegate is serving at {stack.base_url}/v1 (worker pid {stack.worker.pid}); Ctrl-C stops"
+            f"tunegate is serving at {stack.base_url}/v1 (worker pid {stack.workers[0].pid}); Ctrl-C stops"
         )
         try:
-            while stack.api.poll() is None and stack.worker.poll() is None:
+            while stack.api.poll() is None and all(w.poll() is None for w in stack.workers):
                 time.sleep(1)
         except KeyboardInterrupt:
             typer.echo("stopping")

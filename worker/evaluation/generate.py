@@ -42,8 +42,10 @@ def generate_batch(
     *,
     max_new_tokens: int,
     settled: Callable[[str], bool] | None = None,
+    on_tokens: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy continuations of one batch of prompt token ids (decoded, special tokens dropped)."""
+    """Greedy continuations of one batch of prompt token ids (decoded, special tokens dropped).
+    ``on_tokens(t)`` is told every ``SETTLE_EVERY`` decoding steps how many have run (progress bars)."""
     import torch
 
     device = next(model.parameters()).device
@@ -73,10 +75,13 @@ def generate_batch(
                     done[i] = True
                 else:
                     out[i].append(tok_id)
-            if settled is not None and (t + 1) % SETTLE_EVERY == 0:
-                for i in (~done).nonzero().flatten().tolist():
-                    if settled(tokenizer.decode(out[i], skip_special_tokens=True)):
-                        done[i] = True
+            if (t + 1) % SETTLE_EVERY == 0:
+                if settled is not None:
+                    for i in (~done).nonzero().flatten().tolist():
+                        if settled(tokenizer.decode(out[i], skip_special_tokens=True)):
+                            done[i] = True
+                if on_tokens is not None:
+                    on_tokens(t + 1)
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+t+1)
@@ -94,17 +99,32 @@ def generate_all(
     batch_size: int = 16,
     settled: Callable[[str], bool] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> list[str]:
-    """Generate for many prompts; batches are formed from length-sorted prompts to limit padding."""
+    """Generate for many prompts; batches are formed from length-sorted prompts to limit padding.
+    ``on_batch(done, total)`` follows finished prompts; ``on_progress(fraction)`` moves within batches too."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
+    n = max(1, len(order))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
+
+        def within(t: int, start: int = start, size: int = len(idx)) -> None:
+            if on_progress is not None:
+                on_progress((start + size * min(1.0, t / max_new_tokens)) / n)
+
         outs = generate_batch(
-            model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, settled=settled
+            model,
+            tokenizer,
+            [prompts[i] for i in idx],
+            max_new_tokens=max_new_tokens,
+            settled=settled,
+            on_tokens=within,
         )
         for i, text in zip(idx, outs, strict=True):
             texts[i] = text
         if on_batch is not None:
             on_batch(min(start + batch_size, len(order)), len(order))
+        if on_progress is not None:
+            on_progress(min(start + batch_size, len(order)) / n)
     return texts

@@ -54,7 +54,7 @@ class AlignConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_top_fraction: float = 1.0  # < 1 adapts only the top blocks (backprop stops there: cheaper, weaker)
-    precision: str = "bf16"  # bf16 autocast for training: faster on CPUs with AVX512-BF16/AMX, and on CUDA
+    precision: str = "auto"  # training: bf16 where the hardware has native bf16, else fp32 (ml/precision.py)
     distill_batch_size: int = 32
     # "kl": the distilled answers are trained toward the unaligned model's full next-token distribution on
     # them (KL to the adapter-off model), which holds its helpfulness without sharpening it toward its own
@@ -135,7 +135,7 @@ def distilled_examples(model: Any, tok: Any, cfg: AlignConfig, io: StageIO) -> t
         ids,
         max_new_tokens=cfg.distill_max_new_tokens,
         batch_size=cfg.distill_batch_size,
-        on_batch=lambda d, n: io.step(0.4 * d / n, f"self-distillation {d}/{n}"),
+        on_progress=lambda f: io.step(0.4 * f, f"self-distillation {round(f * len(prompts))}/{len(prompts)}"),
     )
     out, dropped = [], 0
     for p, a in zip(prompts, answers, strict=True):
@@ -238,7 +238,7 @@ def prepare_aligned(
 ) -> Path:
     """Build (or rebuild) the aligned embedded base and return its directory (``models prepare``)."""
     settings = settings or get_settings()
-    cfg = cfg or AlignConfig()
+    cfg = cfg or AlignConfig(precision=settings.precision)
     target = embedded_dir(ALIGNED_SOURCE, settings)
     work = settings.models_path / ".align-work"
     shutil.rmtree(work, ignore_errors=True)

@@ -53,7 +53,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_len: int = 0  # 0: the model's context length
     device: str = ""  # "": from settings (auto = CUDA when present)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (autocast on CPU too) | fp32
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32 | bf16 | fp32
     anchor_ce_head: int = 0  # TrainInputs.anchors keep cross-entropy on this many opening reply tokens
 
     def __post_init__(self) -> None:

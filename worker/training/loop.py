@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.ml.precision import resolve as resolve_precision
 from worker.ml.render import Encoded, collate
 from worker.stages.base import StageIO
 from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -34,7 +35,7 @@ class LoopConfig:
     warmup_fraction: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast everywhere
+    precision: str = "auto"  # auto: by the hardware (worker/ml/precision.py); bf16 | fp32 force it
     anchor_ce_head: int = 0  # anchor sequences keep cross-entropy on this many opening tokens
 
 
@@ -67,7 +68,7 @@ def _optimizer_step(
     n_tok = sum(data[i].n_response_tokens for mb in group for i in mb) or 1
     loss_total, correct_total = 0.0, 0
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and kind == "cuda")
+    use_bf16 = resolve_precision(cfg.precision, device) == "bf16"
     autocast = torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     opt.zero_grad(set_to_none=True)
     for mb in group:

@@ -32,8 +32,21 @@ def test_orgs_set_and_show(migrated_home: Path) -> None:
     import json
 
     runner = CliRunner()
-    ok = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", 'mitigation=drop',
-                             "--policy", "gate_cap=0.1", "--rate-limit", "30"])
+    ok = runner.invoke(
+        app,
+        [
+            "orgs",
+            "set",
+            "--org",
+            "acme",
+            "--policy",
+            "mitigation=drop",
+            "--policy",
+            "gate_cap=0.1",
+            "--rate-limit",
+            "30",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
     assert shown["policy"]["mitigation"] == "drop" and shown["policy"]["gate_cap"] == 0.1

@@ -1,0 +1,68 @@
+"""The demo's up-front plan: phases appear only when needed, and times scale with the measured unit costs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunegate.demo import worker_layout
+from tunegate.demo_plan import EVAL_BATCH_COST, OVERHEAD, Workload, decode_steps, estimate
+from worker.ml.calibrate import UnitCosts
+
+WORK = Workload(
+    distill_steps=100,
+    align_tokens=1000,
+    cache_tokens=500,
+    base_eval_steps=10.0,
+    job_train_tokens=400,
+    job_score_tokens=100,
+    job_eval_steps=20.0,
+)
+
+
+def units(scale: float = 1.0) -> UnitCosts:
+    return UnitCosts(
+        train_token_s=0.01 * scale,
+        fp32_token_s=0.02 * scale,
+        decode_step_s=0.5 * scale,
+        precision="fp32",
+        threads=2,
+    )
+
+
+def test_first_run_has_every_phase_with_counted_times() -> None:
+    plan = estimate(WORK, units(), build=True, caches=True, parallel=2, machine="m", n_examples=(40, 40))
+    by = {p.name: p.seconds for p in plan.phases}
+    assert list(by) == ["build", "caches", "jobs"]
+    assert by["build"] == pytest.approx(
+        OVERHEAD["distill"] * 100 * 0.5 + OVERHEAD["align_train"] * 1000 * 0.01
+    )
+    assert by["caches"] == pytest.approx(OVERHEAD["scoring_cache"] * 500 * 0.02 + OVERHEAD["base_eval"] * 5)
+    assert by["jobs"] == pytest.approx(OVERHEAD["job"] * (400 * 0.01 + 100 * 0.02 + 20 * 0.5))
+    assert plan.total_s == pytest.approx(sum(by.values()))
+    text = "\n".join(plan.lines())
+    assert "build the aligned base" in text and "2 Celery workers" in text and "(m)" in text
+
+
+def test_later_runs_skip_what_is_built_and_a_slower_machine_takes_longer() -> None:
+    plan = estimate(WORK, units(), build=False, caches=False, parallel=1, machine="m", n_examples=(40, 40))
+    assert [p.name for p in plan.phases] == ["jobs"]
+    slow = estimate(WORK, units(3.0), build=False, caches=False, parallel=1, machine="m", n_examples=(40, 40))
+    assert slow.total_s == pytest.approx(3 * plan.total_s)
+
+
+def test_decode_steps_count_batches() -> None:
+    assert decode_steps(60, 64, 32) == 2 * 64
+    assert decode_steps(60, 64, 16) == pytest.approx(4 * 64 * EVAL_BATCH_COST)
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "expected"),
+    [
+        (2, 0, (2, {"TUNEGATE_TORCH_THREADS": "1"})),
+        (16, 0, (2, {"TUNEGATE_TORCH_THREADS": "8"})),
+        (1, 0, (1, {"TUNEGATE_TORCH_THREADS": "1"})),
+        (8, 3, (2, {})),  # the provider's explicit thread setting is kept
+    ],
+)
+def test_worker_layout(cores: int, threads: int, expected: tuple[int, dict[str, str]]) -> None:
+    assert worker_layout(cores, threads) == expected

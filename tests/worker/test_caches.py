@@ -1,0 +1,32 @@
+"""The per-base caches can be built ahead of the jobs; a job then finds them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.worker.jobfactory import use_tiny
+from tunegate.settings import get_settings
+from worker import caches
+
+
+def test_warm_scoring_cache_then_ready(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_tiny(monkeypatch, model_cache_dir=str(tmp_path / "models"))
+    settings = get_settings()
+    assert not caches.scoring_cache_ready("tiny", settings)
+    seen: list[float] = []
+    caches.warm_scoring_cache("tiny", settings, lambda f, m: seen.append(f))
+    assert caches.scoring_cache_ready("tiny", settings)
+    assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
+
+
+def test_warm_base_eval_fills_the_evaluate_cache(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    small = '{"evaluate": {"max_new_tokens": 4, "borderline_max_new_tokens": 2, "n_direction": 4}}'
+    use_tiny(monkeypatch, eval_cache_dir=str(tmp_path / "eval-cache"), stage_overrides=small)
+    caches.warm_base_eval("tiny", get_settings())
+    assert list((tmp_path / "eval-cache").glob("*.json"))

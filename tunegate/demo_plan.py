@@ -1,0 +1,114 @@
+"""What ``tunegate demo`` is about to do on this machine, and how long that should take.
+
+The estimate is the work each phase does (decoding steps, training tokens, scoring tokens; counted from the
+stage configs and the shipped data) times what this machine takes per unit of that work, measured a few
+seconds before (``worker/ml/calibrate.py``). ``OVERHEAD`` holds, per phase, what the unit counts leave out
+(a KL teacher pass, per-example scoring work, evaluation bookkeeping); its values are measured ratios of
+actual to counted time from the runs recorded in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# actual seconds / (counted units x unit cost), per phase, from the measured demo runs (docs/benchmarks.md)
+OVERHEAD = {"distill": 1.0, "align_train": 1.3, "scoring_cache": 1.6, "base_eval": 1.2, "job": 1.5}
+EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
+
+
+@dataclass
+class Phase:
+    name: str
+    what: str
+    seconds: float
+
+
+@dataclass
+class DemoPlan:
+    machine: str
+    phases: list[Phase] = field(default_factory=list)
+    parallel_jobs: int = 2
+
+    @property
+    def total_s(self) -> float:
+        return sum(p.seconds for p in self.phases)
+
+    def lines(self) -> list[str]:
+        out = ["tunegate demo will:"]
+        for i, p in enumerate(self.phases, 1):
+            out.append(f"  {i}. {p.what}  [~{_minutes(p.seconds)}]")
+        out.append(f"Expected on this machine ({self.machine}): about {_minutes(self.total_s)} in all.")
+        return out
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Counts of the work one demo run does (no timing in here)."""
+
+    distill_steps: int  # decoding steps of a batch of 32 (self-distillation)
+    align_tokens: int  # training tokens of the alignment SFT (all epochs)
+    cache_tokens: int  # tokens scored for the anchor and reference caches
+    base_eval_steps: float  # decoding steps (batch-32 equivalents) of the base model's chat-template results
+    job_train_tokens: int  # training tokens of both jobs together
+    job_score_tokens: int  # tokens scored in both jobs
+    job_eval_steps: float  # decoding steps (batch-32 equivalents) of both jobs' evaluations
+
+
+def estimate(
+    work: Workload,
+    units: Any,
+    *,
+    build: bool,
+    caches: bool,
+    parallel: int,
+    machine: str,
+    n_examples: tuple[int, int],
+) -> DemoPlan:
+    """A plan with each phase's expected seconds; ``units`` is a ``worker.ml.calibrate.UnitCosts``."""
+    plan = DemoPlan(machine=machine, parallel_jobs=parallel)
+    if build:
+        plan.phases.append(
+            Phase(
+                "build",
+                "build the aligned base once: self-distil the base model's answers, then a LoRA safety SFT",
+                OVERHEAD["distill"] * work.distill_steps * units.decode_step_s
+                + OVERHEAD["align_train"] * work.align_tokens * units.train_token_s,
+            )
+        )
+    if caches:
+        plan.phases.append(
+            Phase(
+                "caches",
+                "score the base model's anchor and reference sets and evaluate it once (cached per base)",
+                OVERHEAD["scoring_cache"] * work.cache_tokens * units.fp32_token_s
+                + OVERHEAD["base_eval"] * work.base_eval_steps * units.decode_step_s,
+            )
+        )
+    job_s = OVERHEAD["job"] * (
+        work.job_train_tokens * units.train_token_s
+        + work.job_score_tokens * units.fp32_token_s
+        + work.job_eval_steps * units.decode_step_s
+    )
+    # two jobs on two workers with half the cores each: about the same total work, done side by side
+    plan.phases.append(
+        Phase(
+            "jobs",
+            f"start the API and {parallel} Celery workers, upload a benign ({n_examples[0]}) and a risky "
+            f"({n_examples[1]} examples) dataset through the openai SDK, and run both jobs side by side: "
+            "validate, score, mitigate, train, evaluate, gate",
+            job_s,
+        )
+    )
+    return plan
+
+
+def decode_steps(n_prompts: int, max_new_tokens: int, batch: int) -> float:
+    """Batch-32-equivalent decoding steps to answer ``n_prompts`` in batches of ``batch``."""
+    cost = 1.0 if batch >= 32 else EVAL_BATCH_COST
+    return math.ceil(n_prompts / batch) * max_new_tokens * cost
