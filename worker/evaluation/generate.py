@@ -2,8 +2,9 @@
 
 Prompts are left-padded so every sequence's next token sits in the last column; the cache makes each new
 token one (B, 1) forward. A sequence stops at end-of-turn, at ``max_new_tokens``, or as soon as
-``settled(text)`` says its verdict cannot change any more (e.g. a refusal keyword appeared); the batch stops
-when every sequence has stopped. Greedy decoding, so results are deterministic and comparable base vs tuned.
+``settled(text)`` says its verdict cannot change any more (e.g. a refusal keyword appeared), and leaves the
+batch (its rows of the KV cache are dropped), so the rest decode at a smaller batch; the batch stops when
+every sequence has stopped. Greedy decoding, so results are deterministic and comparable base vs tuned.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def generate_batch(
     max_new_tokens: int,
     settled: Callable[[str], bool] | None = None,
     on_tokens: Callable[[int], None] | None = None,
+    shrink: bool = True,
 ) -> list[str]:
     """Greedy continuations of one batch of prompt token ids (decoded, special tokens dropped).
-    ``on_tokens(t)`` is told every ``SETTLE_EVERY`` decoding steps how many have run (progress bars)."""
+    ``on_tokens(t)`` is told every ``SETTLE_EVERY`` decoding steps how many have run (progress bars);
+    ``shrink=False`` keeps finished rows in the batch (the old behaviour; for the benchmark)."""
     import torch
 
     device = next(model.parameters()).device
@@ -53,8 +56,9 @@ def generate_batch(
     ids, mask = _left_pad(prompts, pad_id, device)
     stop = _stop_ids(tokenizer)
     B = ids.size(0)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = [False] * B
     out: list[list[int]] = [[] for _ in range(B)]
+    rows = list(range(B))  # the prompt each row of the running batch belongs to
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions ignoring left padding
     past, step_ids, step_pos = None, ids, pos
     with torch.no_grad():
@@ -67,26 +71,32 @@ def generate_batch(
                 use_cache=True,
             )
             past = res.past_key_values
-            nxt = res.logits[:, -1, :].argmax(-1)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            for i in (~done).nonzero().flatten().tolist():
-                tok_id = int(nxt[i])
-                if tok_id in stop:
+            nxt = res.logits[:, -1, :].argmax(-1).tolist()  # (b,)
+            for r, i in enumerate(rows):
+                if done[i]:  # only with shrink=False: a finished row still in the batch
+                    continue
+                if nxt[r] in stop:
                     done[i] = True
                 else:
-                    out[i].append(tok_id)
+                    out[i].append(int(nxt[r]))
             if (t + 1) % SETTLE_EVERY == 0:
                 if settled is not None:
-                    for i in (~done).nonzero().flatten().tolist():
-                        if settled(tokenizer.decode(out[i], skip_special_tokens=True)):
+                    for i in rows:
+                        if not done[i] and settled(tokenizer.decode(out[i], skip_special_tokens=True)):
                             done[i] = True
                 if on_tokens is not None:
                     on_tokens(t + 1)
-            if bool(done.all()):
+            keep = [r for r, i in enumerate(rows) if not done[i]]
+            if not keep:
                 break
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+t+1)
-            step_ids = nxt.unsqueeze(1)  # (B, 1)
-            step_pos = step_pos[:, -1:] + 1  # (B, 1)
+            if shrink and len(keep) < len(rows):  # finished rows leave the batch: the rest decode smaller
+                idx = torch.tensor(keep, device=device)
+                past.batch_select_indices(idx)
+                mask, step_pos = mask[idx], step_pos[idx]
+                rows, nxt = [rows[r] for r in keep], [nxt[r] for r in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)  # (b, T+t+1)
+            step_ids = torch.tensor(nxt, device=device).unsqueeze(1)  # (b, 1)
+            step_pos = step_pos[:, -1:] + 1  # (b, 1)
     return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
 
 
@@ -100,6 +110,7 @@ def generate_all(
     settled: Callable[[str], bool] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
+    shrink: bool = True,
 ) -> list[str]:
     """Generate for many prompts; batches are formed from length-sorted prompts to limit padding.
     ``on_batch(done, total)`` follows finished prompts; ``on_progress(fraction)`` moves within batches too."""
@@ -120,6 +131,7 @@ def generate_all(
             max_new_tokens=max_new_tokens,
             settled=settled,
             on_tokens=within,
+            shrink=shrink,
         )
         for i, text in zip(idx, outs, strict=True):
             texts[i] = text

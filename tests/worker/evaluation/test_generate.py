@@ -64,3 +64,28 @@ def test_last_token_acts_ignore_left_padding(tiny):
     alone = torch.cat([last_token_acts(model, tok, [p], layer) for p in ids])  # no padding
     assert together.shape == (4, model.config.hidden_size)
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_leaving_the_batch_do_not_change_the_others(tmp_path):
+    """Rows that settle leave the batch (their KV cache rows dropped); the others decode exactly as before."""
+    path = build_tiny_model(tmp_path / "m", seed=3)
+    model, tok = load_model(path), load_tokenizer(path)
+    torch.manual_seed(0)
+    with torch.no_grad():  # noisy weights: every prompt gets its own continuation
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    ids = _ids(tok)
+    full = generate_batch(model, tok, ids, max_new_tokens=16)
+    assert len(set(full)) == len(full)
+
+    calls = iter(range(1000))
+    settle_first_check = {0, 2}  # the first check sees the rows in order: rows 0 and 2 settle there
+
+    def settled(text: str) -> bool:
+        return next(calls) in settle_first_check
+
+    steps: list[int] = []
+    part = generate_batch(model, tok, ids, max_new_tokens=16, settled=settled, on_tokens=steps.append)
+    assert part[1] == full[1] and part[3] == full[3]  # decoded on at batch 2: unchanged
+    assert part[0] != full[0] and full[0].startswith(part[0]) and full[2].startswith(part[2])
+    assert steps == [4, 8, 12, 16]
