@@ -14,6 +14,7 @@ from api import errors
 from api.deps import CurrentOrg
 from api.middleware import RequestIdMiddleware
 from api.processing import process_pending
+from api.recovery import sweep_storage
 from api.routes import files, health, jobs, models, releases
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,13 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Files left 'uploaded' by a previous process that stopped mid-way get processed now.
+    # Temp uploads and orphaned objects a killed process left behind are removed; files left 'uploaded' by
+    # a previous process that stopped mid-way get processed now (each on its own).
     try:
+        await run_in_threadpool(sweep_storage)
         n = await run_in_threadpool(process_pending)
     except Exception as exc:  # the schema may not be migrated yet: serve anyway, /healthz reports it
-        log.warning("could not resume file processing: %s", exc)
+        log.warning("could not recover storage or resume file processing: %s", exc)
     else:
         if n:
             log.info("resumed processing of %d uploaded files", n)

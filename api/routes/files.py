@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -16,10 +17,13 @@ from api.processing import check_upload, process_file
 from api.schemas import UPLOAD_PURPOSES, FileDeletedOut, FileOut, ListOut
 from api.views import file_out
 from models.base import utcnow
+from models.policy import storage_quota
 from models.tables import File
-from tunegate.errors import InvalidFile, InvalidRequest
+from tunegate.errors import InvalidFile, InvalidRequest, NotFound, QuotaExceeded
 from tunegate.settings import Settings
-from tunegate.storage import Staged, Storage, get_storage
+from tunegate.storage import ObjectMissing, Staged, Storage, get_storage
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 MAX_FILENAME = 512
@@ -30,7 +34,7 @@ def create_file(
     file: UploadFile, purpose: Annotated[str, Form()], org: CurrentOrg, session: SessionDep,
     settings: SettingsDep, background: BackgroundTasks,
 ) -> FileOut:
-    """Stream to a staged temp file, check it (400 naming the line), then store blob and row."""
+    """Stream to a staged temp file, check it (400 naming the line) and the org's quota, then store it."""
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
                              param="purpose", code="invalid_purpose")
@@ -38,12 +42,11 @@ def create_file(
     storage = get_storage(settings)
     staged = storage.stage(file.file, max_bytes=settings.max_upload_bytes)
     n_lines = _checked(storage, staged, filename, purpose, settings)
-    key = storage.commit(staged)
     row = File(
         org_id=org.id, filename=filename, purpose=purpose, bytes=staged.size, sha256=staged.sha256,
-        storage_key=key, status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
+        storage_key="", status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
     )
-    _save(session, row, storage)
+    _save(session, row, storage, staged, settings)
     if purpose == "fine-tune":
         background.add_task(process_file, row.id)
     return file_out(row)
@@ -63,15 +66,31 @@ def _checked(storage: Storage, staged: Staged, filename: str, purpose: str, sett
         raise
 
 
-def _save(session: Session, row: File, storage: Storage) -> None:
-    """Commit the row; if that fails, remove the blob unless another file shares it (nothing half-written)."""
-    session.add(row)
+def _save(session: Session, row: File, storage: Storage, staged: Staged, settings: Settings) -> None:
+    """Check the quota, store the object under a key of its own and commit the row, in one transaction
+    that holds the organization's row (concurrent uploads of one org are checked one after the other).
+    On any failure nothing stays behind: the staged file or the new object is removed."""
+    key: str | None = None
     try:
+        org = crud.lock_org(session, org_id=row.org_id)
+        quota = storage_quota(settings, org.policy)
+        used = crud.stored_bytes(session, org_id=row.org_id)
+        if used + row.bytes > quota:
+            raise QuotaExceeded(
+                f"storing this file ({row.bytes} bytes) would take the organization's files to "
+                f"{used + row.bytes} bytes, over its storage quota of {quota} bytes; delete files to free "
+                "space", param="file",
+            )
+        key = storage.commit(staged)
+        row.storage_key = key
+        session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        if not crud.blob_referenced(session, storage_key=row.storage_key):
-            storage.delete(row.storage_key)
+        if key is None:
+            storage.discard(staged)
+        else:
+            storage.delete(key)  # the key is this row's own: no other row can point at it
         raise
 
 
@@ -101,9 +120,13 @@ def retrieve_file(file_id: str, org: CurrentOrg, session: SessionDep) -> FileOut
 
 @router.delete("/{file_id}", response_model=FileDeletedOut)
 def delete_file(file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> FileDeletedOut:
+    """Hide the row, then remove its object unless a row still points at it or an unfinished job trains on
+    it. New objects belong to one row only; a shared key is a legacy content-addressed one, which no new
+    upload can take, so the check cannot race with an upload (a left-over object is swept at startup)."""
     row = crud.get_file(session, org=org, file_id=file_id)
-    keep_blob = crud.file_in_use(session, file=row)
     row.deleted_at = utcnow()
+    session.flush()
+    keep_blob = crud.file_in_use(session, file=row)
     session.commit()
     if not keep_blob:
         get_storage(settings).delete(row.storage_key)
@@ -116,7 +139,12 @@ def file_content(
     file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep
 ) -> StreamingResponse:
     row = crud.get_file(session, org=org, file_id=file_id)
-    fh = get_storage(settings).open(row.storage_key)
+    try:
+        fh = get_storage(settings).open(row.storage_key)
+    except ObjectMissing as exc:
+        log.error("file %s: stored object %s is missing", row.id, exc.key)
+        raise NotFound(f"the content of file {row.id} is missing; upload it again", param="file_id",
+                       code="file_content_missing") from exc
 
     def chunks() -> Iterator[bytes]:
         with fh:
