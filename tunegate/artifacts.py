@@ -56,12 +56,16 @@ def read_json(path: str | Path) -> Any:
 
 
 def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> Path:
-    """Move a fully written temp directory into place (replacing an older one)."""
+    """Move a fully written temp directory into place, replacing an older one only once the new one is
+    complete (the older one is renamed aside first, then removed)."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        final_dir.replace(old)
     tmp_dir.replace(final_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return final_dir
 
 
