@@ -57,6 +57,52 @@ class Staged:
         return self.tmp_path.open("rb")
 
 
+class StagingWriter:
+    """Bytes written to a ``.part`` temp file while hashing and counting them; nothing is visible under a
+    key until the staged file is committed. ``abort`` (or a failed write) removes the temp file."""
+
+    def __init__(self, tmp_dir: Path, *, max_bytes: int) -> None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=PART_SUFFIX)
+        self.path = Path(name)
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise PayloadTooLarge(f"file is larger than the limit of {self.max_bytes} bytes", param="file")
+        self.digest.update(data)
+        try:
+            write_all(self.fd, data)
+        except OSError as exc:
+            self.abort()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the server has no space left to store this file; retry later") from exc
+            raise
+
+    def finish(self) -> Staged:
+        try:
+            os.fsync(self.fd)
+        except OSError:
+            self.abort()
+            raise
+        self._close()
+        return Staged(tmp_path=self.path, size=self.size, sha256=self.digest.hexdigest())
+
+    def abort(self) -> None:
+        self._close()
+        self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
 @dataclass(frozen=True)
 class SweepReport:
     parts_removed: int
@@ -64,6 +110,8 @@ class SweepReport:
 
 
 class Storage(Protocol):
+    def begin(self, *, max_bytes: int) -> StagingWriter: ...
+
     def stage(self, stream: BinaryIO, *, max_bytes: int) -> Staged: ...
 
     def commit(self, staged: Staged) -> str: ...
@@ -86,34 +134,21 @@ class LocalStorage:
         self.root = root
         self.tmp_dir = root / TMP_DIR
 
+    def begin(self, *, max_bytes: int) -> StagingWriter:
+        """A writer that stages bytes as they arrive (``finish`` or ``abort`` it)."""
+        return StagingWriter(self.tmp_dir, max_bytes=max_bytes)
+
     def stage(self, stream: BinaryIO, *, max_bytes: int) -> Staged:
         """Copy ``stream`` to a temp file in constant memory; ``PayloadTooLarge`` past ``max_bytes``,
         ``StorageFull`` when the disk is full (the partial temp file is removed either way)."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=PART_SUFFIX)
-        digest, size = hashlib.sha256(), 0
+        writer = self.begin(max_bytes=max_bytes)
         try:
-            try:
-                while chunk := stream.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(
-                            f"file is larger than the limit of {max_bytes} bytes", param="file"
-                        )
-                    digest.update(chunk)
-                    write_all(fd, chunk)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            Path(name).unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull("the server has no space left to store this file; retry later") from exc
-            raise
+            while chunk := stream.read(CHUNK):
+                writer.write(chunk)
+            return writer.finish()
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            writer.abort()
             raise
-        return Staged(tmp_path=Path(name), size=size, sha256=digest.hexdigest())
 
     def commit(self, staged: Staged) -> str:
         """Rename the staged file to a fresh key of its own (never one another row could hold)."""

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, BackgroundTasks, Form, Query, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org
 from api.processing import check_upload, process_file
 from api.schemas import UPLOAD_PURPOSES, FileDeletedOut, FileOut, ListOut
+from api.upload import Upload, receive_upload
 from api.views import file_out
 from models.base import utcnow
+from models.db import new_session
 from models.policy import storage_quota
-from models.tables import File
+from models.tables import File, Organization
 from tunegate.errors import InvalidFile, InvalidRequest, NotFound, QuotaExceeded
 from tunegate.settings import Settings
 from tunegate.storage import ObjectMissing, Staged, Storage, get_storage
@@ -29,24 +33,66 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 MAX_FILENAME = 512
 
 
-@router.post("", response_model=FileOut)
-def create_file(
-    file: UploadFile, purpose: Annotated[str, Form()], org: CurrentOrg, session: SessionDep,
-    settings: SettingsDep, background: BackgroundTasks,
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", response_model=FileOut, openapi_extra=UPLOAD_BODY)
+async def create_file(
+    request: Request, settings: SettingsDep, background: BackgroundTasks,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> FileOut:
-    """Stream to a staged temp file, check it (400 naming the line) and the org's quota, then store it."""
+    """Authenticate, stream the file part straight into a staged temp file (``api/upload.py``), check it
+    (400 naming the line) and the org's quota, then store it. No database session is held while the body
+    streams (a slow client must not hold one of the API's few sessions)."""
+    org = await run_in_threadpool(_authenticate, authorization, settings)
+    storage = get_storage(settings)
+    upload = await receive_upload(request, storage, max_bytes=settings.max_upload_bytes)
+    assert upload.staged is not None
+    try:
+        return await run_in_threadpool(_store, upload, upload.staged, org, settings, background, storage)
+    finally:
+        storage.discard(upload.staged)  # a no-op once committed (the temp file was renamed)
+
+
+def _authenticate(authorization: str | None, settings: Settings) -> Organization:
+    with closing(new_session(readonly=True)) as session:
+        return current_org(session, settings, authorization)
+
+
+def _store(
+    upload: Upload, staged: Staged, org: Organization, settings: Settings, background: BackgroundTasks,
+    storage: Storage,
+) -> FileOut:
+    purpose = upload.purpose
+    if purpose is None:
+        raise InvalidRequest("the field 'purpose' is required", param="purpose", code="missing_purpose")
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
                              param="purpose", code="invalid_purpose")
-    filename = _clean_filename(file.filename)
-    storage = get_storage(settings)
-    staged = storage.stage(file.file, max_bytes=settings.max_upload_bytes)
+    filename = _clean_filename(upload.filename)
     n_lines = _checked(storage, staged, filename, purpose, settings)
     row = File(
         org_id=org.id, filename=filename, purpose=purpose, bytes=staged.size, sha256=staged.sha256,
         storage_key="", status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
     )
-    _save(session, row, storage, staged, settings)
+    with closing(new_session()) as session:
+        _save(session, row, storage, staged, settings)
     if purpose == "fine-tune":
         background.add_task(process_file, row.id)
     return file_out(row)
