@@ -23,7 +23,7 @@ from models.base import utcnow
 from models.db import new_session
 from models.policy import storage_quota
 from models.tables import File, Organization
-from tunegate.errors import InvalidFile, InvalidRequest, NotFound, QuotaExceeded
+from tunegate.errors import InvalidFile, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from tunegate.settings import Settings
 from tunegate.storage import ObjectMissing, Staged, Storage, get_storage
 
@@ -60,9 +60,25 @@ async def create_file(
     """Authenticate, stream the file part straight into a staged temp file (``api/upload.py``), check it
     (400 naming the line) and the org's quota, then store it. No database session is held while the body
     streams (a slow client must not hold one of the API's few sessions)."""
-    org = await run_in_threadpool(_authenticate, authorization, settings)
+    org, used = await run_in_threadpool(_authenticate, authorization, settings)
+    quota = storage_quota(settings, org.policy)
+    if used >= quota:
+        raise QuotaExceeded(
+            f"the organization's files already take {used} bytes of its storage quota of {quota} bytes; "
+            "delete files to free space", param="file",
+        )
+    # Stop reading at the quota too (the row's transaction checks it again, against concurrent uploads).
+    limit = min(settings.max_upload_bytes, quota - used)
     storage = get_storage(settings)
-    upload = await receive_upload(request, storage, max_bytes=settings.max_upload_bytes)
+    try:
+        upload = await receive_upload(request, storage, max_bytes=limit)
+    except PayloadTooLarge as exc:
+        if limit == settings.max_upload_bytes:
+            raise
+        raise QuotaExceeded(
+            f"storing this file would take the organization's files over its storage quota of {quota} bytes "
+            f"({used} bytes used); delete files to free space", param="file",
+        ) from exc
     assert upload.staged is not None
     try:
         return await run_in_threadpool(_store, upload, upload.staged, org, settings, background, storage)
@@ -70,9 +86,11 @@ async def create_file(
         storage.discard(upload.staged)  # a no-op once committed (the temp file was renamed)
 
 
-def _authenticate(authorization: str | None, settings: Settings) -> Organization:
+def _authenticate(authorization: str | None, settings: Settings) -> tuple[Organization, int]:
+    """The caller's organization and the bytes its live files take, in a session closed at once."""
     with closing(new_session(readonly=True)) as session:
-        return current_org(session, settings, authorization)
+        org = current_org(session, settings, authorization)
+        return org, crud.stored_bytes(session, org_id=org.id)
 
 
 def _store(

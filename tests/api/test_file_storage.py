@@ -68,9 +68,18 @@ def test_storage_quota_refuses_an_upload_over_it_and_deleting_frees_it(server: S
         client.files.create(file=("b.txt", b"b" * 60), purpose="user_data")
     err = info.value.body
     assert isinstance(err, dict) and err["code"] == "storage_quota_exceeded" and err["param"] == "file"
-    assert "storage quota of 100 bytes" in err["message"] and "120 bytes" in err["message"]
+    assert "storage quota of 100 bytes" in err["message"]
     assert [f.id for f in client.files.list()] == [first.id]  # nothing stored for the refused upload
-    client.files.delete(first.id)
+    with pytest.raises(openai.PermissionDeniedError) as info:  # refused while streaming, at the quota
+        client.files.create(file=("big.txt", b"z" * 5000), purpose="user_data")
+    assert isinstance(info.value.body, dict) and "storage quota of 100 bytes" in info.value.body["message"]
+    client.files.create(file=("c.txt", b"c" * 40), purpose="user_data")  # exactly at the quota
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.files.create(file=("d.txt", b"d"), purpose="user_data")
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "storage_quota_exceeded"
+    assert list((server.home / "files" / "tmp").glob("*.part")) == []
+    for f in client.files.list():
+        client.files.delete(f.id)
     second = client.files.create(file=("b.txt", b"b" * 60), purpose="user_data")
     assert client.files.content(second.id).read() == b"b" * 60
 
