@@ -192,6 +192,9 @@ class LocalStorage:
                     parts += 1
         if not self.root.is_dir():
             return SweepReport(parts, orphans)
+        if not live_keys:  # e.g. a fresh database pointed at an existing store: remove nothing on a guess
+            log.warning("storage sweep: no row references any object; not removing orphaned objects")
+            return SweepReport(parts, orphans)
         for top in self.root.iterdir():
             if top.name == TMP_DIR or not top.is_dir():
                 continue

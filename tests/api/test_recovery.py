@@ -69,7 +69,14 @@ def test_api_killed_mid_upload_leaves_nothing_after_the_next_start(
 ) -> None:
     monkeypatch.setenv("TUNEGATE_STORAGE_SWEEP_GRACE_S", "0")
     key = new_key()
+    auth = {"Authorization": f"Bearer {key}"}
     with uvicorn_process(migrated_home) as (proc, base):
+        kept = httpx.post(
+            f"{base}/v1/files",
+            headers=auth,
+            files={"file": ("kept.txt", b"kept")},
+            data={"purpose": "user_data"},
+        ).json()["id"]
         host, port = base.removeprefix("http://").split(":")
         sock = socket.create_connection((host, int(port)), timeout=30)
         boundary = "slowboundary"
@@ -92,12 +99,13 @@ def test_api_killed_mid_upload_leaves_nothing_after_the_next_start(
                 time.sleep(0.01)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-    assert _parts(migrated_home) and _objects(migrated_home) == []  # half-written, but under no key
+    assert _parts(migrated_home) and len(_objects(migrated_home)) == 1  # half-written, but under no key
     orphan = migrated_home / "files" / "ab" / "cd" / ("ab" * 32 + ".0123456789abcdef")
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"committed, but the process died before its row was written")
 
     with uvicorn_process(migrated_home) as (_, base):
-        assert _parts(migrated_home) == [] and _objects(migrated_home) == []
-        listed = httpx.get(f"{base}/v1/files", headers={"Authorization": f"Bearer {key}"}, timeout=10)
-        assert listed.status_code == 200 and listed.json()["data"] == []
+        assert _parts(migrated_home) == [] and len(_objects(migrated_home)) == 1 and not orphan.exists()
+        listed = httpx.get(f"{base}/v1/files", headers=auth, timeout=10)
+        assert listed.status_code == 200 and [f["id"] for f in listed.json()["data"]] == [kept]
+        assert httpx.get(f"{base}/v1/files/{kept}/content", headers=auth, timeout=10).content == b"kept"

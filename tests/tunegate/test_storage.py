@@ -92,3 +92,5 @@ def test_sweep_removes_stale_parts_and_orphans_but_keeps_live_objects(tmp_path: 
     assert not part.exists() and not store.path(orphan).exists()
     with store.open(live) as fh:
         assert fh.read() == b"live"
+    store.commit(store.stage(io.BytesIO(b"unknown"), max_bytes=10))
+    assert store.sweep(set(), older_than_s=0).orphans_removed == 0  # no row at all: nothing is guessed
