@@ -102,3 +102,40 @@ def test_disk_full_past_the_retries_fails_the_job_with_storage_full(home: Path) 
         job = s.get(Job, job_id)
         assert job is not None and job.status == "failed" and job.error is not None
         assert job.error["code"] == "storage_full"
+
+
+def test_database_away_after_a_checkpoint_is_saved_loses_no_checkpoint_row(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch-2 checkpoint is on disk but recording it fails (the database went away): the retry resumes
+    from it and records it, so every epoch has its checkpoint row and event exactly once."""
+    from sqlalchemy.exc import OperationalError
+
+    from tunegate.errors import TransientError
+    from worker.events import StageReporter
+
+    job_id = make_job("tiny", chat_rows(12), hyperparameters={"n_epochs": 3, "batch_size": 4})
+    for stage in ("validate", "score", "mitigate"):
+        assert runner.execute(stage, job_id).status == "done", stage
+    real = StageReporter.checkpoint
+    failed: list[int] = []
+
+    def away_once(self: StageReporter, info: dict[str, object]) -> None:
+        if info["epoch"] == 2 and not failed:
+            failed.append(2)
+            raise OperationalError(
+                "INSERT INTO checkpoints ...", None, Exception("server closed the connection")
+            )
+        real(self, info)
+
+    monkeypatch.setattr(StageReporter, "checkpoint", away_once)
+    with pytest.raises(TransientError):
+        runner.execute("train", job_id)
+    assert (stage_dir(get_settings(), job_id, "train") / "checkpoints" / "epoch-2").is_dir()
+    assert runner.execute("train", job_id) == runner.Outcome("done", "evaluate")
+    with session_scope() as s:
+        steps = [c.step_number for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
+        events = [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+    assert len(steps) == len(set(steps)) == 3
+    saved = [m for m in events if m.startswith("checkpoint saved")]
+    assert len(saved) == len(set(saved)) == 3
