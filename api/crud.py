@@ -90,8 +90,11 @@ def list_checkpoints(
     return rows[:limit], len(rows) > limit
 
 
+UNFINISHED = ("validating_files", "queued", "running")
+
+
 def file_in_use(session: Session, *, file: File) -> bool:
-    """True when another live row shares the stored blob or an unfinished job trains on this file."""
+    """True when another live row shares the stored object or an unfinished job trains on this file."""
     shared = session.scalar(
         select(func.count()).select_from(File).where(
             File.storage_key == file.storage_key, File.id != file.id, File.deleted_at.is_(None)
@@ -99,20 +102,41 @@ def file_in_use(session: Session, *, file: File) -> bool:
     )
     active = session.scalar(
         select(func.count()).select_from(Job).where(
-            (Job.training_file == file.id) | (Job.validation_file == file.id),
-            Job.status.in_(("validating_files", "queued", "running")),
+            (Job.training_file == file.id) | (Job.validation_file == file.id), Job.status.in_(UNFINISHED),
         )
     )
     return bool(shared) or bool(active)
 
 
-def blob_referenced(session: Session, *, storage_key: str) -> bool:
-    """True when a live file row points at this stored blob."""
-    n = session.scalar(
-        select(func.count()).select_from(File)
-        .where(File.storage_key == storage_key, File.deleted_at.is_(None))
+def live_storage_keys(session: Session) -> set[str]:
+    """Keys a row still needs: live files, and deleted files an unfinished job trains on."""
+    live = set(session.scalars(select(File.storage_key).where(File.deleted_at.is_(None))))
+    used = select(Job.training_file).where(Job.status.in_(UNFINISHED)).union(
+        select(Job.validation_file).where(Job.status.in_(UNFINISHED), Job.validation_file.is_not(None))
     )
-    return bool(n)
+    live.update(session.scalars(select(File.storage_key).where(File.id.in_(used))))
+    return live
+
+
+def lock_org(session: Session, *, org_id: str) -> Organization:
+    """The organization row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite: BEGIN IMMEDIATE
+    already serializes writers)."""
+    org = session.scalar(
+        select(Organization).where(Organization.id == org_id).with_for_update().execution_options(
+            populate_existing=True
+        )
+    )
+    if org is None:
+        raise NotFound(f"No such organization: {org_id}")
+    return org
+
+
+def stored_bytes(session: Session, *, org_id: str) -> int:
+    """Bytes of the organization's live files (what its storage quota counts)."""
+    n = session.scalar(
+        select(func.coalesce(func.sum(File.bytes), 0)).where(File.org_id == org_id, File.deleted_at.is_(None))
+    )
+    return int(n or 0)
 
 
 def released_jobs(session: Session, *, org: Organization) -> list[Job]:

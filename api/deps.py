@@ -37,7 +37,7 @@ SessionDep = Annotated[Session, Depends(_session, scope="function", max_concurre
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _current_org(
+def current_org(
     session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> Organization:
     if not authorization:
@@ -56,4 +56,4 @@ def _current_org(
     return org
 
 
-CurrentOrg = Annotated[Organization, Depends(_current_org)]
+CurrentOrg = Annotated[Organization, Depends(current_org)]

@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import CurrentOrg
-from api.middleware import RequestIdMiddleware
+from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.processing import process_pending
+from api.recovery import sweep_storage
 from api.routes import files, health, jobs, models, releases
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,13 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Files left 'uploaded' by a previous process that stopped mid-way get processed now.
+    # Temp uploads and orphaned objects a killed process left behind are removed; files left 'uploaded' by
+    # a previous process that stopped mid-way get processed now (each on its own).
     try:
+        await run_in_threadpool(sweep_storage)
         n = await run_in_threadpool(process_pending)
     except Exception as exc:  # the schema may not be migrated yet: serve anyway, /healthz reports it
-        log.warning("could not resume file processing: %s", exc)
+        log.warning("could not recover storage or resume file processing: %s", exc)
     else:
         if n:
             log.info("resumed processing of %d uploaded files", n)
@@ -42,6 +45,7 @@ def create_app() -> FastAPI:
     errors.install(app)
     for router in (health.router, files.router, jobs.router, releases.router, models.router):
         app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware)  # inside RequestIdMiddleware: its 413 carries the request id
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -1,8 +1,18 @@
-"""Request ids on every response, and an early 413 for uploads whose declared size is over the limit."""
+"""Request ids on every response, and request-body limits enforced while the body is read.
+
+``BodyLimitMiddleware`` counts the bytes of the ASGI ``http.request`` messages as the application receives
+them (a declared ``Content-Length`` is only an early refusal; a chunked body has none) and answers 413 in the
+OpenAI error shape the moment the limit is passed: the rest of the body is never read, so neither memory
+(JSON bodies) nor disk (Starlette spools multipart uploads to a temp file before the route runs) can be
+exhausted by one request. Uploads (``POST /v1/files``) are limited to ``max_upload_bytes`` plus multipart
+framing; every other body to ``max_body_bytes``.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,7 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_response
 from tunegate.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 MULTIPART_SLACK = 64 * 1024  # multipart framing and the `purpose` field around the file itself
+UPLOAD_PATH = "/v1/files"
 
 
 class RequestIdMiddleware:
@@ -33,22 +46,97 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        if _declared_too_large(scope):
-            limit = get_settings().max_upload_bytes
-            response = error_response(Request(scope), 413, f"file is larger than the limit of {limit} bytes",
-                                      type_="invalid_request_error", param="file", code="file_too_large")
-            await response(scope, receive, send_with_id)
-            return
         await self.app(scope, receive, send_with_id)
 
 
-def _declared_too_large(scope: Scope) -> bool:
-    if scope.get("method") != "POST" or scope.get("path") != "/v1/files":
-        return False
+@dataclass(frozen=True)
+class BodyLimit:
+    max_bytes: int
+    message: str
+    param: str | None
+    code: str
+
+
+def body_limit(scope: Scope) -> BodyLimit:
+    settings = get_settings()
+    if scope.get("method") == "POST" and scope.get("path") == UPLOAD_PATH:
+        return BodyLimit(
+            settings.max_upload_bytes + MULTIPART_SLACK,
+            f"file is larger than the limit of {settings.max_upload_bytes} bytes",
+            "file",
+            "file_too_large",
+        )
+    return BodyLimit(
+        settings.max_body_bytes,
+        f"request body is larger than the limit of {settings.max_body_bytes} bytes",
+        None,
+        "request_too_large",
+    )
+
+
+class BodyTooLarge(Exception):
+    """Raised into the application from ``receive`` once the body passes its limit."""
+
+
+class BodyLimitMiddleware:
+    """413 (OpenAI error shape) as soon as a request body passes its limit; nothing past it is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = body_limit(scope)
+        if _declared_length(scope) > limit.max_bytes:
+            await _refuse(scope, receive, send, limit)
+            return
+        received, tripped, started = 0, False, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, tripped
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit.max_bytes:
+                    tripped = True
+                    raise BodyTooLarge(limit.message)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if tripped and not started:
+                return  # the application's answer to the aborted read (often a 400): ours replaces it
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            if started:
+                raise
+        except Exception:
+            if not tripped or started:
+                raise
+            log.info("request body over its limit; the application raised while aborting", exc_info=True)
+        if tripped and not started:
+            await _refuse(scope, receive, send, limit)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, limit: BodyLimit) -> None:
+    response = error_response(
+        Request(scope), 413, limit.message, type_="invalid_request_error", param=limit.param, code=limit.code
+    )
+    await response(scope, receive, send)
+
+
+def _declared_length(scope: Scope) -> int:
     for key, value in scope.get("headers", []):
         if key == b"content-length":
             try:
-                return int(value) > get_settings().max_upload_bytes + MULTIPART_SLACK
+                return int(value)
             except ValueError:
-                return False
-    return False
+                return -1
+    return -1

@@ -22,7 +22,7 @@ from models.tables import File
 from tunegate.conversation import check_example, decode_json_line, iter_lines, parse_example
 from tunegate.errors import InvalidFile
 from tunegate.settings import Settings, get_settings
-from tunegate.storage import Staged, get_storage
+from tunegate.storage import ObjectMissing, Staged, get_storage
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +115,30 @@ def scan(fh_lines: Iterable[tuple[int, str]], settings: Settings) -> tuple[int, 
     return n, report
 
 
+MISSING_CONTENT = "the stored content of this file is missing; upload it again"
+
+
 def process_file(file_id: str) -> None:
-    """Check a stored ``fine-tune`` file and set its status; runs after the upload answered."""
+    """Check a stored ``fine-tune`` file and set its status; runs after the upload answered.
+
+    A file whose stored object is gone ends ``error`` with a message that names no storage key.
+    """
     settings = get_settings()
     with session_scope() as session:
         row = session.scalar(select(File).where(File.id == file_id, File.deleted_at.is_(None)))
         if row is None or row.status != "uploaded":
             return
         key = row.storage_key
+    report = Report(cap=settings.max_status_details)
     try:
         with get_storage(settings).open(key) as fh:
             n, report = scan(iter_lines(fh), settings)
+    except ObjectMissing:
+        log.error("file %s: stored object %s is missing; marking the file error", file_id, key)
+        n = 0
+        report.add(InvalidFile(MISSING_CONTENT, code="file_content_missing"))
     except InvalidFile as exc:  # e.g. invalid UTF-8 (already refused at upload, so the store changed)
-        n, report = 0, Report(cap=settings.max_status_details)
+        n = 0
         report.add(exc)
     with session_scope() as session:
         row = session.get(File, file_id)
@@ -140,12 +151,21 @@ def process_file(file_id: str) -> None:
 
 
 def process_pending(limit: int = 100) -> int:
-    """Process files left ``uploaded`` (e.g. the server stopped mid-way); returns how many were processed."""
+    """Process files left ``uploaded`` (e.g. the server stopped mid-way); returns how many were processed.
+
+    Each file is handled on its own: one that cannot be processed is logged and the others still are.
+    """
     with session_scope() as session:
         ids = list(session.scalars(
             select(File.id).where(File.status == "uploaded", File.purpose == "fine-tune",
-                                  File.deleted_at.is_(None)).limit(limit)
+                                  File.deleted_at.is_(None)).order_by(File.id).limit(limit)
         ))
+    done = 0
     for file_id in ids:
-        process_file(file_id)
-    return len(ids)
+        try:
+            process_file(file_id)
+        except Exception:  # one file's failure (e.g. a database error) must not stop the others
+            log.exception("could not process file %s; continuing with the others", file_id)
+        else:
+            done += 1
+    return done

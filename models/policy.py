@@ -10,6 +10,9 @@ stricter direction. The effective policy is stored on the job (``Job.safety``), 
     block_unsafe_data       True is stricter                    fail the job if the data screen flags it
     gate_delta              smaller is stricter, [0, 1]         allowed ASR increase over the base model
     gate_cap                smaller is stricter, [0, 1]         highest allowed absolute ASR
+
+Outside the safety knobs, an organization's stored policy may set ``storage_quota_bytes`` (the bytes its live
+files may take; default ``Settings.storage_quota_bytes``). It is read by the Files API, never by jobs.
 """
 
 from __future__ import annotations
@@ -100,3 +103,17 @@ def tighten(
             )
         effective[name] = value
     return effective
+
+
+STORAGE_QUOTA_KEY = "storage_quota_bytes"
+
+
+def storage_quota(settings: Settings, stored: dict[str, Any] | None) -> int:
+    """The organization's storage quota in bytes: its stored policy's override, else the provider default."""
+    value = (stored or {}).get(STORAGE_QUOTA_KEY)
+    if value is None:
+        return settings.storage_quota_bytes
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        param = f"policy.{STORAGE_QUOTA_KEY}"
+        raise InvalidConfig(f"{param} must be a non-negative integer", param=param)
+    return value

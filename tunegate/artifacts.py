@@ -16,15 +16,30 @@ from typing import Any
 CONFIG_NAME = "config.json"
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte with ``os.write`` (a short write is continued; a full disk raises ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename. On any error (a full disk) the temp file
+    is removed and ``path`` keeps its previous content, if any."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -41,12 +56,16 @@ def read_json(path: str | Path) -> Any:
 
 
 def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> Path:
-    """Move a fully written temp directory into place (replacing an older one)."""
+    """Move a fully written temp directory into place, replacing an older one only once the new one is
+    complete (the older one is renamed aside first, then removed)."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        final_dir.replace(old)
     tmp_dir.replace(final_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return final_dir
 
 

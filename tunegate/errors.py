@@ -5,6 +5,7 @@
     │   └── InvalidFile       400      a training file breaks a rule (names file, line, field)
     ├── AuthenticationFailed  401      missing, unknown or revoked API key
     ├── PermissionDenied      403      exists, but not allowed (e.g. an unreleased adapter)
+    │   └── QuotaExceeded     403      the organization's stored files would pass its storage quota
     ├── NotFound              404      no such object for this organization
     ├── MethodNotAllowed      405
     ├── Conflict              409      state or idempotency conflict (never retried by clients)
@@ -16,6 +17,7 @@
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
     ├── ModelError                     a base model cannot be resolved, converted or loaded
     └── TransientError                 the only retryable class (broker/database/network hiccups)
+        └── StorageFull       507      the disk is full (ENOSPC) while storing a file or writing artifacts
 
 HTTP mapping lives in one place, ``api/errors.py``; Celery retries only ``TransientError``.
 """
@@ -85,6 +87,10 @@ class PermissionDenied(TunegateError):
     status_code = 403
     error_type = "invalid_request_error"
     default_code = "permission_denied"
+
+
+class QuotaExceeded(PermissionDenied):
+    default_code = "storage_quota_exceeded"
 
 
 class NotFound(TunegateError):
@@ -158,3 +164,10 @@ class TransientError(TunegateError):
     status_code = 503
     error_type = "server_error"
     default_code = "transient"
+
+
+class StorageFull(TransientError):
+    """No space left while writing; nothing half-written stays visible. Retried like any transient error."""
+
+    status_code = 507
+    default_code = "storage_full"

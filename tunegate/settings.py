@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Every other request body (JSON), counted while it is read, chunked bodies included: 413 past it.
+    max_body_bytes: int = 1024 * 1024
+    # Provider default of the bytes an organization's live files may take (org policy may override it).
+    storage_quota_bytes: int = 10 * 1024**3
+    # At API startup, temp uploads and objects no row references are removed once this old (an upload in
+    # flight in another API process has written its object but not yet its row).
+    storage_sweep_grace_s: float = 3600.0
     max_example_tokens: int = 8192
     min_examples: int = 10
     max_status_details: int = 100

@@ -75,7 +75,11 @@ def _file_path(session: Session, org_id: str, file_id: str, settings: Settings) 
     row = session.get(File, file_id)
     if row is None or row.org_id != org_id or row.deleted_at is not None:
         raise NotFound(f"training file {file_id} no longer exists", param="training_file")
-    return get_storage(settings).path(row.storage_key)
+    path = get_storage(settings).path(row.storage_key)
+    if not path.is_file():  # the message names no storage path: the tenant reads it in the job's error
+        raise NotFound(f"the stored content of training file {file_id} is missing", param="training_file",
+                       code="file_content_missing")
+    return path
 
 
 def merged_hyperparameters(job: Job) -> dict[str, Any]:

@@ -18,6 +18,7 @@ the worker that took over owns the job now.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from models.db import session_scope
 from models.jobs import TERMINAL, JobStatus, record_event, transition
 from models.tables import Job, JobEvent
 from tunegate import queue
-from tunegate.errors import InvalidFile, JobCancelled, TransientError, TunegateError
+from tunegate.errors import InvalidFile, JobCancelled, StorageFull, TransientError, TunegateError
 from tunegate.settings import Settings, get_settings
 from worker import claims
 from worker.claims import Claim, ClaimLost
@@ -113,6 +114,11 @@ def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
     except (
         Exception
     ) as exc:  # a bug or resource failure in a stage: end the job with a clear error, log the trace
+        if disk_full(exc):  # retried (the stage left nothing half-written); its message names no path
+            log.error("job %s: %s ran out of disk space: %s", c.job_id, c.stage, exc)
+            raise StorageFull(
+                f"the server ran out of disk space while the {c.stage} stage wrote its output"
+            ) from exc
         log.exception("job %s: %s crashed", c.job_id, c.stage)
         _end(
             c,
@@ -128,6 +134,24 @@ def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
     if nxt is not None:
         _send(nxt, c.job_id)
     return Outcome("done", nxt)
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it was raised from is a full disk (torch and safetensors wrap the
+    ``OSError`` in their own exception types, keeping its text)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _send(stage: str, job_id: str) -> None:
@@ -239,7 +263,10 @@ def _release_quietly(c: Claim) -> None:
 
 
 def give_up(stage: str, job_id: str, exc: Exception) -> None:
-    """Fail a job whose stage kept hitting transient errors past ``task_max_retries``."""
+    """Fail a job whose stage kept hitting transient errors past ``task_max_retries``; the error's code is
+    the last error's own (e.g. ``storage_full``), else ``transient_error``."""
+    code = exc.code if isinstance(exc, TunegateError) and exc.code != "transient" else None
+    code = code or "transient_error"
     with session_scope() as s:
         job = s.get(Job, job_id)
         if job is None or job.status in TERMINAL or job.stage != stage or job.claimed_by is not None:
@@ -251,6 +278,6 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
             level="error",
             data={"stage": stage},
             message=f"{stage} gave up after repeated transient errors: {exc}",
-            error={"code": "transient_error", "message": f"{stage} kept failing: {exc}"},
+            error={"code": code, "message": f"{stage} kept failing: {exc}"},
             dedupe_key=f"{stage}:gave_up",
         )

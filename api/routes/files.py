@@ -2,48 +2,115 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, BackgroundTasks, Form, Query, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org
 from api.processing import check_upload, process_file
 from api.schemas import UPLOAD_PURPOSES, FileDeletedOut, FileOut, ListOut
+from api.upload import Upload, receive_upload
 from api.views import file_out
 from models.base import utcnow
-from models.tables import File
-from tunegate.errors import InvalidFile, InvalidRequest
+from models.db import new_session
+from models.policy import storage_quota
+from models.tables import File, Organization
+from tunegate.errors import InvalidFile, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from tunegate.settings import Settings
-from tunegate.storage import Staged, Storage, get_storage
+from tunegate.storage import ObjectMissing, Staged, Storage, get_storage
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 MAX_FILENAME = 512
 
 
-@router.post("", response_model=FileOut)
-def create_file(
-    file: UploadFile, purpose: Annotated[str, Form()], org: CurrentOrg, session: SessionDep,
-    settings: SettingsDep, background: BackgroundTasks,
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", response_model=FileOut, openapi_extra=UPLOAD_BODY)
+async def create_file(
+    request: Request, settings: SettingsDep, background: BackgroundTasks,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> FileOut:
-    """Stream to a staged temp file, check it (400 naming the line), then store blob and row."""
+    """Authenticate, stream the file part straight into a staged temp file (``api/upload.py``), check it
+    (400 naming the line) and the org's quota, then store it. No database session is held while the body
+    streams (a slow client must not hold one of the API's few sessions)."""
+    org, used = await run_in_threadpool(_authenticate, authorization, settings)
+    quota = storage_quota(settings, org.policy)
+    if used >= quota:
+        raise QuotaExceeded(
+            f"the organization's files already take {used} bytes of its storage quota of {quota} bytes; "
+            "delete files to free space", param="file",
+        )
+    # Stop reading at the quota too (the row's transaction checks it again, against concurrent uploads).
+    limit = min(settings.max_upload_bytes, quota - used)
+    storage = get_storage(settings)
+    try:
+        upload = await receive_upload(request, storage, max_bytes=limit)
+    except PayloadTooLarge as exc:
+        if limit == settings.max_upload_bytes:
+            raise
+        raise QuotaExceeded(
+            f"storing this file would take the organization's files over its storage quota of {quota} bytes "
+            f"({used} bytes used); delete files to free space", param="file",
+        ) from exc
+    assert upload.staged is not None
+    try:
+        return await run_in_threadpool(_store, upload, upload.staged, org, settings, background, storage)
+    finally:
+        storage.discard(upload.staged)  # a no-op once committed (the temp file was renamed)
+
+
+def _authenticate(authorization: str | None, settings: Settings) -> tuple[Organization, int]:
+    """The caller's organization and the bytes its live files take, in a session closed at once."""
+    with closing(new_session(readonly=True)) as session:
+        org = current_org(session, settings, authorization)
+        return org, crud.stored_bytes(session, org_id=org.id)
+
+
+def _store(
+    upload: Upload, staged: Staged, org: Organization, settings: Settings, background: BackgroundTasks,
+    storage: Storage,
+) -> FileOut:
+    purpose = upload.purpose
+    if purpose is None:
+        raise InvalidRequest("the field 'purpose' is required", param="purpose", code="missing_purpose")
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
                              param="purpose", code="invalid_purpose")
-    filename = _clean_filename(file.filename)
-    storage = get_storage(settings)
-    staged = storage.stage(file.file, max_bytes=settings.max_upload_bytes)
+    filename = _clean_filename(upload.filename)
     n_lines = _checked(storage, staged, filename, purpose, settings)
-    key = storage.commit(staged)
     row = File(
         org_id=org.id, filename=filename, purpose=purpose, bytes=staged.size, sha256=staged.sha256,
-        storage_key=key, status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
+        storage_key="", status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
     )
-    _save(session, row, storage)
+    with closing(new_session()) as session:
+        _save(session, row, storage, staged, settings)
     if purpose == "fine-tune":
         background.add_task(process_file, row.id)
     return file_out(row)
@@ -63,15 +130,31 @@ def _checked(storage: Storage, staged: Staged, filename: str, purpose: str, sett
         raise
 
 
-def _save(session: Session, row: File, storage: Storage) -> None:
-    """Commit the row; if that fails, remove the blob unless another file shares it (nothing half-written)."""
-    session.add(row)
+def _save(session: Session, row: File, storage: Storage, staged: Staged, settings: Settings) -> None:
+    """Check the quota, store the object under a key of its own and commit the row, in one transaction
+    that holds the organization's row (concurrent uploads of one org are checked one after the other).
+    On any failure nothing stays behind: the staged file or the new object is removed."""
+    key: str | None = None
     try:
+        org = crud.lock_org(session, org_id=row.org_id)
+        quota = storage_quota(settings, org.policy)
+        used = crud.stored_bytes(session, org_id=row.org_id)
+        if used + row.bytes > quota:
+            raise QuotaExceeded(
+                f"storing this file ({row.bytes} bytes) would take the organization's files to "
+                f"{used + row.bytes} bytes, over its storage quota of {quota} bytes; delete files to free "
+                "space", param="file",
+            )
+        key = storage.commit(staged)
+        row.storage_key = key
+        session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        if not crud.blob_referenced(session, storage_key=row.storage_key):
-            storage.delete(row.storage_key)
+        if key is None:
+            storage.discard(staged)
+        else:
+            storage.delete(key)  # the key is this row's own: no other row can point at it
         raise
 
 
@@ -101,9 +184,13 @@ def retrieve_file(file_id: str, org: CurrentOrg, session: SessionDep) -> FileOut
 
 @router.delete("/{file_id}", response_model=FileDeletedOut)
 def delete_file(file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> FileDeletedOut:
+    """Hide the row, then remove its object unless a row still points at it or an unfinished job trains on
+    it. New objects belong to one row only; a shared key is a legacy content-addressed one, which no new
+    upload can take, so the check cannot race with an upload (a left-over object is swept at startup)."""
     row = crud.get_file(session, org=org, file_id=file_id)
-    keep_blob = crud.file_in_use(session, file=row)
     row.deleted_at = utcnow()
+    session.flush()
+    keep_blob = crud.file_in_use(session, file=row)
     session.commit()
     if not keep_blob:
         get_storage(settings).delete(row.storage_key)
@@ -116,7 +203,12 @@ def file_content(
     file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep
 ) -> StreamingResponse:
     row = crud.get_file(session, org=org, file_id=file_id)
-    fh = get_storage(settings).open(row.storage_key)
+    try:
+        fh = get_storage(settings).open(row.storage_key)
+    except ObjectMissing as exc:
+        log.error("file %s: stored object %s is missing", row.id, exc.key)
+        raise NotFound(f"the content of file {row.id} is missing; upload it again", param="file_id",
+                       code="file_content_missing") from exc
 
     def chunks() -> Iterator[bytes]:
         with fh:

@@ -28,7 +28,7 @@ def free_port() -> int:
 def pg_schema_url() -> Iterator[str]:
     """A fresh PostgreSQL schema for this test session; the URL puts it first on the search path."""
     schema = "tg_" + secrets.token_hex(6)
-    admin = create_engine(PG_ADMIN_URL)
+    admin = create_engine(PG_ADMIN_URL, pool_pre_ping=True)  # survives a PostgreSQL restart in a test
     try:
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))

@@ -72,6 +72,37 @@ def test_files_left_uploaded_are_processed_on_restart(
         assert done is not None and done.status == "processed" and done.n_examples == 3
 
 
+def test_resume_marks_a_missing_object_error_and_processes_every_later_file(
+    migrated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11.2: the first file left 'uploaded' lost its stored object; the two after it are healthy."""
+    monkeypatch.setenv("TUNEGATE_MIN_EXAMPLES", "3")
+    reset_settings()
+    storage = get_storage(get_settings())
+    with session_scope() as s:
+        org = Organization(name="o", policy={})
+        s.add(org)
+        s.flush()
+        ids, keys = [], []
+        for i in range(3):
+            staged = storage.stage(io.BytesIO(jsonl([chat(i * 10 + j) for j in range(3)])), max_bytes=10_000)
+            key = storage.commit(staged)
+            row = File(org_id=org.id, filename=f"t{i}.jsonl", purpose="fine-tune", bytes=staged.size,
+                       sha256=staged.sha256, storage_key=key, status="uploaded")
+            s.add(row)
+            s.flush()
+            ids.append(row.id)
+            keys.append(key)
+    storage.delete(keys[0])  # the first file's object is gone (as after the cross-tenant delete race)
+    process_pending()
+    with session_scope() as s:
+        rows = [s.get(File, i) for i in ids]
+        assert [r.status for r in rows if r is not None] == ["error", "processed", "processed"]
+        details = rows[0].status_details if rows[0] is not None else None
+    assert details is not None and "stored content of this file is missing" in details
+    assert keys[0] not in details and keys[0][:5] not in details and "/" not in details
+
+
 def test_overlong_line_is_refused_before_buffering(tmp_path: Path) -> None:
     from api.processing import check_upload, max_line_bytes
     from tunegate.errors import InvalidFile

@@ -236,3 +236,65 @@ def test_redis_restart_loses_no_job(stack: Stack) -> None:
     assert_reached_the_gate(done)
     messages = _assert_no_duplicate_or_lost_events(sdk, job.id)
     assert any(m.startswith("requeued validate: no worker") for m in messages)
+
+
+PG_CLUSTER = "main"
+PG_OUTAGE_S = 15
+
+
+def _pg_ctl(action: str) -> None:
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    subprocess.run(
+        [
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            version,
+            PG_CLUSTER,
+            action,
+            *(["-m", "fast"] if action == "stop" else []),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def _pg_up() -> bool:
+    out = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"], capture_output=True, timeout=10)
+    return out.returncode == 0
+
+
+def test_database_away_mid_job_loses_no_event(stack: Stack) -> None:
+    """PostgreSQL stopped for 15 s mid-job (after the first checkpoint), then started again: the worker's
+    writes fail as transient errors (retried with backoff; the heartbeat tolerates it), and the job ends
+    correctly with every event exactly once."""
+    if stack.mode != "distributed":
+        pytest.skip("the embedded mode's SQLite database cannot go away")
+    st = stack
+    if not any(p.poll() is None for p in st.workers):
+        st.start_worker()
+    sdk = st.sdk("pg-outage-org")
+    job = sdk.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=upload(sdk, chat_rows(12)),
+        hyperparameters={"n_epochs": EPOCHS, "batch_size": 2},
+    )
+    wait_for(sdk, job.id, lambda j: bool(list(sdk.fine_tuning.jobs.checkpoints.list(j.id))), 150, st)
+    try:
+        _pg_ctl("stop")
+        assert not _pg_up()
+        gate = st.home / "jobs" / job.id / "gate" / "result.json"
+        assert not gate.exists(), "the job ended before the outage: nothing was tested"
+        time.sleep(PG_OUTAGE_S)  # the database is away while the worker trains and reports
+    finally:
+        if not _pg_up():
+            _pg_ctl("start")
+        deadline = time.monotonic() + 60
+        while not _pg_up():
+            assert time.monotonic() < deadline, "PostgreSQL did not come back"
+            time.sleep(0.2)
+    done = finish(sdk, job.id, st, timeout_s=240)
+    assert_reached_the_gate(done)
+    _assert_no_duplicate_or_lost_events(sdk, job.id)
+    steps = [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(job.id, limit=100)]
+    assert len(steps) == len(set(steps)) == EPOCHS

@@ -84,13 +84,13 @@ orgs_app = typer.Typer(no_args_is_help=True, help="Organizations: safety policy 
 
 @orgs_app.command("show")
 def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) -> None:
-    """Print the organization's effective safety policy and rate limit as JSON."""
+    """Print the organization's effective safety policy, storage quota and rate limit as JSON."""
     import json
 
     from sqlalchemy import select
 
     from models.db import session_scope
-    from models.policy import org_policy
+    from models.policy import org_policy, storage_quota
     from models.tables import Organization
     from tunegate.settings import get_settings
 
@@ -102,20 +102,22 @@ def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) 
             raise typer.Exit(code=1)
         limit = row.rate_limit_per_minute or settings.rate_limit_per_minute
         out = {"id": row.id, "name": row.name, "policy": org_policy(settings, row.policy),
-               "rate_limit_per_minute": limit}
+               "storage_quota_bytes": storage_quota(settings, row.policy), "rate_limit_per_minute": limit}
     typer.echo(json.dumps(out, indent=2))
 
 
 @orgs_app.command("set")
 def orgs_set(
     org: str = typer.Option(..., "--org", help="Organization name (created if new)."),
-    policy: list[str] = typer.Option([], "--policy", help="KNOB=VALUE, e.g. mitigation=drop gate_cap=0.1"),
+    policy: list[str] = typer.Option(
+        [], "--policy", help="KNOB=VALUE, e.g. mitigation=drop gate_cap=0.1 storage_quota_bytes=1000000000"
+    ),
     rate_limit: int | None = typer.Option(None, "--rate-limit", help="Requests/minute (0: default)."),
 ) -> None:
     """Set policy knobs (the floor that jobs may only tighten) and the rate limit of an organization."""
     from models.db import session_scope
     from models.keys import get_or_create_org
-    from models.policy import org_policy
+    from models.policy import org_policy, storage_quota
     from tunegate.errors import InvalidConfig
     from tunegate.settings import get_settings
 
@@ -125,6 +127,7 @@ def orgs_set(
             row = get_or_create_org(session, org)
             merged = {**(row.policy or {}), **updates}
             org_policy(get_settings(), merged)  # validates every knob
+            storage_quota(get_settings(), merged)
             row.policy = merged
             if rate_limit is not None:
                 row.rate_limit_per_minute = rate_limit or None

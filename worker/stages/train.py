@@ -170,9 +170,14 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
 def _publish_adapter(model: Any, tok: Any, out_dir: Path, base_path: Path, fingerprint: str) -> None:
     tmp = out_dir / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    atomic_write_json(
-        tmp / "tunegate_adapter.json", {"base_model_path": str(base_path), "base_fingerprint": fingerprint}
-    )
-    publish_dir(tmp, out_dir / "adapter")
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / "tunegate_adapter.json",
+            {"base_model_path": str(base_path), "base_fingerprint": fingerprint},
+        )
+        publish_dir(tmp, out_dir / "adapter")
+    except BaseException:  # e.g. a full disk: no half-written adapter stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -55,17 +55,21 @@ def save_checkpoint(
     tmp = root / f".epoch-{epoch}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "adapter")
-    state = {
-        "epoch": epoch,
-        "step": step,
-        "metrics": metrics,
-        "optimizer": optimizer.state_dict(),
-        "rng": _rng_state(),
-    }
-    torch.save(state, tmp / STATE_FILE)
-    atomic_write_json(tmp / "metrics.json", {"epoch": epoch, "step": step, **metrics})
-    publish_dir(tmp, final)
+    try:
+        model.save_pretrained(tmp / "adapter")
+        state = {
+            "epoch": epoch,
+            "step": step,
+            "metrics": metrics,
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(),
+        }
+        torch.save(state, tmp / STATE_FILE)
+        atomic_write_json(tmp / "metrics.json", {"epoch": epoch, "step": step, **metrics})
+        publish_dir(tmp, final)
+    except BaseException:  # e.g. a full disk: the half-written checkpoint goes, older ones stay intact
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Checkpoint(final, epoch, step, metrics)
 
 

@@ -105,7 +105,8 @@ def train_loop(
     checkpoint_dir: Path,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
-    """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint."""
+    """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint, which is
+    reported to ``on_checkpoint`` again (the callback is idempotent)."""
     import torch
 
     device = str(next(model.parameters()).device)
@@ -119,6 +120,10 @@ def train_loop(
         ck = restore_checkpoint(latest, model, opt)
         start_epoch, out.steps, out.resumed_from_epoch = ck.epoch, ck.step, ck.epoch
         log.info("resuming training from %s (epoch %d, step %d)", latest, ck.epoch, ck.step)
+        if on_checkpoint is not None:  # its record may have failed after it was saved (the database away)
+            on_checkpoint(
+                {"step_number": ck.step, "epoch": ck.epoch, "metrics": ck.metrics, "path": str(ck.path)}
+            )
     model.train()
     for epoch in range(start_epoch, cfg.n_epochs):
         groups = _step_groups(epoch_order(len(data), cfg.seed, epoch), cfg.micro_batch, cfg.grad_accum)

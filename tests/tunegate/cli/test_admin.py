@@ -55,3 +55,10 @@ def test_orgs_set_and_show(migrated_home: Path) -> None:
     assert bad.exit_code == 1
     shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
     assert shown["policy"]["gate_cap"] == 0.1  # the invalid update stored nothing
+    assert shown["storage_quota_bytes"] == 10 * 1024**3  # the provider default
+    ok = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "storage_quota_bytes=5000"])
+    assert ok.exit_code == 0, ok.output
+    shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
+    assert shown["storage_quota_bytes"] == 5000 and "storage_quota_bytes" not in shown["policy"]
+    bad = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "storage_quota_bytes=-1"])
+    assert bad.exit_code == 1

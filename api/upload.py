@@ -1,0 +1,149 @@
+"""Streaming ``multipart/form-data`` for ``POST /v1/files``: the file part goes straight to a staged temp
+file in storage as the body arrives (no spooled copy of the whole body first), so an upload takes at most its
+own size on disk and a client that sends too much is stopped at ``max_upload_bytes``.
+
+Fields: ``purpose`` (text, at most 1 KiB) and ``file`` (one file part); other text fields are ignored
+(at most 64 KiB in all). Any failure aborts the staged file, so nothing half-written stays behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from tunegate.errors import InvalidRequest
+from tunegate.storage import Staged, StagingWriter, Storage
+
+MAX_PURPOSE_BYTES = 1024
+MAX_OTHER_FIELDS_BYTES = 64 * 1024
+
+
+@dataclass
+class Upload:
+    purpose: str | None = None
+    filename: str | None = None
+    staged: Staged | None = None
+
+
+@dataclass
+class _Part:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    name: str = ""
+    is_file: bool = False
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _Receiver:
+    """python-multipart callbacks: text fields into memory (capped), the file part into ``pending``."""
+
+    def __init__(self, storage: Storage, max_bytes: int) -> None:
+        self.storage = storage
+        self.max_bytes = max_bytes
+        self.upload = Upload()
+        self.writer: StagingWriter | None = None
+        self.part = _Part()
+        self.header_name = b""
+        self.header_value = b""
+        self.other_bytes = 0
+        self.pending: list[bytes] = []
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.part.headers[self.header_name.lower()] = self.header_value
+        self.header_name, self.header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.part.headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        if name is None:
+            raise InvalidRequest("a multipart part has no name", param="file", code="invalid_multipart")
+        self.part.name = name.decode("utf-8", "replace")
+        if b"filename" in options:
+            if self.part.name != "file" or self.writer is not None:
+                raise InvalidRequest(
+                    "send exactly one file, in the field 'file'", param="file", code="invalid_multipart"
+                )
+            self.part.is_file = True
+            self.upload.filename = options[b"filename"].decode("utf-8", "replace")
+            self.writer = self.storage.begin(max_bytes=self.max_bytes)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self.part.is_file:
+            self.pending.append(chunk)
+            return
+        cap = MAX_PURPOSE_BYTES if self.part.name == "purpose" else MAX_OTHER_FIELDS_BYTES
+        self.other_bytes += len(chunk)
+        if len(self.part.data) + len(chunk) > cap or self.other_bytes > MAX_OTHER_FIELDS_BYTES:
+            raise InvalidRequest(
+                f"form field {self.part.name!r} is too long", param=self.part.name, code="invalid_multipart"
+            )
+        self.part.data.extend(chunk)
+
+    def on_part_end(self) -> None:
+        if not self.part.is_file and self.part.name == "purpose":
+            self.upload.purpose = self.part.data.decode("utf-8", "replace")
+
+    def write_pending(self) -> None:
+        """Runs in a worker thread: disk writes never block the event loop."""
+        assert self.writer is not None
+        for chunk in self.pending:
+            self.writer.write(chunk)
+        self.pending.clear()
+
+
+async def receive_upload(request: Request, storage: Storage, *, max_bytes: int) -> Upload:
+    """Parse the request's multipart body while it streams; the file part is staged in ``storage``."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise InvalidRequest(
+            "send the file as multipart/form-data with the fields 'file' and 'purpose'",
+            param="file",
+            code="invalid_multipart",
+        )
+    rx = _Receiver(storage, max_bytes)
+    callbacks = {
+        "on_part_begin": rx.on_part_begin,
+        "on_header_field": rx.on_header_field,
+        "on_header_value": rx.on_header_value,
+        "on_header_end": rx.on_header_end,
+        "on_headers_finished": rx.on_headers_finished,
+        "on_part_data": rx.on_part_data,
+        "on_part_end": rx.on_part_end,
+    }
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if rx.pending:
+                await run_in_threadpool(rx.write_pending)
+        parser.finalize()
+        if rx.writer is None:
+            raise InvalidRequest("the field 'file' is required", param="file", code="missing_file")
+        if rx.pending:
+            await run_in_threadpool(rx.write_pending)
+        rx.upload.staged = await run_in_threadpool(rx.writer.finish)
+    except FormParserError as exc:
+        if rx.writer is not None:
+            rx.writer.abort()
+        raise InvalidRequest(
+            "the multipart body is malformed", param="file", code="invalid_multipart"
+        ) from exc
+    except BaseException:
+        if rx.writer is not None:
+            rx.writer.abort()
+        raise
+    return rx.upload
