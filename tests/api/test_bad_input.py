@@ -31,6 +31,12 @@ UPLOAD_400 = {
     "empty_file": (b"", "empty", "empty"),
     "blank_lines_only": (b"\n\r\n  \n", "empty", "empty"),
     "unknown_shape": ("\n".join([*GOOD[:1], json.dumps({"text": "hi"})]).encode(), "line 2", "unrecognised"),
+    # issue 11 item 5: crafted lines that made the decoder raise RecursionError / ValueError (500)
+    "deep_brackets": ("\n".join([*GOOD[:2], "[" * 150_000]).encode(), "line 3", "nested deeper than"),
+    "deep_objects": ("\n".join([*GOOD[:1], '{"a":' * 30_000 + "1" + "}" * 30_000]).encode(), "line 2",
+                     "nested deeper than"),
+    "huge_integer": ("\n".join([*GOOD[:3], '{"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}"])
+                     .encode(), "line 4", "number"),
 }
 
 
