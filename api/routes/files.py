@@ -42,6 +42,7 @@ def create_file(
     row = File(
         org_id=org.id, filename=filename, purpose=purpose, bytes=staged.size, sha256=staged.sha256,
         storage_key=key, status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
+        status_details=_known_failure(n_lines, settings),
     )
     _save(session, row, storage)
     if purpose == "fine-tune":
@@ -61,6 +62,15 @@ def _checked(storage: Storage, staged: Staged, filename: str, purpose: str, sett
     except BaseException:
         storage.discard(staged)
         raise
+
+
+def _known_failure(n_examples: int | None, settings: Settings) -> str | None:
+    """What the upload already knows will fail processing (which then replaces this with its full report)."""
+    if n_examples is None or n_examples >= settings.min_examples:
+        return None
+    noun = "example" if n_examples == 1 else "examples"
+    return (f"processing will fail: the file has {n_examples} {noun}; at least {settings.min_examples} are "
+            "required")
 
 
 def _save(session: Session, row: File, storage: Storage) -> None:
