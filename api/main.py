@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import CurrentOrg
-from api.middleware import RequestIdMiddleware
+from api.middleware import AbuseGuardMiddleware, RequestIdMiddleware
 from api.processing import process_pending
 from api.routes import files, health, jobs, models, releases
 
@@ -42,7 +42,8 @@ def create_app() -> FastAPI:
     errors.install(app)
     for router in (health.router, files.router, jobs.router, releases.router, models.router):
         app.include_router(router)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AbuseGuardMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the guard's answers carry the request id too
 
     @app.get("/openapi.json", include_in_schema=False)
     def read_openapi(org: CurrentOrg) -> dict[str, Any]:

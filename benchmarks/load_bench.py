@@ -168,6 +168,7 @@ def main() -> None:
         **os.environ,
         "TUNEGATE_HOME": str(home),
         "TUNEGATE_RATE_LIMIT_PER_MINUTE": "100000000",
+        "TUNEGATE_MAX_CONCURRENT_REQUESTS_PER_ORG": "0",  # one org plays all 200 clients here
         "TUNEGATE_LOG_LEVEL": "WARNING",
     }
     if args.database_url:
