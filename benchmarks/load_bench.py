@@ -189,6 +189,7 @@ def main() -> None:
         "warning",
         "--backlog",
         "4096",
+        "--no-server-header",
     ]
     server = subprocess.Popen(cmd, env=env, cwd=REPO)
     base = f"http://127.0.0.1:{args.port}"

@@ -8,6 +8,7 @@ under a key. An S3-compatible store can implement the same four operations.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tunegate.errors import NotFound, PayloadTooLarge
 from tunegate.settings import Settings, get_settings
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,13 +88,15 @@ class LocalStorage:
     def path(self, key: str) -> Path:
         p = (self.root / key).resolve()
         if self.root.resolve() not in p.parents:
-            raise NotFound(f"no stored object {key!r}")
+            log.warning("storage key %r points outside the store", key)
+            raise NotFound("no such stored object")  # keys are internal: never in a message
         return p
 
     def open(self, key: str) -> BinaryIO:
         p = self.path(key)
         if not p.is_file():
-            raise NotFound(f"stored object {key!r} is missing")
+            log.warning("stored object %r is missing", key)
+            raise NotFound("a stored file is missing")
         return p.open("rb")
 
     def delete(self, key: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, BackgroundTasks, Form, Query, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -17,10 +18,11 @@ from api.schemas import UPLOAD_PURPOSES, FileDeletedOut, FileOut, ListOut
 from api.views import file_out
 from models.base import utcnow
 from models.tables import File
-from tunegate.errors import InvalidFile, InvalidRequest
+from tunegate.errors import InvalidFile, InvalidRequest, NotFound
 from tunegate.settings import Settings
 from tunegate.storage import Staged, Storage, get_storage
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/files", tags=["files"])
 MAX_FILENAME = 512
 
@@ -123,10 +125,16 @@ def delete_file(file_id: str, org: CurrentOrg, session: SessionDep, settings: Se
 @router.get("/{file_id}/content", response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
 def file_content(
-    file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+    file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep, request: Request
 ) -> StreamingResponse:
     row = crud.get_file(session, org=org, file_id=file_id)
-    fh = get_storage(settings).open(row.storage_key)
+    try:
+        fh = get_storage(settings).open(row.storage_key)
+    except NotFound as exc:
+        rid = getattr(request.state, "request_id", "-")
+        log.warning("%s: content of %s (storage key %s) is missing", rid, file_id, row.storage_key)
+        raise NotFound(f"The content of file {file_id} is not available.", param="file_id",
+                       code="file_content_missing") from exc
 
     def chunks() -> Iterator[bytes]:
         with fh:
