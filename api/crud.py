@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, exists, func, literal, select
 from sqlalchemy.orm import Session
 
 from models.tables import Checkpoint, File, Job, JobEvent, Organization
@@ -55,9 +55,19 @@ def list_jobs(
     session: Session, *, org: Organization, after: str | None, limit: int, metadata: dict[str, str]
 ) -> tuple[list[Job], bool]:
     stmt = select(Job).where(Job.org_id == org.id)
+    sqlite = session.get_bind().dialect.name == "sqlite"
     for key, value in metadata.items():
-        stmt = stmt.where(Job.metadata_[key].as_string() == value)
+        stmt = stmt.where(_metadata_equals(key, value, sqlite=sqlite))
     return page_by_id(session, stmt, id_col=Job.id, after=after, limit=limit)
+
+
+def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool]:
+    """``metadata[key] == value`` for any key. PostgreSQL binds the key (``->>``); SQLite's JSON paths
+    cannot quote a key holding ``"`` (it silently matched nothing), so there ``json_each`` compares pairs."""
+    if not sqlite:
+        return Job.metadata_[key].as_string() == value
+    pairs = func.json_each(Job.metadata_).table_valued("key", "value")
+    return exists(select(literal(1)).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
 def list_events(

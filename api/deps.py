@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from api.ratelimit import LIMITER
+from api.ratelimit import IN_FLIGHT, LIMITER, key_digest
 from models.db import new_session
 from models.keys import authenticate
 from models.tables import Organization
@@ -48,6 +48,7 @@ def current_org(
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
     org = authenticate(session, key.strip())
+    IN_FLIGHT.learn(key_digest(authorization.strip()), org.id)  # the abuse guard counts its requests per org
     # End the read transaction: its pooled connection must not be held while the route waits for a
     # threadpool slot (under load every slot can be taken by requests waiting for a connection: a deadlock
     # until the pool timeout). Nothing was written; expire_on_commit=False keeps ``org`` loaded.

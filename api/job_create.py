@@ -17,7 +17,8 @@ from models.jobs import JobStatus, record_event
 from models.policy import org_policy, tighten
 from models.tables import File, Job, Organization
 from tunegate import queue
-from tunegate.errors import Conflict, NotFound, Unprocessable
+from tunegate.errors import Conflict, ModelError, NotFound, Unprocessable
+from tunegate.model_cache import model_available
 from tunegate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ def validate(session: Session, *, org: Organization, body: JobCreateIn, settings
         known = ", ".join(sorted(settings.models))
         raise Unprocessable(f"model {body.model!r} is not a base model offered here (available: {known})",
                             param="model", code="model_not_available")
+    if not model_available(body.model, settings):
+        # Tenant-facing: preparing a base model is the provider's job (the log says which one is missing).
+        log.warning("job refused: base model %r (%s) is not prepared", body.model,
+                    settings.models[body.model])
+        raise ModelError(f"model {body.model!r} is not available yet; try again later or choose another base "
+                         "model", param="model", code="model_not_available")
     _usable_file(session, org, body.training_file, "training_file")
     if body.validation_file:
         _usable_file(session, org, body.validation_file, "validation_file")
@@ -101,6 +108,7 @@ def create_job(
     )
     session.add(job)
     try:
+        session.flush()  # assigns the id the first event names
         record_event(session, job, f"Created fine-tuning job: {job.id}", dedupe_key="created")
         record_event(session, job, f"Validating training file: {body.training_file}")
         session.commit()

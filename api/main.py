@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import CurrentOrg
-from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.processing import process_pending
 from api.recovery import sweep_storage
 from api.routes import files, health, jobs, models, releases
@@ -45,7 +45,10 @@ def create_app() -> FastAPI:
     errors.install(app)
     for router in (health.router, files.router, jobs.router, releases.router, models.router):
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware)  # inside RequestIdMiddleware: its 413 carries the request id
+    # outermost last: request id, then the abuse guard (before any body is read), then the body limits;
+    # every answer of the inner two carries the request id
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AbuseGuardMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -1,4 +1,5 @@
-"""Request ids on every response, and request-body limits enforced while the body is read.
+"""Request ids on every response, request-body limits enforced while the body is read, and the abuse guard
+(failed-authentication throttle per client address, bounded concurrency per organization).
 
 ``BodyLimitMiddleware`` counts the bytes of the ASGI ``http.request`` messages as the application receives
 them (a declared ``Content-Length`` is only an early refusal; a chunked body has none) and answers 413 in the
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
+from api.ratelimit import AUTH_FAILURES, IN_FLIGHT, key_digest, retry_after
 from tunegate.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -140,3 +142,77 @@ def _declared_length(scope: Scope) -> int:
             except ValueError:
                 return -1
     return -1
+
+
+def _authorization(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"authorization":
+            return value.decode("latin-1").strip() or None
+    return None
+
+
+class AbuseGuardMiddleware:
+    """Refuse (429, ``retry-after``) before the application runs:
+
+    - any request carrying a key from a client address whose failed authentications (401 answers to a
+      request that sent a key) drained its bucket (``Settings.auth_failures_per_minute``): the address is
+      throttled, not the keys it tries, so a guessed key is not tested either;
+    - a request of an organization that already has ``Settings.max_concurrent_requests_per_org`` in flight
+      (counted per key until the key has authenticated once; then per organization).
+
+    Requests without a key pass through (they get their 401). Runs inside ``RequestIdMiddleware``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = _authorization(scope) if scope["type"] == "http" else None
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        settings = get_settings()
+        client = (scope.get("client") or ("unknown", 0))[0]
+        request_id = scope.get("state", {}).get("request_id")
+        wait = AUTH_FAILURES.wait(client, settings.auth_failures_per_minute)
+        if wait:
+            log.warning("%s: refused: too many failed authentications from %s", request_id, client)
+            await _too_many(scope, receive, send, wait, "Too many failed authentication attempts from your "
+                            "address; retry later.", "auth_failures_rate_limited")
+            return
+        owner = IN_FLIGHT.owner(key_digest(key))
+        limit = settings.max_concurrent_requests_per_org
+        if limit > 0 and not IN_FLIGHT.acquire(owner, limit):
+            log.info("%s: refused: %s has %d requests in flight", request_id, owner, limit)
+            await _too_many(scope, receive, send, 1.0, f"Too many concurrent requests for your organization "
+                            f"(at most {limit} at once); retry shortly.", "too_many_concurrent_requests")
+            return
+        status, held = 0, limit > 0
+
+        def done() -> None:
+            nonlocal held
+            if held:
+                held = False
+                IN_FLIGHT.release(owner)
+            if status == 401:
+                AUTH_FAILURES.take(client, settings.auth_failures_per_minute)
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                done()  # before the last byte leaves: a client that has its answer has its slot back
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if held:  # the application failed before answering
+                done()
+
+
+async def _too_many(scope: Scope, receive: Receive, send: Send, wait: float, message: str, code: str) -> None:
+    response = error_response(Request(scope), 429, message, type_="rate_limit_error", param=None, code=code,
+                              headers={"retry-after": str(retry_after(wait))})
+    await response(scope, receive, send)

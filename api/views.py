@@ -1,4 +1,8 @@
-"""Rows to response objects: integer unix timestamps, nullable fields as null, OpenAI object names."""
+"""Rows to response objects: integer unix timestamps, nullable fields as null, OpenAI object names.
+
+Text the worker wrote (event messages and data, job errors) is scrubbed of server paths, storage keys,
+worker identities and operator commands on the way out (``tunegate.redact``), also for rows written before
+the worker stopped writing them."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from api.schemas import CheckpointMetricsOut, CheckpointOut, EventOut, FileOut, 
 from models.base import unix
 from models.jobs import fine_tuned_model_name
 from models.tables import Checkpoint, File, Job, JobEvent
+from tunegate.redact import scrub, scrub_value
+from tunegate.settings import get_settings
 
 HPARAM_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 
@@ -25,7 +31,8 @@ def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_out(row: Job) -> JobOut:
-    err = JobErrorOut(**row.error) if row.status == "failed" and row.error else None
+    failed = row.status == "failed" and row.error
+    err = JobErrorOut(**scrub_value(row.error, get_settings())) if failed else None
     return JobOut(
         id=row.id, created_at=unix(row.created_at) or 0, error=err,
         fine_tuned_model=row.fine_tuned_model if row.released else None,
@@ -42,7 +49,8 @@ def job_out(row: Job) -> JobOut:
 def event_out(row: JobEvent) -> EventOut:
     return EventOut(
         id=row.id, created_at=unix(row.created_at) or 0, level=row.level,  # type: ignore[arg-type]
-        message=row.message, data=row.data or {}, type=row.type,  # type: ignore[arg-type]
+        message=scrub(row.message, get_settings()), data=scrub_value(row.data or {}, get_settings()),
+        type=row.type,  # type: ignore[arg-type]
     )
 
 

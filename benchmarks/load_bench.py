@@ -170,6 +170,7 @@ def main() -> None:
         **os.environ,
         "TUNEGATE_HOME": str(home),
         "TUNEGATE_RATE_LIMIT_PER_MINUTE": "100000000",
+        "TUNEGATE_MAX_CONCURRENT_REQUESTS_PER_ORG": "0",  # one org plays all 200 clients here
         "TUNEGATE_LOG_LEVEL": "WARNING",
     }
     if args.database_url:
@@ -190,6 +191,7 @@ def main() -> None:
         "warning",
         "--backlog",
         "4096",
+        "--no-server-header",
     ]
     server = subprocess.Popen(cmd, env=env, cwd=REPO)
     base = f"http://127.0.0.1:{args.port}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,12 @@ from typing import Any, BinaryIO, Literal
 from tunegate.errors import InvalidFile
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# Limits of one JSONL line (documented in docs/reliability.md, "Bad input"). A valid example nests 5 deep
+# (object > messages > message > content parts > part); deeper input only serves to exhaust the parser.
+MAX_JSON_DEPTH = 32
+# Characters in one JSON number: far above any real weight or id, far below CPython's int-conversion limit
+# (4300 digits), whose ValueError and quadratic cost are what a huge integer aims at.
+MAX_NUMBER_CHARS = 100
 Format = Literal["chat", "prompt_completion", "alpaca"]
 
 
@@ -203,11 +210,56 @@ def _decode(decoder: codecs.IncrementalDecoder, raw: bytes, line_no: int) -> str
     return text.rstrip("\r")
 
 
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``text`` opens more than ``limit`` nested arrays/objects (brackets inside strings ignored).
+
+    A cheap scan run before ``json.loads``, whose recursive decoder raises ``RecursionError`` (or worse) on
+    deeply nested input. An unterminated string ends the scan: the line is invalid JSON anyway.
+    """
+    outside = _STRING.sub("", text).split('"', 1)[0]
+    depth = 0
+    for ch in _NOT_BRACKET.sub("", outside):
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+class _NumberTooLong(ValueError):
+    pass
+
+
+def _bounded(convert: Any) -> Any:
+    def parse(token: str) -> Any:
+        if len(token) > MAX_NUMBER_CHARS:
+            raise _NumberTooLong(token)
+        return convert(token)
+
+    return parse
+
+
+_parse_int, _parse_float = _bounded(int), _bounded(float)
+
+
 def decode_json_line(text: str, line: int) -> dict[str, Any]:
+    """One JSONL line to a dict; ``InvalidFile`` naming the line for anything else (never another error)."""
+    if json_depth_exceeds(text):
+        raise _fail(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", line)
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
     except json.JSONDecodeError as exc:
         raise _fail(f"not valid JSON ({exc.msg} at column {exc.colno})", line) from exc
+    except _NumberTooLong as exc:
+        raise _fail(f"a number is longer than {MAX_NUMBER_CHARS} characters", line) from exc
+    except ValueError as exc:  # int conversion limits and the like: still the line's fault
+        raise _fail("a number cannot be read", line) from exc
     if not isinstance(obj, dict):
         raise _fail(f"expected a JSON object, got {type(obj).__name__}", line)
     return obj

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     min_examples: int = 10
     max_status_details: int = 100
     rate_limit_per_minute: int = 600
+    # Failed authentications (a key was sent and refused) per client address: a token bucket of this many
+    # per minute (and as burst); when empty, every request from that address that carries a key gets 429.
+    auth_failures_per_minute: int = 30
+    # Requests of one organization in flight at once (counted per API key until the key's organization is
+    # known); over it the request gets 429. Below the API's 12 database sessions, so others are served.
+    max_concurrent_requests_per_org: int = 8
     page_limit_default: int = 20
 
     # Worker

@@ -40,6 +40,7 @@ def api_command(host: str, port: int, log_level: str = "warning") -> list[str]:
         str(port),
         "--log-level",
         log_level.lower(),
+        "--no-server-header",
     ]
 
 

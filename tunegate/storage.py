@@ -164,12 +164,14 @@ class LocalStorage:
     def path(self, key: str) -> Path:
         p = (self.root / key).resolve()
         if self.root.resolve() not in p.parents or p.parent == self.tmp_dir.resolve():
+            log.warning("storage key %r points outside the store", key)
             raise ObjectMissing(key)
         return p
 
     def open(self, key: str) -> BinaryIO:
         p = self.path(key)
         if not p.is_file():
+            log.warning("stored object %r is missing", key)
             raise ObjectMissing(key)
         return p.open("rb")
 

@@ -87,9 +87,8 @@ def _evaluate(s: Session, job: Job, res: dict[str, Any], view: JobView) -> str |
 
 def _gate(s: Session, job: Job, res: dict[str, Any], view: JobView) -> str | None:
     job.report_path = res.get("report_json") or res.get("report_path")
-    data = _data(
-        "gate", released=bool(res.get("released")), code=res.get("code"), report_path=job.report_path
-    )
+    # The report's location stays on the job row: tenants read it through /safety_report.
+    data = _data("gate", released=bool(res.get("released")), code=res.get("code"))
     if res.get("released"):
         job.released = True
         trained = load_result(stage_dir(get_settings(), job.id, "train"))

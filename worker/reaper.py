@@ -59,7 +59,9 @@ def _requeue_one(session: Session, job_id: str, settings: Settings) -> str | Non
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return None  # another reaper got it, or the worker reported in the meantime
     stage = job.stage or FIRST_STAGE
-    who = job.claimed_by or "no worker (the queued message was lost)"
+    # The event is tenant-visible: it says what happened, the log says which worker (host:pid) it was.
+    log.warning("job %s: requeuing %s; %s went silent", job_id, stage, job.claimed_by or "its queued message")
+    who = "its worker" if job.claimed_by else "no worker (the queued message was lost)"
     msg = f"requeued {stage}: {who} stopped reporting for over {settings.stale_after_s}s"
     data = {"stage": stage, "progress": job.progress, "attempt": job.attempt}
     key = f"reap:{stage}:{job.attempt}:{seen.isoformat() if seen else 'new'}"

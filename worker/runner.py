@@ -34,7 +34,8 @@ from models.db import session_scope
 from models.jobs import TERMINAL, JobStatus, record_event, transition
 from models.tables import Job, JobEvent
 from tunegate import queue
-from tunegate.errors import InvalidFile, JobCancelled, StorageFull, TransientError, TunegateError
+from tunegate.errors import InvalidFile, JobCancelled, ModelError, StorageFull, TransientError, TunegateError
+from tunegate.redact import scrub
 from tunegate.settings import Settings, get_settings
 from worker import claims
 from worker.claims import Claim, ClaimLost
@@ -107,29 +108,27 @@ def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
     except TransientError:
         raise
     except TunegateError as exc:
-        _end(c, JobStatus.FAILED, exc.message, level="error", error=_error_of(exc))
+        error = _error_of(exc, model=_job_model(c.job_id))
+        if error["message"] != exc.message:  # the tenant reads the public text; the operator this one
+            log.warning("job %s: %s failed: %s", c.job_id, c.stage, exc.message)
+        _end(c, JobStatus.FAILED, error["message"], level="error", error=error)
         return Outcome("failed")
     except (DBOperationalError, BrokerError):
         raise
-    except (
-        Exception
-    ) as exc:  # a bug or resource failure in a stage: end the job with a clear error, log the trace
+    except Exception as exc:  # a bug or resource failure in a stage: end the job with a clear error, log it
         if disk_full(exc):  # retried (the stage left nothing half-written); its message names no path
             log.error("job %s: %s ran out of disk space: %s", c.job_id, c.stage, exc)
             raise StorageFull(
                 f"the server ran out of disk space while the {c.stage} stage wrote its output"
             ) from exc
         log.exception("job %s: %s crashed", c.job_id, c.stage)
-        _end(
-            c,
-            JobStatus.FAILED,
-            f"{type(exc).__name__}: {exc}",
-            level="error",
-            error={
-                "code": "internal_error",
-                "message": f"{c.stage} stage crashed: {type(exc).__name__}: {exc}",
-            },
+        # The exception's text may name server paths or storage keys: the tenant gets the job id to quote.
+        message = (
+            f"The {c.stage} stage hit an internal error; the job cannot continue. The operators have the "
+            f"details (job {c.job_id})."
         )
+        _end(c, JobStatus.FAILED, message, level="error",
+             error={"code": "internal_error", "message": message, "param": None})
         return Outcome("failed")
     if nxt is not None:
         _send(nxt, c.job_id)
@@ -164,9 +163,22 @@ def _send(stage: str, job_id: str) -> None:
         log.warning("job %s: could not enqueue %s (%s); the reaper will requeue it", job_id, stage, exc)
 
 
-def _error_of(exc: TunegateError) -> dict[str, Any]:
+def _job_model(job_id: str) -> str | None:
+    with session_scope() as s:
+        return s.scalar(select(Job.model).where(Job.id == job_id))
+
+
+def _error_of(exc: TunegateError, *, model: str | None) -> dict[str, Any]:
+    """The job's tenant-visible error: a base model that cannot be loaded is "not available" (how to
+    prepare it is the operators' business); any other message is scrubbed of server paths and keys."""
     code = "invalid_training_file" if isinstance(exc, InvalidFile) else exc.code
-    return {"code": code or "job_failed", "message": exc.message, "param": exc.param}
+    if isinstance(exc, ModelError):
+        message = (
+            f"The base model {model!r} is not available on this service right now; try again later or "
+            "choose another base model."
+        )
+        return {"code": "model_not_available", "message": message, "param": "model"}
+    return {"code": code or "job_failed", "message": scrub(exc.message, get_settings()), "param": exc.param}
 
 
 def _begin(c: Claim, settings: Settings) -> JobView | None:
@@ -196,11 +208,11 @@ def _begin(c: Claim, settings: Settings) -> JobView | None:
         msg = (
             f"{c.stage} started" if first else f"{c.stage} resumed after an interruption (claim #{c.attempt})"
         )
+        log.info("job %s: %s claimed by worker %s (attempt %d)", c.job_id, c.stage, c.worker, c.attempt)
         data = {
             "stage": c.stage,
             "progress": max(job.progress or 0.0, overall_progress(c.stage, 0.0)),
             "attempt": c.attempt,
-            "worker": c.worker,
         }
         if c.stage != "validate" and job.status == JobStatus.QUEUED:
             transition(s, job, JobStatus.RUNNING, message=msg, data=data, dedupe_key=key)
@@ -271,13 +283,16 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
         job = s.get(Job, job_id)
         if job is None or job.status in TERMINAL or job.stage != stage or job.claimed_by is not None:
             return
+        log.error("job %s: %s gave up after repeated transient errors: %s", job_id, stage, exc)
+        reason = exc.message if isinstance(exc, StorageFull) else "database or job queue unavailable"
+        message = f"{stage} gave up after repeated transient errors ({reason})"
         transition(
             s,
             job,
             JobStatus.FAILED,
             level="error",
             data={"stage": stage},
-            message=f"{stage} gave up after repeated transient errors: {exc}",
-            error={"code": code, "message": f"{stage} kept failing: {exc}"},
+            message=message,
+            error={"code": code, "message": message},
             dedupe_key=f"{stage}:gave_up",
         )

@@ -108,6 +108,7 @@ def _store(
     row = File(
         org_id=org.id, filename=filename, purpose=purpose, bytes=staged.size, sha256=staged.sha256,
         storage_key="", status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
+        status_details=_known_failure(n_lines, settings),
     )
     with closing(new_session()) as session:
         _save(session, row, storage, staged, settings)
@@ -128,6 +129,15 @@ def _checked(storage: Storage, staged: Staged, filename: str, purpose: str, sett
     except BaseException:
         storage.discard(staged)
         raise
+
+
+def _known_failure(n_examples: int | None, settings: Settings) -> str | None:
+    """What the upload already knows will fail processing (which then replaces this with its full report)."""
+    if n_examples is None or n_examples >= settings.min_examples:
+        return None
+    noun = "example" if n_examples == 1 else "examples"
+    return (f"processing will fail: the file has {n_examples} {noun}; at least {settings.min_examples} are "
+            "required")
 
 
 def _save(session: Session, row: File, storage: Storage, staged: Staged, settings: Settings) -> None:

@@ -1,7 +1,13 @@
-"""Our extensions to the jobs API: the safety report, and the adapter download (only once released)."""
+"""Our extensions to the jobs API: the safety report, and the adapter download (only once released).
+
+Both are scrubbed of server paths (``tunegate.redact``): in the adapter archive the base model's directory,
+which peft and the train stage record (``adapter_config.json`` ``base_model_name_or_path``, the tokenizer's
+``name_or_path``, the model card, ``tunegate_adapter.json``), becomes the public model name.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 import tempfile
@@ -14,6 +20,10 @@ from fastapi.responses import FileResponse
 from api import crud
 from api.deps import CurrentOrg, SessionDep
 from tunegate.errors import NotFound, PermissionDenied
+from tunegate.redact import scrub, scrub_value
+from tunegate.settings import get_settings
+
+TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja")
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning extensions"])
 
@@ -35,15 +45,62 @@ def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str
     if path is None:
         raise NotFound(f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
                        param="fine_tuning_job_id", code="report_not_ready")
-    report = json.loads(path.read_text(encoding="utf-8"))
+    report = scrub_value(json.loads(path.read_text(encoding="utf-8")), get_settings())
     return report if isinstance(report, dict) else {"report": report}
 
 
-def _archive(adapter_dir: Path, name: str) -> Path:
+def _base_paths(adapter_dir: Path) -> list[str]:
+    """The base model's server-side locations recorded in the adapter's own metadata."""
+    found = []
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("tunegate_adapter.json",
+                                                                            "base_model_path")):
+        try:
+            value = json.loads((adapter_dir / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value.startswith(("/", "~")):
+            found.append(value)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def _public_text(path: Path, model: str, base_paths: list[str]) -> bytes:
+    text = scrub(path.read_text(encoding="utf-8", errors="replace"), get_settings(),
+                 replacements=dict.fromkeys(base_paths, model))
+    if path.name in ("adapter_config.json", "tunegate_adapter.json"):
+        try:
+            meta = json.loads(text)
+        except ValueError:
+            return text.encode()
+        if isinstance(meta, dict):
+            if path.name == "adapter_config.json":
+                meta["base_model_name_or_path"] = model
+            else:
+                meta.pop("base_model_path", None)
+                meta["base_model"] = model
+            text = json.dumps(meta, indent=2)
+    return text.encode()
+
+
+def _archive(adapter_dir: Path, name: str, model: str) -> Path:
     tmp = tempfile.NamedTemporaryFile(prefix="adapter-", suffix=".tar.gz", delete=False)  # noqa: SIM115
     tmp.close()
+    base_paths = _base_paths(adapter_dir)
     with tarfile.open(tmp.name, "w:gz") as tar:
-        tar.add(adapter_dir, arcname=name)
+        for path in sorted(adapter_dir.rglob("*")):
+            arcname = f"{name}/{path.relative_to(adapter_dir).as_posix()}"
+            if path.is_dir() or path.is_symlink() or not path.is_file():
+                continue
+            if path.suffix in TEXT_SUFFIXES:
+                data = _public_text(path, model, base_paths)
+                info = tarfile.TarInfo(arcname)
+                info.size, info.mtime, info.mode = len(data), int(path.stat().st_mtime), 0o644
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                info = tar.gettarinfo(str(path), arcname)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with path.open("rb") as fh:
+                    tar.addfile(info, fh)
     return Path(tmp.name)
 
 
@@ -60,6 +117,6 @@ def adapter(job_id: str, org: CurrentOrg, session: SessionDep, background: Backg
     if adapter_dir is None or not adapter_dir.is_dir():
         raise NotFound(f"the adapter files of job {job.id} are missing", param="fine_tuning_job_id",
                        code="adapter_missing")
-    archive = _archive(adapter_dir, f"{job.id}-adapter")
+    archive = _archive(adapter_dir, f"{job.id}-adapter", job.model)
     background.add_task(archive.unlink, missing_ok=True)
     return FileResponse(archive, media_type="application/gzip", filename=f"{job.id}-adapter.tar.gz")

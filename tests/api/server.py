@@ -53,11 +53,13 @@ class Server:
 @contextmanager
 def run_server() -> Iterator[str]:
     from api.main import create_app
-    from api.ratelimit import LIMITER
+    from api.ratelimit import AUTH_FAILURES, IN_FLIGHT, LIMITER
 
-    LIMITER.reset()
+    for state in (LIMITER, AUTH_FAILURES, IN_FLIGHT):
+        state.reset()
     port = free_port()
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            server_header=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -31,6 +31,12 @@ UPLOAD_400 = {
     "empty_file": (b"", "empty", "empty"),
     "blank_lines_only": (b"\n\r\n  \n", "empty", "empty"),
     "unknown_shape": ("\n".join([*GOOD[:1], json.dumps({"text": "hi"})]).encode(), "line 2", "unrecognised"),
+    # issue 11 item 5: crafted lines that made the decoder raise RecursionError / ValueError (500)
+    "deep_brackets": ("\n".join([*GOOD[:2], "[" * 150_000]).encode(), "line 3", "nested deeper than"),
+    "deep_objects": ("\n".join([*GOOD[:1], '{"a":' * 30_000 + "1" + "}" * 30_000]).encode(), "line 2",
+                     "nested deeper than"),
+    "huge_integer": ("\n".join([*GOOD[:3], '{"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}"])
+                     .encode(), "line 4", "number"),
 }
 
 
@@ -107,3 +113,20 @@ def test_status_details_capped_with_count(client: openai.OpenAI) -> None:
     lines = f.status_details.splitlines()
     assert lines[0] == "150 problems found" and lines[-1] == "... and 50 more"
     assert len(lines) == 102 and lines[1].startswith("line 1,")
+
+
+@pytest.mark.parametrize("n", [1, 9])
+def test_upload_under_minimum_says_processing_will_fail(n: int, client: openai.OpenAI) -> None:
+    """Issue 11 item 7: a 1-line or 9-example file was accepted without a word; the answer now says why it
+    will fail (the SDK's strict response validation accepts the file object)."""
+    f = client.files.create(file=("few.jsonl", good_file(n)), purpose="fine-tune")
+    assert f.status in ("uploaded", "error")
+    assert f.status_details is not None
+    assert f"{n} example" in f.status_details and "at least 10" in f.status_details
+    f = client.files.wait_for_processing(f.id, poll_interval=0.05, max_wait_seconds=30)
+    assert f.status == "error" and f.status_details is not None and "at least 10" in f.status_details
+
+
+def test_upload_at_minimum_has_no_status_details(client: openai.OpenAI) -> None:
+    f = client.files.create(file=("ok.jsonl", good_file(10)), purpose="fine-tune")
+    assert f.status_details is None

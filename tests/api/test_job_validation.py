@@ -108,3 +108,20 @@ def test_unprocessed_file_is_rejected(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.fine_tuning.jobs.create(model=MODEL, training_file=fid)
     assert info.value.code == "file_not_ready" and "not 'processed'" in info.value.message
+
+
+def test_unprepared_base_model_is_refused_at_creation(client: openai.OpenAI, server: Server) -> None:
+    """Issue 11 item 7: a job for a base model that is not prepared was accepted and failed later."""
+    from tunegate.model_cache import model_available
+    from tunegate.settings import get_settings
+
+    assert not model_available("smollm2-135m-aligned", get_settings())  # nothing built in the test home
+    fid = processed_file(client)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.fine_tuning.jobs.create(model="smollm2-135m-aligned", training_file=fid)
+    err = info.value
+    assert err.status_code in (400, 404, 422) and err.code == "model_not_available"
+    assert err.body["param"] == "model" and "not available" in err.message  # type: ignore[index]
+    assert "tunegate" not in err.message and "prepare" not in err.message
+    assert str(server.home) not in err.message
+    assert list(client.fine_tuning.jobs.list()) == []

@@ -167,3 +167,22 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_job(client: openai
                                                                       extra_headers=key), range(6)))
     assert len({j.id for j in jobs}) == 1
     assert len(list(client.fine_tuning.jobs.list())) == 1
+
+
+def test_first_event_names_the_job(client: openai.OpenAI) -> None:
+    """Issue 11 item 7: the first event read "Created fine-tuning job: None"."""
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client))
+    events = list(client.fine_tuning.jobs.list_events(job.id))
+    assert events[-1].message == f"Created fine-tuning job: {job.id}"
+
+
+@pytest.mark.parametrize("key", ['a"b', '"', "a'b", "a.b", "a\\b", "$[0]", "a]b", "ключ"])
+def test_metadata_filter_keys_with_quotes_and_path_characters(client: openai.OpenAI, key: str) -> None:
+    """Issue 11 item 7: a metadata key holding a double quote silently matched nothing."""
+    fid = processed_file(client)
+    hit = client.fine_tuning.jobs.create(model=MODEL, training_file=fid, metadata={key: "v", "k": "1"})
+    client.fine_tuning.jobs.create(model=MODEL, training_file=fid, metadata={key: "w", "k": "1"})
+    client.fine_tuning.jobs.create(model=MODEL, training_file=fid, metadata={"other": "v"})
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={key: "v"})] == [hit.id]
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={key: "v", "k": "1"})] == [hit.id]
+    assert list(client.fine_tuning.jobs.list(metadata={key: "v", "k": "2"})) == []

@@ -50,6 +50,7 @@ def api(
         port=port or s.api_port,
         workers=workers,
         log_level=s.log_level.lower(),
+        server_header=False,  # no "server: uvicorn" on responses
     )
 
 

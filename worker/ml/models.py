@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunegate import model_cache
 from tunegate.errors import ModelError
 from tunegate.settings import Settings, get_settings
 
@@ -63,9 +64,8 @@ def smollm2_gguf_path() -> Path:
 
 
 def embedded_dir(source: str, settings: Settings | None = None) -> Path:
-    """Cache directory of an embedded model (may not exist yet)."""
-    settings = settings or get_settings()
-    return settings.models_path / source.removeprefix("embedded:")
+    """Cache directory of an embedded model (may not exist yet); the API checks the same place."""
+    return model_cache.embedded_dir(source, settings or get_settings())
 
 
 def resolve_model(
@@ -119,9 +119,7 @@ def _source_dir(source: str, settings: Settings, *, prepare: bool) -> Path:
     return p
 
 
-def _is_hf_dir(p: Path) -> bool:
-    weights = any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
-    return (p / "config.json").is_file() and weights
+_is_hf_dir = model_cache.is_hf_dir
 
 
 def _file_digest(p: Path) -> str:

@@ -1,0 +1,77 @@
+"""What tenants may see of server-written text: no server paths, storage keys or operator commands.
+
+Worker messages, job errors, event data, the safety report and the released adapter's files all pass
+through ``scrub`` (or ``scrub_value``) before a tenant reads them; the details stay in the operators' logs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tunegate.settings import Settings
+
+SERVER_PATH = "<server path>"
+STORED_FILE = "<stored file>"
+# Keys of event data / reports that only ever hold server-side locations or worker identities.
+PRIVATE_KEYS = frozenset(
+    {
+        "worker",
+        "claimed_by",
+        "host",
+        "hostname",
+        "pid",
+        "report_path",
+        "report_json",
+        "report_html",
+        "adapter_path",
+        "adapter_dir",
+        "artifacts_dir",
+        "path",
+        "out_dir",
+        "base_model_path",
+    }
+)
+_STORAGE_KEY = re.compile(r"\b(?:[0-9a-f]{2}/[0-9a-f]{2}/)?[0-9a-f]{64}\b")
+_OPERATOR_COMMAND = re.compile(r"\(?\brun\s+`?tunegate\s[^`)\n]*`?\)?|`tunegate\s[^`\n]*`")
+_PATH_TAIL = r"[^\s'\"`),;]*"
+
+
+def _roots(settings: Settings) -> list[str]:
+    paths = {
+        settings.home_dir,
+        settings.files_path,
+        settings.jobs_path,
+        settings.models_path,
+        settings.eval_cache_path,
+    }
+    paths |= {Path(src).expanduser() for src in settings.models.values() if src.startswith(("/", "~"))}
+    roots = {str(p) for p in paths} | {str(p.resolve()) for p in paths}
+    return sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True)
+
+
+def scrub(text: str, settings: Settings, *, replacements: dict[str, str] | None = None) -> str:
+    """``text`` with server paths, storage keys and operator commands replaced by neutral words.
+
+    ``replacements`` first swaps known strings (e.g. a base model's directory -> its public name).
+    """
+    for old, new in (replacements or {}).items():
+        if old:
+            text = text.replace(old, new)
+    for root in _roots(settings):
+        if root in text:
+            text = re.sub(re.escape(root) + _PATH_TAIL, SERVER_PATH, text)
+    text = _STORAGE_KEY.sub(STORED_FILE, text)
+    return _OPERATOR_COMMAND.sub("(the service operator has to prepare it)", text)
+
+
+def scrub_value(value: Any, settings: Settings) -> Any:
+    """``scrub`` every string inside JSON-like ``value``; drops ``PRIVATE_KEYS`` from objects."""
+    if isinstance(value, str):
+        return scrub(value, settings)
+    if isinstance(value, dict):
+        return {k: scrub_value(v, settings) for k, v in value.items() if k not in PRIVATE_KEYS}
+    if isinstance(value, list | tuple):
+        return [scrub_value(v, settings) for v in value]
+    return value
