@@ -150,7 +150,7 @@ def test_worker_events_and_errors_hold_no_infrastructure_details(server: Server,
         err = seen[name]["job"]["error"]
         assert seen[name]["job"]["status"] == "failed" and err["message"], name
     assert "not available" in seen["smollm2-135m-aligned"]["job"]["error"]["message"]
-    assert seen["missing-blob"]["job"]["error"]["code"] == "internal_error"
+    assert seen["missing-blob"]["job"]["error"]["code"] == "file_content_missing"  # a coded error, no key
     assert any("requeued validate" in e["message"] for e in seen["stale"]["events"])
     content = tenant.call("GET", f"/v1/files/{missing_blob_file}/content")
     assert content.status_code == 404
