@@ -268,12 +268,22 @@ def test_database_away_mid_job_loses_no_event(stack: Stack) -> None:
     """PostgreSQL stopped for 15 s mid-job (after the first checkpoint), then started again: the worker's
     writes fail as transient errors (retried with backoff; the heartbeat tolerates it), and the job ends
     correctly with every event exactly once."""
+    _database_away_mid_job(stack, PG_OUTAGE_S, "pg-outage-org")
+
+
+@pytest.mark.slow
+def test_database_away_for_a_minute_mid_job_loses_no_event(stack: Stack) -> None:
+    """The same with the database away for a whole minute (the retries' backoff spans it)."""
+    _database_away_mid_job(stack, 60.0, "pg-outage-minute-org")
+
+
+def _database_away_mid_job(stack: Stack, outage_s: float, org: str) -> None:
     if stack.mode != "distributed":
         pytest.skip("the embedded mode's SQLite database cannot go away")
     st = stack
     if not any(p.poll() is None for p in st.workers):
         st.start_worker()
-    sdk = st.sdk("pg-outage-org")
+    sdk = st.sdk(org)
     job = sdk.fine_tuning.jobs.create(
         model="tiny",
         training_file=upload(sdk, chat_rows(12)),
@@ -285,7 +295,7 @@ def test_database_away_mid_job_loses_no_event(stack: Stack) -> None:
         assert not _pg_up()
         gate = st.home / "jobs" / job.id / "gate" / "result.json"
         assert not gate.exists(), "the job ended before the outage: nothing was tested"
-        time.sleep(PG_OUTAGE_S)  # the database is away while the worker trains and reports
+        time.sleep(outage_s)  # the database is away while the worker trains and reports
     finally:
         if not _pg_up():
             _pg_ctl("start")

@@ -78,7 +78,7 @@ def _optimizer_step(
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits  # (B,T,V)
-            teacher = _base_logits(model, batch) if bool(anchor.any()) else None  # (B,T,V)
+            teacher = _base_logits(model, batch, anchor) if bool(anchor.any()) else None  # (B,T,V)
         loss_sum, _, correct = token_stats(logits, batch["labels"], teacher, anchor, cfg.anchor_ce_head)
         (loss_sum / n_tok).backward()
         loss_total += float(loss_sum.detach())
@@ -88,12 +88,21 @@ def _optimizer_step(
     return {"train_loss": loss_total / n_tok, "train_mean_token_accuracy": correct_total / n_tok}
 
 
-def _base_logits(model: Any, batch: dict[str, Any]) -> Any:
-    """The frozen base's logits for the batch: the same peft model with its adapter switched off."""
+def _base_logits(model: Any, batch: dict[str, Any], anchor: Any) -> Any:
+    """The frozen base's logits for the batch's anchor rows (the same peft model with its adapter switched
+    off); the other rows stay zero: ``token_stats`` reads the teacher only where ``anchor`` is set."""
     import torch
 
+    rows = anchor.nonzero().flatten().to(batch["input_ids"].device)  # (A,)
     with torch.no_grad(), model.disable_adapter():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        part = model(
+            input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows]
+        ).logits  # (A, T, V)
+    if len(rows) == len(anchor):
+        return part
+    out = part.new_zeros((len(anchor), *part.shape[1:]))  # (B, T, V)
+    out[rows] = part
+    return out
 
 
 def train_loop(
