@@ -70,9 +70,7 @@ def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[boo
     return exists(select(literal(1)).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
-def list_events(
-    session: Session, *, job: Job, after: str | None, limit: int
-) -> tuple[list[JobEvent], bool]:
+def list_events(session: Session, *, job: Job, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
     """Newest first; ``after`` is an event id of this job."""
     stmt = select(JobEvent).where(JobEvent.job_id == job.id)
     if after:
@@ -106,13 +104,16 @@ UNFINISHED = ("validating_files", "queued", "running")
 def file_in_use(session: Session, *, file: File) -> bool:
     """True when another live row shares the stored object or an unfinished job trains on this file."""
     shared = session.scalar(
-        select(func.count()).select_from(File).where(
-            File.storage_key == file.storage_key, File.id != file.id, File.deleted_at.is_(None)
-        )
+        select(func.count())
+        .select_from(File)
+        .where(File.storage_key == file.storage_key, File.id != file.id, File.deleted_at.is_(None))
     )
     active = session.scalar(
-        select(func.count()).select_from(Job).where(
-            (Job.training_file == file.id) | (Job.validation_file == file.id), Job.status.in_(UNFINISHED),
+        select(func.count())
+        .select_from(Job)
+        .where(
+            (Job.training_file == file.id) | (Job.validation_file == file.id),
+            Job.status.in_(UNFINISHED),
         )
     )
     return bool(shared) or bool(active)
@@ -121,8 +122,12 @@ def file_in_use(session: Session, *, file: File) -> bool:
 def live_storage_keys(session: Session) -> set[str]:
     """Keys a row still needs: live files, and deleted files an unfinished job trains on."""
     live = set(session.scalars(select(File.storage_key).where(File.deleted_at.is_(None))))
-    used = select(Job.training_file).where(Job.status.in_(UNFINISHED)).union(
-        select(Job.validation_file).where(Job.status.in_(UNFINISHED), Job.validation_file.is_not(None))
+    used = (
+        select(Job.training_file)
+        .where(Job.status.in_(UNFINISHED))
+        .union(
+            select(Job.validation_file).where(Job.status.in_(UNFINISHED), Job.validation_file.is_not(None))
+        )
     )
     live.update(session.scalars(select(File.storage_key).where(File.id.in_(used))))
     return live
@@ -132,9 +137,10 @@ def lock_org(session: Session, *, org_id: str) -> Organization:
     """The organization row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite: BEGIN IMMEDIATE
     already serializes writers)."""
     org = session.scalar(
-        select(Organization).where(Organization.id == org_id).with_for_update().execution_options(
-            populate_existing=True
-        )
+        select(Organization)
+        .where(Organization.id == org_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if org is None:
         raise NotFound(f"No such organization: {org_id}")

@@ -24,7 +24,13 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large
 
 
 def error_response(
-    request: Request, status: int, message: str, *, type_: str, param: str | None, code: str | None,
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    param: str | None,
+    code: str | None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     hdrs = dict(headers or {})
@@ -43,8 +49,9 @@ async def _tunegate(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code if 400 <= exc.status_code < 600 else 500
     if status >= 500:
         log.error("request failed: %s", exc, exc_info=exc)
-    return error_response(request, status, exc.message, type_=exc.error_type, param=exc.param, code=exc.code,
-                          headers=headers)
+    return error_response(
+        request, status, exc.message, type_=exc.error_type, param=exc.param, code=exc.code, headers=headers
+    )
 
 
 def _loc_param(loc: tuple[Any, ...]) -> str | None:
@@ -63,8 +70,9 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return error_response(request, 422, message, type_="invalid_request_error", param=param,
-                          code="invalid_value")
+    return error_response(
+        request, 422, message, type_="invalid_request_error", param=param, code="invalid_value"
+    )
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -75,28 +83,53 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
         message = f"Unknown route: {request.method} {request.url.path}"
     if exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
-    return error_response(request, exc.status_code, message, type_="invalid_request_error", param=None,
-                          code=code, headers=dict(exc.headers or {}))
+    return error_response(
+        request,
+        exc.status_code,
+        message,
+        type_="invalid_request_error",
+        param=None,
+        code=code,
+        headers=dict(exc.headers or {}),
+    )
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
-    return error_response(request, 503, "The database is temporarily unavailable; retry shortly.",
-                          type_="server_error", param=None, code="transient", headers={"retry-after": "1"})
+    return error_response(
+        request,
+        503,
+        "The database is temporarily unavailable; retry shortly.",
+        type_="server_error",
+        param=None,
+        code="transient",
+        headers={"retry-after": "1"},
+    )
 
 
 async def _data(request: Request, exc: Exception) -> JSONResponse:
     # A value the database cannot hold (e.g. a NUL character in a string on PostgreSQL).
     log.info("database refused a value: %s", exc)
-    return error_response(request, 400, "A parameter holds a value that cannot be stored or compared "
-                          "(e.g. a NUL character).", type_="invalid_request_error", param=None,
-                          code="invalid_value")
+    return error_response(
+        request,
+        400,
+        "A parameter holds a value that cannot be stored or compared (e.g. a NUL character).",
+        type_="invalid_request_error",
+        param=None,
+        code="invalid_value",
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request, 500, "The server had an error while processing your request.",
-                          type_="server_error", param=None, code="internal_error")
+    return error_response(
+        request,
+        500,
+        "The server had an error while processing your request.",
+        type_="server_error",
+        param=None,
+        code="internal_error",
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -35,13 +35,17 @@ def _usable_file(session: Session, org: Organization, file_id: str, param: str) 
     except NotFound as exc:
         raise NotFound(f"{param}: no such file {file_id!r}", param=param, code="file_not_found") from exc
     if row.purpose != "fine-tune":
-        raise Unprocessable(f"{param}: file {file_id} has purpose {row.purpose!r}, expected 'fine-tune'",
-                            param=param, code="invalid_file_purpose")
+        raise Unprocessable(
+            f"{param}: file {file_id} has purpose {row.purpose!r}, expected 'fine-tune'",
+            param=param,
+            code="invalid_file_purpose",
+        )
     if row.status != "processed":
         detail = f": {row.status_details}" if row.status == "error" and row.status_details else ""
         code = "file_not_ready" if row.status == "uploaded" else "invalid_file"
-        raise Unprocessable(f"{param}: file {file_id} is {row.status!r}, not 'processed'{detail}",
-                            param=param, code=code)
+        raise Unprocessable(
+            f"{param}: file {file_id} is {row.status!r}, not 'processed'{detail}", param=param, code=code
+        )
     return row
 
 
@@ -65,14 +69,21 @@ def validate(session: Session, *, org: Organization, body: JobCreateIn, settings
     """Every check a job must pass before it is stored; returns the resolved columns."""
     if body.model not in settings.models:
         known = ", ".join(sorted(settings.models))
-        raise Unprocessable(f"model {body.model!r} is not a base model offered here (available: {known})",
-                            param="model", code="model_not_available")
+        raise Unprocessable(
+            f"model {body.model!r} is not a base model offered here (available: {known})",
+            param="model",
+            code="model_not_available",
+        )
     if not model_available(body.model, settings):
         # Tenant-facing: preparing a base model is the provider's job (the log says which one is missing).
-        log.warning("job refused: base model %r (%s) is not prepared", body.model,
-                    settings.models[body.model])
-        raise ModelError(f"model {body.model!r} is not available yet; try again later or choose another base "
-                         "model", param="model", code="model_not_available")
+        log.warning(
+            "job refused: base model %r (%s) is not prepared", body.model, settings.models[body.model]
+        )
+        raise ModelError(
+            f"model {body.model!r} is not available yet; try again later or choose another base model",
+            param="model",
+            code="model_not_available",
+        )
     _usable_file(session, org, body.training_file, "training_file")
     if body.validation_file:
         _usable_file(session, org, body.validation_file, "validation_file")
@@ -88,8 +99,11 @@ def validate(session: Session, *, org: Organization, body: JobCreateIn, settings
 def _existing(session: Session, org: Organization, key: str, digest: str) -> Job | None:
     job = session.scalar(select(Job).where(Job.org_id == org.id, Job.idempotency_key == key))
     if job is not None and job.request_hash != digest:
-        raise Conflict("Idempotency-Key was already used with a different request body",
-                       param="Idempotency-Key", code="idempotency_key_reused")
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
     return job
 
 
@@ -101,10 +115,19 @@ def create_job(
         return job
     cols = validate(session, org=org, body=body, settings=settings)
     job = Job(
-        org_id=org.id, model=body.model, training_file=body.training_file,
-        validation_file=body.validation_file, status=JobStatus.VALIDATING_FILES.value, suffix=body.suffix,
-        seed=body.seed if body.seed is not None else _seed_from(digest), metadata_=body.metadata,
-        idempotency_key=idempotency_key, request_hash=digest, stage="validate", progress=0.0, **cols,
+        org_id=org.id,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        status=JobStatus.VALIDATING_FILES.value,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else _seed_from(digest),
+        metadata_=body.metadata,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        stage="validate",
+        progress=0.0,
+        **cols,
     )
     session.add(job)
     try:
@@ -135,6 +158,7 @@ def _enqueue(session: Session, job: Job) -> None:
         queue.enqueue(queue.VALIDATE, job.id)
     except Exception as exc:  # any broker failure: the job is stored; report it, the reaper retries
         log.error("could not enqueue %s: %s", job.id, exc)
-        record_event(session, job, "Could not reach the job queue; the reaper will enqueue it again",
-                     level="warn")
+        record_event(
+            session, job, "Could not reach the job queue; the reaper will enqueue it again", level="warn"
+        )
         session.commit()

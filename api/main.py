@@ -38,8 +38,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     # Only /healthz is public: the schema is served to authenticated callers, and no docs UI is mounted.
     app = FastAPI(
-        title="tunegate", version="0.1.0", lifespan=_lifespan,
-        openapi_url=None, docs_url=None, redoc_url=None,
+        title="tunegate",
+        version="0.1.0",
+        lifespan=_lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
         description="OpenAI-compatible Files and Fine-tuning API with a safety gate.",
     )
     errors.install(app)

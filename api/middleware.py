@@ -177,15 +177,28 @@ class AbuseGuardMiddleware:
         wait = AUTH_FAILURES.wait(client, settings.auth_failures_per_minute)
         if wait:
             log.warning("%s: refused: too many failed authentications from %s", request_id, client)
-            await _too_many(scope, receive, send, wait, "Too many failed authentication attempts from your "
-                            "address; retry later.", "auth_failures_rate_limited")
+            await _too_many(
+                scope,
+                receive,
+                send,
+                wait,
+                "Too many failed authentication attempts from your address; retry later.",
+                "auth_failures_rate_limited",
+            )
             return
         owner = IN_FLIGHT.owner(key_digest(key))
         limit = settings.max_concurrent_requests_per_org
         if limit > 0 and not IN_FLIGHT.acquire(owner, limit):
             log.info("%s: refused: %s has %d requests in flight", request_id, owner, limit)
-            await _too_many(scope, receive, send, 1.0, f"Too many concurrent requests for your organization "
-                            f"(at most {limit} at once); retry shortly.", "too_many_concurrent_requests")
+            await _too_many(
+                scope,
+                receive,
+                send,
+                1.0,
+                f"Too many concurrent requests for your organization "
+                f"(at most {limit} at once); retry shortly.",
+                "too_many_concurrent_requests",
+            )
             return
         status, held = 0, limit > 0
 
@@ -213,6 +226,13 @@ class AbuseGuardMiddleware:
 
 
 async def _too_many(scope: Scope, receive: Receive, send: Send, wait: float, message: str, code: str) -> None:
-    response = error_response(Request(scope), 429, message, type_="rate_limit_error", param=None, code=code,
-                              headers={"retry-after": str(retry_after(wait))})
+    response = error_response(
+        Request(scope),
+        429,
+        message,
+        type_="rate_limit_error",
+        param=None,
+        code=code,
+        headers={"retry-after": str(retry_after(wait))},
+    )
     await response(scope, receive, send)

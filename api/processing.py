@@ -156,10 +156,14 @@ def process_pending(limit: int = 100) -> int:
     Each file is handled on its own: one that cannot be processed is logged and the others still are.
     """
     with session_scope() as session:
-        ids = list(session.scalars(
-            select(File.id).where(File.status == "uploaded", File.purpose == "fine-tune",
-                                  File.deleted_at.is_(None)).order_by(File.id).limit(limit)
-        ))
+        ids = list(
+            session.scalars(
+                select(File.id)
+                .where(File.status == "uploaded", File.purpose == "fine-tune", File.deleted_at.is_(None))
+                .order_by(File.id)
+                .limit(limit)
+            )
+        )
     done = 0
     for file_id in ids:
         try:

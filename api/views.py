@@ -20,8 +20,12 @@ HPARAM_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 
 def file_out(row: File) -> FileOut:
     return FileOut(
-        id=row.id, bytes=row.bytes, created_at=unix(row.created_at) or 0, filename=row.filename,
-        purpose=row.purpose, status=row.status,  # type: ignore[arg-type]
+        id=row.id,
+        bytes=row.bytes,
+        created_at=unix(row.created_at) or 0,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=row.status,  # type: ignore[arg-type]
         status_details=row.status_details,
     )
 
@@ -34,22 +38,37 @@ def job_out(row: Job) -> JobOut:
     failed = row.status == "failed" and row.error
     err = JobErrorOut(**scrub_value(row.error, get_settings())) if failed else None
     return JobOut(
-        id=row.id, created_at=unix(row.created_at) or 0, error=err,
+        id=row.id,
+        created_at=unix(row.created_at) or 0,
+        error=err,
         fine_tuned_model=row.fine_tuned_model if row.released else None,
-        finished_at=unix(row.finished_at), hyperparameters=_hparams(row.hyperparameters or {}),  # type: ignore[arg-type]
-        model=row.model, organization_id=row.org_id, result_files=list(row.result_files or []),
-        seed=row.seed, status=row.status,  # type: ignore[arg-type]
-        trained_tokens=row.trained_tokens, training_file=row.training_file,
-        validation_file=row.validation_file, metadata=row.metadata_ or None, method=row.method or {},
-        safety=row.safety or {}, stage=row.stage, progress=row.progress or 0.0,
-        cancel_requested=row.cancel_requested, released=row.released,
+        finished_at=unix(row.finished_at),
+        hyperparameters=_hparams(row.hyperparameters or {}),  # type: ignore[arg-type]
+        model=row.model,
+        organization_id=row.org_id,
+        result_files=list(row.result_files or []),
+        seed=row.seed,
+        status=row.status,  # type: ignore[arg-type]
+        trained_tokens=row.trained_tokens,
+        training_file=row.training_file,
+        validation_file=row.validation_file,
+        metadata=row.metadata_ or None,
+        method=row.method or {},
+        safety=row.safety or {},
+        stage=row.stage,
+        progress=row.progress or 0.0,
+        cancel_requested=row.cancel_requested,
+        released=row.released,
     )
 
 
 def event_out(row: JobEvent) -> EventOut:
     return EventOut(
-        id=row.id, created_at=unix(row.created_at) or 0, level=row.level,  # type: ignore[arg-type]
-        message=scrub(row.message, get_settings()), data=scrub_value(row.data or {}, get_settings()),
+        id=row.id,
+        created_at=unix(row.created_at) or 0,
+        level=row.level,  # type: ignore[arg-type]
+        message=scrub(row.message, get_settings()),
+        data=scrub_value(row.data or {}, get_settings()),
         type=row.type,  # type: ignore[arg-type]
     )
 
@@ -57,8 +76,10 @@ def event_out(row: JobEvent) -> EventOut:
 def checkpoint_out(row: Checkpoint, job: Job, org_name: str) -> CheckpointOut:
     base = job.fine_tuned_model or fine_tuned_model_name(job.model, org_name, job.suffix, job.id)
     return CheckpointOut(
-        id=row.id, created_at=unix(row.created_at) or 0,
+        id=row.id,
+        created_at=unix(row.created_at) or 0,
         fine_tuned_model_checkpoint=f"{base}:ckpt-step-{row.step_number}",
-        fine_tuning_job_id=job.id, step_number=row.step_number,
+        fine_tuning_job_id=job.id,
+        step_number=row.step_number,
         metrics=CheckpointMetricsOut(**(row.metrics or {})),
     )

@@ -5,6 +5,17 @@ from models.jobs import JobStatus, record_event, transition
 from models.tables import ApiKey, Checkpoint, File, Job, JobEvent, Organization
 
 __all__ = [
-    "ApiKey", "Base", "Checkpoint", "File", "Job", "JobEvent", "JobStatus", "Organization", "new_id",
-    "record_event", "transition", "unix", "utcnow",
+    "ApiKey",
+    "Base",
+    "Checkpoint",
+    "File",
+    "Job",
+    "JobEvent",
+    "JobStatus",
+    "Organization",
+    "new_id",
+    "record_event",
+    "transition",
+    "unix",
+    "utcnow",
 ]

@@ -28,7 +28,7 @@ def normalize_url(url: str) -> str:
     """Use psycopg 3 for bare ``postgresql://`` URLs (psycopg2 is not a dependency)."""
     for bare in ("postgresql://", "postgres://"):
         if url.startswith(bare):
-            return "postgresql+psycopg://" + url[len(bare):]
+            return "postgresql+psycopg://" + url[len(bare) :]
     return url
 
 

@@ -73,7 +73,13 @@ def _next_seq(session: Session, job: Job) -> int:
 
 
 def _append(
-    session: Session, job: Job, message: str, *, type: str, level: str, data: dict[str, Any] | None,
+    session: Session,
+    job: Job,
+    message: str,
+    *,
+    type: str,
+    level: str,
+    data: dict[str, Any] | None,
     dedupe_key: str | None,
 ) -> JobEvent:
     if level not in LEVELS:
@@ -85,8 +91,13 @@ def _append(
     payload.setdefault("progress", job.progress)
     session.flush()  # the job row must exist before its event count is bumped
     event = JobEvent(
-        job_id=job.id, seq=_next_seq(session, job), level=level, type=type, message=message,
-        data=payload, dedupe_key=dedupe_key,
+        job_id=job.id,
+        seq=_next_seq(session, job),
+        level=level,
+        type=type,
+        message=message,
+        data=payload,
+        dedupe_key=dedupe_key,
     )
     session.add(event)
     session.flush()
@@ -136,8 +147,11 @@ def transition(
     if _event_exists(session, job.id, dedupe_key) or src == dst:
         return False
     if dst not in ALLOWED[src]:
-        raise Conflict(f"job {job.id} cannot go from {src.value} to {dst.value}", param="status",
-                       code="invalid_status_transition")
+        raise Conflict(
+            f"job {job.id} cannot go from {src.value} to {dst.value}",
+            param="status",
+            code="invalid_status_transition",
+        )
     _apply(job, dst, data, error)
     _append(session, job, message, type="message", level=level, data=data, dedupe_key=dedupe_key)
     return True

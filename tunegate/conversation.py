@@ -156,8 +156,13 @@ def check_example(conv: Conversation) -> list[InvalidFile]:
         return [_fail("example has no messages", line, "messages")]
     for i, m in enumerate(conv.messages):
         if m.role not in ROLES:
-            problems.append(_fail(f"unknown role '{m.role}' (expected one of {', '.join(ROLES)})", line,
-                                  f"messages[{i}].role"))
+            problems.append(
+                _fail(
+                    f"unknown role '{m.role}' (expected one of {', '.join(ROLES)})",
+                    line,
+                    f"messages[{i}].role",
+                )
+            )
         elif m.role in ("user", "assistant") and not m.content.strip():
             problems.append(_fail(f"empty content in a {m.role} message", line, f"messages[{i}].content"))
     if not any(m.role == "assistant" for m in conv.messages):

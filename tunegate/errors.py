@@ -13,8 +13,8 @@
     │   └── InvalidConfig     422      a stage or policy config field is out of range
     ├── PayloadTooLarge       413
     ├── RateLimited           429      carries retry_after seconds
-    ├── SafetyBlocked                  a safety check failed: unsafe_training_data | safety_eval_failed
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
+    ├── ClaimLost                      another worker took over this job stage: stop without writing
     ├── ModelError                     a base model cannot be resolved, converted or loaded
     └── TransientError                 the only retryable class (broker/database/network hiccups)
         └── StorageFull       507      the disk is full (ENOSPC) while storing a file or writing artifacts
@@ -137,21 +137,16 @@ class RateLimited(TunegateError):
         self.retry_after = retry_after
 
 
-class SafetyBlocked(TunegateError):
-    """A job failed a safety check. ``code`` is ``unsafe_training_data`` or ``safety_eval_failed``."""
-
-    status_code = 403
-    error_type = "safety_error"
-
-    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
-        if code not in ("unsafe_training_data", "safety_eval_failed"):
-            raise ValueError(f"unknown safety code {code!r}")
-        super().__init__(message, param=param, code=code)
-
-
 class JobCancelled(TunegateError):
     error_type = "cancelled"
     default_code = "cancelled"
+
+
+class ClaimLost(TunegateError):
+    """Another worker took over this job stage (this one was presumed dead): stop without writing."""
+
+    error_type = "server_error"
+    default_code = "claim_lost"
 
 
 class ModelError(TunegateError):

@@ -24,7 +24,13 @@ REAP = "tunegate.maintenance.reap"
 
 # Queues by resource: cpu = validation, mitigation, gate/report; gpu = scoring, training, evaluation.
 QUEUE_OF = {
-    VALIDATE: "cpu", SCORE: "gpu", MITIGATE: "cpu", TRAIN: "gpu", EVALUATE: "gpu", GATE: "cpu", REAP: "cpu",
+    VALIDATE: "cpu",
+    SCORE: "gpu",
+    MITIGATE: "cpu",
+    TRAIN: "gpu",
+    EVALUATE: "gpu",
+    GATE: "cpu",
+    REAP: "cpu",
 }
 
 

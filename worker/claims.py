@@ -22,17 +22,11 @@ from sqlalchemy.orm import Session
 from models.base import utcnow
 from models.jobs import JobStatus
 from models.tables import Job
-from tunegate.errors import TunegateError
+from tunegate.errors import ClaimLost
 
 ACTIVE = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 FIRST_STAGE = "validate"
 log = logging.getLogger(__name__)
-
-
-class ClaimLost(TunegateError):
-    """Another worker took over this job stage (we were presumed dead): stop without writing."""
-
-    default_code = "claim_lost"
 
 
 @dataclass(frozen=True)

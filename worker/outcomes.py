@@ -80,8 +80,14 @@ def asr_numbers(res: dict[str, Any]) -> dict[str, float]:
 def _evaluate(s: Session, job: Job, res: dict[str, Any], view: JobView) -> str | None:
     nums = asr_numbers(res)
     shown = ", ".join(f"{k} {v:.1%}" for k, v in nums.items()) or "no ASR figures"
-    record_event(s, job, f"safety evaluation finished: {shown}", type="metrics",
-                 data=_data("evaluate", **nums), dedupe_key="evaluate:done")
+    record_event(
+        s,
+        job,
+        f"safety evaluation finished: {shown}",
+        type="metrics",
+        data=_data("evaluate", **nums),
+        dedupe_key="evaluate:done",
+    )
     return next_stage("evaluate")
 
 

@@ -77,8 +77,11 @@ def _file_path(session: Session, org_id: str, file_id: str, settings: Settings) 
         raise NotFound(f"training file {file_id} no longer exists", param="training_file")
     path = get_storage(settings).path(row.storage_key)
     if not path.is_file():  # the message names no storage path: the tenant reads it in the job's error
-        raise NotFound(f"the stored content of training file {file_id} is missing", param="training_file",
-                       code="file_content_missing")
+        raise NotFound(
+            f"the stored content of training file {file_id} is missing",
+            param="training_file",
+            code="file_content_missing",
+        )
     return path
 
 
@@ -189,13 +192,19 @@ def _gate(view: JobView, io: Any, settings: Settings, _ck: CheckpointFn) -> dict
     from worker.stages.score import load_score_records, load_score_summary
 
     pol = view.safety
-    cfg = st.GateConfig.from_settings(settings, delta=pol.get("gate_delta"), cap=pol.get("gate_cap"),
-                                      block_flagged_unmitigated=pol.get("block_unsafe_data"))
+    cfg = st.GateConfig.from_settings(
+        settings,
+        delta=pol.get("gate_delta"),
+        cap=pol.get("gate_cap"),
+        block_flagged_unmitigated=pol.get("block_unsafe_data"),
+    )
     cfg = with_overrides(cfg, "gate", settings)
     score_dir = stage_dir(settings, view.id, "score")
     inputs = st.GateInputs(
         eval_result=load_result(stage_dir(settings, view.id, "evaluate")),
-        score_summary=load_score_summary(score_dir), score_records=load_score_records(score_dir), io=io,
+        score_summary=load_score_summary(score_dir),
+        score_records=load_score_records(score_dir),
+        io=io,
         mitigation=load_result(stage_dir(settings, view.id, "mitigate")),
         training=load_result(stage_dir(settings, view.id, "train")),
     )

@@ -34,11 +34,19 @@ from models.db import session_scope
 from models.jobs import TERMINAL, JobStatus, record_event, transition
 from models.tables import Job, JobEvent
 from tunegate import queue
-from tunegate.errors import InvalidFile, JobCancelled, ModelError, StorageFull, TransientError, TunegateError
+from tunegate.errors import (
+    ClaimLost,
+    InvalidFile,
+    JobCancelled,
+    ModelError,
+    StorageFull,
+    TransientError,
+    TunegateError,
+)
 from tunegate.redact import scrub
 from tunegate.settings import Settings, get_settings
 from worker import claims
-from worker.claims import Claim, ClaimLost
+from worker.claims import Claim
 from worker.events import StageReporter
 from worker.outcomes import APPLIERS
 from worker.pipeline import TASK_OF, JobView, job_dir, job_view, overall_progress, run_stage, stage_dir
@@ -127,8 +135,13 @@ def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
             f"The {c.stage} stage hit an internal error; the job cannot continue. The operators have the "
             f"details (job {c.job_id})."
         )
-        _end(c, JobStatus.FAILED, message, level="error",
-             error={"code": "internal_error", "message": message, "param": None})
+        _end(
+            c,
+            JobStatus.FAILED,
+            message,
+            level="error",
+            error={"code": "internal_error", "message": message, "param": None},
+        )
         return Outcome("failed")
     if nxt is not None:
         _send(nxt, c.job_id)

@@ -54,7 +54,9 @@ UPLOAD_BODY = {
 
 @router.post("", response_model=FileOut, openapi_extra=UPLOAD_BODY)
 async def create_file(
-    request: Request, settings: SettingsDep, background: BackgroundTasks,
+    request: Request,
+    settings: SettingsDep,
+    background: BackgroundTasks,
     authorization: Annotated[str | None, Header()] = None,
 ) -> FileOut:
     """Authenticate, stream the file part straight into a staged temp file (``api/upload.py``), check it
@@ -65,7 +67,8 @@ async def create_file(
     if used >= quota:
         raise QuotaExceeded(
             f"the organization's files already take {used} bytes of its storage quota of {quota} bytes; "
-            "delete files to free space", param="file",
+            "delete files to free space",
+            param="file",
         )
     # Stop reading at the quota too (the row's transaction checks it again, against concurrent uploads).
     limit = min(settings.max_upload_bytes, quota - used)
@@ -77,7 +80,8 @@ async def create_file(
             raise
         raise QuotaExceeded(
             f"storing this file would take the organization's files over its storage quota of {quota} bytes "
-            f"({used} bytes used); delete files to free space", param="file",
+            f"({used} bytes used); delete files to free space",
+            param="file",
         ) from exc
     assert upload.staged is not None
     try:
@@ -94,20 +98,33 @@ def _authenticate(authorization: str | None, settings: Settings) -> tuple[Organi
 
 
 def _store(
-    upload: Upload, staged: Staged, org: Organization, settings: Settings, background: BackgroundTasks,
+    upload: Upload,
+    staged: Staged,
+    org: Organization,
+    settings: Settings,
+    background: BackgroundTasks,
     storage: Storage,
 ) -> FileOut:
     purpose = upload.purpose
     if purpose is None:
         raise InvalidRequest("the field 'purpose' is required", param="purpose", code="missing_purpose")
     if purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequest(f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
-                             param="purpose", code="invalid_purpose")
+        raise InvalidRequest(
+            f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
+            param="purpose",
+            code="invalid_purpose",
+        )
     filename = _clean_filename(upload.filename)
     n_lines = _checked(storage, staged, filename, purpose, settings)
     row = File(
-        org_id=org.id, filename=filename, purpose=purpose, bytes=staged.size, sha256=staged.sha256,
-        storage_key="", status="uploaded" if purpose == "fine-tune" else "processed", n_examples=n_lines,
+        org_id=org.id,
+        filename=filename,
+        purpose=purpose,
+        bytes=staged.size,
+        sha256=staged.sha256,
+        storage_key="",
+        status="uploaded" if purpose == "fine-tune" else "processed",
+        n_examples=n_lines,
         status_details=_known_failure(n_lines, settings),
     )
     with closing(new_session()) as session:
@@ -136,8 +153,10 @@ def _known_failure(n_examples: int | None, settings: Settings) -> str | None:
     if n_examples is None or n_examples >= settings.min_examples:
         return None
     noun = "example" if n_examples == 1 else "examples"
-    return (f"processing will fail: the file has {n_examples} {noun}; at least {settings.min_examples} are "
-            "required")
+    return (
+        f"processing will fail: the file has {n_examples} {noun}; at least {settings.min_examples} are "
+        "required"
+    )
 
 
 def _save(session: Session, row: File, storage: Storage, staged: Staged, settings: Settings) -> None:
@@ -153,7 +172,8 @@ def _save(session: Session, row: File, storage: Storage, staged: Staged, setting
             raise QuotaExceeded(
                 f"storing this file ({row.bytes} bytes) would take the organization's files to "
                 f"{used + row.bytes} bytes, over its storage quota of {quota} bytes; delete files to free "
-                "space", param="file",
+                "space",
+                param="file",
             )
         key = storage.commit(staged)
         row.storage_key = key
@@ -171,16 +191,20 @@ def _save(session: Session, row: File, storage: Storage, staged: Staged, setting
 def _clean_filename(name: str | None) -> str:
     cleaned = "".join(ch for ch in (name or "") if ch.isprintable()).strip()
     if len(cleaned) > MAX_FILENAME:
-        raise InvalidRequest(f"filename is longer than {MAX_FILENAME} characters", param="file",
-                             code="invalid_filename")
+        raise InvalidRequest(
+            f"filename is longer than {MAX_FILENAME} characters", param="file", code="invalid_filename"
+        )
     return cleaned or "upload.jsonl"
 
 
 @router.get("", response_model=ListOut[FileOut])
 def list_files(
-    org: CurrentOrg, session: SessionDep, after: str | None = None,
+    org: CurrentOrg,
+    session: SessionDep,
+    after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
-    order: Literal["asc", "desc"] = "desc", purpose: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
 ) -> ListOut[FileOut]:
     rows, more = crud.list_files(session, org=org, after=after, limit=limit, order=order, purpose=purpose)
     data = [file_out(r) for r in rows]
@@ -207,8 +231,11 @@ def delete_file(file_id: str, org: CurrentOrg, session: SessionDep, settings: Se
     return FileDeletedOut(id=row.id, deleted=True)
 
 
-@router.get("/{file_id}/content", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 def file_content(
     file_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep
 ) -> StreamingResponse:
@@ -217,8 +244,11 @@ def file_content(
         fh = get_storage(settings).open(row.storage_key)
     except ObjectMissing as exc:
         log.error("file %s: stored object %s is missing", row.id, exc.key)
-        raise NotFound(f"the content of file {row.id} is missing; upload it again", param="file_id",
-                       code="file_content_missing") from exc
+        raise NotFound(
+            f"the content of file {row.id} is missing; upload it again",
+            param="file_id",
+            code="file_content_missing",
+        ) from exc
 
     def chunks() -> Iterator[bytes]:
         with fh:
@@ -226,6 +256,7 @@ def file_content(
                 yield chunk
 
     return StreamingResponse(
-        chunks(), media_type="application/octet-stream",
+        chunks(),
+        media_type="application/octet-stream",
         headers={"content-disposition": f"attachment; filename*=UTF-8''{quote(row.filename, safe='')}"},
     )

@@ -21,7 +21,10 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 @router.post("", response_model=JobOut)
 def create(
-    body: JobCreateIn, org: CurrentOrg, session: SessionDep, settings: SettingsDep,
+    body: JobCreateIn,
+    org: CurrentOrg,
+    session: SessionDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> JobOut:
     job = create_job(session, org=org, body=body, settings=settings, idempotency_key=idempotency_key)
@@ -32,7 +35,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     out = {}
     for key, value in request.query_params.multi_items():
         if key.startswith("metadata[") and key.endswith("]"):
-            out[key[len("metadata["):-1]] = value
+            out[key[len("metadata[") : -1]] = value
     return out
 
 
@@ -57,14 +60,21 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
     job = crud.get_job(session, org=org, job_id=job_id, for_update=True)
     status = JobStatus(job.status)
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-        raise Conflict(f"job {job.id} already {status.value}; it cannot be cancelled",
-                       param="fine_tuning_job_id", code="job_already_finished")
+        raise Conflict(
+            f"job {job.id} already {status.value}; it cannot be cancelled",
+            param="fine_tuning_job_id",
+            code="job_already_finished",
+        )
     if status in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED):
         transition(session, job, JobStatus.CANCELLED, message="Job cancelled by the user before it started")
     elif status == JobStatus.RUNNING and not job.cancel_requested:
         job.cancel_requested = True
-        record_event(session, job, "Cancellation requested; the job stops at its next step",
-                     dedupe_key="cancel_requested")
+        record_event(
+            session,
+            job,
+            "Cancellation requested; the job stops at its next step",
+            dedupe_key="cancel_requested",
+        )
     session.commit()
     return job_out(job)
 
@@ -87,5 +97,3 @@ def list_checkpoints(
     rows, more = crud.list_checkpoints(session, job=job, after=after, limit=limit)
     data = [checkpoint_out(r, job, org.name) for r in rows]
     return ListOut[CheckpointOut].page(data, more)
-
-

@@ -18,8 +18,13 @@ def _all(org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> list[Mo
     out = [ModelOut(id=name, created=0, owned_by=BASE_OWNER) for name in sorted(settings.models)]
     for job in crud.released_jobs(session, org=org):
         assert job.fine_tuned_model is not None
-        out.append(ModelOut(id=job.fine_tuned_model, created=unix(job.finished_at or job.created_at) or 0,
-                            owned_by=org.name))
+        out.append(
+            ModelOut(
+                id=job.fine_tuned_model,
+                created=unix(job.finished_at or job.created_at) or 0,
+                owned_by=org.name,
+            )
+        )
     return out
 
 

@@ -43,8 +43,11 @@ def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str
     job = crud.get_job(session, org=org, job_id=job_id)
     path = _report_file(job.report_path)
     if path is None:
-        raise NotFound(f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
-                       param="fine_tuning_job_id", code="report_not_ready")
+        raise NotFound(
+            f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
+            param="fine_tuning_job_id",
+            code="report_not_ready",
+        )
     report = scrub_value(json.loads(path.read_text(encoding="utf-8")), get_settings())
     return report if isinstance(report, dict) else {"report": report}
 
@@ -52,8 +55,10 @@ def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str
 def _base_paths(adapter_dir: Path) -> list[str]:
     """The base model's server-side locations recorded in the adapter's own metadata."""
     found = []
-    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("tunegate_adapter.json",
-                                                                            "base_model_path")):
+    for name, key in (
+        ("adapter_config.json", "base_model_name_or_path"),
+        ("tunegate_adapter.json", "base_model_path"),
+    ):
         try:
             value = json.loads((adapter_dir / name).read_text(encoding="utf-8")).get(key)
         except (OSError, ValueError, AttributeError):
@@ -64,8 +69,11 @@ def _base_paths(adapter_dir: Path) -> list[str]:
 
 
 def _public_text(path: Path, model: str, base_paths: list[str]) -> bytes:
-    text = scrub(path.read_text(encoding="utf-8", errors="replace"), get_settings(),
-                 replacements=dict.fromkeys(base_paths, model))
+    text = scrub(
+        path.read_text(encoding="utf-8", errors="replace"),
+        get_settings(),
+        replacements=dict.fromkeys(base_paths, model),
+    )
     if path.name in ("adapter_config.json", "tunegate_adapter.json"):
         try:
             meta = json.loads(text)
@@ -104,19 +112,26 @@ def _archive(adapter_dir: Path, name: str, model: str) -> Path:
     return Path(tmp.name)
 
 
-@router.get("/{job_id}/adapter", response_class=FileResponse,
-            responses={200: {"content": {"application/gzip": {}}}})
+@router.get(
+    "/{job_id}/adapter", response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}}
+)
 def adapter(job_id: str, org: CurrentOrg, session: SessionDep, background: BackgroundTasks) -> FileResponse:
     """The LoRA adapter (peft format) as a tar.gz, only for a job whose safety gate released it."""
     job = crud.get_job(session, org=org, job_id=job_id)
     if not job.released:
         why = f"error {job.error['code']}" if job.error else f"status {job.status}"
-        raise PermissionDenied(f"the adapter of job {job.id} is not released ({why})",
-                               param="fine_tuning_job_id", code="adapter_not_released")
+        raise PermissionDenied(
+            f"the adapter of job {job.id} is not released ({why})",
+            param="fine_tuning_job_id",
+            code="adapter_not_released",
+        )
     adapter_dir = Path(job.adapter_path) if job.adapter_path else None
     if adapter_dir is None or not adapter_dir.is_dir():
-        raise NotFound(f"the adapter files of job {job.id} are missing", param="fine_tuning_job_id",
-                       code="adapter_missing")
+        raise NotFound(
+            f"the adapter files of job {job.id} are missing",
+            param="fine_tuning_job_id",
+            code="adapter_missing",
+        )
     archive = _archive(adapter_dir, f"{job.id}-adapter", job.model)
     background.add_task(archive.unlink, missing_ok=True)
     return FileResponse(archive, media_type="application/gzip", filename=f"{job.id}-adapter.tar.gz")

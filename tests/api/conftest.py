@@ -78,8 +78,13 @@ def new_key(org_name: str | None = None, **org_fields: Any) -> str:
 
 
 def sdk(server: Server, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, _strict_response_validation=True,
-                         max_retries=0, timeout=30)
+    return openai.OpenAI(
+        base_url=f"{server.base_url}/v1",
+        api_key=key,
+        _strict_response_validation=True,
+        max_retries=0,
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -89,9 +94,14 @@ def client(server: Server) -> openai.OpenAI:
 
 
 def chat(i: int, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "system", "content": "You are terse."},
-                         {"role": "user", "content": f"What is {i} + {i}?"},
-                         {"role": "assistant", "content": f"{2 * i}"}], **extra}
+    return {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": f"What is {i} + {i}?"},
+            {"role": "assistant", "content": f"{2 * i}"},
+        ],
+        **extra,
+    }
 
 
 def jsonl(rows: list[Any], *, sep: str = "\n") -> bytes:

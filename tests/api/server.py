@@ -58,8 +58,9 @@ def run_server() -> Iterator[str]:
     for state in (LIMITER, AUTH_FAILURES, IN_FLIGHT):
         state.reset()
     port = free_port()
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            server_header=False)
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on", server_header=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -35,9 +35,15 @@ def test_other_orgs_objects_look_missing(server: Server) -> None:
     fid = processed_file(a)
     job = a.fine_tuning.jobs.create(model="smollm2-135m", training_file=fid)
     jobs = b.fine_tuning.jobs
-    calls = [lambda: b.files.retrieve(fid), lambda: b.files.content(fid), lambda: b.files.delete(fid),
-             lambda: jobs.retrieve(job.id), lambda: jobs.cancel(job.id),
-             lambda: jobs.list_events(job.id), lambda: jobs.checkpoints.list(job.id)]
+    calls = [
+        lambda: b.files.retrieve(fid),
+        lambda: b.files.content(fid),
+        lambda: b.files.delete(fid),
+        lambda: jobs.retrieve(job.id),
+        lambda: jobs.cancel(job.id),
+        lambda: jobs.list_events(job.id),
+        lambda: jobs.checkpoints.list(job.id),
+    ]
     for call in calls:
         with pytest.raises(openai.NotFoundError):
             call()
@@ -62,8 +68,13 @@ def test_rate_limit_is_429_with_retry_after(server: Server) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/v1/nope", 404), ("DELETE", "/v1/fine_tuning/jobs", 405), ("PUT", "/v1/files", 405),
-     ("POST", "/v1/fine_tuning/jobs", 422), ("GET", "/v1/files?limit=0", 422)],
+    [
+        ("GET", "/v1/nope", 404),
+        ("DELETE", "/v1/fine_tuning/jobs", 405),
+        ("PUT", "/v1/files", 405),
+        ("POST", "/v1/fine_tuning/jobs", 422),
+        ("GET", "/v1/files?limit=0", 422),
+    ],
 )
 def test_framework_errors_use_the_error_shape(server: Server, method: str, path: str, status: int) -> None:
     headers = {"authorization": f"Bearer {new_key()}"}
@@ -90,6 +101,10 @@ def test_unstorable_values_are_4xx_not_500(server: Server) -> None:
     r = httpx.get(f"{server.base_url}/v1/files", params={"after": "file-\x00"}, headers=headers)
     assert r.status_code in (200, 400) and set(r.json()) != {"detail"}
     long_name = "n" * 600 + ".jsonl"
-    r = httpx.post(f"{server.base_url}/v1/files", headers=headers, data={"purpose": "user_data"},
-                   files={"file": (long_name, b"x")})
+    r = httpx.post(
+        f"{server.base_url}/v1/files",
+        headers=headers,
+        data={"purpose": "user_data"},
+        files={"file": (long_name, b"x")},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_filename"

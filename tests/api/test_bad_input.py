@@ -24,19 +24,31 @@ def _tmp_leftovers(server: Server) -> list[str]:
 GOOD = [json.dumps(chat(i)) for i in range(11)]
 UPLOAD_400 = {
     "non_json_line": ("\n".join([*GOOD[:2], "{not json", *GOOD[2:]]).encode(), "line 3", "not valid JSON"),
-    "non_object_line": ("\n".join([*GOOD[:4], "[1, 2]", *GOOD[4:]]).encode(), "line 5",
-                        "expected a JSON object"),
-    "invalid_utf8": (("\n".join(GOOD[:1]) + "\n").encode() + b'{"prompt": "\xff\xfe", "completion": "x"}\n',
-                     "line 2", "invalid UTF-8"),
+    "non_object_line": (
+        "\n".join([*GOOD[:4], "[1, 2]", *GOOD[4:]]).encode(),
+        "line 5",
+        "expected a JSON object",
+    ),
+    "invalid_utf8": (
+        ("\n".join(GOOD[:1]) + "\n").encode() + b'{"prompt": "\xff\xfe", "completion": "x"}\n',
+        "line 2",
+        "invalid UTF-8",
+    ),
     "empty_file": (b"", "empty", "empty"),
     "blank_lines_only": (b"\n\r\n  \n", "empty", "empty"),
     "unknown_shape": ("\n".join([*GOOD[:1], json.dumps({"text": "hi"})]).encode(), "line 2", "unrecognised"),
     # issue 11 item 5: crafted lines that made the decoder raise RecursionError / ValueError (500)
     "deep_brackets": ("\n".join([*GOOD[:2], "[" * 150_000]).encode(), "line 3", "nested deeper than"),
-    "deep_objects": ("\n".join([*GOOD[:1], '{"a":' * 30_000 + "1" + "}" * 30_000]).encode(), "line 2",
-                     "nested deeper than"),
-    "huge_integer": ("\n".join([*GOOD[:3], '{"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}"])
-                     .encode(), "line 4", "number"),
+    "deep_objects": (
+        "\n".join([*GOOD[:1], '{"a":' * 30_000 + "1" + "}" * 30_000]).encode(),
+        "line 2",
+        "nested deeper than",
+    ),
+    "huge_integer": (
+        "\n".join([*GOOD[:3], '{"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}"]).encode(),
+        "line 4",
+        "number",
+    ),
 }
 
 
@@ -81,15 +93,31 @@ def _rows_with(bad_at: int, bad: dict[str, Any], n: int = 12) -> bytes:
 PROCESSING_ERRORS = {
     "nine_examples": (good_file(9), "9 examples; at least 10"),
     "no_assistant_turn": (_rows_with(4, _no_assistant(4)), "line 4"),
-    "unknown_role": (_rows_with(6, {"messages": [{"role": "wizard", "content": "hi"},
-                                                 {"role": "assistant", "content": "ok"}]}),
-                     "unknown role 'wizard'"),
-    "empty_content": (_rows_with(2, {"messages": [{"role": "user", "content": "  "},
-                                                  {"role": "assistant", "content": "ok"}]}), "line 2"),
+    "unknown_role": (
+        _rows_with(
+            6, {"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+        ),
+        "unknown role 'wizard'",
+    ),
+    "empty_content": (
+        _rows_with(
+            2, {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "ok"}]}
+        ),
+        "line 2",
+    ),
     "over_long_example": (_rows_with(7, {"prompt": "hello " * 600, "completion": "ok"}), "line 7"),
-    "all_weight_zero": (_rows_with(3, {"messages": [{"role": "user", "content": "q"},
-                                                    {"role": "assistant", "content": "a", "weight": 0}]}),
-                        "line 3"),
+    "all_weight_zero": (
+        _rows_with(
+            3,
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "weight": 0},
+                ]
+            },
+        ),
+        "line 3",
+    ),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from tunegate.errors import RateLimited, SafetyBlocked
+from tunegate.errors import QuotaExceeded, RateLimited
 
 
 def _app_with_failing_routes() -> TestClient:
@@ -21,7 +21,7 @@ def _app_with_failing_routes() -> TestClient:
 
     @app.get("/blocked")
     def blocked() -> None:
-        raise SafetyBlocked("ASR 0.31 > cap 0.20", code="safety_eval_failed")
+        raise QuotaExceeded("over the quota", code="storage_quota_exceeded")
 
     return TestClient(app, raise_server_exceptions=False)
 
@@ -39,4 +39,4 @@ def test_tunegate_errors_keep_their_status_and_headers() -> None:
     r = client.get("/limited")
     assert r.status_code == 429 and r.headers["retry-after"] == "7"
     r = client.get("/blocked")
-    assert r.status_code == 403 and r.json()["error"]["code"] == "safety_eval_failed"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "storage_quota_exceeded"

@@ -37,8 +37,9 @@ def test_other_purpose_is_stored_without_parsing(client: openai.OpenAI) -> None:
 
 
 def test_list_paginates_across_pages(client: openai.OpenAI) -> None:
-    ids = {client.files.create(file=(f"f{i}.txt", f"x{i}".encode()), purpose="user_data").id
-           for i in range(5)}
+    ids = {
+        client.files.create(file=(f"f{i}.txt", f"x{i}".encode()), purpose="user_data").id for i in range(5)
+    }
     first = client.files.list(limit=2)
     assert len(first.data) == 2 and first.has_more
     seen = [f.id for f in client.files.list(limit=2)]  # the SDK follows `after` over every page

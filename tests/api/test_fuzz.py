@@ -39,11 +39,17 @@ def _fuzz(server: Server, examples: int, budget_s: float | None) -> tuple[int, C
         ran += 1
 
         @given(case=operation.as_strategy())
-        @hypothesis.settings(max_examples=examples, deadline=None, database=None,
-                             suppress_health_check=list(HealthCheck), phases=[hypothesis.Phase.generate])
+        @hypothesis.settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[hypothesis.Phase.generate],
+        )
         def check(case: schemathesis.Case) -> None:
-            response = case.call_and_validate(base_url=server.base_url, headers=headers,
-                                              checks=[not_a_server_error])
+            response = case.call_and_validate(
+                base_url=server.base_url, headers=headers, checks=[not_a_server_error]
+            )
             statuses[response.status_code] += 1
 
         check()
@@ -60,7 +66,9 @@ def test_no_server_errors(server: Server) -> None:
 def test_no_server_errors_long_run(server: Server) -> None:
     started = time.monotonic()
     ran, statuses = _fuzz(server, LONG_EXAMPLES_PER_OPERATION, None)
-    print(f"\nfuzz ({server.backend}): {ran} operations, {sum(statuses.values())} cases, "
-          f"statuses {dict(sorted(statuses.items()))}, {time.monotonic() - started:.0f} s")
+    print(
+        f"\nfuzz ({server.backend}): {ran} operations, {sum(statuses.values())} cases, "
+        f"statuses {dict(sorted(statuses.items()))}, {time.monotonic() - started:.0f} s"
+    )
     assert sum(statuses.values()) >= 10 * LONG_EXAMPLES_PER_OPERATION
     assert all(s < 500 for s in statuses)

@@ -14,6 +14,7 @@ print(",".join(heavy))
 
 
 def test_api_imports_no_ml_stack() -> None:
-    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == ""

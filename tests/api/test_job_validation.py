@@ -28,9 +28,13 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
         "method.supervised.hyperparameters.n_epochs",
     ),
     "method_dpo": ({"method": {"type": "dpo"}}, "method.type"),
-    "contradicting": ({"hyperparameters": {"n_epochs": 2},
-                       "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}},
-                      "hyperparameters.n_epochs"),
+    "contradicting": (
+        {
+            "hyperparameters": {"n_epochs": 2},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
+        },
+        "hyperparameters.n_epochs",
+    ),
     "metadata_17_pairs": ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     "metadata_long_value": ({"metadata": {"k": "v" * 513}}, "metadata"),
     "suffix_65": ({"suffix": "s" * 65}, "suffix"),
@@ -59,7 +63,8 @@ def test_bad_job_body_is_422_naming_the_field(case: str, client: openai.OpenAI) 
 def test_safety_can_tighten(client: openai.OpenAI) -> None:
     fid = processed_file(client)
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=fid,
+        model=MODEL,
+        training_file=fid,
         extra_body={"safety": {"mitigation": "drop", "gate_cap": 0.1, "mitigate_top_fraction": 0.2}},
     )
     safety = job.model_extra["safety"]  # type: ignore[index]
@@ -73,8 +78,9 @@ def test_org_policy_is_the_floor(server: Server) -> None:
     job = client.fine_tuning.jobs.create(model=MODEL, training_file=fid)
     assert job.model_extra["safety"]["mitigation"] == "drop"  # type: ignore[index]
     with pytest.raises(openai.UnprocessableEntityError) as info:
-        client.fine_tuning.jobs.create(model=MODEL, training_file=fid,
-                                       extra_body={"safety": {"gate_delta": 0.02}})
+        client.fine_tuning.jobs.create(
+            model=MODEL, training_file=fid, extra_body={"safety": {"gate_delta": 0.02}}
+        )
     assert info.value.body["param"] == "safety.gate_delta"  # type: ignore[index]
 
 

@@ -29,7 +29,11 @@ def _advance(job_id: str, *statuses: JobStatus, **fields: object) -> None:
 def test_create_retrieve_and_shape(client: openai.OpenAI) -> None:
     fid = processed_file(client)
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=fid, validation_file=fid, suffix="my-model", seed=7,
+        model=MODEL,
+        training_file=fid,
+        validation_file=fid,
+        suffix="my-model",
+        seed=7,
         hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 0.5},
         metadata={"team": "red"},
     )
@@ -51,7 +55,8 @@ def test_create_retrieve_and_shape(client: openai.OpenAI) -> None:
 def test_method_hyperparameters_and_seed_default(client: openai.OpenAI) -> None:
     fid = processed_file(client)
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=fid,
+        model=MODEL,
+        training_file=fid,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
     )
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == "auto"
@@ -60,8 +65,10 @@ def test_method_hyperparameters_and_seed_default(client: openai.OpenAI) -> None:
 
 def test_list_pages_and_metadata_filter(client: openai.OpenAI) -> None:
     fid = processed_file(client)
-    ids = [client.fine_tuning.jobs.create(model=MODEL, training_file=fid, metadata={"n": str(i % 2)}).id
-           for i in range(5)]
+    ids = [
+        client.fine_tuning.jobs.create(model=MODEL, training_file=fid, metadata={"n": str(i % 2)}).id
+        for i in range(5)
+    ]
     page = client.fine_tuning.jobs.list(limit=2)
     assert len(page.data) == 2 and page.has_more
     all_ids = [j.id for j in client.fine_tuning.jobs.list(limit=2)]
@@ -103,9 +110,18 @@ def test_failed_job_reports_coded_error(client: openai.OpenAI) -> None:
     with session_scope() as session:
         row = session.get(Job, job.id)
         assert row is not None
-        transition(session, row, JobStatus.FAILED, level="error", message="blocked",
-                   error={"code": "unsafe_training_data", "message": "31% of examples flagged (limit 10%)",
-                          "param": "training_file"})
+        transition(
+            session,
+            row,
+            JobStatus.FAILED,
+            level="error",
+            message="blocked",
+            error={
+                "code": "unsafe_training_data",
+                "message": "31% of examples flagged (limit 10%)",
+                "param": "training_file",
+            },
+        )
     got = client.fine_tuning.jobs.retrieve(job.id)
     assert got.status == "failed" and got.error is not None and got.error.code == "unsafe_training_data"
     assert got.error.param == "training_file" and "31%" in got.error.message
@@ -118,8 +134,9 @@ def test_events_newest_first_with_pagination(client: openai.OpenAI) -> None:
         row = session.get(Job, job.id)
         assert row is not None
         for step in range(5):
-            record_event(session, row, f"step {step}", type="metrics",
-                         data={"step": step, "progress": step / 5})
+            record_event(
+                session, row, f"step {step}", type="metrics", data={"step": step, "progress": step / 5}
+            )
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=3))
     assert [e.message for e in events[:5]] == [f"step {s}" for s in range(4, -1, -1)]
     assert events[-1].message.startswith("Created fine-tuning job")
@@ -163,8 +180,12 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_job(client: openai
     fid = processed_file(client)
     key = {"Idempotency-Key": str(uuid.uuid4())}
     with ThreadPoolExecutor(max_workers=6) as pool:
-        jobs = list(pool.map(lambda _: client.fine_tuning.jobs.create(model=MODEL, training_file=fid,
-                                                                      extra_headers=key), range(6)))
+        jobs = list(
+            pool.map(
+                lambda _: client.fine_tuning.jobs.create(model=MODEL, training_file=fid, extra_headers=key),
+                range(6),
+            )
+        )
     assert len({j.id for j in jobs}) == 1
     assert len(list(client.fine_tuning.jobs.list())) == 1
 

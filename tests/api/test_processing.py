@@ -61,8 +61,15 @@ def test_files_left_uploaded_are_processed_on_restart(
         org = Organization(name="o", policy={})
         s.add(org)
         s.flush()
-        row = File(org_id=org.id, filename="t.jsonl", purpose="fine-tune", bytes=staged.size,
-                   sha256=staged.sha256, storage_key=key, status="uploaded")
+        row = File(
+            org_id=org.id,
+            filename="t.jsonl",
+            purpose="fine-tune",
+            bytes=staged.size,
+            sha256=staged.sha256,
+            storage_key=key,
+            status="uploaded",
+        )
         s.add(row)
         s.flush()
         file_id = row.id
@@ -87,8 +94,15 @@ def test_resume_marks_a_missing_object_error_and_processes_every_later_file(
         for i in range(3):
             staged = storage.stage(io.BytesIO(jsonl([chat(i * 10 + j) for j in range(3)])), max_bytes=10_000)
             key = storage.commit(staged)
-            row = File(org_id=org.id, filename=f"t{i}.jsonl", purpose="fine-tune", bytes=staged.size,
-                       sha256=staged.sha256, storage_key=key, status="uploaded")
+            row = File(
+                org_id=org.id,
+                filename=f"t{i}.jsonl",
+                purpose="fine-tune",
+                bytes=staged.size,
+                sha256=staged.sha256,
+                storage_key=key,
+                status="uploaded",
+            )
             s.add(row)
             s.flush()
             ids.append(row.id)

@@ -18,9 +18,14 @@ def test_org_policy_overrides_provider_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("knob", "tighter", "looser"),
-    [("mitigation", "drop", "none"), ("mitigate_top_fraction", 0.5, 0.01),
-     ("inject_safety_examples", True, False), ("block_unsafe_data", True, False),
-     ("gate_delta", 0.0, 0.5), ("gate_cap", 0.05, 0.9)],
+    [
+        ("mitigation", "drop", "none"),
+        ("mitigate_top_fraction", 0.5, 0.01),
+        ("inject_safety_examples", True, False),
+        ("block_unsafe_data", True, False),
+        ("gate_delta", 0.0, 0.5),
+        ("gate_cap", 0.05, 0.9),
+    ],
 )
 def test_tighten_accepts_stricter_and_rejects_looser(knob: str, tighter: object, looser: object) -> None:
     base = org_policy(Settings(), None)
@@ -31,8 +36,16 @@ def test_tighten_accepts_stricter_and_rejects_looser(knob: str, tighter: object,
     assert info.value.param == f"safety.{knob}" and "loosen" in info.value.message
 
 
-@pytest.mark.parametrize("bad", [{"gate_cap": 2.0}, {"gate_cap": "low"}, {"mitigation": "burn"},
-                                 {"inject_safety_examples": 1}, {"mitigate_top_fraction": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"gate_cap": 2.0},
+        {"gate_cap": "low"},
+        {"mitigation": "burn"},
+        {"inject_safety_examples": 1},
+        {"mitigate_top_fraction": 0},
+    ],
+)
 def test_tighten_rejects_invalid_values(bad: dict[str, object]) -> None:
     with pytest.raises(InvalidConfig) as info:
         tighten(org_policy(Settings(), None), bad)

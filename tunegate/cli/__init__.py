@@ -1,9 +1,9 @@
 """The ``tunegate`` command. Each area registers its commands from its own module.
 
-    tunegate db upgrade | keys create/revoke/list          (cli/admin.py)
-    tunegate models prepare [--aligned] | score            (cli/scoring.py)
-    tunegate eval | finetune                               (cli/pipeline.py)
-    tunegate serve | api | worker | demo | follow | reap   (cli/service.py)
+tunegate db upgrade | keys create/revoke/list          (cli/admin.py)
+tunegate models prepare [--aligned] | score            (cli/scoring.py)
+tunegate eval | finetune                               (cli/pipeline.py)
+tunegate serve | api | worker | demo | follow | reap   (cli/service.py)
 """
 
 from __future__ import annotations

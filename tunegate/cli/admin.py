@@ -101,8 +101,13 @@ def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) 
             typer.echo(f"error: no organization named {org!r}", err=True)
             raise typer.Exit(code=1)
         limit = row.rate_limit_per_minute or settings.rate_limit_per_minute
-        out = {"id": row.id, "name": row.name, "policy": org_policy(settings, row.policy),
-               "storage_quota_bytes": storage_quota(settings, row.policy), "rate_limit_per_minute": limit}
+        out = {
+            "id": row.id,
+            "name": row.name,
+            "policy": org_policy(settings, row.policy),
+            "storage_quota_bytes": storage_quota(settings, row.policy),
+            "rate_limit_per_minute": limit,
+        }
     typer.echo(json.dumps(out, indent=2))
 
 

@@ -41,13 +41,24 @@ def prompt_ids(tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None) -> l
 
 
 def _generate(
-    model: Any, tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None, max_new_tokens: int,
-    batch_size: int, settled: Callable[[str], bool] | None, on_batch: OnBatch,
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Prompt],
+    fmt: UserFormat | None,
+    max_new_tokens: int,
+    batch_size: int,
+    settled: Callable[[str], bool] | None,
+    on_batch: OnBatch,
 ) -> list[str]:
     """Greedy replies in ``fmt``; each stops once ``settled`` says its verdict is known."""
     ids = prompt_ids(tok, prompts, fmt)
     return generate_all(
-        model, tok, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, settled=settled,
+        model,
+        tok,
+        ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        settled=settled,
         on_batch=on_batch,
     )
 
