@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from models.tables import File, Job, Organization
 from tunegate import queue
-from tunegate.errors import NotFound
+from tunegate.errors import InvalidConfig, NotFound
 from tunegate.settings import Settings
 from tunegate.storage import get_storage
 
@@ -110,10 +110,18 @@ def job_view(session: Session, job: Job, settings: Settings) -> JobView:
 
 
 def with_overrides(cfg: Any, stage: str, settings: Settings) -> Any:
-    """Apply ``Settings.stage_overrides[stage]`` to a frozen stage config (re-validated)."""
+    """Apply ``Settings.stage_overrides[stage]`` to a frozen stage config (re-validated). An override key
+    that is not a field of the stage's config is refused, naming the key (a typo must not pass silently)."""
     extra = settings.stage_overrides.get(stage) or {}
     known = {f.name for f in dataclasses.fields(cfg)}
-    return dataclasses.replace(cfg, **{k: v for k, v in extra.items() if k in known})
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise InvalidConfig(
+            f"TUNEGATE_STAGE_OVERRIDES[{stage!r}] has unknown key(s) {', '.join(unknown)}; "
+            f"{type(cfg).__name__} has: {', '.join(sorted(known))}",
+            param=f"stage_overrides.{stage}.{unknown[0]}",
+        )
+    return dataclasses.replace(cfg, **extra)
 
 
 # --- building each stage's config and inputs, and running it -----------------------------------------------

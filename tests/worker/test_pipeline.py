@@ -44,10 +44,15 @@ def test_method_hyperparameters_override_top_level() -> None:
 def test_stage_overrides_are_applied_and_revalidated(
     monkeypatch: pytest.MonkeyPatch, tunegate_home: Path
 ) -> None:
-    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 3, "bogus": 1}}))
+    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 3}}))
     reset_settings()
     cfg = pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
     assert cfg.min_examples == 3 and cfg.model == "m"
+    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 3, "bogus": 1}}))
+    reset_settings()
+    with pytest.raises(InvalidConfig, match="unknown key.*bogus") as unknown:
+        pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+    assert unknown.value.param == "stage_overrides.validate.bogus"
     monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 0}}))
     reset_settings()
     with pytest.raises(InvalidConfig) as err:
