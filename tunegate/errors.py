@@ -15,6 +15,7 @@
     ├── RateLimited           429      carries retry_after seconds
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
     ├── ClaimLost                      another worker took over this job stage: stop without writing
+    ├── StageTimeLimit                 a stage ran past its queue's time limit (Settings.*_stage_time_limit_s)
     ├── ModelError                     a base model cannot be resolved, converted or loaded
     └── TransientError                 the only retryable class (broker/database/network hiccups)
         └── StorageFull       507      the disk is full (ENOSPC) while storing a file or writing artifacts
@@ -147,6 +148,13 @@ class ClaimLost(TunegateError):
 
     error_type = "server_error"
     default_code = "claim_lost"
+
+
+class StageTimeLimit(TunegateError):
+    """A stage ran past the soft time limit of its queue; the job fails with ``stage_time_limit``."""
+
+    error_type = "server_error"
+    default_code = "stage_time_limit"
 
 
 class ModelError(TunegateError):

@@ -43,12 +43,22 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_routes={name: {"queue": q} for name, q in QUEUE_OF.items()},
+        task_annotations=time_limits(settings),
         task_default_queue="cpu",
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def time_limits(settings: Settings) -> dict[str, dict[str, int]]:
+    """Celery's hard and soft time limit of every task, by its queue (``Settings.*_stage_time_limit_s``)."""
+    hard = {"gpu": settings.gpu_stage_time_limit_s, "cpu": settings.cpu_stage_time_limit_s}
+    return {
+        name: {"time_limit": hard[q], "soft_time_limit": max(1, hard[q] - settings.stage_time_grace_s)}
+        for name, q in QUEUE_OF.items()
+    }
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     worker_concurrency: int = 1
     visibility_timeout_s: int = 12 * 3600  # above the longest stage, or a running task is redelivered
+    # Per-queue limits on one stage task (Celery time_limit; the soft limit, which ends the job with
+    # `stage_time_limit`, comes stage_time_grace_s earlier). Keep the gpu one below visibility_timeout_s.
+    gpu_stage_time_limit_s: int = 11 * 3600
+    cpu_stage_time_limit_s: int = 3600
+    stage_time_grace_s: int = 60
     heartbeat_s: int = 30
     stale_after_s: int = 600  # a running job whose worker stopped reporting this long is requeued
     task_max_retries: int = 5

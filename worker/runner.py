@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -113,6 +115,17 @@ def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
     except ClaimLost as exc:
         log.warning("%s", exc.message)
         return Outcome("lost")
+    except SoftTimeLimitExceeded:  # Celery's soft limit for the stage's queue (Settings.*_stage_time_limit_s)
+        log.error("job %s: %s ran past its time limit", c.job_id, c.stage)
+        message = f"The {c.stage} stage ran past its time limit on this service; the job was stopped."
+        _end(
+            c,
+            JobStatus.FAILED,
+            message,
+            level="error",
+            error={"code": "stage_time_limit", "message": message, "param": None},
+        )
+        return Outcome("failed")
     except TransientError:
         raise
     except TunegateError as exc:
@@ -241,7 +254,14 @@ def _run(c: Claim, view: JobView, settings: Settings) -> dict[str, Any]:
         log.info("job %s: %s output exists in %s; reusing it", c.job_id, c.stage, out)
         return load_result(out)
     rep = StageReporter(c, interval_s=settings.event_interval_s)
-    io = StageIO(out, progress=rep.progress, should_stop=rep.should_stop, stage=c.stage)
+    soft = queue.time_limits(settings)[TASK_OF[c.stage]]["soft_time_limit"]
+    io = StageIO(
+        out,
+        progress=rep.progress,
+        should_stop=rep.should_stop,
+        stage=c.stage,
+        deadline=time.monotonic() + soft,
+    )
     ck = rep.checkpoint if c.stage == "train" else None
     with claims.Heartbeat(c, settings.heartbeat_s) as hb:
         result = run_stage(c.stage, view, io, settings, ck)

@@ -139,3 +139,27 @@ def test_database_away_after_a_checkpoint_is_saved_loses_no_checkpoint_row(
     assert len(steps) == len(set(steps)) == 3
     saved = [m for m in events if m.startswith("checkpoint saved")]
     assert len(saved) == len(set(saved)) == 3
+
+
+def test_a_stage_past_its_time_limit_fails_the_job_with_stage_time_limit(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gpu queue's soft limit (hard limit minus the grace) passes while training runs: the stage stops at
+    its next step and the job fails with ``stage_time_limit``; Celery's limits come from the same settings."""
+    from tunegate import queue
+    from tunegate.settings import reset_settings
+
+    job_id = make_job("tiny", chat_rows(12), hyperparameters={"n_epochs": 50, "batch_size": 1})
+    for stage in ("validate", "score", "mitigate"):
+        assert runner.execute(stage, job_id).status == "done", stage
+    monkeypatch.setenv("TUNEGATE_GPU_STAGE_TIME_LIMIT_S", "2")
+    monkeypatch.setenv("TUNEGATE_STAGE_TIME_GRACE_S", "1")
+    reset_settings()
+    limits = queue.time_limits(get_settings())
+    assert limits[queue.TRAIN] == {"time_limit": 2, "soft_time_limit": 1}
+    assert limits[queue.GATE] == {"time_limit": 3600, "soft_time_limit": 3599}
+    assert runner.execute("train", job_id) == runner.Outcome("failed")
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == "failed" and job.error is not None
+        assert job.error["code"] == "stage_time_limit" and "train" in job.error["message"]

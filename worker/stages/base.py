@@ -9,13 +9,15 @@ request); long loops call ``io.step(fraction, message, **metrics)`` at each step
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from tunegate.artifacts import atomic_write_json, read_json, save_config
-from tunegate.errors import JobCancelled
+from tunegate.errors import JobCancelled, StageTimeLimit
 
 RESULT_NAME = "result.json"
 ProgressFn = Callable[[float, str, dict[str, Any]], None]
@@ -43,9 +45,16 @@ class StageIO:
     should_stop: Callable[[], bool] = _never
     stage: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    deadline: float = math.inf  # time.monotonic() past which the stage stops at its next step
 
     def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
-        """Report progress (0..1 within this stage) and stop here if a cancel was requested."""
+        """Report progress (0..1 within this stage); stop here if a cancel was requested or the stage ran
+        past its deadline."""
+        if time.monotonic() > self.deadline:
+            raise StageTimeLimit(
+                f"The {self.stage or 'stage'} stage ran past its time limit on this service; "
+                "the job was stopped."
+            )
         if self.should_stop():
             where = f"cancelled during {self.stage or 'stage'} at {fraction:.0%}: {message}"
             raise JobCancelled(where.rstrip(": "))
