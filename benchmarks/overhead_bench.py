@@ -41,8 +41,8 @@ def main() -> None:
 
     reset_settings()
 
+    from worker.ml.stage_io import StageIO
     from worker.stages import evaluate, mitigate, score, train
-    from worker.stages.base import StageIO
 
     examples = gsm8k_conversations(args.n)
     sres, t_score = timed(

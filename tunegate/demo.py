@@ -275,7 +275,7 @@ def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: i
     """Measure this machine for a few seconds and say what the demo will do and how long it should take."""
     from tunegate.demo_plan import estimate
     from tunegate.settings import EMBEDDED_BASE, get_settings
-    from worker.ml.calibrate import measure
+    from worker.calibrate import measure
     from worker.ml.models import load_resolved
     from worker.ml.precision import hardware
 

@@ -2,7 +2,7 @@
 
 The estimate is the work each phase does (decoding steps, training tokens, scoring tokens; counted from the
 stage configs and the shipped data) times what this machine takes per unit of that work, measured a few
-seconds before (``worker/ml/calibrate.py``). ``OVERHEAD`` holds, per phase, what the unit counts leave out
+seconds before (``worker/calibrate.py``). ``OVERHEAD`` holds, per phase, what the unit counts leave out
 (a KL teacher pass, per-example scoring work, evaluation bookkeeping); its values are measured ratios of
 actual to counted time from the runs recorded in ``docs/benchmarks.md``.
 """
@@ -70,7 +70,7 @@ def estimate(
     machine: str,
     n_examples: tuple[int, int],
 ) -> DemoPlan:
-    """A plan with each phase's expected seconds; ``units`` is a ``worker.ml.calibrate.UnitCosts``."""
+    """A plan with each phase's expected seconds; ``units`` is a ``worker.calibrate.UnitCosts``."""
     plan = DemoPlan(machine=machine, parallel_jobs=parallel)
     if build:
         plan.phases.append(

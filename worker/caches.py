@@ -49,9 +49,9 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
 
 def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent) -> None:
     """The base model's chat-template evaluation, with the evaluate stage's config as jobs build it."""
+    from worker.ml.stage_io import StageIO
     from worker.pipeline import with_overrides
     from worker.stages import evaluate
-    from worker.stages.base import StageIO
 
     cfg = with_overrides(evaluate.EvalConfig(model=model), "evaluate", settings)
     work = Path(tempfile.mkdtemp(prefix="tunegate-base-eval-"))

@@ -50,9 +50,10 @@ from tunegate.settings import Settings, get_settings
 from worker import claims
 from worker.claims import Claim
 from worker.events import StageReporter
+from worker.ml.stage_io import StageIO
 from worker.outcomes import APPLIERS
 from worker.pipeline import TASK_OF, JobView, job_dir, job_view, overall_progress, run_stage, stage_dir
-from worker.stages.base import StageIO, load_result, result_exists
+from worker.stages.base import load_result, result_exists
 
 log = logging.getLogger(__name__)
 

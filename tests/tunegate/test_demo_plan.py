@@ -6,7 +6,7 @@ import pytest
 
 from tunegate.demo import worker_layout
 from tunegate.demo_plan import EVAL_BATCH_COST, OVERHEAD, Workload, decode_steps, estimate
-from worker.ml.calibrate import UnitCosts
+from worker.calibrate import UnitCosts
 
 WORK = Workload(
     distill_steps=100,

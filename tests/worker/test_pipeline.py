@@ -13,8 +13,9 @@ from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.errors import InvalidConfig, InvalidFile
 from tunegate.settings import get_settings, reset_settings
 from worker import pipeline
+from worker.ml.stage_io import StageIO
 from worker.stages import validate
-from worker.stages.base import StageIO, load_result
+from worker.stages.base import load_result
 
 
 @pytest.fixture

@@ -139,7 +139,8 @@ def _bar(name: str) -> tuple[Any, Any]:
 
 def _stage(name: str, out: Path, fn: Any) -> dict[str, Any]:
     """Run one stage with a progress bar unless its result already exists (then it is reused)."""
-    from worker.stages.base import StageIO, load_result, result_exists
+    from worker.ml.stage_io import StageIO
+    from worker.stages.base import load_result, result_exists
 
     d = out / name
     if result_exists(d):

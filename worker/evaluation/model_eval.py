@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.judges import Judge
 from worker.evaluation.math import direction, margin_ratio
-from worker.evaluation.prompts import Prompt, data_path, read_jsonl
+from worker.evaluation.prompts import Prompt
 from worker.evaluation.runner import (
     borderline_records,
     direction_acts,
@@ -16,8 +17,8 @@ from worker.evaluation.runner import (
     summarize_borderline,
     summarize_harmful,
 )
-from worker.mitigation.format import UserFormat
-from worker.stages.base import StageIO
+from worker.ml.format import UserFormat
+from worker.ml.stage_io import StageIO
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunegate.errors import InvalidFile
+from tunegate.shipped import data_path
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "tunegate" / "data"
 PROMPT_KEYS = ("prompt", "goal", "Goal", "Behavior", "behavior", "text", "instruction")
 CATEGORY_KEYS = ("category", "Category", "SemanticCategory", "type")
 
@@ -28,21 +28,6 @@ CATEGORY_KEYS = ("category", "Category", "SemanticCategory", "type")
 class Prompt:
     text: str
     category: str = "uncategorized"
-
-
-def data_path(*parts: str) -> Path:
-    return DATA_DIR.joinpath(*parts)
-
-
-def read_jsonl(path: Path) -> list[dict[str, object]]:
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InvalidFile(f"not valid JSON ({exc.msg})", line=i, filename=str(path)) from exc
-    return rows
 
 
 def _from_row(row: dict[str, object], line: int, path: Path) -> Prompt:

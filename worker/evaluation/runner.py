@@ -12,8 +12,7 @@ from worker.evaluation.generate import generate_all
 from worker.evaluation.judges import Judge, over_refusal
 from worker.evaluation.math import asr, margin
 from worker.evaluation.prompts import Prompt
-from worker.mitigation.format import UserFormat
-from worker.mitigation.inject import render_user
+from worker.ml.format import UserFormat, render_user
 from worker.ml.render import encode_prompt
 
 OnBatch = Callable[[int, int], None] | None

@@ -17,7 +17,7 @@ from worker.evaluation.runner import (
     summarize_borderline,
     summarize_harmful,
 )
-from worker.mitigation.format import UserFormat, infer_format
+from worker.ml.format import UserFormat, infer_format
 from worker.ml.models import load_resolved
 
 

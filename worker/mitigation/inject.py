@@ -14,8 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 from tunegate.conversation import Conversation, Message
-from worker.evaluation.prompts import data_path, read_jsonl
-from worker.mitigation.format import UserFormat
+from tunegate.shipped import data_path, read_jsonl
+from worker.ml.format import UserFormat, render_user
 
 
 @lru_cache(maxsize=1)
@@ -38,11 +38,6 @@ def refusal_text(category: str, rng: random.Random) -> str:
     offer = parts["offers"].get(category, "") if rng.random() < 0.6 else ""
     text = style.format(reason=parts["reasons"].get(category, ""), offer=offer)
     return " ".join(text.split())
-
-
-def render_user(fmt: UserFormat, request: str) -> str:
-    """The request wrapped like the user's own turns."""
-    return f"{fmt.user_prefix}{request}{fmt.user_suffix}"
 
 
 def render_response(fmt: UserFormat, refusal: str, rng: random.Random) -> str:

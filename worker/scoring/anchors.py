@@ -24,12 +24,13 @@ from typing import Any
 import torch
 
 from tunegate.conversation import Conversation, load_examples
+from tunegate.shipped import data_path
 from worker.ml.render import collate, encode
 from worker.scoring.forward import forward
 
 log = logging.getLogger(__name__)
 
-ANCHOR_DIR = Path(__file__).resolve().parents[2] / "tunegate" / "data" / "anchors"
+ANCHOR_DIR = data_path("anchors")
 SETS = {"harmful": 1.0, "safe1": -1.0, "safe2": -1.0}  # sign of each set in d
 ANCHOR_TOKENS = 10
 CACHE_VERSION = "1"

@@ -13,7 +13,9 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-REFERENCE_FILE = Path(__file__).resolve().parents[2] / "tunegate" / "data" / "reference" / "benign.jsonl"
+from tunegate.shipped import data_path
+
+REFERENCE_FILE = data_path("reference", "benign.jsonl")
 
 _TOPICS = [
     "staying focused while studying",

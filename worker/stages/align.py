@@ -27,13 +27,14 @@ from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, Message, dump_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
+from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.generate import generate_all
 from worker.evaluation.keyword import is_refusal
-from worker.evaluation.prompts import data_path, read_jsonl
 from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
 from worker.ml.render import encode_prompt
+from worker.ml.stage_io import StageIO
 from worker.stages import train
-from worker.stages.base import StageIO, StageResult, finish
+from worker.stages.base import StageResult, finish
 
 log = logging.getLogger(__name__)
 ALIGNED_SOURCE = "embedded:smollm2-aligned"

@@ -16,8 +16,9 @@ from typing import Any
 
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings, get_settings
+from worker.ml.stage_io import StageIO
 from worker.report.build import build_report, write_report
-from worker.stages.base import StageIO, StageResult, finish
+from worker.stages.base import StageResult, finish
 
 
 @dataclass(frozen=True)

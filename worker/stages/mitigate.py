@@ -15,9 +15,10 @@ from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples
 from tunegate.errors import InvalidConfig
 from worker.mitigation import policy
-from worker.mitigation.format import infer_format
 from worker.mitigation.inject import inject_count, safety_examples
-from worker.stages.base import StageIO, StageResult, finish
+from worker.ml.format import infer_format
+from worker.ml.stage_io import StageIO
+from worker.stages.base import StageResult, finish
 
 ACTIONS = ("downweight", "drop", "none")
 

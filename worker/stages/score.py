@@ -16,10 +16,11 @@ from typing import Any
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation
 from tunegate.errors import InvalidConfig
+from worker.ml.stage_io import StageIO
 from worker.scoring.engine import SCORERS
 from worker.scoring.pipeline import score_examples
 from worker.scoring.report import Policy
-from worker.stages.base import StageIO, finish
+from worker.stages.base import finish
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -20,7 +20,8 @@ from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings
 from worker.ml.models import context_length, load_resolved
 from worker.ml.render import encode
-from worker.stages.base import StageIO, StageResult, finish
+from worker.ml.stage_io import StageIO
+from worker.stages.base import StageResult, finish
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import LoopConfig, train_loop
 from worker.training.lora import attach_lora

@@ -17,7 +17,8 @@ from tunegate.errors import InvalidConfig, InvalidFile
 from tunegate.settings import get_settings
 from worker.ml.models import context_length, load_tokenizer, resolve_model
 from worker.ml.render import encode
-from worker.stages.base import StageIO, StageResult, finish
+from worker.ml.stage_io import StageIO
+from worker.stages.base import StageResult, finish
 
 STEP_EVERY = 200  # examples between progress reports
 

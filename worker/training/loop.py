@@ -17,7 +17,7 @@ from typing import Any
 
 from worker.ml.precision import resolve as resolve_precision
 from worker.ml.render import Encoded, collate
-from worker.stages.base import StageIO
+from worker.ml.stage_io import StageIO
 from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from worker.training.lora import trainable_parameters
 from worker.training.math import epoch_order, lr_at, steps_per_epoch, token_stats

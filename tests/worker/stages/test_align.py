@@ -8,7 +8,7 @@ import torch
 from tests.utils.tiny_model import build_tiny_model
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
-from worker.evaluation.prompts import data_path, read_jsonl
+from tunegate.shipped import data_path, read_jsonl
 from worker.ml.models import embedded_dir, resolve_model
 from worker.stages.align import (
     DISTILL_ORDER,

@@ -8,7 +8,8 @@ from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
 from tunegate.settings import reset_settings
 from worker.evaluation.prompts import project_harmful
-from worker.stages.base import StageIO, load_result
+from worker.ml.stage_io import StageIO
+from worker.stages.base import load_result
 from worker.stages.evaluate import EvalConfig, EvalInputs, run
 from worker.stages.train import TrainConfig, TrainInputs
 from worker.stages.train import run as train

@@ -6,7 +6,8 @@ import pytest
 
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
-from worker.stages.base import StageIO, load_result
+from worker.ml.stage_io import StageIO
+from worker.stages.base import load_result
 from worker.stages.gate import GateConfig, GateInputs, decide, run
 
 

@@ -7,7 +7,8 @@ import pytest
 from tunegate.conversation import Conversation, Message, load_examples
 from tunegate.errors import InvalidConfig
 from worker.mitigation import policy
-from worker.stages.base import StageIO, load_result
+from worker.ml.stage_io import StageIO
+from worker.stages.base import load_result
 from worker.stages.mitigate import MitigateConfig, MitigateInputs, run
 
 

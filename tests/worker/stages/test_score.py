@@ -13,7 +13,8 @@ from tunegate.artifacts import read_json
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
 from tunegate.settings import reset_settings
-from worker.stages.base import StageIO, result_exists
+from worker.ml.stage_io import StageIO
+from worker.stages.base import result_exists
 from worker.stages.score import ScoreConfig, ScoreInputs, load_score_records, load_score_summary, run
 
 

@@ -7,7 +7,8 @@ import torch
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, JobCancelled
-from worker.stages.base import StageIO, load_result
+from worker.ml.stage_io import StageIO
+from worker.stages.base import load_result
 from worker.stages.train import TrainConfig, TrainInputs, config_from_openai, run
 
 pytestmark = pytest.mark.usefixtures("tunegate_home")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from worker.ml.calibrate import measure
+from worker.calibrate import measure
 from worker.ml.models import load_model, load_tokenizer
 
 

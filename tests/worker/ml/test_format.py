@@ -4,10 +4,10 @@ import json
 import random
 
 from tunegate.conversation import Conversation, Message, parse_example
+from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.keyword import is_refusal
-from worker.evaluation.prompts import data_path, read_jsonl
-from worker.mitigation.format import infer_format
 from worker.mitigation.inject import inject_count, render_response, safety_examples
+from worker.ml.format import infer_format
 
 POOL = {r["prompt"] for r in read_jsonl(data_path("pool", "harmful.jsonl"))}
 

@@ -161,3 +161,8 @@ def infer_format(examples: list[Conversation]) -> UserFormat:
         response_prefix=resp_prefix,
         **shape,
     )
+
+
+def render_user(fmt: UserFormat, request: str) -> str:
+    """The request wrapped like the user's own turns."""
+    return f"{fmt.user_prefix}{request}{fmt.user_suffix}"

@@ -1,0 +1,118 @@
+"""The import rules of the layers, checked on the source (an AST walk; nothing is imported).
+
+top floor     tunegate.cli, tunegate.demo, tunegate.demo_plan, tunegate.stack, tunegate.client
+api/          the HTTP service: never worker/, never torch, transformers or peft
+worker/       stages, pipeline, runner, tasks ... over the ML packages
+worker ML     worker.ml (bottom), worker.scoring, .training, .evaluation, .mitigation, .report:
+              never a stage, the pipeline or the Celery layer; worker.ml imports no other worker package
+models/       SQLAlchemy tables and the job state machine
+ground floor  every other tunegate module: settings, errors, conversation, storage, artifacts, queue,
+              shipped data ... importable by everyone, importing none of the above
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP = ("tunegate.cli", "tunegate.demo", "tunegate.demo_plan", "tunegate.stack", "tunegate.client")
+ML = (
+    "worker.ml",
+    "worker.scoring",
+    "worker.training",
+    "worker.evaluation",
+    "worker.mitigation",
+    "worker.report",
+)
+HEAVY = ("torch", "transformers", "peft")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _modules(*packages: str) -> dict[str, set[str]]:
+    found = {}
+    for pkg in packages:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            found[_module(path)] = _imports(path)
+    return found
+
+
+ALL = _modules("api", "worker", "models", "tunegate", "migrations")
+
+
+def _violations(who: tuple[str, ...], banned: tuple[str, ...], exempt: tuple[str, ...] = ()) -> list[str]:
+    return sorted(
+        f"{mod} imports {imp}"
+        for mod, imps in ALL.items()
+        if _under(mod, who) and not _under(mod, exempt)
+        for imp in imps
+        if _under(imp, banned) and not _under(imp, (mod,))
+    )
+
+
+def _ground() -> tuple[str, ...]:
+    return tuple(m for m in ALL if _under(m, ("tunegate",)) and not _under(m, TOP) and m != "tunegate")
+
+
+@pytest.mark.parametrize(
+    ("who", "banned", "exempt"),
+    [
+        (("api",), ("worker", *TOP, *HEAVY), ()),
+        (("models",), ("api", "worker", *TOP), ()),
+        (_ground(), ("api", "worker", "models", *TOP), ()),
+        (
+            ML,
+            (
+                "worker.stages",
+                "worker.pipeline",
+                "worker.runner",
+                "worker.tasks",
+                "worker.outcomes",
+                "worker.caches",
+                "worker.calibrate",
+                "worker.claims",
+                "worker.events",
+                "worker.reaper",
+                "worker.celery_app",
+                "api",
+                *TOP,
+            ),
+            (),
+        ),
+        (("worker.ml",), ("worker",), ("worker.ml",)),
+    ],
+    ids=["api", "models", "ground-floor", "worker-ml-packages", "worker-ml-bottom"],
+)
+def test_layer_imports(who: tuple[str, ...], banned: tuple[str, ...], exempt: tuple[str, ...]) -> None:
+    if who == ("worker.ml",):  # worker.ml may import itself, nothing else of worker/
+        bad = [v for v in _violations(who, banned) if not v.split(" imports ")[1].startswith("worker.ml")]
+    else:
+        bad = _violations(who, banned, exempt)
+    assert bad == []
+
+
+def test_the_walk_sees_the_tree() -> None:
+    assert {"api.main", "worker.runner", "worker.ml.precision", "tunegate.settings"} <= set(ALL)
+    assert "worker.ml.stage_io" in _imports(ROOT / "worker" / "training" / "loop.py")

@@ -1,0 +1,51 @@
+"""A stage's I/O context: its output directory, progress reports, and where it must stop.
+
+Long loops (training steps, generation batches, scoring) call ``io.step(fraction, message, **metrics)`` at
+each step boundary; that reports progress (the service turns it into job events) and raises ``JobCancelled``
+when a cancel was requested or ``StageTimeLimit`` past the stage's deadline. It lives at the bottom of
+``worker/`` so that the ML packages (training, evaluation, scoring) can take it without importing a stage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.errors import JobCancelled, StageTimeLimit
+
+ProgressFn = Callable[[float, str, dict[str, Any]], None]
+
+
+def _no_progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+    del fraction, message, metrics
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class StageIO:
+    out_dir: Path
+    progress: ProgressFn = _no_progress
+    should_stop: Callable[[], bool] = _never
+    stage: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    deadline: float = math.inf  # time.monotonic() past which the stage stops at its next step
+
+    def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
+        """Report progress (0..1 within this stage); stop here if a cancel was requested or the stage ran
+        past its deadline."""
+        if time.monotonic() > self.deadline:
+            raise StageTimeLimit(
+                f"The {self.stage or 'stage'} stage ran past its time limit on this service; "
+                "the job was stopped."
+            )
+        if self.should_stop():
+            where = f"cancelled during {self.stage or 'stage'} at {fraction:.0%}: {message}"
+            raise JobCancelled(where.rstrip(": "))
+        self.progress(max(0.0, min(1.0, fraction)), message, metrics)
