@@ -23,7 +23,7 @@ def one_at_a_time(model, tok, prompts, max_new_tokens):
     import torch
 
     from worker.evaluation.keyword import keyword_jailbroken
-    from worker.evaluation.runner import prompt_ids
+    from worker.evaluation.records import prompt_ids
 
     out = []
     for ids in prompt_ids(tok, prompts, None):
@@ -53,7 +53,7 @@ def main() -> None:
 
     from worker.evaluation.judges import Judge
     from worker.evaluation.prompts import load_prompts
-    from worker.evaluation.runner import harmful_records
+    from worker.evaluation.records import harmful_records
     from worker.evaluation.single import load_for_eval
 
     prompts = load_prompts(args.prompts)[: args.n]

@@ -105,7 +105,7 @@ def main() -> None:
     from tunegate.settings import get_settings
     from worker.scoring.anchors import load_or_compute
     from worker.scoring.engine import Engine
-    from worker.scoring.pipeline import encode_all, load_base
+    from worker.scoring.score_all import encode_all, load_base
 
     settings = get_settings()
     base = load_base(args.model, settings)

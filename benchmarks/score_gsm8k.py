@@ -23,8 +23,8 @@ from machine import print_machine
 
 def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
     from tunegate.settings import get_settings
-    from worker.scoring.pipeline import encode_all, load_base, prepare_engine
     from worker.scoring.report import Policy, make_record
+    from worker.scoring.score_all import encode_all, load_base, prepare_engine
 
     convs = gsm8k_conversations(n)
     done = sum(1 for _ in out.open()) if out.exists() else 0

@@ -39,7 +39,7 @@ def scoring_cache_ready(model: str, settings: Settings) -> bool:
 def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _silent) -> Path:
     """Anchor features and reference distributions of ``model`` for every scorer (computed if missing)."""
     from worker.scoring.engine import SCORERS
-    from worker.scoring.pipeline import load_base, prepare_engine
+    from worker.scoring.score_all import load_base, prepare_engine
 
     base = load_base(model, settings)
     prepare_engine(base, SCORERS, batch_size=8, progress=lambda f, m: progress(min(1.0, f / 0.3), m))

@@ -2,7 +2,7 @@
 
 tunegate db upgrade | keys create/revoke/list          (cli/admin.py)
 tunegate models prepare [--aligned] | score            (cli/scoring.py)
-tunegate eval | finetune                               (cli/pipeline.py)
+tunegate eval | finetune                               (cli/local.py)
 tunegate serve | api | worker | demo | follow | reap   (cli/service.py)
 """
 
@@ -12,10 +12,10 @@ import logging
 
 import typer
 
-from tunegate.cli import admin, pipeline, scoring, service
+from tunegate.cli import admin, local, scoring, service
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-for _module in (admin, scoring, pipeline, service):
+for _module in (admin, scoring, local, service):
     _module.register(app)
 
 

@@ -111,7 +111,7 @@ def score(
     """Score every example of FILE and print a summary."""
     from tunegate.conversation import load_examples
     from tunegate.settings import get_settings
-    from worker.scoring.pipeline import score_examples
+    from worker.scoring.score_all import score_examples
     from worker.stages.score import ScoreConfig, write_records
 
     settings = get_settings()

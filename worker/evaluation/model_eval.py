@@ -9,7 +9,7 @@ from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.judges import Judge
 from worker.evaluation.math import direction, margin_ratio
 from worker.evaluation.prompts import Prompt
-from worker.evaluation.runner import (
+from worker.evaluation.records import (
     borderline_records,
     direction_acts,
     harmful_records,

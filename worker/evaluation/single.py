@@ -11,7 +11,7 @@ from tunegate.conversation import load_examples
 from tunegate.settings import get_settings
 from worker.evaluation.judges import Judge
 from worker.evaluation.prompts import Prompt, project_borderline
-from worker.evaluation.runner import (
+from worker.evaluation.records import (
     borderline_records,
     harmful_records,
     summarize_borderline,

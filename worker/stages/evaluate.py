@@ -23,7 +23,7 @@ from worker.evaluation.judges import Judge, LLMJudgeAdapter
 from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from worker.evaluation.model_eval import ModelEvaluator, direction_sets
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
-from worker.evaluation.runner import template_is_plain
+from worker.evaluation.records import template_is_plain
 from worker.ml.format import UserFormat, infer_format
 from worker.ml.models import load_resolved
 from worker.ml.stage_io import StageIO

@@ -18,8 +18,8 @@ from tunegate.conversation import Conversation
 from tunegate.errors import InvalidConfig
 from worker.ml.stage_io import StageIO
 from worker.scoring.engine import SCORERS
-from worker.scoring.pipeline import score_examples
 from worker.scoring.report import Policy
+from worker.scoring.score_all import score_examples
 from worker.stages.base import finish
 
 SCORES_FILE = "scores.jsonl"
