@@ -7,6 +7,7 @@ corpus, with a ChatML chat template like SmolLM2's, and a 2-layer Llama with ran
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -76,3 +77,21 @@ def build_tiny_model(directory: str | Path, *, seed: int = 0, layers: int = 2, h
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def tiny_align_config(**changes: Any) -> Any:
+    """An ``AlignConfig`` small enough for the tiny model: a few refusals and distilled answers, one epoch."""
+    from worker.stages.align import AlignConfig
+
+    small: dict[str, Any] = {
+        "n_refusals": 6,
+        "n_distill": 4,
+        "distill_max_new_tokens": 6,
+        "n_epochs": 1,
+        "batch_size": 4,
+        "lora_r": 2,
+        "lora_alpha": 4,
+        "learning_rate": 1e-2,
+        "precision": "fp32",
+    }
+    return AlignConfig(**{**small, **changes})

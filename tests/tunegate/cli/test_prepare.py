@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.utils.tiny_model import build_tiny_model
+from tests.utils.tiny_model import build_tiny_model, tiny_align_config
 from tunegate.cli import app
 from tunegate.settings import get_settings, reset_settings
-from worker.stages.align import AlignConfig, prepare_aligned
+from worker.stages.align import prepare_aligned
 
 
 def test_prepare_aligned_keeps_a_built_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,16 +23,7 @@ def test_prepare_aligned_keeps_a_built_base(tmp_path: Path, monkeypatch: pytest.
     )
     reset_settings()
     try:
-        cfg = AlignConfig(
-            n_refusals=4,
-            n_distill=2,
-            distill_max_new_tokens=4,
-            n_epochs=1,
-            batch_size=4,
-            lora_r=2,
-            lora_alpha=4,
-            precision="fp32",
-        )
+        cfg = tiny_align_config(n_refusals=4, n_distill=2, distill_max_new_tokens=4)
         target = prepare_aligned(get_settings(), progress=False, cfg=cfg)
         stamp = (target / "align_result.json").stat().st_mtime_ns
         res = CliRunner().invoke(app, ["models", "prepare", "--model", "smollm2-135m", "--aligned"])

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.utils.tiny_model import build_tiny_model
+from tests.utils.tiny_model import build_tiny_model, tiny_align_config
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
 from tunegate.shipped import data_path, read_jsonl
@@ -33,17 +33,7 @@ def tiny_registry(tmp_path, monkeypatch):
 
 
 def test_prepare_aligned_builds_a_merged_model(tiny_registry):
-    cfg = AlignConfig(
-        n_refusals=6,
-        n_distill=4,
-        distill_max_new_tokens=6,
-        n_epochs=1,
-        batch_size=4,
-        lora_r=2,
-        lora_alpha=4,
-        learning_rate=1e-2,
-        precision="fp32",
-    )
+    cfg = tiny_align_config()
     target = prepare_aligned(get_settings(), progress=False, cfg=cfg)
     assert target == embedded_dir("embedded:smollm2-aligned", get_settings())
     assert list(target.glob("*.safetensors")) and not target.with_name(target.name + ".building").exists()
