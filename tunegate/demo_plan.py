@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# actual seconds / (counted units x unit cost), per phase, from the measured demo runs (docs/benchmarks.md)
-OVERHEAD = {"distill": 1.0, "align_train": 1.3, "scoring_cache": 1.6, "base_eval": 1.2, "job": 1.5}
+# actual seconds / (counted units x unit cost), per phase, from the measured first run of 2026-12-01
+# (docs/benchmarks.md, "First run"): build 31.4 min, caches 8.4, both jobs side by side 14.5
+OVERHEAD = {"distill": 1.1, "align_train": 1.45, "scoring_cache": 1.15, "base_eval": 0.85, "job": 0.72}
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
 
 
