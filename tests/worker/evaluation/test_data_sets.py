@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.keyword import is_refusal
 from worker.evaluation.prompts import (
-    data_path,
     load_prompts,
     near_duplicates,
     project_borderline,
     project_harmful,
-    read_jsonl,
 )
 
 SHARED = Path("/work/shared/data")
