@@ -145,39 +145,34 @@ def asr_from_events(events: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def ensure_model(model: str, echo: Any) -> bool:
-    """Build the aligned embedded base on first use (once); True if it was built now."""
-    from tunegate.errors import ModelError
+def ensure_model(model: str, echo: Any) -> None:
+    """Build the aligned embedded base on first use (once); any other model must already be available."""
     from tunegate.settings import EMBEDDED_ALIGNED, get_settings
-    from worker.ml.models import resolve_model
 
-    try:
-        resolve_model(model, get_settings())
-    except ModelError:
-        if model != EMBEDDED_ALIGNED:
-            raise
-        from worker.stages.align import prepare_aligned
+    if model_ready(model):
+        return
+    if model != EMBEDDED_ALIGNED:
+        from worker.ml.models import resolve_model
 
-        echo(f"building {model} (one-time safety alignment of the embedded SmolLM2)...")
-        prepare_aligned(get_settings())
-        return True
-    return False
+        resolve_model(model, get_settings())  # raises ModelError saying why the model is not available
+        return
+    from worker.stages.align import prepare_aligned
+
+    echo(f"building {model} (one-time safety alignment of the embedded SmolLM2)...")
+    prepare_aligned(get_settings())
 
 
 def model_ready(model: str) -> bool:
-    from tunegate.errors import ModelError
+    """Whether a worker can load ``model`` now (the check the API makes before it accepts a job)."""
+    from tunegate.model_cache import model_available
     from tunegate.settings import get_settings
-    from worker.ml.models import resolve_model
 
-    try:
-        resolve_model(model, get_settings())
-    except ModelError:
-        return False
-    return True
+    return model_available(model, get_settings())
 
 
 def caches_ready(model: str) -> bool:
-    """Whether the base's scoring caches and chat-template evaluation results are already cached."""
+    """Whether the base's scoring caches (anchors and reference) are already built; the base's evaluation
+    is rebuilt by ``warm_caches`` only if missing (the evaluate stage's own cache decides)."""
     from tunegate.settings import get_settings
     from worker.caches import scoring_cache_ready
 
@@ -212,7 +207,7 @@ def _bar(label: str) -> Any:
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     """Count the work of this demo run from the stage configs and the shipped data (``Workload``)."""
-    from tunegate.conversation import load_examples, parse_example
+    from tunegate.conversation import Message, load_examples, parse_example
     from tunegate.demo_plan import Workload, decode_steps
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.evaluation.prompts import project_borderline, project_harmful
@@ -231,7 +226,7 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     prompts = distill_prompts(a.n_distill, a.seed)
     answer = int(0.8 * a.distill_max_new_tokens)
     align = sum(n_tokens(tok, c) for c in refusal_examples(a.n_refusals, a.seed))
-    align += sum(len(encode_prompt(tok, [_user(p)])) + answer for p in prompts)
+    align += sum(len(encode_prompt(tok, [Message("user", p)])) + answer for p in prompts)
     cache = [c for name in SETS for c in load_examples(ANCHOR_DIR / f"{name}.jsonl")]
     cache += load_examples(REFERENCE_FILE)
     ev = with_overrides(EvalConfig(model=model), "evaluate", settings)
@@ -263,12 +258,6 @@ def n_tokens(tok: Any, conv: Any) -> int:
 
 
 INJECTED = 10  # safety examples mitigation adds to a 40-example file (docs/safety.md)
-
-
-def _user(text: str) -> Any:
-    from tunegate.conversation import Message
-
-    return Message("user", text)
 
 
 def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: int) -> Any:

@@ -30,7 +30,6 @@ class Phase:
 class DemoPlan:
     machine: str
     phases: list[Phase] = field(default_factory=list)
-    parallel_jobs: int = 2
 
     @property
     def total_s(self) -> float:
@@ -72,7 +71,7 @@ def estimate(
     n_examples: tuple[int, int],
 ) -> DemoPlan:
     """A plan with each phase's expected seconds; ``units`` is a ``worker.calibrate.UnitCosts``."""
-    plan = DemoPlan(machine=machine, parallel_jobs=parallel)
+    plan = DemoPlan(machine=machine)
     if build:
         plan.phases.append(
             Phase(

