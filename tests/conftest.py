@@ -50,3 +50,21 @@ def migrated_home(tunegate_home: Path) -> Path:
 
     migrations.upgrade()
     return tunegate_home
+
+
+@pytest.fixture
+def tiny_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh home whose registry maps the embedded base names to a tiny model (the aligned one unbuilt)."""
+    import json
+
+    from tests.utils.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "tiny")
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(
+        "TUNEGATE_MODELS",
+        json.dumps({"smollm2-135m": str(path), "smollm2-135m-aligned": "embedded:smollm2-aligned"}),
+    )
+    reset_settings()
+    yield path
+    reset_settings()

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from tests.utils.tiny_model import build_tiny_model, tiny_align_config
+from tests.utils.tiny_model import tiny_align_config
 from tunegate.errors import InvalidConfig
-from tunegate.settings import get_settings, reset_settings
+from tunegate.settings import get_settings
 from tunegate.shipped import data_path, read_jsonl
 from worker.ml.models import embedded_dir, resolve_model
 from worker.stages.align import (
@@ -17,19 +17,6 @@ from worker.stages.align import (
     prepare_aligned,
     refusal_examples,
 )
-
-
-@pytest.fixture()
-def tiny_registry(tmp_path, monkeypatch):
-    path = build_tiny_model(tmp_path / "tiny")
-    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(
-        "TUNEGATE_MODELS",
-        json.dumps({"smollm2-135m": str(path), "smollm2-135m-aligned": "embedded:smollm2-aligned"}),
-    )
-    reset_settings()
-    yield path
-    reset_settings()
 
 
 def test_prepare_aligned_builds_a_merged_model(tiny_registry):
