@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.ratelimit import IN_FLIGHT, LIMITER, key_digest
 from models.db import new_session
-from models.keys import authenticate
+from models.keys import Admin, authenticate, authenticate_admin
 from models.tables import Organization
 from tunegate.errors import AuthenticationFailed
 from tunegate.settings import Settings, get_settings
@@ -37,9 +37,8 @@ SessionDep = Annotated[Session, Depends(_session, scope="function", max_concurre
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_org(
-    session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> Organization:
+def bearer_key(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; ``AuthenticationFailed`` naming what is wrong."""
     if not authorization:
         raise AuthenticationFailed(
             "You didn't provide an API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
@@ -47,8 +46,16 @@ def current_org(
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
-    org = authenticate(session, key.strip())
-    IN_FLIGHT.learn(key_digest(authorization.strip()), org.id)  # the abuse guard counts its requests per org
+    return key.strip()
+
+
+def current_org(
+    session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Organization:
+    key = bearer_key(authorization)
+    org = authenticate(session, key)
+    # the abuse guard counts its requests per org
+    IN_FLIGHT.learn(key_digest((authorization or "").strip()), org.id)
     # End the read transaction: its pooled connection must not be held while the route waits for a
     # threadpool slot (under load every slot can be taken by requests waiting for a connection: a deadlock
     # until the pool timeout). Nothing was written; expire_on_commit=False keeps ``org`` loaded.
@@ -58,3 +65,13 @@ def current_org(
 
 
 CurrentOrg = Annotated[Organization, Depends(current_org)]
+
+
+def current_admin(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Admin:
+    """Provider staff sending an admin key as a bearer token (e.g. ``GET /metrics``); an org key gets 403."""
+    admin = authenticate_admin(session, bearer_key(authorization))
+    session.commit()
+    return admin
+
+
+AdminKey = Annotated[Admin, Depends(current_admin)]

@@ -11,10 +11,15 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.tables import ApiKey, Organization
-from tunegate.errors import AuthenticationFailed, NotFound
+from tunegate.errors import AuthenticationFailed, NotFound, PermissionDenied
 
 KEY_PREFIX = "tg-"
+ADMIN_KEY_PREFIX = "tga-"
 DISPLAY_CHARS = 10
+ROLE_ORG = "org"
+ROLE_ADMIN = "admin"
+# Admin keys belong to this organization (it owns no files or jobs: /v1 refuses admin keys).
+STAFF_ORG = "provider-staff"
 
 
 def hash_key(key: str) -> str:
@@ -40,9 +45,22 @@ def get_or_create_org(session: Session, name: str) -> Organization:
 
 def create_key(session: Session, org_name: str) -> NewKey:
     """Create a key for ``org_name`` (creating the organization when it does not exist yet)."""
-    org = get_or_create_org(session, org_name)
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(org_id=org.id, key_hash=hash_key(key), prefix=key[:DISPLAY_CHARS])
+    if org_name == STAFF_ORG:
+        raise PermissionDenied(f"{STAFF_ORG!r} holds admin keys only: use 'keys create --admin NAME'")
+    return _new_key(session, get_or_create_org(session, org_name), KEY_PREFIX, ROLE_ORG, None)
+
+
+def create_admin_key(session: Session, name: str) -> NewKey:
+    """Create a provider-staff key for ``name`` (the person the audit log will name)."""
+    if not name.strip():
+        raise PermissionDenied("an admin key needs the name of the person who holds it")
+    staff = get_or_create_org(session, STAFF_ORG)
+    return _new_key(session, staff, ADMIN_KEY_PREFIX, ROLE_ADMIN, name.strip())
+
+
+def _new_key(session: Session, org: Organization, prefix: str, role: str, name: str | None) -> NewKey:
+    key = prefix + secrets.token_urlsafe(32)
+    row = ApiKey(org_id=org.id, key_hash=hash_key(key), prefix=key[:DISPLAY_CHARS], role=role, name=name)
     session.add(row)
     session.flush()
     return NewKey(key=key, key_id=row.id, org_id=org.id, org_name=org.name)
@@ -67,13 +85,35 @@ def list_keys(session: Session, org_name: str | None = None) -> list[tuple[ApiKe
     return [(k, o) for k, o in session.execute(stmt.order_by(ApiKey.created_at)).tuples()]
 
 
-def authenticate(session: Session, key: str) -> Organization:
-    """The organization of a valid, unrevoked key; ``AuthenticationFailed`` otherwise."""
+def _valid_key(session: Session, key: str) -> ApiKey:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
     if row is None:
         raise AuthenticationFailed("Incorrect API key provided.")
     if row.revoked_at is not None:
         raise AuthenticationFailed("This API key has been revoked.", code="api_key_revoked")
+    return row
+
+
+@dataclass(frozen=True)
+class Admin:
+    key_id: str
+    name: str
+
+
+def authenticate_admin(session: Session, key: str) -> Admin:
+    """The provider-staff holder of a valid admin key; an organization's key gets ``PermissionDenied``."""
+    row = _valid_key(session, key)
+    if row.role != ROLE_ADMIN:
+        raise PermissionDenied("This page is for the provider's staff: an admin key is required.")
+    return Admin(key_id=row.id, name=row.name or row.id)
+
+
+def authenticate(session: Session, key: str) -> Organization:
+    """The organization of a valid, unrevoked organization key; ``AuthenticationFailed`` otherwise (an
+    admin key gets ``PermissionDenied``: it acts in no organization)."""
+    row = _valid_key(session, key)
+    if row.role != ROLE_ORG:
+        raise PermissionDenied("Admin keys are for the console and /metrics, not the /v1 API.")
     org = session.get(Organization, row.org_id)
     if org is None:
         raise AuthenticationFailed("Incorrect API key provided.")

@@ -34,6 +34,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, for display in `keys list`
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # "org": an organization's key for /v1; "admin": provider staff (the console, /metrics), never /v1
+    role: Mapped[str] = mapped_column(String(16), default="org", server_default="org")
+    name: Mapped[str | None] = mapped_column(String(128))  # an admin key's holder, as audit entries name them
 
 
 class File(Base):

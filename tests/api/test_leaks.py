@@ -233,11 +233,11 @@ def test_every_uvicorn_launcher_drops_the_server_header(launcher: str, server: S
     import subprocess
     import sys
 
+    from cli.stack import api_command, stop, wait_healthy
     from tests.api.server import free_port
-    from tunegate.stack import api_command, stop, wait_healthy
 
     port = free_port()
-    cli = [sys.executable, "-c", "from tunegate.cli import main; main()", "api", "--port", str(port)]
+    cli = [sys.executable, "-c", "from cli import main; main()", "api", "--port", str(port)]
     cmd = cli if launcher == "tunegate api" else api_command("127.0.0.1", port)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -21,9 +21,9 @@ from typing import Any
 import openai
 import pytest
 
+from cli.stack import worker_command
 from tests.api.server import pg_schema_url, run_server
 from tests.worker.jobfactory import shared_tiny
-from tunegate.stack import worker_command
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/11"

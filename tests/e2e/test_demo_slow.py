@@ -27,7 +27,7 @@ from tunegate.settings import EMBEDDED_ALIGNED, reset_settings
 def test_demo_releases_the_benign_job_and_blocks_the_risky_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunegate.demo import run_demo
+    from cli.demo import run_demo
 
     monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TUNEGATE_MODEL_CACHE_DIR", "/root/.cache/tunegate-models")
@@ -39,7 +39,7 @@ def test_demo_releases_the_benign_job_and_blocks_the_risky_one(
     ):
         monkeypatch.delenv(var, raising=False)
     reset_settings()
-    from tunegate.demo import model_ready
+    from cli.demo import model_ready
 
     lines: list[str] = []
     built_here = not model_ready(EMBEDDED_ALIGNED)

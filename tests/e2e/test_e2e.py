@@ -20,9 +20,9 @@ from typing import Any
 import openai
 import pytest
 
+from cli.client import wait
 from tests.e2e.harness import Stack, all_events, chat_rows, e2e_stack, event_seqs, finish, upload, wait_for
 from tunegate import queue
-from tunegate.client import wait
 
 MODES = [
     pytest.param("embedded", id="embedded"),
@@ -63,7 +63,7 @@ def test_released_blocked_and_duplicate_delivery(stack: Stack) -> None:
         training_file=upload(bad, risky_rows()),
         hyperparameters={"n_epochs": 1, "batch_size": 8},
     )
-    # followed with the project's own client helper (tunegate.client.wait), the rest with the SDK
+    # followed with the project's own client helper (cli.client.wait), the rest with the SDK
     final = wait(
         job_ok.id,
         base_url=f"{stack.base_url}/v1",

@@ -56,7 +56,7 @@ def test_upgrade_head_matches_models_and_downgrade_base_empties(db_url: str) -> 
 def test_db_upgrade_command_uses_settings(tunegate_home: Path) -> None:
     from typer.testing import CliRunner
 
-    from tunegate.cli import app
+    from cli import app
 
     result = CliRunner().invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output

@@ -8,9 +8,18 @@ import pytest
 from sqlalchemy import select
 
 from models.db import session_scope
-from models.keys import authenticate, create_key, hash_key, list_keys, revoke_key
+from models.keys import (
+    STAFF_ORG,
+    authenticate,
+    authenticate_admin,
+    create_admin_key,
+    create_key,
+    hash_key,
+    list_keys,
+    revoke_key,
+)
 from models.tables import ApiKey
-from tunegate.errors import AuthenticationFailed
+from tunegate.errors import AuthenticationFailed, PermissionDenied
 
 
 def test_key_lifecycle(migrated_home: Path) -> None:
@@ -29,3 +38,21 @@ def test_key_lifecycle(migrated_home: Path) -> None:
     assert info.value.code == "api_key_revoked"
     with session_scope() as s, pytest.raises(AuthenticationFailed):
         authenticate(s, "tg-unknown")
+
+
+def test_admin_keys_are_for_staff_only(migrated_home: Path) -> None:
+    with session_scope() as s:
+        admin = create_admin_key(s, "Dana Moderator")
+        org = create_key(s, "acme")
+    with session_scope() as s:
+        who = authenticate_admin(s, admin.key)
+        assert who.name == "Dana Moderator" and who.key_id == admin.key_id
+        with pytest.raises(PermissionDenied):  # an admin key acts in no organization
+            authenticate(s, admin.key)
+        with pytest.raises(PermissionDenied):  # an org key is not staff
+            authenticate_admin(s, org.key)
+        with pytest.raises(PermissionDenied):
+            create_key(s, STAFF_ORG)
+        revoke_key(s, admin.key_id)
+    with session_scope() as s, pytest.raises(AuthenticationFailed):
+        authenticate_admin(s, admin.key)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tunegate.cli import app
+from cli import app
 from tunegate.settings import reset_settings
 
 

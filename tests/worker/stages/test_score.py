@@ -138,7 +138,7 @@ def test_cancel_stops_the_stage(env: Path) -> None:
 def test_cli_score(env: Path) -> None:
     from typer.testing import CliRunner
 
-    from tunegate.cli import app
+    from cli import app
 
     src = env / "train.jsonl"
     src.write_text("".join(json.dumps(c.to_chat_dict()) + "\n" for c in _examples()))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from cli import app
 from models.db import session_scope
-from models.keys import authenticate
-from tunegate.cli import app
+from models.keys import authenticate, authenticate_admin
 
 
 def test_keys_create_list_revoke(migrated_home: Path) -> None:
@@ -26,6 +26,20 @@ def test_keys_create_list_revoke(migrated_home: Path) -> None:
     assert "revoked" in runner.invoke(app, ["keys", "list", "--org", "acme"]).stdout
     missing = runner.invoke(app, ["keys", "revoke", "key-nope"])
     assert missing.exit_code != 0
+
+
+def test_keys_create_admin(migrated_home: Path) -> None:
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "--admin", "Dana"])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("tga-")
+    with session_scope() as s:
+        assert authenticate_admin(s, key).name == "Dana"
+    assert "admin: Dana" in runner.invoke(app, ["keys", "list"]).stdout
+    both = runner.invoke(app, ["keys", "create", "--admin", "Dana", "--org", "acme"])
+    neither = runner.invoke(app, ["keys", "create"])
+    assert both.exit_code == 2 and neither.exit_code == 2
 
 
 def test_orgs_set_and_show(migrated_home: Path) -> None:

@@ -207,8 +207,8 @@ def _bar(label: str) -> Any:
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     """Count the work of this demo run from the stage configs and the shipped data (``Workload``)."""
+    from cli.demo_plan import Workload, decode_steps
     from tunegate.conversation import Message, load_examples, parse_example
-    from tunegate.demo_plan import Workload, decode_steps
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.evaluation.prompts import project_borderline, project_harmful
     from worker.ml.models import load_tokenizer, resolve_model
@@ -262,7 +262,7 @@ INJECTED = 10  # safety examples mitigation adds to a 40-example file (docs/safe
 
 def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: int) -> Any:
     """Measure this machine for a few seconds and say what the demo will do and how long it should take."""
-    from tunegate.demo_plan import estimate
+    from cli.demo_plan import estimate
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.calibrate import measure
     from worker.ml.models import load_resolved
@@ -313,8 +313,8 @@ def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | 
     """Say what will happen, build what is missing, then fine-tune on both datasets side by side."""
     import openai
 
+    from cli.stack import embedded_stack
     from tunegate.settings import get_settings
-    from tunegate.stack import embedded_stack
 
     settings = get_settings()
     t0 = time.monotonic()
@@ -349,7 +349,7 @@ def follow_all(jobs: dict[str, str], base_url: str, key: str, timeout_s: float |
     """Follow every job at once (one progress bar each); the outcomes in the order of ``jobs``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tunegate.client import wait
+    from cli.client import wait
 
     def one(i: int, name: str, job_id: str) -> Outcome:
         job = wait(job_id, base_url=base_url, api_key=key, timeout_s=timeout_s, position=i, label=name)

@@ -1,6 +1,6 @@
 """A small client helper: follow a fine-tuning job until it ends, with a progress bar and its events.
 
-    from tunegate.client import wait
+    from cli.client import wait
     job = wait("ftjob-...", base_url="http://127.0.0.1:8000/v1", api_key="tg-...")
     job["status"], job["fine_tuned_model"], job["error"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from cli import app
 from tests.utils.tiny_model import tiny_align_config
-from tunegate.cli import app
 from tunegate.settings import get_settings
 from worker.stages.align import prepare_aligned
 

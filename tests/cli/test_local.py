@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tunegate.cli import app
+from cli import app
 
 pytestmark = pytest.mark.usefixtures("tunegate_home")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
+from cli.demo import Outcome, asr_from_events, benign_rows, jsonl, risky_rows
 from tunegate.conversation import check_example, iter_examples
-from tunegate.demo import Outcome, asr_from_events, benign_rows, jsonl, risky_rows
 
 
 def test_demo_datasets_are_valid_and_deterministic() -> None:

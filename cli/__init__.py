@@ -12,7 +12,7 @@ import logging
 
 import typer
 
-from tunegate.cli import admin, local, scoring, service
+from cli import admin, local, scoring, service
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 for _module in (admin, scoring, local, service):

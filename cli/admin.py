@@ -38,14 +38,23 @@ def _safe_url(url: str) -> str:
 
 
 @keys_app.command("create")
-def keys_create(org: str = typer.Option(..., "--org", help="Organization name (created if new).")) -> None:
+def keys_create(
+    org: str | None = typer.Option(None, "--org", help="Organization name (created if new)."),
+    admin: str | None = typer.Option(
+        None, "--admin", metavar="NAME", help="A provider-staff key for NAME (the console and /metrics)."
+    ),
+) -> None:
     """Create an API key and print it once: it cannot be shown again."""
     from models.db import session_scope
-    from models.keys import create_key
+    from models.keys import create_admin_key, create_key
 
+    if (org is None) == (admin is None):
+        typer.echo("error: give exactly one of --org ORG or --admin NAME", err=True)
+        raise typer.Exit(2)
     with session_scope() as session:
-        new = create_key(session, org)
-    typer.echo(f"organization: {new.org_name} ({new.org_id})", err=True)
+        new = create_key(session, org) if org is not None else create_admin_key(session, admin or "")
+    who = f"admin: {admin}" if admin is not None else f"organization: {new.org_name} ({new.org_id})"
+    typer.echo(who, err=True)
     typer.echo(f"key id: {new.key_id}", err=True)
     typer.echo(new.key)
 
@@ -76,7 +85,8 @@ def keys_list(org: str | None = typer.Option(None, "--org", help="Only this orga
         for key, organization in list_keys(session, org):
             state = "revoked" if key.revoked_at else "active"
             created = f"{key.created_at:%Y-%m-%d %H:%M}"
-            typer.echo(f"{key.id}\t{key.prefix}...\t{organization.name}\t{state}\t{created}")
+            holder = f"admin: {key.name}" if key.role == "admin" else organization.name
+            typer.echo(f"{key.id}\t{key.prefix}...\t{holder}\t{state}\t{created}")
 
 
 orgs_app = typer.Typer(no_args_is_help=True, help="Organizations: safety policy floor and rate limit.")

@@ -20,7 +20,7 @@ def serve(
     port: int = typer.Option(None, help="Port (default: TUNEGATE_API_PORT)."),
 ) -> None:
     """Embedded mode in one command: migrate, then run the API and one Celery worker until Ctrl-C."""
-    from tunegate.stack import embedded_stack
+    from cli.stack import embedded_stack
 
     s = get_settings()
     with embedded_stack(s, host=host or s.api_host, port=port or s.api_port) as stack:
@@ -94,7 +94,7 @@ def follow(
     base_url: str = typer.Option(None, help="API base URL ending in /v1 (default: the configured API)."),
 ) -> None:
     """Follow a job with a progress bar and its events until it ends; exit 1 unless it succeeded."""
-    from tunegate.client import wait
+    from cli.client import wait
 
     _quiet_http()
     s = get_settings()
@@ -114,7 +114,7 @@ def demo(
     timeout: float = typer.Option(None, help="Give up following a job after this many seconds."),
 ) -> None:
     """Start the embedded stack and fine-tune a benign and a risky dataset through the openai SDK."""
-    from tunegate.demo import run_demo
+    from cli.demo import run_demo
 
     _quiet_http()
     s = get_settings()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunegate.demo import worker_layout
-from tunegate.demo_plan import EVAL_BATCH_COST, OVERHEAD, Workload, decode_steps, estimate
+from cli.demo import worker_layout
+from cli.demo_plan import EVAL_BATCH_COST, OVERHEAD, Workload, decode_steps, estimate
 from worker.calibrate import UnitCosts
 
 WORK = Workload(
