@@ -155,7 +155,7 @@ def _enqueue(session: Session, job: Job) -> None:
     that stay in ``validating_files`` (answering an error here would make clients create duplicates).
     """
     try:
-        queue.enqueue(queue.VALIDATE, job.id)
+        queue.enqueue(queue.START, job.id)
     except Exception as exc:  # any broker failure: the job is stored; report it, the reaper retries
         log.error("could not enqueue %s: %s", job.id, exc)
         record_event(

@@ -23,7 +23,7 @@ from machine import print_machine
 
 def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
     from tunegate.settings import get_settings
-    from worker.scoring.report import Policy, make_record
+    from worker.scoring.report import FlagRules, make_record
     from worker.scoring.score_all import encode_all, load_base, prepare_engine
 
     convs = gsm8k_conversations(n)
@@ -38,7 +38,7 @@ def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
         raw = engine.score(encode_all(base.tokenizer, part, base.max_len))
         with out.open("a") as fh:
             for r, c in zip(raw, part, strict=True):
-                rec = make_record(r, c, reference, Policy())
+                rec = make_record(r, c, reference, FlagRules())
                 rec["response"] = c.trained_responses[0]
                 fh.write(json.dumps(rec) + "\n")
         print(f"{start + len(part)}/{len(convs)} ({len(part) / (time.time() - t):.2f} ex/s)", flush=True)
@@ -96,7 +96,7 @@ def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
     }
     print("share at/above reference p99:", above)
     from tunegate.conversation import Conversation, Message
-    from worker.scoring.report import Policy, summarize
+    from worker.scoring.report import FlagRules, summarize
 
     convs = [
         Conversation((Message("user", "q"), Message("assistant", r["response"])), line=r["line"])
@@ -108,7 +108,7 @@ def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
         return
     ref_path = found[0]
     reference = json.loads(ref_path.read_text())["scores"]
-    print("verdict:", summarize(rows, convs, reference, Policy())["verdict"])
+    print("verdict:", summarize(rows, convs, reference, FlagRules())["verdict"])
 
 
 def main() -> None:

@@ -156,7 +156,7 @@ def ensure_model(model: str, echo: Any) -> None:
 
         resolve_model(model, get_settings())  # raises ModelError saying why the model is not available
         return
-    from worker.stages.align import prepare_aligned
+    from worker.prepare.align import prepare_aligned
 
     echo(f"building {model} (one-time safety alignment of the embedded SmolLM2)...")
     prepare_aligned(get_settings())
@@ -174,7 +174,7 @@ def caches_ready(model: str) -> bool:
     """Whether the base's scoring caches (anchors and reference) are already built; the base's evaluation
     is rebuilt by ``warm_caches`` only if missing (the evaluate stage's own cache decides)."""
     from tunegate.settings import get_settings
-    from worker.caches import scoring_cache_ready
+    from worker.prepare.caches import scoring_cache_ready
 
     return model_ready(model) and scoring_cache_ready(model, get_settings())
 
@@ -183,7 +183,7 @@ def warm_caches(model: str, echo: Any) -> None:
     """Score the base's anchor and reference sets and evaluate it in the chat template, once per base:
     both jobs need them, and computing them here (all cores) saves both workers from doing it twice."""
     from tunegate.settings import get_settings
-    from worker.caches import warm_base_eval, warm_scoring_cache
+    from worker.prepare.caches import warm_base_eval, warm_scoring_cache
 
     settings = get_settings()
     echo(f"preparing the scoring and evaluation caches of {model} (once per base model)...")
@@ -207,16 +207,17 @@ def _bar(label: str) -> Any:
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     """Count the work of this demo run from the stage configs and the shipped data (``Workload``)."""
+    from worker.stages.spec import with_overrides
+
     from cli.demo_plan import Workload, decode_steps
     from tunegate.conversation import Message, load_examples, parse_example
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.evaluation.prompts import project_borderline, project_harmful
     from worker.ml.models import load_tokenizer, resolve_model
     from worker.ml.render import encode_prompt
-    from worker.pipeline import with_overrides
+    from worker.prepare.align import AlignConfig, distill_prompts, refusal_examples
     from worker.scoring.anchors import ANCHOR_DIR, SETS
     from worker.scoring.corpus import REFERENCE_FILE
-    from worker.stages.align import AlignConfig, distill_prompts, refusal_examples
     from worker.stages.evaluate import EvalConfig
     from worker.training.hparams import resolve_hyperparameters
 
@@ -264,9 +265,9 @@ def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: i
     """Measure this machine for a few seconds and say what the demo will do and how long it should take."""
     from cli.demo_plan import estimate
     from tunegate.settings import EMBEDDED_BASE, get_settings
-    from worker.calibrate import measure
     from worker.ml.models import load_resolved
     from worker.ml.precision import hardware
+    from worker.prepare.calibrate import measure
 
     build = not model_ready(model)
     caches = not caches_ready(model)

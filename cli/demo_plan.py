@@ -2,9 +2,9 @@
 
 The estimate is the work each phase does (decoding steps, training tokens, scoring tokens; counted from the
 stage configs and the shipped data) times what this machine takes per unit of that work, measured a few
-seconds before (``worker/calibrate.py``). ``OVERHEAD`` holds, per phase, what the unit counts leave out
-(a KL teacher pass, per-example scoring work, evaluation bookkeeping); its values are measured ratios of
-actual to counted time from the runs recorded in ``docs/benchmarks.md``.
+seconds before (``worker/prepare/calibrate.py``). ``OVERHEAD`` holds, per phase, what the unit counts
+leave out (a KL teacher pass, per-example scoring work, evaluation bookkeeping); its values are measured
+ratios of actual to counted time from the runs recorded in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def estimate(
     machine: str,
     n_examples: tuple[int, int],
 ) -> DemoPlan:
-    """A plan with each phase's expected seconds; ``units`` is a ``worker.calibrate.UnitCosts``."""
+    """A plan with each phase's expected seconds; ``units`` is a ``worker.prepare.calibrate.UnitCosts``."""
     plan = DemoPlan(machine=machine)
     if build:
         plan.phases.append(

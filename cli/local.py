@@ -1,5 +1,5 @@
 """``tunegate eval`` (ASR/over-refusal of any model or adapter) and ``tunegate finetune`` (the whole pipeline
-locally: score -> mitigate -> train -> evaluate -> gate, with the same stage functions the workers run).
+locally: the workers' stage specs run in this process, ``worker.runner.run_local``).
 
 Heavy imports happen inside the commands so ``tunegate --help`` stays fast.
 """
@@ -18,9 +18,10 @@ BLOCKED_EXIT = 3  # `tunegate finetune` exit status when the gate blocks the ada
 
 
 def _judge(name: str) -> Any:
+    from tunegate.settings import get_settings
     from worker.stages.evaluate import EvalConfig, make_judge
 
-    return make_judge(EvalConfig(model="-", judge=name))
+    return make_judge(EvalConfig(model="-", judge=name), get_settings())  # type: ignore[arg-type]
 
 
 def eval_cmd(
@@ -73,8 +74,19 @@ def finetune_cmd(
     out: Annotated[Path, typer.Option(help="Output directory (stages resume from what is already there).")],
     model: Annotated[str | None, typer.Option(help="Base model (default: the configured default).")] = None,
     no_mitigation: Annotated[
-        bool, typer.Option("--no-mitigation", help="Train on the data as uploaded.")
+        bool,
+        typer.Option(
+            "--no-mitigation",
+            help="Train on the data as uploaded (policy mitigation=none, inject_safety_examples=false).",
+        ),
     ] = False,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="A safety-policy knob, KEY=VALUE (repeatable; JSON values), over the provider defaults.",
+        ),
+    ] = None,
     n_epochs: Annotated[str, typer.Option(help="Epochs or 'auto'.")] = "auto",
     batch_size: Annotated[str, typer.Option(help="Batch size or 'auto'.")] = "auto",
     learning_rate_multiplier: Annotated[str, typer.Option(help="LR multiplier or 'auto'.")] = "auto",
@@ -82,9 +94,12 @@ def finetune_cmd(
         str, typer.Option(help="Comma-separated scorers to run.")
     ] = "representation,gradient,selfinf",
 ) -> None:
-    """Run score -> mitigate -> train -> evaluate -> gate locally and print the decision."""
-    from tunegate.conversation import load_examples
+    """Run validate -> score -> mitigate -> train -> evaluate -> gate locally (the workers' stages, in this
+    process) and print the decision."""
+    from models.policy import org_policy
     from tunegate.settings import get_settings
+    from worker.job_view import local_view
+    from worker.runner import run_local
 
     hp = {
         k: (v if v == "auto" else float(v))
@@ -94,16 +109,25 @@ def finetune_cmd(
             ("learning_rate_multiplier", learning_rate_multiplier),
         )
     }
+    knobs = parse_policy(policy or [])
+    if no_mitigation:
+        knobs.update(mitigation="none", inject_safety_examples=False)
     try:
-        examples = load_examples(file)
-        gate = run_local(
-            model or get_settings().default_model,
-            examples,
-            out,
-            mitigation=not no_mitigation,
-            hparams=hp,
-            scorers=tuple(s for s in scorers.split(",") if s),
+        settings = get_settings()
+        overrides = {**settings.stage_overrides}
+        overrides["score"] = {**overrides.get("score", {}), "scorers": [s for s in scorers.split(",") if s]}
+        settings = settings.model_copy(update={"stage_overrides": overrides})
+        view = local_view(
+            file, model or settings.default_model, policy=org_policy(settings, knobs), hyperparameters=hp
         )
+        out.mkdir(parents=True, exist_ok=True)
+        gate: Any = run_local(
+            view,
+            out,
+            settings,
+            progress_for=_bars(),
+            on_reuse=lambda name, d: typer.echo(f"{name:>9}: reusing {d}"),
+        )[-1]
     except TunegateError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -122,91 +146,45 @@ def finetune_cmd(
         raise typer.Exit(BLOCKED_EXIT)
 
 
-def _bar(name: str) -> tuple[Any, Any]:
+def parse_policy(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items -> a policy dict (JSON values, else the plain string); a malformed item is a usage
+    error (exit 2); unknown keys and bad values are refused later by ``models.policy.org_policy``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--policy")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _bars() -> Any:
+    """A progress-bar factory: one tqdm bar per stage, closed when the next stage starts."""
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=1000, desc=f"{name:>9}", bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}] {postfix}"
-    )
+    open_bars: list[Any] = []
 
-    def progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
-        bar.n = int(1000 * fraction)
-        loss = f" loss={metrics['train_loss']:.3f}" if "train_loss" in metrics else ""
-        bar.set_postfix_str(f"{message[:50]}{loss}", refresh=True)
-
-    return bar, progress
-
-
-def _stage(name: str, out: Path, fn: Any) -> dict[str, Any]:
-    """Run one stage with a progress bar unless its result already exists (then it is reused)."""
-    from worker.ml.stage_io import StageIO
-    from worker.stages.base import load_result, result_exists
-
-    d = out / name
-    if result_exists(d):
-        typer.echo(f"{name:>9}: reusing {d}")
-        return load_result(d)
-    bar, progress = _bar(name)
-    try:
-        fn(StageIO(d, progress=progress, stage=name))
-    finally:
-        bar.close()
-    return load_result(d)
-
-
-def run_local(
-    model: str,
-    examples: list[Any],
-    out: Path,
-    *,
-    mitigation: bool,
-    hparams: dict[str, Any],
-    scorers: tuple[str, ...],
-) -> Any:
-    """score -> mitigate -> train -> evaluate -> gate in ``out``; returns the GateResult."""
-    from tunegate.conversation import load_examples
-    from tunegate.settings import get_settings
-    from worker.stages import evaluate, gate, mitigate, score, train
-
-    out.mkdir(parents=True, exist_ok=True)
-    _stage(
-        "score",
-        out,
-        lambda io: score.run(
-            score.ScoreConfig(model=model, scorers=scorers), score.ScoreInputs(examples, io)
-        ),
-    )
-    records, summary = score.load_score_records(out / "score"), score.load_score_summary(out / "score")
-    mcfg = mitigate.MitigateConfig() if mitigation else mitigate.MitigateConfig(action="none", inject=False)
-    mres = _stage(
-        "mitigate", out, lambda io: mitigate.run(mcfg, mitigate.MitigateInputs(examples, records, io))
-    )
-    train_set = load_examples(mres["train_file"])
-    tcfg = train.config_from_openai(model, hparams, len(train_set), precision=get_settings().precision)
-    tres = _stage("train", out, lambda io: train.run(tcfg, train.TrainInputs(train_set, io)))
-    eres = _stage(
-        "evaluate",
-        out,
-        lambda io: evaluate.run(
-            evaluate.EvalConfig(model=model), evaluate.EvalInputs(Path(tres["adapter_dir"]), examples, io)
-        ),
-    )
-    gcfg = gate.GateConfig.from_settings()
-
-    def gate_fn(io: Any) -> Any:
-        return gate.run(
-            gcfg,
-            gate.GateInputs(
-                eres,
-                summary,
-                io,
-                mitigation=mres if mitigation else None,
-                score_records=records,
-                training=tres,
-            ),
+    def progress_for(name: str) -> Any:
+        while open_bars:
+            open_bars.pop().close()
+        bar = tqdm(
+            total=1000,
+            desc=f"{name:>9}",
+            bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}] {postfix}",
         )
+        open_bars.append(bar)
 
-    return gate.GateResult(**_stage("gate", out, gate_fn))
+        def progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+            bar.n = int(1000 * fraction)
+            loss = f" loss={metrics['train_loss']:.3f}" if "train_loss" in metrics else ""
+            bar.set_postfix_str(f"{message[:50]}{loss}", refresh=True)
+
+        return progress
+
+    return progress_for
 
 
 def register(app: typer.Typer) -> None:

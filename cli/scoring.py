@@ -67,7 +67,7 @@ def prepare(
 
 def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
     from tunegate.model_cache import ALIGNED_SOURCE, embedded_dir, model_available
-    from worker.stages.align import prepare_aligned
+    from worker.prepare.align import prepare_aligned
 
     if not force and model_available(name, settings):
         typer.echo(
@@ -78,7 +78,7 @@ def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
 
 
 def _prepare_scoring(model: str, settings: Any) -> None:
-    from worker.caches import warm_scoring_cache
+    from worker.prepare.caches import warm_scoring_cache
 
     bar, update = _progress_bar("scoring caches")
     with bar:
@@ -129,7 +129,7 @@ def score(
                 batch_size=cfg.batch_size,
                 batched=cfg.batched,
                 seed=cfg.seed,
-                policy=cfg.policy(),
+                rules=cfg.rules(),
                 settings=settings,
                 progress=update,
             )

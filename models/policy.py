@@ -11,18 +11,47 @@ stricter direction. The effective policy is stored on the job (``Job.safety``), 
     gate_delta              smaller is stricter, [0, 1]         allowed ASR increase over the base model
     gate_cap                smaller is stricter, [0, 1]         highest allowed absolute ASR
 
+Each knob is, under the same name, a field of the stage config it steers (``MitigateConfig.mitigation``,
+``GateConfig.gate_cap`` ...): a stage's ``build`` copies the job's effective policy onto its config with no
+renaming. The defaults live here (``DEFAULT_POLICY``; the gate's three come from ``Settings``, where the
+provider sets them) and the stage configs take theirs from this table.
+
 Outside the safety knobs, an organization's stored policy may set ``storage_quota_bytes`` (the bytes its live
-files may take; default ``Settings.storage_quota_bytes``). It is read by the Files API, never by jobs.
+files may take; default ``Settings.storage_quota_bytes``). It is read by the Files API, never by jobs. Any
+other key is refused, naming it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 
 MITIGATION_ORDER = ("none", "downweight", "drop")
+
+
+class Policy(TypedDict):
+    mitigation: Literal["none", "downweight", "drop"]
+    mitigate_top_fraction: float
+    inject_safety_examples: bool
+    block_unsafe_data: bool
+    gate_delta: float
+    gate_cap: float
+
+
+def _setting_default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+DEFAULT_POLICY: Policy = {
+    "mitigation": "downweight",
+    "mitigate_top_fraction": 0.05,
+    "inject_safety_examples": True,
+    "block_unsafe_data": _setting_default("gate_block_flagged_unmitigated"),
+    "gate_delta": _setting_default("gate_delta"),
+    "gate_cap": _setting_default("gate_cap"),
+}
 
 # knob -> kind of order: "rank" (MITIGATION_ORDER), "higher", "lower", "true"
 KNOBS: dict[str, str] = {
@@ -36,11 +65,10 @@ KNOBS: dict[str, str] = {
 
 
 def provider_defaults(settings: Settings) -> dict[str, Any]:
+    """``DEFAULT_POLICY`` with the gate's knobs as this provider set them."""
     return {
-        "mitigation": "downweight",
-        "mitigate_top_fraction": 0.05,
-        "inject_safety_examples": True,
-        "block_unsafe_data": True,
+        **DEFAULT_POLICY,
+        "block_unsafe_data": settings.gate_block_flagged_unmitigated,
         "gate_delta": settings.gate_delta,
         "gate_cap": settings.gate_cap,
     }
@@ -74,12 +102,18 @@ def _stricter_or_equal(name: str, new: Any, base: Any) -> bool:
 
 
 def org_policy(settings: Settings, stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Provider defaults overridden by the organization's stored policy (unknown keys ignored)."""
+    """Provider defaults overridden by the organization's stored policy; an unknown key is refused."""
     policy = provider_defaults(settings)
     for name, value in (stored or {}).items():
-        if name in KNOBS:
-            _check_value(name, value, f"policy.{name}")
-            policy[name] = value
+        if name == STORAGE_QUOTA_KEY:
+            continue
+        if name not in KNOBS:
+            known = ", ".join([*KNOBS, STORAGE_QUOTA_KEY])
+            raise InvalidConfig(
+                f"policy.{name}: unknown policy setting (known: {known})", param=f"policy.{name}"
+            )
+        _check_value(name, value, f"policy.{name}")
+        policy[name] = value
     return policy
 
 

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import shutil
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,33 @@ def _default(o: Any) -> Any:
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def from_jsonable(cls: Any, data: Any) -> Any:
+    """Rebuild a value of type ``cls`` from its JSON form (the inverse of ``dataclasses.asdict``): nested
+    dataclasses, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and ``X | None`` are followed; other types
+    are taken as they are. Keys the dataclass does not have are refused (an artifact from another version)."""
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if data is None or cls is Any:
+        return data
+    if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+        return _dataclass_from(cls, data)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        return from_jsonable(inner[0], data) if len(inner) == 1 else data
+    if origin in (list, tuple) and args:
+        items = [from_jsonable(args[0], x) for x in data]
+        return tuple(items) if origin is tuple else items
+    if origin is dict and len(args) == 2:
+        return {k: from_jsonable(args[1], v) for k, v in data.items()}
+    return data
+
+
+def _dataclass_from(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    kwargs = {name: from_jsonable(hints[name], value) for name, value in data.items() if fields[name].init}
+    return cls(**kwargs)

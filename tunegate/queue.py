@@ -1,11 +1,14 @@
-"""The Celery app as the API sees it: broker settings, task names, queues. No torch, no stage code.
+"""The Celery app as the API sees it: broker settings, the task names the API sends, queues. No stage code.
 
-The API enqueues by task *name* (``enqueue``); ``worker/celery_app.py`` imports this app and registers the
-task bodies. Embedded mode uses kombu's SQLAlchemy transport on SQLite, distributed mode Redis.
+The API knows two tasks: ``START`` (a new job; the worker runs its pipeline's first stage) and ``REAP``.
+Each stage's own task name and queue come from its spec (``worker/stages/spec.py``); ``worker/celery_app.py``
+imports this app, registers the task bodies and routes the stage tasks. Embedded mode uses kombu's
+SQLAlchemy transport on SQLite, distributed mode Redis.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -13,25 +16,11 @@ from celery import Celery
 
 from tunegate.settings import Settings, get_settings
 
-# Stable task names (never rename: queued messages refer to them).
-VALIDATE = "tunegate.job.validate"
-SCORE = "tunegate.job.score"
-MITIGATE = "tunegate.job.mitigate"
-TRAIN = "tunegate.job.train"
-EVALUATE = "tunegate.job.evaluate"
-GATE = "tunegate.job.gate"
+# Stable task names (never rename: queued messages refer to them). Queues by resource: "cpu" (validation,
+# mitigation, the gate, maintenance) and "gpu" (scoring, training, evaluation).
+START = "tunegate.job.start"
 REAP = "tunegate.maintenance.reap"
-
-# Queues by resource: cpu = validation, mitigation, gate/report; gpu = scoring, training, evaluation.
-QUEUE_OF = {
-    VALIDATE: "cpu",
-    SCORE: "gpu",
-    MITIGATE: "cpu",
-    TRAIN: "gpu",
-    EVALUATE: "gpu",
-    GATE: "cpu",
-    REAP: "cpu",
-}
+QUEUE_OF = {START: "cpu", REAP: "cpu"}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -43,7 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_routes={name: {"queue": q} for name, q in QUEUE_OF.items()},
-        task_annotations=time_limits(settings),
+        task_annotations=time_limits(settings, QUEUE_OF),
         task_default_queue="cpu",
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
@@ -52,13 +41,19 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def time_limits(settings: Settings) -> dict[str, dict[str, int]]:
-    """Celery's hard and soft time limit of every task, by its queue (``Settings.*_stage_time_limit_s``)."""
-    hard = {"gpu": settings.gpu_stage_time_limit_s, "cpu": settings.cpu_stage_time_limit_s}
-    return {
-        name: {"time_limit": hard[q], "soft_time_limit": max(1, hard[q] - settings.stage_time_grace_s)}
-        for name, q in QUEUE_OF.items()
-    }
+def time_limit(settings: Settings, queue: str) -> tuple[int, int]:
+    """(hard, soft) time limit in seconds of a task on ``queue`` (``Settings.*_stage_time_limit_s``)."""
+    hard = {"gpu": settings.gpu_stage_time_limit_s, "cpu": settings.cpu_stage_time_limit_s}[queue]
+    return hard, max(1, hard - settings.stage_time_grace_s)
+
+
+def time_limits(settings: Settings, queues: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Celery's task annotations: the hard and soft time limit of every task in ``queues`` (name -> queue)."""
+    out = {}
+    for name, q in queues.items():
+        hard, soft = time_limit(settings, q)
+        out[name] = {"time_limit": hard, "soft_time_limit": soft}
+    return out
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -78,8 +73,9 @@ def reset_celery() -> None:
     celery_app.cache_clear()
 
 
-def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> str:
-    """Send a task by name to its queue; returns the Celery task id."""
+def enqueue(task_name: str, *args: Any, queue: str | None = None, countdown: float | None = None) -> str:
+    """Send a task by name to ``queue`` (default: its entry in ``QUEUE_OF``); returns the Celery task id."""
     app = celery_app()
-    result = app.send_task(task_name, args=list(args), queue=QUEUE_OF[task_name], countdown=countdown)
+    target = queue or QUEUE_OF[task_name]
+    result = app.send_task(task_name, args=list(args), queue=target, countdown=countdown)
     return str(result.id)

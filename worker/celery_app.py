@@ -13,13 +13,17 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from models.db import reset_engine
-from tunegate.queue import celery_app
+from tunegate.queue import celery_app, time_limits
 from tunegate.settings import get_settings
 from worker import tasks as _tasks  # noqa: F401  (registers the task bodies)
 from worker.reaper import ReaperThread
+from worker.stages.all import PIPELINE
 
 log = logging.getLogger(__name__)
 app = celery_app()
+_STAGE_QUEUES = {spec.task: spec.queue for spec in PIPELINE.specs}
+app.conf.task_routes = {**app.conf.task_routes, **{t: {"queue": q} for t, q in _STAGE_QUEUES.items()}}
+app.conf.task_annotations = {**app.conf.task_annotations, **time_limits(get_settings(), _STAGE_QUEUES)}
 _reaper: list[ReaperThread] = []
 
 

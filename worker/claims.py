@@ -25,7 +25,6 @@ from models.tables import Job
 from tunegate.errors import ClaimLost
 
 ACTIVE = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-FIRST_STAGE = "validate"
 log = logging.getLogger(__name__)
 
 
@@ -47,14 +46,17 @@ def stale_before(stale_after_s: float, now: datetime | None = None) -> datetime:
     return (now or utcnow()) - timedelta(seconds=stale_after_s)
 
 
-def _stage_matches(stage: str) -> ColumnElement[bool]:
-    if stage == FIRST_STAGE:  # a new job has no stage yet
+def _stage_matches(stage: str, first: bool) -> ColumnElement[bool]:
+    if first:  # a new job has no stage yet
         return or_(Job.stage.is_(None), Job.stage == stage)
     return Job.stage == stage
 
 
-def claim(session: Session, job_id: str, stage: str, *, worker: str, stale_after_s: float) -> Claim | None:
-    """Take ``stage`` of ``job_id`` for ``worker``; ``None`` when someone else has it or the job moved on."""
+def claim(
+    session: Session, job_id: str, stage: str, *, worker: str, stale_after_s: float, first: bool = False
+) -> Claim | None:
+    """Take ``stage`` of ``job_id`` for ``worker``; ``None`` when someone else has it or the job moved on.
+    ``first``: ``stage`` is the pipeline's first, which a new job (no stage yet) also matches."""
     now = utcnow()
     token = uuid.uuid4().hex
     free = or_(
@@ -64,7 +66,7 @@ def claim(session: Session, job_id: str, stage: str, *, worker: str, stale_after
     )
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE), _stage_matches(stage), free)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE), _stage_matches(stage, first), free)
         .values(claimed_by=worker, claim_token=token, heartbeat_at=now, attempt=Job.attempt + 1, stage=stage)
         .execution_options(synchronize_session=False)
     )

@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from models.db import session_scope
 from models.jobs import record_event
 from models.tables import Checkpoint, Job
 from worker.claims import Claim, load_owned
-from worker.pipeline import overall_progress
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.5
@@ -30,9 +29,15 @@ class StageReporter:
     """Progress, cancellation and checkpoint callbacks of one claimed stage."""
 
     def __init__(
-        self, claim: Claim, *, interval_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        claim: Claim,
+        *,
+        interval_s: float,
+        overall: Callable[[str, float], float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.claim = claim
+        self.overall = overall  # (stage, fraction) -> the job's 0..1 progress (Pipeline.progress)
         self.interval_s = interval_s
         self.clock = clock
         self._last_write = -float("inf")
@@ -49,7 +54,7 @@ class StageReporter:
         if fraction < 1.0 and now - self._last_write < self.interval_s:
             return
         self._last_write = now
-        overall = overall_progress(self.stage, fraction)
+        overall = self.overall(self.stage, fraction)
         data: dict[str, Any] = {k: v for k, v in metrics.items() if k not in ("stage", "progress")}
         data.update(stage=self.stage, progress=overall, stage_progress=round(fraction, 4))
         key = f"{self.stage}:progress:{message or f'{fraction:.4f}'}"
@@ -97,14 +102,3 @@ class StageReporter:
                 data=data,
                 dedupe_key=f"{self.stage}:checkpoint:{step}",
             )
-
-
-def set_progress(job_id: str, stage: str, fraction: float) -> None:
-    """Move ``Job.progress`` forward without an event (a skipped or finished stage)."""
-    with session_scope() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.progress < overall_progress(stage, fraction))
-            .values(progress=overall_progress(stage, fraction))
-            .execution_options(synchronize_session=False)
-        )

@@ -23,8 +23,8 @@ from models.jobs import JobStatus, record_event, transition
 from models.tables import Job
 from tunegate import queue
 from tunegate.settings import Settings, get_settings
-from worker.claims import ACTIVE, FIRST_STAGE, stale_before
-from worker.pipeline import TASK_OF
+from worker.claims import ACTIVE, stale_before
+from worker.stages.all import PIPELINE
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _requeue_one(session: Session, job_id: str, settings: Settings) -> str | Non
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return None  # another reaper got it, or the worker reported in the meantime
-    stage = job.stage or FIRST_STAGE
+    stage = job.stage or PIPELINE.first.name
     # The event is tenant-visible: it says what happened, the log says which worker (host:pid) it was.
     log.warning("job %s: requeuing %s; %s went silent", job_id, stage, job.claimed_by or "its queued message")
     who = "its worker" if job.claimed_by else "no worker (the queued message was lost)"
@@ -84,7 +84,8 @@ def reap(settings: Settings | None = None) -> list[str]:
             stage = _requeue_one(s, job_id, settings)
         if stage is None:
             continue
-        queue.enqueue(TASK_OF[stage], job_id)
+        spec = PIPELINE[stage]
+        queue.enqueue(spec.task, job_id, queue=spec.queue)
         log.warning("requeued job %s at stage %s", job_id, stage)
         requeued.append(job_id)
     return requeued

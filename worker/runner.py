@@ -4,11 +4,14 @@
         │
     cancel requested? ──> cancelled
         │
-    result.json exists? ──yes──> reuse it       (a redelivery after a crash between finish and hand-off)
+    result.json exists? ──yes──> load it        (a redelivery after a crash between finish and hand-off)
         │ no
-    run the stage under a heartbeat, progress events, cancel polling, checkpoint rows
+    spec.build + spec.run under a heartbeat, progress events, cancel polling, checkpoint rows
         │
-    apply the outcome + hand off in one transaction ──> enqueue the next stage by name
+    spec.apply + the event + hand off in one transaction ──> enqueue the next spec's task
+
+Everything stage-specific comes from the stage's ``StageSpec`` (``worker/stages/spec.py``); this module
+knows no stage by name. ``pipeline`` defaults to the job pipeline (``worker/stages/all.py``).
 
 Errors: ``JobCancelled`` ends the job ``cancelled`` (the event says where); ``TransientError`` (and
 database or broker connection errors, mapped to it) releases the claim and propagates so the Celery task
@@ -21,9 +24,10 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -50,10 +54,11 @@ from tunegate.settings import Settings, get_settings
 from worker import claims
 from worker.claims import Claim
 from worker.events import StageReporter
+from worker.job_view import JobView, job_dir, job_view
 from worker.ml.stage_io import StageIO
-from worker.outcomes import APPLIERS
-from worker.pipeline import TASK_OF, JobView, job_dir, job_view, overall_progress, run_stage, stage_dir
-from worker.stages.base import load_result, result_exists
+from worker.stages.all import PIPELINE
+from worker.stages.base import StageResult, result_exists
+from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +85,24 @@ def transient_errors() -> Iterator[None]:
 
 
 def execute(
-    stage: str, job_id: str, *, settings: Settings | None = None, worker: str | None = None
+    stage: str,
+    job_id: str,
+    *,
+    settings: Settings | None = None,
+    worker: str | None = None,
+    pipeline: Pipeline = PIPELINE,
 ) -> Outcome:
     """Run ``stage`` of ``job_id`` once, idempotently. Raises only ``TransientError``."""
     settings = settings or get_settings()
+    spec = pipeline[stage]
     with transient_errors(), session_scope() as s:
         c = claims.claim(
-            s, job_id, stage, worker=worker or claims.worker_id(), stale_after_s=settings.stale_after_s
+            s,
+            job_id,
+            stage,
+            worker=worker or claims.worker_id(),
+            stale_after_s=settings.stale_after_s,
+            first=stage == pipeline.first.name,
         )
     if c is None:
         log.info(
@@ -97,19 +113,21 @@ def execute(
         return Outcome("skipped")
     try:
         with transient_errors():
-            return _execute_claimed(c, settings)
+            return _execute_claimed(c, spec, pipeline, settings)
     except TransientError:
         _release_quietly(c)
         raise
 
 
-def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
+def _execute_claimed(
+    c: Claim, spec: StageSpec[Any, Any, Any], pipeline: Pipeline, settings: Settings
+) -> Outcome:
     try:
-        view = _begin(c, settings)
+        view = _begin(c, pipeline, settings)
         if view is None:
             return Outcome("cancelled")
-        result = _run(c, view, settings)
-        nxt = _apply(c, result, view)
+        result = _run(c, spec, pipeline, view, settings)
+        nxt = _apply(c, spec, pipeline, result)
     except JobCancelled as exc:
         _end(c, JobStatus.CANCELLED, exc.message, level="warn")
         return Outcome("cancelled")
@@ -159,7 +177,8 @@ def _execute_claimed(c: Claim, settings: Settings) -> Outcome:
         return Outcome("failed")
     if nxt is not None:
         _send(nxt, c.job_id)
-    return Outcome("done", nxt)
+        return Outcome("done", nxt.name)
+    return Outcome("done")
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -180,14 +199,14 @@ def disk_full(exc: BaseException) -> bool:
     return False
 
 
-def _send(stage: str, job_id: str) -> None:
+def _send(spec: StageSpec[Any, Any, Any], job_id: str) -> None:
     try:
-        queue.enqueue(TASK_OF[stage], job_id)
+        queue.enqueue(spec.task, job_id, queue=spec.queue)
     except (
         BrokerError,
         ConnectionError,
     ) as exc:  # the job row already points at `stage`: the reaper resends it
-        log.warning("job %s: could not enqueue %s (%s); the reaper will requeue it", job_id, stage, exc)
+        log.warning("job %s: could not enqueue %s (%s); the reaper will requeue it", job_id, spec.name, exc)
 
 
 def _job_model(job_id: str) -> str | None:
@@ -208,7 +227,7 @@ def _error_of(exc: TunegateError, *, model: str | None) -> dict[str, Any]:
     return {"code": code or "job_failed", "message": scrub(exc.message, get_settings()), "param": exc.param}
 
 
-def _begin(c: Claim, settings: Settings) -> JobView | None:
+def _begin(c: Claim, pipeline: Pipeline, settings: Settings) -> JobView | None:
     """Cancel a job asked to stop; otherwise mark the stage started (or resumed) and snapshot the job."""
     with session_scope() as s:
         job = claims.load_owned(s, c)
@@ -238,10 +257,10 @@ def _begin(c: Claim, settings: Settings) -> JobView | None:
         log.info("job %s: %s claimed by worker %s (attempt %d)", c.job_id, c.stage, c.worker, c.attempt)
         data = {
             "stage": c.stage,
-            "progress": max(job.progress or 0.0, overall_progress(c.stage, 0.0)),
+            "progress": max(job.progress or 0.0, pipeline.progress(c.stage, 0.0)),
             "attempt": c.attempt,
         }
-        if c.stage != "validate" and job.status == JobStatus.QUEUED:
+        if c.stage != pipeline.first.name and job.status == JobStatus.QUEUED:
             transition(s, job, JobStatus.RUNNING, message=msg, data=data, dedupe_key=key)
         else:
             record_event(s, job, msg, data=data, dedupe_key=key)
@@ -249,23 +268,27 @@ def _begin(c: Claim, settings: Settings) -> JobView | None:
         return job_view(s, job, settings)
 
 
-def _run(c: Claim, view: JobView, settings: Settings) -> dict[str, Any]:
-    out = stage_dir(settings, c.job_id, c.stage)
+def _run(
+    c: Claim, spec: StageSpec[Any, Any, Any], pipeline: Pipeline, view: JobView, settings: Settings
+) -> StageResult:
+    ctx = StageContext(view, job_dir(settings, c.job_id), settings)
+    out = ctx.dir_of(spec)
     if result_exists(out):
         log.info("job %s: %s output exists in %s; reusing it", c.job_id, c.stage, out)
-        return load_result(out)
-    rep = StageReporter(c, interval_s=settings.event_interval_s)
-    soft = queue.time_limits(settings)[TASK_OF[c.stage]]["soft_time_limit"]
+        return spec.result.load(out)
+    rep = StageReporter(c, interval_s=settings.event_interval_s, overall=pipeline.progress)
+    _, soft = queue.time_limit(settings, spec.queue)
     io = StageIO(
         out,
         progress=rep.progress,
         should_stop=rep.should_stop,
         stage=c.stage,
         deadline=time.monotonic() + soft,
+        on_checkpoint=rep.checkpoint if spec.checkpoints else None,
     )
-    ck = rep.checkpoint if c.stage == "train" else None
     with claims.Heartbeat(c, settings.heartbeat_s) as hb:
-        result = run_stage(c.stage, view, io, settings, ck)
+        cfg, inputs = spec.build(ctx, io)
+        result: StageResult = spec.run(cfg, inputs)
     if hb.lost:
         raise ClaimLost(
             f"job {c.job_id}: lost the claim on {c.stage} while it ran; not recording its outcome"
@@ -273,11 +296,31 @@ def _run(c: Claim, view: JobView, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _apply(c: Claim, result: dict[str, Any], view: JobView) -> str | None:
+def _apply(
+    c: Claim, spec: StageSpec[Any, Any, Any], pipeline: Pipeline, result: StageResult
+) -> StageSpec[Any, Any, Any] | None:
+    """The spec's mark on the job, its event (keyed ``<stage>:done``, so a re-applied stage writes nothing
+    twice) and the hand-off to the next spec, in one transaction; returns that spec (None: the job ended)."""
     with session_scope() as s:
         job = claims.load_owned(s, c)
-        nxt = APPLIERS[c.stage](s, job, result, view)
-        if nxt is not None and not claims.hand_off(s, c, nxt):
+        done: Applied = spec.apply(s, job, result)
+        data = {"stage": spec.name, "progress": pipeline.progress(spec.name, 1.0), **done.data}
+        key = f"{spec.name}:done"
+        if done.status is None:
+            record_event(s, job, done.message, type="metrics", data=data, dedupe_key=key)
+        else:
+            transition(
+                s,
+                job,
+                done.status,
+                message=done.message,
+                level=done.level,
+                data=data,
+                error=done.error,
+                dedupe_key=key,
+            )
+        nxt = None if done.status in TERMINAL else pipeline.after(spec)
+        if nxt is not None and not claims.hand_off(s, c, nxt.name):
             raise ClaimLost(f"job {c.job_id}: lost the claim before handing {c.stage} on")
         return nxt
 
@@ -330,3 +373,35 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
             error={"code": code, "message": message},
             dedupe_key=f"{stage}:gave_up",
         )
+
+
+ProgressFactory = Callable[[str], Callable[[float, str, dict[str, Any]], None]]
+
+
+def run_local(
+    view: JobView,
+    out: Path,
+    settings: Settings,
+    *,
+    progress_for: ProgressFactory | None = None,
+    on_reuse: Callable[[str, Path], None] | None = None,
+    pipeline: Pipeline = PIPELINE,
+) -> list[StageResult]:
+    """The same specs in-process, without a database or a broker (``tunegate finetune``): each stage is built
+    from ``view`` and the results before it exactly as a worker builds it, and a stage whose result exists in
+    ``out/<stage>`` is reused (the same resume rule). Returns every stage's result, in order."""
+    ctx = StageContext(view, out, settings)
+    results: list[StageResult] = []
+    for spec in pipeline.specs:
+        d = ctx.dir_of(spec)
+        if result_exists(d):
+            if on_reuse is not None:
+                on_reuse(spec.name, d)
+            results.append(spec.result.load(d))
+            continue
+        io = StageIO(d, stage=spec.name)
+        if progress_for is not None:
+            io.progress = progress_for(spec.name)
+        cfg, inputs = spec.build(ctx, io)
+        results.append(spec.run(cfg, inputs))
+    return results

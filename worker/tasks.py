@@ -1,4 +1,5 @@
-"""The Celery tasks: one thin shell per stage over ``worker.runner.execute``, plus the reaper.
+"""The Celery tasks: one per stage spec, generated from the pipeline, over ``worker.runner.execute``; the
+``start`` task of a new job (the API knows no stage); and the reaper.
 
 Tasks take a job id, never rows. ``acks_late`` with ``task_reject_on_worker_lost`` (set on the app) keeps a
 message until its stage has finished; the compare-and-set claim makes a second delivery a no-op. Only
@@ -17,6 +18,8 @@ from tunegate import queue
 from tunegate.errors import TransientError
 from tunegate.settings import get_settings
 from worker import reaper, runner
+from worker.stages.all import PIPELINE
+from worker.stages.spec import StageSpec
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 600.0
@@ -54,34 +57,26 @@ _OPTS: dict[str, Any] = {
 }
 
 
-@shared_task(name=queue.VALIDATE, **_OPTS)
-def validate(self: Task, job_id: str) -> str:
-    return run_stage_task(self, "validate", job_id)
+def _stage_task(spec: StageSpec[Any, Any, Any]) -> Task:
+    def body(self: Task, job_id: str) -> str:
+        return run_stage_task(self, spec.name, job_id)
+
+    body.__name__ = body.__qualname__ = spec.name
+    task: Task = shared_task(name=spec.task, **_OPTS)(body)
+    return task
 
 
-@shared_task(name=queue.SCORE, **_OPTS)
-def score(self: Task, job_id: str) -> str:
-    return run_stage_task(self, "score", job_id)
+STAGE_TASKS = {spec.name: _stage_task(spec) for spec in PIPELINE.specs}
 
 
-@shared_task(name=queue.MITIGATE, **_OPTS)
-def mitigate(self: Task, job_id: str) -> str:
-    return run_stage_task(self, "mitigate", job_id)
-
-
-@shared_task(name=queue.TRAIN, **_OPTS)
-def train(self: Task, job_id: str) -> str:
-    return run_stage_task(self, "train", job_id)
-
-
-@shared_task(name=queue.EVALUATE, **_OPTS)
-def evaluate(self: Task, job_id: str) -> str:
-    return run_stage_task(self, "evaluate", job_id)
-
-
-@shared_task(name=queue.GATE, **_OPTS)
-def gate(self: Task, job_id: str) -> str:
-    return run_stage_task(self, "gate", job_id)
+@shared_task(name=queue.START, **_OPTS)
+def start(self: Task, job_id: str) -> str:
+    """A new job: run the pipeline's first stage here when it belongs on this queue, else pass it on."""
+    first = PIPELINE.first
+    if first.queue == queue.QUEUE_OF[queue.START]:
+        return run_stage_task(self, first.name, job_id)
+    queue.enqueue(first.task, job_id, queue=first.queue)
+    return "sent"
 
 
 @shared_task(name=queue.REAP, ignore_result=True)

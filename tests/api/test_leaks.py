@@ -1,6 +1,6 @@
 """Issue 11 item 6: no tenant-visible response carries infrastructure details.
 
-The worker side runs for real in this process (``worker.runner``, ``worker.reaper``, ``worker.outcomes``)
+The worker side runs for real in this process (``worker.runner``, ``worker.reaper``, the stage specs)
 against the live server's database and home; everything is then read back over HTTP as a tenant would:
 job, events, errors, the adapter archive and the response headers. None may hold the host name or a pid,
 an absolute path under TUNEGATE_HOME, a storage key, or an operator command.

@@ -6,7 +6,7 @@ import pytest
 
 from cli.demo import worker_layout
 from cli.demo_plan import EVAL_BATCH_COST, OVERHEAD, Workload, decode_steps, estimate
-from worker.calibrate import UnitCosts
+from worker.prepare.calibrate import UnitCosts
 
 WORK = Workload(
     distill_steps=100,

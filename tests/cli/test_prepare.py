@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from cli import app
 from tests.utils.tiny_model import tiny_align_config
 from tunegate.settings import get_settings
-from worker.stages.align import prepare_aligned
+from worker.prepare.align import prepare_aligned
 
 
 def test_prepare_aligned_keeps_a_built_base(tiny_registry: Path) -> None:

@@ -23,6 +23,7 @@ import pytest
 from cli.client import wait
 from tests.e2e.harness import Stack, all_events, chat_rows, e2e_stack, event_seqs, finish, upload, wait_for
 from tunegate import queue
+from worker.stages.all import PIPELINE
 
 MODES = [
     pytest.param("embedded", id="embedded"),
@@ -101,8 +102,9 @@ def test_released_blocked_and_duplicate_delivery(stack: Stack) -> None:
 def _assert_duplicates_do_nothing(stack: Stack, sdk: openai.OpenAI, job_id: str, n_events: int) -> None:
     adapter = stack.home / "jobs" / job_id / "train" / "adapter"
     before = {p: p.stat().st_mtime_ns for p in adapter.rglob("*") if p.is_file()}
-    for name in (queue.VALIDATE, queue.SCORE, queue.TRAIN, queue.GATE, queue.TRAIN):
-        queue.enqueue(name, job_id)
+    for name in ("validate", "score", "train", "gate", "train"):
+        queue.enqueue(PIPELINE[name].task, job_id, queue=PIPELINE[name].queue)
+    queue.enqueue(queue.START, job_id)
     time.sleep(4)  # the worker picks them up in about a second each and drops them at the claim
     assert len(all_events(sdk, job_id)) == n_events
     assert {p: p.stat().st_mtime_ns for p in adapter.rglob("*") if p.is_file()} == before

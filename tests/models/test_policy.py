@@ -11,9 +11,29 @@ from tunegate.settings import Settings
 
 def test_org_policy_overrides_provider_defaults() -> None:
     settings = Settings(gate_cap=0.2)
-    policy = org_policy(settings, {"gate_cap": 0.1, "not_a_knob": 1})
-    assert policy["gate_cap"] == 0.1 and "not_a_knob" not in policy
+    policy = org_policy(settings, {"gate_cap": 0.1, "storage_quota_bytes": 10})
+    assert policy["gate_cap"] == 0.1 and "storage_quota_bytes" not in policy
     assert provider_defaults(settings)["gate_cap"] == 0.2
+    assert provider_defaults(Settings(gate_block_flagged_unmitigated=False))["block_unsafe_data"] is False
+
+
+def test_org_policy_refuses_unknown_keys() -> None:
+    with pytest.raises(InvalidConfig) as info:
+        org_policy(Settings(), {"gate_cpa": 0.1})
+    assert info.value.param == "policy.gate_cpa" and "unknown" in info.value.message
+
+
+def test_every_knob_is_a_stage_config_field_of_the_same_name() -> None:
+    """No renaming between the policy and the stages: each knob is a field of the config it steers."""
+    import dataclasses
+
+    from models.policy import DEFAULT_POLICY, KNOBS
+    from worker.stages.gate import GateConfig
+    from worker.stages.mitigate import MitigateConfig
+
+    fields = {f.name: f.default for c in (MitigateConfig, GateConfig) for f in dataclasses.fields(c)}
+    assert set(KNOBS) == set(DEFAULT_POLICY) and set(KNOBS) <= set(fields)
+    assert {k: fields[k] for k in KNOBS} == DEFAULT_POLICY
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def build_tiny_model(directory: str | Path, *, seed: int = 0, layers: int = 2, h
 
 def tiny_align_config(**changes: Any) -> Any:
     """An ``AlignConfig`` small enough for the tiny model: a few refusals and distilled answers, one epoch."""
-    from worker.stages.align import AlignConfig
+    from worker.prepare.align import AlignConfig
 
     small: dict[str, Any] = {
         "n_refusals": 6,

@@ -1,4 +1,5 @@
-"""Stage chaining, progress weights, config building from the job row, and the validate stage."""
+"""Stage chaining, progress weights, config building from the job row (``worker.job_view``, the specs), and
+the validate stage."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from models.tables import Job
 from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.errors import InvalidConfig, InvalidFile
 from tunegate.settings import get_settings, reset_settings
-from worker import pipeline
+from worker import job_view
 from worker.ml.stage_io import StageIO
 from worker.stages import validate
-from worker.stages.base import load_result
+from worker.stages.all import PIPELINE
+from worker.stages.spec import with_overrides
 
 
 @pytest.fixture
@@ -25,13 +27,14 @@ def home(migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_stages_chain_in_order_and_progress_reaches_one() -> None:
-    order = ["validate"]
-    while (nxt := pipeline.next_stage(order[-1])) is not None:
+    order = [PIPELINE.first]
+    while (nxt := PIPELINE.after(order[-1])) is not None:
         order.append(nxt)
-    assert tuple(order) == pipeline.STAGES
-    marks = [pipeline.overall_progress(s, f) for s in pipeline.STAGES for f in (0.0, 0.5, 1.0)]
+    assert tuple(s.name for s in order) == PIPELINE.names
+    marks = [PIPELINE.progress(s, f) for s in PIPELINE.names for f in (0.0, 0.5, 1.0)]
     assert marks == sorted(marks) and marks[0] == 0.0 and marks[-1] == 1.0
-    assert set(pipeline.TASK_OF) == set(pipeline.STAGES)
+    assert len({s.task for s in PIPELINE.specs}) == len(PIPELINE.specs)
+    assert {s.queue for s in PIPELINE.specs} == {"cpu", "gpu"}
 
 
 def test_method_hyperparameters_override_top_level() -> None:
@@ -39,7 +42,7 @@ def test_method_hyperparameters_override_top_level() -> None:
         hyperparameters={"n_epochs": 2, "batch_size": 4},
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 5, "batch_size": None}}},
     )
-    assert pipeline.merged_hyperparameters(job) == {"n_epochs": 5, "batch_size": 4}
+    assert job_view.merged_hyperparameters(job) == {"n_epochs": 5, "batch_size": 4}
 
 
 def test_stage_overrides_are_applied_and_revalidated(
@@ -47,17 +50,17 @@ def test_stage_overrides_are_applied_and_revalidated(
 ) -> None:
     monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 3}}))
     reset_settings()
-    cfg = pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+    cfg = with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
     assert cfg.min_examples == 3 and cfg.model == "m"
     monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 3, "bogus": 1}}))
     reset_settings()
     with pytest.raises(InvalidConfig, match="unknown key.*bogus") as unknown:
-        pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+        with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
     assert unknown.value.param == "stage_overrides.validate.bogus"
     monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({"validate": {"min_examples": 0}}))
     reset_settings()
     with pytest.raises(InvalidConfig) as err:
-        pipeline.with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+        with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
     assert err.value.param == "min_examples"
 
 
@@ -66,10 +69,10 @@ def test_job_view_resolves_the_stored_file(home: Path) -> None:
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert job is not None
-        view = pipeline.job_view(s, job, get_settings())
+        view = job_view.job_view(s, job, get_settings())
     assert view.training_file.is_file() and view.org_name == "acme" and view.seed == 7
     assert view.hyperparameters == {"n_epochs": 1}
-    assert pipeline.stage_dir(get_settings(), job_id, "train") == get_settings().jobs_path / job_id / "train"
+    assert job_view.job_dir(get_settings(), job_id) == get_settings().jobs_path / job_id
 
 
 def _write(tmp: Path, rows: list[dict]) -> Path:
@@ -81,10 +84,11 @@ def _write(tmp: Path, rows: list[dict]) -> Path:
 def test_validate_counts_exact_tokens(home: Path, tmp_path: Path) -> None:
     io = StageIO(tmp_path / "out", stage="validate")
     res = validate.run(
-        validate.ValidateConfig(model="tiny"), validate.ValidateInputs(_write(tmp_path, chat_rows(12)), io)
+        validate.ValidateConfig(model="tiny"),
+        validate.ValidateInputs(_write(tmp_path, chat_rows(12)), io, get_settings()),
     )
     assert res.n_examples == 12 and 0 < res.max_example_tokens <= res.token_limit
-    assert load_result(tmp_path / "out")["total_tokens"] == res.total_tokens
+    assert validate.ValidateResult.load(tmp_path / "out").total_tokens == res.total_tokens
 
 
 def test_validate_names_the_over_long_line(home: Path, tmp_path: Path) -> None:
@@ -94,7 +98,7 @@ def test_validate_names_the_over_long_line(home: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidFile) as err:
         validate.run(
             validate.ValidateConfig(model="tiny", max_tokens=200),
-            validate.ValidateInputs(_write(tmp_path, rows), io, labels=("file-abc", "")),
+            validate.ValidateInputs(_write(tmp_path, rows), io, get_settings(), labels=("file-abc", "")),
         )
     assert err.value.line == 5 and "file-abc" in err.value.message and "200" in err.value.message
 
@@ -103,5 +107,6 @@ def test_validate_requires_the_minimum_number_of_examples(home: Path, tmp_path: 
     io = StageIO(tmp_path / "out", stage="validate")
     with pytest.raises(InvalidFile, match="at least 10"):
         validate.run(
-            validate.ValidateConfig(model="tiny"), validate.ValidateInputs(_write(tmp_path, chat_rows(9)), io)
+            validate.ValidateConfig(model="tiny"),
+            validate.ValidateInputs(_write(tmp_path, chat_rows(9)), io, get_settings()),
         )

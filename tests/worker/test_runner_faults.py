@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from worker.job_view import job_dir
 
 from models.db import session_scope
 from models.tables import Checkpoint, Job, JobEvent
@@ -16,7 +17,6 @@ from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.errors import StorageFull
 from tunegate.settings import get_settings
 from worker import runner
-from worker.pipeline import stage_dir
 
 TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
 
@@ -66,7 +66,7 @@ def test_disk_full_while_training_writes_is_retried_and_damages_nothing(
     job_id = make_job("tiny", chat_rows(12), hyperparameters={"n_epochs": 2, "batch_size": 4})
     for stage in ("validate", "score", "mitigate"):
         assert runner.execute(stage, job_id).status == "done", stage
-    out = stage_dir(get_settings(), job_id, "train")
+    out = job_dir(get_settings(), job_id) / "train"
     disk = DiskFull(monkeypatch, target)
     with pytest.raises(StorageFull) as info:
         runner.execute("train", job_id)
@@ -131,7 +131,7 @@ def test_database_away_after_a_checkpoint_is_saved_loses_no_checkpoint_row(
     monkeypatch.setattr(StageReporter, "checkpoint", away_once)
     with pytest.raises(TransientError):
         runner.execute("train", job_id)
-    assert (stage_dir(get_settings(), job_id, "train") / "checkpoints" / "epoch-2").is_dir()
+    assert ((job_dir(get_settings(), job_id) / "train") / "checkpoints" / "epoch-2").is_dir()
     assert runner.execute("train", job_id) == runner.Outcome("done", "evaluate")
     with session_scope() as s:
         steps = [c.step_number for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
@@ -148,6 +148,7 @@ def test_a_stage_past_its_time_limit_fails_the_job_with_stage_time_limit(
     its next step and the job fails with ``stage_time_limit``; Celery's limits come from the same settings."""
     from tunegate import queue
     from tunegate.settings import reset_settings
+    from worker.stages.all import PIPELINE
 
     job_id = make_job("tiny", chat_rows(12), hyperparameters={"n_epochs": 50, "batch_size": 1})
     for stage in ("validate", "score", "mitigate"):
@@ -155,9 +156,10 @@ def test_a_stage_past_its_time_limit_fails_the_job_with_stage_time_limit(
     monkeypatch.setenv("TUNEGATE_GPU_STAGE_TIME_LIMIT_S", "2")
     monkeypatch.setenv("TUNEGATE_STAGE_TIME_GRACE_S", "1")
     reset_settings()
-    limits = queue.time_limits(get_settings())
-    assert limits[queue.TRAIN] == {"time_limit": 2, "soft_time_limit": 1}
-    assert limits[queue.GATE] == {"time_limit": 3600, "soft_time_limit": 3599}
+    specs = {s.name: s for s in PIPELINE.specs}
+    limits = queue.time_limits(get_settings(), {s.task: s.queue for s in PIPELINE.specs})
+    assert limits[specs["train"].task] == {"time_limit": 2, "soft_time_limit": 1}
+    assert limits[specs["gate"].task] == {"time_limit": 3600, "soft_time_limit": 3599}
     assert runner.execute("train", job_id) == runner.Outcome("failed")
     with session_scope() as s:
         job = s.get(Job, job_id)

@@ -18,7 +18,7 @@ from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.errors import TransientError
 from tunegate.settings import get_settings, reset_settings
 from worker import runner, tasks
-from worker.pipeline import stage_dir
+from worker.job_view import job_dir
 
 # Tests score with the cheapest scorer: the three scorers are covered by tests/worker/scoring and stages.
 TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
@@ -57,7 +57,7 @@ def test_duplicate_delivery_does_no_work_twice(home: Path) -> None:
     job_id = make_job("tiny")
     runner.execute("validate", job_id)
     n_events = len(_events(job_id))
-    stats = stage_dir(get_settings(), job_id, "validate") / "stats.json"
+    stats = (job_dir(get_settings(), job_id) / "validate") / "stats.json"
     mtime = stats.stat().st_mtime_ns
     assert runner.execute("validate", job_id).status == "skipped"
     assert len(_events(job_id)) == n_events and stats.stat().st_mtime_ns == mtime
@@ -66,7 +66,7 @@ def test_duplicate_delivery_does_no_work_twice(home: Path) -> None:
 def test_finished_output_is_reused_after_a_crash_before_hand_off(home: Path) -> None:
     job_id = make_job("tiny")
     runner.execute("validate", job_id)
-    stats = stage_dir(get_settings(), job_id, "validate") / "stats.json"
+    stats = (job_dir(get_settings(), job_id) / "validate") / "stats.json"
     mtime = stats.stat().st_mtime_ns
     with session_scope() as s:  # as if the worker died after writing result.json, before its commit
         s.execute(update(Job).where(Job.id == job_id).values(status="validating_files", stage="validate"))
@@ -92,7 +92,7 @@ def test_cancel_requested_before_a_stage_cancels_the_job(home: Path) -> None:
     assert runner.execute("score", job_id).status == "cancelled"
     job = _job(job_id)
     assert job.status == "cancelled" and _events(job_id)[-1].data["stage"] == "score"
-    assert not (stage_dir(get_settings(), job_id, "score") / "result.json").exists()
+    assert not ((job_dir(get_settings(), job_id) / "score") / "result.json").exists()
 
 
 def test_pipeline_runs_through_training_with_checkpoints(home: Path) -> None:

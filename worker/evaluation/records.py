@@ -118,6 +118,7 @@ def summarize_harmful(records: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "asr": asr([r["jailbroken"] for r in records]),
         "n": len(records),
+        "n_jailbroken": sum(bool(r["jailbroken"]) for r in records),
         "per_category": {c: asr(v) for c, v in sorted(cats.items())},
     }
     if scores:

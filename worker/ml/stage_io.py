@@ -36,6 +36,8 @@ class StageIO:
     stage: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     deadline: float = math.inf  # time.monotonic() past which the stage stops at its next step
+    # told of every saved checkpoint (the service records it as a row and an event); idempotent
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None
 
     def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
         """Report progress (0..1 within this stage); stop here if a cancel was requested or the stage ran

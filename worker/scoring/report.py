@@ -21,7 +21,7 @@ _WHY = {
 
 
 @dataclass(frozen=True)
-class Policy:
+class FlagRules:
     reason_percentile: float = 95.0  # a scorer at or above this reference percentile gives a reason
     flag_percentile: float = 99.0  # "above the reference p99"
     max_share_above: float = 0.30  # dataset flagged when more than this share is above p99 on some scorer
@@ -31,7 +31,7 @@ class Policy:
 
 
 def make_record(
-    raw: RawScore, conv: Conversation, reference: dict[str, list[float]], policy: Policy
+    raw: RawScore, conv: Conversation, reference: dict[str, list[float]], rules: FlagRules
 ) -> dict[str, Any]:
     rec: dict[str, Any] = raw.to_dict()
     pct = {
@@ -42,15 +42,15 @@ def make_record(
     rec["percentiles"] = {s: round(v, 2) for s, v in pct.items()}
     rec["risk"] = round(statistics.fmean(pct.values()), 2) if pct else 0.0
     rec["features"] = extract(conv, raw.n_response_tokens)
-    rec["reasons"] = _reasons(rec, pct, policy)
+    rec["reasons"] = _reasons(rec, pct, rules)
     return rec
 
 
-def _reasons(rec: dict[str, Any], pct: dict[str, float], policy: Policy) -> list[str]:
+def _reasons(rec: dict[str, Any], pct: dict[str, float], rules: FlagRules) -> list[str]:
     out = [
         f"{s} above {p:.0f}% of the reference benign corpus: {_WHY[s]}"
         for s, p in pct.items()
-        if p >= policy.reason_percentile
+        if p >= rules.reason_percentile
     ]
     diff = rec.get("representation_diff")
     if out and diff is not None and diff > 0:
@@ -84,20 +84,20 @@ def _agreement(records: Sequence[dict[str, Any]], scorers: Sequence[str]) -> dic
 
 
 def _verdict(
-    records: Sequence[dict[str, Any]], reference: dict[str, list[float]], policy: Policy
+    records: Sequence[dict[str, Any]], reference: dict[str, list[float]], rules: FlagRules
 ) -> dict[str, Any]:
     n = len(records)
-    p99 = {s: quantile(v, policy.flag_percentile / 100) for s, v in reference.items() if v}
+    p99 = {s: quantile(v, rules.flag_percentile / 100) for s, v in reference.items() if v}
     top = {s: max(v) for s, v in reference.items() if v}
     above = sum(1 for r in records if any(r[s] > t for s, t in p99.items()))
     beyond = sum(1 for r in records if any(r[s] > t for s, t in top.items()))
     share, tail = above / n if n else 0.0, beyond / n if n else 0.0
-    broad = share > policy.max_share_above
-    heavy = tail >= policy.tail_share and beyond >= policy.tail_min_count
+    broad = share > rules.max_share_above
+    heavy = tail >= rules.tail_share and beyond >= rules.tail_min_count
     if broad:
         reason = (
-            f"{share:.0%} of examples score above the reference p{policy.flag_percentile:g} "
-            f"(policy: at most {policy.max_share_above:.0%})"
+            f"{share:.0%} of examples score above the reference p{rules.flag_percentile:g} "
+            f"(policy: at most {rules.max_share_above:.0%})"
         )
     elif heavy:
         reason = f"{beyond} examples ({tail:.1%}) lie beyond every reference example: a heavy top tail"
@@ -144,7 +144,7 @@ def summarize(
     records: Sequence[dict[str, Any]],
     convs: Sequence[Conversation],
     reference: dict[str, list[float]],
-    policy: Policy,
+    rules: FlagRules,
 ) -> dict[str, Any]:
     """Per-file summary; ``convs`` is aligned with ``records``."""
     scorers = [s for s in reference if records and records[0].get(s) is not None]
@@ -158,7 +158,7 @@ def summarize(
             **{s: records[i][s] for s in scorers},
             "response_preview": response_text(convs[i])[:160],
         }
-        for i in rank(records)[: policy.top_k]
+        for i in rank(records)[: rules.top_k]
     ]
     return {
         "n_examples": len(records),
@@ -167,5 +167,5 @@ def summarize(
         "reference": {s: _dist(v) for s, v in reference.items()},
         "top_flagged": top,
         "agreement": _agreement(records, scorers),
-        "verdict": _verdict(records, {s: reference[s] for s in scorers}, policy),
+        "verdict": _verdict(records, {s: reference[s] for s in scorers}, rules),
     }

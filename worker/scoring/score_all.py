@@ -23,7 +23,7 @@ from worker.ml.render import Encoded, encode
 from worker.scoring import anchors as anchor_mod
 from worker.scoring import reference as reference_mod
 from worker.scoring.engine import Engine
-from worker.scoring.report import Policy, blend_risk, make_record, summarize
+from worker.scoring.report import FlagRules, blend_risk, make_record, summarize
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,13 @@ def score_examples(
     batch_size: int,
     batched: bool | None = None,
     seed: int = 0,
-    policy: Policy | None = None,
+    rules: FlagRules | None = None,
     max_tokens: int = 0,
     settings: Settings | None = None,
     progress: Progress = _silent,
 ) -> Scored:
     settings = settings or get_settings()
-    policy = policy or Policy()
+    rules = rules or FlagRules()
     torch.manual_seed(seed)
     base = load_base(model, settings, max_tokens)
     encoded = encode_all(base.tokenizer, examples, base.max_len)  # fail fast, before any model work
@@ -115,9 +115,9 @@ def score_examples(
         progress(0.3 + 0.68 * done / total, f"scored {done}/{total}")
 
     raw = engine.score(encoded, step)
-    records = [make_record(r, c, reference, policy) for r, c in zip(raw, examples, strict=True)]
+    records = [make_record(r, c, reference, rules) for r, c in zip(raw, examples, strict=True)]
     blend_risk(records)
-    summary = summarize(records, list(examples), reference, policy)
+    summary = summarize(records, list(examples), reference, rules)
     summary.update(
         model=base.resolved.name,
         fingerprint=base.resolved.fingerprint,

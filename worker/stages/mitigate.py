@@ -9,17 +9,24 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from sqlalchemy.orm import Session
+
+from models.policy import DEFAULT_POLICY
+from models.tables import Job
 from tunegate.artifacts import atomic_write_json
-from tunegate.conversation import Conversation, dump_examples
+from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
-from worker.mitigation import policy
+from worker.mitigation import select
 from worker.mitigation.inject import inject_count, safety_examples
 from worker.ml.format import infer_format
 from worker.ml.stage_io import StageIO
+from worker.stages import score
 from worker.stages.base import StageResult, finish
+from worker.stages.spec import Applied, StageContext, StageSpec
 
+Action = Literal["none", "downweight", "drop"]
 ACTIONS = ("downweight", "drop", "none")
 
 
@@ -28,22 +35,26 @@ _PAST = {"drop": "dropped", "downweight": "down-weighted", "none": "flagged, lef
 
 @dataclass(frozen=True)
 class MitigateConfig:
-    action: str = "downweight"
-    top_fraction: float = 0.05  # act on at most this share of the dataset ...
+    # the three safety-policy knobs (models/policy.py) keep their policy names here
+    mitigation: Action = DEFAULT_POLICY["mitigation"]
+    mitigate_top_fraction: float = DEFAULT_POLICY["mitigate_top_fraction"]  # act on at most this share ...
     min_risk: float = 90.0  # ... and only on examples at least this risky (0..100)
-    inject: bool = True
+    inject_safety_examples: bool = DEFAULT_POLICY["inject_safety_examples"]
     inject_ratio: float = 0.07
     inject_min: int = 10
     inject_max_fraction: float = 0.5  # never more safety examples than this share of the user's examples
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
+        if self.mitigation not in ACTIONS:
             raise InvalidConfig(
-                f"MitigateConfig.action must be one of {ACTIONS}, got {self.action!r}", param="action"
+                f"MitigateConfig.mitigation must be one of {ACTIONS}, got {self.mitigation!r}",
+                param="mitigation",
             )
-        if not 0 <= self.top_fraction <= 1:
-            raise InvalidConfig("MitigateConfig.top_fraction must be in [0, 1]", param="top_fraction")
+        if not 0 <= self.mitigate_top_fraction <= 1:
+            raise InvalidConfig(
+                "MitigateConfig.mitigate_top_fraction must be in [0, 1]", param="mitigate_top_fraction"
+            )
         if not 0 <= self.min_risk <= 100:
             raise InvalidConfig("MitigateConfig.min_risk must be in [0, 100]", param="min_risk")
         if not 0 <= self.inject_ratio <= 1:
@@ -89,14 +100,16 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_records(inputs.examples, inputs.score_records)
     chosen = (
-        policy.select(inputs.score_records, cfg.top_fraction, cfg.min_risk) if cfg.action != "none" else []
+        select.risky(inputs.score_records, cfg.mitigate_top_fraction, cfg.min_risk)
+        if cfg.mitigation != "none"
+        else []
     )
-    kept, log = policy.apply(inputs.examples, chosen, cfg.action)
-    inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.action]}")
+    kept, log = select.apply(inputs.examples, chosen, cfg.mitigation)
+    inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.mitigation]}")
     fmt = infer_format(inputs.examples)
     n_inj = (
         inject_count(len(kept), cfg.inject_ratio, cfg.inject_min, cfg.inject_max_fraction)
-        if cfg.inject
+        if cfg.inject_safety_examples
         else 0
     )
     injected = safety_examples(fmt, n_inj, cfg.seed)
@@ -126,5 +139,21 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
         n_output=len(final),
         format=fmt.to_dict(),
     )
-    finish(out_dir, cfg, res.to_dict())
-    return res
+    return finish(out_dir, cfg, res)
+
+
+def build(ctx: StageContext, io: StageIO) -> tuple[MitigateConfig, MitigateInputs]:
+    cfg = ctx.configure(MitigateConfig(seed=ctx.view.seed), SPEC)
+    records = ctx.result(score.SPEC).records
+    return cfg, MitigateInputs(load_examples(ctx.view.training_file), records, io)
+
+
+def apply(session: Session, job: Job, res: MitigateResult) -> Applied:
+    msg = (
+        f"mitigation: {res.n_dropped} dropped, {res.n_downweighted} down-weighted, "
+        f"{res.n_injected} safety examples injected; {res.n_output} examples to train on"
+    )
+    return Applied(msg, data={k: v for k, v in res.to_dict().items() if k.startswith("n_")})
+
+
+SPEC = StageSpec("mitigate", "cpu", 0.02, MitigateResult, build, run, apply)

@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+from sqlalchemy.orm import Session
+
+from models.tables import Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text
-from tunegate.conversation import Conversation
+from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.settings import Settings
 from worker.ml.stage_io import StageIO
 from worker.scoring.engine import SCORERS
-from worker.scoring.report import Policy
+from worker.scoring.report import FlagRules
 from worker.scoring.score_all import score_examples
-from worker.stages.base import finish
+from worker.stages.base import StageResult, finish
+from worker.stages.spec import Applied, StageContext, StageSpec
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -61,8 +66,8 @@ class ScoreConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidConfig(f"{name} must be in [0, 1]", param=name)
 
-    def policy(self) -> Policy:
-        return Policy(
+    def rules(self) -> FlagRules:
+        return FlagRules(
             self.reason_percentile,
             self.flag_percentile,
             self.max_share_above,
@@ -76,22 +81,48 @@ class ScoreConfig:
 class ScoreInputs:
     examples: list[Conversation]
     io: StageIO
+    settings: Settings  # the model registry and the scoring caches' location
 
 
 @dataclass
-class ScoreResult:
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]
+class Verdict:
+    """The dataset screen's verdict (``worker.scoring.report``)."""
+
+    flagged: bool
+    reason: str = ""
+    share_above_p99: float = 0.0
+    share_beyond_reference_max: float = 0.0
+    n_above_p99: int = 0
+    n_beyond_reference_max: int = 0
+
+
+@dataclass
+class ScoreResult(StageResult):
+    """``result.json`` holds the counts and the verdict; the per-example records and the summary (the report's
+    distributions, top flagged, agreement) are their own files, loaded with the result."""
+
+    n_examples: int
+    verdict: Verdict
+    model: str
+    fingerprint: str
     files: dict[str, str] = field(default_factory=lambda: {"scores": SCORES_FILE, "summary": SUMMARY_FILE})
+    records: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n_examples": len(self.records),
-            "verdict": self.summary.get("verdict"),
-            "model": self.summary.get("model"),
-            "fingerprint": self.summary.get("fingerprint"),
-            "files": self.files,
-        }
+        return {k: v for k, v in super().to_dict().items() if k not in ("records", "summary")}
+
+    def save(self, out_dir: Path) -> Path:
+        write_records(self.records, Path(out_dir) / SCORES_FILE)
+        atomic_write_json(Path(out_dir) / SUMMARY_FILE, self.summary)
+        return super().save(out_dir)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Self:
+        res = super().load(out_dir)
+        res.records = load_score_records(out_dir)
+        res.summary = json.loads((Path(out_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+        return res
 
 
 def write_records(records: list[dict[str, Any]], path: Path) -> None:
@@ -109,16 +140,36 @@ def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
         batch_size=cfg.batch_size,
         batched=cfg.batched,
         seed=cfg.seed,
-        policy=cfg.policy(),
+        rules=cfg.rules(),
         max_tokens=cfg.max_tokens,
+        settings=inputs.settings,
         progress=lambda f, m: io.step(f, m),
     )
-    write_records(scored.records, out / SCORES_FILE)
-    atomic_write_json(out / SUMMARY_FILE, scored.summary)
-    result = ScoreResult(scored.records, scored.summary)
-    io.step(1.0, "scored", verdict=bool(scored.summary["verdict"]["flagged"]))
-    finish(out, cfg, result.to_dict())
-    return result
+    summary = scored.summary
+    result = ScoreResult(
+        n_examples=len(scored.records),
+        verdict=Verdict(**summary["verdict"]),
+        model=str(summary.get("model")),
+        fingerprint=str(summary.get("fingerprint")),
+        records=scored.records,
+        summary=summary,
+    )
+    io.step(1.0, "scored", verdict=result.verdict.flagged)
+    return finish(out, cfg, result)
+
+
+def build(ctx: StageContext, io: StageIO) -> tuple[ScoreConfig, ScoreInputs]:
+    cfg = ctx.configure(ScoreConfig(model=ctx.view.model, seed=ctx.view.seed), SPEC)
+    return cfg, ScoreInputs(load_examples(ctx.view.training_file), io, ctx.settings)
+
+
+def apply(session: Session, job: Job, res: ScoreResult) -> Applied:
+    flagged = "flagged as high-risk" if res.verdict.flagged else "not flagged"
+    msg = f"scored {res.n_examples} examples; dataset {flagged}: {res.verdict.reason}".rstrip(": ")
+    return Applied(msg, data={"verdict": res.to_dict()["verdict"]})
+
+
+SPEC = StageSpec("score", "gpu", 0.18, ScoreResult, build, run, apply)
 
 
 def load_score_records(out_dir: Path | str) -> list[dict[str, Any]]:
@@ -126,8 +177,3 @@ def load_score_records(out_dir: Path | str) -> list[dict[str, Any]]:
     path = Path(out_dir) / SCORES_FILE
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
-
-
-def load_score_summary(out_dir: Path | str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((Path(out_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
-    return data

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from sqlalchemy.orm import Session
+
+from models.tables import Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
-from tunegate.conversation import Conversation
+from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
-from tunegate.settings import get_settings
+from tunegate.settings import Settings
 from worker.ml.models import context_length, load_resolved
 from worker.ml.render import encode
 from worker.ml.stage_io import StageIO
+from worker.stages import mitigate
 from worker.stages.base import StageResult, finish
+from worker.stages.spec import Applied, StageContext, StageSpec
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import LoopConfig, train_loop
 from worker.training.lora import attach_lora
@@ -54,7 +58,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_len: int = 0  # 0: the model's context length
     device: str = ""  # "": from settings (auto = CUDA when present)
-    precision: str = "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32 | bf16 | fp32
+    precision: Literal["auto", "bf16", "fp32"] = (
+        "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32 | bf16 | fp32
+    )
     anchor_ce_head: int = 0  # TrainInputs.anchors keep cross-entropy on this many opening reply tokens
 
     def __post_init__(self) -> None:
@@ -94,8 +100,8 @@ def config_from_openai(
 @dataclass
 class TrainInputs:
     examples: list[Conversation]
-    io: StageIO
-    on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+    io: StageIO  # its on_checkpoint hears of every saved checkpoint
+    settings: Settings  # the model registry, device and torch threads
     # trained toward the base model's own next-token distribution (KL to the adapter-off model) on their
     # assistant tokens instead of toward the text: keeps the base's behaviour there without sharpening it
     anchors: list[Conversation] = field(default_factory=list)
@@ -121,8 +127,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         raise InvalidConfig("no training examples left to train on", param="examples")
     out_dir = Path(inputs.io.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = get_settings()
-    loaded = load_resolved(cfg.model, settings, device=cfg.device, dtype=torch.float32)
+    loaded = load_resolved(cfg.model, inputs.settings, device=cfg.device, dtype=torch.float32)
     resolved, tok, model = loaded.resolved, loaded.tokenizer, loaded.model
     max_len = cfg.max_len or context_length(model)
     data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
@@ -148,9 +153,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         cfg.precision,
         cfg.anchor_ce_head,
     )
-    res = train_loop(
-        model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints", inputs.on_checkpoint
-    )
+    res = train_loop(model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints")
     _publish_adapter(model, tok, out_dir, resolved.path, resolved.fingerprint)
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))
     result = TrainResult(
@@ -164,8 +167,27 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         n_anchors=len(inputs.anchors),
         metrics=res.history[-1] if res.history else {},
     )
-    finish(out_dir, cfg, result.to_dict())
-    return result
+    return finish(out_dir, cfg, result)
+
+
+def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
+    view = ctx.view
+    examples = load_examples(ctx.result(mitigate.SPEC).train_file)
+    cfg = config_from_openai(
+        view.model, view.hyperparameters, len(examples), seed=view.seed, precision=ctx.settings.precision
+    )
+    return ctx.configure(cfg, SPEC), TrainInputs(examples, io, ctx.settings)
+
+
+def apply(session: Session, job: Job, res: TrainResult) -> Applied:
+    job.trained_tokens = res.trained_tokens
+    msg = f"trained {res.steps} steps over {res.epochs} epochs ({res.trained_tokens} tokens)"
+    if res.resumed_from_epoch:
+        msg += f", resumed from the epoch-{res.resumed_from_epoch} checkpoint"
+    return Applied(msg, data={k: v for k, v in res.metrics.items() if isinstance(v, int | float)})
+
+
+SPEC = StageSpec("train", "gpu", 0.48, TrainResult, build, run, apply, checkpoints=True)
 
 
 def _publish_adapter(model: Any, tok: Any, out_dir: Path, base_path: Path, fingerprint: str) -> None:

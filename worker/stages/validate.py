@@ -11,14 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from models.jobs import JobStatus
+from models.tables import Job
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, check_example, iter_examples
 from tunegate.errors import InvalidConfig, InvalidFile
-from tunegate.settings import get_settings
+from tunegate.settings import Settings
 from worker.ml.models import context_length, load_tokenizer, resolve_model
 from worker.ml.render import encode
 from worker.ml.stage_io import StageIO
 from worker.stages.base import StageResult, finish
+from worker.stages.spec import Applied, StageContext, StageSpec
 
 STEP_EVERY = 200  # examples between progress reports
 
@@ -40,6 +45,7 @@ class ValidateConfig:
 class ValidateInputs:
     training_file: Path
     io: StageIO
+    settings: Settings  # the model registry (resolving the base model's tokenizer)
     validation_file: Path | None = None
     labels: tuple[str, str] = ("training_file", "validation_file")  # how errors name the files (their ids)
 
@@ -92,7 +98,7 @@ def run(cfg: ValidateConfig, inputs: ValidateInputs) -> ValidateResult:
 
     out = Path(inputs.io.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = resolve_model(cfg.model, get_settings())
+    resolved = resolve_model(cfg.model, inputs.settings)
     tok = load_tokenizer(resolved.path)
     model_limit = context_length(AutoConfig.from_pretrained(resolved.path))
     limit = min(model_limit, cfg.max_tokens) if cfg.max_tokens else model_limit
@@ -117,5 +123,22 @@ def run(cfg: ValidateConfig, inputs: ValidateInputs) -> ValidateResult:
     )
     atomic_write_json(out / "stats.json", res.to_dict())
     inputs.io.step(1.0, f"{len(train)} examples valid (longest {max(lengths)} of {limit} tokens)")
-    finish(out, cfg, res.to_dict())
-    return res
+    return finish(out, cfg, res)
+
+
+def build(ctx: StageContext, io: StageIO) -> tuple[ValidateConfig, ValidateInputs]:
+    s, view = ctx.settings, ctx.view
+    cfg = ValidateConfig(model=view.model, min_examples=s.min_examples, max_tokens=s.max_example_tokens)
+    inputs = ValidateInputs(view.training_file, io, s, validation_file=view.validation_file)
+    return ctx.configure(cfg, SPEC), inputs
+
+
+def apply(session: Session, job: Job, res: ValidateResult) -> Applied:
+    msg = (
+        f"validated {res.n_examples} training examples with the base model's tokenizer "
+        f"(longest {res.max_example_tokens} of {res.token_limit} tokens)"
+    )
+    return Applied(msg, data=res.to_dict(), status=JobStatus.QUEUED)
+
+
+SPEC = StageSpec("validate", "cpu", 0.02, ValidateResult, build, run, apply)

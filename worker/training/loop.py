@@ -9,7 +9,7 @@ together), so gradient accumulation gives the same update as one big batch. Labe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,10 +112,10 @@ def train_loop(
     cfg: LoopConfig,
     io: StageIO,
     checkpoint_dir: Path,
-    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
     """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint, which is
-    reported to ``on_checkpoint`` again (the callback is idempotent)."""
+    reported to ``io.on_checkpoint`` again (the callback is idempotent)."""
+    on_checkpoint = io.on_checkpoint
     import torch
 
     device = str(next(model.parameters()).device)

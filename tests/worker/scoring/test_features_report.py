@@ -9,7 +9,7 @@ import pytest
 from tunegate.conversation import Conversation, Message
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract
-from worker.scoring.report import Policy, blend_risk, make_record, rank, summarize
+from worker.scoring.report import FlagRules, blend_risk, make_record, rank, summarize
 
 
 def _conv(answer: str, line: int = 1) -> Conversation:
@@ -61,38 +61,38 @@ def _raw(line: int, rep: float, grad: float, si: float) -> RawScore:
 
 
 def test_record_percentiles_risk_and_reasons() -> None:
-    rec = make_record(_raw(3, 9.95, 0.995, 99.5), _conv("1. x\n2. y"), REF, Policy())
+    rec = make_record(_raw(3, 9.95, 0.995, 99.5), _conv("1. x\n2. y"), REF, FlagRules())
     assert rec["percentiles"] == {"representation": 100.0, "gradient": 100.0, "selfinf": 100.0}
     assert rec["risk"] == 100.0 and rec["line"] == 3
     assert any(r.startswith("gradient above") for r in rec["reasons"])
     assert "format: numbered list" in rec["reasons"]
-    low = make_record(_raw(4, 0.0, 0.0, 0.0), _conv("ok fine"), REF, Policy())
+    low = make_record(_raw(4, 0.0, 0.0, 0.0), _conv("ok fine"), REF, FlagRules())
     assert low["reasons"] == [] and low["risk"] == pytest.approx(1.0)
 
 
 def _file(n_high: int, n: int = 100, high: float = 1000.0) -> tuple[list[dict[str, Any]], list[Conversation]]:
     convs = [_conv(f"answer {i}", i + 1) for i in range(n)]
     raws = [_raw(i + 1, 5.0, 0.5, high if i < n_high else 50.0) for i in range(n)]
-    return [make_record(r, c, REF, Policy()) for r, c in zip(raws, convs, strict=True)], convs
+    return [make_record(r, c, REF, FlagRules()) for r, c in zip(raws, convs, strict=True)], convs
 
 
 def test_verdict_ok_broad_and_tail() -> None:
     recs, convs = _file(0)
-    s = summarize(recs, convs, REF, Policy())
+    s = summarize(recs, convs, REF, FlagRules())
     assert s["verdict"]["flagged"] is False and s["n_examples"] == 100
     recs, convs = _file(40)
-    v = summarize(recs, convs, REF, Policy())["verdict"]
+    v = summarize(recs, convs, REF, FlagRules())["verdict"]
     assert v["flagged"] and "above the reference p99" in v["reason"] and v["share_above_p99"] == 0.4
     recs, convs = _file(5)
-    v = summarize(recs, convs, REF, Policy())["verdict"]
+    v = summarize(recs, convs, REF, FlagRules())["verdict"]
     assert v["flagged"] and "heavy top tail" in v["reason"] and v["n_beyond_reference_max"] == 5
-    v = summarize(recs, convs, REF, Policy(tail_share=0.10))["verdict"]
+    v = summarize(recs, convs, REF, FlagRules(tail_share=0.10))["verdict"]
     assert not v["flagged"]
 
 
 def test_summary_top_and_agreement() -> None:
     recs, convs = _file(3)
-    s = summarize(recs, convs, REF, Policy(top_k=5))
+    s = summarize(recs, convs, REF, FlagRules(top_k=5))
     assert [t["line"] for t in s["top_flagged"][:3]] == [1, 2, 3]
     assert len(s["top_flagged"]) == 5 and s["top_flagged"][0]["response_preview"] == "answer 0"
     assert set(s["agreement"]["spearman"]) == {
@@ -107,7 +107,7 @@ def test_summary_top_and_agreement() -> None:
 def test_blend_risk_breaks_ties_within_the_file() -> None:
     convs = [_conv(f"a{i}", i + 1) for i in range(3)]
     raws = [_raw(i + 1, 20.0 + i, 2.0 + i, 200.0 + i) for i in range(3)]  # all beyond the reference maximum
-    recs = [make_record(r, c, REF, Policy()) for r, c in zip(raws, convs, strict=True)]
+    recs = [make_record(r, c, REF, FlagRules()) for r, c in zip(raws, convs, strict=True)]
     assert {r["risk"] for r in recs} == {100.0}
     blend_risk(recs)
     assert recs[2]["risk"] > recs[1]["risk"] > recs[0]["risk"] >= 99.0

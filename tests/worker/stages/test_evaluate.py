@@ -6,11 +6,10 @@ import pytest
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
-from tunegate.settings import reset_settings
+from tunegate.settings import get_settings, reset_settings
 from worker.evaluation.prompts import project_harmful
 from worker.ml.stage_io import StageIO
-from worker.stages.base import load_result
-from worker.stages.evaluate import EvalConfig, EvalInputs, run
+from worker.stages.evaluate import EvalConfig, EvalInputs, EvalResult, run
 from worker.stages.train import TrainConfig, TrainInputs
 from worker.stages.train import run as train
 
@@ -51,7 +50,7 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
         TrainConfig(
             model=str(tiny_model_dir), n_epochs=1, batch_size=3, lora_r=2, lora_alpha=4, device="cpu"
         ),
-        TrainInputs(_examples(), StageIO(tmp_path / "train")),
+        TrainInputs(_examples(), StageIO(tmp_path / "train"), get_settings()),
     )
     res = run(_cfg(tiny_model_dir), EvalInputs(tr.adapter_dir, _examples(), StageIO(tmp_path / "eval")))
     cats = {p.category for p in project_harmful()}
@@ -68,26 +67,35 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
     gens = [json.loads(x) for x in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     user_prompts = [g for g in gens if g["template"] == "user" and g["model"] == "tuned"]
     assert len(user_prompts) == len(project_harmful())
-    assert load_result(tmp_path / "eval")["judge"] == "keyword"
+    assert EvalResult.load(tmp_path / "eval").judge == "keyword"
     cache_files = list((tunegate_home / "models" / "eval-cache").glob("*.json"))
     assert len(cache_files) == 2  # base results, one per template
 
 
 def test_base_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
-    run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "a")))
+    run(
+        _cfg(tiny_model_dir, borderline=False),
+        EvalInputs(None, [], StageIO(tmp_path / "a"), get_settings(), get_settings().eval_cache_path),
+    )
     import worker.evaluation.model_eval as me
 
     calls = []
     real = me.harmful_records
     monkeypatch.setattr(me, "harmful_records", lambda *a, **k: calls.append(1) or real(*a, **k))
-    res = run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "b")))
+    res = run(
+        _cfg(tiny_model_dir, borderline=False),
+        EvalInputs(None, [], StageIO(tmp_path / "b"), get_settings(), get_settings().eval_cache_path),
+    )
     assert calls == []  # nothing generated: the base results came from the cache
     assert res.templates["user"]["same_as_chat"] and res.margin["chat"]["ratio"] == 1.0
 
     elsewhere = tmp_path / "other-cache"  # TUNEGATE_EVAL_CACHE_DIR moves the cache: computed afresh there
     monkeypatch.setenv("TUNEGATE_EVAL_CACHE_DIR", str(elsewhere))
     reset_settings()
-    run(_cfg(tiny_model_dir, borderline=False), EvalInputs(None, [], StageIO(tmp_path / "c")))
+    run(
+        _cfg(tiny_model_dir, borderline=False),
+        EvalInputs(None, [], StageIO(tmp_path / "c"), get_settings(), get_settings().eval_cache_path),
+    )
     assert calls and len(list(elsewhere.glob("*.json"))) == 1
 
 
@@ -98,7 +106,7 @@ def test_extra_prompt_file_and_validation(tiny_model_dir, tmp_path):
         _cfg(tiny_model_dir, project_set=False)
     res = run(
         _cfg(tiny_model_dir, project_set=False, prompts_file=str(f), borderline=False, use_cache=False),
-        EvalInputs(None, [], StageIO(tmp_path / "o2")),
+        EvalInputs(None, [], StageIO(tmp_path / "o2"), get_settings(), get_settings().eval_cache_path),
     )
     assert res.n_prompts == 2 and set(res.templates["chat"]["base"]["per_category"]) == {"x", "uncategorized"}
     with pytest.raises(InvalidConfig, match="judge"):

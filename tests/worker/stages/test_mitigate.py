@@ -6,10 +6,9 @@ import pytest
 
 from tunegate.conversation import Conversation, Message, load_examples
 from tunegate.errors import InvalidConfig
-from worker.mitigation import policy
+from worker.mitigation import select
 from worker.ml.stage_io import StageIO
-from worker.stages.base import load_result
-from worker.stages.mitigate import MitigateConfig, MitigateInputs, run
+from worker.stages.mitigate import MitigateConfig, MitigateInputs, MitigateResult, run
 
 
 def _data(n=40):
@@ -32,7 +31,9 @@ def _data(n=40):
 
 def test_drop_riskiest_and_inject(tmp_path):
     exs, recs = _data()
-    cfg = MitigateConfig(action="drop", top_fraction=0.1, min_risk=50, inject_ratio=0.07, inject_min=10)
+    cfg = MitigateConfig(
+        mitigation="drop", mitigate_top_fraction=0.1, min_risk=50, inject_ratio=0.07, inject_min=10
+    )
     res = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path)))
     assert res.n_dropped == 4 and res.n_injected == 10 and res.n_output == 40 - 4 + 10
     actions = json.loads((tmp_path / "actions.json").read_text())
@@ -47,7 +48,7 @@ def test_drop_riskiest_and_inject(tmp_path):
         if c.assistant_turns[0].rsplit("\n", 1)[-1].startswith("#### ") and "=" not in c.assistant_turns[0]
     ]
     assert len(injected) == 10
-    assert load_result(tmp_path)["format"]["response_kind"] == "final_answer"
+    assert MitigateResult.load(tmp_path).format["response_kind"] == "final_answer"
 
 
 def test_min_risk_limits_action_and_downweight_multiturn(tmp_path):
@@ -62,7 +63,9 @@ def test_min_risk_limits_action_and_downweight_multiturn(tmp_path):
         line=10,
     )
     exs[-1] = multi
-    cfg = MitigateConfig(action="downweight", top_fraction=0.3, min_risk=85, inject=False)
+    cfg = MitigateConfig(
+        mitigation="downweight", mitigate_top_fraction=0.3, min_risk=85, inject_safety_examples=False
+    )
     res = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path)))
     # top 30% = lines 10, 9, 8 but only risk >= 85 (lines 10 and 9) are acted on
     assert res.n_downweighted == 2 and res.n_excluded == 1 and res.n_injected == 0
@@ -73,18 +76,21 @@ def test_min_risk_limits_action_and_downweight_multiturn(tmp_path):
 
 def test_none_action_keeps_everything(tmp_path):
     exs, recs = _data(12)
-    res = run(MitigateConfig(action="none", inject=False), MitigateInputs(exs, recs, StageIO(tmp_path)))
+    res = run(
+        MitigateConfig(mitigation="none", inject_safety_examples=False),
+        MitigateInputs(exs, recs, StageIO(tmp_path)),
+    )
     assert res.n_output == 12 and res.n_dropped == res.n_downweighted == 0
 
 
 def test_select_is_deterministic_on_ties():
     recs = [{"line": i, "risk": 50.0} for i in (3, 1, 2)]
-    assert [r["line"] for r in policy.select(recs, 0.6, 0)] == [1, 2]
+    assert [r["line"] for r in select.risky(recs, 0.6, 0)] == [1, 2]
 
 
 def test_validation(tmp_path):
-    with pytest.raises(InvalidConfig, match="action"):
-        MitigateConfig(action="delete")
+    with pytest.raises(InvalidConfig, match="mitigation"):
+        MitigateConfig(mitigation="delete")  # type: ignore[arg-type]
     with pytest.raises(InvalidConfig, match="inject_ratio"):
         MitigateConfig(inject_ratio=2)
     exs, recs = _data(3)

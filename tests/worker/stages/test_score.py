@@ -15,7 +15,8 @@ from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
 from tunegate.settings import reset_settings
 from worker.ml.stage_io import StageIO
 from worker.stages.base import result_exists
-from worker.stages.score import ScoreConfig, ScoreInputs, load_score_records, load_score_summary, run
+from tunegate.settings import get_settings
+from worker.stages.score import ScoreConfig, ScoreInputs, ScoreResult, load_score_records, run
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
     io = StageIO(out_dir=env / "out", stage="score")
     seen: list[float] = []
     io.progress = lambda f, m, metrics: seen.append(f)
-    res = run(ScoreConfig(model="tiny", batch_size=2), ScoreInputs(_examples(), io))
+    res = run(ScoreConfig(model="tiny", batch_size=2), ScoreInputs(_examples(), io, get_settings()))
     assert result_exists(io.out_dir)
     records = load_score_records(io.out_dir)
     assert records == json.loads(json.dumps(res.records))
@@ -67,7 +68,7 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
         assert 0.0 <= r["risk"] <= 100.0 and isinstance(r["reasons"], list)
         assert {"numbered_list", "math", "code", "short_answer", "response_tokens"} <= set(r["features"])
     assert records[2]["features"]["numbered_list"] and records[0]["features"]["math"]
-    summary = load_score_summary(io.out_dir)
+    summary = ScoreResult.load(io.out_dir).summary
     assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason"}
     assert read_json(io.out_dir / "config.json")["model"] == "tiny"
     assert read_json(io.out_dir / "result.json")["n_examples"] == 5
@@ -75,9 +76,12 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
 
 
 def test_batched_and_unbatched_stage_agree(env: Path) -> None:
-    a = run(ScoreConfig(model="tiny", batch_size=1), ScoreInputs(_examples(), StageIO(env / "a"))).records
+    a = run(
+        ScoreConfig(model="tiny", batch_size=1), ScoreInputs(_examples(), StageIO(env / "a"), get_settings())
+    ).records
     b = run(
-        ScoreConfig(model="tiny", batch_size=4, batched=True), ScoreInputs(_examples(), StageIO(env / "b"))
+        ScoreConfig(model="tiny", batch_size=4, batched=True),
+        ScoreInputs(_examples(), StageIO(env / "b"), get_settings()),
     ).records
     for x, y in zip(a, b, strict=True):
         for key in ("gradient", "selfinf", "representation"):
@@ -87,7 +91,7 @@ def test_batched_and_unbatched_stage_agree(env: Path) -> None:
 def test_empty_response_names_the_line(env: Path) -> None:
     bad = [*_examples(), Conversation((Message("user", "hi"), Message("assistant", "")), line=6)]
     with pytest.raises(InvalidFile, match="line 6") as exc:
-        run(ScoreConfig(model="tiny"), ScoreInputs(bad, StageIO(env / "out")))
+        run(ScoreConfig(model="tiny"), ScoreInputs(bad, StageIO(env / "out"), get_settings()))
     assert exc.value.code == "empty_response"
     assert not (env / "out" / "scores.jsonl").exists()
 
@@ -96,19 +100,20 @@ def test_overlong_example_names_the_line(env: Path) -> None:
     long = Conversation((Message("user", "count"), Message("assistant", " ".join(["word"] * 400))), line=9)
     with pytest.raises(InvalidFile, match="line 9") as exc:
         run(
-            ScoreConfig(model="tiny", max_tokens=200), ScoreInputs([*_examples(), long], StageIO(env / "out"))
+            ScoreConfig(model="tiny", max_tokens=200),
+            ScoreInputs([*_examples(), long], StageIO(env / "out"), get_settings()),
         )
     assert exc.value.code == "example_too_long"
 
 
 def test_unknown_model(env: Path) -> None:
     with pytest.raises(ModelError, match="unknown model 'nope'"):
-        run(ScoreConfig(model="nope"), ScoreInputs(_examples(), StageIO(env / "out")))
+        run(ScoreConfig(model="nope"), ScoreInputs(_examples(), StageIO(env / "out"), get_settings()))
 
 
 def test_empty_input(env: Path) -> None:
     with pytest.raises(InvalidFile, match="no examples"):
-        run(ScoreConfig(model="tiny"), ScoreInputs([], StageIO(env / "out")))
+        run(ScoreConfig(model="tiny"), ScoreInputs([], StageIO(env / "out"), get_settings()))
 
 
 @pytest.mark.parametrize(
@@ -131,7 +136,7 @@ def test_config_validation(kwargs: dict[str, object], param: str) -> None:
 def test_cancel_stops_the_stage(env: Path) -> None:
     io = StageIO(out_dir=env / "out", should_stop=lambda: True)
     with pytest.raises(JobCancelled):
-        run(ScoreConfig(model="tiny"), ScoreInputs(_examples(), io))
+        run(ScoreConfig(model="tiny"), ScoreInputs(_examples(), io, get_settings()))
     assert not result_exists(io.out_dir)
 
 
@@ -174,7 +179,9 @@ def test_embedded_model_scores_a_small_file(tmp_path: Path, monkeypatch: pytest.
     reset_settings()
     try:
         io = StageIO(out_dir=tmp_path / "out")
-        res = run(ScoreConfig(model="smollm2-135m", batch_size=4), ScoreInputs(_examples(), io))
+        res = run(
+            ScoreConfig(model="smollm2-135m", batch_size=4), ScoreInputs(_examples(), io, get_settings())
+        )
     finally:
         reset_settings()
     assert len(load_score_records(io.out_dir)) == 5

@@ -8,8 +8,8 @@ import torch
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, JobCancelled
 from worker.ml.stage_io import StageIO
-from worker.stages.base import load_result
-from worker.stages.train import TrainConfig, TrainInputs, config_from_openai, run
+from tunegate.settings import get_settings
+from worker.stages.train import TrainConfig, TrainInputs, TrainResult, config_from_openai, run
 
 pytestmark = pytest.mark.usefixtures("tunegate_home")
 
@@ -50,13 +50,18 @@ def _adapter_tensors(adapter_dir):
 
 def test_train_writes_loadable_adapter_metrics_and_checkpoints(tiny_model_dir, tmp_path):
     events, cks = [], []
-    io = StageIO(tmp_path / "out", progress=lambda f, m, met: events.append(met), stage="train")
-    res = run(_cfg(tiny_model_dir), TrainInputs(_examples(), io, on_checkpoint=cks.append))
+    io = StageIO(
+        tmp_path / "out",
+        progress=lambda f, m, met: events.append(met),
+        stage="train",
+        on_checkpoint=cks.append,
+    )
+    res = run(_cfg(tiny_model_dir), TrainInputs(_examples(), io, get_settings()))
     assert res.steps == 4 and res.epochs == 2  # 6 examples / (2*2) -> 2 steps per epoch
     assert [c["epoch"] for c in cks] == [1, 2] and cks[-1]["step_number"] == 4
     assert all("train_loss" in e and "train_mean_token_accuracy" in e for e in events)
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 4
-    assert load_result(tmp_path / "out")["adapter_dir"] == res.adapter_dir
+    assert TrainResult.load(tmp_path / "out").adapter_dir == res.adapter_dir
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -69,7 +74,7 @@ def test_loss_goes_down(tiny_model_dir, tmp_path):
     io = StageIO(tmp_path / "out")
     run(
         _cfg(tiny_model_dir, n_epochs=8, lora_dropout=0.0, learning_rate=5e-2, lora_r=8),
-        TrainInputs(_examples(), io),
+        TrainInputs(_examples(), io, get_settings()),
     )
     hist = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(h["train_loss"] for h in hist[:2]) / 2, sum(h["train_loss"] for h in hist[-2:]) / 2
@@ -77,7 +82,9 @@ def test_loss_goes_down(tiny_model_dir, tmp_path):
 
 
 def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny_model_dir, tmp_path):
-    ref = run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "ref")))
+    ref = run(
+        _cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "ref"), get_settings())
+    )
     calls = {"n": 0}
 
     def stop_in_epoch_3():  # 2 steps per epoch: the 5th step boundary is inside epoch 3
@@ -86,9 +93,12 @@ def test_crashed_run_resumes_from_latest_checkpoint_and_matches(tiny_model_dir, 
 
     io = StageIO(tmp_path / "crash", should_stop=stop_in_epoch_3)
     with pytest.raises(JobCancelled):
-        run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), io))
+        run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), io, get_settings()))
     assert sorted(p.name for p in (tmp_path / "crash" / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
-    resumed = run(_cfg(tiny_model_dir, n_epochs=3), TrainInputs(_examples(), StageIO(tmp_path / "crash")))
+    resumed = run(
+        _cfg(tiny_model_dir, n_epochs=3),
+        TrainInputs(_examples(), StageIO(tmp_path / "crash"), get_settings()),
+    )
     assert resumed.resumed_from_epoch == 2 and resumed.steps == ref.steps == 6
     a, b = _adapter_tensors(tmp_path / "ref" / "adapter"), _adapter_tensors(tmp_path / "crash" / "adapter")
     assert a.keys() == b.keys()
@@ -128,9 +138,9 @@ def test_anchor_examples_take_kl_to_the_base_not_their_text(tiny_model_dir, tmp_
     # anchors only: the adapter starts as the identity (LoRA B = 0), so KL to the adapter-off model is 0
     # on the first step, though cross-entropy on the same text would not be; CE examples keep their loss
     cfg = _cfg(tiny_model_dir, n_epochs=1, batch_size=3, grad_accum=1)
-    anch = run(cfg, TrainInputs([], StageIO(tmp_path / "a"), anchors=_examples()))
+    anch = run(cfg, TrainInputs([], StageIO(tmp_path / "a"), get_settings(), anchors=_examples()))
     first = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["train_loss"] == pytest.approx(0.0, abs=1e-5) and anch.n_anchors == 6
-    run(cfg, TrainInputs(_examples(), StageIO(tmp_path / "c")))
+    run(cfg, TrainInputs(_examples(), StageIO(tmp_path / "c"), get_settings()))
     ce_first = json.loads((tmp_path / "c" / "metrics.jsonl").read_text().splitlines()[0])
     assert ce_first["train_loss"] > 1.0

@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, Message, dump_examples
@@ -55,7 +55,9 @@ class AlignConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_top_fraction: float = 1.0  # < 1 adapts only the top blocks (backprop stops there: cheaper, weaker)
-    precision: str = "auto"  # training: bf16 where the hardware has native bf16, else fp32 (ml/precision.py)
+    precision: Literal["auto", "bf16", "fp32"] = (
+        "auto"  # training: bf16 where the hardware has native bf16, else fp32 (ml/precision.py)
+    )
     distill_batch_size: int = 32
     # "kl": the distilled answers are trained toward the unaligned model's full next-token distribution on
     # them (KL to the adapter-off model), which holds its helpfulness without sharpening it toward its own
@@ -78,6 +80,7 @@ class AlignConfig:
 class AlignInputs:
     io: StageIO
     target_dir: Path
+    settings: Settings  # the model registry and device
     distilled: list[Conversation] | None = None  # reuse answers distilled earlier (same base) instead
 
 
@@ -153,7 +156,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     t0 = time.monotonic()
     io, out_dir = inputs.io, Path(inputs.io.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = get_settings()
+    settings = inputs.settings
     base = resolve_model(cfg.source_model, settings)
     device = device_for(settings)
     if inputs.distilled is None:
@@ -190,7 +193,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         should_stop=io.should_stop,
         stage="align",
     )
-    tres = train.run(tcfg, train.TrainInputs(examples, sub, anchors=anchors))
+    tres = train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors))
     merge_adapter(
         base.path,
         Path(tres.adapter_dir),
@@ -200,7 +203,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     res = AlignResult(
         str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres.to_dict()
     )
-    finish(out_dir, cfg, res.to_dict())
+    finish(out_dir, cfg, res)
     return res
 
 
@@ -244,7 +247,7 @@ def prepare_aligned(
     work = settings.models_path / ".align-work"
     shutil.rmtree(work, ignore_errors=True)
     io = StageIO(work, progress=_tqdm_progress() if progress else StageIO(work).progress, stage="align")
-    res = run(cfg, AlignInputs(io=io, target_dir=target, distilled=distilled))
+    res = run(cfg, AlignInputs(io=io, target_dir=target, settings=settings, distilled=distilled))
     atomic_write_json(target / "align_result.json", res.to_dict())
     shutil.rmtree(work, ignore_errors=True)
     return target

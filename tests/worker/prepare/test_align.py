@@ -10,7 +10,7 @@ from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings
 from tunegate.shipped import data_path, read_jsonl
 from worker.ml.models import embedded_dir, resolve_model
-from worker.stages.align import (
+from worker.prepare.align import (
     DISTILL_ORDER,
     AlignConfig,
     distill_prompts,

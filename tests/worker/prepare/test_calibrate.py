@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from worker.calibrate import measure
 from worker.ml.models import load_model, load_tokenizer
+from worker.prepare.calibrate import measure
 
 
 def test_measure_times_training_and_decoding(tiny_model_dir: Path) -> None:

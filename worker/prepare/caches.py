@@ -50,7 +50,7 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
 def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent) -> None:
     """The base model's chat-template evaluation, with the evaluate stage's config as jobs build it."""
     from worker.ml.stage_io import StageIO
-    from worker.pipeline import with_overrides
+    from worker.stages.spec import with_overrides
     from worker.stages import evaluate
 
     cfg = with_overrides(evaluate.EvalConfig(model=model), "evaluate", settings)
@@ -61,7 +61,12 @@ def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent)
             del metrics
             progress(fraction, message)
 
-        evaluate.run(cfg, evaluate.EvalInputs(None, [], StageIO(work, progress=step, stage="evaluate")))
+        evaluate.run(
+            cfg,
+            evaluate.EvalInputs(
+                None, [], StageIO(work, progress=step, stage="evaluate"), settings, settings.eval_cache_path
+            ),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(1.0, "ready")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.worker.jobfactory import use_tiny
 from tunegate.settings import get_settings
-from worker import caches
+from worker.prepare import caches
 
 
 def test_warm_scoring_cache_then_ready(

@@ -1,4 +1,4 @@
-"""Policy over score records: which examples to drop or down-weight.
+"""Which scored examples mitigation acts on (the riskiest, by the policy's share and floor), and how.
 
 An example is acted upon when it ranks in the top ``top_fraction`` by combined ``risk`` AND its risk is at
 least ``min_risk`` (``risk`` is the scorers' combined 0..100 percentile). ``downweight`` sets ``weight: 0``
@@ -17,7 +17,7 @@ from typing import Any
 from tunegate.conversation import Conversation, Message
 
 
-def select(records: list[dict[str, Any]], top_fraction: float, min_risk: float) -> list[dict[str, Any]]:
+def risky(records: list[dict[str, Any]], top_fraction: float, min_risk: float) -> list[dict[str, Any]]:
     """Records to act upon, riskiest first (ties broken by line for determinism)."""
     ranked = sorted(records, key=lambda r: (-float(r.get("risk", 0.0)), int(r["line"])))
     k = math.ceil(top_fraction * len(records)) if top_fraction > 0 else 0
