@@ -65,7 +65,8 @@ def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[boo
     """``metadata[key] == value`` for any key. PostgreSQL binds the key (``->>``); SQLite's JSON paths
     cannot quote a key holding ``"`` (it silently matched nothing), so there ``json_each`` compares pairs."""
     if not sqlite:
-        return Job.metadata_[key].as_string() == value
+        same: ColumnElement[bool] = Job.metadata_[key].as_string() == value
+        return same
     pairs = func.json_each(Job.metadata_).table_valued("key", "value")
     return exists(select(literal(1)).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 

@@ -125,7 +125,7 @@ def create_job(
         metadata_=body.metadata,
         idempotency_key=idempotency_key,
         request_hash=digest,
-        stage="validate",
+        stage=None,  # the worker's first stage claims a job that has none yet
         progress=0.0,
         **cols,
     )

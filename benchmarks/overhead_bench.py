@@ -19,6 +19,8 @@ from pathlib import Path
 from gsm8k_data import gsm8k_conversations
 from machine import print_machine
 
+from tunegate.settings import get_settings
+
 
 def timed(fn):
     t0 = time.perf_counter()
@@ -47,7 +49,8 @@ def main() -> None:
     examples = gsm8k_conversations(args.n)
     sres, t_score = timed(
         lambda: score.run(
-            score.ScoreConfig(model=args.model), score.ScoreInputs(examples, StageIO(work / "score"))
+            score.ScoreConfig(model=args.model),
+            score.ScoreInputs(examples, StageIO(work / "score"), get_settings()),
         )
     )
     mres, t_mit = timed(
@@ -61,9 +64,15 @@ def main() -> None:
     train_set = load_examples(mres.train_file)
     hp = {"n_epochs": args.epochs if args.epochs == "auto" else int(args.epochs)}
     tcfg = train.config_from_openai(args.model, hp, len(train_set))
-    tres, t_train = timed(lambda: train.run(tcfg, train.TrainInputs(train_set, StageIO(work / "train"))))
+    tres, t_train = timed(
+        lambda: train.run(tcfg, train.TrainInputs(train_set, StageIO(work / "train"), get_settings()))
+    )
     cfg = evaluate.EvalConfig(model=args.model)
-    ev = lambda d: evaluate.run(cfg, evaluate.EvalInputs(Path(tres.adapter_dir), examples, StageIO(work / d)))  # noqa: E731
+
+    def ev(d: str) -> object:
+        inputs = evaluate.EvalInputs(Path(tres.adapter_dir), examples, StageIO(work / d), get_settings())
+        return evaluate.run(cfg, inputs)
+
     _, t_eval_cold = timed(lambda: ev("eval-cold"))  # base results computed (and cached in work/)
     _, t_eval_warm = timed(lambda: ev("eval-warm"))  # what later jobs on this base see
     print(

@@ -140,7 +140,7 @@ def asr_from_events(events: list[dict[str, Any]]) -> dict[str, float]:
     """The evaluation's ASR figures, as the worker recorded them in the job's events."""
     for ev in events:
         data = ev.get("data") or {}
-        if data.get("stage") == "evaluate" and any(k.endswith("_asr") for k in data):
+        if any(k.endswith("_asr") for k in data):  # only the evaluation's outcome event carries these
             return {k: float(v) for k, v in data.items() if k.endswith("_asr")}
     return {}
 
@@ -207,8 +207,6 @@ def _bar(label: str) -> Any:
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     """Count the work of this demo run from the stage configs and the shipped data (``Workload``)."""
-    from worker.stages.spec import with_overrides
-
     from cli.demo_plan import Workload, decode_steps
     from tunegate.conversation import Message, load_examples, parse_example
     from tunegate.settings import EMBEDDED_BASE, get_settings
@@ -218,7 +216,9 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     from worker.prepare.align import AlignConfig, distill_prompts, refusal_examples
     from worker.scoring.anchors import ANCHOR_DIR, SETS
     from worker.scoring.corpus import REFERENCE_FILE
+    from worker.stages import evaluate
     from worker.stages.evaluate import EvalConfig
+    from worker.stages.spec import with_overrides
     from worker.training.hparams import resolve_hyperparameters
 
     settings = get_settings()
@@ -230,7 +230,7 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     align += sum(len(encode_prompt(tok, [Message("user", p)])) + answer for p in prompts)
     cache = [c for name in SETS for c in load_examples(ANCHOR_DIR / f"{name}.jsonl")]
     cache += load_examples(REFERENCE_FILE)
-    ev = with_overrides(EvalConfig(model=model), "evaluate", settings)
+    ev = with_overrides(EvalConfig(model=model), evaluate.SPEC.name, settings)
     harm = decode_steps(len(project_harmful()), ev.max_new_tokens, ev.batch_size)
     border = decode_steps(len(project_borderline()), ev.borderline_max_new_tokens, ev.batch_size)
     train_tokens = score_tokens = 0
@@ -365,13 +365,17 @@ def outcome(name: str, job: dict[str, Any], base_url: str, key: str) -> Outcome:
     import httpx
 
     from tunegate.settings import get_settings
+    from worker.job_view import job_dir
+    from worker.stages import gate
+    from worker.stages.base import result_exists
 
     events = httpx.get(
         f"{base_url}/fine_tuning/jobs/{job['id']}/events",
         params={"limit": 100},
         headers={"Authorization": f"Bearer {key}"},
     ).json()["data"]
-    html = get_settings().jobs_path / job["id"] / "gate" / "report.html"
+    gate_dir = job_dir(get_settings(), job["id"]) / gate.SPEC.name  # the embedded stack shares this disk
+    html = gate.GateResult.load(gate_dir).report_html if result_exists(gate_dir) else ""
     return Outcome(
         name,
         job["id"],
@@ -379,5 +383,5 @@ def outcome(name: str, job: dict[str, Any], base_url: str, key: str) -> Outcome:
         job.get("fine_tuned_model"),
         job.get("error"),
         asr_from_events(events),
-        str(html) if html.is_file() else "",
+        html,
     )

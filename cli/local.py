@@ -100,6 +100,7 @@ def finetune_cmd(
     from tunegate.settings import get_settings
     from worker.job_view import local_view
     from worker.runner import run_local
+    from worker.stages import score
 
     hp = {
         k: (v if v == "auto" else float(v))
@@ -115,7 +116,8 @@ def finetune_cmd(
     try:
         settings = get_settings()
         overrides = {**settings.stage_overrides}
-        overrides["score"] = {**overrides.get("score", {}), "scorers": [s for s in scorers.split(",") if s]}
+        chosen = [s for s in scorers.split(",") if s]
+        overrides[score.SPEC.name] = {**overrides.get(score.SPEC.name, {}), "scorers": chosen}
         settings = settings.model_copy(update={"stage_overrides": overrides})
         view = local_view(
             file, model or settings.default_model, policy=org_policy(settings, knobs), hyperparameters=hp

@@ -275,7 +275,8 @@ def _run(
     out = ctx.dir_of(spec)
     if result_exists(out):
         log.info("job %s: %s output exists in %s; reusing it", c.job_id, c.stage, out)
-        return spec.result.load(out)
+        reused: StageResult = spec.result.load(out)
+        return reused
     rep = StageReporter(c, interval_s=settings.event_interval_s, overall=pipeline.progress)
     _, soft = queue.time_limit(settings, spec.queue)
     io = StageIO(

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from worker.job_view import job_dir
 
 from models.db import session_scope
 from models.tables import Checkpoint, Job, JobEvent
@@ -17,6 +16,7 @@ from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.errors import StorageFull
 from tunegate.settings import get_settings
 from worker import runner
+from worker.job_view import job_dir
 
 TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
 

@@ -20,7 +20,7 @@ from worker.ml.format import UserFormat, render_user
 
 @lru_cache(maxsize=1)
 def _refusal_parts() -> dict[str, Any]:
-    data = json.loads(data_path("pool", "refusals.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(data_path("pool", "refusals.json").read_text(encoding="utf-8"))
     data["generic"] = [s for s in data["styles"] if "{x}" not in s]
     return data
 

@@ -188,7 +188,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         anchor_ce_head=cfg.distill_ce_head,
     )
     sub = StageIO(
-        out_dir / "train",
+        out_dir / "lora",
         progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met),
         should_stop=io.should_stop,
         stage="align",

@@ -50,10 +50,10 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
 def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent) -> None:
     """The base model's chat-template evaluation, with the evaluate stage's config as jobs build it."""
     from worker.ml.stage_io import StageIO
-    from worker.stages.spec import with_overrides
     from worker.stages import evaluate
+    from worker.stages.spec import with_overrides
 
-    cfg = with_overrides(evaluate.EvalConfig(model=model), "evaluate", settings)
+    cfg = with_overrides(evaluate.EvalConfig(model=model), evaluate.SPEC.name, settings)
     work = Path(tempfile.mkdtemp(prefix="tunegate-base-eval-"))
     try:
 
@@ -64,7 +64,11 @@ def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent)
         evaluate.run(
             cfg,
             evaluate.EvalInputs(
-                None, [], StageIO(work, progress=step, stage="evaluate"), settings, settings.eval_cache_path
+                None,
+                [],
+                StageIO(work, progress=step, stage=evaluate.SPEC.name),
+                settings,
+                settings.eval_cache_path,
             ),
         )
     finally:

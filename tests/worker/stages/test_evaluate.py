@@ -52,22 +52,30 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
         ),
         TrainInputs(_examples(), StageIO(tmp_path / "train"), get_settings()),
     )
-    res = run(_cfg(tiny_model_dir), EvalInputs(tr.adapter_dir, _examples(), StageIO(tmp_path / "eval")))
+    res = run(
+        _cfg(tiny_model_dir),
+        EvalInputs(
+            tr.adapter_dir,
+            _examples(),
+            StageIO(tmp_path / "eval"),
+            get_settings(),
+            get_settings().eval_cache_path,
+        ),
+    )
     cats = {p.category for p in project_harmful()}
     assert len(cats) >= 5
     for tpl in ("chat", "user"):
         t = res.templates[tpl]
-        assert set(t["base"]["per_category"]) == cats and t["base"]["n"] == len(project_harmful())
-        assert 0 <= t["tuned"]["asr"] <= 1 and t["delta"] == pytest.approx(
-            t["tuned"]["asr"] - t["base"]["asr"]
-        )
-        assert res.margin[tpl]["ratio"] == pytest.approx(res.margin[tpl]["tuned"] / res.margin[tpl]["base"])
-    assert res.user_format["user_prefix"] == "Question: " and not res.templates["user"]["same_as_chat"]
-    assert 0 <= res.over_refusal["tuned"]["refusal_rate"] <= 1
+        assert set(t.base.per_category) == cats and t.base.n == len(project_harmful())
+        assert 0 <= t.tuned.asr <= 1 and t.delta == pytest.approx(t.tuned.asr - t.base.asr)
+        assert t.tuned.n_jailbroken == round(t.tuned.asr * t.tuned.n)
+        assert res.margin[tpl].ratio == pytest.approx(res.margin[tpl].tuned / res.margin[tpl].base)
+    assert res.user_format["user_prefix"] == "Question: " and not res.templates["user"].same_as_chat
+    assert res.over_refusal is not None and 0 <= res.over_refusal.tuned.refusal_rate <= 1
     gens = [json.loads(x) for x in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     user_prompts = [g for g in gens if g["template"] == "user" and g["model"] == "tuned"]
     assert len(user_prompts) == len(project_harmful())
-    assert EvalResult.load(tmp_path / "eval").judge == "keyword"
+    assert EvalResult.load(tmp_path / "eval").to_dict() == json.loads(json.dumps(res.to_dict()))
     cache_files = list((tunegate_home / "models" / "eval-cache").glob("*.json"))
     assert len(cache_files) == 2  # base results, one per template
 
@@ -87,7 +95,7 @@ def test_base_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
         EvalInputs(None, [], StageIO(tmp_path / "b"), get_settings(), get_settings().eval_cache_path),
     )
     assert calls == []  # nothing generated: the base results came from the cache
-    assert res.templates["user"]["same_as_chat"] and res.margin["chat"]["ratio"] == 1.0
+    assert res.templates["user"].same_as_chat and res.margin["chat"].ratio == 1.0
 
     elsewhere = tmp_path / "other-cache"  # TUNEGATE_EVAL_CACHE_DIR moves the cache: computed afresh there
     monkeypatch.setenv("TUNEGATE_EVAL_CACHE_DIR", str(elsewhere))
@@ -108,6 +116,6 @@ def test_extra_prompt_file_and_validation(tiny_model_dir, tmp_path):
         _cfg(tiny_model_dir, project_set=False, prompts_file=str(f), borderline=False, use_cache=False),
         EvalInputs(None, [], StageIO(tmp_path / "o2"), get_settings(), get_settings().eval_cache_path),
     )
-    assert res.n_prompts == 2 and set(res.templates["chat"]["base"]["per_category"]) == {"x", "uncategorized"}
+    assert res.n_prompts == 2 and set(res.templates["chat"].base.per_category) == {"x", "uncategorized"}
     with pytest.raises(InvalidConfig, match="judge"):
         EvalConfig(model="m", judge="gpt")

@@ -12,10 +12,9 @@ from tests.utils.tiny_model import build_tiny_model
 from tunegate.artifacts import read_json
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
-from tunegate.settings import reset_settings
+from tunegate.settings import get_settings, reset_settings
 from worker.ml.stage_io import StageIO
 from worker.stages.base import result_exists
-from tunegate.settings import get_settings
 from worker.stages.score import ScoreConfig, ScoreInputs, ScoreResult, load_score_records, run
 
 

@@ -7,8 +7,8 @@ import torch
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, JobCancelled
-from worker.ml.stage_io import StageIO
 from tunegate.settings import get_settings
+from worker.ml.stage_io import StageIO
 from worker.stages.train import TrainConfig, TrainInputs, TrainResult, config_from_openai, run
 
 pytestmark = pytest.mark.usefixtures("tunegate_home")

@@ -1,5 +1,5 @@
-"""Stage chaining, progress weights, config building from the job row (``worker.job_view``, the specs), and
-the validate stage."""
+"""Stage chaining and progress weights (the pipeline of specs), and what the stages see of a job row
+(``worker.job_view``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 
 from models.db import session_scope
 from models.tables import Job
-from tests.worker.jobfactory import chat_rows, make_job, use_tiny
-from tunegate.errors import InvalidConfig, InvalidFile
+from tests.worker.jobfactory import make_job, use_tiny
+from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
 from worker import job_view
-from worker.ml.stage_io import StageIO
 from worker.stages import validate
 from worker.stages.all import PIPELINE
 from worker.stages.spec import with_overrides
@@ -73,40 +72,3 @@ def test_job_view_resolves_the_stored_file(home: Path) -> None:
     assert view.training_file.is_file() and view.org_name == "acme" and view.seed == 7
     assert view.hyperparameters == {"n_epochs": 1}
     assert job_view.job_dir(get_settings(), job_id) == get_settings().jobs_path / job_id
-
-
-def _write(tmp: Path, rows: list[dict]) -> Path:
-    p = tmp / "data.jsonl"
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return p
-
-
-def test_validate_counts_exact_tokens(home: Path, tmp_path: Path) -> None:
-    io = StageIO(tmp_path / "out", stage="validate")
-    res = validate.run(
-        validate.ValidateConfig(model="tiny"),
-        validate.ValidateInputs(_write(tmp_path, chat_rows(12)), io, get_settings()),
-    )
-    assert res.n_examples == 12 and 0 < res.max_example_tokens <= res.token_limit
-    assert validate.ValidateResult.load(tmp_path / "out").total_tokens == res.total_tokens
-
-
-def test_validate_names_the_over_long_line(home: Path, tmp_path: Path) -> None:
-    rows = chat_rows(12)
-    rows[4]["messages"][1]["content"] = "word " * 400
-    io = StageIO(tmp_path / "out", stage="validate")
-    with pytest.raises(InvalidFile) as err:
-        validate.run(
-            validate.ValidateConfig(model="tiny", max_tokens=200),
-            validate.ValidateInputs(_write(tmp_path, rows), io, get_settings(), labels=("file-abc", "")),
-        )
-    assert err.value.line == 5 and "file-abc" in err.value.message and "200" in err.value.message
-
-
-def test_validate_requires_the_minimum_number_of_examples(home: Path, tmp_path: Path) -> None:
-    io = StageIO(tmp_path / "out", stage="validate")
-    with pytest.raises(InvalidFile, match="at least 10"):
-        validate.run(
-            validate.ValidateConfig(model="tiny"),
-            validate.ValidateInputs(_write(tmp_path, chat_rows(9)), io, get_settings()),
-        )

@@ -1,0 +1,190 @@
+"""The stage specs: one declaration per stage drives the job flow, a new stage is one spec, every result
+saves and loads itself, and the CLI runs the same specs as the worker."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from models.db import session_scope
+from models.jobs import JobStatus
+from models.tables import Job, JobEvent
+from tests.worker.jobfactory import chat_rows, make_job, use_tiny
+from tunegate.artifacts import atomic_write_json, from_jsonable
+from tunegate.settings import get_settings
+from worker import runner
+from worker.job_view import job_dir, local_view
+from worker.ml.stage_io import StageIO
+from worker.stages import evaluate, gate, mitigate, score, train, validate
+from worker.stages.all import PIPELINE
+from worker.stages.base import StageResult, finish
+from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec
+
+TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
+
+
+# --- every stage result round-trips through its directory --------------------------------------------------
+
+SAMPLES: dict[str, StageResult] = {
+    "validate": validate.ValidateResult(12, 0, 2048, 40, 300),
+    "score": score.ScoreResult(
+        2,
+        score.Verdict(True, "a heavy top tail", 0.5, 0.1, 1, 1),
+        "tiny",
+        "fp",
+        records=[{"line": 1, "risk": 99.0}, {"line": 2, "risk": 3.5}],
+        summary={"verdict": {"flagged": True}, "top_flagged": []},
+    ),
+    "mitigate": mitigate.MitigateResult("t.jsonl", 2, 1, 0, 0, 10, 11, {"response_kind": "final_answer"}),
+    "train": train.TrainResult("adapter", 100, 4, 2, 1, 12, "fp", 3, {"train_loss": 1.5}),
+    "evaluate": from_jsonable(
+        evaluate.EvalResult,
+        {
+            "judge": "keyword",
+            "max_new_tokens": 64,
+            "templates": {
+                "chat": {
+                    "base": {"asr": 0.1, "n": 10, "per_category": {"fraud": 0.1}, "n_jailbroken": 1},
+                    "tuned": {"asr": 0.5, "n": 10, "per_category": {"fraud": 0.5}, "n_jailbroken": 5},
+                    "same_as_chat": False,
+                    "delta": 0.4,
+                }
+            },
+            "over_refusal": {"base": {"refusal_rate": 0.1, "n": 8}, "tuned": {"refusal_rate": 0.5, "n": 8}},
+            "margin": {"chat": {"base": 4.0, "tuned": 1.0, "ratio": 0.25, "layer": 3}},
+            "n_prompts": 10,
+            "jailbroken_examples": [{"prompt": "p", "response": "Sure"}],
+        },
+    ),
+    "gate": gate.GateResult(False, "safety_eval_failed", "no", [{"check": "asr_chat", "passed": False}]),
+}
+
+
+def test_every_stage_has_a_round_trip_sample() -> None:
+    assert set(SAMPLES) == set(PIPELINE.names)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_results_and_configs_round_trip(name: str, tmp_path: Path) -> None:
+    spec, result, cfg = PIPELINE[name], SAMPLES[name], CONFIGS[name]
+    finish(tmp_path, cfg, result)
+    loaded = spec.result.load(tmp_path)
+    assert type(loaded) is spec.result and loaded == result
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved.pop("stage_config") == type(cfg).__name__
+    assert from_jsonable(type(cfg), saved) == cfg  # the config beside it, round-tripped
+
+
+CONFIGS: dict[str, Any] = {
+    "validate": validate.ValidateConfig(model="tiny", min_examples=3),
+    "score": score.ScoreConfig(model="tiny", scorers=("selfinf",)),
+    "mitigate": mitigate.MitigateConfig(mitigation="drop"),
+    "train": train.TrainConfig(model="tiny", lora_layers=(1, 2)),
+    "evaluate": evaluate.EvalConfig(model="tiny", judge="keyword"),
+    "gate": gate.GateConfig(gate_cap=0.1, templates=("chat",)),
+}
+
+
+def test_a_nested_result_refuses_unknown_keys(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "result.json", {**SAMPLES["validate"].to_dict(), "surprise": 1})
+    with pytest.raises(ValueError, match="surprise"):
+        validate.ValidateResult.load(tmp_path)
+
+
+# --- a new stage is one spec -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountConfig:
+    multiplier: int = 2
+
+
+@dataclass
+class CountInputs:
+    n_examples: int
+    io: StageIO
+
+
+@dataclass
+class CountResult(StageResult):
+    doubled: int
+
+
+def _count_build(ctx: StageContext, io: StageIO) -> tuple[CountConfig, CountInputs]:
+    return ctx.configure(CountConfig(), COUNT), CountInputs(ctx.result(validate.SPEC).n_examples, io)
+
+
+def _count_run(cfg: CountConfig, inputs: CountInputs) -> CountResult:
+    inputs.io.step(0.5, "counting")
+    return finish(inputs.io.out_dir, cfg, CountResult(cfg.multiplier * inputs.n_examples))
+
+
+def _count_apply(session: Session, job: Job, res: CountResult) -> Applied:
+    return Applied(f"counted {res.doubled}", data={"doubled": res.doubled}, status=JobStatus.SUCCEEDED)
+
+
+COUNT = StageSpec("count", "cpu", 0.98, CountResult, _count_build, _count_run, _count_apply)
+
+
+@pytest.fixture
+def home(migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    use_tiny(monkeypatch, event_interval_s="0", stage_overrides=json.dumps(TEST_OVERRIDES))
+    return migrated_home
+
+
+def test_a_throwaway_stage_runs_in_a_test_pipeline(home: Path) -> None:
+    """validate, then a stage defined only here: the runner, claims, events and hand-off need nothing else."""
+    pipe = Pipeline([validate.SPEC, COUNT])
+    job_id = make_job("tiny", chat_rows(12))
+    assert runner.execute("validate", job_id, pipeline=pipe) == runner.Outcome("done", "count")
+    assert runner.execute("count", job_id, pipeline=pipe) == runner.Outcome("done")
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == "succeeded" and job.stage == "count"
+        done = [
+            e for e in s.query(JobEvent).filter(JobEvent.job_id == job_id) if e.dedupe_key == "count:done"
+        ]
+    assert len(done) == 1 and done[0].data["doubled"] == 24 and done[0].data["progress"] == 1.0
+    assert CountResult.load(job_dir(get_settings(), job_id) / "count").doubled == 24
+
+
+# --- one pipeline: the CLI and the worker run the same specs ---------------------------------------------
+
+
+def test_cli_and_worker_build_and_run_the_same_stages(home: Path, tmp_path: Path) -> None:
+    rows = chat_rows(12)
+    hp = {"n_epochs": 1, "batch_size": 4}
+    job_id = make_job("tiny", rows, hyperparameters=hp, seed=3)
+    for name in PIPELINE.names:
+        assert runner.execute(name, job_id).status == "done", name
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from models.policy import org_policy
+
+    settings = get_settings()
+    view = local_view(data, "tiny", policy=org_policy(settings, None), hyperparameters=hp, seed=3)
+    local = dict(zip(PIPELINE.names, runner.run_local(view, tmp_path / "out", settings), strict=True))
+    worker_dir = job_dir(settings, job_id)
+    for name, res in local.items():
+        there = PIPELINE[name].result.load(worker_dir / name)
+        assert _comparable(name, res) == _comparable(name, there), name
+        assert (tmp_path / "out" / name / "config.json").read_text() == (
+            worker_dir / name / "config.json"
+        ).read_text()
+
+
+def _comparable(name: str, res: StageResult) -> Any:
+    """A result without the paths (they name each run's own directory)."""
+    d = res.to_dict()
+    for key in ("train_file", "adapter_dir", "report_json", "report_html"):
+        d.pop(key, None)
+    if name == "score":
+        d["risks"] = [r["risk"] for r in res.records]
+    if name == "train":
+        d["metrics"] = {k: round(v, 3) for k, v in d["metrics"].items()}
+    return d
