@@ -55,8 +55,7 @@ class Encoded:
 Tools = Sequence[dict[str, Any]]
 
 FALLBACK_TOOLS = (
-    "# Tools\n\nYou can call the functions described by these JSON schemas:\n<tools>\n{tools}\n</tools>\n\n"
-    "To call a function, answer with one block per call:\n"
+    "# Tools\n\nYou may call these functions:\n<tools>\n{tools}\n</tools>\n\nTo call one, answer with:\n"
     '<tool_call>\n{{"name": <function name>, "arguments": <arguments object>}}\n</tool_call>'
 )
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_x", "description": "", "parameters": {}}}
