@@ -96,7 +96,7 @@ class Conversation:
     line: int = 0  # 1-based line in the source file; 0 for generated examples
     source_format: Format = "chat"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
-    tools: tuple[dict[str, Any], ...] = ()  # OpenAI tool definitions, as uploaded
+    tools: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # OpenAI tool definitions, as uploaded
     parallel_tool_calls: bool | None = None
 
     @property

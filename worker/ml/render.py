@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidFile, ModelError
 
@@ -172,10 +174,18 @@ def _assistant_spans(tokenizer: Any, conv: Conversation) -> tuple[str, list[tupl
 def encode(tokenizer: Any, conv: Conversation, *, max_len: int) -> Encoded:
     """Tokenize a conversation with loss labels on trained assistant tokens.
 
-    Raises ``InvalidFile`` naming the line when the example exceeds ``max_len`` tokens or has no trained
-    token.
+    Raises ``InvalidFile`` naming the line when the example exceeds ``max_len`` tokens, has no trained
+    token, or is something the base model's chat template refuses (e.g. parallel calls in Llama 3.1's).
     """
-    full, spans = _assistant_spans(tokenizer, conv)
+    try:
+        full, spans = _assistant_spans(tokenizer, conv)
+    except TemplateError as exc:
+        raise InvalidFile(
+            f"the base model's chat template cannot render this example: {exc}",
+            line=conv.line,
+            field="messages",
+            code="template_error",
+        ) from exc
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     labels = [IGNORE] * len(ids)

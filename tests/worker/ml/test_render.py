@@ -231,3 +231,18 @@ def test_prompt_with_tools(tok: Any, qwen_tok: Any) -> None:
         text = t.decode(encode_prompt(t, msgs, tools=[WEATHER]))
         assert json.dumps(WEATHER) in text and text.endswith("<|im_start|>assistant\n")
     assert tok.decode(encode_prompt(tok, msgs)) == render_text(tok, msgs, add_generation_prompt=True)
+
+
+def test_an_example_the_template_refuses_names_the_line(qwen_tok: Any) -> None:
+    import copy
+
+    single_calls_only = copy.deepcopy(qwen_tok)
+    single_calls_only.chat_template = (
+        "{%- for m in messages %}{%- if m.tool_calls and m.tool_calls | length > 1 %}"
+        "{{- raise_exception('This model only supports single tool-calls at once!') }}"
+        "{%- endif %}{%- endfor %}" + QWEN_TOOLS
+    )
+    assert supports_tools(single_calls_only)
+    with pytest.raises(InvalidFile, match="line 4.*only supports single tool-calls") as err:
+        encode(single_calls_only, _tool_conv(), max_len=2048)
+    assert err.value.code == "template_error"
