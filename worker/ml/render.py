@@ -107,25 +107,25 @@ def _native_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def fallback_call_text(m: Message) -> str:
-    """An assistant turn for a template without tool support: its content, then one block per call."""
+def _fallback_turn(m: Message) -> str:
+    """A turn for a template without tool support: its content, then one ``<tool_call>`` block per call."""
     blocks = [f"<tool_call>\n{c.as_json()}\n</tool_call>" for c in m.tool_calls]
     return "\n".join(([m.content] if m.content else []) + blocks)
 
 
 def _fallback_dicts(messages: Sequence[Message], tools: Tools) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    after_tool = False
     for m in messages:
-        if m.role == "tool":
+        if m.role == "tool":  # consecutive outputs (of parallel calls) make one user turn
             block = f"<tool_response>\n{m.content}\n</tool_response>"
-            if out and out[-1].get("tool_outputs"):
+            if after_tool:
                 out[-1]["content"] += "\n" + block
             else:
-                out.append({"role": "user", "content": block, "tool_outputs": True})
+                out.append({"role": "user", "content": block})
         else:
-            out.append({"role": _role(m), "content": fallback_call_text(m)})
-    for d in out:
-        d.pop("tool_outputs", None)
+            out.append({"role": _role(m), "content": _fallback_turn(m)})
+        after_tool = m.role == "tool"
     if tools:
         listing = FALLBACK_TOOLS.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
         if out and out[0]["role"] == "system":
