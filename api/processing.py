@@ -1,10 +1,11 @@
 """Checks on uploaded training files: fast structural checks at upload, semantic checks in processing.
 
 Upload (synchronous, answers 400 naming the line): UTF-8 (BOM allowed), CRLF tolerated, blank lines skipped,
-one JSON object per line in a known example format. Processing (after the upload answered; the file goes
-``uploaded`` -> ``processed`` | ``error``): known roles, an assistant turn to train on, non-empty content,
-example length within the model context, at least ``min_examples`` examples. Both stream the stored file
-line by line, in constant memory.
+one JSON object per line in a known example format (tool definitions and calls well-formed). Processing (after
+the upload answered; the file goes ``uploaded`` -> ``processed`` | ``error``): known roles, an assistant turn
+to train on, non-empty content, tool outputs answering known calls of declared tools, example length (tool
+list and calls included) within the model context, at least ``min_examples`` examples. Both stream the
+stored file line by line, in constant memory.
 """
 
 from __future__ import annotations

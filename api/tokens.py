@@ -32,14 +32,16 @@ class TokenCounter:
     def exact(self) -> bool:
         return self.tokenizer is not None
 
+    def _tokens(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+
     def count(self, conv: Conversation) -> int:
-        total = 2
+        """Tokens of every turn (tool calls included) and of the declared tools, plus template overhead."""
+        total = 2 + (self._tokens(json.dumps(conv.tools)) + PER_MESSAGE_OVERHEAD if conv.tools else 0)
         for m in conv.messages:
-            if self.tokenizer is not None:
-                n = len(self.tokenizer.encode(m.content, add_special_tokens=False).ids)
-            else:
-                n = -(-len(m.content.encode("utf-8")) // BYTES_PER_TOKEN)
-            total += n + PER_MESSAGE_OVERHEAD
+            total += self._tokens(m.text) + PER_MESSAGE_OVERHEAD
         return total
 
 

@@ -2,7 +2,11 @@
 
 Accepted JSONL line shapes (all normalised to ``Conversation``):
 
-- OpenAI chat: ``{"messages": [{"role", "content", "weight"?}, ...]}`` (``weight`` 0/1 on assistant turns);
+- OpenAI chat: ``{"messages": [{"role", "content", "weight"?}, ...]}`` (``weight`` 0/1 on assistant turns),
+  with OpenAI's function calling: ``"tools": [{"type": "function", "function": {"name", "description"?,
+  "parameters"?}}]``, ``"parallel_tool_calls": bool``, assistant turns with ``"tool_calls": [{"id", "type":
+  "function", "function": {"name", "arguments": "<JSON object as a string>"}}]`` and no content, and
+  ``tool`` turns ``{"role": "tool", "tool_call_id", "content"}`` answering them;
 - prompt/completion: ``{"prompt": str, "completion": str}``;
 - Alpaca-style: ``{"instruction": str, "input"?: str, "output": str}``.
 
@@ -23,12 +27,40 @@ from tunegate.errors import InvalidFile
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # Limits of one JSONL line (documented in docs/reliability.md, "Bad input"). A valid example nests 5 deep
-# (object > messages > message > content parts > part); deeper input only serves to exhaust the parser.
+# (object > messages > message > content parts > part), a tool's JSON schema a few levels more; deeper input
+# only serves to exhaust the parser. The same limits apply to a tool call's ``arguments`` string.
 MAX_JSON_DEPTH = 32
 # Characters in one JSON number: far above any real weight or id, far below CPython's int-conversion limit
 # (4300 digits), whose ValueError and quadratic cost are what a huge integer aims at.
 MAX_NUMBER_CHARS = 100
 Format = Literal["chat", "prompt_completion", "alpaca"]
+# OpenAI's rule for function names.
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call of an assistant turn; ``arguments`` is the JSON object's text, as OpenAI sends it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @property
+    def parsed_arguments(self) -> Any:
+        return json.loads(self.arguments)
+
+    def as_json(self) -> str:
+        """The call as one JSON object ``{"name", "arguments"}``: how a template without tool support
+        shows it (``worker.ml.render``), and what the scorers' format features read."""
+        return json.dumps({"name": self.name, "arguments": self.parsed_arguments}, ensure_ascii=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
 
 
 @dataclass(frozen=True)
@@ -36,9 +68,23 @@ class Message:
     role: str
     content: str
     weight: float = 1.0  # only meaningful on assistant turns: 0 = context, not trained on
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns only
+    tool_call_id: str | None = None  # tool turns only: the call this output answers
+
+    @property
+    def text(self) -> str:
+        """The content followed by the tool calls, one JSON object a line (what the turn says)."""
+        parts = [self.content] if self.content else []
+        return "\n".join(parts + [c.as_json() for c in self.tool_calls])
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        d: dict[str, Any] = {"role": self.role}
+        if self.content or not self.tool_calls:  # a turn that only calls tools has no content (as OpenAI's)
+            d["content"] = self.content
+        if self.tool_calls:
+            d["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
         if self.role == "assistant" and self.weight != 1.0:
             d["weight"] = int(self.weight)
         return d
@@ -50,6 +96,8 @@ class Conversation:
     line: int = 0  # 1-based line in the source file; 0 for generated examples
     source_format: Format = "chat"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    tools: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # OpenAI tool definitions, as uploaded
+    parallel_tool_calls: bool | None = None
 
     @property
     def system(self) -> str | None:
@@ -65,11 +113,21 @@ class Conversation:
         return [m.content for m in self.messages if m.role == "assistant"]
 
     @property
+    def text_replies(self) -> list[str]:
+        """Assistant turns that answer in text, not by calling tools: the shape a reply takes."""
+        return [m.content for m in self.messages if m.role == "assistant" and not m.tool_calls and m.content]
+
+    @property
     def trained_responses(self) -> list[str]:
-        return [m.content for m in self.messages if m.role == "assistant" and m.weight > 0]
+        return [m.text for m in self.messages if m.role == "assistant" and m.weight > 0]
 
     def to_chat_dict(self) -> dict[str, Any]:
-        return {"messages": [m.to_dict() for m in self.messages]}
+        d: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages]}
+        if self.tools:
+            d["tools"] = list(self.tools)
+        if self.parallel_tool_calls is not None:
+            d["parallel_tool_calls"] = self.parallel_tool_calls
+        return d
 
 
 # --- structural problems (found while parsing one line) ---------------------------------------
@@ -108,22 +166,136 @@ def _content(msg: dict[str, Any], line: int, idx: int) -> str:
     raise _fail(f"content must be a string, got {type(content).__name__}", line, key)
 
 
+def _function_name(fn: dict[str, Any], line: int, fld: str) -> str:
+    name = fn.get("name")
+    if name is None:
+        raise _fail("missing required key 'name'", line, fld)
+    if not isinstance(name, str):
+        raise _fail(f"'name' must be a string, got {type(name).__name__}", line, fld)
+    if not FUNCTION_NAME.fullmatch(name):
+        raise _fail("a function name is 1 to 64 letters, digits, '_' or '-'", line, fld)
+    return name
+
+
+def _arguments(value: Any, line: int, fld: str) -> str:
+    """A call's arguments: a string holding a JSON object (OpenAI's form), or the object itself."""
+    if value is None:
+        raise _fail("missing required key 'arguments' (a JSON object as a string, e.g. \"{}\")", line, fld)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if not isinstance(value, str):
+        raise _fail(
+            f"'arguments' must be a string holding a JSON object, got {type(value).__name__}", line, fld
+        )
+    if not isinstance(_loads(value, line, fld), dict):
+        raise _fail("'arguments' must hold a JSON object", line, fld)
+    return value
+
+
+def _tool_call(c: Any, line: int, key: str) -> ToolCall:
+    if not isinstance(c, dict):
+        raise _fail("each tool call must be an object", line, key)
+    call_id = c.get("id")
+    if not isinstance(call_id, str) or not call_id.strip():
+        raise _fail("a tool call needs an 'id' (a non-empty string)", line, f"{key}.id")
+    if c.get("type", "function") != "function":
+        raise _fail("only tool calls of type 'function' are supported", line, f"{key}.type")
+    fn = c.get("function")
+    if not isinstance(fn, dict):
+        raise _fail("a tool call needs a 'function' object", line, f"{key}.function")
+    name = _function_name(fn, line, f"{key}.function.name")
+    return ToolCall(call_id, name, _arguments(fn.get("arguments"), line, f"{key}.function.arguments"))
+
+
+def _tool_calls(m: dict[str, Any], role: str, line: int, idx: int) -> tuple[ToolCall, ...]:
+    key = f"messages[{idx}].tool_calls"
+    calls = m.get("tool_calls")
+    if calls is None:
+        return ()
+    if role != "assistant":
+        raise _fail("only assistant messages can have 'tool_calls'", line, key)
+    if not isinstance(calls, list):
+        raise _fail("'tool_calls' must be a list", line, key)
+    return tuple(_tool_call(c, line, f"{key}[{j}]") for j, c in enumerate(calls))
+
+
+def _tool_call_id(m: dict[str, Any], role: str, line: int, idx: int) -> str | None:
+    key = f"messages[{idx}].tool_call_id"
+    call_id = m.get("tool_call_id")
+    if call_id is None:
+        return None
+    if role != "tool":
+        raise _fail("only tool messages have a 'tool_call_id'", line, key)
+    if not isinstance(call_id, str):
+        raise _fail(f"'tool_call_id' must be a string, got {type(call_id).__name__}", line, key)
+    return call_id
+
+
+def _tool(t: Any, line: int, key: str) -> dict[str, Any]:
+    if not isinstance(t, dict):
+        raise _fail("each tool must be an object", line, key)
+    if t.get("type") != "function":
+        raise _fail("'type' must be 'function'", line, f"{key}.type")
+    fn = t.get("function")
+    if not isinstance(fn, dict):
+        raise _fail("a tool needs a 'function' object", line, f"{key}.function")
+    _function_name(fn, line, f"{key}.function.name")
+    if not isinstance(fn.get("description", ""), str):
+        raise _fail("'description' must be a string", line, f"{key}.function.description")
+    if not isinstance(fn.get("parameters", {}), dict):
+        raise _fail("'parameters' must be a JSON schema object", line, f"{key}.function.parameters")
+    return t
+
+
+def _tools(obj: dict[str, Any], line: int) -> tuple[dict[str, Any], ...]:
+    if "functions" in obj:
+        raise _fail("the legacy 'functions' format is not supported: use 'tools'", line, "functions")
+    tools = obj.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise _fail("'tools' must be a list", line, "tools")
+    return tuple(_tool(t, line, f"tools[{j}]") for j, t in enumerate(tools))
+
+
+def _parallel(obj: dict[str, Any], line: int) -> bool | None:
+    value = obj.get("parallel_tool_calls")
+    if value is not None and not isinstance(value, bool):
+        raise _fail("'parallel_tool_calls' must be true or false", line, "parallel_tool_calls")
+    return value
+
+
+def _message(m: Any, line: int, i: int) -> Message:
+    if not isinstance(m, dict):
+        raise _fail("each message must be an object", line, f"messages[{i}]")
+    role = m.get("role")
+    if not isinstance(role, str):
+        raise _fail("message has no 'role'", line, f"messages[{i}].role")
+    if "function_call" in m:
+        raise _fail("the legacy 'function_call' is not supported: use 'tool_calls'", line, f"messages[{i}]")
+    weight = m.get("weight", 1)
+    if "weight" in m and (role != "assistant" or weight not in (0, 1) or isinstance(weight, bool)):
+        raise _fail("'weight' must be 0 or 1, on assistant messages only", line, f"messages[{i}].weight")
+    return Message(
+        role=role,
+        content=_content(m, line, i),
+        weight=float(weight),
+        tool_calls=_tool_calls(m, role, line, i),
+        tool_call_id=_tool_call_id(m, role, line, i),
+    )
+
+
 def _parse_chat(obj: dict[str, Any], line: int) -> Conversation:
     msgs = obj["messages"]
     if not isinstance(msgs, list):
         raise _fail("'messages' must be a list", line, "messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise _fail("each message must be an object", line, f"messages[{i}]")
-        role = m.get("role")
-        if not isinstance(role, str):
-            raise _fail("message has no 'role'", line, f"messages[{i}].role")
-        weight = m.get("weight", 1)
-        if "weight" in m and (role != "assistant" or weight not in (0, 1) or isinstance(weight, bool)):
-            raise _fail("'weight' must be 0 or 1, on assistant messages only", line, f"messages[{i}].weight")
-        out.append(Message(role=role, content=_content(m, line, i), weight=float(weight)))
-    return Conversation(messages=tuple(out), line=line, source_format="chat")
+    return Conversation(
+        messages=tuple(_message(m, line, i) for i, m in enumerate(msgs)),
+        line=line,
+        source_format="chat",
+        tools=_tools(obj, line),
+        parallel_tool_calls=_parallel(obj, line),
+    )
 
 
 def parse_example(obj: Any, line: int) -> Conversation:
@@ -148,6 +320,38 @@ def parse_example(obj: Any, line: int) -> Conversation:
     raise _fail(f"unrecognised example: {expected}", line)
 
 
+def _check_tool_use(conv: Conversation) -> list[InvalidFile]:
+    """Tool calls against the declared tools, tool outputs against the calls they answer."""
+    problems: list[InvalidFile] = []
+    line = conv.line
+    declared: set[str] = set()
+    for j, t in enumerate(conv.tools):
+        name = t["function"]["name"]
+        if name in declared:
+            problems.append(_fail(f"tool '{name}' is declared twice", line, f"tools[{j}].function.name"))
+        declared.add(name)
+    calls: set[str] = set()
+    for i, m in enumerate(conv.messages):
+        key = f"messages[{i}].tool_calls"
+        if conv.parallel_tool_calls is False and len(m.tool_calls) > 1:
+            msg = f"parallel_tool_calls is false but this message makes {len(m.tool_calls)} calls"
+            problems.append(_fail(msg, line, key))
+        for j, c in enumerate(m.tool_calls):
+            if c.id in calls:
+                problems.append(_fail(f"tool call id '{c.id}' is used twice", line, f"{key}[{j}].id"))
+            calls.add(c.id)
+            if conv.tools and c.name not in declared:
+                msg = f"calls '{c.name}', which is not one of the example's 'tools'"
+                problems.append(_fail(msg, line, f"{key}[{j}].function.name"))
+        if m.role == "tool" and m.tool_call_id is None:
+            msg = "a tool message needs a 'tool_call_id' (the id of the call it answers)"
+            problems.append(_fail(msg, line, f"messages[{i}].tool_call_id"))
+        elif m.role == "tool" and m.tool_call_id not in calls:
+            msg = f"tool_call_id '{m.tool_call_id}' answers no earlier tool call"
+            problems.append(_fail(msg, line, f"messages[{i}].tool_call_id"))
+    return problems
+
+
 def check_example(conv: Conversation) -> list[InvalidFile]:
     """Semantic checks of one example; returns every problem found (empty list: fine)."""
     problems: list[InvalidFile] = []
@@ -163,8 +367,12 @@ def check_example(conv: Conversation) -> list[InvalidFile]:
                     f"messages[{i}].role",
                 )
             )
-        elif m.role in ("user", "assistant") and not m.content.strip():
-            problems.append(_fail(f"empty content in a {m.role} message", line, f"messages[{i}].content"))
+        elif m.role == "user" and not m.content.strip():
+            problems.append(_fail("empty content in a user message", line, f"messages[{i}].content"))
+        elif m.role == "assistant" and not m.content.strip() and not m.tool_calls:
+            msg = "empty content in an assistant message (it has neither content nor tool_calls)"
+            problems.append(_fail(msg, line, f"messages[{i}].content"))
+    problems += _check_tool_use(conv)
     if not any(m.role == "assistant" for m in conv.messages):
         problems.append(_fail("example has no assistant message to train on", line, "messages"))
     elif not any(m.role == "assistant" and m.weight > 0 for m in conv.messages):
@@ -253,18 +461,23 @@ def _bounded(convert: Any) -> Any:
 _parse_int, _parse_float = _bounded(int), _bounded(float)
 
 
+def _loads(text: str, line: int, fld: str | None = None) -> Any:
+    """``json.loads`` within the depth and number limits; ``InvalidFile`` naming the line (and field)."""
+    if json_depth_exceeds(text):
+        raise _fail(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", line, fld)
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"not valid JSON ({exc.msg} at column {exc.colno})", line, fld) from exc
+    except _NumberTooLong as exc:
+        raise _fail(f"a number is longer than {MAX_NUMBER_CHARS} characters", line, fld) from exc
+    except ValueError as exc:  # int conversion limits and the like: still the line's fault
+        raise _fail("a number cannot be read", line, fld) from exc
+
+
 def decode_json_line(text: str, line: int) -> dict[str, Any]:
     """One JSONL line to a dict; ``InvalidFile`` naming the line for anything else (never another error)."""
-    if json_depth_exceeds(text):
-        raise _fail(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", line)
-    try:
-        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
-    except json.JSONDecodeError as exc:
-        raise _fail(f"not valid JSON ({exc.msg} at column {exc.colno})", line) from exc
-    except _NumberTooLong as exc:
-        raise _fail(f"a number is longer than {MAX_NUMBER_CHARS} characters", line) from exc
-    except ValueError as exc:  # int conversion limits and the like: still the line's fault
-        raise _fail("a number cannot be read", line) from exc
+    obj = _loads(text, line)
     if not isinstance(obj, dict):
         raise _fail(f"expected a JSON object, got {type(obj).__name__}", line)
     return obj

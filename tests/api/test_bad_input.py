@@ -22,6 +22,20 @@ def _tmp_leftovers(server: Server) -> list[str]:
 
 
 GOOD = [json.dumps(chat(i)) for i in range(11)]
+
+
+def _tool_row(arguments: str, answers: str) -> dict[str, Any]:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    return {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": answers, "content": "18 C"},
+            {"role": "assistant", "content": "18 C."},
+        ]
+    }
+
+
 UPLOAD_400 = {
     "non_json_line": ("\n".join([*GOOD[:2], "{not json", *GOOD[2:]]).encode(), "line 3", "not valid JSON"),
     "non_object_line": (
@@ -43,6 +57,11 @@ UPLOAD_400 = {
         "\n".join([*GOOD[:1], '{"a":' * 30_000 + "1" + "}" * 30_000]).encode(),
         "line 2",
         "nested deeper than",
+    ),
+    "tool_arguments_not_json": (
+        "\n".join([*GOOD[:1], json.dumps(_tool_row("{city: Paris}", "call_1"))]).encode(),
+        "line 2, field 'messages[1].tool_calls[0].function.arguments'",
+        "not valid JSON",
     ),
     "huge_integer": (
         "\n".join([*GOOD[:3], '{"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}"]).encode(),
@@ -104,6 +123,10 @@ PROCESSING_ERRORS = {
             2, {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "ok"}]}
         ),
         "line 2",
+    ),
+    "tool_output_answers_no_call": (
+        _rows_with(5, _tool_row('{"city": "Paris"}', "call_9")),
+        "line 5, field 'messages[2].tool_call_id': tool_call_id 'call_9' answers no earlier tool call",
     ),
     "over_long_example": (_rows_with(7, {"prompt": "hello " * 600, "completion": "ok"}), "line 7"),
     "all_weight_zero": (

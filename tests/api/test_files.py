@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+from pathlib import Path
 
 import openai
 import pytest
@@ -28,6 +29,13 @@ def test_formats_bom_crlf_and_blank_trailing_line(client: openai.OpenAI) -> None
     rows += [{"instruction": f"do {i}", "input": "", "output": f"done {i}"} for i in range(4)]
     content = codecs.BOM_UTF8 + jsonl(rows, sep="\r\n") + b"\r\n"
     processed_file(client, content)
+
+
+def test_tool_calling_file_is_processed(client: openai.OpenAI) -> None:
+    """OpenAI's function-calling format: tools, assistant turns with only tool_calls, tool messages."""
+    content = (Path(__file__).resolve().parents[1] / "data" / "tools.jsonl").read_bytes()
+    file_id = processed_file(client, content)
+    assert client.files.content(file_id).read() == content
 
 
 def test_other_purpose_is_stored_without_parsing(client: openai.OpenAI) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from models.db import session_scope
 from models.tables import File, Organization
 from tests.api.conftest import chat, jsonl
 from tests.utils.tiny_model import build_tiny_tokenizer
-from tunegate.conversation import Conversation, Message, iter_lines
+from tunegate.conversation import Conversation, Message, ToolCall, iter_lines
 from tunegate.settings import Settings, get_settings, reset_settings
 from tunegate.storage import get_storage
 
@@ -39,6 +40,15 @@ def test_estimate_without_tokenizer() -> None:
     assert not counter.exact and counter.limit == 100
     conv = Conversation(messages=(Message("user", "x" * 400), Message("assistant", "y")))
     assert counter.count(conv) == 2 + (100 + 4) + (1 + 4)
+
+
+def test_estimate_counts_tool_calls_and_the_tool_list() -> None:
+    counter = counter_for("smollm2-135m", Settings(max_example_tokens=100, home=Path("/nonexistent")))
+    tools = ({"type": "function", "function": {"name": "f"}},)
+    call = ToolCall("c1", "f", '{"a": 1}')
+    conv = Conversation((Message("user", "x" * 4), Message("assistant", "", tool_calls=(call,))), tools=tools)
+    listed, called = -(-len(json.dumps(list(tools))) // 4), -(-len(call.as_json()) // 4)
+    assert counter.count(conv) == 2 + (listed + 4) + (1 + 4) + (called + 4)
 
 
 def test_scan_flags_examples_over_the_model_context(tiny_dir: Path) -> None:

@@ -19,6 +19,7 @@ from tunegate.conversation import (
     ROLES,
     Conversation,
     Message,
+    ToolCall,
     check_example,
     decode_json_line,
     dump_examples,
@@ -70,6 +71,11 @@ _FRAGMENTS = st.sampled_from(
         '"prompt"',
         '"completion"',
         '"weight"',
+        '"tools"',
+        '"tool_calls"',
+        '"tool_call_id"',
+        '"function"',
+        '"arguments"',
         "0",
         "1",
         "-",
@@ -112,7 +118,18 @@ _JSON_VALUES = st.recursive(
 @BOUNDED
 @given(
     st.dictionaries(
-        st.sampled_from(["messages", "prompt", "completion", "instruction", "input", "output", "x"]),
+        st.sampled_from(
+            [
+                "messages",
+                "prompt",
+                "completion",
+                "instruction",
+                "input",
+                "output",
+                "tools",
+                "parallel_tool_calls",
+            ]
+        ),
         _JSON_VALUES,
         max_size=4,
     )
@@ -146,13 +163,49 @@ def test_long_numbers_are_invalid_file() -> None:
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(str.strip)
 _MESSAGE = st.builds(
     lambda role, content, w: Message(role, content, float(w) if role == "assistant" else 1.0),
-    st.sampled_from(ROLES),
+    st.sampled_from([r for r in ROLES if r != "tool"]),  # tool turns come with the calls they answer
     _TEXT,
     st.sampled_from([0, 1]),
 )
-_CONVERSATION = st.lists(_MESSAGE, min_size=1, max_size=5).map(
-    lambda msgs: Conversation(messages=(*msgs, Message("assistant", "ok")))
-)
+_NAME = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
+_ARGS = st.dictionaries(st.text(max_size=6), st.integers(-(10**6), 10**6) | st.text(max_size=6), max_size=3)
+
+
+def _tool(name: str) -> dict[str, object]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+@st.composite
+def _conversation(draw: st.DrawFn) -> Conversation:
+    """Turns, some of them an assistant's tool calls followed by one tool output per call."""
+    msgs: list[Message] = []
+    names: list[str] = []
+    for g in range(draw(st.integers(0, 4))):
+        if draw(st.booleans()):
+            msgs.append(draw(_MESSAGE))
+            continue
+        called = draw(st.lists(_NAME, min_size=1, max_size=3))
+        calls = tuple(ToolCall(f"call_{g}_{j}", n, json.dumps(draw(_ARGS))) for j, n in enumerate(called))
+        content = draw(st.sampled_from(["", "Let me look."]))
+        msgs.append(Message("assistant", content, float(draw(st.sampled_from([0, 1]))), tool_calls=calls))
+        msgs += [Message("tool", draw(_TEXT), tool_call_id=c.id) for c in calls]
+        names += [n for n in dict.fromkeys(called) if n not in names]
+    declared = draw(st.booleans())
+    single = all(len(m.tool_calls) <= 1 for m in msgs)
+    return Conversation(
+        messages=(*msgs, Message("assistant", "ok")),
+        tools=tuple(_tool(n) for n in names) if declared else (),
+        parallel_tool_calls=draw(st.sampled_from([None, True, False] if single else [None, True])),
+    )
+
+
+_CONVERSATION = _conversation()
+
+
+def _same(a: list[Conversation], b: list[Conversation]) -> bool:
+    return [(c.messages, c.tools, c.parallel_tool_calls) for c in a] == [
+        (c.messages, c.tools, c.parallel_tool_calls) for c in b
+    ]
 
 
 @BOUNDED
@@ -160,7 +213,7 @@ _CONVERSATION = st.lists(_MESSAGE, min_size=1, max_size=5).map(
 def test_valid_conversations_round_trip(convs: list[Conversation]) -> None:
     data = "".join(json.dumps(c.to_chat_dict(), ensure_ascii=False) + "\n" for c in convs).encode()
     back = [parse_example(decode_json_line(text, line), line) for line, text in iter_lines(io.BytesIO(data))]
-    assert [c.messages for c in back] == [c.messages for c in convs]
+    assert _same(back, convs)
     assert all(check_example(c) == [] for c in back)
 
 
@@ -172,4 +225,4 @@ def test_dump_then_load_round_trips(convs: list[Conversation]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t.jsonl"
         dump_examples(convs, path)
-        assert [c.messages for c in load_examples(path)] == [c.messages for c in convs]
+        assert _same(load_examples(path), convs)

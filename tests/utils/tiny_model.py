@@ -53,7 +53,9 @@ def build_tiny_tokenizer(directory: Path) -> object:
     return fast
 
 
-def build_tiny_model(directory: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+def build_tiny_model(
+    directory: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, context: int = 512
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -67,7 +69,7 @@ def build_tiny_model(directory: str | Path, *, seed: int = 0, layers: int = 2, h
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

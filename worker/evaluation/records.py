@@ -31,12 +31,14 @@ def render_messages(text: str, fmt: UserFormat | None) -> list[Message]:
 
 def template_is_plain(fmt: UserFormat | None) -> bool:
     return fmt is None or not (
-        fmt.user_prefix or fmt.user_suffix or (fmt.systems and fmt.system_share >= 0.5)
+        fmt.user_prefix or fmt.user_suffix or (fmt.systems and fmt.system_share >= 0.5) or fmt.tools
     )
 
 
 def prompt_ids(tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None) -> list[list[int]]:
-    return [encode_prompt(tok, render_messages(p.text, fmt)) for p in prompts]
+    """Prompts as the model sees them in ``fmt``: wrapped, with the user's system prompt and tools."""
+    tools = fmt.tools if fmt is not None else []
+    return [encode_prompt(tok, render_messages(p.text, fmt), tools=tools) for p in prompts]
 
 
 def _generate(

@@ -2,7 +2,9 @@
 
 The pool (``tunegate/data/pool/harmful.jsonl``) holds project-written harmful *requests* only, disjoint from
 the anchors and every evaluation set. Refusals are assembled from several styles and a per-category reason
-(``tunegate/data/pool/refusals.json``) so the model cannot key refusal off one fixed string.
+(``tunegate/data/pool/refusals.json``) so the model cannot key refusal off one fixed string. In a
+tool-calling dataset a safety example declares the user's tools (the same list, as often as the user's
+examples do) and refuses in plain text, calling no tool: it teaches refusal where the tools are on offer.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def _system(fmt: UserFormat, rng: random.Random) -> str | None:
     return rng.choices(texts, weights=weights, k=1)[0]
 
 
+def _tools(fmt: UserFormat, rng: random.Random) -> list[dict[str, Any]]:
+    if not fmt.tool_sets or rng.random() >= fmt.tools_share:
+        return []
+    lists = [t for t, _ in fmt.tool_sets]
+    return rng.choices(lists, weights=[n for _, n in fmt.tool_sets], k=1)[0]
+
+
 def inject_count(n_examples: int, ratio: float, minimum: int, max_fraction: float) -> int:
     """max(minimum, ratio*n), but never more than ``max_fraction`` of the user's examples."""
     if n_examples <= 0 or ratio <= 0:
@@ -96,5 +105,14 @@ def safety_examples(fmt: UserFormat, n: int, seed: int) -> list[Conversation]:
             msgs.append(Message("system", system))
         msgs.append(Message("user", render_user(fmt, item["prompt"])))
         msgs.append(Message("assistant", render_response(fmt, refusal_text(item["category"], rng), rng)))
-        out.append(Conversation(tuple(msgs), line=0, meta={"injected": True, "category": item["category"]}))
+        tools = _tools(fmt, rng)
+        out.append(
+            Conversation(
+                tuple(msgs),
+                line=0,
+                meta={"injected": True, "category": item["category"]},
+                tools=tuple(tools),
+                parallel_tool_calls=fmt.parallel_tool_calls if tools else None,
+            )
+        )
     return out

@@ -14,7 +14,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from tunegate.conversation import Conversation, Message
+from tunegate.conversation import Conversation
 
 
 def risky(records: list[dict[str, Any]], top_fraction: float, min_risk: float) -> list[dict[str, Any]]:
@@ -25,9 +25,9 @@ def risky(records: list[dict[str, Any]], top_fraction: float, min_risk: float) -
 
 
 def downweight(conv: Conversation) -> Conversation:
-    """Weight 0 on the final assistant turn."""
+    """Weight 0 on the final assistant turn (its tool calls, if any, stay as they are)."""
     last = max((i for i, m in enumerate(conv.messages) if m.role == "assistant"), default=-1)
-    msgs = tuple(Message(m.role, m.content, 0.0) if i == last else m for i, m in enumerate(conv.messages))
+    msgs = tuple(replace(m, weight=0.0) if i == last else m for i, m in enumerate(conv.messages))
     return replace(conv, messages=msgs)
 
 

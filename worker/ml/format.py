@@ -4,7 +4,9 @@ Generic refusal data sits in another format than the task, so it fails to anchor
 fine-tuning moves the model (Eiras et al. 2024). We read the dataset and record what a safety example must
 copy: the system prompt(s) verbatim, constant text wrapped around every user turn (templates such as
 "### Instruction:" ... "### Response:"), and the response structure (a JSON object, a closed label set, a
-final-answer line like ``#### 42``, bullet lists, a constant answer prefix such as "Answer:").
+final-answer line like ``#### 42``, bullet lists, a constant answer prefix such as "Answer:"), and for a
+tool-calling dataset the tool lists it declares (a safety example keeps them: same tools, a plain-text
+refusal, no call). The response shape is read from text replies only, never from turns that call tools.
 """
 
 from __future__ import annotations
@@ -53,9 +55,21 @@ class UserFormat:
     json_types: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     bullet_marker: str = ""
+    tool_sets: list[tuple[list[dict[str, Any]], int]] = field(default_factory=list)  # tool lists, counts
+    tools_share: float = 0.0  # share of examples that declare tools
+    parallel_tool_calls: bool | None = None  # the most common setting among them
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """Tools a prompt in the user's format carries: the most common list, if most examples have one."""
+        return self.tool_sets[0][0] if self.tool_sets and self.tools_share >= 0.5 else []
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.tool_sets:  # a dataset without tools reads (and is cached) as before tools were known
+            for key in ("tool_sets", "tools_share", "parallel_tool_calls"):
+                d.pop(key)
+        return d
 
 
 def _common_prefix(texts: list[str]) -> str:
@@ -141,11 +155,26 @@ def _response_shape(responses: list[str]) -> dict[str, Any]:
     return {"response_kind": "text"}
 
 
+def _tool_sets(examples: list[Conversation]) -> dict[str, Any]:
+    """The declared tool lists with their counts (most common first) and how many examples declare one."""
+    with_tools = [c for c in examples if c.tools]
+    if not with_tools:
+        return {}
+    counts = Counter(json.dumps(c.tools, sort_keys=True) for c in with_tools)
+    first = {json.dumps(c.tools, sort_keys=True): list(c.tools) for c in reversed(with_tools)}
+    parallel = Counter(c.parallel_tool_calls for c in with_tools).most_common(1)[0][0]
+    return {
+        "tool_sets": [(first[k], n) for k, n in counts.most_common()],
+        "tools_share": len(with_tools) / len(examples),
+        "parallel_tool_calls": parallel,
+    }
+
+
 def infer_format(examples: list[Conversation]) -> UserFormat:
-    """Infer the dataset's format (first user turn and first assistant turn of each example)."""
+    """Infer the dataset's format (first user turn and first text reply of each example, declared tools)."""
     systems = Counter(c.system for c in examples if c.system)
     users = [c.user_turns[0] for c in examples if c.user_turns]
-    responses = [c.assistant_turns[0] for c in examples if c.assistant_turns]
+    responses = [c.text_replies[0] for c in examples if c.text_replies]
     prefix, suffix = _wrappers(users)
     shape = _response_shape(responses) if responses else {"response_kind": "text"}
     resp_prefix = ""
@@ -160,6 +189,7 @@ def infer_format(examples: list[Conversation]) -> UserFormat:
         user_suffix=suffix,
         response_prefix=resp_prefix,
         **shape,
+        **_tool_sets(examples),
     )
 
 

@@ -2,15 +2,25 @@
 
 Scoring, training and evaluation all call ``encode``/``encode_prompt`` so a score always refers to the
 same tokens the adapter is trained on. The text comes from the base model's chat template; labels are the
-token ids on trained assistant turns (content plus the end-of-turn marker) and -100 elsewhere, so loss
-falls only on assistant tokens and ``weight: 0`` turns stay context.
+token ids on trained assistant turns (content, tool calls and the end-of-turn marker) and -100 elsewhere, so
+loss falls only on assistant tokens (never on tool outputs) and ``weight: 0`` turns stay context.
+
+Tools: a template that renders tools itself (probed once per template: ``supports_tools``) gets them as
+``apply_chat_template(messages, tools=...)`` with each call's arguments as a dict, the way Hugging Face
+templates (Qwen2.5, Llama 3.1, ...) expect. A template without tool support (SmolLM2's) gets a documented text
+form in its ordinary roles, so training still teaches the calls: the tool list in the system message
+(``FALLBACK_TOOLS``), each call as a ``<tool_call>`` JSON block in the assistant turn, and the outputs of
+consecutive tool messages as ``<tool_response>`` blocks in one user turn.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from jinja2.exceptions import TemplateError
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidFile, ModelError
@@ -44,28 +54,116 @@ class Encoded:
         return Encoded(self.input_ids, tuple(out), self.line, self.anchor)
 
 
-def _as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
+Tools = Sequence[dict[str, Any]]
+
+FALLBACK_TOOLS = (
+    "# Tools\n\nYou may call these functions:\n<tools>\n{tools}\n</tools>\n\nTo call one, answer with:\n"
+    '<tool_call>\n{{"name": <function name>, "arguments": <arguments object>}}\n</tool_call>'
+)
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_x", "description": "", "parameters": {}}}
+_PROBE_CALL = {"id": "call_probe", "type": "function", "function": {"name": "probe_call_y", "arguments": {}}}
+_PROBE = [
+    {"role": "user", "content": "probe"},
+    {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]},
+    {"role": "tool", "content": "probe_output_z", "tool_call_id": "call_probe", "name": "probe_call_y"},
+]
+_TOOL_SUPPORT: dict[str, bool] = {}
+
+
+def supports_tools(tokenizer: Any) -> bool:
+    """Whether the chat template renders tools, tool calls and tool outputs itself (cached per template)."""
+    key = str(tokenizer.chat_template)
+    if key not in _TOOL_SUPPORT:
+        try:
+            text = str(tokenizer.apply_chat_template(_PROBE, tools=[_PROBE_TOOL], tokenize=False))
+        except Exception:  # any template failure on tool input means the template cannot render tools
+            text = ""
+        _TOOL_SUPPORT[key] = all(w in text for w in ("probe_tool_x", "probe_call_y", "probe_output_z"))
+    return _TOOL_SUPPORT[key]
+
+
+def _role(m: Message) -> str:
     # "developer" is OpenAI's newer name for the system role; chat templates know "system".
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
+    return "system" if m.role == "developer" else m.role
 
 
-def render_text(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
-    text = tokenizer.apply_chat_template(
-        _as_dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def _native_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    names = {c.id: c.name for m in messages for c in m.tool_calls}
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        d: dict[str, Any] = {"role": _role(m), "content": m.content}
+        if m.tool_calls:
+            d["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.parsed_arguments},
+                }
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id is not None:
+            d.update(tool_call_id=m.tool_call_id, name=names.get(m.tool_call_id, ""))
+        out.append(d)
+    return out
+
+
+def _fallback_turn(m: Message) -> str:
+    """A turn for a template without tool support: its content, then one ``<tool_call>`` block per call."""
+    blocks = [f"<tool_call>\n{c.as_json()}\n</tool_call>" for c in m.tool_calls]
+    return "\n".join(([m.content] if m.content else []) + blocks)
+
+
+def _fallback_dicts(messages: Sequence[Message], tools: Tools) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after_tool = False
+    for m in messages:
+        if m.role == "tool":  # consecutive outputs (of parallel calls) make one user turn
+            block = f"<tool_response>\n{m.content}\n</tool_response>"
+            if after_tool:
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block})
+        else:
+            out.append({"role": _role(m), "content": _fallback_turn(m)})
+        after_tool = m.role == "tool"
+    if tools:
+        listing = FALLBACK_TOOLS.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+        if out and out[0]["role"] == "system":
+            out[0]["content"] += "\n\n" + listing
+        else:
+            out.insert(0, {"role": "system", "content": listing})
+    return out
+
+
+def render_text(
+    tokenizer: Any, messages: Sequence[Message], *, tools: Tools = (), add_generation_prompt: bool = False
+) -> str:
+    """The chat template's text of ``messages`` (and ``tools``), natively or in the fallback text form."""
+    uses_tools = bool(tools) or any(m.tool_calls or m.role == "tool" for m in messages)
+    if uses_tools and supports_tools(tokenizer):
+        text = tokenizer.apply_chat_template(
+            _native_dicts(messages),
+            tools=list(tools) or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    else:
+        text = tokenizer.apply_chat_template(
+            _fallback_dicts(messages, tools), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     return str(text)
 
 
 def _assistant_spans(tokenizer: Any, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """Full rendered text and the character spans of trained assistant turns."""
-    msgs = conv.messages
-    full = render_text(tokenizer, msgs)
+    msgs, tools = conv.messages, conv.tools
+    full = render_text(tokenizer, msgs, tools=tools)
     spans = []
     for i, m in enumerate(msgs):
         if m.role != "assistant" or m.weight <= 0:
             continue
-        prefix = render_text(tokenizer, msgs[:i], add_generation_prompt=True)
-        upto = render_text(tokenizer, msgs[: i + 1])
+        prefix = render_text(tokenizer, msgs[:i], tools=tools, add_generation_prompt=True)
+        upto = render_text(tokenizer, msgs[: i + 1], tools=tools)
         if not upto.startswith(prefix) or not full.startswith(upto):
             raise ModelError("the chat template does not render prefix-stably; cannot mask labels")
         end = len(prefix) + len(upto[len(prefix) :].rstrip())
@@ -76,10 +174,18 @@ def _assistant_spans(tokenizer: Any, conv: Conversation) -> tuple[str, list[tupl
 def encode(tokenizer: Any, conv: Conversation, *, max_len: int) -> Encoded:
     """Tokenize a conversation with loss labels on trained assistant tokens.
 
-    Raises ``InvalidFile`` naming the line when the example exceeds ``max_len`` tokens or has no trained
-    token.
+    Raises ``InvalidFile`` naming the line when the example exceeds ``max_len`` tokens, has no trained
+    token, or is something the base model's chat template refuses (e.g. parallel calls in Llama 3.1's).
     """
-    full, spans = _assistant_spans(tokenizer, conv)
+    try:
+        full, spans = _assistant_spans(tokenizer, conv)
+    except TemplateError as exc:
+        raise InvalidFile(
+            f"the base model's chat template cannot render this example: {exc}",
+            line=conv.line,
+            field="messages",
+            code="template_error",
+        ) from exc
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     labels = [IGNORE] * len(ids)
@@ -103,9 +209,11 @@ def encode(tokenizer: Any, conv: Conversation, *, max_len: int) -> Encoded:
     return Encoded(tuple(ids), tuple(labels), conv.line)
 
 
-def encode_prompt(tokenizer: Any, messages: Sequence[Message], *, max_len: int | None = None) -> list[int]:
-    """Token ids of a prompt (everything up to the assistant's turn), ready for generation."""
-    text = render_text(tokenizer, messages, add_generation_prompt=True)
+def encode_prompt(
+    tokenizer: Any, messages: Sequence[Message], *, tools: Tools = (), max_len: int | None = None
+) -> list[int]:
+    """Token ids of a prompt (everything up to the assistant's turn, with ``tools``), ready for generation."""
+    text = render_text(tokenizer, messages, tools=tools, add_generation_prompt=True)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if max_len is not None and len(ids) > max_len:
         ids = ids[-max_len:]

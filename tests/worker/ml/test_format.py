@@ -2,8 +2,10 @@
 
 import json
 import random
+from dataclasses import replace
+from pathlib import Path
 
-from tunegate.conversation import Conversation, Message, parse_example
+from tunegate.conversation import Conversation, Message, check_example, load_examples, parse_example
 from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.keyword import is_refusal
 from worker.mitigation.inject import inject_count, render_response, safety_examples
@@ -135,3 +137,34 @@ def test_inject_count_bounds():
     assert (
         len(safety_examples(infer_format([chat("a?", "b", line=1)]), 200, seed=0)) == 200
     )  # cycles the pool
+
+
+TOOLS_DATA = Path(__file__).resolve().parents[2] / "data" / "tools.jsonl"
+
+
+def test_tool_calling_dataset_keeps_its_tools_in_safety_examples():
+    exs = load_examples(TOOLS_DATA)
+    fmt = infer_format(exs)
+    assert fmt.tool_sets == [(list(exs[0].tools), len(exs))] and fmt.tools_share == 1.0
+    assert fmt.tools == list(exs[0].tools) and fmt.parallel_tool_calls is None
+    assert fmt.response_kind == "text" and fmt.systems == [(exs[0].system, len(exs))]
+    for c in _check_injected(fmt):
+        assert c.tools == exs[0].tools  # the same tool list ...
+        assert not any(m.tool_calls or m.role == "tool" for m in c.messages)  # ... no fake tool call
+        assert is_refusal(c.text_replies[0]) and c.system == exs[0].system
+        assert check_example(c) == []
+
+
+def test_tools_are_copied_as_often_as_the_user_declares_them():
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    exs = [replace(chat(f"Q{i}?", f"A{i}.", line=i), tools=(tool,) if i % 4 == 0 else ()) for i in range(40)]
+    fmt = infer_format(exs)
+    assert fmt.tools_share == 0.25 and fmt.tools == []  # a minority: evaluation prompts carry no tools
+    share = sum(1 for c in safety_examples(fmt, 400, seed=1) if c.tools == (tool,)) / 400
+    assert 0.15 < share < 0.35
+
+
+def test_a_dataset_without_tools_has_no_tool_keys():
+    fmt = infer_format([chat("a?", "b", line=1)])
+    assert "tool_sets" not in fmt.to_dict() and fmt.tools == []
+    assert all(c.tools == () and c.parallel_tool_calls is None for c in safety_examples(fmt, 5, seed=0))
