@@ -19,7 +19,8 @@ from tunegate.settings import get_settings, reset_settings
 from tunegate.shipped import data_path, read_jsonl
 from worker import runner
 from worker.evaluation.keyword import is_refusal
-from worker.pipeline import STAGES, stage_dir
+from worker.job_view import job_dir
+from worker.stages.all import PIPELINE
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tools.jsonl"
 POOL = {str(r["prompt"]) for r in read_jsonl(data_path("pool", "harmful.jsonl"))}
@@ -45,7 +46,7 @@ def home(migrated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_tool_calling_dataset_runs_through_every_stage(home: Path) -> None:
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
     job_id = make_job("tiny", rows, hyperparameters={"n_epochs": 1, "batch_size": 4})
-    for stage in STAGES:
+    for stage in PIPELINE.names:
         assert runner.execute(stage, job_id).status in ("done", "failed"), stage
     with session_scope() as s:
         job = s.get(Job, job_id)
@@ -55,7 +56,7 @@ def test_tool_calling_dataset_runs_through_every_stage(home: Path) -> None:
             "unsafe_training_data",
         )
     settings = get_settings()
-    out = {stage: stage_dir(settings, job_id, stage) for stage in STAGES}
+    out = {stage: job_dir(settings, job_id) / stage for stage in PIPELINE.names}
     assert read_json(out["validate"] / "result.json")["n_examples"] == len(rows)
 
     # score: one record per example; a turn that only calls a tool is scored on the call's text

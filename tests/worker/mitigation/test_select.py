@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunegate.conversation import check_example, load_examples
-from worker.mitigation.policy import apply, downweight
+from worker.mitigation.select import apply, downweight
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "tools.jsonl"
 
