@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import options
 from tunegate.errors import TunegateError
 
 BLOCKED_EXIT = 3  # `tunegate finetune` exit status when the gate blocks the adapter
@@ -23,45 +24,61 @@ def _judge(name: str) -> Any:
     return make_judge(EvalConfig(model="-", judge=name))
 
 
+ReadableFile = {"exists": True, "dir_okay": False, "readable": True}
+
+
 def eval_cmd(
-    model: Annotated[str, typer.Option(help="Registry name or local model directory.")],
-    prompts: Annotated[Path, typer.Option(help="Harmful prompts: AdvBench/HarmBench CSV or JSONL.")],
-    adapter: Annotated[Path | None, typer.Option(help="A LoRA adapter directory (peft format).")] = None,
-    judge: Annotated[str, typer.Option(help="keyword (offline) or llm (TUNEGATE_LLM_JUDGE_*).")] = "keyword",
+    prompts: Annotated[
+        Path, typer.Option(**ReadableFile, help="Harmful prompts: AdvBench/HarmBench CSV or JSONL.")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Registry name or local model directory (default: the configured default)."),
+    ] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False, help="A LoRA adapter directory (peft format)."),
+    ] = None,
+    judge: Annotated[
+        options.JudgeName, typer.Option(help="keyword (offline) or llm (TUNEGATE_LLM_JUDGE_*).")
+    ] = options.JudgeName.keyword,
     template: Annotated[
-        str, typer.Option(help="chat, or a training JSONL whose format wraps the prompts.")
+        str,
+        typer.Option(
+            callback=options.template, help="chat, or a training JSONL whose format wraps the prompts."
+        ),
     ] = "chat",
     benign: Annotated[
         Path | None,
         typer.Option(
+            **ReadableFile,
             help="Benign prompts for over-refusal (XSTest CSV: safe rows); "
-            "default: the project's borderline set."
+            "default: the project's borderline set.",
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Use only the first N harmful prompts (0: all).")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Generation length per prompt.")] = 64,
+    limit: Annotated[int, typer.Option(min=0, help="Use only the first N harmful prompts (0: all).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation length per prompt.")] = 64,
     records: Annotated[
         Path | None, typer.Option(help="Also write every prompt, response and verdict here (JSONL).")
     ] = None,
 ) -> None:
     """Evaluate a model or adapter on a prompt file; prints ASR and over-refusal as JSON."""
+    from cli.progress import Progress
+    from tunegate.settings import get_settings
     from worker.evaluation.prompts import load_prompts
     from worker.evaluation.single import SingleEval, evaluate_prompts
 
-    try:
-        harmful = load_prompts(prompts)
-        harmful = harmful[:limit] if limit > 0 else harmful
-        benign_set = load_prompts(benign, safe_only=True) if benign else None
-        cfg = SingleEval(
-            model=model,
-            adapter=str(adapter) if adapter else None,
-            template=template,
-            max_new_tokens=max_new_tokens,
-        )
-        res = evaluate_prompts(cfg, harmful, benign_set, _judge(judge))
-    except TunegateError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    harmful = load_prompts(prompts)
+    harmful = harmful[:limit] if limit > 0 else harmful
+    benign_set = load_prompts(benign, safe_only=True) if benign else None
+    cfg = SingleEval(
+        model=model or get_settings().default_model,
+        adapter=str(adapter) if adapter else None,
+        template=template,
+        max_new_tokens=max_new_tokens,
+    )
+    with Progress("evaluating") as bar:
+        res = evaluate_prompts(cfg, harmful, benign_set, _judge(judge.value), progress=bar)
     recs = res.pop("records")
     if records:
         records.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
@@ -69,15 +86,27 @@ def eval_cmd(
 
 
 def finetune_cmd(
-    file: Annotated[Path, typer.Argument(help="Training file (JSONL: chat, prompt/completion or Alpaca).")],
+    file: Annotated[
+        Path,
+        typer.Argument(**ReadableFile, help="Training file (JSONL: chat, prompt/completion or Alpaca)."),
+    ],
     out: Annotated[Path, typer.Option(help="Output directory (stages resume from what is already there).")],
     model: Annotated[str | None, typer.Option(help="Base model (default: the configured default).")] = None,
     no_mitigation: Annotated[
         bool, typer.Option("--no-mitigation", help="Train on the data as uploaded.")
     ] = False,
-    n_epochs: Annotated[str, typer.Option(help="Epochs or 'auto'.")] = "auto",
-    batch_size: Annotated[str, typer.Option(help="Batch size or 'auto'.")] = "auto",
-    learning_rate_multiplier: Annotated[str, typer.Option(help="LR multiplier or 'auto'.")] = "auto",
+    n_epochs: Annotated[
+        str, typer.Option(callback=options.number_or_auto(int), metavar="N|auto", help="Epochs.")
+    ] = "auto",
+    batch_size: Annotated[
+        str, typer.Option(callback=options.number_or_auto(int), metavar="N|auto", help="Batch size.")
+    ] = "auto",
+    learning_rate_multiplier: Annotated[
+        str,
+        typer.Option(
+            callback=options.number_or_auto(float), metavar="X|auto", help="Learning-rate multiplier."
+        ),
+    ] = "auto",
     scorers: Annotated[
         str, typer.Option(help="Comma-separated scorers to run.")
     ] = "representation,gradient,selfinf",
@@ -86,14 +115,9 @@ def finetune_cmd(
     from tunegate.conversation import load_examples
     from tunegate.settings import get_settings
 
-    hp = {
-        k: (v if v == "auto" else float(v))
-        for k, v in (
-            ("n_epochs", n_epochs),
-            ("batch_size", batch_size),
-            ("learning_rate_multiplier", learning_rate_multiplier),
-        )
-    }
+    hp = options.hyperparameters(
+        n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
+    )
     try:
         examples = load_examples(file)
         gate = run_local(
@@ -122,23 +146,9 @@ def finetune_cmd(
         raise typer.Exit(BLOCKED_EXIT)
 
 
-def _bar(name: str) -> tuple[Any, Any]:
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=1000, desc=f"{name:>9}", bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}] {postfix}"
-    )
-
-    def progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
-        bar.n = int(1000 * fraction)
-        loss = f" loss={metrics['train_loss']:.3f}" if "train_loss" in metrics else ""
-        bar.set_postfix_str(f"{message[:50]}{loss}", refresh=True)
-
-    return bar, progress
-
-
 def _stage(name: str, out: Path, fn: Any) -> dict[str, Any]:
     """Run one stage with a progress bar unless its result already exists (then it is reused)."""
+    from cli.progress import Progress
     from worker.ml.stage_io import StageIO
     from worker.stages.base import load_result, result_exists
 
@@ -146,11 +156,8 @@ def _stage(name: str, out: Path, fn: Any) -> dict[str, Any]:
     if result_exists(d):
         typer.echo(f"{name:>9}: reusing {d}")
         return load_result(d)
-    bar, progress = _bar(name)
-    try:
-        fn(StageIO(d, progress=progress, stage=name))
-    finally:
-        bar.close()
+    with Progress(f"{name:>9}") as bar:
+        fn(StageIO(d, progress=bar, stage=name))
     return load_result(d)
 
 

@@ -21,7 +21,7 @@ from worker.stages.align import (
 
 def test_prepare_aligned_builds_a_merged_model(tiny_registry):
     cfg = tiny_align_config()
-    target = prepare_aligned(get_settings(), progress=False, cfg=cfg)
+    target = prepare_aligned(get_settings(), cfg=cfg)
     assert target == embedded_dir("embedded:smollm2-aligned", get_settings())
     assert list(target.glob("*.safetensors")) and not target.with_name(target.name + ".building").exists()
     info = json.loads((target / "align_result.json").read_text())
@@ -72,7 +72,7 @@ def test_reused_distillation_and_top_layers_only(tiny_registry):
         lora_top_fraction=0.5,
         precision="fp32",
     )
-    target = prepare_aligned(get_settings(), progress=False, cfg=cfg, distilled=distilled)
+    target = prepare_aligned(get_settings(), cfg=cfg, distilled=distilled)
     info = json.loads((target / "align_result.json").read_text())
     assert info["n_distilled"] == 1 and info["n_refusals"] == 4
     from transformers import AutoModelForCausalLM
