@@ -99,21 +99,24 @@ def _job_row(job: Any) -> str:
     return f"{job.id}\t{job.status}\t{job.model}\t{outcome}\t{_when(job.created_at)}"
 
 
-def _training_file(client: openai.OpenAI, value: str) -> str:
-    """A file id as given, or a local file uploaded first."""
-    path = Path(value)
-    if path.is_file():
-        f = _upload(client, path, wait=True)
-        typer.echo(f"uploaded {path} as {f.id}", err=True)
-        return str(f.id)
+def _file_arg(value: str | None, option: str) -> Path | str | None:
+    """A local file to upload, or a file id as given; anything else is a usage error."""
+    if value is None:
+        return None
+    if Path(value).is_file():
+        return Path(value)
     if value.startswith("file-"):
         return value
-    raise typer.BadParameter(f"{value!r} is neither a file id (file-...) nor a local file")
+    raise typer.BadParameter(f"{value!r} is neither a file id (file-...) nor a local file", param_hint=option)
 
 
-NumberOrAuto = Annotated[
-    str | None, typer.Option(help="A number or 'auto' (default: the service chooses).", metavar="N|auto")
-]
+def _file_id(client: openai.OpenAI, value: Path | str | None) -> str | None:
+    """The file id of ``value``; a local file is uploaded first (and must pass the service's checks)."""
+    if not isinstance(value, Path):
+        return value
+    f = _upload(client, value, wait=True)
+    typer.echo(f"uploaded {value} as {f.id}", err=True)
+    return str(f.id)
 
 
 @jobs_app.command("create")
@@ -146,14 +149,16 @@ def jobs_create(
     from tunegate.settings import get_settings
 
     safety = options.parse_policy(policy or [], options.job_policy_keys())
+    training = _file_arg(training_file, "'--training-file'")
+    validation = _file_arg(validation_file, "'--validation-file'")
     client, url = connect()
     hp = options.hyperparameters(
         n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
     )
     job = client.fine_tuning.jobs.create(
         model=model or get_settings().default_model,
-        training_file=_training_file(client, training_file),
-        validation_file=_training_file(client, validation_file) if validation_file else None,
+        training_file=str(_file_id(client, training)),
+        validation_file=_file_id(client, validation),
         suffix=suffix,
         hyperparameters=hp or None,  # type: ignore[arg-type]  # numbers or "auto", as the API takes them
         extra_body={"safety": safety} if safety else None,
