@@ -233,13 +233,13 @@ def jobs_download(
     ] = None,
 ) -> None:
     """Download the LoRA adapter (peft format, tar.gz) of a job whose safety gate released it."""
-    import httpx
+    import openai
 
     client, _ = connect()
-    response = client.get(f"/fine_tuning/jobs/{job_id}/adapter", cast_to=httpx.Response)
+    archive = client.get(f"/fine_tuning/jobs/{job_id}/adapter", cast_to=openai.HttpxBinaryResponseContent)
     target = out or Path(f"{job_id}-adapter.tar.gz")
-    target.write_bytes(response.content)
-    typer.echo(f"wrote {target} ({len(response.content)} bytes)")
+    target.write_bytes(archive.content)
+    typer.echo(f"wrote {target} ({len(archive.content)} bytes)")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner, Result
 from cli import app
 from tests.api.conftest import good_file, new_key, server  # noqa: F401 (the live API server fixture)
 from tests.api.server import Server
+from tests.api.test_releases import _release
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 MODEL = "smollm2-135m"
@@ -76,3 +77,18 @@ def test_jobs_create_with_a_file_id(api: Server, tmp_path: Path) -> None:
     file_id = rows(ok("files", "upload", str(path)))[0][0]
     job_id = rows(ok("jobs", "create", "--training-file", file_id, "--model", MODEL))[0][0]
     assert json.loads(ok("jobs", "show", job_id).stdout)["training_file"] == file_id
+
+
+def test_jobs_report_and_download_of_a_released_job(api: Server, tmp_path: Path) -> None:
+    import tarfile
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(good_file())
+    job_id = rows(ok("jobs", "create", "--training-file", str(path), "--model", MODEL))[0][0]
+    _release(job_id, tmp_path / "artifacts")  # what the gate stage leaves on a pass
+    assert json.loads(ok("jobs", "report", job_id).stdout)["verdict"]["released"] is True
+    ok("jobs", "report", job_id, "--out", str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"]["asr_delta"] == 0.01
+    ok("jobs", "download", job_id, "--out", str(tmp_path / "a.tar.gz"))
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        assert f"{job_id}-adapter/adapter_config.json" in tar.getnames()

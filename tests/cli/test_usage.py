@@ -176,3 +176,23 @@ def test_bad_key_gets_the_servers_message(live: dict[str, str], monkeypatch: pyt
     monkeypatch.setenv("TUNEGATE_API_KEY", "tg-not-a-key")
     assert_one_line(run(["follow", live["job"]]), FAILED, "HTTP 401")
     assert_one_line(run(["jobs", "list"]), FAILED, "HTTP 401")
+
+
+def test_version_and_help_for_users(files: dict[str, str]) -> None:
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("tunegate ")
+    shown = CliRunner().invoke(app, ["--help"])
+    assert shown.exit_code == 0 and "files upload" in shown.stdout and "TUNEGATE_API_KEY" in shown.stdout
+    assert ".py" not in shown.stdout and "cli/" not in shown.stdout  # no source paths
+
+
+def test_debug_keeps_the_traceback(files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    res = CliRunner().invoke(app, ["--debug", "keys", "list"])
+    assert res.exit_code == 1 and isinstance(res.exception, OperationalError)
+    monkeypatch.setenv("TUNEGATE_DEBUG", "1")
+    from tunegate.settings import reset_settings
+
+    reset_settings()
+    assert isinstance(CliRunner().invoke(app, ["keys", "list"]).exception, OperationalError)
