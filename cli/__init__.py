@@ -64,4 +64,6 @@ def root(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpx2"):  # a line per request (the SDK's client is httpx2) would break the bars
+        logging.getLogger(name).setLevel(logging.WARNING)
     app()

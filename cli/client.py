@@ -79,7 +79,8 @@ def wait(
                 away = time.monotonic() - last_contact
                 if away > unreachable_s:
                     raise WaitTimeout(
-                        f"cannot reach the tunegate API at {base_url} (gave up after {away:.0f}s): {exc}"
+                        f"cannot reach the tunegate API at {base_url} (gave up after {away:.0f}s): "
+                        f"{exc.__cause__ or exc}"
                     ) from exc
                 log.debug("polling %s: %s (retrying)", job_id, exc)
             else:

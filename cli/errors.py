@@ -64,7 +64,8 @@ def one_line(exc: BaseException) -> str | None:
     if isinstance(exc, openai.APIStatusError):
         return _api_status_line(exc)
     if isinstance(exc, openai.APIConnectionError):
-        return f"cannot reach the tunegate API at {exc.request.url}: {exc.message}"
+        url, why = exc.request.url, exc.__cause__ or exc
+        return f"cannot reach the tunegate API at {url.scheme}://{url.netloc.decode()}: {why}"
     if isinstance(exc, WaitTimeout):
         return str(exc)
     if isinstance(exc, Exception) and type(exc).__module__.startswith("sqlalchemy"):

@@ -22,6 +22,16 @@ from tqdm import tqdm
 TICKS = 1000  # the bar's resolution: fractions are shown to 0.1 %
 
 
+class _Text:
+    """The bar's right-hand text as tqdm's ``postfix``: not a str, so tqdm does not prefix it with ", "."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __format__(self, spec: str) -> str:
+        return self.text
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -86,7 +96,8 @@ class Progress:
         eta = self.eta(now)
         timing = f"[{_duration(now - self._t0)}" + (f"<{_duration(eta)}]" if eta is not None else "]")
         self._bar.n = int(TICKS * self._fraction)
-        self._bar.set_postfix_str(f"{timing} {self._message}".rstrip(), refresh=True)
+        self._bar.postfix = _Text(f"{timing} {self._message}".rstrip())
+        self._bar.refresh()
 
     def _tick(self, every: float) -> None:
         while not self._closed.wait(every):

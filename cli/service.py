@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import typer
 
 from cli.errors import UNREACHABLE_S, UsageError
 from tunegate.settings import EMBEDDED_ALIGNED, get_settings
-
-
-def _quiet_http() -> None:
-    """Per-request INFO lines from httpx would break the progress bar of follow/demo."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def serve(
@@ -117,7 +111,6 @@ def follow_job(job_id: str, *, base_url: str, api_key: str, unreachable_s: float
     create --follow``)."""
     from cli.client import wait
 
-    _quiet_http()
     job = wait(job_id, base_url=base_url, api_key=api_key, unreachable_s=unreachable_s)
     typer.echo(
         f"{job_id}: {job['status']}"
@@ -136,7 +129,6 @@ def demo(
     """Start the embedded stack and fine-tune a benign and a risky dataset through the openai SDK."""
     from cli.demo import run_demo
 
-    _quiet_http()
     s = get_settings()
     outcomes = run_demo(
         model=model, host=s.api_host, port=port or s.api_port, echo=typer.echo, timeout_s=timeout
