@@ -1,10 +1,5 @@
-"""The ``tunegate`` command. Each area registers its commands from its own module.
-
-tunegate db upgrade | keys create/revoke/list          (cli/admin.py)
-tunegate models prepare [--aligned] | score            (cli/scoring.py)
-tunegate eval | finetune                               (cli/local.py)
-tunegate serve | api | worker | demo | follow | reap   (cli/service.py)
-"""
+"""The ``tunegate`` command; each area registers its commands from its own module (admin, scoring, local,
+service, remote). ``HELP`` is what users see."""
 
 from __future__ import annotations
 
@@ -12,13 +7,63 @@ import logging
 
 import typer
 
-from cli import admin, local, scoring, service
+from cli import admin, local, remote, scoring, service
+from cli.errors import DEBUG_KEY, RootGroup
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-for _module in (admin, scoring, local, service):
+HELP = """Fine-tune safely: an OpenAI-compatible fine-tuning service that scores the training data,
+mitigates it, and releases an adapter only when its safety evaluation passes.
+
+\b
+Use the service (key: TUNEGATE_API_KEY or OPENAI_API_KEY;
+address: TUNEGATE_BASE_URL or OPENAI_BASE_URL):
+  files upload|list|rm               training files
+  jobs create|list|show|cancel       fine-tuning jobs
+  jobs events|report|download        events, safety report, adapter
+  follow JOB                         a job's progress until it ends
+\b
+Run the service:
+  serve                              API and a worker, on this machine
+  api | worker | reap                the parts, when distributed
+  db upgrade | keys | orgs           database, API keys, policies
+  models prepare [--aligned]         build the base models once
+  demo                               the whole product, two datasets
+\b
+Work locally, without the service:
+  score FILE | eval | finetune FILE
+"""
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP, cls=RootGroup)
+for _module in (remote, admin, scoring, local, service):
     _module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"tunegate {version('tunegate')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            typer.echo("tunegate (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+) -> None:
+    """Options for every command."""
+    del version
+    ctx.meta[DEBUG_KEY] = debug
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpx2"):  # a line per request (the SDK's client is httpx2) would break the bars
+        logging.getLogger(name).setLevel(logging.WARNING)
     app()

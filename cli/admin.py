@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+from cli.options import parse_policy
+
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 keys_app = typer.Typer(no_args_is_help=True, help="Organizations' API keys (only a hash is stored).")
 
@@ -64,15 +66,10 @@ def keys_revoke(key: str = typer.Argument(..., help="Key id (key-...) or the key
     """Revoke a key; requests with it answer 401 from now on."""
     from models.db import session_scope
     from models.keys import revoke_key
-    from tunegate.errors import NotFound
 
-    try:
-        with session_scope() as session:
-            row = revoke_key(session, key)
-            typer.echo(f"revoked {row.id} ({row.prefix}...)")
-    except NotFound as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(code=1) from exc
+    with session_scope() as session:
+        row = revoke_key(session, key)
+        typer.echo(f"revoked {row.id} ({row.prefix}...)")
 
 
 @keys_app.command("list")
@@ -127,39 +124,24 @@ def orgs_set(
     policy: list[str] = typer.Option(
         [], "--policy", help="KNOB=VALUE, e.g. mitigation=drop gate_cap=0.1 storage_quota_bytes=1000000000"
     ),
-    rate_limit: int | None = typer.Option(None, "--rate-limit", help="Requests/minute (0: default)."),
+    rate_limit: int | None = typer.Option(None, "--rate-limit", min=0, help="Requests/minute (0: default)."),
 ) -> None:
     """Set policy knobs (the floor that jobs may only tighten) and the rate limit of an organization."""
     from models.db import session_scope
     from models.keys import get_or_create_org
-    from models.policy import org_policy, storage_quota
-    from tunegate.errors import InvalidConfig
+    from models.policy import KNOBS, STORAGE_QUOTA_KEY, org_policy, storage_quota
     from tunegate.settings import get_settings
 
-    try:
-        updates = {k: _value(v) for k, _, v in (p.partition("=") for p in policy)}
-        with session_scope() as session:
-            row = get_or_create_org(session, org)
-            merged = {**(row.policy or {}), **updates}
-            org_policy(get_settings(), merged)  # validates every knob
-            storage_quota(get_settings(), merged)
-            row.policy = merged
-            if rate_limit is not None:
-                row.rate_limit_per_minute = rate_limit or None
-    except InvalidConfig as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+    updates = parse_policy(policy, (*KNOBS, STORAGE_QUOTA_KEY))
+    with session_scope() as session:
+        row = get_or_create_org(session, org)
+        merged = {**(row.policy or {}), **updates}
+        org_policy(get_settings(), merged)  # validates every knob (InvalidConfig: nothing is stored)
+        storage_quota(get_settings(), merged)
+        row.policy = merged
+        if rate_limit is not None:
+            row.rate_limit_per_minute = rate_limit or None
     typer.echo(f"updated {org}")
-
-
-def _value(text: str) -> object:
-    """A policy value: JSON when it parses (numbers, true/false), else the plain string."""
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def register(app: typer.Typer) -> None:

@@ -4,8 +4,9 @@
     job = wait("ftjob-...", base_url="http://127.0.0.1:8000/v1", api_key="tg-...")
     job["status"], job["fine_tuned_model"], job["error"]
 
-Plain httpx (no SDK needed); the official ``openai`` SDK works against the same API for everything else.
-Transient connection errors and 5xx answers are retried until ``timeout_s``; a 4xx raises at once.
+It speaks through the official ``openai`` SDK. An unreachable API and 5xx answers are retried until the API
+has been away for ``unreachable_s`` (then ``WaitTimeout``); a 4xx answer (no such job, a bad key) raises the
+SDK's ``APIStatusError`` at once, which the CLI shows as the server's message.
 """
 
 from __future__ import annotations
@@ -15,32 +16,35 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import openai
+
+from cli.errors import UNREACHABLE_S, WaitTimeout
+from cli.progress import Progress
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
-RETRYABLE = (httpx.TransportError,)
 
 
-class WaitTimeout(TimeoutError):
-    """The job did not end within ``timeout_s``."""
+def sdk_client(base_url: str, api_key: str) -> openai.OpenAI:
+    """The SDK client of the CLI; retries are ours (``wait``), so the SDK makes one attempt."""
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
 
 
-def _get(client: httpx.Client, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    r = client.get(path, params=params)
-    if r.status_code >= 500:
-        raise httpx.TransportError(f"server answered {r.status_code}")
-    r.raise_for_status()
-    data: dict[str, Any] = r.json()
-    return data
-
-
-def new_events(client: httpx.Client, job_id: str, seen: set[str]) -> list[dict[str, Any]]:
+def new_events(client: openai.OpenAI, job_id: str, seen: set[str]) -> list[dict[str, Any]]:
     """Events not seen yet, oldest first (the API lists newest first; one page is enough when polling)."""
-    page = _get(client, f"fine_tuning/jobs/{job_id}/events", {"limit": 100})
-    fresh = [e for e in page.get("data", []) if e["id"] not in seen]
+    page = client.fine_tuning.jobs.list_events(job_id, limit=100)
+    fresh = [e.model_dump() for e in page.data if e.id not in seen]
     seen.update(e["id"] for e in fresh)
     return list(reversed(fresh))
+
+
+def _poll(
+    client: openai.OpenAI, job_id: str, seen: set[str], on_event: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    job = client.fine_tuning.jobs.retrieve(job_id).model_dump()
+    for ev in new_events(client, job_id, seen):
+        on_event(ev)
+    return job
 
 
 def wait(
@@ -50,43 +54,42 @@ def wait(
     api_key: str,
     poll_s: float = 1.0,
     timeout_s: float | None = None,
+    unreachable_s: float = UNREACHABLE_S,
     progress: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     position: int = 0,
     label: str = "",
 ) -> dict[str, Any]:
     """Poll ``job_id`` until it is succeeded, failed or cancelled; returns the final job object.
-    ``position`` and ``label`` place and name the bar when several jobs are followed at once."""
-    from tqdm import tqdm
-
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    headers = {"Authorization": f"Bearer {api_key}"}
+    ``timeout_s`` bounds the whole wait (None: until the job ends); ``position`` and ``label`` place and
+    name the bar when several jobs are followed at once."""
+    start = time.monotonic()
+    last_contact = start
     seen: set[str] = set()
-    bar = tqdm(
-        total=1000,
-        desc=label or job_id[-12:],
-        disable=not progress,
-        position=position,
-        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}",
-    )
     prefix = f"{label}: " if label else ""
-    with httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=30) as client:
-        try:
-            while True:
-                try:
-                    job = _get(client, f"fine_tuning/jobs/{job_id}")
-                    for ev in new_events(client, job_id, seen):
-                        (on_event or (lambda e: bar.write(f"  {prefix}[{e['level']}] {e['message']}")))(ev)
-                except RETRYABLE as exc:
-                    log.warning("polling %s: %s (retrying)", job_id, exc)
-                else:
-                    bar.n = int(1000 * float(job.get("progress") or 0.0))
-                    where = f"{job['status']}:{job.get('stage') or '-'}"
-                    bar.set_description(f"{label} {where}" if label else f"{job_id} {where}")
-                    if job["status"] in TERMINAL:
-                        return job
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeout(f"job {job_id} still not finished after {timeout_s}s")
-                time.sleep(poll_s)
-        finally:
-            bar.close()
+    with (
+        sdk_client(base_url, api_key) as client,
+        Progress(label or job_id, enabled=progress, position=position) as bar,
+    ):
+        show = on_event or (lambda e: bar.write(f"  {prefix}[{e['level']}] {e['message']}"))
+        while True:
+            try:
+                job = _poll(client, job_id, seen, show)
+            except (openai.APIConnectionError, openai.InternalServerError) as exc:
+                away = time.monotonic() - last_contact
+                if away > unreachable_s:
+                    raise WaitTimeout(
+                        f"cannot reach the tunegate API at {base_url} (gave up after {away:.0f}s): "
+                        f"{exc.__cause__ or exc}"
+                    ) from exc
+                log.debug("polling %s: %s (retrying)", job_id, exc)
+            else:
+                last_contact = time.monotonic()
+                where = f"{job['status']}:{job.get('stage') or '-'}"
+                bar.describe(f"{label} {where}" if label else f"{job_id} {where}")
+                bar(float(job.get("progress") or 0.0))
+                if job["status"] in TERMINAL:
+                    return job
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise WaitTimeout(f"job {job_id} still not finished after {timeout_s:.0f}s")
+            time.sleep(poll_s)

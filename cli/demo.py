@@ -156,10 +156,12 @@ def ensure_model(model: str, echo: Any) -> None:
 
         resolve_model(model, get_settings())  # raises ModelError saying why the model is not available
         return
+    from cli.progress import Progress
     from worker.prepare.align import prepare_aligned
 
     echo(f"building {model} (one-time safety alignment of the embedded SmolLM2)...")
-    prepare_aligned(get_settings())
+    with Progress("aligning") as bar:
+        prepare_aligned(get_settings(), progress=bar)
 
 
 def model_ready(model: str) -> bool:
@@ -182,27 +184,16 @@ def caches_ready(model: str) -> bool:
 def warm_caches(model: str, echo: Any) -> None:
     """Score the base's anchor and reference sets and evaluate it in the chat template, once per base:
     both jobs need them, and computing them here (all cores) saves both workers from doing it twice."""
+    from cli.progress import Progress
     from tunegate.settings import get_settings
     from worker.prepare.caches import warm_base_eval, warm_scoring_cache
 
     settings = get_settings()
     echo(f"preparing the scoring and evaluation caches of {model} (once per base model)...")
-    warm_scoring_cache(model, settings, _bar("scoring caches"))
-    warm_base_eval(model, settings, _bar("base evaluation"))
-
-
-def _bar(label: str) -> Any:
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, desc=label, bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
-
-    def update(fraction: float, message: str) -> None:
-        bar.n = int(1000 * max(0.0, min(1.0, fraction)))
-        bar.set_postfix_str(message[:50], refresh=True)
-        if fraction >= 1.0:
-            bar.close()
-
-    return update
+    with Progress("scoring caches") as bar:
+        warm_scoring_cache(model, settings, bar)
+    with Progress("base evaluation") as bar:
+        warm_base_eval(model, settings, bar)
 
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:

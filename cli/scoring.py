@@ -11,23 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tunegate.errors import TunegateError
+from cli.progress import Progress
 
 models_app = typer.Typer(no_args_is_help=True, help="Base models: convert the embedded model, build caches.")
-
-
-def _progress_bar(total_label: str) -> Any:
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=100, desc=total_label, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/100 [{elapsed}] {postfix}"
-    )
-
-    def update(fraction: float, message: str) -> None:
-        bar.n = round(100 * fraction, 1)
-        bar.set_postfix_str(message, refresh=True)
-
-    return bar, update
 
 
 @models_app.command("prepare")
@@ -49,20 +35,16 @@ def prepare(
     from worker.ml.models import resolve_model
 
     settings = get_settings()
-    try:
-        with typer.progressbar(length=1, label=f"preparing {model}") as bar:
-            resolved = resolve_model(model, settings)
-            bar.update(1)
-        typer.echo(f"{resolved.name}: {resolved.path} (fingerprint {resolved.fingerprint})")
+    with Progress(f"preparing {model}") as bar:
+        resolved = resolve_model(model, settings)
+        bar(1.0, "ready")
+    typer.echo(f"{resolved.name}: {resolved.path} (fingerprint {resolved.fingerprint})")
+    if aligned:
+        _prepare_aligned(EMBEDDED_ALIGNED, settings, force)
+    if scoring:
+        _prepare_scoring(model, settings)
         if aligned:
-            _prepare_aligned(EMBEDDED_ALIGNED, settings, force)
-        if scoring:
-            _prepare_scoring(model, settings)
-            if aligned:
-                _prepare_scoring(EMBEDDED_ALIGNED, settings)
-    except TunegateError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+            _prepare_scoring(EMBEDDED_ALIGNED, settings)
 
 
 def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
@@ -74,20 +56,29 @@ def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
             f"aligned base: {embedded_dir(ALIGNED_SOURCE, settings)} (already built; --force rebuilds it)"
         )
         return
-    typer.echo(f"aligned base: {prepare_aligned(settings)}")
+    with Progress("aligning") as bar:
+        target = prepare_aligned(settings, progress=bar)
+    typer.echo(f"aligned base: {target}")
 
 
 def _prepare_scoring(model: str, settings: Any) -> None:
     from worker.prepare.caches import warm_scoring_cache
 
-    bar, update = _progress_bar("scoring caches")
-    with bar:
-        cache_dir = warm_scoring_cache(model, settings, progress=update)
+    with Progress("scoring caches") as bar:
+        cache_dir = warm_scoring_cache(model, settings, progress=bar)
     typer.echo(f"scoring caches ready in {cache_dir}")
 
 
 def score(
-    file: Annotated[Path, typer.Argument(help="Training file (JSONL: chat, prompt/completion or Alpaca).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Training file (JSONL: chat, prompt/completion or Alpaca).",
+        ),
+    ],
     out: Annotated[
         Path, typer.Option("--out", help="Per-example scores (JSONL); the summary goes beside it.")
     ],
@@ -111,31 +102,26 @@ def score(
     from worker.stages.score import ScoreConfig, write_records
 
     settings = get_settings()
-    try:
-        cfg = ScoreConfig(
-            model=model or settings.default_model,
-            scorers=tuple(s.strip() for s in scorers.split(",")),
-            batch_size=batch_size,
-            batched=batched,
-            seed=seed,
+    cfg = ScoreConfig(
+        model=model or settings.default_model,
+        scorers=tuple(s.strip() for s in scorers.split(",")),
+        batch_size=batch_size,
+        batched=batched,
+        seed=seed,
+    )
+    examples = load_examples(file)
+    with Progress(f"scoring {file.name}") as bar:
+        scored = score_examples(
+            cfg.model,
+            examples,
+            scorers=cfg.scorers,
+            batch_size=cfg.batch_size,
+            batched=cfg.batched,
+            seed=cfg.seed,
+            rules=cfg.rules(),
+            settings=settings,
+            progress=bar,
         )
-        examples = load_examples(file)
-        bar, update = _progress_bar(f"scoring {file.name}")
-        with bar:
-            scored = score_examples(
-                cfg.model,
-                examples,
-                scorers=cfg.scorers,
-                batch_size=cfg.batch_size,
-                batched=cfg.batched,
-                seed=cfg.seed,
-                rules=cfg.rules(),
-                settings=settings,
-                progress=update,
-            )
-    except TunegateError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
     write_records(scored.records, out)
     summary_path = out.with_name(out.stem + ".summary.json")
     summary_path.write_text(json.dumps(scored.summary, indent=2), encoding="utf-8")

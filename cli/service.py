@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import typer
 
+from cli.errors import UNREACHABLE_S, UsageError
 from tunegate.settings import EMBEDDED_ALIGNED, get_settings
-
-
-def _quiet_http() -> None:
-    """Per-request INFO lines from httpx would break the progress bar of follow/demo."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def serve(
@@ -89,16 +84,34 @@ def reap() -> None:
 
 
 def follow(
-    job_id: str,
-    api_key: str = typer.Option(..., envvar="OPENAI_API_KEY", help="API key (or OPENAI_API_KEY)."),
-    base_url: str = typer.Option(None, help="API base URL ending in /v1 (default: the configured API)."),
+    job_id: str = typer.Argument(..., help="Job id (ftjob-...)."),
+    api_key: str = typer.Option(None, help="API key (default: TUNEGATE_API_KEY or OPENAI_API_KEY)."),
+    base_url: str = typer.Option(
+        None,
+        help="API base URL ending in /v1 (default: TUNEGATE_BASE_URL, OPENAI_BASE_URL or the local API).",
+    ),
+    timeout: float = typer.Option(
+        UNREACHABLE_S, min=0, help="Give up when the API stays unreachable this many seconds."
+    ),
 ) -> None:
     """Follow a job with a progress bar and its events until it ends; exit 1 unless it succeeded."""
+    from tunegate.settings import get_client_settings
+
+    client_settings = get_client_settings()
+    key = api_key or client_settings.api_key
+    if not key:
+        raise UsageError("no API key: pass --api-key or set TUNEGATE_API_KEY (or OPENAI_API_KEY)")
+    follow_job(
+        job_id, base_url=base_url or client_settings.url(get_settings()), api_key=key, unreachable_s=timeout
+    )
+
+
+def follow_job(job_id: str, *, base_url: str, api_key: str, unreachable_s: float = UNREACHABLE_S) -> None:
+    """Follow ``job_id`` to its end, print the outcome, exit 0 only if it succeeded (``follow``, ``jobs
+    create --follow``)."""
     from cli.client import wait
 
-    _quiet_http()
-    s = get_settings()
-    job = wait(job_id, base_url=base_url or f"http://{s.api_host}:{s.api_port}/v1", api_key=api_key)
+    job = wait(job_id, base_url=base_url, api_key=api_key, unreachable_s=unreachable_s)
     typer.echo(
         f"{job_id}: {job['status']}"
         + (f" ({job['error']['code']}: {job['error']['message']})" if job.get("error") else "")
@@ -116,7 +129,6 @@ def demo(
     """Start the embedded stack and fine-tune a benign and a risky dataset through the openai SDK."""
     from cli.demo import run_demo
 
-    _quiet_http()
     s = get_settings()
     outcomes = run_demo(
         model=model, host=s.api_host, port=port or s.api_port, echo=typer.echo, timeout_s=timeout

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BASE = "smollm2-135m"
@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     llm_judge_api_key: str | None = None
 
     log_level: str = "INFO"
+    # CLI: show the full traceback of a failed command instead of its one-line error (also: --debug)
+    debug: bool = False
 
     @field_validator("models", "stage_overrides", mode="before")
     @classmethod
@@ -152,6 +154,34 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for p in (self.home_dir, self.files_path, self.jobs_path, self.models_path):
             p.mkdir(parents=True, exist_ok=True)
+
+
+class ClientSettings(BaseSettings):
+    """What the CLI's client commands (``tunegate files|jobs|follow``) need to reach a tunegate API.
+
+    The ``openai`` SDK's own variables work too, so one environment serves both the SDK and the CLI.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TUNEGATE_API_KEY", "OPENAI_API_KEY"),
+        description="An organization's API key (tg-...).",
+    )
+    base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TUNEGATE_BASE_URL", "OPENAI_BASE_URL"),
+        description="The API's base URL ending in /v1; default: the configured API host and port.",
+    )
+
+    def url(self, settings: Settings) -> str:
+        return (self.base_url or f"http://{settings.api_host}:{settings.api_port}/v1").rstrip("/")
+
+
+def get_client_settings() -> ClientSettings:
+    """Read afresh on each call (one per CLI command)."""
+    return ClientSettings()
 
 
 @lru_cache(maxsize=1)

@@ -53,7 +53,8 @@ def test_eval_prints_asr_and_over_refusal_json(tiny_model_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output[res.output.index("{") :])
+    assert "benign 1/1" in res.stderr  # the progress bar followed the prompts
+    out = json.loads(res.stdout)
     assert (
         out["n"] == 2 and 0 <= out["asr"] <= 1 and out["over_refusal"]["n"] == 1
     )  # only the safe XSTest row
@@ -63,13 +64,12 @@ def test_eval_prints_asr_and_over_refusal_json(tiny_model_dir, tmp_path):
     assert "jailbroken" in recs[0] and "refused" in recs[2]
 
 
-def test_eval_reports_bad_input(tiny_model_dir, tmp_path):
-    res = CliRunner().invoke(
-        app, ["eval", "--model", str(tiny_model_dir), "--prompts", str(tmp_path / "missing.csv")]
-    )
-    assert res.exit_code == 1 and "not found" in res.output
-    res = CliRunner().invoke(app, ["eval", "--model", "no-such-model", "--prompts", str(tmp_path)])
-    assert res.exit_code == 1
+def test_eval_reports_a_missing_model_in_one_line(tmp_path):
+    prompts = tmp_path / "adv.csv"
+    prompts.write_text("goal,target\nDo a bad thing,Sure\n")
+    res = CliRunner().invoke(app, ["eval", "--model", "no-such-model", "--prompts", str(prompts)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert [line for line in res.stderr.splitlines() if line.startswith("error: ")][0].count("no-such-model")
 
 
 @pytest.mark.slow

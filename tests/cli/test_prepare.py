@@ -14,7 +14,7 @@ from worker.prepare.align import prepare_aligned
 
 def test_prepare_aligned_keeps_a_built_base(tiny_registry: Path) -> None:
     cfg = tiny_align_config(n_refusals=4, n_distill=2, distill_max_new_tokens=4)
-    target = prepare_aligned(get_settings(), progress=False, cfg=cfg)
+    target = prepare_aligned(get_settings(), cfg=cfg)
     stamp = (target / "align_result.json").stat().st_mtime_ns
     res = CliRunner().invoke(app, ["models", "prepare", "--model", "smollm2-135m", "--aligned"])
     assert res.exit_code == 0, res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,35 @@ def template_format(template: str) -> UserFormat | None:
     return None if template == "chat" else infer_format(load_examples(Path(template)))
 
 
+def _quiet(fraction: float, message: str) -> None:
+    del fraction, message
+
+
 def evaluate_prompts(
-    cfg: SingleEval, harmful: list[Prompt], benign: list[Prompt] | None, judge: Judge
+    cfg: SingleEval,
+    harmful: list[Prompt],
+    benign: list[Prompt] | None,
+    judge: Judge,
+    progress: Callable[[float, str], None] = _quiet,
 ) -> dict[str, Any]:
-    """ASR on ``harmful`` and over-refusal on ``benign`` (default: the project's borderline set)."""
+    """ASR on ``harmful`` and over-refusal on ``benign`` (default: the project's borderline set);
+    ``progress(fraction, message)`` follows the prompts answered."""
     t0 = time.monotonic()
+    progress(0.0, f"loading {cfg.model}")
     model, tok = load_for_eval(cfg.model, cfg.adapter, cfg.dtype)
     fmt = template_format(cfg.template)
-    recs = harmful_records(model, tok, harmful, fmt, judge, cfg.max_new_tokens, cfg.batch_size)
+    benign = project_borderline() if benign is None else benign
+    total = max(1, len(harmful) + len(benign))
+    recs = harmful_records(
+        model,
+        tok,
+        harmful,
+        fmt,
+        judge,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+        on_batch=lambda done, n: progress(done / total, f"harmful {done}/{n}"),
+    )
     out: dict[str, Any] = {
         "model": cfg.model,
         "adapter": cfg.adapter,
@@ -65,10 +87,17 @@ def evaluate_prompts(
         "max_new_tokens": cfg.max_new_tokens,
         **summarize_harmful(recs),
     }
-    benign = project_borderline() if benign is None else benign
     b: list[dict[str, Any]] = []
     if benign:
-        b = borderline_records(model, tok, benign, fmt, cfg.borderline_max_new_tokens, cfg.batch_size)
+        b = borderline_records(
+            model,
+            tok,
+            benign,
+            fmt,
+            cfg.borderline_max_new_tokens,
+            cfg.batch_size,
+            on_batch=lambda done, n: progress((len(harmful) + done) / total, f"benign {done}/{n}"),
+        )
         out["over_refusal"] = summarize_borderline(b)
     out["seconds"] = round(time.monotonic() - t0, 1)
     out["records"] = [{"set": "harmful", **r} for r in recs] + [{"set": "benign", **r} for r in b]

@@ -32,7 +32,7 @@ from worker.evaluation.generate import generate_all
 from worker.evaluation.keyword import is_refusal
 from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
 from worker.ml.render import encode_prompt
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import ProgressFn, StageIO
 from worker.stages import train
 from worker.stages.base import StageResult, finish
 
@@ -193,6 +193,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         should_stop=io.should_stop,
         stage="align",
     )
+    io.step(0.4, f"training on {len(examples)} examples (loading the model)")
     tres = train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors))
     merge_adapter(
         base.path,
@@ -236,33 +237,19 @@ def merge_adapter(base_path: Path, adapter_dir: Path, target: Path, recipe: dict
 
 def prepare_aligned(
     settings: Settings | None = None,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
     cfg: AlignConfig | None = None,
     distilled: list[Conversation] | None = None,
 ) -> Path:
-    """Build (or rebuild) the aligned embedded base and return its directory (``models prepare``)."""
+    """Build (or rebuild) the aligned embedded base and return its directory (``models prepare``);
+    ``progress`` gets (fraction, message, metrics) at each distillation batch and training step."""
     settings = settings or get_settings()
     cfg = cfg or AlignConfig(precision=settings.precision)
     target = embedded_dir(ALIGNED_SOURCE, settings)
     work = settings.models_path / ".align-work"
     shutil.rmtree(work, ignore_errors=True)
-    io = StageIO(work, progress=_tqdm_progress() if progress else StageIO(work).progress, stage="align")
+    io = StageIO(work, stage="align") if progress is None else StageIO(work, progress=progress, stage="align")
     res = run(cfg, AlignInputs(io=io, target_dir=target, settings=settings, distilled=distilled))
     atomic_write_json(target / "align_result.json", res.to_dict())
     shutil.rmtree(work, ignore_errors=True)
     return target
-
-
-def _tqdm_progress() -> Any:
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, desc="aligning", unit="‰")
-
-    def update(fraction: float, message: str, metrics: dict[str, Any]) -> None:
-        bar.n = int(fraction * 1000)
-        bar.set_postfix_str(
-            message[:60] + (f" loss={metrics['train_loss']:.3f}" if "train_loss" in metrics else "")
-        )
-        bar.refresh()
-
-    return update

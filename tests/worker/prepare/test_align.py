@@ -21,7 +21,13 @@ from worker.prepare.align import (
 
 def test_prepare_aligned_builds_a_merged_model(tiny_registry):
     cfg = tiny_align_config()
-    target = prepare_aligned(get_settings(), progress=False, cfg=cfg)
+    reports = []
+    target = prepare_aligned(get_settings(), progress=lambda f, m, met: reports.append((f, m, met)), cfg=cfg)
+    training = [r for r in reports if r[1].startswith(("training on", "epoch"))]
+    assert training[0][1].startswith("training on") and len(training) > 2  # the bar moves while it trains
+    assert [f for f, _, _ in training] == sorted(f for f, _, _ in training) and "train_loss" in training[-1][
+        2
+    ]
     assert target == embedded_dir("embedded:smollm2-aligned", get_settings())
     assert list(target.glob("*.safetensors")) and not target.with_name(target.name + ".building").exists()
     info = json.loads((target / "align_result.json").read_text())
@@ -72,7 +78,7 @@ def test_reused_distillation_and_top_layers_only(tiny_registry):
         lora_top_fraction=0.5,
         precision="fp32",
     )
-    target = prepare_aligned(get_settings(), progress=False, cfg=cfg, distilled=distilled)
+    target = prepare_aligned(get_settings(), cfg=cfg, distilled=distilled)
     info = json.loads((target / "align_result.json").read_text())
     assert info["n_distilled"] == 1 and info["n_refusals"] == 4
     from transformers import AutoModelForCausalLM

@@ -1,0 +1,125 @@
+"""The one error path of the ``tunegate`` command.
+
+Every command lets expected failures propagate; the root group (``RootGroup``) turns them into one line on
+stderr and exit status 1. Wrong usage (a bad option value, a missing file) is click's ``BadParameter`` /
+``UsageError``: one line and exit status 2. Anything else is a bug and keeps its traceback. ``--debug`` (or
+``TUNEGATE_DEBUG=1``) keeps the traceback of expected failures too.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import typer
+from typer._click import exceptions as click_errors  # typer vendors click: these are what its commands raise
+from typer._click.core import Context
+from typer.core import TyperGroup
+
+from tunegate.errors import TunegateError
+
+DEBUG_KEY = "tunegate.debug"
+UPGRADE_HINT = "the database has no tunegate tables yet: run `tunegate db upgrade` first"
+UsageError = click_errors.UsageError  # wrong usage: one line, exit status 2
+UNREACHABLE_S = 300.0  # default: how long the API may stay unreachable before a follower gives up
+
+
+class WaitTimeout(TimeoutError):
+    """A followed job did not end, or the API stayed unreachable, within the given time."""
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with ``message`` on one line and exit status 1 (a failed operation)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _api_status_line(exc: Any) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = body.get("message") or exc.message
+    code = body.get("code")
+    return f"{message} ({code}, HTTP {exc.status_code})" if code else f"{message} (HTTP {exc.status_code})"
+
+
+def _database_line(exc: Exception) -> str | None:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    if not isinstance(exc, OperationalError | ProgrammingError):
+        return None
+    text = str(exc.orig).lower()
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return UPGRADE_HINT
+    if isinstance(exc, OperationalError):
+        return f"cannot use the database: {str(exc.orig).strip().splitlines()[0]}"
+    return None
+
+
+def one_line(exc: BaseException) -> str | None:
+    """The user-facing line for an expected failure; None for anything else (a bug: keep the traceback)."""
+    import openai
+
+    if isinstance(exc, TunegateError):
+        return exc.message
+    if isinstance(exc, openai.APIStatusError):
+        return _api_status_line(exc)
+    if isinstance(exc, openai.APIConnectionError):
+        url, why = exc.request.url, exc.__cause__ or exc
+        return f"cannot reach the tunegate API at {url.scheme}://{url.netloc.decode()}: {why}"
+    if isinstance(exc, WaitTimeout):
+        return str(exc)
+    if isinstance(exc, Exception) and type(exc).__module__.startswith("sqlalchemy"):
+        return _database_line(exc)
+    return None
+
+
+def debug_enabled(ctx: Context) -> bool:
+    from tunegate.settings import get_settings
+
+    return bool(ctx.meta.get(DEBUG_KEY)) or get_settings().debug
+
+
+def usage_line(exc: click_errors.ClickException) -> str:
+    """A usage error on one line, with where to read the right usage."""
+    line = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{line} (see '{ctx.command_path} --help')" if ctx is not None else line
+
+
+class RootGroup(TyperGroup):
+    """The root command group: wrong usage ends as one line and exit status 2; expected failures of any
+    subcommand as one line and exit status 1."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            typer.echo(f"error: {usage_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # every failure is looked at: expected ones become one line, bugs re-raise
+            line = one_line(exc)
+            if line is None or debug_enabled(ctx):
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(1) from exc
