@@ -55,7 +55,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_upload_parts_upload_id"), ["upload_id"], unique=False)
     with op.batch_alter_table("files", schema=None) as batch_op:
         batch_op.add_column(sa.Column("expires_at", models.base.UTCDateTime(timezone=True), nullable=True))
-        batch_op.alter_column("bytes", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
+        batch_op.alter_column(
+            "bytes", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False
+        )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("model_deleted_at", models.base.UTCDateTime(timezone=True), nullable=True)
@@ -66,7 +68,9 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("model_deleted_at")
     with op.batch_alter_table("files", schema=None) as batch_op:
-        batch_op.alter_column("bytes", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
+        batch_op.alter_column(
+            "bytes", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False
+        )
         batch_op.drop_column("expires_at")
     with op.batch_alter_table("upload_parts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_upload_parts_upload_id"))
