@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.schemas import CheckpointMetricsOut, CheckpointOut, EventOut, FileOut, JobErrorOut, JobOut
-from models.base import unix
+from api.schemas import (
+    CheckpointMetricsOut,
+    CheckpointOut,
+    EventOut,
+    FileOut,
+    JobErrorOut,
+    JobOut,
+    UploadOut,
+)
+from models.base import unix, utcnow
 from models.jobs import fine_tuned_model_name
-from models.tables import Checkpoint, File, Job, JobEvent
+from models.tables import Checkpoint, File, Job, JobEvent, Upload
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
 
@@ -27,6 +35,25 @@ def file_out(row: File) -> FileOut:
         purpose=row.purpose,
         status=row.status,  # type: ignore[arg-type]
         status_details=row.status_details,
+        expires_at=unix(row.expires_at),
+    )
+
+
+def upload_out(row: Upload, file: FileOut | None = None) -> UploadOut:
+    """``completing`` (being assembled) is shown as ``pending``; a pending upload past its ``expires_at`` as
+    ``expired`` (the reaper marks it so a little later)."""
+    status = "pending" if row.status == "completing" else row.status
+    if status == "pending" and row.expires_at <= utcnow():
+        status = "expired"
+    return UploadOut(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=unix(row.created_at) or 0,
+        expires_at=unix(row.expires_at) or 0,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=status,  # type: ignore[arg-type]
+        file=file,
     )
 
 

@@ -39,6 +39,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         mp.delenv("TUNEGATE_BROKER_URL", raising=False)  # the embedded broker (kombu SQLAlchemy on SQLite)
         mp.setenv("TUNEGATE_MIN_EXAMPLES", "10")
         mp.setenv("TUNEGATE_MAX_UPLOAD_BYTES", str(200_000))
+        mp.setenv("TUNEGATE_MAX_UPLOAD_PART_BYTES", str(64 * 1024))
         mp.setenv("TUNEGATE_MAX_EXAMPLE_TOKENS", "512")
         if backend == "postgres":
             mp.setenv("TUNEGATE_DATABASE_URL", stack.enter_context(pg_schema_url()))
