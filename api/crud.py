@@ -87,6 +87,25 @@ def list_events(session: Session, *, job: Job, after: str | None, limit: int) ->
     return rows[:limit], len(rows) > limit
 
 
+PROGRESS_WINDOW = 50  # the newest events looked at for the running stage's speed
+
+
+def progress_points(session: Session, *, job: Job) -> list[tuple[float, float]]:
+    """(unix time, overall progress) of the newest events of the job's current stage."""
+    rows = session.execute(
+        select(JobEvent.created_at, JobEvent.data)
+        .where(JobEvent.job_id == job.id)
+        .order_by(JobEvent.seq.desc())
+        .limit(PROGRESS_WINDOW)
+    ).all()
+    points = []
+    for created_at, data in rows:
+        progress = (data or {}).get("progress")
+        if (data or {}).get("stage") == job.stage and isinstance(progress, int | float):
+            points.append((created_at.timestamp(), float(progress)))
+    return points
+
+
 def list_checkpoints(
     session: Session, *, job: Job, after: str | None, limit: int
 ) -> tuple[list[Checkpoint], bool]:
@@ -158,3 +177,25 @@ def released_jobs(session: Session, *, org: Organization) -> list[Job]:
         Job.model_deleted_at.is_(None),
     )
     return list(session.scalars(stmt.order_by(Job.id.desc())))
+
+
+def released_model_job(session: Session, *, org: Organization, model: str) -> Job | None:
+    """The organization's job whose released, not deleted, fine-tuned model is ``model`` (locked)."""
+    stmt = select(Job).where(
+        Job.org_id == org.id,
+        Job.fine_tuned_model == model,
+        Job.released.is_(True),
+        Job.model_deleted_at.is_(None),
+    )
+    return session.scalar(stmt.with_for_update())
+
+
+def get_checkpoint(session: Session, *, job: Job, checkpoint_id: str) -> Checkpoint:
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.id == checkpoint_id)
+    )
+    if row is None:
+        raise NotFound(
+            f"No such checkpoint for job {job.id}: {checkpoint_id}", param="checkpoint_id", code="not_found"
+        )
+    return row

@@ -92,6 +92,7 @@ class JobOut(BaseModel):
     validation_file: str | None
     estimated_finish: int | None = None
     integrations: list[dict[str, Any]] | None = None
+    user_provided_suffix: str | None = None
     metadata: dict[str, str] | None
     method: dict[str, Any]
     # extensions
@@ -204,8 +205,10 @@ class SupervisedIn(BaseModel):
 
 
 class MethodIn(BaseModel):
-    type: Literal["supervised"] = Field(description="Only supervised fine-tuning is offered.")
+    type: str = Field(max_length=64, description="Only 'supervised' is offered; other types answer 400.")
     supervised: SupervisedIn | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
 
 
 class JobCreateIn(BaseModel):
@@ -235,13 +238,6 @@ class JobCreateIn(BaseModel):
                 raise ValueError(f"key {k[:20]!r}... is longer than 64 characters")
             if len(val) > 512:
                 raise ValueError(f"value of {k!r} is longer than 512 characters")
-        return v
-
-    @field_validator("integrations")
-    @classmethod
-    def _integrations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v:
-            raise ValueError("integrations are not supported by this gateway")
         return v
 
 

@@ -61,7 +61,7 @@ def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
     return {k: stored.get(k, "auto") for k in HPARAM_KEYS}
 
 
-def job_out(row: Job) -> JobOut:
+def job_out(row: Job, *, estimated_finish: int | None = None) -> JobOut:
     failed = row.status == "failed" and row.error
     err = JobErrorOut(**scrub_value(row.error, get_settings())) if failed else None
     return JobOut(
@@ -79,6 +79,8 @@ def job_out(row: Job) -> JobOut:
         trained_tokens=row.trained_tokens,
         training_file=row.training_file,
         validation_file=row.validation_file,
+        estimated_finish=estimated_finish,
+        user_provided_suffix=row.suffix,
         metadata=row.metadata_ or None,
         method=row.method or {},
         safety=row.safety or {},
