@@ -237,3 +237,14 @@ def test_the_completed_file_honours_expires_after(client: openai.OpenAI) -> None
     done = client.uploads.complete(up.id, part_ids=[part.id])
     assert done.file is not None and done.file.expires_at is not None
     assert done.file.expires_at - done.file.created_at == 7200
+
+
+def test_the_startup_sweep_keeps_the_parts_of_open_uploads(client: openai.OpenAI) -> None:
+    from api.recovery import sweep_storage
+
+    up = client.uploads.create(bytes=6, filename="s.txt", mime_type="text/plain", purpose="user_data")
+    p1 = client.uploads.parts.create(upload_id=up.id, data=b"abc")
+    p2 = client.uploads.parts.create(upload_id=up.id, data=b"def")
+    sweep_storage(get_settings().model_copy(update={"storage_sweep_grace_s": 0.0}))
+    done = client.uploads.complete(up.id, part_ids=[p1.id, p2.id])
+    assert done.file is not None and client.files.content(done.file.id).read() == b"abcdef"
