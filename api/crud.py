@@ -8,14 +8,19 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, exists, func, literal, select
 from sqlalchemy.orm import Session
 
-from models.tables import Checkpoint, File, Job, JobEvent, Organization
+from models.base import utcnow
+from models.files import OPEN_UPLOAD, UNFINISHED
+from models.tables import Checkpoint, File, Job, JobEvent, Organization, Upload, UploadPart
 from tunegate.errors import NotFound
 
 
+def _live_file() -> ColumnElement[bool]:
+    """Not deleted, and not expired (the reaper deletes an expired file a little later)."""
+    return File.deleted_at.is_(None) & (File.expires_at.is_(None) | (File.expires_at > utcnow()))
+
+
 def get_file(session: Session, *, org: Organization, file_id: str) -> File:
-    row = session.scalar(
-        select(File).where(File.id == file_id, File.org_id == org.id, File.deleted_at.is_(None))
-    )
+    row = session.scalar(select(File).where(File.id == file_id, File.org_id == org.id, _live_file()))
     if row is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return row
@@ -45,7 +50,7 @@ def page_by_id(
 def list_files(
     session: Session, *, org: Organization, after: str | None, limit: int, order: str, purpose: str | None
 ) -> tuple[list[File], bool]:
-    stmt = select(File).where(File.org_id == org.id, File.deleted_at.is_(None))
+    stmt = select(File).where(File.org_id == org.id, _live_file())
     if purpose:
         stmt = stmt.where(File.purpose == purpose)
     return page_by_id(session, stmt, id_col=File.id, after=after, limit=limit, desc=order == "desc")
@@ -83,6 +88,25 @@ def list_events(session: Session, *, job: Job, after: str | None, limit: int) ->
     return rows[:limit], len(rows) > limit
 
 
+PROGRESS_WINDOW = 50  # the newest events looked at for the running stage's speed
+
+
+def progress_points(session: Session, *, job: Job) -> list[tuple[float, float]]:
+    """(unix time, overall progress) of the newest events of the job's current stage."""
+    rows = session.execute(
+        select(JobEvent.created_at, JobEvent.data)
+        .where(JobEvent.job_id == job.id)
+        .order_by(JobEvent.seq.desc())
+        .limit(PROGRESS_WINDOW)
+    ).all()
+    points = []
+    for created_at, data in rows:
+        progress = (data or {}).get("progress")
+        if (data or {}).get("stage") == job.stage and isinstance(progress, int | float):
+            points.append((created_at.timestamp(), float(progress)))
+    return points
+
+
 def list_checkpoints(
     session: Session, *, job: Job, after: str | None, limit: int
 ) -> tuple[list[Checkpoint], bool]:
@@ -99,29 +123,9 @@ def list_checkpoints(
     return rows[:limit], len(rows) > limit
 
 
-UNFINISHED = ("validating_files", "queued", "running")
-
-
-def file_in_use(session: Session, *, file: File) -> bool:
-    """True when another live row shares the stored object or an unfinished job trains on this file."""
-    shared = session.scalar(
-        select(func.count())
-        .select_from(File)
-        .where(File.storage_key == file.storage_key, File.id != file.id, File.deleted_at.is_(None))
-    )
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            (Job.training_file == file.id) | (Job.validation_file == file.id),
-            Job.status.in_(UNFINISHED),
-        )
-    )
-    return bool(shared) or bool(active)
-
-
 def live_storage_keys(session: Session) -> set[str]:
-    """Keys a row still needs: live files, and deleted files an unfinished job trains on."""
+    """Keys a row still needs: live files, deleted files an unfinished job trains on, and the parts of
+    uploads not yet completed."""
     live = set(session.scalars(select(File.storage_key).where(File.deleted_at.is_(None))))
     used = (
         select(Job.training_file)
@@ -131,6 +135,9 @@ def live_storage_keys(session: Session) -> set[str]:
         )
     )
     live.update(session.scalars(select(File.storage_key).where(File.id.in_(used))))
+    live.update(
+        session.scalars(select(UploadPart.storage_key).join(Upload).where(Upload.status.in_(OPEN_UPLOAD)))
+    )
     return live
 
 
@@ -149,13 +156,47 @@ def lock_org(session: Session, *, org_id: str) -> Organization:
 
 
 def stored_bytes(session: Session, *, org_id: str) -> int:
-    """Bytes of the organization's live files (what its storage quota counts)."""
-    n = session.scalar(
+    """Bytes of the organization's live files and of the parts of its open uploads (what its storage
+    quota counts)."""
+    files = session.scalar(
         select(func.coalesce(func.sum(File.bytes), 0)).where(File.org_id == org_id, File.deleted_at.is_(None))
     )
-    return int(n or 0)
+    parts = session.scalar(
+        select(func.coalesce(func.sum(UploadPart.bytes), 0))
+        .join(Upload)
+        .where(Upload.org_id == org_id, Upload.status.in_(OPEN_UPLOAD))
+    )
+    return int(files or 0) + int(parts or 0)
 
 
 def released_jobs(session: Session, *, org: Organization) -> list[Job]:
-    stmt = select(Job).where(Job.org_id == org.id, Job.released.is_(True), Job.fine_tuned_model.is_not(None))
+    """Jobs whose fine-tuned model the organization has (released, and not deleted with models.delete)."""
+    stmt = select(Job).where(
+        Job.org_id == org.id,
+        Job.released.is_(True),
+        Job.fine_tuned_model.is_not(None),
+        Job.model_deleted_at.is_(None),
+    )
     return list(session.scalars(stmt.order_by(Job.id.desc())))
+
+
+def released_model_job(session: Session, *, org: Organization, model: str) -> Job | None:
+    """The organization's job whose released, not deleted, fine-tuned model is ``model`` (locked)."""
+    stmt = select(Job).where(
+        Job.org_id == org.id,
+        Job.fine_tuned_model == model,
+        Job.released.is_(True),
+        Job.model_deleted_at.is_(None),
+    )
+    return session.scalar(stmt.with_for_update())
+
+
+def get_checkpoint(session: Session, *, job: Job, checkpoint_id: str) -> Checkpoint:
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.id == checkpoint_id)
+    )
+    if row is None:
+        raise NotFound(
+            f"No such checkpoint for job {job.id}: {checkpoint_id}", param="checkpoint_id", code="not_found"
+        )
+    return row

@@ -17,7 +17,7 @@ from models.jobs import JobStatus, record_event
 from models.policy import org_policy, tighten
 from models.tables import File, Job, Organization
 from tunegate import queue
-from tunegate.errors import Conflict, ModelError, NotFound, Unprocessable
+from tunegate.errors import Conflict, InvalidRequest, ModelError, NotFound, Unprocessable
 from tunegate.model_cache import model_available
 from tunegate.settings import Settings
 
@@ -65,8 +65,26 @@ def _merge_hparams(body: JobCreateIn) -> dict[str, Any]:
     return merged
 
 
+def _check_supported(body: JobCreateIn) -> None:
+    """What the SDK can ask for but this gateway does not offer: a clear 400 naming the field."""
+    if body.method is not None and body.method.type != "supervised":
+        raise InvalidRequest(
+            f"method.type {body.method.type!r} is not supported: this gateway offers only 'supervised' "
+            "fine-tuning",
+            param="method.type",
+            code="unsupported_method",
+        )
+    if body.integrations:
+        raise InvalidRequest(
+            "integrations are not supported by this gateway; leave the field out",
+            param="integrations",
+            code="unsupported_integrations",
+        )
+
+
 def validate(session: Session, *, org: Organization, body: JobCreateIn, settings: Settings) -> dict[str, Any]:
     """Every check a job must pass before it is stored; returns the resolved columns."""
+    _check_supported(body)
     if body.model not in settings.models:
         known = ", ".join(sorted(settings.models))
         raise Unprocessable(

@@ -12,6 +12,7 @@ framing; every other body to ``max_body_bytes``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024  # multipart framing and the `purpose` field around the file itself
 UPLOAD_PATH = "/v1/files"
+PART_PATH = re.compile(r"/v1/uploads/[^/]+/parts")
 
 
 class RequestIdMiddleware:
@@ -67,6 +69,13 @@ def body_limit(scope: Scope) -> BodyLimit:
             f"file is larger than the limit of {settings.max_upload_bytes} bytes",
             "file",
             "file_too_large",
+        )
+    if scope.get("method") == "POST" and PART_PATH.fullmatch(scope.get("path", "")):
+        return BodyLimit(
+            settings.max_upload_part_bytes + MULTIPART_SLACK,
+            f"an upload part is larger than the limit of {settings.max_upload_part_bytes} bytes",
+            "data",
+            "part_too_large",
         )
     return BodyLimit(
         settings.max_body_bytes,

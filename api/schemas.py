@@ -43,6 +43,25 @@ class FileDeletedOut(BaseModel):
     deleted: bool
 
 
+class UploadOut(BaseModel):
+    id: str
+    object: Literal["upload"] = "upload"
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    file: FileOut | None = None
+
+
+class UploadPartOut(BaseModel):
+    id: str
+    object: Literal["upload.part"] = "upload.part"
+    created_at: int
+    upload_id: str
+
+
 class JobErrorOut(BaseModel):
     code: str
     message: str
@@ -73,6 +92,7 @@ class JobOut(BaseModel):
     validation_file: str | None
     estimated_finish: int | None = None
     integrations: list[dict[str, Any]] | None = None
+    user_provided_suffix: str | None = None
     metadata: dict[str, str] | None
     method: dict[str, Any]
     # extensions
@@ -140,6 +160,12 @@ class _Identified(Protocol):
     id: str
 
 
+class ModelDeletedOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
@@ -179,8 +205,10 @@ class SupervisedIn(BaseModel):
 
 
 class MethodIn(BaseModel):
-    type: Literal["supervised"] = Field(description="Only supervised fine-tuning is offered.")
+    type: str = Field(max_length=64, description="Only 'supervised' is offered; other types answer 400.")
     supervised: SupervisedIn | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
 
 
 class JobCreateIn(BaseModel):
@@ -212,9 +240,21 @@ class JobCreateIn(BaseModel):
                 raise ValueError(f"value of {k!r} is longer than 512 characters")
         return v
 
-    @field_validator("integrations")
-    @classmethod
-    def _integrations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v:
-            raise ValueError("integrations are not supported by this gateway")
-        return v
+
+class UploadCreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bytes: int = Field(
+        ge=1, description="The size of the whole file; complete checks the parts add up to it."
+    )
+    filename: str = Field(min_length=1, max_length=512)
+    mime_type: str = Field(min_length=1, max_length=128)
+    purpose: str = Field(max_length=64)
+    expires_after: dict[str, Any] | None = Field(
+        default=None, description="The completed file's expiry: {'anchor': 'created_at', 'seconds': N}."
+    )
+
+
+class UploadCompleteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    part_ids: list[str] = Field(min_length=1, max_length=10_000, description="The parts, in file order.")
+    md5: str | None = Field(default=None, max_length=64)

@@ -1,9 +1,11 @@
-"""Streaming ``multipart/form-data`` for ``POST /v1/files``: the file part goes straight to a staged temp
-file in storage as the body arrives (no spooled copy of the whole body first), so an upload takes at most its
-own size on disk and a client that sends too much is stopped at ``max_upload_bytes``.
+"""Streaming ``multipart/form-data`` for ``POST /v1/files`` and ``POST /v1/uploads/{id}/parts``: the file
+part goes straight to a staged temp file in storage as the body arrives (no spooled copy of the whole body
+first), so an upload takes at most its own size on disk and a client that sends too much is stopped at its
+limit (``max_upload_bytes``, or ``max_upload_part_bytes`` for one part).
 
-Fields: ``purpose`` (text, at most 1 KiB) and ``file`` (one file part); other text fields are ignored
-(at most 64 KiB in all). Any failure aborts the staged file, so nothing half-written stays behind.
+Fields: ``purpose`` (text, at most 1 KiB), one file part (``file``, or ``data`` for an upload's part), and
+other text fields such as ``expires_after[seconds]`` (at most 64 KiB in all, kept in ``Upload.fields``).
+Any failure aborts the staged file, so nothing half-written stays behind.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Upload:
     purpose: str | None = None
     filename: str | None = None
     staged: Staged | None = None
+    fields: dict[str, str] = field(default_factory=dict)  # the other text fields
 
 
 @dataclass
@@ -40,9 +43,10 @@ class _Part:
 class _Receiver:
     """python-multipart callbacks: text fields into memory (capped), the file part into ``pending``."""
 
-    def __init__(self, storage: Storage, max_bytes: int) -> None:
+    def __init__(self, storage: Storage, max_bytes: int, file_field: str) -> None:
         self.storage = storage
         self.max_bytes = max_bytes
+        self.file_field = file_field
         self.upload = Upload()
         self.writer: StagingWriter | None = None
         self.part = _Part()
@@ -71,9 +75,11 @@ class _Receiver:
             raise InvalidRequest("a multipart part has no name", param="file", code="invalid_multipart")
         self.part.name = name.decode("utf-8", "replace")
         if b"filename" in options:
-            if self.part.name != "file" or self.writer is not None:
+            if self.part.name != self.file_field or self.writer is not None:
                 raise InvalidRequest(
-                    "send exactly one file, in the field 'file'", param="file", code="invalid_multipart"
+                    f"send exactly one file, in the field {self.file_field!r}",
+                    param=self.file_field,
+                    code="invalid_multipart",
                 )
             self.part.is_file = True
             self.upload.filename = options[b"filename"].decode("utf-8", "replace")
@@ -93,8 +99,13 @@ class _Receiver:
         self.part.data.extend(chunk)
 
     def on_part_end(self) -> None:
-        if not self.part.is_file and self.part.name == "purpose":
-            self.upload.purpose = self.part.data.decode("utf-8", "replace")
+        if self.part.is_file:
+            return
+        text = self.part.data.decode("utf-8", "replace")
+        if self.part.name == "purpose":
+            self.upload.purpose = text
+        else:
+            self.upload.fields[self.part.name] = text
 
     def write_pending(self) -> None:
         """Runs in a worker thread: disk writes never block the event loop."""
@@ -104,17 +115,18 @@ class _Receiver:
         self.pending.clear()
 
 
-async def receive_upload(request: Request, storage: Storage, *, max_bytes: int) -> Upload:
+async def receive_upload(
+    request: Request, storage: Storage, *, max_bytes: int, file_field: str = "file"
+) -> Upload:
     """Parse the request's multipart body while it streams; the file part is staged in ``storage``."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
+        what = "the fields 'file' and 'purpose'" if file_field == "file" else f"the field {file_field!r}"
         raise InvalidRequest(
-            "send the file as multipart/form-data with the fields 'file' and 'purpose'",
-            param="file",
-            code="invalid_multipart",
+            f"send the file as multipart/form-data with {what}", param=file_field, code="invalid_multipart"
         )
-    rx = _Receiver(storage, max_bytes)
+    rx = _Receiver(storage, max_bytes, file_field)
     callbacks = {
         "on_part_begin": rx.on_part_begin,
         "on_header_field": rx.on_header_field,
@@ -132,7 +144,9 @@ async def receive_upload(request: Request, storage: Storage, *, max_bytes: int) 
                 await run_in_threadpool(rx.write_pending)
         parser.finalize()
         if rx.writer is None:
-            raise InvalidRequest("the field 'file' is required", param="file", code="missing_file")
+            raise InvalidRequest(
+                f"the field {file_field!r} is required", param=file_field, code="missing_file"
+            )
         if rx.pending:
             await run_in_threadpool(rx.write_pending)
         rx.upload.staged = await run_in_threadpool(rx.writer.finish)
@@ -140,7 +154,7 @@ async def receive_upload(request: Request, storage: Storage, *, max_bytes: int) 
         if rx.writer is not None:
             rx.writer.abort()
         raise InvalidRequest(
-            "the multipart body is malformed", param="file", code="invalid_multipart"
+            "the multipart body is malformed", param=file_field, code="invalid_multipart"
         ) from exc
     except BaseException:
         if rx.writer is not None:

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.schemas import CheckpointMetricsOut, CheckpointOut, EventOut, FileOut, JobErrorOut, JobOut
-from models.base import unix
+from api.schemas import (
+    CheckpointMetricsOut,
+    CheckpointOut,
+    EventOut,
+    FileOut,
+    JobErrorOut,
+    JobOut,
+    UploadOut,
+)
+from models.base import unix, utcnow
 from models.jobs import fine_tuned_model_name
-from models.tables import Checkpoint, File, Job, JobEvent
+from models.tables import Checkpoint, File, Job, JobEvent, Upload
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
 
@@ -27,6 +35,25 @@ def file_out(row: File) -> FileOut:
         purpose=row.purpose,
         status=row.status,  # type: ignore[arg-type]
         status_details=row.status_details,
+        expires_at=unix(row.expires_at),
+    )
+
+
+def upload_out(row: Upload, file: FileOut | None = None) -> UploadOut:
+    """``completing`` (being assembled) is shown as ``pending``; a pending upload past its ``expires_at`` as
+    ``expired`` (the reaper marks it so a little later)."""
+    status = "pending" if row.status == "completing" else row.status
+    if status == "pending" and row.expires_at <= utcnow():
+        status = "expired"
+    return UploadOut(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=unix(row.created_at) or 0,
+        expires_at=unix(row.expires_at) or 0,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=status,  # type: ignore[arg-type]
+        file=file,
     )
 
 
@@ -34,7 +61,7 @@ def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
     return {k: stored.get(k, "auto") for k in HPARAM_KEYS}
 
 
-def job_out(row: Job) -> JobOut:
+def job_out(row: Job, *, estimated_finish: int | None = None) -> JobOut:
     failed = row.status == "failed" and row.error
     err = JobErrorOut(**scrub_value(row.error, get_settings())) if failed else None
     return JobOut(
@@ -52,6 +79,8 @@ def job_out(row: Job) -> JobOut:
         trained_tokens=row.trained_tokens,
         training_file=row.training_file,
         validation_file=row.validation_file,
+        estimated_finish=estimated_finish,
+        user_provided_suffix=row.suffix,
         metadata=row.metadata_ or None,
         method=row.method or {},
         safety=row.safety or {},

@@ -2,7 +2,7 @@
 
 from models.base import Base, new_id, unix, utcnow
 from models.jobs import JobStatus, record_event, transition
-from models.tables import ApiKey, Checkpoint, File, Job, JobEvent, Organization
+from models.tables import ApiKey, Checkpoint, File, Job, JobEvent, Organization, Upload, UploadPart
 
 __all__ = [
     "ApiKey",
@@ -13,6 +13,8 @@ __all__ = [
     "JobEvent",
     "JobStatus",
     "Organization",
+    "Upload",
+    "UploadPart",
     "new_id",
     "record_event",
     "transition",

@@ -1,4 +1,5 @@
-"""The tables: organizations and keys, files, fine-tuning jobs, their events and checkpoints.
+"""The tables: organizations and keys, files and multipart uploads, fine-tuning jobs, their events and
+checkpoints.
 
 Every row belongs to one organization; lookups always filter by ``org_id`` so another tenant's id behaves
 exactly like a missing one. Timestamps are timezone-aware UTC; the API renders them as unix seconds.
@@ -9,7 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, new_id, utcnow
@@ -47,7 +59,7 @@ class File(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     filename: Mapped[str] = mapped_column(String(512))
     purpose: Mapped[str] = mapped_column(String(32))
-    bytes: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded | processed | error
@@ -55,6 +67,8 @@ class File(Base):
     n_examples: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # files.create(expires_after=...): the worker's reaper deletes the file once this has passed
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Job(Base):
@@ -97,6 +111,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(256))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     event_count: Mapped[int] = mapped_column(Integer, default=0)  # last JobEvent.seq handed out
+    # models.delete of the released fine-tune: gone from /v1/models, its adapter no longer downloadable
+    model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobEvent(Base):
@@ -126,4 +142,35 @@ class Checkpoint(Base):
     step_number: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Upload(Base):
+    """A file sent in parts (``/v1/uploads``): ``pending`` -> ``completing`` (assembling; shown as pending)
+    -> ``completed`` (``file_id`` set) | back to ``pending`` on a failed completion; or ``cancelled`` /
+    ``expired`` (parts removed)."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_org_id_id", "org_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("upload_"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(128))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # what the client declared; complete checks the parts
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    file_expires_after_s: Mapped[int | None] = mapped_column(Integer)  # the completed file's expires_after
+    file_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("part_"))
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The largest file: sent whole to POST /v1/files, or assembled from an upload's parts (/v1/uploads).
     max_upload_bytes: int = 512 * 1024 * 1024
+    # One part of an upload (POST /v1/uploads/{id}/parts), counted while it is read like any body.
+    max_upload_part_bytes: int = 64 * 1024 * 1024
+    # An upload not completed this long after its creation expires; the worker's reaper removes its parts.
+    upload_expiry_s: int = 3600
     # Every other request body (JSON), counted while it is read, chunked bodies included: 413 past it.
     max_body_bytes: int = 1024 * 1024
     # Provider default of the bytes an organization's live files may take (org policy may override it).
@@ -87,7 +92,7 @@ class Settings(BaseSettings):
     stale_after_s: int = 600  # a running job whose worker stopped reporting this long is requeued
     task_max_retries: int = 5
     retry_backoff_s: float = 10.0  # first retry delay of a transient error; doubles per retry (capped)
-    reap_interval_s: int = 60  # how often each worker looks for stale jobs to requeue
+    reap_interval_s: int = 60  # how often each worker requeues stale jobs and removes expired files/uploads
     event_interval_s: float = 2.0  # progress events are written at most this often per stage
     worker_queues: str = "gpu,cpu"
     # Per-stage config overrides merged into the stage configs the worker builds (e.g. evaluation size):

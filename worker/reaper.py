@@ -1,4 +1,4 @@
-"""Requeue jobs whose worker stopped reporting, and jobs whose queued message was lost.
+"""Requeue jobs whose worker stopped reporting, and jobs whose queued message was lost; delete what expired.
 
 An active job is *stale* when its ``heartbeat_at`` (or, before any worker touched it, ``created_at``) is older
 than ``Settings.stale_after_s``: its worker was SIGKILLed, lost its database, or the broker lost the message
@@ -6,6 +6,9 @@ than ``Settings.stale_after_s``: its worker was SIGKILLed, lost its database, or
 heartbeat (so concurrent reapers in several workers requeue it once), a running job goes back to ``queued``
 through ``transition`` with an event naming the silent worker, and the current stage's task is sent again.
 A stage that resumes finds its checkpoints and finished outputs on disk, so no work is redone twice.
+
+``reap_expired`` deletes files whose ``expires_after`` has passed and the parts of uploads that expired
+(``models/files.py``), in the same periodic pass.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.db import session_scope
+from models.files import expire_files, expire_uploads
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Job
 from tunegate import queue
 from tunegate.settings import Settings, get_settings
+from tunegate.storage import get_storage
 from worker.claims import ACTIVE, stale_before
 from worker.stages.all import PIPELINE
 
@@ -91,8 +96,16 @@ def reap(settings: Settings | None = None) -> list[str]:
     return requeued
 
 
+def reap_expired(settings: Settings | None = None) -> tuple[list[str], list[str]]:
+    """Delete files past their ``expires_after`` and remove expired uploads' parts; returns their ids."""
+    settings = settings or get_settings()
+    storage = get_storage(settings)
+    return expire_files(storage), expire_uploads(storage, settings)
+
+
 class ReaperThread(threading.Thread):
-    """Runs ``reap`` every ``Settings.reap_interval_s`` inside a worker process (every worker runs one)."""
+    """Runs ``reap`` and ``reap_expired`` every ``Settings.reap_interval_s`` inside a worker process (every
+    worker runs one)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="tunegate-reaper", daemon=True)
@@ -108,3 +121,7 @@ class ReaperThread(threading.Thread):
                 reap(self.settings)
             except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
                 log.warning("reaper pass failed, will retry: %s", exc)
+            try:
+                reap_expired(self.settings)
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("expiry pass failed, will retry: %s", exc)

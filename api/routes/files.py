@@ -10,27 +10,34 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org
-from api.processing import check_upload, process_file
-from api.schemas import UPLOAD_PURPOSES, FileDeletedOut, FileOut, ListOut
+from api.file_store import (
+    checked_lines,
+    checked_purpose,
+    clean_filename,
+    expires_after_seconds,
+    new_file_row,
+    save_file,
+)
+from api.processing import process_file
+from api.schemas import FileDeletedOut, FileOut, ListOut
 from api.upload import Upload, receive_upload
 from api.views import file_out
 from models.base import utcnow
 from models.db import new_session
+from models.files import file_in_use
 from models.policy import storage_quota
-from models.tables import File, Organization
-from tunegate.errors import InvalidFile, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
+from models.tables import Organization
+from tunegate.errors import NotFound, PayloadTooLarge, QuotaExceeded
 from tunegate.settings import Settings
 from tunegate.storage import ObjectMissing, Staged, Storage, get_storage
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-MAX_FILENAME = 512
 
 
 UPLOAD_BODY = {
@@ -44,6 +51,8 @@ UPLOAD_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "purpose": {"type": "string"},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {"type": "integer"},
                     },
                 }
             }
@@ -105,96 +114,27 @@ def _store(
     background: BackgroundTasks,
     storage: Storage,
 ) -> FileOut:
-    purpose = upload.purpose
-    if purpose is None:
-        raise InvalidRequest("the field 'purpose' is required", param="purpose", code="missing_purpose")
-    if purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequest(
-            f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
-            param="purpose",
-            code="invalid_purpose",
-        )
-    filename = _clean_filename(upload.filename)
-    n_lines = _checked(storage, staged, filename, purpose, settings)
-    row = File(
+    purpose = checked_purpose(upload.purpose)
+    expires_after_s = expires_after_seconds(
+        upload.fields.get("expires_after[anchor]"), upload.fields.get("expires_after[seconds]")
+    )
+    filename = clean_filename(upload.filename)
+    n_lines = checked_lines(storage, staged, filename, purpose, settings)
+    row = new_file_row(
         org_id=org.id,
         filename=filename,
         purpose=purpose,
-        bytes=staged.size,
-        sha256=staged.sha256,
-        storage_key="",
-        status="uploaded" if purpose == "fine-tune" else "processed",
-        n_examples=n_lines,
-        status_details=_known_failure(n_lines, settings),
+        staged=staged,
+        n_lines=n_lines,
+        created_at=utcnow(),
+        expires_after_s=expires_after_s,
+        settings=settings,
     )
     with closing(new_session()) as session:
-        _save(session, row, storage, staged, settings)
+        save_file(session, row, storage, staged, settings)
     if purpose == "fine-tune":
         background.add_task(process_file, row.id)
     return file_out(row)
-
-
-def _checked(storage: Storage, staged: Staged, filename: str, purpose: str, settings: Settings) -> int | None:
-    """Upload-time checks of a ``fine-tune`` file; the staged copy is discarded on any failure."""
-    if purpose != "fine-tune":
-        return None
-    try:
-        return check_upload(staged, filename, parse=True, settings=settings)
-    except InvalidFile as exc:
-        storage.discard(staged)
-        raise InvalidFile(exc.reason, line=exc.line, field=exc.field, filename=filename) from exc
-    except BaseException:
-        storage.discard(staged)
-        raise
-
-
-def _known_failure(n_examples: int | None, settings: Settings) -> str | None:
-    """What the upload already knows will fail processing (which then replaces this with its full report)."""
-    if n_examples is None or n_examples >= settings.min_examples:
-        return None
-    noun = "example" if n_examples == 1 else "examples"
-    return (
-        f"processing will fail: the file has {n_examples} {noun}; at least {settings.min_examples} are "
-        "required"
-    )
-
-
-def _save(session: Session, row: File, storage: Storage, staged: Staged, settings: Settings) -> None:
-    """Check the quota, store the object under a key of its own and commit the row, in one transaction
-    that holds the organization's row (concurrent uploads of one org are checked one after the other).
-    On any failure nothing stays behind: the staged file or the new object is removed."""
-    key: str | None = None
-    try:
-        org = crud.lock_org(session, org_id=row.org_id)
-        quota = storage_quota(settings, org.policy)
-        used = crud.stored_bytes(session, org_id=row.org_id)
-        if used + row.bytes > quota:
-            raise QuotaExceeded(
-                f"storing this file ({row.bytes} bytes) would take the organization's files to "
-                f"{used + row.bytes} bytes, over its storage quota of {quota} bytes; delete files to free "
-                "space",
-                param="file",
-            )
-        key = storage.commit(staged)
-        row.storage_key = key
-        session.add(row)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        if key is None:
-            storage.discard(staged)
-        else:
-            storage.delete(key)  # the key is this row's own: no other row can point at it
-        raise
-
-
-def _clean_filename(name: str | None) -> str:
-    cleaned = "".join(ch for ch in (name or "") if ch.isprintable()).strip()
-    if len(cleaned) > MAX_FILENAME:
-        raise InvalidRequest(
-            f"filename is longer than {MAX_FILENAME} characters", param="file", code="invalid_filename"
-        )
-    return cleaned or "upload.jsonl"
 
 
 @router.get("", response_model=ListOut[FileOut])
@@ -224,7 +164,7 @@ def delete_file(file_id: str, org: CurrentOrg, session: SessionDep, settings: Se
     row = crud.get_file(session, org=org, file_id=file_id)
     row.deleted_at = utcnow()
     session.flush()
-    keep_blob = crud.file_in_use(session, file=row)
+    keep_blob = file_in_use(session, file=row)
     session.commit()
     if not keep_blob:
         get_storage(settings).delete(row.storage_key)

@@ -3,20 +3,32 @@ adapter download."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.orm import Session
 
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.estimate import estimate_finish
 from api.job_create import create_job
 from api.schemas import CheckpointOut, EventOut, JobCreateIn, JobOut, ListOut
 from api.views import checkpoint_out, event_out, job_out
 from models.jobs import JobStatus, record_event, transition
+from models.tables import Job
 from tunegate.errors import Conflict
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _out(session: Session, job: Job) -> JobOut:
+    """The job, with ``estimated_finish`` from its running stage's speed (``api/estimate.py``)."""
+    if job.status != JobStatus.RUNNING:
+        return job_out(job)
+    points = crud.progress_points(session, job=job)
+    return job_out(job, estimated_finish=estimate_finish(points, now=time.time()))
 
 
 @router.post("", response_model=JobOut)
@@ -45,13 +57,13 @@ def list_jobs(
 ) -> ListOut[JobOut]:
     wanted = _metadata_filter(request)
     rows, more = crud.list_jobs(session, org=org, after=after, limit=limit, metadata=wanted)
-    data = [job_out(r) for r in rows]
+    data = [_out(session, r) for r in rows]
     return ListOut[JobOut].page(data, more)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def retrieve(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
-    return job_out(crud.get_job(session, org=org, job_id=job_id))
+    return _out(session, crud.get_job(session, org=org, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -76,7 +88,7 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
             dedupe_key="cancel_requested",
         )
     session.commit()
-    return job_out(job)
+    return _out(session, job)
 
 
 @router.get("/{job_id}/events", response_model=ListOut[EventOut])

@@ -1,4 +1,5 @@
-"""/v1/models: the configured base models and this organization's released fine-tunes."""
+"""/v1/models: the configured base models and this organization's released fine-tunes; deleting a fine-tune
+(``models.delete``) takes it off the list and makes its adapter and checkpoints no longer downloadable."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from fastapi import APIRouter
 
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
-from api.schemas import ListOut, ModelOut
-from models.base import unix
-from tunegate.errors import NotFound
+from api.schemas import ListOut, ModelDeletedOut, ModelOut
+from models.base import unix, utcnow
+from tunegate.errors import NotFound, PermissionDenied
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 BASE_OWNER = "tunegate"
@@ -39,3 +40,23 @@ def retrieve_model(model_id: str, org: CurrentOrg, session: SessionDep, settings
         if m.id == model_id:
             return m
     raise NotFound(f"The model {model_id!r} does not exist", param="model", code="model_not_found")
+
+
+@router.delete("/{model_id:path}", response_model=ModelDeletedOut)
+def delete_model(
+    model_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+) -> ModelDeletedOut:
+    """Delete one of the organization's fine-tuned models (the job and its history stay)."""
+    if model_id in settings.models:
+        raise PermissionDenied(
+            f"{model_id!r} is a base model of this gateway; only your organization's fine-tuned models "
+            "can be deleted",
+            param="model",
+            code="model_not_deletable",
+        )
+    job = crud.released_model_job(session, org=org, model=model_id)
+    if job is None:
+        raise NotFound(f"The model {model_id!r} does not exist", param="model", code="model_not_found")
+    job.model_deleted_at = utcnow()
+    session.commit()
+    return ModelDeletedOut(id=model_id, deleted=True)

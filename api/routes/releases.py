@@ -1,4 +1,5 @@
-"""Our extensions to the jobs API: the safety report, and the adapter download (only once released).
+"""Our extensions to the jobs API: the safety report, and the downloads of the adapter and of each
+checkpoint's adapter (only once the job is released, and until its fine-tuned model is deleted).
 
 Both are scrubbed of server paths (``tunegate.redact``): in the adapter archive the base model's directory,
 which peft and the train stage record (``adapter_config.json`` ``base_model_name_or_path``, the tokenizer's
@@ -19,6 +20,7 @@ from fastapi.responses import FileResponse
 
 from api import crud
 from api.deps import CurrentOrg, SessionDep
+from models.tables import Job
 from tunegate.errors import NotFound, PermissionDenied
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
@@ -112,11 +114,8 @@ def _archive(adapter_dir: Path, name: str, model: str) -> Path:
     return Path(tmp.name)
 
 
-@router.get(
-    "/{job_id}/adapter", response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}}
-)
-def adapter(job_id: str, org: CurrentOrg, session: SessionDep, background: BackgroundTasks) -> FileResponse:
-    """The LoRA adapter (peft format) as a tar.gz, only for a job whose safety gate released it."""
+def _released_job(session: SessionDep, org: CurrentOrg, job_id: str) -> Job:
+    """The job, if its safety gate released it (403 otherwise) and its model was not deleted (404)."""
     job = crud.get_job(session, org=org, job_id=job_id)
     if not job.released:
         why = f"error {job.error['code']}" if job.error else f"status {job.status}"
@@ -125,13 +124,47 @@ def adapter(job_id: str, org: CurrentOrg, session: SessionDep, background: Backg
             param="fine_tuning_job_id",
             code="adapter_not_released",
         )
-    adapter_dir = Path(job.adapter_path) if job.adapter_path else None
+    if job.model_deleted_at is not None:
+        raise NotFound(
+            f"the fine-tuned model of job {job.id} was deleted",
+            param="fine_tuning_job_id",
+            code="model_deleted",
+        )
+    return job
+
+
+def _send(
+    adapter_dir: Path | None, name: str, model: str, background: BackgroundTasks, what: str
+) -> FileResponse:
     if adapter_dir is None or not adapter_dir.is_dir():
         raise NotFound(
-            f"the adapter files of job {job.id} are missing",
-            param="fine_tuning_job_id",
-            code="adapter_missing",
+            f"the adapter files of {what} are missing", param="fine_tuning_job_id", code="adapter_missing"
         )
-    archive = _archive(adapter_dir, f"{job.id}-adapter", job.model)
+    archive = _archive(adapter_dir, name, model)
     background.add_task(archive.unlink, missing_ok=True)
-    return FileResponse(archive, media_type="application/gzip", filename=f"{job.id}-adapter.tar.gz")
+    return FileResponse(archive, media_type="application/gzip", filename=f"{name}.tar.gz")
+
+
+GZIP: dict[int | str, dict[str, Any]] = {200: {"content": {"application/gzip": {}}}}
+
+
+@router.get("/{job_id}/adapter", response_class=FileResponse, responses=GZIP)
+def adapter(job_id: str, org: CurrentOrg, session: SessionDep, background: BackgroundTasks) -> FileResponse:
+    """The LoRA adapter (peft format) as a tar.gz, only for a job whose safety gate released it."""
+    job = _released_job(session, org, job_id)
+    adapter_dir = Path(job.adapter_path) if job.adapter_path else None
+    return _send(adapter_dir, f"{job.id}-adapter", job.model, background, f"job {job.id}")
+
+
+@router.get("/{job_id}/checkpoints/{checkpoint_id}/adapter", response_class=FileResponse, responses=GZIP)
+def checkpoint_adapter(
+    job_id: str, checkpoint_id: str, org: CurrentOrg, session: SessionDep, background: BackgroundTasks
+) -> FileResponse:
+    """One checkpoint's LoRA adapter (peft format, without the optimizer state) as a tar.gz, under the same
+    rule as the final adapter: nothing trained leaves before the job's safety gate released it. (The gate
+    evaluated the final adapter; an earlier checkpoint was not evaluated on its own.)"""
+    job = _released_job(session, org, job_id)
+    ckpt = crud.get_checkpoint(session, job=job, checkpoint_id=checkpoint_id)
+    adapter_dir = Path(ckpt.path) / "adapter" if ckpt.path else None
+    name = f"{job.id}-step-{ckpt.step_number}-adapter"
+    return _send(adapter_dir, name, job.model, background, f"checkpoint {ckpt.id}")

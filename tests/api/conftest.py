@@ -6,6 +6,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -39,6 +40,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         mp.delenv("TUNEGATE_BROKER_URL", raising=False)  # the embedded broker (kombu SQLAlchemy on SQLite)
         mp.setenv("TUNEGATE_MIN_EXAMPLES", "10")
         mp.setenv("TUNEGATE_MAX_UPLOAD_BYTES", str(200_000))
+        mp.setenv("TUNEGATE_MAX_UPLOAD_PART_BYTES", str(64 * 1024))
         mp.setenv("TUNEGATE_MAX_EXAMPLE_TOKENS", "512")
         if backend == "postgres":
             mp.setenv("TUNEGATE_DATABASE_URL", stack.enter_context(pg_schema_url()))
@@ -117,6 +119,30 @@ def processed_file(client: openai.OpenAI, content: bytes | None = None) -> str:
     f = client.files.wait_for_processing(f.id, poll_interval=0.05, max_wait_seconds=30)
     assert f.status == "processed", f.status_details
     return f.id
+
+
+def release_job(job_id: str, artifacts: Path) -> str:
+    """What the gate stage does on a pass: adapter + report on disk, job succeeded and released."""
+    from models.db import session_scope
+    from models.jobs import JobStatus, fine_tuned_model_name, transition
+    from models.tables import Job, Organization
+
+    adapter = artifacts / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    (artifacts / "report.json").write_text(json.dumps({"verdict": {"released": True, "asr_delta": 0.01}}))
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        org = session.get(Organization, job.org_id)
+        assert org is not None
+        for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED):
+            transition(session, job, status, message=status.value, data={"stage": "gate"})
+        job.released, job.adapter_path, job.report_path = True, str(adapter), str(artifacts)
+        job.fine_tuned_model = fine_tuned_model_name(job.model, org.name, job.suffix, job.id)
+        job.trained_tokens = 1234
+        return job.fine_tuned_model
 
 
 def queued_tasks() -> list[tuple[str, list[Any]]]:

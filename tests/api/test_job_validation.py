@@ -27,7 +27,6 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
         {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 99}}}},
         "method.supervised.hyperparameters.n_epochs",
     ),
-    "method_dpo": ({"method": {"type": "dpo"}}, "method.type"),
     "contradicting": (
         {
             "hyperparameters": {"n_epochs": 2},

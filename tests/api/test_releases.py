@@ -3,39 +3,15 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
 import openai
 import pytest
 
-from models.db import session_scope
-from models.jobs import JobStatus, fine_tuned_model_name, transition
-from models.tables import Job, Organization
-from tests.api.conftest import processed_file
+from tests.api.conftest import processed_file, release_job
 
 MODEL = "smollm2-135m"
-
-
-def _release(job_id: str, artifacts: Path) -> str:
-    """What the gate stage does on a pass: adapter + report on disk, job succeeded and released."""
-    adapter = artifacts / "adapter"
-    adapter.mkdir(parents=True)
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
-    (artifacts / "report.json").write_text(json.dumps({"verdict": {"released": True, "asr_delta": 0.01}}))
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        org = session.get(Organization, job.org_id)
-        assert org is not None
-        for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED):
-            transition(session, job, status, message=status.value, data={"stage": "gate"})
-        job.released, job.adapter_path, job.report_path = True, str(adapter), str(artifacts)
-        job.fine_tuned_model = fine_tuned_model_name(job.model, org.name, job.suffix, job.id)
-        job.trained_tokens = 1234
-        return job.fine_tuned_model
 
 
 def test_unreleased_adapter_is_403_and_report_404(client: openai.OpenAI) -> None:
@@ -50,7 +26,7 @@ def test_unreleased_adapter_is_403_and_report_404(client: openai.OpenAI) -> None
 
 def test_released_job_serves_adapter_report_and_model(client: openai.OpenAI, tmp_path: Path) -> None:
     job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client), suffix="sql")
-    name = _release(job.id, tmp_path / "artifacts")
+    name = release_job(job.id, tmp_path / "artifacts")
     got = client.fine_tuning.jobs.retrieve(job.id)
     assert got.status == "succeeded" and got.fine_tuned_model == name and got.trained_tokens == 1234
     assert name.startswith(f"ft:{MODEL}:") and name.endswith(f":sql:{job.id}")
