@@ -21,8 +21,10 @@ TRAIN = "tunegate.job.train"
 EVALUATE = "tunegate.job.evaluate"
 GATE = "tunegate.job.gate"
 REAP = "tunegate.maintenance.reap"
+DELIVER_WEBHOOK = "tunegate.webhook.deliver"
 
-# Queues by resource: cpu = validation, mitigation, gate/report; gpu = scoring, training, evaluation.
+# Queues by resource: cpu = validation, mitigation, gate/report, webhooks; gpu = scoring, training,
+# evaluation.
 QUEUE_OF = {
     VALIDATE: "cpu",
     SCORE: "gpu",
@@ -31,6 +33,7 @@ QUEUE_OF = {
     EVALUATE: "gpu",
     GATE: "cpu",
     REAP: "cpu",
+    DELIVER_WEBHOOK: "cpu",
 }
 
 

@@ -23,6 +23,7 @@ from models.jobs import JobStatus, record_event, transition
 from models.tables import Job
 from tunegate import queue
 from tunegate.settings import Settings, get_settings
+from worker import webhooks
 from worker.claims import ACTIVE, FIRST_STAGE, stale_before
 from worker.pipeline import TASK_OF
 
@@ -91,7 +92,9 @@ def reap(settings: Settings | None = None) -> list[str]:
 
 
 class ReaperThread(threading.Thread):
-    """Runs ``reap`` every ``Settings.reap_interval_s`` inside a worker process (every worker runs one)."""
+    """Runs ``reap`` and the webhook sweep (``worker.webhooks.sweep``: due deliveries whose retries are left
+    to it or whose message was lost) every ``Settings.reap_interval_s`` inside a worker process (every
+    worker runs one)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="tunegate-reaper", daemon=True)
@@ -103,7 +106,8 @@ class ReaperThread(threading.Thread):
         from sqlalchemy.exc import SQLAlchemyError
 
         while not self.stopped.wait(self.settings.reap_interval_s):
-            try:
-                reap(self.settings)
-            except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
-                log.warning("reaper pass failed, will retry: %s", exc)
+            for name, fn in (("reaper", reap), ("webhook sweep", webhooks.sweep)):
+                try:
+                    fn(self.settings)
+                except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
+                    log.warning("%s pass failed, will retry: %s", name, exc)

@@ -1,4 +1,4 @@
-"""The Celery tasks: one thin shell per stage over ``worker.runner.execute``, plus the reaper.
+"""The Celery tasks: one thin shell per stage over ``worker.runner.execute``, the reaper, webhook delivery.
 
 Tasks take a job id, never rows. ``acks_late`` with ``task_reject_on_worker_lost`` (set on the app) keeps a
 message until its stage has finished; the compare-and-set claim makes a second delivery a no-op. Only
@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from tunegate import queue
 from tunegate.errors import TransientError
 from tunegate.settings import get_settings
-from worker import reaper, runner
+from worker import reaper, runner, webhooks
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 600.0
@@ -87,3 +87,9 @@ def gate(self: Task, job_id: str) -> str:
 @shared_task(name=queue.REAP, ignore_result=True)
 def reap() -> list[str]:
     return reaper.reap()
+
+
+@shared_task(name=queue.DELIVER_WEBHOOK, acks_late=True, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str:
+    """One attempt at one webhook delivery (``worker/webhooks.py`` retries and records it)."""
+    return webhooks.deliver(delivery_id)
