@@ -99,7 +99,6 @@ def create_endpoint(
     if count >= MAX_ENDPOINTS:
         raise InvalidRequest(
             f"the organization already has {count} webhook endpoints, the most allowed; delete one first",
-            param="url",
             code="too_many_webhooks",
         )
     session.add(row)
