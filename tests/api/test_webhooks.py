@@ -123,3 +123,11 @@ def test_a_cancelled_job_writes_one_pending_delivery_and_enqueues_it(server: Ser
     assert d["event_id"].startswith("evt_") and d["last_error"] is None and d["next_attempt_at"] is not None
     sent = [args for name, args in queued_tasks() if name == "tunegate.webhook.deliver"]
     assert [d["id"]] in sent
+
+
+def test_an_org_has_at_most_twenty_endpoints(api: httpx.Client) -> None:
+    for _ in range(20):
+        assert _create(api).status_code == 200
+    r = _create(api)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_webhooks"
+    assert len(api.get("/webhooks").json()["data"]) == 20
