@@ -4,6 +4,7 @@ tenancy, and the delivery log of a job cancelled through the API."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ def _http(server: Server, key: str) -> httpx.Client:
 
 
 @pytest.fixture
-def api(server: Server) -> httpx.Client:
+def api(server: Server) -> Iterator[httpx.Client]:
     """Plain HTTP for a brand-new organization (the webhooks routes are an extension the SDK lacks)."""
     with _http(server, new_key()) as c:
         yield c

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 from kombu import Connection
+from openai.types.webhooks import FineTuningJobFailedWebhookEvent
 from sqlalchemy import select, update
 
 from cli.stack import worker_command
@@ -23,7 +24,7 @@ from models.base import utcnow
 from models.db import reset_engine, session_scope
 from models.jobs import JobStatus, transition
 from models.keys import get_or_create_org
-from models.tables import Job, WebhookDelivery, WebhookEndpoint
+from models.tables import Job, WebhookDelivery
 from tests.api.server import free_port, pg_schema_url
 from tests.worker.jobfactory import make_job
 from tunegate.settings import get_settings, reset_settings
@@ -168,6 +169,7 @@ def test_a_delivery_is_signed_so_the_openai_sdk_verifies_it(home: Path, receiver
     [(body, headers)] = receiver.requests
     sdk = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
     event = sdk.webhooks.unwrap(body, headers, secret=secret)
+    assert isinstance(event, FineTuningJobFailedWebhookEvent)  # the SDK's own type for this event
     assert (event.type, event.data.id, event.object) == ("fine_tuning.job.failed", job_id, "event")
     assert event.id == headers["webhook-id"] and event.id.startswith("evt_")
     with pytest.raises(openai.InvalidWebhookSignatureError):
@@ -260,8 +262,7 @@ def test_a_deleted_endpoint_is_not_sent_to(home: Path, receiver: Receiver) -> No
     job_id = make_job("tiny")
     delivery_id = _finish(job_id)
     with session_scope() as s:
-        org_id = s.get(WebhookEndpoint, endpoint_id).org_id  # type: ignore[union-attr]
-        hooks.delete_endpoint(s, org_id=org_id, endpoint_id=endpoint_id)
+        hooks.delete_endpoint(s, org_id=get_or_create_org(s, "acme").id, endpoint_id=endpoint_id)
     assert webhooks.deliver(delivery_id) == "skipped" and receiver.requests == []
 
 
@@ -274,10 +275,10 @@ def test_a_real_worker_delivers_through_an_outage(
     home = embedded_home
     job_id = make_job("tiny")
     _endpoint(receiver.url, ["fine_tuning.job.failed"])
-    env_log = (home / "worker.log").open("ab")
-    worker = subprocess.Popen(
-        worker_command("cpu", name="hooks"), cwd=REPO, stdout=env_log, stderr=subprocess.STDOUT
-    )
+    with (home / "worker.log").open("ab") as log:
+        worker = subprocess.Popen(
+            worker_command("cpu", name="hooks"), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         delivery_id = _finish(job_id)
         _wait(lambda: _delivery(delivery_id).attempts >= 4, home)  # past the task's own 2 retries
@@ -290,10 +291,10 @@ def test_a_real_worker_delivers_through_an_outage(
     assert len(receiver.requests) == 1
 
 
-def _wait(cond: object, home: Path, timeout_s: float = 90) -> None:
+def _wait(cond: Callable[[], bool], home: Path, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out; worker log:\n{(home / 'worker.log').read_text()[-3000:]}")
