@@ -166,6 +166,40 @@ class ModelDeletedOut(BaseModel):
     deleted: bool
 
 
+class WebhookOut(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    created_at: int
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(description="The signing secret (whsec_...); shown only in this answer.")
+
+
+class WebhookDeletedOut(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    deleted: bool
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint.delivery"] = "webhook_endpoint.delivery"
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    job_id: str
+    status: Literal["pending", "sending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: int
+    delivered_at: int | None
+    next_attempt_at: int | None  # only while pending
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
@@ -258,3 +292,13 @@ class UploadCompleteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     part_ids: list[str] = Field(min_length=1, max_length=10_000, description="The parts, in file order.")
     md5: str | None = Field(default=None, max_length=64)
+
+
+class WebhookCreateIn(BaseModel):
+    """Shape only; ``models.webhooks`` checks the values (400 naming ``url`` or ``events``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(default=None, description="The http(s) URL that receives the events.")
+    events: list[str] | None = Field(
+        default=None, description="Event types to send, e.g. fine_tuning.job.failed."
+    )

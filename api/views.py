@@ -16,10 +16,22 @@ from api.schemas import (
     JobErrorOut,
     JobOut,
     UploadOut,
+    WebhookCreatedOut,
+    WebhookDeliveryOut,
+    WebhookOut,
 )
 from models.base import unix, utcnow
 from models.jobs import fine_tuned_model_name
-from models.tables import Checkpoint, File, Job, JobEvent, Upload
+from models.tables import (
+    Checkpoint,
+    File,
+    Job,
+    JobEvent,
+    Upload,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
 
@@ -111,4 +123,30 @@ def checkpoint_out(row: Checkpoint, job: Job, org_name: str) -> CheckpointOut:
         fine_tuning_job_id=job.id,
         step_number=row.step_number,
         metrics=CheckpointMetricsOut(**(row.metrics or {})),
+    )
+
+
+def webhook_out(row: WebhookEndpoint) -> WebhookOut:
+    return WebhookOut(id=row.id, url=row.url, events=list(row.events), created_at=unix(row.created_at) or 0)
+
+
+def webhook_created_out(row: WebhookEndpoint) -> WebhookCreatedOut:
+    """The only answer that carries the signing secret."""
+    return WebhookCreatedOut(**webhook_out(row).model_dump(), secret=row.secret)
+
+
+def delivery_out(row: WebhookDelivery, event: WebhookEvent) -> WebhookDeliveryOut:
+    return WebhookDeliveryOut(
+        id=row.id,
+        endpoint_id=row.endpoint_id,
+        event_id=event.id,
+        event_type=event.type,
+        job_id=event.job_id,
+        status=row.status,  # type: ignore[arg-type]
+        attempts=row.attempts,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        created_at=unix(row.created_at) or 0,
+        delivered_at=unix(row.delivered_at),
+        next_attempt_at=unix(row.next_attempt_at) if row.status == "pending" else None,
     )

@@ -7,7 +7,8 @@
 
 Every status change goes through ``transition`` and appends a ``JobEvent``; other events go through
 ``record_event``. Both are idempotent on ``dedupe_key`` so a redelivered Celery task cannot write twice.
-Neither commits: the caller's session scope does.
+Neither commits: the caller's session scope does. A terminal status also writes the organization's webhook
+events (``models.webhooks.emit``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from models import webhooks
 from models.base import utcnow
 from models.tables import Job, JobEvent
 from tunegate.errors import Conflict
@@ -140,7 +142,8 @@ def transition(
     Returns False without writing when the move was already made (same status, or ``dedupe_key`` seen:
     a redelivered task). Raises ``Conflict`` for a move the table does not allow. ``error`` (``{code,
     message, param}``) is stored only on ``failed``. ``data`` may carry ``stage``/``progress``, which also
-    update the job.
+    update the job. Reaching ``succeeded``/``failed``/``cancelled`` writes the webhook events of the job's
+    organization (``models.webhooks``), sent once this transaction commits.
     """
     dst = JobStatus(to)
     src = JobStatus(job.status)
@@ -154,6 +157,7 @@ def transition(
         )
     _apply(job, dst, data, error)
     _append(session, job, message, type="message", level=level, data=data, dedupe_key=dedupe_key)
+    webhooks.emit_status(session, job, dst.value)  # the outbox row, in this same transaction
     return True
 
 

@@ -20,7 +20,8 @@ from tunegate.settings import Settings, get_settings
 # mitigation, the gate, maintenance) and "gpu" (scoring, training, evaluation).
 START = "tunegate.job.start"
 REAP = "tunegate.maintenance.reap"
-QUEUE_OF = {START: "cpu", REAP: "cpu"}
+DELIVER_WEBHOOK = "tunegate.webhook.deliver"
+QUEUE_OF = {START: "cpu", REAP: "cpu", DELIVER_WEBHOOK: "cpu"}
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -99,6 +99,19 @@ class Settings(BaseSettings):
     # '{"evaluate": {"n_harmful": 32}, "score": {"batch_size": 4}}'.
     stage_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    # Webhooks (models/webhooks.py, worker/webhooks.py). A failed delivery is retried after
+    # webhook_retry_backoff_s, doubling per attempt up to webhook_max_retry_delay_s; the first
+    # webhook_task_retries retries the task schedules itself, later ones the periodic sweep sends when due;
+    # an event still undelivered webhook_give_up_after_s after it happened is marked failed.
+    webhook_timeout_s: float = 10.0  # one POST to a receiver (connect + answer)
+    webhook_retry_backoff_s: float = 30.0
+    webhook_max_retry_delay_s: float = 3600.0
+    webhook_task_retries: int = 5
+    webhook_give_up_after_s: float = 3 * 24 * 3600.0
+    # A due delivery whose task message was sent this long ago without an attempt (a lost message), or an
+    # attempt holding it this long (a killed worker), is sent again by the sweep. Keep it above the timeout.
+    webhook_requeue_after_s: float = 300.0
+
     # Provider defaults for the safety policy (per-org policy may tighten them)
     gate_delta: float = 0.05
     gate_cap: float = 0.20

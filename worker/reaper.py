@@ -28,6 +28,7 @@ from models.tables import Job
 from tunegate import queue
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import get_storage
+from worker import webhooks
 from worker.claims import ACTIVE, stale_before
 from worker.stages.all import PIPELINE
 
@@ -104,8 +105,9 @@ def reap_expired(settings: Settings | None = None) -> tuple[list[str], list[str]
 
 
 class ReaperThread(threading.Thread):
-    """Runs ``reap`` and ``reap_expired`` every ``Settings.reap_interval_s`` inside a worker process (every
-    worker runs one)."""
+    """Runs ``reap``, ``reap_expired`` and the webhook sweep (``worker.webhooks.sweep``: due deliveries whose
+    retries are left to it or whose message was lost) every ``Settings.reap_interval_s`` inside a worker
+    process (every worker runs one)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="tunegate-reaper", daemon=True)
@@ -125,3 +127,7 @@ class ReaperThread(threading.Thread):
                 reap_expired(self.settings)
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("expiry pass failed, will retry: %s", exc)
+            try:
+                webhooks.sweep(self.settings)
+            except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
+                log.warning("webhook sweep failed, will retry: %s", exc)

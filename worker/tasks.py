@@ -1,5 +1,5 @@
 """The Celery tasks: one per stage spec, generated from the pipeline, over ``worker.runner.execute``; the
-``start`` task of a new job (the API knows no stage); and the reaper.
+``start`` task of a new job (the API knows no stage); the reaper; webhook delivery.
 
 Tasks take a job id, never rows. ``acks_late`` with ``task_reject_on_worker_lost`` (set on the app) keeps a
 message until its stage has finished; the compare-and-set claim makes a second delivery a no-op. Only
@@ -17,7 +17,7 @@ from celery import Task, shared_task
 from tunegate import queue
 from tunegate.errors import TransientError
 from tunegate.settings import get_settings
-from worker import reaper, runner
+from worker import reaper, runner, webhooks
 from worker.stages.all import PIPELINE
 from worker.stages.spec import StageSpec
 
@@ -82,3 +82,9 @@ def start(self: Task, job_id: str) -> str:
 @shared_task(name=queue.REAP, ignore_result=True)
 def reap() -> list[str]:
     return reaper.reap()
+
+
+@shared_task(name=queue.DELIVER_WEBHOOK, acks_late=True, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str:
+    """One attempt at one webhook delivery (``worker/webhooks.py`` retries and records it)."""
+    return webhooks.deliver(delivery_id)

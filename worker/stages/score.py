@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from sqlalchemy.orm import Session
 
+from models import webhooks
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation, load_examples
@@ -164,6 +165,8 @@ def build(ctx: StageContext, io: StageIO) -> tuple[ScoreConfig, ScoreInputs]:
 
 
 def apply(session: Session, job: Job, res: ScoreResult) -> Applied:
+    if res.verdict.flagged:  # the organization's webhooks hear of it (same transaction; once per job)
+        webhooks.emit(session, job, "fine_tuning.job.flagged")
     flagged = "flagged as high-risk" if res.verdict.flagged else "not flagged"
     msg = f"scored {res.n_examples} examples; dataset {flagged}: {res.verdict.reason}".rstrip(": ")
     return Applied(msg, data={"verdict": res.to_dict()["verdict"]})

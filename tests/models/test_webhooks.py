@@ -1,0 +1,129 @@
+"""The webhook outbox: what ``emit`` and ``transition`` write, once, and what is enqueued after commit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+from sqlalchemy import select
+
+from models import webhooks
+from models.db import session_scope
+from models.jobs import JobStatus, transition
+from models.tables import Job, Organization, WebhookDelivery, WebhookEvent
+from tunegate.settings import get_settings
+
+
+def _org_and_job() -> tuple[str, str]:
+    with session_scope() as s:
+        org = Organization(name=f"o-{id(s)}", policy={})
+        s.add(org)
+        s.flush()
+        job = Job(org_id=org.id, model="m", training_file="file-x")
+        s.add(job)
+        s.flush()
+        return org.id, job.id
+
+
+def _endpoint(org_id: str, *events: str) -> str:
+    with session_scope() as s:
+        return webhooks.create_endpoint(s, org_id=org_id, url="http://127.0.0.1:9/h", events=list(events)).id
+
+
+def _rows() -> list[tuple[WebhookEvent, WebhookDelivery]]:
+    with session_scope() as s:
+        stmt = select(WebhookEvent, WebhookDelivery).join(
+            WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id
+        )
+        return [(e, d) for e, d in s.execute(stmt.order_by(WebhookDelivery.endpoint_id))]
+
+
+def _messages() -> list[list[str]]:
+    out = []
+    with Connection(get_settings().celery_broker_url) as conn:
+        q = conn.SimpleQueue("cpu")
+        while True:
+            try:
+                msg = q.get(block=False)
+            except q.Empty:
+                break
+            assert msg.headers["task"] == "tunegate.webhook.deliver"
+            out.append(list(msg.payload[0]))
+            msg.ack()
+        q.close()
+    return out
+
+
+def _move(job_id: str, *statuses: JobStatus) -> None:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        for status in statuses:
+            transition(s, job, status, message=status.value)
+
+
+def test_a_terminal_status_writes_one_event_per_subscribed_endpoint(migrated_home: Path) -> None:
+    org_id, job_id = _org_and_job()
+    a = _endpoint(org_id, "fine_tuning.job.succeeded", "fine_tuning.job.failed")
+    b = _endpoint(org_id, "fine_tuning.job.succeeded")
+    _endpoint(org_id, "fine_tuning.job.cancelled")  # not subscribed
+    other_org, _ = _org_and_job()
+    _endpoint(other_org, "fine_tuning.job.succeeded")  # another tenant's
+    _move(job_id, JobStatus.QUEUED, JobStatus.RUNNING)
+    assert _rows() == [] and _messages() == []  # only terminal statuses are events
+    _move(job_id, JobStatus.SUCCEEDED)
+    rows = _rows()
+    assert sorted(d.endpoint_id for _, d in rows) == sorted([a, b])
+    assert len({e.id for e, _ in rows}) == 1  # one event (one webhook-id) to both endpoints
+    event = rows[0][0]
+    body = json.loads(event.body)
+    assert body == {
+        "object": "event",
+        "id": event.id,
+        "type": "fine_tuning.job.succeeded",
+        "created_at": body["created_at"],
+        "data": {"id": job_id},
+    }
+    assert isinstance(body["created_at"], int)
+    assert all(d.status == "pending" and d.attempts == 0 for _, d in rows)
+    assert sorted(_messages()) == sorted([[d.id] for _, d in rows])
+
+
+def test_a_rolled_back_transition_writes_and_enqueues_nothing(migrated_home: Path) -> None:
+    org_id, job_id = _org_and_job()
+    _endpoint(org_id, "fine_tuning.job.failed", "fine_tuning.job.cancelled")
+    with pytest.raises(RuntimeError), session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        transition(s, job, JobStatus.FAILED, message="failed")
+        raise RuntimeError("the caller's transaction fails after the transition")
+    assert _rows() == [] and _messages() == []
+    _move(job_id, JobStatus.CANCELLED)  # the same job, later, committed
+    [(event, delivery)] = _rows()
+    assert event.type == "fine_tuning.job.cancelled"
+    assert _messages() == [[delivery.id]]
+
+
+def test_emit_writes_each_event_type_once_per_job_unless_keyed(migrated_home: Path) -> None:
+    org_id, job_id = _org_and_job()
+    _endpoint(org_id, "fine_tuning.job.flagged", "fine_tuning.job.overridden")
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        first = webhooks.emit(s, job, "fine_tuning.job.flagged")
+        assert first is not None and first.startswith("evt_")
+        assert webhooks.emit(s, job, "fine_tuning.job.flagged") is None  # a redelivered task
+        assert webhooks.emit(s, job, "fine_tuning.job.repaired") is None  # nobody subscribed
+        one = webhooks.emit(s, job, "fine_tuning.job.overridden", dedupe_key="override:1")
+        two = webhooks.emit(s, job, "fine_tuning.job.overridden", dedupe_key="override:2")
+        assert None not in (one, two) and one != two
+        with pytest.raises(ValueError, match="unknown webhook event type"):
+            webhooks.emit(s, job, "fine_tuning.job.exploded")
+    assert sorted(e.type for e, _ in _rows()) == [
+        "fine_tuning.job.flagged",
+        "fine_tuning.job.overridden",
+        "fine_tuning.job.overridden",
+    ]
+    assert len(_messages()) == 3
