@@ -89,3 +89,9 @@ def _default(o: Any) -> Any:
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def job_stage_dir(jobs_path: Path, job_id: str, stage: str) -> Path:
+    """Where a job's stage writes its artifacts (``<jobs>/<job id>/<stage>``), for readers outside the
+    worker (the moderator console reads the mitigation log and the trained adapter's location there)."""
+    return jobs_path / job_id / stage

@@ -1,4 +1,4 @@
-"""Assemble the safety report (JSON) and render it as a self-contained HTML page."""
+"""Assemble the safety report (JSON) and render it as a self-contained HTML page (tunegate.reporting)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
-from worker.report.html import render_html
+from tunegate.reporting import render_report
 
 MAX_FLAGGED = 20
 
@@ -51,5 +51,5 @@ def build_report(
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     js = atomic_write_json(out_dir / "report.json", report)
-    html = atomic_write_text(out_dir / "report.html", render_html(report))
+    html = atomic_write_text(out_dir / "report.html", render_report(report))
     return js, html
