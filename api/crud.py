@@ -156,5 +156,10 @@ def stored_bytes(session: Session, *, org_id: str) -> int:
 
 
 def released_jobs(session: Session, *, org: Organization) -> list[Job]:
-    stmt = select(Job).where(Job.org_id == org.id, Job.released.is_(True), Job.fine_tuned_model.is_not(None))
+    stmt = select(Job).where(
+        Job.org_id == org.id,
+        Job.released.is_(True),
+        Job.revoked_at.is_(None),  # a revoked adapter is no longer a model anyone can use
+        Job.fine_tuned_model.is_not(None),
+    )
     return list(session.scalars(stmt.order_by(Job.id.desc())))

@@ -15,7 +15,7 @@ from api.deps import CurrentOrg
 from api.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.processing import process_pending
 from api.recovery import sweep_storage
-from api.routes import files, health, jobs, models, releases
+from api.routes import console, files, health, jobs, models, releases
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def create_app() -> FastAPI:
         description="OpenAI-compatible Files and Fine-tuning API with a safety gate.",
     )
     errors.install(app)
-    for router in (health.router, files.router, jobs.router, releases.router, models.router):
+    for router in (health.router, files.router, jobs.router, releases.router, models.router, console.router):
         app.include_router(router)
     # outermost last: request id, then the abuse guard (before any body is read), then the body limits;
     # every answer of the inner two carries the request id

@@ -24,7 +24,7 @@ MAX_REASON_CHARS = 2000
 
 
 def check_reason(reason: str | None) -> str:
-    """The stripped reason; ``InvalidRequest`` (param ``reason``) when it is missing, too short or too long."""
+    """The stripped reason; ``InvalidRequest`` (param ``reason``) when missing, too short or too long."""
     text = (reason or "").strip()
     if len(text) < MIN_REASON_CHARS:
         raise InvalidRequest(
@@ -70,7 +70,9 @@ def for_job(session: Session, job_id: str) -> list[AuditEntry]:
 def for_org(session: Session, org_id: str, limit: int = 50) -> list[AuditEntry]:
     """An organization's entries (its jobs' and its policy's), newest first."""
     stmt = select(AuditEntry).where(AuditEntry.org_id == org_id)
-    return list(session.scalars(stmt.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit)))
+    return list(
+        session.scalars(stmt.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit))
+    )
 
 
 def as_dict(entry: AuditEntry) -> dict[str, Any]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from models import audit
 from models.jobs import JobStatus, fine_tuned_model_name, record_event, transition
 from models.keys import Admin
 from models.policy import KNOBS, org_policy
 from models.tables import AuditEntry, Job, Organization
-from sqlalchemy.orm import Session
-
 from tunegate.artifacts import job_stage_dir, read_json
 from tunegate.errors import Conflict, InvalidConfig, NotFound
 from tunegate.settings import Settings
@@ -42,9 +42,7 @@ def trained_adapter(settings: Settings, job: Job) -> Path:
     return adapter
 
 
-def override_release(
-    session: Session, admin: Admin, job: Job, reason: str, settings: Settings
-) -> AuditEntry:
+def override_release(session: Session, admin: Admin, job: Job, reason: str, settings: Settings) -> AuditEntry:
     """Release the adapter of a job the gate blocked: it becomes ``succeeded`` (an event says who and why)."""
     code = blocked_code(job)
     if code is None:
@@ -69,7 +67,9 @@ def override_release(
         override=True,
     )
     job.released, job.revoked_at, job.adapter_path = True, None, str(adapter)
-    job.fine_tuned_model = fine_tuned_model_name(job.model, org.name if org else job.org_id, job.suffix, job.id)
+    job.fine_tuned_model = fine_tuned_model_name(
+        job.model, org.name if org else job.org_id, job.suffix, job.id
+    )
     return entry
 
 
@@ -100,7 +100,7 @@ def set_org_policy(
     reason: str,
     settings: Settings,
 ) -> AuditEntry:
-    """Set safety knobs of ``org`` (the floor its jobs may only tighten); ``InvalidConfig`` names a bad one."""
+    """Set safety knobs of ``org`` (the floor its jobs may only tighten); ``InvalidConfig`` names bad ones."""
     unknown = sorted(set(updates) - set(KNOBS))
     if unknown:
         raise InvalidConfig(f"policy.{unknown[0]}: unknown safety setting", param=f"policy.{unknown[0]}")

@@ -44,8 +44,21 @@ def plain(value: Any) -> str:
 
 # What a ``job`` dict may carry (any of them may be left out): the header, the timeline and the banners.
 JOB_FIELDS = (
-    "id", "org", "model", "status", "fine_tuned_model", "training_file", "training_filename", "n_examples",
-    "validation_file", "created_at", "finished_at", "revoked_at", "override", "policy", "events",
+    "id",
+    "org",
+    "model",
+    "status",
+    "fine_tuned_model",
+    "training_file",
+    "training_filename",
+    "n_examples",
+    "validation_file",
+    "created_at",
+    "finished_at",
+    "revoked_at",
+    "override",
+    "policy",
+    "events",
 )
 
 
@@ -72,12 +85,14 @@ def environment() -> Environment:
 def render_report(
     report: dict[str, Any], *, job: dict[str, Any] | None = None, audit: Sequence[dict[str, Any]] = ()
 ) -> str:
-    """The full report page. ``job`` (id, org, model, files, dates, policy, events ...) adds the header and the
-    timeline; ``audit`` (``models.audit.as_dict`` entries) the moderators' actions."""
+    """The full report page. ``job`` (id, org, model, files, dates, policy, events ...) adds the header and
+    the timeline; ``audit`` (``models.audit.as_dict`` entries) the moderators' actions."""
     job = job_fields(job)
     policy = (job or {}).get("policy") or {}
-    return environment().get_template("report.html").render(
-        view=report_view(report, policy), job=job, audit=list(audit)
+    return (
+        environment()
+        .get_template("report.html")
+        .render(view=report_view(report, policy), job=job, audit=list(audit))
     )
 
 

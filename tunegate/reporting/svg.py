@@ -1,4 +1,4 @@
-"""Minimal inline-SVG charts (no external assets): a histogram with threshold marks and a grouped bar chart."""
+"""Minimal inline-SVG charts (no external assets): a histogram with threshold marks, grouped bars."""
 
 from __future__ import annotations
 

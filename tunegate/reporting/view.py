@@ -120,7 +120,9 @@ def flagged_rows(scoring: dict[str, Any], mitigation: dict[str, Any]) -> list[di
     return rows
 
 
-def risk_marks(risk: list[float], mitigation: dict[str, Any], policy: dict[str, Any]) -> list[tuple[float, str]]:
+def risk_marks(
+    risk: list[float], mitigation: dict[str, Any], policy: dict[str, Any]
+) -> list[tuple[float, str]]:
     """Thresholds on the 0..100 risk axis: the risk from which mitigation acts, and the top-share cutoff."""
     marks: list[tuple[float, str]] = []
     mpol = mitigation.get("policy") or {}
@@ -159,12 +161,20 @@ def evaluation_view(ev: dict[str, Any]) -> dict[str, Any]:
                 "n": tuned.get("n") or base.get("n"),
                 "same_as_chat": bool(t.get("same_as_chat")),
                 "categories": [
-                    {"name": c, "base": _pct(b.get(c)), "tuned": _pct(f.get(c)), "worse": f.get(c, 0) > b.get(c, 0)}
+                    {
+                        "name": c,
+                        "base": _pct(b.get(c)),
+                        "tuned": _pct(f.get(c)),
+                        "worse": f.get(c, 0) > b.get(c, 0),
+                    }
                     for c in cats
                 ],
                 "chart": grouped_bars(
                     cats,
-                    {"base": [float(b.get(c, 0.0)) for c in cats], "fine-tuned": [float(f.get(c, 0.0)) for c in cats]},
+                    {
+                        "base": [float(b.get(c, 0.0)) for c in cats],
+                        "fine-tuned": [float(f.get(c, 0.0)) for c in cats],
+                    },
                 )
                 if cats
                 else "",
