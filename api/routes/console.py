@@ -203,25 +203,15 @@ def queue_page(
         result = mod.queue(session, flt, page=page, per_page=PER_PAGE)
     except TunegateError as exc:
         return _error_page(exc, staff)
-    params = {
-        k: v
-        for k, v in {
-            "org": org,
-            "model": model,
-            "state": state,
-            "code": code,
-            "since": since,
-            "until": until,
-        }.items()
-        if v
-    }
+    filters = {"org": org, "model": model, "state": state, "code": code, "since": since, "until": until}
+    params = {k: v for k, v in filters.items() if v}
     orgs = session.execute(select(Organization.id, Organization.name).order_by(Organization.name)).tuples()
     models = session.scalars(select(Job.model).distinct().order_by(Job.model))
     page_html = render_page(
         "console/queue.html",
         staff=staff,
         result=result,
-        filters=params,
+        filters=filters,
         orgs=list(orgs),
         models=list(models),
         states=mod.STATES,
