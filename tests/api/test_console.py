@@ -11,25 +11,11 @@ import openai
 import pytest
 
 from models.db import session_scope
-from models.keys import create_admin_key, revoke_key
+from models.keys import revoke_key
 from models.tables import AuditEntry, Job, Organization
-from tests.api.conftest import new_key, sdk
+from tests.api.conftest import admin_key, new_key, sdk
 from tests.api.moderation_jobs import BlockedJob, blocked_job
 from tests.api.server import Server
-
-
-@pytest.fixture
-def console_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fixed console secret: required in distributed mode (the postgres backend), harmless in embedded."""
-    from tunegate.settings import reset_settings
-
-    monkeypatch.setenv("TUNEGATE_CONSOLE_SECRET", "test-console-secret-" + server.backend)
-    reset_settings()
-
-
-def admin_key(name: str = "Dana Moderator") -> str:
-    with session_scope() as s:
-        return create_admin_key(s, name).key
 
 
 def browser(server: Server) -> httpx.Client:
@@ -100,7 +86,9 @@ def test_session_cookie_is_signed_http_only_and_ends_with_the_key(server: Server
         resp = login(client, key)
         cookie = next(c for c in resp.headers.get_list("set-cookie") if c.startswith("tg_console="))
         assert (
-            "httponly" in cookie.lower() and "samesite=strict" in cookie.lower() and "path=/console" in cookie.lower()
+            "httponly" in cookie.lower()
+            and "samesite=strict" in cookie.lower()
+            and "path=/console" in cookie.lower()
         )
         assert client.get("/console/jobs").status_code == 200
         with session_scope() as s:
