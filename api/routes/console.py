@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from api import moderation as mod
 from api.deps import SessionDep, SettingsDep
+from api.ratelimit import AUTH_FAILURES
 from models import audit
 from models.keys import ROLE_ADMIN, Admin, authenticate_admin
 from models.moderation import blocked_code, override_release, revoke_adapter, set_org_policy
@@ -141,9 +142,14 @@ def login(
     pre = verify(request.cookies.get(LOGIN_COOKIE, ""), secret, max_age_s=LOGIN_MAX_AGE_S)
     if pre is None or pre.get("kind") != "login" or not secrets.compare_digest(str(pre.get("nonce")), csrf):
         return _login_page(request, settings, "The login form expired; please try again.", 403)
+    client = request.client.host if request.client else "unknown"
+    if AUTH_FAILURES.wait(client, settings.auth_failures_per_minute):  # the API's own guard against guessing
+        return _login_page(request, settings, "Too many failed logins from your address; retry later.", 429)
     try:
         admin = authenticate_admin(session, key.strip())
     except TunegateError as exc:  # a wrong key (401) or an organization's key (403)
+        if exc.status_code == 401:
+            AUTH_FAILURES.take(client, settings.auth_failures_per_minute)
         return _login_page(request, settings, exc.message, exc.status_code)
     session.commit()
     token = sign({"kind": "session", "key": admin.key_id, "csrf": secrets.token_urlsafe(24)}, secret)
@@ -154,8 +160,18 @@ def login(
 
 
 @router.post("/logout")
-def logout() -> Response:
-    # No CSRF check needed: logging someone out is harmless, and it must work with an expired session too.
+def logout(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    csrf: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
+    """End the session (a live session's CSRF token is required; an expired one is simply cleared)."""
+    staff = _staff(request, session, settings)
+    if staff is not None and not secrets.compare_digest(staff.csrf.encode(), csrf.encode()):
+        return _error_page(
+            PermissionDenied("The form's CSRF token does not match this session.", code="csrf_failed")
+        )
     response = _to_login()
     response.delete_cookie(COOKIE, path="/console")
     return response

@@ -227,3 +227,28 @@ def test_admin_key_cannot_use_the_v1_report(server: Server, blocked: BlockedJob)
         headers={"Authorization": f"Bearer {admin_key(f'admin-{secrets.token_hex(2)}')}"},
     )
     assert resp.status_code == 403
+
+
+def test_logout_needs_the_session_token(server: Server, staff: httpx.Client) -> None:
+    assert staff.post("/console/logout", data={"csrf": "forged"}).status_code == 403
+    csrf = csrf_of(staff.get("/console/jobs").text)
+    assert staff.get("/console/jobs").status_code == 200
+    resp = staff.post("/console/logout", data={"csrf": csrf})
+    assert resp.status_code == 303 and resp.headers["location"] == "/console/login"
+    assert staff.get("/console/jobs").status_code == 303
+
+
+def test_failed_logins_are_rate_limited(
+    server: Server, console_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.ratelimit import AUTH_FAILURES
+    from tunegate.settings import reset_settings
+
+    monkeypatch.setenv("TUNEGATE_AUTH_FAILURES_PER_MINUTE", "2")
+    reset_settings()
+    try:
+        with browser(server) as client:
+            assert [login(client, "tga-guess").status_code for _ in range(3)] == [401, 401, 429]
+            assert "Too many failed logins" in login(client, admin_key()).text
+    finally:
+        AUTH_FAILURES.reset()

@@ -7,6 +7,7 @@ from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.reporting import render_report
+from tunegate.reporting.details import with_details
 
 MAX_FLAGGED = 20
 
@@ -34,8 +35,14 @@ def build_report(
     score_records: list[dict[str, Any]] | None,
     mitigation: dict[str, Any] | None,
     training: dict[str, Any] | None,
+    *,
+    texts: dict[int, list[dict[str, Any]]] | None = None,
+    actions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The report dict (the input contract of ``tunegate.reporting``). ``texts`` (line -> the example's chat
+    messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
+    mitigation did to each line and the injected safety examples."""
+    report = {
         "decision": {k: decision[k] for k in ("released", "code", "message", "checks")},
         "policy": policy,
         "scoring": {
@@ -47,6 +54,7 @@ def build_report(
         "training": training or {},
         "evaluation": evaluation,
     }
+    return with_details(report, texts=texts, actions=actions)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
