@@ -11,7 +11,7 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <key>``; keys from ``t
     GET    /v1/fine_tuning/jobs/{id}/events | /checkpoints      newest first, cursor pages
     GET    /v1/fine_tuning/jobs/{id}/safety_report              extension: the gate's report.json
     GET    /v1/fine_tuning/jobs/{id}/safety_report.html         extension: the report as one page
-    GET    /v1/fine_tuning/jobs/{id}/adapter                    extension: tar.gz, 403 until released/if revoked
+    GET    /v1/fine_tuning/jobs/{id}/adapter                    extension: tar.gz; 403 unreleased or revoked
     GET    /v1/models[/{id}]                  configured bases + this org's released, unrevoked fine-tunes
     GET    /healthz                           no auth
     /console/...                              the moderator console (admin keys, a session cookie; HTML)

@@ -252,3 +252,20 @@ def test_failed_logins_are_rate_limited(
             assert "Too many failed logins" in login(client, admin_key()).text
     finally:
         AUTH_FAILURES.reset()
+
+
+def test_queue_pages_newest_first(staff: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.routes.console
+
+    older = blocked_job()
+    newer = blocked_job(older.org)
+    monkeypatch.setattr(api.routes.console, "PER_PAGE", 1)
+    with session_scope() as s:
+        org = s.query(Organization).filter_by(name=older.org).one()
+        org_id = org.id
+    first = staff.get("/console/jobs", params={"org": org_id}).text
+    assert newer.id in first and older.id not in first and "page 1 of 2" in first
+    link = re.search(r'href="([^"]+)" rel="next"', first)
+    assert link, first
+    second = staff.get(link.group(1).replace("&amp;", "&")).text
+    assert older.id in second and newer.id not in second and 'rel="prev"' in second
