@@ -43,7 +43,8 @@ def test_another_secret_is_refused() -> None:
 
 
 def test_embedded_secret_is_generated_once_private(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home")
+    # explicit: the environment of other tests (a server fixture's database URL) must not leak in
+    settings = Settings(home=tmp_path / "home", database_url=None, broker_url=None, console_secret=None)
     first = console_secret(settings)
     assert len(first) >= 32 and console_secret(settings) == first
     path = tmp_path / "home" / "console_secret"
