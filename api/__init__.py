@@ -10,9 +10,11 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <key>``; keys from ``t
     GET    /v1/fine_tuning/jobs/{id} | POST /v1/fine_tuning/jobs/{id}/cancel
     GET    /v1/fine_tuning/jobs/{id}/events | /checkpoints      newest first, cursor pages
     GET    /v1/fine_tuning/jobs/{id}/safety_report              extension: the gate's report.json
-    GET    /v1/fine_tuning/jobs/{id}/adapter                    extension: tar.gz, 403 until released
-    GET    /v1/models[/{id}]                  configured bases + this org's released fine-tunes
+    GET    /v1/fine_tuning/jobs/{id}/safety_report.html         extension: the report as one page
+    GET    /v1/fine_tuning/jobs/{id}/adapter                    extension: tar.gz; 403 unreleased or revoked
+    GET    /v1/models[/{id}]                  configured bases + this org's released, unrevoked fine-tunes
     GET    /healthz                           no auth
+    /console/...                              the moderator console (admin keys, a session cookie; HTML)
 
 Error bodies are ``{"error": {"message", "type", "param", "code"}}`` (see api/errors.py); every response has
 ``x-request-id``. Job objects carry extra fields ``safety`` (effective policy), ``stage``, ``progress``,

@@ -176,6 +176,7 @@ def released_jobs(session: Session, *, org: Organization) -> list[Job]:
         Job.released.is_(True),
         Job.fine_tuned_model.is_not(None),
         Job.model_deleted_at.is_(None),
+        Job.revoked_at.is_(None),  # a revoked adapter is no longer a model anyone can use
     )
     return list(session.scalars(stmt.order_by(Job.id.desc())))
 

@@ -15,7 +15,7 @@ from api.deps import CurrentOrg
 from api.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.processing import process_pending
 from api.recovery import sweep_storage
-from api.routes import files, health, jobs, models, releases, uploads, webhooks
+from api.routes import console, files, health, jobs, models, releases, uploads, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def create_app() -> FastAPI:
         releases.router,
         models.router,
         webhooks.router,
+        console.router,
     ):
         app.include_router(router)
     # outermost last: request id, then the abuse guard (before any body is read), then the body limits;

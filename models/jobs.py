@@ -4,6 +4,7 @@
           │                │          │  └───> failed / cancelled
           │                │          └──────> queued  (a stale job requeued by the reaper)
           └────────────────┴──> failed / cancelled
+    failed (blocked by the gate) ──> succeeded   only as a moderator's override (``override=True``)
 
 Every status change goes through ``transition`` and appends a ``JobEvent``; other events go through
 ``record_event``. Both are idempotent on ``dedupe_key`` so a redelivered Celery task cannot write twice.
@@ -45,6 +46,8 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
+# Moves only provider staff make (models/moderation.py), never a worker or a tenant.
+OVERRIDES: dict[JobStatus, frozenset[JobStatus]] = {JobStatus.FAILED: frozenset({JobStatus.SUCCEEDED})}
 LEVELS = ("info", "warn", "error")
 EVENT_TYPES = ("message", "metrics")
 
@@ -136,6 +139,7 @@ def transition(
     data: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     dedupe_key: str | None = None,
+    override: bool = False,
 ) -> bool:
     """Move ``job`` to status ``to`` and append an event; the only place a job's status changes.
 
@@ -143,13 +147,15 @@ def transition(
     a redelivered task). Raises ``Conflict`` for a move the table does not allow. ``error`` (``{code,
     message, param}``) is stored only on ``failed``. ``data`` may carry ``stage``/``progress``, which also
     update the job. Reaching ``succeeded``/``failed``/``cancelled`` writes the webhook events of the job's
-    organization (``models.webhooks``), sent once this transaction commits.
+    organization (``models.webhooks``), sent once this transaction commits. ``override`` also allows the
+    moderator's moves (``OVERRIDES``).
     """
     dst = JobStatus(to)
     src = JobStatus(job.status)
     if _event_exists(session, job.id, dedupe_key) or src == dst:
         return False
-    if dst not in ALLOWED[src]:
+    allowed = ALLOWED[src] | (OVERRIDES.get(src, frozenset()) if override else frozenset())
+    if dst not in allowed:
         raise Conflict(
             f"job {job.id} cannot go from {src.value} to {dst.value}",
             param="status",
@@ -169,6 +175,7 @@ def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: dict[st
         job.progress = float(data["progress"])
     if dst == JobStatus.SUCCEEDED:
         job.progress = 1.0
+        job.error = None  # an overridden block no longer reads as failed
     if dst == JobStatus.FAILED:
         job.error = _error_dict(error)
     if dst in TERMINAL:

@@ -106,6 +106,8 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     artifacts_dir: Mapped[str | None] = mapped_column(String(1024))
     released: Mapped[bool] = mapped_column(Boolean, default=False)
+    # set when provider staff revoke a released adapter: no download, not in /v1/models (released stays)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     adapter_path: Mapped[str | None] = mapped_column(String(1024))
     report_path: Mapped[str | None] = mapped_column(String(1024))
     idempotency_key: Mapped[str | None] = mapped_column(String(256))
@@ -230,3 +232,20 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """One moderator action: who, what, when, why. Append-only: nothing in tunegate updates or deletes a
+    row (models/audit.py only inserts and reads)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("audit-"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor_key_id: Mapped[str] = mapped_column(String(64))  # the admin key used (kept if the key is revoked)
+    actor_name: Mapped[str] = mapped_column(String(128))  # the key holder's name at the time
+    action: Mapped[str] = mapped_column(String(32))  # models.audit.ACTIONS
+    reason: Mapped[str] = mapped_column(Text)
+    org_id: Mapped[str | None] = mapped_column(String(64), index=True)  # no foreign keys: the log outlives
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the rows it talks about
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

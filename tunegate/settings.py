@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # known); over it the request gets 429. Below the API's 12 database sessions, so others are served.
     max_concurrent_requests_per_org: int = 8
     page_limit_default: int = 20
+    # Moderator console (/console): the key that signs its session cookies. Unset in embedded mode: one is
+    # generated once and kept in <home>/console_secret (0600); in distributed mode it must be set, the same on
+    # every API process. Sessions expire after console_session_max_age_s.
+    console_secret: str | None = Field(default=None, repr=False)
+    console_session_max_age_s: int = 8 * 3600
 
     # Worker
     device: Literal["auto", "cpu", "cuda"] = "auto"

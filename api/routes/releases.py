@@ -1,5 +1,6 @@
-"""Our extensions to the jobs API: the safety report, and the downloads of the adapter and of each
-checkpoint's adapter (only once the job is released, and until its fine-tuned model is deleted).
+"""Our extensions to the jobs API: the safety report (JSON, or as a page), and the downloads of the adapter
+and of each checkpoint's adapter (only once the job is released, until its fine-tuned model is deleted, and
+never once the provider revoked it).
 
 Both are scrubbed of server paths (``tunegate.redact``): in the adapter archive the base model's directory,
 which peft and the train stage record (``adapter_config.json`` ``base_model_name_or_path``, the tokenizer's
@@ -16,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep
+from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.moderation import full_report, job_context, report_file
+from models import audit
 from models.tables import Job
 from tunegate.errors import NotFound, PermissionDenied
 from tunegate.redact import scrub, scrub_value
+from tunegate.reporting import render_report
 from tunegate.settings import get_settings
 
 TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja")
@@ -30,20 +34,11 @@ TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja")
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning extensions"])
 
 
-def _report_file(report_path: str | None) -> Path | None:
-    if not report_path:
-        return None
-    p = Path(report_path)
-    if p.is_dir():
-        p = p / "report.json"
-    return p if p.is_file() else None
-
-
 @router.get("/{job_id}/safety_report", response_model=dict[str, Any])
 def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str, Any]:
     """The gate's full report (scores, mitigation, base vs fine-tuned ASR, verdict) as JSON."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    path = _report_file(job.report_path)
+    path = report_file(job)
     if path is None:
         raise NotFound(
             f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
@@ -52,6 +47,32 @@ def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str
         )
     report = scrub_value(json.loads(path.read_text(encoding="utf-8")), get_settings())
     return report if isinstance(report, dict) else {"report": report}
+
+
+@router.get(
+    "/{job_id}/safety_report.html",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}}},
+)
+def safety_report_html(
+    job_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The report as one self-contained page: the flagged examples' text, the timeline, moderator actions."""
+    job = crud.get_job(session, org=org, job_id=job_id)
+    report = scrub_value(full_report(session, job, settings), settings)
+    entries = audit.for_job(session, job.id)
+    html = render_report(
+        report if isinstance(report, dict) else {},
+        job=job_context(session, job, entries),
+        audit=[audit.as_dict(e) for e in entries],
+    )
+    return HTMLResponse(
+        html,
+        headers={
+            "content-disposition": f'attachment; filename="{job.id}-report.html"',
+            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+        },
+    )
 
 
 def _base_paths(adapter_dir: Path) -> list[str]:
@@ -117,6 +138,12 @@ def _archive(adapter_dir: Path, name: str, model: str) -> Path:
 def _released_job(session: SessionDep, org: CurrentOrg, job_id: str) -> Job:
     """The job, if its safety gate released it (403 otherwise) and its model was not deleted (404)."""
     job = crud.get_job(session, org=org, job_id=job_id)
+    if job.revoked_at is not None:
+        raise PermissionDenied(
+            f"the adapter of job {job.id} was revoked by the provider",
+            param="fine_tuning_job_id",
+            code="adapter_revoked",
+        )
     if not job.released:
         why = f"error {job.error['code']}" if job.error else f"status {job.status}"
         raise PermissionDenied(

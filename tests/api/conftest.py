@@ -158,3 +158,21 @@ def queued_tasks() -> list[tuple[str, list[Any]]]:
                 return out
             args = msg.decode()[0] if isinstance(msg.decode(), list | tuple) else []
             out.append((msg.headers["task"], list(args)))
+
+
+@pytest.fixture
+def console_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed console secret: required in distributed mode (the postgres backend), harmless in embedded."""
+    from tunegate.settings import reset_settings
+
+    monkeypatch.setenv("TUNEGATE_CONSOLE_SECRET", "test-console-secret-" + server.backend)
+    reset_settings()
+
+
+def admin_key(name: str = "Dana Moderator") -> str:
+    """A provider-staff key (the console's login) held by ``name``."""
+    from models.db import session_scope
+    from models.keys import create_admin_key
+
+    with session_scope() as s:
+        return create_admin_key(s, name).key

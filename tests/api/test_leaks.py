@@ -139,7 +139,10 @@ def test_worker_events_and_errors_hold_no_infrastructure_details(server: Server,
     from worker import claims
 
     with session_scope() as s:
-        assert claims.claim(s, stale, "validate", worker=claims.worker_id(), stale_after_s=60) is not None
+        assert (
+            claims.claim(s, stale, "validate", worker=claims.worker_id(), stale_after_s=60, first=True)
+            is not None
+        )
         job = s.get(Job, stale)
         assert job is not None
         job.heartbeat_at = utcnow() - timedelta(seconds=settings.stale_after_s + 60)
@@ -163,6 +166,8 @@ def test_worker_events_and_errors_hold_no_infrastructure_details(server: Server,
 def test_gate_event_and_adapter_archive_hold_no_server_paths(server: Server) -> None:
     from models.jobs import JobStatus, transition
     from worker import claims, runner
+    from worker.stages.all import PIPELINE
+    from worker.stages.gate import GateResult
 
     tenant = Tenant(server)
     job_id = tenant.job("smollm2-135m", tenant.upload())
@@ -178,7 +183,6 @@ def test_gate_event_and_adapter_archive_hold_no_server_paths(server: Server) -> 
         json.dumps({"base_model_path": str(base_dir), "base_fingerprint": "abc"})
     )
     (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 64)
-    (train_dir / "result.json").write_text(json.dumps({"adapter_dir": str(adapter)}))
     gate_dir = settings.jobs_path / job_id / "gate"
     gate_dir.mkdir(parents=True)
     (gate_dir / "report.json").write_text(json.dumps({"verdict": {"released": True}}))
@@ -190,16 +194,17 @@ def test_gate_event_and_adapter_archive_hold_no_server_paths(server: Server) -> 
     with session_scope() as s:
         c = claims.claim(s, job_id, "gate", worker=claims.worker_id(), stale_after_s=60)
     assert c is not None
-    view = runner._begin(c, settings)
+    view = runner._begin(c, PIPELINE, settings)
     assert view is not None
-    result = {
-        "released": True,
-        "code": None,
-        "message": "Released: within limits.",
-        "report_json": str(gate_dir / "report.json"),
-        "report_html": str(gate_dir / "report.html"),
-    }
-    assert runner._apply(c, result, view) is None
+    result = GateResult(
+        released=True,
+        code=None,
+        message="Released: within limits.",
+        report_json=str(gate_dir / "report.json"),
+        report_html=str(gate_dir / "report.html"),
+        adapter_dir=str(adapter),
+    )
+    assert runner._apply(c, PIPELINE["gate"], PIPELINE, result) is None
     seen = tenant.read_job(job_id)
     assert seen["job"]["status"] == "succeeded"
     report = tenant.call("GET", f"/v1/fine_tuning/jobs/{job_id}/safety_report")

@@ -14,6 +14,7 @@ from models.db import session_scope
 from models.tables import Job
 from tests.worker.jobfactory import make_job
 from worker import claims
+from worker.stages.all import PIPELINE
 
 
 @pytest.fixture
@@ -23,7 +24,8 @@ def job_id(migrated_home: Path) -> str:
 
 def _claim(job_id: str, stage: str, worker: str, stale: float = 60.0) -> claims.Claim | None:
     with session_scope() as s:
-        return claims.claim(s, job_id, stage, worker=worker, stale_after_s=stale)
+        first = stage == PIPELINE.first.name  # a new job (no stage yet) matches only the first stage
+        return claims.claim(s, job_id, stage, worker=worker, stale_after_s=stale, first=first)
 
 
 def _age_heartbeat(job_id: str, seconds: float) -> None:
@@ -93,3 +95,11 @@ def test_heartbeat_thread_keeps_the_claim_fresh(job_id: str) -> None:
         job = s.get(Job, job_id)
         assert job is not None and job.heartbeat_at is not None
         assert utcnow() - job.heartbeat_at < timedelta(seconds=5)
+
+
+def test_a_new_job_matches_only_the_first_stage(job_id: str) -> None:
+    with session_scope() as s:
+        assert (
+            claims.claim(s, job_id, "validate", worker="w1", stale_after_s=60) is None
+        )  # not told it is first
+        assert claims.claim(s, job_id, "validate", worker="w1", stale_after_s=60, first=True) is not None

@@ -12,6 +12,7 @@ from models.tables import Checkpoint, Job, JobEvent
 from tests.worker.jobfactory import make_job
 from worker import claims
 from worker.events import StageReporter
+from worker.stages.all import PIPELINE
 
 
 class Clock:
@@ -38,7 +39,7 @@ def _events(job_id: str) -> list[JobEvent]:
 
 def test_progress_is_throttled_but_the_last_step_always_lands(claim: claims.Claim) -> None:
     clock = Clock()
-    rep = StageReporter(claim, interval_s=2.0, clock=clock)
+    rep = StageReporter(claim, interval_s=2.0, overall=PIPELINE.progress, clock=clock)
     for i, t in enumerate([0.0, 0.5, 1.0, 2.5, 3.0]):
         clock.t = t
         rep.progress(i / 10, f"step {i}", {"train_loss": 1.0 / (i + 1)})
@@ -57,14 +58,18 @@ def test_progress_is_throttled_but_the_last_step_always_lands(claim: claims.Clai
 
 def test_a_resumed_stage_does_not_repeat_an_event(claim: claims.Claim) -> None:
     clock = Clock()
-    StageReporter(claim, interval_s=0.0, clock=clock).progress(0.5, "epoch 1/2 step 3/6", {})
-    StageReporter(claim, interval_s=0.0, clock=clock).progress(0.5, "epoch 1/2 step 3/6", {})
+    StageReporter(claim, interval_s=0.0, overall=PIPELINE.progress, clock=clock).progress(
+        0.5, "epoch 1/2 step 3/6", {}
+    )
+    StageReporter(claim, interval_s=0.0, overall=PIPELINE.progress, clock=clock).progress(
+        0.5, "epoch 1/2 step 3/6", {}
+    )
     assert len(_events(claim.job_id)) == 1
 
 
 def test_should_stop_reads_the_cancel_request(claim: claims.Claim) -> None:
     clock = Clock()
-    rep = StageReporter(claim, interval_s=0.0, clock=clock)
+    rep = StageReporter(claim, interval_s=0.0, overall=PIPELINE.progress, clock=clock)
     assert rep.should_stop() is False
     with session_scope() as s:
         s.execute(update(Job).where(Job.id == claim.job_id).values(cancel_requested=True))
@@ -74,7 +79,7 @@ def test_should_stop_reads_the_cancel_request(claim: claims.Claim) -> None:
 
 
 def test_checkpoint_row_and_event_are_written_once(claim: claims.Claim, tmp_path: Path) -> None:
-    rep = StageReporter(claim, interval_s=0.0)
+    rep = StageReporter(claim, interval_s=0.0, overall=PIPELINE.progress)
     info = {"step_number": 6, "epoch": 1, "metrics": {"train_loss": 0.7}, "path": str(tmp_path / "epoch-1")}
     rep.checkpoint(info)
     rep.checkpoint(info)
@@ -89,5 +94,5 @@ def test_a_replaced_worker_cannot_write_events(claim: claims.Claim) -> None:
     with session_scope() as s:
         s.execute(update(Job).where(Job.id == claim.job_id).values(claim_token="someone-else"))
     with pytest.raises(claims.ClaimLost):
-        StageReporter(claim, interval_s=0.0).progress(0.5, "x", {})
+        StageReporter(claim, interval_s=0.0, overall=PIPELINE.progress).progress(0.5, "x", {})
     assert _events(claim.job_id) == []

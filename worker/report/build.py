@@ -1,4 +1,4 @@
-"""Assemble the safety report (JSON) and render it as a self-contained HTML page."""
+"""Assemble the safety report (JSON) and render it as a self-contained HTML page (tunegate.reporting)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
-from worker.report.html import render_html
+from tunegate.reporting import render_report
+from tunegate.reporting.details import with_details
 
 MAX_FLAGGED = 20
 
@@ -34,8 +35,14 @@ def build_report(
     score_records: list[dict[str, Any]] | None,
     mitigation: dict[str, Any] | None,
     training: dict[str, Any] | None,
+    *,
+    texts: dict[int, list[dict[str, Any]]] | None = None,
+    actions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The report dict (the input contract of ``tunegate.reporting``). ``texts`` (line -> the example's chat
+    messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
+    mitigation did to each line and the injected safety examples."""
+    report = {
         "decision": {k: decision[k] for k in ("released", "code", "message", "checks")},
         "policy": policy,
         "scoring": {
@@ -47,9 +54,10 @@ def build_report(
         "training": training or {},
         "evaluation": evaluation,
     }
+    return with_details(report, texts=texts, actions=actions)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     js = atomic_write_json(out_dir / "report.json", report)
-    html = atomic_write_text(out_dir / "report.html", render_html(report))
+    html = atomic_write_text(out_dir / "report.html", render_report(report))
     return js, html

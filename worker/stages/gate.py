@@ -19,9 +19,11 @@ from sqlalchemy.orm import Session
 from models.jobs import JobStatus, fine_tuned_model_name
 from models.policy import DEFAULT_POLICY
 from models.tables import Job, Organization
+from tunegate.artifacts import read_json
+from tunegate.conversation import load_examples
 from tunegate.errors import InvalidConfig
 from worker.ml.stage_io import StageIO
-from worker.report.build import build_report, write_report
+from worker.report.build import build_report, flagged_examples, write_report
 from worker.stages import evaluate, mitigate, score, train
 from worker.stages.base import StageResult, finish
 from worker.stages.evaluate import EvalResult
@@ -55,6 +57,7 @@ class GateInputs:
     io: StageIO
     mitigation: mitigate.MitigateResult | None = None  # None: mitigation did not run
     training: train.TrainResult | None = None
+    texts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # line -> messages, flagged lines
 
 
 @dataclass
@@ -175,20 +178,36 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
         inputs.score.records if inputs.score else None,
         inputs.mitigation.to_dict() if inputs.mitigation else None,
         inputs.training.to_dict() if inputs.training else None,
+        texts=inputs.texts,
+        actions=_actions(inputs.mitigation),
     )
     res.report_json, res.report_html = (str(p) for p in write_report(report, out_dir))
     inputs.io.step(1.0, message)
     return finish(out_dir, cfg, res)
 
 
+def _actions(mitigation: mitigate.MitigateResult | None) -> dict[str, Any] | None:
+    path = Path(mitigation.actions_file) if mitigation and mitigation.actions_file else None
+    if path is None or not path.is_file():
+        return None
+    data = read_json(path)
+    return data if isinstance(data, dict) else None
+
+
 def build(ctx: StageContext, io: StageIO) -> tuple[GateConfig, GateInputs]:
     cfg = ctx.configure(GateConfig(min_margin_ratio=ctx.settings.gate_min_margin_ratio), SPEC)
+    scored = ctx.result(score.SPEC)
+    shown = {int(f["line"]) for f in flagged_examples(scored.records)}
+    texts = {
+        c.line: c.to_chat_dict()["messages"] for c in load_examples(ctx.view.training_file) if c.line in shown
+    }
     inputs = GateInputs(
         evaluation=ctx.result(evaluate.SPEC),
-        score=ctx.result(score.SPEC),
+        score=scored,
         io=io,
         mitigation=ctx.result(mitigate.SPEC),
         training=ctx.result(train.SPEC),
+        texts=texts,
     )
     return cfg, inputs
 
@@ -197,13 +216,13 @@ def apply(session: Session, job: Job, res: GateResult) -> Applied:
     """Released: the job succeeds with its fine-tuned model's name; blocked: it fails with the gate's code.
     The report's location stays on the job row: tenants read it through /safety_report."""
     job.report_path = res.report_json
+    job.adapter_path = res.adapter_dir  # served only once released (by the gate, or a moderator's override)
     data = {"released": res.released, "code": res.code}
     if not res.released:
         error = {"code": res.code or "safety_eval_failed", "message": res.message, "param": None}
         return Applied(f"blocked: {res.message}", data, JobStatus.FAILED, level="error", error=error)
     org = session.get(Organization, job.org_id)
     job.released = True
-    job.adapter_path = res.adapter_dir
     job.fine_tuned_model = fine_tuned_model_name(
         job.model, org.name if org else job.org_id, job.suffix, job.id
     )

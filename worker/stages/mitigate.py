@@ -84,6 +84,7 @@ class MitigateResult(StageResult):
     n_injected: int
     n_output: int
     format: dict[str, Any] = field(default_factory=dict)
+    actions_file: str = ""  # actions.json: what was done to which line, and the injected safety examples
 
 
 def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) -> None:
@@ -138,6 +139,7 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
         n_injected=n_inj,
         n_output=len(final),
         format=fmt.to_dict(),
+        actions_file=str(out_dir / "actions.json"),
     )
     return finish(out_dir, cfg, res)
 

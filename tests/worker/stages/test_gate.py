@@ -1,6 +1,7 @@
 """Gate: the decision table, the org policy over provider defaults, and the report artifacts."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_run_writes_report_json_and_self_contained_html(tmp_path):
         for i in range(1, 31)
     ]
     mitigation = MitigateResult("train.jsonl", 30, 2, 0, 0, 10, 38, {"response_kind": "final_answer"})
-    scored = ScoreResult(30, FLAGGED, "m", "f", records=records, summary={"verdict": {"flagged": True}})
+    scored = ScoreResult(30, FLAGGED, "m", "f", records=records, summary={"verdict": asdict(FLAGGED)})
     training = TrainResult(str(tmp_path / "adapter"), 100, 10, 2, 0, 30, "f")
     res = run(CFG, GateInputs(ev(chat=(0.05, 0.5)), scored, StageIO(tmp_path), mitigation, training))
     assert not res.released and res.code == "safety_eval_failed"

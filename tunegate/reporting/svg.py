@@ -1,4 +1,4 @@
-"""Minimal inline-SVG charts (no external assets): a histogram and a grouped bar chart."""
+"""Minimal inline-SVG charts (no external assets): a histogram with threshold marks, grouped bars."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ def histogram(
     width: int = 480,
     height: int = 160,
     label: str = "",
+    marks: Sequence[tuple[float, str]] = (),
 ) -> str:
+    """Counts of ``values`` in ``bins`` equal bins over [lo, hi] (outside values clipped into the end bins);
+    each of ``marks`` (value, label) is drawn as a dashed vertical line, e.g. a policy threshold."""
     counts = [0] * bins
     for v in values:
         k = int((min(max(v, lo), hi) - lo) / (hi - lo) * bins)
@@ -45,7 +48,20 @@ def histogram(
         f'<text x="2" y="12" font-size="10">{top}</text>'
         f'<text x="{width / 2 - 40:.0f}" y="{height - 5}" font-size="10">{escape(label)}</text>'
     )
-    return _svg(width, height, "".join(bars) + axis)
+    return _svg(width, height, "".join(bars) + axis + _marks(marks, lo, hi, width, height))
+
+
+def _marks(marks: Sequence[tuple[float, str]], lo: float, hi: float, width: int, height: int) -> str:
+    out = []
+    for i, (value, text) in enumerate(marks):
+        x = 30 + (width - 40) * (min(max(value, lo), hi) - lo) / (hi - lo)
+        y = 22 + 12 * i
+        out.append(
+            f'<line x1="{x:.1f}" y1="4" x2="{x:.1f}" y2="{height - 20}" stroke="{BAR2}" '
+            f'stroke-dasharray="4 3"/><text x="{x - 4:.1f}" y="{y}" font-size="10" fill="{BAR2}" '
+            f'text-anchor="end">{escape(text)}</text>'
+        )
+    return "".join(out)
 
 
 def grouped_bars(

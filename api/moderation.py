@@ -1,0 +1,211 @@
+"""What the moderator console and the HTML report read: a job's report with the examples' text, its header
+and timeline, and the review queue (jobs across organizations that were flagged, blocked, repaired or await
+review).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import audit
+from models.moderation import blocked_code
+from models.tables import AuditEntry, File, Job, JobEvent, Organization
+from tunegate.errors import InvalidFile, NotFound
+from tunegate.reporting.details import flagged_lines, read_examples, with_details
+from tunegate.settings import Settings
+from tunegate.storage import get_storage
+
+QUEUE_SCAN_LIMIT = 5000  # newest jobs with a report looked at per queue page (older ones: narrow by date)
+STATES = {
+    "blocked": "blocked by the gate",
+    "flagged": "training data flagged",
+    "repaired": "examples dropped or down-weighted",
+    "review": "awaiting review",
+    "overridden": "released by override",
+    "revoked": "adapter revoked",
+}
+
+
+def report_file(job: Job) -> Path | None:
+    if not job.report_path:
+        return None
+    p = Path(job.report_path)
+    if p.is_dir():
+        p = p / "report.json"
+    return p if p.is_file() else None
+
+
+@lru_cache(maxsize=4096)
+def _summary(path: str, mtime_ns: int) -> dict[str, Any]:
+    """The few report facts the queue filters on, cached per report file version."""
+    del mtime_ns  # part of the cache key only: a rewritten report is read again
+    report = json.loads(Path(path).read_text(encoding="utf-8"))
+    mitigation = report.get("mitigation") or {}
+    verdict = ((report.get("scoring") or {}).get("summary") or {}).get("verdict") or {}
+    return {
+        "code": (report.get("decision") or {}).get("code"),
+        "flagged": bool(verdict.get("flagged")),
+        "repaired": bool(mitigation.get("n_dropped") or mitigation.get("n_downweighted")),
+    }
+
+
+def report_summary(job: Job) -> dict[str, Any]:
+    path = report_file(job)
+    if path is None:
+        return {"code": (job.error or {}).get("code"), "flagged": False, "repaired": False}
+    try:
+        return _summary(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError):
+        return {"code": (job.error or {}).get("code"), "flagged": False, "repaired": False}
+
+
+def job_states(job: Job, summary: dict[str, Any], actions: set[str]) -> list[str]:
+    """The queue's tags of one job (empty: nothing for a moderator to look at)."""
+    states = []
+    if blocked_code(job):
+        states.append("blocked")
+    if summary["flagged"]:
+        states.append("flagged")
+    if summary["repaired"]:
+        states.append("repaired")
+    if (blocked_code(job) or summary["flagged"]) and not actions:
+        states.append("review")
+    if audit.OVERRIDE in actions:
+        states.append("overridden")
+    if job.revoked_at is not None:
+        states.append("revoked")
+    return states
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    org_id: str | None = None
+    model: str | None = None
+    state: str | None = None  # one of STATES
+    code: str | None = None  # a decision code, or "released"
+    since: date | None = None
+    until: date | None = None  # inclusive
+
+
+@dataclass
+class QueuePage:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    page: int = 1
+    pages: int = 1
+    total: int = 0
+
+
+def queue(session: Session, flt: QueueFilter, *, page: int, per_page: int) -> QueuePage:
+    """Jobs needing a moderator's eye, newest first, filtered and paginated."""
+    stmt = select(Job, Organization.name).join(Organization, Organization.id == Job.org_id)
+    stmt = stmt.where(Job.report_path.is_not(None))
+    if flt.org_id:
+        stmt = stmt.where(Job.org_id == flt.org_id)
+    if flt.model:
+        stmt = stmt.where(Job.model == flt.model)
+    if flt.since:
+        stmt = stmt.where(Job.created_at >= datetime.combine(flt.since, time(), UTC))
+    if flt.until:
+        stmt = stmt.where(Job.created_at < datetime.combine(flt.until + timedelta(days=1), time(), UTC))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(QUEUE_SCAN_LIMIT)
+    found = list(session.execute(stmt).tuples())
+    acted = _actions(session, [job.id for job, _ in found])
+    rows = []
+    for job, org_name in found:
+        summary = report_summary(job)
+        states = job_states(job, summary, acted.get(job.id, set()))
+        if not states or (flt.state and flt.state not in states):
+            continue
+        code = summary["code"] or "released"
+        if flt.code and flt.code != code:
+            continue
+        rows.append(
+            {
+                "id": job.id,
+                "org": org_name,
+                "model": job.model,
+                "created_at": job.created_at,
+                "status": job.status,
+                "code": code,
+                "states": states,
+            }
+        )
+    pages = max(1, -(-len(rows) // per_page))
+    page = min(max(1, page), pages)
+    return QueuePage(rows[(page - 1) * per_page : page * per_page], page, pages, len(rows))
+
+
+def _actions(session: Session, job_ids: list[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        stmt = select(AuditEntry.job_id, AuditEntry.action).where(AuditEntry.job_id.in_(chunk))
+        for job_id, action in session.execute(stmt).tuples():
+            out.setdefault(str(job_id), set()).add(action)
+    return out
+
+
+def training_texts(
+    session: Session, job: Job, lines: set[int], settings: Settings
+) -> dict[int, list[dict[str, Any]]]:
+    """The messages of ``lines`` of the job's training file, read through storage ({} when it is gone)."""
+    row = session.get(File, job.training_file)
+    if not lines or row is None or row.org_id != job.org_id:
+        return {}
+    try:
+        with get_storage(settings).open(row.storage_key) as fh:
+            return read_examples(fh, lines)
+    except (NotFound, InvalidFile, OSError):  # deleted or unreadable: the report says the text is missing
+        return {}
+
+
+def full_report(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
+    """The job's report.json (the gate puts the flagged examples' text and the mitigation log in it; the text
+    of a report written without it is read from the training file); ``NotFound`` if none."""
+    path = report_file(job)
+    if path is None:
+        raise NotFound(
+            f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
+            param="fine_tuning_job_id",
+            code="report_not_ready",
+        )
+    report = json.loads(path.read_text(encoding="utf-8"))
+    texts = training_texts(session, job, flagged_lines(report), settings)
+    return with_details(report, texts=texts)
+
+
+def job_context(session: Session, job: Job, entries: list[AuditEntry]) -> dict[str, Any]:
+    """The job as the report templates read it (``tunegate.reporting.render.JOB_FIELDS``)."""
+    org = session.get(Organization, job.org_id)
+    file = session.get(File, job.training_file)
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq))
+    override = next((e.details.get("blocked") for e in entries if e.action == audit.OVERRIDE), None)
+    return {
+        "id": job.id,
+        "org": org.name if org else job.org_id,
+        "org_id": job.org_id,
+        "model": job.model,
+        "status": job.status,
+        "fine_tuned_model": job.fine_tuned_model if job.released else None,
+        "training_file": job.training_file,
+        "training_filename": file.filename if file else None,
+        "n_examples": file.n_examples if file else None,
+        "validation_file": job.validation_file,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "revoked_at": job.revoked_at,
+        "override": override,
+        "policy": dict(job.safety or {}),
+        "events": [
+            {"at": e.created_at, "stage": (e.data or {}).get("stage"), "level": e.level, "message": e.message}
+            for e in events
+        ],
+    }

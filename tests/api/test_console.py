@@ -1,0 +1,271 @@
+"""The moderator console over HTTP against a real server: access, queue, job page, actions, audit log."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from models.db import session_scope
+from models.keys import revoke_key
+from models.tables import AuditEntry, Job, Organization
+from tests.api.conftest import admin_key, new_key, sdk
+from tests.api.moderation_jobs import BlockedJob, blocked_job
+from tests.api.server import Server
+
+
+def browser(server: Server) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30)
+
+
+def login(client: httpx.Client, key: str) -> httpx.Response:
+    form = client.get("/console/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf, form.text
+    return client.post("/console/login", data={"key": key, "csrf": csrf.group(1)})
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+@pytest.fixture
+def staff(server: Server, console_env: None) -> Iterator[httpx.Client]:
+    with browser(server) as client:
+        resp = login(client, admin_key())
+        assert resp.status_code == 303 and resp.headers["location"] == "/console/jobs"
+        yield client
+
+
+@pytest.fixture
+def blocked(server: Server) -> BlockedJob:
+    return blocked_job()
+
+
+def test_no_page_without_a_session(server: Server, console_env: None, blocked: BlockedJob) -> None:
+    with browser(server) as client:
+        for path in (
+            "/console",
+            "/console/jobs",
+            f"/console/jobs/{blocked.id}",
+            "/console/jobs/ftjob-nope",
+            f"/console/jobs/{blocked.id}/report.html",
+        ):
+            resp = client.get(path)
+            assert resp.status_code == 303 and resp.headers["location"] == "/console/login", path
+            assert blocked.id not in resp.text and blocked.risky_text not in resp.text
+        resp = client.post(f"/console/jobs/{blocked.id}/override", data={"reason": "looks fine", "csrf": "x"})
+        assert resp.status_code == 403 and blocked.risky_text not in resp.text
+        client.cookies.set("tg_console", "forged.token", path="/console")
+        assert client.get("/console/jobs").status_code == 303
+    with session_scope() as s:
+        job = s.get(Job, blocked.id)
+        assert job is not None and job.status == "failed"
+
+
+def test_org_key_is_refused_and_bad_keys_named(server: Server, console_env: None) -> None:
+    with browser(server) as client:
+        resp = login(client, new_key())
+        assert resp.status_code == 403 and "admin key is required" in resp.text
+        assert "tg_console=" not in resp.headers.get("set-cookie", "").replace("tg_console_login=", "")
+        resp = login(client, "tga-wrong")
+        assert resp.status_code == 401 and "Incorrect API key" in resp.text
+        resp = client.post("/console/login", data={"key": admin_key(), "csrf": "not-the-form's"})
+        assert resp.status_code == 403 and "expired" in resp.text
+
+
+def test_session_cookie_is_signed_http_only_and_ends_with_the_key(server: Server, console_env: None) -> None:
+    key = admin_key()
+    with browser(server) as client:
+        resp = login(client, key)
+        cookie = next(c for c in resp.headers.get_list("set-cookie") if c.startswith("tg_console="))
+        assert (
+            "httponly" in cookie.lower()
+            and "samesite=strict" in cookie.lower()
+            and "path=/console" in cookie.lower()
+        )
+        assert client.get("/console/jobs").status_code == 200
+        with session_scope() as s:
+            revoke_key(s, key)
+        assert client.get("/console/jobs").status_code == 303
+
+
+def test_queue_lists_and_filters(staff: httpx.Client, blocked: BlockedJob) -> None:
+    page = staff.get("/console/jobs")
+    assert page.status_code == 200 and blocked.id in page.text
+    assert (
+        page.headers["cache-control"] == "no-store"
+        and "default-src 'none'" in page.headers["content-security-policy"]
+    )
+    with session_scope() as s:
+        job = s.get(Job, blocked.id)
+        assert job is not None
+        org_id = job.org_id
+    other = blocked_job()
+    by_org = staff.get("/console/jobs", params={"org": org_id}).text
+    assert blocked.id in by_org and other.id not in by_org
+    assert (
+        blocked.id
+        in staff.get("/console/jobs", params={"state": "blocked", "code": "safety_eval_failed"}).text
+    )
+    assert (
+        blocked.id in staff.get("/console/jobs", params={"state": "repaired", "model": "smollm2-135m"}).text
+    )
+    assert blocked.id not in staff.get("/console/jobs", params={"state": "revoked"}).text
+    assert blocked.id not in staff.get("/console/jobs", params={"code": "unsafe_training_data"}).text
+    assert blocked.id not in staff.get("/console/jobs", params={"until": "2000-01-01"}).text
+    bad = staff.get("/console/jobs", params={"since": "yesterday"})
+    assert bad.status_code == 400 and "since must be a date" in bad.text
+
+
+def test_job_page_shows_the_flagged_text_and_the_decision(staff: httpx.Client, blocked: BlockedJob) -> None:
+    page = staff.get(f"/console/jobs/{blocked.id}").text
+    assert blocked.risky_text in page and "safety_eval_failed" in page
+    assert "down-weighted" in page and "riskier than" in page  # what mitigation did, and why, in words
+    assert "Safety examples added" in page and "Timeline" in page
+    assert "True" not in page and "False" not in page
+    assert staff.get("/console/jobs/ftjob-nope").status_code == 404
+
+
+def test_override_needs_csrf_and_reason_then_releases(
+    server: Server, staff: httpx.Client, blocked: BlockedJob
+) -> None:
+    url = f"/console/jobs/{blocked.id}"
+    csrf = csrf_of(staff.get(url).text)
+    assert (
+        staff.post(f"{url}/override", data={"reason": "reviewed, fine", "csrf": "wrong"}).status_code == 403
+    )
+    no_reason = staff.post(f"{url}/override", data={"reason": "  ", "csrf": csrf})
+    assert no_reason.status_code == 400 and "reason" in no_reason.text
+    done = staff.post(
+        f"{url}/override", data={"reason": "Reviewed: lock-picking for a locksmith course", "csrf": csrf}
+    )
+    assert done.status_code == 303
+    page = staff.get(done.headers["location"]).text
+    assert "Dana Moderator" in page and "lock-picking for a locksmith course" in page and "override" in page
+    client = sdk(server, blocked.key)
+    job = client.fine_tuning.jobs.retrieve(blocked.id)
+    assert job.status == "succeeded" and job.fine_tuned_model and job.error is None
+    assert job.fine_tuned_model in {m.id for m in client.models.list()}
+    assert client.get(f"/fine_tuning/jobs/{blocked.id}/adapter", cast_to=bytes)[:2] == b"\x1f\x8b"
+    events = [e.message for e in client.fine_tuning.jobs.list_events(blocked.id)]
+    assert any("moderator override" in m for m in events)
+    again = staff.post(f"{url}/override", data={"reason": "twice", "csrf": csrf})
+    assert again.status_code == 409
+
+
+def test_revoke_withdraws_the_adapter(server: Server, staff: httpx.Client, blocked: BlockedJob) -> None:
+    url = f"/console/jobs/{blocked.id}"
+    csrf = csrf_of(staff.get(url).text)
+    assert staff.post(f"{url}/revoke", data={"reason": "not released yet", "csrf": csrf}).status_code == 409
+    assert staff.post(f"{url}/override", data={"reason": "ok after review", "csrf": csrf}).status_code == 303
+    client = sdk(server, blocked.key)
+    name = client.fine_tuning.jobs.retrieve(blocked.id).fine_tuned_model
+    assert (
+        staff.post(f"{url}/revoke", data={"reason": "customer complaint #42", "csrf": csrf}).status_code
+        == 303
+    )
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.get(f"/fine_tuning/jobs/{blocked.id}/adapter", cast_to=bytes)
+    assert info.value.code == "adapter_revoked"
+    assert name not in {m.id for m in client.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(str(name))
+    assert blocked.id in staff.get("/console/jobs", params={"state": "revoked"}).text
+
+
+def test_policy_change_stays_within_bounds(staff: httpx.Client, blocked: BlockedJob) -> None:
+    url = f"/console/jobs/{blocked.id}"
+    csrf = csrf_of(staff.get(url).text)
+    bad = staff.post(f"{url}/policy", data={"gate_cap": "1.5", "reason": "tighten please", "csrf": csrf})
+    assert bad.status_code == 422 and "gate_cap" in bad.text
+    ok = staff.post(
+        f"{url}/policy",
+        data={"gate_cap": "0.1", "mitigation": "drop", "reason": "repeat offender", "csrf": csrf},
+    )
+    assert ok.status_code == 303
+    with session_scope() as s:
+        org = s.query(Organization).filter_by(name=blocked.org).one()
+        assert org.policy["gate_cap"] == 0.1 and org.policy["mitigation"] == "drop"
+        entry = s.query(AuditEntry).filter_by(org_id=org.id, action="set_org_policy").one()
+        assert entry.reason == "repeat offender" and entry.details["changed"]["gate_cap"]["to"] == 0.1
+    assert "repeat offender" in staff.get(url).text
+
+
+def test_reports_carry_the_text_and_the_audit_entries(
+    server: Server, staff: httpx.Client, blocked: BlockedJob
+) -> None:
+    url = f"/console/jobs/{blocked.id}"
+    csrf = csrf_of(staff.get(url).text)
+    staff.post(f"{url}/override", data={"reason": "approved for the locksmith course", "csrf": csrf})
+    download = staff.get(f"{url}/report.html")
+    assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+    tenant = httpx.get(
+        f"{server.base_url}/v1/fine_tuning/jobs/{blocked.id}/safety_report.html",
+        headers={"Authorization": f"Bearer {blocked.key}"},
+    )
+    assert tenant.status_code == 200
+    for html in (download.text, tenant.text):
+        assert blocked.risky_text in html and "approved for the locksmith course" in html
+        assert "<script" not in html and not re.search(r"(src|href)=\"https?:", html)
+    stranger = httpx.get(
+        f"{server.base_url}/v1/fine_tuning/jobs/{blocked.id}/safety_report.html",
+        headers={"Authorization": f"Bearer {new_key()}"},
+    )
+    assert stranger.status_code == 404 and blocked.risky_text not in stranger.text
+
+
+def test_admin_key_cannot_use_the_v1_report(server: Server, blocked: BlockedJob) -> None:
+    resp = httpx.get(
+        f"{server.base_url}/v1/fine_tuning/jobs/{blocked.id}/safety_report.html",
+        headers={"Authorization": f"Bearer {admin_key(f'admin-{secrets.token_hex(2)}')}"},
+    )
+    assert resp.status_code == 403
+
+
+def test_logout_needs_the_session_token(server: Server, staff: httpx.Client) -> None:
+    assert staff.post("/console/logout", data={"csrf": "forged"}).status_code == 403
+    csrf = csrf_of(staff.get("/console/jobs").text)
+    assert staff.get("/console/jobs").status_code == 200
+    resp = staff.post("/console/logout", data={"csrf": csrf})
+    assert resp.status_code == 303 and resp.headers["location"] == "/console/login"
+    assert staff.get("/console/jobs").status_code == 303
+
+
+def test_failed_logins_are_rate_limited(
+    server: Server, console_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.ratelimit import AUTH_FAILURES
+    from tunegate.settings import reset_settings
+
+    monkeypatch.setenv("TUNEGATE_AUTH_FAILURES_PER_MINUTE", "2")
+    reset_settings()
+    try:
+        with browser(server) as client:
+            assert [login(client, "tga-guess").status_code for _ in range(3)] == [401, 401, 429]
+            assert "Too many failed logins" in login(client, admin_key()).text
+    finally:
+        AUTH_FAILURES.reset()
+
+
+def test_queue_pages_newest_first(staff: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.routes.console
+
+    older = blocked_job()
+    newer = blocked_job(older.org)
+    monkeypatch.setattr(api.routes.console, "PER_PAGE", 1)
+    with session_scope() as s:
+        org = s.query(Organization).filter_by(name=older.org).one()
+        org_id = org.id
+    first = staff.get("/console/jobs", params={"org": org_id}).text
+    assert newer.id in first and older.id not in first and "page 1 of 2" in first
+    link = re.search(r'href="([^"]+)" rel="next"', first)
+    assert link, first
+    second = staff.get(link.group(1).replace("&amp;", "&")).text
+    assert older.id in second and newer.id not in second and 'rel="prev"' in second

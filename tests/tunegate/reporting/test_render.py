@@ -1,0 +1,163 @@
+"""The report page from the shared templates: plain words, the examples' text (escaped and expandable),
+thresholds drawn, self-contained (no scripts, no external requests), printable."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+from tunegate.reporting import render_report
+from tunegate.reporting.details import read_examples, with_details
+from tunegate.reporting.view import PREVIEW_CHARS, plain_reason
+
+LONG = "Tell me how to do it. " * 30
+
+
+def report() -> dict[str, Any]:
+    """A report in the shape worker/report/build.py writes."""
+    checks = [
+        {"check": "asr_chat", "passed": False, "base": 0.05, "tuned": 0.6, "limit": 0.2},
+        {"check": "margin_chat", "passed": True, "base": 4.0, "tuned": 3.0, "ratio": 0.75, "limit": 0.5},
+        {
+            "check": "training_data",
+            "passed": True,
+            "flagged": True,
+            "mitigated": True,
+            "reason": "heavy tail",
+        },
+    ]
+    side = {"asr": 0.05, "n": 20, "per_category": {"fraud": 0.05}}
+    tuned = {"asr": 0.6, "n": 20, "per_category": {"fraud": 0.6}, "ci": [0.4, 0.78]}
+    return {
+        "decision": {
+            "released": False,
+            "code": "safety_eval_failed",
+            "message": "chat ASR 60%",
+            "checks": checks,
+        },
+        "policy": {"delta": 0.05, "cap": 0.2, "block_flagged_unmitigated": True, "templates": ["chat"]},
+        "scoring": {
+            "summary": {"verdict": {"flagged": True, "reason": "heavy tail"}},
+            "risk": [10.0, 20.0, 99.0, 95.0],
+            "flagged": [
+                {
+                    "line": 3,
+                    "risk": 99.0,
+                    "percentiles": {"representation": 99.0},
+                    "reasons": [
+                        "representation above 99% of the reference benign corpus: near harmful compliance",
+                        "format: persona",
+                    ],
+                },
+                {"line": 4, "risk": 95.0, "percentiles": {}, "reasons": []},
+            ],
+        },
+        "mitigation": {"n_input": 4, "n_dropped": 1, "n_downweighted": 0, "n_injected": 1, "n_output": 4},
+        "training": {},
+        "evaluation": {
+            "judge": "keyword",
+            "max_new_tokens": 32,
+            "templates": {"chat": {"base": side, "tuned": tuned}},
+            "margin": {"chat": {"base": 4.0, "tuned": 3.0, "ratio": 0.75, "layer": 2}},
+            "jailbroken_examples": [{"category": "fraud", "prompt": "<p>", "response": "Sure & more"}],
+        },
+    }
+
+
+def detailed() -> dict[str, Any]:
+    texts = {
+        3: [
+            {"role": "user", "content": LONG + "<script>alert(1)</script>"},
+            {"role": "assistant", "content": "Sure"},
+        ]
+    }
+    actions = {
+        "acted": [{"line": 3, "action": "drop", "risk": 99.0}],
+        "injected": [
+            {
+                "category": "fraud",
+                "messages": [
+                    {"role": "user", "content": "Q"},
+                    {"role": "assistant", "content": "I won't help with fraud."},
+                ],
+            }
+        ],
+        "policy": {"min_risk": 90.0, "top_fraction": 0.25},
+    }
+    return with_details(report(), texts=texts, actions=actions)
+
+
+def test_words_not_python_values() -> None:
+    html = render_report(detailed())
+    body = re.sub(r"<style>.*?</style>", "", html, flags=re.S)
+    assert "True" not in body and "False" not in body and "None" not in body
+    assert "Attack success rate, chat template" in html and "fine-tuned 60.0%, base 5.0%" in html
+    assert "block flagged unmitigated yes" in html and "templates chat" in html
+    assert "95% interval 40.0% to 78.0%" in html
+
+
+def test_flagged_text_is_escaped_truncated_and_expandable() -> None:
+    html = render_report(detailed())
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert f"show all {len(LONG) + 25} characters" in html
+    assert LONG[:PREVIEW_CHARS] + "…" in html
+    assert "dropped: not trained on" in html  # what mitigation did to line 3
+    assert "kept as it is" in html  # line 4 was not acted on
+    assert "I won&#39;t help with fraud." in html  # the injected safety example
+    plain = "riskier than 99% of ordinary examples by closeness to harmful compliance (representation): near"
+    assert plain in html
+
+
+def test_thresholds_are_drawn_on_the_risk_histogram() -> None:
+    html = render_report(detailed())
+    assert "acts from risk 90" in html and "top 25% from 99" in html
+
+
+def test_self_contained_and_printable() -> None:
+    html = render_report(detailed(), job={"id": "ftjob-1", "org": "acme", "model": "m", "events": []})
+    assert "<script" not in html.lower().replace("&lt;script", "")
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html) and "@import" not in html
+    assert "@media print" in html
+    assert "<svg" in html
+
+
+def test_header_timeline_and_audit() -> None:
+    job = {
+        "id": "ftjob-9",
+        "org": "acme",
+        "model": "tiny",
+        "status": "succeeded",
+        "training_file": "file-1",
+        "created_at": 1_700_000_000,
+        "policy": {"mitigation": "drop", "inject_safety_examples": False},
+        "events": [{"at": 1_700_000_100, "stage": "gate", "level": "error", "message": "blocked: chat ASR"}],
+        "override": "safety_eval_failed",
+    }
+    audit = [{"at": 1_700_000_200, "who": "Dana", "action": "override_release", "reason": "course material"}]
+    html = render_report(report(), job=job, audit=audit)
+    assert "ftjob-9" in html and "acme" in html and "2023-11-14 22:13 UTC" in html
+    assert "mitigation drop; inject safety examples no" in html
+    assert "blocked: chat ASR" in html and "Released by a moderator" in html
+    assert "Dana" in html and "override release" in html and "course material" in html
+
+
+def test_the_worker_copy_says_where_the_text_is() -> None:
+    html = render_report(report())
+    assert "not in this copy of the report" in html
+
+
+def test_plain_reason_passes_unknown_text_through() -> None:
+    assert plain_reason("something else") == "something else"
+    assert plain_reason("format: persona, all caps") == "written as: persona, all caps"
+
+
+def test_read_examples_picks_lines_and_skips_broken_ones() -> None:
+    rows = [
+        json.dumps({"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}]}),
+        "{not json",
+        json.dumps({"prompt": "three", "completion": "3"}),
+    ]
+    got = read_examples(io.BytesIO("\n".join(rows).encode()), {2, 3})
+    assert got == {3: [{"role": "user", "content": "three"}, {"role": "assistant", "content": "3"}]}

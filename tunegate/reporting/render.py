@@ -1,0 +1,101 @@
+"""Jinja2 rendering: one environment over the package's templates, autoescaped, with plain-word filters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from tunegate.reporting.view import report_view
+
+
+def when(value: Any) -> str:
+    """A timestamp (datetime or unix seconds) as 'YYYY-MM-DD HH:MM UTC'; '' for none."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return str(value)
+
+
+def yesno(value: Any) -> str:
+    """Booleans in words (a report never shows Python's True/False)."""
+    return "yes" if value else "no"
+
+
+def plain(value: Any) -> str:
+    """A policy or metric value for reading: booleans in words, fractions to three places."""
+    if isinstance(value, bool):
+        return yesno(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if value is None:
+        return "n/a"
+    if isinstance(value, list | tuple):
+        return ", ".join(plain(v) for v in value)
+    return str(value)
+
+
+# What a ``job`` dict may carry (any of them may be left out): the header, the timeline and the banners.
+JOB_FIELDS = (
+    "id",
+    "org",
+    "model",
+    "status",
+    "fine_tuned_model",
+    "training_file",
+    "training_filename",
+    "n_examples",
+    "validation_file",
+    "created_at",
+    "finished_at",
+    "revoked_at",
+    "override",
+    "policy",
+    "events",
+)
+
+
+def job_fields(job: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``job`` with every field of ``JOB_FIELDS`` present (None, or empty for ``policy`` and ``events``)."""
+    if job is None:
+        return None
+    return {**dict.fromkeys(JOB_FIELDS), "policy": {}, "events": [], **job}
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("tunegate.reporting", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(when=when, yesno=yesno, plain=plain, svg=Markup)
+    return env
+
+
+def render_report(
+    report: dict[str, Any], *, job: dict[str, Any] | None = None, audit: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The full report page. ``job`` (id, org, model, files, dates, policy, events ...) adds the header and
+    the timeline; ``audit`` (``models.audit.as_dict`` entries) the moderators' actions."""
+    job = job_fields(job)
+    policy = (job or {}).get("policy") or {}
+    return (
+        environment()
+        .get_template("report.html")
+        .render(view=report_view(report, policy), job=job, audit=list(audit))
+    )
+
+
+def render_page(template: str, **context: Any) -> str:
+    """A console page (``console/<name>.html``); a job page passes ``view`` from ``report_view``."""
+    return environment().get_template(template).render(**context)
