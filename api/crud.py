@@ -1,11 +1,16 @@
 """Database access for the routes (keyword-only functions). Every lookup is scoped to one organization,
-so another tenant's id answers exactly like a missing one."""
+so another tenant's id answers exactly like a missing one.
+
+The poll path (``job_row``, ``job_page``, ``event_page``) reads with ONE Core statement on a connection
+(``api.deps.read_db``): rows whose attributes are named like the ORM's (``row.metadata_``), no session."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Label, Row, Select, and_, bindparam, exists, func, literal
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.tables import Checkpoint, File, Job, JobEvent, Organization
@@ -27,7 +32,7 @@ def get_job(session: Session, *, org: Organization, job_id: str, for_update: boo
         stmt = stmt.with_for_update()
     row = session.scalar(stmt)
     if row is None:
-        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        raise _no_such_job(job_id)
     return row
 
 
@@ -51,14 +56,39 @@ def list_files(
     return page_by_id(session, stmt, id_col=File.id, after=after, limit=limit, desc=order == "desc")
 
 
-def list_jobs(
-    session: Session, *, org: Organization, after: str | None, limit: int, metadata: dict[str, str]
-) -> tuple[list[Job], bool]:
-    stmt = select(Job).where(Job.org_id == org.id)
-    sqlite = session.get_bind().dialect.name == "sqlite"
+def _attribute_columns(entity: type[Any]) -> list[Label[Any]]:
+    """Every mapped column labelled with its attribute name, so a Core row reads like the ORM object."""
+    return [prop.columns[0].label(prop.key) for prop in sa_inspect(entity).column_attrs]
+
+
+JOB_COLUMNS = _attribute_columns(Job)
+EVENT_COLUMNS = _attribute_columns(JobEvent)
+_JOB_BY_ID = select(*JOB_COLUMNS).where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
+
+
+def _no_such_job(job_id: str) -> NotFound:
+    return NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+
+
+def job_row(conn: Connection, *, org_id: str, job_id: str) -> Row[Any]:
+    row = conn.execute(_JOB_BY_ID, {"job_id": job_id, "org_id": org_id}).first()
+    if row is None:
+        raise _no_such_job(job_id)
+    return row
+
+
+def job_page(
+    conn: Connection, *, org_id: str, after: str | None, limit: int, metadata: dict[str, str]
+) -> tuple[list[Row[Any]], bool]:
+    """Newest first; ``after`` is the last job id the client saw; ``metadata`` pairs must all match."""
+    stmt = select(*JOB_COLUMNS).where(Job.org_id == org_id)
+    sqlite = conn.dialect.name == "sqlite"
     for key, value in metadata.items():
         stmt = stmt.where(_metadata_equals(key, value, sqlite=sqlite))
-    return page_by_id(session, stmt, id_col=Job.id, after=after, limit=limit)
+    if after:
+        stmt = stmt.where(Job.id < after)
+    rows = list(conn.execute(stmt.order_by(Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool]:
@@ -70,16 +100,34 @@ def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[boo
     return exists(select(literal(1)).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
-def list_events(session: Session, *, job: Job, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
-    """Newest first; ``after`` is an event id of this job."""
-    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+def event_page(
+    conn: Connection, *, org_id: str, job_id: str, after: str | None, limit: int
+) -> tuple[list[Row[Any]], bool]:
+    """Newest first; ``after`` is an event id of this job. One statement: the job (of this organization)
+    left-joined to its page of events, so no row means no such job, and one row without an event id an
+    empty page (or, with an ``after`` this job does not have, an unknown cursor)."""
+    on = JobEvent.job_id == Job.id
+    after_seq: ColumnElement[Any] = literal(None)
     if after:
-        seq = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job.id, JobEvent.id == after))
-        if seq is None:
-            raise NotFound(f"No such event for job {job.id}: {after}", param="after")
-        stmt = stmt.where(JobEvent.seq < seq)
-    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+        after_seq = (
+            select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after).scalar_subquery()
+        )
+        on = and_(on, JobEvent.seq < after_seq)
+    stmt = (
+        select(after_seq.label("after_seq"), *EVENT_COLUMNS)
+        .select_from(Job)
+        .outerjoin(JobEvent, on)
+        .where(Job.id == job_id, Job.org_id == org_id)
+        .order_by(JobEvent.seq.desc())
+        .limit(limit + 1)
+    )
+    rows = list(conn.execute(stmt))
+    if not rows:
+        raise _no_such_job(job_id)
+    if after and rows[0].after_seq is None:
+        raise NotFound(f"No such event for job {job_id}: {after}", param="after")
+    events = [r for r in rows if r.id is not None]
+    return events[:limit], len(events) > limit
 
 
 def list_checkpoints(

@@ -7,6 +7,10 @@ deferred transaction that reads and then writes fails at once with "database is 
 got in between (SQLite cannot upgrade its stale snapshot), while an immediate one waits for the busy timeout.
 Sessions are therefore immediate by default; ``new_session(readonly=True)`` uses a deferred BEGIN so that
 read-only requests do not queue behind writers.
+
+``read_connection()`` is the poll path's: a pooled Core connection of a second engine in autocommit mode, for
+reads of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and
+no ORM session are paid per request).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunegate.settings import get_settings
@@ -46,7 +50,9 @@ def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """``autocommit``: every statement is its own transaction (SQLite: no BEGIN is emitted; PostgreSQL:
+    psycopg's autocommit), for ``read_connection``."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         database = make_url(url).database
@@ -54,12 +60,21 @@ def make_engine(url: str) -> Engine:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
+        if not autocommit:
+            event.listen(engine, "begin", _sqlite_on_begin)
         return engine
+    if autocommit:
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=READERS, max_overflow=0, isolation_level="AUTOCOMMIT"
+        )
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+# Single-statement readers at once per process (``api.deps.read_db`` holds one per reader): the read
+# engine's pool has exactly this many connections, so a reader never waits for one.
+READERS = 8
 _ENGINES: dict[str, Engine] = {}
+_READ_ENGINES: dict[str, Engine] = {}
 
 
 def get_engine() -> Engine:
@@ -75,8 +90,22 @@ def get_engine() -> Engine:
 
 def reset_engine() -> None:
     """Dispose every cached engine (tests switching databases, forked workers)."""
-    while _ENGINES:
-        _ENGINES.popitem()[1].dispose()
+    for engines in (_ENGINES, _READ_ENGINES):
+        while engines:
+            engines.popitem()[1].dispose()
+
+
+@contextmanager
+def read_connection() -> Iterator[Connection]:
+    """A pooled connection in autocommit mode for reads of ONE statement each (the poll path): never write
+    with it, and never rely on two statements seeing the same snapshot."""
+    url = get_settings().db_url
+    engine = _READ_ENGINES.get(url)
+    if engine is None:
+        get_engine()  # creates the home directory of an embedded database
+        engine = _READ_ENGINES[url] = make_engine(url, autocommit=True)
+    with engine.connect() as conn:
+        yield conn
 
 
 def new_session(*, readonly: bool = False) -> Session:

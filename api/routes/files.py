@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org
+from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org_blocking
 from api.processing import check_upload, process_file
 from api.schemas import UPLOAD_PURPOSES, FileDeletedOut, FileOut, ListOut
 from api.upload import Upload, receive_upload
@@ -92,8 +92,8 @@ async def create_file(
 
 def _authenticate(authorization: str | None, settings: Settings) -> tuple[Organization, int]:
     """The caller's organization and the bytes its live files take, in a session closed at once."""
+    org = current_org_blocking(authorization, settings)
     with closing(new_session(readonly=True)) as session:
-        org = current_org(session, settings, authorization)
         return org, crud.stored_bytes(session, org_id=org.id)
 
 

@@ -1,17 +1,23 @@
 """/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints; plus our safety report and
-adapter download."""
+adapter download.
+
+The poll path (retrieve, list, events: what every SDK poller calls in a loop) is ``async``: the caller's
+organization comes from the auth cache, the route's one statement runs in one worker-thread hop
+(``read_db``), and the response is serialized once (``json_response``)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.deps import CurrentOrg, SessionDep, SettingsDep, read_db
 from api.job_create import create_job
 from api.schemas import CheckpointOut, EventOut, JobCreateIn, JobOut, ListOut
-from api.views import checkpoint_out, event_out, job_out
+from api.views import checkpoint_out, event_out, job_out, json_response
 from models.jobs import JobStatus, record_event, transition
 from tunegate.errors import Conflict
 
@@ -40,18 +46,16 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 
 
 @router.get("", response_model=ListOut[JobOut])
-def list_jobs(
-    request: Request, org: CurrentOrg, session: SessionDep, after: str | None = None, limit: Limit = 20
-) -> ListOut[JobOut]:
+async def list_jobs(request: Request, org: CurrentOrg, after: str | None = None, limit: Limit = 20) -> Response:
     wanted = _metadata_filter(request)
-    rows, more = crud.list_jobs(session, org=org, after=after, limit=limit, metadata=wanted)
-    data = [job_out(r) for r in rows]
-    return ListOut[JobOut].page(data, more)
+    read = partial(crud.job_page, org_id=org.id, after=after, limit=limit, metadata=wanted)
+    rows, more = await read_db(read)
+    return json_response(ListOut[JobOut].page([job_out(r) for r in rows], more))
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def retrieve(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
-    return job_out(crud.get_job(session, org=org, job_id=job_id))
+async def retrieve(job_id: str, org: CurrentOrg) -> Response:
+    return json_response(job_out(await read_db(partial(crud.job_row, org_id=org.id, job_id=job_id))))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -80,13 +84,10 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
 
 
 @router.get("/{job_id}/events", response_model=ListOut[EventOut])
-def list_events(
-    job_id: str, org: CurrentOrg, session: SessionDep, after: str | None = None, limit: Limit = 20
-) -> ListOut[EventOut]:
-    job = crud.get_job(session, org=org, job_id=job_id)
-    rows, more = crud.list_events(session, job=job, after=after, limit=limit)
-    data = [event_out(r) for r in rows]
-    return ListOut[EventOut].page(data, more)
+async def list_events(job_id: str, org: CurrentOrg, after: str | None = None, limit: Limit = 20) -> Response:
+    read = partial(crud.event_page, org_id=org.id, job_id=job_id, after=after, limit=limit)
+    rows, more = await read_db(read)
+    return json_response(ListOut[EventOut].page([event_out(r) for r in rows], more))
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListOut[CheckpointOut])
