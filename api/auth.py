@@ -58,7 +58,9 @@ class AuthCache:
         started = time.monotonic()  # an entry never outlives a revocation committed during the read by > ttl
         org = authenticate(conn, key)
         if ttl > 0:
-            entry = _Entry(org.id, org.name, copy.deepcopy(org.policy), org.rate_limit_per_minute, started + ttl)
+            entry = _Entry(
+                org.id, org.name, copy.deepcopy(org.policy), org.rate_limit_per_minute, started + ttl
+            )
             with self._lock:
                 if len(self._entries) >= MAX_TRACKED:
                     self._prune(time.monotonic())

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Label, Row, Select, and_, bindparam, exists, func, literal
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Label,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from models.tables import Checkpoint, File, Job, JobEvent, Organization
@@ -56,14 +66,22 @@ def list_files(
     return page_by_id(session, stmt, id_col=File.id, after=after, limit=limit, desc=order == "desc")
 
 
-def _attribute_columns(entity: type[Any]) -> list[Label[Any]]:
-    """Every mapped column labelled with its attribute name, so a Core row reads like the ORM object."""
-    return [prop.columns[0].label(prop.key) for prop in sa_inspect(entity).column_attrs]
+def _labelled(entity: type[Any], names: tuple[str, ...]) -> list[Label[Any]]:
+    """Columns labelled with their attribute names, so a Core row reads like the ORM object."""
+    return [getattr(entity, name).label(name) for name in names]
 
 
-JOB_COLUMNS = _attribute_columns(Job)
-EVENT_COLUMNS = _attribute_columns(JobEvent)
-_JOB_BY_ID = select(*JOB_COLUMNS).where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
+# What api.views.job_out / event_out read, and no more (the worker's bookkeeping columns stay unread).
+JOB_FIELDS = (
+    "id", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "org_id",
+    "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "metadata_",
+    "method", "safety", "stage", "progress", "cancel_requested", "released",
+)  # fmt: skip
+EVENT_FIELDS = ("id", "created_at", "level", "message", "data", "type")
+# Built once: a statement's columns are coerced when it is built, which costs more than running it.
+_JOBS = select(*_labelled(Job, JOB_FIELDS))
+_JOB_BY_ID = _JOBS.where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
+_ORG_JOBS = _JOBS.where(Job.org_id == bindparam("org_id")).order_by(Job.id.desc()).limit(bindparam("limit"))
 
 
 def _no_such_job(job_id: str) -> NotFound:
@@ -81,13 +99,13 @@ def job_page(
     conn: Connection, *, org_id: str, after: str | None, limit: int, metadata: dict[str, str]
 ) -> tuple[list[Row[Any]], bool]:
     """Newest first; ``after`` is the last job id the client saw; ``metadata`` pairs must all match."""
-    stmt = select(*JOB_COLUMNS).where(Job.org_id == org_id)
+    stmt = _ORG_JOBS
     sqlite = conn.dialect.name == "sqlite"
     for key, value in metadata.items():
         stmt = stmt.where(_metadata_equals(key, value, sqlite=sqlite))
     if after:
         stmt = stmt.where(Job.id < after)
-    rows = list(conn.execute(stmt.order_by(Job.id.desc()).limit(limit + 1)))
+    rows = list(conn.execute(stmt, {"org_id": org_id, "limit": limit + 1}))
     return rows[:limit], len(rows) > limit
 
 
@@ -100,28 +118,38 @@ def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[boo
     return exists(select(literal(1)).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
+def _event_page_statement(*, after: bool) -> Select[Any]:
+    """The job (of this organization) left-joined to its page of events, newest first; with ``after``, the
+    events before that one, and its sequence number as ``after_seq`` (NULL: not an event of this job)."""
+    after_seq: ColumnElement[Any] = literal(None)
+    on = JobEvent.job_id == Job.id
+    if after:
+        after_seq = (
+            select(JobEvent.seq)
+            .where(JobEvent.job_id == bindparam("job_id"), JobEvent.id == bindparam("after"))
+            .scalar_subquery()
+        )
+        on = and_(on, JobEvent.seq < after_seq)
+    return (
+        select(after_seq.label("after_seq"), *_labelled(JobEvent, EVENT_FIELDS))
+        .select_from(Job)
+        .outerjoin(JobEvent, on)
+        .where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
+        .order_by(JobEvent.seq.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+_EVENT_PAGE = {after: _event_page_statement(after=after) for after in (False, True)}
+
+
 def event_page(
     conn: Connection, *, org_id: str, job_id: str, after: str | None, limit: int
 ) -> tuple[list[Row[Any]], bool]:
-    """Newest first; ``after`` is an event id of this job. One statement: the job (of this organization)
-    left-joined to its page of events, so no row means no such job, and one row without an event id an
-    empty page (or, with an ``after`` this job does not have, an unknown cursor)."""
-    on = JobEvent.job_id == Job.id
-    after_seq: ColumnElement[Any] = literal(None)
-    if after:
-        after_seq = (
-            select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after).scalar_subquery()
-        )
-        on = and_(on, JobEvent.seq < after_seq)
-    stmt = (
-        select(after_seq.label("after_seq"), *EVENT_COLUMNS)
-        .select_from(Job)
-        .outerjoin(JobEvent, on)
-        .where(Job.id == job_id, Job.org_id == org_id)
-        .order_by(JobEvent.seq.desc())
-        .limit(limit + 1)
-    )
-    rows = list(conn.execute(stmt))
+    """Newest first; ``after`` is an event id of this job. One statement, so no row means no such job,
+    and a row without an event id an empty page (or, with an ``after`` this job lacks, an unknown cursor)."""
+    params = {"job_id": job_id, "org_id": org_id, "after": after, "limit": limit + 1}
+    rows = list(conn.execute(_EVENT_PAGE[bool(after)], params))
     if not rows:
         raise _no_such_job(job_id)
     if after and rows[0].after_seq is None:

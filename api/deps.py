@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import AUTH_CACHE
 from api.ratelimit import IN_FLIGHT, LIMITER, key_digest
-from models.db import READERS, new_session, read_connection
+from models.db import READERS, new_session, read_connection, reads_block_briefly
 from models.keys import Admin, authenticate_admin
 from models.tables import Organization
 from tunegate.errors import AuthenticationFailed
@@ -61,9 +61,11 @@ _READ_LIMITERS: WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimit
 
 
 async def read_db(read: Callable[[Connection], T]) -> T:
-    """``read(connection)`` in a worker thread on a ``models.db.read_connection`` (autocommit: ONE statement
-    per read): one thread hop, no ORM session, at most ``READERS`` at once (the read pool's size, so no
-    reader waits for a connection while holding a thread)."""
+    """``read(connection)`` on a ``models.db.read_connection`` (autocommit: ONE statement per read), no ORM
+    session. SQLite: right here on the event loop (``reads_block_briefly``); PostgreSQL: in one worker-thread
+    hop, at most ``READERS`` at once (the read pool's size, so no reader waits for a connection)."""
+    if reads_block_briefly():
+        return _on_read_connection(read)
     loop = asyncio.get_running_loop()
     limiter = _READ_LIMITERS.get(loop)
     if limiter is None:
@@ -82,11 +84,13 @@ def _admitted(org: Organization, authorization: str | None, settings: Settings) 
     return org
 
 
-async def current_org(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> Organization:
+async def current_org(request: Request) -> Organization:
     """The caller's organization: from the auth cache (``api/auth.py``, no query) or one query, then the
-    per-organization rate limit. Holds no session: the route's own read is the request's only query."""
+    per-organization rate limit. Holds no session: the route's own read is the request's only query.
+    Every /v1 request passes here, so it asks FastAPI for nothing but the request (each declared parameter
+    or sub-dependency is resolved and validated per request)."""
+    authorization = request.headers.get("authorization")
+    settings = get_settings()
     key = bearer_key(authorization)
     ttl = settings.auth_cache_ttl_s
     org = AUTH_CACHE.get(key, ttl)

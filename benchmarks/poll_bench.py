@@ -57,35 +57,55 @@ class Result:
 
 
 def seed() -> None:
-    """(child process) Migrate, create a key, 20 queued jobs, 20 events on the first; print them as JSON."""
+    """(child process) Migrate, create a key, 20 queued jobs (the provider's default policy as their
+    ``safety``, as created jobs have), 20 events on the first; print the key and that job as JSON."""
     import migrations
     from models.db import session_scope
     from models.jobs import record_event
     from models.keys import create_key
+    from models.policy import org_policy
     from models.tables import File, Job
+    from tunegate.settings import get_settings
 
     migrations.upgrade()
     with session_scope() as session:
         key = create_key(session, "bench")
         file = File(
-            org_id=key.org_id, filename="train.jsonl", purpose="fine-tune", bytes=1000, sha256="0" * 64,
-            storage_key="0" * 64, status="processed", n_examples=20,
-        )  # fmt: skip
+            org_id=key.org_id,
+            filename="train.jsonl",
+            purpose="fine-tune",
+            bytes=1000,
+            sha256="0" * 64,
+            storage_key="0" * 64,
+            status="processed",
+            n_examples=20,
+        )
         session.add(file)
         session.flush()
         jobs = [
             Job(
-                org_id=key.org_id, model="smollm2-135m", training_file=file.id, status="queued",
-                hyperparameters={"n_epochs": 3}, method={"type": "supervised"}, metadata_={"run": str(i)},
-                safety={"gate": {"delta": 0.05, "cap": 0.2}}, seed=i,
-            )  # fmt: skip
+                org_id=key.org_id,
+                model="smollm2-135m",
+                training_file=file.id,
+                status="queued",
+                hyperparameters={"n_epochs": 3},
+                method={"type": "supervised"},
+                metadata_={"run": str(i)},
+                safety=org_policy(get_settings(), {}),  # what a created job stores
+                seed=i,
+            )
             for i in range(N_JOBS)
         ]
         session.add_all(jobs)
         session.flush()
         for i in range(N_EVENTS):
-            record_event(session, jobs[0], f"Step {i}: training loss 1.{i:02d}", type="metrics",
-                         data={"step": i, "train_loss": 1.0 + i / 100})  # fmt: skip
+            record_event(
+                session,
+                jobs[0],
+                f"Step {i}: training loss 1.{i:02d}",
+                type="metrics",
+                data={"step": i, "train_loss": 1.0 + i / 100},
+            )
     print(json.dumps({"key": key.key, "job": jobs[0].id}))
 
 
@@ -175,7 +195,9 @@ def run_database(label: str, database_url: str | None, levels: list[int], second
     home = Path(tempfile.mkdtemp(prefix="tunegate-poll-"))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")]
+        ),
         "TUNEGATE_HOME": str(home),
         "TUNEGATE_RATE_LIMIT_PER_MINUTE": "1000000000",
         "TUNEGATE_MAX_CONCURRENT_REQUESTS_PER_ORG": str(10 * max(levels)),

@@ -10,7 +10,8 @@ read-only requests do not queue behind writers.
 
 ``read_connection()`` is the poll path's: a pooled Core connection of a second engine in autocommit mode, for
 reads of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and
-no ORM session are paid per request).
+no ORM session are paid per request). ``reads_block_briefly()``: SQLite reads are local and short enough to
+run on the event loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tunegate.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_READ_BUSY_TIMEOUT_MS = 1_000
 
 
 def normalize_url(url: str) -> str:
@@ -45,6 +47,12 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_reader_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # ``read_connection`` runs on the API's event loop with SQLite (api.deps.read_db): a WAL reader only
+    # waits in rare moments (another process recovering or truncating the WAL), and then not for long.
+    dbapi_conn.execute(f"PRAGMA busy_timeout={SQLITE_READ_BUSY_TIMEOUT_MS}")
+
+
 def _sqlite_on_begin(conn: Any) -> None:
     mode = "DEFERRED" if conn.get_execution_options().get("tunegate_readonly") else "IMMEDIATE"
     conn.exec_driver_sql(f"BEGIN {mode}")
@@ -60,18 +68,20 @@ def make_engine(url: str, *, autocommit: bool = False) -> Engine:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_on_connect)
-        if not autocommit:
+        if autocommit:
+            event.listen(engine, "connect", _sqlite_reader_on_connect)
+        else:
             event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if autocommit:
         return create_engine(
-            url, pool_pre_ping=True, pool_size=READERS, max_overflow=0, isolation_level="AUTOCOMMIT"
+            url, pool_pre_ping=True, pool_size=READERS, max_overflow=READERS, isolation_level="AUTOCOMMIT"
         )
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-# Single-statement readers at once per process (``api.deps.read_db`` holds one per reader): the read
-# engine's pool has exactly this many connections, so a reader never waits for one.
+# PostgreSQL readers at once per API process (``api.deps.read_db``, one worker thread each): the read
+# engine's pool holds this many connections (and as many again for ``read_connection`` callers outside it).
 READERS = 8
 _ENGINES: dict[str, Engine] = {}
 _READ_ENGINES: dict[str, Engine] = {}
@@ -93,6 +103,13 @@ def reset_engine() -> None:
     for engines in (_ENGINES, _READ_ENGINES):
         while engines:
             engines.popitem()[1].dispose()
+
+
+def reads_block_briefly() -> bool:
+    """True for SQLite: a read of one statement is a few dozen microseconds of in-process work that never
+    waits for a writer (WAL), cheaper than the thread hop and GIL hand-offs that would move it off the
+    event loop. PostgreSQL reads wait on the network, so they run in worker threads."""
+    return get_settings().db_url.startswith("sqlite")
 
 
 @contextmanager

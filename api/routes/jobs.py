@@ -46,7 +46,9 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 
 
 @router.get("", response_model=ListOut[JobOut])
-async def list_jobs(request: Request, org: CurrentOrg, after: str | None = None, limit: Limit = 20) -> Response:
+async def list_jobs(
+    request: Request, org: CurrentOrg, after: str | None = None, limit: Limit = 20
+) -> Response:
     wanted = _metadata_filter(request)
     read = partial(crud.job_page, org_id=org.id, after=after, limit=limit, metadata=wanted)
     rows, more = await read_db(read)
