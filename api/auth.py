@@ -14,11 +14,9 @@ bound zero, and the TTL keeps it small without that.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection
 
@@ -29,10 +27,7 @@ from models.tables import Organization
 
 @dataclass(frozen=True)
 class _Entry:
-    org_id: str
-    name: str
-    policy: dict[str, Any]
-    rate_limit_per_minute: int | None
+    org: Organization  # detached (models.keys.authenticate), shared by the requests of its key: read only
     expires: float  # time.monotonic()
 
 
@@ -42,25 +37,18 @@ class AuthCache:
         self._lock = threading.Lock()
 
     def get(self, key: str, ttl: float) -> Organization | None:
-        """A fresh copy of the organization of ``key`` if it authenticated less than ``ttl`` seconds ago."""
+        """The organization of ``key`` if it authenticated less than ``ttl`` seconds ago."""
         entry = self._entries.get(hash_key(key)) if ttl > 0 else None
         if entry is None or entry.expires <= time.monotonic():
             return None
-        return Organization(
-            id=entry.org_id,
-            name=entry.name,
-            policy=copy.deepcopy(entry.policy),
-            rate_limit_per_minute=entry.rate_limit_per_minute,
-        )
+        return entry.org
 
     def authenticate(self, conn: Connection, key: str, ttl: float) -> Organization:
         """``models.keys.authenticate`` on ``conn``, remembering a success for ``ttl`` seconds."""
         started = time.monotonic()  # an entry never outlives a revocation committed during the read by > ttl
         org = authenticate(conn, key)
         if ttl > 0:
-            entry = _Entry(
-                org.id, org.name, copy.deepcopy(org.policy), org.rate_limit_per_minute, started + ttl
-            )
+            entry = _Entry(org, started + ttl)
             with self._lock:
                 if len(self._entries) >= MAX_TRACKED:
                     self._prune(time.monotonic())

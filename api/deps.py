@@ -110,6 +110,8 @@ def current_org_blocking(authorization: str | None, settings: Settings) -> Organ
     return _admitted(org, authorization, settings)
 
 
+# The caller's organization: a detached copy of its row, shared with the other requests of the same key while
+# cached (api/auth.py). Read it; never change or add it to a session.
 CurrentOrg = Annotated[Organization, Depends(current_org)]
 
 

@@ -16,8 +16,9 @@ run on the event loop.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +113,27 @@ def reads_block_briefly() -> bool:
     return get_settings().db_url.startswith("sqlite")
 
 
-@contextmanager
-def read_connection() -> Iterator[Connection]:
-    """A pooled connection in autocommit mode for reads of ONE statement each (the poll path): never write
-    with it, and never rely on two statements seeing the same snapshot."""
+_THREAD = threading.local()  # SQLite: each thread's read connection, kept open
+
+
+def read_connection() -> AbstractContextManager[Connection]:
+    """A connection in autocommit mode for reads of ONE statement each (the poll path): never write with
+    it, and never rely on two statements seeing the same snapshot. PostgreSQL: from the read engine's pool
+    (pre-pinged). SQLite: the calling thread's own, kept open (nothing goes stale in-process, and a pool
+    checkout and return cost as much as the read)."""
     url = get_settings().db_url
     engine = _READ_ENGINES.get(url)
     if engine is None:
         get_engine()  # creates the home directory of an embedded database
         engine = _READ_ENGINES[url] = make_engine(url, autocommit=True)
-    with engine.connect() as conn:
-        yield conn
+    if engine.dialect.name != "sqlite":
+        return engine.connect()
+    conn: Connection | None = getattr(_THREAD, "sqlite_reader", None)
+    if conn is None or conn.engine is not engine or conn.invalidated:
+        if conn is not None:
+            conn.close()
+        conn = _THREAD.sqlite_reader = engine.connect()
+    return nullcontext(conn)
 
 
 def new_session(*, readonly: bool = False) -> Session:
