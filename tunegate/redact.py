@@ -73,15 +73,25 @@ def scrub(text: str, settings: Settings, *, replacements: dict[str, str] | None 
     for old, new in (replacements or {}).items():
         if old:
             text = text.replace(old, new)
+    # Each pattern is tried only where it can match (every event message of every poll passes here): a
+    # root is an absolute path, a storage key 64 hex digits, an operator command names `tunegate`.
     server_paths = _server_paths(settings)
-    if server_paths is not None:
+    if server_paths is not None and "/" in text:
         text = server_paths.sub(SERVER_PATH, text)
-    text = _STORAGE_KEY.sub(STORED_FILE, text)
-    return _OPERATOR_COMMAND.sub("(the service operator has to prepare it)", text)
+    if len(text) >= 64:
+        text = _STORAGE_KEY.sub(STORED_FILE, text)
+    if "tunegate" in text:
+        text = _OPERATOR_COMMAND.sub("(the service operator has to prepare it)", text)
+    return text
+
+
+_SCALARS = (int, float, bool, type(None))
 
 
 def scrub_value(value: Any, settings: Settings) -> Any:
     """``scrub`` every string inside JSON-like ``value``; drops ``PRIVATE_KEYS`` from objects."""
+    if type(value) in _SCALARS:  # most leaves of event data (step, loss, progress)
+        return value
     if isinstance(value, str):
         return scrub(value, settings)
     if isinstance(value, dict):
