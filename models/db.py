@@ -83,7 +83,7 @@ def make_engine(url: str, *, autocommit: bool = False) -> Engine:
 
 # PostgreSQL readers at once per API process (``api.deps.read_db``, one worker thread each): the read
 # engine's pool holds this many connections (and as many again for ``read_connection`` callers outside it).
-READERS = 8
+READERS = 4
 _ENGINES: dict[str, Engine] = {}
 _READ_ENGINES: dict[str, Engine] = {}
 
