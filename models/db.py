@@ -8,10 +8,10 @@ got in between (SQLite cannot upgrade its stale snapshot), while an immediate on
 Sessions are therefore immediate by default; ``new_session(readonly=True)`` uses a deferred BEGIN so that
 read-only requests do not queue behind writers.
 
-``read_connection()`` is the poll path's: a pooled Core connection of a second engine in autocommit mode, for
-reads of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and
-no ORM session are paid per request). ``reads_block_briefly()``: SQLite reads are local and short enough to
-run on the event loop.
+``read_connection()`` is the poll path's: a Core connection of a second engine in autocommit mode, for reads
+of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and no
+ORM session are paid per request). ``reads_block_briefly()``: SQLite reads are local and short enough to run
+on the event loop.
 """
 
 from __future__ import annotations

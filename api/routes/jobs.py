@@ -2,8 +2,9 @@
 adapter download.
 
 The poll path (retrieve, list, events: what every SDK poller calls in a loop) is ``async``: the caller's
-organization comes from the auth cache, the route's one statement runs in one worker-thread hop
-(``read_db``), and the response is serialized once (``json_response``)."""
+organization comes from the auth cache, the route's one statement runs through ``read_db`` (on the event
+loop with SQLite, in one worker-thread hop with PostgreSQL), and the response is serialized once
+(``json_response``)."""
 
 from __future__ import annotations
 
