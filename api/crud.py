@@ -1,11 +1,26 @@
 """Database access for the routes (keyword-only functions). Every lookup is scoped to one organization,
-so another tenant's id answers exactly like a missing one."""
+so another tenant's id answers exactly like a missing one.
+
+The poll path (``job_row``, ``job_page``, ``event_page``) reads with ONE Core statement on a connection
+(``api.deps.read_db``): rows whose attributes are named like the ORM's (``row.metadata_``), no session."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Label,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -32,7 +47,7 @@ def get_job(session: Session, *, org: Organization, job_id: str, for_update: boo
         stmt = stmt.with_for_update()
     row = session.scalar(stmt)
     if row is None:
-        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        raise _no_such_job(job_id)
     return row
 
 
@@ -56,14 +71,47 @@ def list_files(
     return page_by_id(session, stmt, id_col=File.id, after=after, limit=limit, desc=order == "desc")
 
 
-def list_jobs(
-    session: Session, *, org: Organization, after: str | None, limit: int, metadata: dict[str, str]
-) -> tuple[list[Job], bool]:
-    stmt = select(Job).where(Job.org_id == org.id)
-    sqlite = session.get_bind().dialect.name == "sqlite"
+def _labelled(entity: type[Any], names: tuple[str, ...]) -> list[Label[Any]]:
+    """Columns labelled with their attribute names, so a Core row reads like the ORM object."""
+    return [getattr(entity, name).label(name) for name in names]
+
+
+# What api.views.job_out / event_out read, and no more (the worker's bookkeeping columns stay unread).
+JOB_FIELDS = (
+    "id", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "org_id",
+    "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "metadata_",
+    "method", "safety", "stage", "progress", "cancel_requested", "released", "suffix",
+)  # fmt: skip
+EVENT_FIELDS = ("id", "created_at", "level", "message", "data", "type")
+# Built once: a statement's columns are coerced when it is built, which costs more than running it.
+_JOBS = select(*_labelled(Job, JOB_FIELDS))
+_JOB_BY_ID = _JOBS.where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
+_ORG_JOBS = _JOBS.where(Job.org_id == bindparam("org_id")).order_by(Job.id.desc()).limit(bindparam("limit"))
+
+
+def _no_such_job(job_id: str) -> NotFound:
+    return NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+
+
+def job_row(conn: Connection, *, org_id: str, job_id: str) -> Row[Any]:
+    row = conn.execute(_JOB_BY_ID, {"job_id": job_id, "org_id": org_id}).first()
+    if row is None:
+        raise _no_such_job(job_id)
+    return row
+
+
+def job_page(
+    conn: Connection, *, org_id: str, after: str | None, limit: int, metadata: dict[str, str]
+) -> tuple[list[Row[Any]], bool]:
+    """Newest first; ``after`` is the last job id the client saw; ``metadata`` pairs must all match."""
+    stmt = _ORG_JOBS
+    sqlite = conn.dialect.name == "sqlite"
     for key, value in metadata.items():
         stmt = stmt.where(_metadata_equals(key, value, sqlite=sqlite))
-    return page_by_id(session, stmt, id_col=Job.id, after=after, limit=limit)
+    if after:
+        stmt = stmt.where(Job.id < after)
+    rows = list(conn.execute(stmt, {"org_id": org_id, "limit": limit + 1}))
+    return rows[:limit], len(rows) > limit
 
 
 def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool]:
@@ -76,33 +124,64 @@ def _metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[boo
     return exists(select(literal(1)).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
-def list_events(session: Session, *, job: Job, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
-    """Newest first; ``after`` is an event id of this job."""
-    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+def _event_page_statement(*, after: bool) -> Select[Any]:
+    """The job (of this organization) left-joined to its page of events, newest first; with ``after``, the
+    events before that one, and its sequence number as ``after_seq`` (NULL: not an event of this job)."""
+    after_seq: ColumnElement[Any] = literal(None)
+    on = JobEvent.job_id == Job.id
     if after:
-        seq = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job.id, JobEvent.id == after))
-        if seq is None:
-            raise NotFound(f"No such event for job {job.id}: {after}", param="after")
-        stmt = stmt.where(JobEvent.seq < seq)
-    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+        after_seq = (
+            select(JobEvent.seq)
+            .where(JobEvent.job_id == bindparam("job_id"), JobEvent.id == bindparam("after"))
+            .scalar_subquery()
+        )
+        on = and_(on, JobEvent.seq < after_seq)
+    return (
+        select(after_seq.label("after_seq"), *_labelled(JobEvent, EVENT_FIELDS))
+        .select_from(Job)
+        .outerjoin(JobEvent, on)
+        .where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
+        .order_by(JobEvent.seq.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+_EVENT_PAGE = {after: _event_page_statement(after=after) for after in (False, True)}
+
+
+def event_page(
+    conn: Connection, *, org_id: str, job_id: str, after: str | None, limit: int
+) -> tuple[list[Row[Any]], bool]:
+    """Newest first; ``after`` is an event id of this job. One statement, so no row means no such job,
+    and a row without an event id an empty page (or, with an ``after`` this job lacks, an unknown cursor)."""
+    params = {"job_id": job_id, "org_id": org_id, "after": after, "limit": limit + 1}
+    rows = list(conn.execute(_EVENT_PAGE[bool(after)], params))
+    if not rows:
+        raise _no_such_job(job_id)
+    if after and rows[0].after_seq is None:
+        raise NotFound(f"No such event for job {job_id}: {after}", param="after")
+    events = [r for r in rows if r.id is not None]
+    return events[:limit], len(events) > limit
 
 
 PROGRESS_WINDOW = 50  # the newest events looked at for the running stage's speed
 
 
-def progress_points(session: Session, *, job: Job) -> list[tuple[float, float]]:
+_RECENT_EVENTS = (
+    select(JobEvent.created_at, JobEvent.data)
+    .where(JobEvent.job_id == bindparam("job_id"))
+    .order_by(JobEvent.seq.desc())
+    .limit(PROGRESS_WINDOW)
+)
+
+
+def progress_points(conn: Connection, *, job_id: str, stage: str | None) -> list[tuple[float, float]]:
     """(unix time, overall progress) of the newest events of the job's current stage."""
-    rows = session.execute(
-        select(JobEvent.created_at, JobEvent.data)
-        .where(JobEvent.job_id == job.id)
-        .order_by(JobEvent.seq.desc())
-        .limit(PROGRESS_WINDOW)
-    ).all()
+    rows = conn.execute(_RECENT_EVENTS, {"job_id": job_id}).all()
     points = []
     for created_at, data in rows:
         progress = (data or {}).get("progress")
-        if (data or {}).get("stage") == job.stage and isinstance(progress, int | float):
+        if (data or {}).get("stage") == stage and isinstance(progress, int | float):
             points.append((created_at.timestamp(), float(progress)))
     return points
 

@@ -1,16 +1,23 @@
-"""Request dependencies as Annotated aliases: a database session and the caller's organization."""
+"""Request dependencies as Annotated aliases: a database session and the caller's organization; ``read_db``
+for the poll path's single-statement reads."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Annotated, TypeVar
+from weakref import WeakKeyDictionary
 
+import anyio
 from fastapi import Depends, Header, Request
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from api.auth import AUTH_CACHE
 from api.ratelimit import IN_FLIGHT, LIMITER, key_digest
-from models.db import new_session
-from models.keys import Admin, authenticate, authenticate_admin
+from models.db import READERS, new_session, read_connection, reads_block_briefly
+from models.keys import Admin, authenticate_admin
 from models.tables import Organization
 from tunegate.errors import AuthenticationFailed
 from tunegate.settings import Settings, get_settings
@@ -49,21 +56,62 @@ def bearer_key(authorization: str | None) -> str:
     return key.strip()
 
 
-def current_org(
-    session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> Organization:
-    key = bearer_key(authorization)
-    org = authenticate(session, key)
-    # the abuse guard counts its requests per org
-    IN_FLIGHT.learn(key_digest((authorization or "").strip()), org.id)
-    # End the read transaction: its pooled connection must not be held while the route waits for a
-    # threadpool slot (under load every slot can be taken by requests waiting for a connection: a deadlock
-    # until the pool timeout). Nothing was written; expire_on_commit=False keeps ``org`` loaded.
-    session.commit()
+T = TypeVar("T")
+_READ_LIMITERS: WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = WeakKeyDictionary()
+
+
+async def read_db(read: Callable[[Connection], T]) -> T:
+    """``read(connection)`` on a ``models.db.read_connection`` (autocommit: ONE statement per read), no ORM
+    session. SQLite: right here on the event loop (``reads_block_briefly``); PostgreSQL: in one worker-thread
+    hop, at most ``READERS`` at once (the read pool's size, so no reader waits for a connection)."""
+    if reads_block_briefly():
+        return _on_read_connection(read)
+    loop = asyncio.get_running_loop()
+    limiter = _READ_LIMITERS.get(loop)
+    if limiter is None:
+        limiter = _READ_LIMITERS[loop] = anyio.CapacityLimiter(READERS)
+    return await anyio.to_thread.run_sync(_on_read_connection, read, limiter=limiter)
+
+
+def _on_read_connection(read: Callable[[Connection], T]) -> T:
+    with read_connection() as conn:
+        return read(conn)
+
+
+def _admitted(org: Organization, authorization: str | None, settings: Settings) -> Organization:
+    IN_FLIGHT.learn(key_digest((authorization or "").strip()), org.id)  # the abuse guard counts per org
     LIMITER.check(org.id, org.rate_limit_per_minute or settings.rate_limit_per_minute)
     return org
 
 
+async def current_org(request: Request) -> Organization:
+    """The caller's organization: from the auth cache (``api/auth.py``, no query) or one query, then the
+    per-organization rate limit. Holds no session: the route's own read is the request's only query.
+    Every /v1 request passes here, so it asks FastAPI for nothing but the request (each declared parameter
+    or sub-dependency is resolved and validated per request)."""
+    authorization = request.headers.get("authorization")
+    settings = get_settings()
+    key = bearer_key(authorization)
+    ttl = settings.auth_cache_ttl_s
+    org = AUTH_CACHE.get(key, ttl)
+    if org is None:
+        org = await read_db(partial(AUTH_CACHE.authenticate, key=key, ttl=ttl))
+    return _admitted(org, authorization, settings)
+
+
+def current_org_blocking(authorization: str | None, settings: Settings) -> Organization:
+    """``current_org`` for code already in a worker thread (the upload route)."""
+    key = bearer_key(authorization)
+    ttl = settings.auth_cache_ttl_s
+    org = AUTH_CACHE.get(key, ttl)
+    if org is None:
+        with read_connection() as conn:
+            org = AUTH_CACHE.authenticate(conn, key, ttl)
+    return _admitted(org, authorization, settings)
+
+
+# The caller's organization: a detached copy of its row, shared with the other requests of the same key while
+# cached (api/auth.py). Read it; never change or add it to a session.
 CurrentOrg = Annotated[Organization, Depends(current_org)]
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from sqlalchemy import Row
+from starlette.responses import Response
+
 from api.schemas import (
     CheckpointMetricsOut,
     CheckpointOut,
@@ -73,7 +77,7 @@ def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
     return {k: stored.get(k, "auto") for k in HPARAM_KEYS}
 
 
-def job_out(row: Job, *, estimated_finish: int | None = None) -> JobOut:
+def job_out(row: Job | Row[Any], *, estimated_finish: int | None = None) -> JobOut:
     failed = row.status == "failed" and row.error
     err = JobErrorOut(**scrub_value(row.error, get_settings())) if failed else None
     return JobOut(
@@ -103,13 +107,14 @@ def job_out(row: Job, *, estimated_finish: int | None = None) -> JobOut:
     )
 
 
-def event_out(row: JobEvent) -> EventOut:
+def event_out(row: JobEvent | Row[Any]) -> EventOut:
+    settings = get_settings()
     return EventOut(
         id=row.id,
         created_at=unix(row.created_at) or 0,
         level=row.level,  # type: ignore[arg-type]
-        message=scrub(row.message, get_settings()),
-        data=scrub_value(row.data or {}, get_settings()),
+        message=scrub(row.message, settings),
+        data=scrub_value(row.data or {}, settings),
         type=row.type,  # type: ignore[arg-type]
     )
 
@@ -150,3 +155,9 @@ def delivery_out(row: WebhookDelivery, event: WebhookEvent) -> WebhookDeliveryOu
         delivered_at=unix(row.delivered_at),
         next_attempt_at=unix(row.next_attempt_at) if row.status == "pending" else None,
     )
+
+
+def json_response(body: BaseModel) -> Response:
+    """``body`` as JSON, serialized once by pydantic. A route that declares ``response_model`` and returns
+    this skips FastAPI's second validation of the object it just built (the poll routes)."""
+    return Response(body.model_dump_json(), media_type="application/json")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -85,13 +87,25 @@ def list_keys(session: Session, org_name: str | None = None) -> list[tuple[ApiKe
     return [(k, o) for k, o in session.execute(stmt.order_by(ApiKey.created_at)).tuples()]
 
 
-def _valid_key(session: Session, key: str) -> ApiKey:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+class _KeyRow(Protocol):
+    @property
+    def revoked_at(self) -> datetime | None: ...
+
+
+K = TypeVar("K", bound=_KeyRow)
+
+
+def _usable(row: K | None) -> K:
+    """``row`` when it is a found, unrevoked key; ``AuthenticationFailed`` saying which it is not."""
     if row is None:
         raise AuthenticationFailed("Incorrect API key provided.")
     if row.revoked_at is not None:
         raise AuthenticationFailed("This API key has been revoked.", code="api_key_revoked")
     return row
+
+
+def _valid_key(session: Session, key: str) -> ApiKey:
+    return _usable(session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key))))
 
 
 @dataclass(frozen=True)
@@ -108,13 +122,21 @@ def authenticate_admin(session: Session, key: str) -> Admin:
     return Admin(key_id=row.id, name=row.name or row.id)
 
 
-def authenticate(session: Session, key: str) -> Organization:
+_ORG_OF_KEY = select(
+    ApiKey.revoked_at, ApiKey.role, Organization.id, Organization.name, Organization.policy,
+    Organization.rate_limit_per_minute,
+).join(Organization, ApiKey.org_id == Organization.id)  # fmt: skip
+
+
+def authenticate(db: Session | Connection, key: str) -> Organization:
     """The organization of a valid, unrevoked organization key; ``AuthenticationFailed`` otherwise (an
-    admin key gets ``PermissionDenied``: it acts in no organization)."""
-    row = _valid_key(session, key)
+    admin key gets ``PermissionDenied``: it acts in no organization).
+
+    One query. The organization comes back as a detached copy of its row (callers read it, never write it),
+    so a Core connection in autocommit mode (``models.db.read_connection``) serves as well as a session."""
+    row = _usable(db.execute(_ORG_OF_KEY.where(ApiKey.key_hash == hash_key(key))).first())
     if row.role != ROLE_ORG:
         raise PermissionDenied("Admin keys are for the console and /metrics, not the /v1 API.")
-    org = session.get(Organization, row.org_id)
-    if org is None:
-        raise AuthenticationFailed("Incorrect API key provided.")
-    return org
+    return Organization(
+        id=row.id, name=row.name, policy=row.policy, rate_limit_per_minute=row.rate_limit_per_minute
+    )

@@ -51,6 +51,20 @@ def _roots(settings: Settings) -> list[str]:
     return sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True)
 
 
+_ROOTS: list[tuple[Settings, re.Pattern[str] | None]] = []  # the last settings seen and their pattern
+
+
+def _server_paths(settings: Settings) -> re.Pattern[str] | None:
+    """One pattern for every server root (longest first) and what follows it, built once per settings
+    object: resolving the roots touches the file system, far too slow for every string of every event."""
+    if _ROOTS and _ROOTS[0][0] is settings:
+        return _ROOTS[0][1]
+    roots = _roots(settings)
+    pattern = re.compile("(?:" + "|".join(map(re.escape, roots)) + ")" + _PATH_TAIL) if roots else None
+    _ROOTS[:] = [(settings, pattern)]
+    return pattern
+
+
 def scrub(text: str, settings: Settings, *, replacements: dict[str, str] | None = None) -> str:
     """``text`` with server paths, storage keys and operator commands replaced by neutral words.
 
@@ -59,15 +73,25 @@ def scrub(text: str, settings: Settings, *, replacements: dict[str, str] | None 
     for old, new in (replacements or {}).items():
         if old:
             text = text.replace(old, new)
-    for root in _roots(settings):
-        if root in text:
-            text = re.sub(re.escape(root) + _PATH_TAIL, SERVER_PATH, text)
-    text = _STORAGE_KEY.sub(STORED_FILE, text)
-    return _OPERATOR_COMMAND.sub("(the service operator has to prepare it)", text)
+    # Each pattern is tried only where it can match (every event message of every poll passes here): a
+    # root is an absolute path, a storage key 64 hex digits, an operator command names `tunegate`.
+    server_paths = _server_paths(settings)
+    if server_paths is not None and "/" in text:
+        text = server_paths.sub(SERVER_PATH, text)
+    if len(text) >= 64:
+        text = _STORAGE_KEY.sub(STORED_FILE, text)
+    if "tunegate" in text:
+        text = _OPERATOR_COMMAND.sub("(the service operator has to prepare it)", text)
+    return text
+
+
+_SCALARS = (int, float, bool, type(None))
 
 
 def scrub_value(value: Any, settings: Settings) -> Any:
     """``scrub`` every string inside JSON-like ``value``; drops ``PRIVATE_KEYS`` from objects."""
+    if type(value) in _SCALARS:  # most leaves of event data (step, loss, progress)
+        return value
     if isinstance(value, str):
         return scrub(value, settings)
     if isinstance(value, dict):

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # Requests of one organization in flight at once (counted per API key until the key's organization is
     # known); over it the request gets 429. Below the API's 12 database sessions, so others are served.
     max_concurrent_requests_per_org: int = 8
+    # An API process remembers a key's organization this long after reading it from the database (0: no
+    # cache), so a key revoked with `tunegate keys revoke` is refused by every API process at most this many
+    # seconds later; organization changes (`tunegate orgs set`) take effect within it too.
+    auth_cache_ttl_s: float = 5.0
     page_limit_default: int = 20
     # Moderator console (/console): the key that signs its session cookies. Unset in embedded mode: one is
     # generated once and kept in <home>/console_secret (0600); in distributed mode it must be set, the same on

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org
+from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org_blocking
 from api.file_store import (
     checked_lines,
     checked_purpose,
@@ -101,8 +101,8 @@ async def create_file(
 
 def _authenticate(authorization: str | None, settings: Settings) -> tuple[Organization, int]:
     """The caller's organization and the bytes its live files take, in a session closed at once."""
+    org = current_org_blocking(authorization, settings)
     with closing(new_session(readonly=True)) as session:
-        org = current_org(session, settings, authorization)
         return org, crud.stored_bytes(session, org_id=org.id)
 
 

@@ -1,34 +1,41 @@
 """/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints; plus our safety report and
-adapter download."""
+adapter download.
+
+The poll path (retrieve, list, events: what every SDK poller calls in a loop) is ``async``: the caller's
+organization comes from the auth cache, the route's one statement runs through ``read_db`` (on the event
+loop with SQLite, in one worker-thread hop with PostgreSQL), and the response is serialized once
+(``json_response``). A running job costs one more read: its ``estimated_finish`` comes from the running
+stage's recent progress events (``api/estimate.py``)."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy.orm import Session
+from sqlalchemy import Row
+from starlette.responses import Response
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.deps import CurrentOrg, SessionDep, SettingsDep, read_db
 from api.estimate import estimate_finish
 from api.job_create import create_job
 from api.schemas import CheckpointOut, EventOut, JobCreateIn, JobOut, ListOut
-from api.views import checkpoint_out, event_out, job_out
+from api.views import checkpoint_out, event_out, job_out, json_response
 from models.jobs import JobStatus, record_event, transition
-from models.tables import Job
 from tunegate.errors import Conflict
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def _out(session: Session, job: Job) -> JobOut:
-    """The job, with ``estimated_finish`` from its running stage's speed (``api/estimate.py``)."""
-    if job.status != JobStatus.RUNNING:
-        return job_out(job)
-    points = crud.progress_points(session, job=job)
-    return job_out(job, estimated_finish=estimate_finish(points, now=time.time()))
+async def _out(row: Any) -> JobOut:
+    """The job; a running one with ``estimated_finish`` from its running stage's measured speed."""
+    if row.status != JobStatus.RUNNING:
+        return job_out(row)
+    points = await read_db(partial(crud.progress_points, job_id=row.id, stage=row.stage))
+    return job_out(row, estimated_finish=estimate_finish(points, now=time.time()))
 
 
 @router.post("", response_model=JobOut)
@@ -52,18 +59,19 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 
 
 @router.get("", response_model=ListOut[JobOut])
-def list_jobs(
-    request: Request, org: CurrentOrg, session: SessionDep, after: str | None = None, limit: Limit = 20
-) -> ListOut[JobOut]:
+async def list_jobs(
+    request: Request, org: CurrentOrg, after: str | None = None, limit: Limit = 20
+) -> Response:
     wanted = _metadata_filter(request)
-    rows, more = crud.list_jobs(session, org=org, after=after, limit=limit, metadata=wanted)
-    data = [_out(session, r) for r in rows]
-    return ListOut[JobOut].page(data, more)
+    read = partial(crud.job_page, org_id=org.id, after=after, limit=limit, metadata=wanted)
+    rows, more = await read_db(read)
+    return json_response(ListOut[JobOut].page([await _out(r) for r in rows], more))
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def retrieve(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
-    return _out(session, crud.get_job(session, org=org, job_id=job_id))
+async def retrieve(job_id: str, org: CurrentOrg) -> Response:
+    row: Row[Any] = await read_db(partial(crud.job_row, org_id=org.id, job_id=job_id))
+    return json_response(await _out(row))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -88,17 +96,14 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
             dedupe_key="cancel_requested",
         )
     session.commit()
-    return _out(session, job)
+    return job_out(job)
 
 
 @router.get("/{job_id}/events", response_model=ListOut[EventOut])
-def list_events(
-    job_id: str, org: CurrentOrg, session: SessionDep, after: str | None = None, limit: Limit = 20
-) -> ListOut[EventOut]:
-    job = crud.get_job(session, org=org, job_id=job_id)
-    rows, more = crud.list_events(session, job=job, after=after, limit=limit)
-    data = [event_out(r) for r in rows]
-    return ListOut[EventOut].page(data, more)
+async def list_events(job_id: str, org: CurrentOrg, after: str | None = None, limit: Limit = 20) -> Response:
+    read = partial(crud.event_page, org_id=org.id, job_id=job_id, after=after, limit=limit)
+    rows, more = await read_db(read)
+    return json_response(ListOut[EventOut].page([event_out(r) for r in rows], more))
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListOut[CheckpointOut])

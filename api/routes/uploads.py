@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import crud
-from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org
+from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org_blocking
 from api.file_store import (
     checked_lines,
     checked_purpose,
@@ -152,7 +152,7 @@ def _room(authorization: str | None, settings: Settings, upload_id: str) -> _Roo
     """Authenticate and measure the room for one more part, in a session closed at once (no session is
     held while the part streams in)."""
     with closing(new_session(readonly=True)) as session:
-        org = current_org(session, settings, authorization)
+        org = current_org_blocking(authorization, settings)
         row = _get(session, org_id=org.id, upload_id=upload_id)
         _check_open(row)
         declared = row.bytes - _received(session, upload_id)
@@ -337,8 +337,7 @@ def complete_upload(
     background: BackgroundTasks,
     authorization: Annotated[str | None, Header()] = None,
 ) -> UploadOut:
-    with closing(new_session(readonly=True)) as session:
-        org = current_org(session, settings, authorization)
+    org = current_org_blocking(authorization, settings)
     plan = _begin_completing(org.id, upload_id, body.part_ids)
     up, storage = plan.upload, get_storage(settings)
     dropped: list[str] = []
