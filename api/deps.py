@@ -13,6 +13,7 @@ from models.db import new_session
 from models.keys import Admin, authenticate, authenticate_admin
 from models.tables import Organization
 from tunegate.errors import AuthenticationFailed
+from tunegate.logs import bind
 from tunegate.settings import Settings, get_settings
 
 
@@ -54,6 +55,7 @@ def current_org(
 ) -> Organization:
     key = bearer_key(authorization)
     org = authenticate(session, key)
+    bind(org_id=org.id)  # every later log line of this request names the organization
     # the abuse guard counts its requests per org
     IN_FLIGHT.learn(key_digest((authorization or "").strip()), org.id)
     # End the read transaction: its pooled connection must not be held while the route waits for a

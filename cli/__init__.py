@@ -8,11 +8,11 @@ tunegate serve | api | worker | demo | follow | reap   (cli/service.py)
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 from cli import admin, local, scoring, service
+from tunegate import logs
+from tunegate.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 for _module in (admin, scoring, local, service):
@@ -20,5 +20,5 @@ for _module in (admin, scoring, local, service):
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(get_settings())  # JSON lines (TUNEGATE_LOG_FORMAT=text for key=value) on stderr
     app()

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # known); over it the request gets 429. Below the API's 12 database sessions, so others are served.
     max_concurrent_requests_per_org: int = 8
     page_limit_default: int = 20
+    # Where the per-organization rate limit and the failed-authentication throttle keep their counters
+    # (a `limits` storage URL: redis://host:6379/1, memory://). Default: the broker's Redis when
+    # TUNEGATE_BROKER_URL is redis:// (shared by every API process), else this process's memory.
+    rate_limit_storage_url: str | None = None
 
     # Worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -107,6 +111,12 @@ class Settings(BaseSettings):
     llm_judge_api_key: str | None = None
 
     log_level: str = "INFO"
+    # json: one JSON object per log line (request_id, org_id, job_id where known); text: the same fields
+    # as key=value pairs, for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # Prometheus multiprocess directory: every API and worker process writes its counters and histograms
+    # there and GET /metrics adds them up, so it must be shared by all of them (default: home/metrics).
+    metrics_dir: Path | None = None
 
     @field_validator("models", "stage_overrides", mode="before")
     @classmethod
@@ -143,6 +153,19 @@ class Settings(BaseSettings):
     @property
     def eval_cache_path(self) -> Path:
         return (self.eval_cache_dir or self.models_path / "eval-cache").expanduser()
+
+    @property
+    def metrics_path(self) -> Path:
+        return (self.metrics_dir or self.home_dir / "metrics").expanduser()
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """The `limits` storage URL of the rate limiters (see ``rate_limit_storage_url``)."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return "memory://"
 
     @property
     def embedded(self) -> bool:

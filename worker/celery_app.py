@@ -1,8 +1,10 @@
 """The worker's Celery app: ``celery -A worker.celery_app worker -Q gpu,cpu``.
 
 The app itself (broker, routes, acks_late) is built in ``tunegate.queue`` so the API can send tasks by name
-without importing any of this. Here the task bodies are registered, each worker process gets fresh database
-connections, and every worker starts a reaper thread (``worker/reaper.py``).
+without importing any of this. Here the task bodies are registered, logging goes through ``tunegate.logs``
+(JSON lines), the worker counts into the shared Prometheus directory (``tunegate.metrics``; pool children
+write files of their own), each worker process gets fresh database connections, and every worker starts a
+reaper thread (``worker/reaper.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from models.db import reset_engine
+from tunegate import logs, metrics
 from tunegate.queue import celery_app
 from tunegate.settings import get_settings
 from worker import tasks as _tasks  # noqa: F401  (registers the task bodies)
@@ -21,6 +24,16 @@ from worker.reaper import ReaperThread
 log = logging.getLogger(__name__)
 app = celery_app()
 _reaper: list[ReaperThread] = []
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    logs.configure(get_settings())  # connected: Celery leaves logging to us
+
+
+@worker_init.connect
+def _metrics(**_: Any) -> None:
+    metrics.setup(get_settings())  # before the pool forks: every child counts into the same directory
 
 
 @worker_process_init.connect
