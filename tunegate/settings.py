@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     reap_interval_s: int = 60  # how often each worker looks for stale jobs to requeue
     event_interval_s: float = 2.0  # progress events are written at most this often per stage
     worker_queues: str = "gpu,cpu"
+    # A file the worker touches every heartbeat_s while it runs (None: none), for a container healthcheck:
+    # a solo pool busy with a stage cannot answer `celery inspect ping`, but this file stays fresh.
+    worker_alive_file: Path | None = None
     # Per-stage config overrides merged into the stage configs the worker builds (e.g. evaluation size):
     # '{"evaluate": {"n_harmful": 32}, "score": {"batch_size": 4}}'.
     stage_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)

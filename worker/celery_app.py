@@ -10,6 +10,8 @@ reaper thread (``worker/reaper.py``).
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any
 
 from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutdown
@@ -24,6 +26,26 @@ from worker.reaper import ReaperThread
 log = logging.getLogger(__name__)
 app = celery_app()
 _reaper: list[ReaperThread] = []
+_alive: list[AliveFile] = []
+
+
+class AliveFile(threading.Thread):
+    """Touches ``Settings.worker_alive_file`` every ``heartbeat_s`` while the worker runs: the container
+    healthcheck reads its age (no HTTP in a worker; `celery inspect ping` goes unanswered while a solo pool
+    runs a stage)."""
+
+    def __init__(self, path: Path, interval_s: float) -> None:
+        super().__init__(name="tunegate-alive-file", daemon=True)
+        self.path, self.interval_s = path, interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            self.path.touch()
+            if self.stopped.wait(self.interval_s):
+                break
+        self.path.unlink(missing_ok=True)  # a stopped worker is not healthy
 
 
 @setup_logging.connect
@@ -51,9 +73,17 @@ def _start_reaper(**_: Any) -> None:
         thread.settings.reap_interval_s,
         thread.settings.stale_after_s,
     )
+    if thread.settings.worker_alive_file is not None:
+        alive = AliveFile(thread.settings.worker_alive_file, thread.settings.heartbeat_s)
+        alive.start()
+        _alive.append(alive)
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     while _reaper:
         _reaper.pop().stopped.set()
+    while _alive:
+        alive = _alive.pop()
+        alive.stopped.set()
+        alive.join(timeout=5)
