@@ -72,6 +72,7 @@ CurrentOrg = Annotated[Organization, Depends(current_org)]
 def current_admin(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Admin:
     """Provider staff sending an admin key as a bearer token (e.g. ``GET /metrics``); an org key gets 403."""
     admin = authenticate_admin(session, bearer_key(authorization))
+    bind(admin=admin.name)  # the request's log lines name the staff member
     session.commit()
     return admin
 

@@ -79,8 +79,8 @@ class Windows:
             if limiter.hit(item, self.namespace, key):
                 return 0.0
             return self._wait(limiter, item, key)
-        except StorageError:
-            log.warning("rate limit storage unreachable: %s let through", self.namespace, exc_info=True)
+        except StorageError as exc:
+            log.warning("rate limit storage unreachable (%s): %s let through", exc, self.namespace)
             return 0.0
 
     def wait(self, key: str, per_minute: int) -> float:
@@ -90,8 +90,8 @@ class Windows:
         limiter, item = self._limiter, RateLimitItemPerMinute(per_minute)
         try:
             return 0.0 if limiter.test(item, self.namespace, key) else self._wait(limiter, item, key)
-        except StorageError:
-            log.warning("rate limit storage unreachable: %s let through", self.namespace, exc_info=True)
+        except StorageError as exc:
+            log.warning("rate limit storage unreachable (%s): %s let through", exc, self.namespace)
             return 0.0
 
     def _wait(self, limiter: MovingWindowRateLimiter, item: RateLimitItemPerMinute, key: str) -> float:

@@ -11,17 +11,23 @@ import secrets
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
+import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import StateCollector
 from models.db import session_scope
 from models.jobs import JobStatus, transition
 from models.keys import create_admin_key
 from models.tables import Job
 from tests.api.conftest import new_key, processed_file, sdk
 from tests.api.server import REPO, Server, uvicorn_process
-from tunegate import metrics
+from tunegate import metrics, queue
+from tunegate.queue import reset_celery
+from tunegate.settings import reset_settings
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 LATENCY = "tunegate_http_request_duration_seconds"
@@ -156,3 +162,23 @@ def test_job_gate_and_queue_numbers_are_those_of_the_database_and_broker(server:
         sample(after, "tunegate_queue_messages", queue="cpu")
         == sample(before, "tunegate_queue_messages", queue="cpu") + 3
     )
+
+
+@pytest.mark.redis
+def test_queue_depth_is_read_from_a_redis_broker(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "redis://127.0.0.1:6379/13"
+    monkeypatch.setenv("TUNEGATE_BROKER_URL", url)
+    reset_settings()
+    reset_celery()
+    redis.Redis.from_url(url).flushdb()
+    try:
+        queue.enqueue(queue.TRAIN, "ftjob-x")
+        queue.enqueue(queue.TRAIN, "ftjob-y")
+        queue.enqueue(queue.REAP)
+        (depth,) = (f for f in StateCollector().collect() if f.name == "tunegate_queue_messages")
+        assert {s.labels["queue"]: s.value for s in depth.samples} == {"gpu": 2, "cpu": 1}
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        reset_celery()
