@@ -27,7 +27,7 @@ def _restore_root_logger() -> Iterator[None]:
 
 def _configured() -> io.StringIO:
     stream = io.StringIO()
-    logs.configure(Settings(log_format="json"), stream=stream)
+    logs.configure(Settings(log_format="json", log_level="INFO"), stream=stream)
     return stream
 
 

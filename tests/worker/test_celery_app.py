@@ -22,6 +22,7 @@ def test_worker_output_is_json_lines_from_parent_and_pool_children(migrated_home
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "TUNEGATE_WORKER_ALIVE_FILE": str(alive),
+        "TUNEGATE_LOG_LEVEL": "INFO",
     }
     cmd = [sys.executable, "-c", "from cli import main; main()", "worker", "--queues", "cpu"]
     with out.open("ab") as sink:
