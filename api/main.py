@@ -12,10 +12,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import CurrentOrg
+from api.metrics import MetricsMiddleware
 from api.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.processing import process_pending
 from api.recovery import sweep_storage
-from api.routes import console, files, health, jobs, models, releases, uploads, webhooks
+from api.routes import console, files, health, jobs, metrics, models, releases, uploads, webhooks
+from tunegate import logs
+from tunegate import metrics as counting
+from tunegate.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    # Only /healthz is public: the schema is served to authenticated callers, and no docs UI is mounted.
+    # Only /healthz is public: the schema is served to authenticated callers, /metrics to admin keys, and no
+    # docs UI is mounted. Each API process logs JSON lines and counts into the shared metrics directory.
+    settings = get_settings()
+    logs.configure(settings)
+    counting.setup(settings)
     app = FastAPI(
         title="tunegate",
         version="0.1.0",
@@ -56,13 +64,15 @@ def create_app() -> FastAPI:
         models.router,
         webhooks.router,
         console.router,
+        metrics.router,
     ):
         app.include_router(router)
-    # outermost last: request id, then the abuse guard (before any body is read), then the body limits;
-    # every answer of the inner two carries the request id
+    # outermost last: request timing, request id, then the abuse guard (before any body is read), then the
+    # body limits; every answer of the inner two carries the request id and is timed
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AbuseGuardMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)
 
     @app.get("/openapi.json", include_in_schema=False)
     def read_openapi(org: CurrentOrg) -> dict[str, Any]:

@@ -14,13 +14,17 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
 from api.ratelimit import AUTH_FAILURES, IN_FLIGHT, key_digest, retry_after
+from tunegate.logs import log_scope
 from tunegate.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,11 @@ PART_PATH = re.compile(r"/v1/uploads/[^/]+/parts")
 
 
 class RequestIdMiddleware:
-    """Give every request an id: ``x-request-id`` on the response (error handlers read ``request.state``)."""
+    """Give every request an id: ``x-request-id`` on the response (error handlers read ``request.state``).
+
+    Every log line written while the request is served carries it (``tunegate.logs``), and one line per
+    request says how it was answered (method, route path, status, duration).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -42,15 +50,30 @@ class RequestIdMiddleware:
             return
         request_id = "req_" + secrets.token_hex(12)
         scope.setdefault("state", {})["request_id"] = request_id
+        start, status = time.perf_counter(), 500  # 500: the application failed before answering
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = int(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with log_scope(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                    },
+                )
 
 
 @dataclass(frozen=True)
@@ -183,7 +206,7 @@ class AbuseGuardMiddleware:
         settings = get_settings()
         client = (scope.get("client") or ("unknown", 0))[0]
         request_id = scope.get("state", {}).get("request_id")
-        wait = AUTH_FAILURES.wait(client, settings.auth_failures_per_minute)
+        wait = await _off_loop(AUTH_FAILURES.wait, client, settings.auth_failures_per_minute)
         if wait:
             log.warning("%s: refused: too many failed authentications from %s", request_id, client)
             await _too_many(
@@ -211,27 +234,34 @@ class AbuseGuardMiddleware:
             return
         status, held = 0, limit > 0
 
-        def done() -> None:
+        async def done() -> None:
             nonlocal held
             if held:
                 held = False
                 IN_FLIGHT.release(owner)
             if status == 401:
-                AUTH_FAILURES.take(client, settings.auth_failures_per_minute)
+                await _off_loop(AUTH_FAILURES.take, client, settings.auth_failures_per_minute)
 
         async def watch(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                done()  # before the last byte leaves: a client that has its answer has its slot back
+                await done()  # before the last byte leaves: a client that has its answer has its slot back
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
             if held:  # the application failed before answering
-                done()
+                await done()
+
+
+async def _off_loop(call: Callable[[str, int], float], key: str, per_minute: int) -> float:
+    """``call(key, per_minute)``, in a worker thread when the windows are in Redis (never block the loop)."""
+    if AUTH_FAILURES.shared:
+        return await run_in_threadpool(call, key, per_minute)
+    return call(key, per_minute)
 
 
 async def _too_many(scope: Scope, receive: Receive, send: Send, wait: float, message: str, code: str) -> None:

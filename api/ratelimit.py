@@ -1,84 +1,106 @@
 """Per-organization request rate limit, failed-authentication throttle per client address, and per-org
-concurrency, all in this API process.
+concurrency.
 
-- ``LIMITER``: a token bucket per org; each org may burst up to its per-minute allowance and refills
-  continuously.
-- ``AUTH_FAILURES``: a token bucket per client address that only failed authentications drain; while it is
-  empty every request from that address that carries a key is refused before the key is checked.
-- ``IN_FLIGHT``: requests in flight per organization (per API key until its organization is known).
+- ``LIMITER``: at most an org's per-minute allowance of requests in any 60 seconds (a moving window).
+- ``AUTH_FAILURES``: at most ``auth_failures_per_minute`` failed authentications per client address in any
+  60 seconds; past it every request from that address that carries a key is refused before the key is
+  checked.
+- ``IN_FLIGHT``: requests in flight per organization (per API key until its organization is known), counted
+  in this API process.
 
-With several API processes the effective limits are multiplied by their number; a shared limiter (Redis)
-would be the next step for that.
+The two windows are kept by the ``limits`` library in ``Settings.rate_limit_storage``: Redis when a Redis URL
+is configured (the broker's by default), so every API process shares them and the limits hold for the whole
+deployment; this process's memory otherwise (embedded mode, one API process). If the shared storage cannot
+be reached a request is let through (logged): the limiter must not take the API down with it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import cast
+
+from limits import RateLimitItemPerMinute
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 from tunegate.errors import RateLimited
+from tunegate.settings import get_settings
 
-MAX_TRACKED = 10_000  # buckets/keys kept before idle ones are dropped (bounded memory under a spray)
+log = logging.getLogger(__name__)
+
+MAX_TRACKED = 10_000  # key -> org entries kept before the cache is dropped (bounded memory under a spray)
+KEY_PREFIX = "tunegate-ratelimit"  # of the limiter's keys in a shared Redis
+REDIS_TIMEOUT_S = 1.0  # a Redis that does not answer lets the request through after this, not never
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
+@lru_cache(maxsize=4)
+def _storage(url: str) -> Storage:
+    """One storage (one connection pool) per URL for the whole process."""
+    if url.startswith("memory://"):
+        return MemoryStorage(wrap_exceptions=True)
+    timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
+    options = timeouts if url.startswith("redis") else {}
+    # a synchronous storage: the settings document redis:// and memory:// URLs, not async+... ones
+    return cast(Storage, storage_from_string(url, key_prefix=KEY_PREFIX, wrap_exceptions=True, **options))
 
 
-class TokenBuckets:
-    """Token buckets keyed by any string, refilled at ``per_minute`` per minute up to ``per_minute``."""
+@lru_cache(maxsize=4)
+def _moving_window(url: str) -> MovingWindowRateLimiter:
+    return MovingWindowRateLimiter(_storage(url))
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
 
-    def _refilled(self, key: str, per_minute: int, now: float) -> _Bucket:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= MAX_TRACKED:
-                self._prune(per_minute, now)
-            bucket = self._buckets[key] = _Bucket(tokens=float(per_minute), updated=now)
-        bucket.tokens = min(float(per_minute), bucket.tokens + (now - bucket.updated) * per_minute / 60.0)
-        bucket.updated = now
-        return bucket
+class Windows:
+    """Moving-window counters keyed by any string, each allowing ``per_minute`` hits in any 60 seconds."""
 
-    def _prune(self, per_minute: int, now: float) -> None:
-        full_after = 60.0  # an untouched bucket is full again within a minute: forgetting it changes nothing
-        for key in [k for k, b in self._buckets.items() if now - b.updated >= full_after]:
-            del self._buckets[key]
-        if len(self._buckets) >= MAX_TRACKED:  # all recent: drop the oldest half
-            for key, _ in sorted(self._buckets.items(), key=lambda kv: kv[1].updated)[: MAX_TRACKED // 2]:
-                del self._buckets[key]
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    @property
+    def _limiter(self) -> MovingWindowRateLimiter:
+        return _moving_window(get_settings().rate_limit_storage)
+
+    @property
+    def shared(self) -> bool:
+        """True when the counters live outside this process (a call may wait on the network)."""
+        return not get_settings().rate_limit_storage.startswith("memory://")
 
     def take(self, key: str, per_minute: int) -> float:
-        """Take one token; returns 0 when there was one, else the seconds until one is back."""
+        """Count one hit; returns 0 when it was allowed, else the seconds until one is."""
         if per_minute <= 0:
             return 0.0
-        with self._lock:
-            bucket = self._refilled(key, per_minute, time.monotonic())
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+        limiter, item = self._limiter, RateLimitItemPerMinute(per_minute)
+        try:
+            if limiter.hit(item, self.namespace, key):
                 return 0.0
-            return (1.0 - bucket.tokens) * 60.0 / per_minute
+            return self._wait(limiter, item, key)
+        except StorageError as exc:
+            log.warning("rate limit storage unreachable (%s): %s let through", exc, self.namespace)
+            return 0.0
 
     def wait(self, key: str, per_minute: int) -> float:
-        """Seconds until ``key`` has a token (0 when it has one now); takes nothing."""
+        """Seconds until ``key`` may have a hit (0 when it may now); counts nothing."""
         if per_minute <= 0:
             return 0.0
-        with self._lock:
-            if key not in self._buckets:
-                return 0.0
-            bucket = self._refilled(key, per_minute, time.monotonic())
-            return 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) * 60.0 / per_minute
+        limiter, item = self._limiter, RateLimitItemPerMinute(per_minute)
+        try:
+            return 0.0 if limiter.test(item, self.namespace, key) else self._wait(limiter, item, key)
+        except StorageError as exc:
+            log.warning("rate limit storage unreachable (%s): %s let through", exc, self.namespace)
+            return 0.0
+
+    def _wait(self, limiter: MovingWindowRateLimiter, item: RateLimitItemPerMinute, key: str) -> float:
+        # the moving window frees a slot when its oldest hit is 60 s old
+        return max(0.0, limiter.get_window_stats(item, self.namespace, key).reset_time - time.time())
 
     def reset(self) -> None:
-        with self._lock:
-            self._buckets.clear()
+        """Forget every window in the storage (tests: each server starts with none)."""
+        _storage(get_settings().rate_limit_storage).reset()
 
 
 def key_digest(key: str) -> str:
@@ -90,9 +112,9 @@ def retry_after(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-class RateLimiter(TokenBuckets):
+class RateLimiter(Windows):
     def check(self, org_id: str, per_minute: int) -> None:
-        """Take one token for ``org_id`` or raise ``RateLimited`` with the seconds until one is back."""
+        """Count one request of ``org_id`` or raise ``RateLimited`` with the seconds until one is allowed."""
         wait = self.take(org_id, per_minute)
         if wait:
             raise RateLimited(
@@ -143,6 +165,6 @@ class InFlight:
             self._key_orgs.clear()
 
 
-LIMITER = RateLimiter()
-AUTH_FAILURES = TokenBuckets()
+LIMITER = RateLimiter("requests")
+AUTH_FAILURES = Windows("auth-failures")
 IN_FLIGHT = InFlight()

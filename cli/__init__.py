@@ -9,6 +9,8 @@ import typer
 
 from cli import admin, local, remote, scoring, service
 from cli.errors import DEBUG_KEY, RootGroup
+from tunegate import logs
+from tunegate.settings import get_settings
 
 HELP = """Fine-tune safely: an OpenAI-compatible fine-tuning service that scores the training data,
 mitigates it, and releases an adapter only when its safety evaluation passes.
@@ -63,7 +65,7 @@ def root(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(get_settings())  # JSON lines (TUNEGATE_LOG_FORMAT=text for key=value) on stderr
     for name in ("httpx", "httpx2"):  # a line per request (the SDK's client is httpx2) would break the bars
         logging.getLogger(name).setLevel(logging.WARNING)
     app()

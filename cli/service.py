@@ -45,6 +45,8 @@ def api(
         port=port or s.api_port,
         workers=workers,
         log_level=s.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (JSON lines, tunegate.logs)
+        access_log=False,  # the API logs one line per request itself, with its request id
         server_header=False,  # no "server: uvicorn" on responses
     )
 
@@ -62,6 +64,7 @@ def worker(
     s = get_settings()
     celery.worker_main(
         [
+            "--quiet",  # no banner on stdout: the output is JSON log lines only (tunegate.logs)
             "worker",
             "-Q",
             queues or s.worker_queues,

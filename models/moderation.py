@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models import audit
+from models import audit, webhooks
 from models.jobs import JobStatus, fine_tuned_model_name, record_event, transition
 from models.keys import Admin
 from models.policy import KNOBS, org_policy
@@ -68,6 +68,8 @@ def override_release(session: Session, admin: Admin, job: Job, reason: str, sett
     job.fine_tuned_model = fine_tuned_model_name(
         job.model, org.name if org else job.org_id, job.suffix, job.id
     )
+    session.flush()
+    webhooks.emit(session, job, "fine_tuning.job.overridden", dedupe_key=f"overridden:{entry.id}")
     return entry
 
 

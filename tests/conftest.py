@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +12,14 @@ import pytest
 
 from tunegate.queue import reset_celery
 from tunegate.settings import reset_settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """This test process counts its Prometheus metrics (the API app factory sets them up once, maybe at
+    collection) into a directory of its own, never a shared ``~/.tunegate/metrics``."""
+    if "TUNEGATE_METRICS_DIR" not in os.environ:
+        os.environ["TUNEGATE_METRICS_DIR"] = tempfile.mkdtemp(prefix="tunegate-metrics-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("TUNEGATE_METRICS_DIR"), ignore_errors=True))
 
 
 def _reset_all() -> None:

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # every API process. Sessions expire after console_session_max_age_s.
     console_secret: str | None = Field(default=None, repr=False)
     console_session_max_age_s: int = 8 * 3600
+    # Where the per-organization rate limit and the failed-authentication throttle keep their counters
+    # (a `limits` storage URL: redis://host:6379/1, memory://). Default: the broker's Redis when
+    # TUNEGATE_BROKER_URL is redis:// (shared by every API process), else this process's memory.
+    rate_limit_storage_url: str | None = None
 
     # Worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -104,6 +108,9 @@ class Settings(BaseSettings):
     reap_interval_s: int = 60  # how often each worker requeues stale jobs and removes expired files/uploads
     event_interval_s: float = 2.0  # progress events are written at most this often per stage
     worker_queues: str = "gpu,cpu"
+    # A file the worker touches every heartbeat_s while it runs (None: none), for a container healthcheck:
+    # a solo pool busy with a stage cannot answer `celery inspect ping`, but this file stays fresh.
+    worker_alive_file: Path | None = None
     # Per-stage config overrides merged into the stage configs the worker builds (e.g. evaluation size):
     # '{"evaluate": {"n_harmful": 32}, "score": {"batch_size": 4}}'.
     stage_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -136,6 +143,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # CLI: show the full traceback of a failed command instead of its one-line error (also: --debug)
     debug: bool = False
+    # json: one JSON object per log line (request_id, org_id, job_id where known); text: the same fields
+    # as key=value pairs, for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # Prometheus multiprocess directory: every API and worker process writes its counters and histograms
+    # there and GET /metrics adds them up, so it must be shared by all of them (default: home/metrics).
+    metrics_dir: Path | None = None
 
     @field_validator("models", "stage_overrides", mode="before")
     @classmethod
@@ -172,6 +185,19 @@ class Settings(BaseSettings):
     @property
     def eval_cache_path(self) -> Path:
         return (self.eval_cache_dir or self.models_path / "eval-cache").expanduser()
+
+    @property
+    def metrics_path(self) -> Path:
+        return (self.metrics_dir or self.home_dir / "metrics").expanduser()
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """The `limits` storage URL of the rate limiters (see ``rate_limit_storage_url``)."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return "memory://"
 
     @property
     def embedded(self) -> bool:

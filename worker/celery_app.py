@@ -1,18 +1,23 @@
 """The worker's Celery app: ``celery -A worker.celery_app worker -Q gpu,cpu``.
 
 The app itself (broker, routes, acks_late) is built in ``tunegate.queue`` so the API can send tasks by name
-without importing any of this. Here the task bodies are registered, each worker process gets fresh database
-connections, and every worker starts a reaper thread (``worker/reaper.py``).
+without importing any of this. Here the task bodies are registered, logging goes through ``tunegate.logs``
+(JSON lines), the worker counts into the shared Prometheus directory (``tunegate.metrics``; pool children
+write files of their own), each worker process gets fresh database connections, and every worker starts a
+reaper thread (``worker/reaper.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from models.db import reset_engine
+from tunegate import logs, metrics
 from tunegate.queue import celery_app, time_limits
 from tunegate.settings import get_settings
 from worker import tasks as _tasks  # noqa: F401  (registers the task bodies)
@@ -25,6 +30,36 @@ _STAGE_QUEUES = {spec.task: spec.queue for spec in PIPELINE.specs}
 app.conf.task_routes = {**app.conf.task_routes, **{t: {"queue": q} for t, q in _STAGE_QUEUES.items()}}
 app.conf.task_annotations = {**app.conf.task_annotations, **time_limits(get_settings(), _STAGE_QUEUES)}
 _reaper: list[ReaperThread] = []
+_alive: list[AliveFile] = []
+
+
+class AliveFile(threading.Thread):
+    """Touches ``Settings.worker_alive_file`` every ``heartbeat_s`` while the worker runs: the container
+    healthcheck reads its age (no HTTP in a worker; `celery inspect ping` goes unanswered while a solo pool
+    runs a stage)."""
+
+    def __init__(self, path: Path, interval_s: float) -> None:
+        super().__init__(name="tunegate-alive-file", daemon=True)
+        self.path, self.interval_s = path, interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            self.path.touch()
+            if self.stopped.wait(self.interval_s):
+                break
+        self.path.unlink(missing_ok=True)  # a stopped worker is not healthy
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    logs.configure(get_settings())  # connected: Celery leaves logging to us
+
+
+@worker_init.connect
+def _metrics(**_: Any) -> None:
+    metrics.setup(get_settings())  # before the pool forks: every child counts into the same directory
 
 
 @worker_process_init.connect
@@ -42,9 +77,17 @@ def _start_reaper(**_: Any) -> None:
         thread.settings.reap_interval_s,
         thread.settings.stale_after_s,
     )
+    if thread.settings.worker_alive_file is not None:
+        alive = AliveFile(thread.settings.worker_alive_file, thread.settings.heartbeat_s)
+        alive.start()
+        _alive.append(alive)
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     while _reaper:
         _reaper.pop().stopped.set()
+    while _alive:
+        alive = _alive.pop()
+        alive.stopped.set()
+        alive.join(timeout=5)

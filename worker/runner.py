@@ -39,7 +39,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 from models.db import session_scope
 from models.jobs import TERMINAL, JobStatus, record_event, transition
 from models.tables import Job, JobEvent
-from tunegate import queue
+from tunegate import logs, metrics, queue
 from tunegate.errors import (
     ClaimLost,
     InvalidFile,
@@ -95,6 +95,14 @@ def execute(
     """Run ``stage`` of ``job_id`` once, idempotently. Raises only ``TransientError``."""
     settings = settings or get_settings()
     spec = pipeline[stage]
+    with logs.bind_job(job_id, stage):  # every log line of this stage names the job
+        return _execute(spec, job_id, settings, worker, pipeline)
+
+
+def _execute(
+    spec: StageSpec[Any, Any, Any], job_id: str, settings: Settings, worker: str | None, pipeline: Pipeline
+) -> Outcome:
+    stage = spec.name
     with transient_errors(), session_scope() as s:
         c = claims.claim(
             s,
@@ -111,12 +119,16 @@ def execute(
             stage,
         )
         return Outcome("skipped")
+    start = time.monotonic()
     try:
         with transient_errors():
-            return _execute_claimed(c, spec, pipeline, settings)
+            outcome = _execute_claimed(c, spec, pipeline, settings)
     except TransientError:
+        metrics.observe_stage(stage, "retried", time.monotonic() - start)
         _release_quietly(c)
         raise
+    metrics.observe_stage(stage, outcome.status, time.monotonic() - start)  # done|cancelled|failed|lost
+    return outcome
 
 
 def _execute_claimed(

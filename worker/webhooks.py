@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from models.base import utcnow
 from models.db import session_scope
 from models.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tunegate import queue
+from tunegate import metrics, queue
 from tunegate.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,15 @@ def record(
     return str(values["status"]), delay
 
 
+def failure_reason(result: Result, *, gave_up: bool) -> str:
+    """The metrics label of a failed attempt: ``http_4xx``/``http_5xx``, ``connection``; ``gave_up`` last."""
+    if gave_up:
+        return "gave_up"
+    if result.status_code is not None:
+        return f"http_{result.status_code // 100}xx"
+    return "connection"
+
+
 def deliver(delivery_id: str, settings: Settings | None = None) -> str:
     """The task body: one attempt at one delivery; returns its status (``skipped`` when there was nothing
     to do). Never raises for a receiver's failure: that is recorded and retried."""
@@ -198,6 +207,7 @@ def deliver(delivery_id: str, settings: Settings | None = None) -> str:
     if status == "delivered":
         log.info("webhook delivery %s (event %s) delivered", delivery_id, attempt.event_id)
         return status
+    metrics.count_webhook_failure(failure_reason(result, gave_up=delay is None))
     log.warning(
         "webhook delivery %s (event %s) attempt %d failed: %s; %s",
         delivery_id,

@@ -42,6 +42,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         mp.setenv("TUNEGATE_MAX_UPLOAD_BYTES", str(200_000))
         mp.setenv("TUNEGATE_MAX_UPLOAD_PART_BYTES", str(64 * 1024))
         mp.setenv("TUNEGATE_MAX_EXAMPLE_TOKENS", "512")
+        # the in-process server's INFO line per request would end up in the test output
+        mp.setenv("TUNEGATE_LOG_LEVEL", "WARNING")
         if backend == "postgres":
             mp.setenv("TUNEGATE_DATABASE_URL", stack.enter_context(pg_schema_url()))
         else:

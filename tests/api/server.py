@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 
 PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -75,3 +80,48 @@ def run_server() -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def uvicorn_process(
+    home: Path, env: dict[str, str] | None = None, *, cli: bool = False
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real ``uvicorn api.main:app`` process (``cli``: started as ``tunegate api``) with this test's
+    environment plus ``env``; its output goes to ``home/api-<port>.log``."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    log = (home / f"api-{port}.log").open("ab")
+    cmd = (
+        [sys.executable, "-c", "from cli import main; main()", "api"]
+        if cli
+        else [sys.executable, "-m", "uvicorn", "api.main:app"]
+    ) + ["--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(base) or proc.poll() is not None, "the API to start")
+        assert proc.poll() is None, (home / f"api-{port}.log").read_text()
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+        log.close()
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=2).status_code < 500
+    except httpx.TransportError:
+        return False
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -3,56 +3,16 @@ half-written is visible, and the next start's sweep leaves no temp upload or orp
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.conftest import new_key
-from tests.api.server import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@contextmanager
-def uvicorn_process(home: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    log = (home / f"api-{port}.log").open("ab")
-    cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(lambda: _healthy(base) or proc.poll() is not None, "the API to start")
-        assert proc.poll() is None, (home / f"api-{port}.log").read_text()
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=15)
-        log.close()
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/healthz", timeout=2).status_code < 500
-    except httpx.TransportError:
-        return False
-
-
-def _wait_for(cond: object, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from tests.api.server import uvicorn_process
 
 
 def _parts(home: Path) -> list[Path]:

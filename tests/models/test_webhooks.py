@@ -127,3 +127,37 @@ def test_emit_writes_each_event_type_once_per_job_unless_keyed(migrated_home: Pa
         "fine_tuning.job.overridden",
     ]
     assert len(_messages()) == 3
+
+
+def test_the_stage_specs_and_an_override_emit_flagged_repaired_and_overridden(migrated_home: Path) -> None:
+    """The score spec's outcome emits ``flagged``, the mitigate spec's ``repaired`` (lines dropped or
+    down-weighted), and a moderator's override ``overridden``: each once, in the caller's transaction."""
+    from models.keys import Admin, create_admin_key
+    from models.moderation import override_release
+    from worker.stages import mitigate, score
+
+    org_id, job_id = _org_and_job()
+    kinds = ("fine_tuning.job.flagged", "fine_tuning.job.repaired", "fine_tuning.job.overridden")
+    _endpoint(org_id, *kinds)
+    flagged = score.ScoreResult(3, score.Verdict(True, "a heavy top tail"), "m", "fp")
+    repaired = mitigate.MitigateResult("t.jsonl", 3, 1, 0, 0, 2, 4)
+    adapter = migrated_home / "adapter"
+    adapter.mkdir()
+    for _ in range(2):  # a redelivered stage re-applies its outcome: still one event each
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            score.apply(s, job, flagged)
+            mitigate.apply(s, job, repaired)
+    with session_scope() as s:
+        staff = create_admin_key(s, "Dana")
+        job = s.get(Job, job_id)
+        assert job is not None
+        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            transition(s, job, status, message=status.value)
+        error = {"code": "safety_eval_failed", "message": "no"}
+        transition(s, job, JobStatus.FAILED, message="blocked", error=error)
+        job.adapter_path = str(adapter)
+        override_release(s, Admin(staff.key_id, "Dana"), job, "reviewed by hand", get_settings())
+    types = [e.type for e, _ in _rows()]
+    assert sorted(types) == sorted(kinds)

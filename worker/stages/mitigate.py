@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from models import webhooks
 from models.policy import DEFAULT_POLICY
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json
@@ -151,6 +152,8 @@ def build(ctx: StageContext, io: StageIO) -> tuple[MitigateConfig, MitigateInput
 
 
 def apply(session: Session, job: Job, res: MitigateResult) -> Applied:
+    if res.n_dropped or res.n_downweighted:  # the organization's webhooks hear that its data was repaired
+        webhooks.emit(session, job, "fine_tuning.job.repaired")
     msg = (
         f"mitigation: {res.n_dropped} dropped, {res.n_downweighted} down-weighted, "
         f"{res.n_injected} safety examples injected; {res.n_output} examples to train on"

@@ -1,0 +1,184 @@
+"""Issue 14: ``GET /metrics`` (Prometheus text, admin keys only) against a live server.
+
+Counters are compared before and after what a test does (the server is shared by the session), and the
+state gauges against the jobs actually written to the database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.metrics import StateCollector
+from models.db import session_scope
+from models.jobs import JobStatus, transition
+from models.keys import create_admin_key
+from models.tables import Job
+from tests.api.conftest import new_key, processed_file, sdk
+from tests.api.server import REPO, Server, uvicorn_process
+from tunegate import metrics, queue
+from tunegate.queue import reset_celery
+from tunegate.settings import reset_settings
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+LATENCY = "tunegate_http_request_duration_seconds"
+
+
+def admin_key() -> str:
+    with session_scope() as session:
+        return create_admin_key(session, f"ops-{secrets.token_hex(4)}").key
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def scrape(server: Server, key: str) -> Samples:
+    r = httpx.get(f"{server.base_url}/metrics", headers=_auth(key), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_answer_only_an_admin_key(server: Server) -> None:
+    url = f"{server.base_url}/metrics"
+    missing = httpx.get(url)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    org = httpx.get(url, headers=_auth(new_key()))
+    assert org.status_code == 403 and org.json()["error"]["type"] == "invalid_request_error"
+    assert "tunegate_" not in org.text
+    samples = scrape(server, admin_key())
+    assert sample(samples, "tunegate_collector_up", source="database") == 1
+    assert sample(samples, "tunegate_collector_up", source="broker") == 1
+
+
+def test_request_latency_is_counted_by_route_template_and_status(server: Server) -> None:
+    key, admin = new_key(), admin_key()
+    before = scrape(server, admin)
+    missing_id = "file-" + secrets.token_hex(8)
+    assert httpx.get(f"{server.base_url}/v1/files/{missing_id}", headers=_auth(key)).status_code == 404
+    for _ in range(2):
+        assert httpx.get(f"{server.base_url}/v1/files", headers=_auth(key)).status_code == 200
+    after = scrape(server, admin)
+    one = {"route": "/v1/files/{file_id}", "method": "GET", "status": "404"}
+    listed = {"route": "/v1/files", "method": "GET", "status": "200"}
+    assert sample(after, f"{LATENCY}_count", **one) == sample(before, f"{LATENCY}_count", **one) + 1
+    assert sample(after, f"{LATENCY}_count", **listed) == sample(before, f"{LATENCY}_count", **listed) + 2
+    assert not any(missing_id in str(labels) for _, labels in after)  # never the raw path
+
+
+def test_counts_of_other_processes_are_added_up(server: Server) -> None:
+    """A second API process and a worker-like process count into the same directory; this server's
+    /metrics reports the sum."""
+    path = metrics.directory()
+    assert path is not None  # the app factory set it up
+    env = {"TUNEGATE_METRICS_DIR": str(path)}
+    admin = admin_key()
+    before = scrape(server, admin)
+    observe = textwrap.dedent(
+        """
+        from tunegate import metrics
+        from tunegate.settings import get_settings
+        metrics.setup(get_settings())
+        metrics.observe_stage("train", "succeeded", 42.0)
+        metrics.count_webhook_failure("timeout")
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", observe], cwd=REPO, env={**os.environ, **env}, check=True, timeout=120
+    )
+    with uvicorn_process(server.home, env) as (_, other):
+        for _ in range(3):
+            assert httpx.get(f"{other}/v1/models", headers=_auth(new_key())).status_code == 200
+    after = scrape(server, admin)
+    stage = {"stage": "train", "outcome": "succeeded"}
+    name = "tunegate_stage_duration_seconds"
+    assert sample(after, f"{name}_count", **stage) == sample(before, f"{name}_count", **stage) + 1
+    assert sample(after, f"{name}_sum", **stage) == sample(before, f"{name}_sum", **stage) + 42.0
+    failures = "tunegate_webhook_failures_total"
+    assert sample(after, failures, reason="timeout") == sample(before, failures, reason="timeout") + 1
+    models = {"route": "/v1/models", "method": "GET", "status": "200"}
+    assert sample(after, f"{LATENCY}_count", **models) == sample(before, f"{LATENCY}_count", **models) + 3
+
+
+def _db_jobs() -> dict[str, int]:
+    with session_scope() as session:
+        statuses = [j.status for j in session.query(Job).all()]
+    return {s.value: statuses.count(s.value) for s in JobStatus}
+
+
+def test_job_gate_and_queue_numbers_are_those_of_the_database_and_broker(server: Server) -> None:
+    admin = admin_key()
+    client = sdk(server, new_key())
+    before = scrape(server, admin)
+    fid = processed_file(client)
+    _, cancelled, blocked = (
+        client.fine_tuning.jobs.create(model="smollm2-135m", training_file=fid) for _ in range(3)
+    )
+    client.fine_tuning.jobs.cancel(cancelled.id)
+    with session_scope() as session:  # as the gate stage leaves a blocked job
+        job = session.get(Job, blocked.id)
+        assert job is not None
+        job.stage = "gate"
+        transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            message="blocked",
+            error={"code": "safety_eval_failed", "message": "too unsafe", "param": None},
+        )
+    after = scrape(server, admin)
+    for status, n in _db_jobs().items():
+        assert sample(after, "tunegate_jobs", status=status) == n, status
+    assert (
+        sample(after, "tunegate_jobs", status="cancelled")
+        == sample(before, "tunegate_jobs", status="cancelled") + 1
+    )
+    code = {"code": "safety_eval_failed"}
+    assert (
+        sample(after, "tunegate_gate_decisions", **code)
+        == sample(before, "tunegate_gate_decisions", **code) + 1
+    )
+    assert sample(after, "tunegate_failed_jobs", **code) == sample(before, "tunegate_failed_jobs", **code) + 1
+    # each new job sent one validation task to the cpu queue (no worker consumes it here)
+    assert (
+        sample(after, "tunegate_queue_messages", queue="cpu")
+        == sample(before, "tunegate_queue_messages", queue="cpu") + 3
+    )
+
+
+@pytest.mark.redis
+def test_queue_depth_is_read_from_a_redis_broker(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "redis://127.0.0.1:6379/13"
+    monkeypatch.setenv("TUNEGATE_BROKER_URL", url)
+    reset_settings()
+    reset_celery()
+    redis.Redis.from_url(url).flushdb()
+    try:
+        queue.enqueue(queue.TRAIN, "ftjob-x")
+        queue.enqueue(queue.TRAIN, "ftjob-y")
+        queue.enqueue(queue.REAP)
+        (depth,) = (f for f in StateCollector().collect() if f.name == "tunegate_queue_messages")
+        assert {s.labels["queue"]: s.value for s in depth.samples} == {"gpu": 2, "cpu": 1}
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        reset_celery()
