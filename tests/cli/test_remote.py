@@ -9,9 +9,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from cli import app
-from tests.api.conftest import good_file, new_key, server  # noqa: F401 (the live API server fixture)
+from tests.api.conftest import good_file, new_key, release_job, server  # noqa: F401 (the live API server fixture)
 from tests.api.server import Server
-from tests.api.test_releases import _release
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 MODEL = "smollm2-135m"
@@ -85,7 +84,7 @@ def test_jobs_report_and_download_of_a_released_job(api: Server, tmp_path: Path)
     path = tmp_path / "train.jsonl"
     path.write_bytes(good_file())
     job_id = rows(ok("jobs", "create", "--training-file", str(path), "--model", MODEL))[0][0]
-    _release(job_id, tmp_path / "artifacts")  # what the gate stage leaves on a pass
+    release_job(job_id, tmp_path / "artifacts")  # what the gate stage leaves on a pass
     assert json.loads(ok("jobs", "report", job_id).stdout)["verdict"]["released"] is True
     ok("jobs", "report", job_id, "--out", str(tmp_path / "r.json"))
     assert json.loads((tmp_path / "r.json").read_text())["verdict"]["asr_delta"] == 0.01
