@@ -31,12 +31,12 @@ from models.db import new_session
 from models.jobs import JobStatus
 from models.tables import Job
 from tunegate import metrics
-from tunegate.queue import QUEUE_OF, celery_app
+from tunegate.errors import GATE_CODES
+from tunegate.queue import QUEUES, celery_app
 
 log = logging.getLogger(__name__)
 
 UNMATCHED = "<unmatched>"  # the route label of a path no route serves (bounded cardinality)
-GATE_STAGE = "gate"
 
 
 def route_template(scope: Scope) -> str:
@@ -121,7 +121,7 @@ class StateCollector(Collector):
             ).all()
             blocked = session.execute(
                 select(code, func.count())
-                .where(Job.status == JobStatus.FAILED, Job.stage == GATE_STAGE)
+                .where(Job.status == JobStatus.FAILED, code.in_(GATE_CODES))
                 .group_by(code)
             ).all()
             released = session.scalar(select(func.count()).where(Job.released.is_(True)))
@@ -140,7 +140,7 @@ class StateCollector(Collector):
         )
         with celery_app().connection_for_read() as conn:
             channel = conn.default_channel
-            for queue in sorted(set(QUEUE_OF.values())):
+            for queue in QUEUES:
                 try:
                     n = channel.queue_declare(queue=queue, passive=True).message_count
                 except ChannelError:  # never declared (nothing sent yet): empty

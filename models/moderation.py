@@ -15,12 +15,11 @@ from models.jobs import JobStatus, fine_tuned_model_name, record_event, transiti
 from models.keys import Admin
 from models.policy import KNOBS, org_policy
 from models.tables import AuditEntry, Job, Organization
-from tunegate.errors import Conflict, InvalidConfig, NotFound
+from tunegate.errors import GATE_CODES, Conflict, InvalidConfig, NotFound
 from tunegate.settings import Settings
 
-# The gate's blocking codes: only these failures can be overridden (a job that failed for any other reason
-# has no evaluated adapter to release).
-GATE_CODES = ("unsafe_training_data", "safety_eval_failed")
+# Only the gate's blocking codes (tunegate.errors.GATE_CODES) can be overridden: a job that failed for any
+# other reason has no evaluated adapter to release.
 
 
 def blocked_code(job: Job) -> str | None:
@@ -61,7 +60,7 @@ def override_release(session: Session, admin: Admin, job: Job, reason: str, sett
         JobStatus.SUCCEEDED,
         message=f"released by moderator override ({admin.name}; was blocked with {code}): {reason}",
         level="warn",
-        data={"stage": "gate", "override": True, "blocked": code},
+        data={"stage": job.stage, "override": True, "blocked": code},
         override=True,
     )
     job.released, job.revoked_at, job.adapter_path = True, None, str(adapter)

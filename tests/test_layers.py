@@ -114,3 +114,36 @@ def test_layer_imports(who: tuple[str, ...], banned: tuple[str, ...], exempt: tu
 def test_the_walk_sees_the_tree() -> None:
     assert {"api.main", "worker.runner", "worker.ml.precision", "tunegate.settings"} <= set(ALL)
     assert "worker.ml.stage_io" in _imports(ROOT / "worker" / "training" / "loop.py")
+
+
+# Modules where a stage's name is a string for another reason (the word, not the stage).
+OTHER_MEANINGS = {
+    ("score", "cli/scoring.py"): "the `tunegate score` command",
+    ("score", "worker/evaluation/records.py"): "an LLM judge's harm score",
+}
+
+
+def _strings(path: Path) -> set[str]:
+    """The string literals of a module (comments are not looked at)."""
+    import io
+    import tokenize
+
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
+    return {t.string.strip("\"'") for t in tokens if t.type == tokenize.STRING}
+
+
+def test_each_stage_is_named_in_its_own_module_only() -> None:
+    """A stage's name, as a string, appears in no product module but its own (the pipeline, tasks, queues and
+    progress all come from its ``StageSpec``); tests and benchmarks may name it."""
+    from worker.stages.all import PIPELINE
+
+    strings = {
+        str(path.relative_to(ROOT)): _strings(path)
+        for pkg in ("api", "worker", "models", "tunegate", "cli")
+        for path in (ROOT / pkg).rglob("*.py")
+    }
+    for name in PIPELINE.names:
+        owners = sorted(
+            m for m, found in strings.items() if name in found and (name, m) not in OTHER_MEANINGS
+        )
+        assert owners == [f"worker/stages/{name}.py"], (name, owners)

@@ -174,3 +174,8 @@ class StorageFull(TransientError):
 
     status_code = 507
     default_code = "storage_full"
+
+
+# The codes the safety gate blocks a job with (worker/stages/gate.py decides them; a moderator may override
+# them in the console; /metrics counts them).
+GATE_CODES = ("unsafe_training_data", "safety_eval_failed", "over_refusal")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from celery import Celery
 
@@ -18,6 +18,8 @@ from tunegate.settings import Settings, get_settings
 
 # Stable task names (never rename: queued messages refer to them). Queues by resource: "cpu" (validation,
 # mitigation, the gate, maintenance) and "gpu" (scoring, training, evaluation).
+Queue = Literal["cpu", "gpu"]
+QUEUES: tuple[Queue, ...] = ("cpu", "gpu")
 START = "tunegate.job.start"
 REAP = "tunegate.maintenance.reap"
 DELIVER_WEBHOOK = "tunegate.webhook.deliver"

@@ -173,9 +173,12 @@ def test_queue_depth_is_read_from_a_redis_broker(
     reset_settings()
     reset_celery()
     redis.Redis.from_url(url).flushdb()
+    from worker.stages.all import PIPELINE
+
     try:
-        queue.enqueue(queue.TRAIN, "ftjob-x")
-        queue.enqueue(queue.TRAIN, "ftjob-y")
+        train = PIPELINE["train"]
+        queue.enqueue(train.task, "ftjob-x", queue=train.queue)
+        queue.enqueue(train.task, "ftjob-y", queue=train.queue)
         queue.enqueue(queue.REAP)
         (depth,) = (f for f in StateCollector().collect() if f.name == "tunegate_queue_messages")
         assert {s.labels["queue"]: s.value for s in depth.samples} == {"gpu": 2, "cpu": 1}

@@ -18,13 +18,14 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
 from models.jobs import JobStatus
 from models.tables import Job
 from tunegate.errors import InvalidConfig
+from tunegate.queue import Queue
 from tunegate.settings import Settings
 from worker.job_view import JobView
 from worker.ml.stage_io import StageIO
@@ -89,7 +90,7 @@ def with_overrides(cfg: C, stage: str, settings: Settings) -> C:
 @dataclass(frozen=True)
 class StageSpec(Generic[C, I, R]):
     name: str
-    queue: Literal["cpu", "gpu"]
+    queue: Queue
     weight: float  # share of the job's overall progress bar
     result: type[R]
     build: Callable[[StageContext, StageIO], tuple[C, I]]
