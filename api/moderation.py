@@ -167,9 +167,8 @@ def training_texts(
         return {}
 
 
-def full_report(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
-    """The job's report.json (the gate puts the flagged examples' text and the mitigation log in it; the text
-    of a report written without it is read from the training file); ``NotFound`` if none."""
+def stored_report(job: Job) -> dict[str, Any]:
+    """The gate's report.json of ``job`` as stored; ``NotFound`` (``report_not_ready``) if there is none."""
     path = report_file(job)
     if path is None:
         raise NotFound(
@@ -177,7 +176,14 @@ def full_report(session: Session, job: Job, settings: Settings) -> dict[str, Any
             param="fine_tuning_job_id",
             code="report_not_ready",
         )
-    report = json.loads(path.read_text(encoding="utf-8"))
+    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return report
+
+
+def full_report(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
+    """The job's report.json (the gate puts the flagged examples' text and the mitigation log in it; the text
+    of a report written without it is read from the training file); ``NotFound`` if none."""
+    report = stored_report(job)
     texts = training_texts(session, job, flagged_lines(report), settings)
     return with_details(report, texts=texts)
 

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
-from api.moderation import full_report, job_context, report_file
+from api.moderation import full_report, job_context, stored_report
 from models import audit
 from models.tables import Job
 from tunegate.errors import NotFound, PermissionDenied
@@ -38,14 +38,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning extensions"
 def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str, Any]:
     """The gate's full report (scores, mitigation, base vs fine-tuned ASR, verdict) as JSON."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    path = report_file(job)
-    if path is None:
-        raise NotFound(
-            f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
-            param="fine_tuning_job_id",
-            code="report_not_ready",
-        )
-    report = scrub_value(json.loads(path.read_text(encoding="utf-8")), get_settings())
+    report = scrub_value(stored_report(job), get_settings())
     return report if isinstance(report, dict) else {"report": report}
 
 
