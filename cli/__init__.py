@@ -4,13 +4,14 @@ service, remote). ``HELP`` is what users see."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
 from cli import admin, local, remote, scoring, service
 from cli.errors import DEBUG_KEY, RootGroup
 from tunegate import logs
-from tunegate.settings import get_settings
+from tunegate.settings import Settings, get_settings
 
 HELP = """Fine-tune safely: an OpenAI-compatible fine-tuning service that scores the training data,
 mitigates it, and releases an adapter only when its safety evaluation passes.
@@ -64,8 +65,21 @@ def root(
     ctx.meta[DEBUG_KEY] = debug
 
 
+SERVICES = ("api", "worker", "serve")  # long-running commands whose log lines are their output
+
+
 def main() -> None:
-    logs.configure(get_settings())  # JSON lines (TUNEGATE_LOG_FORMAT=text for key=value) on stderr
+    logs.configure(_log_settings(sys.argv[1:]))  # JSON lines (TUNEGATE_LOG_FORMAT=text: key=value) on stderr
     for name in ("httpx", "httpx2"):  # a line per request (the SDK's client is httpx2) would break the bars
         logging.getLogger(name).setLevel(logging.WARNING)
     app()
+
+
+def _log_settings(args: list[str]) -> Settings:
+    """The services log at ``TUNEGATE_LOG_LEVEL`` (INFO); a command a person runs at a terminal logs only
+    warnings unless that variable is set, so its progress bars and answers are not buried in log lines."""
+    settings = get_settings()
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in SERVICES or "log_level" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"log_level": "WARNING"})
