@@ -70,8 +70,7 @@ def write_gguf(model_dir: Path, out_file: Path, *, dtype: GgufType = "f16", prog
     """
     import torch
 
-    config = json.loads((model_dir / "config.json").read_text())
-    _check_llama(config)
+    check_llama(model_dir)
     tok = load_tokenizer(model_dir)
     progress(0.0, "loading the model")
     model = load_model(model_dir, "cpu", dtype=torch.float32)
@@ -93,7 +92,10 @@ def write_gguf(model_dir: Path, out_file: Path, *, dtype: GgufType = "f16", prog
     return out_file
 
 
-def _check_llama(config: dict[str, Any]) -> None:
+def check_llama(model_dir: Path) -> None:
+    """``ModelError`` unless the model in ``model_dir`` is one ``write_gguf`` writes faithfully (callers ask
+    before a slow merge)."""
+    config = json.loads((model_dir / "config.json").read_text())
     kind = config.get("model_type") or "unknown"
     if kind != "llama":
         raise ModelError(
