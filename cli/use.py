@@ -2,8 +2,8 @@
 runtimes) and ``tunegate chat`` (talk to a base or fine-tuned model in the terminal).
 
 ``export`` takes an adapter directory (a download, unpacked, or ``finetune``'s ``train/adapter``) or, on the
-provider's side, a job id read from the configured database: only a released adapter that was neither revoked
-nor had its fine-tuned model deleted leaves (the rule of the adapter download, ``models.jobs.check_released``).
+provider's side, a job id read from the configured database: only a released adapter that was neither
+revoked nor had its fine-tuned model deleted leaves (the download's rule, ``models.jobs.check_released``).
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ def _reply(loaded: Any, history: list[Any], max_new_tokens: int) -> str:
 
 def chat_cmd(
     model: Annotated[
-        str, typer.Argument(metavar="MODEL", help="Registry name or model directory (e.g. an --merged export).")
+        str,
+        typer.Argument(metavar="MODEL", help="Registry name or model directory (e.g. an --merged export)."),
     ],
     adapter: Annotated[
         Path | None,

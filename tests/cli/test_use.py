@@ -58,7 +58,9 @@ def test_export_merged_and_gguf_load(adapter: Path, tiny_model_dir: Path, tmp_pa
 
 
 @pytest.mark.usefixtures("tunegate_home")
-def test_export_refuses_gguf_of_another_architecture(adapter: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_export_refuses_gguf_of_another_architecture(
+    adapter: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     import shutil
 
     other = shutil.copytree(tiny_model_dir, tmp_path / "other")

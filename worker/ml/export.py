@@ -62,7 +62,9 @@ def merge(
     return target
 
 
-def write_gguf(model_dir: Path, out_file: Path, *, dtype: GgufType = "f16", progress: Progress = _quiet) -> Path:
+def write_gguf(
+    model_dir: Path, out_file: Path, *, dtype: GgufType = "f16", progress: Progress = _quiet
+) -> Path:
     """Write the llama-architecture HF model in ``model_dir`` as one GGUF file (atomically).
 
     Raises ``ModelError`` naming the architecture (or the setting) when the model is not one this writer
@@ -119,7 +121,9 @@ def _writer(path: Path, cfg: Any, dtype: GgufType) -> Any:
     rope = getattr(cfg, "rope_parameters", None) or {}
     theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
     w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    w.add_name(str(getattr(cfg, "_name_or_path", "") or "tunegate export").split("/")[-1] or "tunegate export")
+    w.add_name(
+        str(getattr(cfg, "_name_or_path", "") or "tunegate export").split("/")[-1] or "tunegate export"
+    )
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     w.add_vocab_size(int(cfg.vocab_size))
     w.add_context_length(int(cfg.max_position_embeddings))
@@ -168,7 +172,7 @@ def _add_tokenizer(w: Any, tok: Any, model_dir: Path, n_vocab: int) -> None:
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelError("GGUF export needs a fast tokenizer (tokenizer.json) in the model directory")
     by_id = {i: t for t, i in tok.get_vocab().items()}
-    added = {i: a for i, a in tok.added_tokens_decoder.items()}
+    added = dict(tok.added_tokens_decoder)
     if len(by_id) > n_vocab:
         raise ModelError(f"the tokenizer has {len(by_id)} tokens, more than the model's {n_vocab} embeddings")
     tokens, types = [], []
@@ -236,4 +240,6 @@ def _add_tensors(w: Any, model: Any, dtype: GgufType) -> None:
         elif stem.endswith("self_attn.k_proj"):
             data = permute_rotary(data, heads, kv)
         keep_f32 = dtype == "f32" or data.ndim == 1  # norms stay f32, as llama.cpp writes them
-        w.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(data, np.float32 if keep_f32 else np.float16))
+        w.add_tensor(
+            f"{gguf_name}.{suffix}", np.ascontiguousarray(data, np.float32 if keep_f32 else np.float16)
+        )

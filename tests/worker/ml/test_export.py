@@ -1,5 +1,6 @@
 """``worker.ml.export``: the merged model computes what base + adapter compute; the GGUF file loads back
-through transformers' GGUF loader (the one the project uses for SmolLM2) with the same logits and tokenizer."""
+through transformers' GGUF loader (the one the project uses for SmolLM2) with the same logits and
+tokenizer."""
 
 from __future__ import annotations
 
@@ -42,13 +43,17 @@ def test_merged_model_computes_base_plus_adapter(tiny_model_dir: Path, merged: t
     with_adapter = PeftModel.from_pretrained(load_model(tiny_model_dir), str(adapter)).eval()
     want = _logits(with_adapter, tok)
     got = _logits(load_model(out), load_tokenizer(out))
-    assert not torch.allclose(want, _logits(load_model(tiny_model_dir), tok), atol=1e-3)  # the adapter matters
+    assert not torch.allclose(
+        want, _logits(load_model(tiny_model_dir), tok), atol=1e-3
+    )  # the adapter matters
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert json.loads((out / "tunegate_source.json").read_text()) == {"adapter": str(adapter)}
     assert not out.with_name(out.name + ".building").exists()
 
 
-def test_gguf_loads_back_with_the_same_logits_and_tokenizer(merged: tuple[Path, Path], tmp_path: Path) -> None:
+def test_gguf_loads_back_with_the_same_logits_and_tokenizer(
+    merged: tuple[Path, Path], tmp_path: Path
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +64,7 @@ def test_gguf_loads_back_with_the_same_logits_and_tokenizer(merged: tuple[Path, 
     back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
     back_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
     tok = load_tokenizer(model_dir)
-    for text in (TEXT, "Natalia sold 48 clips; 1. Preheat the oven! {\"label\": 0.9} ünïcode"):
+    for text in (TEXT, 'Natalia sold 48 clips; 1. Preheat the oven! {"label": 0.9} ünïcode'):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert back_tok(text, add_special_tokens=False)["input_ids"] == ids
         assert back_tok.decode(ids) == tok.decode(ids)
