@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import admin, local, remote, scoring, service
+from cli import admin, local, remote, scoring, service, use
 from cli.errors import DEBUG_KEY, RootGroup
 from tunegate import logs
 from tunegate.settings import Settings, get_settings
@@ -33,11 +33,15 @@ Run the service:
 \b
 Work locally, without the service:
   score FILE | eval | finetune FILE
+\b
+Use the result:
+  export JOB_OR_DIR --out DIR        the adapter [--merged] [--gguf]
+  chat MODEL [--adapter DIR]         talk to a model in the terminal
 """
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP, cls=RootGroup)
-for _module in (remote, admin, scoring, local, service):
+for _module in (remote, admin, scoring, local, service, use):
     _module.register(app)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from models import webhooks
 from models.base import utcnow
 from models.tables import Job, JobEvent
-from tunegate.errors import Conflict
+from tunegate.errors import Conflict, NotFound, PermissionDenied
 
 
 class JobStatus(StrEnum):
@@ -196,3 +196,28 @@ def _error_dict(error: dict[str, Any] | None) -> dict[str, Any]:
 def fine_tuned_model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
     """The released model's name, ``ft:<base>:<org>:<suffix>:<id>`` (empty suffix when none was given)."""
     return f"ft:{base}:{org_name}:{suffix or ''}:{job_id}"
+
+
+def check_released(job: Job) -> None:
+    """Whether ``job``'s trained adapter may leave: released by its safety gate (or an override), not revoked
+    by the provider (``PermissionDenied``), its fine-tuned model not deleted (``NotFound``). The adapter
+    download and ``tunegate export`` both ask here."""
+    if job.revoked_at is not None:
+        raise PermissionDenied(
+            f"the adapter of job {job.id} was revoked by the provider",
+            param="fine_tuning_job_id",
+            code="adapter_revoked",
+        )
+    if not job.released:
+        why = f"error {job.error['code']}" if job.error else f"status {job.status}"
+        raise PermissionDenied(
+            f"the adapter of job {job.id} is not released ({why})",
+            param="fine_tuning_job_id",
+            code="adapter_not_released",
+        )
+    if job.model_deleted_at is not None:
+        raise NotFound(
+            f"the fine-tuned model of job {job.id} was deleted",
+            param="fine_tuning_job_id",
+            code="model_deleted",
+        )

@@ -23,8 +23,9 @@ from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.moderation import full_report, job_context, stored_report
 from models import audit
+from models.jobs import check_released
 from models.tables import Job
-from tunegate.errors import NotFound, PermissionDenied
+from tunegate.errors import NotFound
 from tunegate.redact import scrub, scrub_value
 from tunegate.reporting import render_report
 from tunegate.settings import get_settings
@@ -131,25 +132,7 @@ def _archive(adapter_dir: Path, name: str, model: str) -> Path:
 def _released_job(session: SessionDep, org: CurrentOrg, job_id: str) -> Job:
     """The job, if its safety gate released it (403 otherwise) and its model was not deleted (404)."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    if job.revoked_at is not None:
-        raise PermissionDenied(
-            f"the adapter of job {job.id} was revoked by the provider",
-            param="fine_tuning_job_id",
-            code="adapter_revoked",
-        )
-    if not job.released:
-        why = f"error {job.error['code']}" if job.error else f"status {job.status}"
-        raise PermissionDenied(
-            f"the adapter of job {job.id} is not released ({why})",
-            param="fine_tuning_job_id",
-            code="adapter_not_released",
-        )
-    if job.model_deleted_at is not None:
-        raise NotFound(
-            f"the fine-tuned model of job {job.id} was deleted",
-            param="fine_tuning_job_id",
-            code="model_deleted",
-        )
+    check_released(job)
     return job
 
 

@@ -97,3 +97,24 @@ def tiny_align_config(**changes: Any) -> Any:
         "precision": "fp32",
     }
     return AlignConfig(**{**small, **changes})
+
+
+def build_tiny_adapter(base: Path, directory: str | Path, *, seed: int = 1) -> Path:
+    """A LoRA adapter (peft format) for the tiny model in ``base``, with random non-zero weights on both
+    factors, so that merging it changes the model's logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    lora = LoraConfig(
+        r=2,
+        lora_alpha=4,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(model, lora)
+    directory = Path(directory)
+    peft_model.save_pretrained(directory)
+    return directory

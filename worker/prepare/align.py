@@ -30,6 +30,7 @@ from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
 from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.generate import generate_all
 from worker.evaluation.keyword import is_refusal
+from worker.ml.export import merge
 from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
 from worker.ml.render import encode_prompt
 from worker.ml.stage_io import ProgressFn, StageIO
@@ -195,11 +196,15 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     )
     io.step(0.4, f"training on {len(examples)} examples (loading the model)")
     tres = train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors))
-    merge_adapter(
+    merge(
         base.path,
         Path(tres.adapter_dir),
         inputs.target_dir,
-        recipe={"align_config": asdict(cfg), "source_fingerprint": base.fingerprint},
+        source={
+            "aligned_from": str(base.path),
+            "align_config": asdict(cfg),
+            "source_fingerprint": base.fingerprint,
+        },
     )
     res = AlignResult(
         str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres.to_dict()
@@ -215,24 +220,6 @@ def _top_layers(model_dir: Path, fraction: float) -> tuple[int, ...]:
     n = int(json.loads((model_dir / "config.json").read_text())["num_hidden_layers"])
     k = max(1, round(n * fraction))
     return tuple(range(n - k, n))
-
-
-def merge_adapter(base_path: Path, adapter_dir: Path, target: Path, recipe: dict[str, Any]) -> Path:
-    """Fold a LoRA adapter into its base and save the result as a plain safetensors model (atomically)."""
-    import torch
-    from peft import PeftModel
-
-    tmp = target.with_name(target.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    base = load_model(base_path, "cpu", dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(base_path).save_pretrained(tmp)
-    atomic_write_json(tmp / "tunegate_source.json", {"aligned_from": str(base_path), **recipe})
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
-    return target
 
 
 def prepare_aligned(
