@@ -1,12 +1,11 @@
 """Job status: the enum, the allowed moves, and THE one function that changes a job's status.
 
     validating_files ──> queued ──> running ──> succeeded
-          │                │  ▲       │  └───> failed / cancelled
-          │                │  │       └──────> queued  (a stale job requeued by the reaper)
-          │                │  │       └──────> paused  (at a checkpoint, after a pause request)
-          │                ├──┼──────────────> paused  (an unclaimed queued job pauses at once)
-          │                │  └── paused (resumed) ──> cancelled
+          │                │          │  └───> failed / cancelled
+          │                │          └──────> queued  (a stale job requeued by the reaper)
           └────────────────┴──> failed / cancelled
+    queued / running ──> paused  (``pause``: a queued job at once, a running one at its next checkpoint)
+    paused ──> queued (``resume``, at the stage it paused in) | cancelled
     failed (blocked by the gate) ──> succeeded   only as a moderator's override (``override=True``)
 
 Every status change goes through ``transition`` and appends a ``JobEvent``; other events go through

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from models.db import reset_engine, session_scope
 from models.tables import Checkpoint, Job, JobEvent
@@ -174,7 +174,8 @@ def test_pause_at_a_stage_and_an_epoch_then_resume_to_the_end(home: Path) -> Non
             row = s.get(Job, job_id)
             assert row is not None
             resume(s, row)
-        assert runner.stage_of(job_id) is not None and runner.stage_of(job_id).name == stage  # type: ignore[union-attr]
+        spec = runner.stage_of(job_id)  # what the resume task sends
+        assert spec is not None and spec.name == stage
 
     with session_scope() as s:  # asked between stages: the next stage pauses before it starts
         s.execute(update(Job).where(Job.id == job_id).values(pause_requested=True))
@@ -184,11 +185,9 @@ def test_pause_at_a_stage_and_an_epoch_then_resume_to_the_end(home: Path) -> Non
     for stage in ("score", "mitigate"):
         assert runner.execute(stage, job_id).status == "done", stage
 
-    def ask_to_pause(mapper: object, connection: object, target: Checkpoint) -> None:
+    def ask_to_pause(mapper: object, connection: Connection, target: Checkpoint) -> None:
         """A pause request arriving while epoch 1's checkpoint is recorded (as jobs.pause would)."""
-        connection.execute(  # type: ignore[attr-defined]
-            update(Job).where(Job.id == target.job_id).values(pause_requested=True)
-        )
+        connection.execute(update(Job).where(Job.id == target.job_id).values(pause_requested=True))
 
     event.listen(Checkpoint, "after_insert", ask_to_pause, once=True)
     try:
