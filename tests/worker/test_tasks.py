@@ -220,3 +220,32 @@ def test_pause_at_a_stage_and_an_epoch_then_resume_to_the_end(home: Path) -> Non
             r["valid_mean_token_accuracy"] != ""
         ) == at_epoch_end
     assert any(e.data.get("valid_loss") for e in _events(job_id) if e.type == "metrics")
+
+
+def _sent(queue_name: str) -> list[tuple[str, list[object]]]:
+    """Drain a broker queue: (task name, args) of every message sent to it."""
+    from tunegate.queue import celery_app
+
+    out: list[tuple[str, list[object]]] = []
+    with celery_app().connection_for_read() as conn, conn.SimpleQueue(queue_name, no_ack=True) as q:
+        while True:
+            try:
+                msg = q.get(block=False)
+            except q.Empty:
+                return out
+            out.append((msg.headers["task"], list(msg.decode()[0])))
+
+
+def test_the_resume_task_sends_the_stage_the_job_paused_in(home: Path) -> None:
+    from models.jobs import resume
+    from worker.stages.all import PIPELINE
+
+    job_id = make_job("tiny", status="paused", stage="score")
+    _sent("gpu")
+    assert tasks.resume(job_id) == "skipped"  # still paused: nothing to send
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        resume(s, job)
+    assert tasks.resume(job_id) == "sent"
+    assert _sent("gpu") == [(PIPELINE["score"].task, [job_id])]

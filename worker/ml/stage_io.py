@@ -43,8 +43,9 @@ class StageIO:
     should_pause: Callable[[], bool] = _never  # asked at each checkpoint the stage can resume from
 
     def checkpoint_reached(self, message: str) -> None:
-        """A resumable point (a checkpoint was saved): pause here if a pause was requested."""
-        if self.should_pause():
+        """A resumable point (a checkpoint was saved): pause here if a pause was requested (a cancel
+        requested too wins: the job ends ``cancelled`` instead)."""
+        if self.should_pause() and not self.should_stop():
             raise JobPaused(f"paused during {self.stage or 'stage'}: {message}")
 
     def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
