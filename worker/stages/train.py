@@ -227,8 +227,8 @@ SPEC = StageSpec("train", "gpu", 0.48, TrainResult, build, run, apply, checkpoin
 
 def _store_results(session: Session, job: Job, res: TrainResult) -> None:
     """The results file as a File of the job's organization (``files.content`` serves it), named in
-    ``job.result_files``; once only (a re-applied stage finds it set). Stored even over the storage quota (a
-finished training run is not refused for a few kilobytes); it counts toward the quota from then on."""
+    ``job.result_files``; once only (a re-applied stage finds it set). Stored even over the storage quota
+    (a finished run is not refused for a few kilobytes); it counts toward the quota from then on."""
     path = Path(res.results_file) if res.results_file else None
     if job.result_files or path is None or not path.is_file():
         return
