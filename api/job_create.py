@@ -158,7 +158,7 @@ def create_job(
         if idempotency_key and (job := _existing(session, org, idempotency_key, digest)):
             return job
         raise
-    _enqueue(session, job)
+    enqueue_job(session, job, queue.START)
     return job
 
 
@@ -166,14 +166,15 @@ def _seed_from(digest: str) -> int:
     return int(digest[:8], 16) % (2**31 - 1)
 
 
-def _enqueue(session: Session, job: Job) -> None:
-    """Hand the job to the workers by task name.
+def enqueue_job(session: Session, job: Job, task: str) -> None:
+    """Hand the job to the workers by task name (``queue.START``, or ``queue.RESUME`` after a pause).
 
     The job is already committed: a broker failure is logged and recorded, and the reaper re-enqueues jobs
-    that stay in ``validating_files`` (answering an error here would make clients create duplicates).
+    whose message was lost once they are stale (answering an error here would make clients retry a change
+    that was made).
     """
     try:
-        queue.enqueue(queue.START, job.id)
+        queue.enqueue(task, job.id)
     except Exception as exc:  # any broker failure: the job is stored; report it, the reaper retries
         log.error("could not enqueue %s: %s", job.id, exc)
         record_event(

@@ -86,7 +86,7 @@ class JobOut(BaseModel):
     organization_id: str
     result_files: list[str]
     seed: int
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
     trained_tokens: int | None
     training_file: str
     validation_file: str | None
@@ -101,6 +101,8 @@ class JobOut(BaseModel):
     progress: float
     cancel_requested: bool
     released: bool
+    paused: bool = False  # paused (status reads Settings.paused_status); jobs.resume continues it
+    pause_requested: bool = False  # the worker pauses at its next checkpoint
 
 
 class EventOut(BaseModel):

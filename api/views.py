@@ -78,8 +78,11 @@ def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_out(row: Job | Row[Any], *, estimated_finish: int | None = None) -> JobOut:
+    """A paused job's ``status`` reads ``Settings.paused_status`` (``paused: true`` either way)."""
+    settings = get_settings()
     failed = row.status == "failed" and row.error
-    err = JobErrorOut(**scrub_value(row.error, get_settings())) if failed else None
+    err = JobErrorOut(**scrub_value(row.error, settings)) if failed else None
+    paused = row.status == "paused"
     return JobOut(
         id=row.id,
         created_at=unix(row.created_at) or 0,
@@ -91,7 +94,7 @@ def job_out(row: Job | Row[Any], *, estimated_finish: int | None = None) -> JobO
         organization_id=row.org_id,
         result_files=list(row.result_files or []),
         seed=row.seed,
-        status=row.status,  # type: ignore[arg-type]
+        status=settings.paused_status if paused else row.status,  # type: ignore[arg-type]
         trained_tokens=row.trained_tokens,
         training_file=row.training_file,
         validation_file=row.validation_file,
@@ -104,6 +107,8 @@ def job_out(row: Job | Row[Any], *, estimated_finish: int | None = None) -> JobO
         progress=row.progress or 0.0,
         cancel_requested=row.cancel_requested,
         released=row.released,
+        paused=paused,
+        pause_requested=row.pause_requested,
     )
 
 

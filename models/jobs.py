@@ -4,6 +4,8 @@
           │                │          │  └───> failed / cancelled
           │                │          └──────> queued  (a stale job requeued by the reaper)
           └────────────────┴──> failed / cancelled
+    queued / running ──> paused  (``pause``: a queued job at once, a running one at its next checkpoint)
+    paused ──> queued (``resume``, at the stage it paused in) | cancelled
     failed (blocked by the gate) ──> succeeded   only as a moderator's override (``override=True``)
 
 Every status change goes through ``transition`` and appends a ``JobEvent``; other events go through
@@ -33,15 +35,17 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}
     ),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -178,10 +182,13 @@ def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: dict[st
         job.error = None  # an overridden block no longer reads as failed
     if dst == JobStatus.FAILED:
         job.error = _error_dict(error)
-    if dst in TERMINAL:
-        job.finished_at = utcnow()
+    if dst in TERMINAL or dst == JobStatus.PAUSED:  # nobody holds a paused job: resume sends it again
         job.claim_token = None
         job.claimed_by = None
+    if dst in TERMINAL:
+        job.finished_at = utcnow()
+    if dst in TERMINAL or dst == JobStatus.PAUSED:
+        job.pause_requested = False
 
 
 def _error_dict(error: dict[str, Any] | None) -> dict[str, Any]:
@@ -191,6 +198,39 @@ def _error_dict(error: dict[str, Any] | None) -> dict[str, Any]:
         "message": str(error.get("message") or "the job failed"),
         "param": error.get("param"),
     }
+
+
+def pause(session: Session, job: Job) -> None:
+    """A tenant's pause request: an unclaimed queued job pauses at once; a running (or claimed) one is
+    flagged and its worker pauses at the next checkpoint (the end of a training epoch, or before its next
+    stage starts). Raises ``Conflict`` for a job that is finished, paused or being cancelled."""
+    status = JobStatus(job.status)
+    if status in TERMINAL or status == JobStatus.PAUSED or job.cancel_requested:
+        what = "being cancelled" if job.cancel_requested and status not in TERMINAL else status.value
+        raise Conflict(
+            f"job {job.id} is {what}; only a queued or running job can be paused",
+            param="fine_tuning_job_id",
+            code="invalid_status_transition",
+        )
+    if status == JobStatus.QUEUED and job.claimed_by is None:
+        transition(session, job, JobStatus.PAUSED, message="Job paused by the user")
+    elif not job.pause_requested:
+        job.pause_requested = True
+        record_event(session, job, "Pause requested; the job pauses at its next checkpoint")
+
+
+def resume(session: Session, job: Job) -> None:
+    """A paused job goes back to ``queued`` at the stage it paused in (the caller sends that stage again;
+    training continues from its latest checkpoint). Raises ``Conflict`` for a job that is not paused."""
+    if job.status != JobStatus.PAUSED:
+        raise Conflict(
+            f"job {job.id} is {job.status}; only a paused job can be resumed",
+            param="fine_tuning_job_id",
+            code="invalid_status_transition",
+        )
+    transition(
+        session, job, JobStatus.QUEUED, message=f"Job resumed by the user at {job.stage or 'its start'}"
+    )
 
 
 def fine_tuned_model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from models.base import Base, UTCDateTime, new_id, utcnow
 
@@ -97,6 +98,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # jobs.pause of a running job: its worker pauses at the next checkpoint (models.jobs.pause)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # worker bookkeeping
     stage: Mapped[str | None] = mapped_column(String(32))  # validate|score|mitigate|train|evaluate|gate
     progress: Mapped[float] = mapped_column(Float, default=0.0)

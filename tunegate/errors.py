@@ -14,6 +14,7 @@
     ├── PayloadTooLarge       413
     ├── RateLimited           429      carries retry_after seconds
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
+    ├── JobPaused                      a worker observed a pause request at a checkpoint boundary
     ├── ClaimLost                      another worker took over this job stage: stop without writing
     ├── StageTimeLimit                 a stage ran past its queue's time limit (Settings.*_stage_time_limit_s)
     ├── ModelError                     a base model cannot be resolved, converted or loaded
@@ -141,6 +142,13 @@ class RateLimited(TunegateError):
 class JobCancelled(TunegateError):
     error_type = "cancelled"
     default_code = "cancelled"
+
+
+class JobPaused(TunegateError):
+    """A pause was requested and the stage reached a checkpoint it can resume from: the job pauses."""
+
+    error_type = "paused"
+    default_code = "paused"
 
 
 class ClaimLost(TunegateError):

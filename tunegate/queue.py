@@ -1,6 +1,7 @@
 """The Celery app as the API sees it: broker settings, the task names the API sends, queues. No stage code.
 
-The API knows two tasks: ``START`` (a new job; the worker runs its pipeline's first stage) and ``REAP``.
+The API knows three job tasks: ``START`` (a new job; the worker runs its pipeline's first stage), ``RESUME``
+(a resumed job; the worker sends the stage it paused in again) and ``REAP``.
 Each stage's own task name and queue come from its spec (``worker/stages/spec.py``); ``worker/celery_app.py``
 imports this app, registers the task bodies and routes the stage tasks. Embedded mode uses kombu's
 SQLAlchemy transport on SQLite, distributed mode Redis.
@@ -21,9 +22,10 @@ from tunegate.settings import Settings, get_settings
 Queue = Literal["cpu", "gpu"]
 QUEUES: tuple[Queue, ...] = ("cpu", "gpu")
 START = "tunegate.job.start"
+RESUME = "tunegate.job.resume"
 REAP = "tunegate.maintenance.reap"
 DELIVER_WEBHOOK = "tunegate.webhook.deliver"
-QUEUE_OF = {START: "cpu", REAP: "cpu", DELIVER_WEBHOOK: "cpu"}
+QUEUE_OF = {START: "cpu", RESUME: "cpu", REAP: "cpu", DELIVER_WEBHOOK: "cpu"}
 
 
 def make_celery(settings: Settings) -> Celery:

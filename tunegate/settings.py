@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 10.0  # first retry delay of a transient error; doubles per retry (capped)
     reap_interval_s: int = 60  # how often each worker requeues stale jobs and removes expired files/uploads
     event_interval_s: float = 2.0  # progress events are written at most this often per stage
+    # How a paused job's `status` reads in the API: "queued" (the default: the openai SDK's status literal
+    # has no "paused", so strict clients would reject it; `paused: true` tells) or "paused" (OpenAI's API).
+    paused_status: Literal["queued", "paused"] = "queued"
     worker_queues: str = "gpu,cpu"
     # A file the worker touches every heartbeat_s while it runs (None: none), for a container healthcheck:
     # a solo pool busy with a stage cannot answer `celery inspect ping`, but this file stays fresh.

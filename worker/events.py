@@ -4,7 +4,8 @@ A stage calls ``io.step(fraction, message, **metrics)`` as often as it likes; ``
 writes at most one event per ``Settings.event_interval_s`` (plus the last step), keeps ``Job.progress``
 (0..1 over the whole pipeline) current, and keys each event by stage and message so a stage that is resumed
 after a crash does not write the same event twice. ``should_stop`` reads ``cancel_requested`` at most twice
-a second. A checkpoint becomes one ``Checkpoint`` row and one event, both idempotent on the step number.
+a second; ``should_pause`` reads ``pause_requested`` (asked only at checkpoints, so unthrottled). A checkpoint
+becomes one ``Checkpoint`` row and one event, both idempotent on the step number.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class StageReporter:
         with session_scope() as s:
             self._cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.claim.job_id)))
         return self._cancel
+
+    def should_pause(self) -> bool:
+        with session_scope() as s:
+            return bool(s.scalar(select(Job.pause_requested).where(Job.id == self.claim.job_id)))
 
     def checkpoint(self, info: dict[str, Any]) -> None:
         """``info``: ``step_number``, ``epoch``, ``metrics``, ``path`` (from the train stage)."""

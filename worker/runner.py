@@ -4,6 +4,8 @@
         │
     cancel requested? ──> cancelled
         │
+    pause requested (a later stage)? ──> paused   (resume sends this stage again)
+        │
     result.json exists? ──yes──> load it        (a redelivery after a crash between finish and hand-off)
         │ no
     spec.build + spec.run under a heartbeat, progress events, cancel polling, checkpoint rows
@@ -13,7 +15,8 @@
 Everything stage-specific comes from the stage's ``StageSpec`` (``worker/stages/spec.py``); this module
 knows no stage by name. ``pipeline`` defaults to the job pipeline (``worker/stages/all.py``).
 
-Errors: ``JobCancelled`` ends the job ``cancelled`` (the event says where); ``TransientError`` (and
+Errors: ``JobCancelled`` ends the job ``cancelled`` (the event says where); ``JobPaused`` (a pause request
+seen at a checkpoint) moves it to ``paused`` and frees the claim; ``TransientError`` (and
 database or broker connection errors, mapped to it) releases the claim and propagates so the Celery task
 retries it; every other error fails the job with a coded, readable message. ``ClaimLost`` stops silently:
 the worker that took over owns the job now.
@@ -44,6 +47,7 @@ from tunegate.errors import (
     ClaimLost,
     InvalidFile,
     JobCancelled,
+    JobPaused,
     ModelError,
     StorageFull,
     TransientError,
@@ -65,7 +69,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # skipped | done | cancelled | failed | lost
+    status: str  # skipped | done | cancelled | paused | failed | lost
     next_stage: str | None = None
 
 
@@ -143,6 +147,9 @@ def _execute_claimed(
     except JobCancelled as exc:
         _end(c, JobStatus.CANCELLED, exc.message, level="warn")
         return Outcome("cancelled")
+    except JobPaused as exc:
+        _pause(c, exc.message)
+        return Outcome("paused")
     except ClaimLost as exc:
         log.warning("%s", exc.message)
         return Outcome("lost")
@@ -221,6 +228,16 @@ def _send(spec: StageSpec[Any, Any, Any], job_id: str) -> None:
         log.warning("job %s: could not enqueue %s (%s); the reaper will requeue it", job_id, spec.name, exc)
 
 
+def stage_of(job_id: str, pipeline: Pipeline = PIPELINE) -> StageSpec[Any, Any, Any] | None:
+    """The spec of the stage a queued job sits at (a resumed job's); None when the job is gone or not
+    queued (cancelled again, or paused again before this message arrived)."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status != JobStatus.QUEUED:
+            return None
+        return pipeline[job.stage] if job.stage else pipeline.first
+
+
 def _job_model(job_id: str) -> str | None:
     with session_scope() as s:
         return s.scalar(select(Job.model).where(Job.id == job_id))
@@ -254,6 +271,8 @@ def _begin(c: Claim, pipeline: Pipeline, settings: Settings) -> JobView | None:
                 dedupe_key=f"{c.stage}:cancelled",
             )
             return None
+        if job.pause_requested and c.stage != pipeline.first.name:  # a stage boundary is a checkpoint
+            raise JobPaused(f"paused before {c.stage} started")
         first = (
             s.scalar(
                 select(JobEvent.id).where(
@@ -298,6 +317,7 @@ def _run(
         stage=c.stage,
         deadline=time.monotonic() + soft,
         on_checkpoint=rep.checkpoint if spec.checkpoints else None,
+        should_pause=rep.should_pause,
     )
     with claims.Heartbeat(c, settings.heartbeat_s) as hb:
         cfg, inputs = spec.build(ctx, io)
@@ -353,6 +373,19 @@ def _end(c: Claim, to: JobStatus, message: str, *, level: str, error: dict[str, 
             data=data,
             error=error,
             dedupe_key=f"{c.stage}:{to.value}",
+        )
+
+
+def _pause(c: Claim, message: str) -> None:
+    """Move the job to ``paused`` (which frees the claim); the stage's checkpoints stay for the resume."""
+    with session_scope() as s:
+        job = s.get(Job, c.job_id, populate_existing=True)
+        if job is None or job.status in TERMINAL or job.claim_token != c.token:
+            return
+        data = {"stage": c.stage, "progress": job.progress}
+        log.info("job %s: %s", c.job_id, message)
+        transition(
+            s, job, JobStatus.PAUSED, message=message, data=data, dedupe_key=f"{c.stage}:paused:{c.attempt}"
         )
 
 

@@ -1,5 +1,6 @@
 """The Celery tasks: one per stage spec, generated from the pipeline, over ``worker.runner.execute``; the
-``start`` task of a new job (the API knows no stage); the reaper; webhook delivery.
+``start`` task of a new job and the ``resume`` task of a resumed one (the API knows no stage); the reaper;
+webhook delivery.
 
 Tasks take a job id, never rows. ``acks_late`` with ``task_reject_on_worker_lost`` (set on the app) keeps a
 message until its stage has finished; the compare-and-set claim makes a second delivery a no-op. Only
@@ -76,6 +77,19 @@ def start(self: Task, job_id: str) -> str:
     if first.queue == queue.QUEUE_OF[queue.START]:
         return run_stage_task(self, first.name, job_id)
     queue.enqueue(first.task, job_id, queue=first.queue)
+    return "sent"
+
+
+@shared_task(name=queue.RESUME, **_OPTS)
+def resume(self: Task, job_id: str) -> str:
+    """A resumed job (the API moved it from ``paused`` to ``queued``): send the stage it paused in again,
+    running it here when it belongs on this queue. The stage picks up its own checkpoints."""
+    spec = runner.stage_of(job_id)
+    if spec is None:
+        return "skipped"
+    if spec.queue == queue.QUEUE_OF[queue.RESUME]:
+        return run_stage_task(self, spec.name, job_id)
+    queue.enqueue(spec.task, job_id, queue=spec.queue)
     return "sent"
 
 

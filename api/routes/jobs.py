@@ -1,5 +1,5 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints; plus our safety report and
-adapter download.
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints; plus our safety
+report and adapter download.
 
 The poll path (retrieve, list, events: what every SDK poller calls in a loop) is ``async``: the caller's
 organization comes from the auth cache, the route's one statement runs through ``read_db`` (on the event
@@ -20,10 +20,12 @@ from starlette.responses import Response
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep, read_db
 from api.estimate import estimate_finish
-from api.job_create import create_job
+from api.job_create import create_job, enqueue_job
 from api.schemas import CheckpointOut, EventOut, JobCreateIn, JobOut, ListOut
 from api.views import checkpoint_out, event_out, job_out, json_response
+from models import jobs
 from models.jobs import JobStatus, record_event, transition
+from tunegate import queue
 from tunegate.errors import Conflict
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -87,6 +89,8 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
         )
     if status in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED):
         transition(session, job, JobStatus.CANCELLED, message="Job cancelled by the user before it started")
+    elif status == JobStatus.PAUSED:
+        transition(session, job, JobStatus.CANCELLED, message="Job cancelled by the user while paused")
     elif status == JobStatus.RUNNING and not job.cancel_requested:
         job.cancel_requested = True
         record_event(
@@ -96,6 +100,26 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
             dedupe_key="cancel_requested",
         )
     session.commit()
+    return job_out(job)
+
+
+@router.post("/{job_id}/pause", response_model=JobOut)
+def pause(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
+    """A queued job pauses at once; a running one at its next checkpoint (``pause_requested`` until then)."""
+    job = crud.get_job(session, org=org, job_id=job_id, for_update=True)
+    jobs.pause(session, job)
+    session.commit()
+    return job_out(job)
+
+
+@router.post("/{job_id}/resume", response_model=JobOut)
+def resume(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
+    """A paused job goes back to ``queued``; a worker continues it from the stage (and, in training, the
+    checkpoint) it paused at. Should the message be lost, the reaper resends it."""
+    job = crud.get_job(session, org=org, job_id=job_id, for_update=True)
+    jobs.resume(session, job)
+    session.commit()
+    enqueue_job(session, job, queue.RESUME)
     return job_out(job)
 
 

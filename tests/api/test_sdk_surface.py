@@ -1,7 +1,8 @@
 """The rest of the SDK's surface through ``openai.OpenAI(_strict_response_validation=True)``: file expiry
 (``files.create(expires_after=...)``, deleted by the reaper), ``estimated_finish`` and
 ``user_provided_suffix`` on jobs, ``models.delete`` of a fine-tune, checkpoint downloads of a released job,
-and the clear 400s for what the gateway does not offer (other method types, integrations)."""
+``jobs.pause``/``jobs.resume`` (and cancel while paused), the results file through ``files.content``, and
+the clear 400s for what the gateway does not offer (other method types, integrations)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Checkpoint, File, Job, JobEvent
-from tests.api.conftest import new_key, processed_file, release_job, sdk
+from tests.api.conftest import new_key, processed_file, queued_tasks, release_job, sdk
 from tests.api.server import Server
 from worker.reaper import reap_expired
 
@@ -251,3 +252,113 @@ def test_checkpoints_of_a_released_job_download(client: openai.OpenAI, tmp_path:
     with pytest.raises(openai.NotFoundError) as gone:
         client.get(path, cast_to=bytes)
     assert gone.value.code == "model_deleted"
+
+
+# --- jobs.pause / jobs.resume -------------------------------------------------------------------------
+
+
+def _move(job_id: str, *statuses: JobStatus, stage: str = "train") -> None:
+    """Move a job the way a worker does (through transition): the API's side only, no model."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        for status in statuses:
+            transition(s, job, status, message=f"to {status.value}", data={"stage": stage})
+
+
+def _row(job_id: str) -> Job:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_a_queued_job_pauses_at_once_and_resumes_where_it_paused(client: openai.OpenAI) -> None:
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client))
+    _move(job.id, JobStatus.QUEUED)
+    queued_tasks()  # drain the start message
+    paused = client.fine_tuning.jobs.pause(job.id)
+    # the SDK's status literal has no "paused": status reads "queued" (Settings.paused_status), paused=true
+    assert paused.status == "queued" and paused.model_extra is not None and paused.model_extra["paused"]
+    assert _row(job.id).status == "paused"
+    assert client.fine_tuning.jobs.retrieve(job.id).model_extra == paused.model_extra
+    with pytest.raises(openai.ConflictError) as again:
+        client.fine_tuning.jobs.pause(job.id)
+    assert again.value.code == "invalid_status_transition"
+    assert queued_tasks() == []  # nothing runs while paused
+    resumed = client.fine_tuning.jobs.resume(job.id)
+    assert (
+        resumed.status == "queued" and resumed.model_extra is not None and not resumed.model_extra["paused"]
+    )
+    row = _row(job.id)
+    assert (row.status, row.stage, row.claimed_by) == ("queued", "train", None)
+    assert queued_tasks() == [("tunegate.job.resume", [job.id])]
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.resume(job.id)
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert messages[:2] == ["Job resumed by the user at train", "Job paused by the user"]
+
+
+def test_a_running_job_is_asked_to_pause_at_its_next_checkpoint(client: openai.OpenAI) -> None:
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client))
+    _move(job.id, JobStatus.QUEUED, JobStatus.RUNNING)
+    out = client.fine_tuning.jobs.pause(job.id)
+    assert out.status == "running" and out.model_extra is not None
+    assert out.model_extra["pause_requested"] and not out.model_extra["paused"]
+    assert _row(job.id).pause_requested
+    assert client.fine_tuning.jobs.pause(job.id).status == "running"  # asked twice: one event
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert messages.count("Pause requested; the job pauses at its next checkpoint") == 1
+    with pytest.raises(openai.ConflictError):  # not paused yet
+        client.fine_tuning.jobs.resume(job.id)
+
+
+def test_a_paused_job_can_be_cancelled_and_a_finished_one_not_paused(
+    client: openai.OpenAI, server: Server
+) -> None:
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client))
+    _move(job.id, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.pause(job.id)
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.resume(job.id)
+    with pytest.raises(openai.NotFoundError):  # another organization's job is a missing one
+        sdk(server, new_key()).fine_tuning.jobs.pause(job.id)
+
+
+# --- result_files ---------------------------------------------------------------------------------
+
+
+def test_the_results_file_downloads_through_files_content(
+    client: openai.OpenAI, server: Server, tmp_path: Path
+) -> None:
+    from worker.stages import train
+
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client))
+    history = [
+        {"step": 1, "train_loss": 2.5, "train_mean_token_accuracy": 0.25},
+        {"step": 2, "train_loss": 2.0, "train_mean_token_accuracy": 0.5, "valid_loss": 2.25},
+    ]
+    history[1]["valid_mean_token_accuracy"] = 0.375
+    path = tmp_path / "results.csv"
+    path.write_text(train.results_csv(history))
+    res = train.TrainResult("adapter", 100, 2, 1, 0, 12, "fp", results_file=str(path))
+    for _ in range(2):  # a re-applied stage stores it once
+        with session_scope() as s:
+            row = s.get(Job, job.id)
+            assert row is not None
+            train.apply(s, row, res)
+    (fid,) = client.fine_tuning.jobs.retrieve(job.id).result_files
+    assert client.files.content(fid).read() == path.read_bytes()
+    assert path.read_text().splitlines() == [
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy",
+        "1,2.500000,0.250000,,",
+        "2,2.000000,0.500000,2.250000,0.375000",
+    ]
+    f = client.files.retrieve(fid)
+    assert (f.purpose, f.status, f.bytes) == ("fine-tune-results", "processed", path.stat().st_size)
+    assert [x.id for x in client.files.list(purpose="fine-tune-results")] == [fid]
+    with pytest.raises(openai.NotFoundError):
+        sdk(server, new_key()).files.content(fid)

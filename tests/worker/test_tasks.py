@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from models.db import reset_engine, session_scope
 from models.tables import Checkpoint, Job, JobEvent
@@ -124,3 +124,128 @@ def test_database_outage_is_a_transient_error(home: Path, monkeypatch: pytest.Mo
 def test_retry_backoff_doubles_and_is_capped() -> None:
     assert [tasks.backoff_s(r, 10) for r in range(3)] == [10, 20, 40]
     assert tasks.backoff_s(20, 10) == tasks.BACKOFF_CAP_S
+
+
+def _results(job_id: str) -> list[dict[str, str]]:
+    """The job's results file, read back through its File row (what files.content serves)."""
+    import csv
+    import io
+
+    from models.tables import File
+    from tunegate.storage import get_storage
+
+    job = _job(job_id)
+    (fid,) = job.result_files
+    with session_scope() as s:
+        row = s.get(File, fid)
+        assert row is not None and row.org_id == job.org_id and row.purpose == "fine-tune-results"
+        key = row.storage_key
+    with get_storage().open(key) as fh:
+        return list(csv.DictReader(io.StringIO(fh.read().decode())))
+
+
+def test_pause_at_a_stage_and_an_epoch_then_resume_to_the_end(home: Path) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from models.base import utcnow
+    from models.jobs import resume
+    from tests.worker.jobfactory import store_file
+    from worker.reaper import stale_jobs
+    from worker.stages.train import TrainResult
+
+    job_id = make_job("tiny", chat_rows(12), hyperparameters={"n_epochs": 2, "batch_size": 4})
+    with session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(validation_file=store_file(_job(job_id).org_id, chat_rows(4), "valid.jsonl"))
+        )
+    assert runner.execute("validate", job_id).status == "done"
+
+    def pause_and_resume(stage: str) -> None:
+        job = _job(job_id)
+        assert (job.status, job.stage, job.claimed_by, job.pause_requested) == ("paused", stage, None, False)
+        with session_scope() as s:  # the reaper leaves a paused job alone, however old its heartbeat
+            assert job_id not in stale_jobs(s, get_settings(), now=utcnow() + timedelta(days=30))
+        assert runner.execute(stage, job_id).status == "skipped"  # a late message does nothing
+        with session_scope() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            resume(s, row)
+        spec = runner.stage_of(job_id)  # what the resume task sends
+        assert spec is not None and spec.name == stage
+
+    with session_scope() as s:  # asked between stages: the next stage pauses before it starts
+        s.execute(update(Job).where(Job.id == job_id).values(pause_requested=True))
+    assert runner.execute("score", job_id).status == "paused"
+    assert not (job_dir(get_settings(), job_id) / "score").exists()
+    pause_and_resume("score")
+    for stage in ("score", "mitigate"):
+        assert runner.execute(stage, job_id).status == "done", stage
+
+    def ask_to_pause(mapper: object, connection: Connection, target: Checkpoint) -> None:
+        """A pause request arriving while epoch 1's checkpoint is recorded (as jobs.pause would)."""
+        connection.execute(update(Job).where(Job.id == target.job_id).values(pause_requested=True))
+
+    event.listen(Checkpoint, "after_insert", ask_to_pause, once=True)
+    try:
+        assert runner.execute("train", job_id).status == "paused"
+    finally:
+        if event.contains(Checkpoint, "after_insert", ask_to_pause):
+            event.remove(Checkpoint, "after_insert", ask_to_pause)
+    train_dir = job_dir(get_settings(), job_id) / "train"
+    assert sorted(p.name for p in (train_dir / "checkpoints").iterdir()) == ["epoch-1"]
+    assert not (train_dir / "result.json").exists()
+    assert _events(job_id)[-1].message.startswith("paused during train: after epoch 1/2")
+    pause_and_resume("train")
+
+    assert runner.execute("train", job_id).status == "done"
+    res = TrainResult.load(train_dir)
+    assert (res.resumed_from_epoch, res.epochs) == (1, 2)
+    with session_scope() as s:
+        cks = list(
+            s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step_number))
+        )
+        epoch_ends = [c.step_number for c in cks]
+        assert all("valid_loss" in c.metrics and "valid_mean_token_accuracy" in c.metrics for c in cks)
+    rows = _results(job_id)
+    assert [int(r["step"]) for r in rows] == list(range(1, res.steps + 1))  # the steps before the pause too
+    assert len(epoch_ends) == 2 and epoch_ends[-1] == res.steps
+    for r in rows:
+        assert float(r["train_loss"]) > 0 and 0 <= float(r["train_accuracy"]) <= 1
+        at_epoch_end = int(r["step"]) in epoch_ends
+        assert (r["valid_loss"] != "") == at_epoch_end and (
+            r["valid_mean_token_accuracy"] != ""
+        ) == at_epoch_end
+    assert any(e.data.get("valid_loss") for e in _events(job_id) if e.type == "metrics")
+
+
+def _sent(queue_name: str) -> list[tuple[str, list[object]]]:
+    """Drain a broker queue: (task name, args) of every message sent to it."""
+    from tunegate.queue import celery_app
+
+    out: list[tuple[str, list[object]]] = []
+    with celery_app().connection_for_read() as conn, conn.SimpleQueue(queue_name, no_ack=True) as q:
+        while True:
+            try:
+                msg = q.get(block=False)
+            except q.Empty:
+                return out
+            out.append((msg.headers["task"], list(msg.decode()[0])))
+
+
+def test_the_resume_task_sends_the_stage_the_job_paused_in(home: Path) -> None:
+    from models.jobs import resume
+    from worker.stages.all import PIPELINE
+
+    job_id = make_job("tiny", status="paused", stage="score")
+    _sent("gpu")
+    assert tasks.resume(job_id) == "skipped"  # still paused: nothing to send
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        resume(s, job)
+    assert tasks.resume(job_id) == "sent"
+    assert _sent("gpu") == [(PIPELINE["score"].task, [job_id])]

@@ -2,7 +2,9 @@
 
 Long loops (training steps, generation batches, scoring) call ``io.step(fraction, message, **metrics)`` at
 each step boundary; that reports progress (the service turns it into job events) and raises ``JobCancelled``
-when a cancel was requested or ``StageTimeLimit`` past the stage's deadline. It lives at the bottom of
+when a cancel was requested or ``StageTimeLimit`` past the stage's deadline. A stage that saves checkpoints
+calls ``io.checkpoint_reached(message)`` after each one: that raises ``JobPaused`` when a pause was
+requested, so the job pauses where it can resume. It lives at the bottom of
 ``worker/`` so that the ML packages (training, evaluation, scoring) can take it without importing a stage.
 """
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunegate.errors import JobCancelled, StageTimeLimit
+from tunegate.errors import JobCancelled, JobPaused, StageTimeLimit
 
 ProgressFn = Callable[[float, str, dict[str, Any]], None]
 
@@ -38,6 +40,13 @@ class StageIO:
     deadline: float = math.inf  # time.monotonic() past which the stage stops at its next step
     # told of every saved checkpoint (the service records it as a row and an event); idempotent
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+    should_pause: Callable[[], bool] = _never  # asked at each checkpoint the stage can resume from
+
+    def checkpoint_reached(self, message: str) -> None:
+        """A resumable point (a checkpoint was saved): pause here if a pause was requested (a cancel
+        requested too wins: the job ends ``cancelled`` instead)."""
+        if self.should_pause() and not self.should_stop():
+            raise JobPaused(f"paused during {self.stage or 'stage'}: {message}")
 
     def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
         """Report progress (0..1 within this stage); stop here if a cancel was requested or the stage ran

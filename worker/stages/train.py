@@ -1,12 +1,15 @@
 """Train stage: a LoRA adapter (peft format) on the mitigated training set.
 
 Output layout in ``io.out_dir``: ``adapter/`` (released only if the gate passes), ``checkpoints/epoch-N/``
-(one per epoch; a crashed or redelivered run resumes from the latest), ``metrics.jsonl`` (one line per
-optimizer step), ``result.json``.
+(one per epoch; a crashed, redelivered or paused run resumes from the latest), ``metrics.jsonl`` (one line
+per optimizer step), ``results.csv`` (the job's results file: one row per optimizer step, the validation
+columns filled on each epoch's last step when the job has a validation file), ``result.json``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from dataclasses import dataclass, field, replace
@@ -15,11 +18,12 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from models.tables import Job
+from models.tables import File, Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
+from tunegate.storage import get_storage
 from worker.ml.models import context_length, load_resolved
 from worker.ml.render import encode
 from worker.ml.stage_io import StageIO
@@ -105,6 +109,7 @@ class TrainInputs:
     # trained toward the base model's own next-token distribution (KL to the adapter-off model) on their
     # assistant tokens instead of toward the text: keeps the base's behaviour there without sharpening it
     anchors: list[Conversation] = field(default_factory=list)
+    validation: list[Conversation] = field(default_factory=list)  # measured at each epoch's end
 
 
 @dataclass
@@ -118,6 +123,29 @@ class TrainResult(StageResult):
     base_fingerprint: str
     n_anchors: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    results_file: str = ""  # results.csv (RESULT_COLUMNS), stored as the job's result file by ``apply``
+
+
+# OpenAI's results-file columns; the validation ones are empty on steps that end no epoch.
+RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+RESULTS_PURPOSE = "fine-tune-results"
+
+
+def results_csv(history: list[dict[str, float]]) -> str:
+    """The results file of a run's per-step ``history`` (the loop's metric names mapped to OpenAI's)."""
+    names = {"train_accuracy": "train_mean_token_accuracy"}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RESULT_COLUMNS)
+    for h in history:
+        row = [h.get(names.get(c, c)) for c in RESULT_COLUMNS]
+        w.writerow(
+            [
+                "" if v is None else int(v) if c == "step" else f"{v:.6f}"
+                for c, v in zip(RESULT_COLUMNS, row, strict=True)
+            ]
+        )
+    return buf.getvalue()
 
 
 def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
@@ -132,6 +160,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     max_len = cfg.max_len or context_length(model)
     data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
     data += [replace(encode(tok, c, max_len=max_len), anchor=True) for c in inputs.anchors]
+    valid = [encode(tok, c, max_len=max_len) for c in inputs.validation]
     model = attach_lora(
         model,
         r=cfg.lora_r,
@@ -153,9 +182,12 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         cfg.precision,
         cfg.anchor_ce_head,
     )
-    res = train_loop(model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints")
+    res = train_loop(
+        model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints", valid=valid
+    )
     _publish_adapter(model, tok, out_dir, resolved.path, resolved.fingerprint)
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))
+    atomic_write_text(out_dir / "results.csv", results_csv(res.history))
     result = TrainResult(
         adapter_dir=str(out_dir / "adapter"),
         trained_tokens=res.trained_tokens,
@@ -166,6 +198,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         base_fingerprint=resolved.fingerprint,
         n_anchors=len(inputs.anchors),
         metrics=res.history[-1] if res.history else {},
+        results_file=str(out_dir / "results.csv"),
     )
     return finish(out_dir, cfg, result)
 
@@ -176,11 +209,13 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     cfg = config_from_openai(
         view.model, view.hyperparameters, len(examples), seed=view.seed, precision=ctx.settings.precision
     )
-    return ctx.configure(cfg, SPEC), TrainInputs(examples, io, ctx.settings)
+    validation = load_examples(view.validation_file) if view.validation_file is not None else []
+    return ctx.configure(cfg, SPEC), TrainInputs(examples, io, ctx.settings, validation=validation)
 
 
 def apply(session: Session, job: Job, res: TrainResult) -> Applied:
     job.trained_tokens = res.trained_tokens
+    _store_results(session, job, res)
     msg = f"trained {res.steps} steps over {res.epochs} epochs ({res.trained_tokens} tokens)"
     if res.resumed_from_epoch:
         msg += f", resumed from the epoch-{res.resumed_from_epoch} checkpoint"
@@ -188,6 +223,31 @@ def apply(session: Session, job: Job, res: TrainResult) -> Applied:
 
 
 SPEC = StageSpec("train", "gpu", 0.48, TrainResult, build, run, apply, checkpoints=True)
+
+
+def _store_results(session: Session, job: Job, res: TrainResult) -> None:
+    """The results file as a File of the job's organization (``files.content`` serves it), named in
+    ``job.result_files``; once only (a re-applied stage finds it set). Stored even over the storage quota
+    (a finished run is not refused for a few kilobytes); it counts toward the quota from then on."""
+    path = Path(res.results_file) if res.results_file else None
+    if job.result_files or path is None or not path.is_file():
+        return
+    data = path.read_bytes()
+    storage = get_storage()
+    staged = storage.stage(io.BytesIO(data), max_bytes=len(data) + 1)
+    key = storage.commit(staged)
+    row = File(
+        org_id=job.org_id,
+        filename=f"{job.id}-results.csv",
+        purpose=RESULTS_PURPOSE,
+        bytes=len(data),
+        sha256=staged.sha256,
+        storage_key=key,
+        status="processed",
+    )
+    session.add(row)
+    session.flush()
+    job.result_files = [row.id]
 
 
 def _publish_adapter(model: Any, tok: Any, out_dir: Path, base_path: Path, fingerprint: str) -> None:

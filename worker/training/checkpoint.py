@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class Checkpoint:
     epoch: int  # epochs completed
     step: int  # optimizer steps completed
     metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)  # every step's metrics so far
 
 
 def _rng_state() -> dict[str, Any]:
@@ -47,8 +48,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    root: Path, model: Any, optimizer: Any, *, epoch: int, step: int, metrics: dict[str, float]
+    root: Path,
+    model: Any,
+    optimizer: Any,
+    *,
+    epoch: int,
+    step: int,
+    metrics: dict[str, float],
+    history: list[dict[str, float]] | None = None,
 ) -> Checkpoint:
+    """``history`` (every step's metrics so far) comes back on restore, so a resumed run's results file
+    covers the steps before the pause too."""
     import torch
 
     final = root / f"epoch-{epoch}"
@@ -61,6 +71,7 @@ def save_checkpoint(
             "epoch": epoch,
             "step": step,
             "metrics": metrics,
+            "history": list(history or []),
             "optimizer": optimizer.state_dict(),
             "rng": _rng_state(),
         }
@@ -70,7 +81,7 @@ def save_checkpoint(
     except BaseException:  # e.g. a full disk: the half-written checkpoint goes, older ones stay intact
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Checkpoint(final, epoch, step, metrics)
+    return Checkpoint(final, epoch, step, metrics, list(history or []))
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -96,4 +107,5 @@ def restore_checkpoint(path: Path, model: Any, optimizer: Any) -> Checkpoint:
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)  # optimizer moves it
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
-    return Checkpoint(path, int(state["epoch"]), int(state["step"]), dict(state["metrics"]))
+    history = [dict(h) for h in state.get("history") or []]
+    return Checkpoint(path, int(state["epoch"]), int(state["step"]), dict(state["metrics"]), history)

@@ -4,6 +4,10 @@ The loss is the mean cross-entropy over the supervised tokens of one optimizer s
 together), so gradient accumulation gives the same update as one big batch. Labels come from
 ``worker.ml.render.encode``: only trained assistant turns (``weight`` 1) carry loss. Sequences marked
 ``anchor`` take KL to the base model (the adapter switched off) at those positions instead.
+
+With validation examples, each epoch ends with their mean loss and token accuracy (no gradients, eval mode):
+``valid_loss`` and ``valid_mean_token_accuracy`` on the epoch's last step, in its progress event and in its
+checkpoint. After each checkpoint but the last, ``io.checkpoint_reached`` pauses the job if asked to.
 """
 
 from __future__ import annotations
@@ -88,6 +92,35 @@ def _optimizer_step(
     return {"train_loss": loss_total / n_tok, "train_mean_token_accuracy": correct_total / n_tok}
 
 
+def _evaluate(
+    model: Any, valid: Sequence[Encoded], pad_id: int, cfg: LoopConfig, device: str
+) -> dict[str, float]:
+    """Mean loss and token accuracy over the supervised tokens of ``valid`` (eval mode, no gradients)."""
+    import torch
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    use_bf16 = resolve_precision(cfg.precision, device) == "bf16"
+    autocast = torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    loss_total, n_total, correct_total = 0.0, 0, 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(valid), cfg.micro_batch):
+                batch = collate(list(valid[i : i + cfg.micro_batch]), pad_id, device)
+                with autocast:
+                    logits = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits  # (B,T,V)
+                loss_sum, n, correct = token_stats(logits, batch["labels"])
+                loss_total += float(loss_sum)
+                n_total += n
+                correct_total += correct
+    finally:
+        model.train()
+    n_total = n_total or 1
+    return {"valid_loss": loss_total / n_total, "valid_mean_token_accuracy": correct_total / n_total}
+
+
 def _base_logits(model: Any, batch: dict[str, Any], anchor: Any) -> Any:
     """The frozen base's logits for the batch's anchor rows (the same peft model with its adapter switched
     off); the other rows stay zero: ``token_stats`` reads the teacher only where ``anchor`` is set."""
@@ -112,9 +145,11 @@ def train_loop(
     cfg: LoopConfig,
     io: StageIO,
     checkpoint_dir: Path,
+    valid: Sequence[Encoded] = (),
 ) -> LoopResult:
     """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint, which is
-    reported to ``io.on_checkpoint`` again (the callback is idempotent)."""
+    reported to ``io.on_checkpoint`` again (the callback is idempotent). ``valid``: the validation examples
+    measured at each epoch's end. Raises ``JobPaused`` after a checkpoint when a pause was requested."""
     on_checkpoint = io.on_checkpoint
     import torch
 
@@ -128,6 +163,7 @@ def train_loop(
     if latest is not None:
         ck = restore_checkpoint(latest, model, opt)
         start_epoch, out.steps, out.resumed_from_epoch = ck.epoch, ck.step, ck.epoch
+        out.history = list(ck.history)
         log.info("resuming training from %s (epoch %d, step %d)", latest, ck.epoch, ck.step)
         if on_checkpoint is not None:  # its record may have failed after it was saved (the database away)
             on_checkpoint(
@@ -148,6 +184,12 @@ def train_loop(
                 step=out.steps,
                 **metrics,
             )
+        if valid and out.history:
+            scores = _evaluate(model, valid, pad_id, cfg, device)
+            out.history[-1].update(scores)
+            io.step(
+                out.steps / total, f"epoch {epoch + 1}/{cfg.n_epochs} validation", step=out.steps, **scores
+            )
         ck = save_checkpoint(
             checkpoint_dir,
             model,
@@ -155,11 +197,14 @@ def train_loop(
             epoch=epoch + 1,
             step=out.steps,
             metrics=out.history[-1] if out.history else {},
+            history=out.history,
         )
         if on_checkpoint is not None:
             on_checkpoint(
                 {"step_number": ck.step, "epoch": ck.epoch, "metrics": ck.metrics, "path": str(ck.path)}
             )
+        if epoch + 1 < cfg.n_epochs:
+            io.checkpoint_reached(f"after epoch {epoch + 1}/{cfg.n_epochs} (step {out.steps})")
     model.eval()
     out.epochs = cfg.n_epochs
     out.trained_tokens = sum(len(e) for e in data) * cfg.n_epochs
