@@ -5,7 +5,11 @@ from dataclasses import asdict
 
 import pytest
 
+from models.db import session_scope
+from models.jobs import JobStatus
 from models.policy import org_policy
+from models.tables import Job
+from tests.worker.jobfactory import chat_rows, make_job
 from tunegate.artifacts import from_jsonable
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
@@ -207,3 +211,17 @@ def test_run_writes_report_json_and_self_contained_html(tmp_path):
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
     loaded = GateResult.load(tmp_path)
     assert loaded == res and loaded.released is False
+
+
+def test_a_release_with_a_warning_is_a_warn_level_event(migrated_home):
+    """The over-refusal warning of a release reaches the job's event at level warn (the runner writes
+    the transition with the Applied level); a plain release stays at info."""
+    job_id = make_job("tiny", chat_rows(2))
+    warned = GateResult(True, None, "Released. Warning: w", [], warnings=["Over-refusal: rose"])
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        done = gate.apply(s, job, warned)
+        plain = gate.apply(s, job, GateResult(True, None, "Released", []))
+    assert done.status is JobStatus.SUCCEEDED and done.level == "warn"
+    assert done.data["warnings"] == ["Over-refusal: rose"] and "Warning: w" in done.message
+    assert plain.level == "info" and plain.data["warnings"] == []
