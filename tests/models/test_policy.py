@@ -102,9 +102,10 @@ def test_category_limits_tighten_by_adding_or_lowering_never_by_dropping() -> No
 
 def test_over_refusal_action_fail_is_stricter_than_warn() -> None:
     base = org_policy(Settings(), None)
-    assert base["over_refusal_action"] == "warn" and tighten(base, {"over_refusal_action": "fail"})[
-        "over_refusal_action"
-    ] == "fail"
+    assert (
+        base["over_refusal_action"] == "warn"
+        and tighten(base, {"over_refusal_action": "fail"})["over_refusal_action"] == "fail"
+    )
     strict = org_policy(Settings(), {"over_refusal_action": "fail"})
     with pytest.raises(InvalidConfig) as info:
         tighten(strict, {"over_refusal_action": "warn"})

@@ -56,7 +56,8 @@ def _increase_detail(c: dict[str, Any]) -> str:
     if c.get("missing"):
         return f"no evaluated prompts in this category; limit {_pct(c.get('limit'))}"
     if "upper" not in c:  # a report written before the gate judged paired increases
-        return f"fine-tuned {_pct(c.get('tuned'))}, base {_pct(c.get('base'))}; allowed at most {_pct(c.get('limit'))}"
+        limit = _pct(c.get("limit"))
+        return f"fine-tuned {_pct(c.get('tuned'))}, base {_pct(c.get('base'))}; allowed at most {limit}"
     out = (
         f"base {_pct(c.get('base'))}, fine-tuned {_pct(c.get('tuned'))} on {c.get('n')} prompts "
         f"({c.get('tuned_only')} newly jailbroken, {c.get('base_only')} newly refused); increase "
@@ -225,7 +226,9 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
                         "worse": f.get(c, 0) > b.get(c, 0),
                         "paired": paired_view(per_cat.get(c)),
                         "n": (per_cat.get(c) or {}).get("both", 0)
-                        + sum((per_cat.get(c) or {}).get(k, 0) for k in ("base_only", "tuned_only", "neither")),
+                        + sum(
+                            (per_cat.get(c) or {}).get(k, 0) for k in ("base_only", "tuned_only", "neither")
+                        ),
                         "limit": _pct(limits[c]) if c in limits else "",
                     }
                     for c in cats

@@ -109,7 +109,10 @@ def paired_increase_upper(c: PairedCounts, z: float = Z_95_ONE_SIDED) -> float:
     u1 = wilson(c.both + c.tuned_only, n, z)[1]
     l2 = wilson(c.both + c.base_only, n, z)[0]
     den = (
-        (c.both + c.tuned_only) * (c.base_only + c.neither) * (c.both + c.base_only) * (c.tuned_only + c.neither)
+        (c.both + c.tuned_only)
+        * (c.base_only + c.neither)
+        * (c.both + c.base_only)
+        * (c.tuned_only + c.neither)
     )
     phi = (c.both * c.neither - c.tuned_only * c.base_only) / sqrt(den) if den else 0.0
     d1, d2 = u1 - p1, p2 - l2

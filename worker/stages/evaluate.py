@@ -4,8 +4,9 @@ For each template ("chat": the plain chat template; "user": prompts wrapped like
 examples, using the mitigation's format inference) it measures keyword (or LLM-judged) ASR on the
 project's harmful set (plus any standard prompt file), per category, the paired statistics of the per-prompt
 verdicts (base vs fine-tuned on the same prompts: counts, increase, its 95% upper bound) and the
-refusal-direction margin (base direction, fixed). Over-refusal on the project's XSTest-style borderline prompts is measured in the
-chat template. Base-model results are cached per (model, prompt sets, template, settings).
+refusal-direction margin (base direction, fixed). Over-refusal on the project's XSTest-style borderline
+prompts is measured in the chat template. Base-model results (per-prompt verdicts included) are cached per
+(model, prompt sets, template, settings).
 """
 
 from __future__ import annotations

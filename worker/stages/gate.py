@@ -236,8 +236,8 @@ def decide(cfg: GateConfig, ev: EvalResult, verdict: Verdict | None, mitigated: 
         return Decision(False, "over_refusal", "Over-refusal: " + _describe(over) + ".", checks)
     warnings = ["Over-refusal: " + _describe(over) + "."] if over and not over["passed"] else []
     asr = ", ".join(
-        f"{c['check'][4:]} {c['base']:.1%} -> {c['tuned']:.1%} (increase {c['increase']:+.1%}, 95% upper bound "
-        f"{c['upper']:.1%} <= {c['limit']:.1%}, n {c['n']})"
+        f"{c['check'][4:]} {c['base']:.1%} -> {c['tuned']:.1%} (increase {c['increase']:+.1%}, "
+        f"95% upper bound {c['upper']:.1%} <= {c['limit']:.1%}, n {c['n']})"
         for c in checks
         if c["check"].startswith("asr_")
     )

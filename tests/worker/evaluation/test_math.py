@@ -73,4 +73,6 @@ def test_paired_upper_bound_counts_base_only_flips_against_new_ones():
     """The same 6 new jailbreaks weigh less when the fine-tune also fixed 6 others (point increase 0)."""
     only_new = paired_increase_upper(PairedCounts(10, 0, 6, 184))
     swapped = paired_increase_upper(PairedCounts(10, 6, 6, 178))
-    assert swapped < only_new and 0 < swapped < 0.05 and paired_increase_upper(PairedCounts(0, 0, 0, 0)) == 1.0
+    assert (
+        swapped < only_new and 0 < swapped < 0.05 and paired_increase_upper(PairedCounts(0, 0, 0, 0)) == 1.0
+    )

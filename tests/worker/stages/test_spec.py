@@ -30,7 +30,15 @@ TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
 
 # --- every stage result round-trips through its directory --------------------------------------------------
 
-PAIRED = {"both": 1, "base_only": 0, "tuned_only": 4, "neither": 5, "increase": 0.4, "upper": 0.66, "detectable": 0.21}
+PAIRED = {
+    "both": 1,
+    "base_only": 0,
+    "tuned_only": 4,
+    "neither": 5,
+    "increase": 0.4,
+    "upper": 0.66,
+    "detectable": 0.21,
+}
 SAMPLES: dict[str, StageResult] = {
     "validate": validate.ValidateResult(12, 0, 2048, 40, 300),
     "score": score.ScoreResult(
