@@ -29,6 +29,7 @@ other key is refused, naming it.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Literal, TypedDict
 
 from tunegate.errors import InvalidConfig
@@ -140,9 +141,11 @@ def _check_category(cat: Any, param: str) -> None:
         raise InvalidConfig(f"{param}: unknown category (known: {', '.join(known)})", param=param)
 
 
-def harmful_categories() -> list[str]:
-    """The categories of the project's harmful evaluation set (tunegate/data/eval/harmful.jsonl)."""
-    return sorted({str(r["category"]) for r in read_jsonl(data_path("eval", "harmful.jsonl"))})
+@cache
+def harmful_categories() -> tuple[str, ...]:
+    """The categories of the project's harmful evaluation set (tunegate/data/eval/harmful.jsonl; shipped
+    with the code, so read once)."""
+    return tuple(sorted({str(r["category"]) for r in read_jsonl(data_path("eval", "harmful.jsonl"))}))
 
 
 def _stricter_or_equal(name: str, new: Any, base: Any) -> bool:
