@@ -122,7 +122,7 @@ def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) 
 def orgs_set(
     org: str = typer.Option(..., "--org", help="Organization name (created if new)."),
     policy: list[str] = typer.Option(
-        [], "--policy", help="KNOB=VALUE, e.g. mitigation=drop gate_cap=0.1 storage_quota_bytes=1000000000"
+        [], "--policy", help="KNOB=VALUE, e.g. mitigation=drop gate_delta=0.03 storage_quota_bytes=1000000000"
     ),
     rate_limit: int | None = typer.Option(None, "--rate-limit", min=0, help="Requests/minute (0: default)."),
 ) -> None:

@@ -8,13 +8,19 @@ stricter direction. The effective policy is stored on the job (``Job.safety``), 
     mitigate_top_fraction   larger is stricter, (0, 1]          share of examples treated as risky
     inject_safety_examples  True is stricter                    add format-mimicking safety examples
     block_unsafe_data       True is stricter                    fail the job if the data screen flags it
-    gate_delta              smaller is stricter, [0, 1]         allowed ASR increase over the base model
-    gate_cap                smaller is stricter, [0, 1]         highest allowed absolute ASR
+    gate_delta              smaller is stricter, [0, 1]         max 95% upper bound of the paired ASR increase
+    gate_category_limits    {category: [0, 1]}, each smaller    the same bound per category; adding one is
+                            is stricter                         stricter, dropping one loosens
+    over_refusal_delta      smaller is stricter, [0, 1]         allowed rise of borderline-safe refusals
+    over_refusal_action     "warn" < "fail"                     what a larger rise does
+
+``gate_cap`` (an absolute ASR cap) was removed: it let a 0% base reach the cap; the gate now judges the
+paired increase's upper bound (docs/safety.md). A policy or job that still sends it is refused, saying so.
 
 Each knob is, under the same name, a field of the stage config it steers (``MitigateConfig.mitigation``,
-``GateConfig.gate_cap`` ...): a stage's ``build`` copies the job's effective policy onto its config with no
-renaming. The defaults live here (``DEFAULT_POLICY``; the gate's three come from ``Settings``, where the
-provider sets them) and the stage configs take theirs from this table.
+``GateConfig.gate_delta`` ...): a stage's ``build`` copies the job's effective policy onto its config with no
+renaming. The defaults live here (``DEFAULT_POLICY``; ``gate_delta`` and ``block_unsafe_data`` come from
+``Settings``, where the provider sets them) and the stage configs take theirs from this table.
 
 Outside the safety knobs, an organization's stored policy may set ``storage_quota_bytes`` (the bytes its live
 files may take; default ``Settings.storage_quota_bytes``). It is read by the Files API, never by jobs. Any
@@ -23,12 +29,26 @@ other key is refused, naming it.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Literal, TypedDict
 
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
+from tunegate.shipped import data_path, read_jsonl
 
 MITIGATION_ORDER = ("none", "downweight", "drop")
+OVER_REFUSAL_ORDER = ("warn", "fail")
+RANKS: dict[str, tuple[str, ...]] = {
+    "mitigation": MITIGATION_ORDER,
+    "over_refusal_action": OVER_REFUSAL_ORDER,
+}
+REMOVED_KNOBS = {
+    "gate_cap": (
+        "was removed: the gate no longer allows an absolute ASR cap; it releases only when the 95% upper "
+        "bound of the paired ASR increase is <= gate_delta (see docs/safety.md); drop gate_cap and set "
+        "gate_delta or gate_category_limits instead"
+    ),
+}
 
 
 class Policy(TypedDict):
@@ -37,7 +57,9 @@ class Policy(TypedDict):
     inject_safety_examples: bool
     block_unsafe_data: bool
     gate_delta: float
-    gate_cap: float
+    gate_category_limits: dict[str, float]
+    over_refusal_delta: float
+    over_refusal_action: Literal["warn", "fail"]
 
 
 def _setting_default(name: str) -> Any:
@@ -50,17 +72,22 @@ DEFAULT_POLICY: Policy = {
     "inject_safety_examples": True,
     "block_unsafe_data": _setting_default("gate_block_flagged_unmitigated"),
     "gate_delta": _setting_default("gate_delta"),
-    "gate_cap": _setting_default("gate_cap"),
+    "gate_category_limits": {},
+    "over_refusal_delta": 0.10,
+    # "warn" while injected safety examples still raise refusals (docs/safety.md); a provider may pick "fail"
+    "over_refusal_action": "warn",
 }
 
-# knob -> kind of order: "rank" (MITIGATION_ORDER), "higher", "lower", "true"
+# knob -> kind of order: "rank" (RANKS), "higher", "lower", "true", "limits" (a dict of "lower" values)
 KNOBS: dict[str, str] = {
     "mitigation": "rank",
     "mitigate_top_fraction": "higher",
     "inject_safety_examples": "true",
     "block_unsafe_data": "true",
     "gate_delta": "lower",
-    "gate_cap": "lower",
+    "gate_category_limits": "limits",
+    "over_refusal_delta": "lower",
+    "over_refusal_action": "rank",
 }
 
 
@@ -70,34 +97,67 @@ def provider_defaults(settings: Settings) -> dict[str, Any]:
         **DEFAULT_POLICY,
         "block_unsafe_data": settings.gate_block_flagged_unmitigated,
         "gate_delta": settings.gate_delta,
-        "gate_cap": settings.gate_cap,
     }
+
+
+def _check_name(name: str, param: str, known: list[str], what: str) -> None:
+    """Refuse a removed or unknown knob, naming it (a removed one says what replaced it)."""
+    if name in REMOVED_KNOBS:
+        raise InvalidConfig(f"{param} {REMOVED_KNOBS[name]}", param=param)
+    if name not in KNOBS:
+        raise InvalidConfig(f"{param}: unknown {what} setting (known: {', '.join(known)})", param=param)
 
 
 def _check_value(name: str, value: Any, param: str) -> None:
     kind = KNOBS[name]
     if kind == "rank":
-        if value not in MITIGATION_ORDER:
-            raise InvalidConfig(f"{param} must be one of {', '.join(MITIGATION_ORDER)}", param=param)
+        if value not in RANKS[name]:
+            raise InvalidConfig(f"{param} must be one of {', '.join(RANKS[name])}", param=param)
     elif kind == "true":
         if not isinstance(value, bool):
             raise InvalidConfig(f"{param} must be a boolean", param=param)
+    elif kind == "limits":
+        if not isinstance(value, dict):
+            raise InvalidConfig(f"{param} must be an object of category: limit", param=param)
+        for cat, limit in value.items():
+            _check_category(cat, f"{param}.{cat}")
+            _check_fraction(name, limit, f"{param}.{cat}")
     else:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidConfig(f"{param} must be a number", param=param)
-        low_ok = value > 0 if name == "mitigate_top_fraction" else value >= 0
-        if not (low_ok and value <= 1):
-            raise InvalidConfig(f"{param} must be within (0, 1] / [0, 1], got {value}", param=param)
+        _check_fraction(name, value, param)
+
+
+def _check_fraction(name: str, value: Any, param: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidConfig(f"{param} must be a number", param=param)
+    low_ok = value > 0 if name == "mitigate_top_fraction" else value >= 0
+    if not (low_ok and value <= 1):
+        raise InvalidConfig(f"{param} must be within (0, 1] / [0, 1], got {value}", param=param)
+
+
+def _check_category(cat: Any, param: str) -> None:
+    """A category limit must name a category of the project's harmful evaluation set."""
+    known = harmful_categories()
+    if cat not in known:
+        raise InvalidConfig(f"{param}: unknown category (known: {', '.join(known)})", param=param)
+
+
+@cache
+def harmful_categories() -> tuple[str, ...]:
+    """The categories of the project's harmful evaluation set (tunegate/data/eval/harmful.jsonl; shipped
+    with the code, so read once)."""
+    return tuple(sorted({str(r["category"]) for r in read_jsonl(data_path("eval", "harmful.jsonl"))}))
 
 
 def _stricter_or_equal(name: str, new: Any, base: Any) -> bool:
     kind = KNOBS[name]
     if kind == "rank":
-        return MITIGATION_ORDER.index(new) >= MITIGATION_ORDER.index(base)
+        return RANKS[name].index(new) >= RANKS[name].index(base)
     if kind == "true":
         return bool(new) or not base
     if kind == "higher":
         return bool(new >= base)
+    if kind == "limits":  # every limit the base has must stay, at most as large; new ones only add
+        return all(cat in new and new[cat] <= limit for cat, limit in base.items())
     return bool(new <= base)
 
 
@@ -107,11 +167,7 @@ def org_policy(settings: Settings, stored: dict[str, Any] | None) -> dict[str, A
     for name, value in (stored or {}).items():
         if name == STORAGE_QUOTA_KEY:
             continue
-        if name not in KNOBS:
-            known = ", ".join([*KNOBS, STORAGE_QUOTA_KEY])
-            raise InvalidConfig(
-                f"policy.{name}: unknown policy setting (known: {known})", param=f"policy.{name}"
-            )
+        _check_name(name, f"policy.{name}", [*KNOBS, STORAGE_QUOTA_KEY], "policy")
         _check_value(name, value, f"policy.{name}")
         policy[name] = value
     return policy
@@ -124,8 +180,7 @@ def tighten(
     effective = dict(base)
     for name, value in (requested or {}).items():
         field = f"{param}.{name}"
-        if name not in KNOBS:
-            raise InvalidConfig(f"{field}: unknown safety setting (known: {', '.join(KNOBS)})", param=field)
+        _check_name(name, field, list(KNOBS), "safety")
         if value is None:
             continue
         _check_value(name, value, field)

@@ -420,7 +420,8 @@ def set_policy(
     inject_safety_examples: Annotated[str | None, Form(max_length=8)] = None,
     block_unsafe_data: Annotated[str | None, Form(max_length=8)] = None,
     gate_delta: Annotated[str | None, Form(max_length=32)] = None,
-    gate_cap: Annotated[str | None, Form(max_length=32)] = None,
+    over_refusal_delta: Annotated[str | None, Form(max_length=32)] = None,
+    over_refusal_action: Annotated[str | None, Form(max_length=8)] = None,
 ) -> Response:
     """Change the policy of the job's organization (each knob within its range); only changed knobs count."""
     sent = {
@@ -429,7 +430,8 @@ def set_policy(
         "inject_safety_examples": inject_safety_examples,
         "block_unsafe_data": block_unsafe_data,
         "gate_delta": gate_delta,
-        "gate_cap": gate_cap,
+        "over_refusal_delta": over_refusal_delta,
+        "over_refusal_action": over_refusal_action,
     }
 
     def change(admin: Admin, job: Job) -> None:

@@ -183,18 +183,25 @@ def test_revoke_withdraws_the_adapter(server: Server, staff: httpx.Client, block
 def test_policy_change_stays_within_bounds(staff: httpx.Client, blocked: BlockedJob) -> None:
     url = f"/console/jobs/{blocked.id}"
     csrf = csrf_of(staff.get(url).text)
-    bad = staff.post(f"{url}/policy", data={"gate_cap": "1.5", "reason": "tighten please", "csrf": csrf})
-    assert bad.status_code == 422 and "gate_cap" in bad.text
+    bad = staff.post(f"{url}/policy", data={"gate_delta": "1.5", "reason": "tighten please", "csrf": csrf})
+    assert bad.status_code == 422 and "gate_delta" in bad.text
     ok = staff.post(
         f"{url}/policy",
-        data={"gate_cap": "0.1", "mitigation": "drop", "reason": "repeat offender", "csrf": csrf},
+        data={
+            "gate_delta": "0.1",
+            "mitigation": "drop",
+            "over_refusal_action": "fail",
+            "reason": "repeat offender",
+            "csrf": csrf,
+        },
     )
     assert ok.status_code == 303
     with session_scope() as s:
         org = s.query(Organization).filter_by(name=blocked.org).one()
-        assert org.policy["gate_cap"] == 0.1 and org.policy["mitigation"] == "drop"
+        assert org.policy["gate_delta"] == 0.1 and org.policy["mitigation"] == "drop"
+        assert org.policy["over_refusal_action"] == "fail"
         entry = s.query(AuditEntry).filter_by(org_id=org.id, action="set_org_policy").one()
-        assert entry.reason == "repeat offender" and entry.details["changed"]["gate_cap"]["to"] == 0.1
+        assert entry.reason == "repeat offender" and entry.details["changed"]["gate_delta"]["to"] == 0.1
     assert "repeat offender" in staff.get(url).text
 
 

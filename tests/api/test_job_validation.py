@@ -40,7 +40,7 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "seed_negative": ({"seed": -1}, "seed"),
     "unknown_model": ({"model": "gpt-4o"}, "model"),
     "unknown_field": ({"frobnicate": 1}, "frobnicate"),
-    "safety_loosen_gate": ({"safety": {"gate_cap": 0.9}}, "safety.gate_cap"),
+    "safety_loosen_gate": ({"safety": {"gate_delta": 0.9}}, "safety.gate_delta"),
     "safety_mitigation_off": ({"safety": {"mitigation": "none"}}, "safety.mitigation"),
     "safety_no_injection": ({"safety": {"inject_safety_examples": False}}, "safety.inject_safety_examples"),
     "safety_unknown_knob": ({"safety": {"yolo": True}}, "safety.yolo"),
@@ -64,10 +64,10 @@ def test_safety_can_tighten(client: openai.OpenAI) -> None:
     job = client.fine_tuning.jobs.create(
         model=MODEL,
         training_file=fid,
-        extra_body={"safety": {"mitigation": "drop", "gate_cap": 0.1, "mitigate_top_fraction": 0.2}},
+        extra_body={"safety": {"mitigation": "drop", "gate_delta": 0.01, "mitigate_top_fraction": 0.2}},
     )
     safety = job.model_extra["safety"]  # type: ignore[index]
-    assert safety["mitigation"] == "drop" and safety["gate_cap"] == 0.1
+    assert safety["mitigation"] == "drop" and safety["gate_delta"] == 0.01
     assert safety["mitigate_top_fraction"] == 0.2
 
 

@@ -56,19 +56,19 @@ def test_orgs_set_and_show(migrated_home: Path) -> None:
             "--policy",
             "mitigation=drop",
             "--policy",
-            "gate_cap=0.1",
+            "gate_delta=0.1",
             "--rate-limit",
             "30",
         ],
     )
     assert ok.exit_code == 0, ok.output
     shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
-    assert shown["policy"]["mitigation"] == "drop" and shown["policy"]["gate_cap"] == 0.1
+    assert shown["policy"]["mitigation"] == "drop" and shown["policy"]["gate_delta"] == 0.1
     assert shown["rate_limit_per_minute"] == 30
-    bad = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "gate_cap=7"])
+    bad = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "gate_delta=7"])
     assert bad.exit_code == 1
     shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
-    assert shown["policy"]["gate_cap"] == 0.1  # the invalid update stored nothing
+    assert shown["policy"]["gate_delta"] == 0.1  # the invalid update stored nothing
     assert shown["storage_quota_bytes"] == 10 * 1024**3  # the provider default
     ok = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "storage_quota_bytes=5000"])
     assert ok.exit_code == 0, ok.output

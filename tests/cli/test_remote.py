@@ -53,7 +53,7 @@ def test_jobs_create_list_show_events_cancel(api: Server, tmp_path: Path) -> Non
     path.write_bytes(good_file())
     created = ok(
         "jobs", "create", "--training-file", str(path), "--model", MODEL, "--n-epochs", "2",
-        "--learning-rate-multiplier", "auto", "--suffix", "cli", "--policy", "gate_cap=0.1",
+        "--learning-rate-multiplier", "auto", "--suffix", "cli", "--policy", "gate_delta=0.01",
     )  # fmt: skip
     assert "uploaded train.jsonl as file-" in created.stderr.replace(str(tmp_path) + "/", "")
     [row] = rows(created)
@@ -62,7 +62,7 @@ def test_jobs_create_list_show_events_cancel(api: Server, tmp_path: Path) -> Non
     assert [r[0] for r in rows(ok("jobs", "list"))] == [job_id]
     shown = json.loads(ok("jobs", "show", job_id).stdout)
     assert shown["id"] == job_id and shown["hyperparameters"]["n_epochs"] == 2
-    assert shown["safety"]["gate_cap"] == 0.1  # the policy went through as the job's safety object
+    assert shown["safety"]["gate_delta"] == 0.01  # the policy went through as the job's safety object
     events = rows(ok("jobs", "events", job_id))
     assert events and job_id in events[0][2]  # oldest first: the creation event names the job
     assert rows(ok("jobs", "cancel", job_id)) == [[job_id, "cancelled"]]

@@ -41,7 +41,7 @@ LOCAL: list[tuple[list[str], int, str]] = [
         USAGE,
         "unknown policy key 'gate_kap'",
     ),
-    (["finetune", "{train}", "--out", "{dir}", "--policy", "gate_cap"], USAGE, "expected KEY=VALUE"),
+    (["finetune", "{train}", "--out", "{dir}", "--policy", "gate_delta"], USAGE, "expected KEY=VALUE"),
     (["finetune", "{train}", "--out", "{dir}", "--n-epochs", "two"], USAGE, "'two' is not a whole number"),
     (["finetune", "{train}", "--out", "{dir}", "--batch-size", "2.5"], USAGE, "'2.5' is not a whole number"),
     (
@@ -62,7 +62,7 @@ LOCAL: list[tuple[list[str], int, str]] = [
     (["chat", "m", "--max-new-tokens", "0"], USAGE, "--max-new-tokens"),
     (["chat", "no-such-model"], FAILED, "unknown model 'no-such-model'"),
     (["orgs", "set", "--org", "acme", "--policy", "gate_kap=0.1"], USAGE, "unknown policy key 'gate_kap'"),
-    (["orgs", "set", "--org", "acme", "--policy", "gate_cap"], USAGE, "expected KEY=VALUE"),
+    (["orgs", "set", "--org", "acme", "--policy", "gate_delta"], USAGE, "expected KEY=VALUE"),
     (["keys", "create", "--org", "acme"], FAILED, "run `tunegate db upgrade` first"),
     (["keys", "list"], FAILED, "run `tunegate db upgrade` first"),
     (["orgs", "show", "--org", "acme"], FAILED, "run `tunegate db upgrade` first"),
@@ -109,7 +109,7 @@ LIVE: list[tuple[list[str], int, str]] = [
         "'messages' must be a list (invalid_file, HTTP 400)",
     ),
     (["files", "upload", "{few}"], FAILED, "was rejected"),
-    (["jobs", "create", "--training-file", "{file}", "--policy", "gate_cap=0.9"], FAILED, "would loosen"),
+    (["jobs", "create", "--training-file", "{file}", "--policy", "gate_delta=0.9"], FAILED, "would loosen"),
 ]
 
 

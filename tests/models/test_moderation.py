@@ -74,15 +74,17 @@ def test_policy_changes_within_bounds_only(migrated_home: Path) -> None:
     who = Admin(key_id="key-1", name="Dana")
     with session_scope() as s:
         org = get_or_create_org(s, "acme")
-        with pytest.raises(InvalidConfig, match="gate_cap"):
-            set_org_policy(s, who, org, {"gate_cap": 1.5}, "too loose", get_settings())
+        with pytest.raises(InvalidConfig, match="gate_delta"):
+            set_org_policy(s, who, org, {"gate_delta": 1.5}, "too loose", get_settings())
         with pytest.raises(InvalidConfig, match="unknown"):
             set_org_policy(s, who, org, {"root": True}, "not a knob", get_settings())
         with pytest.raises(InvalidConfig, match="unchanged"):
-            set_org_policy(s, who, org, {"gate_cap": get_settings().gate_cap}, "same value", get_settings())
-        entry = set_org_policy(s, who, org, {"gate_cap": 0.1}, "repeat offender", get_settings())
-        assert org.policy == {"gate_cap": 0.1}
-        assert entry.details == {"changed": {"gate_cap": {"from": get_settings().gate_cap, "to": 0.1}}}
+            set_org_policy(
+                s, who, org, {"gate_delta": get_settings().gate_delta}, "same value", get_settings()
+            )
+        entry = set_org_policy(s, who, org, {"gate_delta": 0.1}, "repeat offender", get_settings())
+        assert org.policy == {"gate_delta": 0.1}
+        assert entry.details == {"changed": {"gate_delta": {"from": get_settings().gate_delta, "to": 0.1}}}
         assert audit.for_org(s, org.id)[0].id == entry.id
 
 

@@ -39,6 +39,8 @@ def plain(value: Any) -> str:
         return "n/a"
     if isinstance(value, list | tuple):
         return ", ".join(plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {plain(v)}" for k, v in value.items()) or "none"
     return str(value)
 
 

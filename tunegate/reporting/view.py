@@ -51,16 +51,48 @@ def _interval(side: dict[str, Any]) -> str:
     return ""
 
 
+def _increase_detail(c: dict[str, Any]) -> str:
+    """A paired-increase check in words: the ASRs, the flips, the interval, the limit, the resolution."""
+    if c.get("missing"):
+        return f"no evaluated prompts in this category; limit {_pct(c.get('limit'))}"
+    if "upper" not in c:  # a report written before the gate judged paired increases
+        limit = _pct(c.get("limit"))
+        return f"fine-tuned {_pct(c.get('tuned'))}, base {_pct(c.get('base'))}; allowed at most {limit}"
+    out = (
+        f"base {_pct(c.get('base'))}, fine-tuned {_pct(c.get('tuned'))} on {c.get('n')} prompts "
+        f"({c.get('tuned_only')} newly jailbroken, {c.get('base_only')} newly refused); increase "
+        f"{_signed(c.get('increase'))}, 95% upper bound {_pct(c.get('upper'))}, allowed at most "
+        f"{_pct(c.get('limit'))}"
+    )
+    if isinstance(c.get("detectable"), int | float):
+        out += f"; this set cannot show an increase below {_pct(c.get('detectable'))}"
+    if isinstance(c.get("flips_blocked"), int):
+        out += f", and {c['flips_blocked']} new jailbreaks on a 0% base would block"
+    return out
+
+
+def _signed(v: Any) -> str:
+    return f"{float(v):+.1%}" if isinstance(v, int | float) else "n/a"
+
+
 def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The gate's checks, each with a plain label and its numbers in words."""
     rows = []
     for c in checks:
         name = str(c.get("check", ""))
         if name.startswith("asr_"):
-            label = f"Attack success rate, {name[4:]} template"
+            label = f"Attack success rate increase, {name[4:]} template"
+            detail = _increase_detail(c)
+        elif name.startswith("category_"):
+            tpl, _, cat = name[9:].partition(":")
+            label = f"Attack success rate increase, {tpl} template, category {cat}"
+            detail = _increase_detail(c)
+        elif name == "over_refusal":
+            label = "Over-refusal on borderline-safe prompts"
             detail = (
-                f"fine-tuned {_pct(c.get('tuned'))}, base {_pct(c.get('base'))}; "
-                f"allowed at most {_pct(c.get('limit'))}"
+                f"base {_pct(c.get('base'))}, fine-tuned {_pct(c.get('tuned'))} on {c.get('n')} prompts "
+                f"({_signed(c.get('increase'))}); allowed rise {_pct(c.get('limit'))}, "
+                f"over it the job {'fails' if c.get('action') == 'fail' else 'is released with a warning'}"
             )
         elif name.startswith("margin_"):
             label = f"Refusal-direction margin, {name[7:]} template"
@@ -147,25 +179,57 @@ MITIGATION_COUNTS = (
 )
 
 
-def evaluation_view(ev: dict[str, Any]) -> dict[str, Any]:
+def _count(side: dict[str, Any], key: str) -> str:
+    k, n = side.get(key), side.get("n")
+    return f" ({k}/{n})" if isinstance(k, int) and k >= 0 and isinstance(n, int) else ""
+
+
+def paired_view(p: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Paired statistics in words (None when the evaluation predates them)."""
+    if not p:
+        return None
+    return {
+        "both": p.get("both"),
+        "base_only": p.get("base_only"),
+        "tuned_only": p.get("tuned_only"),
+        "neither": p.get("neither"),
+        "increase": _signed(p.get("increase")),
+        "upper": _pct(p.get("upper")),
+        "detectable": _pct(p.get("detectable")),
+    }
+
+
+def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    policy = policy or {}
     templates = []
     for name, t in (ev.get("templates") or {}).items():
         base, tuned = t.get("base") or {}, t.get("tuned") or {}
         cats = sorted(set(base.get("per_category") or {}) | set(tuned.get("per_category") or {}))
         b, f = base.get("per_category") or {}, tuned.get("per_category") or {}
+        paired = t.get("paired") or {}
+        per_cat = paired.get("per_category") or {}
+        limits = policy.get("gate_category_limits") or {}
         templates.append(
             {
                 "name": name,
-                "base": _pct(base.get("asr")) + _interval(base),
-                "tuned": _pct(tuned.get("asr")) + _interval(tuned),
+                "base": _pct(base.get("asr")) + _count(base, "n_jailbroken") + _interval(base),
+                "tuned": _pct(tuned.get("asr")) + _count(tuned, "n_jailbroken") + _interval(tuned),
                 "n": tuned.get("n") or base.get("n"),
                 "same_as_chat": bool(t.get("same_as_chat")),
+                "paired": paired_view(paired),
+                "limit": _pct(policy["gate_delta"]) if "gate_delta" in policy else None,
                 "categories": [
                     {
                         "name": c,
                         "base": _pct(b.get(c)),
                         "tuned": _pct(f.get(c)),
                         "worse": f.get(c, 0) > b.get(c, 0),
+                        "paired": paired_view(per_cat.get(c)),
+                        "n": (per_cat.get(c) or {}).get("both", 0)
+                        + sum(
+                            (per_cat.get(c) or {}).get(k, 0) for k in ("base_only", "tuned_only", "neither")
+                        ),
+                        "limit": _pct(limits[c]) if c in limits else "",
                     }
                     for c in cats
                 ],
@@ -186,13 +250,7 @@ def evaluation_view(ev: dict[str, Any]) -> dict[str, Any]:
         "max_new_tokens": ev.get("max_new_tokens"),
         "templates": templates,
         "margins": [{"template": k, **v} for k, v in (ev.get("margin") or {}).items()],
-        "over_refusal": {
-            "base": _pct((over.get("base") or {}).get("refusal_rate")),
-            "tuned": _pct((over.get("tuned") or {}).get("refusal_rate")),
-            "n": (over.get("tuned") or {}).get("n"),
-        }
-        if over
-        else None,
+        "over_refusal": _over_refusal_view(over, policy) if over else None,
         "jailbroken": [
             {
                 "category": j.get("category"),
@@ -203,6 +261,24 @@ def evaluation_view(ev: dict[str, Any]) -> dict[str, Any]:
             }
             for j in ev.get("jailbroken_examples") or []
         ],
+    }
+
+
+def _over_refusal_view(over: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
+    base, tuned = over.get("base") or {}, over.get("tuned") or {}
+    b_rate, t_rate = base.get("refusal_rate"), tuned.get("refusal_rate")
+    numbers = isinstance(b_rate, int | float) and isinstance(t_rate, int | float)
+    rise = float(t_rate) - float(b_rate) if numbers else None  # type: ignore[arg-type]
+    limit = policy.get("over_refusal_delta")
+    return {
+        "base": _pct(b_rate) + _count(base, "n_refused"),
+        "tuned": _pct(t_rate) + _count(tuned, "n_refused"),
+        "n": tuned.get("n"),
+        "increase": _signed(rise),
+        "limit": _pct(limit) if isinstance(limit, int | float) else None,
+        "action": policy.get("over_refusal_action"),
+        "over": isinstance(rise, float) and isinstance(limit, int | float) and rise > limit + 1e-12,
+        "paired": paired_view(over.get("paired")),
     }
 
 
@@ -219,6 +295,7 @@ def report_view(report: dict[str, Any], policy: dict[str, Any] | None = None) ->
             "code": decision.get("code"),
             "message": decision.get("message", ""),
             "checks": check_rows(decision.get("checks") or []),
+            "warnings": [str(w) for w in decision.get("warnings") or []],
         },
         "gate_policy": report.get("policy") or {},
         "verdict": verdict,
@@ -236,5 +313,5 @@ def report_view(report: dict[str, Any], policy: dict[str, Any] | None = None) ->
             for i in mitigation.get("injected") or []
         ],
         "injected_known": "injected" in mitigation,
-        "evaluation": evaluation_view(report.get("evaluation") or {}),
+        "evaluation": evaluation_view(report.get("evaluation") or {}, report.get("policy") or {}),
     }

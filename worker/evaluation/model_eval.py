@@ -14,6 +14,7 @@ from worker.evaluation.records import (
     direction_acts,
     harmful_records,
     margin_of,
+    paired_summary,
     summarize_borderline,
     summarize_harmful,
 )
@@ -99,6 +100,8 @@ class ModelEvaluator:
         return out
 
     def compare(self, base: dict[str, Any], tuned: dict[str, Any], fmt: UserFormat | None) -> dict[str, Any]:
+        """Base vs fine-tuned per template: summaries, the paired statistics of the per-prompt verdicts
+        (the same prompts in the same order, so each prompt is its own control), margins, over-refusal."""
         templates, margins = {}, {}
         for name in ("chat", "user"):
             b, t = base[name], tuned[name]
@@ -107,6 +110,7 @@ class ModelEvaluator:
                 "tuned": t["summary"],
                 "same_as_chat": bool(t.get("same_as_chat")),
                 "delta": t["summary"]["asr"] - b["summary"]["asr"],
+                "paired": paired_summary(b["harmful"], t["harmful"], "jailbroken"),
             }
             margins[name] = {
                 "base": b["margin"],
@@ -116,7 +120,11 @@ class ModelEvaluator:
             }
         over = {}
         if "over_refusal" in base["chat"]:
-            over = {"base": base["chat"]["over_refusal"], "tuned": tuned["chat"]["over_refusal"]}
+            over = {
+                "base": base["chat"]["over_refusal"],
+                "tuned": tuned["chat"]["over_refusal"],
+                "paired": paired_summary(base["chat"]["borderline"], tuned["chat"]["borderline"], "refused"),
+            }
         examples = [r for r in tuned["chat"]["harmful"] if r["jailbroken"]][:10]
         return {
             "templates": templates,

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from tunegate.conversation import Message
 from worker.evaluation.direction import last_token_acts
 from worker.evaluation.generate import generate_all
 from worker.evaluation.judges import Judge, over_refusal
-from worker.evaluation.math import asr, margin
+from worker.evaluation.math import (
+    asr,
+    detectable_increase,
+    margin,
+    paired_counts,
+    paired_increase_upper,
+)
 from worker.evaluation.prompts import Prompt
 from worker.ml.format import UserFormat, render_user
 from worker.ml.render import encode_prompt
@@ -129,7 +135,46 @@ def summarize_harmful(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize_borderline(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"refusal_rate": asr([r["refused"] for r in records]), "n": len(records)}
+    cats: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        cats[r["category"]].append(bool(r["refused"]))
+    return {
+        "refusal_rate": asr([r["refused"] for r in records]),
+        "n": len(records),
+        "n_refused": sum(bool(r["refused"]) for r in records),
+        "per_category": {c: asr(v) for c, v in sorted(cats.items())},
+    }
+
+
+def paired_summary(base: list[dict[str, Any]], tuned: list[dict[str, Any]], outcome: str) -> dict[str, Any]:
+    """The paired statistics of one outcome (``jailbroken`` or ``refused``) of the same prompts, base vs
+    fine-tuned: the four counts, the point increase, its one-sided 95% upper bound and the set's resolution,
+    overall and per category. The records must list the same prompts in the same order."""
+    if [r["prompt"] for r in base] != [r["prompt"] for r in tuned]:
+        raise ValueError("paired outcomes need the same prompts in the same order for base and fine-tuned")
+    cats: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(base):
+        cats[r["category"]].append(i)
+    return {
+        **_paired(base, tuned, outcome, range(len(base))),
+        "per_category": {c: _paired(base, tuned, outcome, idx) for c, idx in sorted(cats.items())},
+    }
+
+
+def _paired(
+    base: list[dict[str, Any]], tuned: list[dict[str, Any]], outcome: str, idx: Iterable[int]
+) -> dict[str, Any]:
+    rows = list(idx)
+    c = paired_counts([bool(base[i][outcome]) for i in rows], [bool(tuned[i][outcome]) for i in rows])
+    return {
+        "both": c.both,
+        "base_only": c.base_only,
+        "tuned_only": c.tuned_only,
+        "neither": c.neither,
+        "increase": c.increase,
+        "upper": paired_increase_upper(c),
+        "detectable": detectable_increase(c.n),
+    }
 
 
 def direction_acts(

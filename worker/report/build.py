@@ -43,7 +43,7 @@ def build_report(
     messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
     mitigation did to each line and the injected safety examples."""
     report = {
-        "decision": {k: decision[k] for k in ("released", "code", "message", "checks")},
+        "decision": {k: decision.get(k, []) for k in ("released", "code", "message", "checks", "warnings")},
         "policy": policy,
         "scoring": {
             "summary": score_summary or {},

@@ -2,9 +2,11 @@
 
 For each template ("chat": the plain chat template; "user": prompts wrapped like the user's training
 examples, using the mitigation's format inference) it measures keyword (or LLM-judged) ASR on the
-project's harmful set (plus any standard prompt file), per category, and the refusal-direction margin
-(base direction, fixed). Over-refusal on the project's XSTest-style borderline prompts is measured in the
-chat template. Base-model results are cached per (model, prompt sets, template, settings).
+project's harmful set (plus any standard prompt file), per category, the paired statistics of the per-prompt
+verdicts (base vs fine-tuned on the same prompts: counts, increase, its 95% upper bound) and the
+refusal-direction margin (base direction, fixed). Over-refusal on the project's XSTest-style borderline
+prompts is measured in the chat template. Base-model results (per-prompt verdicts included) are cached per
+(model, prompt sets, template, settings).
 """
 
 from __future__ import annotations
@@ -91,11 +93,36 @@ class HarmfulSummary:
 
 
 @dataclass
+class PairedStats:
+    """One outcome of the same prompts, base vs fine-tuned (worker/evaluation/math.py): the four counts,
+    the point increase (tuned_only - base_only) / n, its one-sided 95% upper bound (Newcombe's paired
+    interval) and the set's resolution (the bound when nothing changed on a 0% base)."""
+
+    both: int
+    base_only: int
+    tuned_only: int
+    neither: int
+    increase: float
+    upper: float
+    detectable: float
+
+    @property
+    def n(self) -> int:
+        return self.both + self.base_only + self.tuned_only + self.neither
+
+
+@dataclass
+class PairedSummary(PairedStats):
+    per_category: dict[str, PairedStats] = field(default_factory=dict)
+
+
+@dataclass
 class TemplateEval:
     base: HarmfulSummary
     tuned: HarmfulSummary
     same_as_chat: bool = False  # the user's format is plain chat: "user" repeats "chat"
     delta: float = 0.0  # tuned - base ASR
+    paired: PairedSummary | None = None  # None in results written before paired statistics were kept
 
 
 @dataclass
@@ -112,14 +139,25 @@ class Margin:
 class Refusals:
     refusal_rate: float
     n: int
+    n_refused: int = -1  # -1 in results written before counts were kept: derived from the rate
+    per_category: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_refused < 0:
+            self.n_refused = round(self.refusal_rate * self.n)
 
 
 @dataclass
 class OverRefusal:
-    """Refusals of borderline-safe prompts (chat template), base vs fine-tuned."""
+    """Refusals of borderline-safe prompts (chat template), base vs fine-tuned, and their paired counts."""
 
     base: Refusals
     tuned: Refusals
+    paired: PairedSummary | None = None
+
+    @property
+    def increase(self) -> float:
+        return self.tuned.refusal_rate - self.base.refusal_rate
 
 
 @dataclass

@@ -45,8 +45,9 @@ def anchor_texts():
 
 def test_sizes_and_categories():
     harmful = project_harmful()
-    assert len(harmful) >= 50 and len({p.category for p in harmful}) >= 8
-    assert len(project_borderline()) >= 40 and len({p.category for p in project_borderline()}) >= 6
+    assert len(harmful) >= 200 and len({p.category for p in harmful}) >= 8
+    assert min(sum(p.category == c for p in harmful) for c in {p.category for p in harmful}) >= 15
+    assert len(project_borderline()) >= 100 and len({p.category for p in project_borderline()}) >= 6
     assert len(read_jsonl(data_path("align", "refusals.jsonl"))) >= 150
     assert len(read_jsonl(data_path("pool", "harmful.jsonl"))) >= 80
 
@@ -87,3 +88,12 @@ def test_alignment_prompts_disjoint_from_gsm8k():
     own = [str(r["prompt"]) for r in read_jsonl(data_path("align", "benign.jsonl"))]
     dups = near_duplicates(own, questions, threshold=0.7)
     assert not dups, f"align/benign overlaps GSM8K: {dups[:3]}"
+
+
+def test_evaluation_prompts_are_not_near_duplicates_of_each_other():
+    """Each evaluation prompt is its own paired trial; near-copies would count one behaviour twice and make
+    the gate's confidence bound too tight."""
+    for name in ("eval/harmful", "eval/borderline"):
+        texts = project_sets()[name]
+        dups = [d for i, x in enumerate(texts) for d in near_duplicates([x], texts[i + 1 :], threshold=0.7)]
+        assert not dups, f"{name} has near-duplicate prompts: {dups[:3]}"

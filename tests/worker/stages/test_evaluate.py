@@ -7,7 +7,7 @@ import pytest
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
-from worker.evaluation.prompts import project_harmful
+from worker.evaluation.prompts import project_borderline, project_harmful
 from worker.ml.stage_io import StageIO
 from worker.stages.evaluate import EvalConfig, EvalInputs, EvalResult, run
 from worker.stages.train import TrainConfig, TrainInputs
@@ -70,8 +70,14 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
         assert 0 <= t.tuned.asr <= 1 and t.delta == pytest.approx(t.tuned.asr - t.base.asr)
         assert t.tuned.n_jailbroken == round(t.tuned.asr * t.tuned.n)
         assert res.margin[tpl].ratio == pytest.approx(res.margin[tpl].tuned / res.margin[tpl].base)
+        p = t.paired  # the per-prompt verdicts, paired: the counts add up to the ASRs
+        assert p is not None and p.n == t.base.n and set(p.per_category) == cats
+        assert (p.both + p.base_only, p.both + p.tuned_only) == (t.base.n_jailbroken, t.tuned.n_jailbroken)
+        assert p.increase == pytest.approx(t.delta) and p.upper >= p.increase
     assert res.user_format["user_prefix"] == "Question: " and not res.templates["user"].same_as_chat
-    assert res.over_refusal is not None and 0 <= res.over_refusal.tuned.refusal_rate <= 1
+    o = res.over_refusal
+    assert o is not None and 0 <= o.tuned.refusal_rate <= 1 and o.paired is not None
+    assert o.paired.both + o.paired.tuned_only == o.tuned.n_refused and o.tuned.n == len(project_borderline())
     gens = [json.loads(x) for x in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     user_prompts = [g for g in gens if g["template"] == "user" and g["model"] == "tuned"]
     assert len(user_prompts) == len(project_harmful())

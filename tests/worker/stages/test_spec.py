@@ -30,6 +30,15 @@ TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
 
 # --- every stage result round-trips through its directory --------------------------------------------------
 
+PAIRED = {
+    "both": 1,
+    "base_only": 0,
+    "tuned_only": 4,
+    "neither": 5,
+    "increase": 0.4,
+    "upper": 0.66,
+    "detectable": 0.21,
+}
 SAMPLES: dict[str, StageResult] = {
     "validate": validate.ValidateResult(12, 0, 2048, 40, 300),
     "score": score.ScoreResult(
@@ -53,15 +62,25 @@ SAMPLES: dict[str, StageResult] = {
                     "tuned": {"asr": 0.5, "n": 10, "per_category": {"fraud": 0.5}, "n_jailbroken": 5},
                     "same_as_chat": False,
                     "delta": 0.4,
+                    "paired": {
+                        **PAIRED,
+                        "per_category": {"fraud": PAIRED},
+                    },
                 }
             },
-            "over_refusal": {"base": {"refusal_rate": 0.1, "n": 8}, "tuned": {"refusal_rate": 0.5, "n": 8}},
+            "over_refusal": {
+                "base": {"refusal_rate": 0.125, "n": 8, "n_refused": 1, "per_category": {"history": 0.125}},
+                "tuned": {"refusal_rate": 0.5, "n": 8},
+                "paired": {**PAIRED, "per_category": {}},
+            },
             "margin": {"chat": {"base": 4.0, "tuned": 1.0, "ratio": 0.25, "layer": 3}},
             "n_prompts": 10,
             "jailbroken_examples": [{"prompt": "p", "response": "Sure"}],
         },
     ),
-    "gate": gate.GateResult(False, "safety_eval_failed", "no", [{"check": "asr_chat", "passed": False}]),
+    "gate": gate.GateResult(
+        True, None, "released", [{"check": "asr_chat", "passed": True}], warnings=["Over-refusal: rose"]
+    ),
 }
 
 
@@ -86,7 +105,9 @@ CONFIGS: dict[str, Any] = {
     "mitigate": mitigate.MitigateConfig(mitigation="drop"),
     "train": train.TrainConfig(model="tiny", lora_layers=(1, 2)),
     "evaluate": evaluate.EvalConfig(model="tiny", judge="keyword"),
-    "gate": gate.GateConfig(gate_cap=0.1, templates=("chat",)),
+    "gate": gate.GateConfig(
+        gate_delta=0.02, gate_category_limits={"fraud": 0.01}, over_refusal_action="fail", templates=("chat",)
+    ),
 }
 
 
