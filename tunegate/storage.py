@@ -137,6 +137,17 @@ class Storage(Protocol):
     def sweep(self, live_keys: Collection[str], *, older_than_s: float) -> SweepReport: ...
 
 
+def sweep_parts(tmp_dir: Path, cutoff: float) -> int:
+    """Remove the ``.part`` temp files in ``tmp_dir`` last written before ``cutoff``; how many."""
+    parts = 0
+    if tmp_dir.is_dir():
+        for p in tmp_dir.iterdir():
+            if p.name.endswith(PART_SUFFIX) and p.is_file() and p.stat().st_mtime <= cutoff:
+                p.unlink(missing_ok=True)
+                parts += 1
+    return parts
+
+
 class LocalStorage:
     """Files under ``root``: key ``ab/cd/<sha256>.<random>``; temp files in ``root/tmp``."""
 
@@ -201,12 +212,7 @@ class LocalStorage:
         """
         cutoff = time.time() - older_than_s
         live = {str((self.root / k).resolve()) for k in live_keys}
-        parts = orphans = 0
-        if self.tmp_dir.is_dir():
-            for p in self.tmp_dir.iterdir():
-                if p.name.endswith(PART_SUFFIX) and p.is_file() and p.stat().st_mtime <= cutoff:
-                    p.unlink(missing_ok=True)
-                    parts += 1
+        parts, orphans = sweep_parts(self.tmp_dir, cutoff), 0
         if not self.root.is_dir():
             return SweepReport(parts, orphans)
         if not live_keys:  # e.g. a fresh database pointed at an existing store: remove nothing on a guess
@@ -371,7 +377,7 @@ class ObjectStorage:
     def sweep(self, live_keys: Collection[str], *, older_than_s: float) -> SweepReport:
         """As ``LocalStorage.sweep``: local ``.part`` files, then objects under ``files/`` no row names."""
         cutoff = time.time() - older_than_s
-        parts = LocalStorage(self.tmp_dir.parent).sweep((), older_than_s=older_than_s).parts_removed
+        parts = sweep_parts(self.tmp_dir, cutoff)
         if not live_keys:
             log.warning("storage sweep: no row references any object; not removing orphaned objects")
             return SweepReport(parts, 0)
