@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from tunegate.artifacts import write_all
-from tunegate.errors import NotFound, PayloadTooLarge, StorageFull
+from tunegate.errors import NotFound, PayloadTooLarge, StorageFull, StorageUnavailable
 from tunegate.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -242,19 +242,36 @@ def _checked_key(key: str) -> str:
     return key
 
 
+class _Failures:
+    """Re-raise an object store's failures (other than a missing object) as ``StorageUnavailable``."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, FileNotFoundError | ObjectMissing | StorageUnavailable):
+            return
+        if isinstance(exc, Exception):  # any client, HTTP or connection error of the store's library
+            log.warning("object store operation failed: %r", exc)
+            raise StorageUnavailable("the file store is unavailable; retry later") from exc
+
+
 class ObjectStore:
-    """Objects under ``root`` (``bucket/prefix``) of an fsspec filesystem, addressed by relative keys."""
+    """Objects under ``root`` (``bucket/prefix``) of an fsspec filesystem, addressed by relative keys; a
+    failure of the store other than a missing object raises ``StorageUnavailable``."""
 
     def __init__(self, fs: Any, root: str) -> None:
         self.fs = fs
         self.root = root.strip("/")
+        self.failures = _Failures()
 
     def full(self, key: str) -> str:
         return f"{self.root}/{_checked_key(key)}"
 
     def put_file(self, local: Path, key: str) -> None:
         """Upload one file (s3fs sends a large one in parts: constant memory)."""
-        self.fs.put_file(str(local), self.full(key))
+        with self.failures:
+            self.fs.put_file(str(local), self.full(key))
 
     def put(self, local: Path, key: str) -> None:
         """Upload a file, or every file of a directory tree under ``key/``."""
@@ -268,14 +285,16 @@ class ObjectStore:
     def open(self, key: str) -> BinaryIO:
         """A streaming reader (fetched in blocks as it is read)."""
         try:
-            return self.fs.open(self.full(key), "rb")  # type: ignore[no-any-return]
+            with self.failures:
+                return self.fs.open(self.full(key), "rb")  # type: ignore[no-any-return]
         except FileNotFoundError:
             log.warning("stored object %r is missing", key)
             raise ObjectMissing(key) from None
 
     def info(self, key: str) -> dict[str, Any] | None:
         try:
-            return dict(self.fs.info(self.full(key)))
+            with self.failures:
+                return dict(self.fs.info(self.full(key)))
         except FileNotFoundError:
             return None
 
@@ -292,7 +311,8 @@ class ObjectStore:
     def listing(self, key: str) -> dict[str, dict[str, Any]]:
         """Every object under ``key/``: relative key -> its info (size, LastModified, ETag)."""
         try:
-            found = self.fs.find(self.full(key), detail=True)
+            with self.failures:
+                found = self.fs.find(self.full(key), detail=True)
         except FileNotFoundError:
             return {}
         return {path[len(self.root) + 1 :]: dict(info) for path, info in found.items()}
@@ -302,7 +322,8 @@ class ObjectStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            self.fs.get_file(self.full(key), str(tmp))
+            with self.failures:
+                self.fs.get_file(self.full(key), str(tmp))
             os.replace(tmp, dest)
         except FileNotFoundError:
             log.warning("stored object %r is missing", key)
@@ -322,13 +343,10 @@ class ObjectStore:
 
     def delete(self, key: str) -> None:
         try:
-            self.fs.rm_file(self.full(key))
+            with self.failures:
+                self.fs.rm_file(self.full(key))
         except FileNotFoundError:
             pass  # already gone: deleting is idempotent
-
-    def delete_tree(self, key: str) -> None:
-        for sub in self.listing(key):
-            self.delete(sub)
 
 
 def _modified(info: dict[str, Any]) -> float:

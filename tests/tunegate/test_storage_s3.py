@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.utils.s3 import bucket_keys, new_bucket
-from tunegate.errors import PayloadTooLarge
+from tunegate.errors import PayloadTooLarge, StorageUnavailable, TransientError
 from tunegate.settings import Settings
 from tunegate.storage import (
     CHUNK,
@@ -46,6 +46,7 @@ def test_stage_commit_stream_materialize_delete(s3: tuple[Settings, dict[str, st
     key = storage.commit(staged)
     assert not staged.tmp_path.exists()  # the local staged copy goes once uploaded
     assert bucket_keys(env) == [f"files/{key}"]
+    assert storage.store.exists(f"files/{key}") and storage.store.size(f"files/{key}") == len(data)
     assert not (settings.files_path / key).exists()  # nothing under the local files directory
     with storage.open(key) as fh:
         chunks = list(iter(lambda: fh.read(CHUNK), b""))
@@ -57,6 +58,7 @@ def test_stage_commit_stream_materialize_delete(s3: tuple[Settings, dict[str, st
     assert bucket_keys(env) == []
     with pytest.raises(ObjectMissing):
         storage.open(key)
+    assert not storage.store.exists(f"files/{key}")
     assert storage.materialize(key, tmp_path / "cache") == local  # the cached copy of a never-reused key
 
 
@@ -122,6 +124,27 @@ def test_local_store_keeps_local_paths(tunegate_home: Path, tmp_path: Path) -> N
     with open_artifact(settings, ref) as fh:
         assert fh.read() == b"{}"
     assert fetch_tree(settings, str(tmp_path), tmp_path / "unused") == tmp_path
+
+
+def test_an_unreachable_store_is_a_transient_error(tunegate_home: Path, tmp_path: Path) -> None:
+    """Nothing listens on the endpoint: every operation raises the retryable ``StorageUnavailable``, whose
+    message names no host."""
+    from tests.api.server import free_port
+
+    settings = Settings(
+        storage_url="s3://nowhere/tg",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        s3_access_key_id="k",
+        s3_secret_access_key="s",
+        s3_region="us-east-1",
+    )
+    storage = get_storage(settings)
+    staged = storage.stage(io.BytesIO(b"data"), max_bytes=10)
+    with pytest.raises(StorageUnavailable) as err:
+        storage.commit(staged)
+    assert "127.0.0.1" not in str(err.value) and isinstance(err.value, TransientError)
+    with pytest.raises(StorageUnavailable):
+        storage.materialize("ab/cd/key", tmp_path)
 
 
 @pytest.mark.parametrize("url", ["file:///x", "s3://", "gs://bucket"])
