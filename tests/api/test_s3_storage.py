@@ -88,6 +88,7 @@ def test_released_artifacts_served_from_the_bucket(
     """What the gate does with an object store: the adapter, a checkpoint's adapter and the report are
     published under jobs/<id>/ and the rows hold their keys; the local copies are then gone (another
     machine), and the API serves everything from the bucket."""
+    from api.moderation import report_summary
     from models.db import session_scope
     from models.tables import Checkpoint, Job
     from tunegate.settings import get_settings
@@ -97,7 +98,8 @@ def test_released_artifacts_served_from_the_bucket(
     job = s3_client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(s3_client))
     local = tmp_path / "artifacts"
     release_job(job.id, local)
-    (local / "report.json").write_text(json.dumps({"decision": {"code": None}, "verdict": "released"}))
+    report_in = {"decision": {"code": None}, "mitigation": {"n_dropped": 2}}
+    (local / "report.json").write_text(json.dumps(report_in))
     publish = artifact_publisher(get_settings(), job.id)
     with session_scope() as session:
         row = session.get(Job, job.id)
@@ -122,7 +124,10 @@ def test_released_artifacts_served_from_the_bucket(
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
         assert f"{job.id}-step-3-adapter/adapter_config.json" in tar.getnames()
     report = s3_client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=object)
-    assert report == {"decision": {"code": None}, "verdict": "released"}
+    assert report == report_in
+    with session_scope() as session:  # the console's queue reads the same object
+        row = session.get(Job, job.id)
+        assert row is not None and report_summary(row)["repaired"] is True
     html = s3_client.get(f"/fine_tuning/jobs/{job.id}/safety_report.html", cast_to=str)
     assert "<html" in html.lower()
     assert "s3://" not in html and env["TUNEGATE_S3_ENDPOINT_URL"] not in html
