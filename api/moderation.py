@@ -20,8 +20,8 @@ from models.moderation import blocked_code
 from models.tables import AuditEntry, File, Job, JobEvent, Organization
 from tunegate.errors import InvalidFile, NotFound
 from tunegate.reporting.details import flagged_lines, read_examples, with_details
-from tunegate.settings import Settings
-from tunegate.storage import get_storage
+from tunegate.settings import Settings, get_settings
+from tunegate.storage import ObjectMissing, artifact_version, get_storage, is_stored, open_artifact
 
 QUEUE_SCAN_LIMIT = 5000  # newest jobs with a report looked at per queue page (older ones: narrow by date)
 STATES = {
@@ -34,20 +34,28 @@ STATES = {
 }
 
 
-def report_file(job: Job) -> Path | None:
+def report_ref(job: Job) -> str | None:
+    """Where the job's report.json is: a local path, or its key in the object store (None: no report)."""
     if not job.report_path:
         return None
-    p = Path(job.report_path)
-    if p.is_dir():
-        p = p / "report.json"
-    return p if p.is_file() else None
+    ref = job.report_path
+    if not is_stored(ref) and Path(ref).is_dir():  # rows written when the report's directory was recorded
+        ref = str(Path(ref) / "report.json")
+    return ref
+
+
+def read_report(ref: str, settings: Settings) -> Any:
+    """The parsed report (``ObjectMissing`` when its file or object is gone)."""
+    with open_artifact(settings, ref) as fh:
+        return json.loads(fh.read().decode("utf-8"))
 
 
 @lru_cache(maxsize=4096)
-def _summary(path: str, mtime_ns: int) -> dict[str, Any]:
-    """The few report facts the queue filters on, cached per report file version."""
-    del mtime_ns  # part of the cache key only: a rewritten report is read again
-    report = json.loads(Path(path).read_text(encoding="utf-8"))
+def _summary(ref: str, version: str) -> dict[str, Any]:
+    """The few report facts the queue filters on, cached per report version (a local file's mtime; an
+    object in the store is published once under its job's key, so its key is its version)."""
+    del version  # part of the cache key only: a rewritten report is read again
+    report = read_report(ref, get_settings())
     mitigation = report.get("mitigation") or {}
     verdict = ((report.get("scoring") or {}).get("summary") or {}).get("verdict") or {}
     return {
@@ -58,13 +66,15 @@ def _summary(path: str, mtime_ns: int) -> dict[str, Any]:
 
 
 def report_summary(job: Job) -> dict[str, Any]:
-    path = report_file(job)
-    if path is None:
-        return {"code": (job.error or {}).get("code"), "flagged": False, "repaired": False}
+    ref = report_ref(job)
+    none = {"code": (job.error or {}).get("code"), "flagged": False, "repaired": False}
+    if ref is None:
+        return none
     try:
-        return _summary(str(path), path.stat().st_mtime_ns)
-    except (OSError, ValueError):
-        return {"code": (job.error or {}).get("code"), "flagged": False, "repaired": False}
+        version = "" if is_stored(ref) else artifact_version(get_settings(), ref)
+        return none if version is None else _summary(ref, version)
+    except (NotFound, OSError, ValueError):  # gone or unreadable: the queue shows the row's own code
+        return none
 
 
 def job_states(job: Job, summary: dict[str, Any], actions: set[str]) -> list[str]:
@@ -167,23 +177,25 @@ def training_texts(
         return {}
 
 
-def stored_report(job: Job) -> dict[str, Any]:
-    """The gate's report.json of ``job`` as stored; ``NotFound`` (``report_not_ready``) if there is none."""
-    path = report_file(job)
-    if path is None:
-        raise NotFound(
-            f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
-            param="fine_tuning_job_id",
-            code="report_not_ready",
-        )
-    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return report
+def job_report(job: Job, settings: Settings) -> Any:
+    """The job's report.json as the gate wrote it; ``NotFound`` (``report_not_ready``) when there is none."""
+    ref = report_ref(job)
+    try:
+        if ref is not None:
+            return read_report(ref, settings)
+    except ObjectMissing:
+        pass  # gone: answered as not ready, like a report never written
+    raise NotFound(
+        f"job {job.id} has no safety report yet (status {job.status}, stage {job.stage})",
+        param="fine_tuning_job_id",
+        code="report_not_ready",
+    )
 
 
 def full_report(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
     """The job's report.json (the gate puts the flagged examples' text and the mitigation log in it; the text
     of a report written without it is read from the training file); ``NotFound`` if none."""
-    report = stored_report(job)
+    report = job_report(job, settings)
     texts = training_texts(session, job, flagged_lines(report), settings)
     return with_details(report, texts=texts)
 

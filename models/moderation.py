@@ -5,7 +5,6 @@ policy within the provider's bounds (each knob's valid range, as ``tunegate orgs
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,6 +16,7 @@ from models.policy import KNOBS, org_policy
 from models.tables import AuditEntry, Job, Organization
 from tunegate.errors import GATE_CODES, Conflict, InvalidConfig, NotFound
 from tunegate.settings import Settings
+from tunegate.storage import tree_exists
 
 # Only the gate's blocking codes (tunegate.errors.GATE_CODES) can be overridden: a job that failed for any
 # other reason has no evaluated adapter to release.
@@ -28,15 +28,14 @@ def blocked_code(job: Job) -> str | None:
     return code if code in GATE_CODES else None
 
 
-def trained_adapter(settings: Settings, job: Job) -> Path:
-    """The adapter the gate judged for ``job`` (the gate records it even when it blocks); ``NotFound`` when
-    there is none or its files are gone."""
+def trained_adapter(settings: Settings, job: Job) -> str:
+    """The adapter the gate judged for ``job`` (the gate records it even when it blocks: a local path or its
+    key in the object store); ``NotFound`` when there is none or its files are gone."""
     if not job.adapter_path:
         raise NotFound(f"job {job.id} has no trained adapter to release", code="adapter_missing")
-    adapter = Path(job.adapter_path)
-    if not adapter.is_dir():
+    if not tree_exists(settings, job.adapter_path):
         raise NotFound(f"the adapter files of job {job.id} are missing", code="adapter_missing")
-    return adapter
+    return job.adapter_path
 
 
 def override_release(session: Session, admin: Admin, job: Job, reason: str, settings: Settings) -> AuditEntry:
@@ -63,7 +62,7 @@ def override_release(session: Session, admin: Admin, job: Job, reason: str, sett
         data={"stage": job.stage, "override": True, "blocked": code},
         override=True,
     )
-    job.released, job.revoked_at, job.adapter_path = True, None, str(adapter)
+    job.released, job.revoked_at, job.adapter_path = True, None, adapter
     job.fine_tuned_model = fine_tuned_model_name(
         job.model, org.name if org else job.org_id, job.suffix, job.id
     )

@@ -79,3 +79,12 @@ def tiny_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     reset_settings()
     yield path
     reset_settings()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 for the whole test session."""
+    from tests.utils.s3 import moto_server
+
+    with moto_server() as url:
+        yield url

@@ -19,7 +19,8 @@
     ├── StageTimeLimit                 a stage ran past its queue's time limit (Settings.*_stage_time_limit_s)
     ├── ModelError                     a base model cannot be resolved, converted or loaded
     └── TransientError                 the only retryable class (broker/database/network hiccups)
-        └── StorageFull       507      the disk is full (ENOSPC) while storing a file or writing artifacts
+        ├── StorageFull       507      the disk is full (ENOSPC) while storing a file or writing artifacts
+        └── StorageUnavailable 503     the object store (TUNEGATE_STORAGE_URL) failed or could not be reached
 
 HTTP mapping lives in one place, ``api/errors.py``; Celery retries only ``TransientError``.
 """
@@ -187,3 +188,10 @@ class StorageFull(TransientError):
 # The codes the safety gate blocks a job with (worker/stages/gate.py decides them; a moderator may override
 # them in the console; /metrics counts them).
 GATE_CODES = ("unsafe_training_data", "safety_eval_failed", "over_refusal")
+
+
+class StorageUnavailable(TransientError):
+    """The object store answered with an error or could not be reached (the message names no host, bucket
+    or key: the cause is chained for the logs). Retried like any transient error."""
+
+    default_code = "storage_unavailable"

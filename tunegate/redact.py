@@ -31,6 +31,8 @@ PRIVATE_KEYS = frozenset(
         "path",
         "out_dir",
         "base_model_path",
+        "stored_report",  # the gate's published references (store keys or paths)
+        "stored_adapter",
     }
 )
 _STORAGE_KEY = re.compile(r"\b(?:[0-9a-f]{2}/[0-9a-f]{2}/)?[0-9a-f]{64}\b")

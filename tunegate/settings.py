@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="Celery broker; default SQLite in home.")
     storage_dir: Path | None = Field(default=None, description="Uploaded files; default home/files.")
     artifacts_dir: Path | None = Field(default=None, description="Job artifacts; default home/jobs.")
+    # Where uploaded files and the published job artifacts (adapters, checkpoints' adapters, reports) live.
+    # Unset: the local files directory (storage_dir) and the job directories on this machine, as one shared
+    # disk. s3://bucket/prefix: an S3-compatible object store, so the API and the workers share no disk
+    # (uploads under <prefix>/files/, artifacts under <prefix>/jobs/<job_id>/; local copies stay for resume).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None  # e.g. http://minio:9000 (unset: AWS's own endpoint for the region)
+    s3_access_key_id: str | None = None  # unset: boto's usual credential chain
+    s3_secret_access_key: str | None = Field(default=None, repr=False)
+    s3_region: str | None = None
+    # Where a worker keeps local copies of stored training files (by storage key) when the store is remote.
+    file_cache_dir: Path | None = Field(default=None, description="Default home/file-cache.")
     model_cache_dir: Path | None = Field(default=None, description="Converted models; default home/models.")
     eval_cache_dir: Path | None = Field(
         default=None, description="Cached base-model evaluation results; default <model cache>/eval-cache."
@@ -178,6 +189,10 @@ class Settings(BaseSettings):
         return (self.storage_dir or self.home_dir / "files").expanduser()
 
     @property
+    def file_cache_path(self) -> Path:
+        return (self.file_cache_dir or self.home_dir / "file-cache").expanduser()
+
+    @property
     def jobs_path(self) -> Path:
         return (self.artifacts_dir or self.home_dir / "jobs").expanduser()
 
@@ -206,6 +221,15 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when neither the database nor the broker points at a server."""
         return self.database_url is None and self.broker_url is None
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("s3://"):
+            raise ValueError(f"storage_url must be s3://bucket[/prefix] (or unset: local files), got {v!r}")
+        if v is not None and not v[len("s3://") :].strip("/"):
+            raise ValueError("storage_url names no bucket")
+        return v.rstrip("/") if v else v
 
     def ensure_dirs(self) -> None:
         for p in (self.home_dir, self.files_path, self.jobs_path, self.models_path):

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from models.tables import File, Job, Organization
 from tunegate.errors import NotFound
 from tunegate.settings import Settings
-from tunegate.storage import get_storage
+from tunegate.storage import ObjectMissing, get_storage
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -42,14 +42,14 @@ def _file_path(session: Session, org_id: str, file_id: str, settings: Settings) 
     row = session.get(File, file_id)
     if row is None or row.org_id != org_id or row.deleted_at is not None:
         raise NotFound(f"training file {file_id} no longer exists", param="training_file")
-    path = get_storage(settings).path(row.storage_key)
-    if not path.is_file():  # the message names no storage path: the tenant reads it in the job's error
+    try:  # the stages read local paths: a remote object is copied into the worker's file cache first
+        return get_storage(settings).materialize(row.storage_key, settings.file_cache_path)
+    except ObjectMissing:  # the message names no storage path: the tenant reads it in the job's error
         raise NotFound(
             f"the stored content of training file {file_id} is missing",
             param="training_file",
             code="file_content_missing",
-        )
-    return path
+        ) from None
 
 
 def merged_hyperparameters(job: Job) -> dict[str, Any]:

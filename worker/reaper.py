@@ -26,6 +26,7 @@ from models.files import expire_files, expire_uploads
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Job
 from tunegate import queue
+from tunegate.errors import TransientError
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import get_storage
 from worker import webhooks
@@ -125,7 +126,7 @@ class ReaperThread(threading.Thread):
                 log.warning("reaper pass failed, will retry: %s", exc)
             try:
                 reap_expired(self.settings)
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, OSError, TransientError) as exc:  # e.g. the object store away
                 log.warning("expiry pass failed, will retry: %s", exc)
             try:
                 webhooks.sweep(self.settings)

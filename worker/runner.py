@@ -435,8 +435,9 @@ def run_local(
 ) -> list[StageResult]:
     """The same specs in-process, without a database or a broker (``tunegate finetune``): each stage is built
     from ``view`` and the results before it exactly as a worker builds it, and a stage whose result exists in
-    ``out/<stage>`` is reused (the same resume rule). Returns every stage's result, in order."""
-    ctx = StageContext(view, out, settings)
+    ``out/<stage>`` is reused (the same resume rule). Returns every stage's result, in order. Nothing is
+    published to an object store (``storage_url``): a local run's artifacts stay in ``out``."""
+    ctx = StageContext(view, out, settings.model_copy(update={"storage_url": None}))
     results: list[StageResult] = []
     for spec in pipeline.specs:
         d = ctx.dir_of(spec)

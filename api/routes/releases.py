@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -21,14 +22,15 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
-from api.moderation import full_report, job_context, stored_report
+from api.moderation import full_report, job_context, job_report
 from models import audit
 from models.jobs import check_released
 from models.tables import Job
 from tunegate.errors import NotFound
 from tunegate.redact import scrub, scrub_value
 from tunegate.reporting import render_report
-from tunegate.settings import get_settings
+from tunegate.settings import Settings, get_settings
+from tunegate.storage import ObjectMissing, fetch_tree
 
 TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja")
 
@@ -36,10 +38,10 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning extensions"
 
 
 @router.get("/{job_id}/safety_report", response_model=dict[str, Any])
-def safety_report(job_id: str, org: CurrentOrg, session: SessionDep) -> dict[str, Any]:
+def safety_report(job_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """The gate's full report (scores, mitigation, base vs fine-tuned ASR, verdict) as JSON."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    report = scrub_value(stored_report(job), get_settings())
+    report = scrub_value(job_report(job, settings), settings)
     return report if isinstance(report, dict) else {"report": report}
 
 
@@ -137,13 +139,22 @@ def _released_job(session: SessionDep, org: CurrentOrg, job_id: str) -> Job:
 
 
 def _send(
-    adapter_dir: Path | None, name: str, model: str, background: BackgroundTasks, what: str
+    ref: str | None, name: str, model: str, background: BackgroundTasks, what: str, settings: Settings
 ) -> FileResponse:
-    if adapter_dir is None or not adapter_dir.is_dir():
+    """The adapter directory ``ref`` (a local path, or a key in the object store, fetched into a temp
+    directory first) as a scrubbed tar.gz; the temp files go once the response is sent."""
+    fetched = Path(tempfile.mkdtemp(prefix="adapter-src-"))
+    try:
+        adapter_dir = fetch_tree(settings, ref, fetched / "adapter") if ref else None
+        if adapter_dir is None:
+            raise ObjectMissing("")
+        archive = _archive(adapter_dir, name, model)
+    except ObjectMissing:
         raise NotFound(
             f"the adapter files of {what} are missing", param="fine_tuning_job_id", code="adapter_missing"
-        )
-    archive = _archive(adapter_dir, name, model)
+        ) from None
+    finally:
+        shutil.rmtree(fetched, ignore_errors=True)
     background.add_task(archive.unlink, missing_ok=True)
     return FileResponse(archive, media_type="application/gzip", filename=f"{name}.tar.gz")
 
@@ -152,22 +163,28 @@ GZIP: dict[int | str, dict[str, Any]] = {200: {"content": {"application/gzip": {
 
 
 @router.get("/{job_id}/adapter", response_class=FileResponse, responses=GZIP)
-def adapter(job_id: str, org: CurrentOrg, session: SessionDep, background: BackgroundTasks) -> FileResponse:
+def adapter(
+    job_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep, background: BackgroundTasks
+) -> FileResponse:
     """The LoRA adapter (peft format) as a tar.gz, only for a job whose safety gate released it."""
     job = _released_job(session, org, job_id)
-    adapter_dir = Path(job.adapter_path) if job.adapter_path else None
-    return _send(adapter_dir, f"{job.id}-adapter", job.model, background, f"job {job.id}")
+    return _send(job.adapter_path, f"{job.id}-adapter", job.model, background, f"job {job.id}", settings)
 
 
 @router.get("/{job_id}/checkpoints/{checkpoint_id}/adapter", response_class=FileResponse, responses=GZIP)
 def checkpoint_adapter(
-    job_id: str, checkpoint_id: str, org: CurrentOrg, session: SessionDep, background: BackgroundTasks
+    job_id: str,
+    checkpoint_id: str,
+    org: CurrentOrg,
+    session: SessionDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
 ) -> FileResponse:
     """One checkpoint's LoRA adapter (peft format, without the optimizer state) as a tar.gz, under the same
     rule as the final adapter: nothing trained leaves before the job's safety gate released it. (The gate
     evaluated the final adapter; an earlier checkpoint was not evaluated on its own.)"""
     job = _released_job(session, org, job_id)
     ckpt = crud.get_checkpoint(session, job=job, checkpoint_id=checkpoint_id)
-    adapter_dir = Path(ckpt.path) / "adapter" if ckpt.path else None
+    ref = f"{ckpt.path}/adapter" if ckpt.path else None
     name = f"{job.id}-step-{ckpt.step_number}-adapter"
-    return _send(adapter_dir, name, job.model, background, f"checkpoint {ckpt.id}")
+    return _send(ref, name, job.model, background, f"checkpoint {ckpt.id}", settings)

@@ -9,6 +9,7 @@ per-model caches (scoring reference, base-model evaluation) are computed once.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -74,13 +75,15 @@ class Stack:
     base_url: str
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_worker(self, name: str = "w") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "w", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A worker subprocess with this process's environment plus ``env`` (e.g. a home of its own)."""
         log = (self.home / f"worker-{name}-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen(
             worker_command("gpu,cpu", name=f"{name}{len(self.workers)}", log_level="INFO"),
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
         )
         self.workers.append(proc)
         return proc

@@ -26,6 +26,7 @@ from models.tables import Job, Organization
 from tunegate.artifacts import read_json
 from tunegate.conversation import load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation.math import flips_blocked
 from worker.ml.stage_io import StageIO
 from worker.report.build import build_report, flagged_examples, write_report
@@ -75,6 +76,8 @@ class GateInputs:
     mitigation: mitigate.MitigateResult | None = None  # None: mitigation did not run
     training: train.TrainResult | None = None
     texts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # line -> messages, flagged lines
+    # makes the report and the judged adapter readable by the API (tunegate.storage.artifact_publisher)
+    publish: Publish = keep_local
 
 
 @dataclass
@@ -87,6 +90,9 @@ class GateResult(StageResult):
     report_html: str = ""
     adapter_dir: str = ""  # the adapter the decision is about (released or not)
     warnings: list[str] = field(default_factory=list)  # released despite these (over-refusal on "warn")
+    # their published references (the local paths with the local store, store keys with an object store)
+    stored_report: str = ""
+    stored_adapter: str = ""
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,9 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
         actions=_actions(inputs.mitigation),
     )
     res.report_json, res.report_html = (str(p) for p in write_report(report, out_dir))
+    res.stored_adapter = inputs.publish(Path(adapter), "train/adapter") if adapter else ""
+    inputs.publish(Path(res.report_html), "gate/report.html")
+    res.stored_report = inputs.publish(Path(res.report_json), "gate/report.json")  # last: the row's pointer
     inputs.io.step(1.0, res.message)
     return finish(out_dir, cfg, res)
 
@@ -290,6 +299,7 @@ def build(ctx: StageContext, io: StageIO) -> tuple[GateConfig, GateInputs]:
         mitigation=ctx.result(mitigate.SPEC),
         training=ctx.result(train.SPEC),
         texts=texts,
+        publish=artifact_publisher(ctx.settings, ctx.view.id),
     )
     return cfg, inputs
 
@@ -297,8 +307,9 @@ def build(ctx: StageContext, io: StageIO) -> tuple[GateConfig, GateInputs]:
 def apply(session: Session, job: Job, res: GateResult) -> Applied:
     """Released: the job succeeds with its fine-tuned model's name; blocked: it fails with the gate's code.
     The report's location stays on the job row: tenants read it through /safety_report."""
-    job.report_path = res.report_json
-    job.adapter_path = res.adapter_dir  # served only once released (by the gate, or a moderator's override)
+    job.report_path = res.stored_report or res.report_json  # results saved before stored_* existed
+    # served only once released (by the gate, or a moderator's override)
+    job.adapter_path = res.stored_adapter or res.adapter_dir
     data = {"released": res.released, "code": res.code, "warnings": res.warnings}
     if not res.released:
         error = {"code": res.code or "safety_eval_failed", "message": res.message, "param": None}

@@ -23,7 +23,7 @@ from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
-from tunegate.storage import get_storage
+from tunegate.storage import Publish, artifact_publisher, get_storage
 from worker.ml.models import context_length, load_resolved
 from worker.ml.render import encode
 from worker.ml.stage_io import StageIO
@@ -209,8 +209,25 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     cfg = config_from_openai(
         view.model, view.hyperparameters, len(examples), seed=view.seed, precision=ctx.settings.precision
     )
+    io = publishing_checkpoints(io, artifact_publisher(ctx.settings, view.id))
     validation = load_examples(view.validation_file) if view.validation_file is not None else []
     return ctx.configure(cfg, SPEC), TrainInputs(examples, io, ctx.settings, validation=validation)
+
+
+def publishing_checkpoints(io: StageIO, publish: Publish) -> StageIO:
+    """``io`` whose checkpoint callback first publishes the checkpoint's adapter (not its optimizer state),
+    so the recorded path is one the API can read: the local directory, or ``jobs/<id>/checkpoints/epoch-N``
+    in an object store (the download adds ``/adapter`` to either)."""
+    record = io.on_checkpoint
+    if record is None:
+        return io
+
+    def on_checkpoint(info: dict[str, Any]) -> None:
+        path = Path(str(info["path"]))
+        ref = publish(path / "adapter", f"checkpoints/{path.name}/adapter")
+        record({**info, "path": ref.removesuffix("/adapter")})
+
+    return replace(io, on_checkpoint=on_checkpoint)
 
 
 def apply(session: Session, job: Job, res: TrainResult) -> Applied:

@@ -202,7 +202,8 @@ def test_cli_and_worker_build_and_run_the_same_stages(home: Path, tmp_path: Path
 def _comparable(name: str, res: StageResult) -> Any:
     """A result without the paths (they name each run's own directory)."""
     d = res.to_dict()
-    for key in ("train_file", "actions_file", "adapter_dir", "results_file", "report_json", "report_html"):
+    paths = ("train_file", "actions_file", "adapter_dir", "results_file", "report_json", "report_html")
+    for key in (*paths, "stored_report", "stored_adapter"):
         d.pop(key, None)
     if name == "score":
         d["risks"] = [r["risk"] for r in res.records]
