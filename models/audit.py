@@ -1,7 +1,7 @@
 """The moderators' audit log: append-only (this module inserts and reads; nothing updates or deletes).
 
-Every console action (override, revoke, policy change) writes one entry in the same transaction as the change
-itself, so an action without its entry cannot be committed.
+Every console action (override, revoke, policy change, adding or deleting an organization's webhook) writes
+one entry in the same transaction as the change itself, so an action without its entry cannot be committed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from tunegate.errors import InvalidRequest
 OVERRIDE = "override_release"
 REVOKE = "revoke_adapter"
 SET_POLICY = "set_org_policy"
-ACTIONS = (OVERRIDE, REVOKE, SET_POLICY)
+ADD_WEBHOOK = "add_webhook"
+DELETE_WEBHOOK = "delete_webhook"
+ACTIONS = (OVERRIDE, REVOKE, SET_POLICY, ADD_WEBHOOK, DELETE_WEBHOOK)
 MIN_REASON_CHARS = 5
 MAX_REASON_CHARS = 2000
 

@@ -13,7 +13,7 @@ from models import audit, webhooks
 from models.jobs import JobStatus, fine_tuned_model_name, record_event, transition
 from models.keys import Admin
 from models.policy import KNOBS, org_policy
-from models.tables import AuditEntry, Job, Organization
+from models.tables import AuditEntry, Job, Organization, WebhookEndpoint
 from tunegate.errors import GATE_CODES, Conflict, InvalidConfig, NotFound
 from tunegate.settings import Settings
 from tunegate.storage import tree_exists
@@ -111,3 +111,23 @@ def set_org_policy(
         raise InvalidConfig("the policy is unchanged", param="policy")
     org.policy = merged
     return audit.append(session, admin, audit.SET_POLICY, reason, org_id=org.id, details={"changed": changed})
+
+
+def add_webhook(
+    session: Session, admin: Admin, org: Organization, url: str, events: list[str], reason: str
+) -> WebhookEndpoint:
+    """Register a webhook endpoint for ``org`` on its behalf (the caller shows the secret once)."""
+    reason = audit.check_reason(reason)
+    row = webhooks.create_endpoint(session, org_id=org.id, url=url, events=events)
+    details = {"endpoint": row.id, "url": row.url, "events": list(row.events)}
+    audit.append(session, admin, audit.ADD_WEBHOOK, reason, org_id=org.id, details=details)
+    return row
+
+
+def delete_webhook(session: Session, admin: Admin, org: Organization, endpoint_id: str, reason: str) -> None:
+    """Remove one of ``org``'s webhook endpoints (and its delivery log)."""
+    reason = audit.check_reason(reason)
+    row = webhooks.get_endpoint(session, org_id=org.id, endpoint_id=endpoint_id)
+    details = {"endpoint": row.id, "url": row.url}
+    webhooks.delete_endpoint(session, org_id=org.id, endpoint_id=endpoint_id)
+    audit.append(session, admin, audit.DELETE_WEBHOOK, reason, org_id=org.id, details=details)

@@ -22,9 +22,16 @@ from sqlalchemy.orm import Session
 from api import moderation as mod
 from api.deps import SessionDep, SettingsDep
 from api.ratelimit import AUTH_FAILURES
-from models import audit
+from models import audit, webhooks
 from models.keys import ROLE_ADMIN, Admin, authenticate_admin
-from models.moderation import blocked_code, override_release, revoke_adapter, set_org_policy
+from models.moderation import (
+    add_webhook,
+    blocked_code,
+    delete_webhook,
+    override_release,
+    revoke_adapter,
+    set_org_policy,
+)
 from models.policy import KNOBS, MITIGATION_ORDER, org_policy
 from models.tables import ApiKey, Job, Organization
 from tunegate.errors import InvalidRequest, NotFound, PermissionDenied, TunegateError
@@ -257,6 +264,7 @@ def _job_page(
     error: str | None = None,
     notice: str | None = None,
     status: int = 200,
+    new_webhook: dict[str, str] | None = None,
 ) -> HTMLResponse:
     entries = audit.for_job(session, job.id)
     context = mod.job_context(session, job, entries)
@@ -277,13 +285,48 @@ def _job_page(
         knobs=KNOBS,
         mitigation_order=MITIGATION_ORDER,
         org_audit=[audit.as_dict(e) for e in audit.for_org(session, job.org_id) if e.job_id is None],
+        org_webhooks=_org_webhooks(session, job.org_id),
+        event_types=webhooks.EVENT_TYPES,
+        new_webhook=new_webhook,
         error=error,
         notice=notice,
     )
     return _html(page, status)
 
 
+RECENT_DELIVERIES = 5  # per endpoint on the job page
+
+
+def _org_webhooks(session: Session, org_id: str) -> list[dict[str, Any]]:
+    """The organization's endpoints with their latest deliveries (the delivery log, newest first)."""
+    out = []
+    for endpoint in webhooks.list_endpoints(session, org_id=org_id):
+        rows, _ = webhooks.list_deliveries(session, endpoint=endpoint, after=None, limit=RECENT_DELIVERIES)
+        deliveries = [
+            {
+                "event": e.type,
+                "job": e.job_id,
+                "status": d.status,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "at": d.created_at,
+            }
+            for d, e in rows
+        ]
+        out.append(
+            {
+                "id": endpoint.id,
+                "url": endpoint.url,
+                "events": list(endpoint.events),
+                "created_at": endpoint.created_at,
+                "deliveries": deliveries,
+            }
+        )
+    return out
+
+
 DONE = {
+    "webhook_deleted": "The webhook endpoint is deleted (recorded in the audit log).",
     "override": "The adapter is released (override recorded in the audit log).",
     "revoke": "The adapter is revoked (recorded in the audit log).",
     "policy": "The organization's policy is changed (recorded in the audit log).",
@@ -444,3 +487,60 @@ def set_policy(
         set_org_policy(session, admin, org, updates, reason, settings)
 
     return _act(request, session, settings, job_id, csrf, change, "policy")
+
+
+@router.post("/jobs/{job_id}/webhooks", response_class=HTMLResponse)
+def add_org_webhook(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    url: Annotated[str, Form(max_length=4096)] = "",
+    events: Annotated[list[str] | None, Form()] = None,
+    reason: Annotated[str, Form(max_length=4000)] = "",
+    csrf: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
+    """Register a webhook endpoint for the job's organization; the page shows its signing secret this once."""
+    try:
+        staff = _acting(request, session, settings, csrf)
+    except PermissionDenied as exc:
+        return _error_page(exc)
+    try:
+        job = _job(session, job_id)
+        org = session.get(Organization, job.org_id)
+        if org is None:
+            raise NotFound(f"the organization of job {job.id} no longer exists", param="org")
+        row = add_webhook(session, staff.admin, org, url, list(events or []), reason)
+        created = {"id": row.id, "url": row.url, "secret": row.secret}
+        session.commit()
+    except TunegateError as exc:
+        session.rollback()
+        try:
+            return _job_page(
+                session, settings, staff, _job(session, job_id), error=exc.message, status=exc.status_code
+            )
+        except NotFound:
+            return _error_page(exc, staff)
+    notice = "The webhook endpoint is added (recorded in the audit log). Give its secret to the organization."
+    return _job_page(session, settings, staff, job, notice=notice, new_webhook=created)
+
+
+@router.post("/jobs/{job_id}/webhooks/{endpoint_id}/delete", response_class=HTMLResponse)
+def delete_org_webhook(
+    job_id: str,
+    endpoint_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    reason: Annotated[str, Form(max_length=4000)] = "",
+    csrf: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
+    """Delete one of the job's organization's webhook endpoints (and its delivery log)."""
+
+    def delete(admin: Admin, job: Job) -> None:
+        org = session.get(Organization, job.org_id)
+        if org is None:
+            raise NotFound(f"the organization of job {job.id} no longer exists", param="org")
+        delete_webhook(session, admin, org, endpoint_id, reason)
+
+    return _act(request, session, settings, job_id, csrf, delete, "webhook_deleted")

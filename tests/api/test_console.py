@@ -276,3 +276,37 @@ def test_queue_pages_newest_first(staff: httpx.Client, monkeypatch: pytest.Monke
     assert link, first
     second = staff.get(link.group(1).replace("&amp;", "&")).text
     assert older.id in second and newer.id not in second and 'rel="prev"' in second
+
+
+def test_staff_manage_an_organizations_webhooks(
+    server: Server, staff: httpx.Client, blocked: BlockedJob
+) -> None:
+    """Add an endpoint for the job's organization (its secret shown once), see it through the org's own API,
+    see its delivery log on the page, delete it; both actions are in the audit log; CSRF is required."""
+    url = f"/console/jobs/{blocked.id}"
+    page = staff.get(url)
+    csrf = csrf_of(page.text)
+    hook = {
+        "url": "http://127.0.0.1:9/hooks",
+        "events": ["fine_tuning.job.succeeded"],
+        "reason": "set up for acme",
+    }
+    assert staff.post(f"{url}/webhooks", data={**hook, "csrf": "forged"}).status_code == 403
+    bad = staff.post(f"{url}/webhooks", data={**hook, "url": "ftp://x", "csrf": csrf})
+    assert bad.status_code == 400 and "url" in bad.text
+    added = staff.post(f"{url}/webhooks", data={**hook, "csrf": csrf})
+    assert added.status_code == 200 and "whsec_" in added.text
+    client = sdk(server, blocked.key)
+    (endpoint,) = client.get("/webhooks", cast_to=object)["data"]  # type: ignore[index]
+    assert endpoint["url"] == hook["url"] and "secret" not in endpoint
+    assert "whsec_" not in staff.get(url).text  # shown once
+    # the override releases the job: its succeeded event is logged for the endpoint
+    assert staff.post(f"{url}/override", data={"reason": "ok after review", "csrf": csrf}).status_code == 303
+    shown = staff.get(url).text
+    assert "fine_tuning.job.succeeded" in shown and "pending" in shown and "set up for acme" in shown
+    gone = staff.post(f"{url}/webhooks/{endpoint['id']}/delete", data={"reason": "org asked", "csrf": csrf})
+    assert gone.status_code == 303
+    assert client.get("/webhooks", cast_to=object)["data"] == []  # type: ignore[index]
+    with session_scope() as s:
+        actions = {e.action for e in s.query(AuditEntry).filter(AuditEntry.job_id.is_(None))}
+    assert {"add_webhook", "delete_webhook"} <= actions
