@@ -10,7 +10,11 @@ from cli import _log_settings
 from tunegate.settings import reset_settings
 
 
-def test_terminal_commands_log_warnings_services_info(tunegate_home: Path) -> None:
+def test_terminal_commands_log_warnings_services_info(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TUNEGATE_LOG_LEVEL", raising=False)
+    reset_settings()
     assert _log_settings(["models", "prepare", "--aligned"]).log_level == "WARNING"
     assert _log_settings(["--debug", "demo"]).log_level == "WARNING"
     assert _log_settings(["api", "--port", "8000"]).log_level == "INFO"

@@ -139,6 +139,10 @@ def e2e_stack(mode: str, home: Path, **env: str) -> Iterator[Stack]:
             "EVENT_INTERVAL_S": "0.5",
             "RETRY_BACKOFF_S": "1",
             "MIN_EXAMPLES": "10",
+            # The provider's delta for this stack: 12 paired prompts bound an increase no tighter than about
+            # 18% even when nothing changed (docs/safety.md); the random tiny model's blocked job is blocked
+            # by its flagged, unmitigated data.
+            "GATE_DELTA": "0.6",
             "MAX_EXAMPLE_TOKENS": "512",
             "TORCH_THREADS": "1",
             "LOG_LEVEL": "INFO",
