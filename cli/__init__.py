@@ -76,6 +76,8 @@ def main() -> None:
     logs.configure(_log_settings(sys.argv[1:]))  # JSON lines (TUNEGATE_LOG_FORMAT=text: key=value) on stderr
     for name in ("httpx", "httpx2"):  # a line per request (the SDK's client is httpx2) would break the bars
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not _is_service(sys.argv[1:]):  # libraries' deprecation notices are for developers, not at a terminal
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
     app()
 
 
@@ -83,7 +85,10 @@ def _log_settings(args: list[str]) -> Settings:
     """The services log at ``TUNEGATE_LOG_LEVEL`` (INFO); a command a person runs at a terminal logs only
     warnings unless that variable is set, so its progress bars and answers are not buried in log lines."""
     settings = get_settings()
-    command = next((a for a in args if not a.startswith("-")), "")
-    if command in SERVICES or "log_level" in settings.model_fields_set:
+    if _is_service(args) or "log_level" in settings.model_fields_set:
         return settings
     return settings.model_copy(update={"log_level": "WARNING"})
+
+
+def _is_service(args: list[str]) -> bool:
+    return next((a for a in args if not a.startswith("-")), "") in SERVICES
