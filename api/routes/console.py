@@ -373,17 +373,29 @@ def job_report(job_id: str, request: Request, session: SessionDep, settings: Set
 
 
 def _act(
-    request: Request, session: Session, settings: Settings, job_id: str, csrf: str, action: Any, done: str
+    request: Request,
+    session: Session,
+    settings: Settings,
+    job_id: str,
+    csrf: str,
+    action: Any,
+    done: str,
+    show: Any = None,
 ) -> Response:
-    """Run one job action as the logged-in staff member, then show the job page (or the error on it)."""
+    """Run one job action as the logged-in staff member, then redirect to the job page (or show the error on
+    it). ``show(staff, job, result)``, when given, answers instead of the redirect (a page that must show
+    something once, like a new webhook's secret)."""
     try:
         staff = _acting(request, session, settings, csrf)
     except PermissionDenied as exc:
         return _error_page(exc)
     try:
         job = _job(session, job_id, for_update=True)
-        action(staff.admin, job)
+        result = action(staff.admin, job)
         session.commit()
+        if show is not None:
+            response: Response = show(staff, job, result)
+            return response
     except TunegateError as exc:
         session.rollback()
         try:
@@ -437,6 +449,13 @@ def revoke(
     )
 
 
+def _org_of(session: Session, job: Job) -> Organization:
+    org = session.get(Organization, job.org_id)
+    if org is None:
+        raise NotFound(f"the organization of job {job.id} no longer exists", param="org")
+    return org
+
+
 def _knob(name: str, raw: str) -> Any:
     """A form value as the policy knob's type (a bad number stays text: the policy check then names it)."""
     kind = KNOBS[name]
@@ -478,9 +497,7 @@ def set_policy(
     }
 
     def change(admin: Admin, job: Job) -> None:
-        org = session.get(Organization, job.org_id)
-        if org is None:
-            raise NotFound(f"the organization of job {job.id} no longer exists", param="org")
+        org = _org_of(session, job)
         current = org_policy(settings, org.policy)
         updates = {k: _knob(k, v) for k, v in sent.items() if v is not None and v != ""}
         updates = {k: v for k, v in updates.items() if v != current[k]}
@@ -501,28 +518,18 @@ def add_org_webhook(
     csrf: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
     """Register a webhook endpoint for the job's organization; the page shows its signing secret this once."""
-    try:
-        staff = _acting(request, session, settings, csrf)
-    except PermissionDenied as exc:
-        return _error_page(exc)
-    try:
-        job = _job(session, job_id)
-        org = session.get(Organization, job.org_id)
-        if org is None:
-            raise NotFound(f"the organization of job {job.id} no longer exists", param="org")
-        row = add_webhook(session, staff.admin, org, url, list(events or []), reason)
-        created = {"id": row.id, "url": row.url, "secret": row.secret}
-        session.commit()
-    except TunegateError as exc:
-        session.rollback()
-        try:
-            return _job_page(
-                session, settings, staff, _job(session, job_id), error=exc.message, status=exc.status_code
-            )
-        except NotFound:
-            return _error_page(exc, staff)
-    notice = "The webhook endpoint is added (recorded in the audit log). Give its secret to the organization."
-    return _job_page(session, settings, staff, job, notice=notice, new_webhook=created)
+
+    def add(admin: Admin, job: Job) -> dict[str, str]:
+        row = add_webhook(session, admin, _org_of(session, job), url, list(events or []), reason)
+        return {"id": row.id, "url": row.url, "secret": row.secret}
+
+    def show(staff: Staff, job: Job, created: dict[str, str]) -> Response:
+        notice = (
+            "The webhook endpoint is added (recorded in the audit log). Give its secret to the organization."
+        )
+        return _job_page(session, settings, staff, job, notice=notice, new_webhook=created)
+
+    return _act(request, session, settings, job_id, csrf, add, "webhook_added", show)
 
 
 @router.post("/jobs/{job_id}/webhooks/{endpoint_id}/delete", response_class=HTMLResponse)
@@ -538,9 +545,6 @@ def delete_org_webhook(
     """Delete one of the job's organization's webhook endpoints (and its delivery log)."""
 
     def delete(admin: Admin, job: Job) -> None:
-        org = session.get(Organization, job.org_id)
-        if org is None:
-            raise NotFound(f"the organization of job {job.id} no longer exists", param="org")
-        delete_webhook(session, admin, org, endpoint_id, reason)
+        delete_webhook(session, admin, _org_of(session, job), endpoint_id, reason)
 
     return _act(request, session, settings, job_id, csrf, delete, "webhook_deleted")
