@@ -10,7 +10,8 @@ import pytest
 from models.db import session_scope
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Checkpoint, Job
-from tests.api.conftest import processed_file, queued_tasks
+from tests.api.conftest import processed_file
+from tests.utils.broker import queued_tasks
 
 MODEL = "smollm2-135m"
 

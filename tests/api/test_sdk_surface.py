@@ -21,8 +21,9 @@ from models.base import utcnow
 from models.db import session_scope
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Checkpoint, File, Job, JobEvent
-from tests.api.conftest import new_key, processed_file, queued_tasks, release_job, sdk
+from tests.api.conftest import new_key, processed_file, release_job, sdk
 from tests.api.server import Server
+from tests.utils.broker import queued_tasks
 from worker.reaper import reap_expired
 
 MODEL = "smollm2-135m"

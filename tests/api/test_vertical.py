@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import openai
 
-from tests.api.conftest import processed_file, queued_tasks
+from tests.api.conftest import processed_file
+from tests.utils.broker import queued_tasks
 from tunegate import queue
 
 

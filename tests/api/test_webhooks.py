@@ -11,8 +11,9 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import new_key, processed_file, queued_tasks
+from tests.api.conftest import new_key, processed_file
 from tests.api.server import Server
+from tests.utils.broker import queued_tasks
 
 MODEL = "smollm2-135m"
 URL = "https://hooks.example.com/tunegate"

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from kombu import Connection
 from sqlalchemy import select
 
 from models import webhooks
 from models.db import session_scope
 from models.jobs import JobStatus, transition
 from models.tables import Job, Organization, WebhookDelivery, WebhookEvent
+from tests.utils.broker import queued_tasks
 from tunegate.settings import get_settings
 
 
@@ -41,19 +41,9 @@ def _rows() -> list[tuple[WebhookEvent, WebhookDelivery]]:
 
 
 def _messages() -> list[list[str]]:
-    out = []
-    with Connection(get_settings().celery_broker_url) as conn:
-        q = conn.SimpleQueue("cpu")
-        while True:
-            try:
-                msg = q.get(block=False)
-            except q.Empty:
-                break
-            assert msg.headers["task"] == "tunegate.webhook.deliver"
-            out.append(list(msg.payload[0]))
-            msg.ack()
-        q.close()
-    return out
+    tasks = queued_tasks()
+    assert all(name == "tunegate.webhook.deliver" for name, _ in tasks), tasks
+    return [args for _, args in tasks]
 
 
 def _move(job_id: str, *statuses: JobStatus) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from kombu import Connection
 from openai.types.webhooks import FineTuningJobFailedWebhookEvent
 from sqlalchemy import select, update
 
@@ -26,6 +25,7 @@ from models.jobs import JobStatus, transition
 from models.keys import get_or_create_org
 from models.tables import Job, WebhookDelivery
 from tests.api.server import free_port, pg_schema_url
+from tests.utils.broker import queued_tasks
 from tests.worker.jobfactory import make_job
 from tunegate.settings import get_settings, reset_settings
 from worker import webhooks
@@ -136,20 +136,8 @@ def _delivery(delivery_id: str) -> WebhookDelivery:
 
 
 def _deliver_messages() -> list[list[str]]:
-    """Drain the embedded broker's ``cpu`` queue: the args of every webhook delivery message."""
-    out = []
-    with Connection(get_settings().celery_broker_url) as conn:
-        q = conn.SimpleQueue("cpu")
-        while True:
-            try:
-                msg = q.get(block=False)
-            except q.Empty:
-                break
-            if msg.headers["task"] == "tunegate.webhook.deliver":
-                out.append(list(msg.payload[0]))
-            msg.ack()
-        q.close()
-    return out
+    """The args of every webhook delivery message queued so far (other messages are drained too)."""
+    return [args for name, args in queued_tasks() if name == "tunegate.webhook.deliver"]
 
 
 def _when_due(delivery_id: str) -> str:
