@@ -298,12 +298,12 @@ def _base_results(
             judge=ev.judge.name,
             cfg=_cache_cfg(cfg),
         )
-        use_cache = cfg.use_cache and cache_dir is not None
-        hit = cache.load(cache_dir, key) if use_cache and cache_dir else None
+        store = cache_dir if cfg.use_cache else None  # None: evaluate, keep nothing
+        hit = cache.load(store, key) if store else None
         if hit is None:
             hit = ev.evaluate(model, fmt, tuned_dir=None, part=(0.0, 0.25) if name == "chat" else (0.25, 0.5))
-            if use_cache and cache_dir:
-                cache.store(cache_dir, key, hit)
+            if store:
+                cache.store(store, key, hit)
         out[name] = hit
     return out
 
