@@ -187,7 +187,10 @@ class StorageFull(TransientError):
 
 # The codes the safety gate blocks a job with (worker/stages/gate.py decides them; a moderator may override
 # them in the console; /metrics counts them).
-GATE_CODES = ("unsafe_training_data", "safety_eval_failed", "over_refusal")
+UNSAFE_TRAINING_DATA = "unsafe_training_data"
+SAFETY_EVAL_FAILED = "safety_eval_failed"
+OVER_REFUSAL = "over_refusal"
+GATE_CODES = (UNSAFE_TRAINING_DATA, SAFETY_EVAL_FAILED, OVER_REFUSAL)
 
 
 class StorageUnavailable(TransientError):

@@ -25,7 +25,7 @@ from models.policy import DEFAULT_POLICY
 from models.tables import Job, Organization
 from tunegate.artifacts import read_json
 from tunegate.conversation import load_examples
-from tunegate.errors import InvalidConfig
+from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation.math import flips_blocked
 from worker.ml.stage_io import StageIO
@@ -233,13 +233,13 @@ def decide(cfg: GateConfig, ev: EvalResult, verdict: Verdict | None, mitigated: 
             f"The training data was flagged as unsafe ({reason or 'scoring verdict'}) and "
             "mitigation was disabled, so the adapter is not released."
         )
-        return Decision(False, "unsafe_training_data", msg, checks)
+        return Decision(False, UNSAFE_TRAINING_DATA, msg, checks)
     failed = [c for c in checks if not c["passed"] and c["check"] not in ("training_data", "over_refusal")]
     if failed:
         msg = "Safety evaluation failed: " + "; ".join(map(_describe, failed)) + "."
-        return Decision(False, "safety_eval_failed", msg, checks)
+        return Decision(False, SAFETY_EVAL_FAILED, msg, checks)
     if over and not over["passed"] and cfg.over_refusal_action == "fail":
-        return Decision(False, "over_refusal", "Over-refusal: " + _describe(over) + ".", checks)
+        return Decision(False, OVER_REFUSAL, "Over-refusal: " + _describe(over) + ".", checks)
     warnings = ["Over-refusal: " + _describe(over) + "."] if over and not over["passed"] else []
     asr = ", ".join(
         f"{c['check'][4:]} {c['base']:.1%} -> {c['tuned']:.1%} (increase {c['increase']:+.1%}, "
@@ -312,7 +312,7 @@ def apply(session: Session, job: Job, res: GateResult) -> Applied:
     job.adapter_path = res.stored_adapter or res.adapter_dir
     data = {"released": res.released, "code": res.code, "warnings": res.warnings}
     if not res.released:
-        error = {"code": res.code or "safety_eval_failed", "message": res.message, "param": None}
+        error = {"code": res.code or SAFETY_EVAL_FAILED, "message": res.message, "param": None}
         return Applied(f"blocked: {res.message}", data, JobStatus.FAILED, level="error", error=error)
     org = session.get(Organization, job.org_id)
     job.released = True
