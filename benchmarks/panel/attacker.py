@@ -59,12 +59,19 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
+    """The cached scores; a last line cut short by an interruption is dropped from the file."""
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
 
 
-def pool_scores(src: ds.Sources, model: str, cache: Path, *, batch_size: int = 8) -> list[dict[str, Any]]:
+def pool_scores(
+    src: ds.Sources, model: str, cache: Path, *, batch_size: int = 8, n_anchors: int = 40
+) -> list[dict[str, Any]]:
     """Every pool example's raw scores (``RawScore.to_dict``) under the attacker's anchors, cached."""
     path = cache / "pool-scores.jsonl"
     rows = ds.pool(src)
@@ -72,7 +79,7 @@ def pool_scores(src: ds.Sources, model: str, cache: Path, *, batch_size: int = 8
         done = _read(path)
         if len(done) >= len(rows):
             return done[: len(rows)]
-        _score_rest(src, model, cache, rows, done, path, batch_size)
+        _score_rest(src, model, cache, rows, done, path, batch_size, n_anchors)
         return _read(path)[: len(rows)]
 
 
@@ -84,13 +91,14 @@ def _score_rest(
     done: list[dict[str, Any]],
     path: Path,
     batch_size: int,
+    n_anchors: int,
 ) -> None:
     from tunegate.conversation import parse_example
     from tunegate.settings import get_settings
     from worker.scoring import anchors, engine, score_all
 
     base = score_all.load_base(model, get_settings())
-    adir = write_anchors(src, cache / "anchors")
+    adir = write_anchors(src, cache / "anchors", n_anchors)
     feats = anchors.compute_anchors(
         base.model, base.tokenizer, max_len=base.max_len, with_direction=True, anchor_dir=adir
     )
