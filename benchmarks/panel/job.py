@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 import traceback
 from dataclasses import asdict, is_dataclass
@@ -56,6 +57,31 @@ def sources(out: Path, model: str, data_dir: Path, pool_size: int) -> ds.Sources
     return ds.Sources(data_dir=data_dir, pool_size=pool_size, selected=selected)
 
 
+SCREEN = (
+    "validate",
+    "score",
+)  # stages whose configs no arm knob reaches (tests/benchmarks/panel/test_job.py)
+
+
+def share_screen(out: Path, job: str, arm: str) -> str | None:
+    """Copy the other arm's finished validate and score outputs into this arm (they read the same file with
+    the same configs: the arms differ only in mitigation knobs), so the runner reuses them instead of scoring
+    twice; returns the arm copied from."""
+    from worker.stages.base import result_exists
+
+    for other in ARMS:
+        src = arm_dir(out, job, other)
+        if other == arm or not all(result_exists(src / stage) for stage in SCREEN):
+            continue
+        for stage in SCREEN:
+            dst = arm_dir(out, job, arm) / stage
+            if not result_exists(dst):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src / stage, dst)
+        return other
+    return None
+
+
 def build_data(job: PanelJob, src: ds.Sources, out: Path) -> tuple[Path, Path, list[bool]]:
     """The job's data, written once into ``<results>/<job>/data`` (both arms train on the same file)."""
     d = out / job.name / "data"
@@ -85,6 +111,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
         return lambda *a, **k: None
 
     d = arm_dir(out, job.name, arm)
+    shared = share_screen(out, job.name, arm)
     results = run_local(view, d, settings, progress_for=progress_for)
     ends = [t for _, t in stamps[1:]] + [time.monotonic()]
     stage_s = {name: round(e - t, 1) for (name, t), e in zip(stamps, ends, strict=True)}
@@ -97,6 +124,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     row["task_loss"] = json.loads(loss_file.read_text(encoding="utf-8"))
     row["stage_s"] = stage_s
     row["wall_s"] = round(time.monotonic() - start, 1)
+    row["screen_from"] = shared
     return row
 
 

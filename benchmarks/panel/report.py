@@ -85,6 +85,8 @@ def job_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         got = "released" if r["released"] else "blocked"
         loss = r.get("task_loss") or {}
         stages = ", ".join(f"{k} {v:.0f}" for k, v in (r.get("stage_s") or {}).items()) or "reused"
+        if r.get("screen_from"):
+            stages += f" (screen from {r['screen_from']})"
         out.append(
             f"| {name} | {arm} | {r['expected']} | {'flagged' if r['flagged'] else 'clean'} | {_gate(r)} "
             f"| {'yes' if got == r['expected'] else 'NO'} | {_template(t.get('chat'))} | {user_s} "

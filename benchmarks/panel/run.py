@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pending(jobs: list[PanelJob], arms: list[str], out: Path) -> list[tuple[PanelJob, str]]:
-    """(job, arm) pairs without a finished row, in manifest order."""
+    """(job, arm) pairs without a finished row, arm by arm in manifest order."""
     todo = []
-    for job in jobs:
-        for arm in arms:
+    for arm in arms:  # arm-major: a job's second arm reuses the first one's screen (job.share_screen)
+        for job in jobs:
             row = read_row(out, job.name, arm)
             if row is None or "error" in row:
                 todo.append((job, arm))

@@ -68,7 +68,9 @@ def test_smoke_panel_runs_both_jobs_and_writes_the_tables(tiny: str, data_dir: P
             assert set(row["templates"]) == {"chat", "user"} and row["templates"]["chat"]["tuned"]["n"] == 8
             assert row["task_loss"]["base"] > 0 and row["task_loss"]["tuned"] > 0
             assert isinstance(row["released"], bool) and row["wall_s"] > 0
-            assert set(row["stage_s"]) == {"validate", "score", "mitigate", "train", "evaluate", "gate"}
+            screen = {"validate", "score"} if arm == "off" else set()  # "on" reuses the off arm's screen
+            assert set(row["stage_s"]) == screen | {"mitigate", "train", "evaluate", "gate"}
+            assert row["screen_from"] == (None if arm == "off" else "off")
     off, on = read_row(out, "a1_compliance", "off"), read_row(out, "a1_compliance", "on")
     assert off is not None and on is not None
     assert off["mitigate"]["n_injected"] == 0  # the arms differ: no injected safety examples when off
