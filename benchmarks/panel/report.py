@@ -77,7 +77,10 @@ def job_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     out = [head, "|" + "---|" * 13]
     for (name, arm), r in rows.items():
         if "error" in r:
-            out.append(f"| {name} | {arm} | {r['expected']} | error | {r['error'][:80]} |" + f" {DASH} |" * 8)
+            out.append(
+                f"| {name} | {arm} | {r['expected']} | error | {r['error'][:80].replace('|', '/')} |"
+                + f" {DASH} |" * 8
+            )
             continue
         t = r.get("templates") or {}
         user = t.get("user")

@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown arms: {', '.join(bad)}")
     names = [x for x in a.jobs.split(",") if x]
-    jobs = by_name(names, smoke_jobs()) if a.smoke else by_name(names)
+    try:
+        jobs = by_name(names, smoke_jobs()) if a.smoke else by_name(names)
+    except ValueError as exc:
+        ap.error(str(exc))
     model = a.model or get_settings().default_model
     (a.out).mkdir(parents=True, exist_ok=True)
     from benchmarks.machine import machine_info
