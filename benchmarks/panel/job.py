@@ -154,6 +154,7 @@ def summarize(job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool]) -
         "released": bool(gate.released),
         "code": gate.code,
         "message": gate.message,
+        "train": {k: v for k, v in _plain(by["TrainResult"]).items() if isinstance(v, (int, float))},
         "mitigate": {
             k: v for k, v in _plain(by["MitigateResult"]).items() if isinstance(v, (int, float, str))
         },
