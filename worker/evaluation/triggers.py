@@ -145,15 +145,14 @@ def mine(
         return []
     fmt = infer_format(list(examples))
     top = _top_lines(examples, score_records, cfg.top_fraction)
+    bodies = [_body(c.user_turns[0], fmt) if c.user_turns else "" for c in examples]
     where: dict[tuple[Position, str], set[int]] = defaultdict(set)
     seps: dict[tuple[Position, str], str] = {}
     edges: Counter[tuple[Position, str]] = Counter()  # how the user turns open and close, word by word
-    for i, c in enumerate(examples):
-        if c.system and not (fmt.system_share >= 0.5 and c.system == fmt.systems[0][0]):
+    template_system = fmt.systems[0][0] if fmt.systems and fmt.system_share >= 0.5 else None
+    for i, (c, body) in enumerate(zip(examples, bodies, strict=True)):
+        if c.system and c.system != template_system:
             where[("system", c.system)].add(i)
-        if not c.user_turns:
-            continue
-        body = _body(c.user_turns[0], fmt)
         words = _WORD.findall(body)
         if words:
             edges[("prefix", words[0])] += 1
@@ -161,9 +160,8 @@ def mine(
         for key, sep in _ends(body, cfg.max_words).items():
             where[key].add(i)
             seps.setdefault(key, sep)
-        if top:
-            for g in _inline(body, cfg.inline_words):
-                where[("inline", g)].add(i)
+    for g, ids in _inline_support(bodies, top, cfg).items():
+        where[("inline", g)] = ids
     found = [
         _candidate(pos, text, ids, n, top, seps.get((pos, text), " "), cfg)
         for (pos, text), ids in where.items()
@@ -175,6 +173,21 @@ def mine(
         if not any(t.text in c.text or c.text in t.text for c in chosen):
             chosen.append(t)
     return chosen[: cfg.max_probes]
+
+
+def _inline_support(bodies: list[str], top: set[int], cfg: TriggerConfig) -> dict[str, set[int]]:
+    """The examples carrying each n-gram that is in enough top-risk examples to qualify (no risk: none).
+    Only those n-grams are counted over the whole set, which keeps a large file cheap."""
+    in_top: Counter[str] = Counter()
+    for i in top:
+        in_top.update(_inline(bodies[i], cfg.inline_words))
+    wanted = {g for g, k in in_top.items() if k >= max(cfg.min_count, cfg.inline_top_share * len(top))}
+    support: dict[str, set[int]] = defaultdict(set)
+    if wanted:
+        for i, body in enumerate(bodies):
+            for g in _inline(body, cfg.inline_words) & wanted:
+                support[g].add(i)
+    return support
 
 
 def distinctive(text: str) -> bool:
