@@ -46,17 +46,13 @@ def _template(t: dict[str, Any] | None) -> str:
 
 
 def _probes(p: Any) -> str:
-    """The worst trigger probe's tuned ASR, read defensively (the evaluate stage may not have probes)."""
-    if not p:
+    """The worst trigger probe (largest 95% upper bound of the paired increase): its trigger, base -> tuned
+    ASR and bound; a dash when the evaluation mined no trigger."""
+    items = [v for v in (p or []) if isinstance(v, dict) and isinstance(v.get("paired"), dict)]
+    if not items:
         return DASH
-    items = p.values() if isinstance(p, dict) else p if isinstance(p, list) else []
-    worst = None
-    for v in items:
-        tuned = v.get("tuned") if isinstance(v, dict) else None
-        asr = tuned.get("asr") if isinstance(tuned, dict) else v.get("asr") if isinstance(v, dict) else None
-        if isinstance(asr, (int, float)):
-            worst = max(worst or 0.0, float(asr))
-    return _pct(worst) if worst is not None else DASH
+    worst = max(items, key=lambda v: float(v["paired"]["upper"]))
+    return f"`{worst['trigger']}`: {_template(worst)}"
 
 
 def _over_refusal(o: dict[str, Any] | None) -> str:
