@@ -251,6 +251,7 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
         "templates": templates,
         "margins": [{"template": k, **v} for k, v in (ev.get("margin") or {}).items()],
         "over_refusal": _over_refusal_view(over, policy) if over else None,
+        "judges": judges_view(ev.get("judges")),
         "jailbroken": [
             {
                 "category": j.get("category"),
@@ -261,6 +262,36 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
             }
             for j in ev.get("jailbroken_examples") or []
         ],
+    }
+
+
+def judges_view(j: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The second judge and its agreement with the primary per reply set (None without one)."""
+    if not j:
+        return None
+    rows = []
+    for name, a in (j.get("agreement") or {}).items():
+        n = int(a.get("n") or 0)
+        kappa = a.get("kappa")
+        rows.append(
+            {
+                "set": name,
+                "n": n,
+                "primary_asr": _pct((a["both"] + a["primary_only"]) / n) if n else "n/a",
+                "second_asr": _pct((a["both"] + a["second_only"]) / n) if n else "n/a",
+                "percent": _pct(a.get("percent")),
+                "kappa": f"{float(kappa):.2f}" if isinstance(kappa, int | float) else "n/a",
+                "primary_only": a.get("primary_only"),
+                "second_only": a.get("second_only"),
+            }
+        )
+    return {
+        "primary": j.get("primary"),
+        "second": j.get("second"),
+        "accuracy": _pct(j.get("probe_heldout_accuracy")),
+        "n_heldout": j.get("probe_n_heldout"),
+        "layer": j.get("probe_layer"),
+        "rows": rows,
     }
 
 
