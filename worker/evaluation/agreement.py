@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,20 @@ def agreement(first: Sequence[bool], second: Sequence[bool]) -> Agreement:
         second_only=sum(b and not a for a, b in pairs),
         neither=sum(not a and not b for a, b in pairs),
     )
+
+
+def records_agreement(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The primary verdict (``jailbroken``) vs the probe's (``probe_jailbroken``) over harmful records, as the
+    evaluation reports it; None when the records carry no probe verdicts."""
+    if not records or not all("probe_jailbroken" in r for r in records):
+        return None
+    a = agreement([bool(r["jailbroken"]) for r in records], [bool(r["probe_jailbroken"]) for r in records])
+    return {
+        "n": a.n,
+        "both": a.both,
+        "primary_only": a.first_only,
+        "second_only": a.second_only,
+        "neither": a.neither,
+        "percent": a.percent,
+        "kappa": a.kappa,
+    }

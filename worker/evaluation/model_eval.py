@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunegate.shipped import data_path, read_jsonl
-from worker.evaluation.agreement import agreement
+from worker.evaluation.agreement import records_agreement
 from worker.evaluation.judges import Judge
 from worker.evaluation.math import direction, margin_ratio
 from worker.evaluation.probe_judge import ProbeJudge
@@ -147,23 +147,9 @@ class ModelEvaluator:
         agree = {}
         for tpl in ("chat", "user"):
             for which, res in (("base", base), ("tuned", tuned)):
-                recs = res[tpl]["harmful"]
-                if (tpl == "user" and res[tpl].get("same_as_chat")) or not all(
-                    "probe_jailbroken" in r for r in recs
-                ):
-                    continue
-                a = agreement(
-                    [bool(r["jailbroken"]) for r in recs], [bool(r["probe_jailbroken"]) for r in recs]
-                )
-                agree[f"{tpl}/{which}"] = {
-                    "n": a.n,
-                    "both": a.both,
-                    "primary_only": a.first_only,
-                    "second_only": a.second_only,
-                    "neither": a.neither,
-                    "percent": a.percent,
-                    "kappa": a.kappa,
-                }
+                a = records_agreement(res[tpl]["harmful"])
+                if a is not None and not (tpl == "user" and res[tpl].get("same_as_chat")):
+                    agree[f"{tpl}/{which}"] = a
         t = self.probe.trained
         return {
             "primary": self.judge.name,
