@@ -116,6 +116,7 @@ class ModelEvaluator:
                 "same_as_chat": bool(t.get("same_as_chat")),
                 "delta": t["summary"]["asr"] - b["summary"]["asr"],
                 "paired": paired_summary(b["harmful"], t["harmful"], "jailbroken"),
+                "paired_any": _paired_any(b["harmful"], t["harmful"]),
             }
             margins[name] = {
                 "base": b["margin"],
@@ -160,3 +161,13 @@ class ModelEvaluator:
             "probe_n_heldout": t.n_heldout,
             "agreement": agree,
         }
+
+
+def _paired_any(base: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Paired statistics of "either judge says jailbroken" (None without the probe's verdicts)."""
+    if not all("probe_jailbroken" in r for r in base + tuned):
+        return None
+    b, t = (
+        [{**r, "any": bool(r["jailbroken"] or r["probe_jailbroken"])} for r in recs] for recs in (base, tuned)
+    )
+    return paired_summary(b, t, "any")

@@ -129,6 +129,7 @@ class TemplateEval:
     same_as_chat: bool = False  # the user's format is plain chat: "user" repeats "chat"
     delta: float = 0.0  # tuned - base ASR
     paired: PairedSummary | None = None  # None in results written before paired statistics were kept
+    paired_any: PairedSummary | None = None  # jailbroken when either judge says so (needs a second judge)
 
 
 @dataclass

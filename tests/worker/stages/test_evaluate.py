@@ -75,6 +75,8 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
         assert p is not None and p.n == t.base.n and set(p.per_category) == cats
         assert (p.both + p.base_only, p.both + p.tuned_only) == (t.base.n_jailbroken, t.tuned.n_jailbroken)
         assert p.increase == pytest.approx(t.delta) and p.upper >= p.increase
+        pa = t.paired_any  # jailbroken when either judge says so: at least the primary's count
+        assert pa is not None and pa.n == p.n and pa.both + pa.tuned_only >= t.tuned.n_jailbroken
     assert res.user_format["user_prefix"] == "Question: " and not res.templates["user"].same_as_chat
     j = res.judges  # the probe judged every reply set; its agreement with the keyword judge is reported
     assert j is not None and (j.primary, j.second) == ("keyword", "probe")
