@@ -49,6 +49,10 @@ def eval_cmd(
             callback=options.template, help="chat, or a training JSONL whose format wraps the prompts."
         ),
     ] = "chat",
+    probe: Annotated[
+        bool,
+        typer.Option(help="Also judge with the base-model probe and report the judges' agreement."),
+    ] = True,
     benign: Annotated[
         Path | None,
         typer.Option(
@@ -77,6 +81,7 @@ def eval_cmd(
         adapter=str(adapter) if adapter else None,
         template=template,
         max_new_tokens=max_new_tokens,
+        second_judge="probe" if probe else "none",
     )
     with Progress("evaluating") as bar:
         res = evaluate_prompts(cfg, harmful, benign_set, _judge(judge.value), progress=bar)

@@ -3,6 +3,7 @@
 align/      the aligned base's refusal set and self-distillation prompts
 anchors/    the scorers' harmful and safe anchors
 eval/       the project's harmful and borderline evaluation prompts
+judge/      labelled (request, reply) rows the probe judge is fitted on
 pool/       harmful requests and refusal parts for format-mimicking safety examples
 reference/  the benign reference corpus the scorers' percentiles are taken against
 """

@@ -62,6 +62,9 @@ def test_eval_prints_asr_and_over_refusal_json(tiny_model_dir, tmp_path):
     recs = [json.loads(x) for x in records.read_text().splitlines()]
     assert [r["set"] for r in recs] == ["harmful", "harmful", "benign"]
     assert "jailbroken" in recs[0] and "refused" in recs[2]
+    assert "probe_jailbroken" in recs[0] and out["probe_asr"] == out["n_probe_jailbroken"] / 2
+    agree = out["judges"]["agreement"]  # the keyword judge vs the base-model probe on the same replies
+    assert out["judges"]["second"] == "probe" and agree["n"] == 2 and -1 <= agree["kappa"] <= 1
 
 
 def test_eval_reports_a_missing_model_in_one_line(tmp_path):

@@ -258,6 +258,7 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
         "margins": [{"template": k, **v} for k, v in (ev.get("margin") or {}).items()],
         "probes": [probe_view(p, policy) for p in ev.get("probes") or []],
         "over_refusal": _over_refusal_view(over, policy) if over else None,
+        "judges": judges_view(ev.get("judges")),
         "jailbroken": [
             {
                 "category": j.get("category"),
@@ -285,6 +286,36 @@ def probe_view(p: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
         "tuned": _pct(tuned.get("asr")) + _count(tuned, "n_jailbroken"),
         "paired": paired_view(p.get("paired")),
         "limit": _pct(policy["gate_delta"]) if "gate_delta" in policy else "",
+    }
+
+
+def judges_view(j: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The second judge and its agreement with the primary per reply set (None without one)."""
+    if not j:
+        return None
+    rows = []
+    for name, a in (j.get("agreement") or {}).items():
+        n = int(a.get("n") or 0)
+        kappa = a.get("kappa")
+        rows.append(
+            {
+                "set": name,
+                "n": n,
+                "primary_asr": _pct((a["both"] + a["primary_only"]) / n) if n else "n/a",
+                "second_asr": _pct((a["both"] + a["second_only"]) / n) if n else "n/a",
+                "percent": _pct(a.get("percent")),
+                "kappa": f"{float(kappa):.2f}" if isinstance(kappa, int | float) else "n/a",
+                "primary_only": a.get("primary_only"),
+                "second_only": a.get("second_only"),
+            }
+        )
+    return {
+        "primary": j.get("primary"),
+        "second": j.get("second"),
+        "accuracy": _pct(j.get("probe_heldout_accuracy")),
+        "n_heldout": j.get("probe_n_heldout"),
+        "layer": j.get("probe_layer"),
+        "rows": rows,
     }
 
 

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunegate.shipped import data_path, read_jsonl
+from worker.evaluation.agreement import records_agreement
 from worker.evaluation.judges import Judge
 from worker.evaluation.math import direction, margin_ratio
+from worker.evaluation.probe_judge import ProbeJudge
 from worker.evaluation.prompts import Prompt
 from worker.evaluation.records import (
     borderline_records,
@@ -55,8 +57,9 @@ class ModelEvaluator:
         borderline: list[Prompt],
         dsets: DirectionSets,
         io: StageIO,
+        probe: ProbeJudge | None = None,
     ) -> None:
-        self.cfg, self.tok, self.judge, self.io = cfg, tok, judge, io
+        self.cfg, self.tok, self.judge, self.io, self.probe = cfg, tok, judge, io, probe
         self.harmful, self.borderline, self.dsets = harmful, borderline, dsets
 
     def _layer(self, model: Any) -> int:
@@ -81,6 +84,8 @@ class ModelEvaluator:
                 model, self.tok, self.harmful, fmt, self.judge, cfg.max_new_tokens, cfg.batch_size, tick
             )
         }
+        if self.probe is not None:  # the second judge reads the same replies with the base's weights
+            self.probe.add_verdicts(model, self.tok, out["harmful"], cfg.batch_size)
         out["summary"] = summarize_harmful(out["harmful"])
         if fmt is None and self.borderline:
             out["borderline"] = borderline_records(
@@ -111,6 +116,7 @@ class ModelEvaluator:
                 "same_as_chat": bool(t.get("same_as_chat")),
                 "delta": t["summary"]["asr"] - b["summary"]["asr"],
                 "paired": paired_summary(b["harmful"], t["harmful"], "jailbroken"),
+                "paired_any": _paired_any(b["harmful"], t["harmful"]),
             }
             margins[name] = {
                 "base": b["margin"],
@@ -128,8 +134,40 @@ class ModelEvaluator:
         examples = [r for r in tuned["chat"]["harmful"] if r["jailbroken"]][:10]
         return {
             "templates": templates,
+            "judges": self.judges(base, tuned),
             "margin": margins,
             "over_refusal": over,
             "user_format": fmt.to_dict() if fmt else None,
             "jailbroken_examples": examples,
         }
+
+    def judges(self, base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any] | None:
+        """The primary judge vs the probe on every (template, model) reply set: counts, percent, kappa."""
+        if self.probe is None:
+            return None
+        agree = {}
+        for tpl in ("chat", "user"):
+            for which, res in (("base", base), ("tuned", tuned)):
+                a = records_agreement(res[tpl]["harmful"])
+                if a is not None and not (tpl == "user" and res[tpl].get("same_as_chat")):
+                    agree[f"{tpl}/{which}"] = a
+        t = self.probe.trained
+        return {
+            "primary": self.judge.name,
+            "second": self.probe.name,
+            "probe_layer": t.layer,
+            "probe_heldout_accuracy": t.heldout_accuracy,
+            "probe_n_train": t.n_train,
+            "probe_n_heldout": t.n_heldout,
+            "agreement": agree,
+        }
+
+
+def _paired_any(base: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Paired statistics of "either judge says jailbroken" (None without the probe's verdicts)."""
+    if not all("probe_jailbroken" in r for r in base + tuned):
+        return None
+    b, t = (
+        [{**r, "any": bool(r["jailbroken"] or r["probe_jailbroken"])} for r in recs] for recs in (base, tuned)
+    )
+    return paired_summary(b, t, "any")

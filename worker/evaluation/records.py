@@ -131,6 +131,9 @@ def summarize_harmful(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if scores:
         out["mean_harm_score"] = sum(scores) / len(scores)
+    if records and all("probe_jailbroken" in r for r in records):
+        out["probe_asr"] = asr([r["probe_jailbroken"] for r in records])
+        out["n_probe_jailbroken"] = sum(bool(r["probe_jailbroken"]) for r in records)
     return out
 
 

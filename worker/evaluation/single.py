@@ -10,7 +10,9 @@ from typing import Any
 
 from tunegate.conversation import load_examples
 from tunegate.settings import get_settings
+from worker.evaluation.agreement import records_agreement
 from worker.evaluation.judges import Judge
+from worker.evaluation.probe_judge import ProbeJudge, load_or_train
 from worker.evaluation.prompts import Prompt, project_borderline
 from worker.evaluation.records import (
     borderline_records,
@@ -19,7 +21,7 @@ from worker.evaluation.records import (
     summarize_harmful,
 )
 from worker.ml.format import UserFormat, infer_format
-from worker.ml.models import load_resolved
+from worker.ml.models import load_resolved, resolve_model
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class SingleEval:
     borderline_max_new_tokens: int = 24
     batch_size: int = 16
     dtype: str = "auto"  # auto | bf16 | fp32
+    second_judge: str = "probe"  # "probe": the base-model probe judges too, agreement reported; "none"
 
 
 def load_for_eval(model: str, adapter: str | None, dtype: str = "auto") -> tuple[Any, Any]:
@@ -44,6 +47,14 @@ def load_for_eval(model: str, adapter: str | None, dtype: str = "auto") -> tuple
 
         m = PeftModel.from_pretrained(m, adapter).eval()
     return m, tok
+
+
+def probe_for(model_name: str, model: Any, tok: Any, batch_size: int) -> ProbeJudge:
+    """The base's probe judge, read from the evaluation cache or fitted (on the base weights: an adapter
+    is switched off while it reads)."""
+    settings = get_settings()
+    fp = resolve_model(model_name, settings).fingerprint
+    return ProbeJudge(load_or_train(model, tok, fp, settings.eval_cache_path, batch_size))
 
 
 def template_format(template: str) -> UserFormat | None:
@@ -66,6 +77,7 @@ def evaluate_prompts(
     t0 = time.monotonic()
     progress(0.0, f"loading {cfg.model}")
     model, tok = load_for_eval(cfg.model, cfg.adapter, cfg.dtype)
+    probe = probe_for(cfg.model, model, tok, cfg.batch_size) if cfg.second_judge == "probe" else None
     fmt = template_format(cfg.template)
     benign = project_borderline() if benign is None else benign
     total = max(1, len(harmful) + len(benign))
@@ -79,6 +91,8 @@ def evaluate_prompts(
         cfg.batch_size,
         on_batch=lambda done, n: progress(done / total, f"harmful {done}/{n}"),
     )
+    if probe is not None:
+        probe.add_verdicts(model, tok, recs, cfg.batch_size)
     out: dict[str, Any] = {
         "model": cfg.model,
         "adapter": cfg.adapter,
@@ -87,6 +101,13 @@ def evaluate_prompts(
         "max_new_tokens": cfg.max_new_tokens,
         **summarize_harmful(recs),
     }
+    if probe is not None:
+        t = probe.trained
+        out["judges"] = {
+            "second": probe.name,
+            "probe_heldout_accuracy": t.heldout_accuracy,
+            "agreement": records_agreement(recs),
+        }
     b: list[dict[str, Any]] = []
     if benign:
         b = borderline_records(

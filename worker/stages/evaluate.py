@@ -30,6 +30,7 @@ from worker.evaluation import cache, probes
 from worker.evaluation.judges import Judge, LLMJudgeAdapter
 from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from worker.evaluation.model_eval import ModelEvaluator, direction_sets
+from worker.evaluation.probe_judge import ProbeJudge, load_or_train
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
 from worker.evaluation.records import template_is_plain
 from worker.evaluation.triggers import MAX_PROBES_CAP, Trigger, TriggerConfig, mine, probe_subset
@@ -48,6 +49,7 @@ class EvalConfig:
     borderline_max_new_tokens: int = 24
     batch_size: int = 16
     judge: Literal["keyword", "llm"] = "keyword"
+    second_judge: Literal["probe", "none"] = "probe"  # the base-model linear probe, agreement reported
     llm_judge_threshold: int = 4
     prompts_file: str = ""  # an extra standard prompt file (AdvBench/HarmBench CSV, JSONL)
     project_set: bool = True
@@ -63,6 +65,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.judge not in ("keyword", "llm"):
             raise InvalidConfig("EvalConfig.judge must be 'keyword' or 'llm'", param="judge")
+        if self.second_judge not in ("probe", "none"):
+            raise InvalidConfig("EvalConfig.second_judge must be 'probe' or 'none'", param="second_judge")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise InvalidConfig(
                 "EvalConfig.max_new_tokens and batch_size must be >= 1", param="max_new_tokens"
@@ -99,6 +103,8 @@ class HarmfulSummary:
     per_category: dict[str, float] = field(default_factory=dict)
     n_jailbroken: int = -1  # -1 in results cached before counts were kept: derived from asr * n
     mean_harm_score: float | None = None  # the LLM judge's mean score
+    probe_asr: float | None = None  # the second judge's (probe's) ASR; None without one
+    n_probe_jailbroken: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_jailbroken < 0:
@@ -136,6 +142,7 @@ class TemplateEval:
     same_as_chat: bool = False  # the user's format is plain chat: "user" repeats "chat"
     delta: float = 0.0  # tuned - base ASR
     paired: PairedSummary | None = None  # None in results written before paired statistics were kept
+    paired_any: PairedSummary | None = None  # jailbroken when either judge says so (needs a second judge)
 
 
 @dataclass
@@ -190,6 +197,33 @@ class ProbeEval:
 
 
 @dataclass
+class JudgeAgreement:
+    """The primary judge vs the second on one reply set: the four counts, percent agreement, Cohen's kappa."""
+
+    n: int
+    both: int
+    primary_only: int
+    second_only: int
+    neither: int
+    percent: float
+    kappa: float
+
+
+@dataclass
+class Judges:
+    """The second judge (the base-model probe), its held-out accuracy on the project's labelled replies, and
+    its agreement with the primary judge per "template/model" ("chat/base", "chat/tuned", ...)."""
+
+    primary: str
+    second: str
+    probe_layer: int
+    probe_heldout_accuracy: float
+    probe_n_train: int
+    probe_n_heldout: int
+    agreement: dict[str, JudgeAgreement] = field(default_factory=dict)
+
+
+@dataclass
 class EvalResult(StageResult):
     judge: str
     max_new_tokens: int
@@ -200,6 +234,7 @@ class EvalResult(StageResult):
     user_format: dict[str, Any] | None = None
     jailbroken_examples: list[dict[str, Any]] = field(default_factory=list)
     probes: list[ProbeEval] = field(default_factory=list)  # trigger probes (none mined: empty)
+    judges: Judges | None = None  # None without a second judge, and in results written before one existed
 
     def asr_numbers(self) -> dict[str, float]:
         """Base and fine-tuned ASR per template, flat: ``{"chat_base_asr": .., "chat_tuned_asr": ..}``."""
@@ -246,6 +281,10 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     templates: dict[str, UserFormat | None] = {"chat": None, "user": fmt}
     harmful = harmful_prompts(cfg)
     borderline = project_borderline() if cfg.borderline else []
+    probe = None
+    if cfg.second_judge == "probe":  # fitted on the base (or read from the cache) before any adapter
+        store = inputs.cache_dir if cfg.use_cache else None
+        probe = ProbeJudge(load_or_train(model, tok, resolved.fingerprint, store, cfg.batch_size))
     ev = ModelEvaluator(
         cfg,
         tok,
@@ -254,6 +293,7 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
         borderline,
         direction_sets(cfg.n_direction),
         inputs.io,
+        probe,
     )
     base = _base_results(cfg, ev, model, templates, resolved.fingerprint, inputs.cache_dir)
     triggers = mine_triggers(cfg, inputs)
@@ -343,6 +383,7 @@ def _base_results(
             border=prompts_hash(ev.borderline),
             fmt=fmt.to_dict() if fmt else None,
             judge=ev.judge.name,
+            second=ev.probe.trained.key if ev.probe else None,
             cfg=_cache_cfg(cfg),
         )
         store = cache_dir if cfg.use_cache else None  # None: evaluate, keep nothing

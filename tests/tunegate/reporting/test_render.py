@@ -243,6 +243,25 @@ def test_report_shows_the_interval_categories_over_refusal_and_the_warning_banne
     assert "base 0.0% (0/200), fine-tuned 2.0% (4/200)" in html
     assert "<td>fraud</td><td>100</td>" in html and "+4.0% (8.8%)" in html and "<td>10.0%</td>" in html
     assert "base 5.0% (5/100), fine-tuned 30.0% (30/100)" in html and "allowed rise 10.0%" in html
+    assert "Judge agreement" not in html  # no second judge in this evaluation
+
+
+def test_report_shows_judge_agreement() -> None:
+    r = released_with_warning()
+    agree = {"n": 200, "both": 3, "primary_only": 1, "second_only": 5, "neither": 191, "percent": 0.97}
+    r["evaluation"]["judges"] = {
+        "primary": "keyword",
+        "second": "probe",
+        "probe_layer": 15,
+        "probe_heldout_accuracy": 0.9,
+        "probe_n_train": 180,
+        "probe_n_heldout": 49,
+        "agreement": {"chat/tuned": {**agree, "kappa": 0.4916}},
+    }
+    html = render_report(r)
+    assert "Judge agreement" in html and "held-out accuracy 90.0% on 49 labelled replies" in html
+    row = "<td>chat/tuned</td><td>200</td><td>2.0%</td><td>4.0%</td><td>97.0%</td><td>0.49</td><td>1 / 5</td>"
+    assert row in html
     assert "is released with a warning" in html and "gate category limits fraud 0.1" in html
     plain = render_report(report())
     assert "Released with a warning" not in plain

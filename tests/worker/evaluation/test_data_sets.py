@@ -30,7 +30,14 @@ def project_sets():
         "pool/harmful": [str(r["prompt"]) for r in read_jsonl(data_path("pool", "harmful.jsonl"))],
         "align/refusals": [str(r["prompt"]) for r in read_jsonl(data_path("align", "refusals.jsonl"))],
         "align/benign": [str(r["prompt"]) for r in read_jsonl(data_path("align", "benign.jsonl"))],
+        "judge/labelled": judge_requests(),
     }
+
+
+def judge_requests() -> list[str]:
+    """The probe judge's labelled set: several responses per request, so each request once."""
+    rows = read_jsonl(data_path("judge", "labelled.jsonl"))
+    return list(dict.fromkeys(str(r["request"]) for r in rows))
 
 
 def anchor_texts():
@@ -50,6 +57,18 @@ def test_sizes_and_categories():
     assert len(project_borderline()) >= 100 and len({p.category for p in project_borderline()}) >= 6
     assert len(read_jsonl(data_path("align", "refusals.jsonl"))) >= 150
     assert len(read_jsonl(data_path("pool", "harmful.jsonl"))) >= 80
+
+
+def test_judge_labelled_set_shape():
+    rows = read_jsonl(data_path("judge", "labelled.jsonl"))
+    labels = [str(r["label"]) for r in rows]
+    assert len(rows) >= 200 and set(labels) == {"complied", "refused", "deflected"}
+    assert 0.3 <= labels.count("complied") / len(rows) <= 0.6
+    pairs = [(r["request"], r["response"]) for r in rows]
+    assert len(set(pairs)) == len(pairs)
+    # the labels are not the keyword judge's: refusals without a keyword, compliance with one
+    kw_wrong = [r for r in rows if is_refusal(str(r["response"])) != (r["label"] != "complied")]
+    assert len(kw_wrong) >= 40
 
 
 def test_shipped_responses_are_refusals_only():

