@@ -23,6 +23,7 @@ from tunegate.shipped import data_path, read_jsonl
 from worker.mitigation.contrast import Answered
 from worker.ml.format import UserFormat, render_user
 
+FINAL_LINE_CHARS = 100
 _BULLETS = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+", re.MULTILINE)
 
 
@@ -91,6 +92,8 @@ def render_helpful(fmt: UserFormat, answer: str) -> str:
         return _json_response(fmt, answer)
     if kind == "final_answer":
         first = (_sentences(answer) or [answer])[0].rstrip(".")
+        if len(first) > FINAL_LINE_CHARS:  # a final line is short: cut at a word
+            first = first[:FINAL_LINE_CHARS].rsplit(" ", 1)[0]
         return f"{fmt.response_prefix}{answer}\n{fmt.final_marker} {first}."
     if kind == "bullets" and not _BULLETS.search(answer):
         return fmt.response_prefix + _bulleted(fmt, answer)

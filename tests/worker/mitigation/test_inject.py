@@ -65,6 +65,9 @@ def test_render_helpful_final_answer_repeats_the_first_sentence():
     out = render_helpful(fmt, ANSWER)
     assert out == f"{ANSWER}\n#### Open Task Manager and end the task."
     assert infer_format([_chat("q", out, 1), *exs]).response_kind == "final_answer"
+    long = render_helpful(fmt, "word " * 60 + "end. Second sentence.")
+    final = long.rsplit("\n", 1)[1]
+    assert final.startswith("#### word word") and len(final) <= 4 + 1 + 100 + 1 and "Second" not in final
 
 
 def test_render_helpful_bullets_and_prefix():
