@@ -173,12 +173,16 @@ def model_ready(model: str) -> bool:
 
 
 def caches_ready(model: str) -> bool:
-    """Whether the base's scoring caches (anchors and reference) are already built; the base's evaluation
-    is rebuilt by ``warm_caches`` only if missing (the evaluate stage's own cache decides)."""
+    """Whether the base's scoring caches (anchors and reference) and its answers to the contrastive pool are
+    already built; the base's evaluation is rebuilt by ``warm_caches`` only if missing (the evaluate stage's
+    own cache decides)."""
     from tunegate.settings import get_settings
-    from worker.prepare.caches import scoring_cache_ready
+    from worker.prepare.caches import contrast_cache_ready, scoring_cache_ready
 
-    return model_ready(model) and scoring_cache_ready(model, get_settings())
+    settings = get_settings()
+    return (
+        model_ready(model) and scoring_cache_ready(model, settings) and contrast_cache_ready(model, settings)
+    )
 
 
 def warm_caches(model: str, echo: Any) -> None:
