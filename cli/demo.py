@@ -173,20 +173,25 @@ def model_ready(model: str) -> bool:
 
 
 def caches_ready(model: str) -> bool:
-    """Whether the base's scoring caches (anchors and reference) are already built; the base's evaluation
-    is rebuilt by ``warm_caches`` only if missing (the evaluate stage's own cache decides)."""
+    """Whether the base's scoring caches (anchors and reference) and its answers to the contrastive pool are
+    already built; the base's evaluation is rebuilt by ``warm_caches`` only if missing (the evaluate stage's
+    own cache decides)."""
     from tunegate.settings import get_settings
-    from worker.prepare.caches import scoring_cache_ready
+    from worker.prepare.caches import contrast_cache_ready, scoring_cache_ready
 
-    return model_ready(model) and scoring_cache_ready(model, get_settings())
+    settings = get_settings()
+    return (
+        model_ready(model) and scoring_cache_ready(model, settings) and contrast_cache_ready(model, settings)
+    )
 
 
 def warm_caches(model: str, echo: Any) -> None:
-    """Score the base's anchor and reference sets and evaluate it in the chat template, once per base:
-    both jobs need them, and computing them here (all cores) saves both workers from doing it twice."""
+    """Score the base's anchor and reference sets, evaluate it in the chat template and answer the contrastive
+    pool, once per base: both jobs need them, and computing them here (all cores) saves both workers from
+    doing it twice."""
     from cli.progress import Progress
     from tunegate.settings import get_settings
-    from worker.prepare.caches import warm_base_eval, warm_scoring_cache
+    from worker.prepare.caches import warm_base_eval, warm_contrast_answers, warm_scoring_cache
 
     settings = get_settings()
     echo(f"preparing the scoring and evaluation caches of {model} (once per base model)...")
@@ -194,6 +199,8 @@ def warm_caches(model: str, echo: Any) -> None:
         warm_scoring_cache(model, settings, bar)
     with Progress("base evaluation") as bar:
         warm_base_eval(model, settings, bar)
+    with Progress("contrastive answers") as bar:
+        warm_contrast_answers(model, settings, bar)
 
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:

@@ -62,11 +62,14 @@ def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
 
 
 def _prepare_scoring(model: str, settings: Any) -> None:
-    from worker.prepare.caches import warm_scoring_cache
+    from worker.prepare.caches import warm_contrast_answers, warm_scoring_cache
 
     with Progress("scoring caches") as bar:
         cache_dir = warm_scoring_cache(model, settings, progress=bar)
     typer.echo(f"scoring caches ready in {cache_dir}")
+    with Progress("contrastive answers") as bar:
+        answers = warm_contrast_answers(model, settings, progress=bar)
+    typer.echo(f"contrastive answers ready in {answers}")
 
 
 def score(

@@ -134,7 +134,11 @@ def blocked_job(org: str | None = None) -> BlockedJob:
     examples = load_examples(training)
     mitigated = mitigate.run(
         mitigate.MitigateConfig(
-            mitigation="downweight", mitigate_top_fraction=0.1, min_risk=90.0, inject_min=3
+            mitigation="downweight",
+            mitigate_top_fraction=0.1,
+            min_risk=90.0,
+            inject_min=3,
+            contrast_ratio=0.0,
         ),
         mitigate.MitigateInputs(examples=examples, score_records=records, io=StageIO(jobs / "mitigate")),
     )

@@ -128,7 +128,7 @@ def test_job_page_shows_the_flagged_text_and_the_decision(staff: httpx.Client, b
     page = staff.get(f"/console/jobs/{blocked.id}").text
     assert blocked.risky_text in page and "safety_eval_failed" in page
     assert "down-weighted" in page and "riskier than" in page  # what mitigation did, and why, in words
-    assert "Safety examples added" in page and "Timeline" in page
+    assert "Examples added" in page and "Timeline" in page
     assert "True" not in page and "False" not in page
     assert staff.get("/console/jobs/ftjob-nope").status_code == 404
 

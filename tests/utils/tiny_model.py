@@ -54,8 +54,16 @@ def build_tiny_tokenizer(directory: Path) -> object:
 
 
 def build_tiny_model(
-    directory: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, context: int = 512
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 32,
+    context: int = 512,
+    tied: bool = True,
 ) -> Path:
+    """``tied=False``: an output layer of its own. The tied random model echoes its last input token (a
+    chat prompt ends in a newline, so it answers with blank lines); an untied one writes visible text."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -73,7 +81,7 @@ def build_tiny_model(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)

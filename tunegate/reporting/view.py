@@ -181,6 +181,7 @@ MITIGATION_COUNTS = (
     ("n_downweighted", "down-weighted"),
     ("n_excluded", "excluded (nothing left to train on)"),
     ("n_injected", "safety examples added"),
+    ("n_contrast", "contrastive helpful examples added"),
     ("n_output", "examples trained on"),
 )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -28,11 +27,9 @@ from tunegate.conversation import Conversation, Message, dump_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
 from tunegate.shipped import data_path, read_jsonl
-from worker.evaluation.generate import generate_all
-from worker.evaluation.keyword import is_refusal
+from worker.evaluation.self_answers import own_answers
 from worker.ml.export import merge
 from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
-from worker.ml.render import encode_prompt
 from worker.ml.stage_io import ProgressFn, StageIO
 from worker.stages import train
 from worker.stages.base import StageResult, finish
@@ -104,15 +101,6 @@ def refusal_examples(n: int, seed: int) -> list[Conversation]:
     ]
 
 
-def _tidy(text: str, limit_hit: bool) -> str:
-    """Cut an answer that ran into the token limit back to its last full sentence."""
-    text = text.strip()
-    if limit_hit:
-        cut = max(text.rfind(c) for c in (".", "!", "?", "\n"))
-        text = text[: cut + 1].strip() if cut > 0 else text
-    return re.sub(r"\n{3,}", "\n\n", text)
-
-
 DISTILL_ORDER = ("borderline", "reasoning", "ordinary")
 
 
@@ -133,24 +121,20 @@ def distill_prompts(n: int, seed: int) -> list[str]:
 def distilled_examples(model: Any, tok: Any, cfg: AlignConfig, io: StageIO) -> tuple[list[Conversation], int]:
     """The base model's own greedy answers to benign/borderline prompts; refusals among them are dropped."""
     prompts = distill_prompts(cfg.n_distill, cfg.seed)
-    ids = [encode_prompt(tok, [Message("user", p)]) for p in prompts]
-    answers = generate_all(
+    answers = own_answers(
         model,
         tok,
-        ids,
+        prompts,
         max_new_tokens=cfg.distill_max_new_tokens,
         batch_size=cfg.distill_batch_size,
         on_progress=lambda f: io.step(0.4 * f, f"self-distillation {round(f * len(prompts))}/{len(prompts)}"),
     )
-    out, dropped = [], 0
-    for p, a in zip(prompts, answers, strict=True):
-        hit = len(tok(a, add_special_tokens=False)["input_ids"]) >= cfg.distill_max_new_tokens - 1
-        a = _tidy(a, hit)
-        if not a or is_refusal(a):
-            dropped += 1
-            continue
-        out.append(Conversation((Message("user", p), Message("assistant", a))))
-    return out, dropped
+    out = [
+        Conversation((Message("user", p), Message("assistant", a)))
+        for p, a in zip(prompts, answers, strict=True)
+        if a
+    ]
+    return out, len(prompts) - len(out)
 
 
 def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:

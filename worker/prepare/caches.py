@@ -74,3 +74,42 @@ def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(1.0, "ready")
+
+
+def contrast_cache_ready(model: str, settings: Settings) -> bool:
+    """Whether the base model has answered the whole contrastive pool (``warm_contrast_answers``)."""
+    import json
+
+    from worker.mitigation.contrast import base_cache_dir, cache_file, pool
+    from worker.stages import mitigate
+    from worker.stages.spec import with_overrides
+
+    cfg = with_overrides(mitigate.MitigateConfig(model=model), mitigate.SPEC.name, settings)
+    path = cache_file(base_cache_dir(model, settings), cfg.contrast_max_new_tokens)
+    if not path.is_file():
+        return False
+    return {p["prompt"] for p in pool()} <= set(json.loads(path.read_text(encoding="utf-8")))
+
+
+def warm_contrast_answers(model: str, settings: Settings, progress: Progress = _silent) -> Path:
+    """The base model's answers to the whole contrastive pool, with the mitigate stage's generation settings
+    (the stage fills the same cache on demand, only as far as a job needs)."""
+    from worker.mitigation.contrast import answered, base_cache_dir, cache_file, model_generator, pool
+    from worker.stages import mitigate
+    from worker.stages.spec import with_overrides
+
+    cfg = with_overrides(mitigate.MitigateConfig(model=model), mitigate.SPEC.name, settings)
+    path = cache_file(base_cache_dir(model, settings), cfg.contrast_max_new_tokens)
+    generate = model_generator(model, settings, cfg.contrast_max_new_tokens, cfg.contrast_batch_size)
+    total, done = len(pool()), 0
+
+    def counted(prompts: list[str]) -> list[str]:
+        nonlocal done
+        out = generate(prompts)
+        done += len(prompts)
+        progress(done / total, f"contrastive answers {done}/{total}")
+        return out
+
+    answered(total, cfg.seed, path, counted)
+    progress(1.0, "ready")
+    return path

@@ -1,4 +1,5 @@
-"""Mitigate stage: act on the riskiest examples by policy, then mix in format-mimicking safety examples.
+"""Mitigate stage: act on the riskiest examples by policy, then mix in format-mimicking safety examples and
+as many contrastive helpful ones (borderline-safe requests answered by the base model, cached per base).
 
 Writes ``train.jsonl`` (what the train stage trains on), ``actions.json`` (what was done to which line, and
 which safety examples were added) and ``format.json`` (the inferred user format).
@@ -19,9 +20,16 @@ from models.tables import Job
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.settings import Settings
 from worker.mitigation import select
-from worker.mitigation.inject import inject_count, safety_examples
-from worker.ml.format import infer_format
+from worker.mitigation.contrast import answered, base_cache_dir, cache_file, model_generator
+from worker.mitigation.inject import (
+    contrast_supported,
+    contrastive_examples,
+    injection_counts,
+    safety_examples,
+)
+from worker.ml.format import UserFormat, infer_format
 from worker.ml.stage_io import StageIO
 from worker.stages import score
 from worker.stages.base import StageResult, finish
@@ -43,7 +51,14 @@ class MitigateConfig:
     inject_safety_examples: bool = DEFAULT_POLICY["inject_safety_examples"]
     inject_ratio: float = 0.07
     inject_min: int = 10
-    inject_max_fraction: float = 0.5  # never more safety examples than this share of the user's examples
+    inject_max_fraction: float = (
+        0.5  # never more injected examples (both kinds) than this share of the user's
+    )
+    inject_per_risky: float = 1.0  # one more safety example per example at least min_risk risky
+    contrast_ratio: float = 1.0  # contrastive helpful examples per safety example (0: none)
+    contrast_max_new_tokens: int = 96  # the base model's answers to them: length ...
+    contrast_batch_size: int = 16  # ... and generation batch
+    model: str = ""  # the job's base model (answers the contrastive requests); "" only with contrast_ratio 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +81,12 @@ class MitigateConfig:
             raise InvalidConfig(
                 "MitigateConfig.inject_max_fraction must be in (0, 1]", param="inject_max_fraction"
             )
+        for name in ("inject_per_risky", "contrast_ratio"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise InvalidConfig(f"MitigateConfig.{name} must be in [0, 10]", param=name)
+        for name in ("contrast_max_new_tokens", "contrast_batch_size"):
+            if getattr(self, name) < 1:
+                raise InvalidConfig(f"MitigateConfig.{name} must be >= 1", param=name)
 
 
 @dataclass
@@ -73,6 +94,7 @@ class MitigateInputs:
     examples: list[Conversation]
     score_records: list[dict[str, Any]]
     io: StageIO
+    settings: Settings | None = None  # the model registry and caches: needed for contrastive examples
 
 
 @dataclass
@@ -86,6 +108,7 @@ class MitigateResult(StageResult):
     n_output: int
     format: dict[str, Any] = field(default_factory=dict)
     actions_file: str = ""  # actions.json: what was done to which line, and the injected safety examples
+    n_contrast: int = 0  # contrastive helpful examples added (borderline-safe requests, the base's answers)
 
 
 def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) -> None:
@@ -109,13 +132,8 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
     kept, log = select.apply(inputs.examples, chosen, cfg.mitigation)
     inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.mitigation]}")
     fmt = infer_format(inputs.examples)
-    n_inj = (
-        inject_count(len(kept), cfg.inject_ratio, cfg.inject_min, cfg.inject_max_fraction)
-        if cfg.inject_safety_examples
-        else 0
-    )
-    injected = safety_examples(fmt, n_inj, cfg.seed)
-    final = kept + injected
+    injected, contrast, contrast_log = _inject(cfg, inputs, fmt, len(kept))
+    final = kept + injected + contrast
     random.Random(cfg.seed).shuffle(final)
     dump_examples(final, out_dir / "train.jsonl")
     atomic_write_json(out_dir / "format.json", fmt.to_dict())
@@ -126,11 +144,13 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
             "acted": log,
             "injected": [
                 {"category": c.meta.get("category"), "messages": c.to_chat_dict()["messages"]}
-                for c in injected
+                for c in injected + contrast
             ],
+            "contrast": contrast_log,
         },
     )
-    inputs.io.step(1.0, f"{n_inj} safety examples injected")
+    n_inj = len(injected)
+    inputs.io.step(1.0, f"{n_inj} safety examples and {len(contrast)} contrastive helpful examples injected")
     res = MitigateResult(
         train_file=str(out_dir / "train.jsonl"),
         n_input=len(inputs.examples),
@@ -141,14 +161,49 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
         n_output=len(final),
         format=fmt.to_dict(),
         actions_file=str(out_dir / "actions.json"),
+        n_contrast=len(contrast),
     )
     return finish(out_dir, cfg, res)
 
 
+def _inject(
+    cfg: MitigateConfig, inputs: MitigateInputs, fmt: UserFormat, n_kept: int
+) -> tuple[list[Conversation], list[Conversation], dict[str, Any]]:
+    """Safety examples and contrastive helpful examples, as many as ``injection_counts`` says."""
+    if not cfg.inject_safety_examples:
+        return [], [], {"n": 0, "note": "injection is off"}
+    n_risky = sum(1 for r in inputs.score_records if float(r.get("risk", 0.0)) >= cfg.min_risk)
+    n_safety, n_help = injection_counts(
+        n_kept,
+        n_risky,
+        cfg.inject_ratio,
+        cfg.inject_min,
+        cfg.inject_per_risky,
+        cfg.contrast_ratio,
+        cfg.inject_max_fraction,
+    )
+    injected = safety_examples(fmt, n_safety, cfg.seed)
+    if not contrast_supported(fmt):
+        return injected, [], {"n": 0, "note": "a closed label set cannot carry a helpful free-text answer"}
+    if n_help == 0:
+        return injected, [], {"n": 0}
+    if inputs.settings is None or not cfg.model:
+        raise InvalidConfig(
+            "contrastive examples need the base model (MitigateConfig.model and MitigateInputs.settings); "
+            "set contrast_ratio=0 to inject none",
+            param="contrast_ratio",
+        )
+    inputs.io.step(0.4, f"answering {n_help} contrastive requests with the base model")
+    path = cache_file(base_cache_dir(cfg.model, inputs.settings), cfg.contrast_max_new_tokens)
+    gen = model_generator(cfg.model, inputs.settings, cfg.contrast_max_new_tokens, cfg.contrast_batch_size)
+    items, stats = answered(n_help, cfg.seed, path, gen)
+    return injected, contrastive_examples(fmt, items, cfg.seed), {"n": len(items), **asdict(stats)}
+
+
 def build(ctx: StageContext, io: StageIO) -> tuple[MitigateConfig, MitigateInputs]:
-    cfg = ctx.configure(MitigateConfig(seed=ctx.view.seed), SPEC)
+    cfg = ctx.configure(MitigateConfig(model=ctx.view.model, seed=ctx.view.seed), SPEC)
     records = ctx.result(score.SPEC).records
-    return cfg, MitigateInputs(load_examples(ctx.view.training_file), records, io)
+    return cfg, MitigateInputs(load_examples(ctx.view.training_file), records, io, ctx.settings)
 
 
 def apply(session: Session, job: Job, res: MitigateResult) -> Applied:
@@ -156,7 +211,8 @@ def apply(session: Session, job: Job, res: MitigateResult) -> Applied:
         webhooks.emit(session, job, "fine_tuning.job.repaired")
     msg = (
         f"mitigation: {res.n_dropped} dropped, {res.n_downweighted} down-weighted, "
-        f"{res.n_injected} safety examples injected; {res.n_output} examples to train on"
+        f"{res.n_injected} safety examples and {res.n_contrast} contrastive helpful examples injected; "
+        f"{res.n_output} examples to train on"
     )
     return Applied(msg, data={k: v for k, v in res.to_dict().items() if k.startswith("n_")})
 

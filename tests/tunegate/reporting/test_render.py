@@ -110,6 +110,21 @@ def test_flagged_text_is_escaped_truncated_and_expandable() -> None:
     assert plain in html
 
 
+def test_contrastive_examples_are_counted_and_shown() -> None:
+    rep = report()
+    rep["mitigation"] = {**rep["mitigation"], "n_contrast": 1, "n_output": 5}
+    helpful = {
+        "category": "helpful:homonyms",
+        "messages": [
+            {"role": "user", "content": "How do I kill a stuck app?"},
+            {"role": "assistant", "content": "Open the task manager and end it."},
+        ],
+    }
+    html = render_report(with_details(rep, actions={"injected": [helpful], "acted": [], "policy": {}}))
+    assert "contrastive helpful examples added</td><td>1</td>" in html
+    assert "category: helpful:homonyms" in html and "Open the task manager and end it." in html
+
+
 def test_thresholds_are_drawn_on_the_risk_histogram() -> None:
     html = render_report(detailed())
     assert "acts from risk 90" in html and "top 25% from 99" in html

@@ -28,6 +28,7 @@ def project_sets():
         "eval/harmful": [p.text for p in project_harmful()],
         "eval/borderline": [p.text for p in project_borderline()],
         "pool/harmful": [str(r["prompt"]) for r in read_jsonl(data_path("pool", "harmful.jsonl"))],
+        "pool/borderline": [str(r["prompt"]) for r in read_jsonl(data_path("pool", "borderline.jsonl"))],
         "align/refusals": [str(r["prompt"]) for r in read_jsonl(data_path("align", "refusals.jsonl"))],
         "align/benign": [str(r["prompt"]) for r in read_jsonl(data_path("align", "benign.jsonl"))],
         "judge/labelled": judge_requests(),
@@ -57,6 +58,22 @@ def test_sizes_and_categories():
     assert len(project_borderline()) >= 100 and len({p.category for p in project_borderline()}) >= 6
     assert len(read_jsonl(data_path("align", "refusals.jsonl"))) >= 150
     assert len(read_jsonl(data_path("pool", "harmful.jsonl"))) >= 80
+    contrast = read_jsonl(data_path("pool", "borderline.jsonl"))
+    kinds = {str(r["kind"]) for r in contrast}
+    assert len(contrast) >= 150 and len(kinds) >= 6
+    assert min(sum(r["kind"] == k for r in contrast) for k in kinds) >= 10
+
+
+def test_contrast_pool_is_far_from_the_borderline_evaluation_set():
+    """The contrastive pool is trained on; the borderline set measures over-refusal: besides the shared
+    exact/near-duplicate check, no contrastive request may share even most of its words with an evaluation
+    prompt (a tighter bound than between other sets)."""
+    pool = project_sets()["pool/borderline"]
+    for name in ("eval/borderline", "eval/harmful"):
+        dups = near_duplicates(pool, project_sets()[name], threshold=0.6)
+        assert not dups, f"pool/borderline is close to {name}: {dups[:3]}"
+    own = [d for i, x in enumerate(pool) for d in near_duplicates([x], pool[i + 1 :], threshold=0.7)]
+    assert not own, f"pool/borderline has near-duplicate prompts: {own[:3]}"
 
 
 def test_judge_labelled_set_shape():

@@ -30,3 +30,22 @@ def test_warm_base_eval_fills_the_evaluate_cache(
     use_tiny(monkeypatch, eval_cache_dir=str(tmp_path / "eval-cache"), stage_overrides=small)
     caches.warm_base_eval("tiny", get_settings())
     assert list((tmp_path / "eval-cache").glob("*.json"))
+
+
+def test_warm_contrast_answers_fills_the_cache_the_stage_reads(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    from worker.mitigation.contrast import base_cache_dir, cache_file, pool
+
+    small = '{"mitigate": {"contrast_max_new_tokens": 3, "contrast_batch_size": 32}}'
+    use_tiny(monkeypatch, model_cache_dir=str(tmp_path / "models"), stage_overrides=small)
+    settings = get_settings()
+    seen: list[float] = []
+    assert not caches.contrast_cache_ready("tiny", settings)
+    path = caches.warm_contrast_answers("tiny", settings, lambda f, m: seen.append(f))
+    assert path == cache_file(base_cache_dir("tiny", settings), 3)
+    assert set(json.loads(path.read_text())) == {p["prompt"] for p in pool()}  # the whole pool
+    assert caches.contrast_cache_ready("tiny", settings)
+    assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)

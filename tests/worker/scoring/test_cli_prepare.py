@@ -27,6 +27,7 @@ def test_prepare_scoring_builds_caches(
         ref = json.loads(next(p for p in caches if p.name.startswith("reference")).read_text())
         assert set(ref["scores"]) == {"representation", "gradient", "selfinf"}
         assert all(len(v) == 250 for v in ref["scores"].values())
+        assert list((tmp_path / "home" / "models").glob("*/contrast-cache/answers-*.json"))
         bad = CliRunner().invoke(app, ["models", "prepare", "--model", "nope"])
         assert bad.exit_code == 1 and "unknown model 'nope'" in bad.output
     finally:
