@@ -35,9 +35,7 @@ def test_a_call_only_example_down_weighted_is_excluded() -> None:
     assert all(check_example(c) == [] for c in kept)
 
 
-def _recs(
-    n: int, beyond: set[int], risk: dict[int, float] | None = None
-) -> list[dict[str, Any]]:
+def _recs(n: int, beyond: set[int], risk: dict[int, float] | None = None) -> list[dict[str, Any]]:
     risk = risk or {}
     return [
         {"line": i, "risk": risk.get(i, 10.0 + i * 0.1), "beyond_reference": i in beyond}
