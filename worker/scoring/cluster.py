@@ -8,6 +8,11 @@ the same file (seeded permutations); the p-value is (1 + #null ≥ observed) / (
 *coherent* when it has at least ``min_size`` members, p ≤ ``alpha`` and the mean cosine is at least
 ``min_cosine`` (an effect size: selecting the top of any score makes a set a little alike, so a p-value
 alone would flag benign tails).
+
+A coherent set is then *extended*: every other example whose cosine to the set's mean direction is at
+least 3/4 of its loosest member's (and at least ``min_cosine``) joins it (``extend``), so planted examples
+that scored just under the high-risk bar are named too. ``lines`` is the extended cluster; ``n`` the
+high-risk set tested.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ class ClusterRules:
     n_perm: int = 200
     alpha: float = 0.01
     min_size: int = 3
-    min_cosine: float = 0.2
+    min_cosine: float = 0.3
+    extend_ratio: float = 0.75  # join the cluster at this share of its loosest member's closeness
     seed: int = 0
 
 
@@ -39,6 +45,7 @@ class ClusterTest:
     null_mean: float | None = None  # the same on random subsets of the same size
     p_value: float | None = None
     method: str = METHOD
+    extended: list[int] = field(default_factory=list)  # lines that joined by closeness (not high-risk)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +68,20 @@ def mean_pair_cosine(u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return (total - own) / (k * (k - 1))
 
 
+def extend(u: torch.Tensor, members: Sequence[int], ratio: float = 0.75, floor: float = 0.3) -> list[int]:
+    """Rows of the unit vectors ``u`` (N, D), not in ``members``, whose cosine to the members' mean
+    direction is at least ``ratio`` times the smallest leave-one-out cosine of a member (to the mean of the
+    others: a member's own vector would otherwise inflate its closeness), and at least ``floor``."""
+    idx = list(members)
+    total = u[idx].sum(dim=0)  # (D,)
+    others = total[None] - u[idx]  # (k, D): each member's leave-one-out sum
+    loo = (others * u[idx]).sum(dim=1) / others.norm(dim=1).clamp_min(1e-12)  # (k,)
+    cos = u @ (total / total.norm().clamp_min(1e-12))  # (N,)
+    floor = max(floor, ratio * float(loo.min()))
+    inside = set(idx)
+    return [i for i in range(u.shape[0]) if i not in inside and float(cos[i]) >= floor]
+
+
 def coherence(
     vectors: torch.Tensor, members: Sequence[int], lines: Sequence[int], rules: ClusterRules | None = None
 ) -> ClusterTest:
@@ -76,10 +97,17 @@ def coherence(
     perms = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(rules.n_perm)])  # (P, k)
     null = mean_pair_cosine(u, perms)
     p = (1 + int((null >= obs).sum())) / (1 + rules.n_perm)
+    coherent = p <= rules.alpha and obs >= rules.min_cosine
+    joined = (
+        sorted(int(lines[i]) for i in extend(u, members, rules.extend_ratio, rules.min_cosine))
+        if coherent
+        else []
+    )
     return ClusterTest(
-        coherent=p <= rules.alpha and obs >= rules.min_cosine,
+        coherent=coherent,
         n=k,
-        lines=named,
+        lines=sorted(named + joined),
+        extended=joined,
         statistic=round(obs, 4),
         null_mean=round(float(null.mean()), 4),
         p_value=round(p, 4),

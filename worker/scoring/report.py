@@ -118,11 +118,13 @@ def cluster_test(
 
 
 def _cluster_reason(test: cluster.ClusterTest, rules: FlagRules) -> str:
-    shown = ", ".join(map(str, test.lines[: rules.max_cluster_lines]))
-    more = f" and {test.n - rules.max_cluster_lines} more" if test.n > rules.max_cluster_lines else ""
+    cap = rules.max_cluster_lines
+    shown = ", ".join(map(str, test.lines[:cap]))
+    more = f" and {len(test.lines) - cap} more" if len(test.lines) > cap else ""
+    close = f"; {len(test.extended)} more examples lie close to it" if test.extended else ""
     return (
         f"{test.n} high-risk examples form a coherent cluster (mean cosine {test.statistic:.2f} vs "
-        f"{test.null_mean:.2f} for random subsets, p={test.p_value:.3f}): lines {shown}{more}"
+        f"{test.null_mean:.2f} for random subsets, p={test.p_value:.3f}){close}: lines {shown}{more}"
     )
 
 

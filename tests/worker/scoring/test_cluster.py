@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from worker.scoring.cluster import ClusterRules, coherence, mean_pair_cosine, unit_centred
+from worker.scoring.cluster import ClusterRules, coherence, extend, mean_pair_cosine, unit_centred
 
 LINES = list(range(1, 101))
 
@@ -65,3 +65,23 @@ def test_same_seed_same_p_value() -> None:
     x[:8] += 0.4 * torch.randn(64, generator=gen)
     a, b = coherence(x, list(range(8)), LINES), coherence(x, list(range(8)), LINES)
     assert a == b
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_a_coherent_set_is_extended_to_planted_examples_just_under_the_bar(seed: int, scale: float) -> None:
+    x, gen = _file(seed)
+    planted = list(range(20, 30))
+    x[planted] += scale * torch.randn(64, generator=gen)
+    res = coherence(x, planted[:7], LINES)  # three planted examples scored just under the high-risk bar
+    assert res.coherent and res.n == 7
+    assert set(res.extended) <= {28, 29, 30}  # never an unplanted example
+    if scale == 2.0:  # a tight cluster (mean cosine ~0.8, as real harmful compliance measured): all of them
+        assert res.extended == [28, 29, 30] and res.lines == [p + 1 for p in planted]
+
+
+def test_extend_takes_only_rows_as_close_as_the_loosest_member() -> None:
+    u = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.9, 0.3], [0.0, 1.0], [-1.0, 0.0]])
+    u = u / u.norm(dim=1, keepdim=True)
+    assert extend(u, [0, 1], ratio=1.0, floor=0.0) == [2]
+    assert extend(u, [0, 1], ratio=0.0, floor=0.0) == [2, 3]
