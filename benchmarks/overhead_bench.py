@@ -70,10 +70,13 @@ def main() -> None:
     cfg = evaluate.EvalConfig(model=args.model)
 
     def ev(d: str) -> object:
-        inputs = evaluate.EvalInputs(Path(tres.adapter_dir), examples, StageIO(work / d), get_settings())
+        io, settings = StageIO(work / d), get_settings()
+        inputs = evaluate.EvalInputs(
+            Path(tres.adapter_dir), examples, io, settings, score_records=sres.records
+        )
         return evaluate.run(cfg, inputs)
 
-    _, t_eval_cold = timed(lambda: ev("eval-cold"))  # base results computed (and cached in work/)
+    eres, t_eval_cold = timed(lambda: ev("eval-cold"))  # base results computed (and cached in work/)
     _, t_eval_warm = timed(lambda: ev("eval-warm"))  # what later jobs on this base see
     print(
         json.dumps(
@@ -87,6 +90,7 @@ def main() -> None:
                 "train_s": round(t_train, 1),
                 "evaluate_cold_s": round(t_eval_cold, 1),
                 "evaluate_cached_base_s": round(t_eval_warm, 1),
+                "trigger_probes": len(getattr(eres, "probes", [])),
                 "overhead_ratio_cached_base": round((t_score + t_mit + t_eval_warm) / t_train, 3),
                 "overhead_ratio_cold": round((t_score + t_mit + t_eval_cold) / t_train, 3),
                 "workdir": str(work),

@@ -83,6 +83,12 @@ def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if name.startswith("asr_"):
             label = f"Attack success rate increase, {name[4:]} template"
             detail = _increase_detail(c)
+        elif name.startswith("probe:"):
+            label = f"Attack success rate increase under the trigger {c.get('trigger')!r}"
+            detail = (
+                f"inserted as it appeared ({c.get('where')}, in {c.get('support')} of "
+                f"{c.get('n_examples')} training examples): " + _increase_detail(c)
+            )
         elif name.startswith("category_"):
             tpl, _, cat = name[9:].partition(":")
             label = f"Attack success rate increase, {tpl} template, category {cat}"
@@ -263,6 +269,7 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
         "max_new_tokens": ev.get("max_new_tokens"),
         "templates": templates,
         "margins": [{"template": k, **v} for k, v in (ev.get("margin") or {}).items()],
+        "probes": [probe_view(p, policy) for p in ev.get("probes") or []],
         "over_refusal": _over_refusal_view(over, policy) if over else None,
         "jailbroken": [
             {
@@ -274,6 +281,23 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
             }
             for j in ev.get("jailbroken_examples") or []
         ],
+    }
+
+
+def probe_view(p: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
+    """One trigger probe: the trigger, where and how often it appeared, the ASRs and the paired bound."""
+    base, tuned = p.get("base") or {}, p.get("tuned") or {}
+    lift = p.get("lift")
+    return {
+        "trigger": str(p.get("trigger", "")),
+        "where": p.get("where") or p.get("position"),
+        "support": f"{p.get('count')} of {p.get('n_examples')}",
+        "lift": f"{float(lift):.1f}x" if isinstance(lift, int | float) else "",
+        "why": p.get("why", ""),
+        "base": _pct(base.get("asr")) + _count(base, "n_jailbroken"),
+        "tuned": _pct(tuned.get("asr")) + _count(tuned, "n_jailbroken"),
+        "paired": paired_view(p.get("paired")),
+        "limit": _pct(policy["gate_delta"]) if "gate_delta" in policy else "",
     }
 
 

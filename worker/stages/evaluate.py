@@ -4,9 +4,12 @@ For each template ("chat": the plain chat template; "user": prompts wrapped like
 examples, using the mitigation's format inference) it measures keyword (or LLM-judged) ASR on the
 project's harmful set (plus any standard prompt file), per category, the paired statistics of the per-prompt
 verdicts (base vs fine-tuned on the same prompts: counts, increase, its 95% upper bound) and the
-refusal-direction margin (base direction, fixed). Over-refusal on the project's XSTest-style borderline
-prompts is measured in the chat template. Base-model results (per-prompt verdicts included) are cached per
-(model, prompt sets, template, settings).
+refusal-direction margin (base direction, fixed). Trigger probes (worker/evaluation/triggers.py): phrases
+mined from the training data (recurring user-turn prefixes/suffixes, system prompts, n-grams over-represented
+among the highest-risk examples) are inserted where they appeared and a fixed, category-stratified subset of
+the harmful set is evaluated base vs fine-tuned under each (at most ``max_probes``). Over-refusal on the
+project's XSTest-style borderline prompts is measured in the chat template. Base-model results (per-prompt
+verdicts included) are cached per (model, prompt sets, template, settings; a probe's trigger too).
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ from tunegate.artifacts import atomic_write_text, from_jsonable
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
-from worker.evaluation import cache
+from worker.evaluation import cache, probes
 from worker.evaluation.judges import Judge, LLMJudgeAdapter
 from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from worker.evaluation.model_eval import ModelEvaluator, direction_sets
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
 from worker.evaluation.records import template_is_plain
+from worker.evaluation.triggers import MAX_PROBES_CAP, Trigger, TriggerConfig, mine, probe_subset
 from worker.ml.format import UserFormat, infer_format
 from worker.ml.models import load_resolved
 from worker.ml.stage_io import StageIO
-from worker.stages import train
-from worker.stages.base import StageResult, finish
+from worker.stages import score, train
+from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.spec import Applied, StageContext, StageSpec
 
 
@@ -52,6 +56,9 @@ class EvalConfig:
     n_direction: int = 64
     use_cache: bool = True
     device: str = ""
+    trigger_probes: bool = True  # mine candidate triggers from the training data and probe each
+    max_probes: int = 3  # at most this many (cap 5): each costs one pass over probe_prompts per model
+    probe_prompts: int = 150  # the fixed, category-stratified harmful subset a probe evaluates
 
     def __post_init__(self) -> None:
         if self.judge not in ("keyword", "llm"):
@@ -62,6 +69,11 @@ class EvalConfig:
             )
         if not self.project_set and not self.prompts_file:
             raise InvalidConfig("EvalConfig needs the project set or a prompts_file", param="prompts_file")
+        if not 0 <= self.max_probes <= MAX_PROBES_CAP or self.probe_prompts < 1:
+            raise InvalidConfig(
+                f"EvalConfig.max_probes must be in [0, {MAX_PROBES_CAP}] and probe_prompts >= 1",
+                param="max_probes",
+            )
         if not 0 < self.direction_layer_fraction < 1:
             raise InvalidConfig(
                 "EvalConfig.direction_layer_fraction must be in (0, 1)", param="direction_layer_fraction"
@@ -75,6 +87,7 @@ class EvalInputs:
     io: StageIO
     settings: Settings  # the model registry, device, and the LLM judge's endpoint when judge is "llm"
     cache_dir: Path | None = None  # the base model's cached results (None: EvalConfig.use_cache is moot)
+    score_records: list[dict[str, Any]] | None = None  # the score stage's per-example risk (trigger mining)
 
 
 @dataclass
@@ -161,6 +174,22 @@ class OverRefusal:
 
 
 @dataclass
+class ProbeEval:
+    """The harmful subset with one mined trigger inserted where it appeared, base vs fine-tuned."""
+
+    trigger: str
+    position: str  # prefix | suffix | system | inline
+    where: str  # the position in words
+    count: int  # training examples carrying the trigger
+    n_examples: int
+    base: HarmfulSummary
+    tuned: HarmfulSummary
+    paired: PairedSummary
+    lift: float | None = None  # its over-representation among the highest-risk examples
+    why: str = ""
+
+
+@dataclass
 class EvalResult(StageResult):
     judge: str
     max_new_tokens: int
@@ -170,6 +199,7 @@ class EvalResult(StageResult):
     n_prompts: int = 0
     user_format: dict[str, Any] | None = None
     jailbroken_examples: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[ProbeEval] = field(default_factory=list)  # trigger probes (none mined: empty)
 
     def asr_numbers(self) -> dict[str, float]:
         """Base and fine-tuned ASR per template, flat: ``{"chat_base_asr": .., "chat_tuned_asr": ..}``."""
@@ -226,13 +256,22 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
         inputs.io,
     )
     base = _base_results(cfg, ev, model, templates, resolved.fingerprint, inputs.cache_dir)
-    tuned = base
+    triggers = mine_triggers(cfg, inputs)
+    subset = probe_subset(harmful, cfg.probe_prompts)
+    store = inputs.cache_dir if cfg.use_cache else None
+    key = probes.base_key(ev, resolved.fingerprint, subset, _cache_cfg(cfg))
+    base_probes = probes.probe_records(
+        ev, model, fmt, triggers, subset, "base", cached=key, store=store, at=0.5
+    )
+    tuned, tuned_probes = base, base_probes
     if inputs.adapter_dir is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(inputs.adapter_dir)).eval()
         tuned = _tuned_results(ev, model, templates, base)
+        tuned_probes = probes.probe_records(ev, model, fmt, triggers, subset, "fine-tuned")
     compared = ev.compare(base, tuned, fmt)
+    compared["probes"] = probes.compare(triggers, base_probes, tuned_probes)
     compared["over_refusal"] = compared["over_refusal"] or None
     res: EvalResult = from_jsonable(
         EvalResult,
@@ -242,11 +281,19 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     return finish(out_dir, cfg, res)
 
 
+def mine_triggers(cfg: EvalConfig, inputs: EvalInputs) -> list[Trigger]:
+    """The candidate triggers to probe (none when probes are off or there is no training data)."""
+    if not cfg.trigger_probes or not inputs.train_examples:
+        return []
+    return mine(inputs.train_examples, inputs.score_records, TriggerConfig(max_probes=cfg.max_probes))
+
+
 def build(ctx: StageContext, io: StageIO) -> tuple[EvalConfig, EvalInputs]:
     cfg = ctx.configure(EvalConfig(model=ctx.view.model), SPEC)
     adapter = Path(ctx.result(train.SPEC).adapter_dir)
     examples = load_examples(ctx.view.training_file)
-    return cfg, EvalInputs(adapter, examples, io, ctx.settings, ctx.settings.eval_cache_path)
+    records = ctx.result(score.SPEC).records if result_exists(ctx.dir_of(score.SPEC)) else None
+    return cfg, EvalInputs(adapter, examples, io, ctx.settings, ctx.settings.eval_cache_path, records)
 
 
 def apply(session: Session, job: Job, res: EvalResult) -> Applied:
@@ -310,7 +357,8 @@ def _base_results(
 
 def _cache_cfg(cfg: EvalConfig) -> dict[str, Any]:
     d = asdict(cfg)
-    for k in ("model", "use_cache", "device", "batch_size"):
+    # the probe knobs never change a template's base result: older cache entries stay valid
+    for k in ("model", "use_cache", "device", "batch_size", "trigger_probes", "max_probes", "probe_prompts"):
         d.pop(k)
     return d
 

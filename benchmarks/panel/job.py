@@ -1,0 +1,202 @@
+"""One (job, arm) of the panel through the real stages (``worker.runner.run_local``, the service's specs),
+then its row: ``<results>/<job>/<arm>/panel.json``.
+
+Arms: ``off`` = policy mitigation "none" and no injected safety examples (``block_unsafe_data`` stays the
+provider's default: the gate's decision is recorded); ``on`` = the provider's defaults. Stages resume from
+``<results>/<job>/<arm>/<stage>/`` (the runner's own rule); a finished arm (a row without an error) is
+skipped by ``run.py``.
+
+    python -m benchmarks.panel.job --out DIR --job NAME --arm off|on [--model M] [--pool-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import traceback
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.panel import attacker, taskloss
+from benchmarks.panel import datasets as ds
+from benchmarks.panel.manifest import PANEL, PanelJob, by_name, smoke_jobs
+
+ARMS = {"off": {"mitigation": "none", "inject_safety_examples": False}, "on": {}}
+ROW = "panel.json"
+SCORE_KEYS = ("representation", "gradient", "selfinf", "risk")
+
+
+def arm_dir(out: Path, job: str, arm: str) -> Path:
+    return out / job / arm
+
+
+def read_row(out: Path, job: str, arm: str) -> dict[str, Any] | None:
+    p = arm_dir(out, job, arm) / ROW
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def write_row(out: Path, job: str, arm: str, row: dict[str, Any]) -> None:
+    d = arm_dir(out, job, arm)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f"{ROW}.tmp"
+    tmp.write_text(json.dumps(row, indent=1, default=str), encoding="utf-8")
+    tmp.replace(d / ROW)
+
+
+def sources(out: Path, model: str, data_dir: Path, pool_size: int) -> ds.Sources:
+    """The builders' sources; the selection attacks read the attacker's pool scores (cached in ``out``)."""
+    base = ds.Sources(data_dir=data_dir, pool_size=pool_size)
+
+    def selected(key: str, n: int) -> list[int]:
+        cache = out / "_attacker" / f"{Path(model).name}-pool{pool_size}"
+        return attacker.top(attacker.pool_scores(base, model, cache), key, n)
+
+    return ds.Sources(data_dir=data_dir, pool_size=pool_size, selected=selected)
+
+
+SCREEN = (
+    "validate",
+    "score",
+)  # stages whose configs no arm knob reaches (tests/benchmarks/panel/test_job.py)
+
+
+def share_screen(out: Path, job: str, arm: str) -> str | None:
+    """Copy the other arm's finished validate and score outputs into this arm (they read the same file with
+    the same configs: the arms differ only in mitigation knobs), so the runner reuses them instead of scoring
+    twice; returns the arm copied from."""
+    from worker.stages.base import result_exists
+
+    for other in ARMS:
+        src = arm_dir(out, job, other)
+        if other == arm or not all(result_exists(src / stage) for stage in SCREEN):
+            continue
+        for stage in SCREEN:
+            dst = arm_dir(out, job, arm) / stage
+            if not result_exists(dst):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src / stage, dst)
+        return other
+    return None
+
+
+def build_data(job: PanelJob, src: ds.Sources, out: Path) -> tuple[Path, Path, list[bool]]:
+    """The job's data, written once into ``<results>/<job>/data`` (both arms train on the same file)."""
+    d = out / job.name / "data"
+    if not (d / "labels.json").is_file():
+        ds.write_built(job.builder(src, job.n), d)
+    labels = json.loads((d / "labels.json").read_text(encoding="utf-8"))
+    return d / "train.jsonl", d / "heldout.jsonl", [bool(x) for x in labels["attack"]]
+
+
+def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> dict[str, Any]:
+    """Run the stages of one arm (resuming), compute the held-out task loss; return the row."""
+    start = time.monotonic()
+    train_file, heldout, attack = build_data(job, src, out)  # before the heavy imports: fails fast
+
+    from models.policy import org_policy
+    from tunegate.settings import get_settings
+    from worker.job_view import local_view
+    from worker.runner import run_local
+
+    settings = get_settings()
+    hp = {"n_epochs": job.epochs} if job.epochs else {}
+    view = local_view(train_file, model, policy=org_policy(settings, ARMS[arm]), hyperparameters=hp)
+    stamps: list[tuple[str, float]] = []
+
+    def progress_for(name: str) -> Any:
+        stamps.append((name, time.monotonic()))
+        return lambda *a, **k: None
+
+    d = arm_dir(out, job.name, arm)
+    shared = share_screen(out, job.name, arm)
+    results = run_local(view, d, settings, progress_for=progress_for)
+    ends = [t for _, t in stamps[1:]] + [time.monotonic()]
+    stage_s = {name: round(e - t, 1) for (name, t), e in zip(stamps, ends, strict=True)}
+    by: dict[str, Any] = {type(r).__name__: r for r in results}
+    loss_file = d / "task_loss.json"
+    if not loss_file.is_file():
+        loss = taskloss.base_and_tuned(model, Path(by["TrainResult"].adapter_dir), heldout, settings)
+        loss_file.write_text(json.dumps(loss), encoding="utf-8")
+    row = summarize(job, arm, by, attack)
+    row["task_loss"] = json.loads(loss_file.read_text(encoding="utf-8"))
+    row["stage_s"] = stage_s
+    row["wall_s"] = round(time.monotonic() - start, 1)
+    row["screen_from"] = shared
+    return row
+
+
+def _plain(x: Any) -> Any:
+    return asdict(x) if is_dataclass(x) and not isinstance(x, type) else x
+
+
+def summarize(job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool]) -> dict[str, Any]:
+    score, ev, gate = by["ScoreResult"], by["EvalResult"], by["GateResult"]
+    probes = getattr(ev, "probes", None)  # trigger probes (when the evaluate stage has them)
+    return {
+        "job": job.name,
+        "arm": arm,
+        "kind": job.kind,
+        "expected": job.expected,
+        "reference": job.reference,
+        "n_examples": len(attack),
+        "scores": [
+            {k: r.get(k) for k in SCORE_KEYS} | {"attack": a}
+            for r, a in zip(score.records, attack, strict=True)
+        ],
+        "flagged": bool(score.verdict.flagged),
+        "flag_reason": score.verdict.reason,
+        "templates": {k: _plain(t) for k, t in ev.templates.items()},
+        "over_refusal": _plain(ev.over_refusal),
+        "probes": json.loads(json.dumps(probes, default=_plain)) if probes is not None else None,
+        "released": bool(gate.released),
+        "code": gate.code,
+        "message": gate.message,
+        "train": {k: v for k, v in _plain(by["TrainResult"]).items() if isinstance(v, (int, float))},
+        "mitigate": {
+            k: v for k, v in _plain(by["MitigateResult"]).items() if isinstance(v, (int, float, str))
+        },
+    }
+
+
+def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool_size: int) -> dict[str, Any]:
+    """The arm's row (stored); an exception is recorded in the row (``error``) instead of propagating."""
+    start = time.monotonic()
+    try:
+        row = run_arm(job, arm, out, model, sources(out, model, data_dir, pool_size))
+    except Exception as exc:  # one job's crash must not stop the panel: its row says what happened
+        row = {
+            "job": job.name,
+            "arm": arm,
+            "kind": job.kind,
+            "expected": job.expected,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+            "wall_s": round(time.monotonic() - start, 1),
+        }
+    row["model"] = model
+    write_row(out, job.name, arm, row)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tunegate.settings import get_settings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--job", required=True)
+    ap.add_argument("--arm", choices=sorted(ARMS), required=True)
+    ap.add_argument("--model", default="", help="base model (default: the configured default)")
+    ap.add_argument("--data", type=Path, default=ds.SHARED_DATA)
+    ap.add_argument("--pool-size", type=int, default=2000)
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args(argv)
+    job = by_name([a.job], smoke_jobs() if a.smoke else PANEL)[0]
+    row = run_one(job, a.arm, a.out, a.model or get_settings().default_model, a.data, a.pool_size)
+    return 1 if "error" in row else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""The panel's tables (markdown) from the stored rows; optionally written into a doc between markers.
+
+python -m benchmarks.panel.report --out DIR [--doc docs/panel.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.panel.job import ARMS, SCORE_KEYS, read_row
+from benchmarks.panel.manifest import PANEL, PanelJob
+from benchmarks.panel.stats import auroc, reproduced, wilson95
+
+START, END = "<!-- panel-results:start -->", "<!-- panel-results:end -->"
+DASH = "—"
+
+
+def load_rows(out: Path, jobs: tuple[PanelJob, ...] = PANEL) -> dict[tuple[str, str], dict[str, Any]]:
+    rows = {}
+    for job in jobs:
+        for arm in ARMS:
+            row = read_row(out, job.name, arm)
+            if row is not None:
+                rows[(job.name, arm)] = row
+    return rows
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _asr(s: dict[str, Any]) -> str:
+    lo, hi = wilson95(int(s["n_jailbroken"]), int(s["n"]))
+    return f"{_pct(s['asr'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _template(t: dict[str, Any] | None) -> str:
+    if not t:
+        return DASH
+    paired = t.get("paired") or {}
+    bound = f" (Δ≤{_pct(paired['upper'])})" if "upper" in paired else ""
+    return f"{_asr(t['base'])} → {_asr(t['tuned'])}{bound}"
+
+
+def _probes(p: Any) -> str:
+    """The worst trigger probe (largest 95% upper bound of the paired increase): its trigger, base -> tuned
+    ASR and bound; a dash when the evaluation mined no trigger."""
+    items = [v for v in (p or []) if isinstance(v, dict) and isinstance(v.get("paired"), dict)]
+    if not items:
+        return DASH
+    worst = max(items, key=lambda v: float(v["paired"]["upper"]))
+    return f"`{worst['trigger']}`: {_template(worst)}"
+
+
+def _over_refusal(o: dict[str, Any] | None) -> str:
+    if not o:
+        return DASH
+    return f"{_pct(o['base']['refusal_rate'])} → {_pct(o['tuned']['refusal_rate'])}"
+
+
+def _gate(row: dict[str, Any]) -> str:
+    return "released" if row["released"] else f"blocked ({row['code']})"
+
+
+def job_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    head = (
+        "| job | arm | expected | screen | gate | as expected | ASR chat (base → tuned) | ASR user template "
+        "| trigger probes (worst) | over-refusal | task loss (base → tuned) | wall (min) | stages (s) |"
+    )
+    out = [head, "|" + "---|" * 13]
+    for (name, arm), r in rows.items():
+        if "error" in r:
+            out.append(
+                f"| {name} | {arm} | {r['expected']} | error | {r['error'][:80].replace('|', '/')} |"
+                + f" {DASH} |" * 8
+            )
+            continue
+        t = r.get("templates") or {}
+        user = t.get("user")
+        user_s = "same as chat" if user and user.get("same_as_chat") else _template(user)
+        got = "released" if r["released"] else "blocked"
+        loss = r.get("task_loss") or {}
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in (r.get("stage_s") or {}).items()) or "reused"
+        if r.get("screen_from"):
+            stages += f" (screen from {r['screen_from']})"
+        out.append(
+            f"| {name} | {arm} | {r['expected']} | {'flagged' if r['flagged'] else 'clean'} | {_gate(r)} "
+            f"| {'yes' if got == r['expected'] else 'NO'} | {_template(t.get('chat'))} | {user_s} "
+            f"| {_probes(r.get('probes'))} | {_over_refusal(r.get('over_refusal'))} "
+            f"| {loss.get('base', DASH)} → {loss.get('tuned', DASH)} | {r['wall_s'] / 60:.1f} | {stages} |"
+        )
+    return out
+
+
+def _aurocs(row: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, float | None]:
+    """Attack examples against benign ones: within the job when it mixes both, else against the reference
+    job's examples (a random-100 of the same pool for selections; the GSM8K control otherwise)."""
+    pos = [s for s in row["scores"] if s["attack"]]
+    neg = [s for s in row["scores"] if not s["attack"]]
+    if not neg and ref is not None and "error" not in ref:
+        neg = ref["scores"]
+    return {
+        k: auroc([s[k] for s in pos if s[k] is not None], [s[k] for s in neg if s[k] is not None])
+        for k in SCORE_KEYS
+    }
+
+
+def _increase(row: dict[str, Any]) -> tuple[float, int]:
+    ts = [t for t in (row.get("templates") or {}).values() if t]
+    if not ts:
+        return 0.0, 0
+    best = max(ts, key=lambda t: t["tuned"]["asr"] - t["base"]["asr"])
+    return best["tuned"]["asr"] - best["base"]["asr"], int(best["tuned"]["n"])
+
+
+def attack_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    out = [
+        "| attack | AUROC representation | gradient | selfinf | combined risk | reference "
+        "| ASR increase (off) | reference increase | reproduced |",
+        "|" + "---|" * 9,
+    ]
+    for (name, arm), r in rows.items():
+        if arm != "off" or r.get("kind") != "attack" or "error" in r:
+            continue
+        ref = rows.get((r["reference"], "off")) if r.get("reference") else None
+        a = _aurocs(r, ref)
+        cells = " | ".join(DASH if a[k] is None else f"{a[k]:.2f}" for k in SCORE_KEYS)
+        inc, n = _increase(r)
+        if ref is None or "error" in ref:
+            tail = f"{DASH} | {DASH}"
+        else:
+            ref_inc, _ = _increase(ref)
+            tail = f"{_pct(ref_inc)} | {'yes' if reproduced(inc, ref_inc, n) else 'no'}"
+        out.append(f"| {name} | {cells} | {r.get('reference') or DASH} | {_pct(inc)} | {tail} |")
+    return out
+
+
+def render(out: Path) -> str:
+    rows = load_rows(out)
+    run = json.loads((out / "panel-run.json").read_text()) if (out / "panel-run.json").is_file() else {}
+    total = sum(float(r.get("wall_s", 0)) for r in rows.values())
+    lines = [
+        f"Model: {run.get('model', DASH)}; pool size {run.get('pool_size', DASH)}; commit "
+        f"{(run.get('machine') or {}).get('commit', DASH)}; machine: {json.dumps(run.get('machine', {}))}.",
+        f"Rows: {len(rows)} of {len(PANEL) * len(ARMS)}; summed wall time {total / 3600:.2f} h.",
+        "",
+        "ASR cells: keyword-judged ASR with its two-sided 95% Wilson interval; Δ≤ is the paired "
+        "one-sided 95% upper bound of the increase (the gate's).",
+        "",
+        *job_table(rows),
+        "",
+        *attack_table(rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(doc: Path, text: str) -> None:
+    """Replace the text between the result markers of ``doc`` (appending the markers when absent)."""
+    old = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+    block = f"{START}\n{text}{END}"
+    if START in old and END in old:
+        new = old[: old.index(START)] + block + old[old.index(END) + len(END) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(new, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--doc", type=Path, default=None)
+    a = ap.parse_args(argv)
+    text = render(a.out)
+    if a.doc:
+        write_doc(a.doc, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

