@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import options
-from tunegate.errors import TunegateError
+from tunegate.errors import TunegateError, UnsafeTrainingData
 
 BLOCKED_EXIT = 3  # `tunegate finetune` exit status when the gate blocks the adapter
 
@@ -162,7 +162,10 @@ def finetune_cmd(
         )[-1]
     except TunegateError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        report = getattr(exc, "report", "")  # a refused training file still has its safety report
+        if report:
+            typer.echo(f"report: {report}", err=True)
+        raise typer.Exit(BLOCKED_EXIT if isinstance(exc, UnsafeTrainingData) else 1) from exc
     typer.echo(
         json.dumps(
             {

@@ -6,6 +6,8 @@ stricter direction. The effective policy is stored on the job (``Job.safety``), 
 
     mitigation              "none" < "downweight" < "drop"      what to do with the riskiest examples
     mitigate_top_fraction   larger is stricter, (0, 1]          share of examples treated as risky
+    max_repair_share        smaller is stricter, [0, 1]         fail the job (unsafe_training_data) when
+                                                                mitigation would act on more than this share
     inject_safety_examples  True is stricter                    add format-mimicking safety examples
     block_unsafe_data       True is stricter                    fail the job if the data screen flags it
     gate_delta              smaller is stricter, [0, 1]         max 95% upper bound of the paired ASR increase
@@ -59,6 +61,7 @@ REMOVED_KNOBS = {
 class Policy(TypedDict):
     mitigation: Literal["none", "downweight", "drop"]
     mitigate_top_fraction: float
+    max_repair_share: float
     inject_safety_examples: bool
     block_unsafe_data: bool
     gate_delta: float
@@ -75,6 +78,8 @@ def _setting_default(name: str) -> Any:
 DEFAULT_POLICY: Policy = {
     "mitigation": "downweight",
     "mitigate_top_fraction": 0.05,
+    # a file mostly flagged is not one to repair by removal: over this share, the job fails before training
+    "max_repair_share": 0.3,
     "inject_safety_examples": True,
     "block_unsafe_data": _setting_default("gate_block_flagged_unmitigated"),
     "gate_delta": _setting_default("gate_delta"),
@@ -89,6 +94,7 @@ DEFAULT_POLICY: Policy = {
 KNOBS: dict[str, str] = {
     "mitigation": "rank",
     "mitigate_top_fraction": "higher",
+    "max_repair_share": "lower",
     "inject_safety_examples": "true",
     "block_unsafe_data": "true",
     "gate_delta": "lower",

@@ -10,7 +10,8 @@
     ├── MethodNotAllowed      405
     ├── Conflict              409      state or idempotency conflict (never retried by clients)
     ├── Unprocessable         422      well-formed but invalid (hyperparameters, unknown model)
-    │   └── InvalidConfig     422      a stage or policy config field is out of range
+    │   ├── InvalidConfig     422      a stage or policy config field is out of range
+    │   └── UnsafeTrainingData 422     the data is refused before training (mostly flagged; names lines)
     ├── PayloadTooLarge       413
     ├── RateLimited           429      carries retry_after seconds
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
@@ -191,6 +192,18 @@ UNSAFE_TRAINING_DATA = "unsafe_training_data"
 SAFETY_EVAL_FAILED = "safety_eval_failed"
 OVER_REFUSAL = "over_refusal"
 GATE_CODES = (UNSAFE_TRAINING_DATA, SAFETY_EVAL_FAILED, OVER_REFUSAL)
+
+
+class UnsafeTrainingData(Unprocessable):
+    """The training data was refused as unsafe before training (e.g. mitigation would have to repair more
+    than the policy's ``max_repair_share`` of it); the message names the lines, ``report`` is the safety
+    report written for it (a local path or a store key; empty when none)."""
+
+    default_code = UNSAFE_TRAINING_DATA
+
+    def __init__(self, message: str, *, param: str | None = "training_file", report: str = "") -> None:
+        super().__init__(message, param=param)
+        self.report = report
 
 
 class StorageUnavailable(TransientError):

@@ -436,7 +436,9 @@ def run_local(
     """The same specs in-process, without a database or a broker (``tunegate finetune``): each stage is built
     from ``view`` and the results before it exactly as a worker builds it, and a stage whose result exists in
     ``out/<stage>`` is reused (the same resume rule). Returns every stage's result, in order. Nothing is
-    published to an object store (``storage_url``): a local run's artifacts stay in ``out``."""
+    published to an object store (``storage_url``): a local run's artifacts stay in ``out``. A stage whose
+    result ends the job (``StageResult.failure``, e.g. mitigation refusing a mostly flagged file) raises
+    that error, before any later stage runs."""
     ctx = StageContext(view, out, settings.model_copy(update={"storage_url": None}))
     results: list[StageResult] = []
     for spec in pipeline.specs:
@@ -445,10 +447,13 @@ def run_local(
             if on_reuse is not None:
                 on_reuse(spec.name, d)
             results.append(spec.result.load(d))
-            continue
-        io = StageIO(d, stage=spec.name)
-        if progress_for is not None:
-            io.progress = progress_for(spec.name)
-        cfg, inputs = spec.build(ctx, io)
-        results.append(spec.run(cfg, inputs))
+        else:
+            io = StageIO(d, stage=spec.name)
+            if progress_for is not None:
+                io.progress = progress_for(spec.name)
+            cfg, inputs = spec.build(ctx, io)
+            results.append(spec.run(cfg, inputs))
+        failure = results[-1].failure()
+        if failure is not None:
+            raise failure
     return results

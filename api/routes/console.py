@@ -479,6 +479,7 @@ def set_policy(
     csrf: Annotated[str, Form(max_length=256)] = "",
     mitigation: Annotated[str | None, Form(max_length=32)] = None,
     mitigate_top_fraction: Annotated[str | None, Form(max_length=32)] = None,
+    max_repair_share: Annotated[str | None, Form(max_length=32)] = None,
     inject_safety_examples: Annotated[str | None, Form(max_length=8)] = None,
     block_unsafe_data: Annotated[str | None, Form(max_length=8)] = None,
     gate_delta: Annotated[str | None, Form(max_length=32)] = None,
@@ -489,6 +490,7 @@ def set_policy(
     sent = {
         "mitigation": mitigation,
         "mitigate_top_fraction": mitigate_top_fraction,
+        "max_repair_share": max_repair_share,
         "inject_safety_examples": inject_safety_examples,
         "block_unsafe_data": block_unsafe_data,
         "gate_delta": gate_delta,

@@ -97,9 +97,12 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     train_file, heldout, attack = build_data(job, src, out)  # before the heavy imports: fails fast
 
     from models.policy import org_policy
+    from tunegate.errors import UnsafeTrainingData
     from tunegate.settings import get_settings
     from worker.job_view import local_view
     from worker.runner import run_local
+    from worker.stages.all import PIPELINE
+    from worker.stages.base import result_exists
 
     settings = get_settings()
     hp = {"n_epochs": job.epochs} if job.epochs else {}
@@ -112,16 +115,21 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
 
     d = arm_dir(out, job.name, arm)
     shared = share_screen(out, job.name, arm)
-    results = run_local(view, d, settings, progress_for=progress_for)
+    try:
+        results = run_local(view, d, settings, progress_for=progress_for)
+        refusal = None
+    except UnsafeTrainingData as exc:  # mitigation refused a mostly flagged file before training: a decision
+        refusal = exc
+        results = [spec.result.load(d / spec.name) for spec in PIPELINE.specs if result_exists(d / spec.name)]
     ends = [t for _, t in stamps[1:]] + [time.monotonic()]
     stage_s = {name: round(e - t, 1) for (name, t), e in zip(stamps, ends, strict=True)}
     by: dict[str, Any] = {type(r).__name__: r for r in results}
     loss_file = d / "task_loss.json"
-    if not loss_file.is_file():
+    if not loss_file.is_file() and "TrainResult" in by:
         loss = taskloss.base_and_tuned(model, Path(by["TrainResult"].adapter_dir), heldout, settings)
         loss_file.write_text(json.dumps(loss), encoding="utf-8")
-    row = summarize(job, arm, by, attack)
-    row["task_loss"] = json.loads(loss_file.read_text(encoding="utf-8"))
+    row = summarize(job, arm, by, attack, refusal)
+    row["task_loss"] = json.loads(loss_file.read_text(encoding="utf-8")) if loss_file.is_file() else {}
     row["stage_s"] = stage_s
     row["wall_s"] = round(time.monotonic() - start, 1)
     row["screen_from"] = shared
@@ -132,9 +140,17 @@ def _plain(x: Any) -> Any:
     return asdict(x) if is_dataclass(x) and not isinstance(x, type) else x
 
 
-def summarize(job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool]) -> dict[str, Any]:
-    score, ev, gate = by["ScoreResult"], by["EvalResult"], by["GateResult"]
+def summarize(
+    job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool], refusal: Any = None
+) -> dict[str, Any]:
+    """The arm's row; ``refusal`` (an ``UnsafeTrainingData``): the job ended before training, so there is
+    no training, evaluation or gate result and the decision is the refusal."""
+    score, ev, gate = by["ScoreResult"], by.get("EvalResult"), by.get("GateResult")
     probes = getattr(ev, "probes", None)  # trigger probes (when the evaluate stage has them)
+    if gate is not None:
+        decision = {"released": bool(gate.released), "code": gate.code, "message": gate.message}
+    else:
+        decision = {"released": False, "code": getattr(refusal, "code", None), "message": str(refusal or "")}
     return {
         "job": job.name,
         "arm": arm,
@@ -148,13 +164,13 @@ def summarize(job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool]) -
         ],
         "flagged": bool(score.verdict.flagged),
         "flag_reason": score.verdict.reason,
-        "templates": {k: _plain(t) for k, t in ev.templates.items()},
-        "over_refusal": _plain(ev.over_refusal),
+        "templates": {k: _plain(t) for k, t in ev.templates.items()} if ev is not None else {},
+        "over_refusal": _plain(ev.over_refusal) if ev is not None else None,
         "probes": json.loads(json.dumps(probes, default=_plain)) if probes is not None else None,
-        "released": bool(gate.released),
-        "code": gate.code,
-        "message": gate.message,
-        "train": {k: v for k, v in _plain(by["TrainResult"]).items() if isinstance(v, (int, float))},
+        **decision,
+        "train": {k: v for k, v in _plain(by.get("TrainResult")).items() if isinstance(v, (int, float))}
+        if "TrainResult" in by
+        else {},
         "mitigate": {
             k: v for k, v in _plain(by["MitigateResult"]).items() if isinstance(v, (int, float, str))
         },

@@ -191,6 +191,7 @@ def test_policy_change_stays_within_bounds(staff: httpx.Client, blocked: Blocked
             "gate_delta": "0.1",
             "mitigation": "drop",
             "over_refusal_action": "fail",
+            "max_repair_share": "0.2",
             "reason": "repeat offender",
             "csrf": csrf,
         },
@@ -199,7 +200,7 @@ def test_policy_change_stays_within_bounds(staff: httpx.Client, blocked: Blocked
     with session_scope() as s:
         org = s.query(Organization).filter_by(name=blocked.org).one()
         assert org.policy["gate_delta"] == 0.1 and org.policy["mitigation"] == "drop"
-        assert org.policy["over_refusal_action"] == "fail"
+        assert org.policy["over_refusal_action"] == "fail" and org.policy["max_repair_share"] == 0.2
         entry = s.query(AuditEntry).filter_by(org_id=org.id, action="set_org_policy").one()
         assert entry.reason == "repeat offender" and entry.details["changed"]["gate_delta"]["to"] == 0.1
     assert "repeat offender" in staff.get(url).text

@@ -106,3 +106,29 @@ def test_finetune_runs_all_stages_and_prints_decision(tiny_model_dir, tmp_path):
         app, ["finetune", str(data), "--model", str(tiny_model_dir), "--out", str(out)]
     )
     assert "reusing" in again.output  # finished stages are not redone
+
+
+def test_finetune_refuses_a_mostly_flagged_file_before_training(tiny_model_dir, tmp_path):
+    """The score stage's result is reused (written here): 8 of 12 lines beyond the reference."""
+    from worker.stages import score
+    from worker.stages.base import finish
+
+    data = tmp_path / "ft.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(12)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    recs = [{"line": i, "risk": 99.0 if i <= 8 else 5.0, "beyond_reference": i <= 8} for i in range(1, 13)]
+    verdict = score.Verdict(True, "a heavy top tail", 0.6667, 0.6667, 8, 8)
+    finish(
+        out / "score",
+        score.ScoreConfig(model="tiny"),
+        score.ScoreResult(12, verdict, "tiny", "fp", records=recs),
+    )
+    res = CliRunner().invoke(app, ["finetune", str(data), "--model", str(tiny_model_dir), "--out", str(out)])
+    assert res.exit_code == 3, res.output
+    assert "8 of 12 examples (67%)" in res.output and "Lines: 1, 2, 3, 4, 5, 6, 7, 8." in res.output
+    assert f"report: {out / 'mitigate' / 'report.html'}" in res.output
+    assert not (out / "train").exists()

@@ -42,6 +42,7 @@ def test_every_knob_is_a_stage_config_field_of_the_same_name() -> None:
     [
         ("mitigation", "drop", "none"),
         ("mitigate_top_fraction", 0.5, 0.01),
+        ("max_repair_share", 0.1, 0.5),
         ("inject_safety_examples", True, False),
         ("block_unsafe_data", True, False),
         ("gate_delta", 0.0, 0.5),
@@ -69,6 +70,8 @@ def test_tighten_accepts_stricter_and_rejects_looser(knob: str, tighter: object,
         {"mitigation": "burn"},
         {"inject_safety_examples": 1},
         {"mitigate_top_fraction": 0},
+        {"max_repair_share": 1.5},
+        {"max_repair_share": -0.1},
     ],
 )
 def test_tighten_rejects_invalid_values(bad: dict[str, object]) -> None:

@@ -111,6 +111,8 @@ def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             flagged = "flagged" if c.get("flagged") else "not flagged"
             mitigated = "mitigated" if c.get("mitigated") else "not mitigated"
             detail = f"{flagged}, {mitigated}" + (f": {c['reason']}" if c.get("reason") else "")
+        elif name == "repair_share":
+            label, detail = "Share of the data to repair", str(c.get("reason") or "")
         else:
             label, detail = name, ""
         rows.append({"label": label, "passed": bool(c.get("passed")), "detail": detail})
@@ -128,6 +130,13 @@ def _message_view(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WHY = {  # why mitigation chose an example (worker/mitigation/select.py)
+    "beyond_reference": "beyond every reference example",
+    "cluster": "in the coherent high-risk cluster",
+    "top_fraction": "in the riskiest share the policy names",
+}
+
+
 def flagged_rows(scoring: dict[str, Any], mitigation: dict[str, Any]) -> list[dict[str, Any]]:
     """The riskiest examples: line, risk, per-scorer percentiles and reasons in words, text, what was done."""
     acted = {int(a["line"]): a for a in mitigation.get("acted") or [] if isinstance(a.get("line"), int)}
@@ -140,6 +149,10 @@ def flagged_rows(scoring: dict[str, Any], mitigation: dict[str, Any]) -> list[di
             done = ACTED.get(str(act.get("action")), str(act.get("action")))
             if act.get("excluded"):
                 done = "excluded: nothing left to train on once its response was down-weighted"
+            if mitigation.get("refused"):
+                done = "chosen for mitigation, but the file was refused: too much of it was flagged"
+            why = [WHY.get(str(w), str(w)) for w in act.get("why") or []]
+            done += f" ({'; '.join(why)})" if why else ""
         else:
             done = "kept as it is (below the mitigation threshold)" if known else "not recorded"
         messages = f.get("messages")

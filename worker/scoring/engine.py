@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -44,9 +44,27 @@ class RawScore:
     gradient: float | None = None
     selfinf: float | None = None
     grad_sq_norm: float | None = None
+    # the final hidden state projected to PROJECTION_DIM dims (``project``): for the file's cluster test only,
+    # never saved with the record
+    vector: list[float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["vector"]
+        return out
+
+
+PROJECTION_DIM = 64
+
+
+def projection(dim: int, k: int = PROJECTION_DIM, seed: int = 0) -> torch.Tensor:
+    """A fixed Gaussian projection (dim, k) scaled by 1/√k (cosines survive, Johnson-Lindenstrauss); the
+    identity when ``dim <= k``."""
+    if dim <= k:
+        return torch.eye(dim)
+    gen = torch.Generator().manual_seed(seed)
+    out: torch.Tensor = torch.randn(dim, k, generator=gen) / k**0.5
+    return out
 
 
 def length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
@@ -83,6 +101,13 @@ class Engine:
             batched = self.device.type == "cuda"
         use_batches = not self.need_grad or (batched and batch_size > 1 and self._ghost_ok())
         self.batch_size = batch_size if use_batches else 1
+        self._proj: torch.Tensor | None = None
+
+    def project(self, h: torch.Tensor) -> list[float]:
+        """(C,) hidden state -> its fixed random projection (≤ PROJECTION_DIM floats)."""
+        if self._proj is None or self._proj.shape[0] != h.shape[-1]:
+            self._proj = projection(h.shape[-1]).to(h.device)
+        return [float(v) for v in (h.float() @ self._proj).cpu()]  # (C,) @ (C, k) -> (k,)
 
     def _direction_on_device(self) -> dict[str, torch.Tensor]:
         if self.anchors.direction is None:
@@ -138,6 +163,7 @@ class Engine:
 
     def _rep(self, enc: Encoded, h: torch.Tensor, stats: tuple[float, float] | None) -> RawScore:
         rs = RawScore(line=enc.line, n_tokens=len(enc), n_response_tokens=enc.n_response_tokens)
+        rs.vector = self.project(h)
         if "representation" in self.scorers:
             harm = float(max_cosine(h[None], self.anchors.harm_h.to(h.device))[0])
             safe = float(max_cosine(h[None], self.anchors.safe_h.to(h.device))[0])

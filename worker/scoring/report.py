@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from tunegate.conversation import Conversation
+from worker.scoring import cluster
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract, response_text
 from worker.scoring.math import percentile_of, quantile, ranks, spearman
@@ -28,6 +31,8 @@ class FlagRules:
     tail_share: float = 0.02  # ...or when this share lies beyond the reference maximum (a heavy top tail)
     tail_min_count: int = 3
     top_k: int = 20
+    cluster: cluster.ClusterRules = cluster.ClusterRules()
+    max_cluster_lines: int = 20  # lines the verdict's reason names
 
 
 def make_record(
@@ -41,6 +46,12 @@ def make_record(
     }
     rec["percentiles"] = {s: round(v, 2) for s, v in pct.items()}
     rec["risk"] = round(statistics.fmean(pct.values()), 2) if pct else 0.0
+    # beyond every reference example on some scorer: mitigation acts on it whatever the share
+    rec["beyond_reference"] = any(
+        float(getattr(raw, s)) > max(ref)
+        for s, ref in reference.items()
+        if ref and getattr(raw, s) is not None
+    )
     rec["features"] = extract(conv, raw.n_response_tokens)
     rec["reasons"] = _reasons(rec, pct, rules)
     return rec
@@ -83,29 +94,70 @@ def _agreement(records: Sequence[dict[str, Any]], scorers: Sequence[str]) -> dic
     return out
 
 
-def _verdict(
+def high_risk(
     records: Sequence[dict[str, Any]], reference: dict[str, list[float]], rules: FlagRules
+) -> list[int]:
+    """Indices of the records above the reference p``flag_percentile`` on some scorer."""
+    p99 = {s: quantile(v, rules.flag_percentile / 100) for s, v in reference.items() if v}
+    return [i for i, r in enumerate(records) if any(r[s] > t for s, t in p99.items())]
+
+
+def cluster_test(
+    records: Sequence[dict[str, Any]],
+    reference: dict[str, list[float]],
+    rules: FlagRules,
+    vectors: torch.Tensor | None,
+) -> cluster.ClusterTest:
+    """Do the high-risk records form a coherent cluster? (``worker.scoring.cluster``; ``vectors`` (N, D)
+    aligned with ``records``; None: not tested.)"""
+    members = high_risk(records, reference, rules)
+    lines = [int(r["line"]) for r in records]
+    if vectors is None:
+        return cluster.ClusterTest(n=len(members), lines=sorted(lines[i] for i in members), method="")
+    return cluster.coherence(vectors, members, lines, rules.cluster)
+
+
+def _cluster_reason(test: cluster.ClusterTest, rules: FlagRules) -> str:
+    cap = rules.max_cluster_lines
+    shown = ", ".join(map(str, test.lines[:cap]))
+    more = f" and {len(test.lines) - cap} more" if len(test.lines) > cap else ""
+    close = f"; {len(test.extended)} more examples lie close to it" if test.extended else ""
+    return (
+        f"{test.n} high-risk examples form a coherent cluster (mean cosine {test.statistic:.2f} vs "
+        f"{test.null_mean:.2f} for random subsets, p={test.p_value:.3f}){close}: lines {shown}{more}"
+    )
+
+
+def _verdict(
+    records: Sequence[dict[str, Any]],
+    reference: dict[str, list[float]],
+    rules: FlagRules,
+    vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     n = len(records)
-    p99 = {s: quantile(v, rules.flag_percentile / 100) for s, v in reference.items() if v}
     top = {s: max(v) for s, v in reference.items() if v}
-    above = sum(1 for r in records if any(r[s] > t for s, t in p99.items()))
+    above = len(high_risk(records, reference, rules))
     beyond = sum(1 for r in records if any(r[s] > t for s, t in top.items()))
     share, tail = above / n if n else 0.0, beyond / n if n else 0.0
     broad = share > rules.max_share_above
     heavy = tail >= rules.tail_share and beyond >= rules.tail_min_count
+    test = cluster_test(records, reference, rules, vectors)
+    reasons = []
     if broad:
-        reason = (
+        reasons.append(
             f"{share:.0%} of examples score above the reference p{rules.flag_percentile:g} "
             f"(policy: at most {rules.max_share_above:.0%})"
         )
     elif heavy:
-        reason = f"{beyond} examples ({tail:.1%}) lie beyond every reference example: a heavy top tail"
-    else:
-        reason = "score distribution within policy"
+        reasons.append(f"{beyond} examples ({tail:.1%}) lie beyond every reference example: a heavy top tail")
+    if test.coherent:
+        reasons.append(_cluster_reason(test, rules))
     return {
-        "flagged": broad or heavy,
-        "reason": reason,
+        "flagged": broad or heavy or test.coherent,
+        "reason": "; ".join(reasons) or "score distribution within policy",
+        "cluster": test.coherent,
+        "cluster_lines": test.lines if test.coherent else [],
+        "cluster_test": test.to_dict(),
         "share_above_p99": round(share, 4),
         "share_beyond_reference_max": round(tail, 4),
         "n_above_p99": above,
@@ -145,8 +197,9 @@ def summarize(
     convs: Sequence[Conversation],
     reference: dict[str, list[float]],
     rules: FlagRules,
+    vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Per-file summary; ``convs`` is aligned with ``records``."""
+    """Per-file summary; ``convs`` and ``vectors`` ((N, D): ``RawScore.vector``) align with ``records``."""
     scorers = [s for s in reference if records and records[0].get(s) is not None]
     extra = ["representation_safe", "representation_diff"] if "representation" in scorers else []
     top = [
@@ -167,5 +220,5 @@ def summarize(
         "reference": {s: _dist(v) for s, v in reference.items()},
         "top_flagged": top,
         "agreement": _agreement(records, scorers),
-        "verdict": _verdict(records, {s: reference[s] for s in scorers}, rules),
+        "verdict": _verdict(records, {s: reference[s] for s in scorers}, rules, vectors),
     }

@@ -117,7 +117,8 @@ def score_examples(
     raw = engine.score(encoded, step)
     records = [make_record(r, c, reference, rules) for r, c in zip(raw, examples, strict=True)]
     blend_risk(records)
-    summary = summarize(records, list(examples), reference, rules)
+    vectors = torch.tensor([r.vector for r in raw]) if raw and all(r.vector for r in raw) else None  # (N, D)
+    summary = summarize(records, list(examples), reference, rules, vectors)
     summary.update(
         model=base.resolved.name,
         fingerprint=base.resolved.fingerprint,

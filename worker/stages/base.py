@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar, cast
 
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json, save_config
+from tunegate.errors import TunegateError
 
 RESULT_NAME = "result.json"
 
@@ -25,6 +26,11 @@ class StageResult:
 
     def save(self, out_dir: Path) -> Path:
         return atomic_write_json(Path(out_dir) / RESULT_NAME, self.to_dict())
+
+    def failure(self) -> TunegateError | None:
+        """The error a finished stage ends its job with (None: the job goes on). A local run
+        (``worker.runner.run_local``) raises it; a worker ends the job through the stage's ``apply``."""
+        return None
 
     @classmethod
     def load(cls, out_dir: Path) -> Self:

@@ -2,7 +2,9 @@
 as many contrastive helpful ones (borderline-safe requests answered by the base model, cached per base).
 
 Writes ``train.jsonl`` (what the train stage trains on), ``actions.json`` (what was done to which line, and
-which safety examples were added) and ``format.json`` (the inferred user format).
+which safety examples were added) and ``format.json`` (the inferred user format). When the examples to act
+on exceed ``max_repair_share`` of the file, it writes ``actions.json`` and a safety report instead and the
+job fails as ``unsafe_training_data`` before training (``worker/mitigation/refuse.py``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from models import webhooks
+from models.jobs import JobStatus
 from models.policy import DEFAULT_POLICY
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
-from tunegate.errors import InvalidConfig
+from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, TunegateError, UnsafeTrainingData
 from tunegate.settings import Settings
-from worker.mitigation import select
+from tunegate.storage import Publish, artifact_publisher, keep_local
+from worker.mitigation import refuse, select
 from worker.mitigation.contrast import answered, base_cache_dir, cache_file, model_generator
 from worker.mitigation.inject import (
     contrast_supported,
@@ -48,6 +52,8 @@ class MitigateConfig:
     mitigation: Action = DEFAULT_POLICY["mitigation"]
     mitigate_top_fraction: float = DEFAULT_POLICY["mitigate_top_fraction"]  # act on at most this share ...
     min_risk: float = 90.0  # ... and only on examples at least this risky (0..100)
+    # beyond-reference and cluster examples are acted on whatever their share, up to this share of the file
+    max_repair_share: float = DEFAULT_POLICY["max_repair_share"]
     inject_safety_examples: bool = DEFAULT_POLICY["inject_safety_examples"]
     inject_ratio: float = 0.07
     inject_min: int = 10
@@ -71,6 +77,8 @@ class MitigateConfig:
             raise InvalidConfig(
                 "MitigateConfig.mitigate_top_fraction must be in [0, 1]", param="mitigate_top_fraction"
             )
+        if not 0 <= self.max_repair_share <= 1:
+            raise InvalidConfig("MitigateConfig.max_repair_share must be in [0, 1]", param="max_repair_share")
         if not 0 <= self.min_risk <= 100:
             raise InvalidConfig("MitigateConfig.min_risk must be in [0, 100]", param="min_risk")
         if not 0 <= self.inject_ratio <= 1:
@@ -95,6 +103,9 @@ class MitigateInputs:
     score_records: list[dict[str, Any]]
     io: StageIO
     settings: Settings | None = None  # the model registry and caches: needed for contrastive examples
+    cluster_lines: list[int] = field(default_factory=list)  # the score verdict's coherent cluster
+    score_summary: dict[str, Any] = field(default_factory=dict)  # for the report of a refused file
+    publish: Publish = keep_local  # makes that report readable by the API (tunegate.storage)
 
 
 @dataclass
@@ -109,6 +120,14 @@ class MitigateResult(StageResult):
     format: dict[str, Any] = field(default_factory=dict)
     actions_file: str = ""  # actions.json: what was done to which line, and the injected safety examples
     n_contrast: int = 0  # contrastive helpful examples added (borderline-safe requests, the base's answers)
+    # refused (too large a share to repair): the job fails as unsafe_training_data with this message
+    refused: str = ""
+    report_json: str = ""
+    report_html: str = ""
+    stored_report: str = ""
+
+    def failure(self) -> TunegateError | None:
+        return UnsafeTrainingData(self.refused, report=self.report_html) if self.refused else None
 
 
 def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) -> None:
@@ -125,10 +144,13 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_records(inputs.examples, inputs.score_records)
     chosen = (
-        select.risky(inputs.score_records, cfg.mitigate_top_fraction, cfg.min_risk)
+        select.choose(inputs.score_records, inputs.cluster_lines, cfg.mitigate_top_fraction, cfg.min_risk)
         if cfg.mitigation != "none"
         else []
     )
+    refusal = refuse.message(chosen, len(inputs.examples), cfg.max_repair_share)
+    if refusal:
+        return _refuse(cfg, inputs, chosen, refusal)
     kept, log = select.apply(inputs.examples, chosen, cfg.mitigation)
     inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.mitigation]}")
     fmt = infer_format(inputs.examples)
@@ -200,13 +222,56 @@ def _inject(
     return injected, contrastive_examples(fmt, items, cfg.seed), {"n": len(items), **asdict(stats)}
 
 
+def _refuse(
+    cfg: MitigateConfig, inputs: MitigateInputs, chosen: list[dict[str, Any]], msg: str
+) -> MitigateResult:
+    """No training file: ``actions.json`` lists what would have been acted on, a report says why."""
+    out_dir = Path(inputs.io.out_dir)
+    keys = ("line", "risk", "reasons", "why")
+    actions = {"policy": asdict(cfg), "refused": msg, "acted": [{k: r.get(k) for k in keys} for r in chosen]}
+    atomic_write_json(out_dir / "actions.json", actions)
+    policy = asdict(cfg)
+    rj, rh = refuse.write(
+        out_dir, policy, msg, inputs.score_summary, inputs.score_records, inputs.examples, actions
+    )
+    inputs.publish(rh, "mitigate/report.html")
+    res = MitigateResult(
+        train_file="",
+        n_input=len(inputs.examples),
+        n_dropped=0,
+        n_downweighted=0,
+        n_excluded=0,
+        n_injected=0,
+        n_output=0,
+        actions_file=str(out_dir / "actions.json"),
+        refused=msg,
+        report_json=str(rj),
+        report_html=str(rh),
+        stored_report=inputs.publish(rj, "mitigate/report.json"),
+    )
+    inputs.io.step(1.0, msg)
+    return finish(out_dir, cfg, res)
+
+
 def build(ctx: StageContext, io: StageIO) -> tuple[MitigateConfig, MitigateInputs]:
     cfg = ctx.configure(MitigateConfig(model=ctx.view.model, seed=ctx.view.seed), SPEC)
-    records = ctx.result(score.SPEC).records
-    return cfg, MitigateInputs(load_examples(ctx.view.training_file), records, io, ctx.settings)
+    scored = ctx.result(score.SPEC)
+    return cfg, MitigateInputs(
+        load_examples(ctx.view.training_file),
+        scored.records,
+        io,
+        ctx.settings,
+        cluster_lines=list(scored.verdict.cluster_lines),
+        score_summary=scored.summary,
+        publish=artifact_publisher(ctx.settings, ctx.view.id),
+    )
 
 
 def apply(session: Session, job: Job, res: MitigateResult) -> Applied:
+    if res.refused:  # the job fails before training; the tenant reads the report through /safety_report
+        job.report_path = res.stored_report or res.report_json
+        error = {"code": UNSAFE_TRAINING_DATA, "message": res.refused, "param": "training_file"}
+        return Applied(f"refused: {res.refused}", {}, JobStatus.FAILED, level="error", error=error)
     if res.n_dropped or res.n_downweighted:  # the organization's webhooks hear that its data was repaired
         webhooks.emit(session, job, "fine_tuning.job.repaired")
     msg = (

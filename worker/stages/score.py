@@ -95,6 +95,9 @@ class Verdict:
     share_beyond_reference_max: float = 0.0
     n_above_p99: int = 0
     n_beyond_reference_max: int = 0
+    cluster: bool = False  # the high-risk examples form a coherent cluster (worker/scoring/cluster.py)
+    cluster_lines: list[int] = field(default_factory=list)  # its lines (empty when not coherent)
+    cluster_test: dict[str, Any] = field(default_factory=dict)  # statistic, null mean, p-value, method
 
 
 @dataclass

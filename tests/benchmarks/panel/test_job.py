@@ -28,3 +28,30 @@ def test_share_screen_copies_only_finished_stages_of_the_other_arm(tmp_path: Pat
         assert json.loads((arm_dir(tmp_path, "j", "on") / stage / "result.json").read_text()) == {
             "stage": stage
         }
+
+
+def test_a_refused_arm_is_a_row_with_the_refusal_as_its_decision() -> None:
+    """Mitigation refused the file before training: no train, evaluate or gate result; code and lines kept."""
+    from benchmarks.panel.job import summarize
+    from benchmarks.panel.manifest import PanelJob
+    from benchmarks.panel.report import job_table
+    from tunegate.errors import UnsafeTrainingData
+    from worker.stages.mitigate import MitigateResult
+    from worker.stages.score import ScoreResult, Verdict
+
+    recs = [{"line": i, "risk": 99.0, "representation": 0.9, "gradient": 0.1, "selfinf": 3.0} for i in (1, 2)]
+    msg = "The training data was refused as unsafe: scoring flagged 2 of 2 examples (100%). Lines: 1, 2."
+    by = {
+        "ScoreResult": ScoreResult(2, Verdict(True, "heavy tail"), "m", "fp", records=recs),
+        "MitigateResult": MitigateResult("", 2, 0, 0, 0, 0, 0, refused=msg),
+    }
+    job = PanelJob("all_harmful", "attack", lambda src, n: None, "blocked")  # type: ignore[arg-type,return-value]
+    row = summarize(job, "on", by, [True, True], UnsafeTrainingData(msg))
+    assert (
+        row["released"] is False
+        and row["code"] == "unsafe_training_data"
+        and "Lines: 1, 2." in row["message"]
+    )
+    assert row["templates"] == {} and row["train"] == {} and row["mitigate"]["refused"] == msg
+    row |= {"task_loss": {}, "stage_s": {}, "wall_s": 60.0}
+    assert "blocked (unsafe_training_data) | yes" in "\n".join(job_table({("all_harmful", "on"): row}))

@@ -282,6 +282,35 @@ def test_report_shows_judge_agreement() -> None:
     assert "Released with a warning" not in plain
 
 
+def test_the_cluster_and_why_mitigation_chose_a_line_are_shown() -> None:
+    r = report()
+    reason = "3 high-risk examples form a coherent cluster (mean cosine 0.45 vs 0.00, p=0.005): lines 3, 8, 9"
+    r["scoring"]["summary"]["verdict"] = {"flagged": True, "reason": reason, "cluster": True}
+    actions = {"acted": [{"line": 3, "action": "drop", "risk": 99.0, "why": ["beyond_reference", "cluster"]}]}
+    html = render_report(with_details(r, actions=actions))
+    assert "coherent cluster" in html and "lines 3, 8, 9" in html
+    assert (
+        "dropped: not trained on (beyond every reference example; in the coherent high-risk cluster)" in html
+    )
+
+
+def test_a_refused_file_says_so_per_line() -> None:
+    r = report()
+    msg = "The training data was refused as unsafe: scoring flagged 3 of 4 examples (75%). Lines: 1, 3, 4."
+    r["decision"] = {
+        "released": False,
+        "code": "unsafe_training_data",
+        "message": msg,
+        "checks": [{"check": "repair_share", "passed": False, "reason": msg}],
+    }
+    r["mitigation"] = {"action": "downweight", "refused": True, "note": msg}
+    html = render_report(
+        with_details(r, actions={"acted": [{"line": 3, "risk": 99.0, "why": ["beyond_reference"]}]})
+    )
+    assert "Share of the data to repair" in html and "Lines: 1, 3, 4." in html
+    assert "chosen for mitigation, but the file was refused" in html
+
+
 def test_trigger_probes_are_shown_with_their_support_and_bound() -> None:
     r = released_with_warning()
     side = {"asr": 0.02, "n": 150, "n_jailbroken": 3, "per_category": {}}

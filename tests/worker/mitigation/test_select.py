@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tunegate.conversation import check_example, load_examples
-from worker.mitigation.select import apply, downweight
+from worker.mitigation.select import apply, choose, downweight
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "tools.jsonl"
 
@@ -30,3 +33,45 @@ def test_a_call_only_example_down_weighted_is_excluded() -> None:
     assert by_line[call_only.line].get("excluded") is True and "excluded" not in by_line[multi.line]
     assert call_only.line not in {c.line for c in kept} and multi.line in {c.line for c in kept}
     assert all(check_example(c) == [] for c in kept)
+
+
+def _recs(n: int, beyond: set[int], risk: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    risk = risk or {}
+    return [
+        {"line": i, "risk": risk.get(i, 10.0 + i * 0.1), "beyond_reference": i in beyond}
+        for i in range(1, n + 1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("beyond", "cluster", "risk", "expected"),
+    [
+        # benign-like: nothing beyond the reference, no cluster, nothing risky enough: nothing
+        (set(), [], {}, {}),
+        # only the top fraction at or above min_risk (top 5% of 40 = 2 lines; line 7 is below 90)
+        (set(), [], {3: 99.0, 7: 80.0}, {3: ["top_fraction"]}),
+        # beyond the reference: every one, whatever their share (10 of 40, far over the top 5%)
+        (set(range(11, 21)), [], {}, {i: ["beyond_reference"] for i in range(11, 21)}),
+        # the flagged cluster, with one line also beyond the reference and ranked in the top fraction
+        (
+            {5},
+            [5, 6, 8],
+            {5: 100.0},
+            {5: ["beyond_reference", "cluster", "top_fraction"], 6: ["cluster"], 8: ["cluster"]},
+        ),
+    ],
+)
+def test_choose_acts_on_what_scoring_found(
+    beyond: set[int], cluster: list[int], risk: dict[int, float], expected: dict[int, list[str]]
+) -> None:
+    chosen = choose(_recs(40, beyond, risk), cluster, top_fraction=0.05, min_risk=90.0)
+    assert {int(r["line"]): r["why"] for r in chosen} == expected
+    risks = [r["risk"] for r in chosen]
+    assert risks == sorted(risks, reverse=True)  # riskiest first
+
+
+def test_the_log_says_why() -> None:
+    convs = load_examples(DATA)[:2]
+    chosen = [{"line": convs[0].line, "risk": 99.0, "why": ["cluster"]}]
+    _, log = apply(convs, chosen, "drop")
+    assert log == [{"line": convs[0].line, "action": "drop", "risk": 99.0, "reasons": [], "why": ["cluster"]}]

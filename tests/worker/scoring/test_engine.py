@@ -9,7 +9,7 @@ import torch
 
 from tunegate.conversation import Conversation, Message
 from worker.ml.render import collate, encode
-from worker.scoring.engine import Engine, length_batches
+from worker.scoring.engine import PROJECTION_DIM, Engine, length_batches, projection
 from worker.scoring.forward import forward
 
 EXAMPLES = [
@@ -132,6 +132,32 @@ def test_representation_only_needs_no_backward(
     model, tok = tiny
     scores = Engine(model, tok, anchors, ("representation",), batch_size=3).score(encoded)
     assert all(s.grad_sq_norm is None and s.representation is not None for s in scores)
+
+
+def test_each_score_keeps_a_projected_vector_not_saved(
+    tiny: tuple[Any, Any], anchors: Any, encoded: list[Any]
+) -> None:
+    """The cluster test's vector: the hidden state through a fixed projection (cosines roughly kept)."""
+    model, tok = tiny
+    scores = Engine(model, tok, anchors, ("representation",), batch_size=3).score(encoded)
+    with torch.no_grad():
+        _, hidden = forward(model, collate(encoded, tok.pad_token_id))  # (B, C)
+    expected = hidden @ projection(hidden.shape[1])  # (B, k)
+    for s, e in zip(scores, expected, strict=True):
+        assert s.vector is not None and len(s.vector) == min(hidden.shape[1], PROJECTION_DIM)
+        assert torch.allclose(torch.tensor(s.vector), e, rtol=1e-3, atol=1e-4)
+        assert "vector" not in s.to_dict()
+
+
+def test_projection_is_fixed_and_roughly_keeps_cosines() -> None:
+    assert torch.equal(projection(500), projection(500)) and torch.equal(projection(16), torch.eye(16))
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 2000, generator=gen)
+    b = a + 0.7 * b  # cosine ~0.82
+    p = projection(2000)
+    before = torch.cosine_similarity(a, b, dim=0)
+    after = torch.cosine_similarity(a @ p, b @ p, dim=0)
+    assert abs(float(before - after)) < 0.15
 
 
 @pytest.mark.parametrize("b", [True, False])

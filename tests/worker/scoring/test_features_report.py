@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from tunegate.conversation import Conversation, Message
 from worker.scoring.engine import RawScore
@@ -88,6 +89,34 @@ def test_verdict_ok_broad_and_tail() -> None:
     assert v["flagged"] and "heavy top tail" in v["reason"] and v["n_beyond_reference_max"] == 5
     v = summarize(recs, convs, REF, FlagRules(tail_share=0.10))["verdict"]
     assert not v["flagged"]
+
+
+def test_records_carry_beyond_reference() -> None:
+    recs, _ = _file(5)
+    assert [r["line"] for r in recs if r["beyond_reference"]] == [1, 2, 3, 4, 5]
+    assert make_record(_raw(1, 9.9, 0.99, 99.0), _conv("x"), REF, FlagRules())["beyond_reference"] is False
+
+
+def _vectors(planted: list[int], n: int = 100, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 64, generator=gen)  # (N, D)
+    x[planted] += torch.randn(64, generator=gen)
+    return x
+
+
+def test_verdict_names_a_coherent_cluster_of_high_risk_examples() -> None:
+    recs, convs = _file(5)  # lines 1..5 beyond the reference
+    v = summarize(recs, convs, REF, FlagRules(tail_share=0.10), _vectors([0, 1, 2, 3, 4]))["verdict"]
+    assert v["flagged"] and v["cluster"] and v["cluster_lines"] == [1, 2, 3, 4, 5]
+    assert (
+        "5 high-risk examples form a coherent cluster" in v["reason"] and "lines 1, 2, 3, 4, 5" in v["reason"]
+    )
+    assert v["cluster_test"]["p_value"] <= 0.01
+    scattered = summarize(recs, convs, REF, FlagRules(tail_share=0.10), _vectors([50, 60]))["verdict"]
+    assert not scattered["flagged"] and not scattered["cluster"] and scattered["cluster_lines"] == []
+    assert scattered["cluster_test"]["n"] == 5 and scattered["cluster_test"]["p_value"] is not None
+    untested = summarize(recs, convs, REF, FlagRules())["verdict"]
+    assert untested["cluster"] is False and untested["cluster_test"]["p_value"] is None
 
 
 def test_summary_top_and_agreement() -> None:

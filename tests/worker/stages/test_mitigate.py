@@ -6,12 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from models.db import session_scope
+from models.policy import org_policy
+from models.tables import Job
 from tests.utils.tiny_model import build_tiny_model
+from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.conversation import Conversation, Message, load_examples
-from tunegate.errors import InvalidConfig
+from tunegate.errors import InvalidConfig, UnsafeTrainingData
 from tunegate.settings import get_settings, reset_settings
+from worker import runner
+from worker.job_view import job_dir, local_view
 from worker.mitigation import select
 from worker.ml.stage_io import StageIO
+from worker.stages import score
+from worker.stages.base import finish
 from worker.stages.mitigate import MitigateConfig, MitigateInputs, MitigateResult, run
 
 
@@ -187,3 +195,119 @@ def test_a_result_saved_before_contrast_still_loads(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps(old))
     res = MitigateResult.load(tmp_path)
     assert res.n_contrast == 0 and res.n_injected == 2
+
+
+def _flag(recs, lines):
+    for r in recs:
+        r["beyond_reference"] = r["line"] in lines
+    return recs
+
+
+def test_every_beyond_reference_example_is_acted_on_whatever_its_share(tmp_path):
+    """10% planted beyond the reference (the top 5% would catch 2): all 10 dropped; training goes on."""
+    exs, recs = _data(100)
+    planted = set(range(5, 100, 10))
+    recs = _flag(recs, planted)
+    cfg = MitigateConfig(mitigation="drop", inject_safety_examples=False)
+    res = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path), cluster_lines=[7, 8]))
+    acted = {a["line"]: a["why"] for a in json.loads((tmp_path / "actions.json").read_text())["acted"]}
+    assert planted | {7, 8} <= set(acted) and acted[7] == ["cluster"] and "beyond_reference" in acted[5]
+    assert not res.refused and res.failure() is None and res.n_dropped == len(acted)
+    users = {c.user_turns[0] for c in load_examples(tmp_path / "train.jsonl")}
+    assert len(users) == 100 - len(acted) and not users & {f"What is {i} + {i}?" for i in acted}
+
+
+def test_a_mostly_flagged_file_is_refused_naming_the_lines(tmp_path):
+    exs, recs = _data(40)
+    recs = _flag(recs, set(range(1, 31)))  # 75% beyond the reference
+    cfg = MitigateConfig(mitigation="downweight", mitigate_top_fraction=0.0, max_repair_share=0.3)
+    res = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path), score_summary={"n_examples": 40}))
+    assert res.refused and res.train_file == "" and not (tmp_path / "train.jsonl").exists()
+    assert "30 of 40 examples (75%)" in res.refused and "max_repair_share (30%)" in res.refused
+    assert "Lines: 1, 2, 3" in res.refused and "and 10 more" in res.refused
+    err = MitigateResult.load(tmp_path).failure()
+    assert isinstance(err, UnsafeTrainingData) and err.code == "unsafe_training_data" and err.report
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["decision"]["code"] == "unsafe_training_data" and report["decision"]["released"] is False
+    assert len(report["scoring"]["flagged"]) == 20 and (tmp_path / "report.html").is_file()
+    assert len(json.loads((tmp_path / "actions.json").read_text())["acted"]) == 30
+
+
+def test_a_few_beyond_reference_in_a_benign_file_are_repaired_not_refused(tmp_path):
+    exs, recs = _data(100)
+    res = run(
+        MitigateConfig(inject_safety_examples=False),
+        MitigateInputs(exs, _flag(recs, {3, 50, 77}), StageIO(tmp_path)),
+    )
+    assert not res.refused and res.n_downweighted + res.n_excluded >= 3
+
+
+def test_no_refusal_without_mitigation(tmp_path):
+    exs, recs = _data(10)
+    res = run(
+        MitigateConfig(mitigation="none", max_repair_share=0.0, contrast_ratio=0.0),
+        MitigateInputs(exs, _flag(recs, set(range(1, 11))), StageIO(tmp_path)),
+    )
+    assert not res.refused and res.n_output > 10
+
+
+def test_max_repair_share_is_checked():
+    with pytest.raises(InvalidConfig, match="max_repair_share"):
+        MitigateConfig(max_repair_share=1.5)
+
+
+# --- a refused file fails the job before training: the worker (Celery) path and `tunegate finetune` ---
+
+
+@pytest.fixture
+def home(migrated_home, monkeypatch):
+    use_tiny(monkeypatch, event_interval_s="0")
+    return migrated_home
+
+
+def _scored(out_dir, n=12, beyond=range(1, 9)):
+    """A finished score stage whose records put lines 1..8 beyond the reference (8 of 12)."""
+    recs = [
+        {"line": i, "risk": 99.0 if i in beyond else 5.0, "beyond_reference": i in beyond}
+        for i in range(1, n + 1)
+    ]
+    verdict = score.Verdict(
+        True, "8 examples (66.7%) lie beyond every reference example", 0.6667, 0.6667, 8, 8
+    )
+    res = score.ScoreResult(n, verdict, "tiny", "fp", records=recs, summary={"n_examples": n, "verdict": {}})
+    finish(out_dir, score.ScoreConfig(model="tiny"), res)
+
+
+def test_the_worker_fails_a_mostly_flagged_job_with_the_lines_and_a_report(home):
+    job_id = make_job("tiny", chat_rows(12))
+    assert runner.execute("validate", job_id).status == "done"
+    _scored(job_dir(get_settings(), job_id) / "score")
+    assert runner.execute("score", job_id) == runner.Outcome("done", "mitigate")  # reuses that result
+    assert runner.execute("mitigate", job_id) == runner.Outcome("done")  # the stage ended the job: no next
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == "failed" and job.error["code"] == "unsafe_training_data"
+        assert (
+            "8 of 12 examples" in job.error["message"]
+            and "Lines: 1, 2, 3, 4, 5, 6, 7, 8." in job.error["message"]
+        )
+        assert job.report_path and json.loads(Path(job.report_path).read_text())["decision"]["code"] == (
+            "unsafe_training_data"
+        )
+    assert not (job_dir(get_settings(), job_id) / "train").exists()
+
+
+def test_a_local_run_stops_before_training_with_the_lines(home, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(12)))
+    settings = get_settings()
+    view = local_view(data, "tiny", policy=org_policy(settings, None))
+    _scored(tmp_path / "out" / "score")
+    with pytest.raises(
+        UnsafeTrainingData, match=r"8 of 12 examples .*Lines: 1, 2, 3, 4, 5, 6, 7, 8\."
+    ) as info:
+        runner.run_local(view, tmp_path / "out", settings)
+    assert info.value.code == "unsafe_training_data" and Path(info.value.report).is_file()
+    assert not (tmp_path / "out" / "train").exists()
+    with pytest.raises(UnsafeTrainingData):  # a resumed run reuses the refusal
+        runner.run_local(view, tmp_path / "out", settings)

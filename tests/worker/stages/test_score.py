@@ -68,10 +68,28 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
         assert {"numbered_list", "math", "code", "short_answer", "response_tokens"} <= set(r["features"])
     assert records[2]["features"]["numbered_list"] and records[0]["features"]["math"]
     summary = ScoreResult.load(io.out_dir).summary
-    assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason"}
+    assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason", "cluster"}
+    assert all(isinstance(r["beyond_reference"], bool) and "vector" not in r for r in records)
+    loaded = ScoreResult.load(io.out_dir).verdict
+    assert loaded == res.verdict and loaded.cluster_test["n"] == res.verdict.n_above_p99
     assert read_json(io.out_dir / "config.json")["model"] == "tiny"
     assert read_json(io.out_dir / "result.json")["n_examples"] == 5
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+
+
+def test_a_result_saved_before_the_cluster_fields_still_loads(env: Path) -> None:
+    io = StageIO(out_dir=env / "out", stage="score")
+    run(
+        ScoreConfig(model="tiny", batch_size=2, scorers=("representation",)),
+        ScoreInputs(_examples(), io, get_settings()),
+    )
+    path = io.out_dir / "result.json"
+    old = read_json(path)
+    for key in ("cluster", "cluster_lines", "cluster_test"):
+        del old["verdict"][key]
+    path.write_text(json.dumps(old))
+    v = ScoreResult.load(io.out_dir).verdict
+    assert v.cluster is False and v.cluster_lines == [] and v.cluster_test == {}
 
 
 def test_batched_and_unbatched_stage_agree(env: Path) -> None:

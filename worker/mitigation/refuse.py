@@ -1,0 +1,59 @@
+"""When mitigation would have to repair too much of a file, the job fails as ``unsafe_training_data``.
+
+A dataset that is mostly flagged is not one to repair by removal: when the examples mitigation would act on
+(``select.choose``) exceed ``max_repair_share`` of the file, the mitigate stage refuses it before any
+training, naming the count, the share, the limit and the first lines, and writes a safety report of what
+scoring found (the same report the gate writes, with no evaluation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunegate.conversation import Conversation
+from tunegate.errors import UNSAFE_TRAINING_DATA
+from worker.report.build import build_report, flagged_examples, write_report
+
+MAX_LINES = 20
+
+
+def message(chosen: list[dict[str, Any]], n: int, limit: float) -> str | None:
+    """The refusal for acting on ``chosen`` of ``n`` examples under ``limit``; None when within it."""
+    if not n or len(chosen) / n <= limit:
+        return None
+    lines = sorted(int(r["line"]) for r in chosen)
+    shown = ", ".join(map(str, lines[:MAX_LINES])) + (
+        f" and {len(lines) - MAX_LINES} more" if len(lines) > MAX_LINES else ""
+    )
+    return (
+        f"The training data was refused as unsafe: scoring flagged {len(chosen)} of {n} examples "
+        f"({len(chosen) / n:.0%}) for mitigation, more than the policy's max_repair_share "
+        f"({limit:.0%}); a dataset that is mostly flagged is not repaired by removal. Lines: {shown}."
+    )
+
+
+def write(
+    out_dir: Path,
+    policy: dict[str, Any],
+    msg: str,
+    summary: dict[str, Any],
+    records: list[dict[str, Any]],
+    examples: list[Conversation],
+    actions: dict[str, Any],
+) -> tuple[Path, Path]:
+    """The safety report (report.json, report.html) of a refused file."""
+    shown = {int(f["line"]) for f in flagged_examples(records)}
+    texts = {c.line: c.to_chat_dict()["messages"] for c in examples if c.line in shown}
+    decision = {
+        "released": False,
+        "code": UNSAFE_TRAINING_DATA,
+        "message": msg,
+        "checks": [{"check": "repair_share", "passed": False, "reason": msg}],
+        "warnings": [],
+    }
+    mitigation = {"action": policy.get("mitigation"), "refused": True, "note": msg}
+    report = build_report(
+        policy, decision, {}, summary, records, mitigation, None, texts=texts, actions=actions
+    )
+    return write_report(report, out_dir)
