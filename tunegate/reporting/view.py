@@ -180,7 +180,7 @@ def risk_marks(
     min_risk = mpol.get("min_risk")
     if isinstance(min_risk, int | float):
         marks.append((float(min_risk), f"acts from risk {min_risk:g}"))
-    share = mpol.get("top_fraction", policy.get("mitigate_top_fraction"))
+    share = mpol.get("mitigate_top_fraction", policy.get("mitigate_top_fraction"))
     if isinstance(share, int | float) and 0 < share <= 1 and risk:
         k = max(1, round(share * len(risk)))
         cutoff = sorted(risk, reverse=True)[min(k, len(risk)) - 1]
