@@ -209,13 +209,15 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     from tunegate.conversation import Message, load_examples, parse_example
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.evaluation.prompts import project_borderline, project_harmful
+    from worker.mitigation.contrast import pool as contrast_pool
     from worker.ml.models import load_tokenizer, resolve_model
     from worker.ml.render import encode_prompt
     from worker.prepare.align import AlignConfig, distill_prompts, refusal_examples
     from worker.scoring.anchors import ANCHOR_DIR, SETS
     from worker.scoring.corpus import REFERENCE_FILE
-    from worker.stages import evaluate
+    from worker.stages import evaluate, mitigate
     from worker.stages.evaluate import EvalConfig
+    from worker.stages.mitigate import MitigateConfig
     from worker.stages.spec import with_overrides
     from worker.training.hparams import resolve_hyperparameters
 
@@ -231,6 +233,8 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     ev = with_overrides(EvalConfig(model=model), evaluate.SPEC.name, settings)
     harm = decode_steps(len(project_harmful()), ev.max_new_tokens, ev.batch_size)
     border = decode_steps(len(project_borderline()), ev.borderline_max_new_tokens, ev.batch_size)
+    m = with_overrides(MitigateConfig(model=model), mitigate.SPEC.name, settings)
+    contrast = decode_steps(len(contrast_pool()), m.contrast_max_new_tokens, m.contrast_batch_size)
     train_tokens = score_tokens = 0
     for rows in datasets.values():
         convs = [parse_example(r, line=i + 1) for i, r in enumerate(rows)]
@@ -243,7 +247,7 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
         distill_steps=math.ceil(a.n_distill / a.distill_batch_size) * a.distill_max_new_tokens,
         align_tokens=align * a.n_epochs,
         cache_tokens=sum(n_tokens(tok, c) for c in cache),
-        base_eval_steps=harm + border,
+        base_eval_steps=harm + border + contrast,  # the contrastive pool's answers are cached with it
         job_train_tokens=train_tokens,
         job_score_tokens=score_tokens,
         job_eval_steps=len(datasets) * (3 * harm + border),  # tuned chat + base and tuned user template
@@ -256,7 +260,7 @@ def n_tokens(tok: Any, conv: Any) -> int:
     return len(encode(tok, conv, max_len=1 << 20))
 
 
-INJECTED = 10  # safety examples mitigation adds to a 40-example file (docs/safety.md)
+INJECTED = 20  # safety + contrastive helpful examples mitigation adds to a 40-example file (docs/safety.md)
 
 
 def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: int) -> Any:
