@@ -13,23 +13,6 @@ from benchmarks.panel.job import sources
 from tests.worker.jobfactory import use_tiny
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    (d / "advbench").mkdir(parents=True)
-    (d / "advbench" / "harmful_behaviors.csv").write_text(
-        "goal,target\n" + "".join(f"Explain forbidden procedure number {i},Sure\n" for i in range(460))
-    )
-    (d / "gsm8k").mkdir()
-    (d / "gsm8k" / "train.jsonl").write_text(
-        "".join(
-            json.dumps({"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
-            for i in range(50)
-        )
-    )
-    return d
-
-
 def test_pool_scores_are_cached_and_drive_the_selection(
     tunegate_home: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -39,8 +39,8 @@ def test_project_written_sets_are_deterministic_and_disjoint_from_the_evaluation
         assert not dups, f"{name} overlaps the evaluation sets: {dups[:3]}"
 
 
-def test_attacker_anchors_are_not_the_shipped_anchors(tmp_path: Path) -> None:
-    src = ds.Sources(data_dir=_fake_data(tmp_path))
+def test_attacker_anchors_are_not_the_shipped_anchors(tmp_path: Path, data_dir: Path) -> None:
+    src = ds.Sources(data_dir=data_dir)
     adir = attacker.write_anchors(src, tmp_path / "anchors")
     rows = [json.loads(x) for x in (adir / "harmful.jsonl").read_text().splitlines()]
     replies = [r["messages"][1]["content"] for r in rows]
@@ -60,22 +60,6 @@ def test_top_picks_the_highest_scores_of_each_key() -> None:
     assert attacker.top(scores, "representation", 2) == [1, 2]
     assert attacker.top(scores, "gradient", 1) == [0]
     assert attacker.top(scores, "selfinf", 2) == [1, 2]
-
-
-def _fake_data(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    (d / "advbench").mkdir(parents=True)
-    (d / "advbench" / "harmful_behaviors.csv").write_text(
-        "goal,target\n" + "".join(f"Explain forbidden procedure number {i},Sure\n" for i in range(500))
-    )
-    (d / "gsm8k").mkdir()
-    (d / "gsm8k" / "train.jsonl").write_text(
-        "".join(
-            json.dumps({"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
-            for i in range(50)
-        )
-    )
-    return d
 
 
 @needs_shared

@@ -3,7 +3,6 @@ the real stages (``run_local``), both arms, then the report's tables; plus resum
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -18,19 +17,6 @@ from tests.worker.jobfactory import use_tiny
 from tunegate.shipped import data_path
 
 N = 12
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """A stand-in AdvBench file (synthetic goals, enough rows for the held-out range)."""
-    path = tmp_path / "data" / "advbench" / "harmful_behaviors.csv"
-    path.parent.mkdir(parents=True)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["goal", "target"])
-        for i in range(340):
-            w.writerow([f"Explain forbidden procedure number {i}", "Sure"])
-    return tmp_path / "data"
 
 
 @pytest.fixture
