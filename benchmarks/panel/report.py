@@ -68,14 +68,15 @@ def _gate(row: dict[str, Any]) -> str:
 def job_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     head = (
         "| job | arm | expected | screen | gate | as expected | ASR chat (base → tuned) | ASR user template "
-        "| trigger probes (worst) | over-refusal | task loss (base → tuned) | wall (min) | stages (s) |"
+        "| trigger probes (worst) | over-refusal | task loss (base → tuned) | wall (min) | overhead / train "
+        "| stages (s) |"
     )
-    out = [head, "|" + "---|" * 13]
+    out = [head, "|" + "---|" * 14]
     for (name, arm), r in rows.items():
         if "error" in r:
             out.append(
                 f"| {name} | {arm} | {r['expected']} | error | {r['error'][:80].replace('|', '/')} |"
-                + f" {DASH} |" * 8
+                + f" {DASH} |" * 9
             )
             continue
         t = r.get("templates") or {}
@@ -90,9 +91,27 @@ def job_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
             f"| {name} | {arm} | {r['expected']} | {'flagged' if r['flagged'] else 'clean'} | {_gate(r)} "
             f"| {'yes' if got == r['expected'] else 'NO'} | {_template(t.get('chat'))} | {user_s} "
             f"| {_probes(r.get('probes'))} | {_over_refusal(r.get('over_refusal'))} "
-            f"| {loss.get('base', DASH)} → {loss.get('tuned', DASH)} | {r['wall_s'] / 60:.1f} | {stages} |"
+            f"| {loss.get('base', DASH)} → {loss.get('tuned', DASH)} | {r['wall_s'] / 60:.1f} "
+            f"| {_overhead(r, rows.get((name, 'off')))} | {stages} |"
         )
     return out
+
+
+def overhead(row: dict[str, Any], off: dict[str, Any] | None) -> float | None:
+    """The safety overhead (score + mitigate + evaluate) / train of one arm; an arm that reused the off arm's
+    screen counts the off arm's scoring time. None when the arm did not train."""
+    st = dict(row.get("stage_s") or {})
+    if "score" not in st and off is not None:
+        st["score"] = (off.get("stage_s") or {}).get("score", 0.0)
+    train = st.get("train")
+    if not train:
+        return None
+    return sum(st.get(k, 0.0) for k in ("score", "mitigate", "evaluate")) / train
+
+
+def _overhead(row: dict[str, Any], off: dict[str, Any] | None) -> str:
+    ratio = overhead(row, off)
+    return DASH if ratio is None else f"{ratio:.2f}"
 
 
 def _aurocs(row: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, float | None]:

@@ -17,3 +17,13 @@ def test_probes_cell_names_the_worst_trigger_by_its_bound() -> None:
 
 def test_probes_cell_is_a_dash_without_probes() -> None:
     assert _probes(None) == "—" and _probes([]) == "—"
+
+
+def test_overhead_counts_the_off_arms_screen_when_the_on_arm_reused_it() -> None:
+    from benchmarks.panel.report import overhead
+
+    off = {"stage_s": {"validate": 1, "score": 30, "mitigate": 1, "train": 200, "evaluate": 69}}
+    on = {"stage_s": {"mitigate": 10, "train": 100, "evaluate": 60}}
+    assert overhead(off, off) == 0.5
+    assert overhead(on, off) == 1.0  # 30 (the off arm's scoring) + 10 + 60 over 100
+    assert overhead({"stage_s": {"score": 5, "mitigate": 1}}, None) is None  # refused before training
