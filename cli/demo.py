@@ -173,25 +173,22 @@ def model_ready(model: str) -> bool:
 
 
 def caches_ready(model: str) -> bool:
-    """Whether the base's scoring caches (anchors and reference) and its answers to the contrastive pool are
-    already built; the base's evaluation is rebuilt by ``warm_caches`` only if missing (the evaluate stage's
-    own cache decides)."""
+    """Whether the base's scoring caches (anchors and reference) are already built; the base's evaluation is
+    rebuilt by ``warm_caches`` only if missing (the evaluate stage's own cache decides). The base's answers to
+    the contrastive pool are not warmed here: each job's mitigate stage answers the few it needs (about ten)
+    and caches them, far less than the whole pool (``tunegate models prepare --scoring`` answers it all)."""
     from tunegate.settings import get_settings
-    from worker.prepare.caches import contrast_cache_ready, scoring_cache_ready
+    from worker.prepare.caches import scoring_cache_ready
 
-    settings = get_settings()
-    return (
-        model_ready(model) and scoring_cache_ready(model, settings) and contrast_cache_ready(model, settings)
-    )
+    return model_ready(model) and scoring_cache_ready(model, get_settings())
 
 
 def warm_caches(model: str, echo: Any) -> None:
-    """Score the base's anchor and reference sets, evaluate it in the chat template and answer the contrastive
-    pool, once per base: both jobs need them, and computing them here (all cores) saves both workers from
-    doing it twice."""
+    """Score the base's anchor and reference sets and evaluate it in the chat template, once per base: both
+    jobs need them, and computing them here (all cores) saves both workers from doing it twice."""
     from cli.progress import Progress
     from tunegate.settings import get_settings
-    from worker.prepare.caches import warm_base_eval, warm_contrast_answers, warm_scoring_cache
+    from worker.prepare.caches import warm_base_eval, warm_scoring_cache
 
     settings = get_settings()
     echo(f"preparing the scoring and evaluation caches of {model} (once per base model)...")
@@ -199,8 +196,6 @@ def warm_caches(model: str, echo: Any) -> None:
         warm_scoring_cache(model, settings, bar)
     with Progress("base evaluation") as bar:
         warm_base_eval(model, settings, bar)
-    with Progress("contrastive answers") as bar:
-        warm_contrast_answers(model, settings, bar)
 
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
@@ -209,7 +204,6 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     from tunegate.conversation import Message, load_examples, parse_example
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.evaluation.prompts import project_borderline, project_harmful
-    from worker.mitigation.contrast import pool as contrast_pool
     from worker.ml.models import load_tokenizer, resolve_model
     from worker.ml.render import encode_prompt
     from worker.prepare.align import AlignConfig, distill_prompts, refusal_examples
@@ -234,7 +228,7 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     harm = decode_steps(len(project_harmful()), ev.max_new_tokens, ev.batch_size)
     border = decode_steps(len(project_borderline()), ev.borderline_max_new_tokens, ev.batch_size)
     m = with_overrides(MitigateConfig(model=model), mitigate.SPEC.name, settings)
-    contrast = decode_steps(len(contrast_pool()), m.contrast_max_new_tokens, m.contrast_batch_size)
+    contrast = decode_steps(INJECTED // 2, m.contrast_max_new_tokens, m.contrast_batch_size)  # per job
     train_tokens = score_tokens = 0
     for rows in datasets.values():
         convs = [parse_example(r, line=i + 1) for i, r in enumerate(rows)]
@@ -247,10 +241,11 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
         distill_steps=math.ceil(a.n_distill / a.distill_batch_size) * a.distill_max_new_tokens,
         align_tokens=align * a.n_epochs,
         cache_tokens=sum(n_tokens(tok, c) for c in cache),
-        base_eval_steps=harm + border + contrast,  # the contrastive pool's answers are cached with it
+        base_eval_steps=harm + border,
         job_train_tokens=train_tokens,
         job_score_tokens=score_tokens,
-        job_eval_steps=len(datasets) * (3 * harm + border),  # tuned chat + base and tuned user template
+        # tuned chat + base and tuned user template, and the base's answers to the job's contrastive requests
+        job_eval_steps=len(datasets) * (3 * harm + border + contrast),
     )
 
 
