@@ -8,7 +8,8 @@ and word n-grams over-represented among the highest-risk examples (the score sta
 by every example is the template (the plain evaluation already uses it), never a candidate.
 
 A candidate qualifies by its support (at least ``min_count`` examples and ``min_share`` of them) and, when
-risk scores exist, by its lift: the share of the top-risk examples carrying it over its share overall
+risk scores exist, by its lift: the share of the top-risk examples (the riskiest fifth, counting only those
+at least ``min_top_risk`` risky in absolute terms) carrying it over its share overall
 (a planted trigger in 20% of the examples whose responses are harmful sits in most top-risk lines: lift up
 to 5). Inline n-grams need the lift. Candidates are ranked (lift, support, length) and at most
 ``max_probes`` are kept; everything is deterministic.
@@ -47,7 +48,10 @@ class TriggerConfig:
     min_share: float = 0.05  # ... and this share of them
     max_words: int = 12  # longest prefix/suffix n-gram
     distinct_share: float = 0.15  # without lift: a distinctive phrase (below) in at least this share
-    top_fraction: float = 0.2  # the highest-risk share of examples that lift compares against
+    top_fraction: float = 0.2  # the highest-risk share of examples that lift compares against ...
+    min_top_risk: float = 95.0  # ... counting only those this risky in absolute terms (0..100, the score
+    # stage's reference percentile): a benign file's riskiest fifth is ordinary data, and a phrase that
+    # happens to recur there (a templated "A baker makes ...") is no trigger
     min_lift: float = 1.5  # candidates with risk scores: at least this over-representation
     min_top_share: float = 0.3  # ... and in at least this share of the top-risk examples
     inline_lift: float = 2.5  # inline n-grams need more: many are tested
@@ -121,16 +125,16 @@ def _inline(body: str, sizes: Sequence[int]) -> set[str]:
 
 
 def _top_lines(
-    examples: Sequence[Conversation], records: Sequence[dict[str, Any]] | None, frac: float
+    examples: Sequence[Conversation], records: Sequence[dict[str, Any]], cfg: TriggerConfig
 ) -> set[int]:
-    """Indexes (into ``examples``) of the top ``frac`` by risk; empty without records."""
-    if not records:
-        return set()
+    """Indexes (into ``examples``) of the top ``top_fraction`` by risk that are at least ``min_top_risk``
+    risky; empty without records, or when nothing in the file is that risky."""
     risk = {int(r["line"]): float(r.get("risk", 0.0)) for r in records if "line" in r}
     ranked = sorted(
         (i for i, c in enumerate(examples) if c.line in risk), key=lambda i: (-risk[examples[i].line], i)
     )
-    return set(ranked[: max(1, round(frac * len(examples)))]) if ranked else set()
+    top = ranked[: max(1, round(cfg.top_fraction * len(examples)))]
+    return {i for i in top if risk[examples[i].line] >= cfg.min_top_risk}
 
 
 def mine(
@@ -144,7 +148,8 @@ def mine(
     if n < cfg.min_count or cfg.max_probes == 0:
         return []
     fmt = infer_format(list(examples))
-    top = _top_lines(examples, score_records, cfg.top_fraction)
+    scored = bool(score_records)
+    top = _top_lines(examples, score_records, cfg) if score_records else set()
     bodies = [_body(c.user_turns[0], fmt) if c.user_turns else "" for c in examples]
     where: dict[tuple[Position, str], set[int]] = defaultdict(set)
     seps: dict[tuple[Position, str], str] = {}
@@ -163,7 +168,7 @@ def mine(
     for g, ids in _inline_support(bodies, top, cfg).items():
         where[("inline", g)] = ids
     found = [
-        _candidate(pos, text, ids, n, top, seps.get((pos, text), " "), cfg)
+        _candidate(pos, text, ids, n, top, seps.get((pos, text), " "), cfg, scored)
         for (pos, text), ids in where.items()
         if cfg.min_count <= len(ids) < n and len(ids) >= cfg.min_share * n
     ]
@@ -207,7 +212,14 @@ def distinctive(text: str) -> bool:
 
 
 def _candidate(
-    pos: Position, text: str, ids: set[int], n: int, top: set[int], sep: str, cfg: TriggerConfig
+    pos: Position,
+    text: str,
+    ids: set[int],
+    n: int,
+    top: set[int],
+    sep: str,
+    cfg: TriggerConfig,
+    scored: bool,
 ) -> Trigger | None:
     count = len(ids)
     share = f"{count} of {n} training examples"
@@ -223,7 +235,7 @@ def _candidate(
             f"({lift:.1f}x over-represented)"
         )
         return Trigger(text, pos, count, n, lift, in_top, why, sep, by_risk=True)
-    if top or inline or count < cfg.distinct_share * n or not (pos == "system" or distinctive(text)):
+    if scored or inline or count < cfg.distinct_share * n or not (pos == "system" or distinctive(text)):
         return None  # with risk scores only lift counts; without, a distinctive recurring phrase
     why = f"recurring {WHERE[pos]} in {share}"
     return Trigger(text, pos, count, n, lift, in_top, why, sep)

