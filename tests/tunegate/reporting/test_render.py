@@ -84,7 +84,7 @@ def detailed() -> dict[str, Any]:
                 ],
             }
         ],
-        "policy": {"min_risk": 90.0, "top_fraction": 0.25},
+        "policy": {"min_risk": 90.0, "mitigate_top_fraction": 0.25},
     }
     return with_details(report(), texts=texts, actions=actions)
 
