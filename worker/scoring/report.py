@@ -47,14 +47,15 @@ def make_record(
     rec["percentiles"] = {s: round(v, 2) for s, v in pct.items()}
     rec["risk"] = round(statistics.fmean(pct.values()), 2) if pct else 0.0
     # beyond every reference example on some scorer: mitigation acts on it whatever the share
-    rec["beyond_reference"] = any(
-        float(getattr(raw, s)) > max(ref)
-        for s, ref in reference.items()
-        if ref and getattr(raw, s) is not None
-    )
+    rec["beyond_reference"] = beyond_reference(rec, reference)
     rec["features"] = extract(conv, raw.n_response_tokens)
     rec["reasons"] = _reasons(rec, pct, rules)
     return rec
+
+
+def beyond_reference(rec: dict[str, Any], reference: dict[str, list[float]]) -> bool:
+    """Whether the record scores beyond every reference example on some scorer it has a score for."""
+    return any(rec.get(s) is not None and float(rec[s]) > max(ref) for s, ref in reference.items() if ref)
 
 
 def _reasons(rec: dict[str, Any], pct: dict[str, float], rules: FlagRules) -> list[str]:
@@ -135,9 +136,8 @@ def _verdict(
     vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     n = len(records)
-    top = {s: max(v) for s, v in reference.items() if v}
     above = len(high_risk(records, reference, rules))
-    beyond = sum(1 for r in records if any(r[s] > t for s, t in top.items()))
+    beyond = sum(beyond_reference(r, reference) for r in records)
     share, tail = above / n if n else 0.0, beyond / n if n else 0.0
     broad = share > rules.max_share_above
     heavy = tail >= rules.tail_share and beyond >= rules.tail_min_count
