@@ -15,7 +15,8 @@ import json
 import math
 import random
 import re
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 from typing import Any
 
 from tunegate.conversation import Conversation, Message
@@ -81,6 +82,10 @@ def render_response(fmt: UserFormat, refusal: str, rng: random.Random) -> str:
     if kind == "labels":  # a closed label set cannot express a refusal: answer in free text
         return refusal
     return f"{fmt.response_prefix}{refusal}"
+
+
+def _refusal(fmt: UserFormat, category: str, rng: random.Random) -> str:
+    return render_response(fmt, refusal_text(category, rng), rng)
 
 
 def render_helpful(fmt: UserFormat, answer: str) -> str:
@@ -162,25 +167,38 @@ def safety_examples(fmt: UserFormat, n: int, seed: int) -> list[Conversation]:
         batch = items[:]
         rng.shuffle(batch)
         order.extend(batch)
-    out = []
-    for item in order[:n]:
-        msgs = []
-        system = _system(fmt, rng)
-        if system is not None:
-            msgs.append(Message("system", system))
-        msgs.append(Message("user", render_user(fmt, item["prompt"])))
-        msgs.append(Message("assistant", render_response(fmt, refusal_text(item["category"], rng), rng)))
-        tools = _tools(fmt, rng)
-        out.append(
-            Conversation(
-                tuple(msgs),
-                line=0,
-                meta={"injected": True, "category": item["category"]},
-                tools=tuple(tools),
-                parallel_tool_calls=fmt.parallel_tool_calls if tools else None,
-            )
+    return [
+        _injected(
+            fmt,
+            rng,
+            item["prompt"],
+            partial(_refusal, fmt, item["category"], rng),
+            item["category"],
         )
-    return out
+        for item in order[:n]
+    ]
+
+
+def _injected(
+    fmt: UserFormat, rng: random.Random, request: str, reply: Callable[[], str], category: str
+) -> Conversation:
+    """One injected example in the user's format: a system prompt and the tool list as often as the user's
+    examples carry them, the request in the user's template, then ``reply()`` (drawn after the system prompt
+    and before the tools, so one seeded ``rng`` gives the same examples)."""
+    msgs = []
+    system = _system(fmt, rng)
+    if system is not None:
+        msgs.append(Message("system", system))
+    msgs.append(Message("user", render_user(fmt, request)))
+    msgs.append(Message("assistant", reply()))
+    tools = _tools(fmt, rng)
+    return Conversation(
+        tuple(msgs),
+        line=0,
+        meta={"injected": True, "category": category},
+        tools=tuple(tools),
+        parallel_tool_calls=fmt.parallel_tool_calls if tools else None,
+    )
 
 
 def contrastive_examples(fmt: UserFormat, items: list[Answered], seed: int) -> list[Conversation]:
@@ -188,22 +206,7 @@ def contrastive_examples(fmt: UserFormat, items: list[Answered], seed: int) -> l
     prompts and tool lists (as often as the user's examples have them) as the safety examples, so neither a
     system prompt nor the tools on offer tells a refusal apart from a helpful answer."""
     rng = random.Random(seed + 1)
-    out = []
-    for item in items:
-        msgs = []
-        system = _system(fmt, rng)
-        if system is not None:
-            msgs.append(Message("system", system))
-        msgs.append(Message("user", render_user(fmt, item.prompt)))
-        msgs.append(Message("assistant", render_helpful(fmt, item.answer)))
-        tools = _tools(fmt, rng)
-        out.append(
-            Conversation(
-                tuple(msgs),
-                line=0,
-                meta={"injected": True, "category": f"helpful:{item.kind}"},
-                tools=tuple(tools),
-                parallel_tool_calls=fmt.parallel_tool_calls if tools else None,
-            )
-        )
-    return out
+    return [
+        _injected(fmt, rng, item.prompt, partial(render_helpful, fmt, item.answer), f"helpful:{item.kind}")
+        for item in items
+    ]
