@@ -281,9 +281,9 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     templates: dict[str, UserFormat | None] = {"chat": None, "user": fmt}
     harmful = harmful_prompts(cfg)
     borderline = project_borderline() if cfg.borderline else []
+    store = inputs.cache_dir if cfg.use_cache else None  # where base results are cached (None: kept nowhere)
     probe = None
     if cfg.second_judge == "probe":  # fitted on the base (or read from the cache) before any adapter
-        store = inputs.cache_dir if cfg.use_cache else None
         probe = ProbeJudge(load_or_train(model, tok, resolved.fingerprint, store, cfg.batch_size))
     ev = ModelEvaluator(
         cfg,
@@ -295,10 +295,9 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
         inputs.io,
         probe,
     )
-    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, inputs.cache_dir)
+    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, store)
     triggers = mine_triggers(cfg, inputs)
     subset = probe_subset(harmful, cfg.probe_prompts)
-    store = inputs.cache_dir if cfg.use_cache else None
     key = probes.base_key(ev, resolved.fingerprint, subset, _cache_cfg(cfg))
     base_probes = probes.probe_records(
         ev, model, fmt, triggers, subset, "base", cached=key, store=store, at=0.5
@@ -369,7 +368,7 @@ def _base_results(
     model: Any,
     templates: dict[str, UserFormat | None],
     fingerprint: str,
-    cache_dir: Path | None,
+    store: Path | None,
 ) -> dict[str, Any]:
     plain = template_is_plain(templates["user"])
     out: dict[str, Any] = {}
@@ -386,7 +385,6 @@ def _base_results(
             second=ev.probe.trained.key if ev.probe else None,
             cfg=_cache_cfg(cfg),
         )
-        store = cache_dir if cfg.use_cache else None  # None: evaluate, keep nothing
         hit = cache.load(store, key) if store else None
         if hit is None:
             hit = ev.evaluate(model, fmt, tuned_dir=None, part=(0.0, 0.25) if name == "chat" else (0.25, 0.5))
