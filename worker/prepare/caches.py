@@ -76,21 +76,6 @@ def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent)
     progress(1.0, "ready")
 
 
-def contrast_cache_ready(model: str, settings: Settings) -> bool:
-    """Whether the base model has answered the whole contrastive pool (``warm_contrast_answers``)."""
-    import json
-
-    from worker.mitigation.contrast import base_cache_dir, cache_file, pool
-    from worker.stages import mitigate
-    from worker.stages.spec import with_overrides
-
-    cfg = with_overrides(mitigate.MitigateConfig(model=model), mitigate.SPEC.name, settings)
-    path = cache_file(base_cache_dir(model, settings), cfg.contrast_max_new_tokens)
-    if not path.is_file():
-        return False
-    return {p["prompt"] for p in pool()} <= set(json.loads(path.read_text(encoding="utf-8")))
-
-
 def warm_contrast_answers(model: str, settings: Settings, progress: Progress = _silent) -> Path:
     """The base model's answers to the whole contrastive pool, with the mitigate stage's generation settings
     (the stage fills the same cache on demand, only as far as a job needs)."""

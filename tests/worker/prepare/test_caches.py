@@ -43,9 +43,8 @@ def test_warm_contrast_answers_fills_the_cache_the_stage_reads(
     use_tiny(monkeypatch, model_cache_dir=str(tmp_path / "models"), stage_overrides=small)
     settings = get_settings()
     seen: list[float] = []
-    assert not caches.contrast_cache_ready("tiny", settings)
+    assert not cache_file(base_cache_dir("tiny", settings), 3).is_file()
     path = caches.warm_contrast_answers("tiny", settings, lambda f, m: seen.append(f))
     assert path == cache_file(base_cache_dir("tiny", settings), 3)
     assert set(json.loads(path.read_text())) == {p["prompt"] for p in pool()}  # the whole pool
-    assert caches.contrast_cache_ready("tiny", settings)
     assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
