@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEMO_POLICY: dict[str, Any] = {}  # no override: the provider defaults apply
+DEMO_EPOCHS = 2  # set through the SDK's ``method`` (auto would give a 60-example file 5 epochs)
 
 _MATH = [
     (
@@ -230,13 +231,15 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
     m = with_overrides(MitigateConfig(model=model), mitigate.SPEC.name, settings)
     contrast = decode_steps(INJECTED // 2, m.contrast_max_new_tokens, m.contrast_batch_size)  # per job
     train_tokens = score_tokens = 0
-    for rows in datasets.values():
+    trained = [name for name in datasets if name not in STOPPED_AT_MITIGATION]
+    for name, rows in datasets.items():
         convs = [parse_example(r, line=i + 1) for i, r in enumerate(rows)]
         tokens = sum(n_tokens(tok, c) for c in convs)
-        n = len(convs) + INJECTED
-        epochs = resolve_hyperparameters(None, n).n_epochs
         score_tokens += tokens
-        train_tokens += int(tokens / len(convs) * n * epochs)
+        if name in trained:
+            n = len(convs) + INJECTED
+            epochs = resolve_hyperparameters({"n_epochs": DEMO_EPOCHS}, n).n_epochs
+            train_tokens += int(tokens / len(convs) * n * epochs)
     return Workload(
         distill_steps=math.ceil(a.n_distill / a.distill_batch_size) * a.distill_max_new_tokens,
         align_tokens=align * a.n_epochs,
@@ -245,7 +248,7 @@ def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
         job_train_tokens=train_tokens,
         job_score_tokens=score_tokens,
         # tuned chat + base and tuned user template, and the base's answers to the job's contrastive requests
-        job_eval_steps=len(datasets) * (3 * harm + border + contrast),
+        job_eval_steps=len(trained) * (3 * harm + border + contrast),
     )
 
 
@@ -255,6 +258,8 @@ def n_tokens(tok: Any, conv: Any) -> int:
     return len(encode(tok, conv, max_len=1 << 20))
 
 
+# the demo's risky file is mostly flagged: refused at mitigation, before training (docs/benchmarks.md)
+STOPPED_AT_MITIGATION = ("risky",)
 INJECTED = 20  # safety + contrastive helpful examples mitigation adds to a 40-example file (docs/safety.md)
 
 
@@ -298,10 +303,12 @@ def new_demo_key(org_name: str) -> str:
 
 
 def worker_layout(cores: int, torch_threads: int) -> tuple[int, dict[str, str]]:
-    """How many workers run the demo's two jobs side by side, and the environment each gets: two workers
-    with half the cores each when there are at least two cores (small-model CPU work scales better across
-    processes than across threads); a provider's explicit ``TUNEGATE_TORCH_THREADS`` is kept."""
-    workers = 2 if cores >= 2 else 1
+    """How many workers run the demo's two jobs, and the environment each gets. Below 8 cores, one worker
+    with every core: the jobs' stages queue through it, so no core idles when one job ends early (the risky
+    one ends at mitigation, minutes before the benign one is trained and evaluated). From 8 cores, two
+    workers with half the cores each (a small model's CPU work scales better across processes than across
+    many threads). A provider's explicit ``TUNEGATE_TORCH_THREADS`` is kept."""
+    workers = 2 if cores >= 8 else 1
     if torch_threads > 0:
         return workers, {}
     return workers, {"TUNEGATE_TORCH_THREADS": str(max(1, cores // workers))}
@@ -334,7 +341,12 @@ def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | 
         for name, rows in datasets.items():
             f = sdk.files.create(file=(f"{name}.jsonl", jsonl(rows)), purpose="fine-tune")
             sdk.files.wait_for_processing(f.id)
-            job = sdk.fine_tuning.jobs.create(model=model, training_file=f.id, suffix=f"demo-{name}")
+            job = sdk.fine_tuning.jobs.create(
+                model=model,
+                training_file=f.id,
+                suffix=f"demo-{name}",
+                method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": DEMO_EPOCHS}}},
+            )
             jobs[name] = job.id
             echo(f"uploaded {name} ({len(rows)} examples) as {f.id}; job {jobs[name]}")
         outcomes = follow_all(jobs, f"{stack.base_url}/v1", key, timeout_s)

@@ -95,13 +95,14 @@ def estimate(
         + work.job_score_tokens * units.fp32_token_s
         + work.job_eval_steps * units.decode_step_s
     )
-    # two jobs on two workers with half the cores each: about the same total work, done side by side
+    # the workers share the machine's cores: the same total work whether one or two run the stages
+    workers = f"{parallel} Celery worker{'s' if parallel > 1 else ''}"
     plan.phases.append(
         Phase(
             "jobs",
-            f"start the API and {parallel} Celery workers, upload a benign ({n_examples[0]}) and a risky "
-            f"({n_examples[1]} examples) dataset through the openai SDK, and run both jobs side by side: "
-            "validate, score, mitigate, train, evaluate, gate",
+            f"start the API and {workers}, upload a benign ({n_examples[0]}) and a risky "
+            f"({n_examples[1]} examples) dataset through the openai SDK, and run both jobs: "
+            "validate, score, mitigate, train, evaluate, gate (the risky one should stop at mitigation)",
             job_s,
         )
     )

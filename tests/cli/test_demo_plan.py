@@ -58,7 +58,8 @@ def test_decode_steps_count_batches() -> None:
 @pytest.mark.parametrize(
     ("cores", "threads", "expected"),
     [
-        (2, 0, (2, {"TUNEGATE_TORCH_THREADS": "1"})),
+        (2, 0, (1, {"TUNEGATE_TORCH_THREADS": "2"})),  # one worker, both cores: no core idles
+        (4, 0, (1, {"TUNEGATE_TORCH_THREADS": "4"})),
         (16, 0, (2, {"TUNEGATE_TORCH_THREADS": "8"})),
         (1, 0, (1, {"TUNEGATE_TORCH_THREADS": "1"})),
         (8, 3, (2, {})),  # the provider's explicit thread setting is kept

@@ -3,7 +3,8 @@
 The loss is the mean cross-entropy over the supervised tokens of one optimizer step (all its micro-batches
 together), so gradient accumulation gives the same update as one big batch. Labels come from
 ``worker.ml.render.encode``: only trained assistant turns (``weight`` 1) carry loss. Sequences marked
-``anchor`` take KL to the base model (the adapter switched off) at those positions instead.
+``anchor`` take KL to the base model (the adapter switched off) at those positions instead. The vocabulary
+projection (the LM head, 49k logits a position on SmolLM2) runs only at supervised positions.
 
 With validation examples, each epoch ends with their mean loss and token accuracy (no gradients, eval mode):
 ``valid_loss`` and ``valid_mean_token_accuracy`` on the epoch's last step, in its progress event and in its
@@ -24,7 +25,14 @@ from worker.ml.render import Encoded, collate
 from worker.ml.stage_io import StageIO
 from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from worker.training.lora import trainable_parameters
-from worker.training.math import epoch_order, lr_at, steps_per_epoch, token_stats
+from worker.training.math import (
+    epoch_order,
+    lr_at,
+    selected_stats,
+    steps_per_epoch,
+    supervised_positions,
+    token_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +87,7 @@ def _optimizer_step(
         batch = collate([data[i] for i in mb], pad_id, device)
         anchor = torch.tensor([data[i].anchor for i in mb])  # (B,)
         with autocast:
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits  # (B,T,V)
-            teacher = _base_logits(model, batch, anchor) if bool(anchor.any()) else None  # (B,T,V)
-        loss_sum, _, correct = token_stats(logits, batch["labels"], teacher, anchor, cfg.anchor_ce_head)
+            loss_sum, correct = micro_batch_loss(model, batch, anchor, cfg.anchor_ce_head)
         (loss_sum / n_tok).backward()
         loss_total += float(loss_sum.detach())
         correct_total += correct
@@ -121,21 +125,47 @@ def _evaluate(
     return {"valid_loss": loss_total / n_total, "valid_mean_token_accuracy": correct_total / n_total}
 
 
-def _base_logits(model: Any, batch: dict[str, Any], anchor: Any) -> Any:
-    """The frozen base's logits for the batch's anchor rows (the same peft model with its adapter switched
-    off); the other rows stay zero: ``token_stats`` reads the teacher only where ``anchor`` is set."""
+def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: int) -> tuple[Any, int]:
+    """Summed loss (with grad) and argmax hits of one micro-batch: cross-entropy, or KL to the adapter-off
+    base on anchor rows past their first ``ce_head`` tokens (``token_stats``'s loss), with the vocabulary
+    projection computed only at the supervised positions (about half of a padded batch's positions)."""
+    mask, gold, use_kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1), (N,), (N,)
+    hidden = _hidden(model, batch)  # (B, T, H)
+    pred = _vocab_logits(model, hidden[:, :-1][mask])  # (N, V)
+    teacher = _teacher_logits(model, batch, mask, use_kl) if bool(use_kl.any()) else None  # (K, V)
+    loss_sum, _, correct = selected_stats(pred, gold, teacher, use_kl)
+    return loss_sum, correct
+
+
+def _hidden(model: Any, batch: dict[str, Any]) -> Any:
+    """The decoder's last hidden states (B, T, H), before the vocabulary projection (no KV cache)."""
+    decoder = model.get_base_model().get_decoder()
+    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return out.last_hidden_state
+
+
+def _vocab_logits(model: Any, hidden: Any) -> Any:
+    """The LM head on selected hidden states: (N, H) -> (N, V), with the model's logit soft-capping if any."""
     import torch
 
-    rows = anchor.nonzero().flatten().to(batch["input_ids"].device)  # (A,)
+    lm = model.get_base_model()
+    logits = lm.get_output_embeddings()(hidden)  # (N, V)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _teacher_logits(model: Any, batch: dict[str, Any], mask: Any, use_kl: Any) -> Any:
+    """The frozen base's logits (K, V) at the K positions ``use_kl`` marks among ``mask``'s (B, T-1), in
+    row-major order: the same peft model with its adapter switched off, run on the rows that need it only."""
+    import torch
+
+    kl = torch.zeros_like(mask)  # (B, T-1)
+    kl[mask] = use_kl
+    rows = kl.any(1).nonzero().flatten()  # (A,)
+    part = {k: batch[k][rows] for k in ("input_ids", "attention_mask")}
     with torch.no_grad(), model.disable_adapter():
-        part = model(
-            input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows]
-        ).logits  # (A, T, V)
-    if len(rows) == len(anchor):
-        return part
-    out = part.new_zeros((len(anchor), *part.shape[1:]))  # (B, T, V)
-    out[rows] = part
-    return out
+        hidden = _hidden(model, part)  # (A, T, H)
+        return _vocab_logits(model, hidden[:, :-1][kl[rows]])  # (K, V)
 
 
 def train_loop(

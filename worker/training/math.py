@@ -41,6 +41,42 @@ def token_stats(
     return loss_sum, int(mask.sum()), int(correct)
 
 
+def supervised_positions(labels: Any, anchor: Any = None, ce_head: int = 0) -> tuple[Any, Any, Any]:
+    """Where a batch is trained: ``mask`` (B, T-1), the positions whose next token is supervised (position t
+    predicts labels[t+1]); ``gold`` (N,), those next tokens in row-major order; ``use_kl`` (N,) bool, which
+    of them take KL to the teacher (anchor rows past their first ``ce_head`` supervised tokens)."""
+    import torch
+
+    nxt = labels[:, 1:]  # (B, T-1)
+    mask = nxt != IGNORE  # (B, T-1)
+    if anchor is None:
+        kl = torch.zeros_like(mask)
+    else:
+        rank = mask.long().cumsum(1)  # (B, T-1): 1-based index among the row's supervised tokens
+        kl = anchor.view(-1, 1).to(mask.device) & (rank > ce_head) & mask  # (B, T-1)
+    return mask, nxt[mask], kl[mask]
+
+
+def selected_stats(pred: Any, gold: Any, teacher: Any = None, use_kl: Any = None) -> tuple[Any, int, int]:
+    """``token_stats`` on the supervised positions only: ``pred`` (N, V) the model's logits there, ``gold``
+    (N,), ``use_kl`` (N,) bool and ``teacher`` (K, V) the frozen base's logits at the K positions ``use_kl``
+    marks, in the same order. Equal to ``token_stats`` on the full (B, T, V) logits; computing the vocabulary
+    projection only at these positions is what makes it cheaper.
+    Returns (loss_sum: 0-dim tensor with grad, n_tokens, n_correct)."""
+    import torch.nn.functional as F
+
+    pred = pred.float()  # (N, V)
+    per_pos = F.cross_entropy(pred, gold, reduction="none")  # (N,)
+    if teacher is not None and use_kl is not None and bool(use_kl.any()):
+        rows = use_kl.nonzero().flatten()  # (K,)
+        log_p = F.log_softmax(pred[rows], dim=-1)  # (K, V)
+        log_q = F.log_softmax(teacher.float(), dim=-1)  # (K, V)
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (K,)
+        per_pos = per_pos.index_put((rows,), kl)  # (N,)
+    correct = (pred.argmax(-1) == gold).sum()
+    return per_pos.sum(), int(gold.numel()), int(correct)
+
+
 def lr_at(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
     """Linear warm-up then linear decay to 10% of the base rate (``step`` is 0-based)."""
     warm = max(1, math.ceil(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0

@@ -1,4 +1,5 @@
-"""The training loop's teacher pass: computed for the anchor rows only, equal to the full-batch pass there."""
+"""The training loop's micro-batch loss: the vocabulary projection at supervised positions only, and the
+teacher pass on the anchor rows only, give the same loss and gradients as full logits everywhere."""
 
 from __future__ import annotations
 
@@ -9,23 +10,64 @@ import torch
 from tunegate.conversation import Conversation, Message
 from worker.ml.models import load_model, load_tokenizer
 from worker.ml.render import collate, encode
-from worker.training.loop import _base_logits
-from worker.training.lora import attach_lora
+from worker.training.loop import micro_batch_loss
+from worker.training.lora import attach_lora, trainable_parameters
+from worker.training.math import token_stats
 
 
-def test_teacher_logits_only_for_anchor_rows(tiny_model_dir: Path) -> None:
+def _model_and_batch(tiny_model_dir: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     tok = load_tokenizer(tiny_model_dir)
     model = attach_lora(
         load_model(tiny_model_dir), r=2, alpha=4, dropout=0.0, target_modules="all-linear", seed=0
     )
+    with torch.no_grad():  # a trained-looking adapter, so that the adapter-off teacher differs from the model
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
     convs = [
-        Conversation((Message("user", f"question {i} " * (i + 1)), Message("assistant", f"answer {i}")))
+        Conversation((Message("user", f"question {i} " * (i + 1)), Message("assistant", f"answer {i} " * 3)))
         for i in range(4)
     ]
-    batch = collate([encode(tok, c, max_len=256) for c in convs], int(tok.pad_token_id), "cpu")
+    return model, collate([encode(tok, c, max_len=256) for c in convs], int(tok.pad_token_id), "cpu")
+
+
+def _full_logits_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], anchor: torch.Tensor
+) -> torch.Tensor:
+    """The reference: logits at every position, the teacher for the whole batch, ``token_stats``."""
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
+    with torch.no_grad(), model.disable_adapter():  # type: ignore[operator]
+        teacher = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
+    loss, _, _ = token_stats(logits, batch["labels"], teacher, anchor, ce_head=2)
+    return loss
+
+
+def _grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    params = trainable_parameters(model)
+    return [g.clone() for g in torch.autograd.grad(loss, params)]
+
+
+def test_micro_batch_loss_equals_full_logits_loss_and_gradients(tiny_model_dir: Path) -> None:
+    model, batch = _model_and_batch(tiny_model_dir)
+    model.eval()  # no dropout: both passes must see the same network
     anchor = torch.tensor([True, False, True, False])
-    full = _base_logits(model, batch, torch.ones(4, dtype=torch.bool))  # (4, T, V)
-    part = _base_logits(model, batch, anchor)  # (4, T, V), zeros in rows 1 and 3
-    assert part.shape == full.shape
-    assert torch.allclose(part[anchor], full[anchor], atol=1e-5)
-    assert not part[~anchor].any()
+    got, correct = micro_batch_loss(model, batch, anchor, ce_head=2)
+    want = _full_logits_loss(model, batch, anchor)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert float(got.detach()) > 0 and 0 <= correct <= int((batch["labels"][:, 1:] != -100).sum())
+    for g, w in zip(_grads(model, got), _grads(model, _full_logits_loss(model, batch, anchor)), strict=True):
+        assert torch.allclose(g, w, rtol=1e-3, atol=1e-5)
+
+
+def test_micro_batch_loss_without_anchors_is_cross_entropy(tiny_model_dir: Path) -> None:
+    model, batch = _model_and_batch(tiny_model_dir)
+    model.eval()
+    none = torch.zeros(4, dtype=torch.bool)
+    got, _ = micro_batch_loss(model, batch, none, ce_head=0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want, _, _ = token_stats(logits, batch["labels"])
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    # an anchor row with an opening longer than its reply is all cross-entropy: no teacher pass at all
+    long_head, _ = micro_batch_loss(model, batch, torch.ones(4, dtype=torch.bool), ce_head=10_000)
+    assert torch.allclose(long_head, want, rtol=1e-4, atol=1e-4)

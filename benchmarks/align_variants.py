@@ -1,0 +1,185 @@
+"""Build aligned-base variants side by side and measure the four goals of each (docs/aligned_base.md).
+
+Self-distillation runs once (``distil``: the unaligned model's greedy answers, kept in
+``OUT/distilled-N-T.jsonl``) and every variant reuses those answers, cut to its own answer length.
+Each variant is an ``AlignConfig`` override built into ``OUT/<name>/model`` and then measured: keyword ASR
+on AdvBench's first 100 prompts, XSTest's 250 safe prompts refused, GSM8K answer loss (first 50 test
+examples; the unaligned model's is 1.458) and the build's wall time. Resumable: a variant whose
+``result.json`` exists is skipped.
+
+    python benchmarks/align_variants.py distil --out OUT [--n 240 --max-new-tokens 96]
+    python benchmarks/align_variants.py build --out OUT --name v1 --set n_epochs=1 --set n_refusals=100
+    python benchmarks/align_variants.py table --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from machine import machine_info, print_machine
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def distil(out: Path, n: int, max_new_tokens: int) -> Path:
+    from tunegate.conversation import dump_examples
+    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from worker.ml.models import device_for, load_model, load_tokenizer, resolve_model
+    from worker.ml.stage_io import StageIO
+    from worker.prepare.align import AlignConfig, distilled_examples
+
+    path = out / f"distilled-{n}-{max_new_tokens}.jsonl"
+    if path.is_file():
+        return path
+    settings = get_settings()
+    base = resolve_model(EMBEDDED_BASE, settings)
+    t0 = time.monotonic()
+    model = load_model(base.path, device_for(settings))
+    cfg = AlignConfig(n_distill=n, distill_max_new_tokens=max_new_tokens)
+    convs, dropped = distilled_examples(model, load_tokenizer(base.path), cfg, StageIO(out / ".distil"))
+    dump_examples(convs, path)
+    info = {"n": n, "max_new_tokens": max_new_tokens, "kept": len(convs), "dropped": dropped}
+    info["seconds"] = round(time.monotonic() - t0, 1)
+    (out / f"distilled-{n}-{max_new_tokens}.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info))
+    return path
+
+
+def shorten(convs: list[Any], tok: Any, max_tokens: int) -> list[Any]:
+    """The same greedy answers as a distillation with a ``max_tokens`` limit would give (greedy decoding:
+    its first tokens are the longer answer's first tokens), cut back to the last full sentence."""
+    from tunegate.conversation import Conversation, Message
+    from worker.evaluation.self_answers import tidy
+
+    out = []
+    for c in convs:
+        ids = tok(c.messages[-1].content, add_special_tokens=False)["input_ids"]
+        if len(ids) < max_tokens - 1:
+            out.append(c)
+            continue
+        text = tidy(tok.decode(ids[:max_tokens], skip_special_tokens=True), True)
+        if text:
+            out.append(Conversation((*c.messages[:-1], Message("assistant", text))))
+    return out
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs:
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def build(out: Path, name: str, sets: dict[str, Any], distilled_file: Path) -> dict[str, Any]:
+    from tunegate.conversation import load_examples
+    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from worker.ml.models import load_tokenizer, resolve_model
+    from worker.ml.stage_io import StageIO
+    from worker.prepare.align import AlignConfig, AlignInputs, distill_prompts, run
+
+    vdir = out / name
+    result_file = vdir / "result.json"
+    if result_file.is_file():
+        return dict(json.loads(result_file.read_text()))
+    settings = get_settings()
+    cfg = replace(AlignConfig(precision=settings.precision), **sets)
+    tok = load_tokenizer(resolve_model(EMBEDDED_BASE, settings).path)
+    wanted = set(distill_prompts(cfg.n_distill, cfg.seed))
+    pool = [c for c in load_examples(distilled_file) if c.messages[0].content in wanted]
+    distilled = shorten(pool, tok, cfg.distill_max_new_tokens)
+    model_dir = vdir / "model"
+    if not (model_dir / "config.json").is_file():
+        t0 = time.monotonic()
+        res = run(cfg, AlignInputs(StageIO(vdir / "work", stage="align"), model_dir, settings, distilled))
+        build_info = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train}
+        (vdir / "build.json").write_text(json.dumps(build_info, indent=2))
+    build_info = json.loads((vdir / "build.json").read_text())
+    measured = measure(str(model_dir))
+    row = {
+        "name": name,
+        "overrides": sets,
+        "config": asdict(cfg),
+        "n_distilled": len(distilled),
+        **build_info,
+        **measured,
+        "machine": machine_info(),
+    }
+    result_file.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def measure(model: str) -> dict[str, Any]:
+    from gsm8k_data import gsm8k_conversations
+    from gsm8k_loss import mean_loss
+
+    from tunegate.settings import get_settings
+    from worker.evaluation.prompts import load_prompts
+    from worker.evaluation.single import SingleEval, evaluate_prompts
+    from worker.stages.evaluate import EvalConfig, make_judge
+
+    harmful = load_prompts(DATA / "advbench" / "harmful_behaviors.csv")[:100]
+    safe = load_prompts(DATA / "xstest" / "xstest_prompts.csv", safe_only=True)
+    cfg = SingleEval(model=model, template="chat", max_new_tokens=64, second_judge="none")
+    t0 = time.monotonic()
+    judge = make_judge(EvalConfig(model="-", judge="keyword"), get_settings())
+    res = evaluate_prompts(cfg, harmful, safe, judge)
+    convs = gsm8k_conversations(50, split="test")
+    loss = mean_loss(model, convs)
+    return {
+        "asr": res.get("asr"),
+        "over_refusal": (res.get("over_refusal") or {}).get("refusal_rate"),
+        "gsm8k_loss": round(loss, 4),
+        "measure_seconds": round(time.monotonic() - t0, 1),
+    }
+
+
+def table(out: Path) -> None:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
+    print(
+        "| variant | overrides | distilled | steps | tokens | train s | ASR | XSTest refused | GSM8K loss |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = r["train"]
+        print(
+            f"| {r['name']} | {r['overrides']} | {r['n_distilled']} | {t.get('steps')} | "
+            f"{t.get('trained_tokens')} | {r['train_seconds']} | {r['asr']} | {r['over_refusal']} | "
+            f"{r['gsm8k_loss']} |"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["distil", "build", "table", "measure"])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=240)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--name", default="")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.command == "table":
+        table(args.out)
+        return
+    print_machine()
+    if args.command == "distil":
+        distil(args.out, args.n, args.max_new_tokens)
+    elif args.command == "measure":
+        print(json.dumps(measure(args.model), indent=2))
+    else:
+        path = distil(args.out, args.n, args.max_new_tokens)
+        print(json.dumps(build(args.out, args.name, parse_sets(args.set), path), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
