@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # actual seconds / (counted units x unit cost), per phase, from the measured first run of 2026-12-01
-# (docs/benchmarks.md, "First run"): build 31.4 min, caches 8.4, both jobs side by side 14.5
-OVERHEAD = {"distill": 1.1, "align_train": 1.45, "scoring_cache": 1.15, "base_eval": 0.85, "job": 0.72}
+# (docs/benchmarks.md, "First run"): build 31.4 min, caches 8.4, both jobs side by side 14.5. The unit cost
+# times full logits at every position; the loop now projects only supervised positions, 0.62x a step's time
+# (docs/benchmarks.md, "Training step"), so align_train is 1.45 x 0.62. To recalibrate on the next first run.
+OVERHEAD = {"distill": 1.1, "align_train": 0.9, "scoring_cache": 1.15, "base_eval": 0.85, "job": 0.72}
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
 
 
