@@ -150,6 +150,11 @@ def _vocab_logits(model: Any, hidden: Any) -> Any:
 
     lm = model.get_base_model()
     logits = lm.get_output_embeddings()(hidden)  # (N, V)
+    # what some architectures' forward does after the head: Cohere scales, Granite divides, Gemma 2 caps
+    if getattr(lm, "logit_scale", None) is not None and not callable(lm.logit_scale):
+        logits = logits * lm.logit_scale
+    if getattr(lm.config, "logits_scaling", None):
+        logits = logits / lm.config.logits_scaling
     cap = getattr(lm.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 
