@@ -67,7 +67,7 @@ def main() -> None:
         return float(loss.detach())
 
     def selected() -> float:
-        loss, _ = micro_batch_loss(model, batch, anchor, 8)
+        loss, _, _ = micro_batch_loss(model, batch, anchor, 8)
         loss.backward()
         return float(loss.detach())
 

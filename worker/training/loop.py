@@ -31,7 +31,6 @@ from worker.training.math import (
     selected_stats,
     steps_per_epoch,
     supervised_positions,
-    token_stats,
 )
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def _optimizer_step(
         batch = collate([data[i] for i in mb], pad_id, device)
         anchor = torch.tensor([data[i].anchor for i in mb])  # (B,)
         with autocast:
-            loss_sum, correct = micro_batch_loss(model, batch, anchor, cfg.anchor_ce_head)
+            loss_sum, _, correct = micro_batch_loss(model, batch, anchor, cfg.anchor_ce_head)
         (loss_sum / n_tok).backward()
         loss_total += float(loss_sum.detach())
         correct_total += correct
@@ -112,10 +111,8 @@ def _evaluate(
             for i in range(0, len(valid), cfg.micro_batch):
                 batch = collate(list(valid[i : i + cfg.micro_batch]), pad_id, device)
                 with autocast:
-                    logits = model(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits  # (B,T,V)
-                loss_sum, n, correct = token_stats(logits, batch["labels"])
+                    no_anchor = torch.zeros(len(batch["labels"]), dtype=torch.bool)  # (B,)
+                    loss_sum, n, correct = micro_batch_loss(model, batch, no_anchor, 0)
                 loss_total += float(loss_sum)
                 n_total += n
                 correct_total += correct
@@ -125,16 +122,15 @@ def _evaluate(
     return {"valid_loss": loss_total / n_total, "valid_mean_token_accuracy": correct_total / n_total}
 
 
-def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: int) -> tuple[Any, int]:
-    """Summed loss (with grad) and argmax hits of one micro-batch: cross-entropy, or KL to the adapter-off
-    base on anchor rows past their first ``ce_head`` tokens (``token_stats``'s loss), with the vocabulary
-    projection computed only at the supervised positions (about half of a padded batch's positions)."""
-    mask, gold, use_kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1), (N,), (N,)
+def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: int) -> tuple[Any, int, int]:
+    """Summed loss (with grad), supervised token count and argmax hits of one micro-batch: cross-entropy,
+    or KL to the adapter-off base on anchor rows past their first ``ce_head`` tokens (``token_stats``'s
+    loss), with the vocabulary projection only at the supervised positions (about half of a batch's)."""
+    mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
     hidden = _hidden(model, batch)  # (B, T, H)
     pred = _vocab_logits(model, hidden[:, :-1][mask])  # (N, V)
-    teacher = _teacher_logits(model, batch, mask, use_kl) if bool(use_kl.any()) else None  # (K, V)
-    loss_sum, _, correct = selected_stats(pred, gold, teacher, use_kl)
-    return loss_sum, correct
+    teacher = _teacher_logits(model, batch, kl) if bool(kl.any()) else None  # (K, V)
+    return selected_stats(pred, batch["labels"][:, 1:][mask], teacher, kl[mask])
 
 
 def _hidden(model: Any, batch: dict[str, Any]) -> Any:
@@ -159,13 +155,11 @@ def _vocab_logits(model: Any, hidden: Any) -> Any:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _teacher_logits(model: Any, batch: dict[str, Any], mask: Any, use_kl: Any) -> Any:
-    """The frozen base's logits (K, V) at the K positions ``use_kl`` marks among ``mask``'s (B, T-1), in
-    row-major order: the same peft model with its adapter switched off, run on the rows that need it only."""
+def _teacher_logits(model: Any, batch: dict[str, Any], kl: Any) -> Any:
+    """The frozen base's logits (K, V) at the K positions ``kl`` (B, T-1) marks, in row-major order: the same
+    peft model with its adapter switched off, run on the rows that need it only."""
     import torch
 
-    kl = torch.zeros_like(mask)  # (B, T-1)
-    kl[mask] = use_kl
     rows = kl.any(1).nonzero().flatten()  # (A,)
     part = {k: batch[k][rows] for k in ("input_ids", "attention_mask")}
     with torch.no_grad(), model.disable_adapter():

@@ -20,31 +20,17 @@ def token_stats(
     their first ``ce_head`` supervised tokens (the reply's opening) keep cross-entropy.
     Returns (loss_sum: 0-dim tensor with grad, n_tokens, n_correct).
     """
-    import torch
-    import torch.nn.functional as F
-
-    pred = logits[:, :-1, :].float()  # (B, T-1, V)
-    gold = labels[:, 1:]  # (B, T-1)
-    mask = gold != IGNORE  # (B, T-1)
-    per_pos = F.cross_entropy(
-        pred.transpose(1, 2), gold, ignore_index=IGNORE, reduction="none"
-    )  # (B, T-1), 0 where IGNORE
-    if teacher_logits is not None and anchor is not None and bool(anchor.any()):
-        log_p = F.log_softmax(pred, dim=-1)  # (B, T-1, V)
-        log_q = F.log_softmax(teacher_logits[:, :-1, :].float(), dim=-1)  # (B, T-1, V)
-        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (B, T-1)
-        rank = mask.long().cumsum(1)  # (B, T-1): 1-based index among the row's supervised tokens
-        use_kl = anchor.view(-1, 1).to(per_pos.device) & (rank > ce_head)  # (B, T-1)
-        per_pos = torch.where(use_kl, kl, per_pos)
-    loss_sum = (per_pos * mask).sum()
-    correct = ((pred.argmax(-1) == gold) & mask).sum()
-    return loss_sum, int(mask.sum()), int(correct)
+    use = anchor if teacher_logits is not None else None
+    mask, kl = supervised_positions(labels, use, ce_head)  # (B, T-1) each
+    teacher = teacher_logits[:, :-1][kl] if use is not None else None  # (K, V)
+    return selected_stats(logits[:, :-1][mask], labels[:, 1:][mask], teacher, kl[mask])
 
 
-def supervised_positions(labels: Any, anchor: Any = None, ce_head: int = 0) -> tuple[Any, Any, Any]:
-    """Where a batch is trained: ``mask`` (B, T-1), the positions whose next token is supervised (position t
-    predicts labels[t+1]); ``gold`` (N,), those next tokens in row-major order; ``use_kl`` (N,) bool, which
-    of them take KL to the teacher (anchor rows past their first ``ce_head`` supervised tokens)."""
+def supervised_positions(labels: Any, anchor: Any = None, ce_head: int = 0) -> tuple[Any, Any]:
+    """Where a batch is trained, two (B, T-1) bool masks: ``mask``, the positions whose next token is
+    supervised (position t predicts labels[t+1]), and ``kl``, those of them that take KL to the teacher
+    (anchor rows past their first ``ce_head`` supervised tokens). ``labels[:, 1:][mask]`` are the targets
+    and ``kl[mask]`` says which of them take KL, both (N,) in row-major order."""
     import torch
 
     nxt = labels[:, 1:]  # (B, T-1)
@@ -54,7 +40,7 @@ def supervised_positions(labels: Any, anchor: Any = None, ce_head: int = 0) -> t
     else:
         rank = mask.long().cumsum(1)  # (B, T-1): 1-based index among the row's supervised tokens
         kl = anchor.view(-1, 1).to(mask.device) & (rank > ce_head) & mask  # (B, T-1)
-    return mask, nxt[mask], kl[mask]
+    return mask, kl
 
 
 def selected_stats(pred: Any, gold: Any, teacher: Any = None, use_kl: Any = None) -> tuple[Any, int, int]:

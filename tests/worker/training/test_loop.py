@@ -52,7 +52,7 @@ def test_micro_batch_loss_equals_full_logits_loss_and_gradients(tiny_model_dir: 
     model, batch = _model_and_batch(tiny_model_dir)
     model.eval()  # no dropout: both passes must see the same network
     anchor = torch.tensor([True, False, True, False])
-    got, correct = micro_batch_loss(model, batch, anchor, ce_head=2)
+    got, _, correct = micro_batch_loss(model, batch, anchor, ce_head=2)
     want = _full_logits_loss(model, batch, anchor)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
     assert float(got.detach()) > 0 and 0 <= correct <= int((batch["labels"][:, 1:] != -100).sum())
@@ -64,10 +64,10 @@ def test_micro_batch_loss_without_anchors_is_cross_entropy(tiny_model_dir: Path)
     model, batch = _model_and_batch(tiny_model_dir)
     model.eval()
     none = torch.zeros(4, dtype=torch.bool)
-    got, _ = micro_batch_loss(model, batch, none, ce_head=0)
+    got, _, _ = micro_batch_loss(model, batch, none, ce_head=0)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     want, _, _ = token_stats(logits, batch["labels"])
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
     # an anchor row with an opening longer than its reply is all cross-entropy: no teacher pass at all
-    long_head, _ = micro_batch_loss(model, batch, torch.ones(4, dtype=torch.bool), ce_head=10_000)
+    long_head, _, _ = micro_batch_loss(model, batch, torch.ones(4, dtype=torch.bool), ce_head=10_000)
     assert torch.allclose(long_head, want, rtol=1e-4, atol=1e-4)

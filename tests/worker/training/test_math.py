@@ -82,13 +82,12 @@ def test_selected_stats_equals_token_stats_on_the_supervised_positions():
     )
     anchor = torch.tensor([True, False, True])
     want, n, correct = token_stats(logits, labels, teacher, anchor, ce_head=2)
-    mask, gold, use_kl = supervised_positions(labels, anchor, ce_head=2)  # (B, T-1), (N,), (N,)
+    mask, kl = supervised_positions(labels, anchor, ce_head=2)  # (B, T-1) each
+    gold, use_kl = labels[:, 1:][mask], kl[mask]  # (N,) each
     assert mask.shape == (3, 5) and gold.tolist() == [1, 2, 3, 4, 5, 4, 0, 6, 6, 1]
     # row 0: its 3rd-5th supervised tokens; row 1 is no anchor; row 2: its 3rd
     assert use_kl.tolist() == [False, False, True, True, True, False, False, False, False, True]
-    kl2d = torch.zeros_like(mask)
-    kl2d[mask] = use_kl
-    got, n2, correct2 = selected_stats(logits[:, :-1][mask], gold, teacher[:, :-1][kl2d], use_kl)
+    got, n2, correct2 = selected_stats(logits[:, :-1][mask], gold, teacher[:, :-1][kl], use_kl)
     assert (n2, correct2) == (n, correct) and math.isclose(float(got), float(want), rel_tol=1e-5)
     plain, _, _ = selected_stats(logits[:, :-1][mask], gold)
     assert math.isclose(float(plain), float(token_stats(logits, labels)[0]), rel_tol=1e-5)
