@@ -28,8 +28,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 def distil(out: Path, n: int, max_new_tokens: int) -> Path:
     from tunegate.conversation import dump_examples
-    from tunegate.settings import EMBEDDED_BASE, get_settings
-    from worker.ml.models import device_for, load_model, load_tokenizer, resolve_model
+    from tunegate.settings import get_settings
     from worker.ml.stage_io import StageIO
     from worker.prepare.align import AlignConfig, distilled_examples
 
@@ -37,11 +36,9 @@ def distil(out: Path, n: int, max_new_tokens: int) -> Path:
     if path.is_file():
         return path
     settings = get_settings()
-    base = resolve_model(EMBEDDED_BASE, settings)
     t0 = time.monotonic()
-    model = load_model(base.path, device_for(settings))
     cfg = AlignConfig(n_distill=n, distill_max_new_tokens=max_new_tokens)
-    convs, dropped = distilled_examples(model, load_tokenizer(base.path), cfg, StageIO(out / ".distil"))
+    convs, dropped = distilled_examples(cfg, settings, StageIO(out / ".distil"))
     dump_examples(convs, path)
     info = {"n": n, "max_new_tokens": max_new_tokens, "kept": len(convs), "dropped": dropped}
     info["seconds"] = round(time.monotonic() - t0, 1)

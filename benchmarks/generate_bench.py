@@ -1,8 +1,10 @@
-"""Batched greedy generation: finished rows leaving the batch (``shrink``) against keeping them, one run.
+"""Batched greedy generation: fixed batches against continuous batching (``refill``), side by side, one run.
 
 Answers the project's harmful evaluation prompts the way the evaluate stage does (batch 16, 64 new tokens,
 keyword early stop), twice with each setting, alternating, and prints the best time of each and the ratio.
-Outputs must be equal. A model that refuses early (the aligned base) gains the most.
+Fixed batches decode until their last prompt ends (finished rows leave, the rest decode at a smaller batch);
+with refills the next prompts join the running batch once half of it is free. Outputs must be equal. A model
+that refuses most prompts early but answers a few at length (the aligned base) gains the most.
 
     python benchmarks/generate_bench.py [--model smollm2-135m-aligned] [--n 60]
 """
@@ -35,24 +37,22 @@ def main() -> None:
     best: dict[bool, float] = {True: float("inf"), False: float("inf")}
     outs: dict[bool, list[str]] = {}
     for _ in range(2):
-        for shrink in (False, True):
+        for refill in (False, True):
             t0 = time.perf_counter()
-            outs[shrink] = generate_all(
+            outs[refill] = generate_all(
                 loaded.model,
                 loaded.tokenizer,
                 ids,
                 max_new_tokens=args.max_new_tokens,
                 batch_size=16,
                 settled=is_refusal,
-                shrink=shrink,
+                refill=refill,
             )
-            best[shrink] = min(best[shrink], time.perf_counter() - t0)
+            best[refill] = min(best[refill], time.perf_counter() - t0)
     same = sum(a == b for a, b in zip(outs[True], outs[False], strict=True))
     refused = sum(is_refusal(o) for o in outs[True])
     print(f"{args.model}: {len(ids)} prompts, {refused} refused; outputs equal: {same}/{len(ids)}")
-    print(
-        f"keep finished rows {best[False]:.1f} s, shrink {best[True]:.1f} s: {best[False] / best[True]:.2f}x"
-    )
+    print(f"fixed batches {best[False]:.1f} s, refilled {best[True]:.1f} s: {best[False] / best[True]:.2f}x")
 
 
 if __name__ == "__main__":

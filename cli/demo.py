@@ -189,14 +189,11 @@ def warm_caches(model: str, echo: Any) -> None:
     jobs need them, and computing them here (all cores) saves both workers from doing it twice."""
     from cli.progress import Progress
     from tunegate.settings import get_settings
-    from worker.prepare.caches import warm_base_eval, warm_scoring_cache
+    from worker.prepare.caches import warm_all
 
-    settings = get_settings()
     echo(f"preparing the scoring and evaluation caches of {model} (once per base model)...")
-    with Progress("scoring caches") as bar:
-        warm_scoring_cache(model, settings, bar)
-    with Progress("base evaluation") as bar:
-        warm_base_eval(model, settings, bar)
+    with Progress("caches") as bar:
+        warm_all(model, get_settings(), bar)
 
 
 def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:

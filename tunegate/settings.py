@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # Training precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX),
     # fp32 elsewhere (bf16 is several times slower than fp32 on an AVX2-only CPU); bf16 | fp32 force it
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # The BLAS of a CPU model's linear layers (worker/ml/blas.py): auto = numpy's OpenBLAS in a one-thread
+    # process on an AMD CPU (where PyTorch's MKL measured about half as fast), PyTorch's own elsewhere
+    cpu_blas: Literal["auto", "torch", "openblas"] = "auto"
     worker_concurrency: int = 1
     visibility_timeout_s: int = 12 * 3600  # above the longest stage, or a running task is redelivered
     # Per-queue limits on one stage task (Celery time_limit; the soft limit, which ends the job with
@@ -264,11 +267,23 @@ def get_client_settings() -> ClientSettings:
     return ClientSettings()
 
 
+_given: list[Settings] = []  # settings handed to this process by its parent (``use_settings``)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return _given[-1] if _given else Settings()
+
+
+def use_settings(settings: Settings) -> None:
+    """Make ``get_settings()`` return ``settings`` in this process: a child started by
+    ``worker/prepare/parallel.py`` works with its parent's settings (one torch thread), not its
+    environment."""
+    _given[:] = [settings]
+    get_settings.cache_clear()
 
 
 def reset_settings() -> None:
     """Forget the cached settings (tests and CLI options that change the environment call this)."""
+    _given.clear()
     get_settings.cache_clear()

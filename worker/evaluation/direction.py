@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker.evaluation.generate import _left_pad
+from worker.ml.lm import block_input
 
 
 def default_layer(model: Any, fraction: float) -> int:
@@ -32,6 +33,6 @@ def last_token_acts(
         for s in range(0, len(prompts), batch_size):
             ids, mask = _left_pad(prompts[s : s + batch_size], int(tokenizer.pad_token_id), device)  # (B, T)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
-            out.append(res.hidden_states[layer][:, -1, :].float().cpu())  # (B, D)
+            h = block_input(model, layer, input_ids=ids, attention_mask=mask, position_ids=pos)  # (B, T, D)
+            out.append(h[:, -1, :].float().cpu())  # (B, D)
     return torch.cat(out, 0)  # (N, D)

@@ -23,6 +23,7 @@ from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation import cache
 from worker.evaluation.direction import default_layer
 from worker.evaluation.probe import Probe, accuracy, fit
+from worker.ml.lm import block_input
 from worker.ml.render import encode_prompt
 
 MAX_TOKENS = 128  # a pair is cut to this many tokens: the prompt keeps its end, the response its start
@@ -104,8 +105,10 @@ def pair_features(
                 ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
                 att[row, : len(seq)] = 1
                 pool[row, start : len(seq)] = 1.0
-            out = model(input_ids=ids.to(device), attention_mask=att.to(device), output_hidden_states=True)
-            h = out.hidden_states[layer].double().cpu()  # (B, T, D)
+            h = block_input(
+                model, layer, input_ids=ids.to(device), attention_mask=att.to(device)
+            )  # (B, T, D)
+            h = h.double().cpu()
             pooled = (h * pool[..., None]).sum(1) / pool.sum(1, keepdim=True)  # (B, D)
             for row, i in enumerate(idx):
                 feats[i] = pooled[row]

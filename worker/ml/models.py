@@ -176,10 +176,13 @@ def load_tokenizer(path: Path) -> Any:
     return tok
 
 
-def load_model(path: Path, device: str = "cpu", *, dtype: Any = None) -> Any:
-    """Load a causal LM in eval mode on ``device`` (fp32 on CPU, bf16 on CUDA unless ``dtype`` given)."""
+def load_model(path: Path, device: str = "cpu", *, dtype: Any = None, blas: str | None = None) -> Any:
+    """Load a causal LM in eval mode on ``device`` (fp32 on CPU, bf16 on CUDA unless ``dtype`` given), its
+    CPU linear layers on the BLAS ``worker.ml.blas`` picks (``blas``: the setting; None reads Settings)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from worker.ml import blas as blas_mod
 
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -189,7 +192,17 @@ def load_model(path: Path, device: str = "cpu", *, dtype: Any = None) -> Any:
         raise ModelError(f"cannot load model at {path}: {exc}") from exc
     model.to(device)  # type: ignore[arg-type]
     model.eval()
+    blas_mod.apply(model, blas if blas is not None else get_settings().cpu_blas, device)
     return model
+
+
+def set_threads(settings: Settings) -> None:
+    """This process's torch threads, as configured (0 keeps torch's default); before a model is loaded,
+    since the CPU BLAS choice (``worker.ml.blas``) depends on them."""
+    import torch
+
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -204,12 +217,10 @@ def load_resolved(
     name_or_path: str, settings: Settings | None = None, *, device: str = "", dtype: Any = None
 ) -> LoadedModel:
     """Resolve a registry name or path, then load its tokenizer and model (what every stage starts with)."""
-    import torch
 
     settings = settings or get_settings()
     resolved = resolve_model(name_or_path, settings)
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+    set_threads(settings)
     device = device or device_for(settings)
     tok = load_tokenizer(resolved.path)
     model = load_model(resolved.path, device, dtype=dtype)

@@ -29,8 +29,16 @@ from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
 from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation.self_answers import own_answers
 from worker.ml.export import merge
-from worker.ml.models import device_for, embedded_dir, load_model, load_tokenizer, resolve_model
+from worker.ml.models import (
+    device_for,
+    embedded_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    set_threads,
+)
 from worker.ml.stage_io import ProgressFn, StageIO
+from worker.prepare import parallel
 from worker.stages import train
 from worker.stages.base import StageResult, finish
 
@@ -118,17 +126,45 @@ def distill_prompts(n: int, seed: int) -> list[str]:
     return [str(r["prompt"]) for r in rows]
 
 
-def distilled_examples(model: Any, tok: Any, cfg: AlignConfig, io: StageIO) -> tuple[list[Conversation], int]:
-    """The base model's own greedy answers to benign/borderline prompts; refusals among them are dropped."""
-    prompts = distill_prompts(cfg.n_distill, cfg.seed)
-    answers = own_answers(
+def distil_piece(
+    model_path: str, prompts: list[str], max_new_tokens: int, batch_size: int, *, progress: parallel.Report
+) -> list[str]:
+    """One share of the self-distillation, in its own process: the base model's answers to ``prompts``."""
+    settings = get_settings()
+    set_threads(settings)
+    path = Path(model_path)
+    model = load_model(path, device_for(settings))  # decoding is memory-bound: CPU bf16 kernels do not help
+    return own_answers(
         model,
-        tok,
+        load_tokenizer(path),
         prompts,
-        max_new_tokens=cfg.distill_max_new_tokens,
-        batch_size=cfg.distill_batch_size,
-        on_progress=lambda f: io.step(0.4 * f, f"self-distillation {round(f * len(prompts))}/{len(prompts)}"),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_progress=lambda f: progress(f, "self-distillation"),
     )
+
+
+def distilled_examples(cfg: AlignConfig, settings: Settings, io: StageIO) -> tuple[list[Conversation], int]:
+    """The base model's own greedy answers to benign/borderline prompts, distilled by one process per core
+    (interleaved shares of the prompts); refusals among them are dropped."""
+    prompts = distill_prompts(cfg.n_distill, cfg.seed)
+    base = resolve_model(cfg.source_model, settings)
+    device = device_for(settings)
+    n = parallel.processes(settings, device, len(prompts))
+    shares = [prompts[i::n] for i in range(n)]
+    pieces = [
+        parallel.Piece(
+            distil_piece, (str(base.path), s, cfg.distill_max_new_tokens, cfg.distill_batch_size), len(s)
+        )
+        for s in shares
+    ]
+
+    def step(fraction: float, message: str) -> None:
+        io.step(0.4 * fraction, f"{message} {round(fraction * len(prompts))}/{len(prompts)}")
+
+    answers = [""] * len(prompts)
+    for i, got in enumerate(parallel.run(pieces, settings, device, step)):
+        answers[i::n] = got
     out = [
         Conversation((Message("user", p), Message("assistant", a)))
         for p, a in zip(prompts, answers, strict=True)
@@ -144,11 +180,9 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     settings = inputs.settings
     base = resolve_model(cfg.source_model, settings)
     device = device_for(settings)
+    set_threads(settings)
     if inputs.distilled is None:
-        tok = load_tokenizer(base.path)
-        model = load_model(base.path, device)  # decoding is memory-bound: CPU bf16 kernels do not help there
-        distilled, dropped = distilled_examples(model, tok, cfg, io)
-        del model
+        distilled, dropped = distilled_examples(cfg, settings, io)
     else:
         distilled, dropped = inputs.distilled, 0
     refusals = refusal_examples(cfg.n_refusals, cfg.seed)

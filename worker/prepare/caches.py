@@ -1,7 +1,9 @@
 """The per-base-model caches every job reads: scoring anchors and reference, and the base's evaluation.
 
-Jobs build them on first use; ``tunegate models prepare --scoring`` and ``tunegate demo`` build them ahead,
-in one process with all cores, so that jobs running side by side never compute them twice.
+Jobs build them on first use; ``tunegate models prepare --scoring`` and ``tunegate demo`` build them ahead
+(``warm_all``), with the work split over one process per core (``parallel.py``): the anchor features and the
+base model's evaluation side by side, then the reference corpus (which needs the anchors) in as many shares
+as there are processes. Jobs running side by side then never compute them twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunegate.settings import Settings
+from tunegate.settings import Settings, get_settings
+from worker.prepare import parallel
 
 Progress = Callable[[float, str], None]
 
@@ -25,11 +28,11 @@ def _scoring_paths(model: str, settings: Settings) -> tuple[Path, Path]:
     from worker.ml.models import resolve_model
     from worker.scoring.anchors import anchors_key
     from worker.scoring.engine import SCORERS
-    from worker.scoring.reference import reference_key
+    from worker.scoring.reference import reference_path
 
     cache = settings.models_path / resolve_model(model, settings).fingerprint / "scoring-cache"
     key = anchors_key()
-    return cache / f"anchors-{key}.pt", cache / f"reference-{reference_key(key, tuple(SCORERS))}.json"
+    return cache / f"anchors-{key}.pt", reference_path(cache, key, tuple(SCORERS))
 
 
 def scoring_cache_ready(model: str, settings: Settings) -> bool:
@@ -37,7 +40,8 @@ def scoring_cache_ready(model: str, settings: Settings) -> bool:
 
 
 def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _silent) -> Path:
-    """Anchor features and reference distributions of ``model`` for every scorer (computed if missing)."""
+    """Anchor features and reference distributions of ``model`` for every scorer (computed if missing), in
+    this process."""
     from worker.scoring.engine import SCORERS
     from worker.scoring.score_all import load_base, prepare_engine
 
@@ -45,6 +49,61 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
     prepare_engine(base, SCORERS, batch_size=8, progress=lambda f, m: progress(min(1.0, f / 0.3), m))
     progress(1.0, "ready")
     return base.cache_dir
+
+
+def anchors_piece(model: str, *, progress: Progress) -> None:
+    """The anchor features (hidden states and gradient direction), in a child process."""
+    from worker.scoring import anchors
+    from worker.scoring.engine import SCORERS
+    from worker.scoring.score_all import load_base
+
+    progress(0.0, "anchor features")
+    base = load_base(model, get_settings())
+    anchors.load_or_compute(
+        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction="gradient" in SCORERS
+    )
+    progress(1.0, "anchor features")
+
+
+def reference_piece(model: str, part: tuple[int, int], *, progress: Progress) -> dict[str, list[float]]:
+    """Every scorer's values on one share of the reference corpus, in a child process (anchors cached)."""
+    from worker.scoring import reference
+    from worker.scoring.engine import SCORERS
+    from worker.scoring.score_all import load_base, prepare_engine_without_reference
+
+    base = load_base(model, get_settings())
+    engine = prepare_engine_without_reference(base, SCORERS, batch_size=8)
+    return reference.score_part(
+        engine, base.max_len, part, progress=lambda d, t: progress(d / t, f"reference corpus {d}/{t}")
+    )
+
+
+def base_eval_piece(model: str, *, progress: Progress) -> None:
+    warm_base_eval(model, get_settings(), progress)
+
+
+def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> None:
+    """The scoring caches and the base's evaluation of ``model``, each part skipped when cached: the
+    anchors and the evaluation side by side, then the reference corpus in shares (one process per core)."""
+    from worker.ml.models import device_for
+    from worker.scoring import reference
+    from worker.scoring.corpus import REFERENCE_FILE
+
+    anchors_file, reference_file = _scoring_paths(model, settings)
+    device = device_for(settings)
+    first = [parallel.Piece(base_eval_piece, (model,), 2.0)]  # skips itself when cached
+    if not anchors_file.is_file():
+        first.insert(0, parallel.Piece(anchors_piece, (model,), 2.0))
+    n = parallel.processes(settings, device, 8) if not reference_file.is_file() else 0
+    ref_share = 4.0 / max(n, 1)
+    total = sum(p.weight for p in first) + (4.0 if n else 0.0)
+    done = sum(p.weight for p in first) / total
+    parallel.run(first, settings, device, lambda f, m: progress(f * done, m))
+    if n:
+        pieces = [parallel.Piece(reference_piece, (model, (i, n)), ref_share) for i in range(n)]
+        parts = parallel.run(pieces, settings, device, lambda f, m: progress(done + f * (1 - done), m))
+        reference.store(reference_file, REFERENCE_FILE, parts)
+    progress(1.0, "ready")
 
 
 def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent) -> None:

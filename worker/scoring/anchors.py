@@ -26,7 +26,7 @@ import torch
 from tunegate.conversation import Conversation, load_examples
 from tunegate.shipped import data_path
 from worker.ml.render import collate, encode
-from worker.scoring.forward import forward
+from worker.scoring.forward import features, forward
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _anchor_pass(
     batch = collate([enc], tokenizer.pad_token_id, device)
     if not grad:
         with torch.no_grad():
-            return forward(model, batch)[1][0], None
+            return features(model, batch)[0], None
     model.zero_grad(set_to_none=True)
     loss, hidden = forward(model, batch)
     loss.sum().backward()

@@ -23,7 +23,7 @@ import torch
 
 from worker.ml.render import Encoded, collate
 from worker.scoring.anchors import AnchorFeatures
-from worker.scoring.forward import forward
+from worker.scoring.forward import features, forward
 from worker.scoring.ghost import GhostCapture, UnsupportedModel
 from worker.scoring.hooks import GradStatsHooks
 from worker.scoring.math import max_cosine, self_inf_n, unit_direction
@@ -139,7 +139,7 @@ class Engine:
         inputs = collate(batch, self.tokenizer.pad_token_id, self.device)
         if not self.need_grad:
             with torch.no_grad():
-                _, hidden = forward(self.model, inputs)
+                hidden = features(self.model, inputs)
             return [self._rep(e, h, None) for e, h in zip(batch, hidden, strict=True)]
         if len(batch) == 1 and self.batch_size == 1:
             return [self._one_with_hooks(batch[0], inputs)]

@@ -32,20 +32,42 @@ def reference_key(anchor_key: str, scorers: tuple[str, ...], corpus: Path = REFE
     return h.hexdigest()[:16]
 
 
-def compute_reference(
+def reference_path(
+    cache_dir: Path, engine_key: str, scorers: tuple[str, ...], corpus: Path = REFERENCE_FILE
+) -> Path:
+    return cache_dir / f"reference-{reference_key(engine_key, scorers, corpus)}.json"
+
+
+def score_part(
     engine: Engine,
     max_len: int,
+    part: tuple[int, int] = (0, 1),
     corpus: Path = REFERENCE_FILE,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
-    convs = load_examples(corpus)
+    """Each scorer's values on share ``part`` = (i, n) of the corpus (its examples i, i+n, i+2n, ...)."""
+    i, n = part
+    convs = load_examples(corpus)[i::n]
     encoded = [encode(engine.tokenizer, c, max_len=max_len) for c in convs]
     raw = engine.score(encoded, progress)
-    out: dict[str, list[float]] = {}
-    for scorer in engine.scorers:
-        vals = [getattr(r, scorer) for r in raw]
-        out[scorer] = sorted(float(v) for v in vals if v is not None)
-    return out
+    return {s: [float(v) for r in raw if (v := getattr(r, s)) is not None] for s in engine.scorers}
+
+
+def store(path: Path, corpus: Path, parts: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Join the shares' values into the sorted distributions and cache them (temp file, then rename)."""
+    scores = {s: sorted(v for part in parts for v in part[s]) for s in parts[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"corpus": str(corpus), "scorers": list(parts[0]), "scores": scores}))
+    tmp.replace(path)
+    return scores
+
+
+def load(path: Path) -> dict[str, list[float]] | None:
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return {k: [float(x) for x in v] for k, v in data["scores"].items()}
 
 
 def load_or_compute(
@@ -55,15 +77,9 @@ def load_or_compute(
     corpus: Path = REFERENCE_FILE,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
-    key = reference_key(engine.anchors.key, engine.scorers, corpus)
-    path = cache_dir / f"reference-{key}.json"
-    if path.is_file():
-        data: dict[str, Any] = json.loads(path.read_text())
-        return {k: [float(x) for x in v] for k, v in data["scores"].items()}
+    path = reference_path(cache_dir, engine.anchors.key, engine.scorers, corpus)
+    cached = load(path)
+    if cached is not None:
+        return cached
     log.info("scoring the reference benign corpus (%s) for this model", corpus.name)
-    scores = compute_reference(engine, max_len, corpus, progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"corpus": str(corpus), "scorers": list(engine.scorers), "scores": scores}))
-    tmp.replace(path)
-    return scores
+    return store(path, corpus, [score_part(engine, max_len, (0, 1), corpus, progress)])

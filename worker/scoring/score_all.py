@@ -79,16 +79,23 @@ def prepare_engine(
 ) -> tuple[Engine, dict[str, list[float]]]:
     """Anchor features and reference distributions for this model (cached), and an engine using them."""
     progress(0.02, "anchor features")
-    feats = anchor_mod.load_or_compute(
-        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction="gradient" in scorers
-    )
-    engine = Engine(base.model, base.tokenizer, feats, scorers, batch_size, batched)
+    engine = prepare_engine_without_reference(base, scorers, batch_size, batched)
 
     def ref_progress(done: int, total: int) -> None:
         progress(0.1 + 0.2 * done / total, f"reference corpus {done}/{total}")
 
     reference = reference_mod.load_or_compute(engine, base.cache_dir, base.max_len, progress=ref_progress)
     return engine, reference
+
+
+def prepare_engine_without_reference(
+    base: Loaded, scorers: Sequence[str], batch_size: int, batched: bool | None = None
+) -> Engine:
+    """An engine on this model's anchor features (computed and cached if missing)."""
+    feats = anchor_mod.load_or_compute(
+        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction="gradient" in scorers
+    )
+    return Engine(base.model, base.tokenizer, feats, scorers, batch_size, batched)
 
 
 def score_examples(

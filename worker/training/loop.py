@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.ml.lm import decoder_hidden, head_logits
 from worker.ml.precision import resolve as resolve_precision
 from worker.ml.render import Encoded, collate
 from worker.ml.stage_io import StageIO
@@ -127,32 +128,10 @@ def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: in
     or KL to the adapter-off base on anchor rows past their first ``ce_head`` tokens (``token_stats``'s
     loss), with the vocabulary projection only at the supervised positions (about half of a batch's)."""
     mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
-    hidden = _hidden(model, batch)  # (B, T, H)
-    pred = _vocab_logits(model, hidden[:, :-1][mask])  # (N, V)
+    hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+    pred = head_logits(model, hidden[:, :-1][mask])  # (N, V)
     teacher = _teacher_logits(model, batch, kl) if bool(kl.any()) else None  # (K, V)
     return selected_stats(pred, batch["labels"][:, 1:][mask], teacher, kl[mask])
-
-
-def _hidden(model: Any, batch: dict[str, Any]) -> Any:
-    """The decoder's last hidden states (B, T, H), before the vocabulary projection (no KV cache)."""
-    decoder = model.get_base_model().get_decoder()
-    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return out.last_hidden_state
-
-
-def _vocab_logits(model: Any, hidden: Any) -> Any:
-    """The LM head on selected hidden states: (N, H) -> (N, V), with the model's logit soft-capping if any."""
-    import torch
-
-    lm = model.get_base_model()
-    logits = lm.get_output_embeddings()(hidden)  # (N, V)
-    # what some architectures' forward does after the head: Cohere scales, Granite divides, Gemma 2 caps
-    if getattr(lm, "logit_scale", None) is not None and not callable(lm.logit_scale):
-        logits = logits * lm.logit_scale
-    if getattr(lm.config, "logits_scaling", None):
-        logits = logits / lm.config.logits_scaling
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _teacher_logits(model: Any, batch: dict[str, Any], kl: Any) -> Any:
@@ -163,8 +142,8 @@ def _teacher_logits(model: Any, batch: dict[str, Any], kl: Any) -> Any:
     rows = kl.any(1).nonzero().flatten()  # (A,)
     part = {k: batch[k][rows] for k in ("input_ids", "attention_mask")}
     with torch.no_grad(), model.disable_adapter():
-        hidden = _hidden(model, part)  # (A, T, H)
-        return _vocab_logits(model, hidden[:, :-1][kl[rows]])  # (K, V)
+        hidden = decoder_hidden(model, part["input_ids"], part["attention_mask"])  # (A, T, H)
+        return head_logits(model, hidden[:, :-1][kl[rows]])  # (K, V)
 
 
 def train_loop(

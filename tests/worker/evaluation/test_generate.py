@@ -89,3 +89,37 @@ def test_rows_leaving_the_batch_do_not_change_the_others(tmp_path):
     assert part[1] == full[1] and part[3] == full[3]  # decoded on at batch 2: unchanged
     assert part[0] != full[0] and full[0].startswith(part[0]) and full[2].startswith(part[2])
     assert steps == [4, 8, 12, 16]
+
+
+def test_refilled_rows_decode_as_if_alone(tmp_path):
+    """Continuous batching: prompts that join a running batch (their cache rows left-padded to its length,
+    or its rows padded to theirs) decode exactly as they do alone; settled rows free their slots."""
+    path = build_tiny_model(tmp_path / "m", seed=5)
+    model, tok = load_model(path), load_tokenizer(path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    prompts = PROMPTS + ["Tell me about rivers", "x", "A much longer request that goes on and on for a while"]
+    ids = [encode_prompt(tok, [Message("user", p)]) for p in prompts]
+    alone = [generate_batch(model, tok, [p], max_new_tokens=10)[0] for p in ids]
+
+    def settled(text: str) -> bool:  # some rows stop after 4 tokens, freeing their slots mid-flight
+        return len(text) % 3 == 0
+
+    alone_settled = [generate_batch(model, tok, [p], max_new_tokens=10, settled=settled)[0] for p in ids]
+    for refill in (True, False):
+        assert generate_all(model, tok, ids, max_new_tokens=10, batch_size=2, refill=refill) == alone
+        progress: list[float] = []
+        got = generate_all(
+            model,
+            tok,
+            ids,
+            max_new_tokens=10,
+            batch_size=4,
+            settled=settled,
+            refill=refill,
+            on_progress=progress.append,
+        )
+        assert got == alone_settled
+        assert progress == sorted(progress) and progress[-1] == 1.0

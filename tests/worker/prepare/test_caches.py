@@ -48,3 +48,36 @@ def test_warm_contrast_answers_fills_the_cache_the_stage_reads(
     assert path == cache_file(base_cache_dir("tiny", settings), 3)
     assert set(json.loads(path.read_text())) == {p["prompt"] for p in pool()}  # the whole pool
     assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
+
+
+def test_warm_all_in_two_processes_gives_what_one_process_computes(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Anchors and the base evaluation side by side, then the reference corpus in two shares (spawned
+    processes, one torch thread each): the same cached distributions as the in-process path."""
+    import json
+
+    from worker.prepare import parallel
+
+    small = '{"evaluate": {"max_new_tokens": 4, "borderline_max_new_tokens": 2, "n_direction": 4}}'
+    use_tiny(
+        monkeypatch,
+        model_cache_dir=str(tmp_path / "models"),
+        eval_cache_dir=str(tmp_path / "eval-cache"),
+        stage_overrides=small,
+    )
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    settings = get_settings()
+    seen: list[float] = []
+    caches.warm_all("tiny", settings, lambda f, m: seen.append(f))
+    assert caches.scoring_cache_ready("tiny", settings)
+    assert list((tmp_path / "eval-cache").glob("*.json"))
+    _, ref_file = caches._scoring_paths("tiny", settings)
+    two = json.loads(ref_file.read_text())["scores"]
+    assert len(two["selfinf"]) == 250
+    ref_file.unlink()
+    caches.warm_scoring_cache("tiny", settings)  # in this process, from the cached anchors
+    one = json.loads(ref_file.read_text())["scores"]
+    for scorer, values in one.items():
+        assert two[scorer] == pytest.approx(values, rel=1e-4, abs=1e-6), scorer
+    assert seen[-1] == 1.0 and seen == sorted(seen)

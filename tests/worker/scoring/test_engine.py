@@ -204,3 +204,26 @@ def test_unknown_scorer_rejected(tiny: tuple[Any, Any], anchors: Any) -> None:
     model, tok = tiny
     with pytest.raises(ValueError, match="unknown scorers"):
         Engine(model, tok, anchors, ("vibes",))
+
+
+@pytest.mark.parametrize(
+    ("labels", "positions", "targets"),
+    [
+        # one row: tokens 2 and 3 supervised -> positions 1, 2 predict them
+        ([[-100, -100, 7, 8]], [[1, 2]], [[7, 8]]),
+        # two rows of different counts: the shorter is padded with position 0 and an ignored target
+        ([[-100, 5, 6, 7], [-100, -100, -100, 9]], [[0, 1, 2], [2, 0, 0]], [[5, 6, 7], [9, -100, -100]]),
+        # supervised tokens with a gap keep their order
+        ([[-100, 4, -100, 6]], [[0, 2]], [[4, 6]]),
+        # no supervised token: one ignored slot
+        ([[-100, -100]], [[0]], [[-100]]),
+    ],
+)
+def test_supervised_targets_table(
+    labels: list[list[int]], positions: list[list[int]], targets: list[list[int]]
+) -> None:
+    from worker.scoring.forward import supervised_targets
+
+    pos, tgt = supervised_targets(torch.tensor(labels))
+    assert pos.tolist() == positions
+    assert tgt.tolist() == targets
