@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tunegate.artifacts import atomic_write_json
+from tunegate.artifacts import atomic_write_json, from_jsonable
 from tunegate.conversation import Conversation, Message, dump_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
@@ -41,9 +41,11 @@ from worker.ml.stage_io import ProgressFn, StageIO
 from worker.prepare import parallel
 from worker.stages import train
 from worker.stages.base import StageResult, finish
+from worker.training import dataparallel
 
 log = logging.getLogger(__name__)
 ALIGNED_SOURCE = "embedded:smollm2-aligned"
+MAX_TRAIN_PROCESSES = 4  # gradients are summed every step: more processes, more waiting on the slowest
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def distilled_examples(cfg: AlignConfig, settings: Settings, io: StageIO) -> tup
         for s in shares
     ]
 
-    def step(fraction: float, message: str) -> None:
+    def step(fraction: float, message: str, metrics: dict[str, Any]) -> None:
         io.step(0.4 * fraction, f"{message} {round(fraction * len(prompts))}/{len(prompts)}")
 
     answers = [""] * len(prompts)
@@ -206,14 +208,8 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         lora_layers=_top_layers(base.path, cfg.lora_top_fraction),
         anchor_ce_head=cfg.distill_ce_head,
     )
-    sub = StageIO(
-        out_dir / "lora",
-        progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met),
-        should_stop=io.should_stop,
-        stage="align",
-    )
     io.step(0.4, f"training on {len(examples)} examples (loading the model)")
-    tres = train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors))
+    tres = train_data_parallel(tcfg, examples, anchors, out_dir / "lora", settings, io)
     merge(
         base.path,
         Path(tres.adapter_dir),
@@ -228,6 +224,60 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres.to_dict()
     )
     finish(out_dir, cfg, res)
+    return res
+
+
+def train_piece(
+    tcfg: train.TrainConfig,
+    examples: list[Conversation],
+    anchors: list[Conversation],
+    out_dir: str,
+    shard: tuple[int, int, str],
+    *,
+    progress: parallel.Report,
+) -> dict[str, Any]:
+    """One process of the data-parallel SFT (``shard`` = rank, world, rendezvous file); rank 0 reports
+    progress and writes the adapter into ``out_dir``, the others into scratch directories of their own."""
+    rank, world, rendezvous = shard
+    joined = dataparallel.join(rank, world, Path(rendezvous))
+    try:
+        out = Path(out_dir) if rank == 0 else Path(out_dir).parent / f".rank-{rank}"
+        step: ProgressFn = (lambda f, m, met: progress(f, m, met)) if rank == 0 else (lambda f, m, met: None)
+        io = StageIO(out, progress=step, stage="align")
+        res = train.run(tcfg, train.TrainInputs(examples, io, get_settings(), anchors=anchors, shard=joined))
+        return res.to_dict()
+    finally:
+        dataparallel.leave(joined)
+
+
+def train_data_parallel(
+    tcfg: train.TrainConfig,
+    examples: list[Conversation],
+    anchors: list[Conversation],
+    out_dir: Path,
+    settings: Settings,
+    io: StageIO,
+) -> train.TrainResult:
+    """The safety SFT, data-parallel over one process per core (``worker/training/dataparallel.py``); on
+    CUDA or one core, in this process."""
+    world = parallel.processes(settings, tcfg.device or device_for(settings), MAX_TRAIN_PROCESSES)
+    if world == 1:
+        sub = StageIO(
+            out_dir, progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met), should_stop=io.should_stop
+        )
+        return train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    rendezvous = out_dir.parent / ".rendezvous"
+    rendezvous.unlink(missing_ok=True)
+    pieces = [
+        parallel.Piece(
+            train_piece, (tcfg, examples, anchors, str(out_dir), (r, world, str(rendezvous))), r == 0
+        )
+        for r in range(world)
+    ]
+    results = parallel.run(pieces, settings, "cpu", lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met))
+    rendezvous.unlink(missing_ok=True)
+    res: train.TrainResult = from_jsonable(train.TrainResult, results[0])
     return res
 
 

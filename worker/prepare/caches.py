@@ -51,7 +51,7 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
     return base.cache_dir
 
 
-def anchors_piece(model: str, *, progress: Progress) -> None:
+def anchors_piece(model: str, *, progress: parallel.Report) -> None:
     """The anchor features (hidden states and gradient direction), in a child process."""
     from worker.scoring import anchors
     from worker.scoring.engine import SCORERS
@@ -65,7 +65,9 @@ def anchors_piece(model: str, *, progress: Progress) -> None:
     progress(1.0, "anchor features")
 
 
-def reference_piece(model: str, part: tuple[int, int], *, progress: Progress) -> dict[str, list[float]]:
+def reference_piece(
+    model: str, part: tuple[int, int], *, progress: parallel.Report
+) -> dict[str, list[float]]:
     """Every scorer's values on one share of the reference corpus, in a child process (anchors cached)."""
     from worker.scoring import reference
     from worker.scoring.engine import SCORERS
@@ -78,7 +80,7 @@ def reference_piece(model: str, part: tuple[int, int], *, progress: Progress) ->
     )
 
 
-def base_eval_piece(model: str, *, progress: Progress) -> None:
+def base_eval_piece(model: str, *, progress: parallel.Report) -> None:
     warm_base_eval(model, get_settings(), progress)
 
 
@@ -98,10 +100,10 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
     ref_share = 4.0 / max(n, 1)
     total = sum(p.weight for p in first) + (4.0 if n else 0.0)
     done = sum(p.weight for p in first) / total
-    parallel.run(first, settings, device, lambda f, m: progress(f * done, m))
+    parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
     if n:
         pieces = [parallel.Piece(reference_piece, (model, (i, n)), ref_share) for i in range(n)]
-        parts = parallel.run(pieces, settings, device, lambda f, m: progress(done + f * (1 - done), m))
+        parts = parallel.run(pieces, settings, device, lambda f, m, met: progress(done + f * (1 - done), m))
         reference.store(reference_file, REFERENCE_FILE, parts)
     progress(1.0, "ready")
 

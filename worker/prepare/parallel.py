@@ -6,9 +6,9 @@ one-thread process multiplies through OpenBLAS where that is faster (``worker/ml
 build and a base model's caches (``align.py``, ``caches.py``) split their work into ``Piece`` s.
 
 A piece is a module-level function (a spawned child imports it) called as ``fn(*args, progress=report)``;
-``report(fraction, message)`` reaches the parent's progress callback through a queue. Each child works with
-the parent's settings, one torch thread (``tunegate.settings.use_settings``). On CUDA, on one core, or with
-a single piece, everything runs here, one piece after the other.
+``report(fraction, message, metrics)`` reaches the parent's progress callback through a queue. Each child
+works with the parent's settings, one torch thread (``tunegate.settings.use_settings``). On CUDA, on one
+core, or with a single piece, everything runs here, one piece after the other.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ import queue as queue_mod
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tunegate.settings import Settings, use_settings
 
-Report = Callable[[float, str], None]
+
+class Report(Protocol):
+    """A piece's progress callback: fraction of the piece done, a message, metrics (a training loss)."""
+
+    def __call__(self, fraction: float, message: str, metrics: dict[str, Any] | None = None) -> None: ...
+
+
+Progress = Callable[[float, str, dict[str, Any]], None]  # the caller's: overall fraction, message, metrics
 MAX_PROCESSES = 8  # each child holds its own copy of the model
 
 
@@ -52,8 +59,8 @@ def _child_init(settings: Settings, q: Any) -> None:
 
 
 def _child_call(index: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    def report(fraction: float, message: str) -> None:
-        _child_queue.put((index, fraction, message))
+    def report(fraction: float, message: str, metrics: dict[str, Any] | None = None) -> None:
+        _child_queue.put((index, fraction, message, metrics or {}))
 
     return fn(*args, progress=report)
 
@@ -61,19 +68,21 @@ def _child_call(index: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> An
 class _Bar:
     """Combines the pieces' fractions (by weight) into one progress callback."""
 
-    def __init__(self, pieces: Sequence[Piece], progress: Report) -> None:
+    def __init__(self, pieces: Sequence[Piece], progress: Progress) -> None:
         self.weights = [p.weight for p in pieces]
         self.total = sum(self.weights) or 1.0
         self.done = [0.0] * len(pieces)
         self.progress = progress
 
-    def __call__(self, index: int, fraction: float, message: str) -> None:
+    def __call__(
+        self, index: int, fraction: float, message: str, metrics: dict[str, Any] | None = None
+    ) -> None:
         self.done[index] = max(self.done[index], min(1.0, fraction))
         overall = sum(w * f for w, f in zip(self.weights, self.done, strict=True)) / self.total
-        self.progress(overall, message)
+        self.progress(overall, message, metrics or {})
 
 
-def run(pieces: Sequence[Piece], settings: Settings, device: str, progress: Report) -> list[Any]:
+def run(pieces: Sequence[Piece], settings: Settings, device: str, progress: Progress) -> list[Any]:
     """Every piece's result, in the pieces' order; pieces start in that order as processes free up (put the
     longest first). The first exception raised by a piece is raised here."""
     bar = _Bar(pieces, progress)
@@ -102,7 +111,7 @@ def run(pieces: Sequence[Piece], settings: Settings, device: str, progress: Repo
 def _drain(q: Any, bar: _Bar) -> None:
     while True:
         try:
-            index, fraction, message = q.get_nowait()
+            index, fraction, message, metrics = q.get_nowait()
         except queue_mod.Empty:
             return
-        bar(index, fraction, message)
+        bar(index, fraction, message, metrics)

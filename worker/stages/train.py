@@ -30,8 +30,9 @@ from worker.ml.stage_io import StageIO
 from worker.stages import mitigate
 from worker.stages.base import StageResult, finish
 from worker.stages.spec import Applied, StageContext, StageSpec
+from worker.training.dataparallel import Shard
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
-from worker.training.loop import LoopConfig, train_loop
+from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
 
 __all__ = [
@@ -110,6 +111,7 @@ class TrainInputs:
     # assistant tokens instead of toward the text: keeps the base's behaviour there without sharpening it
     anchors: list[Conversation] = field(default_factory=list)
     validation: list[Conversation] = field(default_factory=list)  # measured at each epoch's end
+    shard: Shard = ONE  # this process's place among data-parallel ones (the aligned-base build)
 
 
 @dataclass
@@ -183,7 +185,14 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         cfg.anchor_ce_head,
     )
     res = train_loop(
-        model, data, int(tok.pad_token_id), loop_cfg, inputs.io, out_dir / "checkpoints", valid=valid
+        model,
+        data,
+        int(tok.pad_token_id),
+        loop_cfg,
+        inputs.io,
+        out_dir / "checkpoints",
+        valid=valid,
+        shard=inputs.shard,
     )
     _publish_adapter(model, tok, out_dir, resolved.path, resolved.fingerprint)
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))

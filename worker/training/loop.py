@@ -25,6 +25,7 @@ from worker.ml.precision import resolve as resolve_precision
 from worker.ml.render import Encoded, collate
 from worker.ml.stage_io import StageIO
 from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from worker.training.dataparallel import Shard
 from worker.training.lora import trainable_parameters
 from worker.training.math import (
     epoch_order,
@@ -35,6 +36,7 @@ from worker.training.math import (
 )
 
 log = logging.getLogger(__name__)
+ONE = Shard(0, 1)  # a single process
 
 
 @dataclass(frozen=True)
@@ -73,27 +75,35 @@ def _optimizer_step(
     pad_id: int,
     cfg: LoopConfig,
     device: str,
+    shard: Shard,
 ) -> dict[str, float]:
-    """One optimizer step over a group of micro-batches; returns loss and token accuracy."""
+    """One optimizer step over a group of micro-batches (this process's share of its examples, the
+    gradients summed across the shard's processes); returns loss and token accuracy."""
     import torch
 
     n_tok = sum(data[i].n_response_tokens for mb in group for i in mb) or 1
-    loss_total, correct_total = 0.0, 0
+    mine = shard.take([i for mb in group for i in mb])
     kind = "cuda" if device.startswith("cuda") else "cpu"
     use_bf16 = resolve_precision(cfg.precision, device) == "bf16"
     autocast = torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     opt.zero_grad(set_to_none=True)
-    for mb in group:
+    totals = torch.zeros(2, dtype=torch.float64)  # (loss, correct) over this process's share
+    for start in range(0, len(mine), cfg.micro_batch):
+        mb = mine[start : start + cfg.micro_batch]
         batch = collate([data[i] for i in mb], pad_id, device)
         anchor = torch.tensor([data[i].anchor for i in mb])  # (B,)
         with autocast:
             loss_sum, _, correct = micro_batch_loss(model, batch, anchor, cfg.anchor_ce_head)
         (loss_sum / n_tok).backward()
-        loss_total += float(loss_sum.detach())
-        correct_total += correct
-    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.max_grad_norm)
+        totals += torch.tensor([float(loss_sum.detach()), correct], dtype=torch.float64)
+    params = trainable_parameters(model)
+    for p in params:
+        if p.grad is None:  # a share without examples still joins the sum
+            p.grad = torch.zeros_like(p)
+    shard.sum_([p.grad for p in params] + [totals])
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     opt.step()
-    return {"train_loss": loss_total / n_tok, "train_mean_token_accuracy": correct_total / n_tok}
+    return {"train_loss": float(totals[0]) / n_tok, "train_mean_token_accuracy": float(totals[1]) / n_tok}
 
 
 def _evaluate(
@@ -154,10 +164,12 @@ def train_loop(
     io: StageIO,
     checkpoint_dir: Path,
     valid: Sequence[Encoded] = (),
+    shard: Shard = ONE,
 ) -> LoopResult:
     """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint, which is
     reported to ``io.on_checkpoint`` again (the callback is idempotent). ``valid``: the validation examples
-    measured at each epoch's end. Raises ``JobPaused`` after a checkpoint when a pause was requested."""
+    measured at each epoch's end. ``shard``: this process's place among data-parallel ones (each keeps its
+    own checkpoints and io). Raises ``JobPaused`` after a checkpoint when a pause was requested."""
     on_checkpoint = io.on_checkpoint
     import torch
 
@@ -183,7 +195,7 @@ def train_loop(
         for group in groups:
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(out.steps, total, cfg.learning_rate, cfg.warmup_fraction)
-            metrics = _optimizer_step(model, opt, data, group, pad_id, cfg, device)
+            metrics = _optimizer_step(model, opt, data, group, pad_id, cfg, device, shard)
             out.steps += 1
             out.history.append({"step": out.steps, **metrics})
             io.step(

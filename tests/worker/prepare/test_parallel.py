@@ -45,7 +45,7 @@ def test_pieces_run_in_child_processes_with_one_thread(
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
     seen: list[tuple[float, str]] = []
     pieces = [parallel.Piece(square_in_child, (x,), weight=float(x)) for x in (3, 1, 2)]
-    out = parallel.run(pieces, get_settings(), "cpu", lambda f, m: seen.append((f, m)))
+    out = parallel.run(pieces, get_settings(), "cpu", lambda f, m, met: seen.append((f, m)))
     assert out == [(9, 1), (1, 1), (4, 1)]  # in the pieces' order, each child with one torch thread
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
@@ -53,7 +53,7 @@ def test_pieces_run_in_child_processes_with_one_thread(
 
 def test_one_process_runs_here(tunegate_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
-    out = parallel.run([parallel.Piece(square_in_child, (5,))], get_settings(), "cpu", lambda f, m: None)
+    out = parallel.run([parallel.Piece(square_in_child, (5,))], get_settings(), "cpu", lambda f, m, met: None)
     assert out == [(25, get_settings().torch_threads)]
 
 
@@ -61,4 +61,4 @@ def test_a_failing_piece_raises_its_error(tunegate_home: Path, monkeypatch: pyte
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
     pieces = [parallel.Piece(square_in_child, (2,)), parallel.Piece(fail_in_child, (7,))]
     with pytest.raises(ValueError, match="piece 7 failed"):
-        parallel.run(pieces, get_settings(), "cpu", lambda f, m: None)
+        parallel.run(pieces, get_settings(), "cpu", lambda f, m, met: None)

@@ -1,0 +1,58 @@
+"""Data-parallel training over a few CPU processes: each takes a share of every optimizer step's examples,
+and the gradients are summed across them (gloo, on this machine) before the step.
+
+The loss of a step is the sum over its supervised tokens divided by the step's token count, so each process
+divides its share by the whole step's count, and the summed gradient is the one a single process would
+compute. Every process then clips and steps the same way from the same state: the adapters stay identical.
+Used by the aligned-base build (``worker/prepare/align.py``), where one thread per process multiplies faster
+than several threads in one (``worker/prepare/parallel.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int
+    world: int
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        """This process's share: items rank, rank + world, rank + 2 world, ..."""
+        return list(items[self.rank :: self.world])
+
+    def sum_(self, tensors: Sequence[Any]) -> None:
+        """Sum ``tensors`` across the processes, in place (one flat buffer, one all-reduce)."""
+        import torch
+        import torch.distributed as dist
+
+        if self.world == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def join(rank: int, world: int, rendezvous: Path) -> Shard:
+    """Join the group of ``world`` processes meeting at the (not yet existing) file ``rendezvous``."""
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    return Shard(rank, world)
+
+
+def leave(shard: Shard) -> None:
+    import torch.distributed as dist
+
+    if shard.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
