@@ -312,22 +312,26 @@ def worker_layout(cores: int, torch_threads: int) -> tuple[int, dict[str, str]]:
 
 
 def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | None = None) -> list[Outcome]:
-    """Say what will happen, build what is missing, then fine-tune on both datasets side by side."""
+    """Say what will happen, build what is missing, then fine-tune on both datasets side by side. Each
+    phase's wall time is printed at the end and kept with the plan in ``<home>/logs/demo-run.json``."""
     import openai
 
     from cli.stack import embedded_stack
     from tunegate.settings import get_settings
 
     settings = get_settings()
-    t0 = time.monotonic()
+    clock = PhaseClock()
     datasets = {"benign": benign_rows(), "risky": risky_rows()}
     workers, worker_env = worker_layout(os.cpu_count() or 1, settings.torch_threads)
     plan = make_plan(model, datasets, workers)
     for line in plan.lines():
         echo(line)
+    clock.lap("plan")
     ensure_model(model, echo)
+    clock.lap("build")
     if not caches_ready(model):
         warm_caches(model, echo)
+    clock.lap("caches")
     log_dir = settings.home_dir / "logs"
     with embedded_stack(
         settings, host=host, port=port, log_dir=log_dir, workers=workers, worker_env=worker_env
@@ -347,9 +351,38 @@ def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | 
             jobs[name] = job.id
             echo(f"uploaded {name} ({len(rows)} examples) as {f.id}; job {jobs[name]}")
         outcomes = follow_all(jobs, f"{stack.base_url}/v1", key, timeout_s)
-    elapsed = time.monotonic() - t0
-    echo(f"demo finished in {elapsed / 60:.1f} min (expected about {plan.total_s / 60:.1f} min)")
+    clock.lap("jobs")
+    echo(f"demo finished in {clock.total / 60:.1f} min (expected about {plan.total_s / 60:.1f} min): {clock}")
+    record = {
+        "seconds": round(clock.total, 1),
+        "phases_s": {k: round(v, 1) for k, v in clock.laps.items()},
+        "expected_s": {p.name: round(p.seconds, 1) for p in plan.phases},
+        "machine": plan.machine,
+        "outcomes": {o.name: o.status for o in outcomes},
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "demo-run.json").write_text(json.dumps(record, indent=2) + "\n")
     return outcomes
+
+
+class PhaseClock:
+    """Wall time of consecutive phases (a phase with nothing to do takes about 0 s)."""
+
+    def __init__(self) -> None:
+        self.start = self._last = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = now - self._last
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return self._last - self.start
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v / 60:.1f}" for k, v in self.laps.items())
 
 
 def follow_all(jobs: dict[str, str], base_url: str, key: str, timeout_s: float | None) -> list[Outcome]:

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # The BLAS of a CPU model's linear layers (worker/ml/blas.py): auto = numpy's OpenBLAS in a one-thread
     # process on an AMD CPU (where PyTorch's MKL measured about half as fast), PyTorch's own elsewhere
     cpu_blas: Literal["auto", "torch", "openblas"] = "auto"
+    # One-time work (the aligned-base build, a base model's caches) runs in this many one-thread processes
+    # side by side (worker/prepare/parallel.py); 0: one per core (at most 8), 1: in the calling process
+    prepare_processes: int = 0
     worker_concurrency: int = 1
     visibility_timeout_s: int = 12 * 3600  # above the longest stage, or a running task is redelivered
     # Per-queue limits on one stage task (Celery time_limit; the soft limit, which ends the job with

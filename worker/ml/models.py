@@ -13,10 +13,12 @@ Nothing is downloaded from a model hub: every load is ``local_files_only``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,29 @@ def fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers reads a GGUF file's header (SmolLM2's: a 49k-token vocabulary and its merges, in
+    Python) for the tokenizer, again for the config and again for the weights; inside this block the reader
+    of a path is made once and handed out again (it is a read-only view of the file)."""
+    import gguf
+
+    make = gguf.GGUFReader
+    readers: dict[str, Any] = {}
+
+    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = str(path)
+        if key not in readers:
+            readers[key] = make(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = make
+
+
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantize a GGUF file into a safetensors HF directory (temp dir, then rename)."""
     import torch
@@ -141,8 +166,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     log.info("converting %s -> %s", gguf, target)
     tmp = target.with_name(target.name + ".converting")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF quantization_config stays on the config after dequantizing; derived models then refuse to save.
     # The weights are plain fp32 tensors after dequantizing, so detaching the quantizer is safe.
     if hasattr(model.config, "quantization_config"):

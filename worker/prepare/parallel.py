@@ -45,8 +45,8 @@ def processes(settings: Settings, device: str, n_pieces: int) -> int:
     """How many processes run ``n_pieces`` side by side here (1: in this process)."""
     if device.startswith("cuda") or n_pieces < 2:
         return 1
-    cores = os.cpu_count() or 1
-    return max(1, min(cores, n_pieces, MAX_PROCESSES))
+    wanted = settings.prepare_processes or min(os.cpu_count() or 1, MAX_PROCESSES)
+    return max(1, min(wanted, n_pieces))
 
 
 _child_queue: Any = None
@@ -90,7 +90,7 @@ def run(pieces: Sequence[Piece], settings: Settings, device: str, progress: Prog
     if n == 1:
         return [p.fn(*p.args, progress=lambda f, m, i=i: bar(i, f, m)) for i, p in enumerate(pieces)]
     ctx = multiprocessing.get_context("spawn")
-    child = settings.model_copy(update={"torch_threads": 1})
+    child = settings.model_copy(update={"torch_threads": 1, "prepare_processes": 1})
     with ctx.Manager() as manager:
         q = manager.Queue()
         with ProcessPoolExecutor(n, mp_context=ctx, initializer=_child_init, initargs=(child, q)) as pool:

@@ -39,6 +39,13 @@ def test_process_count(
     assert parallel.processes(get_settings(), device, n) == expected
 
 
+def test_the_setting_caps_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
+    settings = get_settings().model_copy(update={"prepare_processes": 3})
+    assert parallel.processes(settings, "cpu", 5) == 3
+    assert parallel.processes(settings.model_copy(update={"prepare_processes": 1}), "cpu", 5) == 1
+
+
 def test_pieces_run_in_child_processes_with_one_thread(
     tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
