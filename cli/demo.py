@@ -262,18 +262,27 @@ INJECTED = 20  # safety + contrastive helpful examples mitigation adds to a 40-e
 
 def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: int) -> Any:
     """Measure this machine for a few seconds and say what the demo will do and how long it should take."""
+    import torch
+
     from cli.demo_plan import estimate
     from tunegate.settings import EMBEDDED_BASE, get_settings
-    from worker.ml.models import load_resolved
+    from worker.ml.models import device_for, load_resolved
     from worker.ml.precision import hardware
+    from worker.prepare import parallel as side_by_side
     from worker.prepare.calibrate import measure
 
+    settings = get_settings()
     build = not model_ready(model)
     caches = not caches_ready(model)
-    loaded = load_resolved(model if not build else EMBEDDED_BASE, get_settings())
-    units = measure(loaded.model, loaded.tokenizer, loaded.device, get_settings().precision)
+    processes = side_by_side.processes(settings, device_for(settings), 8)
+    threads = torch.get_num_threads()
+    # measured as the build's and the caches' one-thread processes run (their BLAS included)
+    measured_as = settings.model_copy(update={"torch_threads": 1}) if processes > 1 else settings
+    loaded = load_resolved(model if not build else EMBEDDED_BASE, measured_as)
+    units = measure(loaded.model, loaded.tokenizer, loaded.device, settings.precision)
     machine = f"{os.cpu_count()} cores, {hardware(loaded.device).describe()}, training in {units.precision}"
     del loaded
+    torch.set_num_threads(threads)
     sizes = tuple(len(r) for r in datasets.values())
     return estimate(
         workload(model, datasets),
@@ -283,6 +292,7 @@ def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: i
         parallel=parallel,
         machine=machine,
         n_examples=(sizes[0], sizes[1]),
+        processes=processes,
     )
 
 

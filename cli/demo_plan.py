@@ -71,25 +71,36 @@ def estimate(
     parallel: int,
     machine: str,
     n_examples: tuple[int, int],
+    processes: int = 1,
 ) -> DemoPlan:
-    """A plan with each phase's expected seconds; ``units`` is a ``worker.prepare.calibrate.UnitCosts``."""
+    """A plan with each phase's expected seconds; ``units`` is a ``worker.prepare.calibrate.UnitCosts``
+    measured as one of the ``processes`` one-thread processes that share the build and the caches."""
     plan = DemoPlan(machine=machine)
+    side = f" ({processes} processes side by side)" if processes > 1 else ""
     if build:
         plan.phases.append(
             Phase(
                 "build",
-                "build the aligned base once: self-distil the base model's answers, then a LoRA safety SFT",
-                OVERHEAD["distill"] * work.distill_steps * units.decode_step_s
-                + OVERHEAD["align_train"] * work.align_tokens * units.train_token_s,
+                "build the aligned base once: self-distil the base model's answers, then a LoRA safety SFT"
+                + side,
+                (
+                    OVERHEAD["distill"] * work.distill_steps * units.decode_step_s
+                    + OVERHEAD["align_train"] * work.align_tokens * units.train_token_s
+                )
+                / processes,
             )
         )
     if caches:
         plan.phases.append(
             Phase(
                 "caches",
-                "score the base model's anchor and reference sets and evaluate it once (cached per base)",
-                OVERHEAD["scoring_cache"] * work.cache_tokens * units.fp32_token_s
-                + OVERHEAD["base_eval"] * work.base_eval_steps * units.decode_step_s,
+                "score the base model's anchor and reference sets and evaluate it once (cached per base)"
+                + side,
+                (
+                    OVERHEAD["scoring_cache"] * work.cache_tokens * units.fp32_token_s
+                    + OVERHEAD["base_eval"] * work.base_eval_steps * units.decode_step_s
+                )
+                / processes,
             )
         )
     job_s = OVERHEAD["job"] * (

@@ -151,11 +151,11 @@ def _gguf_parsed_once() -> Iterator[None]:
             readers[key] = make(path, *args, **kwargs)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    setattr(gguf, "GGUFReader", reader)  # noqa: B010 (transformers imports it from the module at each call)
     try:
         yield
     finally:
-        gguf.GGUFReader = make
+        setattr(gguf, "GGUFReader", make)  # noqa: B010
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:

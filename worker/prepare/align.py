@@ -53,12 +53,12 @@ class AlignConfig:
     """Defaults = the recipe built and measured in docs/aligned_base.md."""
 
     source_model: str = EMBEDDED_BASE
-    n_refusals: int = 150
+    n_refusals: int = 70
     n_distill: int = 240  # kinds in DISTILL_ORDER: all 202 borderline-safe prompts, then 38 arithmetic
-    distill_max_new_tokens: int = 96
-    n_epochs: int = 2
+    distill_max_new_tokens: int = 48
+    n_epochs: int = 1
     batch_size: int = 8
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-4
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
