@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# actual seconds / (counted units x unit cost), per phase, from the measured first run of 2026-12-01
-# (docs/benchmarks.md, "First run"): build 31.4 min, caches 8.4, both jobs side by side 14.5. The unit cost
-# times full logits at every position; the loop now projects only supervised positions, 0.62x a step's time
-# (docs/benchmarks.md, "Training step"), so align_train is 1.45 x 0.62. To recalibrate on the next first run.
-OVERHEAD = {"distill": 1.1, "align_train": 0.9, "scoring_cache": 1.15, "base_eval": 0.85, "job": 0.72}
+# actual seconds / (counted units x unit cost), per phase, from the measured first run of 2026-12-04
+# (docs/benchmarks.md, "First run"): build 188 s, caches 258 s, jobs 216 s, each the previous factor times
+# that run's actual / estimated (0.85, 0.82, 0.32). The units are measured as one one-thread process when the
+# build and caches run as one per core; the jobs run in one worker with every core.
+OVERHEAD = {"distill": 0.94, "align_train": 0.77, "scoring_cache": 0.94, "base_eval": 0.70, "job": 0.23}
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
 
 

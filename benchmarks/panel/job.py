@@ -192,7 +192,10 @@ def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool
             "traceback": traceback.format_exc(limit=8),
             "wall_s": round(time.monotonic() - start, 1),
         }
+    from worker.ml.models import resolve_model
+
     row["model"] = model
+    row["base"] = resolve_model(model).fingerprint  # the weights measured (run.check_base)
     write_row(out, job.name, arm, row)
     return row
 

@@ -185,7 +185,8 @@ def render(out: Path) -> str:
     run = json.loads((out / "panel-run.json").read_text()) if (out / "panel-run.json").is_file() else {}
     total = sum(float(r.get("wall_s", 0)) for r in rows.values())
     lines = [
-        f"Model: {run.get('model', DASH)}; pool size {run.get('pool_size', DASH)}; commit "
+        f"Model: {run.get('model', DASH)} (weights {run.get('base', DASH)}); "
+        f"pool size {run.get('pool_size', DASH)}; commit "
         f"{(run.get('machine') or {}).get('commit', DASH)}; machine: {json.dumps(run.get('machine', {}))}.",
         f"Rows: {len(rows)} of {len(PANEL) * len(ARMS)}; summed wall time {total / 3600:.2f} h.",
         "",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,29 @@ def command(
     args = ["--out", str(out), "--job", job, "--arm", arm, "--model", model, "--data", str(data)]
     args += ["--pool-size", str(pool_size)] + (["--smoke"] if smoke else [])
     return [sys.executable, "-m", "benchmarks.panel.job", *args]
+
+
+class StaleRows(Exception):
+    """The results directory holds rows of another base model (its weights changed since)."""
+
+
+def check_base(out: Path, base: str, *, restart: bool) -> None:
+    """Rows of one panel must come from one base: when ``out`` holds rows measured on another base (or on an
+    unrecorded one), refuse, or with ``restart`` remove them (the job data, every arm's stages and the
+    attacker's pool scores depend on the base) so the panel starts again."""
+    run_file = out / "panel-run.json"
+    recorded = json.loads(run_file.read_text()).get("base") if run_file.is_file() else None
+    rows = sorted(out.glob("*/*/panel.json"))
+    if recorded == base or not rows:
+        return
+    if not restart:
+        raise StaleRows(
+            f"{out} holds {len(rows)} rows measured on base {recorded or 'unrecorded'}, not on this base "
+            f"({base}): pass --restart to remove them and start again, or another --out"
+        )
+    for d in out.iterdir():
+        if d.is_dir():
+            shutil.rmtree(d)
 
 
 def _child_env() -> dict[str, str]:
@@ -113,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ds.SHARED_DATA, help="the public data directory")
     ap.add_argument("--pool-size", type=int, default=2000, help="benign pool of the selection attacks")
     ap.add_argument("--smoke", action="store_true", help="the two small smoke jobs instead of the manifest")
+    ap.add_argument("--restart", action="store_true", help="remove rows measured on another base model")
     a = ap.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     bad = sorted(set(arms) - set(ARMS))
@@ -126,8 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     model = a.model or get_settings().default_model
     (a.out).mkdir(parents=True, exist_ok=True)
     from benchmarks.machine import machine_info
+    from worker.ml.models import resolve_model
 
-    info = {"model": model, "pool_size": a.pool_size, "machine": machine_info(), "started": time.time()}
+    base = resolve_model(model).fingerprint
+    try:
+        check_base(a.out, base, restart=a.restart)
+    except StaleRows as exc:
+        ap.error(str(exc))
+    info = {"model": model, "base": base, "pool_size": a.pool_size, "machine": machine_info()}
+    info["started"] = time.time()
     (a.out / "panel-run.json").write_text(json.dumps(info, indent=1))
     results = run_panel(
         a.out, jobs, arms, model=model, data=a.data, pool_size=a.pool_size, parallel=a.parallel, smoke=a.smoke
