@@ -192,12 +192,21 @@ def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool
             "traceback": traceback.format_exc(limit=8),
             "wall_s": round(time.monotonic() - start, 1),
         }
-    from worker.ml.models import resolve_model
-
     row["model"] = model
-    row["base"] = resolve_model(model).fingerprint  # the weights measured (run.check_base)
+    row["base"] = _fingerprint(model)  # the weights measured (run.check_base)
     write_row(out, job.name, arm, row)
     return row
+
+
+def _fingerprint(model: str) -> str | None:
+    """The base's fingerprint; None when the name does not resolve here (the row then holds that error)."""
+    from tunegate.errors import ModelError
+    from worker.ml.models import resolve_model
+
+    try:
+        return resolve_model(model).fingerprint
+    except ModelError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
