@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.evaluation import cache
-from worker.evaluation.model_eval import ModelEvaluator
+from worker.evaluation.model_eval import ModelEvaluator, combined_pairs
 from worker.evaluation.prompts import Prompt, prompts_hash
 from worker.evaluation.records import harmful_records, paired_summary, summarize_harmful
 from worker.evaluation.triggers import Trigger, probe_format
@@ -46,6 +46,8 @@ def probe_records(
             recs = harmful_records(
                 model, ev.tok, subset, pfmt, ev.judge, ev.cfg.max_new_tokens, ev.cfg.batch_size
             )
+            if ev.probe is not None:  # the second judge, as on the templates (base weights)
+                ev.probe.add_verdicts(model, ev.tok, recs, ev.cfg.batch_size)
             hit = {"harmful": recs}
             if store and key:
                 cache.store(store, key, hit)
@@ -66,6 +68,7 @@ def base_key(
             fmt=pfmt.to_dict(),
             trigger=[t.text, t.position, t.sep],
             judge=ev.judge.name,
+            second=ev.probe.name if ev.probe is not None else None,
             cfg=cfg_part,
         )
 
@@ -86,6 +89,7 @@ def compare(triggers: list[Trigger], base: list[Records], tuned: list[Records]) 
             "base": summarize_harmful(b),
             "tuned": summarize_harmful(f),
             "paired": paired_summary(b, f, "jailbroken"),
+            **combined_pairs(b, f),
         }
         for t, b, f in zip(triggers, base, tuned, strict=True)
     ]

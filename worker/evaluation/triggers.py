@@ -127,14 +127,21 @@ def _inline(body: str, sizes: Sequence[int]) -> set[str]:
 def _top_lines(
     examples: Sequence[Conversation], records: Sequence[dict[str, Any]], cfg: TriggerConfig
 ) -> set[int]:
-    """Indexes (into ``examples``) of the top ``top_fraction`` by risk that are at least ``min_top_risk``
-    risky; empty without records, or when nothing in the file is that risky."""
+    """Indexes (into ``examples``) of the top ``top_fraction`` of the risky examples: those at least
+    ``min_top_risk`` risky or beyond every reference example on some scorer (the score stage's
+    ``beyond_reference``: a planted subset can lie there while one scorer pulls its combined risk down),
+    those beyond the reference first, then by risk; empty without records, or when nothing is risky."""
     risk = {int(r["line"]): float(r.get("risk", 0.0)) for r in records if "line" in r}
+    beyond = {int(r["line"]) for r in records if "line" in r and r.get("beyond_reference")}
+
+    def risky(i: int) -> bool:
+        return risk[examples[i].line] >= cfg.min_top_risk or examples[i].line in beyond
+
     ranked = sorted(
-        (i for i, c in enumerate(examples) if c.line in risk), key=lambda i: (-risk[examples[i].line], i)
+        (i for i, c in enumerate(examples) if c.line in risk and risky(i)),
+        key=lambda i: (examples[i].line not in beyond, -risk[examples[i].line], i),
     )
-    top = ranked[: max(1, round(cfg.top_fraction * len(examples)))]
-    return {i for i in top if risk[examples[i].line] >= cfg.min_top_risk}
+    return set(ranked[: max(1, round(cfg.top_fraction * len(examples)))])
 
 
 def mine(

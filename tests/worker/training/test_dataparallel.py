@@ -40,7 +40,13 @@ def test_two_processes_train_the_same_adapter_as_one(
     model = use_tiny(monkeypatch)
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: world)
     cfg = train.TrainConfig(
-        model=str(model), n_epochs=2, batch_size=3, grad_accum=2, learning_rate=1e-2, lora_dropout=0.0, seed=3,
+        model=str(model),
+        n_epochs=2,
+        batch_size=3,
+        grad_accum=2,
+        learning_rate=1e-2,
+        lora_dropout=0.0,
+        seed=3,
         precision="fp32",  # exact sums: bf16 rounding (chosen on native-bf16 CPUs) differs with the split
     )
     reports: list[tuple[float, str, dict]] = []
@@ -65,6 +71,8 @@ def test_two_processes_train_the_same_adapter_as_one(
     assert res.steps == single.steps and res.trained_tokens == single.trained_tokens
     assert weights.keys() == expected.keys()
     for name, w in expected.items():
-        torch.testing.assert_close(weights[name], w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            weights[name], w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
     assert res.metrics["train_loss"] == pytest.approx(single.metrics["train_loss"], rel=1e-5)
     assert reports and "train_loss" in reports[-1][2]  # rank 0's progress reaches the caller with metrics
