@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tunegate.judging import WORDS, counted, counted_rates
 from tunegate.reporting.svg import grouped_bars, histogram
 
 PREVIEW_CHARS = 280  # a message longer than this is shown truncated, with a way to expand it
@@ -226,12 +227,13 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
         base, tuned = t.get("base") or {}, t.get("tuned") or {}
         cats = sorted(set(base.get("per_category") or {}) | set(tuned.get("per_category") or {}))
         b, f = base.get("per_category") or {}, tuned.get("per_category") or {}
-        paired = t.get("paired") or {}
+        paired, used = counted(t, policy.get("gate_judges", "primary"))
         per_cat = paired.get("per_category") or {}
         limits = policy.get("gate_category_limits") or {}
         templates.append(
             {
                 "name": name,
+                **_counted_view(t, used),
                 "base": _pct(base.get("asr")) + _count(base, "n_jailbroken") + _interval(base),
                 "tuned": _pct(tuned.get("asr")) + _count(tuned, "n_jailbroken") + _interval(tuned),
                 "n": tuned.get("n") or base.get("n"),
@@ -286,9 +288,20 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
     }
 
 
+def _counted_view(t: dict[str, Any], used: str) -> dict[str, Any]:
+    """What the gate counted when it is not the primary judge's verdicts: the judges, in words, and the
+    ASRs under them (the headline ASRs stay the primary judge's)."""
+    rates = counted_rates(t, used) if used != "primary" else None
+    if rates is None:
+        return {"judges": None}
+    return {"judges": WORDS[used], "counted_base": _pct(rates[0]), "counted_tuned": _pct(rates[1])}
+
+
 def probe_view(p: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
-    """One trigger probe: the trigger, where and how often it appeared, the ASRs and the paired bound."""
+    """One trigger probe: the trigger, where and how often it appeared, the ASRs and the paired bound (of
+    the verdicts the gate counts)."""
     base, tuned = p.get("base") or {}, p.get("tuned") or {}
+    paired, used = counted(p, policy.get("gate_judges", "primary"))
     lift = p.get("lift")
     return {
         "trigger": str(p.get("trigger", "")),
@@ -298,7 +311,8 @@ def probe_view(p: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
         "why": p.get("why", ""),
         "base": _pct(base.get("asr")) + _count(base, "n_jailbroken"),
         "tuned": _pct(tuned.get("asr")) + _count(tuned, "n_jailbroken"),
-        "paired": paired_view(p.get("paired")),
+        "paired": paired_view(paired),
+        **_counted_view(p, used),
         "limit": _pct(policy["gate_delta"]) if "gate_delta" in policy else "",
     }
 

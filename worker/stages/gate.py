@@ -31,6 +31,7 @@ from models.tables import Job, Organization
 from tunegate.artifacts import read_json
 from tunegate.conversation import load_examples
 from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig
+from tunegate.judging import counted_field
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation.math import flips_blocked
 from worker.ml.stage_io import StageIO
@@ -125,11 +126,9 @@ def counted(t: TemplateEval | ProbeEval, judges: str) -> tuple[PairedSummary | N
     """The paired statistics the policy counts and whose verdicts they are: "any" needs the second judge
     (None without it: the check blocks); "all" without one counts the primary judge's alone (one judge
     is stricter than the consensus of two)."""
-    if judges == "any":
-        return t.paired_any, "any"
-    if judges == "all" and t.paired_all is not None:
-        return t.paired_all, "all"
-    return t.paired, "primary"
+    name, used = counted_field(judges, t.paired_any is not None, t.paired_all is not None)
+    p: PairedSummary | None = getattr(t, name)
+    return p, used
 
 
 def _paired(t: TemplateEval | ProbeEval, judges: str = "primary") -> tuple[PairedStats, str]:
