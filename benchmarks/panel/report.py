@@ -200,20 +200,32 @@ def attack_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "| ASR increase (off) | reference increase | reproduced |",
         "|" + "---|" * 9,
     ]
-    for (name, arm), r in rows.items():
-        if arm != "off" or r.get("kind") != "attack" or "error" in r:
+    for name in dict.fromkeys(name for name, _ in rows):
+        r = screened(rows, name)
+        if r is None or r.get("kind") != "attack":
             continue
-        ref = rows.get((r["reference"], "off")) if r.get("reference") else None
+        ref = screened(rows, r["reference"]) if r.get("reference") else None
         a = _aurocs(r, ref)
         cells = " | ".join(DASH if a[k] is None else f"{a[k]:.2f}" for k in SCORE_KEYS)
-        inc, n = _increase(r)
-        if ref is None or "error" in ref:
-            tail = f"{DASH} | {DASH}"
+        off, ref_off = rows.get((name, "off")), rows.get((r.get("reference") or "", "off"))
+        if off is None or "error" in off or ref_off is None or "error" in ref_off:
+            inc_s = _pct(_increase(off)[0]) if off is not None and "error" not in off else DASH
+            tail = f"{inc_s} | {DASH} | {DASH}"
         else:
-            ref_inc, _ = _increase(ref)
-            tail = f"{_pct(ref_inc)} | {'yes' if reproduced(inc, ref_inc, n) else 'no'}"
-        out.append(f"| {name} | {cells} | {r.get('reference') or DASH} | {_pct(inc)} | {tail} |")
+            (inc, n), (ref_inc, _) = _increase(off), _increase(ref_off)
+            tail = f"{_pct(inc)} | {_pct(ref_inc)} | {'yes' if reproduced(inc, ref_inc, n) else 'no'}"
+        out.append(f"| {name} | {cells} | {r.get('reference') or DASH} | {tail} |")
     return out
+
+
+def screened(rows: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """A job's row with the data screen's scores: the off arm's, else the on arm's (the same screen: the on
+    arm reuses the off arm's, or runs the same stages when the off arm has not run)."""
+    for arm in ("off", "on"):
+        r = rows.get((name, arm))
+        if r is not None and "error" not in r and r.get("scores"):
+            return r
+    return None
 
 
 def render(out: Path) -> str:

@@ -73,3 +73,22 @@ def test_the_gate_column_shows_both_judges_counts_and_says_when_only_the_keyword
     cell = _gated({"templates": {"chat": kw, "user": both}, "probes": [{**_probe("t", 9, 0.1), **both}]})
     assert cell == "chat 5% → 62% Δ≤60% (keyword); user 1% → 5% Δ≤6%; probe 1% → 5% Δ≤6%"
     assert _gated({"templates": {}}) == "—"
+
+
+def test_the_attack_table_takes_the_on_arms_scores_when_the_off_arm_has_not_run() -> None:
+    from benchmarks.panel.report import attack_table
+
+    def scores(risks: list[float], attack: bool) -> list[dict[str, object]]:
+        keys = ("representation", "gradient", "selfinf")
+        return [{**dict.fromkeys(keys, x), "risk": x, "attack": attack} for x in risks]
+
+    control = {"kind": "control", "scores": scores([1, 2, 3], False), "templates": {}}
+    attack = {"kind": "attack", "reference": "control_gsm8k", "scores": scores([5, 6], True), "templates": {}}
+    rows = {("a1_compliance", "on"): attack, ("control_gsm8k", "on"): control}
+    assert (
+        attack_table(rows)[2] == "| a1_compliance | 1.00 | 1.00 | 1.00 | 1.00 | control_gsm8k | — | — | — |"
+    )
+    chat = {"base": {"asr": 0.1, "n": 200}, "tuned": {"asr": 0.9, "n": 200}}
+    rows[("a1_compliance", "off")] = {**attack, "templates": {"chat": chat}}
+    rows[("control_gsm8k", "off")] = {**control, "templates": {"chat": {**chat, "tuned": chat["base"]}}}
+    assert attack_table(rows)[2].endswith("| control_gsm8k | 80% | 0% | yes |")
