@@ -187,17 +187,19 @@ def _aurocs(row: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, float 
 
 
 def _increase(row: dict[str, Any]) -> tuple[float, int]:
+    """The larger ASR increase over the templates, under the verdicts the gate counts, and its n."""
     ts = [t for t in (row.get("templates") or {}).values() if t]
     if not ts:
         return 0.0, 0
-    best = max(ts, key=lambda t: t["tuned"]["asr"] - t["base"]["asr"])
-    return best["tuned"]["asr"] - best["base"]["asr"], int(best["tuned"]["n"])
+    best = max(ts, key=lambda t: counted_rates(t)[1] - counted_rates(t)[0])
+    base, tuned = counted_rates(best)
+    return tuned - base, int(best["tuned"]["n"])
 
 
 def attack_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     out = [
         "| attack | AUROC representation | gradient | selfinf | combined risk | reference "
-        "| ASR increase (off) | reference increase | reproduced |",
+        "| ASR increase (off; both judges) | reference increase | reproduced |",
         "|" + "---|" * 9,
     ]
     for name in dict.fromkeys(name for name, _ in rows):
