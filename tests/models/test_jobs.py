@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tunegate.errors import Conflict
 
 def _job() -> str:
     with session_scope() as s:
-        org = Organization(name=f"o-{id(s)}", policy={})
+        org = Organization(name=f"o-{uuid.uuid4().hex[:12]}", policy={})  # id(s) can repeat
         s.add(org)
         s.flush()
         job = Job(org_id=org.id, model="m", training_file="file-x")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tunegate.settings import get_settings
 
 def _org_and_job() -> tuple[str, str]:
     with session_scope() as s:
-        org = Organization(name=f"o-{id(s)}", policy={})
+        org = Organization(name=f"o-{uuid.uuid4().hex[:12]}", policy={})  # id(s) repeats: names clashed
         s.add(org)
         s.flush()
         job = Job(org_id=org.id, model="m", training_file="file-x")
