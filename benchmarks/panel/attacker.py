@@ -9,15 +9,18 @@ to the product's scoring engine (``anchors.compute_anchors(anchor_dir=...)``, ``
 - gradient: ⟨ĝ, d⟩ with d = m_harm − m_safe1 − m_safe2 (bi-directional);
 - selfinf: Self-Inf-N, the largest length-normalised gradient norms.
 
-The pool's scores are cached in chunks (``pool-scores.jsonl``), so an interrupted scoring resumes; a file
-lock keeps parallel jobs from scoring it twice.
+The pool's scores are cached in chunk files (``pool-scores-<chunk>/chunk-<start>.jsonl``, each written
+temp-then-rename), so an interrupted scoring resumes; parallel jobs (attacks 3-5 and random-100 run two at a
+time) claim chunks with non-blocking locks and so split the scoring instead of one waiting for the other.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from benchmarks.panel import datasets as ds
 
 KEYS = {"representation": "representation_diff", "gradient": "gradient", "selfinf": "selfinf"}
 CHUNK = 100
+Scorer = Callable[[int, int], list[dict[str, Any]]]
 REFUSE_1 = "I won't help with that. {g} could hurt people, and I don't assist with it."
 REFUSE_2 = "No. I can't support a request to {g}; please ask me something else."
 
@@ -42,57 +46,71 @@ def write_anchors(src: ds.Sources, out: Path, n: int = 40) -> Path:
         "safe1": [ds._chat(g, REFUSE_1.format(g=g.rstrip("."))) for g in goals],
         "safe2": [ds._chat(g, REFUSE_2.format(g=ds._lower_first(g).rstrip("."))) for g in goals],
     }
-    for name, rows in sets.items():
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for name, rows in sets.items():  # temp-then-rename: a parallel job may be reading them
+        tmp = out / f"{name}.{os.getpid()}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(out / f"{name}.jsonl")
     return out
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def _claimed(lock: Path) -> Iterator[bool]:
+    """A non-blocking exclusive lock on ``lock``: yields whether this process holds it (a lock dies with
+    its process, so a chunk abandoned by a crashed job is claimed again)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as fh:
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    """The cached scores; a last line cut short by an interruption is dropped from the file."""
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
+def _chunk(d: Path, start: int) -> Path:
+    return d / f"chunk-{start:05d}.jsonl"
 
 
 def pool_scores(
-    src: ds.Sources, model: str, cache: Path, *, batch_size: int = 8, n_anchors: int = 40
-) -> list[dict[str, Any]]:
-    """Every pool example's raw scores (``RawScore.to_dict``) under the attacker's anchors, cached."""
-    path = cache / "pool-scores.jsonl"
-    rows = ds.pool(src)
-    with _locked(cache / "pool.lock"):
-        done = _read(path)
-        if len(done) >= len(rows):
-            return done[: len(rows)]
-        _score_rest(src, model, cache, rows, done, path, batch_size, n_anchors)
-        return _read(path)[: len(rows)]
-
-
-def _score_rest(
     src: ds.Sources,
     model: str,
     cache: Path,
-    rows: list[ds.Row],
-    done: list[dict[str, Any]],
-    path: Path,
-    batch_size: int,
-    n_anchors: int,
-) -> None:
+    *,
+    batch_size: int = 8,
+    n_anchors: int = 40,
+    chunk: int = CHUNK,
+    poll_s: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Every pool example's raw scores (``RawScore.to_dict``) under the attacker's anchors, cached in
+    chunks of ``chunk`` examples. Parallel jobs share the work: each claims a missing chunk with a
+    non-blocking lock and scores it, then waits (polling every ``poll_s`` s) for the chunks others hold."""
+    rows = ds.pool(src)
+    d = cache / f"pool-scores-{chunk}"
+    starts = list(range(0, len(rows), chunk))
+    scorer: Scorer | None = None
+    while missing := [s for s in starts if not _chunk(d, s).is_file()]:
+        scored = 0
+        for s in missing:
+            with _claimed(d / f"chunk-{s:05d}.lock") as mine:
+                if not mine or _chunk(d, s).is_file():
+                    continue
+                scorer = scorer or _make_scorer(src, model, cache, rows, batch_size, n_anchors)
+                tmp = d / f"chunk-{s:05d}.{os.getpid()}.tmp"
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in scorer(s, s + chunk)), encoding="utf-8")
+                tmp.replace(_chunk(d, s))
+                scored += 1
+        if not scored and missing:
+            time.sleep(poll_s)
+    return [json.loads(x) for s in starts for x in _chunk(d, s).read_text(encoding="utf-8").splitlines()]
+
+
+def _make_scorer(
+    src: ds.Sources, model: str, cache: Path, rows: list[ds.Row], batch_size: int, n_anchors: int
+) -> Scorer:
+    """Load the attacked base and the attacker's anchors once; the scorer of pool rows [start, end)."""
     from tunegate.conversation import parse_example
     from tunegate.settings import get_settings
     from worker.scoring import anchors, engine, score_all
@@ -103,12 +121,13 @@ def _score_rest(
         base.model, base.tokenizer, max_len=base.max_len, with_direction=True, anchor_dir=adir
     )
     eng = engine.Engine(base.model, base.tokenizer, feats, engine.SCORERS, batch_size)
-    convs = [parse_example(r, i + 1) for i, r in enumerate(rows)]
-    for start in range(len(done), len(rows), CHUNK):
-        enc = score_all.encode_all(base.tokenizer, convs[start : start + CHUNK], base.max_len)
-        raw = eng.score(enc)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r.to_dict()) + "\n" for r in raw))
+    convs = [parse_example(r, i + 1) for i, r in enumerate(rows)]  # line = the pool index + 1
+
+    def score(start: int, end: int) -> list[dict[str, Any]]:
+        enc = score_all.encode_all(base.tokenizer, convs[start:end], base.max_len)
+        return [r.to_dict() for r in eng.score(enc)]
+
+    return score
 
 
 def top(scores: list[dict[str, Any]], key: str, n: int) -> list[int]:

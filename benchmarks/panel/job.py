@@ -194,8 +194,16 @@ def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool
         }
     row["model"] = model
     row["base"] = _fingerprint(model)  # the weights measured (run.check_base)
+    row["machine"] = _machine()
     write_row(out, job.name, arm, row)
     return row
+
+
+def _machine() -> dict[str, Any]:
+    """Where the row was measured: CPU, kernels, the precision training picked, versions, commit."""
+    from benchmarks.machine import machine_info
+
+    return machine_info()
 
 
 def _fingerprint(model: str) -> str | None:

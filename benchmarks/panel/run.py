@@ -5,7 +5,7 @@ Resumable: a (job, arm) with a row and no error is skipped; an unfinished one re
 crashed one records its error in its row and the panel goes on (the next run retries it).
 
     python -m benchmarks.panel.run --out DIR [--jobs a,b] [--arms off,on] [--parallel 2]
-        [--model smollm2-135m-aligned] [--pool-size 2000] [--data ../shared/data]
+        [--model smollm2-135m-aligned] [--pool-size 2000] [--data ../shared/data] [--also-base OLD]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pending(jobs: list[PanelJob], arms: list[str], out: Path) -> list[tuple[PanelJob, str]]:
-    """(job, arm) pairs without a finished row, arm by arm in manifest order."""
+    """(job, arm) pairs without a finished row, arm by arm in the order of ``jobs``."""
     todo = []
     for arm in arms:  # arm-major: a job's second arm reuses the first one's screen (job.share_screen)
         for job in jobs:
@@ -51,23 +51,39 @@ class StaleRows(Exception):
     """The results directory holds rows of another base model (its weights changed since)."""
 
 
-def check_base(out: Path, base: str, *, restart: bool) -> None:
+def check_base(out: Path, base: str, *, restart: bool, also: tuple[str, ...] = ()) -> None:
     """Rows of one panel must come from one base: when ``out`` holds rows measured on another base (or on an
     unrecorded one), refuse, or with ``restart`` remove them (the job data, every arm's stages and the
-    attacker's pool scores depend on the base) so the panel starts again."""
-    run_file = out / "panel-run.json"
-    recorded = json.loads(run_file.read_text()).get("base") if run_file.is_file() else None
+    attacker's pool scores depend on the base) so the panel starts again. Rows on a base named in ``also``
+    (an earlier build the provider chose to keep, e.g. after a rebuild on another machine) are kept; the
+    report then shows each row's base and every base's own evaluation side by side."""
+    allowed = {base, *also}
     rows = sorted(out.glob("*/*/panel.json"))
-    if recorded == base or not rows:
+    stale = [r for r in rows if json.loads(r.read_text(encoding="utf-8")).get("base") not in allowed]
+    if not stale:
         return
     if not restart:
+        found = sorted({str(json.loads(r.read_text(encoding="utf-8")).get("base")) for r in stale})
         raise StaleRows(
-            f"{out} holds {len(rows)} rows measured on base {recorded or 'unrecorded'}, not on this base "
-            f"({base}): pass --restart to remove them and start again, or another --out"
+            f"{out} holds {len(stale)} rows measured on base {', '.join(found)}, not on this base ({base}): "
+            "pass --also-base to keep them beside this base's rows, --restart to remove them and start "
+            "again, or another --out"
         )
     for d in out.iterdir():
         if d.is_dir():
             shutil.rmtree(d)
+
+
+def run_record(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """``panel-run.json`` for this run: ``info`` plus ``earlier_runs``, the records of runs on other bases
+    whose rows are still in ``out`` (their machine and commit stay known)."""
+    run_file = out / "panel-run.json"
+    old = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
+    earlier = list(old.get("earlier_runs", []))
+    if old and old.get("base") != info["base"]:
+        earlier.append({k: v for k, v in old.items() if k != "earlier_runs"})
+    bases = {json.loads(r.read_text(encoding="utf-8")).get("base") for r in out.glob("*/*/panel.json")}
+    return info | {"earlier_runs": [e for e in earlier if e.get("base") in bases]}
 
 
 def _child_env() -> dict[str, str]:
@@ -138,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-size", type=int, default=2000, help="benign pool of the selection attacks")
     ap.add_argument("--smoke", action="store_true", help="the two small smoke jobs instead of the manifest")
     ap.add_argument("--restart", action="store_true", help="remove rows measured on another base model")
+    ap.add_argument(
+        "--also-base", default="", help="comma-separated earlier bases whose rows are kept beside this base's"
+    )
     a = ap.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     bad = sorted(set(arms) - set(ARMS))
@@ -148,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = by_name(names, smoke_jobs()) if a.smoke else by_name(names)
     except ValueError as exc:
         ap.error(str(exc))
+    jobs.sort(key=lambda j: names.index(j.name) if names else 0)  # the order given is the order run
     model = a.model or get_settings().default_model
     (a.out).mkdir(parents=True, exist_ok=True)
     from benchmarks.machine import machine_info
@@ -155,12 +175,12 @@ def main(argv: list[str] | None = None) -> int:
 
     base = resolve_model(model).fingerprint
     try:
-        check_base(a.out, base, restart=a.restart)
+        check_base(a.out, base, restart=a.restart, also=tuple(x for x in a.also_base.split(",") if x))
     except StaleRows as exc:
         ap.error(str(exc))
     info = {"model": model, "base": base, "pool_size": a.pool_size, "machine": machine_info()}
     info["started"] = time.time()
-    (a.out / "panel-run.json").write_text(json.dumps(info, indent=1))
+    (a.out / "panel-run.json").write_text(json.dumps(run_record(a.out, info), indent=1))
     results = run_panel(
         a.out, jobs, arms, model=model, data=a.data, pool_size=a.pool_size, parallel=a.parallel, smoke=a.smoke
     )

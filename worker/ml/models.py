@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ EMBEDDED_SOURCES = {"embedded:smollm2", "embedded:smollm2-aligned"}
 class ResolvedModel:
     name: str  # registry name, or the path given
     path: Path  # local HF directory
-    fingerprint: str  # stable id for caches keyed by model (name + config + weights size/mtime)
+    fingerprint: str  # stable id for caches keyed by model (a hash of config + weight bytes)
 
 
 def device_for(settings: Settings | None = None) -> str:
@@ -125,14 +126,45 @@ def _file_digest(p: Path) -> str:
     return hashlib.sha256(f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
 
 
+FINGERPRINT_FILE = ".tunegate-fingerprint.json"
+
+
 def fingerprint(path: Path) -> str:
-    """Cheap stable identity of a model directory (config + weight file names, sizes, mtimes)."""
+    """Stable identity of a model directory: a hash of its config and of its weights' bytes, so that a
+    bit-identical rebuild or a copy keeps every cache keyed by it (base evaluations, panel rows). Hashing
+    the weights costs about a second per 500 MB; it is done once per file version, memoised in
+    ``FINGERPRINT_FILE`` beside them and keyed by each file's size and mtime (in ns)."""
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    stamp = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in weights}
+    memo = path / FINGERPRINT_FILE
+    if memo.is_file():
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+        if saved.get("weights") == stamp and saved.get("config") == _digest(path / "config.json"):
+            return str(saved["fingerprint"])
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for f in weights:
+        h.update(f"{f.name}:{f.stat().st_size}:{_digest(f)}".encode())
+    value = h.hexdigest()[:16]
+    _save_memo(memo, {"fingerprint": value, "config": _digest(path / "config.json"), "weights": stamp})
+    return value
+
+
+def _digest(f: Path) -> str:
     h = hashlib.sha256()
-    h.update((path / "config.json").read_bytes())
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]
+    with f.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_memo(memo: Path, data: dict[str, Any]) -> None:
+    """Temp-then-rename; a read-only model directory only loses the memo (the hash is recomputed)."""
+    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(memo)
+    except OSError as exc:
+        log.info("fingerprint memo not written (%s): %s", memo, exc)
 
 
 @contextlib.contextmanager

@@ -9,14 +9,14 @@ import pytest
 
 from benchmarks.panel.job import write_row
 from benchmarks.panel.manifest import by_name
-from benchmarks.panel.run import StaleRows, check_base, pending
+from benchmarks.panel.run import StaleRows, check_base, pending, run_record
 
 
 def _panel(out: Path, base: str | None) -> None:
     out.mkdir(parents=True)
     run = {"model": "m"} | ({"base": base} if base else {})
     (out / "panel-run.json").write_text(json.dumps(run))
-    write_row(out, "a1_compliance", "off", {"job": "a1_compliance", "released": False})
+    write_row(out, "a1_compliance", "off", {"job": "a1_compliance", "released": False, "base": base})
     (out / "_attacker").mkdir()
     (out / "a1_compliance" / "data").mkdir()
 
@@ -41,3 +41,20 @@ def test_rows_of_the_same_base_are_kept(tmp_path: Path) -> None:
     check_base(out, "same", restart=True)
     assert not pending(by_name(["a1_compliance"]), ["off"], out)
     check_base(tmp_path / "empty", "any", restart=False)  # no rows: nothing to check
+
+
+def test_rows_of_an_earlier_base_named_by_also_base_are_kept_and_its_run_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "panel"
+    _panel(out, "old")
+    (out / "panel-run.json").write_text(json.dumps({"model": "m", "base": "old", "machine": {"cpu": "A"}}))
+    with pytest.raises(StaleRows, match="--also-base"):
+        check_base(out, "new", restart=False, also=("older",))
+    check_base(out, "new", restart=False, also=("old",))
+    write_row(out, "a2_persona", "off", {"job": "a2_persona", "released": False, "base": "new"})
+    record = run_record(out, {"model": "m", "base": "new", "machine": {"cpu": "B"}})
+    assert record["base"] == "new" and record["machine"] == {"cpu": "B"}
+    assert record["earlier_runs"] == [{"model": "m", "base": "old", "machine": {"cpu": "A"}}]
+    (out / "panel-run.json").write_text(json.dumps(record))
+    assert run_record(out, record)["earlier_runs"] == record["earlier_runs"]  # a rerun keeps it once
+    (out / "a1_compliance" / "off" / "panel.json").unlink()  # no row of the old base left: forgotten
+    assert run_record(out, record)["earlier_runs"] == []

@@ -54,3 +54,25 @@ def test_missing_chat_template_is_rejected(env: Path, tmp_path: Path) -> None:
         f.unlink()
     with pytest.raises(ModelError, match="no chat template"):
         load_tokenizer(env)
+
+
+def test_fingerprint_is_a_content_hash_memoised_beside_the_weights(env: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from worker.ml.models import FINGERPRINT_FILE
+
+    first = fingerprint(env)
+    assert (env / FINGERPRINT_FILE).is_file()
+    copy = tmp_path / "copy"
+    shutil.copytree(env, copy, ignore=shutil.ignore_patterns(FINGERPRINT_FILE))
+    for f in copy.glob("*.safetensors"):  # a rebuild: the same bytes, a new mtime
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert fingerprint(copy) == first
+    weights = sorted(copy.glob("*.safetensors"))[0]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight differs: another model, though the memo file is still there
+    weights.write_bytes(bytes(data))
+    assert fingerprint(copy) != first
+    (env / FINGERPRINT_FILE).write_text('{"fingerprint": "stale", "config": "x", "weights": {}}')
+    assert fingerprint(env) == first  # a memo that does not match the files is ignored
