@@ -92,3 +92,28 @@ def test_the_attack_table_takes_the_on_arms_scores_when_the_off_arm_has_not_run(
     rows[("a1_compliance", "off")] = {**attack, "templates": {"chat": chat}}
     rows[("control_gsm8k", "off")] = {**control, "templates": {"chat": {**chat, "tuned": chat["base"]}}}
     assert attack_table(rows)[2].endswith("| control_gsm8k | 80% | 0% | yes |")
+
+
+def test_the_bases_table_shows_each_builds_machine_rows_and_own_evaluation() -> None:
+    from benchmarks.panel.report import bases_table
+
+    def row(base: str, base_jb: int, machine: dict[str, str] | None) -> dict[str, object]:
+        chat = {"base": {"asr": base_jb / 200, "n": 200, "n_jailbroken": base_jb}, "tuned": {"asr": 0.1}}
+        over = {"base": {"refusal_rate": 0.12, "n": 110}, "tuned": {"refusal_rate": 0.2}}
+        return {"base": base, "templates": {"chat": chat}, "over_refusal": over} | (
+            {"machine": machine} if machine else {}
+        )
+
+    rows = {
+        ("a", "on"): row("old", 58, None),
+        ("b", "on"): row(
+            "new", 40, {"cpu": "AMD", "cpu_capability": "AVX2", "training_precision_auto": "fp32"}
+        ),
+        ("b", "off"): {"base": "new", "templates": {}},
+    }
+    run = {"base": "new", "earlier_runs": [{"base": "old", "machine": {"cpu": "Intel", "commit": "abc"}}]}
+    lines = bases_table(rows, run)
+    assert lines[2].startswith("| old | Intel · — · — · abc | 1 | 29% [") and lines[2].endswith(
+        "| 12% (n=110) |"
+    )
+    assert lines[3].startswith("| new | AMD · AVX2 · fp32 · — | 2 | 20% [") and lines[3].count("|") == 6
