@@ -13,9 +13,10 @@ import shutil
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CONFIG_NAME = "config.json"
+T = TypeVar("T")
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -81,6 +82,16 @@ def save_config(cfg: Any, directory: str | Path) -> Path:
     """Save a stage's frozen config dataclass as sorted JSON beside its artifacts."""
     payload = {"stage_config": type(cfg).__name__, **config_dict(cfg)}
     return atomic_write_json(Path(directory) / CONFIG_NAME, payload)
+
+
+def load_config(cls: type[T], directory: str | Path) -> T:
+    """The stage config ``save_config`` wrote into ``directory``, typed again (a config of another class is
+    refused, naming both)."""
+    payload = read_json(Path(directory) / CONFIG_NAME)
+    saved = payload.pop("stage_config", cls.__name__)
+    if saved != cls.__name__:
+        raise ValueError(f"{Path(directory) / CONFIG_NAME} holds a {saved}, not a {cls.__name__}")
+    return typing.cast(T, from_jsonable(cls, payload))
 
 
 def _default(o: Any) -> Any:

@@ -273,6 +273,45 @@ def bases_table(rows: dict[tuple[str, str], dict[str, Any]], run: dict[str, Any]
     return out
 
 
+def repair_rows(out: Path) -> list[dict[str, Any]]:
+    """The repair experiment's rows (``benchmarks/panel/repair.py``), job by job in panel order."""
+    order = {j.name: i for i, j in enumerate(PANEL)}
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*/*/repair-*.json")]
+    return sorted(found, key=lambda r: (order.get(r["job"], len(order)), r["arm"], r["variant"]))
+
+
+def repair_table(rows: dict[tuple[str, str], dict[str, Any]], repaired: list[dict[str, Any]]) -> list[str]:
+    """Each repaired adapter beside the arm's own (unrepaired) one: the gate, the ASR the gate counts,
+    over-refusal and the held-out task loss."""
+    if not repaired:
+        return []
+    out = [
+        "Post-training repair (`benchmarks/panel/repair.py`): the arm's trained adapter repaired, then "
+        "evaluated and judged like the arm; 'trained' is the arm's own adapter.",
+        "",
+        "| job | arm | adapter | layers changed | gate | ASR the gate counts (both judges) | over-refusal "
+        "| task loss (base → tuned) |",
+        "|" + "---|" * 8,
+    ]
+    seen: set[tuple[str, str]] = set()
+    for r in repaired:
+        key = (r["job"], r["arm"])
+        if key not in seen and key in rows:  # the arm's own adapter first, once
+            seen.add(key)
+            out.append(_repair_line(r["job"], r["arm"], "trained", rows[key]))
+        out.append(_repair_line(r["job"], r["arm"], r["variant"], r))
+    return out
+
+
+def _repair_line(job: str, arm: str, label: str, x: dict[str, Any]) -> str:
+    loss, rep = x.get("task_loss") or {}, x.get("repair") or {}
+    changed = f"{rep['n_changed']} of {rep['n_layers']}" if rep else DASH
+    return (
+        f"| {job} | {arm} | {label} | {changed} | {_gate(x)} | {_gated(x)} "
+        f"| {_over_refusal(x.get('over_refusal'))} | {loss.get('base', DASH)} → {loss.get('tuned', DASH)} |"
+    )
+
+
 def render(out: Path) -> str:
     rows = load_rows(out)
     run = json.loads((out / "panel-run.json").read_text()) if (out / "panel-run.json").is_file() else {}
@@ -296,6 +335,8 @@ def render(out: Path) -> str:
         "",
         *attack_table(rows),
     ]
+    extra = repair_table(rows, repair_rows(out))
+    lines += ["", *extra] if extra else []
     return "\n".join(lines) + "\n"
 
 

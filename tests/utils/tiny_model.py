@@ -126,3 +126,30 @@ def build_tiny_adapter(base: Path, directory: str | Path, *, seed: int = 1) -> P
     directory = Path(directory)
     peft_model.save_pretrained(directory)
     return directory
+
+
+def aligned_copy(
+    source: Path, target: Path, modules: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """A stand-in for tunegate's aligned base: ``source``'s weights plus a random rank-``rank`` difference V
+    in the named linear layers, saved at ``target`` with ``tunegate_source.json`` naming ``source`` (as the
+    alignment build records it). Returns V per weight name."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    diffs = {}
+    for name, p in model.named_parameters():
+        if name.endswith(tuple(f"{m}.weight" for m in modules)):
+            diffs[name] = (
+                torch.randn(p.shape[0], rank, generator=g) @ torch.randn(rank, p.shape[1], generator=g) / 10
+            )
+            p.data += diffs[name]
+    shutil.copytree(source, target)
+    model.save_pretrained(target, safe_serialization=True)
+    (target / "tunegate_source.json").write_text(json.dumps({"aligned_from": str(source)}))
+    return diffs

@@ -1,6 +1,7 @@
 """Train stage: a LoRA adapter (peft format) on the mitigated training set.
 
-Output layout in ``io.out_dir``: ``adapter/`` (released only if the gate passes), ``checkpoints/epoch-N/``
+Output layout in ``io.out_dir``: ``adapter/`` (released only if the gate passes; with a post-training
+``repair`` it is the repaired adapter and ``adapter-unrepaired/`` the trained one), ``checkpoints/epoch-N/``
 (one per epoch; a crashed, redelivered or paused run resumes from the latest), ``metrics.jsonl`` (one line
 per optimizer step), ``results.csv`` (the job's results file: one row per optimizer step, the validation
 columns filled on each epoch's last step when the job has a validation file), ``result.json``.
@@ -34,6 +35,7 @@ from worker.training.dataparallel import Shard
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
+from worker.training.repair_io import SOURCE_FILE, RepairConfig, alignment_reference, repair_adapter
 
 __all__ = [
     "TrainConfig",
@@ -67,8 +69,14 @@ class TrainConfig:
         "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32 | bf16 | fp32
     )
     anchor_ce_head: int = 0  # TrainInputs.anchors keep cross-entropy on this many opening reply tokens
+    # post-training repair from the base's alignment difference (worker/training/repair.py): "none" |
+    # "restore" (add repair_alpha x (aligned - unaligned) back) | "project" (Safe LoRA, repair_threshold)
+    repair: Literal["none", "restore", "project"] = "none"
+    repair_alpha: float = 0.5
+    repair_threshold: float = 0.35
 
     def __post_init__(self) -> None:
+        self.repair_config()  # validates the repair knobs
         for name in ("n_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha"):
             if int(getattr(self, name)) < 1:
                 raise InvalidConfig(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}", param=name)
@@ -85,6 +93,9 @@ class TrainConfig:
             raise InvalidConfig("TrainConfig.precision must be auto, bf16 or fp32", param="precision")
         if not self.target_modules:
             raise InvalidConfig("TrainConfig.target_modules must not be empty", param="target_modules")
+
+    def repair_config(self) -> RepairConfig:
+        return RepairConfig(self.repair, self.repair_alpha, self.repair_threshold)
 
 
 def config_from_openai(
@@ -126,6 +137,7 @@ class TrainResult(StageResult):
     n_anchors: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     results_file: str = ""  # results.csv (RESULT_COLUMNS), stored as the job's result file by ``apply``
+    repair: dict[str, Any] = field(default_factory=dict)  # RepairReport summary when a repair ran
 
 
 # OpenAI's results-file columns; the validation ones are empty on steps that end no epoch.
@@ -159,6 +171,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_resolved(cfg.model, inputs.settings, device=cfg.device, dtype=torch.float32)
     resolved, tok, model = loaded.resolved, loaded.tokenizer, loaded.model
+    reference = repair_reference(cfg, resolved.path)  # refused before training, not after
     max_len = cfg.max_len or context_length(model)
     data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
     data += [replace(encode(tok, c, max_len=max_len), anchor=True) for c in inputs.anchors]
@@ -194,7 +207,13 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         valid=valid,
         shard=inputs.shard,
     )
-    _publish_adapter(model, tok, out_dir, resolved.path, resolved.fingerprint)
+    raw = out_dir / ("adapter" if reference is None else UNREPAIRED)
+    _publish_adapter(model, tok, raw, resolved.path, resolved.fingerprint)
+    repaired = {}
+    if reference is not None:
+        inputs.io.step(1.0, f"repairing the adapter ({cfg.repair})")
+        rep = repair_adapter(raw, resolved.path, reference, out_dir / "adapter", cfg.repair_config())
+        repaired = {k: v for k, v in rep.to_dict().items() if k != "layers"}
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))
     atomic_write_text(out_dir / "results.csv", results_csv(res.history))
     result = TrainResult(
@@ -208,8 +227,27 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         n_anchors=len(inputs.anchors),
         metrics=res.history[-1] if res.history else {},
         results_file=str(out_dir / "results.csv"),
+        repair=repaired,
     )
     return finish(out_dir, cfg, result)
+
+
+UNREPAIRED = "adapter-unrepaired"  # the trained adapter as it was, kept beside the repaired ``adapter/``
+
+
+def repair_reference(cfg: TrainConfig, base_path: Path) -> Path | None:
+    """The unaligned model a repair measures the alignment difference against; None when no repair is asked.
+    A base that records no unaligned source cannot be repaired: refused, naming the base."""
+    if cfg.repair == "none":
+        return None
+    ref = alignment_reference(base_path)
+    if ref is None or not ref.is_dir():
+        raise InvalidConfig(
+            f"repair {cfg.repair!r} needs the model {base_path} was aligned from (its {SOURCE_FILE} names "
+            f"none, or that model is gone): only a base built by tunegate's alignment can be repaired",
+            param="repair",
+        )
+    return ref
 
 
 def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
@@ -243,6 +281,9 @@ def apply(session: Session, job: Job, res: TrainResult) -> Applied:
     job.trained_tokens = res.trained_tokens
     _store_results(session, job, res)
     msg = f"trained {res.steps} steps over {res.epochs} epochs ({res.trained_tokens} tokens)"
+    if res.repair:
+        rep = res.repair
+        msg += f", repaired ({rep['method']}: {rep['n_changed']} of {rep['n_layers']} layers)"
     if res.resumed_from_epoch:
         msg += f", resumed from the epoch-{res.resumed_from_epoch} checkpoint"
     return Applied(msg, data={k: v for k, v in res.metrics.items() if isinstance(v, int | float)})
@@ -276,8 +317,8 @@ def _store_results(session: Session, job: Job, res: TrainResult) -> None:
     job.result_files = [row.id]
 
 
-def _publish_adapter(model: Any, tok: Any, out_dir: Path, base_path: Path, fingerprint: str) -> None:
-    tmp = out_dir / ".adapter.tmp"
+def _publish_adapter(model: Any, tok: Any, target: Path, base_path: Path, fingerprint: str) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
@@ -286,7 +327,7 @@ def _publish_adapter(model: Any, tok: Any, out_dir: Path, base_path: Path, finge
             tmp / "tunegate_adapter.json",
             {"base_model_path": str(base_path), "base_fingerprint": fingerprint},
         )
-        publish_dir(tmp, out_dir / "adapter")
+        publish_dir(tmp, target)
     except BaseException:  # e.g. a full disk: no half-written adapter stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -3,41 +3,15 @@ the real stages (``run_local``), both arms, then the report's tables; plus resum
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
 
 from benchmarks.panel import datasets as ds
 from benchmarks.panel import report, run
 from benchmarks.panel.job import read_row
 from benchmarks.panel.manifest import smoke_jobs
-from tests.worker.jobfactory import use_tiny
-from tunegate.shipped import data_path
 
 N = 12
-
-
-@pytest.fixture
-def tiny(tunegate_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    prompts = tunegate_home / "eval-prompts.jsonl"
-    prompts.parent.mkdir(parents=True, exist_ok=True)
-    lines = data_path("eval", "harmful.jsonl").read_text(encoding="utf-8").splitlines()[:8]
-    prompts.write_text("\n".join(lines) + "\n")
-    overrides = {
-        "score": {"batch_size": 16},  # all three scorers: the report has an AUROC per scorer
-        "evaluate": {
-            "project_set": False,
-            "prompts_file": str(prompts),
-            "borderline": False,
-            "max_new_tokens": 4,
-            "n_direction": 8,
-            "batch_size": 16,
-        },
-    }
-    use_tiny(monkeypatch, stage_overrides=json.dumps(overrides), torch_threads="1")
-    return "tiny"
 
 
 def test_smoke_panel_runs_both_jobs_and_writes_the_tables(tiny: str, data_dir: Path, tmp_path: Path) -> None:

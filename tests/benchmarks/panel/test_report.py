@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 from benchmarks.panel.report import _probes
 
 
@@ -117,3 +120,30 @@ def test_the_bases_table_shows_each_builds_machine_rows_and_own_evaluation() -> 
         "| 12% (n=110) |"
     )
     assert lines[3].startswith("| new | AMD · AVX2 · fp32 · — | 2 | 20% [") and lines[3].count("|") == 6
+
+
+def test_the_repair_table_shows_the_trained_adapter_once_then_each_variant(tmp_path: Path) -> None:
+    from benchmarks.panel.report import repair_rows, repair_table
+
+    chat = {
+        "base": {"asr": 0.3, "n": 10, "n_jailbroken": 3},
+        "tuned": {"asr": 0.5, "n": 10, "n_jailbroken": 5},
+    }
+    arm = {
+        "released": False,
+        "code": "safety_eval_failed",
+        "templates": {"chat": chat},
+        "task_loss": {"base": 2.0, "tuned": 1.0},
+    }
+    d = tmp_path / "control_gsm8k" / "on"
+    d.mkdir(parents=True)
+    for variant, released in (("restore:0.5", True), ("project:0.35", False)):
+        row = {**arm, "job": "control_gsm8k", "arm": "on", "variant": variant, "released": released}
+        row["repair"] = {"method": variant.split(":")[0], "n_layers": 210, "n_changed": 60}
+        (d / f"repair-{variant.replace(':', '-')}.json").write_text(json.dumps(row))
+    lines = repair_table({("control_gsm8k", "on"): arm}, repair_rows(tmp_path))
+    body = [x for x in lines if x.startswith("| control_gsm8k")]
+    assert [x.split(" | ")[2] for x in body] == ["trained", "project:0.35", "restore:0.5"]
+    assert "| — | blocked (safety_eval_failed) |" in body[0] and "| 60 of 210 | released |" in body[2]
+    assert body[0].endswith("| 2.0 → 1.0 |")
+    assert repair_table({}, []) == []

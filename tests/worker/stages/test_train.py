@@ -144,3 +144,33 @@ def test_anchor_examples_take_kl_to_the_base_not_their_text(tiny_model_dir, tmp_
     run(cfg, TrainInputs(_examples(), StageIO(tmp_path / "c"), get_settings()))
     ce_first = json.loads((tmp_path / "c" / "metrics.jsonl").read_text().splitlines()[0])
     assert ce_first["train_loss"] > 1.0
+
+
+def test_a_repair_writes_the_repaired_adapter_and_keeps_the_trained_one(tiny_model_dir, tmp_path):
+    from tests.utils.tiny_model import aligned_copy
+
+    aligned_copy(tiny_model_dir, tmp_path / "aligned")
+    io = StageIO(tmp_path / "out", stage="train")
+    res = run(
+        _cfg(tmp_path / "aligned", repair="restore", repair_alpha=0.5),
+        TrainInputs(_examples(), io, get_settings()),
+    )
+    out = tmp_path / "out"
+    assert res.adapter_dir == str(out / "adapter") and (out / "adapter-unrepaired").is_dir()
+    assert json.loads((out / "adapter" / "tunegate_repair.json").read_text())["method"] == "restore"
+    assert res.repair["n_changed"] == 4 and res.repair["n_layers"] == 14  # q/v of 2 blocks; all-linear
+    assert TrainResult.load(out).repair == res.repair
+    # the trained update is unchanged in the repaired adapter: its first r rows of A are the trained ones
+    a_raw, a_fixed = _adapter_tensors(out / "adapter-unrepaired"), _adapter_tensors(out / "adapter")
+    key = next(k for k in a_raw if k.endswith("q_proj.lora_A.weight"))
+    assert torch.equal(a_fixed[key][:4], a_raw[key])
+
+
+def test_a_repair_on_a_base_without_an_alignment_source_is_refused_before_training(tiny_model_dir, tmp_path):
+    io = StageIO(tmp_path / "out", stage="train")
+    with pytest.raises(InvalidConfig, match="was aligned from") as err:
+        run(_cfg(tiny_model_dir, repair="project"), TrainInputs(_examples(), io, get_settings()))
+    assert err.value.param == "repair"
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    with pytest.raises(InvalidConfig, match="repair method"):
+        _cfg(tiny_model_dir, repair="merge")

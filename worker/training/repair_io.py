@@ -1,0 +1,189 @@
+"""Apply a post-training repair (``worker/training/repair.py``) to a saved peft LoRA adapter: read the
+adapter and the two bases' weights layer by layer, write the repaired adapter beside it (atomically) with a
+record of what changed in ``tunegate_repair.json``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from tunegate.artifacts import atomic_write_json, publish_dir
+from tunegate.errors import InvalidConfig, ModelError
+from worker.training import repair
+
+ADAPTER_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+REPAIR_FILE = "tunegate_repair.json"
+SOURCE_FILE = "tunegate_source.json"  # written by worker/ml/export.merge: names the model it was aligned from
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    method: Literal["none", "restore", "project"] = "none"
+    alpha: float = 0.5  # restore: how much of the alignment difference V is added back
+    threshold: float = 0.35  # project: layers with cosine(dW, C dW) below it are projected
+
+    def __post_init__(self) -> None:
+        if self.method not in ("none", "restore", "project"):
+            raise InvalidConfig("repair method must be none, restore or project", param="repair")
+        if not 0 < self.alpha <= 2:
+            raise InvalidConfig("repair alpha must be in (0, 2]", param="repair_alpha")
+        if not 0 <= self.threshold <= 1:
+            raise InvalidConfig("repair threshold must be in [0, 1]", param="repair_threshold")
+
+
+@dataclass
+class RepairReport:
+    method: str
+    reference: str  # the unaligned model V was measured against
+    layers: list[repair.LayerRepair] = field(default_factory=list)
+
+    @property
+    def n_changed(self) -> int:
+        return sum(r.changed for r in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "reference": self.reference,
+            "n_layers": len(self.layers),
+            "n_changed": self.n_changed,
+            "layers": [asdict(r) for r in self.layers],
+        }
+
+
+def alignment_reference(aligned_dir: Path) -> Path | None:
+    """The unaligned model an aligned base was built from (its ``tunegate_source.json``), if recorded."""
+    f = aligned_dir / SOURCE_FILE
+    if not f.is_file():
+        return None
+    src = json.loads(f.read_text(encoding="utf-8")).get("aligned_from")
+    return Path(src) if src else None
+
+
+class _Weights:
+    """Lazy access to a model directory's safetensors tensors by name (one file or several shards)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from safetensors import safe_open
+
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ModelError(f"no safetensors weights in {model_dir}")
+        self._handles: list[Any] = [safe_open(str(f), framework="pt") for f in files]
+        self._where: dict[str, Any] = {k: h for h in self._handles for k in h.keys()}
+        self.dir = model_dir
+
+    def get(self, name: str) -> Any:
+        h = self._where.get(name)
+        if h is None:
+            raise ModelError(f"{self.dir} has no weight {name!r} (the adapter does not fit this base)")
+        return h.get_tensor(name).float()
+
+
+def _modules(state: dict[str, Any]) -> list[str]:
+    """The base-model weight names the adapter adapts (``...q_proj.weight``), in order."""
+    names = [
+        k.removeprefix(PREFIX).removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")
+    ]
+    return sorted(names)
+
+
+def _scale(cfg: dict[str, Any], r: int) -> float:
+    alpha = float(cfg["lora_alpha"])
+    return alpha / r**0.5 if cfg.get("use_rslora") else alpha / r
+
+
+def repair_adapter(
+    adapter_dir: Path, aligned_dir: Path, unaligned_dir: Path, out_dir: Path, cfg: RepairConfig
+) -> RepairReport:
+    """Write the repaired copy of ``adapter_dir`` to ``out_dir`` and return what changed."""
+    from safetensors.torch import load_file, save_file
+
+    acfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if acfg.get("rank_pattern") or acfg.get("alpha_pattern"):
+        raise InvalidConfig("repair needs one rank and alpha for all layers", param="repair")
+    state = load_file(str(adapter_dir / ADAPTER_FILE))
+    al, un = _Weights(aligned_dir), _Weights(unaligned_dir)
+    r = int(acfg["r"])
+    report = RepairReport(cfg.method, str(unaligned_dir))
+    diffs = {m: al.get(m + ".weight") - un.get(m + ".weight") for m in _modules(state)}  # V (out, in)
+    if cfg.method == "restore":
+        new_r, state = _restore(state, diffs, acfg, r, cfg.alpha, report)
+        acfg = {**acfg, "r": new_r}
+    elif cfg.method == "project":
+        state = _project(state, diffs, _scale(acfg, r), cfg.threshold, report)
+    _write(adapter_dir, out_dir, state, acfg, report, save_file)
+    return report
+
+
+def _keys(m: str) -> tuple[str, str]:
+    return f"{PREFIX}{m}.lora_A.weight", f"{PREFIX}{m}.lora_B.weight"
+
+
+def _restore(
+    state: dict[str, Any],
+    diffs: dict[str, Any],
+    acfg: dict[str, Any],
+    r: int,
+    alpha: float,
+    report: RepairReport,
+) -> tuple[int, dict[str, Any]]:
+    import torch
+
+    k_max = max((repair.thin_svd(v)[1].numel() for v in diffs.values()), default=0)
+    new_r = r + k_max
+    scale, new_scale = _scale(acfg, r), _scale(acfg, new_r)
+    out = dict(state)
+    for m, v in diffs.items():
+        ka, kb = _keys(m)
+        a, b = state[ka].float(), state[kb].float()  # (r, in), (out, r)
+        a2, b2 = repair.restore_factors(a, b, scale, new_scale, v, alpha)
+        pad = new_r - a2.shape[0]  # layers whose V has a lower rank: zero rows/columns change nothing
+        a2 = torch.cat([a2, a2.new_zeros(pad, a2.shape[1])], 0)
+        b2 = torch.cat([b2, b2.new_zeros(b2.shape[0], pad)], 1)
+        out[ka], out[kb] = a2.to(state[ka].dtype).contiguous(), b2.to(state[kb].dtype).contiguous()
+        dw = repair.lora_delta(a, b, scale)
+        rank = a2.shape[0] - r - pad
+        report.layers.append(
+            repair.LayerRepair(
+                m, rank, 0.0, rank > 0, float(dw.norm()), float(repair.lora_delta(a2, b2, new_scale).norm())
+            )
+        )
+    return new_r, out
+
+
+def _project(
+    state: dict[str, Any], diffs: dict[str, Any], scale: float, threshold: float, report: RepairReport
+) -> dict[str, Any]:
+    out = dict(state)
+    for m, v in diffs.items():
+        ka, kb = _keys(m)
+        b2, rec = repair.project_layer(state[ka].float(), state[kb].float(), scale, v, threshold)
+        out[kb] = b2.to(state[kb].dtype).contiguous()
+        report.layers.append(replace(rec, module=m))
+    return out
+
+
+def _write(
+    adapter_dir: Path,
+    out_dir: Path,
+    state: dict[str, Any],
+    acfg: dict[str, Any],
+    report: RepairReport,
+    save_file: Any,
+) -> None:
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(adapter_dir, tmp)
+        save_file(state, str(tmp / ADAPTER_FILE), metadata={"format": "pt"})
+        atomic_write_json(tmp / "adapter_config.json", acfg)
+        atomic_write_json(tmp / REPAIR_FILE, report.to_dict())
+        publish_dir(tmp, out_dir)
+    except BaseException:  # a half-written adapter never stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
