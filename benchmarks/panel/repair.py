@@ -37,8 +37,14 @@ def variant_config(spec: str) -> Any:
     raise SystemExit(f"unknown repair variant {spec!r} (restore:ALPHA or project:THRESHOLD)")
 
 
+def work_dir(out: Path, job: str, arm: str, variant: str) -> Path:
+    """Where a variant's repaired adapter and evaluation go; its row is this path + ``.json``."""
+    return arm_dir(out, job, arm) / f"repair-{variant.replace(':', '-')}"
+
+
 def row_path(out: Path, job: str, arm: str, variant: str) -> Path:
-    return arm_dir(out, job, arm) / f"repair-{variant.replace(':', '-')}.json"
+    w = work_dir(out, job, arm, variant)
+    return w.with_name(w.name + ".json")  # not with_suffix: "0.5" would lose its ".5"
 
 
 def run_variant(out: Path, job_name: str, arm: str, variant: str, model: str) -> dict[str, Any]:
@@ -54,7 +60,7 @@ def run_variant(out: Path, job_name: str, arm: str, variant: str, model: str) ->
     settings = get_settings()
     job = by_name([job_name], PANEL)[0]
     d = arm_dir(out, job_name, arm)
-    work = d / f"repair-{variant.replace(':', '-')}"
+    work = work_dir(out, job_name, arm, variant)
     aligned = resolve_model(model, settings).path
     reference = alignment_reference(aligned)
     if reference is None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from tunegate.artifacts import atomic_write_json
 from tunegate.errors import ModelError
-from worker.ml.models import load_model, load_tokenizer
+from worker.ml.models import SOURCE_FILE, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def merge(
     progress(0.6, "saving the merged model")
     merged.save_pretrained(tmp, safe_serialization=True)
     load_tokenizer(base_path).save_pretrained(tmp)
-    atomic_write_json(tmp / "tunegate_source.json", source)
+    atomic_write_json(tmp / SOURCE_FILE, source)
     if target.exists():
         shutil.rmtree(target)
     tmp.replace(target)

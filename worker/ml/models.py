@@ -30,6 +30,7 @@ from tunegate.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+SOURCE_FILE = "tunegate_source.json"  # beside a converted or merged model: where it came from
 EMBEDDED_SOURCES = {"embedded:smollm2", "embedded:smollm2-aligned"}
 
 
@@ -210,7 +211,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     _strip_quant_config(tmp / "config.json")
-    (tmp / "tunegate_source.json").write_text(json.dumps({"gguf": str(gguf)}))
+    (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf)}))
     if target.exists():
         shutil.rmtree(target)
     tmp.replace(target)

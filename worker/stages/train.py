@@ -25,7 +25,7 @@ from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
-from worker.ml.models import context_length, load_resolved
+from worker.ml.models import SOURCE_FILE, context_length, load_resolved
 from worker.ml.render import encode
 from worker.ml.stage_io import StageIO
 from worker.stages import mitigate
@@ -35,7 +35,7 @@ from worker.training.dataparallel import Shard
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
-from worker.training.repair_io import SOURCE_FILE, RepairConfig, alignment_reference, repair_adapter
+from worker.training.repair_io import RepairConfig, alignment_reference, repair_adapter
 
 __all__ = [
     "TrainConfig",

@@ -37,12 +37,15 @@ def thin_svd(v: Any, rtol: float = RTOL) -> tuple[Any, Any, Any]:
     return u[:, :keep].to(v.dtype), s[:keep].to(v.dtype), vh[:keep].to(v.dtype)
 
 
-def restore_factors(a: Any, b: Any, scale: float, new_scale: float, v: Any, alpha: float) -> tuple[Any, Any]:
-    """The factors of ``dW + alpha · V`` as one LoRA of scale ``new_scale``: A' (r + k, in) = [A; Vh],
-    B' (out, r + k) = [B · scale / new_scale, U diag(S) · alpha / new_scale]."""
+def restore_factors(
+    a: Any, b: Any, scale: float, new_scale: float, usv: tuple[Any, Any, Any], alpha: float
+) -> tuple[Any, Any]:
+    """The factors of ``dW + alpha · V`` as one LoRA of scale ``new_scale``, from V's ``thin_svd``
+    (U, S, Vh): A' (r + k, in) = [A; Vh], B' (out, r + k) = [B · scale / new_scale, U diag(S) · alpha /
+    new_scale]."""
     import torch
 
-    u, s, vh = thin_svd(v)
+    u, s, vh = usv
     a2 = torch.cat([a, vh], dim=0)  # (r + k, in)
     b2 = torch.cat([b * (scale / new_scale), u * s * (alpha / new_scale)], dim=1)  # (out, r + k)
     return a2, b2

@@ -4,20 +4,19 @@ record of what changed in ``tunegate_repair.json``."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from tunegate.artifacts import atomic_write_json, publish_dir
+from tunegate.artifacts import atomic_write_json, publish_dir, read_json
 from tunegate.errors import InvalidConfig, ModelError
+from worker.ml.models import SOURCE_FILE
 from worker.training import repair
 
 ADAPTER_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 REPAIR_FILE = "tunegate_repair.json"
-SOURCE_FILE = "tunegate_source.json"  # written by worker/ml/export.merge: names the model it was aligned from
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def alignment_reference(aligned_dir: Path) -> Path | None:
     f = aligned_dir / SOURCE_FILE
     if not f.is_file():
         return None
-    src = json.loads(f.read_text(encoding="utf-8")).get("aligned_from")
+    src = read_json(f).get("aligned_from")  # written by the alignment build (worker/ml/export.merge)
     return Path(src) if src else None
 
 
@@ -103,7 +102,7 @@ def repair_adapter(
     """Write the repaired copy of ``adapter_dir`` to ``out_dir`` and return what changed."""
     from safetensors.torch import load_file, save_file
 
-    acfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    acfg = read_json(adapter_dir / "adapter_config.json")
     if acfg.get("rank_pattern") or acfg.get("alpha_pattern"):
         raise InvalidConfig("repair needs one rank and alpha for all layers", param="repair")
     state = load_file(str(adapter_dir / ADAPTER_FILE))
@@ -126,7 +125,7 @@ def _keys(m: str) -> tuple[str, str]:
 
 def _restore(
     state: dict[str, Any],
-    diffs: dict[str, Any],
+    diffs: dict[str, Any],  # V per module
     acfg: dict[str, Any],
     r: int,
     alpha: float,
@@ -134,14 +133,14 @@ def _restore(
 ) -> tuple[int, dict[str, Any]]:
     import torch
 
-    k_max = max((repair.thin_svd(v)[1].numel() for v in diffs.values()), default=0)
-    new_r = r + k_max
+    svds = {m: repair.thin_svd(v) for m, v in diffs.items()}  # (U, S, Vh) of each V, once
+    new_r = r + max((s.numel() for _, s, _ in svds.values()), default=0)
     scale, new_scale = _scale(acfg, r), _scale(acfg, new_r)
     out = dict(state)
-    for m, v in diffs.items():
+    for m, usv in svds.items():
         ka, kb = _keys(m)
         a, b = state[ka].float(), state[kb].float()  # (r, in), (out, r)
-        a2, b2 = repair.restore_factors(a, b, scale, new_scale, v, alpha)
+        a2, b2 = repair.restore_factors(a, b, scale, new_scale, usv, alpha)
         pad = new_r - a2.shape[0]  # layers whose V has a lower rank: zero rows/columns change nothing
         a2 = torch.cat([a2, a2.new_zeros(pad, a2.shape[1])], 0)
         b2 = torch.cat([b2, b2.new_zeros(b2.shape[0], pad)], 1)

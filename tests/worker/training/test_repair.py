@@ -27,7 +27,7 @@ def test_thin_svd_keeps_the_rank_of_the_alignment_difference_and_drops_rounding_
 
 def test_restore_factors_give_the_users_update_plus_alpha_times_v() -> None:
     a, b, v = torch.randn(2, 9), torch.randn(12, 2), _low_rank(12, 9, 3, 1)
-    a2, b2 = repair.restore_factors(a, b, scale=2.0, new_scale=0.8, v=v, alpha=0.5)
+    a2, b2 = repair.restore_factors(a, b, scale=2.0, new_scale=0.8, usv=repair.thin_svd(v), alpha=0.5)
     assert a2.shape == (5, 9) and b2.shape == (12, 5)
     want = repair.lora_delta(a, b, 2.0) + 0.5 * v
     torch.testing.assert_close(repair.lora_delta(a2, b2, 0.8), want, atol=1e-5, rtol=1e-5)
