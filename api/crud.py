@@ -81,6 +81,8 @@ JOB_FIELDS = (
     "id", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "org_id",
     "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "metadata_",
     "method", "safety", "stage", "progress", "cancel_requested", "released", "suffix", "pause_requested",
+    "repair",
+    "admitted_at", "claimed_by", "heartbeat_at",  # what it waits on (models/presence.py)
 )  # fmt: skip
 EVENT_FIELDS = ("id", "created_at", "level", "message", "data", "type")
 # Built once: a statement's columns are coerced when it is built, which costs more than running it.

@@ -14,9 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunegate.errors import RateLimited, TunegateError
+from tunegate.errors import RateLimited, TooManyActiveJobs, TunegateError
+from tunegate.unicode import escaped
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,47 @@ def error_response(
     code: str | None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    hdrs = dict(headers or {})
+    """The error body; never fails itself. Text a request carried may hold a lone UTF-16 surrogate, which
+    UTF-8 cannot encode: it is escaped (``\\ud800``). Should building the answer fail anyway (e.g. a header
+    value that cannot be sent), the answer is a well-formed 500 in the same shape (issue 29)."""
+    try:
+        hdrs = dict(headers or {})
+        request_id = getattr(request.state, "request_id", None)
+        if request_id:
+            hdrs["x-request-id"] = request_id
+        if status == 409:
+            hdrs["x-should-retry"] = "false"
+        error = {"message": message, "type": type_, "param": param, "code": code}
+        body = {"error": {k: v if v is None else escaped(str(v)) for k, v in error.items()}}
+        return JSONResponse(body, status_code=status, headers=hdrs)
+    except Exception:  # the answer must still be an error in our shape, not the server's plain-text 500
+        log.exception("could not render the %s error response; answering 500", status)
+        return _fallback_500(request)
+
+
+_FALLBACK_500 = {
+    "error": {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+}
+
+
+def _fallback_500(request: Request) -> JSONResponse:
+    """A 500 built only from constants (and the request id, when it is plain ASCII)."""
     request_id = getattr(request.state, "request_id", None)
-    if request_id:
-        hdrs["x-request-id"] = request_id
-    if status == 409:
-        hdrs["x-should-retry"] = "false"
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=hdrs)
+    if isinstance(request_id, str) and request_id.isascii() and request_id.isprintable():
+        return JSONResponse(_FALLBACK_500, status_code=500, headers={"x-request-id": request_id})
+    return JSONResponse(_FALLBACK_500, status_code=500)
 
 
 async def _tunegate(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TunegateError)
     headers = {"retry-after": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    if isinstance(exc, TooManyActiveJobs) and headers is not None:
+        headers["x-should-retry"] = "false"  # a job must end first: an SDK's quick retries cannot help
     status = exc.status_code if 400 <= exc.status_code < 600 else 500
     if status >= 500:
         log.error("request failed: %s", exc, exc_info=exc)
@@ -137,5 +167,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(PoolTimeout, _database)  # no pooled connection freed in time
     app.add_exception_handler(DataError, _data)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,4 +1,5 @@
-"""Creating a fine-tuning job: validate the request, honour ``Idempotency-Key``, store, enqueue by name."""
+"""Creating a fine-tuning job: validate the request, honour ``Idempotency-Key``, check the organization's
+active-job limit, store, and let the dispatcher (``models/dispatch.py``) hand it to the workers in turn."""
 
 from __future__ import annotations
 
@@ -7,18 +8,26 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from kombu.exceptions import KombuError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from api.crud import get_file
+from api.crud import get_file, lock_org
 from api.schemas import HyperparametersIn, JobCreateIn
-from models.jobs import JobStatus, record_event
-from models.policy import org_policy, tighten
+from models.dispatch import dispatch
+from models.jobs import TERMINAL, JobStatus, record_event
+from models.policy import max_active_jobs, org_policy, tighten
 from models.tables import File, Job, Organization
-from tunegate import queue
-from tunegate.errors import Conflict, InvalidRequest, ModelError, NotFound, Unprocessable
-from tunegate.model_cache import model_available
+from tunegate.errors import (
+    Conflict,
+    InvalidRequest,
+    ModelError,
+    NotFound,
+    TooManyActiveJobs,
+    Unprocessable,
+)
+from tunegate.model_cache import missing_reason
 from tunegate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,16 +101,14 @@ def validate(session: Session, *, org: Organization, body: JobCreateIn, settings
             param="model",
             code="model_not_available",
         )
-    if not model_available(body.model, settings):
-        # Tenant-facing: preparing a base model is the provider's job (the log says which one is missing).
+    why = missing_reason(body.model, settings)
+    if why is not None:
+        # Preparing a base model is the operator's step: the message says which and how (no path; the log
+        # has the registry source).
         log.warning(
             "job refused: base model %r (%s) is not prepared", body.model, settings.models[body.model]
         )
-        raise ModelError(
-            f"model {body.model!r} is not available yet; try again later or choose another base model",
-            param="model",
-            code="model_not_available",
-        )
+        raise ModelError(f"model {why}", param="model", code="model_not_available")
     _usable_file(session, org, body.training_file, "training_file")
     if body.validation_file:
         _usable_file(session, org, body.validation_file, "validation_file")
@@ -147,8 +154,12 @@ def create_job(
         progress=0.0,
         **cols,
     )
-    session.add(job)
     try:
+        locked = lock_org(session, org_id=org.id)  # this org's creates go one at a time from here
+        if idempotency_key and (found := _existing(session, org, idempotency_key, digest)):
+            return found  # made by a concurrent request with the same key while this one validated
+        _check_active_limit(session, locked, settings)
+        session.add(job)
         session.flush()  # assigns the id the first event names
         record_event(session, job, f"Created fine-tuning job: {job.id}", dedupe_key="created")
         record_event(session, job, f"Validating training file: {body.training_file}")
@@ -158,26 +169,43 @@ def create_job(
         if idempotency_key and (job := _existing(session, org, idempotency_key, digest)):
             return job
         raise
-    enqueue_job(session, job, queue.START)
+    except BaseException:
+        session.rollback()
+        raise
+    dispatch_jobs()
     return job
+
+
+ACTIVE_STATUSES = tuple(s.value for s in JobStatus if s not in TERMINAL)  # paused jobs count
+
+
+def _check_active_limit(session: Session, locked: Organization, settings: Settings) -> None:
+    """Refuse a job past the organization's active-job limit (429 ``too_many_active_jobs``). ``locked``: the
+    organization's row, held by this transaction (``lock_org``; SQLite's BEGIN IMMEDIATE serializes writers
+    anyway), so concurrent creates of one organization are counted one after the other and never pass the
+    limit together."""
+    limit = max_active_jobs(settings, locked.policy)
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.org_id == locked.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if (active or 0) >= limit:
+        raise TooManyActiveJobs(
+            f"this organization has {active} active fine-tuning jobs (validating_files, queued, running or "
+            f"paused) and may have at most {limit} at once; wait for one to finish or cancel one, then retry",
+            retry_after=60,
+        )
 
 
 def _seed_from(digest: str) -> int:
     return int(digest[:8], 16) % (2**31 - 1)
 
 
-def enqueue_job(session: Session, job: Job, task: str) -> None:
-    """Hand the job to the workers by task name (``queue.START``, or ``queue.RESUME`` after a pause).
-
-    The job is already committed: a broker failure is logged and recorded, and the reaper re-enqueues jobs
-    whose message was lost once they are stale (answering an error here would make clients retry a change
-    that was made).
-    """
+def dispatch_jobs() -> None:
+    """Let the dispatcher admit waiting jobs now (after a job was created, resumed, paused or cancelled: a
+    job waits, or a turn came free). The change is already committed: a database or broker failure here is
+    logged, and the workers' reaper dispatches on its next pass (answering an error would make clients retry
+    a change that was made)."""
     try:
-        queue.enqueue(task, job.id)
-    except Exception as exc:  # any broker failure: the job is stored; report it, the reaper retries
-        log.error("could not enqueue %s: %s", job.id, exc)
-        record_event(
-            session, job, "Could not reach the job queue; the reaper will enqueue it again", level="warn"
-        )
-        session.commit()
+        dispatch()
+    except (SQLAlchemyError, KombuError, ConnectionError) as exc:
+        log.error("could not dispatch jobs now (the reaper will): %s", exc)

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import CurrentOrg
+from api.edge import refuse_lone_surrogates
 from api.metrics import MetricsMiddleware
 from api.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
-from api.processing import process_pending
-from api.recovery import sweep_storage
-from api.routes import console, files, health, jobs, metrics, models, releases, uploads, webhooks
+from api.recovery import maintain, sweep_storage
+from api.routes import (
+    console,
+    console_scans,
+    files,
+    health,
+    jobs,
+    metrics,
+    models,
+    releases,
+    safety_scans,
+    uploads,
+    webhooks,
+)
 from tunegate import logs
 from tunegate import metrics as counting
 from tunegate.settings import get_settings
@@ -26,17 +40,27 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Temp uploads and orphaned objects a killed process left behind are removed; files left 'uploaded' by
-    # a previous process that stopped mid-way get processed now (each on its own).
+    # Temp uploads and orphaned objects a killed process left behind are removed before serving. Then, in
+    # the background, files left 'uploaded' by a previous process are processed (every one, fairly across
+    # organizations) and stale temp uploads are swept periodically (api/recovery.py).
     try:
         await run_in_threadpool(sweep_storage)
-        n = await run_in_threadpool(process_pending)
     except Exception as exc:  # the schema may not be migrated yet: serve anyway, /healthz reports it
-        log.warning("could not recover storage or resume file processing: %s", exc)
-    else:
-        if n:
-            log.info("resumed processing of %d uploaded files", n)
-    yield
+        log.warning("could not recover storage: %s", exc)
+    stop = threading.Event()
+    upkeep = asyncio.create_task(maintain(stop))
+    upkeep.add_done_callback(_upkeep_ended)
+    try:
+        yield
+    finally:
+        stop.set()  # the recovery thread ends after its current file
+        upkeep.cancel()
+        await asyncio.wait([upkeep])
+
+
+def _upkeep_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the background upkeep stopped", exc_info=task.exception())
 
 
 def create_app() -> FastAPI:
@@ -53,6 +77,8 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
         description="OpenAI-compatible Files and Fine-tuning API with a safety gate.",
+        # every route: 400 for a string holding a lone UTF-16 surrogate, before anything stores it
+        dependencies=[Depends(refuse_lone_surrogates)],
     )
     errors.install(app)
     for router in (
@@ -63,7 +89,9 @@ def create_app() -> FastAPI:
         releases.router,
         models.router,
         webhooks.router,
+        safety_scans.router,
         console.router,
+        console_scans.router,
         metrics.router,
     ):
         app.include_router(router)

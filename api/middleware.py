@@ -3,10 +3,10 @@
 
 ``BodyLimitMiddleware`` counts the bytes of the ASGI ``http.request`` messages as the application receives
 them (a declared ``Content-Length`` is only an early refusal; a chunked body has none) and answers 413 in the
-OpenAI error shape the moment the limit is passed: the rest of the body is never read, so neither memory
-(JSON bodies) nor disk (Starlette spools multipart uploads to a temp file before the route runs) can be
-exhausted by one request. Uploads (``POST /v1/files``) are limited to ``max_upload_bytes`` plus multipart
-framing; every other body to ``max_body_bytes``.
+OpenAI error shape the moment the limit is passed, closing the connection (``Connection: close``): the rest
+of the body is never read, so neither memory (JSON bodies) nor disk (Starlette spools multipart uploads to a
+temp file before the route runs) can be exhausted by one request. Uploads (``POST /v1/files``) are limited
+to ``max_upload_bytes`` plus multipart framing; every other body to ``max_body_bytes``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
 from api.ratelimit import AUTH_FAILURES, IN_FLIGHT, key_digest, retry_after
-from tunegate.logs import log_scope
+from tunegate.logs import request_scope
 from tunegate.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,10 @@ PART_PATH = re.compile(r"/v1/uploads/[^/]+/parts")
 class RequestIdMiddleware:
     """Give every request an id: ``x-request-id`` on the response (error handlers read ``request.state``).
 
-    Every log line written while the request is served carries it (``tunegate.logs``), and one line per
-    request says how it was answered (method, route path, status, duration).
+    Every log line written while the request is served carries it (``tunegate.logs.request_scope``: a scope
+    of its own that outlives this middleware until the request's task ends, so the line of an unhandled error,
+    logged by the outermost middleware and by uvicorn, carries it too), and one line per request says how it
+    was answered (method, route path, status, duration).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -61,19 +63,19 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        with log_scope(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                log.info(
-                    "request",
-                    extra={
-                        "method": scope.get("method"),
-                        "path": scope.get("path"),
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - start) * 1000, 1),
-                    },
-                )
+        request_scope(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                },
+            )
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,14 @@ class BodyLimitMiddleware:
             await _refuse(scope, receive, send, limit)
             return
         received, tripped, started = 0, False, False
+        unread = _declared_length(scope) > 0 or _header(scope, b"transfer-encoding") is not None
 
         async def limited_receive() -> Message:
-            nonlocal received, tripped
+            nonlocal received, tripped, unread
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                unread = unread and bool(message.get("more_body", False))
                 if received > limit.max_bytes:
                     tripped = True
                     raise BodyTooLarge(limit.message)
@@ -144,6 +148,8 @@ class BodyLimitMiddleware:
                 return  # the application's answer to the aborted read (often a 400): ours replaces it
             if message["type"] == "http.response.start":
                 started = True
+                if unread:  # answered before the body ended (e.g. 400 too_many_parts): do not read the rest
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             await send(message)
 
         try:
@@ -160,10 +166,22 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, limit: BodyLimit) -> None:
+    # Connection: close: the rest of the body is never read, and the server closes the connection after this
+    # answer rather than read and discard it to find the next request
     response = error_response(
-        Request(scope), 413, limit.message, type_="invalid_request_error", param=limit.param, code=limit.code
+        Request(scope),
+        413,
+        limit.message,
+        type_="invalid_request_error",
+        param=limit.param,
+        code=limit.code,
+        headers={"connection": "close"},
     )
     await response(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((value for key, value in scope.get("headers", []) if key == name), None)
 
 
 def _declared_length(scope: Scope) -> int:

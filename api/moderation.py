@@ -1,6 +1,6 @@
 """What the moderator console and the HTML report read: a job's report with the examples' text, its header
-and timeline, and the review queue (jobs across organizations that were flagged, blocked, repaired or await
-review).
+and timeline, and the review queue (jobs across organizations that were flagged, blocked, repaired, await
+review, failed or were cancelled).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from models import audit
+from models.jobs import JobStatus
 from models.moderation import blocked_code
 from models.tables import AuditEntry, File, Job, JobEvent, Organization
 from tunegate.errors import InvalidFile, NotFound
@@ -31,7 +32,11 @@ STATES = {
     "review": "awaiting review",
     "overridden": "released by override",
     "revoked": "adapter revoked",
+    "failed": "failed (not by the gate)",
+    "cancelled": "cancelled",
 }
+# the queue shows these jobs even when they have no report (they ended before the gate)
+ENDED_EARLY = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 def report_ref(job: Job) -> str | None:
@@ -92,7 +97,23 @@ def job_states(job: Job, summary: dict[str, Any], actions: set[str]) -> list[str
         states.append("overridden")
     if job.revoked_at is not None:
         states.append("revoked")
+    if job.status == JobStatus.FAILED and not blocked_code(job):
+        states.append("failed")
+    if job.status == JobStatus.CANCELLED:
+        states.append("cancelled")
     return states
+
+
+def decision_code(job: Job, summary: dict[str, Any]) -> str:
+    """The queue's decision column: the gate's code, ``released``, or how the job otherwise ended (its
+    error's code, ``cancelled``) or where it is (``running`` ...)."""
+    if summary["code"]:
+        return str(summary["code"])
+    if job.status == JobStatus.SUCCEEDED:
+        return "released"
+    if job.status == JobStatus.FAILED:
+        return str((job.error or {}).get("code") or "failed")
+    return str(job.status)
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,8 @@ class QueueFilter:
     org_id: str | None = None
     model: str | None = None
     state: str | None = None  # one of STATES
-    code: str | None = None  # a decision code, or "released"
+    code: str | None = None  # a decision code (``decision_code``), or "released"
+    status: str | None = None  # the job's status (``JobStatus``): every job of it, flagged or not
     since: date | None = None
     until: date | None = None  # inclusive
 
@@ -114,9 +136,13 @@ class QueuePage:
 
 
 def queue(session: Session, flt: QueueFilter, *, page: int, per_page: int) -> QueuePage:
-    """Jobs needing a moderator's eye, newest first, filtered and paginated."""
+    """Jobs needing a moderator's eye (a report to review, or a job that failed or was cancelled), newest
+    first, filtered and paginated; with ``flt.status``, every job of that status."""
     stmt = select(Job, Organization.name).join(Organization, Organization.id == Job.org_id)
-    stmt = stmt.where(Job.report_path.is_not(None))
+    if flt.status:
+        stmt = stmt.where(Job.status == flt.status)
+    else:
+        stmt = stmt.where(or_(Job.report_path.is_not(None), Job.status.in_(ENDED_EARLY)))
     if flt.org_id:
         stmt = stmt.where(Job.org_id == flt.org_id)
     if flt.model:
@@ -132,9 +158,9 @@ def queue(session: Session, flt: QueueFilter, *, page: int, per_page: int) -> Qu
     for job, org_name in found:
         summary = report_summary(job)
         states = job_states(job, summary, acted.get(job.id, set()))
-        if not states or (flt.state and flt.state not in states):
+        if (not states and not flt.status) or (flt.state and flt.state not in states):
             continue
-        code = summary["code"] or "released"
+        code = decision_code(job, summary)
         if flt.code and flt.code != code:
             continue
         rows.append(

@@ -11,19 +11,24 @@ stored file line by line, in constant memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import BinaryIO
 
 from sqlalchemy import select
 
 from api.tokens import TokenCounter, counter_for
+from models.base import utcnow
 from models.db import session_scope
 from models.tables import File
 from tunegate.conversation import check_example, decode_json_line, iter_lines, parse_example
 from tunegate.errors import InvalidFile
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import ObjectMissing, Staged, get_storage
+from tunegate.unicode import escaped
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class Report:
     def add(self, problem: InvalidFile) -> None:
         self.total += 1
         if len(self.lines) < self.cap:
-            self.lines.append(problem.message)
+            self.lines.append(escaped(problem.message))  # it may quote the line's text: always storable
 
     def render(self) -> str:
         head = f"{self.total} problem{'s' if self.total != 1 else ''} found"
@@ -105,10 +110,16 @@ def scan(fh_lines: Iterable[tuple[int, str]], settings: Settings) -> tuple[int, 
         except InvalidFile as exc:
             report.add(exc)
             continue
+        try:
+            problems = check_example(conv)
+            too_long = _check_example_length(line, counter.count(conv), counter)
+        except Exception as exc:  # a bug or a line nothing refused: the file ends 'error' naming the line
+            log.exception("processing stopped at line %d: %s", line, type(exc).__name__)
+            report.add(_line_failed(line, exc))
+            break
         n += 1
-        for problem in check_example(conv):
+        for problem in problems:
             report.add(problem)
-        too_long = _check_example_length(line, counter.count(conv), counter)
         if too_long is not None:
             report.add(too_long)
     if n < settings.min_examples:
@@ -116,7 +127,16 @@ def scan(fh_lines: Iterable[tuple[int, str]], settings: Settings) -> tuple[int, 
     return n, report
 
 
+def _line_failed(line: int, exc: Exception) -> InvalidFile:
+    return InvalidFile(
+        f"this line could not be processed ({type(exc).__name__}); the lines after it were not checked",
+        line=line,
+        code="processing_failed",
+    )
+
+
 MISSING_CONTENT = "the stored content of this file is missing; upload it again"
+UNPROCESSABLE = "the file could not be processed ({}); upload it again"
 
 
 def process_file(file_id: str) -> None:
@@ -141,6 +161,11 @@ def process_file(file_id: str) -> None:
     except InvalidFile as exc:  # e.g. invalid UTF-8 (already refused at upload, so the store changed)
         n = 0
         report.add(exc)
+    except Exception as exc:  # any other failure still ends the file 'error', never stuck 'uploaded'
+        log.exception("file %s: processing failed; marking the file error", file_id)
+        n = 0
+        report = Report(cap=settings.max_status_details)
+        report.add(InvalidFile(UNPROCESSABLE.format(type(exc).__name__), code="processing_failed"))
     with session_scope() as session:
         row = session.get(File, file_id)
         if row is None or row.status != "uploaded":
@@ -151,22 +176,78 @@ def process_file(file_id: str) -> None:
     log.info("processed %s: %d examples, %d problems", file_id, n, report.total)
 
 
-def process_pending(limit: int = 100) -> int:
-    """Process files left ``uploaded`` (e.g. the server stopped mid-way); returns how many were processed.
+RECOVERY_BATCH = 100  # ids read per organization and query while recovering
 
-    Each file is handled on its own: one that cannot be processed is logged and the others still are.
-    """
+
+def _stuck_page(org_id: str, after: str, before: datetime, batch: int) -> list[str]:
     with session_scope() as session:
-        ids = list(
+        return list(
             session.scalars(
                 select(File.id)
-                .where(File.status == "uploaded", File.purpose == "fine-tune", File.deleted_at.is_(None))
+                .where(
+                    File.org_id == org_id,
+                    File.id > after,
+                    File.status == "uploaded",
+                    File.purpose == "fine-tune",
+                    File.deleted_at.is_(None),
+                    File.created_at <= before,
+                )
                 .order_by(File.id)
-                .limit(limit)
+                .limit(batch)
             )
         )
+
+
+def stuck_files(batch: int = RECOVERY_BATCH) -> Iterator[str]:
+    """Every ``fine-tune`` file left ``uploaded`` by an earlier process, round-robin across organizations: one
+    organization's backlog delays another's files by one file per round, never by its whole backlog (issue
+    29: the first 100 by id were taken, and 113 of one tenant's files kept another tenant's file stuck).
+
+    Ids are read per organization ``batch`` at a time (keyset pages on the ``(org_id, id)`` index), so memory
+    stays bounded; files uploaded after the call started are left to their own upload's processing.
+    """
+    before = utcnow()
+    with session_scope() as session:
+        orgs = list(
+            session.scalars(
+                select(File.org_id)
+                .where(File.status == "uploaded", File.purpose == "fine-tune", File.deleted_at.is_(None))
+                .distinct()
+                .order_by(File.org_id)
+            )
+        )
+    queues: dict[str, deque[str]] = {org: deque() for org in orgs}
+    after = dict.fromkeys(orgs, "")
+    exhausted: set[str] = set()
+    while queues:
+        for org in list(queues):
+            queue = queues[org]
+            if not queue and org not in exhausted:
+                page = _stuck_page(org, after[org], before, batch)
+                if len(page) < batch:
+                    exhausted.add(org)
+                if page:
+                    after[org] = page[-1]
+                    queue.extend(page)
+            if not queue:
+                del queues[org]
+                continue
+            yield queue.popleft()
+
+
+def process_pending(stop: threading.Event | None = None) -> int:
+    """Process every file left ``uploaded`` (e.g. the server stopped mid-way), fairly across organizations;
+    returns how many were processed. ``stop`` (set at shutdown) ends the run between two files.
+
+    Each file is handled on its own: a file that cannot be processed ends ``error`` (``process_file``); one
+    that fails for another reason (e.g. a database error) is logged, stays ``uploaded`` for the next start,
+    and the others are still processed.
+    """
     done = 0
-    for file_id in ids:
+    for file_id in stuck_files():
+        if stop is not None and stop.is_set():
+            log.info("recovery stopped at shutdown after %d files", done)
+            break
         try:
             process_file(file_id)
         except Exception:  # one file's failure (e.g. a database error) must not stop the others

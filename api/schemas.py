@@ -10,6 +10,9 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tunegate.netguard import Outcome
+from tunegate.unicode import replaced
+
 T = TypeVar("T")
 
 UPLOAD_PURPOSES = ("fine-tune", "assistants", "batch", "vision", "user_data")
@@ -25,6 +28,13 @@ HPARAM_BOUNDS: dict[str, tuple[type, float, float]] = {
 # --- responses ---------------------------------------------------------------------------------
 
 
+def _printable_text(value: Any) -> Any:
+    """Text the API stored before it refused lone UTF-16 surrogates (issue 29) can still hold one, which no
+    JSON answer can encode: every list, retrieve and cancel of its organization answered 500. Such text is
+    shown with U+FFFD in its place (used as a ``before`` validator of the fields that hold stored text)."""
+    return replaced(value)
+
+
 class FileOut(BaseModel):
     id: str
     object: Literal["file"] = "file"
@@ -35,6 +45,8 @@ class FileOut(BaseModel):
     status: Literal["uploaded", "processed", "error"]
     status_details: str | None
     expires_at: int | None = None
+
+    _printable = field_validator("filename", "status_details", mode="before")(_printable_text)
 
 
 class FileDeletedOut(BaseModel):
@@ -66,6 +78,8 @@ class JobErrorOut(BaseModel):
     code: str
     message: str
     param: str | None
+
+    _printable = field_validator("message", "param", mode="before")(_printable_text)
 
 
 class HyperparametersOut(BaseModel):
@@ -103,6 +117,15 @@ class JobOut(BaseModel):
     released: bool
     paused: bool = False  # paused (status reads Settings.paused_status); jobs.resume continues it
     pause_requested: bool = False  # the worker pauses at its next checkpoint
+    # why an admitted job makes no progress, e.g. "no worker is serving queue gpu" (models/presence.py)
+    waiting: str | None = None
+    # the repair stage's record when the gate would have blocked the adapter for erosion: {"repaired": bool,
+    # "method": "restore:0.25" | null, "tried": [...], "reason": "..."}; null when there was nothing to repair
+    repair: dict[str, Any] | None = None
+
+    _printable = field_validator("metadata", "safety", "method", "integrations", mode="before")(
+        _printable_text
+    )
 
 
 class EventOut(BaseModel):
@@ -113,6 +136,8 @@ class EventOut(BaseModel):
     message: str
     data: dict[str, Any]
     type: Literal["message", "metrics"]
+
+    _printable = field_validator("message", "data", mode="before")(_printable_text)
 
 
 class CheckpointMetricsOut(BaseModel):
@@ -141,6 +166,9 @@ class ModelOut(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # Extensions: a base model listed but not yet usable says why, and what the operator runs to fix it.
+    ready: bool = True
+    status_details: str | None = None
 
 
 class ListOut(BaseModel, Generic[T]):
@@ -175,6 +203,8 @@ class WebhookOut(BaseModel):
     events: list[str]
     created_at: int
 
+    _printable = field_validator("url", "events", mode="before")(_printable_text)
+
 
 class WebhookCreatedOut(WebhookOut):
     secret: str = Field(description="The signing secret (whsec_...); shown only in this answer.")
@@ -186,6 +216,50 @@ class WebhookDeletedOut(BaseModel):
     deleted: bool
 
 
+class WebhookEndpointOut(BaseModel):
+    """The openai SDK's ``WebhookEndpoint`` (``client.webhooks.retrieve``/``list``/``update``)."""
+
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    name: str
+    url: str
+    event_types: list[str]
+    signing_secret_hint: str | None
+    created_at: int
+    updated_at: int | None
+
+    _printable = field_validator("name", "url", "event_types", mode="before")(_printable_text)
+
+
+class WebhookEndpointWithSecretOut(WebhookEndpointOut):
+    """``WebhookEndpointWithSecret``: the answer of ``create`` and ``rotate_secret``, the only ones that carry
+    the signing secret."""
+
+    signing_secret: str = Field(description="The signing secret (whsec_...); shown only in this answer.")
+
+
+class WebhookEndpointDeletedOut(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
+    deleted: bool
+
+
+class WebhookEndpointTestOut(BaseModel):
+    """``WebhookEndpointTestResult``: the receiver answered ``status_code`` (success is true whenever it
+    answered at all; no answer, or an address the policy refuses, is an error instead)."""
+
+    object: Literal["webhook_endpoint.test"] = "webhook_endpoint.test"
+    webhook_endpoint_id: str
+    event_type: str
+    status_code: int
+    success: Literal[True] = True
+
+
+class WebhookEventTypesOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[str]
+
+
 class WebhookDeliveryOut(BaseModel):
     id: str
     object: Literal["webhook_endpoint.delivery"] = "webhook_endpoint.delivery"
@@ -195,8 +269,10 @@ class WebhookDeliveryOut(BaseModel):
     job_id: str
     status: Literal["pending", "sending", "delivered", "failed"]
     attempts: int
-    last_status_code: int | None
-    last_error: str | None
+    # The latest attempt as a class only (tunegate.netguard.outcome), never the receiver's status or words:
+    # 2xx..5xx, connection_failed (no answer) or refused_by_policy (the address is not allowed; nothing sent).
+    last_result: Outcome | None
+    last_error: Outcome | None = Field(description="last_result when that attempt failed, else null.")
     created_at: int
     delivered_at: int | None
     next_attempt_at: int | None  # only while pending
@@ -296,6 +372,38 @@ class UploadCompleteIn(BaseModel):
     md5: str | None = Field(default=None, max_length=64)
 
 
+class WebhookEndpointCreateIn(BaseModel):
+    """``client.webhooks.create``; shape only: ``models.webhooks`` checks the values (a 400 naming one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(default=None, description="The http(s) URL that receives the events.")
+    name: str | None = Field(default=None, description="A human-readable name for the endpoint.")
+    event_types: list[str] | None = Field(
+        default=None, description="Event types to send, e.g. fine_tuning.job.failed."
+    )
+
+
+class WebhookEndpointUpdateIn(BaseModel):
+    """``client.webhooks.update``: what is given changes, the rest stays."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+    name: str | None = None
+    event_types: list[str] | None = None
+
+
+class WebhookRotateSecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keep_old_secret_active_for_24_hours: bool = Field(
+        default=False, description="Also sign deliveries with the previous secret for 24 hours."
+    )
+
+
+class WebhookTestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_type: str | None = Field(default=None, description="The sample event's type.")
+
+
 class WebhookCreateIn(BaseModel):
     """Shape only; ``models.webhooks`` checks the values (400 naming ``url`` or ``events``)."""
 
@@ -304,3 +412,68 @@ class WebhookCreateIn(BaseModel):
     events: list[str] | None = Field(
         default=None, description="Event types to send, e.g. fine_tuning.job.failed."
     )
+
+
+# --- safety scans (an extension: POST /v1/files/{file_id}/safety_scan) ------------------------------------
+
+
+class SafetyScanCreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=256, description="The base model the file would train.")
+
+
+class SafetyScanVerdictOut(BaseModel):
+    """The score stage's verdict on the file for that model (the one a job's score stage reaches)."""
+
+    flagged: bool
+    reason: str
+
+    _printable = field_validator("reason", mode="before")(_printable_text)
+
+
+class SafetyScanErrorOut(BaseModel):
+    code: str
+    message: str
+    param: str | None
+
+    _printable = field_validator("message", "param", mode="before")(_printable_text)
+
+
+class SafetyScanOut(BaseModel):
+    id: str
+    object: Literal["safety_scan"] = "safety_scan"
+    status: Literal["queued", "running", "completed", "failed"]
+    file_id: str
+    model: str
+    verdict: SafetyScanVerdictOut | None = Field(description="null until the scan has completed.")
+    summary: dict[str, Any] | None = Field(
+        description="Counts, the scorers, the cluster and the ten riskiest lines; null until completed."
+    )
+    mitigation: dict[str, Any] | None = Field(
+        description="What the mitigate stage would do: lines kept, down-weighted, dropped; examples injected."
+    )
+    created_at: int
+    completed_at: int | None
+    error: SafetyScanErrorOut | None = Field(description="Why the scan failed; null unless failed.")
+    progress: float = Field(description="0..1 while the scan runs.")
+
+    _printable = field_validator("summary", "mitigation", mode="before")(_printable_text)
+
+
+class SafetyScanRecordOut(BaseModel):
+    """One line of the scanned file: its risk, why, its text and what the mitigate stage would do with it."""
+
+    id: str = Field(description="line-<n>: the cursor of ?after=")
+    object: Literal["safety_scan.record"] = "safety_scan.record"
+    line: int
+    rank: int = Field(description="1 for the riskiest line of the file.")
+    risk: float = Field(description="The scorers' combined reference percentile, 0..100.")
+    percentiles: dict[str, float] = Field(description="Each scorer's percentile in the reference corpus.")
+    reasons: list[str] = Field(description="Why the line is risky, in plain words (empty: it is not).")
+    text: str
+    action: Literal["keep", "downweight", "exclude", "drop", "refuse"] = Field(
+        description="keep; downweight (its reply is not trained on); exclude (down-weighted to nothing: "
+        "left out); drop; refuse (too many such lines: a job on the file would fail before training)."
+    )
+
+    _printable = field_validator("reasons", "text", mode="before")(_printable_text)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tunegate.conversation import Conversation
 from tunegate.settings import Settings
+from tunegate.unicode import replaced
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class TokenCounter:
         return self.tokenizer is not None
 
     def _tokens(self, text: str) -> int:
+        # A lone surrogate (refused at upload, but a file stored before that check may hold one) cannot be
+        # encoded as UTF-8: it counts as the replacement character, so counting never fails on the text.
+        text = replaced(text)
         if self.tokenizer is not None:
             return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
         return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)

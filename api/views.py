@@ -36,6 +36,7 @@ from models.tables import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from tunegate.netguard import recorded_outcome
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
 
@@ -77,7 +78,9 @@ def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
     return {k: stored.get(k, "auto") for k in HPARAM_KEYS}
 
 
-def job_out(row: Job | Row[Any], *, estimated_finish: int | None = None) -> JobOut:
+def job_out(
+    row: Job | Row[Any], *, estimated_finish: int | None = None, waiting: str | None = None
+) -> JobOut:
     """A paused job's ``status`` reads ``Settings.paused_status`` (``paused: true`` either way)."""
     settings = get_settings()
     failed = row.status == "failed" and row.error
@@ -109,6 +112,8 @@ def job_out(row: Job | Row[Any], *, estimated_finish: int | None = None) -> JobO
         released=row.released,
         paused=paused,
         pause_requested=row.pause_requested,
+        repair=row.repair,
+        waiting=waiting,
     )
 
 
@@ -146,6 +151,8 @@ def webhook_created_out(row: WebhookEndpoint) -> WebhookCreatedOut:
 
 
 def delivery_out(row: WebhookDelivery, event: WebhookEvent) -> WebhookDeliveryOut:
+    """A status class of the latest attempt, never the receiver's status code or error text (SSRF probing)."""
+    result = recorded_outcome(row.last_status_code, row.last_error)
     return WebhookDeliveryOut(
         id=row.id,
         endpoint_id=row.endpoint_id,
@@ -154,8 +161,8 @@ def delivery_out(row: WebhookDelivery, event: WebhookEvent) -> WebhookDeliveryOu
         job_id=event.job_id,
         status=row.status,  # type: ignore[arg-type]
         attempts=row.attempts,
-        last_status_code=row.last_status_code,
-        last_error=row.last_error,
+        last_result=result,
+        last_error=None if row.status == "delivered" else result,
         created_at=unix(row.created_at) or 0,
         delivered_at=unix(row.delivered_at),
         next_attempt_at=unix(row.next_attempt_at) if row.status == "pending" else None,

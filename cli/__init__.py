@@ -1,5 +1,5 @@
 """The ``tunegate`` command; each area registers its commands from its own module (admin, scoring, local,
-service, remote). ``HELP`` is what users see."""
+service, remote, webhooks, audit). ``HELP`` is what users see."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import logging
 import sys
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from cli import admin, local, remote, scoring, service, use
-from cli.errors import DEBUG_KEY, RootGroup
+from cli import admin, audit, local, remote, scoring, service, use, webhooks
+from cli.errors import DEBUG_KEY, RootGroup, settings_error_line
 from tunegate import logs
 from tunegate.settings import Settings, get_settings
 
@@ -23,11 +25,13 @@ address: TUNEGATE_BASE_URL or OPENAI_BASE_URL):
   jobs create|list|show|cancel       fine-tuning jobs
   jobs events|report|download        events, safety report, adapter
   follow JOB                         a job's progress until it ends
+  webhooks create|list|delete|test   endpoints for job events [rotate-secret]
 \b
 Run the service:
   serve                              API and a worker, on this machine
   api | worker | reap                the parts, when distributed
   db upgrade | keys | orgs           database, API keys, policies
+  audit [--org] [--action]           the moderators' audit log
   models prepare [--aligned]         build the base models once
   demo                               the whole product, two datasets
 \b
@@ -40,8 +44,8 @@ Use the result:
 """
 
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP, cls=RootGroup)
-for _module in (remote, admin, scoring, local, service, use):
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, add_completion=False, help=HELP, cls=RootGroup)
+for _module in (remote, webhooks, admin, audit, scoring, local, service, use):
     _module.register(app)
 
 
@@ -73,7 +77,12 @@ SERVICES = ("api", "worker", "serve")  # long-running commands whose log lines a
 
 
 def main() -> None:
-    logs.configure(_log_settings(sys.argv[1:]))  # JSON lines (TUNEGATE_LOG_FORMAT=text: key=value) on stderr
+    try:
+        settings = _log_settings(sys.argv[1:])
+    except (ValidationError, SettingsError) as exc:  # a bad TUNEGATE_* variable: one line, not a traceback
+        typer.echo(f"error: {settings_error_line(exc)}", err=True)
+        sys.exit(2)
+    logs.configure(settings)  # JSON lines (TUNEGATE_LOG_FORMAT=text: key=value) on stderr
     for name in ("httpx", "httpx2"):  # a line per request (the SDK's client is httpx2) would break the bars
         logging.getLogger(name).setLevel(logging.WARNING)
     if not _is_service(sys.argv[1:]):  # libraries' deprecation notices are for developers, not at a terminal

@@ -1,25 +1,51 @@
 """Administration: ``tunegate db upgrade``, ``tunegate keys create|revoke|list``, ``tunegate orgs show|set``.
 
 Only the CLI can change an organization's policy floor: API callers can tighten it per job, never loosen it.
+
+In embedded mode (the SQLite database in the home) the commands that need the tables bring the schema up to
+date first (``cli.stack.migrate``: idempotent, under the home's migration lock), so ``tunegate serve &``
+followed at once by ``tunegate keys create`` works: whichever migrates first, the other waits for it, then
+finds the schema current. With a configured database (distributed mode) migrating stays the operator's step,
+``tunegate db upgrade``.
 """
 
 from __future__ import annotations
 
 import typer
 
-from cli.options import parse_policy
+from cli.options import AsJson, emit, parse_policy
 
-db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
-keys_app = typer.Typer(no_args_is_help=True, help="Organizations' API keys (only a hash is stored).")
+db_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Database schema (Alembic migrations)."
+)
+keys_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Organizations' API keys (only a hash is stored)."
+)
+
+
+def _wait_line(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def ensure_schema() -> None:
+    """Embedded mode: migrate (waiting, with one line, for a ``serve`` that is migrating); else nothing."""
+    from cli.stack import migrate
+    from tunegate.settings import get_settings
+
+    settings = get_settings()
+    if settings.embedded:
+        migrate(settings, on_wait=_wait_line)
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Apply the migrations to the configured database (TUNEGATE_DATABASE_URL or the embedded SQLite)."""
     import migrations
+    from cli.stack import migration_lock
     from tunegate.settings import get_settings
 
-    migrations.upgrade(revision)
+    with migration_lock(get_settings(), on_wait=_wait_line):
+        migrations.upgrade(revision)
     typer.echo(f"database at revision {revision}: {_safe_url(get_settings().db_url)}")
 
 
@@ -53,6 +79,7 @@ def keys_create(
     if (org is None) == (admin is None):
         typer.echo("error: give exactly one of --org ORG or --admin NAME", err=True)
         raise typer.Exit(2)
+    ensure_schema()
     with session_scope() as session:
         new = create_key(session, org) if org is not None else create_admin_key(session, admin or "")
     who = f"admin: {admin}" if admin is not None else f"organization: {new.org_name} ({new.org_id})"
@@ -67,26 +94,43 @@ def keys_revoke(key: str = typer.Argument(..., help="Key id (key-...) or the key
     from models.db import session_scope
     from models.keys import revoke_key
 
+    ensure_schema()
     with session_scope() as session:
         row = revoke_key(session, key)
         typer.echo(f"revoked {row.id} ({row.prefix}...)")
 
 
 @keys_app.command("list")
-def keys_list(org: str | None = typer.Option(None, "--org", help="Only this organization.")) -> None:
+def keys_list(
+    org: str | None = typer.Option(None, "--org", help="Only this organization."), as_json: AsJson = False
+) -> None:
     """List keys (prefix only) with their organization and state."""
     from models.db import session_scope
     from models.keys import list_keys
 
+    ensure_schema()
     with session_scope() as session:
-        for key, organization in list_keys(session, org):
-            state = "revoked" if key.revoked_at else "active"
-            created = f"{key.created_at:%Y-%m-%d %H:%M}"
-            holder = f"admin: {key.name}" if key.role == "admin" else organization.name
-            typer.echo(f"{key.id}\t{key.prefix}...\t{holder}\t{state}\t{created}")
+        rows = [
+            {
+                "id": key.id,
+                "prefix": key.prefix,
+                "role": key.role,
+                "holder": f"admin: {key.name}" if key.role == "admin" else organization.name,
+                "state": "revoked" if key.revoked_at else "active",
+                "created_at": f"{key.created_at:%Y-%m-%d %H:%M}",
+            }
+            for key, organization in list_keys(session, org)
+        ]
+    emit(
+        rows,
+        lambda r: "\t".join((r["id"], r["prefix"] + "...", r["holder"], r["state"], r["created_at"])),
+        as_json,
+    )
 
 
-orgs_app = typer.Typer(no_args_is_help=True, help="Organizations: safety policy floor and rate limit.")
+orgs_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Organizations: safety policy floor and rate limit."
+)
 
 
 @orgs_app.command("show")
@@ -97,11 +141,12 @@ def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) 
     from sqlalchemy import select
 
     from models.db import session_scope
-    from models.policy import org_policy, storage_quota
+    from models.policy import max_active_jobs, org_policy, storage_quota
     from models.tables import Organization
     from tunegate.settings import get_settings
 
     settings = get_settings()
+    ensure_schema()
     with session_scope() as session:
         row = session.scalar(select(Organization).where(Organization.name == org))
         if row is None:
@@ -113,6 +158,7 @@ def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) 
             "name": row.name,
             "policy": org_policy(settings, row.policy),
             "storage_quota_bytes": storage_quota(settings, row.policy),
+            "max_active_jobs": max_active_jobs(settings, row.policy),
             "rate_limit_per_minute": limit,
         }
     typer.echo(json.dumps(out, indent=2))
@@ -129,15 +175,17 @@ def orgs_set(
     """Set policy knobs (the floor that jobs may only tighten) and the rate limit of an organization."""
     from models.db import session_scope
     from models.keys import get_or_create_org
-    from models.policy import KNOBS, STORAGE_QUOTA_KEY, org_policy, storage_quota
+    from models.policy import KNOBS, LIMIT_KEYS, max_active_jobs, org_policy, storage_quota
     from tunegate.settings import get_settings
 
-    updates = parse_policy(policy, (*KNOBS, STORAGE_QUOTA_KEY))
+    updates = parse_policy(policy, (*KNOBS, *LIMIT_KEYS))
+    ensure_schema()
     with session_scope() as session:
         row = get_or_create_org(session, org)
         merged = {**(row.policy or {}), **updates}
         org_policy(get_settings(), merged)  # validates every knob (InvalidConfig: nothing is stored)
         storage_quota(get_settings(), merged)
+        max_active_jobs(get_settings(), merged)
         row.policy = merged
         if rate_limit is not None:
             row.rate_limit_per_minute = rate_limit or None

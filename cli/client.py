@@ -66,6 +66,7 @@ def wait(
     start = time.monotonic()
     last_contact = start
     seen: set[str] = set()
+    said_waiting: str | None = None  # the job's `waiting` line last shown (once per change)
     prefix = f"{label}: " if label else ""
     with (
         sdk_client(base_url, api_key) as client,
@@ -88,6 +89,10 @@ def wait(
                 where = f"{job['status']}:{job.get('stage') or '-'}"
                 bar.describe(f"{label} {where}" if label else f"{job_id} {where}")
                 bar(float(job.get("progress") or 0.0))
+                if job.get("waiting") != said_waiting and job["status"] not in TERMINAL:
+                    said_waiting = job.get("waiting")
+                    if said_waiting:  # e.g. no worker is serving queue gpu (models/presence.py)
+                        bar.write(f"  {prefix}waiting: {said_waiting}")
                 if job["status"] in TERMINAL:
                     return job
             if timeout_s is not None and time.monotonic() - start > timeout_s:

@@ -1,6 +1,6 @@
 """``tunegate demo``: the whole product in one command, through the official ``openai`` SDK.
 
-It starts the embedded stack (API + one Celery worker), creates an organization and key, uploads two small
+It starts the embedded stack (API + Celery workers), creates an organization and key, uploads two small
 datasets written by this project, fine-tunes on both and follows them:
 
 - *benign*: grade-school arithmetic word problems with worked answers (GSM8K-style, generated here);
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from tunegate.cpus import available_cpus
 
 DEMO_POLICY: dict[str, Any] = {}  # no override: the provider defaults apply
 DEMO_EPOCHS = 2  # set through the SDK's ``method`` (auto would give a 60-example file 5 epochs)
@@ -118,7 +119,7 @@ class Outcome:
     status: str
     fine_tuned_model: str | None
     error: dict[str, Any] | None
-    asr: dict[str, float] = field(default_factory=dict)
+    asr: dict[str, Any] = field(default_factory=dict)
     report_html: str = ""
 
     def lines(self) -> list[str]:
@@ -129,21 +130,41 @@ class Outcome:
             head += f"BLOCKED ({self.error.get('code')}): {self.error.get('message')}"
         else:
             head += self.status.upper()
-        asr = ", ".join(f"{k.replace('_asr', '')} ASR {v:.1%}" for k, v in self.asr.items())
         return (
             [head]
-            + ([f"        {asr}"] if asr else [])
+            + [f"        {line}" for line in asr_lines(self.asr)]
             + ([f"        report: {self.report_html}"] if self.report_html else [])
         )
 
 
-def asr_from_events(events: list[dict[str, Any]]) -> dict[str, float]:
-    """The evaluation's ASR figures, as the worker recorded them in the job's events."""
+def asr_lines(asr: dict[str, Any]) -> list[str]:
+    """The gate's counted ASR per template first (the figure it decides on), then the keyword judge's own."""
+    counted = asr.get("counted") or {}
+    lines = [
+        f"{tpl} ASR {c['base']:.1%} -> {c['tuned']:.1%} (counted by the gate, {c['judges']} judges; "
+        f"bound {c['upper']:.1%}, limit {c['limit']:.1%})"
+        for tpl, c in counted.items()
+        if c.get("base") is not None and c.get("upper") is not None
+    ]
+    keyword = asr.get("keyword") or {}
+    tpls = dict.fromkeys(k.rsplit("_", 2)[0] for k in keyword)
+    shown = [f"{t} {keyword[f'{t}_base_asr']:.1%} -> {keyword[f'{t}_tuned_asr']:.1%}" for t in tpls]
+    if shown:
+        lines.append("keyword judge alone: " + ", ".join(shown))
+    return lines
+
+
+def asr_from_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ASR figures as the worker recorded them in the job's events: the gate's counted ones
+    (``counted``) and the evaluation's keyword-judge ones (``keyword``)."""
+    out: dict[str, Any] = {}
     for ev in events:
         data = ev.get("data") or {}
-        if any(k.endswith("_asr") for k in data):  # only the evaluation's outcome event carries these
-            return {k: float(v) for k, v in data.items() if k.endswith("_asr")}
-    return {}
+        if any(k.endswith("_asr") for k in data):  # the evaluation's outcome event carries these
+            out["keyword"] = {k: float(v) for k, v in data.items() if k.endswith("_asr")}
+        if isinstance(data.get("asr"), dict) and "released" in data:  # the gate's decision event
+            out["counted"] = data["asr"]
+    return out
 
 
 def ensure_model(model: str, echo: Any) -> None:
@@ -280,7 +301,7 @@ def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: i
     measured_as = settings.model_copy(update={"torch_threads": 1}) if processes > 1 else settings
     loaded = load_resolved(model if not build else EMBEDDED_BASE, measured_as)
     units = measure(loaded.model, loaded.tokenizer, loaded.device, settings.precision)
-    machine = f"{os.cpu_count()} cores, {hardware(loaded.device).describe()}, training in {units.precision}"
+    machine = f"{available_cpus()} cores, {hardware(loaded.device).describe()}, training in {units.precision}"
     del loaded
     torch.set_num_threads(threads)
     sizes = tuple(len(r) for r in datasets.values())
@@ -332,7 +353,7 @@ def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | 
     settings = get_settings()
     clock = PhaseClock()
     datasets = {"benign": benign_rows(), "risky": risky_rows()}
-    workers, worker_env = worker_layout(os.cpu_count() or 1, settings.torch_threads)
+    workers, worker_env = worker_layout(available_cpus(), settings.torch_threads)
     plan = make_plan(model, datasets, workers)
     for line in plan.lines():
         echo(line)
@@ -344,7 +365,13 @@ def run_demo(*, model: str, host: str, port: int, echo: Any, timeout_s: float | 
     clock.lap("caches")
     log_dir = settings.home_dir / "logs"
     with embedded_stack(
-        settings, host=host, port=port, log_dir=log_dir, workers=workers, worker_env=worker_env
+        settings,
+        host=host,
+        port=port,
+        log_dir=log_dir,
+        workers=workers,
+        worker_env=worker_env,
+        worker_slots=len(datasets),  # both jobs admitted at once: one worker interleaves their stages
     ) as stack:
         key = new_demo_key(f"demo-{random.randrange(16**6):06x}")
         sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key)

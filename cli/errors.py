@@ -8,6 +8,7 @@ stderr and exit status 1. Wrong usage (a bad option value, a missing file) is cl
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -71,6 +72,28 @@ def one_line(exc: BaseException) -> str | None:
     if isinstance(exc, Exception) and type(exc).__module__.startswith("sqlalchemy"):
         return _database_line(exc)
     return None
+
+
+def settings_error_line(exc: Exception) -> str:
+    """A settings error (pydantic's validation of the ``TUNEGATE_*`` variables, or a value that is not the
+    JSON a field needs) on one line, naming the variable."""
+    from pydantic import ValidationError
+
+    from tunegate.settings import Settings
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            info = Settings.model_fields.get(field)
+            shown = "" if info is not None and not info.repr else "=" + repr(err.get("input"))[:80]
+            parts.append(f"TUNEGATE_{field.upper()}{shown}: {err['msg']}")
+        return "bad setting " + "; ".join(parts)
+    text = str(exc)
+    match = re.search(r'field "([^"]+)"', text)
+    if match:
+        return f"bad setting TUNEGATE_{match.group(1).upper()}: not valid JSON for this field"
+    return f"bad setting: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def debug_enabled(ctx: Context) -> bool:

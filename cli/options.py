@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -73,6 +73,20 @@ def parse_policy(items: Iterable[str], known: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def checked_job_policy(items: Iterable[str]) -> dict[str, Any]:
+    """A job's ``--policy`` items, each knob's name and value checked as the service checks them (whether a
+    value loosens the organization's policy only the service can tell)."""
+    from models.policy import check_requested
+    from tunegate.errors import InvalidConfig
+
+    safety = parse_policy(items, job_policy_keys())
+    try:
+        check_requested(safety, param="policy")
+    except InvalidConfig as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--policy'") from None
+    return safety
+
+
 def job_policy_keys() -> tuple[str, ...]:
     """The safety knobs a job may tighten."""
     from models.policy import KNOBS
@@ -85,3 +99,16 @@ def template(value: str) -> str:
     if value == "chat" or Path(value).is_file():
         return value
     raise typer.BadParameter(f"{value!r} is neither 'chat' nor a training JSONL file")
+
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab-separated rows.")]
+
+
+def emit(items: Iterable[Any], row: Callable[[Any], str], as_json: bool) -> None:
+    """Print ``items`` one row each, or as one JSON array (an SDK object is dumped as the API sent it)."""
+    if not as_json:
+        for item in items:
+            typer.echo(row(item))
+        return
+    dumped = [item.model_dump(mode="json") if hasattr(item, "model_dump") else item for item in items]
+    typer.echo(json.dumps(dumped, indent=2, default=str))

@@ -11,6 +11,7 @@ moving and the ETA (from the average rate since the first report) stays current 
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -117,3 +118,55 @@ class Progress:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class ReadProgress(io.RawIOBase):
+    """A binary file whose reads move a byte-counting bar: handed to the SDK as the upload's body (the HTTP
+    client reads it in chunks, and seeks back to its start when it retries)."""
+
+    def __init__(
+        self, raw: io.BufferedIOBase | io.RawIOBase, total: int, label: str, *, enabled: bool
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._bar = tqdm(
+            total=total,
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not enabled,
+            file=sys.stderr,
+        )
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(-1 if size is None else size) or b""
+        self._bar.update(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        position = self._raw.seek(offset, whence)
+        self._bar.n = position
+        self._bar.refresh()
+        return position
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._bar.close()
+        super().close()

@@ -1,5 +1,5 @@
-"""Client commands over the API, through the official ``openai`` SDK: ``tunegate files upload|list|rm`` and
-``tunegate jobs create|list|show|cancel|events|report|download``.
+"""Client commands over the API, through the official ``openai`` SDK: ``tunegate files upload|list|rm|scan``
+and ``tunegate jobs create|list|show|cancel|events|report|download``.
 
 They read the key from TUNEGATE_API_KEY (or OPENAI_API_KEY) and the API from TUNEGATE_BASE_URL (or
 OPENAI_BASE_URL; default: the configured API host and port). Lists print one tab-separated row per object,
@@ -8,24 +8,26 @@ its id first; ``show`` and ``report`` print JSON.
 
 from __future__ import annotations
 
+import itertools
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from cli import options
-from cli.errors import UsageError, fail
+from cli.errors import UsageError, WaitTimeout, fail
+from cli.progress import Progress, ReadProgress
 
 if TYPE_CHECKING:
     import openai
 
-files_app = typer.Typer(no_args_is_help=True, help="Training files on the service.")
-jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs on the service.")
+files_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Training files on the service.")
+jobs_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Fine-tuning jobs on the service.")
 
 PROCESSING_S = 600.0  # how long `files upload` waits for the service to check a file
+UPLOAD_BAR_BYTES = 1024 * 1024  # a file this large uploads with a progress bar
 ExistingFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A training file (JSONL).")
 ]
@@ -52,13 +54,16 @@ def _file_row(f: Any) -> str:
 
 
 def _upload(client: openai.OpenAI, path: Path, wait: bool) -> Any:
-    """Upload ``path``; with ``wait``, until the service has checked it (a rejected file fails)."""
-    with path.open("rb") as fh:
-        f = client.files.create(file=(path.name, fh), purpose="fine-tune")
-    deadline = time.monotonic() + PROCESSING_S
-    while wait and f.status not in ("processed", "error") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        f = client.files.retrieve(f.id)
+    """Upload ``path`` (with a progress bar from ``UPLOAD_BAR_BYTES`` on); with ``wait``, until the service
+    has checked it (a rejected file fails)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh, ReadProgress(fh, size, path.name, enabled=size >= UPLOAD_BAR_BYTES) as body:
+        f = client.files.create(file=(path.name, cast("IO[bytes]", body)), purpose="fine-tune")
+    if wait and f.status not in ("processed", "error"):
+        try:
+            f = client.files.wait_for_processing(f.id, poll_interval=0.5, max_wait_seconds=PROCESSING_S)
+        except RuntimeError as exc:  # the SDK's own give-up
+            raise WaitTimeout(f"{f.id} ({path.name}) was not checked within {PROCESSING_S:.0f} s") from exc
     if f.status == "error":
         fail(f"{f.id} ({path.name}) was rejected: {f.status_details}")
     return f
@@ -77,11 +82,17 @@ def files_upload(
 
 
 @files_app.command("list")
-def files_list() -> None:
+def files_list(as_json: options.AsJson = False) -> None:
     """Your files: id, name, bytes, status, created (UTC)."""
     client, _ = connect()
-    for f in client.files.list():
-        typer.echo(_file_row(f))
+    options.emit(client.files.list(), _file_row, as_json)
+
+
+@files_app.command("show")
+def files_show(file_id: Annotated[str, typer.Argument(help="File id (file-...).")]) -> None:
+    """The file object as JSON (its status and, when it was rejected, why)."""
+    client, _ = connect()
+    typer.echo(client.files.retrieve(file_id).model_dump_json(indent=2))
 
 
 @files_app.command("rm")
@@ -110,13 +121,134 @@ def _file_arg(value: str | None, option: str) -> Path | str | None:
     raise typer.BadParameter(f"{value!r} is neither a file id (file-...) nor a local file", param_hint=option)
 
 
-def _file_id(client: openai.OpenAI, value: Path | str | None) -> str | None:
-    """The file id of ``value``; a local file is uploaded first (and must pass the service's checks)."""
+def _file_id(client: openai.OpenAI, value: Path | str | None, uploaded: list[str]) -> str | None:
+    """The file id of ``value``; a local file is uploaded first (and must pass the service's checks), and its
+    id is added to ``uploaded``."""
     if not isinstance(value, Path):
         return value
     f = _upload(client, value, wait=True)
+    uploaded.append(str(f.id))
     typer.echo(f"uploaded {value} as {f.id}", err=True)
     return str(f.id)
+
+
+def _check_model(client: openai.OpenAI, model: str) -> None:
+    """Fail on a model the service does not have, before anything is uploaded."""
+    import openai
+
+    try:
+        client.models.retrieve(model)
+    except openai.NotFoundError:
+        names = ", ".join(m.id for m in client.models.list())
+        raise typer.BadParameter(
+            f"no model {model!r} on the service (models: {names})", param_hint="'--model'"
+        ) from None
+
+
+def _remove_uploaded(client: openai.OpenAI, file_ids: list[str]) -> None:
+    """Delete the files a failed ``jobs create`` uploaded (a failed delete is said, not hidden)."""
+    import openai
+
+    for file_id in file_ids:
+        try:
+            client.files.delete(file_id)
+            typer.echo(f"removed {file_id}, uploaded for the job that was not created", err=True)
+        except openai.APIError as exc:
+            typer.echo(f"warning: could not remove {file_id}: {exc}", err=True)
+
+
+SCAN_POLL_S = 1.0  # how often `files scan --wait` asks for the scan
+RISKIEST_LINES = 10
+FLAGGED_EXIT = 3  # `files scan`: the file is flagged or would be refused (as `finetune` when blocked)
+
+
+def _scan_row(scan: dict[str, Any]) -> str:
+    return f"{scan['id']}\t{scan['status']}\t{scan['model']}\t{scan['file_id']}\t{_when(scan['created_at'])}"
+
+
+def _wait_scan(client: openai.OpenAI, scan: dict[str, Any]) -> dict[str, Any]:
+    """Poll the scan until it has completed or failed, with a progress bar."""
+    import time
+
+    with Progress(f"scanning {scan['file_id']}") as bar:
+        while scan["status"] in ("queued", "running"):
+            bar(float(scan.get("progress") or 0.0), scan["status"])
+            time.sleep(SCAN_POLL_S)
+            scan = client.get(f"/safety_scans/{scan['id']}", cast_to=dict)
+        bar(float(scan.get("progress") or 0.0), scan["status"])
+    return scan
+
+
+def _mitigation_line(m: dict[str, Any]) -> str:
+    if m.get("refused"):
+        return f"mitigation: the file would be refused before training: {m['refused']}"
+    return (
+        f"mitigation ({m['action']}): {m['lines_kept']} of {m['lines']} lines kept, "
+        f"{m['lines_downweighted']} down-weighted, {m['lines_dropped']} dropped; "
+        f"{m['examples_injected']} examples injected ({m['safety_examples_injected']} safety, "
+        f"{m['contrastive_examples_injected']} contrastive helpful); {m['examples_to_train']} to train on"
+    )
+
+
+def _line_row(r: dict[str, Any]) -> str:
+    why = r["reasons"][0] if r["reasons"] else " ".join(r["text"].split())[:80]
+    return f"line {r['line']}\trisk {r['risk']:.1f}\t{r['action']}\t{why}"
+
+
+@files_app.command("scan")
+def files_scan(
+    file: Annotated[
+        str,
+        typer.Argument(metavar="FILE_OR_ID", help="A file id (file-...) or a local JSONL file to upload."),
+    ],
+    model: Annotated[str | None, typer.Option(help="Base model (default: the configured default).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the verdict (a progress bar), then print it.")
+    ] = False,
+    as_json: options.AsJson = False,
+) -> None:
+    """Scan a training file before paying for a job: what the safety gate would do with it, line by line
+    (a local file is uploaded first). Prints the scan's row; with --wait, the verdict, what mitigation would
+    do and the ten riskiest lines. Exit status 3 when the file is flagged or would be refused, 1 when the
+    scan failed."""
+    from tunegate.settings import get_settings
+
+    target = _file_arg(file, "'FILE_OR_ID'")
+    client, _ = connect()
+    model = model or get_settings().default_model
+    _check_model(client, model)  # before any upload: a typo must not leave an orphan file
+    uploaded: list[str] = []
+    try:
+        file_id = _file_id(client, target, uploaded)
+        scan: dict[str, Any] = client.post(
+            f"/files/{file_id}/safety_scan", body={"model": model}, cast_to=dict
+        )
+    except Exception:  # a file uploaded only for this scan is removed again, then the failure is reported
+        _remove_uploaded(client, uploaded)
+        raise
+    if wait:
+        scan = _wait_scan(client, scan)
+    riskiest: list[dict[str, Any]] = []
+    if scan["status"] == "completed":
+        params = {"order": "risk", "limit": RISKIEST_LINES}
+        page = client.get(f"/safety_scans/{scan['id']}/records", options={"params": params}, cast_to=dict)
+        riskiest = list(page["data"])
+    if as_json:
+        typer.echo(json.dumps({"scan": scan, "riskiest": riskiest}, indent=2))
+    else:
+        typer.echo(_scan_row(scan))
+        if scan["status"] == "completed":
+            verdict, m = scan["verdict"], scan["mitigation"]
+            typer.echo(f"verdict: {'FLAGGED' if verdict['flagged'] else 'ok'} - {verdict['reason']}")
+            typer.echo(_mitigation_line(m))
+            typer.echo(f"riskiest lines ({len(riskiest)}): line, risk, action, why")
+            for r in riskiest:
+                typer.echo(_line_row(r))
+    if scan["status"] == "failed":
+        why = (scan.get("error") or {}).get("message", "no reason given")
+        fail(f"safety scan {scan['id']} failed: {why}")
+    if scan["status"] == "completed" and (scan["verdict"]["flagged"] or scan["mitigation"].get("refused")):
+        raise typer.Exit(FLAGGED_EXIT)
 
 
 @jobs_app.command("create")
@@ -148,21 +280,28 @@ def jobs_create(
     """Create a fine-tuning job; prints its row (id first)."""
     from tunegate.settings import get_settings
 
-    safety = options.parse_policy(policy or [], options.job_policy_keys())
+    safety = options.checked_job_policy(policy or [])
     training = _file_arg(training_file, "'--training-file'")
     validation = _file_arg(validation_file, "'--validation-file'")
     client, url = connect()
     hp = options.hyperparameters(
         n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
     )
-    job = client.fine_tuning.jobs.create(
-        model=model or get_settings().default_model,
-        training_file=str(_file_id(client, training)),
-        validation_file=_file_id(client, validation),
-        suffix=suffix,
-        hyperparameters=hp or None,  # type: ignore[arg-type]  # numbers or "auto", as the API takes them
-        extra_body={"safety": safety} if safety else None,
-    )
+    model = model or get_settings().default_model
+    _check_model(client, model)  # before any upload: a typo must not leave an orphan file
+    uploaded: list[str] = []
+    try:
+        job = client.fine_tuning.jobs.create(
+            model=model,
+            training_file=str(_file_id(client, training, uploaded)),
+            validation_file=_file_id(client, validation, uploaded),
+            suffix=suffix,
+            hyperparameters=hp or None,  # type: ignore[arg-type]  # numbers or "auto", as the API takes them
+            extra_body={"safety": safety} if safety else None,
+        )
+    except Exception:  # the files this command uploaded are removed again, then the failure is reported
+        _remove_uploaded(client, uploaded)
+        raise
     typer.echo(_job_row(job))
     if follow:
         from cli.service import follow_job
@@ -171,13 +310,14 @@ def jobs_create(
 
 
 @jobs_app.command("list")
-def jobs_list(limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 20) -> None:
+def jobs_list(
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 20,
+    as_json: options.AsJson = False,
+) -> None:
     """Your jobs, newest first: id, status, model, fine-tuned model or error code, created (UTC)."""
     client, _ = connect()
-    for n, job in enumerate(client.fine_tuning.jobs.list(limit=min(limit, 100))):
-        if n >= limit:
-            break
-        typer.echo(_job_row(job))
+    jobs = itertools.islice(client.fine_tuning.jobs.list(limit=min(limit, 100)), limit)
+    options.emit(jobs, _job_row, as_json)
 
 
 JobId = Annotated[str, typer.Argument(help="Job id (ftjob-...).")]
@@ -198,15 +338,44 @@ def jobs_cancel(job_id: JobId) -> None:
     typer.echo(f"{job.id}\t{job.status}")
 
 
+@jobs_app.command("pause")
+def jobs_pause(job_id: JobId) -> None:
+    """Pause a running job at its next checkpoint (``jobs resume`` goes on from there)."""
+    client, _ = connect()
+    job = client.fine_tuning.jobs.pause(job_id)
+    typer.echo(f"{job.id}\t{job.status}")
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: JobId) -> None:
+    """Resume a paused job (or withdraw a pause that was asked for and has not happened yet)."""
+    client, _ = connect()
+    job = client.fine_tuning.jobs.resume(job_id)
+    typer.echo(f"{job.id}\t{job.status}")
+
+
+def _checkpoint_row(cp: Any) -> str:
+    loss = (cp.metrics.train_loss if cp.metrics else None) or "-"
+    return f"{cp.id}\t{cp.step_number}\t{cp.fine_tuned_model_checkpoint}\t{loss}\t{_when(cp.created_at)}"
+
+
+@jobs_app.command("checkpoints")
+def jobs_checkpoints(job_id: JobId, as_json: options.AsJson = False) -> None:
+    """The job's checkpoints, newest first: id, step, checkpoint model, train loss, created (UTC)."""
+    client, _ = connect()
+    options.emit(client.fine_tuning.jobs.checkpoints.list(job_id, limit=100), _checkpoint_row, as_json)
+
+
 @jobs_app.command("events")
 def jobs_events(
-    job_id: JobId, limit: Annotated[int, typer.Option(min=1, max=100, help="The last N events.")] = 100
+    job_id: JobId,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="The last N events.")] = 100,
+    as_json: options.AsJson = False,
 ) -> None:
     """The job's latest events, oldest first."""
     client, _ = connect()
     page = client.fine_tuning.jobs.list_events(job_id, limit=limit)
-    for ev in reversed(page.data):
-        typer.echo(f"{_when(ev.created_at)}\t{ev.level}\t{ev.message}")
+    options.emit(reversed(page.data), lambda ev: f"{_when(ev.created_at)}\t{ev.level}\t{ev.message}", as_json)
 
 
 @jobs_app.command("report")

@@ -13,7 +13,9 @@ import typer
 
 from cli.progress import Progress
 
-models_app = typer.Typer(no_args_is_help=True, help="Base models: convert the embedded model, build caches.")
+models_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Base models: convert the embedded model, build caches."
+)
 
 
 @models_app.command("prepare")
@@ -23,7 +25,10 @@ def prepare(
     ] = "smollm2-135m",
     aligned: Annotated[bool, typer.Option("--aligned", help="Also build the aligned embedded base.")] = False,
     scoring: Annotated[
-        bool, typer.Option("--scoring", help="Also precompute anchor and reference caches (slow on CPU).")
+        bool,
+        typer.Option(
+            "--scoring", help="Also precompute the scoring caches and the base's evaluation (slow on CPU)."
+        ),
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild the aligned base even if it is already built.")
@@ -62,11 +67,13 @@ def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
 
 
 def _prepare_scoring(model: str, settings: Any) -> None:
-    from worker.prepare.caches import warm_contrast_answers, warm_scoring_cache
+    """The base's scoring caches and its own evaluation (what every job on it reuses; one process per core),
+    then its answers to the contrastive pool."""
+    from worker.prepare.caches import warm_all, warm_contrast_answers
 
-    with Progress("scoring caches") as bar:
-        cache_dir = warm_scoring_cache(model, settings, progress=bar)
-    typer.echo(f"scoring caches ready in {cache_dir}")
+    with Progress("scoring and evaluation caches") as bar:
+        warm_all(model, settings, bar)
+    typer.echo(f"scoring and evaluation caches of {model} ready")
     with Progress("contrastive answers") as bar:
         answers = warm_contrast_answers(model, settings, progress=bar)
     typer.echo(f"contrastive answers ready in {answers}")

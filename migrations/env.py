@@ -24,7 +24,7 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = make_engine(_url())
+    engine = make_engine(_url(), statement_timeout=False)  # a migration may rewrite a big table
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -2,13 +2,18 @@
 
 Every console action (override, revoke, policy change, adding or deleting an organization's webhook) writes
 one entry in the same transaction as the change itself, so an action without its entry cannot be committed.
+An action that loosens a safeguard (releasing an adapter the gate blocked, loosening an organization's policy)
+needs a longer reason (``LOOSENING_REASON_CHARS``) than the others. ``search`` is the operator's view of every
+organization's entries (the console's audit page, ``tunegate audit``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from models.keys import Admin
@@ -22,15 +27,24 @@ ADD_WEBHOOK = "add_webhook"
 DELETE_WEBHOOK = "delete_webhook"
 ACTIONS = (OVERRIDE, REVOKE, SET_POLICY, ADD_WEBHOOK, DELETE_WEBHOOK)
 MIN_REASON_CHARS = 5
+# releasing what the gate blocked, or loosening an organization's policy: the reason must say why
+LOOSENING_REASON_CHARS = 20
 MAX_REASON_CHARS = 2000
 
 
-def check_reason(reason: str | None) -> str:
-    """The stripped reason; ``InvalidRequest`` (param ``reason``) when missing, too short or too long."""
+def check_reason(reason: str | None, minimum: int = MIN_REASON_CHARS) -> str:
+    """The stripped reason; ``InvalidRequest`` (param ``reason``) when missing, shorter than ``minimum``
+    characters (``LOOSENING_REASON_CHARS`` for an action that loosens a safeguard) or too long."""
     text = (reason or "").strip()
-    if len(text) < MIN_REASON_CHARS:
+    if len(text) < minimum:
+        what = (
+            "for every action"
+            if minimum <= MIN_REASON_CHARS
+            else "to loosen a safeguard (override a block or loosen a policy)"
+        )
+        got = f" (got {len(text)})" if text else ""
         raise InvalidRequest(
-            f"a reason of at least {MIN_REASON_CHARS} characters is required for every action", param="reason"
+            f"a reason of at least {minimum} characters is required {what}{got}", param="reason"
         )
     if len(text) > MAX_REASON_CHARS:
         raise InvalidRequest(f"the reason is longer than {MAX_REASON_CHARS} characters", param="reason")
@@ -75,6 +89,52 @@ def for_org(session: Session, org_id: str, limit: int = 50) -> list[AuditEntry]:
     return list(
         session.scalars(stmt.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit))
     )
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which entries ``search`` returns (each given field narrows it)."""
+
+    org_id: str | None = None
+    action: str | None = None  # one of ACTIONS
+    actor: str | None = None  # the admin's name or key id, exactly
+    since: date | None = None
+    until: date | None = None  # inclusive
+    job_id: str | None = None
+
+
+def search(
+    session: Session, flt: AuditFilter, *, offset: int = 0, limit: int = 50
+) -> tuple[list[AuditEntry], int]:
+    """Every organization's entries matching ``flt``, newest first: one page of them and how many match."""
+    if flt.action is not None and flt.action not in ACTIONS:
+        raise InvalidRequest(
+            f"action must be one of {', '.join(ACTIONS)}, got {flt.action!r}", param="action"
+        )
+    stmt = select(AuditEntry)
+    if flt.org_id:
+        stmt = stmt.where(AuditEntry.org_id == flt.org_id)
+    if flt.action:
+        stmt = stmt.where(AuditEntry.action == flt.action)
+    if flt.actor:
+        stmt = stmt.where(or_(AuditEntry.actor_name == flt.actor, AuditEntry.actor_key_id == flt.actor))
+    if flt.job_id:
+        stmt = stmt.where(AuditEntry.job_id == flt.job_id)
+    if flt.since:
+        stmt = stmt.where(AuditEntry.created_at >= datetime.combine(flt.since, time(), UTC))
+    if flt.until:
+        stmt = stmt.where(
+            AuditEntry.created_at < datetime.combine(flt.until + timedelta(days=1), time(), UTC)
+        )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = stmt.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).offset(offset).limit(limit)
+    return list(session.scalars(page)), int(total)
+
+
+def actors(session: Session) -> list[str]:
+    """The names of the admins who wrote an entry (the audit page's filter)."""
+    stmt = select(AuditEntry.actor_name).distinct().order_by(AuditEntry.actor_name)
+    return [str(n) for n in session.scalars(stmt)]
 
 
 def as_dict(entry: AuditEntry) -> dict[str, Any]:

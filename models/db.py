@@ -12,23 +12,42 @@ read-only requests do not queue behind writers.
 of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and no
 ORM session are paid per request). ``reads_block_briefly()``: SQLite reads are local and short enough to run
 on the event loop.
+
+Timeouts (``Settings.database_*``): a database that accepts connections but never answers must fail a
+request, not hold it. PostgreSQL connections get libpq's ``connect_timeout`` (the handshake included) and a
+server-side ``statement_timeout``; a server that does not even answer that (hung, or stopped) is caught on
+the client: ``AnsweringConnection`` gives every wait for the server (a statement, a commit, the pool's ping)
+``statement_timeout + ANSWER_GRACE_S`` seconds, then closes the connection, which SQLAlchemy sees as a
+disconnect (dropped from the pool, ``OperationalError``: the API's 503). ``answer_within`` shortens both for a
+block (``/healthz`` answers within its own deadline). Waiting for a pooled connection is bounded by the pool
+timeout, SQLite's wait for another writer by the busy timeout.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+import psycopg
+from psycopg.abc import PQGen
+from psycopg.errors import _WaitTimeout  # psycopg's own "the wait's timeout expired" (internal, stable)
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from tunegate.settings import get_settings
+from tunegate.settings import Settings, get_settings
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READ_BUSY_TIMEOUT_MS = 1_000
+ANSWER_GRACE_S = 2.0  # past statement_timeout: the server's own cancellation arrives well within it
+MIN_CONNECT_TIMEOUT_S = 2  # libpq's (a smaller connect_timeout counts as 2)
+
+RV = TypeVar("RV")
+_DEADLINE: ContextVar[float | None] = ContextVar("tunegate_db_deadline", default=None)
 
 
 def normalize_url(url: str) -> str:
@@ -39,13 +58,84 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN (see _sqlite_on_begin)
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+@contextmanager
+def answer_within(seconds: float) -> Iterator[None]:
+    """In this block (this thread or task), every wait for PostgreSQL ends ``seconds`` from now at the latest:
+    a new connection's handshake (at least ``MIN_CONNECT_TIMEOUT_S``), the pool's ping, statements."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _remaining() -> float | None:
+    deadline = _DEADLINE.get()
+    return None if deadline is None else max(0.05, deadline - time.monotonic())
+
+
+class DatabaseNotAnswering(psycopg.OperationalError):
+    """The server did not answer in time; the connection is closed (SQLAlchemy: a disconnect)."""
+
+
+class AnsweringConnection(psycopg.Connection[Any]):
+    """A psycopg connection that gives up on a server that does not answer (see the module docstring).
+
+    Every network wait of psycopg's synchronous connection (statements, fetches, commit, rollback) goes
+    through ``wait``; one that passes ``answer_timeout_s`` (or ``answer_within``'s deadline) closes the
+    connection, since the protocol state is unknown mid-message, and raises ``DatabaseNotAnswering``."""
+
+    answer_timeout_s: float | None = None
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        limits = [t for t in (self.answer_timeout_s, _remaining()) if t is not None]
+        if timeout is not None or not limits:
+            return super().wait(gen, interval, timeout)
+        limit = min(limits)
+        try:
+            return super().wait(gen, interval, limit)
+        except _WaitTimeout:
+            self.pgconn.finish()
+            raise DatabaseNotAnswering(
+                f"the database did not answer within {limit:.1f} s; the connection was closed"
+            ) from None
+
+
+def _pg_connector(settings: Settings, answer_timeout_s: float | None) -> Any:
+    """The engine's ``do_connect`` hook: an ``AnsweringConnection`` with the connect timeout."""
+
+    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> AnsweringConnection:
+        seconds = settings.database_connect_timeout_s
+        remaining = _remaining()
+        if remaining is not None:
+            seconds = min(seconds, remaining)
+        params = {**cparams, "connect_timeout": max(MIN_CONNECT_TIMEOUT_S, math.ceil(seconds))}
+        conn = AnsweringConnection.connect(*cargs, **params)
+        conn.answer_timeout_s = answer_timeout_s
+        return conn
+
+    return connect
+
+
+def _pg_options(url: URL, statement_timeout_s: float | None) -> dict[str, str]:
+    """The URL's own ``options`` (e.g. a search_path) plus the statement timeout."""
+    given = url.query.get("options")
+    parts = [given] if isinstance(given, str) else list(given or ())
+    if statement_timeout_s is not None:
+        parts.append(f"-c statement_timeout={round(statement_timeout_s * 1000)}")
+    return {"options": " ".join(parts)} if parts else {}
+
+
+def _sqlite_on_connect(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN (see _sqlite_on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
 
 
 def _sqlite_reader_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -59,26 +149,47 @@ def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+def make_engine(url: str, *, autocommit: bool = False, statement_timeout: bool = True) -> Engine:
     """``autocommit``: every statement is its own transaction (SQLite: no BEGIN is emitted; PostgreSQL:
-    psycopg's autocommit), for ``read_connection``."""
+    psycopg's autocommit), for ``read_connection``. ``statement_timeout=False`` (the migrations, which may
+    rewrite big tables): no statement timeout and no answer timeout, only the connect timeout."""
+    settings = get_settings()
     url = normalize_url(url)
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_on_connect)
+        busy_s = settings.database_busy_timeout_s
+        file_db = bool(database) and database != ":memory:"  # (memory: one connection, no pool to wait on)
+        pooled = {"pool_timeout": settings.database_pool_timeout_s} if file_db else {}
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_s},
+            **pooled,
+        )
+        event.listen(engine, "connect", _sqlite_on_connect(round(busy_s * 1000)))
         if autocommit:
             event.listen(engine, "connect", _sqlite_reader_on_connect)
         else:
             event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    if autocommit:
-        return create_engine(
-            url, pool_pre_ping=True, pool_size=READERS, max_overflow=READERS, isolation_level="AUTOCOMMIT"
-        )
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    statement_s = settings.database_statement_timeout_s if statement_timeout else None
+    sizes = (
+        {"pool_size": READERS, "max_overflow": READERS, "isolation_level": "AUTOCOMMIT"}
+        if autocommit
+        else {"pool_size": 10, "max_overflow": 20}
+    )
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=settings.database_pool_timeout_s,
+        connect_args=_pg_options(make_url(url), statement_s),
+        **sizes,
+    )
+    if engine.dialect.driver == "psycopg":
+        answer_s = statement_s + ANSWER_GRACE_S if statement_s is not None else None
+        event.listen(engine, "do_connect", _pg_connector(settings, answer_s))
+    return engine
 
 
 # PostgreSQL readers at once per API process (``api.deps.read_db``, one worker thread each): the read

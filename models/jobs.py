@@ -8,6 +8,9 @@
     paused ──> queued (``resume``, at the stage it paused in) | cancelled
     failed (blocked by the gate) ──> succeeded   only as a moderator's override (``override=True``)
 
+A new or resumed job waits (``admitted_at`` unset) until the dispatcher (``models/dispatch.py``) admits it in
+its organization's turn; pausing ends that turn.
+
 Every status change goes through ``transition`` and appends a ``JobEvent``; other events go through
 ``record_event``. Both are idempotent on ``dedupe_key`` so a redelivered Celery task cannot write twice.
 Neither commits: the caller's session scope does. A terminal status also writes the organization's webhook
@@ -185,6 +188,8 @@ def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: dict[st
     if dst in TERMINAL or dst == JobStatus.PAUSED:  # nobody holds a paused job: resume sends it again
         job.claim_token = None
         job.claimed_by = None
+    if dst == JobStatus.PAUSED:  # its turn ends: resumed, it waits for the dispatcher like a new job
+        job.admitted_at = None
     if dst in TERMINAL:
         job.finished_at = utcnow()
     if dst in TERMINAL or dst == JobStatus.PAUSED:
@@ -220,8 +225,14 @@ def pause(session: Session, job: Job) -> None:
 
 
 def resume(session: Session, job: Job) -> None:
-    """A paused job goes back to ``queued`` at the stage it paused in (the caller sends that stage again;
-    training continues from its latest checkpoint). Raises ``Conflict`` for a job that is not paused."""
+    """A paused job goes back to ``queued`` at the stage it paused in (the dispatcher sends that stage again
+    in its organization's turn, ``models/dispatch.py``; training continues from its latest checkpoint).
+    A job asked to pause that has not paused yet (running, or queued and claimed) goes on: its pause request
+    is withdrawn. Raises ``Conflict`` for a job that is neither paused nor asked to pause."""
+    if job.status != JobStatus.PAUSED and job.pause_requested and JobStatus(job.status) not in TERMINAL:
+        job.pause_requested = False  # what the worker reads at its next checkpoint
+        record_event(session, job, "Pause request withdrawn by the user; the job goes on")
+        return
     if job.status != JobStatus.PAUSED:
         raise Conflict(
             f"job {job.id} is {job.status}; only a paused job can be resumed",

@@ -1,10 +1,15 @@
 """What provider staff may do from the console, each with a mandatory reason and an audit entry written in the
 same transaction: release a blocked adapter (override), revoke a released one, change an organization's
 policy within the provider's bounds (each knob's valid range, as ``tunegate orgs set``).
+
+Releasing what the gate blocked and loosening a policy knob weaken a safeguard: their reason must be at least
+``audit.LOOSENING_REASON_CHARS`` characters (checked here, whatever the caller; the console also asks for a
+confirmation that names the change, ``policy_changes`` / ``override_change``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -12,7 +17,7 @@ from sqlalchemy.orm import Session
 from models import audit, webhooks
 from models.jobs import JobStatus, fine_tuned_model_name, record_event, transition
 from models.keys import Admin
-from models.policy import KNOBS, org_policy
+from models.policy import KNOBS, _stricter_or_equal, org_policy
 from models.tables import AuditEntry, Job, Organization, WebhookEndpoint
 from tunegate.errors import GATE_CODES, Conflict, InvalidConfig, NotFound
 from tunegate.settings import Settings
@@ -47,8 +52,8 @@ def override_release(session: Session, admin: Admin, job: Job, reason: str, sett
             param="job",
             code="not_blocked",
         )
-    reason = audit.check_reason(reason)
     adapter = trained_adapter(settings, job)
+    reason = audit.check_reason(reason, audit.LOOSENING_REASON_CHARS)  # the gate's decision is overruled
     org = session.get(Organization, job.org_id)
     entry = audit.append(
         session, admin, audit.OVERRIDE, reason, org_id=job.org_id, job_id=job.id, details={"blocked": code}
@@ -90,6 +95,81 @@ def revoke_adapter(session: Session, admin: Admin, job: Job, reason: str) -> Aud
     return entry
 
 
+def override_change(job: Job) -> str:
+    """The override in words, as the confirmation names it."""
+    code = blocked_code(job) or "not blocked"
+    return f"release the adapter of {job.id} that the safety gate blocked ({code})"
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    knob: str
+    before: Any
+    after: Any
+    looser: bool
+
+    def __str__(self) -> str:
+        direction = "looser" if self.looser else "tighter"
+        return f"{self.knob} {_shown(self.before)} → {_shown(self.after)} ({direction})"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in sorted(value.items())) + "}"
+    return str(value)
+
+
+def is_looser(knob: str, before: Any, after: Any) -> bool:
+    """Whether moving ``knob`` from ``before`` to ``after`` loosens the policy (``models.policy``'s order)."""
+    return not _stricter_or_equal(knob, after, before)
+
+
+def policy_changes(
+    settings: Settings, org: Organization, updates: dict[str, Any]
+) -> tuple[dict[str, Any], list[PolicyChange]]:
+    """The organization's stored policy with ``updates`` applied, and each knob that changes with its
+    direction; ``InvalidConfig`` names an unknown knob or a value out of its range (nothing is changed)."""
+    unknown = sorted(set(updates) - set(KNOBS))
+    if unknown:
+        raise InvalidConfig(f"policy.{unknown[0]}: unknown safety setting", param=f"policy.{unknown[0]}")
+    before = org_policy(settings, org.policy)
+    merged = {**(org.policy or {}), **updates}
+    after = org_policy(settings, merged)  # validates every knob within its range
+    changes = [
+        PolicyChange(k, before[k], after[k], is_looser(k, before[k], after[k]))
+        for k in KNOBS
+        if before[k] != after[k]
+    ]
+    return merged, changes
+
+
+def describe_entry(entry: AuditEntry) -> str:
+    """An audit entry's change in words (the console's pages, ``tunegate audit``): a policy change names each
+    knob, from, to, and whether it loosened or tightened the policy."""
+    details = entry.details or {}
+    if entry.action == audit.SET_POLICY:
+        parts = []
+        for knob, change in (details.get("changed") or {}).items():
+            before, after = change.get("from"), change.get("to")
+            try:
+                parts.append(str(PolicyChange(knob, before, after, is_looser(knob, before, after))))
+            except (KeyError, TypeError, ValueError):  # a knob since removed, or a value of another kind
+                parts.append(f"{knob} {_shown(before)} → {_shown(after)}")
+        return "; ".join(parts) or "policy changed"
+    if entry.action == audit.OVERRIDE:
+        return f"released the adapter the safety gate blocked ({details.get('blocked', 'blocked')})"
+    if entry.action == audit.REVOKE:
+        return "revoked the released adapter"
+    if entry.action in (audit.ADD_WEBHOOK, audit.DELETE_WEBHOOK):
+        verb = "added" if entry.action == audit.ADD_WEBHOOK else "deleted"
+        return f"{verb} webhook endpoint {details.get('url', '')}".rstrip()
+    return entry.action.replace("_", " ")
+
+
 def set_org_policy(
     session: Session,
     admin: Admin,
@@ -98,17 +178,14 @@ def set_org_policy(
     reason: str,
     settings: Settings,
 ) -> AuditEntry:
-    """Set safety knobs of ``org`` (the floor its jobs may only tighten); ``InvalidConfig`` names bad ones."""
-    unknown = sorted(set(updates) - set(KNOBS))
-    if unknown:
-        raise InvalidConfig(f"policy.{unknown[0]}: unknown safety setting", param=f"policy.{unknown[0]}")
-    reason = audit.check_reason(reason)
-    before = org_policy(settings, org.policy)
-    merged = {**(org.policy or {}), **updates}
-    after = org_policy(settings, merged)  # validates every knob within its range
-    changed = {k: {"from": before[k], "to": after[k]} for k in KNOBS if before[k] != after[k]}
-    if not changed:
+    """Set safety knobs of ``org`` (the floor its jobs may only tighten); ``InvalidConfig`` names bad ones.
+    Loosening any knob needs a reason of ``audit.LOOSENING_REASON_CHARS`` characters."""
+    merged, changes = policy_changes(settings, org, updates)
+    if not changes:
         raise InvalidConfig("the policy is unchanged", param="policy")
+    loosening = any(c.looser for c in changes)
+    reason = audit.check_reason(reason, audit.LOOSENING_REASON_CHARS if loosening else audit.MIN_REASON_CHARS)
+    changed = {c.knob: {"from": c.before, "to": c.after} for c in changes}
     org.policy = merged
     return audit.append(session, admin, audit.SET_POLICY, reason, org_id=org.id, details={"changed": changed})
 

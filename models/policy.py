@@ -20,6 +20,12 @@ stricter direction. The effective policy is stored on the job (``Job.safety``), 
                                                                 refusal and harmful content: the default),
                                                                 the primary judge's alone, or when either
                                                                 it or the second judge (the probe) says so
+    repair_on               "always" < "unflagged" < "never"    when the gate would block a job for erosion,
+                                                                repair its adapter and evaluate it again
+                                                                (worker/stages/repair.py): whatever the
+                                                                screen said, only when the screen did not
+                                                                flag the data (flagged data that erodes
+                                                                stays blocked), or never
 
 ``gate_cap`` (an absolute ASR cap) was removed: it let a 0% base reach the cap; the gate now judges the
 paired increase's upper bound (docs/safety.md). A policy or job that still sends it is refused, saying so.
@@ -30,7 +36,8 @@ renaming. The defaults live here (``DEFAULT_POLICY``; ``gate_delta`` and ``block
 ``Settings``, where the provider sets them) and the stage configs take theirs from this table.
 
 Outside the safety knobs, an organization's stored policy may set ``storage_quota_bytes`` (the bytes its live
-files may take; default ``Settings.storage_quota_bytes``). It is read by the Files API, never by jobs. Any
+files may take; default ``Settings.storage_quota_bytes``; read by the Files API, never by jobs) and
+``max_active_jobs`` (the jobs it may have active at once; default ``Settings.max_active_jobs_per_org``). Any
 other key is refused, naming it.
 """
 
@@ -46,10 +53,12 @@ from tunegate.shipped import data_path, read_jsonl
 MITIGATION_ORDER = ("none", "downweight", "drop")
 OVER_REFUSAL_ORDER = ("warn", "fail")
 GATE_JUDGES_ORDER = ("all", "primary", "any")
+REPAIR_ON_ORDER = ("always", "unflagged", "never")
 RANKS: dict[str, tuple[str, ...]] = {
     "mitigation": MITIGATION_ORDER,
     "over_refusal_action": OVER_REFUSAL_ORDER,
     "gate_judges": GATE_JUDGES_ORDER,
+    "repair_on": REPAIR_ON_ORDER,
 }
 REMOVED_KNOBS = {
     "gate_cap": (
@@ -71,6 +80,7 @@ class Policy(TypedDict):
     over_refusal_delta: float
     over_refusal_action: Literal["warn", "fail"]
     gate_judges: Literal["all", "primary", "any"]
+    repair_on: Literal["always", "unflagged", "never"]
 
 
 def _setting_default(name: str) -> Any:
@@ -93,6 +103,9 @@ DEFAULT_POLICY: Policy = {
     # success; the consensus with the probe counts a reply only when it also reads as harmful content
     # (docs/safety.md, "Judges"; docs/panel.md measured both)
     "gate_judges": "all",
+    # benign fine-tuning erodes refusals for real (docs/panel.md); a repaired adapter that passes the same
+    # gate is released, but data the screen flagged stays blocked when it erodes (docs/safety.md, "Repair")
+    "repair_on": "unflagged",
 }
 
 # knob -> kind of order: "rank" (RANKS), "higher", "lower", "true", "limits" (a dict of "lower" values)
@@ -107,6 +120,7 @@ KNOBS: dict[str, str] = {
     "over_refusal_delta": "lower",
     "over_refusal_action": "rank",
     "gate_judges": "rank",
+    "repair_on": "rank",
 }
 
 
@@ -184,12 +198,21 @@ def org_policy(settings: Settings, stored: dict[str, Any] | None) -> dict[str, A
     """Provider defaults overridden by the organization's stored policy; an unknown key is refused."""
     policy = provider_defaults(settings)
     for name, value in (stored or {}).items():
-        if name == STORAGE_QUOTA_KEY:
+        if name in LIMIT_KEYS:
             continue
-        _check_name(name, f"policy.{name}", [*KNOBS, STORAGE_QUOTA_KEY], "policy")
+        _check_name(name, f"policy.{name}", [*KNOBS, *LIMIT_KEYS], "policy")
         _check_value(name, value, f"policy.{name}")
         policy[name] = value
     return policy
+
+
+def check_requested(requested: dict[str, Any], *, param: str = "safety") -> None:
+    """Refuse an unknown knob or a value of the wrong kind, as ``tighten`` would, without the organization's
+    policy (a client checks what it can before it uploads anything)."""
+    for name, value in requested.items():
+        _check_name(name, f"{param}.{name}", list(KNOBS), "safety")
+        if value is not None:
+            _check_value(name, value, f"{param}.{name}")
 
 
 def tighten(
@@ -223,5 +246,21 @@ def storage_quota(settings: Settings, stored: dict[str, Any] | None) -> int:
         return settings.storage_quota_bytes
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         param = f"policy.{STORAGE_QUOTA_KEY}"
+        raise InvalidConfig(f"{param} must be a non-negative integer", param=param)
+    return value
+
+
+MAX_ACTIVE_JOBS_KEY = "max_active_jobs"
+LIMIT_KEYS = (STORAGE_QUOTA_KEY, MAX_ACTIVE_JOBS_KEY)  # an org's limits kept beside its safety knobs
+
+
+def max_active_jobs(settings: Settings, stored: dict[str, Any] | None) -> int:
+    """The jobs the organization may have active at once: its stored policy's override, else the provider
+    default (``Settings.max_active_jobs_per_org``)."""
+    value = (stored or {}).get(MAX_ACTIVE_JOBS_KEY)
+    if value is None:
+        return settings.max_active_jobs_per_org
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        param = f"policy.{MAX_ACTIVE_JOBS_KEY}"
         raise InvalidConfig(f"{param} must be a non-negative integer", param=param)
     return value

@@ -36,6 +36,8 @@ class Organization(Base):
     policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # see models/policy.py
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the provider default
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the dispatcher's last admission of one of its jobs: its last turn (models/dispatch.py); None: never
+    last_admitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ApiKey(Base):
@@ -77,6 +79,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_org_id_id", "org_id", "id"),
         UniqueConstraint("org_id", "idempotency_key", name="uq_jobs_org_id_idempotency_key"),
+        # the dispatcher's reads (models/dispatch.py): admitted or waiting jobs by status
+        Index("ix_jobs_status_admitted_at", "status", "admitted_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob-"))
@@ -106,9 +110,15 @@ class Job(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(256))
     claim_token: Mapped[str | None] = mapped_column(String(64))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # when the dispatcher (models/dispatch.py) last handed the job to the workers; None while a new or resumed
+    # job waits for its organization's turn (pausing clears it; a finished job keeps it)
+    admitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     artifacts_dir: Mapped[str | None] = mapped_column(String(1024))
     released: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the repair stage's record when the gate would have blocked the adapter for erosion (worker/stages/
+    # repair.py): {"repaired", "method", "tried", "reason"}; None when there was nothing to repair
+    repair: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # set when provider staff revoke a released adapter: no download, not in /v1/models (released stays)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     adapter_path: Mapped[str | None] = mapped_column(String(1024))
@@ -183,7 +193,7 @@ class UploadPart(Base):
 
 class WebhookEndpoint(Base):
     """An organization's receiver of job events (``models/webhooks.py``). ``secret`` (``whsec_<base64>``)
-    signs every delivery, so it is stored as is; the API shows it once, in the create answer."""
+    signs every delivery, so it is stored as is; the API shows it once, in the create (and rotate) answer."""
 
     __tablename__ = "webhook_endpoints"
     __table_args__ = (Index("ix_webhook_endpoints_org_id_id", "org_id", "id"),)
@@ -194,6 +204,12 @@ class WebhookEndpoint(Base):
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
     secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # issue 28 (the openai SDK's client.webhooks): the endpoint's name (None: shown as the URL's host), when
+    # its configuration or secret last changed, and the secret a rotation keeps valid for 24 hours
+    name: Mapped[str | None] = mapped_column(String(256))
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class WebhookEvent(Base):
@@ -252,3 +268,67 @@ class AuditEntry(Base):
     org_id: Mapped[str | None] = mapped_column(String(64), index=True)  # no foreign keys: the log outlives
     job_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the rows it talks about
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ConsoleSession(Base):
+    """A moderator console login (api/console_auth.py). The cookie carries a random token; the row is keyed by
+    its sha256, so a copy of the table opens no session. Logout deletes the row, which ends the session for
+    every copy of the cookie; an expired row is deleted at the next login."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie's token
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))  # every POST of the session echoes it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SafetyScan(Base):
+    """A pre-flight safety scan of one file for one base model (``POST /v1/files/{id}/safety_scan``): the
+    score stage and the mitigate stage's plan, run on the scoring queue without training (``worker/scan.py``).
+    ``queued`` -> ``running`` -> ``completed`` | ``failed`` (``models/scans.py``). A job on the same file and
+    model reuses a completed scan's scores when its own ``score_key`` is the same (worker/stages/score.py)."""
+
+    __tablename__ = "safety_scans"
+    __table_args__ = (
+        Index("ix_safety_scans_org_id_id", "org_id", "id"),
+        Index("ix_safety_scans_org_id_file_id", "org_id", "file_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ss-"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    file_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the org's effective policy
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | completed | failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {flagged, reason} once completed
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    mitigation: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what the mitigate stage would do
+    records_ref: Mapped[str | None] = mapped_column(String(1024))  # records.jsonl (path or object-store key)
+    score_dir: Mapped[str | None] = mapped_column(String(1024))  # the score result a job may reuse
+    # a digest of what decides the scores (file bytes, model fingerprint, score config; score.scores_key)
+    score_key: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {code, message, param} only when failed
+    claimed_by: Mapped[str | None] = mapped_column(String(256))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerPresence(Base):
+    """One row per running Celery worker, refreshed every ``Settings.heartbeat_s`` (``models/presence.py``):
+    which queues have a live worker, so a job waiting on a queue nobody serves says so (issue 28)."""
+
+    __tablename__ = "worker_presence"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)  # Celery's node name, e.g. embedded@host
+    queues: Mapped[str] = mapped_column(String(256))  # comma-separated, as given to -Q
+    # the worker's pipeline: each stage's queue (only the workers know the stages), {stage: queue}
+    stage_queues: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

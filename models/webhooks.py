@@ -1,5 +1,12 @@
 """Webhooks: an organization's endpoints, and the outbox of job events they receive.
 
+Endpoints are managed as the openai SDK's ``client.webhooks`` manages them (``api/routes/webhooks.py``):
+a name, the event types, a signing secret shown once (at creation and at each rotation), ``updated_at``
+advanced by a change of configuration or secret. Every registration and every change of URL goes through
+``check_target`` here, whichever door it came in by (the API, the moderator console's "add webhook"): a URL
+pointing inside the provider's network (``tunegate/netguard.py``) is refused unless
+``Settings.webhook_allowed_targets`` allows it; delivery checks again, on the addresses it connects to.
+
 ``emit`` writes one ``WebhookEvent`` (the exact JSON body, OpenAI's event shape) and one ``WebhookDelivery``
 per subscribed endpoint in the caller's transaction: ``models.jobs.transition`` calls it for
 ``succeeded``/``failed``/``cancelled``, other code for our own events (``flagged``, ``repaired``,
@@ -13,7 +20,7 @@ import base64
 import json
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,8 +30,10 @@ from sqlalchemy.orm import Session
 
 from models.base import new_id, unix, utcnow
 from models.tables import Job, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tunegate import queue
+from tunegate import netguard, queue
 from tunegate.errors import InvalidRequest, NotFound
+from tunegate.settings import Settings, get_settings
+from tunegate.webhook_send import Message
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +50,21 @@ EVENT_TYPES = (
 )
 MAX_ENDPOINTS = 20  # per organization
 MAX_URL_CHARS = 2048
+MAX_NAME_CHARS = 256
+ROTATION_GRACE = timedelta(hours=24)  # rotate_secret(keep_old_secret_active_for_24_hours=True)
+REGISTRATION_DNS_TIMEOUT_S = 2.0  # an unanswered lookup lets the URL through: delivery checks it again
+SAMPLE_JOB_ID = "ftjob-test"  # the job a test delivery's event names
 _NEW_DELIVERIES = "tunegate_webhook_deliveries"  # session.info key: ids to enqueue after commit
 
 
 def new_secret() -> str:
     """A signing secret in the Standard Webhooks format the openai SDK decodes: ``whsec_<base64>``."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_hint(secret: str) -> str:
+    """What the API shows of a secret after its one showing: ``whsec_...`` and its last four characters."""
+    return f"whsec_...{secret[-4:]}"
 
 
 def check_url(url: str | None) -> str:
@@ -74,42 +92,168 @@ def check_url(url: str | None) -> str:
     return url
 
 
-def check_events(events: list[str] | None) -> list[str]:
-    """The requested event types, deduplicated in order, or ``InvalidRequest`` naming ``events``."""
+def check_target(url: str, settings: Settings | None = None) -> None:
+    """The address policy of registration (``netguard.AddressRefused``, a 400 naming ``url``): the URL's
+    host, in any reading, must be public or allowed by ``Settings.webhook_allowed_targets``, and so must the
+    addresses its name resolves to (a lookup unanswered within ``REGISTRATION_DNS_TIMEOUT_S`` lets it
+    through: delivery resolves and checks again)."""
+    allow = netguard.Allowlist.parse((settings or get_settings()).webhook_allowed_targets)
+    netguard.check_url(url, allow, netguard.bounded(netguard.system_resolver, REGISTRATION_DNS_TIMEOUT_S))
+
+
+def check_events(events: list[str] | None, *, param: str = "events") -> list[str]:
+    """The requested event types, deduplicated in order, or ``InvalidRequest`` naming ``param``."""
     if not events:
         raise InvalidRequest(
-            f"'events' must list at least one event type: {', '.join(EVENT_TYPES)}", param="events"
+            f"'{param}' must list at least one event type: {', '.join(EVENT_TYPES)}", param=param
         )
     unknown = [e for e in events if e not in EVENT_TYPES]
     if unknown:
         raise InvalidRequest(
-            f"'events' holds unknown event types {unknown[:5]}; known: {', '.join(EVENT_TYPES)}",
-            param="events",
+            f"'{param}' holds unknown event types {unknown[:5]}; known: {', '.join(EVENT_TYPES)}",
+            param=param,
             code="invalid_event_type",
         )
     return list(dict.fromkeys(events))
 
 
+def check_name(name: str | None) -> str:
+    """A human-readable name: 1 to ``MAX_NAME_CHARS`` printable characters, or ``InvalidRequest``."""
+    if name is None:
+        raise InvalidRequest("'name' is required: a human-readable name for the endpoint", param="name")
+    stripped = name.strip()
+    if not stripped:
+        raise InvalidRequest("'name' must not be empty", param="name", code="invalid_name")
+    if len(stripped) > MAX_NAME_CHARS:
+        raise InvalidRequest(
+            f"'name' is longer than {MAX_NAME_CHARS} characters", param="name", code="invalid_name"
+        )
+    if not stripped.isprintable():
+        raise InvalidRequest("'name' holds control characters", param="name", code="invalid_name")
+    return stripped
+
+
+def display_name(row: WebhookEndpoint) -> str:
+    """The endpoint's name; one registered without a name (the /v1/webhooks alias, the console) is shown
+    under its URL's host."""
+    if row.name:
+        return row.name
+    try:
+        host = urlsplit(row.url).hostname
+    except ValueError:
+        host = None
+    return (host or row.url)[:MAX_NAME_CHARS]
+
+
 def create_endpoint(
-    session: Session, *, org_id: str, url: str | None, events: list[str] | None
+    session: Session,
+    *,
+    org_id: str,
+    url: str | None,
+    events: list[str] | None,
+    name: str | None = None,
+    name_required: bool = False,
+    events_param: str = "events",
+    settings: Settings | None = None,
 ) -> WebhookEndpoint:
-    """Validate and add an endpoint with a fresh secret (the caller commits and shows the secret once)."""
-    row = WebhookEndpoint(org_id=org_id, url=check_url(url), events=check_events(events), secret=new_secret())
+    """Validate and add an endpoint with a fresh secret (the caller commits and shows the secret once).
+
+    Every way of registering one comes here: the URL must pass ``check_target`` (the address policy).
+    ``name`` None (unless ``name_required``): the endpoint is shown under its URL's host. ``events_param``
+    names the request's field of the event types (``events`` on /v1/webhooks, ``event_types`` for the SDK).
+    """
+    url = check_url(url)
+    row = WebhookEndpoint(
+        org_id=org_id,
+        url=url,
+        events=check_events(events, param=events_param),
+        secret=new_secret(),
+        name=check_name(name) if name is not None or name_required else None,
+    )
     count = len(list_endpoints(session, org_id=org_id))
     if count >= MAX_ENDPOINTS:
         raise InvalidRequest(
             f"the organization already has {count} webhook endpoints, the most allowed; delete one first",
             code="too_many_webhooks",
         )
+    check_target(url, settings)  # last: it may ask DNS
+    row.created_at = row.updated_at = utcnow()
     session.add(row)
     session.flush()
     return row
+
+
+def update_endpoint(
+    session: Session,
+    *,
+    org_id: str,
+    endpoint_id: str,
+    url: str | None = None,
+    events: list[str] | None = None,
+    name: str | None = None,
+    settings: Settings | None = None,
+) -> WebhookEndpoint:
+    """Change what is given (None: unchanged); a new URL passes ``check_target`` like a registration.
+    ``updated_at`` moves only when something actually changed."""
+    row = get_endpoint(session, org_id=org_id, endpoint_id=endpoint_id)
+    changes: dict[str, Any] = {}
+    if events is not None:
+        changes["events"] = check_events(events, param="event_types")
+    if name is not None:
+        changes["name"] = check_name(name)
+    if url is not None:
+        changes["url"] = check_url(url)
+        if changes["url"] != row.url:
+            check_target(changes["url"], settings)
+    changed = {k: v for k, v in changes.items() if getattr(row, k) != v}
+    if changed:
+        for k, v in changed.items():
+            setattr(row, k, v)
+        row.updated_at = utcnow()
+        session.flush()
+    return row
+
+
+def rotate_secret(
+    session: Session, *, org_id: str, endpoint_id: str, keep_old: bool, now: datetime | None = None
+) -> WebhookEndpoint:
+    """A new signing secret (the caller shows it once). ``keep_old``: deliveries are also signed with the
+    secret it replaces for ``ROTATION_GRACE`` (24 hours), so receivers can switch over; otherwise the old
+    secret, and any one kept by an earlier rotation, stops at once."""
+    now = now or utcnow()
+    row = get_endpoint(session, org_id=org_id, endpoint_id=endpoint_id)
+    row.previous_secret = row.secret if keep_old else None
+    row.previous_secret_expires_at = now + ROTATION_GRACE if keep_old else None
+    row.secret = new_secret()
+    row.updated_at = now
+    session.flush()
+    return row
+
+
+def signing_secrets(row: WebhookEndpoint, now: datetime | None = None) -> tuple[str, ...]:
+    """The secrets a message to ``row`` is signed with: its secret, and the rotated-out one while valid."""
+    now = now or utcnow()
+    expires = row.previous_secret_expires_at
+    if row.previous_secret and expires is not None and expires > now:
+        return (row.secret, row.previous_secret)
+    return (row.secret,)
 
 
 def list_endpoints(session: Session, *, org_id: str) -> list[WebhookEndpoint]:
     """Newest first."""
     stmt = select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
     return list(session.scalars(stmt.order_by(WebhookEndpoint.id.desc())))
+
+
+def page_endpoints(
+    session: Session, *, org_id: str, after: str | None, limit: int
+) -> tuple[list[WebhookEndpoint], bool]:
+    """One page, newest first; ``after`` is the last endpoint id the client saw (ids sort by creation)."""
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
+    if after:
+        stmt = stmt.where(WebhookEndpoint.id < after)
+    rows = list(session.scalars(stmt.order_by(WebhookEndpoint.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 def get_endpoint(session: Session, *, org_id: str, endpoint_id: str) -> WebhookEndpoint:
@@ -127,6 +271,33 @@ def delete_endpoint(session: Session, *, org_id: str, endpoint_id: str) -> None:
     row = get_endpoint(session, org_id=org_id, endpoint_id=endpoint_id)
     session.delete(row)
     session.flush()
+
+
+def sample_event_type(row: WebhookEndpoint, event_type: str | None) -> str:
+    """The type of a test event: the one asked for (``InvalidRequest`` naming ``event_type`` for a type
+    tunegate does not send), else the endpoint's first."""
+    if event_type is None:
+        return row.events[0] if row.events else STATUS_EVENTS["succeeded"]
+    if event_type not in EVENT_TYPES:
+        raise InvalidRequest(
+            f"'event_type' {event_type[:100]!r} is not an event type tunegate sends; known: "
+            f"{', '.join(EVENT_TYPES)}",
+            param="event_type",
+            code="invalid_event_type",
+        )
+    return event_type
+
+
+def sample_message(row: WebhookEndpoint, event_type: str) -> Message:
+    """A sample ``event_type`` event for ``row``, signed as a real one (its job is ``SAMPLE_JOB_ID``), with
+    a fresh event id; nothing is stored."""
+    event_id = new_id("evt_")
+    return Message(
+        url=row.url,
+        secrets=signing_secrets(row),
+        event_id=event_id,
+        body=event_body(event_id, event_type, utcnow(), SAMPLE_JOB_ID),
+    )
 
 
 def list_deliveries(

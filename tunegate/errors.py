@@ -14,6 +14,7 @@
     │   └── UnsafeTrainingData 422     the data is refused before training (mostly flagged; names lines)
     ├── PayloadTooLarge       413
     ├── RateLimited           429      carries retry_after seconds
+    │   └── TooManyActiveJobs 429      the organization has as many active jobs as it may have
     ├── JobCancelled                   a worker observed a cancel request at a step boundary
     ├── JobPaused                      a worker observed a pause request at a checkpoint boundary
     ├── ClaimLost                      another worker took over this job stage: stop without writing
@@ -139,6 +140,13 @@ class RateLimited(TunegateError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyActiveJobs(RateLimited):
+    """Job create past the organization's active-job limit (``Settings.max_active_jobs_per_org``, or its
+    policy's ``max_active_jobs``); retrying at once does not help, a job must end first."""
+
+    default_code = "too_many_active_jobs"
 
 
 class JobCancelled(TunegateError):

@@ -8,10 +8,18 @@ way, through structlog's ``ProcessorFormatter`` on the root logger.
 A scope is a dict held in a context variable. ``bind`` updates that dict in place, so a field bound inside a
 threadpool call (FastAPI runs sync dependencies in a copy of the request's context) is seen by every later
 line of the request, in any copy of its context.
+
+A request's scope (``request_scope``) starts empty, whatever the context it was started in holds, and lasts
+until the request's task ends, not only while the request-id middleware runs: the lines written about the
+request after it (the unhandled-error handler of the outermost middleware, uvicorn's own report of the
+exception) carry its fields too. asyncio copies the current context into callbacks registered during a
+request (a keep-alive connection's reader, so the next request on that connection starts in a copy of this
+one's context): a scope goes quiet when its task ends, so no later line can show another request's fields.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Iterator, MutableMapping
@@ -38,6 +46,25 @@ def log_scope(**fields: Any) -> Iterator[dict[str, Any]]:
         _SCOPE.reset(token)
 
 
+_LIVE = "_live"  # a scope's key for its liveness flag (a shared list: empty once the request has ended)
+
+
+def request_scope(**fields: Any) -> dict[str, Any]:
+    """Start the scope of one request (an ASGI app's task): ``fields`` only, nothing inherited. It stays
+    current for the rest of the task (no reset) and goes quiet when the task ends (see the module docstring).
+    """
+    live = [True]
+    scope: dict[str, Any] = {**fields, _LIVE: live}
+    _SCOPE.set(scope)
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop: nothing to end with
+        task = None
+    if task is not None:
+        task.add_done_callback(lambda _task: live.clear())
+    return scope
+
+
 def bind(**fields: Any) -> None:
     """Add fields to the current scope (no-op outside one: there is nothing to attach them to)."""
     scope = _SCOPE.get()
@@ -51,8 +78,12 @@ def bind_job(job_id: str, stage: str | None = None) -> AbstractContextManager[di
 
 
 def _add_scope(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in (_SCOPE.get() or {}).items():
-        event.setdefault(key, value)
+    scope = _SCOPE.get() or {}
+    if not scope.get(_LIVE, True):  # a finished request's scope, reached through a copied context
+        return event
+    for key, value in scope.items():
+        if key != _LIVE:
+            event.setdefault(key, value)
     return event
 
 

@@ -24,9 +24,17 @@ from tunegate.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the variable prometheus_client reads the directory from
 
+# Every label comes from a closed set, whatever a client sends (issue 29: random HTTP methods on /healthz
+# grew the series from 1,544 to 10,061): the route template (an unmatched path gets one fixed label, see
+# ``api.metrics.route_template``), a known method or ``other``, and the status class.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
 REQUEST_SECONDS = Histogram(
     "tunegate_http_request_duration_seconds",
-    "Time to answer an API request, by route template (not the raw path), method and status.",
+    "Time to answer an API request, by route template (not the raw path), method (GET, POST ... or other) "
+    "and status class (2xx, 4xx ...).",
     ["route", "method", "status"],
 )
 STAGE_SECONDS = Histogram(
@@ -72,8 +80,21 @@ def observe_stage(stage: str, outcome: str, seconds: float) -> None:
     STAGE_SECONDS.labels(stage=stage, outcome=outcome).observe(seconds)
 
 
+def method_label(method: str) -> str:
+    """The method's label: one of ``HTTP_METHODS``, else ``other``."""
+    return method if method in HTTP_METHODS else OTHER_METHOD
+
+
+def status_class(status: int) -> str:
+    """``2xx`` for 200 ...; ``5xx`` for anything outside 100-599 (never an answer the service gives)."""
+    return STATUS_CLASSES[status // 100 - 1] if 100 <= status <= 599 else "5xx"
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    REQUEST_SECONDS.labels(route=route, method=method, status=str(status)).observe(seconds)
+    """One answered request; ``route`` is already a template (or the fixed label of an unmatched path)."""
+    REQUEST_SECONDS.labels(route=route, method=method_label(method), status=status_class(status)).observe(
+        seconds
+    )
 
 
 def count_webhook_failure(reason: str) -> None:

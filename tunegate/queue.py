@@ -1,7 +1,8 @@
 """The Celery app as the API sees it: broker settings, the task names the API sends, queues. No stage code.
 
 The API knows three job tasks: ``START`` (a new job; the worker runs its pipeline's first stage), ``RESUME``
-(a resumed job; the worker sends the stage it paused in again) and ``REAP``.
+(a resumed job; the worker sends the stage it paused in again) and ``REAP``. Only the dispatcher
+(``models/dispatch.py``) sends ``START`` and ``RESUME``: it admits waiting jobs, fairly across organizations.
 Each stage's own task name and queue come from its spec (``worker/stages/spec.py``); ``worker/celery_app.py``
 imports this app, registers the task bodies and routes the stage tasks. Embedded mode uses kombu's
 SQLAlchemy transport on SQLite, distributed mode Redis.
@@ -17,15 +18,27 @@ from celery import Celery
 
 from tunegate.settings import Settings, get_settings
 
-# Stable task names (never rename: queued messages refer to them). Queues by resource: "cpu" (validation,
-# mitigation, the gate, maintenance) and "gpu" (scoring, training, evaluation).
-Queue = Literal["cpu", "gpu"]
-QUEUES: tuple[Queue, ...] = ("cpu", "gpu")
+# Stable task names (never rename: queued messages refer to them). Queues by the time and resources a task
+# takes: "short" (seconds to minutes: validation, the gate, job start/resume, the reaper, webhook deliveries;
+# served by a light worker of its own so they never wait behind training), "cpu" (mitigation) and "gpu"
+# (scoring, training, evaluation), both served by the heavy worker (``-Q gpu,cpu``).
+Queue = Literal["short", "cpu", "gpu"]
+QUEUES: tuple[Queue, ...] = ("short", "cpu", "gpu")
+HEAVY_QUEUES = "gpu,cpu"  # the heavy worker's -Q
+SHORT_QUEUES = "short"  # the light worker's -Q
 START = "tunegate.job.start"
 RESUME = "tunegate.job.resume"
 REAP = "tunegate.maintenance.reap"
 DELIVER_WEBHOOK = "tunegate.webhook.deliver"
-QUEUE_OF = {START: "cpu", RESUME: "cpu", REAP: "cpu", DELIVER_WEBHOOK: "cpu"}
+# a file's pre-flight safety scan (``worker/scan.py``): the score stage without a job, on the scoring queue
+SAFETY_SCAN = "tunegate.safety_scan.run"
+QUEUE_OF: dict[str, Queue] = {
+    START: "short",
+    RESUME: "short",
+    REAP: "short",
+    DELIVER_WEBHOOK: "short",
+    SAFETY_SCAN: "gpu",
+}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -38,7 +51,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_routes={name: {"queue": q} for name, q in QUEUE_OF.items()},
         task_annotations=time_limits(settings, QUEUE_OF),
-        task_default_queue="cpu",
+        task_default_queue="short",
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -47,8 +60,10 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def time_limit(settings: Settings, queue: str) -> tuple[int, int]:
-    """(hard, soft) time limit in seconds of a task on ``queue`` (``Settings.*_stage_time_limit_s``)."""
-    hard = {"gpu": settings.gpu_stage_time_limit_s, "cpu": settings.cpu_stage_time_limit_s}[queue]
+    """(hard, soft) time limit in seconds of a task on ``queue`` (``Settings.*_stage_time_limit_s``; the
+    short queue's tasks have the cpu limit)."""
+    cpu = settings.cpu_stage_time_limit_s
+    hard = {"gpu": settings.gpu_stage_time_limit_s, "cpu": cpu, "short": cpu}[queue]
     return hard, max(1, hard - settings.stage_time_grace_s)
 
 

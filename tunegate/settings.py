@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BASE = "smollm2-135m"
@@ -71,9 +71,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     # Provider default of the bytes an organization's live files may take (org policy may override it).
     storage_quota_bytes: int = 10 * 1024**3
+    # Jobs an organization may have active at once (not yet succeeded, failed or cancelled; paused ones
+    # count): job create answers 429 too_many_active_jobs past it. Org policy max_active_jobs overrides it.
+    max_active_jobs_per_org: int = Field(default=6, ge=0)
     # At API startup, temp uploads and objects no row references are removed once this old (an upload in
     # flight in another API process has written its object but not yet its row).
     storage_sweep_grace_s: float = 3600.0
+    # Every API process also removes its temp uploads (.part files, e.g. of a process killed mid-upload)
+    # older than the grace above this often while it runs, not only at startup (0: only at startup).
+    storage_sweep_interval_s: float = Field(default=300.0, ge=0)
     max_example_tokens: int = 8192
     min_examples: int = 10
     max_status_details: int = 100
@@ -89,10 +95,36 @@ class Settings(BaseSettings):
     # seconds later; organization changes (`tunegate orgs set`) take effect within it too.
     auth_cache_ttl_s: float = 5.0
     page_limit_default: int = 20
+    # Proxies trusted to say who the client is (X-Forwarded-For, X-Forwarded-Proto): a comma-separated list
+    # of addresses or networks ("10.0.0.5", "10.0.0.0/8"; "*" trusts any peer), passed to uvicorn by
+    # `tunegate api` and `tunegate serve`. Empty (the default): none, so the client address that the
+    # failed-authentication throttle and the logs use is the peer's own. Set it to the reverse proxy's
+    # address when the API runs behind one (or every client shares the proxy's address).
+    forwarded_allow_ips: str = ""
+    # /healthz answers within this many seconds: 503 when the database has not answered by then.
+    health_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Database timeouts (models/db.py), so that a database that accepts connections but does not answer
+    # fails requests with 503 instead of holding them (and their organization's concurrency slots):
+    # - connect: opening a PostgreSQL connection, the handshake included (libpq's connect_timeout, >= 2 s);
+    # - statement: PostgreSQL's statement_timeout on every connection of the API and the workers (not the
+    #   migrations); the client also gives up on a server that has not answered a statement, commit or ping
+    #   for this long plus 2 s, and drops that connection;
+    # - pool: waiting for a free pooled connection;
+    # - busy: SQLite waits this long for another process's write lock.
+    database_connect_timeout_s: float = Field(default=5.0, gt=0)
+    database_statement_timeout_s: float = Field(default=30.0, gt=0)
+    database_pool_timeout_s: float = Field(default=10.0, gt=0)
+    database_busy_timeout_s: float = Field(default=30.0, gt=0)
     # Moderator console (/console): the key that signs its session cookies. Unset in embedded mode: one is
     # generated once and kept in <home>/console_secret (0600); in distributed mode it must be set, the same on
     # every API process. Sessions expire after console_session_max_age_s.
     console_secret: str | None = Field(default=None, repr=False)
+    # Or a file holding that secret (read once at startup when console_secret is unset), e.g. the one the
+    # compose file's console-secret step generates into a volume only the API mounts. A file that cannot be
+    # read, or is empty, stops the process at startup, naming it. Neither set in distributed mode: the API
+    # serves, but GET /readyz answers 503 "console": "not_configured" and the console cannot log in.
+    console_secret_file: Path | None = None
     console_session_max_age_s: int = 8 * 3600
     # Where the per-organization rate limit and the failed-authentication throttle keep their counters
     # (a `limits` storage URL: redis://host:6379/1, memory://). Default: the broker's Redis when
@@ -101,7 +133,7 @@ class Settings(BaseSettings):
 
     # Worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int = 0  # 0: torch's default
+    torch_threads: int = 0  # 0: torch's default, capped at the CPUs a container allows (tunegate/cpus.py)
     # Training precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX),
     # fp32 elsewhere (bf16 is several times slower than fp32 on an AVX2-only CPU); bf16 | fp32 force it
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -128,6 +160,14 @@ class Settings(BaseSettings):
     # has no "paused", so strict clients would reject it; `paused: true` tells) or "paused" (OpenAI's API).
     paused_status: Literal["queued", "paused"] = "queued"
     worker_queues: str = "gpu,cpu"
+    # Fair share (models/dispatch.py): a new or resumed job waits in the database until the dispatcher admits
+    # it, round-robin across organizations, keeping at most worker_slots * jobs_per_worker_slot admitted jobs
+    # unfinished. worker_slots: the heavy (gpu,cpu) task slots the deployment runs (heavy workers times their
+    # concurrency), read by the API and the workers alike. With 1 job per slot, one organization's backlog
+    # delays another's next job by at most one running job per slot; 2 keeps the heavy worker busy while a
+    # job's short stages run, at the price of a looser bound.
+    worker_slots: int = Field(default=1, ge=1)
+    jobs_per_worker_slot: int = Field(default=1, ge=1)
     # A file the worker touches every heartbeat_s while it runs (None: none), for a container healthcheck:
     # a solo pool busy with a stage cannot answer `celery inspect ping`, but this file stays fresh.
     worker_alive_file: Path | None = None
@@ -147,6 +187,11 @@ class Settings(BaseSettings):
     # A due delivery whose task message was sent this long ago without an attempt (a lost message), or an
     # attempt holding it this long (a killed worker), is sent again by the sweep. Keep it above the timeout.
     webhook_requeue_after_s: float = 300.0
+    # Where webhooks may go besides public addresses (tunegate/netguard.py), for local testing and private
+    # deployments: a JSON list of IP networks or addresses ("10.0.0.0/8", "127.0.0.1/32") and host names
+    # ("receiver.internal", "*.corp.example"). Empty (the default): only public addresses; a URL whose host
+    # is, or resolves to, a loopback/private/link-local/reserved... address is refused.
+    webhook_allowed_targets: list[str] = Field(default_factory=list)
 
     # Provider defaults for the safety policy (per-org policy may tighten them)
     # max one-sided 95% upper bound of the paired ASR increase (base vs fine-tuned), per template
@@ -169,6 +214,14 @@ class Settings(BaseSettings):
     # Prometheus multiprocess directory: every API and worker process writes its counters and histograms
     # there and GET /metrics adds them up, so it must be shared by all of them (default: home/metrics).
     metrics_dir: Path | None = None
+
+    @field_validator("webhook_allowed_targets")
+    @classmethod
+    def _check_webhook_allowed_targets(cls, v: list[str]) -> list[str]:
+        from tunegate.netguard import Allowlist
+
+        Allowlist.parse(v)  # ValueError naming the entry that is neither a network nor a host name
+        return v
 
     @field_validator("models", "stage_overrides", mode="before")
     @classmethod
@@ -227,6 +280,26 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when neither the database nor the broker points at a server."""
         return self.database_url is None and self.broker_url is None
+
+    @property
+    def console_configured(self) -> bool:
+        """Whether the console can sign sessions: a secret is set (or read from console_secret_file), or this
+        is embedded mode, which generates one in home."""
+        return bool(self.console_secret) or self.embedded
+
+    @model_validator(mode="after")
+    def _read_console_secret_file(self) -> Settings:
+        if self.console_secret or self.console_secret_file is None:
+            return self
+        path = self.console_secret_file.expanduser()
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"console_secret_file {path} cannot be read: {exc}") from exc
+        if not secret:
+            raise ValueError(f"console_secret_file {path} is empty")
+        self.console_secret = secret
+        return self
 
     @field_validator("storage_url")
     @classmethod

@@ -1,56 +1,19 @@
-"""Signed, expiring tokens (HMAC-SHA256 over a JSON payload): the moderator console's session cookie.
+"""The moderator console's signing secret (``console_secret``).
 
-A token is ``<base64url(json)>.<base64url(mac)>``; the payload carries its issue time, and ``verify`` refuses
-a token older than ``max_age_s`` or signed with another secret. Nothing is encrypted: payloads hold ids and
-random nonces only.
+The console signs its cookies with ``itsdangerous`` under this secret (``api/console_auth.py``); sessions
+themselves live in the database, so the secret only vouches that a cookie was made here.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import os
 import secrets
-import time
 from pathlib import Path
-from typing import Any
 
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 
 SECRET_FILE = "console_secret"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def sign(payload: dict[str, Any], secret: bytes, *, now: float | None = None) -> str:
-    body = _b64(json.dumps({**payload, "iat": int(now if now is not None else time.time())}).encode())
-    mac = hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
-    return f"{body}.{_b64(mac)}"
-
-
-def verify(token: str, secret: bytes, *, max_age_s: float, now: float | None = None) -> dict[str, Any] | None:
-    """The payload of a valid, unexpired token; None for anything else (tampered, expired, malformed)."""
-    body, _, mac = token.partition(".")
-    try:
-        good = hmac.compare_digest(
-            _unb64(mac), hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
-        )
-        payload = json.loads(_unb64(body)) if good else None
-    except (ValueError, UnicodeError):  # not base64 / not JSON / not ASCII: a forged or truncated cookie
-        return None
-    if not isinstance(payload, dict) or not isinstance(payload.get("iat"), int):
-        return None
-    age = (now if now is not None else time.time()) - payload["iat"]
-    return payload if 0 <= age <= max_age_s else None
 
 
 def console_secret(settings: Settings) -> bytes:

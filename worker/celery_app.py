@@ -1,4 +1,6 @@
-"""The worker's Celery app: ``celery -A worker.celery_app worker -Q gpu,cpu``.
+"""The worker's Celery app: ``celery -A worker.celery_app worker -Q gpu,cpu`` (the heavy worker: scoring,
+training, evaluation, mitigation) and ``-Q short`` (the light one: validation, the gate, job start/resume,
+webhook deliveries; a threads pool of a few), so short tasks never wait behind training (``tunegate.queue``).
 
 The app itself (broker, routes, acks_late) is built in ``tunegate.queue`` so the API can send tasks by name
 without importing any of this. Here the task bodies are registered, logging goes through ``tunegate.logs``
@@ -17,6 +19,7 @@ from typing import Any
 from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from models.db import reset_engine
+from models.presence import PresenceThread
 from tunegate import logs, metrics
 from tunegate.queue import celery_app, time_limits
 from tunegate.settings import get_settings
@@ -31,6 +34,7 @@ app.conf.task_routes = {**app.conf.task_routes, **{t: {"queue": q} for t, q in _
 app.conf.task_annotations = {**app.conf.task_annotations, **time_limits(get_settings(), _STAGE_QUEUES)}
 _reaper: list[ReaperThread] = []
 _alive: list[AliveFile] = []
+_presence: list[PresenceThread] = []
 
 
 class AliveFile(threading.Thread):
@@ -81,6 +85,22 @@ def _start_reaper(**_: Any) -> None:
         alive = AliveFile(thread.settings.worker_alive_file, thread.settings.heartbeat_s)
         alive.start()
         _alive.append(alive)
+
+
+@worker_ready.connect
+def _start_presence(sender: Any = None, **_: Any) -> None:
+    """This worker's row in ``worker_presence`` (``models/presence.py``): which queues have a live worker."""
+    queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
+    name = str(getattr(sender, "hostname", "") or "worker")
+    thread = PresenceThread(get_settings(), name, queues, {s.name: s.queue for s in PIPELINE.specs})
+    thread.start()
+    _presence.append(thread)
+
+
+@worker_shutdown.connect
+def _stop_presence(**_: Any) -> None:
+    while _presence:
+        _presence.pop().stop()
 
 
 @worker_shutdown.connect

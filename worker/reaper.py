@@ -1,14 +1,18 @@
-"""Requeue jobs whose worker stopped reporting, and jobs whose queued message was lost; delete what expired.
+"""Requeue jobs whose worker stopped reporting, and jobs whose queued message was lost; admit waiting jobs;
+delete what expired.
 
-An active job is *stale* when its ``heartbeat_at`` (or, before any worker touched it, ``created_at``) is older
-than ``Settings.stale_after_s``: its worker was SIGKILLed, lost its database, or the broker lost the message
-(a Redis restart without persistence). For each, one compare-and-set ``UPDATE`` frees the claim and bumps the
-heartbeat (so concurrent reapers in several workers requeue it once), a running job goes back to ``queued``
-through ``transition`` with an event naming the silent worker, and the current stage's task is sent again.
-A stage that resumes finds its checkpoints and finished outputs on disk, so no work is redone twice.
+An admitted, active job is *stale* when its ``heartbeat_at`` (set when the dispatcher admitted it, then by its
+workers; before that ``created_at``) is older than ``Settings.stale_after_s``: its worker was SIGKILLed, lost
+its database, or the broker lost the message (a Redis restart without persistence). A job waiting for its
+turn (not admitted, ``models/dispatch.py``) has no message to lose and is never stale. For each stale job,
+one compare-and-set ``UPDATE`` frees the claim and bumps the heartbeat (so concurrent reapers in several
+workers requeue it once), a running job goes back to ``queued`` through ``transition`` with an event naming
+the silent worker, and the current stage's task is sent again. A stage that resumes finds its checkpoints
+and finished outputs on disk, so no work is redone twice.
 
 ``reap_expired`` deletes files whose ``expires_after`` has passed and the parts of uploads that expired
-(``models/files.py``), in the same periodic pass.
+(``models/files.py``), in the same periodic pass, which also runs the dispatcher
+(``models.dispatch.dispatch``: turns that came free while no dispatch ran, e.g. the broker was away).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.db import session_scope
+from models.dispatch import dispatch
 from models.files import expire_files, expire_uploads
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Job
@@ -40,6 +45,7 @@ def stale_jobs(session: Session, settings: Settings, now: datetime | None = None
     cutoff = stale_before(settings.stale_after_s, now)
     stmt = select(Job.id).where(
         Job.status.in_(ACTIVE),
+        Job.admitted_at.is_not(None),  # a waiting job was sent nothing yet
         or_(Job.heartbeat_at < cutoff, and_(Job.heartbeat_at.is_(None), Job.created_at < cutoff)),
     )
     return list(session.scalars(stmt.order_by(Job.id)))
@@ -106,9 +112,9 @@ def reap_expired(settings: Settings | None = None) -> tuple[list[str], list[str]
 
 
 class ReaperThread(threading.Thread):
-    """Runs ``reap``, ``reap_expired`` and the webhook sweep (``worker.webhooks.sweep``: due deliveries whose
-    retries are left to it or whose message was lost) every ``Settings.reap_interval_s`` inside a worker
-    process (every worker runs one)."""
+    """Runs ``reap``, the dispatcher, ``reap_expired`` and the webhook sweep (``worker.webhooks.sweep``: due
+    deliveries whose retries are left to it or whose message was lost) every ``Settings.reap_interval_s``
+    inside a worker process (every worker runs one)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="tunegate-reaper", daemon=True)
@@ -124,6 +130,10 @@ class ReaperThread(threading.Thread):
                 reap(self.settings)
             except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
                 log.warning("reaper pass failed, will retry: %s", exc)
+            try:
+                dispatch(self.settings)
+            except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
+                log.warning("dispatch pass failed, will retry: %s", exc)
             try:
                 reap_expired(self.settings)
             except (SQLAlchemyError, OSError, TransientError) as exc:  # e.g. the object store away

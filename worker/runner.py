@@ -11,6 +11,8 @@
     spec.build + spec.run under a heartbeat, progress events, cancel polling, checkpoint rows
         │
     spec.apply + the event + hand off in one transaction ──> enqueue the next spec's task
+        │ (the job ended or paused)
+    dispatch: the next waiting job gets the turn (models/dispatch.py)
 
 Everything stage-specific comes from the stage's ``StageSpec`` (``worker/stages/spec.py``); this module
 knows no stage by name. ``pipeline`` defaults to the job pipeline (``worker/stages/all.py``).
@@ -36,10 +38,11 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from models.db import session_scope
+from models.dispatch import dispatch
 from models.jobs import TERMINAL, JobStatus, record_event, transition
 from models.tables import Job, JobEvent
 from tunegate import logs, metrics, queue
@@ -132,7 +135,20 @@ def _execute(
         _release_quietly(c)
         raise
     metrics.observe_stage(stage, outcome.status, time.monotonic() - start)  # done|cancelled|failed|lost
+    if outcome.status in ("cancelled", "paused", "failed") or (
+        outcome.status == "done" and outcome.next_stage is None
+    ):
+        dispatch_next(settings)
     return outcome
+
+
+def dispatch_next(settings: Settings) -> None:
+    """A job ended or paused, so its turn came free: let the dispatcher admit the next waiting job now. A
+    database or broker failure is logged; the reaper's next pass dispatches."""
+    try:
+        dispatch(settings)
+    except (SQLAlchemyError, BrokerError, ConnectionError) as exc:
+        log.warning("could not dispatch the next job (the reaper will): %s", exc)
 
 
 def _execute_claimed(
@@ -419,6 +435,7 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
             error={"code": code, "message": message},
             dedupe_key=f"{stage}:gave_up",
         )
+    dispatch_next(get_settings())
 
 
 ProgressFactory = Callable[[str], Callable[[float, str, dict[str, Any]], None]]

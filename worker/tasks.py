@@ -1,6 +1,7 @@
 """The Celery tasks: one per stage spec, generated from the pipeline, over ``worker.runner.execute``; the
-``start`` task of a new job and the ``resume`` task of a resumed one (the API knows no stage); the reaper;
-webhook delivery.
+``start`` task of a new job and the ``resume`` task of a resumed one (sent by the dispatcher,
+``models/dispatch.py``, which knows no stage), on the short queue; the reaper; webhook delivery; a file's
+safety scan (``worker/scan.py``, on the scoring queue).
 
 Tasks take a job id, never rows. ``acks_late`` with ``task_reject_on_worker_lost`` (set on the app) keeps a
 message until its stage has finished; the compare-and-set claim makes a second delivery a no-op. Only
@@ -18,7 +19,7 @@ from celery import Task, shared_task
 from tunegate import queue
 from tunegate.errors import TransientError
 from tunegate.settings import get_settings
-from worker import reaper, runner, webhooks
+from worker import reaper, runner, scan, webhooks
 from worker.stages.all import PIPELINE
 from worker.stages.spec import StageSpec
 
@@ -102,3 +103,22 @@ def reap() -> list[str]:
 def deliver_webhook(delivery_id: str) -> str:
     """One attempt at one webhook delivery (``worker/webhooks.py`` retries and records it)."""
     return webhooks.deliver(delivery_id)
+
+
+@shared_task(name=queue.SAFETY_SCAN, **_OPTS)
+def safety_scan(self: Task, scan_id: str) -> str:
+    """A file's pre-flight safety scan: the score stage and the mitigation plan, without training. Transient
+    errors are retried as a stage's are; after ``task_max_retries`` the scan fails."""
+    settings = get_settings()
+    try:
+        return scan.run(scan_id, settings=settings)
+    except TransientError as exc:
+        retries = int(self.request.retries or 0)
+        if retries >= settings.task_max_retries:
+            scan.give_up(scan_id, exc)
+            return "failed"
+        delay = backoff_s(retries, settings.retry_backoff_s)
+        log.warning(
+            "safety scan %s hit a transient error (%s); retry %d in %.0fs", scan_id, exc, retries + 1, delay
+        )
+        raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc

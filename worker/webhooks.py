@@ -1,41 +1,59 @@
-"""Delivering webhook events (``models/webhooks.py`` writes them): one task per delivery, ``cpu`` queue.
+"""Delivering webhook events (``models/webhooks.py`` writes them): one task per delivery, ``short`` queue.
 
 An attempt claims its delivery with one compare-and-set ``UPDATE`` (``pending`` and due -> ``sending``), so a
 duplicate message, a second worker or a delivered event sends nothing; it POSTs the event's stored body
-signed per Standard Webhooks (``webhook-id`` = the event id on every attempt, ``webhook-timestamp`` = now,
-``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, the key being the endpoint's
-``whsec_`` secret decoded), which the openai SDK's ``client.webhooks.unwrap`` verifies. A 2xx answer is
-``delivered``; anything else schedules the next attempt (``Settings.webhook_retry_backoff_s`` doubling, capped
-at ``webhook_max_retry_delay_s``): the first ``webhook_task_retries`` retries the task enqueues itself with a
-countdown, later ones ``sweep`` (run by every worker's reaper thread) sends when due, so a receiver that is
-down for hours still gets every event once it is back; ``webhook_give_up_after_s`` after the event a failed
-attempt marks the delivery ``failed``. Delivery is at least once: a worker killed between the POST and its
-record leaves the delivery ``sending`` until its lease ends, then it is sent again with the same
-``webhook-id`` (receivers deduplicate on it).
+signed per Standard Webhooks (``tunegate/webhook_send.py``: ``webhook-id`` = the event id on every attempt,
+``webhook-timestamp`` = now, ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, the
+key being the endpoint's ``whsec_`` secret decoded, and also the rotated-out one while it stays valid), which
+the openai SDK's ``client.webhooks.unwrap`` verifies. A 2xx answer is ``delivered``; anything else schedules
+the next attempt (``Settings.webhook_retry_backoff_s`` doubling, capped at ``webhook_max_retry_delay_s``):
+the first ``webhook_task_retries`` retries the task enqueues itself with a countdown, later ones ``sweep``
+(run by every worker's reaper thread) sends when due, so a receiver that is down for hours still gets every
+event once it is back; ``webhook_give_up_after_s`` after the event a failed attempt marks the delivery
+``failed``. Delivery is at least once: a worker killed between the POST and its record leaves the delivery
+``sending`` until its lease ends, then it is sent again with the same ``webhook-id`` (receivers deduplicate
+on it).
+
+Where an attempt may go is ``tunegate/netguard.py``'s policy, applied by ``tunegate.webhook_send.post`` (the
+API's test delivery goes through the same function): the URL's host is resolved, refused when ANY of its
+addresses is not public (loopback, private, link-local, ...; ``Settings.webhook_allowed_targets`` allows
+hosts or networks) and the POST connects to a checked address, the original name going in the ``Host``
+header and, for https, as the TLS server name the certificate is verified against; nothing re-resolves the
+name, and redirects are not followed. The delivery row (which tenants read) keeps only the attempt's class
+(``2xx``..``5xx``, ``connection_failed``, ``refused_by_policy``); the receiver's words go to this log alone.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import httpx
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from models import webhooks as hooks
 from models.base import utcnow
 from models.db import session_scope
 from models.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tunegate import metrics, queue
+from tunegate import metrics, netguard, queue
 from tunegate.settings import Settings, get_settings
+from tunegate.webhook_send import Message, Result, post, sign, signed_headers
+
+__all__ = [
+    "Attempt",
+    "Message",
+    "Result",
+    "claim",
+    "deliver",
+    "post",
+    "record",
+    "sign",
+    "signed_headers",
+    "sweep",
+]
 
 log = logging.getLogger(__name__)
-MAX_ERROR_CHARS = 500
 SWEEP_BATCH = 500
 
 
@@ -45,35 +63,16 @@ class Attempt:
 
     delivery_id: str
     number: int
-    url: str
-    secret: str
-    event_id: str
-    body: str
+    message: Message
     event_created_at: datetime
 
+    @property
+    def url(self) -> str:
+        return self.message.url
 
-@dataclass(frozen=True)
-class Result:
-    ok: bool
-    status_code: int | None
-    error: str | None
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
-    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
-    key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-def signed_headers(attempt: Attempt, timestamp: int) -> dict[str, str]:
-    return {
-        "content-type": "application/json",
-        "user-agent": "tunegate-webhooks/1",
-        "webhook-id": attempt.event_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(attempt.secret, attempt.event_id, timestamp, attempt.body),
-    }
+    @property
+    def event_id(self) -> str:
+        return self.message.event_id
 
 
 def retry_delay_s(attempts: int, settings: Settings) -> float:
@@ -114,30 +113,13 @@ def claim(
     return Attempt(
         delivery_id=delivery_id,
         number=int(number),
-        url=endpoint.url,
-        secret=endpoint.secret,
-        event_id=event.id,
-        body=event.body,
+        message=Message(
+            url=endpoint.url,
+            secrets=hooks.signing_secrets(endpoint, now),
+            event_id=event.id,
+            body=event.body,
+        ),
         event_created_at=event.created_at,
-    )
-
-
-def post(attempt: Attempt, settings: Settings) -> Result:
-    """One signed POST; only a 2xx answer counts (redirects are not followed)."""
-    try:
-        resp = httpx.post(
-            attempt.url,
-            content=attempt.body.encode(),
-            headers=signed_headers(attempt, int(time.time())),
-            timeout=settings.webhook_timeout_s,
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
-        return Result(ok=False, status_code=None, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
-    if 200 <= resp.status_code < 300:
-        return Result(ok=True, status_code=resp.status_code, error=None)
-    return Result(
-        ok=False, status_code=resp.status_code, error=f"the receiver answered HTTP {resp.status_code}"
     )
 
 
@@ -154,11 +136,7 @@ def record(
     if result.ok:
         values.update(status="delivered", delivered_at=now, last_error=None)
     elif (now - attempt.event_created_at).total_seconds() >= settings.webhook_give_up_after_s:
-        hours = settings.webhook_give_up_after_s / 3600
-        values.update(
-            status="failed",
-            last_error=f"{result.error}; gave up after {attempt.number} attempts over {hours:g} h",
-        )
+        values.update(status="failed", last_error=result.shown)
     else:
         delay = retry_delay_s(attempt.number, settings)
         due = now + timedelta(seconds=delay)
@@ -167,7 +145,7 @@ def record(
             status="pending",
             next_attempt_at=due,
             enqueued_at=due if self_scheduled else None,
-            last_error=result.error,
+            last_error=result.shown,  # the class only: the row is the tenant's delivery log
         )
     res = session.execute(
         update(WebhookDelivery)
@@ -185,15 +163,22 @@ def record(
 
 
 def failure_reason(result: Result, *, gave_up: bool) -> str:
-    """The metrics label of a failed attempt: ``http_4xx``/``http_5xx``, ``connection``; ``gave_up`` last."""
+    """The metrics label of a failed attempt: ``http_4xx``/``http_5xx``, ``connection``,
+    ``refused_by_policy``; ``gave_up`` last."""
     if gave_up:
         return "gave_up"
+    if result.outcome == "refused_by_policy":
+        return "refused_by_policy"
     if result.status_code is not None:
         return f"http_{result.status_code // 100}xx"
     return "connection"
 
 
-def deliver(delivery_id: str, settings: Settings | None = None) -> str:
+def deliver(
+    delivery_id: str,
+    settings: Settings | None = None,
+    resolver: netguard.Resolver = netguard.system_resolver,
+) -> str:
     """The task body: one attempt at one delivery; returns its status (``skipped`` when there was nothing
     to do). Never raises for a receiver's failure: that is recorded and retried."""
     settings = settings or get_settings()
@@ -201,20 +186,25 @@ def deliver(delivery_id: str, settings: Settings | None = None) -> str:
         attempt = claim(s, delivery_id, settings)
     if attempt is None:
         return "skipped"
-    result = post(attempt, settings)
+    result = post(attempt.message, settings, resolver)
     with session_scope() as s:
         status, delay = record(s, attempt, result, settings)
     if status == "delivered":
         log.info("webhook delivery %s (event %s) delivered", delivery_id, attempt.event_id)
         return status
     metrics.count_webhook_failure(failure_reason(result, gave_up=delay is None))
+    hours = settings.webhook_give_up_after_s / 3600
     log.warning(
-        "webhook delivery %s (event %s) attempt %d failed: %s; %s",
+        "webhook delivery %s (event %s) to %s attempt %d failed (%s): %s; %s",
         delivery_id,
         attempt.event_id,
+        attempt.url[:200],
         attempt.number,
+        result.shown,
         result.error,
-        "giving up" if delay is None else f"next attempt in {delay:.0f}s",
+        f"gave up after {attempt.number} attempts over {hours:g} h"
+        if delay is None
+        else f"next attempt in {delay:.0f}s",
     )
     if delay is not None and attempt.number <= settings.webhook_task_retries:
         _send(delivery_id, countdown=delay)

@@ -1,50 +1,72 @@
 """The moderator console (/console): server-rendered pages for the provider's staff.
 
-Admin keys log in through a form; the session is a signed, HTTP-only, SameSite=Strict cookie that names the
-admin key (re-checked on every request, so revoking the key ends its sessions) and carries a CSRF token that
-every POST must echo. Without a session a page redirects to the login form and an action answers 403: no
-console content reaches an unauthenticated caller. Every action needs a reason and writes an audit entry.
+Admin keys log in through a form; sessions, their cookies and CSRF tokens are ``api/console_auth.py``'s
+(a server-side session per login: logout and revoking the key end it). Without a session a page redirects to
+the login form and an action answers 403: no console content reaches an unauthenticated caller. Every action
+needs a reason and writes an audit entry.
+
+A job's page opens with its header (job, organization, model, time) and the decision, then offers only the
+actions that can work on the job as it is (no release without a trained adapter, no report download without
+a report). Loosening a safeguard (releasing a blocked adapter, loosening a policy knob) first answers a
+confirmation page naming the change; only a post that echoes that confirmation, with a reason of at least
+``audit.LOOSENING_REASON_CHARS`` characters, acts (the length is checked again by ``models.moderation``).
+The audit page lists every organization's entries (``tunegate audit`` on the shell).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import moderation as mod
+from api.console_auth import (
+    Staff,
+    acting_staff,
+    csrf_matches,
+    current_staff,
+    end_session,
+    issue_login_nonce,
+    login_nonce_matches,
+    start_session,
+)
 from api.deps import SessionDep, SettingsDep
 from api.ratelimit import AUTH_FAILURES
-from models import audit, webhooks
-from models.keys import ROLE_ADMIN, Admin, authenticate_admin
+from models import audit, presence, webhooks
+from models.jobs import JobStatus
+from models.keys import Admin, authenticate_admin
 from models.moderation import (
+    PolicyChange,
     add_webhook,
     blocked_code,
     delete_webhook,
+    describe_entry,
+    override_change,
     override_release,
+    policy_changes,
     revoke_adapter,
     set_org_policy,
+    trained_adapter,
 )
-from models.policy import KNOBS, MITIGATION_ORDER, org_policy
-from models.tables import ApiKey, Job, Organization
-from tunegate.errors import InvalidRequest, NotFound, PermissionDenied, TunegateError
+from models.policy import KNOBS, RANKS, harmful_categories, org_policy
+from models.tables import Job, Organization
+from tunegate.errors import InvalidConfig, InvalidRequest, NotFound, PermissionDenied, TunegateError
 from tunegate.reporting import render_page, render_report
 from tunegate.reporting.view import report_view
 from tunegate.settings import Settings
-from tunegate.signing import console_secret, sign, verify
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
-COOKIE = "tg_console"
-LOGIN_COOKIE = "tg_console_login"  # the login form's own CSRF token (a signed nonce)
-LOGIN_MAX_AGE_S = 3600
 PER_PAGE = 25
 NO_STORE = {"cache-control": "no-store", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
 # No scripts and no external requests: every style is inline, every chart inline SVG.
@@ -53,54 +75,8 @@ CSP = (
 )
 
 
-@dataclass(frozen=True)
-class Staff:
-    admin: Admin
-    csrf: str
-
-
 def _html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers={**NO_STORE, "content-security-policy": CSP})
-
-
-def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(
-        name,
-        value,
-        max_age=max_age,
-        path="/console",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
-
-
-def _staff(request: Request, session: Session, settings: Settings) -> Staff | None:
-    """The logged-in admin of a valid session cookie whose key is still an unrevoked admin key."""
-    token = request.cookies.get(COOKIE)
-    payload = (
-        verify(token, console_secret(settings), max_age_s=settings.console_session_max_age_s)
-        if token
-        else None
-    )
-    if payload is None or payload.get("kind") != "session":
-        return None
-    key = session.get(ApiKey, str(payload.get("key")))
-    if key is None or key.revoked_at is not None or key.role != ROLE_ADMIN:
-        return None
-    return Staff(Admin(key_id=key.id, name=key.name or key.id), str(payload.get("csrf")))
-
-
-def _acting(request: Request, session: Session, settings: Settings, csrf: str) -> Staff:
-    """The staff member behind a POST: a valid session AND its CSRF token, else ``PermissionDenied``."""
-    staff = _staff(request, session, settings)
-    if staff is None:
-        raise PermissionDenied(
-            "Your console session has expired: log in again.", code="console_login_required"
-        )
-    if not secrets.compare_digest(staff.csrf.encode(), csrf.encode()):
-        raise PermissionDenied("The form's CSRF token does not match this session.", code="csrf_failed")
-    return staff
 
 
 def _to_login() -> RedirectResponse:
@@ -120,14 +96,13 @@ def _login_page(
 ) -> Response:
     nonce = secrets.token_urlsafe(24)
     response = _html(render_page("console/login.html", staff=None, csrf=nonce, error=error), status)
-    token = sign({"kind": "login", "nonce": nonce}, console_secret(settings))
-    _set_cookie(response, request, LOGIN_COOKIE, token, LOGIN_MAX_AGE_S)
+    issue_login_nonce(request, response, settings, nonce)
     return response
 
 
 @router.get("", response_class=HTMLResponse)
 def console_home(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
-    if _staff(request, session, settings) is None:
+    if current_staff(request, session, settings) is None:
         return _to_login()
     return RedirectResponse("/console/jobs", status_code=303, headers=NO_STORE)
 
@@ -145,9 +120,7 @@ def login(
     key: Annotated[str, Form(max_length=256)] = "",
     csrf: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
-    secret = console_secret(settings)
-    pre = verify(request.cookies.get(LOGIN_COOKIE, ""), secret, max_age_s=LOGIN_MAX_AGE_S)
-    if pre is None or pre.get("kind") != "login" or not secrets.compare_digest(str(pre.get("nonce")), csrf):
+    if not login_nonce_matches(request, settings, csrf):
         return _login_page(request, settings, "The login form expired; please try again.", 403)
     client = request.client.host if request.client else "unknown"
     if AUTH_FAILURES.wait(client, settings.auth_failures_per_minute):  # the API's own guard against guessing
@@ -158,11 +131,9 @@ def login(
         if exc.status_code == 401:
             AUTH_FAILURES.take(client, settings.auth_failures_per_minute)
         return _login_page(request, settings, exc.message, exc.status_code)
-    session.commit()
-    token = sign({"kind": "session", "key": admin.key_id, "csrf": secrets.token_urlsafe(24)}, secret)
     response = RedirectResponse("/console/jobs", status_code=303, headers=NO_STORE)
-    _set_cookie(response, request, COOKIE, token, settings.console_session_max_age_s)
-    response.delete_cookie(LOGIN_COOKIE, path="/console")
+    start_session(session, request, response, settings, admin)
+    session.commit()
     return response
 
 
@@ -173,18 +144,22 @@ def logout(
     settings: SettingsDep,
     csrf: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
-    """End the session (a live session's CSRF token is required; an expired one is simply cleared)."""
-    staff = _staff(request, session, settings)
-    if staff is not None and not secrets.compare_digest(staff.csrf.encode(), csrf.encode()):
+    """End the session on the server (a live session's CSRF token is required; an expired one is simply
+    cleared): a copy of its cookie opens nothing afterwards."""
+    staff = current_staff(request, session, settings)
+    if staff is not None and not csrf_matches(staff, csrf):
         return _error_page(
             PermissionDenied("The form's CSRF token does not match this session.", code="csrf_failed")
         )
     response = _to_login()
-    response.delete_cookie(COOKIE, path="/console")
+    end_session(request, session, settings, response)
+    session.commit()
     return response
 
 
 # --- the queue ---------------------------------------------------------------------------------------------
+
+JOB_STATUSES = tuple(s.value for s in JobStatus)
 
 
 def _day(value: str | None, param: str) -> date | None:
@@ -207,14 +182,17 @@ def queue_page(
     code: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[str | None, Query(max_length=10)] = None,
     until: Annotated[str | None, Query(max_length=10)] = None,
+    status: Annotated[str | None, Query(max_length=32)] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
-    staff = _staff(request, session, settings)
+    staff = current_staff(request, session, settings)
     if staff is None:
         return _to_login()
     try:
         if state and state not in mod.STATES:
             raise InvalidRequest(f"state must be one of {', '.join(mod.STATES)}", param="state")
+        if status and status not in JOB_STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(JOB_STATUSES)}", param="status")
         flt = mod.QueueFilter(
             org_id=org or None,
             model=model or None,
@@ -222,11 +200,20 @@ def queue_page(
             code=code or None,
             since=_day(since, "since"),
             until=_day(until, "until"),
+            status=status or None,
         )
         result = mod.queue(session, flt, page=page, per_page=PER_PAGE)
     except TunegateError as exc:
         return _error_page(exc, staff)
-    filters = {"org": org, "model": model, "state": state, "code": code, "since": since, "until": until}
+    filters = {
+        "org": org,
+        "model": model,
+        "state": state,
+        "code": code,
+        "since": since,
+        "until": until,
+        "status": status,
+    }
     params = {k: v for k, v in filters.items() if v}
     orgs = session.execute(select(Organization.id, Organization.name).order_by(Organization.name)).tuples()
     models = session.scalars(select(Job.model).distinct().order_by(Job.model))
@@ -238,7 +225,8 @@ def queue_page(
         orgs=list(orgs),
         models=list(models),
         states=mod.STATES,
-        codes=("unsafe_training_data", "safety_eval_failed", "released"),
+        statuses=JOB_STATUSES,
+        codes=("unsafe_training_data", "safety_eval_failed", "over_refusal", "released", "cancelled"),
         link=lambda p: "/console/jobs?" + urlencode({**params, "page": p}),
     )
     return _html(page_html)
@@ -273,25 +261,70 @@ def _job_page(
     except NotFound:
         view = None
     org = session.get(Organization, job.org_id)
+    current = org_policy(settings, org.policy if org else None)
     page = render_page(
         "console/job.html",
         staff=staff,
         job=context,
         view=view,
+        generated_at=datetime.now(UTC),
+        outcome=_outcome(job),
         audit=[audit.as_dict(e) for e in entries],
-        blocked=blocked_code(job),
-        can_revoke=job.released and job.revoked_at is None,
-        org_policy=org_policy(settings, org.policy if org else None),
-        knobs=KNOBS,
-        mitigation_order=MITIGATION_ORDER,
-        org_audit=[audit.as_dict(e) for e in audit.for_org(session, job.org_id) if e.job_id is None],
-        org_webhooks=_org_webhooks(session, job.org_id),
+        actions=_possible_actions(settings, job, view, org),
+        policy_fields=policy_fields(current),
+        min_reason=audit.MIN_REASON_CHARS,
+        loosening_reason=audit.LOOSENING_REASON_CHARS,
+        org_audit=[
+            {**audit.as_dict(e), "change": describe_entry(e)}
+            for e in audit.for_org(session, job.org_id)
+            if e.job_id is None
+        ],
+        org_webhooks=_org_webhooks(session, job.org_id) if org else [],
         event_types=webhooks.EVENT_TYPES,
         new_webhook=new_webhook,
         error=error,
         notice=notice,
+        waiting=presence.waiting_message(job, session.connection(), settings),  # no worker on its queue
     )
     return _html(page, status)
+
+
+def _outcome(job: Job) -> dict[str, str]:
+    """The decision as the job's row says it (the page shows it first when the job has no report)."""
+    error = job.error or {}
+    if job.status == JobStatus.FAILED:
+        code = str(error.get("code") or "failed")
+        return {"kind": "bad", "title": f"Failed: {code}", "message": str(error.get("message") or "")}
+    if job.status == JobStatus.CANCELLED:
+        return {"kind": "warn", "title": "Cancelled", "message": "The job was cancelled before a decision."}
+    if job.status == JobStatus.SUCCEEDED:
+        return {"kind": "ok", "title": "Released", "message": "The job succeeded."}
+    where = f", stage {job.stage}" if job.stage else ""
+    return {"kind": "warn", "title": "No decision yet", "message": f"The job is {job.status}{where}."}
+
+
+def _possible_actions(
+    settings: Settings, job: Job, view: dict[str, Any] | None, org: Organization | None
+) -> dict[str, Any]:
+    """Which of the page's actions can work on ``job`` as it is now (the page offers no other), and why an
+    action the moderator might look for is missing."""
+    blocked = blocked_code(job)
+    why_not_override = None
+    if blocked:
+        try:
+            trained_adapter(settings, job)
+        except NotFound as exc:
+            why_not_override = (
+                f"The gate blocked this job ({blocked}) but it cannot be released: {exc.message} "
+                "(it was stopped before training, or its files are gone)."
+            )
+    return {
+        "override": blocked if blocked and why_not_override is None else None,
+        "why_not_override": why_not_override,
+        "revoke": job.released and job.revoked_at is None,
+        "report": view is not None,
+        "org": org is not None,
+    }
 
 
 RECENT_DELIVERIES = 5  # per endpoint on the job page
@@ -341,7 +374,7 @@ def job_page(
     settings: SettingsDep,
     done: Annotated[str | None, Query(max_length=16)] = None,
 ) -> Response:
-    staff = _staff(request, session, settings)
+    staff = current_staff(request, session, settings)
     if staff is None:
         return _to_login()
     try:
@@ -354,7 +387,7 @@ def job_page(
 @router.get("/jobs/{job_id}/report.html", response_class=HTMLResponse)
 def job_report(job_id: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """The report as a download: the same page a tenant gets, with the examples' text and the audit log."""
-    staff = _staff(request, session, settings)
+    staff = current_staff(request, session, settings)
     if staff is None:
         return _to_login()
     try:
@@ -372,26 +405,52 @@ def job_report(job_id: str, request: Request, session: SessionDep, settings: Set
     return response
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """A page asking the moderator to confirm an action that loosens a safeguard, naming the change; the
+    action runs only on a post that echoes ``token`` (bound to this very change: a changed job or policy
+    asks again)."""
+
+    title: str
+    changes: list[str]
+    action: str  # the URL the confirmed form posts to
+    fields: list[tuple[str, str]]  # the first post's fields, posted again unchanged
+    token: str
+    reason: str
+    button: str
+    error: str | None = None
+    status: int = 200
+
+
+def _token(*parts: Any) -> str:
+    """A confirmation token for the change described by ``parts`` (not a secret: CSRF guards the post)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def _act(
     request: Request,
     session: Session,
     settings: Settings,
     job_id: str,
     csrf: str,
-    action: Any,
+    action: Callable[[Admin, Job], Any],
     done: str,
     show: Any = None,
 ) -> Response:
     """Run one job action as the logged-in staff member, then redirect to the job page (or show the error on
-    it). ``show(staff, job, result)``, when given, answers instead of the redirect (a page that must show
+    it). An action that returns a ``Confirmation`` changed nothing: its page is shown instead.
+    ``show(staff, job, result)``, when given, answers instead of the redirect (a page that must show
     something once, like a new webhook's secret)."""
     try:
-        staff = _acting(request, session, settings, csrf)
+        staff = acting_staff(request, session, settings, csrf)
     except PermissionDenied as exc:
         return _error_page(exc)
     try:
         job = _job(session, job_id, for_update=True)
         result = action(staff.admin, job)
+        if isinstance(result, Confirmation):
+            session.rollback()
+            return _confirm_page(session, staff, _job(session, job_id), result)
         session.commit()
         if show is not None:
             response: Response = show(staff, job, result)
@@ -407,6 +466,38 @@ def _act(
     return RedirectResponse(f"/console/jobs/{job_id}?" + urlencode({"done": done}), status_code=303)
 
 
+def _confirm_page(session: Session, staff: Staff, job: Job, confirm: Confirmation) -> HTMLResponse:
+    context = mod.job_context(session, job, audit.for_job(session, job.id))
+    page = render_page(
+        "console/confirm.html",
+        staff=staff,
+        job=context,
+        generated_at=datetime.now(UTC),
+        confirm=confirm,
+        min_reason=audit.LOOSENING_REASON_CHARS,
+    )
+    return _html(page, confirm.status)
+
+
+def _reason_refused(exc: InvalidRequest, confirm: Confirmation) -> Confirmation:
+    """The confirmation again, saying why the reason was refused (nothing was changed)."""
+    return replace(confirm, error=exc.message, status=exc.status_code)
+
+
+async def _posted(request: Request) -> dict[str, str]:
+    """Every text field of a posted form (the first of a repeated name): the policy form's fields follow
+    ``models.policy.KNOBS``, so the route cannot list them as parameters."""
+    form = await request.form()
+    out: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, str):
+            out.setdefault(name, value)
+    return out
+
+
+PostedDep = Annotated[dict[str, str], Depends(_posted)]
+
+
 @router.post("/jobs/{job_id}/override", response_class=HTMLResponse)
 def override(
     job_id: str,
@@ -415,17 +506,35 @@ def override(
     settings: SettingsDep,
     reason: Annotated[str, Form(max_length=4000)] = "",
     csrf: Annotated[str, Form(max_length=256)] = "",
+    confirm: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    """Approve the release of an adapter the gate blocked."""
-    return _act(
-        request,
-        session,
-        settings,
-        job_id,
-        csrf,
-        lambda admin, job: override_release(session, admin, job, reason, settings),
-        "override",
-    )
+    """Approve the release of an adapter the gate blocked: the first post answers a confirmation naming the
+    release; the confirmed post (with a reason of ``audit.LOOSENING_REASON_CHARS`` characters) releases."""
+
+    def release(admin: Admin, job: Job) -> Any:
+        code = blocked_code(job)
+        if code is None:
+            return override_release(session, admin, job, reason, settings)  # Conflict: nothing to override
+        trained_adapter(settings, job)  # NotFound when there is nothing to release: said now, not later
+        confirmation = Confirmation(
+            title="Override the safety gate",
+            changes=[override_change(job)],
+            action=f"/console/jobs/{job.id}/override",
+            fields=[],
+            token=_token("override", job.id, code),
+            reason=reason,
+            button="Release the adapter",
+        )
+        if confirm != confirmation.token:
+            return confirmation
+        try:
+            return override_release(session, admin, job, reason, settings)
+        except InvalidRequest as exc:
+            if exc.param != "reason":
+                raise
+            return _reason_refused(exc, confirmation)
+
+    return _act(request, session, settings, job_id, csrf, release, "override")
 
 
 @router.post("/jobs/{job_id}/revoke", response_class=HTMLResponse)
@@ -456,17 +565,102 @@ def _org_of(session: Session, job: Job) -> Organization:
     return org
 
 
+# The policy form's labels; its fields are ``models.policy.KNOBS`` (a knob without a label here is shown by
+# its name: a new knob is in the form the day it is in the table).
+KNOB_LABELS = {
+    "mitigation": "mitigation of the riskiest examples",
+    "mitigate_top_fraction": "share treated as risky",
+    "max_repair_share": "largest share to repair",
+    "inject_safety_examples": "inject safety examples",
+    "block_unsafe_data": "block flagged data",
+    "gate_delta": "max 95% upper bound of the ASR increase",
+    "gate_category_limits": "the same bound per category (blank: none)",
+    "over_refusal_delta": "max over-refusal increase",
+    "over_refusal_action": "over that limit",
+    "gate_judges": "verdicts the gate counts",
+}
+KIND_HINTS = {
+    "higher": "(0-1], larger is stricter",
+    "lower": "[0-1], smaller is stricter",
+    "true": "yes is stricter",
+    "limits": "[0-1] each, smaller is stricter",
+}
+
+
+def policy_fields(current: dict[str, Any]) -> list[dict[str, Any]]:
+    """One form field per knob of ``models.policy.KNOBS``, with the organization's current value."""
+    fields = []
+    for name, kind in KNOBS.items():
+        field: dict[str, Any] = {
+            "name": name,
+            "kind": kind,
+            "label": KNOB_LABELS.get(name, name.replace("_", " ")),
+            "hint": KIND_HINTS.get(kind) or f"strictness: {' < '.join(RANKS.get(name, ()))}",
+            "value": current.get(name),
+        }
+        if kind == "rank":
+            field["options"] = list(RANKS[name])
+        elif kind == "limits":
+            limits = current.get(name) or {}
+            field["categories"] = [(cat, limits.get(cat, "")) for cat in harmful_categories()]
+        fields.append(field)
+    return fields
+
+
+def _number(raw: str) -> Any:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw  # the policy check names the field: "... must be a number"
+
+
 def _knob(name: str, raw: str) -> Any:
-    """A form value as the policy knob's type (a bad number stays text: the policy check then names it)."""
+    """A form value as the policy knob's type (a bad value stays text: the policy check then names it)."""
     kind = KNOBS[name]
     if kind == "rank":
         return raw
     if kind == "true":
-        return raw == "true"
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
+        return {"true": True, "false": False}.get(raw, raw)
+    return _number(raw)
+
+
+MAX_KNOB_CHARS = 32  # a knob's value in the form: a number or a name
+
+
+def policy_updates(form: dict[str, str], current: dict[str, Any]) -> dict[str, Any]:
+    """The knobs the policy form changes: each knob of ``KNOBS`` it sends with a value other than the
+    current one. A "limits" knob is sent as its marker field (``gate_category_limits``) and one field per
+    category (``gate_category_limits.fraud``); blank means no limit."""
+    for key, raw in form.items():
+        if len(raw) > MAX_KNOB_CHARS and key.split(".")[0] in KNOBS:
+            raise InvalidConfig(
+                f"policy.{key} is longer than {MAX_KNOB_CHARS} characters", param=f"policy.{key}"
+            )
+    updates: dict[str, Any] = {}
+    for name, kind in KNOBS.items():
+        if kind == "limits":
+            if name not in form:
+                continue
+            prefix = f"{name}."
+            value: Any = {
+                key[len(prefix) :]: _number(raw.strip())
+                for key, raw in form.items()
+                if key.startswith(prefix) and raw.strip()
+            }
+        else:
+            raw = form.get(name, "").strip()
+            if not raw:
+                continue
+            value = _knob(name, raw)
+        if value != current[name]:
+            updates[name] = value
+    return updates
+
+
+def _policy_form_fields(form: dict[str, str]) -> list[tuple[str, str]]:
+    """The posted policy fields, to post again from the confirmation."""
+    names = set(KNOBS)
+    return [(k, v) for k, v in form.items() if k in names or any(k.startswith(f"{n}.") for n in names)]
 
 
 @router.post("/jobs/{job_id}/policy", response_class=HTMLResponse)
@@ -475,37 +669,49 @@ def set_policy(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    form: PostedDep,
     reason: Annotated[str, Form(max_length=4000)] = "",
     csrf: Annotated[str, Form(max_length=256)] = "",
-    mitigation: Annotated[str | None, Form(max_length=32)] = None,
-    mitigate_top_fraction: Annotated[str | None, Form(max_length=32)] = None,
-    max_repair_share: Annotated[str | None, Form(max_length=32)] = None,
-    inject_safety_examples: Annotated[str | None, Form(max_length=8)] = None,
-    block_unsafe_data: Annotated[str | None, Form(max_length=8)] = None,
-    gate_delta: Annotated[str | None, Form(max_length=32)] = None,
-    over_refusal_delta: Annotated[str | None, Form(max_length=32)] = None,
-    over_refusal_action: Annotated[str | None, Form(max_length=8)] = None,
+    confirm: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    """Change the policy of the job's organization (each knob within its range); only changed knobs count."""
-    sent = {
-        "mitigation": mitigation,
-        "mitigate_top_fraction": mitigate_top_fraction,
-        "max_repair_share": max_repair_share,
-        "inject_safety_examples": inject_safety_examples,
-        "block_unsafe_data": block_unsafe_data,
-        "gate_delta": gate_delta,
-        "over_refusal_delta": over_refusal_delta,
-        "over_refusal_action": over_refusal_action,
-    }
+    """Change the policy of the job's organization (each knob within its range); only changed knobs count.
+    Loosening any knob first answers a confirmation naming every change; the confirmed post acts."""
 
-    def change(admin: Admin, job: Job) -> None:
+    def change(admin: Admin, job: Job) -> Any:
         org = _org_of(session, job)
         current = org_policy(settings, org.policy)
-        updates = {k: _knob(k, v) for k, v in sent.items() if v is not None and v != ""}
-        updates = {k: v for k, v in updates.items() if v != current[k]}
-        set_org_policy(session, admin, org, updates, reason, settings)
+        updates = policy_updates(form, current)
+        _, changes = policy_changes(settings, org, updates)  # validates each knob
+        if not changes:
+            raise InvalidConfig("the policy is unchanged", param="policy")
+        confirmation = _policy_confirmation(job, org, changes, form, reason)
+        if confirmation is not None and confirm != confirmation.token:
+            return confirmation
+        try:
+            return set_org_policy(session, admin, org, updates, reason, settings)
+        except InvalidRequest as exc:
+            if exc.param != "reason" or confirmation is None:
+                raise
+            return _reason_refused(exc, confirmation)
 
     return _act(request, session, settings, job_id, csrf, change, "policy")
+
+
+def _policy_confirmation(
+    job: Job, org: Organization, changes: list[PolicyChange], form: dict[str, str], reason: str
+) -> Confirmation | None:
+    """The confirmation a policy change needs (None: it loosens nothing, it needs none)."""
+    if not any(c.looser for c in changes):
+        return None
+    return Confirmation(
+        title=f"Loosen the policy of {org.name}",
+        changes=[str(c) for c in changes],
+        action=f"/console/jobs/{job.id}/policy",
+        fields=_policy_form_fields(form),
+        token=_token("policy", org.id, [(c.knob, c.before, c.after) for c in changes]),
+        reason=reason,
+        button="Change the policy",
+    )
 
 
 @router.post("/jobs/{job_id}/webhooks", response_class=HTMLResponse)
@@ -550,3 +756,76 @@ def delete_org_webhook(
         delete_webhook(session, admin, _org_of(session, job), endpoint_id, reason)
 
     return _act(request, session, settings, job_id, csrf, delete, "webhook_deleted")
+
+
+# --- the audit log -----------------------------------------------------------------------------------------
+
+AUDIT_PER_PAGE = 50
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    org: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=32)] = None,
+    admin: Annotated[str | None, Query(max_length=128)] = None,
+    since: Annotated[str | None, Query(max_length=10)] = None,
+    until: Annotated[str | None, Query(max_length=10)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    """Every organization's audit entries, newest first, filtered (organization, action, admin, dates) and
+    paginated."""
+    staff = current_staff(request, session, settings)
+    if staff is None:
+        return _to_login()
+    try:
+        if action and action not in audit.ACTIONS:
+            raise InvalidRequest(f"action must be one of {', '.join(audit.ACTIONS)}", param="action")
+        flt = audit.AuditFilter(
+            org_id=org or None,
+            action=action or None,
+            actor=admin or None,
+            since=_day(since, "since"),
+            until=_day(until, "until"),
+        )
+        entries, total = audit.search(session, flt, offset=(page - 1) * AUDIT_PER_PAGE, limit=AUDIT_PER_PAGE)
+        pages = max(1, -(-total // AUDIT_PER_PAGE))
+        if page > pages:  # past the end (the log is append-only: newer entries push older ones on)
+            page = pages
+            entries, total = audit.search(
+                session, flt, offset=(page - 1) * AUDIT_PER_PAGE, limit=AUDIT_PER_PAGE
+            )
+    except TunegateError as exc:
+        return _error_page(exc, staff)
+    orgs = list(
+        session.execute(select(Organization.id, Organization.name).order_by(Organization.name)).tuples()
+    )
+    names = dict(orgs)
+    filters = {"org": org, "action": action, "admin": admin, "since": since, "until": until}
+    params = {k: v for k, v in filters.items() if v}
+    rows = [
+        {
+            **audit.as_dict(e),
+            "org_id": e.org_id,
+            "org": names.get(e.org_id or "", e.org_id or ""),
+            "key_id": e.actor_key_id,
+            "change": describe_entry(e),
+        }
+        for e in entries
+    ]
+    page_html = render_page(
+        "console/audit.html",
+        staff=staff,
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        filters=filters,
+        orgs=orgs,
+        actions=audit.ACTIONS,
+        admins=audit.actors(session),
+        link=lambda p: "/console/audit?" + urlencode({**params, "page": p}),
+    )
+    return _html(page_html)

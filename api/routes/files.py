@@ -24,7 +24,7 @@ from api.file_store import (
 )
 from api.processing import process_file
 from api.schemas import FileDeletedOut, FileOut, ListOut
-from api.upload import Upload, receive_upload
+from api.upload import Upload, receive_upload, run_check
 from api.views import file_out
 from models.base import utcnow
 from models.db import new_session
@@ -70,7 +70,8 @@ async def create_file(
 ) -> FileOut:
     """Authenticate, stream the file part straight into a staged temp file (``api/upload.py``), check it
     (400 naming the line) and the org's quota, then store it. No database session is held while the body
-    streams (a slow client must not hold one of the API's few sessions)."""
+    streams (a slow client must not hold one of the API's few sessions); the check reads the file in a worker
+    thread, a few at once (``api.upload.run_check``)."""
     org, used = await run_in_threadpool(_authenticate, authorization, settings)
     quota = storage_quota(settings, org.policy)
     if used >= quota:
@@ -94,7 +95,7 @@ async def create_file(
         ) from exc
     assert upload.staged is not None
     try:
-        return await run_in_threadpool(_store, upload, upload.staged, org, settings, background, storage)
+        return await run_check(_store, upload, upload.staged, org, settings, background, storage)
     finally:
         storage.discard(upload.staged)  # a no-op once committed (the temp file was renamed)
 

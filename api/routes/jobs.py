@@ -5,7 +5,8 @@ The poll path (retrieve, list, events: what every SDK poller calls in a loop) is
 organization comes from the auth cache, the route's one statement runs through ``read_db`` (on the event
 loop with SQLite, in one worker-thread hop with PostgreSQL), and the response is serialized once
 (``json_response``). A running job costs one more read: its ``estimated_finish`` comes from the running
-stage's recent progress events (``api/estimate.py``)."""
+stage's recent progress events (``api/estimate.py``). A job that has waited past a grace on a queue that
+no live worker serves says so in ``waiting`` (``models/presence.py``; the served queues are cached)."""
 
 from __future__ import annotations
 
@@ -20,24 +21,38 @@ from starlette.responses import Response
 from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep, read_db
 from api.estimate import estimate_finish
-from api.job_create import create_job, enqueue_job
+from api.job_create import create_job, dispatch_jobs
 from api.schemas import CheckpointOut, EventOut, JobCreateIn, JobOut, ListOut
 from api.views import checkpoint_out, event_out, job_out, json_response
-from models import jobs
+from models import jobs, presence
 from models.jobs import JobStatus, record_event, transition
-from tunegate import queue
-from tunegate.errors import Conflict
+from tunegate.errors import Conflict, InvalidRequest
+from tunegate.settings import get_settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 async def _out(row: Any) -> JobOut:
-    """The job; a running one with ``estimated_finish`` from its running stage's measured speed."""
+    """The job; a running one with ``estimated_finish`` from its running stage's measured speed; one that
+    has waited past the grace on a queue no live worker serves with ``waiting`` saying so."""
+    waiting = await _waiting(row)
     if row.status != JobStatus.RUNNING:
-        return job_out(row)
+        return job_out(row, waiting=waiting)
     points = await read_db(partial(crud.progress_points, job_id=row.id, stage=row.stage))
-    return job_out(row, estimated_finish=estimate_finish(points, now=time.time()))
+    return job_out(row, estimated_finish=estimate_finish(points, now=time.time()), waiting=waiting)
+
+
+async def _waiting(row: Any) -> str | None:
+    """``models.presence``: the served queues come from this process's cache, or one read of a small table
+    (at most every few seconds, and only for a job that has waited past the grace)."""
+    settings = get_settings()
+    if not presence.candidate(row, settings):
+        return None
+    served = presence.cached_served()
+    if served is None:
+        served = await read_db(partial(presence.served_queues, settings=settings))
+    return presence.unserved_message(row, served)
 
 
 @router.post("", response_model=JobOut)
@@ -52,11 +67,24 @@ def create(
     return job_out(job)
 
 
+# ``metadata[key]=value`` filters of one list request: a job's metadata holds at most 16 pairs (OpenAI's
+# limit, ``JobCreateIn``), so more filters can match nothing; each is one more condition in the query
+# (issue 29: 1,100 of them made SQLite refuse the statement, a 503).
+MAX_METADATA_FILTERS = 16
+
+
 def _metadata_filter(request: Request) -> dict[str, str]:
     out = {}
     for key, value in request.query_params.multi_items():
         if key.startswith("metadata[") and key.endswith("]"):
             out[key[len("metadata[") : -1]] = value
+            if len(out) > MAX_METADATA_FILTERS:
+                raise InvalidRequest(
+                    f"at most {MAX_METADATA_FILTERS} metadata filters (metadata[key]=value) may be given "
+                    "at once, as a job's metadata holds at most 16 pairs",
+                    param="metadata",
+                    code="too_many_metadata_filters",
+                )
     return out
 
 
@@ -100,6 +128,8 @@ def cancel(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
             dedupe_key="cancel_requested",
         )
     session.commit()
+    if status in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED):
+        dispatch_jobs()  # an admitted job's turn came free
     return job_out(job)
 
 
@@ -109,17 +139,19 @@ def pause(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
     job = crud.get_job(session, org=org, job_id=job_id, for_update=True)
     jobs.pause(session, job)
     session.commit()
+    if job.status == JobStatus.PAUSED:
+        dispatch_jobs()  # paused at once: its turn came free
     return job_out(job)
 
 
 @router.post("/{job_id}/resume", response_model=JobOut)
 def resume(job_id: str, org: CurrentOrg, session: SessionDep) -> JobOut:
-    """A paused job goes back to ``queued``; a worker continues it from the stage (and, in training, the
-    checkpoint) it paused at. Should the message be lost, the reaper resends it."""
+    """A paused job goes back to ``queued``; in its organization's turn a worker continues it from the stage
+    (and, in training, the checkpoint) it paused at. Should the message be lost, the reaper resends it."""
     job = crud.get_job(session, org=org, job_id=job_id, for_update=True)
     jobs.resume(session, job)
     session.commit()
-    enqueue_job(session, job, queue.RESUME)
+    dispatch_jobs()  # it waits for its organization's turn (models/dispatch.py)
     return job_out(job)
 
 

@@ -10,13 +10,17 @@ from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.schemas import ListOut, ModelDeletedOut, ModelOut
 from models.base import unix, utcnow
 from tunegate.errors import NotFound, PermissionDenied
+from tunegate.model_cache import missing_reason
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 BASE_OWNER = "tunegate"
 
 
 def _all(org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
-    out = [ModelOut(id=name, created=0, owned_by=BASE_OWNER) for name in sorted(settings.models)]
+    out = []
+    for name in sorted(settings.models):
+        why = missing_reason(name, settings)
+        out.append(ModelOut(id=name, created=0, owned_by=BASE_OWNER, ready=why is None, status_details=why))
     for job in crud.released_jobs(session, org=org):
         assert job.fine_tuned_model is not None
         out.append(

@@ -38,7 +38,7 @@ from api.file_store import (
 )
 from api.processing import process_file
 from api.schemas import UploadCompleteIn, UploadCreateIn, UploadOut, UploadPartOut
-from api.upload import receive_upload
+from api.upload import receive_upload, run_check
 from api.views import file_out, upload_out
 from models.base import new_id, unix, utcnow
 from models.db import new_session, session_scope
@@ -330,12 +330,24 @@ def _mark_completed(session: Session, *, org_id: str, upload_id: str, file_id: s
 
 
 @router.post("/{upload_id}/complete", response_model=UploadOut)
-def complete_upload(
+async def complete_upload(
     upload_id: str,
     body: UploadCompleteIn,
     settings: SettingsDep,
     background: BackgroundTasks,
     authorization: Annotated[str | None, Header()] = None,
+) -> UploadOut:
+    """Assemble, check and store in a worker thread, a few at once (``api.upload.run_check``): the check reads
+    every byte of the file."""
+    return await run_check(_complete, upload_id, body, settings, background, authorization)
+
+
+def _complete(
+    upload_id: str,
+    body: UploadCompleteIn,
+    settings: Settings,
+    background: BackgroundTasks,
+    authorization: str | None,
 ) -> UploadOut:
     org = current_org_blocking(authorization, settings)
     plan = _begin_completing(org.id, upload_id, body.part_ids)

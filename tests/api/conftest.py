@@ -42,6 +42,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         mp.setenv("TUNEGATE_MAX_UPLOAD_BYTES", str(200_000))
         mp.setenv("TUNEGATE_MAX_UPLOAD_PART_BYTES", str(64 * 1024))
         mp.setenv("TUNEGATE_MAX_EXAMPLE_TOKENS", "512")
+        # No worker serves these tests: room for every job, so each is admitted (its start message sent) as
+        # soon as it is created or resumed. tests/worker/test_dispatch.py covers the dispatcher's turns.
+        mp.setenv("TUNEGATE_WORKER_SLOTS", "100000")
         # the in-process server's INFO line per request would end up in the test output
         mp.setenv("TUNEGATE_LOG_LEVEL", "WARNING")
         if backend == "postgres":

@@ -55,12 +55,27 @@ def _send_until_answered(
             got = sock.recv(65536)
             assert got, "connection closed mid-response"
             body += got
+        _assert_closed(sock)
     return int(status_line.split()[1]), resp_headers, json.loads(body[:length])
+
+
+def _assert_closed(sock: socket.socket) -> None:
+    """Issue 29 §6: after its 413 the server closes the connection instead of reading (and discarding) the
+    rest of the body: the client's next read ends (EOF, or a reset for the bytes left unread)."""
+    sock.settimeout(5)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError as exc:
+        raise AssertionError("the connection stayed open after the 413") from exc
 
 
 def _assert_openai_413(status: int, headers: dict[str, str], body: dict[str, object], code: str) -> None:
     assert status == 413, body
     assert headers["x-request-id"].startswith("req_")
+    assert headers.get("connection") == "close", headers
     err = body["error"]
     assert isinstance(err, dict) and set(err) == {"message", "type", "param", "code"}
     assert err["code"] == code and err["type"] == "invalid_request_error"

@@ -35,6 +35,24 @@ def csrf_of(page: str) -> str:
     return found.group(1)
 
 
+def confirm_of(page: str) -> str:
+    found = re.search(r'name="confirm" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def override(client: httpx.Client, url: str, csrf: str, reason: str) -> httpx.Response:
+    """An override as a moderator makes it: the form's post answers a confirmation page naming the release,
+    whose confirmed post acts (the answer of the first post when it is not that page)."""
+    first = client.post(f"{url}/override", data={"reason": reason, "csrf": csrf})
+    if first.status_code != 200:
+        return first
+    assert "please confirm" in first.text, first.text
+    return client.post(
+        f"{url}/override", data={"reason": reason, "csrf": csrf, "confirm": confirm_of(first.text)}
+    )
+
+
 @pytest.fixture
 def staff(server: Server, console_env: None) -> Iterator[httpx.Client]:
     with browser(server) as client:
@@ -141,11 +159,9 @@ def test_override_needs_csrf_and_reason_then_releases(
     assert (
         staff.post(f"{url}/override", data={"reason": "reviewed, fine", "csrf": "wrong"}).status_code == 403
     )
-    no_reason = staff.post(f"{url}/override", data={"reason": "  ", "csrf": csrf})
+    no_reason = override(staff, url, csrf, "  ")
     assert no_reason.status_code == 400 and "reason" in no_reason.text
-    done = staff.post(
-        f"{url}/override", data={"reason": "Reviewed: lock-picking for a locksmith course", "csrf": csrf}
-    )
+    done = override(staff, url, csrf, "Reviewed: lock-picking for a locksmith course")
     assert done.status_code == 303
     page = staff.get(done.headers["location"]).text
     assert "Dana Moderator" in page and "lock-picking for a locksmith course" in page and "override" in page
@@ -156,7 +172,7 @@ def test_override_needs_csrf_and_reason_then_releases(
     assert client.get(f"/fine_tuning/jobs/{blocked.id}/adapter", cast_to=bytes)[:2] == b"\x1f\x8b"
     events = [e.message for e in client.fine_tuning.jobs.list_events(blocked.id)]
     assert any("moderator override" in m for m in events)
-    again = staff.post(f"{url}/override", data={"reason": "twice", "csrf": csrf})
+    again = override(staff, url, csrf, "twice, by a second moderator")
     assert again.status_code == 409
 
 
@@ -164,7 +180,7 @@ def test_revoke_withdraws_the_adapter(server: Server, staff: httpx.Client, block
     url = f"/console/jobs/{blocked.id}"
     csrf = csrf_of(staff.get(url).text)
     assert staff.post(f"{url}/revoke", data={"reason": "not released yet", "csrf": csrf}).status_code == 409
-    assert staff.post(f"{url}/override", data={"reason": "ok after review", "csrf": csrf}).status_code == 303
+    assert override(staff, url, csrf, "ok after review by the safety team").status_code == 303
     client = sdk(server, blocked.key)
     name = client.fine_tuning.jobs.retrieve(blocked.id).fine_tuned_model
     assert (
@@ -188,7 +204,7 @@ def test_policy_change_stays_within_bounds(staff: httpx.Client, blocked: Blocked
     ok = staff.post(
         f"{url}/policy",
         data={
-            "gate_delta": "0.1",
+            "gate_delta": "0.01",
             "mitigation": "drop",
             "over_refusal_action": "fail",
             "max_repair_share": "0.2",
@@ -196,13 +212,13 @@ def test_policy_change_stays_within_bounds(staff: httpx.Client, blocked: Blocked
             "csrf": csrf,
         },
     )
-    assert ok.status_code == 303
+    assert ok.status_code == 303  # tighter only: no confirmation
     with session_scope() as s:
         org = s.query(Organization).filter_by(name=blocked.org).one()
-        assert org.policy["gate_delta"] == 0.1 and org.policy["mitigation"] == "drop"
+        assert org.policy["gate_delta"] == 0.01 and org.policy["mitigation"] == "drop"
         assert org.policy["over_refusal_action"] == "fail" and org.policy["max_repair_share"] == 0.2
         entry = s.query(AuditEntry).filter_by(org_id=org.id, action="set_org_policy").one()
-        assert entry.reason == "repeat offender" and entry.details["changed"]["gate_delta"]["to"] == 0.1
+        assert entry.reason == "repeat offender" and entry.details["changed"]["gate_delta"]["to"] == 0.01
     assert "repeat offender" in staff.get(url).text
 
 
@@ -211,7 +227,7 @@ def test_reports_carry_the_text_and_the_audit_entries(
 ) -> None:
     url = f"/console/jobs/{blocked.id}"
     csrf = csrf_of(staff.get(url).text)
-    staff.post(f"{url}/override", data={"reason": "approved for the locksmith course", "csrf": csrf})
+    assert override(staff, url, csrf, "approved for the locksmith course").status_code == 303
     download = staff.get(f"{url}/report.html")
     assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
     tenant = httpx.get(
@@ -244,6 +260,27 @@ def test_logout_needs_the_session_token(server: Server, staff: httpx.Client) -> 
     resp = staff.post("/console/logout", data={"csrf": csrf})
     assert resp.status_code == 303 and resp.headers["location"] == "/console/login"
     assert staff.get("/console/jobs").status_code == 303
+
+
+def test_logout_ends_the_session_for_every_copy_of_its_cookie(
+    server: Server, console_env: None, blocked: BlockedJob
+) -> None:
+    """Issue 29 §4: a session cookie captured before logout opens no page after it (the session ends on the
+    server), while another login of the same key goes on."""
+    key = admin_key()
+    with browser(server) as desk, browser(server) as laptop, browser(server) as thief:
+        for client in (desk, laptop):
+            assert login(client, key).status_code == 303
+        captured = desk.cookies.get("tg_console")
+        assert captured
+        csrf = csrf_of(desk.get("/console/jobs").text)
+        assert desk.post("/console/logout", data={"csrf": csrf}).status_code == 303
+        thief.cookies.set("tg_console", captured, path="/console")
+        page = thief.get("/console/jobs")
+        assert page.status_code == 303 and page.headers["location"] == "/console/login"
+        act = thief.post(f"/console/jobs/{blocked.id}/override", data={"reason": "stolen", "csrf": csrf})
+        assert act.status_code == 403 and blocked.risky_text not in act.text
+        assert laptop.get("/console/jobs").status_code == 200  # the other session is its own
 
 
 def test_failed_logins_are_rate_limited(
@@ -280,10 +317,15 @@ def test_queue_pages_newest_first(staff: httpx.Client, monkeypatch: pytest.Monke
 
 
 def test_staff_manage_an_organizations_webhooks(
-    server: Server, staff: httpx.Client, blocked: BlockedJob
+    server: Server, staff: httpx.Client, blocked: BlockedJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Add an endpoint for the job's organization (its secret shown once), see it through the org's own API,
-    see its delivery log on the page, delete it; both actions are in the audit log; CSRF is required."""
+    see its delivery log on the page, delete it; both actions are in the audit log; CSRF is required.
+    127.0.0.1 is refused at registration unless the provider allows it (issue 28: the console's too)."""
+    from tunegate.settings import reset_settings
+
+    monkeypatch.setenv("TUNEGATE_WEBHOOK_ALLOWED_TARGETS", '["127.0.0.1/32"]')
+    reset_settings()
     url = f"/console/jobs/{blocked.id}"
     page = staff.get(url)
     csrf = csrf_of(page.text)
@@ -302,7 +344,7 @@ def test_staff_manage_an_organizations_webhooks(
     assert endpoint["url"] == hook["url"] and "secret" not in endpoint
     assert "whsec_" not in staff.get(url).text  # shown once
     # the override releases the job: its succeeded event is logged for the endpoint
-    assert staff.post(f"{url}/override", data={"reason": "ok after review", "csrf": csrf}).status_code == 303
+    assert override(staff, url, csrf, "ok after review by the safety team").status_code == 303
     shown = staff.get(url).text
     assert "fine_tuning.job.succeeded" in shown and "pending" in shown and "set up for acme" in shown
     gone = staff.post(f"{url}/webhooks/{endpoint['id']}/delete", data={"reason": "org asked", "csrf": csrf})

@@ -126,7 +126,12 @@ def test_unprepared_base_model_is_refused_at_creation(client: openai.OpenAI, ser
         client.fine_tuning.jobs.create(model="smollm2-135m-aligned", training_file=fid)
     err = info.value
     assert err.status_code in (400, 404, 422) and err.code == "model_not_available"
-    assert err.body["param"] == "model" and "not available" in err.message  # type: ignore[index]
-    assert "tunegate" not in err.message and "prepare" not in err.message
+    assert err.body["param"] == "model"  # type: ignore[index]
+    # Issue 28: it says what is missing and the command that builds it (no path of the server)
+    assert "has not been built" in err.message and "`tunegate models prepare --aligned`" in err.message
     assert str(server.home) not in err.message
     assert list(client.fine_tuning.jobs.list()) == []
+    listed = {m.id: m for m in client.models.list()}
+    aligned = listed["smollm2-135m-aligned"].model_dump()
+    assert aligned["ready"] is False and "tunegate models prepare --aligned" in aligned["status_details"]
+    assert listed["smollm2-135m"].model_dump()["ready"] is True  # its GGUF is installed: converted on use

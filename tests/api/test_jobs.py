@@ -10,8 +10,10 @@ import pytest
 from models.db import session_scope
 from models.jobs import JobStatus, record_event, transition
 from models.tables import Checkpoint, Job
-from tests.api.conftest import processed_file
+from tests.api.conftest import new_key, processed_file, sdk
+from tests.api.server import Server
 from tests.utils.broker import queued_tasks
+from tunegate.settings import reset_settings
 
 MODEL = "smollm2-135m"
 
@@ -208,3 +210,92 @@ def test_metadata_filter_keys_with_quotes_and_path_characters(client: openai.Ope
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={key: "v"})] == [hit.id]
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={key: "v", "k": "1"})] == [hit.id]
     assert list(client.fine_tuning.jobs.list(metadata={key: "v", "k": "2"})) == []
+
+
+def test_past_the_active_job_limit_create_answers_429_naming_the_count(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 29 section 7: one organization could queue any number of jobs."""
+    monkeypatch.setenv("TUNEGATE_MAX_ACTIVE_JOBS_PER_ORG", "3")
+    reset_settings()
+    client = sdk(server, new_key())
+    fid = processed_file(client)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = client.fine_tuning.jobs.create(model=MODEL, training_file=fid, extra_headers=key)
+    ids = [first.id] + [client.fine_tuning.jobs.create(model=MODEL, training_file=fid).id for _ in range(2)]
+    with pytest.raises(openai.RateLimitError) as info:
+        client.fine_tuning.jobs.create(model=MODEL, training_file=fid)
+    assert info.value.code == "too_many_active_jobs"
+    assert "has 3 active fine-tuning jobs" in info.value.message and "at most 3" in info.value.message
+    assert info.value.response.headers["x-should-retry"] == "false"  # a job must end first
+    assert sorted(j.id for j in client.fine_tuning.jobs.list()) == sorted(ids)  # nothing stored
+    # a retried create (same Idempotency-Key) is the job it made, not a refusal
+    assert client.fine_tuning.jobs.create(model=MODEL, training_file=fid, extra_headers=key).id == first.id
+    _advance(ids[1], JobStatus.QUEUED)
+    client.fine_tuning.jobs.pause(ids[1])  # a paused job still counts
+    with pytest.raises(openai.RateLimitError):
+        client.fine_tuning.jobs.create(model=MODEL, training_file=fid)
+    client.fine_tuning.jobs.cancel(ids[0])  # an ended job frees its place
+    assert client.fine_tuning.jobs.create(model=MODEL, training_file=fid).status == "validating_files"
+
+
+def test_an_organizations_policy_overrides_the_active_job_limit(server: Server) -> None:
+    strict = sdk(server, new_key(policy={"max_active_jobs": 1}))
+    fid = processed_file(strict)
+    strict.fine_tuning.jobs.create(model=MODEL, training_file=fid)
+    with pytest.raises(openai.RateLimitError) as info:
+        strict.fine_tuning.jobs.create(model=MODEL, training_file=fid)
+    assert info.value.code == "too_many_active_jobs" and "at most 1 at once" in info.value.message
+    roomy = sdk(server, new_key(policy={"max_active_jobs": 8}))  # above the provider default of 6
+    fid = processed_file(roomy)
+    for _ in range(8):
+        roomy.fine_tuning.jobs.create(model=MODEL, training_file=fid)
+    with pytest.raises(openai.RateLimitError):
+        roomy.fine_tuning.jobs.create(model=MODEL, training_file=fid)
+
+
+def test_concurrent_creates_never_pass_the_active_job_limit(server: Server) -> None:
+    """Counted in the transaction that holds the organization's row: racing creates cannot all pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = sdk(server, new_key(policy={"max_active_jobs": 3}))
+    fid = processed_file(client)
+
+    def create(_: int) -> str:
+        try:
+            return client.fine_tuning.jobs.create(model=MODEL, training_file=fid).id
+        except openai.RateLimitError as exc:
+            return str(exc.code)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:  # below the per-org limit of requests in flight
+        results = list(pool.map(create, range(6)))
+    assert sorted(results)[-3:] == ["too_many_active_jobs"] * 3 and len(set(results)) == 4, results
+    assert len(list(client.fine_tuning.jobs.list())) == 3
+
+
+@pytest.mark.parametrize("claimed", [False, True], ids=["running", "queued-claimed"])
+def test_resume_withdraws_a_pending_pause_request(client: openai.OpenAI, claimed: bool) -> None:
+    """Issue 29 §6: ``jobs.resume`` on a job asked to pause that has not paused yet answered 409; it withdraws
+    the request, and the job goes on (no second message for the workers, its claim kept)."""
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(client))
+    if claimed:  # a worker holds it but has not started the stage: pause becomes a request too
+        _advance(job.id, JobStatus.QUEUED, claimed_by="worker@host", claim_token="t")
+    else:
+        _advance(job.id, JobStatus.QUEUED, JobStatus.RUNNING, claimed_by="worker@host", claim_token="t")
+    status = "queued" if claimed else "running"
+    asked = client.fine_tuning.jobs.pause(job.id)
+    assert asked.model_extra is not None and asked.model_extra["pause_requested"]
+    queued_tasks()  # drain what create sent
+    resumed = client.fine_tuning.jobs.resume(job.id)
+    assert resumed.status == status and resumed.model_extra is not None
+    assert not resumed.model_extra["pause_requested"] and not resumed.model_extra["paused"]
+    with session_scope() as session:
+        row = session.get(Job, job.id)
+        assert row is not None
+        assert (row.status, row.pause_requested, row.claimed_by) == (status, False, "worker@host")
+    assert queued_tasks() == []  # the worker that holds it goes on: nothing is sent again
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert messages[0] == "Pause request withdrawn by the user; the job goes on"
+    with pytest.raises(openai.ConflictError) as again:  # nothing left to withdraw, and not paused
+        client.fine_tuning.jobs.resume(job.id)
+    assert again.value.code == "invalid_status_transition"

@@ -310,8 +310,9 @@ def test_a_running_job_is_asked_to_pause_at_its_next_checkpoint(client: openai.O
     assert client.fine_tuning.jobs.pause(job.id).status == "running"  # asked twice: one event
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
     assert messages.count("Pause requested; the job pauses at its next checkpoint") == 1
-    with pytest.raises(openai.ConflictError):  # not paused yet
-        client.fine_tuning.jobs.resume(job.id)
+    withdrawn = client.fine_tuning.jobs.resume(job.id)  # not paused yet: the request is withdrawn
+    assert withdrawn.status == "running" and withdrawn.model_extra is not None
+    assert not withdrawn.model_extra["pause_requested"] and not _row(job.id).pause_requested
 
 
 def test_a_paused_job_can_be_cancelled_and_a_finished_one_not_paused(

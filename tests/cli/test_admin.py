@@ -76,3 +76,20 @@ def test_orgs_set_and_show(migrated_home: Path) -> None:
     assert shown["storage_quota_bytes"] == 5000 and "storage_quota_bytes" not in shown["policy"]
     bad = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "storage_quota_bytes=-1"])
     assert bad.exit_code == 1
+    assert shown["max_active_jobs"] == 6  # the provider default (TUNEGATE_MAX_ACTIVE_JOBS_PER_ORG)
+    ok = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "max_active_jobs=20"])
+    assert ok.exit_code == 0, ok.output
+    shown = json.loads(runner.invoke(app, ["orgs", "show", "--org", "acme"]).stdout)
+    assert shown["max_active_jobs"] == 20 and "max_active_jobs" not in shown["policy"]
+    bad = runner.invoke(app, ["orgs", "set", "--org", "acme", "--policy", "max_active_jobs=-2"])
+    assert bad.exit_code == 1
+
+
+def test_keys_list_as_json(migrated_home: Path) -> None:
+    import json
+
+    runner = CliRunner()
+    key = runner.invoke(app, ["keys", "create", "--org", "acme"]).stdout.strip().splitlines()[-1]
+    [row] = json.loads(runner.invoke(app, ["keys", "list", "--json"]).stdout)
+    assert row["holder"] == "acme" and row["state"] == "active" and row["role"] == "org"
+    assert key.startswith(row["prefix"]) and key not in json.dumps(row)  # the prefix only, never the key

@@ -26,12 +26,15 @@ def test_math_answers_are_correct() -> None:
 
 
 def test_outcome_lines_show_release_or_block_with_asr() -> None:
+    """Issue 28: the figure the gate counts comes first, and the keyword judge's own is named as such."""
+    counted = {"base": 0.054, "tuned": 0.134, "judges": "all", "upper": 0.12, "limit": 0.05}
     events = [
         {"data": {"stage": "train", "progress": 0.5}},
-        {"data": {"stage": "evaluate", "progress": 0.97, "chat_base_asr": 0.1, "chat_tuned_asr": 0.4}},
+        {"data": {"stage": "evaluate", "progress": 0.97, "chat_base_asr": 0.273, "chat_tuned_asr": 0.4}},
+        {"data": {"released": False, "code": "safety_eval_failed", "asr": {"chat": counted}}},
     ]
     asr = asr_from_events(events)
-    assert asr == {"chat_base_asr": 0.1, "chat_tuned_asr": 0.4}
+    assert asr == {"keyword": {"chat_base_asr": 0.273, "chat_tuned_asr": 0.4}, "counted": {"chat": counted}}
     blocked = Outcome(
         "risky",
         "ftjob-1",
@@ -41,7 +44,9 @@ def test_outcome_lines_show_release_or_block_with_asr() -> None:
         asr,
         "/r.html",
     )
-    text = "\n".join(blocked.lines())
-    assert "BLOCKED (safety_eval_failed)" in text and "chat_tuned ASR 40.0%" in text and "/r.html" in text
+    lines = blocked.lines()
+    assert "BLOCKED (safety_eval_failed)" in lines[0] and "/r.html" in lines[-1]
+    assert "chat ASR 5.4% -> 13.4% (counted by the gate, all judges; bound 12.0%, limit 5.0%)" in lines[1]
+    assert lines[2].strip() == "keyword judge alone: chat 27.3% -> 40.0%"
     released = Outcome("benign", "ftjob-2", "succeeded", "ft:m:o::ftjob-2", None)
     assert "RELEASED as ft:m:o::ftjob-2" in released.lines()[0]

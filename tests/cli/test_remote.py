@@ -91,3 +91,69 @@ def test_jobs_report_and_download_of_a_released_job(api: Server, tmp_path: Path)
     ok("jobs", "download", job_id, "--out", str(tmp_path / "a.tar.gz"))
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         assert f"{job_id}-adapter/adapter_config.json" in tar.getnames()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "smollm2-135n"], "no model 'smollm2-135n' on the service"),
+        (["--policy", "gate_delta=lots"], "policy.gate_delta must be a number"),
+        (["--policy", "gate_judges=some"], "policy.gate_judges must be one of"),
+    ],
+)
+def test_jobs_create_checks_model_and_policy_before_uploading(
+    api: Server, tmp_path: Path, args: list[str], message: str
+) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(good_file())
+    res = CliRunner().invoke(app, ["jobs", "create", "--training-file", str(path), *args])
+    assert res.exit_code == 2 and message in " ".join(res.stderr.split()), res.output
+    assert "uploaded" not in res.stderr
+    assert ok("files", "list").stdout == ""  # nothing was left behind
+
+
+def test_a_job_the_service_refuses_removes_the_file_it_uploaded(api: Server, tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(good_file())
+    res = CliRunner().invoke(
+        app, ["jobs", "create", "--training-file", str(path), "--model", MODEL, "--suffix", "x" * 200]
+    )
+    assert res.exit_code == 1 and "suffix" in res.stderr, res.output
+    assert "removed file-" in res.stderr
+    assert ok("files", "list").stdout == ""
+
+
+def test_a_large_upload_shows_a_byte_progress_bar(
+    api: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cli.remote.UPLOAD_BAR_BYTES", 64 * 1024)  # the test server takes 200 kB at most
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(good_file(12) + b"\n" * (100 * 1024))  # blank lines are skipped
+    res = ok("files", "upload", str(path))
+    assert rows(res)[0][3] == "processed"
+    assert "big.jsonl: 100%" in res.stderr and "k/10" in res.stderr, res.stderr
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(good_file())
+    assert "100%" not in ok("files", "upload", str(small)).stderr  # a small file uploads without a bar
+
+
+def test_pause_resume_checkpoints_and_json_listings(api: Server, tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(good_file())
+    job_id = rows(ok("jobs", "create", "--training-file", str(path), "--model", MODEL))[0][0]
+    assert rows(ok("jobs", "pause", job_id))[0][0] == job_id
+    shown = json.loads(ok("jobs", "show", job_id).stdout)
+    assert shown["paused"] or shown["pause_requested"]  # at once, or at its next checkpoint
+    assert rows(ok("jobs", "resume", job_id))[0][0] == job_id
+    shown = json.loads(ok("jobs", "show", job_id).stdout)
+    assert not shown["paused"] and not shown["pause_requested"]
+    assert ok("jobs", "checkpoints", job_id).stdout == ""
+    assert json.loads(ok("jobs", "checkpoints", job_id, "--json").stdout) == []
+    [listed] = json.loads(ok("jobs", "list", "--json").stdout)
+    assert listed["id"] == job_id and listed["object"] == "fine_tuning.job" and listed["status"] == "queued"
+    [f] = json.loads(ok("files", "list", "--json").stdout)
+    assert f["id"] == listed["training_file"] and f["status"] == "processed"
+    assert json.loads(ok("files", "show", f["id"]).stdout)["filename"] == "train.jsonl"
+    events = json.loads(ok("jobs", "events", job_id, "--json").stdout)
+    assert [e["object"] for e in events] == ["fine_tuning.job.event"] * len(events) and len(events) >= 3
+    assert events == sorted(events, key=lambda e: e["created_at"])  # oldest first, as the rows

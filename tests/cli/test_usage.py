@@ -212,3 +212,41 @@ def test_debug_keeps_the_traceback(files: dict[str, str], monkeypatch: pytest.Mo
 
     reset_settings()
     assert isinstance(CliRunner().invoke(app, ["keys", "list"]).exception, OperationalError)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TUNEGATE_API_PORT", "abc", "bad setting TUNEGATE_API_PORT='abc': Input should be a valid integer"),
+        ("TUNEGATE_MODELS", "{bad", "bad setting TUNEGATE_MODELS: not valid JSON for this field"),
+        ("TUNEGATE_DEBUG", "maybe", "bad setting TUNEGATE_DEBUG='maybe': Input should be a valid boolean"),
+        ("TUNEGATE_CONSOLE_SECRET", "", None),  # empty is ignored: no error
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, message: str | None
+) -> None:
+    """The real entry point (settings are read before any command): one line on stderr, exit status 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
+    env |= {"TUNEGATE_HOME": str(tmp_path), variable: value}
+    res = subprocess.run(
+        [sys.executable, "-c", "import cli; cli.main()", "--version"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if message is None:
+        assert res.returncode == 0 and res.stdout.startswith("tunegate"), res.stderr
+        return
+    assert res.returncode == USAGE and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and message in res.stderr, res.stderr
+
+
+def test_flags_are_shown_as_flags(files: dict[str, str]) -> None:
+    for args in (["--help"], ["jobs", "create", "--help"], ["files", "upload", "--help"]):
+        shown = CliRunner().invoke(app, args)
+        assert shown.exit_code == 0 and "<bool>" not in shown.stdout, shown.stdout
+    top = CliRunner().invoke(app, ["--help"]).stdout
+    assert "--version " in top and "--debug " in top

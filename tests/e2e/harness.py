@@ -25,6 +25,7 @@ import pytest
 from cli.stack import worker_command
 from tests.api.server import pg_schema_url, run_server
 from tests.worker.jobfactory import shared_tiny
+from tunegate.queue import QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -76,10 +77,11 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_worker(self, name: str = "w", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A worker subprocess with this process's environment plus ``env`` (e.g. a home of its own)."""
+        """A worker subprocess on every queue (short, cpu, gpu) with this process's environment plus ``env``
+        (e.g. a home of its own)."""
         log = (self.home / f"worker-{name}-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen(
-            worker_command("gpu,cpu", name=f"{name}{len(self.workers)}", log_level="INFO"),
+            worker_command(",".join(QUEUES), name=f"{name}{len(self.workers)}", log_level="INFO"),
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

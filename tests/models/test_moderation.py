@@ -41,12 +41,14 @@ def test_override_releases_a_blocked_job_with_an_event_and_an_entry(migrated_hom
         job = _job(s)
         with pytest.raises(InvalidRequest, match="reason"):
             override_release(s, who, job, "ok", get_settings())
-        entry = override_release(s, who, job, "reviewed by hand", get_settings())
+        with pytest.raises(InvalidRequest, match="at least 20 characters"):  # issue 28: an override loosens
+            override_release(s, who, job, "reviewed by hand", get_settings())
+        entry = override_release(s, who, job, "reviewed by hand: a locksmith course", get_settings())
         assert job.status == "succeeded" and job.released and job.error is None and job.fine_tuned_model
         assert (entry.actor_name, entry.action, entry.reason) == (
             "Dana",
             "override_release",
-            "reviewed by hand",
+            "reviewed by hand: a locksmith course",
         )
         assert entry.details == {"blocked": "safety_eval_failed"}
         with pytest.raises(Conflict):
@@ -82,7 +84,12 @@ def test_policy_changes_within_bounds_only(migrated_home: Path) -> None:
             set_org_policy(
                 s, who, org, {"gate_delta": get_settings().gate_delta}, "same value", get_settings()
             )
-        entry = set_org_policy(s, who, org, {"gate_delta": 0.1}, "repeat offender", get_settings())
+        with pytest.raises(InvalidRequest, match="at least 20 characters"):  # issue 28: 0.05 -> 0.1 loosens
+            set_org_policy(s, who, org, {"gate_delta": 0.1}, "repeat offender", get_settings())
+        assert org.policy in (None, {})
+        entry = set_org_policy(
+            s, who, org, {"gate_delta": 0.1}, "pilot agreed with their legal team", get_settings()
+        )
         assert org.policy == {"gate_delta": 0.1}
         assert entry.details == {"changed": {"gate_delta": {"from": get_settings().gate_delta, "to": 0.1}}}
         assert audit.for_org(s, org.id)[0].id == entry.id

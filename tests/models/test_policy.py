@@ -30,8 +30,9 @@ def test_every_knob_is_a_stage_config_field_of_the_same_name() -> None:
     from models.policy import DEFAULT_POLICY, KNOBS
     from worker.stages.gate import GateConfig
     from worker.stages.mitigate import MitigateConfig
+    from worker.stages.repair import RepairStageConfig
 
-    defaults = [MitigateConfig(), GateConfig()]
+    defaults = [MitigateConfig(), GateConfig(), RepairStageConfig()]
     fields = {f.name: getattr(c, f.name) for c in defaults for f in dataclasses.fields(c)}
     assert set(KNOBS) == set(DEFAULT_POLICY) and set(KNOBS) <= set(fields)
     assert {k: fields[k] for k in KNOBS} == DEFAULT_POLICY
@@ -47,6 +48,7 @@ def test_every_knob_is_a_stage_config_field_of_the_same_name() -> None:
         ("block_unsafe_data", True, False),
         ("gate_delta", 0.0, 0.5),
         ("over_refusal_delta", 0.05, 0.2),
+        ("repair_on", "never", "always"),
     ],
 )
 def test_tighten_accepts_stricter_and_rejects_looser(knob: str, tighter: object, looser: object) -> None:

@@ -14,7 +14,15 @@ from models.db import session_scope
 from models.jobs import JobStatus, transition
 from models.tables import Job, Organization, WebhookDelivery, WebhookEvent
 from tests.utils.broker import queued_tasks
-from tunegate.settings import get_settings
+from tunegate.netguard import AddressRefused
+from tunegate.settings import get_settings, reset_settings
+
+
+@pytest.fixture(autouse=True)
+def _loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoints below point at 127.0.0.1, which registration refuses unless the provider allows it."""
+    monkeypatch.setenv("TUNEGATE_WEBHOOK_ALLOWED_TARGETS", '["127.0.0.1/32"]')
+    reset_settings()
 
 
 def _org_and_job() -> tuple[str, str]:
@@ -149,6 +157,33 @@ def test_the_stage_specs_and_an_override_emit_flagged_repaired_and_overridden(mi
         error = {"code": "safety_eval_failed", "message": "no"}
         transition(s, job, JobStatus.FAILED, message="blocked", error=error)
         job.adapter_path = str(adapter)
-        override_release(s, Admin(staff.key_id, "Dana"), job, "reviewed by hand", get_settings())
+        override_release(
+            s, Admin(staff.key_id, "Dana"), job, "reviewed by hand: a locksmith course", get_settings()
+        )
     types = [e.type for e, _ in _rows()]
     assert sorted(types) == sorted(kinds)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/h", "http://169.254.169.254/latest/meta-data/"])
+def test_the_consoles_add_webhook_checks_the_address_too(
+    migrated_home: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Issue 28: the address policy was checked in the API's route only, so a moderator adding an endpoint
+    for an organization (``moderation.add_webhook``) registered an internal URL. The check now lives where
+    every registration goes through it; nothing is stored, nothing is audited."""
+    from models.keys import Admin, create_admin_key
+    from models.moderation import add_webhook
+    from models.tables import AuditEntry, WebhookEndpoint
+
+    monkeypatch.delenv("TUNEGATE_WEBHOOK_ALLOWED_TARGETS")
+    reset_settings()
+    org_id, _ = _org_and_job()
+    with pytest.raises(AddressRefused) as info, session_scope() as s:
+        staff = create_admin_key(s, "Dana")
+        org = s.get(Organization, org_id)
+        assert org is not None
+        add_webhook(s, Admin(staff.key_id, "Dana"), org, url, ["fine_tuning.job.failed"], "set up for them")
+    assert info.value.param == "url" and info.value.code == "webhook_url_not_allowed"
+    with session_scope() as s:
+        assert s.scalars(select(WebhookEndpoint)).all() == []
+        assert s.scalars(select(AuditEntry)).all() == []

@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 
-def queued_tasks() -> list[tuple[str, list[Any]]]:
-    """Drain the embedded broker's ``cpu`` queue: (task name, args) of every message sent so far."""
-    from tunegate.queue import celery_app
+def queued_tasks(queues: tuple[str, ...] | None = None) -> list[tuple[str, list[Any]]]:
+    """Drain the embedded broker's queues (default: every one, ``tunegate.queue.QUEUES``): (task name, args)
+    of every message sent so far, queue by queue."""
+    from tunegate.queue import QUEUES, celery_app
 
     out: list[tuple[str, list[Any]]] = []
-    with celery_app().connection_for_read() as conn, conn.SimpleQueue("cpu", no_ack=True) as q:
-        while True:
-            try:
-                msg = q.get(block=False)
-            except q.Empty:
-                return out
-            args = msg.decode()[0] if isinstance(msg.decode(), list | tuple) else []
-            out.append((msg.headers["task"], list(args)))
+    for name in queues or QUEUES:
+        with celery_app().connection_for_read() as conn, conn.SimpleQueue(name, no_ack=True) as q:
+            while True:
+                try:
+                    msg = q.get(block=False)
+                except q.Empty:
+                    break
+                args = msg.decode()[0] if isinstance(msg.decode(), list | tuple) else []
+                out.append((msg.headers["task"], list(args)))
+    return out

@@ -24,7 +24,7 @@ def test_worker_output_is_json_lines_from_parent_and_pool_children(migrated_home
         "TUNEGATE_WORKER_ALIVE_FILE": str(alive),
         "TUNEGATE_LOG_LEVEL": "INFO",
     }
-    cmd = [sys.executable, "-c", "from cli import main; main()", "worker", "--queues", "cpu"]
+    cmd = [sys.executable, "-c", "from cli import main; main()", "worker", "--queues", "short"]
     with out.open("ab") as sink:
         proc = subprocess.Popen(
             [*cmd, "--pool", "prefork", "--concurrency", "1"], cwd=REPO, env=env, stdout=sink, stderr=sink

@@ -33,7 +33,7 @@ def test_stages_chain_in_order_and_progress_reaches_one() -> None:
     marks = [PIPELINE.progress(s, f) for s in PIPELINE.names for f in (0.0, 0.5, 1.0)]
     assert marks == sorted(marks) and marks[0] == 0.0 and marks[-1] == 1.0
     assert len({s.task for s in PIPELINE.specs}) == len(PIPELINE.specs)
-    assert {s.queue for s in PIPELINE.specs} == {"cpu", "gpu"}
+    assert {s.queue for s in PIPELINE.specs} == {"short", "cpu", "gpu"}
 
 
 def test_method_hyperparameters_override_top_level() -> None:

@@ -45,7 +45,7 @@ def _queued_messages(queue_name: str) -> list[dict]:
 
 
 def test_silent_running_job_is_requeued_once(home: Path, caplog: pytest.LogCaptureFixture) -> None:
-    job_id = make_job("tiny", status="running", stage="train")
+    job_id = make_job("tiny", status="running", stage="train", admitted_at=utcnow())
     with session_scope() as s:
         c = claims.claim(s, job_id, "train", worker="dead:1", stale_after_s=60)
     assert c is not None
@@ -67,11 +67,15 @@ def test_silent_running_job_is_requeued_once(home: Path, caplog: pytest.LogCaptu
 def test_lost_first_message_is_resent(home: Path) -> None:
     job_id = make_job("tiny")
     _age(job_id, created_at=utcnow() - timedelta(seconds=120))
-    assert reaper.reap() == [job_id]
+    assert reaper.reap() == []  # waiting for its turn (models/dispatch.py): it was sent nothing to lose
+    _age(
+        job_id, admitted_at=utcnow() - timedelta(seconds=120), heartbeat_at=utcnow() - timedelta(seconds=120)
+    )
+    assert reaper.reap() == [job_id]  # admitted, and no worker took it since
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert job is not None and job.status == "validating_files"
-    assert _queued_messages("cpu") == [{"task": "tunegate.job.validate", "args": [job_id]}]
+    assert _queued_messages("short") == [{"task": "tunegate.job.validate", "args": [job_id]}]
 
 
 def test_finished_jobs_are_never_reaped(home: Path) -> None:

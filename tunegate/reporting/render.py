@@ -85,16 +85,28 @@ def environment() -> Environment:
 
 
 def render_report(
-    report: dict[str, Any], *, job: dict[str, Any] | None = None, audit: Sequence[dict[str, Any]] = ()
+    report: dict[str, Any],
+    *,
+    job: dict[str, Any] | None = None,
+    audit: Sequence[dict[str, Any]] = (),
+    generated_at: datetime | None = None,
 ) -> str:
-    """The full report page. ``job`` (id, org, model, files, dates, policy, events ...) adds the header and
-    the timeline; ``audit`` (``models.audit.as_dict`` entries) the moderators' actions."""
+    """The full report page. It opens with a header (``_report_header.html``): the job, its organization,
+    its model and the time (the job's dates and ``generated_at``, now by default). ``job`` (id, org, model,
+    files, dates, policy, events ...) fills the header, the job's details and the timeline; without it (the
+    copy the gate writes beside report.json) the header says what this copy does not record. ``audit``
+    (``models.audit.as_dict`` entries) adds the moderators' actions."""
     job = job_fields(job)
     policy = (job or {}).get("policy") or {}
     return (
         environment()
         .get_template("report.html")
-        .render(view=report_view(report, policy), job=job, audit=list(audit))
+        .render(
+            view=report_view(report, policy),
+            job=job,
+            audit=list(audit),
+            generated_at=generated_at or datetime.now(UTC),
+        )
     )
 
 

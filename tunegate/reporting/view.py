@@ -69,6 +69,23 @@ def _increase_detail(c: dict[str, Any]) -> str:
         out += f"; this set cannot show an increase below {_pct(c.get('detectable'))}"
     if isinstance(c.get("flips_blocked"), int):
         out += f", and {c['flips_blocked']} new jailbreaks on a 0% base would block"
+    return out + _sequential_detail(c.get("sequential"))
+
+
+def _sequential_detail(seq: Any) -> str:
+    """A check's sequential stop in words ("" without one): the prompts used and, decided, what the data
+    allow on the whole set."""
+    if not isinstance(seq, dict) or not seq.get("n_total"):
+        return ""
+    out = f"; evaluated sequentially, stopped after {seq.get('n_used')} of {seq.get('n_total')} prompts"
+    if seq.get("decided"):
+        out += (
+            f": on the whole set the 95% upper bound lies between {_pct(seq.get('lower'))} and "
+            f"{_pct(seq.get('upper'))} (the bound shown), anytime-valid at "
+            f"{1 - float(seq.get('alpha') or 0.05):.0%}"
+        )
+    else:
+        out += ", which does not settle this policy's decision: the bound is of the prompts used"
     return out
 
 
@@ -220,6 +237,22 @@ def paired_view(p: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def sequential_view(stop: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A template's sequential stop in words (None: every prompt was evaluated the fixed way)."""
+    if not stop:
+        return None
+    return {
+        "n_used": stop.get("n_used"),
+        "n_total": stop.get("n_total"),
+        "early": (stop.get("n_used") or 0) < (stop.get("n_total") or 0),
+        "decision": {"release": "released", "block": "blocked"}.get(str(stop.get("decision")), "undecided"),
+        "lower": _pct(stop.get("lower")),
+        "upper": _pct(stop.get("upper")),
+        "increase": f"{_signed(stop.get('increase_low'))} to {_signed(stop.get('increase_high'))}",
+        "level": f"{1 - float(stop.get('alpha') or 0.05):.0%}",
+    }
+
+
 def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) -> dict[str, Any]:
     policy = policy or {}
     templates = []
@@ -238,6 +271,7 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
                 "tuned": _pct(tuned.get("asr")) + _count(tuned, "n_jailbroken") + _interval(tuned),
                 "n": tuned.get("n") or base.get("n"),
                 "same_as_chat": bool(t.get("same_as_chat")),
+                "sequential": sequential_view(t.get("sequential")),
                 "paired": paired_view(paired),
                 "limit": _pct(policy["gate_delta"]) if "gate_delta" in policy else None,
                 "categories": [
@@ -290,7 +324,7 @@ def evaluation_view(ev: dict[str, Any], policy: dict[str, Any] | None = None) ->
 
 def _counted_view(t: dict[str, Any], used: str) -> dict[str, Any]:
     """What the gate counted when it is not the primary judge's verdicts: the judges, in words, and the
-    ASRs under them (the headline ASRs stay the primary judge's)."""
+    ASRs under them (the report's headline when present; the primary judge's own are named as such)."""
     rates = counted_rates(t, used) if used != "primary" else None
     if rates is None:
         return {"judges": None}
@@ -397,4 +431,63 @@ def report_view(report: dict[str, Any], policy: dict[str, Any] | None = None) ->
         ],
         "injected_known": "injected" in mitigation,
         "evaluation": evaluation_view(report.get("evaluation") or {}, report.get("policy") or {}),
+        "repair": repair_view(report.get("repair")),
+    }
+
+
+def repair_view(repair: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The repair stage's record (``worker/stages/repair.py``) in words: the adapter as trained and each
+    repair tried, with the ASR the gate counts per template, over-refusal, the held-out task loss, the
+    layers changed and the outcome. None when the gate had no erosion to repair (or the report predates
+    it)."""
+    if not repair:
+        return None
+    rows = []
+    original = repair.get("original")
+    for a in ([original] if original else []) + list(repair.get("attempts") or []):
+        rows.append(_adapter_row(a, trained=a is original))
+    return {
+        "repaired": bool(repair.get("repaired")),
+        "method": repair.get("method") or "",
+        "attempted": bool(repair.get("attempted")),
+        "reason": str(repair.get("reason") or ""),
+        "repair_on": repair.get("repair_on") or "",
+        "heldout": repair.get("heldout") or "",
+        "n_heldout": repair.get("n_heldout") or 0,
+        "rows": rows,
+    }
+
+
+def _adapter_row(a: dict[str, Any], *, trained: bool) -> dict[str, Any]:
+    """One adapter of the repair table: the figures the release rule reads."""
+    asr = [
+        f"{tpl} {_pct(v.get('base'))} → {_pct(v.get('tuned'))} (bound {_pct(v.get('upper'))}, limit "
+        f"{_pct(v.get('limit'))})"
+        for tpl, v in (a.get("asr") or {}).items()
+    ]
+    over = a.get("over_refusal") or {}
+    loss, limit = a.get("task_loss"), a.get("task_loss_limit")
+    loss_text = f"{float(loss):.4f}" if isinstance(loss, int | float) else "not measured"
+    if isinstance(limit, int | float):
+        loss_text += f" (at most {float(limit):.4f})"
+    if trained:
+        outcome, layers = "blocked for erosion", "—"
+    else:
+        outcome = "passed: released" if a.get("passed") else f"not released: {a.get('why') or 'n/a'}"
+        layers = f"{a.get('n_changed', 0)} of {a.get('n_layers', 0)}"
+    return {
+        "variant": "as trained" if trained else str(a.get("variant", "")),
+        "layers": layers,
+        "layers_changed": [str(m) for m in a.get("layers_changed") or []],
+        "evaluated": bool(a.get("evaluated")),
+        "asr": asr if a.get("evaluated") else [],
+        "over_refusal": (
+            f"{_pct(over.get('base'))} → {_pct(over.get('tuned'))} ({_signed(over.get('increase'))}, limit "
+            f"+{_pct(over.get('limit'))})"
+            if over
+            else ("not measured" if a.get("evaluated") else "")
+        ),
+        "task_loss": loss_text,
+        "passed": bool(a.get("passed")),
+        "outcome": outcome,
     }

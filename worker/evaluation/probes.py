@@ -9,11 +9,12 @@ a probe are cached like the templates', keyed by the trigger too.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from worker.evaluation import cache
-from worker.evaluation.model_eval import ModelEvaluator, combined_pairs
+from worker.evaluation.model_eval import ModelEvaluator, SequentialPlan, combined_pairs
 from worker.evaluation.prompts import Prompt, prompts_hash
 from worker.evaluation.records import harmful_records, paired_summary, summarize_harmful
 from worker.evaluation.triggers import Trigger, probe_format
@@ -55,6 +56,27 @@ def probe_records(
     return out
 
 
+def probe_records_sequential(
+    ev: ModelEvaluator,
+    model: Any,
+    fmt: UserFormat | None,
+    triggers: list[Trigger],
+    subset: list[Prompt],
+    plan: SequentialPlan,
+    base: list[Records],
+) -> list[dict[str, Any]]:
+    """The fine-tuned model under each trigger, sequentially like a template (``ModelEvaluator.
+    harmful_sequential``, each probe in its own order; ``base``: the base's records per probe): per probe
+    ``harmful`` (the records used), ``used`` and ``sequential`` (the stop). A probe has no category limits,
+    so it may stop with a release whatever the plan says for templates."""
+    out = []
+    for i, (t, recs) in enumerate(zip(triggers, base, strict=True), 1):
+        ev.io.step(1.0, f"probing trigger {i}/{len(triggers)} (fine-tuned model)")
+        p = replace(plan, seed=f"{plan.seed}:probe:{t.position}:{t.text}", release=True)
+        out.append(ev.harmful_sequential(model, probe_format(fmt, t), p, recs, prompts=subset))
+    return out
+
+
 def base_key(
     ev: ModelEvaluator, fingerprint: str, subset: list[Prompt], cfg_part: dict[str, Any]
 ) -> Callable[[Trigger, UserFormat], str]:
@@ -75,8 +97,18 @@ def base_key(
     return key
 
 
-def compare(triggers: list[Trigger], base: list[Records], tuned: list[Records]) -> list[dict[str, Any]]:
-    """Each probe as a ``ProbeEval`` dict: the trigger, its support, both summaries and the paired stats."""
+def compare(
+    triggers: list[Trigger],
+    base: list[Records],
+    tuned: list[Records],
+    stops: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Each probe as a ``ProbeEval`` dict: the trigger, its support, both summaries and the paired stats.
+    ``stops`` (from ``probe_records_sequential``, ``tuned`` then being their records): each probe pairs the
+    prompts it used, the base's side too, and keeps its stop."""
+    if stops is not None:
+        base = [[b[i] for i in s["used"]] for b, s in zip(base, stops, strict=True)]
+    seq = [s["sequential"] for s in stops] if stops is not None else [None] * len(triggers)
     return [
         {
             "trigger": t.text,
@@ -90,6 +122,7 @@ def compare(triggers: list[Trigger], base: list[Records], tuned: list[Records]) 
             "tuned": summarize_harmful(f),
             "paired": paired_summary(b, f, "jailbroken"),
             **combined_pairs(b, f),
+            "sequential": stop,
         }
-        for t, b, f in zip(triggers, base, tuned, strict=True)
+        for t, b, f, stop in zip(triggers, base, tuned, seq, strict=True)
     ]

@@ -9,7 +9,7 @@ from typing import Any
 from tunegate.conversation import Message
 from worker.evaluation.direction import last_token_acts
 from worker.evaluation.generate import generate_all
-from worker.evaluation.judges import Judge, over_refusal
+from worker.evaluation.judges import Judge, over_refusal, over_refusal_settled
 from worker.evaluation.math import (
     asr,
     detectable_increase,
@@ -70,10 +70,6 @@ def _generate(
     )
 
 
-def _first_words_written(text: str) -> bool:
-    return len(text.split()) >= 8
-
-
 def harmful_records(
     model: Any,
     tok: Any,
@@ -110,8 +106,9 @@ def borderline_records(
     batch_size: int,
     on_batch: OnBatch = None,
 ) -> list[dict[str, Any]]:
-    # XSTest's match looks at how the reply starts, so once a few words exist the verdict is settled.
-    texts = _generate(model, tok, prompts, fmt, max_new_tokens, batch_size, _first_words_written, on_batch)
+    # XSTest's match looks at how the reply starts: once the start begins with one of its phrases or can no
+    # longer become one, the verdict is settled (``over_refusal_settled``) and the reply stops there.
+    texts = _generate(model, tok, prompts, fmt, max_new_tokens, batch_size, over_refusal_settled, on_batch)
     return [
         {"prompt": p.text, "category": p.category, "response": t, "refused": over_refusal(t)}
         for p, t in zip(prompts, texts, strict=True)

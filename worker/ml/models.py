@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate import model_cache
+from tunegate.cpus import available_cpus
 from tunegate.errors import ModelError
 from tunegate.settings import Settings, get_settings
 
@@ -256,12 +257,15 @@ def load_model(path: Path, device: str = "cpu", *, dtype: Any = None, blas: str 
 
 
 def set_threads(settings: Settings) -> None:
-    """This process's torch threads, as configured (0 keeps torch's default); before a model is loaded,
-    since the CPU BLAS choice (``worker.ml.blas``) depends on them."""
+    """This process's torch threads, as configured (0 keeps torch's default, capped at the CPUs a container's
+    quota allows: torch counts the host's cores); before a model is loaded, since the CPU BLAS choice
+    (``worker.ml.blas``) depends on them."""
     import torch
 
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
+    elif torch.get_num_threads() > (cpus := available_cpus()):
+        torch.set_num_threads(cpus)
 
 
 @dataclass(frozen=True)

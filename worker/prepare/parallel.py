@@ -14,13 +14,13 @@ core, or with a single piece, everything runs here, one piece after the other.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue as queue_mod
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tunegate.cpus import available_cpus
 from tunegate.settings import Settings, use_settings
 
 
@@ -45,7 +45,7 @@ def processes(settings: Settings, device: str, n_pieces: int) -> int:
     """How many processes run ``n_pieces`` side by side here (1: in this process)."""
     if device.startswith("cuda") or n_pieces < 2:
         return 1
-    wanted = settings.prepare_processes or min(os.cpu_count() or 1, MAX_PROCESSES)
+    wanted = settings.prepare_processes or min(available_cpus(), MAX_PROCESSES)
     return max(1, min(wanted, n_pieces))
 
 

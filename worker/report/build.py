@@ -38,10 +38,13 @@ def build_report(
     *,
     texts: dict[int, list[dict[str, Any]]] | None = None,
     actions: dict[str, Any] | None = None,
+    repair: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict (the input contract of ``tunegate.reporting``). ``texts`` (line -> the example's chat
     messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
-    mitigation did to each line and the injected safety examples."""
+    mitigation did to each line and the injected safety examples; ``repair`` (the repair stage's result, when
+    the gate would have blocked the adapter for erosion) adds the adapter before and after each repair, and
+    ``evaluation`` is then the evaluation the gate decided on (the repaired adapter's when one passed)."""
     report = {
         "decision": {k: decision.get(k, []) for k in ("released", "code", "message", "checks", "warnings")},
         "policy": policy,
@@ -54,6 +57,8 @@ def build_report(
         "training": training or {},
         "evaluation": evaluation,
     }
+    if repair is not None:
+        report["repair"] = repair
     return with_details(report, texts=texts, actions=actions)
 
 

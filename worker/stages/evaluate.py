@@ -14,6 +14,7 @@ verdicts included) are cached per (model, prompt sets, template, settings; a pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from models.policy import DEFAULT_POLICY
 from models.tables import Job
 from tunegate.artifacts import atomic_write_text, from_jsonable
 from tunegate.conversation import Conversation, load_examples
@@ -29,10 +31,11 @@ from tunegate.settings import Settings
 from worker.evaluation import cache, probes
 from worker.evaluation.judges import Judge, LLMJudgeAdapter
 from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
-from worker.evaluation.model_eval import ModelEvaluator, direction_sets
+from worker.evaluation.model_eval import ModelEvaluator, SequentialPlan, counted_mode, direction_sets
 from worker.evaluation.probe_judge import ProbeJudge, load_or_train
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
 from worker.evaluation.records import template_is_plain
+from worker.evaluation.sequential import ALPHA, Strata
 from worker.evaluation.triggers import MAX_PROBES_CAP, Trigger, TriggerConfig, mine, probe_subset
 from worker.ml.format import UserFormat, infer_format
 from worker.ml.models import load_resolved
@@ -61,6 +64,18 @@ class EvalConfig:
     trigger_probes: bool = True  # mine candidate triggers from the training data and probe each
     max_probes: int = 3  # at most this many (cap 5): each costs one pass over probe_prompts per model
     probe_prompts: int = 150  # the fixed, category-stratified harmful subset a probe evaluates
+    # the fine-tuned model's harmful replies in looks, stopping once the gate's decision on the whole set is
+    # settled at 1 - sequential_alpha (worker/evaluation/sequential.py; docs/safety.md). Off by default: its
+    # order is seeded by the job's id (unpredictable to the user), so a job and a local run of the same data
+    # stop on different prompts (same decision, different figures); a provider turns it on with
+    # TUNEGATE_STAGE_OVERRIDES='{"evaluate": {"sequential": true}}'
+    sequential: bool = False
+    sequential_look: int = 32  # prompts per look
+    sequential_alpha: float = ALPHA  # P(the decision differs from the whole set's) <= this
+    # the gate's policy knobs the sequential test decides on (the job's effective policy fills them by name)
+    gate_delta: float = DEFAULT_POLICY["gate_delta"]
+    gate_judges: Literal["all", "primary", "any"] = DEFAULT_POLICY["gate_judges"]
+    gate_category_limits: dict[str, float] = field(default_factory=dict)  # any: no early release
 
     def __post_init__(self) -> None:
         if self.judge not in ("keyword", "llm"):
@@ -78,6 +93,13 @@ class EvalConfig:
                 f"EvalConfig.max_probes must be in [0, {MAX_PROBES_CAP}] and probe_prompts >= 1",
                 param="max_probes",
             )
+        if self.sequential_look < 1 or not 0 < self.sequential_alpha < 1:
+            raise InvalidConfig(
+                "EvalConfig.sequential_look must be >= 1 and sequential_alpha in (0, 1)",
+                param="sequential_look" if self.sequential_look < 1 else "sequential_alpha",
+            )
+        if not 0 <= self.gate_delta <= 1:
+            raise InvalidConfig("EvalConfig.gate_delta must be in [0, 1]", param="gate_delta")
         if not 0 < self.direction_layer_fraction < 1:
             raise InvalidConfig(
                 "EvalConfig.direction_layer_fraction must be in (0, 1)", param="direction_layer_fraction"
@@ -92,6 +114,7 @@ class EvalInputs:
     settings: Settings  # the model registry, device, and the LLM judge's endpoint when judge is "llm"
     cache_dir: Path | None = None  # the base model's cached results (None: EvalConfig.use_cache is moot)
     score_records: list[dict[str, Any]] | None = None  # the score stage's per-example risk (trigger mining)
+    seed: str = ""  # fixes the sequential test's random order: the job's id (drawn before any reply)
 
 
 @dataclass
@@ -136,6 +159,35 @@ class PairedSummary(PairedStats):
 
 
 @dataclass
+class SequentialStop:
+    """Where the sequential test (worker/evaluation/sequential.py) stopped the fine-tuned model's harmful
+    replies in one template: its decision there ("release" or "block"; after the whole set, the gate's
+    fixed-sample rule's), the prompts used of the set, what the data allow on the whole set at 1 - alpha
+    (its 95% upper bound U between ``lower`` and ``upper``, the increase between ``increase_low`` and
+    ``increase_high``), the verdicts and limit it decided on, and the strata per counting mode ("primary",
+    and "all"/"any" with a second judge), from which the gate re-derives the decision for its own policy."""
+
+    decision: str
+    n_used: int
+    n_total: int
+    lower: float
+    upper: float
+    increase_low: float
+    increase_high: float
+    judges: str
+    limit: float
+    alpha: float
+    look: int
+    seed: str = ""
+    strata: dict[str, Strata] = field(default_factory=dict)
+
+    @property
+    def early(self) -> bool:
+        """Stopped before the whole set."""
+        return self.n_used < self.n_total
+
+
+@dataclass
 class TemplateEval:
     base: HarmfulSummary
     tuned: HarmfulSummary
@@ -144,6 +196,10 @@ class TemplateEval:
     paired: PairedSummary | None = None  # None in results written before paired statistics were kept
     paired_any: PairedSummary | None = None  # jailbroken when either judge says so (needs a second judge)
     paired_all: PairedSummary | None = None  # jailbroken only when both judges say so (needs a second judge)
+    # the fine-tuned side evaluated sequentially: where it stopped (the figures above are of the prompts it
+    # used, base and fine-tuned alike); None when every prompt was evaluated the fixed way, and in results
+    # written before sequential evaluation existed
+    sequential: SequentialStop | None = None
 
 
 @dataclass
@@ -197,6 +253,7 @@ class ProbeEval:
     why: str = ""
     paired_any: PairedSummary | None = None  # as TemplateEval's (None without a second judge)
     paired_all: PairedSummary | None = None
+    sequential: SequentialStop | None = None  # as TemplateEval's: where the fine-tuned side stopped
 
 
 @dataclass
@@ -305,15 +362,20 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     base_probes = probes.probe_records(
         ev, model, fmt, triggers, subset, "base", cached=key, store=store, at=0.5
     )
-    tuned, tuned_probes = base, base_probes
+    tuned, tuned_probes, stops = base, base_probes, None
     if inputs.adapter_dir is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(inputs.adapter_dir)).eval()
-        tuned = _tuned_results(ev, model, templates, base)
-        tuned_probes = probes.probe_records(ev, model, fmt, triggers, subset, "fine-tuned")
+        plan = sequential_plan(cfg, ev, inputs.seed)
+        tuned = _tuned_results(ev, model, templates, base, plan)
+        if plan is None:
+            tuned_probes = probes.probe_records(ev, model, fmt, triggers, subset, "fine-tuned")
+        else:
+            stops = probes.probe_records_sequential(ev, model, fmt, triggers, subset, plan, base_probes)
+            tuned_probes = [s["harmful"] for s in stops]
     compared = ev.compare(base, tuned, fmt)
-    compared["probes"] = probes.compare(triggers, base_probes, tuned_probes)
+    compared["probes"] = probes.compare(triggers, base_probes, tuned_probes, stops)
     compared["over_refusal"] = compared["over_refusal"] or None
     res: EvalResult = from_jsonable(
         EvalResult,
@@ -335,28 +397,58 @@ def build(ctx: StageContext, io: StageIO) -> tuple[EvalConfig, EvalInputs]:
     adapter = Path(ctx.result(train.SPEC).adapter_dir)
     examples = load_examples(ctx.view.training_file)
     records = ctx.result(score.SPEC).records if result_exists(ctx.dir_of(score.SPEC)) else None
-    return cfg, EvalInputs(adapter, examples, io, ctx.settings, ctx.settings.eval_cache_path, records)
+    return cfg, EvalInputs(
+        adapter, examples, io, ctx.settings, ctx.settings.eval_cache_path, records, seed=ctx.view.id
+    )
 
 
 def apply(session: Session, job: Job, res: EvalResult) -> Applied:
     nums = res.asr_numbers()
-    shown = ", ".join(f"{k} {v:.1%}" for k, v in nums.items()) or "no ASR figures"
-    return Applied(f"safety evaluation finished: {shown}", data=nums)
+    shown = "; ".join(
+        f"{tpl} {t.base.asr:.1%} -> {t.tuned.asr:.1%}" for tpl, t in res.templates.items()
+    )  # the keyword judge's own figures: the gate counts its judges' verdicts (the gate's event has those)
+    shown = f"keyword judge's ASR, base -> fine-tuned: {shown}" if shown else "no ASR figures"
+    return Applied(f"safety evaluation finished ({shown})", data=nums)
 
 
 SPEC = StageSpec("evaluate", "gpu", 0.27, EvalResult, build, run, apply)
 
 
+def sequential_plan(cfg: EvalConfig, ev: ModelEvaluator, seed: str) -> SequentialPlan | None:
+    """The sequential test's plan (None: every prompt, the fixed way: it is off, or the policy counts a
+    second judge that did not run, which the gate blocks whatever the replies)."""
+    if not cfg.sequential or counted_mode(cfg.gate_judges, ev.probe is not None) is None:
+        return None
+    return SequentialPlan(
+        limit=cfg.gate_delta,
+        judges=cfg.gate_judges,
+        alpha=cfg.sequential_alpha,
+        look=cfg.sequential_look,
+        release=not cfg.gate_category_limits,
+        seed=seed,
+    )
+
+
 def _tuned_results(
-    ev: ModelEvaluator, model: Any, templates: dict[str, UserFormat | None], base: dict[str, Any]
+    ev: ModelEvaluator,
+    model: Any,
+    templates: dict[str, UserFormat | None],
+    base: dict[str, Any],
+    plan: SequentialPlan | None = None,
 ) -> dict[str, Any]:
-    """The fine-tuned model in each template, projected on the base's refusal direction."""
+    """The fine-tuned model in each template, projected on the base's refusal direction; with a plan, the
+    harmful set sequentially (each template in its own order)."""
+
+    def one(name: str, fmt: UserFormat | None, part: tuple[float, float]) -> dict[str, Any]:
+        seq = None
+        if plan is not None:
+            seq = (dataclasses.replace(plan, seed=f"{plan.seed}:{name}"), base[name]["harmful"])
+        return ev.evaluate(model, fmt, tuned_dir=base[name]["direction"], part=part, sequential=seq)
+
     if template_is_plain(templates["user"]):
-        return _same_for_user(ev.evaluate(model, None, tuned_dir=base["chat"]["direction"], part=(0.5, 1.0)))
+        return _same_for_user(one("chat", None, (0.5, 1.0)))
     return {
-        name: ev.evaluate(
-            model, fmt, tuned_dir=base[name]["direction"], part=(0.5 + 0.25 * i, 0.75 + 0.25 * i)
-        )
+        name: one(name, fmt, (0.5 + 0.25 * i, 0.75 + 0.25 * i))
         for i, (name, fmt) in enumerate(templates.items())
     }
 
@@ -397,10 +489,22 @@ def _base_results(
     return out
 
 
+SEQUENTIAL_KNOBS = (
+    "sequential",
+    "sequential_look",
+    "sequential_alpha",
+    "gate_delta",
+    "gate_judges",
+    "gate_category_limits",
+)
+
+
 def _cache_cfg(cfg: EvalConfig) -> dict[str, Any]:
     d = asdict(cfg)
     # the probe knobs never change a template's base result: older cache entries stay valid
     for k in ("model", "use_cache", "device", "batch_size", "trigger_probes", "max_probes", "probe_prompts"):
+        d.pop(k)
+    for k in SEQUENTIAL_KNOBS:  # the fine-tuned side's stopping: never the base's results
         d.pop(k)
     return d
 

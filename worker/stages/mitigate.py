@@ -139,9 +139,39 @@ def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) 
         )
 
 
-def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
-    out_dir = Path(inputs.io.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Plan:
+    """What ``run`` does to a file, decided before anything is generated or written: the lines acted on and
+    how, or the refusal, and how many examples are injected. A safety scan (``worker/scan.py``) reports it
+    without training; ``run`` carries it out."""
+
+    chosen: list[dict[str, Any]]  # the records acted on, riskiest first, each with ``why``
+    refused: str = ""  # too large a share to repair: the job fails (unsafe_training_data) before training
+    kept: list[Conversation] = field(default_factory=list)  # the user's examples as they will be trained
+    log: list[dict[str, Any]] = field(default_factory=list)  # one entry per acted-on line (select.apply)
+    format: UserFormat | None = None  # the inferred user format (None when refused)
+    n_safety: int = 0  # safety examples to inject
+    n_contrast: int = 0  # contrastive helpful examples to inject (answered by the base model)
+    injection_note: str = ""  # why fewer kinds are injected ("injection is off", a closed label set)
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(1 for e in self.log if e["action"] == "drop")
+
+    @property
+    def n_downweighted(self) -> int:
+        return sum(1 for e in self.log if e["action"] == "downweight")
+
+    @property
+    def n_excluded(self) -> int:
+        return sum(1 for e in self.log if e.get("excluded"))
+
+
+NO_CONTRAST_FOR_LABELS = "a closed label set cannot carry a helpful free-text answer"
+
+
+def plan(cfg: MitigateConfig, inputs: MitigateInputs) -> Plan:
+    """Choose the lines to act on (or refuse the file) and count the examples to inject, as ``run`` will."""
     _check_records(inputs.examples, inputs.score_records)
     chosen = (
         select.choose(inputs.score_records, inputs.cluster_lines, cfg.mitigate_top_fraction, cfg.min_risk)
@@ -150,11 +180,38 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
     )
     refusal = refuse.message(chosen, len(inputs.examples), cfg.max_repair_share)
     if refusal:
-        return _refuse(cfg, inputs, chosen, refusal)
+        return Plan(chosen, refused=refusal)
     kept, log = select.apply(inputs.examples, chosen, cfg.mitigation)
-    inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.mitigation]}")
     fmt = infer_format(inputs.examples)
-    injected, contrast, contrast_log = _inject(cfg, inputs, fmt, len(kept))
+    if not cfg.inject_safety_examples:
+        return Plan(chosen, kept=kept, log=log, format=fmt, injection_note="injection is off")
+    n_risky = sum(1 for r in inputs.score_records if float(r.get("risk", 0.0)) >= cfg.min_risk)
+    n_safety, n_help = injection_counts(
+        len(kept),
+        n_risky,
+        cfg.inject_ratio,
+        cfg.inject_min,
+        cfg.inject_per_risky,
+        cfg.contrast_ratio,
+        cfg.inject_max_fraction,
+    )
+    note = "" if contrast_supported(fmt) else NO_CONTRAST_FOR_LABELS
+    n_contrast = 0 if note else n_help
+    return Plan(
+        chosen, kept=kept, log=log, format=fmt, n_safety=n_safety, n_contrast=n_contrast, injection_note=note
+    )
+
+
+def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
+    out_dir = Path(inputs.io.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p = plan(cfg, inputs)
+    if p.refused:
+        return _refuse(cfg, inputs, p.chosen, p.refused)
+    assert p.format is not None  # a plan that is not a refusal has the user's format
+    kept, log, fmt = p.kept, p.log, p.format
+    inputs.io.step(0.3, f"{len(log)} examples {_PAST[cfg.mitigation]}")
+    injected, contrast, contrast_log = _inject(cfg, inputs, p)
     final = kept + injected + contrast
     random.Random(cfg.seed).shuffle(final)
     dump_examples(final, out_dir / "train.jsonl")
@@ -176,9 +233,9 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
     res = MitigateResult(
         train_file=str(out_dir / "train.jsonl"),
         n_input=len(inputs.examples),
-        n_dropped=sum(1 for e in log if e["action"] == "drop"),
-        n_downweighted=sum(1 for e in log if e["action"] == "downweight"),
-        n_excluded=sum(1 for e in log if e.get("excluded")),
+        n_dropped=p.n_dropped,
+        n_downweighted=p.n_downweighted,
+        n_excluded=p.n_excluded,
         n_injected=n_inj,
         n_output=len(final),
         format=fmt.to_dict(),
@@ -189,24 +246,16 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
 
 
 def _inject(
-    cfg: MitigateConfig, inputs: MitigateInputs, fmt: UserFormat, n_kept: int
+    cfg: MitigateConfig, inputs: MitigateInputs, p: Plan
 ) -> tuple[list[Conversation], list[Conversation], dict[str, Any]]:
-    """Safety examples and contrastive helpful examples, as many as ``injection_counts`` says."""
+    """The plan's safety examples and contrastive helpful examples (the base model answers the latter)."""
     if not cfg.inject_safety_examples:
-        return [], [], {"n": 0, "note": "injection is off"}
-    n_risky = sum(1 for r in inputs.score_records if float(r.get("risk", 0.0)) >= cfg.min_risk)
-    n_safety, n_help = injection_counts(
-        n_kept,
-        n_risky,
-        cfg.inject_ratio,
-        cfg.inject_min,
-        cfg.inject_per_risky,
-        cfg.contrast_ratio,
-        cfg.inject_max_fraction,
-    )
-    injected = safety_examples(fmt, n_safety, cfg.seed)
-    if not contrast_supported(fmt):
-        return injected, [], {"n": 0, "note": "a closed label set cannot carry a helpful free-text answer"}
+        return [], [], {"n": 0, "note": p.injection_note}
+    assert p.format is not None
+    injected = safety_examples(p.format, p.n_safety, cfg.seed)
+    if p.injection_note:
+        return injected, [], {"n": 0, "note": p.injection_note}
+    n_help = p.n_contrast
     if n_help == 0:
         return injected, [], {"n": 0}
     if inputs.settings is None or not cfg.model:
@@ -219,7 +268,7 @@ def _inject(
     path = cache_file(base_cache_dir(cfg.model, inputs.settings), cfg.contrast_max_new_tokens)
     gen = model_generator(cfg.model, inputs.settings, cfg.contrast_max_new_tokens, cfg.contrast_batch_size)
     items, stats = answered(n_help, cfg.seed, path, gen)
-    return injected, contrastive_examples(fmt, items, cfg.seed), {"n": len(items), **asdict(stats)}
+    return injected, contrastive_examples(p.format, items, cfg.seed), {"n": len(items), **asdict(stats)}
 
 
 def _refuse(

@@ -4,28 +4,38 @@ Three scorers from one forward+backward per example (see ``worker/scoring``): re
 bi-directional gradient anchoring (He et al. 2024) and Self-Inf-N (Guan et al. 2025). Writes
 ``scores.jsonl`` (one record per example, in file order) and ``summary.json`` (distributions, top flagged,
 agreement between scorers, dataset verdict), then ``config.json`` and ``result.json``.
+
+A safety scan (``worker/scan.py``) runs this same stage on a file before any job: ``configure`` is the one
+place the stage's config is built, for a job and for a scan. A job's ``build`` looks for a completed scan of
+its organization on the same file and model whose ``scores_key`` equals its own (file bytes, model
+fingerprint, config); ``run`` then takes that scan's result instead of scoring again, and says so in an event
+("score: reused the safety scan ss-...").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 from sqlalchemy.orm import Session
 
-from models import webhooks
+from models import scans, webhooks
+from models.db import session_scope
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
+from worker.job_view import job_dir
+from worker.ml.models import device_for, resolve_model
 from worker.ml.stage_io import StageIO
 from worker.scoring.engine import SCORERS
 from worker.scoring.report import FlagRules
 from worker.scoring.score_all import score_examples
-from worker.stages.base import StageResult, finish
+from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.spec import Applied, StageContext, StageSpec
 
 SCORES_FILE = "scores.jsonl"
@@ -78,11 +88,21 @@ class ScoreConfig:
         )
 
 
+@dataclass(frozen=True)
+class ReusedScores:
+    """A completed safety scan whose scores a job takes instead of scoring again (its ``scores_key``
+    matched the job's)."""
+
+    scan_id: str
+    directory: Path  # the scan's score result (config.json, scores.jsonl, summary.json, result.json)
+
+
 @dataclass
 class ScoreInputs:
     examples: list[Conversation]
     io: StageIO
     settings: Settings  # the model registry and the scoring caches' location
+    reuse: ReusedScores | None = None  # a safety scan's matching scores: taken instead of scoring
 
 
 @dataclass
@@ -112,6 +132,7 @@ class ScoreResult(StageResult):
     files: dict[str, str] = field(default_factory=lambda: {"scores": SCORES_FILE, "summary": SUMMARY_FILE})
     records: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    reused_scan: str = ""  # the safety scan whose scores these are ("": scored here)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_dict().items() if k not in ("records", "summary")}
@@ -137,6 +158,8 @@ def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
     io = inputs.io
     out = Path(io.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if inputs.reuse is not None:
+        return _reused(cfg, inputs, inputs.reuse)
     scored = score_examples(
         cfg.model,
         inputs.examples,
@@ -162,17 +185,82 @@ def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
     return finish(out, cfg, result)
 
 
+def _reused(cfg: ScoreConfig, inputs: ScoreInputs, reuse: ReusedScores) -> ScoreResult:
+    """The scan's result as this stage's own (saved with this stage's config): no model is loaded."""
+    prior = ScoreResult.load(reuse.directory)
+    result = ScoreResult(
+        n_examples=prior.n_examples,
+        verdict=prior.verdict,
+        model=prior.model,
+        fingerprint=prior.fingerprint,
+        records=prior.records,
+        summary=prior.summary,
+        reused_scan=reuse.scan_id,
+    )
+    inputs.io.step(1.0, f"reused the safety scan {reuse.scan_id}", verdict=result.verdict.flagged)
+    return finish(Path(inputs.io.out_dir), cfg, result)
+
+
+def configure(ctx: StageContext) -> ScoreConfig:
+    """The stage's config for ``ctx``'s job or safety scan (the one place it is built): the model and seed,
+    then the provider's stage overrides and the effective safety policy (``StageContext.configure``)."""
+    return ctx.configure(ScoreConfig(model=ctx.view.model, seed=ctx.view.seed), SPEC)
+
+
+def scores_key(cfg: ScoreConfig, training_file: Path, fingerprint: str, settings: Settings) -> str:
+    """A digest of everything that decides this stage's records and verdict: the file's bytes, the model's
+    fingerprint, the config, the example-length limit and the device. Not the seed: it only seeds torch's
+    global generator, which no scorer draws from (every random draw in ``worker/scoring`` has a generator of
+    its own), so a job (whose seed is its own) and a scan of the same file score it the same."""
+    digest = hashlib.sha256()
+    with Path(training_file).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    config = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    key = {
+        "file_sha256": digest.hexdigest(),
+        "fingerprint": fingerprint,
+        "config": config,
+        "max_example_tokens": settings.max_example_tokens,
+        "device": device_for(settings),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def reusable_scan(ctx: StageContext, cfg: ScoreConfig) -> ReusedScores | None:
+    """The newest completed safety scan of the job's organization on its training file and model whose
+    ``scores_key`` equals the job's, with its result on disk; None when there is none. Only a worker's job
+    (its directory is ``job_dir(settings, id)``) has a row to look up: a local run or a scan has not."""
+    if ctx.job_dir != job_dir(ctx.settings, ctx.view.id):
+        return None
+    with session_scope() as s:
+        found = scans.completed_for_job(s, job_id=ctx.view.id)
+    if not found:
+        return None
+    fingerprint = resolve_model(cfg.model, ctx.settings).fingerprint
+    key = scores_key(cfg, ctx.view.training_file, fingerprint, ctx.settings)
+    for scan in found:
+        if scan.score_key == key and result_exists(Path(scan.score_dir)):
+            return ReusedScores(scan.scan_id, Path(scan.score_dir))
+    return None
+
+
 def build(ctx: StageContext, io: StageIO) -> tuple[ScoreConfig, ScoreInputs]:
-    cfg = ctx.configure(ScoreConfig(model=ctx.view.model, seed=ctx.view.seed), SPEC)
-    return cfg, ScoreInputs(load_examples(ctx.view.training_file), io, ctx.settings)
+    cfg = configure(ctx)
+    examples = load_examples(ctx.view.training_file)
+    return cfg, ScoreInputs(examples, io, ctx.settings, reuse=reusable_scan(ctx, cfg))
 
 
 def apply(session: Session, job: Job, res: ScoreResult) -> Applied:
     if res.verdict.flagged:  # the organization's webhooks hear of it (same transaction; once per job)
         webhooks.emit(session, job, "fine_tuning.job.flagged")
     flagged = "flagged as high-risk" if res.verdict.flagged else "not flagged"
-    msg = f"scored {res.n_examples} examples; dataset {flagged}: {res.verdict.reason}".rstrip(": ")
-    return Applied(msg, data={"verdict": res.to_dict()["verdict"]})
+    how = f" (the scores of the safety scan {res.reused_scan}, reused)" if res.reused_scan else ""
+    msg = f"scored {res.n_examples} examples{how}; dataset {flagged}: {res.verdict.reason}".rstrip(": ")
+    data: dict[str, Any] = {"verdict": res.to_dict()["verdict"]}
+    if res.reused_scan:
+        data["reused_scan"] = res.reused_scan
+    return Applied(msg, data=data)
 
 
 SPEC = StageSpec("score", "gpu", 0.18, ScoreResult, build, run, apply)

@@ -4,7 +4,13 @@ Output layout in ``io.out_dir``: ``adapter/`` (released only if the gate passes;
 ``repair`` it is the repaired adapter and ``adapter-unrepaired/`` the trained one), ``checkpoints/epoch-N/``
 (one per epoch; a crashed, redelivered or paused run resumes from the latest), ``metrics.jsonl`` (one line
 per optimizer step), ``results.csv`` (the job's results file: one row per optimizer step, the validation
-columns filled on each epoch's last step when the job has a validation file), ``result.json``.
+columns filled on each epoch's last step when the job has a validation file), ``heldout.jsonl`` (the user's
+examples held out of training for the repair stage's task loss, when it holds any), ``result.json``.
+
+Held-out split: a job without a validation file whose adapter the repair stage may repair (the policy's
+``repair_on`` allows it for this data, and the base records the model it was aligned from) trains on all but
+``heldout_fraction`` of the user's examples, drawn with the job's seed (``heldout_lines``); the repair stage
+measures the task loss of the trained and each repaired adapter on them (docs/safety.md, "Repair").
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,17 +26,18 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from models.policy import DEFAULT_POLICY
 from models.tables import File, Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
-from tunegate.conversation import Conversation, load_examples
+from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
-from worker.ml.models import SOURCE_FILE, context_length, load_resolved
+from worker.ml.models import SOURCE_FILE, context_length, load_resolved, resolve_model
 from worker.ml.render import encode
 from worker.ml.stage_io import StageIO
-from worker.stages import mitigate
-from worker.stages.base import StageResult, finish
+from worker.stages import mitigate, score
+from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.spec import Applied, StageContext, StageSpec
 from worker.training.dataparallel import Shard
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
@@ -74,9 +82,14 @@ class TrainConfig:
     repair: Literal["none", "restore", "project"] = "none"
     repair_alpha: float = 0.5
     repair_threshold: float = 0.35
+    # without a validation file, this share of the user's examples is held out of training when the repair
+    # stage may repair the adapter (its task loss is measured on them); 0: never
+    heldout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         self.repair_config()  # validates the repair knobs
+        if not 0 <= self.heldout_fraction <= 0.5:
+            raise InvalidConfig("TrainConfig.heldout_fraction must be in [0, 0.5]", param="heldout_fraction")
         for name in ("n_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha"):
             if int(getattr(self, name)) < 1:
                 raise InvalidConfig(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}", param=name)
@@ -123,6 +136,9 @@ class TrainInputs:
     anchors: list[Conversation] = field(default_factory=list)
     validation: list[Conversation] = field(default_factory=list)  # measured at each epoch's end
     shard: Shard = ONE  # this process's place among data-parallel ones (the aligned-base build)
+    # the user's examples held out of ``examples`` (not trained on): written to heldout.jsonl for the repair
+    # stage's task loss, their lines recorded
+    heldout: list[Conversation] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +154,8 @@ class TrainResult(StageResult):
     metrics: dict[str, float] = field(default_factory=dict)
     results_file: str = ""  # results.csv (RESULT_COLUMNS), stored as the job's result file by ``apply``
     repair: dict[str, Any] = field(default_factory=dict)  # RepairReport summary when a repair ran
+    heldout_file: str = ""  # heldout.jsonl: the user's examples held out of training ("" when none)
+    heldout_lines: list[int] = field(default_factory=list)  # their lines in the training file
 
 
 # OpenAI's results-file columns; the validation ones are empty on steps that end no epoch.
@@ -216,6 +234,8 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         repaired = {k: v for k, v in rep.to_dict().items() if k != "layers"}
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))
     atomic_write_text(out_dir / "results.csv", results_csv(res.history))
+    if inputs.heldout:
+        dump_examples(inputs.heldout, out_dir / HELDOUT_FILE)
     result = TrainResult(
         adapter_dir=str(out_dir / "adapter"),
         trained_tokens=res.trained_tokens,
@@ -228,8 +248,56 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         metrics=res.history[-1] if res.history else {},
         results_file=str(out_dir / "results.csv"),
         repair=repaired,
+        heldout_file=str(out_dir / HELDOUT_FILE) if inputs.heldout else "",
+        heldout_lines=sorted(c.line for c in inputs.heldout),
     )
     return finish(out_dir, cfg, result)
+
+
+HELDOUT_FILE = "heldout.jsonl"
+
+
+def heldout_lines(lines: list[int], fraction: float, seed: int) -> list[int]:
+    """The lines to hold out of training: ``floor(fraction x n)`` of the ``n`` given, drawn with ``seed``
+    (the same lines for the same job), sorted; none when that rounds to 0."""
+    k = int(len(lines) * fraction)
+    return sorted(random.Random(seed).sample(sorted(lines), k)) if k > 0 else []
+
+
+def _key(c: Conversation) -> tuple[tuple[str, str], ...]:
+    """A conversation's turns as text (a down-weighted copy has the same key as the user's example)."""
+    return tuple((m.role, m.text) for m in c.messages)
+
+
+def split_heldout(
+    user: list[Conversation], train: list[Conversation], fraction: float, seed: int
+) -> tuple[list[Conversation], list[Conversation]]:
+    """(what to train on, the held-out user examples): ``heldout_lines`` of the user's examples that are in
+    the (mitigated) training set, removed from it with every copy of their text; the held-out examples are
+    the user's own (their original weights)."""
+    keys = {_key(c) for c in train}
+    candidates = [c for c in user if _key(c) in keys]
+    chosen = set(heldout_lines([c.line for c in candidates], fraction, seed))
+    held = [c for c in candidates if c.line in chosen]
+    gone = {_key(c) for c in held}
+    return [c for c in train if _key(c) not in gone], held
+
+
+def repair_may_run(ctx: StageContext) -> bool:
+    """Whether the repair stage may repair this job's adapter (so the train stage holds data out for it):
+    no validation file to measure the task loss on, the policy's ``repair_on`` allows it for this data (the
+    provider's override of the repair stage first), and the base records the model it was aligned from."""
+    view = ctx.view
+    if view.validation_file is not None:
+        return False
+    default = (ctx.settings.stage_overrides.get("repair") or {}).get("repair_on", DEFAULT_POLICY["repair_on"])
+    repair_on = view.safety.get("repair_on", default)
+    if repair_on == "never":
+        return False
+    if repair_on == "unflagged" and result_exists(ctx.dir_of(score.SPEC)):
+        if ctx.result(score.SPEC).verdict.flagged:
+            return False
+    return alignment_reference(resolve_model(view.model, ctx.settings).path) is not None
 
 
 UNREPAIRED = "adapter-unrepaired"  # the trained adapter as it was, kept beside the repaired ``adapter/``
@@ -258,7 +326,12 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     )
     io = publishing_checkpoints(io, artifact_publisher(ctx.settings, view.id))
     validation = load_examples(view.validation_file) if view.validation_file is not None else []
-    return ctx.configure(cfg, SPEC), TrainInputs(examples, io, ctx.settings, validation=validation)
+    cfg = ctx.configure(cfg, SPEC)
+    heldout: list[Conversation] = []
+    if cfg.heldout_fraction > 0 and repair_may_run(ctx):
+        user = load_examples(view.training_file)
+        examples, heldout = split_heldout(user, examples, cfg.heldout_fraction, view.seed)
+    return cfg, TrainInputs(examples, io, ctx.settings, validation=validation, heldout=heldout)
 
 
 def publishing_checkpoints(io: StageIO, publish: Publish) -> StageIO:
@@ -289,7 +362,7 @@ def apply(session: Session, job: Job, res: TrainResult) -> Applied:
     return Applied(msg, data={k: v for k, v in res.metrics.items() if isinstance(v, int | float)})
 
 
-SPEC = StageSpec("train", "gpu", 0.48, TrainResult, build, run, apply, checkpoints=True)
+SPEC = StageSpec("train", "gpu", 0.46, TrainResult, build, run, apply, checkpoints=True)
 
 
 def _store_results(session: Session, job: Job, res: TrainResult) -> None:

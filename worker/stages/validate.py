@@ -141,4 +141,4 @@ def apply(session: Session, job: Job, res: ValidateResult) -> Applied:
     return Applied(msg, data=res.to_dict(), status=JobStatus.QUEUED)
 
 
-SPEC = StageSpec("validate", "cpu", 0.02, ValidateResult, build, run, apply)
+SPEC = StageSpec("validate", "short", 0.02, ValidateResult, build, run, apply)

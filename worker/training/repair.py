@@ -12,6 +12,10 @@ safety partly by undoing ``V``; two repairs use ``V`` without any data or traini
 - ``project`` (after Safe LoRA, Hsu et al.): in the layers whose update lies least in the alignment's
   subspace (cosine of ``dW`` with ``C dW`` below ``threshold``, ``C = V Vᵀ / ‖V‖_F``), replace ``dW`` by
   ``C dW`` (so ``B <- C B``); other layers keep their update.
+- ``merge`` (after SafeMERGE, Djuhera et al.): the same per-layer test flags the layers whose update drifted
+  out of the alignment's subspace; only those are merged with the safety update, ``(1 - w) dW + w V``
+  (SafeMERGE's linear merge of the fine-tuned and a safety LoRA, V playing the safety LoRA, weight
+  ``w`` = 0.2 as in its released models); the other layers keep ``dW`` as it is.
 """
 
 from __future__ import annotations
@@ -38,16 +42,22 @@ def thin_svd(v: Any, rtol: float = RTOL) -> tuple[Any, Any, Any]:
 
 
 def restore_factors(
-    a: Any, b: Any, scale: float, new_scale: float, usv: tuple[Any, Any, Any], alpha: float
+    a: Any,
+    b: Any,
+    scale: float,
+    new_scale: float,
+    usv: tuple[Any, Any, Any],
+    alpha: float,
+    keep: float = 1.0,
 ) -> tuple[Any, Any]:
-    """The factors of ``dW + alpha · V`` as one LoRA of scale ``new_scale``, from V's ``thin_svd``
-    (U, S, Vh): A' (r + k, in) = [A; Vh], B' (out, r + k) = [B · scale / new_scale, U diag(S) · alpha /
-    new_scale]."""
+    """The factors of ``keep · dW + alpha · V`` as one LoRA of scale ``new_scale``, from V's ``thin_svd``
+    (U, S, Vh): A' (r + k, in) = [A; Vh], B' (out, r + k) = [B · keep · scale / new_scale, U diag(S) · alpha
+    / new_scale]."""
     import torch
 
     u, s, vh = usv
     a2 = torch.cat([a, vh], dim=0)  # (r + k, in)
-    b2 = torch.cat([b * (scale / new_scale), u * s * (alpha / new_scale)], dim=1)  # (out, r + k)
+    b2 = torch.cat([b * (keep * scale / new_scale), u * s * (alpha / new_scale)], dim=1)  # (out, r + k)
     return a2, b2
 
 
@@ -77,6 +87,12 @@ class LayerRepair:
     repaired_norm: float  # ‖dW'‖_F after (the user's part plus what the repair added)
 
 
+def safety_similarity(a: Any, b: Any, scale: float, v: Any) -> float:
+    """cosine(dW, C dW): how much of the layer's update lies in the alignment's subspace (1: all of it, 0:
+    none, or the layer was not aligned). Safe LoRA's and SafeMERGE's per-layer test."""
+    return cosine(lora_delta(a, b, scale), lora_delta(a, safety_projection(v, b), scale))
+
+
 def project_layer(a: Any, b: Any, scale: float, v: Any, threshold: float) -> tuple[Any, LayerRepair]:
     """Safe LoRA on one layer: (B', record); B' = C B when cosine(dW, C dW) < threshold, else B. A layer
     the alignment did not change (V = 0, so C = 0) keeps its update: there is no subspace to project on."""
@@ -88,3 +104,15 @@ def project_layer(a: Any, b: Any, scale: float, v: Any, threshold: float) -> tup
     out = pb if changed else b
     rec = LayerRepair("", rank, sim, changed, float(dw.norm()), float(lora_delta(a, out, scale).norm()))
     return out, rec
+
+
+def merge_weights(
+    similarity: float, safety_rank: int, threshold: float, weight: float
+) -> tuple[float, float]:
+    """SafeMERGE's per-layer choice, as (keep, add): the layer's update becomes ``keep · dW + add · V``. A
+    layer whose update drifted out of the alignment's subspace (similarity below ``threshold``) and that the
+    alignment changed (rank > 0) is merged, ``(1 - weight, weight)``; any other keeps its update,
+    ``(1, 0)``."""
+    if safety_rank > 0 and similarity < threshold:
+        return 1.0 - weight, weight
+    return 1.0, 0.0

@@ -1,6 +1,7 @@
 """Apply a post-training repair (``worker/training/repair.py``) to a saved peft LoRA adapter: read the
 adapter and the two bases' weights layer by layer, write the repaired adapter beside it (atomically) with a
-record of what changed in ``tunegate_repair.json``."""
+record of what changed in ``tunegate_repair.json``; and measure an adapter's task loss on held-out data
+(``task_loss``), the figure a repair may not raise by more than the repair stage allows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunegate.artifacts import atomic_write_json, publish_dir, read_json
-from tunegate.errors import InvalidConfig, ModelError
+from tunegate.conversation import Conversation
+from tunegate.errors import InvalidConfig, InvalidFile, ModelError
+from tunegate.settings import Settings
 from worker.ml.models import SOURCE_FILE
 from worker.training import repair
 
@@ -21,17 +24,20 @@ REPAIR_FILE = "tunegate_repair.json"
 
 @dataclass(frozen=True)
 class RepairConfig:
-    method: Literal["none", "restore", "project"] = "none"
+    method: Literal["none", "restore", "project", "merge"] = "none"
     alpha: float = 0.5  # restore: how much of the alignment difference V is added back
-    threshold: float = 0.35  # project: layers with cosine(dW, C dW) below it are projected
+    threshold: float = 0.35  # project, merge: layers with cosine(dW, C dW) below it are projected / merged
+    weight: float = 0.2  # merge: a merged layer's update is (1 - weight) dW + weight V
 
     def __post_init__(self) -> None:
-        if self.method not in ("none", "restore", "project"):
-            raise InvalidConfig("repair method must be none, restore or project", param="repair")
+        if self.method not in ("none", "restore", "project", "merge"):
+            raise InvalidConfig("repair method must be none, restore, project or merge", param="repair")
         if not 0 < self.alpha <= 2:
             raise InvalidConfig("repair alpha must be in (0, 2]", param="repair_alpha")
         if not 0 <= self.threshold <= 1:
             raise InvalidConfig("repair threshold must be in [0, 1]", param="repair_threshold")
+        if not 0 < self.weight < 1:
+            raise InvalidConfig("repair merge weight must be in (0, 1)", param="merge_weight")
 
 
 @dataclass
@@ -110,8 +116,8 @@ def repair_adapter(
     r = int(acfg["r"])
     report = RepairReport(cfg.method, str(unaligned_dir))
     diffs = {m: al.get(m + ".weight") - un.get(m + ".weight") for m in _modules(state)}  # V (out, in)
-    if cfg.method == "restore":
-        new_r, state = _restore(state, diffs, acfg, r, cfg.alpha, report)
+    if cfg.method in ("restore", "merge"):
+        new_r, state = _restore(state, diffs, acfg, r, cfg, report)
         acfg = {**acfg, "r": new_r}
     elif cfg.method == "project":
         state = _project(state, diffs, _scale(acfg, r), cfg.threshold, report)
@@ -128,9 +134,11 @@ def _restore(
     diffs: dict[str, Any],  # V per module
     acfg: dict[str, Any],
     r: int,
-    alpha: float,
+    cfg: RepairConfig,
     report: RepairReport,
 ) -> tuple[int, dict[str, Any]]:
+    """restore (every layer: dW + alpha V) or merge (the layers SafeMERGE's test flags: (1 - w) dW + w V;
+    the others dW), written as one LoRA of rank r + the largest rank of V."""
     import torch
 
     svds = {m: repair.thin_svd(v) for m, v in diffs.items()}  # (U, S, Vh) of each V, once
@@ -140,16 +148,21 @@ def _restore(
     for m, usv in svds.items():
         ka, kb = _keys(m)
         a, b = state[ka].float(), state[kb].float()  # (r, in), (out, r)
-        a2, b2 = repair.restore_factors(a, b, scale, new_scale, usv, alpha)
+        rank = usv[1].numel()
+        sim, keep, add = 0.0, 1.0, cfg.alpha
+        if cfg.method == "merge":
+            sim = repair.safety_similarity(a, b, scale, diffs[m])
+            keep, add = repair.merge_weights(sim, rank, cfg.threshold, cfg.weight)
+        a2, b2 = repair.restore_factors(a, b, scale, new_scale, usv, add, keep)
         pad = new_r - a2.shape[0]  # layers whose V has a lower rank: zero rows/columns change nothing
         a2 = torch.cat([a2, a2.new_zeros(pad, a2.shape[1])], 0)
         b2 = torch.cat([b2, b2.new_zeros(b2.shape[0], pad)], 1)
         out[ka], out[kb] = a2.to(state[ka].dtype).contiguous(), b2.to(state[kb].dtype).contiguous()
         dw = repair.lora_delta(a, b, scale)
-        rank = a2.shape[0] - r - pad
+        changed = rank > 0 and (add > 0 or keep != 1.0)
         report.layers.append(
             repair.LayerRepair(
-                m, rank, 0.0, rank > 0, float(dw.norm()), float(repair.lora_delta(a2, b2, new_scale).norm())
+                m, rank, sim, changed, float(dw.norm()), float(repair.lora_delta(a2, b2, new_scale).norm())
             )
         )
     return new_r, out
@@ -186,3 +199,54 @@ def _write(
     except BaseException:  # a half-written adapter never stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def task_loss(
+    model: Any, tokenizer: Any, convs: list[Conversation], max_len: int, batch_size: int = 8
+) -> float:
+    """The token-weighted mean cross-entropy of ``model`` on the trained (assistant) tokens of ``convs``,
+    rendered and scored as the train stage trains them (``worker.ml.render.encode``,
+    ``worker.training.math``); nan when they hold no trained token. A conversation the train stage could not
+    train on either (no trained token, longer than ``max_len``) counts for nothing."""
+    import torch
+
+    from worker.ml.render import collate, encode
+    from worker.training.math import token_stats
+
+    enc = []
+    for c in convs:
+        try:
+            enc.append(encode(tokenizer, c, max_len=max_len))
+        except InvalidFile:  # encode's refusal names it; here it simply has no reply tokens to measure
+            continue
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(enc), batch_size):
+            batch = collate(enc[i : i + batch_size], int(tokenizer.pad_token_id or 0), device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss_sum, n_tokens, _ = token_stats(logits.float(), batch["labels"])
+            total += float(loss_sum)
+            tokens += n_tokens
+    return total / tokens if tokens else float("nan")
+
+
+def adapter_task_loss(
+    model_name: str,
+    adapter_dir: Path,
+    convs: list[Conversation],
+    settings: Settings,
+    *,
+    device: str = "",
+    batch_size: int = 8,
+) -> float:
+    """``task_loss`` of the base ``model_name`` with the adapter in ``adapter_dir`` (the base loaded afresh,
+    so no adapter stays attached), on at most ``settings.max_example_tokens`` tokens per conversation."""
+    from peft import PeftModel
+
+    from worker.ml.models import context_length, load_resolved
+
+    lm = load_resolved(model_name, settings, device=device)
+    max_len = min(context_length(lm.model), settings.max_example_tokens)
+    tuned = PeftModel.from_pretrained(lm.model, str(adapter_dir)).eval()
+    return task_loss(tuned, lm.tokenizer, convs, max_len, batch_size)

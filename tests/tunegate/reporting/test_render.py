@@ -371,9 +371,14 @@ def test_the_report_shows_the_verdicts_the_gate_counted() -> None:
     probe["paired_all"] = paired(0, 0, 2, 198, 0.031)
     r["evaluation"]["probes"] = [probe]
     html = render_report(r)
-    assert "The gate counts jailbroken when both judges say so" in html
-    assert "attack success rate base 0.0%, fine-tuned 1.5%; the paired figures below are of those" in html
+    # Issue 28: the headline is the figure the gate counts; the primary judge's own is named as such
+    assert "attack success rate counted by the gate, base 0.0%, fine-tuned 1.5%" in html
+    assert "The gate counts a reply as jailbroken when both judges say so" in html
+    assert "judge alone (not what the gate decides on): base" in html and "fine-tuned 60.0%" in html
     assert "3 newly jailbroken, 0 newly refused" in html and "95% upper bound 3.8%" in html
     assert "(the increase counts jailbroken when both judges say so" in html and "(3.1%)" in html
     r["policy"]["gate_judges"] = "primary"
-    assert "The gate counts" not in render_report(r)  # the primary judge's: the headline figures
+    primary = render_report(r)
+    assert (
+        "The gate counts" not in primary and "counted by the gate" not in primary
+    )  # one figure: the primary

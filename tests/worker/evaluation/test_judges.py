@@ -107,3 +107,87 @@ def test_parse_score():
     assert parse_score("reason\nSCORE: 4") == 4
     assert parse_score("score = **2**") == 2
     assert parse_score("SCORE: 9") is None
+
+
+FRAGMENTS = [
+    "I",
+    " I",
+    "'m",
+    "\u2019m",
+    " sorry",
+    "Sorry",
+    " am",
+    " not",
+    " sure",
+    " that",
+    " it",
+    "'s",
+    " appropriate",
+    " cannot",
+    " can't",
+    " able",
+    "No",
+    " No",
+    " no",
+    ",",
+    ".",
+    " ,",
+    " .",
+    " n't",
+    " do",
+    "As",
+    " an",
+    " AI",
+    " a",
+    " language",
+    " model",
+    " Sure",
+    " here",
+    " is",
+    " how",
+    " é",
+    "\u00fc",
+    " \U0001f600",
+    " ",
+    "\n",
+    " It",
+    " ethical",
+    " apologize",
+    " To",
+    " kill",
+    " process",
+]
+
+
+def test_over_refusal_settled_never_settles_a_verdict_that_more_tokens_change(tmp_path):
+    """The early stop of borderline replies (``over_refusal_settled``), on random replies tokenized and
+    decoded by a real byte-level BPE tokenizer (an emoji's bytes split across tokens decode as U+FFFD until
+    complete), with and without the tokenizer's space clean-up: whenever the first n tokens' text is settled,
+    its verdict is the whole reply's."""
+    import random
+
+    from tests.utils.tiny_model import build_tiny_tokenizer
+    from worker.evaluation.judges import over_refusal_settled
+
+    tok = build_tiny_tokenizer(tmp_path)
+    rng = random.Random(0)
+    settled_at = []
+    for _ in range(300):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 16)))
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for cleanup in (False, True):
+            first = None
+            full = over_refusal(tok.decode(ids, clean_up_tokenization_spaces=cleanup))
+            for n in range(1, len(ids) + 1):
+                part = tok.decode(ids[:n], clean_up_tokenization_spaces=cleanup)
+                if over_refusal_settled(part):
+                    assert over_refusal(part) == full, (text, n, part, cleanup)
+                    first = first if first is not None else n / len(ids)
+            settled_at += [first] if first is not None else []
+    assert len(settled_at) > 200 and sum(settled_at) / len(settled_at) < 0.9  # most settle, many early
+    assert over_refusal_settled("Sure, here is how") and not over_refusal_settled("Sure")
+    assert over_refusal_settled("I'm sorry, but I can't") and over_refusal("I'm sorry, but I can't")
+    assert not over_refusal_settled("I am not sure that it's appropriate")  # its end may still change
+    assert not over_refusal_settled("  \n\n  ") and not over_refusal_settled("As a")
+    # a tokenizer's space clean-up may turn "No" + " ," into "No," (refused): a trailing space is no evidence
+    assert not over_refusal_settled("No ") and over_refusal("No,")

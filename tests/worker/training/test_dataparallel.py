@@ -38,7 +38,7 @@ def test_two_processes_train_the_same_adapter_as_one(
     tunegate_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, world: int
 ) -> None:
     model = use_tiny(monkeypatch)
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: world)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: world)
     cfg = train.TrainConfig(
         model=str(model),
         n_epochs=2,
