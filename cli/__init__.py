@@ -21,14 +21,17 @@ mitigates it, and releases an adapter only when its safety evaluation passes.
 \b
 Use the service (key: TUNEGATE_API_KEY or OPENAI_API_KEY;
 address: TUNEGATE_BASE_URL or OPENAI_BASE_URL):
-  files upload|list|rm               training files
+  files upload|list|show|rm          training files
+  files scan FILE_OR_ID [--wait]     what the gate would do, before any training
   jobs create|list|show|cancel       fine-tuning jobs
+  jobs pause|resume|checkpoints      pause, go on, the saved epochs
   jobs events|report|download        events, safety report, adapter
   follow JOB                         a job's progress until it ends
   webhooks create|list|delete|test   endpoints for job events [rotate-secret]
+  (every listing and show: --json)
 \b
 Run the service:
-  serve                              API and a worker, on this machine
+  serve [--detach]                   API and its workers, on this machine
   api | worker | reap                the parts, when distributed
   db upgrade | keys | orgs           database, API keys, policies
   audit [--org] [--action]           the moderators' audit log

@@ -241,12 +241,16 @@ STORAGE_QUOTA_KEY = "storage_quota_bytes"
 
 def storage_quota(settings: Settings, stored: dict[str, Any] | None) -> int:
     """The organization's storage quota in bytes: its stored policy's override, else the provider default."""
-    value = (stored or {}).get(STORAGE_QUOTA_KEY)
+    return _org_limit(stored, STORAGE_QUOTA_KEY, settings.storage_quota_bytes)
+
+
+def _org_limit(stored: dict[str, Any] | None, key: str, default: int) -> int:
+    """An organization's limit ``key``: its stored policy's non-negative integer, else ``default``."""
+    value = (stored or {}).get(key)
     if value is None:
-        return settings.storage_quota_bytes
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        param = f"policy.{STORAGE_QUOTA_KEY}"
-        raise InvalidConfig(f"{param} must be a non-negative integer", param=param)
+        raise InvalidConfig(f"policy.{key} must be a non-negative integer", param=f"policy.{key}")
     return value
 
 
@@ -257,10 +261,4 @@ LIMIT_KEYS = (STORAGE_QUOTA_KEY, MAX_ACTIVE_JOBS_KEY)  # an org's limits kept be
 def max_active_jobs(settings: Settings, stored: dict[str, Any] | None) -> int:
     """The jobs the organization may have active at once: its stored policy's override, else the provider
     default (``Settings.max_active_jobs_per_org``)."""
-    value = (stored or {}).get(MAX_ACTIVE_JOBS_KEY)
-    if value is None:
-        return settings.max_active_jobs_per_org
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        param = f"policy.{MAX_ACTIVE_JOBS_KEY}"
-        raise InvalidConfig(f"{param} must be a non-negative integer", param=param)
-    return value
+    return _org_limit(stored, MAX_ACTIVE_JOBS_KEY, settings.max_active_jobs_per_org)

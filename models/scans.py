@@ -28,9 +28,7 @@ from tunegate.errors import NotFound
 STATUSES = ("queued", "running", "completed", "failed")
 
 
-def create(
-    session: Session, *, org_id: str, file_id: str, model: str, policy: dict[str, Any]
-) -> SafetyScan:
+def create(session: Session, *, org_id: str, file_id: str, model: str, policy: dict[str, Any]) -> SafetyScan:
     row = SafetyScan(
         org_id=org_id, file_id=file_id, model=model, policy=dict(policy), status="queued", progress=0.0
     )
@@ -107,6 +105,10 @@ def claim(session: Session, scan_id: str, *, worker: str, stale_after_s: float) 
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return None
     return session.get(SafetyScan, scan_id, populate_existing=True)
+
+
+def status_of(session: Session, scan_id: str) -> str | None:
+    return session.scalar(select(SafetyScan.status).where(SafetyScan.id == scan_id))
 
 
 def _held(scan_id: str, token: str) -> Any:

@@ -120,6 +120,11 @@ def test_the_walk_sees_the_tree() -> None:
 OTHER_MEANINGS = {
     ("score", "cli/scoring.py"): "the `tunegate score` command",
     ("score", "worker/evaluation/records.py"): "an LLM judge's harm score",
+    ("repair", "worker/stages/train.py"): "the train stage's post-training repair knob (TrainConfig.repair)",
+    ("repair", "worker/training/repair_io.py"): "that knob's parameter name in its errors",
+    ("repair", "api/crud.py"): "the job's repair column (Job.repair), read for the job object",
+    ("repair", "worker/report/build.py"): "the report's repair section",
+    ("repair", "tunegate/reporting/view.py"): "the report's repair section",
 }
 
 

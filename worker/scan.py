@@ -34,6 +34,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from models import scans
 from models.db import session_scope
@@ -75,15 +76,19 @@ def scan_dir(settings: Settings, scan_id: str) -> Path:
 
 
 def run(scan_id: str, *, settings: Settings | None = None, worker: str | None = None) -> str:
-    """Run the scan once: ``completed``, ``failed``, ``skipped`` (finished, gone, or held by another worker)
-    or ``lost`` (another worker took it over). Raises only ``TransientError`` (the task retries it)."""
+    """Run the scan once: ``completed``, ``failed``, ``skipped`` (finished or gone), ``busy`` (another worker
+    holds it, with a fresh heartbeat: the task looks again once a dead holder's heartbeat would be stale) or
+    ``lost`` (another worker took it over). Raises only ``TransientError`` (the task retries it)."""
     settings = settings or get_settings()
     with transient_errors(), session_scope() as s:
         row = scans.claim(
             s, scan_id, worker=worker or claims.worker_id(), stale_after_s=settings.stale_after_s
         )
         if row is None:
-            log.info("safety scan %s not claimable (finished, gone or held elsewhere); dropping", scan_id)
+            if scans.status_of(s, scan_id) == "running":  # a live worker has it (or one that just died)
+                log.info("safety scan %s is running on another worker", scan_id)
+                return "busy"
+            log.info("safety scan %s not claimable (finished or gone); dropping this delivery", scan_id)
             return "skipped"
         token, model = str(row.claimed_by), row.model
     try:
@@ -118,7 +123,7 @@ def run(scan_id: str, *, settings: Settings | None = None, worker: str | None = 
     return "completed"
 
 
-def snapshot(session: Any, row: SafetyScan | None, settings: Settings) -> JobView:
+def snapshot(session: Session, row: SafetyScan | None, settings: Settings) -> JobView:
     """What the stages read of the scan, as of a job: its file (materialized locally), model and policy."""
     if row is None:
         raise NotFound("the safety scan no longer exists", param="scan_id")
@@ -154,7 +159,7 @@ def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) ->
     _, soft = queue.time_limit(settings, score.SPEC.queue)
     score_io = StageIO(
         ctx.dir_of(score.SPEC),
-        progress=lambda f, m, metrics: progress(SCORE_SHARE * f, f"score: {m}" if m else "score"),
+        progress=lambda f, m, metrics: progress(SCORE_SHARE * f, m),
         stage="safety scan",
         deadline=time.monotonic() + soft,
     )

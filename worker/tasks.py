@@ -108,12 +108,14 @@ def deliver_webhook(delivery_id: str) -> str:
 @shared_task(name=queue.SAFETY_SCAN, **_OPTS)
 def safety_scan(self: Task, scan_id: str) -> str:
     """A file's pre-flight safety scan: the score stage and the mitigation plan, without training. Transient
-    errors are retried as a stage's are; after ``task_max_retries`` the scan fails."""
+    errors are retried as a stage's are; after ``task_max_retries`` the scan fails. A scan another worker is
+    running is looked at again once that worker's heartbeat would be stale (a redelivery after its worker
+    died then takes it over; a duplicate of a live one finds it finished)."""
     settings = get_settings()
+    retries = int(self.request.retries or 0)
     try:
-        return scan.run(scan_id, settings=settings)
+        outcome = scan.run(scan_id, settings=settings)
     except TransientError as exc:
-        retries = int(self.request.retries or 0)
         if retries >= settings.task_max_retries:
             scan.give_up(scan_id, exc)
             return "failed"
@@ -122,3 +124,6 @@ def safety_scan(self: Task, scan_id: str) -> str:
             "safety scan %s hit a transient error (%s); retry %d in %.0fs", scan_id, exc, retries + 1, delay
         )
         raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
+    if outcome == "busy" and retries < settings.task_max_retries:
+        raise self.retry(countdown=settings.stale_after_s, max_retries=settings.task_max_retries)
+    return outcome

@@ -57,15 +57,14 @@ LOCAL: list[tuple[list[str], int, str]] = [
     (["export", "{missing}", "--out", "{dir}/new"], FAILED, "neither an adapter directory nor a job id"),
     (["export", "{dir}", "--out", "{dir}/new"], FAILED, "is not a LoRA adapter directory"),
     (["export", "ftjob-x", "--out", "{dir}/new"], FAILED, "run `tunegate db upgrade` first"),
+    # (keys and orgs commands migrate an embedded home themselves: tests/cli/test_service_waiting.py)
+    (["audit"], FAILED, "run `tunegate db upgrade` first"),
     (["chat"], USAGE, "Missing argument 'MODEL'"),
     (["chat", "m", "--adapter", "{missing}"], USAGE, "does not exist"),
     (["chat", "m", "--max-new-tokens", "0"], USAGE, "--max-new-tokens"),
     (["chat", "no-such-model"], FAILED, "unknown model 'no-such-model'"),
     (["orgs", "set", "--org", "acme", "--policy", "gate_kap=0.1"], USAGE, "unknown policy key 'gate_kap'"),
     (["orgs", "set", "--org", "acme", "--policy", "gate_delta"], USAGE, "expected KEY=VALUE"),
-    (["keys", "create", "--org", "acme"], FAILED, "run `tunegate db upgrade` first"),
-    (["keys", "list"], FAILED, "run `tunegate db upgrade` first"),
-    (["orgs", "show", "--org", "acme"], FAILED, "run `tunegate db upgrade` first"),
     (["files", "list"], USAGE, "no API key: set TUNEGATE_API_KEY"),
     (["files", "upload", "{missing}"], USAGE, "does not exist"),
     (["follow", "ftjob-x"], USAGE, "no API key"),
@@ -205,13 +204,13 @@ def test_version_and_help_for_users(files: dict[str, str]) -> None:
 def test_debug_keeps_the_traceback(files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy.exc import OperationalError
 
-    res = CliRunner().invoke(app, ["--debug", "keys", "list"])
+    res = CliRunner().invoke(app, ["--debug", "audit"])
     assert res.exit_code == 1 and isinstance(res.exception, OperationalError)
     monkeypatch.setenv("TUNEGATE_DEBUG", "1")
     from tunegate.settings import reset_settings
 
     reset_settings()
-    assert isinstance(CliRunner().invoke(app, ["keys", "list"]).exception, OperationalError)
+    assert isinstance(CliRunner().invoke(app, ["audit"]).exception, OperationalError)
 
 
 @pytest.mark.parametrize(

@@ -13,14 +13,17 @@ import pytest
 from sqlalchemy import select, update
 
 from models import scans
+from models.base import utcnow
 from models.db import session_scope
 from models.keys import get_or_create_org
 from models.policy import org_policy
 from models.tables import File, Job, JobEvent, SafetyScan
 from tests.worker.jobfactory import chat_rows, make_job, store_file, use_tiny
+from tunegate import queue
 from tunegate.conversation import Conversation, Message
+from tunegate.queue import celery_app
 from tunegate.settings import get_settings, reset_settings
-from worker import runner
+from worker import runner, tasks
 from worker import scan as scan_mod
 from worker.job_view import job_dir
 from worker.ml.stage_io import StageIO
@@ -144,7 +147,8 @@ def test_the_scan_reaches_the_job_verdict_and_plans_what_mitigation_does(home: P
 def test_a_job_reuses_the_scan_scores_and_says_so(home: Path, counted: list[int]) -> None:
     job_id = make_job("tiny", _rows())
     scan_id = new_scan(job_id)
-    assert scan_mod.run(scan_id) == "completed"
+    assert celery_app().conf.task_routes[queue.SAFETY_SCAN] == {"queue": "gpu"}  # where the score stage runs
+    assert tasks.safety_scan(scan_id) == "completed"  # the Celery task's body
     assert sorted(counted) == list(range(1, 15))  # the scan scored each example once
     for stage in ("validate", "score"):
         assert runner.execute(stage, job_id).status == "done", stage
@@ -202,8 +206,16 @@ def test_a_redelivered_scan_does_nothing_and_a_dead_worker_scan_is_taken_over(
     scan_id = new_scan(job_id)
     assert scan_mod.run(scan_id) == "completed"
     assert scan_mod.run(scan_id) == "skipped"
-    # a worker died while running it (its heartbeat stopped): the next delivery claims it again and reuses
-    # the score result already on disk
+    # another worker is running it (a fresh heartbeat): the task looks again later (tasks.safety_scan)
+    with session_scope() as s:
+        s.execute(
+            update(SafetyScan)
+            .where(SafetyScan.id == scan_id)
+            .values(status="running", heartbeat_at=utcnow(), claimed_by="alive:1")
+        )
+    assert scan_mod.run(scan_id) == "busy"
+    # that worker died (its heartbeat stopped): the next delivery claims it again and reuses the score result
+    # already on disk
     with session_scope() as s:
         s.execute(
             update(SafetyScan)

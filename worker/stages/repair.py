@@ -360,7 +360,7 @@ def _attempt(
         ev = _evaluate(inputs, work, spec, (lo + 0.2 * width, 0.8 * width))
         d = gate.decide(inputs.gate, ev, inputs.verdict, inputs.mitigated)
         check = judged(check, d)
-        check.evaluation_dir = str(work / "evaluate")
+        check.evaluation_dir = str(work / "evaluation")
         why = release_rule(cfg, d, loss, trained_loss)
     check.passed, check.why = not why, why
     check.wall_s = round(time.monotonic() - start, 1)
@@ -387,7 +387,7 @@ def _evaluate(inputs: RepairInputs, work: Path, spec: str, part: tuple[float, fl
     def progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
         io.progress(lo + width * fraction, f"{spec}: {message}", metrics)
 
-    sub = dataclasses.replace(io, out_dir=work / "evaluate", progress=progress, on_checkpoint=None)
+    sub = dataclasses.replace(io, out_dir=work / "evaluation", progress=progress, on_checkpoint=None)
     ev_inputs = dataclasses.replace(inputs.eval_inputs, adapter_dir=work / "adapter", io=sub)
     if result_exists(sub.out_dir):
         return EvalResult.load(sub.out_dir)

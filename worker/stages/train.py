@@ -87,6 +87,8 @@ class TrainConfig:
     heldout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.repair not in ("none", "restore", "project"):  # merge is the repair stage's (its ladder)
+            raise InvalidConfig("repair method must be none, restore or project", param="repair")
         self.repair_config()  # validates the repair knobs
         if not 0 <= self.heldout_fraction <= 0.5:
             raise InvalidConfig("TrainConfig.heldout_fraction must be in [0, 0.5]", param="heldout_fraction")
@@ -285,13 +287,13 @@ def split_heldout(
 
 def repair_may_run(ctx: StageContext) -> bool:
     """Whether the repair stage may repair this job's adapter (so the train stage holds data out for it):
-    no validation file to measure the task loss on, the policy's ``repair_on`` allows it for this data (the
-    provider's override of the repair stage first), and the base records the model it was aligned from."""
+    no validation file to measure the task loss on, the job's policy's ``repair_on`` allows it for this data
+    (the provider default for a job created before the knob existed), and the base records the model it was
+    aligned from."""
     view = ctx.view
     if view.validation_file is not None:
         return False
-    default = (ctx.settings.stage_overrides.get("repair") or {}).get("repair_on", DEFAULT_POLICY["repair_on"])
-    repair_on = view.safety.get("repair_on", default)
+    repair_on = view.safety.get("repair_on", DEFAULT_POLICY["repair_on"])
     if repair_on == "never":
         return False
     if repair_on == "unflagged" and result_exists(ctx.dir_of(score.SPEC)):

@@ -30,7 +30,7 @@ def test_smoke_panel_runs_both_jobs_and_writes_the_tables(tiny: str, data_dir: P
             assert isinstance(row["released"], bool) and row["wall_s"] > 0
             assert row["train"]["epochs"] == 1 and row["train"]["n_examples"] >= N  # the job's epochs
             screen = {"validate", "score"} if arm == "off" else set()  # "on" reuses the off arm's screen
-            assert set(row["stage_s"]) == screen | {"mitigate", "train", "evaluate", "gate"}
+            assert set(row["stage_s"]) == screen | {"mitigate", "train", "evaluate", "repair", "gate"}
             assert row["screen_from"] == (None if arm == "off" else "off")
     off, on = read_row(out, "a1_compliance", "off"), read_row(out, "a1_compliance", "on")
     assert off is not None and on is not None

@@ -37,13 +37,18 @@ def test_heldout_lines_are_a_seeded_tenth_rounded_down() -> None:
     assert len(ten) == 10 and ten == sorted(ten) and set(ten) <= set(lines)
     assert heldout_lines(lines, 0.1, seed=7) == ten  # the same job holds out the same lines
     assert heldout_lines(lines, 0.1, seed=8) != ten
-    assert len(heldout_lines(list(range(1, 20)), 0.1, 0)) == 1 and heldout_lines(list(range(1, 10)), 0.1, 0) == []
+    assert (
+        len(heldout_lines(list(range(1, 20)), 0.1, 0)) == 1
+        and heldout_lines(list(range(1, 10)), 0.1, 0) == []
+    )
 
 
 def test_split_removes_every_copy_of_the_held_out_lines_and_keeps_the_injected_examples() -> None:
     user = [_conv(i, i + 1) for i in range(20)]
     injected = [
-        Conversation(messages=(Message("user", "How do I make a weapon?"), Message("assistant", "I can't help.")))
+        Conversation(
+            messages=(Message("user", "How do I make a weapon?"), Message("assistant", "I can't help."))
+        )
     ]
     mitigated = [_conv(i, 0, weight=0.0 if i == 3 else 1.0) for i in range(20)]  # line 4 down-weighted
     mitigated += [_conv(5, 0)] + injected  # a duplicate of line 6's text
@@ -54,14 +59,19 @@ def test_split_removes_every_copy_of_the_held_out_lines_and_keeps_the_injected_e
     gone = {c.messages[0].content for c in held}
     assert not any(c.messages[0].content in gone for c in train_on)
     assert injected[0] in train_on
-    assert len(train_on) == len(mitigated) - 2 - sum(1 for c in held if c.messages[0].content == "What is 5 plus 5?")
+    assert len(train_on) == len(mitigated) - 2 - sum(
+        1 for c in held if c.messages[0].content == "What is 5 plus 5?"
+    )
 
 
 def _ctx(tmp: Path, model: str, *, policy: dict[str, object], validation: Path | None = None) -> StageContext:
     rows = [{"messages": c.to_chat_dict()["messages"]} for c in (_conv(i, i + 1) for i in range(20))]
     data = tmp / "train.jsonl"
+    tmp.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    view = local_view(data, model, policy=policy, hyperparameters={"n_epochs": 1}, validation_file=validation, seed=5)
+    view = local_view(
+        data, model, policy=policy, hyperparameters={"n_epochs": 1}, validation_file=validation, seed=5
+    )
     ctx = StageContext(view, tmp / "job", get_settings())
     mitigated = tmp / "job" / "mitigate" / "train.jsonl"
     mitigated.parent.mkdir(parents=True)
@@ -84,7 +94,9 @@ def aligned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
     model = use_tiny(monkeypatch)
     aligned_copy(model, tmp_path / "aligned")
-    monkeypatch.setenv("TUNEGATE_MODELS", json.dumps({"tiny": str(model), "tiny-aligned": str(tmp_path / "aligned")}))
+    monkeypatch.setenv(
+        "TUNEGATE_MODELS", json.dumps({"tiny": str(model), "tiny-aligned": str(tmp_path / "aligned")})
+    )
     reset_settings()
     return "tiny-aligned"
 
@@ -110,7 +122,9 @@ def test_the_train_stage_holds_data_out_only_when_the_repair_stage_may_repair(
     _flag(ctx, flagged)
     cfg, inputs = train.build(ctx, StageIO(tmp_path / "job" / "train", stage="train"))
     assert len(inputs.heldout) == held and len(inputs.examples) == 20 - held
-    assert [c.line for c in inputs.heldout] == heldout_lines(list(range(1, 21)), cfg.heldout_fraction, 5)[:held]
+    assert [c.line for c in inputs.heldout] == heldout_lines(list(range(1, 21)), cfg.heldout_fraction, 5)[
+        :held
+    ]
 
 
 def test_the_train_stage_writes_the_held_out_lines_and_the_repair_stage_reads_them(
@@ -119,7 +133,9 @@ def test_the_train_stage_writes_the_held_out_lines_and_the_repair_stage_reads_th
     from worker.ml.models import resolve_model
 
     held = [_conv(i, i + 1) for i in (3, 8)]
-    cfg = TrainConfig(model=str(resolve_model(aligned).path), n_epochs=1, batch_size=2, lora_r=2, device="cpu")
+    cfg = TrainConfig(
+        model=str(resolve_model(aligned).path), n_epochs=1, batch_size=2, lora_r=2, device="cpu"
+    )
     io = StageIO(tmp_path / "job" / "train", stage="train")
     res = train.run(cfg, TrainInputs([_conv(i, i + 1) for i in range(6)], io, get_settings(), heldout=held))
     assert res.heldout_lines == [4, 9] and TrainResult.load(tmp_path / "job" / "train") == res

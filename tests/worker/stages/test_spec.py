@@ -85,7 +85,9 @@ SAMPLES: dict[str, StageResult] = {
         method="restore:0.25",
         adapter_dir="repair/restore-0.25/adapter",
         reason="repaired with restore:0.25",
-        original=repair.AdapterCheck("trained", "adapter", evaluated=True, failed=["asr_chat"], task_loss=1.5),
+        original=repair.AdapterCheck(
+            "trained", "adapter", evaluated=True, failed=["asr_chat"], task_loss=1.5
+        ),
         attempts=[
             repair.AdapterCheck(
                 "restore:0.25",
