@@ -26,7 +26,7 @@ def _done(path: Path, task_id: str) -> bool:
     )
 
 
-@pytest.mark.slow  # about a minute of two real workers; serve's wiring is also run by tests/cli/test_service.py
+@pytest.mark.slow  # a minute of two real workers; tests/cli/test_service.py also runs serve
 def test_serve_runs_a_heavy_and_a_short_worker(tunegate_home: Path) -> None:
     logs = tunegate_home / "logs"
     with embedded_stack(get_settings(), host="127.0.0.1", port=free_port(), log_dir=logs) as stack:
