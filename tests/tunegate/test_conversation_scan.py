@@ -20,7 +20,7 @@ from tunegate.errors import InvalidFile
 
 HEAD = '{"messages": [{"role": "user", "content": "'
 MiB = 1 << 20
-BOUND_S = 1.0  # generous: the scan takes tens of milliseconds a MiB; the regex took minutes
+BOUND_S = 5.0  # generous (a loaded CI core): the scan takes tens of ms a MiB; the regex took minutes
 
 
 def _fill(unit: str, size: int, head: str = "") -> str:
