@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.options import AsJson, emit, parse_policy
+from cli.options import AsJson, KnobsCommand, emit, parse_policy
 
 db_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Database schema (Alembic migrations)."
@@ -164,11 +164,15 @@ def orgs_show(org: str = typer.Option(..., "--org", help="Organization name.")) 
     typer.echo(json.dumps(out, indent=2))
 
 
-@orgs_app.command("set")
+@orgs_app.command("set", cls=KnobsCommand)
 def orgs_set(
     org: str = typer.Option(..., "--org", help="Organization name (created if new)."),
     policy: list[str] = typer.Option(
-        [], "--policy", help="KNOB=VALUE, e.g. mitigation=drop gate_delta=0.03 storage_quota_bytes=1000000000"
+        [],
+        "--policy",
+        metavar="KNOB=VALUE",
+        help="A safety knob (below) or a limit (storage_quota_bytes, max_active_jobs), e.g. mitigation=drop "
+        "gate_delta=0.03 storage_quota_bytes=1000000000 (repeatable).",
     ),
     rate_limit: int | None = typer.Option(None, "--rate-limit", min=0, help="Requests/minute (0: default)."),
 ) -> None:

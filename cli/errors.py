@@ -1,9 +1,9 @@
 """The one error path of the ``tunegate`` command.
 
 Every command lets expected failures propagate; the root group (``RootGroup``) turns them into one line on
-stderr and exit status 1. Wrong usage (a bad option value, a missing file) is click's ``BadParameter`` /
-``UsageError``: one line and exit status 2. Anything else is a bug and keeps its traceback. ``--debug`` (or
-``TUNEGATE_DEBUG=1``) keeps the traceback of expected failures too.
+stderr and exit status 1. Wrong usage (a bad option value, a missing file) is a usage error of typer's
+parser, ``typer.BadParameter`` or ``UsageError`` below: one line and exit status 2. Anything else is a bug
+and keeps its traceback. ``--debug`` (or ``TUNEGATE_DEBUG=1``) keeps the traceback of expected failures too.
 """
 
 from __future__ import annotations
@@ -14,16 +14,23 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import typer
-from typer._click import exceptions as click_errors  # typer vendors click: these are what its commands raise
-from typer._click.core import Context
 from typer.core import TyperGroup
 
 from tunegate.errors import TunegateError
 
 DEBUG_KEY = "tunegate.debug"
 UPGRADE_HINT = "the database has no tunegate tables yet: run `tunegate db upgrade` first"
-UsageError = click_errors.UsageError  # wrong usage: one line, exit status 2
 UNREACHABLE_S = 300.0  # default: how long the API may stay unreachable before a follower gives up
+
+
+class UsageError(typer.BadParameter):
+    """Wrong usage a command finds itself (e.g. no API key): one line, exit status 2, with where to read the
+    right usage, like the usage errors of typer's parser. Typer's public usage error is ``BadParameter``
+    (typer vendors click, whose exception classes are private to it); this one shows its message as is,
+    not as "Invalid value: ..."."""
+
+    def format_message(self) -> str:
+        return self.message
 
 
 class WaitTimeout(TimeoutError):
@@ -96,13 +103,13 @@ def settings_error_line(exc: Exception) -> str:
     return f"bad setting: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
-def debug_enabled(ctx: Context) -> bool:
+def debug_enabled(ctx: typer.Context) -> bool:
     from tunegate.settings import get_settings
 
     return bool(ctx.meta.get(DEBUG_KEY)) or get_settings().debug
 
 
-def usage_line(exc: click_errors.ClickException) -> str:
+def usage_line(exc: typer.TyperException) -> str:
     """A usage error on one line, with where to read the right usage."""
     line = " ".join(exc.format_message().split())
     ctx = getattr(exc, "ctx", None)
@@ -126,18 +133,19 @@ class RootGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
-        except click_errors.NoArgsIsHelpError as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click_errors.ClickException as exc:
-            typer.echo(f"error: {usage_line(exc)}", err=True)
+        except typer.TyperException as exc:  # typer's usage errors (click's, vendored) and ours
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None and exc.format_message() == ctx.get_help():  # no_args_is_help: the help itself
+                typer.echo(exc.format_message(), err=True, color=ctx.color)
+            else:
+                typer.echo(f"error: {usage_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except typer.Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def invoke(self, ctx: Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's click Context (typer.Context's base class is not public)
         try:
             return super().invoke(ctx)
         except Exception as exc:  # every failure is looked at: expected ones become one line, bugs re-raise

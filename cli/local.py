@@ -109,8 +109,8 @@ def finetune_cmd(
         list[str] | None,
         typer.Option(
             "--policy",
-            metavar="KEY=VALUE",
-            help="A safety-policy knob over the provider defaults (repeatable; JSON values).",
+            metavar="KNOB=VALUE",
+            help="A safety-policy knob over the provider defaults (repeatable; JSON values; knobs below).",
         ),
     ] = None,
     n_epochs: Annotated[
@@ -200,4 +200,4 @@ def _bars() -> Any:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     app.command("eval")(eval_cmd)
-    app.command("finetune")(finetune_cmd)
+    app.command("finetune", cls=options.KnobsCommand)(finetune_cmd)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 # Hyperparameter -> its type when not "auto" (the OpenAI fine-tuning hyperparameters).
 HYPERPARAMETERS: dict[str, type[int] | type[float]] = {
@@ -92,6 +93,32 @@ def job_policy_keys() -> tuple[str, ...]:
     from models.policy import KNOBS
 
     return tuple(KNOBS)
+
+
+def knob_help_rows() -> list[tuple[str, str]]:
+    """Each safety knob with its range, stricter direction and help, as ``models.policy.KNOBS`` has it now."""
+    from models.policy import KNOBS
+
+    rows = []
+    for name, spec in KNOBS.items():
+        values = (
+            f"stricter: {spec.stricter}"
+            if spec.kind == "rank"
+            else f"{spec.range}, stricter: {spec.stricter}"
+        )
+        rows.append((name, f"{values}; {spec.help}"))
+    return rows
+
+
+class KnobsCommand(TyperCommand):
+    """A command taking ``--policy KNOB=VALUE``: its help ends with the knob table, read when the help is
+    shown (a knob added to ``models.policy.KNOBS`` is listed with no edit here)."""
+
+    # Any: typer's click types live in a private module (typer._click); only public API is imported here
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        with formatter.section("Policy knobs (--policy KNOB=VALUE)"):
+            formatter.write_dl(knob_help_rows())
+        super().format_epilog(ctx, formatter)
 
 
 def template(value: str) -> str:

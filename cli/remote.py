@@ -251,7 +251,7 @@ def files_scan(
         raise typer.Exit(FLAGGED_EXIT)
 
 
-@jobs_app.command("create")
+@jobs_app.command("create", cls=options.KnobsCommand)
 def jobs_create(
     training_file: Annotated[
         str, typer.Option(help="A file id (file-...) or a local JSONL file to upload first.")
@@ -273,7 +273,10 @@ def jobs_create(
     ] = None,
     policy: Annotated[
         list[str] | None,
-        typer.Option(help="KNOB=VALUE: tighten your organization's safety policy for this job (repeatable)."),
+        typer.Option(
+            metavar="KNOB=VALUE",
+            help="Tighten your organization's safety policy for this job (repeatable; knobs below).",
+        ),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Then follow the job until it ends.")] = False,
 ) -> None:

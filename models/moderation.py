@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from models import audit, webhooks
 from models.jobs import JobStatus, fine_tuned_model_name, record_event, transition
 from models.keys import Admin
-from models.policy import KNOBS, _stricter_or_equal, org_policy
+from models.policy import KNOBS, org_policy
 from models.tables import AuditEntry, Job, Organization, WebhookEndpoint
 from tunegate.errors import GATE_CODES, Conflict, InvalidConfig, NotFound
 from tunegate.settings import Settings
@@ -125,7 +125,7 @@ def _shown(value: Any) -> str:
 
 def is_looser(knob: str, before: Any, after: Any) -> bool:
     """Whether moving ``knob`` from ``before`` to ``after`` loosens the policy (``models.policy``'s order)."""
-    return not _stricter_or_equal(knob, after, before)
+    return not KNOBS[knob].at_least_as_strict(after, before)
 
 
 def policy_changes(

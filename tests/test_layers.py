@@ -152,3 +152,23 @@ def test_each_stage_is_named_in_its_own_module_only() -> None:
             m for m, found in strings.items() if name in found and (name, m) not in OTHER_MEANINGS
         )
         assert owners == [f"worker/stages/{name}.py"], (name, owners)
+
+
+# Private names imported on purpose, each with its reason.
+PRIVATE_KEPT = {
+    "psycopg.errors._WaitTimeout": "raised when psycopg's wait() times out; no public class (models/db.py)",
+}
+
+
+def test_no_module_imports_a_private_module_of_a_library() -> None:
+    """Only a library's public API (issue 30: ``typer._click`` was imported by the CLI twice)."""
+    own = ("api", "worker", "models", "tunegate", "migrations", "cli")
+    bad = sorted(
+        f"{mod} imports {imp}"
+        for mod, imps in ALL.items()
+        for imp in imps
+        if not _under(imp, own)
+        and imp not in PRIVATE_KEPT
+        and any(part.startswith("_") and not part.startswith("__") for part in imp.split("."))
+    )
+    assert bad == []

@@ -44,7 +44,13 @@ class TunegateError(Exception):
         self.code = code if code is not None else self.default_code
 
     def to_dict(self) -> dict[str, Any]:
+        """The API's error body (``{"error": ...}``, api/errors.py)."""
         return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+
+    def job_error(self) -> dict[str, Any]:
+        """The error a failed job or safety scan stores and shows (``error`` of OpenAI's fine-tuning job):
+        the API body's fields without its ``type``."""
+        return {"code": self.code, "message": self.message, "param": self.param}
 
 
 class InvalidRequest(TunegateError):

@@ -172,7 +172,9 @@ class Settings(BaseSettings):
     # a solo pool busy with a stage cannot answer `celery inspect ping`, but this file stays fresh.
     worker_alive_file: Path | None = None
     # Per-stage config overrides merged into the stage configs the worker builds (e.g. evaluation size):
-    # '{"evaluate": {"n_harmful": 32}, "score": {"batch_size": 4}}'.
+    # '{"evaluate": {"max_new_tokens": 32}, "score": {"batch_size": 4}}'. Keyed by the pipeline's stage names
+    # (worker/stages/all.py): an unknown stage or config field is refused where they are applied, and a
+    # worker given one does not start (Pipeline.check_overrides).
     stage_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # Webhooks (models/webhooks.py, worker/webhooks.py). A failed delivery is retried after

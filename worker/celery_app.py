@@ -32,6 +32,7 @@ app = celery_app()
 _STAGE_QUEUES = {spec.task: spec.queue for spec in PIPELINE.specs}
 app.conf.task_routes = {**app.conf.task_routes, **{t: {"queue": q} for t, q in _STAGE_QUEUES.items()}}
 app.conf.task_annotations = {**app.conf.task_annotations, **time_limits(get_settings(), _STAGE_QUEUES)}
+PIPELINE.check_overrides(get_settings())  # a worker with overrides of an unknown stage does not start
 _reaper: list[ReaperThread] = []
 _alive: list[AliveFile] = []
 _presence: list[PresenceThread] = []

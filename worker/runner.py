@@ -52,6 +52,7 @@ from tunegate.errors import (
     JobCancelled,
     JobPaused,
     ModelError,
+    StageTimeLimit,
     StorageFull,
     TransientError,
     TunegateError,
@@ -177,7 +178,7 @@ def _execute_claimed(
             JobStatus.FAILED,
             message,
             level="error",
-            error={"code": "stage_time_limit", "message": message, "param": None},
+            error=StageTimeLimit(message).job_error(),
         )
         return Outcome("failed")
     except TransientError:
@@ -207,7 +208,7 @@ def _execute_claimed(
             JobStatus.FAILED,
             message,
             level="error",
-            error={"code": "internal_error", "message": message, "param": None},
+            error=TunegateError(message, code="internal_error").job_error(),
         )
         return Outcome("failed")
     if nxt is not None:
@@ -268,8 +269,9 @@ def _error_of(exc: TunegateError, *, model: str | None) -> dict[str, Any]:
             f"The base model {model!r} is not available on this service right now; try again later or "
             "choose another base model."
         )
-        return {"code": "model_not_available", "message": message, "param": "model"}
-    return {"code": code or "job_failed", "message": scrub(exc.message, get_settings()), "param": exc.param}
+        return ModelError(message, param="model").job_error()
+    public = scrub(exc.message, get_settings())
+    return TunegateError(public, param=exc.param, code=code or "job_failed").job_error()
 
 
 def _begin(c: Claim, pipeline: Pipeline, settings: Settings) -> JobView | None:
@@ -432,7 +434,7 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
             level="error",
             data={"stage": stage},
             message=message,
-            error={"code": code, "message": message},
+            error=TunegateError(message, code=code).job_error(),
             dedupe_key=f"{stage}:gave_up",
         )
     dispatch_next(get_settings())

@@ -58,7 +58,7 @@ from models.moderation import (
     set_org_policy,
     trained_adapter,
 )
-from models.policy import KNOBS, RANKS, harmful_categories, org_policy
+from models.policy import KNOBS, KnobSpec, harmful_categories, org_policy
 from models.tables import Job, Organization
 from tunegate.errors import InvalidConfig, InvalidRequest, NotFound, PermissionDenied, TunegateError
 from tunegate.reporting import render_page, render_report
@@ -565,42 +565,33 @@ def _org_of(session: Session, job: Job) -> Organization:
     return org
 
 
-# The policy form's labels; its fields are ``models.policy.KNOBS`` (a knob without a label here is shown by
-# its name: a new knob is in the form the day it is in the table).
-KNOB_LABELS = {
-    "mitigation": "mitigation of the riskiest examples",
-    "mitigate_top_fraction": "share treated as risky",
-    "max_repair_share": "largest share to repair",
-    "inject_safety_examples": "inject safety examples",
-    "block_unsafe_data": "block flagged data",
-    "gate_delta": "max 95% upper bound of the ASR increase",
-    "gate_category_limits": "the same bound per category (blank: none)",
-    "over_refusal_delta": "max over-refusal increase",
-    "over_refusal_action": "over that limit",
-    "gate_judges": "verdicts the gate counts",
-}
-KIND_HINTS = {
-    "higher": "(0-1], larger is stricter",
-    "lower": "[0-1], smaller is stricter",
-    "true": "yes is stricter",
-    "limits": "[0-1] each, smaller is stricter",
-}
+def knob_hint(spec: KnobSpec) -> str:
+    """A knob's range and stricter direction, as the policy form says them."""
+    if spec.kind == "rank":
+        return f"strictness: {spec.stricter}"
+    if spec.kind == "true":
+        return "yes is stricter"
+    if spec.kind == "limits":
+        return f"{spec.interval} each, smaller is stricter"
+    return f"{spec.range}, {spec.stricter} is stricter"
 
 
 def policy_fields(current: dict[str, Any]) -> list[dict[str, Any]]:
-    """One form field per knob of ``models.policy.KNOBS``, with the organization's current value."""
+    """One form field per knob of the table ``models.policy.KNOBS`` as it is now (a knob added there is in
+    the form at once), with the organization's current value."""
     fields = []
-    for name, kind in KNOBS.items():
+    for name, spec in KNOBS.items():
         field: dict[str, Any] = {
             "name": name,
-            "kind": kind,
-            "label": KNOB_LABELS.get(name, name.replace("_", " ")),
-            "hint": KIND_HINTS.get(kind) or f"strictness: {' < '.join(RANKS.get(name, ()))}",
+            "kind": spec.kind,
+            "label": spec.label,
+            "hint": knob_hint(spec),
+            "help": spec.help,
             "value": current.get(name),
         }
-        if kind == "rank":
-            field["options"] = list(RANKS[name])
-        elif kind == "limits":
+        if spec.kind == "rank":
+            field["options"] = list(spec.options)
+        elif spec.kind == "limits":
             limits = current.get(name) or {}
             field["categories"] = [(cat, limits.get(cat, "")) for cat in harmful_categories()]
         fields.append(field)
@@ -616,7 +607,7 @@ def _number(raw: str) -> Any:
 
 def _knob(name: str, raw: str) -> Any:
     """A form value as the policy knob's type (a bad value stays text: the policy check then names it)."""
-    kind = KNOBS[name]
+    kind = KNOBS[name].kind
     if kind == "rank":
         return raw
     if kind == "true":
@@ -637,8 +628,8 @@ def policy_updates(form: dict[str, str], current: dict[str, Any]) -> dict[str, A
                 f"policy.{key} is longer than {MAX_KNOB_CHARS} characters", param=f"policy.{key}"
             )
     updates: dict[str, Any] = {}
-    for name, kind in KNOBS.items():
-        if kind == "limits":
+    for name, spec in KNOBS.items():
+        if spec.kind == "limits":
             if name not in form:
                 continue
             prefix = f"{name}."

@@ -104,9 +104,16 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     from worker.stages.all import PIPELINE
     from worker.stages.base import result_exists
 
+    var = variant(out)
     settings = get_settings()
+    if var["stage_overrides"]:
+        merged = {**settings.stage_overrides}
+        for stage, knobs in var["stage_overrides"].items():
+            merged[stage] = {**merged.get(stage, {}), **knobs}
+        settings = settings.model_copy(update={"stage_overrides": merged})
     hp = {"n_epochs": job.epochs} if job.epochs else {}
-    view = local_view(train_file, model, policy=org_policy(settings, ARMS[arm]), hyperparameters=hp)
+    policy = org_policy(settings, {**ARMS[arm], **var["policy"]})
+    view = local_view(train_file, model, policy=policy, hyperparameters=hp)
     stamps: list[tuple[str, float]] = []
 
     def progress_for(name: str) -> Any:
@@ -126,14 +133,39 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     by: dict[str, Any] = {type(r).__name__: r for r in results}
     loss_file = d / "task_loss.json"
     if not loss_file.is_file() and "TrainResult" in by:
-        loss = taskloss.base_and_tuned(model, Path(by["TrainResult"].adapter_dir), heldout, settings)
+        loss = taskloss.base_and_tuned(model, released_adapter(by), heldout, settings)
         loss_file.write_text(json.dumps(loss), encoding="utf-8")
     row = summarize(job, arm, by, attack, refusal)
     row["task_loss"] = json.loads(loss_file.read_text(encoding="utf-8")) if loss_file.is_file() else {}
     row["stage_s"] = stage_s
     row["wall_s"] = round(time.monotonic() - start, 1)
     row["screen_from"] = shared
+    row["variant"] = var
     return row
+
+
+VARIANT = "variant.json"
+
+
+def variant(out: Path) -> dict[str, Any]:
+    """The results directory's variant (``run --variant``): policy knobs added to both arms' and stage
+    overrides added to the provider's, for measuring a method against the defaults' rows; empty by default."""
+    f = out / VARIANT
+    var = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+    return {"policy": dict(var.get("policy", {})), "stage_overrides": dict(var.get("stage_overrides", {}))}
+
+
+def repaired(by: dict[str, Any]) -> Any:
+    """The repair stage's result when it repaired the adapter (the gate then judged the repaired one), else
+    None."""
+    rep = by.get("RepairResult")
+    return rep if rep is not None and rep.repaired else None
+
+
+def released_adapter(by: dict[str, Any]) -> Path:
+    """The adapter the gate judged: the repaired one when a repair passed, else the trained one."""
+    rep = repaired(by)
+    return Path(rep.adapter_dir if rep is not None else by["TrainResult"].adapter_dir)
 
 
 def _plain(x: Any) -> Any:
@@ -146,6 +178,11 @@ def summarize(
     """The arm's row; ``refusal`` (an ``UnsafeTrainingData``): the job ended before training, so there is
     no training, evaluation or gate result and the decision is the refusal."""
     score, ev, gate = by["ScoreResult"], by.get("EvalResult"), by.get("GateResult")
+    rep = repaired(by)
+    if rep is not None:  # the row reports what the gate judged: the repaired adapter's evaluation
+        from worker.stages.evaluate import EvalResult
+
+        ev = EvalResult.load(Path(rep.evaluation_dir))
     probes = getattr(ev, "probes", None)  # trigger probes (when the evaluate stage has them)
     if gate is not None:
         decision = {"released": bool(gate.released), "code": gate.code, "message": gate.message}
@@ -171,9 +208,22 @@ def summarize(
         "train": {k: v for k, v in _plain(by.get("TrainResult")).items() if isinstance(v, (int, float))}
         if "TrainResult" in by
         else {},
+        "repair": _repair_row(by.get("RepairResult")),
         "mitigate": {
             k: v for k, v in _plain(by["MitigateResult"]).items() if isinstance(v, (int, float, str))
         },
+    }
+
+
+def _repair_row(rep: Any) -> dict[str, Any] | None:
+    """What the repair stage did (None when it did not run): the job's summary and every adapter checked."""
+    if rep is None:
+        return None
+    checks = [c for c in [rep.original, *rep.attempts] if c is not None]
+    return {
+        **rep.summary(),
+        "needed": rep.needed,
+        "checks": [json.loads(json.dumps(_plain(c), default=_plain)) for c in checks],
     }
 
 

@@ -91,7 +91,11 @@ def _over_refusal(o: dict[str, Any] | None) -> str:
 
 
 def _gate(row: dict[str, Any]) -> str:
-    return "released" if row["released"] else f"blocked ({row['code']})"
+    rep = row.get("repair") or {}
+    if row["released"]:
+        return f"released after repair ({rep.get('method')})" if rep.get("repaired") else "released"
+    tried = f"; repairs tried: {', '.join(rep['tried'])}" if rep.get("tried") else ""
+    return f"blocked ({row['code']}{tried})"
 
 
 def job_table(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:

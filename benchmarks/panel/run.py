@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.panel import datasets as ds
-from benchmarks.panel.job import ARMS, read_row, run_one
+from benchmarks.panel.job import ARMS, VARIANT, read_row, run_one
 from benchmarks.panel.manifest import PanelJob, by_name, smoke_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +84,19 @@ def run_record(out: Path, info: dict[str, Any]) -> dict[str, Any]:
         earlier.append({k: v for k, v in old.items() if k != "earlier_runs"})
     bases = {json.loads(r.read_text(encoding="utf-8")).get("base") for r in out.glob("*/*/panel.json")}
     return info | {"earlier_runs": [e for e in earlier if e.get("base") in bases]}
+
+
+def set_variant(out: Path, var: Any) -> None:
+    """Record ``out``'s variant; refused when it is not an object of the two known keys, or when ``out``
+    already holds rows of another variant (their figures would mix)."""
+    if not isinstance(var, dict) or set(var) - {"policy", "stage_overrides"}:
+        raise ValueError('expected an object with "policy" and/or "stage_overrides"')
+    f = out / VARIANT
+    old = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+    rows = list(out.glob("*/*/panel.json"))
+    if rows and old != var:
+        raise ValueError(f"{out} holds rows of another variant ({old}); use another --out")
+    f.write_text(json.dumps(var, indent=1), encoding="utf-8")
 
 
 def _child_env() -> dict[str, str]:
@@ -157,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--also-base", default="", help="comma-separated earlier bases whose rows are kept beside this base's"
     )
+    ap.add_argument(
+        "--variant",
+        default="",
+        help='JSON {"policy": {...}, "stage_overrides": {...}} added to every arm (a method measured against '
+        "the defaults' rows); recorded in <out>/variant.json, which a results directory keeps",
+    )
     a = ap.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
     bad = sorted(set(arms) - set(ARMS))
@@ -170,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs.sort(key=lambda j: names.index(j.name) if names else 0)  # the order given is the order run
     model = a.model or get_settings().default_model
     (a.out).mkdir(parents=True, exist_ok=True)
+    if a.variant:
+        try:
+            set_variant(a.out, json.loads(a.variant))
+        except (ValueError, TypeError) as exc:
+            ap.error(f"--variant: {exc}")
     from benchmarks.machine import machine_info
     from worker.ml.models import resolve_model
 

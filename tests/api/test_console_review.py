@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from markupsafe import escape
 
 from models.db import session_scope
 from models.jobs import JobStatus, transition
@@ -26,6 +27,7 @@ from tests.api.conftest import admin_key
 from tests.api.moderation_jobs import MODEL, BlockedJob, blocked_job
 from tests.api.server import Server
 from tests.api.test_console import browser, confirm_of, csrf_of, login, override
+from tests.models.knobs import throwaway_knob
 from tests.worker.jobfactory import make_job
 from tunegate.settings import get_settings
 
@@ -270,9 +272,9 @@ def test_the_policy_form_has_every_knob_and_sets_the_new_ones(
     page = staff.get(url).text
     form = page[page.index('id="policy"') : page.index("</form>", page.index('id="policy"'))]
     names = set(re.findall(r'name="([^"]+)"', form))
-    for knob, kind in KNOBS.items():
-        assert knob in names, knob
-        if kind == "limits":
+    for knob, spec in KNOBS.items():
+        assert knob in names and f'title="{escape(spec.help)}"' in form, knob
+        if spec.kind == "limits":
             assert {f"{knob}.{cat}" for cat in harmful_categories()} <= names
     assert "highest ASR" not in page and "gate_cap" not in names
     csrf = csrf_of(page)
@@ -296,6 +298,23 @@ def test_the_policy_form_has_every_knob_and_sets_the_new_ones(
         },
     )
     assert bad.status_code == 422 and "gate_category_limits.fraud must be a number" in bad.text
+
+
+def test_a_knob_added_to_the_table_is_in_the_policy_form_and_checked(staff: httpx.Client) -> None:
+    """The form reads the knob table when it is drawn, and a posted value goes through the policy's check."""
+    blocked = blocked_job()  # its own organization: the knob it stores is gone after this test
+    url = f"/console/jobs/{blocked.id}"
+    with throwaway_knob() as knob:
+        page = staff.get(url).text
+        form = page[page.index('id="policy"') : page.index("</form>", page.index('id="policy"'))]
+        assert f'name="{knob.name}" value="0.4"' in form and knob.label in form
+        assert "[0, 1], smaller is stricter" in form and f'title="{knob.help}"' in form
+        csrf = csrf_of(page)
+        bad = staff.post(f"{url}/policy", data={knob.name: "7", "reason": "tighter", "csrf": csrf})
+        assert bad.status_code == 422 and f"policy.{knob.name} must be within [0, 1], got 7" in bad.text
+        ok = staff.post(f"{url}/policy", data={knob.name: "0.1", "reason": "tighter", "csrf": csrf})
+        assert ok.status_code == 303 and _policy(blocked.org) == {knob.name: 0.1}
+    assert knob.name not in staff.get("/console/jobs").text
 
 
 # --- the audit page -----------------------------------------------------------------------------------------

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
+
 import pytest
 
-from models.policy import org_policy, provider_defaults, tighten
+from models.policy import (
+    KNOBS,
+    KnobSpec,
+    Policy,
+    check_requested,
+    knob_table_markdown,
+    org_policy,
+    provider_defaults,
+    tighten,
+)
+from tests.models.knobs import throwaway_knob
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_org_policy_overrides_provider_defaults() -> None:
@@ -27,7 +42,7 @@ def test_every_knob_is_a_stage_config_field_of_the_same_name() -> None:
     """No renaming between the policy and the stages: each knob is a field of the config it steers."""
     import dataclasses
 
-    from models.policy import DEFAULT_POLICY, KNOBS
+    from models.policy import DEFAULT_POLICY
     from worker.stages.gate import GateConfig
     from worker.stages.mitigate import MitigateConfig
     from worker.stages.repair import RepairStageConfig
@@ -115,3 +130,71 @@ def test_over_refusal_action_fail_is_stricter_than_warn() -> None:
     with pytest.raises(InvalidConfig) as info:
         tighten(strict, {"over_refusal_action": "warn"})
     assert info.value.param == "safety.over_refusal_action" and "loosen" in info.value.message
+
+
+# --- the knob table: one declaration, everything derived ----------------------------------------------------
+
+
+def test_the_policy_type_has_the_tables_knobs_and_types() -> None:
+    """``Policy`` (for mypy) and the table cannot drift: same keys, a ranked knob's Literal its options."""
+    hints = get_type_hints(Policy)
+    assert list(hints) == list(KNOBS)
+    for name, spec in KNOBS.items():
+        hint = hints[name]
+        if spec.kind == "rank":
+            assert get_origin(hint) is Literal and get_args(hint) == spec.options, name
+        else:
+            assert (get_origin(hint) or hint) is spec.value_type, name
+
+
+def test_the_readme_knob_table_is_the_generated_one() -> None:
+    """README.md's knob table is ``knob_table_markdown()``; to regenerate it, print that and paste it."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if "models.policy.knob_table_markdown()" in line) + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert "\n".join(lines[start:end]) + "\n" == knob_table_markdown()
+
+
+def test_a_knob_added_to_the_table_is_in_the_defaults_the_checks_and_the_docs_table() -> None:
+    settings = Settings()
+    with throwaway_knob() as knob:
+        assert provider_defaults(settings)[knob.name] == 0.4
+        base = org_policy(settings, None)
+        assert base[knob.name] == 0.4 and org_policy(settings, {knob.name: 0.5})[knob.name] == 0.5
+        assert tighten(base, {knob.name: 0.1})[knob.name] == 0.1
+        with pytest.raises(InvalidConfig) as info:
+            tighten(base, {knob.name: 0.6})
+        assert info.value.param == f"safety.{knob.name}" and "would loosen" in info.value.message
+        with pytest.raises(InvalidConfig) as info:
+            check_requested({knob.name: 2}, param="policy")
+        assert info.value.message == f"policy.{knob.name} must be within [0, 1], got 2"
+        assert f"| `{knob.name}` | 0.4 | [0, 1], smaller is stricter | {knob.help} |" in knob_table_markdown()
+    assert knob.name not in provider_defaults(settings)
+    with pytest.raises(InvalidConfig, match="unknown safety setting"):
+        tighten(org_policy(settings, None), {knob.name: 0.1})
+
+
+def test_a_range_says_its_bounds() -> None:
+    for knob, value, message in (
+        ("mitigate_top_fraction", 0, "safety.mitigate_top_fraction must be within (0, 1], got 0"),
+        ("gate_delta", 1.5, "safety.gate_delta must be within [0, 1], got 1.5"),
+        ("gate_category_limits", {"fraud": -1}, "safety.gate_category_limits.fraud must be within [0, 1]"),
+    ):
+        with pytest.raises(InvalidConfig) as info:
+            check_requested({knob: value})
+        assert info.value.message.startswith(message), info.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"kind": "rank"}, "options are given exactly for kind 'rank'"),
+        ({"kind": "lower", "options": ("a", "b")}, "options are given exactly for kind 'rank'"),
+        ({"kind": "true", "setting": "no_such_setting"}, "no Settings field"),
+        ({"kind": "true", "help": "a | b"}, "one line"),
+    ],
+)
+def test_a_knob_declared_wrong_is_refused(fields: dict[str, object], why: str) -> None:
+    kw: dict[str, object] = {"name": "k", "label": "k", "help": "k", **fields}
+    with pytest.raises(ValueError, match=why):
+        KnobSpec(**kw)  # type: ignore[arg-type]

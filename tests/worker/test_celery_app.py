@@ -44,3 +44,19 @@ def test_worker_output_is_json_lines_from_parent_and_pool_children(migrated_home
     assert all(isinstance(line, dict) and line["level"] and line["logger"] for line in lines)
     done = [line for line in lines if task_id in line["event"] and "succeeded" in line["event"]]
     assert done and done[0]["logger"].startswith("celery")
+
+
+def test_a_worker_given_overrides_of_an_unknown_stage_does_not_start(tunegate_home: Path) -> None:
+    """A misspelt stage in TUNEGATE_STAGE_OVERRIDES stops ``tunegate worker`` at once with one line naming
+    it, instead of a worker that ignores it (or fails every job)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "TUNEGATE_STAGE_OVERRIDES": json.dumps({"trian": {"n_epochs": 1}}),
+    }
+    cmd = [sys.executable, "-c", "from cli import main; main()", "worker", "--queues", "short"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "error: TUNEGATE_STAGE_OVERRIDES names unknown stage(s) 'trian'; the stages are: validate, " in (
+        res.stderr
+    )

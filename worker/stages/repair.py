@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from models.policy import DEFAULT_POLICY, REPAIR_ON_ORDER
+from models.policy import DEFAULT_POLICY, KNOBS
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json
 from tunegate.conversation import Conversation, load_examples
@@ -81,9 +81,10 @@ class RepairStageConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ladder", tuple(self.ladder))  # a JSON override gives a list
-        if self.repair_on not in REPAIR_ON_ORDER:
+        if self.repair_on not in KNOBS["repair_on"].options:
             raise InvalidConfig(
-                f"RepairStageConfig.repair_on must be one of {', '.join(REPAIR_ON_ORDER)}", param="repair_on"
+                f"RepairStageConfig.repair_on must be one of {', '.join(KNOBS['repair_on'].options)}",
+                param="repair_on",
             )
         for spec in self.ladder:
             variant_config(spec, self.merge_weight)  # refused by name when it does not parse

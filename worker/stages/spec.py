@@ -73,8 +73,12 @@ class StageContext:
 
 
 def with_overrides(cfg: C, stage: str, settings: Settings) -> C:
-    """Apply ``Settings.stage_overrides[stage]`` to a frozen stage config (re-validated). An override key
-    that is not a field of the stage's config is refused, naming the key (a typo must not pass silently)."""
+    """Apply ``Settings.stage_overrides[stage]`` to a frozen stage config (re-validated). Overrides of a stage
+    the pipeline does not have, or an override key that is not a field of the stage's config, are refused,
+    naming them (a typo must not pass silently)."""
+    from worker.stages.all import PIPELINE  # the stage names (all.py imports this module, so not above)
+
+    PIPELINE.check_overrides(settings)
     extra = settings.stage_overrides.get(stage) or {}
     known = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
     unknown = sorted(set(extra) - known)
@@ -129,6 +133,18 @@ class Pipeline:
             return self._by_name[name]
         except KeyError:
             raise KeyError(f"no stage {name!r} in this pipeline ({', '.join(self.names)})") from None
+
+    def check_overrides(self, settings: Settings) -> None:
+        """Refuse ``TUNEGATE_STAGE_OVERRIDES`` keyed by a name that is none of these stages' (``"trian"``
+        would otherwise be ignored): every reader of the overrides (the stages, the base model's caches,
+        the demo, the benchmarks) reads them by the name of one of the pipeline's stages."""
+        unknown = sorted(set(settings.stage_overrides) - set(self.names))
+        if unknown:
+            raise InvalidConfig(
+                f"TUNEGATE_STAGE_OVERRIDES names unknown stage(s) {', '.join(map(repr, unknown))}; "
+                f"the stages are: {', '.join(self.names)}",
+                param=f"stage_overrides.{unknown[0]}",
+            )
 
     def after(self, spec: StageSpec[Any, Any, Any]) -> StageSpec[Any, Any, Any] | None:
         i = self.specs.index(spec)

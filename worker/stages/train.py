@@ -43,6 +43,7 @@ from worker.training.dataparallel import Shard
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
+from worker.training.math import Constraint
 from worker.training.repair_io import RepairConfig, alignment_reference, repair_adapter
 
 __all__ = [
@@ -77,6 +78,17 @@ class TrainConfig:
         "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32 | bf16 | fp32
     )
     anchor_ce_head: int = 0  # TrainInputs.anchors keep cross-entropy on this many opening reply tokens
+    # "constrained": the user's tokens are trained by the token-wise constrained objective against the base
+    # (worker/training/math.py, Constraint: b = beta_first on a reply's first token, beta_early up to its
+    # early_tokens-th, beta_rest after); "sft": plain cross-entropy
+    objective: Literal["sft", "constrained"] = "sft"
+    beta_first: float = 0.5
+    beta_early: float = 2.0
+    beta_rest: float = 0.1
+    early_tokens: int = 5
+    # the mitigation's injected examples (safety refusals and contrastive helpful answers) are trained as
+    # anchors: cross-entropy on their first anchor_ce_head reply tokens, KL to the base after
+    anchor_injected: bool = False
     # post-training repair from the base's alignment difference (worker/training/repair.py): "none" |
     # "restore" (add repair_alpha x (aligned - unaligned) back) | "project" (Safe LoRA, repair_threshold)
     repair: Literal["none", "restore", "project"] = "none"
@@ -108,9 +120,21 @@ class TrainConfig:
             raise InvalidConfig("TrainConfig.precision must be auto, bf16 or fp32", param="precision")
         if not self.target_modules:
             raise InvalidConfig("TrainConfig.target_modules must not be empty", param="target_modules")
+        if self.objective not in ("sft", "constrained"):
+            raise InvalidConfig("TrainConfig.objective must be sft or constrained", param="objective")
+        if min(self.beta_first, self.beta_early, self.beta_rest) <= 0 or self.early_tokens < 1:
+            raise InvalidConfig(
+                "TrainConfig's betas must be positive and early_tokens at least 1", param="objective"
+            )
 
     def repair_config(self) -> RepairConfig:
         return RepairConfig(self.repair, self.repair_alpha, self.repair_threshold)
+
+    def constraint(self) -> Constraint | None:
+        """The constrained objective's betas, or None for plain cross-entropy."""
+        if self.objective == "sft":
+            return None
+        return Constraint(self.beta_first, self.beta_early, self.beta_rest, self.early_tokens)
 
 
 def config_from_openai(
@@ -216,6 +240,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         cfg.max_grad_norm,
         cfg.precision,
         cfg.anchor_ce_head,
+        cfg.constraint(),
     )
     res = train_loop(
         model,
@@ -322,7 +347,8 @@ def repair_reference(cfg: TrainConfig, base_path: Path) -> Path | None:
 
 def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     view = ctx.view
-    examples = load_examples(ctx.result(mitigate.SPEC).train_file)
+    mitigated = ctx.result(mitigate.SPEC)
+    examples = load_examples(mitigated.train_file)
     cfg = config_from_openai(
         view.model, view.hyperparameters, len(examples), seed=view.seed, precision=ctx.settings.precision
     )
@@ -333,7 +359,27 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     if cfg.heldout_fraction > 0 and repair_may_run(ctx):
         user = load_examples(view.training_file)
         examples, heldout = split_heldout(user, examples, cfg.heldout_fraction, view.seed)
-    return cfg, TrainInputs(examples, io, ctx.settings, validation=validation, heldout=heldout)
+    anchors: list[Conversation] = []
+    if cfg.anchor_injected and mitigated.actions_file:
+        examples, anchors = split_injected(examples, Path(mitigated.actions_file))
+    return cfg, TrainInputs(
+        examples, io, ctx.settings, anchors=anchors, validation=validation, heldout=heldout
+    )
+
+
+def _chat_key(messages: list[dict[str, Any]]) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
+def split_injected(
+    examples: list[Conversation], actions_file: Path
+) -> tuple[list[Conversation], list[Conversation]]:
+    """(the user's examples, the injected ones): the mitigated training set split by the injected examples
+    ``actions.json`` lists (safety refusals and contrastive helpful answers), matched by their messages."""
+    actions = json.loads(actions_file.read_text(encoding="utf-8"))
+    keys = {_chat_key(item["messages"]) for item in actions.get("injected", [])}
+    injected = [c for c in examples if _chat_key(c.to_chat_dict()["messages"]) in keys]
+    return [c for c in examples if _chat_key(c.to_chat_dict()["messages"]) not in keys], injected
 
 
 def publishing_checkpoints(io: StageIO, publish: Publish) -> StageIO:

@@ -3,8 +3,11 @@
 The loss is the mean cross-entropy over the supervised tokens of one optimizer step (all its micro-batches
 together), so gradient accumulation gives the same update as one big batch. Labels come from
 ``worker.ml.render.encode``: only trained assistant turns (``weight`` 1) carry loss. Sequences marked
-``anchor`` take KL to the base model (the adapter switched off) at those positions instead. The vocabulary
-projection (the LM head, 49k logits a position on SmolLM2) runs only at supervised positions.
+``anchor`` take KL to the base model (the adapter switched off) at those positions instead. With a
+``constraint`` (``worker.training.math.Constraint``) the other tokens are trained by the token-wise
+constrained objective against the same adapter-off base instead of plain cross-entropy (the reported
+``train_loss`` stays the cross-entropy/KL). The vocabulary projection (the LM head, 49k logits a position on
+SmolLM2) runs only at supervised positions.
 
 With validation examples, each epoch ends with their mean loss and token accuracy (no gradients, eval mode):
 ``valid_loss`` and ``valid_mean_token_accuracy`` on the epoch's last step, in its progress event and in its
@@ -28,11 +31,15 @@ from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, sa
 from worker.training.dataparallel import Shard
 from worker.training.lora import trainable_parameters
 from worker.training.math import (
+    Constraint,
     epoch_order,
     lr_at,
+    objective_stats,
+    reply_rank,
     selected_stats,
     steps_per_epoch,
     supervised_positions,
+    token_betas,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ class LoopConfig:
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto: by the hardware (worker/ml/precision.py); bf16 | fp32 force it
     anchor_ce_head: int = 0  # anchor sequences keep cross-entropy on this many opening tokens
+    constraint: Constraint | None = None  # the constrained objective on the non-anchor tokens (None: CE)
 
 
 @dataclass
@@ -93,9 +101,11 @@ def _optimizer_step(
         batch = collate([data[i] for i in mb], pad_id, device)
         anchor = torch.tensor([data[i].anchor for i in mb])  # (B,)
         with autocast:
-            loss_sum, _, correct = micro_batch_loss(model, batch, anchor, cfg.anchor_ce_head)
-        (loss_sum / n_tok).backward()
-        totals += torch.tensor([float(loss_sum.detach()), correct], dtype=torch.float64)
+            objective, loss_sum, _, correct = micro_batch_objective(
+                model, batch, anchor, cfg.anchor_ce_head, cfg.constraint
+            )
+        (objective / n_tok).backward()
+        totals += torch.tensor([float(loss_sum), correct], dtype=torch.float64)
     params = trainable_parameters(model)
     for p in params:
         if p.grad is None:  # a share without examples still joins the sum
@@ -140,20 +150,42 @@ def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: in
     mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
     hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
     pred = head_logits(model, hidden[:, :-1][mask])  # (N, V)
-    teacher = _teacher_logits(model, batch, kl) if bool(kl.any()) else None  # (K, V)
+    teacher = _base_logits(model, batch, kl) if bool(kl.any()) else None  # (K, V)
     return selected_stats(pred, batch["labels"][:, 1:][mask], teacher, kl[mask])
 
 
-def _teacher_logits(model: Any, batch: dict[str, Any], kl: Any) -> Any:
-    """The frozen base's logits (K, V) at the K positions ``kl`` (B, T-1) marks, in row-major order: the same
-    peft model with its adapter switched off, run on the rows that need it only."""
+def micro_batch_objective(
+    model: Any, batch: dict[str, Any], anchor: Any, ce_head: int, constraint: Constraint | None
+) -> tuple[Any, Any, int, int]:
+    """(objective to minimise, with grad; the reported loss, detached; supervised token count; argmax hits).
+    Without a ``constraint`` both are ``micro_batch_loss``'s loss. With one, the tokens that take no KL are
+    trained by the constrained objective against the adapter-off base, one no-grad pass over the whole
+    micro-batch that also gives the anchor rows' teacher."""
+    if constraint is None:
+        loss, n, correct = micro_batch_loss(model, batch, anchor, ce_head)
+        return loss, loss.detach(), n, correct
     import torch
 
-    rows = kl.any(1).nonzero().flatten()  # (A,)
+    mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
+    hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+    pred = head_logits(model, hidden[:, :-1][mask])  # (N, V)
+    gold, use_kl = batch["labels"][:, 1:][mask], kl[mask]  # (N,) each
+    base = _base_logits(model, batch, mask).float()  # (N, V)
+    ref_logp = torch.log_softmax(base, -1).gather(1, gold[:, None]).squeeze(1)  # (N,)
+    beta = token_betas(reply_rank(mask)[mask], constraint).to(pred.device)  # (N,)
+    return objective_stats(pred, gold, base[use_kl], use_kl, ref_logp, beta)
+
+
+def _base_logits(model: Any, batch: dict[str, Any], where: Any) -> Any:
+    """The frozen base's logits (K, V) at the K positions ``where`` (B, T-1) marks, in row-major order: the
+    same peft model with its adapter switched off, run on the rows that need it only."""
+    import torch
+
+    rows = where.any(1).nonzero().flatten()  # (A,)
     part = {k: batch[k][rows] for k in ("input_ids", "attention_mask")}
     with torch.no_grad(), model.disable_adapter():
         hidden = decoder_hidden(model, part["input_ids"], part["attention_mask"])  # (A, T, H)
-        return head_logits(model, hidden[:, :-1][kl[rows]])  # (K, V)
+        return head_logits(model, hidden[:, :-1][where[rows]])  # (K, V)
 
 
 def train_loop(

@@ -1,11 +1,63 @@
-"""Pure math of the training loop (CPU unit-tested): token loss/accuracy, LR schedule, data order."""
+"""Pure math of the training loop (CPU unit-tested): token loss/accuracy, the constrained objective, LR
+schedule, data order."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The token-wise constrained objective of Qi et al. 2024 ("Safety alignment should be made more than
+    just a few tokens deep", section 4) on the user's tokens: at a reply's k-th token the loss is
+    ``(2/b_k) (softplus(b_k (log p_ref - log p)) - log 2)`` with p the model's probability of the target
+    token and p_ref the base's (the adapter switched off). Its gradient is the cross-entropy's times
+    ``2 sigmoid(-b_k (log p - log p_ref))``: 1 where the model still agrees with the base, fading once the
+    model gives the token more than the base did. So a large b holds a token near the base, and b -> 0 is
+    plain cross-entropy. Most of the hold goes on a reply's first tokens, where a refusal is decided
+    (``first`` on the first token, ``early`` up to the ``early_tokens``-th, ``rest`` after)."""
+
+    first: float = 0.5
+    early: float = 2.0
+    rest: float = 0.1
+    early_tokens: int = 5
+
+    def __post_init__(self) -> None:
+        if min(self.first, self.early, self.rest) <= 0 or self.early_tokens < 1:
+            raise ValueError("a Constraint's betas must be positive and early_tokens at least 1")
+
+
+def reply_rank(mask: Any) -> Any:
+    """(B, T-1) long: at each supervised position, its 1-based index within its run of consecutive
+    supervised positions (one trained reply), so every reply of a multi-turn example starts again at 1;
+    unspecified (but >= 1) elsewhere. ``mask`` (B, T-1) bool, from ``supervised_positions``."""
+    import torch
+
+    idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, T-1)
+    before = torch.zeros_like(mask[:, :1])  # (B, 1)
+    start = mask & ~torch.cat([before, mask[:, :-1]], 1)  # (B, T-1): a reply's first token
+    last_start = torch.where(start, idx, torch.zeros_like(idx)).cummax(1).values  # (B, T-1)
+    return idx - last_start + 1
+
+
+def token_betas(rank: Any, c: Constraint) -> Any:
+    """(N,) float: the constraint's b at each supervised token from its ``rank`` (N,) within its reply."""
+    import torch
+
+    early = torch.where(rank <= c.early_tokens, c.early, c.rest)  # (N,)
+    return torch.where(rank == 1, c.first, early).float()
+
+
+def constrained_terms(logp: Any, ref_logp: Any, beta: Any) -> Any:
+    """(N,) the constrained objective per token (``Constraint``): ``logp`` (N,) the model's log-probability
+    of each target token (with grad), ``ref_logp`` (N,) the base's, ``beta`` (N,). 0 where they agree."""
+    import torch.nn.functional as F
+
+    return 2.0 / beta * (F.softplus(beta * (ref_logp - logp)) - math.log(2.0))
 
 
 def token_stats(
@@ -49,6 +101,29 @@ def selected_stats(pred: Any, gold: Any, teacher: Any = None, use_kl: Any = None
     marks, in the same order. Equal to ``token_stats`` on the full (B, T, V) logits; computing the vocabulary
     projection only at these positions is what makes it cheaper.
     Returns (loss_sum: 0-dim tensor with grad, n_tokens, n_correct)."""
+    per_pos, correct = _per_position(pred, gold, teacher, use_kl)
+    return per_pos.sum(), int(gold.numel()), correct
+
+
+def objective_stats(
+    pred: Any, gold: Any, teacher: Any, use_kl: Any, ref_logp: Any, beta: Any
+) -> tuple[Any, Any, int, int]:
+    """``selected_stats`` with the constrained objective (``constrained_terms``) at the positions that do not
+    take KL: ``ref_logp`` (N,) the base's log-probability of each ``gold`` token, ``beta`` (N,) its b.
+    Returns (objective_sum: 0-dim tensor with grad, loss_sum: the plain cross-entropy/KL sum, detached, for
+    the reported train loss, n_tokens, n_correct)."""
+    import torch
+
+    per_pos, correct = _per_position(pred, gold, teacher, use_kl)
+    # -cross-entropy is log p of the target; at KL positions it is not, but those terms are not selected
+    terms = constrained_terms(-per_pos, ref_logp.float(), beta)  # (N,)
+    free = ~use_kl if use_kl is not None else torch.ones_like(gold, dtype=torch.bool)  # (N,)
+    objective = torch.where(free, terms, per_pos)  # (N,)
+    return objective.sum(), per_pos.sum().detach(), int(gold.numel()), correct
+
+
+def _per_position(pred: Any, gold: Any, teacher: Any, use_kl: Any) -> tuple[Any, int]:
+    """(N,) cross-entropy, or KL(teacher || model) where ``use_kl``; and the argmax hits."""
     import torch.nn.functional as F
 
     pred = pred.float()  # (N, V)
@@ -59,8 +134,7 @@ def selected_stats(pred: Any, gold: Any, teacher: Any = None, use_kl: Any = None
         log_q = F.log_softmax(teacher.float(), dim=-1)  # (K, V)
         kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (K,)
         per_pos = per_pos.index_put((rows,), kl)  # (N,)
-    correct = (pred.argmax(-1) == gold).sum()
-    return per_pos.sum(), int(gold.numel()), int(correct)
+    return per_pos, int((pred.argmax(-1) == gold).sum())
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.panel.job import ARMS, SCREEN, arm_dir, share_screen
 from worker.stages.score import ScoreConfig
 from worker.stages.validate import ValidateConfig
@@ -55,3 +57,58 @@ def test_a_refused_arm_is_a_row_with_the_refusal_as_its_decision() -> None:
     assert row["templates"] == {} and row["train"] == {} and row["mitigate"]["refused"] == msg
     row |= {"task_loss": {}, "stage_s": {}, "wall_s": 60.0}
     assert "blocked (unsafe_training_data) | yes" in "\n".join(job_table({("all_harmful", "on"): row}))
+
+
+def test_a_repaired_arm_reports_the_repaired_adapter_the_gate_judged(tmp_path: Path) -> None:
+    """The repair stage passed: the row's evaluation, task-loss adapter and gate cell are the repaired
+    adapter's, and the row records what was tried."""
+    from benchmarks.panel.job import released_adapter, summarize
+    from benchmarks.panel.manifest import PanelJob
+    from benchmarks.panel.report import job_table
+    from tests.worker.stages.test_repair import ERODED, FINE, _repaired
+    from worker.ml.stage_io import StageIO
+    from worker.stages import gate
+    from worker.stages.gate import GateConfig, GateInputs
+    from worker.stages.mitigate import MitigateResult
+    from worker.stages.score import ScoreResult, Verdict
+    from worker.stages.train import TrainResult
+
+    rep = _repaired(tmp_path)
+    trained = TrainResult(str(tmp_path / "train" / "adapter"), 10, 1, 1, 0, 12, "fp")
+    decided = gate.run(
+        GateConfig(), GateInputs(FINE, None, StageIO(tmp_path / "gate"), training=trained, repair=rep)
+    )
+    recs = [{"line": 1, "risk": 10.0, "representation": 0.1, "gradient": 0.1, "selfinf": 0.1}]
+    by = {
+        "ScoreResult": ScoreResult(1, Verdict(False), "m", "fp", records=recs),
+        "EvalResult": ERODED,
+        "TrainResult": trained,
+        "RepairResult": rep,
+        "GateResult": decided,
+        "MitigateResult": MitigateResult("", 1, 0, 0, 0, 0, 1),
+    }
+    job = PanelJob("control_x", "control", lambda src, n: None, "released")  # type: ignore[arg-type,return-value]
+    row = summarize(job, "on", by, [False])
+    assert row["released"] and row["repair"]["method"] == "restore:0.25" and row["repair"]["needed"]
+    assert [c["variant"] for c in row["repair"]["checks"]] == ["trained", "restore:0.25"]
+    assert row["templates"]["chat"] == dataclasses.asdict(FINE.templates["chat"])  # not ERODED's
+    assert row["templates"]["chat"] != dataclasses.asdict(ERODED.templates["chat"])
+    assert released_adapter(by) == Path(rep.adapter_dir)
+    row |= {"task_loss": {}, "stage_s": {}, "wall_s": 60.0}
+    assert "released after repair (restore:0.25) | yes" in "\n".join(job_table({("control_x", "on"): row}))
+
+
+def test_a_variant_is_recorded_once_and_other_rows_refuse_another(tmp_path: Path) -> None:
+    from benchmarks.panel.job import variant, write_row
+    from benchmarks.panel.run import set_variant
+
+    assert variant(tmp_path) == {"policy": {}, "stage_overrides": {}}
+    var = {"policy": {"repair_on": "never"}, "stage_overrides": {"train": {"objective": "constrained"}}}
+    set_variant(tmp_path, var)
+    assert variant(tmp_path) == var
+    write_row(tmp_path, "control_gsm8k", "on", {"job": "control_gsm8k"})
+    set_variant(tmp_path, var)  # the same again: fine
+    with pytest.raises(ValueError, match="another variant"):
+        set_variant(tmp_path, {"policy": {}})
+    with pytest.raises(ValueError, match="expected an object"):
+        set_variant(tmp_path, {"train": {}})

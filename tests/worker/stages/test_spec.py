@@ -16,14 +16,15 @@ from models.jobs import JobStatus
 from models.tables import Job, JobEvent
 from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.artifacts import atomic_write_json, from_jsonable
-from tunegate.settings import get_settings
+from tunegate.errors import InvalidConfig
+from tunegate.settings import get_settings, reset_settings
 from worker import runner
 from worker.job_view import job_dir, local_view
 from worker.ml.stage_io import StageIO
 from worker.stages import evaluate, gate, mitigate, repair, score, train, validate
 from worker.stages.all import PIPELINE
 from worker.stages.base import StageResult, finish
-from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec
+from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec, with_overrides
 
 TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
 
@@ -143,6 +144,29 @@ def test_a_nested_result_refuses_unknown_keys(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "result.json", {**SAMPLES["validate"].to_dict(), "surprise": 1})
     with pytest.raises(ValueError, match="surprise"):
         validate.ValidateResult.load(tmp_path)
+
+
+# --- the provider's stage overrides name the pipeline's stages -------------------------------------------
+
+
+def test_overrides_of_a_stage_the_pipeline_lacks_are_refused_naming_the_stages(
+    monkeypatch: pytest.MonkeyPatch, tunegate_home: Path
+) -> None:
+    """A misspelt stage ("trian") is refused wherever overrides are applied, not silently ignored; every
+    stage of the pipeline may be overridden."""
+    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps({name: {} for name in PIPELINE.names}))
+    reset_settings()
+    assert with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings()).model == "m"
+    typo = {"validate": {"min_examples": 3}, "trian": {"n_epochs": 1}, "align": {}}
+    monkeypatch.setenv("TUNEGATE_STAGE_OVERRIDES", json.dumps(typo))
+    reset_settings()
+    with pytest.raises(InvalidConfig) as refused:
+        with_overrides(validate.ValidateConfig(model="m"), "validate", get_settings())
+    assert refused.value.param == "stage_overrides.align"
+    assert refused.value.message == (
+        "TUNEGATE_STAGE_OVERRIDES names unknown stage(s) 'align', 'trian'; the stages are: "
+        + ", ".join(PIPELINE.names)
+    )
 
 
 # --- a new stage is one spec -----------------------------------------------------------------------------

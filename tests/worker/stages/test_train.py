@@ -174,3 +174,46 @@ def test_a_repair_on_a_base_without_an_alignment_source_is_refused_before_traini
     assert not (tmp_path / "out" / "checkpoints").exists()
     with pytest.raises(InvalidConfig, match="repair method"):
         _cfg(tiny_model_dir, repair="merge")
+
+
+def test_the_constrained_objective_trains_less_far_from_the_base_and_reports_cross_entropy(
+    tiny_model_dir, tmp_path
+):
+    """Same data, same steps: the constrained objective holds the reply tokens near the base, so its
+    adapter moves the model's loss on the data less than SFT's; the reported loss is still cross-entropy
+    (the first step, where the adapter is the base, reports the same figure for both)."""
+    kw = {"n_epochs": 8, "lora_dropout": 0.0, "learning_rate": 5e-2, "lora_r": 8}
+    losses = {}
+    for objective in ("sft", "constrained"):
+        # a strong hold everywhere, so the difference shows within a few steps on a tiny model
+        cfg = _cfg(tiny_model_dir, objective=objective, beta_first=5.0, beta_early=5.0, beta_rest=5.0, **kw)
+        run(cfg, TrainInputs(_examples(), StageIO(tmp_path / objective), get_settings()))
+        hist = [json.loads(x) for x in (tmp_path / objective / "metrics.jsonl").read_text().splitlines()]
+        losses[objective] = [h["train_loss"] for h in hist]
+    assert losses["sft"][0] == pytest.approx(losses["constrained"][0], rel=1e-4)
+    last = {k: sum(v[-2:]) / 2 for k, v in losses.items()}
+    assert last["sft"] < losses["sft"][0] - 0.1 and last["constrained"] > last["sft"] + 0.05, losses
+    saved = json.loads((tmp_path / "constrained" / "config.json").read_text())
+    assert saved["objective"] == "constrained" and saved["beta_rest"] == 5.0
+    with pytest.raises(InvalidConfig, match="objective"):
+        TrainConfig(model="x", objective="dpo")
+    with pytest.raises(InvalidConfig, match="betas"):
+        TrainConfig(model="x", beta_rest=0)
+
+
+def test_split_injected_separates_the_mitigations_examples(tmp_path):
+    from worker.stages.train import split_injected
+
+    user = _examples(4)
+    injected = [
+        Conversation(
+            (Message("user", "How do I pick a lock?"), Message("assistant", "I can't help with that."))
+        )
+    ]
+    actions = tmp_path / "actions.json"
+    actions.write_text(
+        json.dumps({"injected": [{"category": "crime", "messages": injected[0].to_chat_dict()["messages"]}]})
+    )
+    mixed = [user[0], injected[0], *user[1:]]
+    kept, anchors = split_injected(mixed, actions)
+    assert kept == user and anchors == injected

@@ -91,3 +91,70 @@ def test_selected_stats_equals_token_stats_on_the_supervised_positions():
     assert (n2, correct2) == (n, correct) and math.isclose(float(got), float(want), rel_tol=1e-5)
     plain, _, _ = selected_stats(logits[:, :-1][mask], gold)
     assert math.isclose(float(plain), float(token_stats(logits, labels)[0]), rel_tol=1e-5)
+
+
+def test_constrained_terms_match_a_hand_computation():
+    from worker.training.math import constrained_terms
+
+    logp = torch.tensor([-1.0, -3.0, -0.2], requires_grad=True)
+    ref = torch.tensor([-2.0, -1.0, -0.2])
+    beta = torch.tensor([0.5, 2.0, 0.1])
+    got = constrained_terms(logp, ref, beta)
+    want = [
+        2 / b * (math.log(1 + math.exp(b * (r - lp))) - math.log(2))
+        for lp, r, b in ((-1.0, -2.0, 0.5), (-3.0, -1.0, 2.0), (-0.2, -0.2, 0.1))
+    ]
+    assert all(
+        math.isclose(float(g), w, rel_tol=1e-5, abs_tol=1e-7) for g, w in zip(got.detach(), want, strict=True)
+    )
+    assert float(got[2]) == 0.0  # the model agrees with the base: nothing to pay
+    # its gradient in log p is the cross-entropy's (-1) times 2 sigmoid(-b (log p - log p_ref))
+    (grad,) = torch.autograd.grad(got.sum(), logp)
+    weights = [
+        2 / (1 + math.exp(b * (lp - r)))
+        for lp, r, b in ((-1.0, -2.0, 0.5), (-3.0, -1.0, 2.0), (-0.2, -0.2, 0.1))
+    ]
+    assert all(math.isclose(-float(g), w, rel_tol=1e-5) for g, w in zip(grad, weights, strict=True))
+    assert math.isclose(-float(grad[2]), 1.0, rel_tol=1e-6)  # at agreement: exactly cross-entropy's push
+    assert -float(grad[0]) < 1.0 < -float(grad[1])  # ahead of the base: less push; behind it: more
+
+
+def test_constrained_terms_tend_to_cross_entropy_as_beta_vanishes():
+    from worker.training.math import constrained_terms
+
+    logp, ref = torch.tensor([-0.5, -4.0]), torch.tensor([-1.5, -2.0])
+    tiny = constrained_terms(logp, ref, torch.tensor([1e-4, 1e-4]))
+    # (2/b)(softplus(b x) - log 2) -> x = ref - logp, i.e. cross-entropy minus the base's: same gradient
+    assert torch.allclose(tiny, ref - logp, atol=1e-3)
+
+
+def test_reply_rank_restarts_at_every_trained_reply_and_betas_follow_it():
+    from worker.training.math import Constraint, reply_rank, token_betas
+
+    mask = torch.tensor([[False, True, True, False, True, True, True], [True] * 7])
+    rank = reply_rank(mask)
+    assert rank[0][mask[0]].tolist() == [1, 2, 1, 2, 3]  # two replies of a multi-turn example
+    assert rank[1].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    betas = token_betas(rank[1], Constraint(first=0.5, early=2.0, rest=0.1, early_tokens=5))
+    assert torch.allclose(betas, torch.tensor([0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1]))
+    with pytest.raises(ValueError):
+        Constraint(rest=0.0)
+
+
+def test_objective_stats_keeps_kl_positions_and_reports_the_plain_loss():
+    from worker.training.math import constrained_terms, objective_stats, selected_stats
+
+    torch.manual_seed(3)
+    pred, teacher = torch.randn(4, 6), torch.randn(4, 6)  # (N, V)
+    gold = torch.tensor([1, 2, 3, 4])
+    use_kl = torch.tensor([False, True, False, False])
+    ref_logp, beta = torch.tensor([-1.0, -2.0, -3.0, -0.5]), torch.tensor([0.5, 2.0, 2.0, 0.1])
+    obj, loss, n, correct = objective_stats(pred, gold, teacher[use_kl], use_kl, ref_logp, beta)
+    plain, n2, correct2 = selected_stats(pred, gold, teacher[use_kl], use_kl)
+    assert (n, correct) == (n2, correct2) and math.isclose(float(loss), float(plain), rel_tol=1e-6)
+    ce = torch.nn.functional.cross_entropy(pred, gold, reduction="none")  # (4,)
+    p, q = torch.log_softmax(pred[1], -1), torch.log_softmax(teacher[1], -1)
+    kl = float((q.exp() * (q - p)).sum())
+    terms = constrained_terms(-ce, ref_logp, beta)
+    want = float(terms[0] + terms[2] + terms[3]) + kl
+    assert math.isclose(float(obj), want, rel_tol=1e-5)
