@@ -1,0 +1,270 @@
+"""Typed per-example records: the score stage's ``ScoreRecord`` and the safety scan's ``ScanRecord``.
+
+The worker builds score records (``worker/scoring/report.py``), the score stage writes them to
+``scores.jsonl`` (one ``to_dict()`` a line) and every reader (mitigation, the gate's report, trigger mining,
+the safety scan, the panel) reads their attributes. A safety scan turns them into scan records
+(``worker/scan.py``, its ``records.jsonl``), which the API pages through.
+
+``to_dict`` gives the exact JSON object written before records were typed (same keys, same order), so
+stored results load unchanged; ``from_dict`` is the JSON boundary: it refuses a key it does not know, naming
+it, and takes an older score record through one upgrade path (``upgrade``).
+
+This module is on the ground floor because the API reads scan records and ``tunegate.reporting`` what is
+built from score records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Self, cast, get_args
+
+ScorerName = Literal["representation", "gradient", "selfinf"]
+SCORERS: tuple[ScorerName, ...] = get_args(ScorerName)
+# the raw values of one forward+backward pass (``worker.scoring.engine.RawScore``), in record order
+RAW_SCORES = (
+    "representation",
+    "representation_safe",
+    "representation_diff",
+    "gradient",
+    "selfinf",
+    "grad_sq_norm",
+)
+ScanAction = Literal["keep", "downweight", "exclude", "drop", "refuse"]
+
+
+class RecordError(ValueError):
+    """A stored record this version cannot read (an unknown key, a missing one, a wrong type); the message
+    names the key."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Format features of the example's trained response (``worker.scoring.features.extract``)."""
+
+    numbered_list: bool
+    bulleted_list: bool
+    math: bool
+    code: bool
+    short_answer: bool
+    response_tokens: int
+    response_chars: int
+    response_words: int
+
+    def to_dict(self) -> dict[str, bool | int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        r = _Reader(data, "score record's features", cls)
+        return cls(
+            numbered_list=r.flag("numbered_list"),
+            bulleted_list=r.flag("bulleted_list"),
+            math=r.flag("math"),
+            code=r.flag("code"),
+            short_answer=r.flag("short_answer"),
+            response_tokens=r.integer("response_tokens"),
+            response_chars=r.integer("response_chars"),
+            response_words=r.integer("response_words"),
+        )
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One example's scores: the raw values (None for a scorer that did not run), each scorer's percentile
+    in the reference benign corpus, the combined ``risk`` (0..100), whether it lies beyond every reference
+    example on some scorer, the response's format features and the reasons in words (empty: not risky)."""
+
+    line: int  # 1-based line of the training file
+    n_tokens: int  # sequence length
+    n_response_tokens: int  # supervised tokens
+    representation: float | None
+    representation_safe: float | None
+    representation_diff: float | None
+    gradient: float | None
+    selfinf: float | None
+    grad_sq_norm: float | None
+    percentiles: dict[str, float]  # scorer -> its percentile in the reference corpus (0..100)
+    risk: float  # the scorers' combined reference percentile, 0..100
+    beyond_reference: bool  # beyond every reference example on some scorer
+    features: Features
+    reasons: tuple[str, ...]  # why it is risky, in words (empty: it is not)
+
+    def score(self, name: str) -> float | None:
+        """The raw value ``name`` (a scorer, ``representation_safe``, ``_diff`` or ``grad_sq_norm``)."""
+        if name not in RAW_SCORES:
+            raise KeyError(f"a score record has no raw score {name!r} (known: {', '.join(RAW_SCORES)})")
+        return cast(float | None, getattr(self, name))
+
+    def scored(self, name: str) -> float:
+        """The raw value ``name`` of a scorer that ran on this record (a missing one raises, naming it)."""
+        value = self.score(name)
+        if value is None:
+            raise RecordError(f"the score record of line {self.line} has no {name} score")
+        return value
+
+    def scores(self) -> dict[str, float | None]:
+        """Each scorer's raw value (None: it did not run)."""
+        return {s: self.score(s) for s in SCORERS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of a ``scores.jsonl`` line (keys in the order they have always been written)."""
+        return {
+            **{n: getattr(self, n) for n in ("line", "n_tokens", "n_response_tokens", *RAW_SCORES)},
+            "percentiles": dict(self.percentiles),
+            "risk": self.risk,
+            "beyond_reference": self.beyond_reference,
+            "features": self.features.to_dict(),
+            "reasons": list(self.reasons),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        """A record from its JSON object; an older record is upgraded first (``upgrade``)."""
+        r = _Reader(upgrade(data), "score record", cls)
+        return cls(
+            line=r.integer("line"),
+            n_tokens=r.integer("n_tokens"),
+            n_response_tokens=r.integer("n_response_tokens"),
+            representation=r.optional_number("representation"),
+            representation_safe=r.optional_number("representation_safe"),
+            representation_diff=r.optional_number("representation_diff"),
+            gradient=r.optional_number("gradient"),
+            selfinf=r.optional_number("selfinf"),
+            grad_sq_norm=r.optional_number("grad_sq_norm"),
+            percentiles=r.numbers("percentiles"),
+            risk=r.number("risk"),
+            beyond_reference=r.flag("beyond_reference"),
+            features=Features.from_dict(r.required("features")),
+            reasons=r.strings("reasons"),
+        )
+
+
+def upgrade(data: object) -> object:
+    """The one path from an older score record's JSON to this version's keys (anything but a JSON object
+    is left for ``from_dict`` to refuse).
+
+    - before ``beyond_reference`` (the cluster test, commit 029165f): no example was marked beyond the
+      reference, which is how every reader took a missing flag.
+    """
+    if not isinstance(data, dict) or "beyond_reference" in data:
+        return data
+    return {**data, "beyond_reference": False}
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One line of a scanned file (a safety scan's ``records.jsonl``): its score record's risk, percentiles
+    and reasons (with the mitigate stage's reasons to act, in words), its rank (1: the riskiest), the rules
+    that chose it for mitigation (``why``), what the mitigate stage would do with it and its text."""
+
+    line: int
+    rank: int
+    risk: float
+    percentiles: dict[str, float]
+    reasons: tuple[str, ...]
+    why: tuple[str, ...]
+    action: ScanAction
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of a ``records.jsonl`` line."""
+        return {
+            "line": self.line,
+            "rank": self.rank,
+            "risk": self.risk,
+            "percentiles": dict(self.percentiles),
+            "reasons": list(self.reasons),
+            "why": list(self.why),
+            "action": self.action,
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        r = _Reader(data, "scan record", cls)
+        return cls(
+            line=r.integer("line"),
+            rank=r.integer("rank"),
+            risk=r.number("risk"),
+            percentiles=r.numbers("percentiles"),
+            reasons=r.strings("reasons"),
+            why=r.strings("why"),
+            action=cast(ScanAction, r.one_of("action", get_args(ScanAction))),
+            text=r.string("text"),
+        )
+
+
+class _Reader:
+    """Typed reads of one JSON object's keys, each failure a ``RecordError`` naming the key; a key the
+    dataclass ``cls`` has no field for is refused up front."""
+
+    def __init__(self, data: object, what: str, cls: type) -> None:
+        if not isinstance(data, dict):
+            raise RecordError(f"a {what} must be a JSON object, got {type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise RecordError(
+                f"{what} has an unknown key {unknown[0]!r} (known: {', '.join(names)}); "
+                "it was written by another version"
+            )
+        self.data: dict[str, Any] = data
+        self.what = what
+
+    def required(self, key: str) -> Any:
+        if key not in self.data:
+            raise RecordError(f"{self.what} lacks the key {key!r}")
+        return self.data[key]
+
+    def _bad(self, key: str, kind: str) -> RecordError:
+        return RecordError(f"{self.what} key {key!r} must be {kind}, got {self.data[key]!r}")
+
+    def integer(self, key: str) -> int:
+        value = self.required(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(key, "an integer")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.required(key)
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false")
+        return value
+
+    def string(self, key: str) -> str:
+        value = self.required(key)
+        if not isinstance(value, str):
+            raise self._bad(key, "a string")
+        return value
+
+    def one_of(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key)
+        if value not in choices:
+            raise self._bad(key, f"one of {', '.join(choices)}")
+        return value
+
+    def number(self, key: str) -> float:
+        """A number, kept as JSON gave it (an int stays an int, so a record is written back as read)."""
+        value = self.required(key)
+        if not _is_number(value):
+            raise self._bad(key, "a number")
+        return cast(float, value)
+
+    def optional_number(self, key: str) -> float | None:
+        return None if self.required(key) is None else self.number(key)
+
+    def numbers(self, key: str) -> dict[str, float]:
+        value = self.required(key)
+        if not isinstance(value, dict) or not all(_is_number(v) for v in value.values()):
+            raise self._bad(key, "an object of numbers")
+        return dict(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.required(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(key, "a list of strings")
+        return tuple(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
