@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from models.tables import File, Organization, SafetyScan
 from tunegate import queue
 from tunegate.errors import Conflict, ModelError, NotFound, TransientError, Unprocessable
 from tunegate.model_cache import missing_reason
+from tunegate.records import ScanRecord
 from tunegate.settings import Settings
 from tunegate.storage import ObjectMissing, open_artifact
 
@@ -124,27 +125,36 @@ def records_page(
         )
     records = _read(settings, row)
     if order == "risk":
-        records.sort(key=lambda r: (int(r["rank"]), int(r["line"])))
+        records.sort(key=lambda r: (r.rank, r.line))
     start = 0
     if after:
-        ids = [record_id(int(r["line"])) for r in records]
+        ids = [record_id(r.line) for r in records]
         if after not in ids:
             raise NotFound(f"No such record of safety scan {row.id}: {after}", param="after")
         start = ids.index(after) + 1
     page = records[start : start + limit]
-    out = [SafetyScanRecordOut(id=record_id(int(r["line"])), **_fields(r)) for r in page]
-    return out, start + limit < len(records)
+    return [record_out(r) for r in page], start + limit < len(records)
 
 
-def _fields(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("line", "rank", "risk", "percentiles", "reasons", "text", "action")
-    return {k: record[k] for k in keys}
+def record_out(r: ScanRecord) -> SafetyScanRecordOut:
+    """A scan record as the API returns it (its ``why`` is not shown: the reasons say it in words)."""
+    return SafetyScanRecordOut(
+        id=record_id(r.line),
+        line=r.line,
+        rank=r.rank,
+        risk=r.risk,
+        percentiles=dict(r.percentiles),
+        reasons=list(r.reasons),
+        text=r.text,
+        action=r.action,
+    )
 
 
-def _read(settings: Settings, row: SafetyScan) -> list[dict[str, Any]]:
+def _read(settings: Settings, row: SafetyScan) -> list[ScanRecord]:
+    """The scan's published ``records.jsonl`` (the JSON boundary: each line through ``ScanRecord``)."""
     try:
         with open_artifact(settings, str(row.records_ref)) as fh:
-            return [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line.strip()]
+            text = fh.read().decode("utf-8")
     except ObjectMissing:
         log.error("safety scan %s: its records file is missing", row.id)
         raise NotFound(
@@ -152,3 +162,4 @@ def _read(settings: Settings, row: SafetyScan) -> list[dict[str, Any]]:
             param="scan_id",
             code="records_missing",
         ) from None
+    return [ScanRecord.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]

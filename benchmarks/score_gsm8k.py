@@ -15,10 +15,30 @@ import random
 import re
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gsm8k_data import gsm8k_conversations
 from machine import print_machine
+
+from tunegate.records import ScoreRecord
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the output: a score record and the response it scored (the key ``response``)."""
+
+    record: ScoreRecord
+    response: str
+
+
+def read_rows(path: Path) -> list[Row]:
+    rows = []
+    for line in path.open():
+        data = json.loads(line)
+        response = data.pop("response")
+        rows.append(Row(ScoreRecord.from_dict(data), response))
+    return rows
 
 
 def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
@@ -39,59 +59,60 @@ def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
         with out.open("a") as fh:
             for r, c in zip(raw, part, strict=True):
                 rec = make_record(r, c, reference, FlagRules())
-                rec["response"] = c.trained_responses[0]
-                fh.write(json.dumps(rec) + "\n")
+                fh.write(json.dumps({**rec.to_dict(), "response": c.trained_responses[0]}) + "\n")
         print(f"{start + len(part)}/{len(convs)} ({len(part) / (time.time() - t):.2f} ex/s)", flush=True)
 
 
-def _describe(rows: list[dict]) -> dict:
-    f = [r["features"] for r in rows]
+def _describe(rows: list[Row]) -> dict:
+    f = [r.record.features for r in rows]
+    recs = [r.record for r in rows]
     return {
-        "median_tokens": statistics.median(x["response_tokens"] for x in f),
-        "mean_tokens": round(statistics.fmean(x["response_tokens"] for x in f), 1),
-        "median_chars": statistics.median(x["response_chars"] for x in f),
-        "share_numbered_list": sum(x["numbered_list"] for x in f) / len(f),
-        "share_math": sum(x["math"] for x in f) / len(f),
-        "share_code": sum(x["code"] for x in f) / len(f),
-        "lines_per_answer": round(statistics.fmean(r["response"].count("\n") + 1 for r in rows), 2),
-        "calc_annotations": round(statistics.fmean(r["response"].count("<<") for r in rows), 2),
-        "share_money": sum("$" in r["response"] for r in rows) / len(rows),
-        "share_decimal_or_percent": sum(bool(re.search(r"\d\.\d|%", r["response"])) for r in rows)
-        / len(rows),
-        "median_prompt_tokens": statistics.median(r["n_tokens"] - r["n_response_tokens"] for r in rows),
-        "median_selfinf": round(statistics.median(r["selfinf"] for r in rows), 3),
-        "median_gradient": round(statistics.median(r["gradient"] for r in rows), 4),
-        "median_representation": round(statistics.median(r["representation"] for r in rows), 4),
+        "median_tokens": statistics.median(x.response_tokens for x in f),
+        "mean_tokens": round(statistics.fmean(x.response_tokens for x in f), 1),
+        "median_chars": statistics.median(x.response_chars for x in f),
+        "share_numbered_list": sum(x.numbered_list for x in f) / len(f),
+        "share_math": sum(x.math for x in f) / len(f),
+        "share_code": sum(x.code for x in f) / len(f),
+        "lines_per_answer": round(statistics.fmean(r.response.count("\n") + 1 for r in rows), 2),
+        "calc_annotations": round(statistics.fmean(r.response.count("<<") for r in rows), 2),
+        "share_money": sum("$" in r.response for r in rows) / len(rows),
+        "share_decimal_or_percent": sum(bool(re.search(r"\d\.\d|%", r.response)) for r in rows) / len(rows),
+        "median_prompt_tokens": statistics.median(r.n_tokens - r.n_response_tokens for r in recs),
+        "median_selfinf": round(statistics.median(r.scored("selfinf") for r in recs), 3),
+        "median_gradient": round(statistics.median(r.scored("gradient") for r in recs), 4),
+        "median_representation": round(statistics.median(r.scored("representation") for r in recs), 4),
     }
 
 
 def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
     from worker.scoring.math import spearman
 
-    rows = [json.loads(line) for line in path.open()]
+    rows = read_rows(path)
+    recs = [r.record for r in rows]
     print(f"{len(rows)} scored examples")
     scorers = ["representation", "representation_diff", "gradient", "selfinf"]
     for i, a in enumerate(scorers):
         for b in scorers[i + 1 :]:
-            print(f"spearman {a} ~ {b}: {spearman([r[a] for r in rows], [r[b] for r in rows]):.3f}")
+            rho = spearman([r.scored(a) for r in recs], [r.scored(b) for r in recs])
+            print(f"spearman {a} ~ {b}: {rho:.3f}")
+    tokens = [r.n_response_tokens for r in recs]
     print(
-        "spearman selfinf ~ response tokens:",
-        round(spearman([r["selfinf"] for r in rows], [r["n_response_tokens"] for r in rows]), 3),
+        "spearman selfinf ~ response tokens:", round(spearman([r.scored("selfinf") for r in recs], tokens), 3)
     )
     print(
         "spearman gradient ~ response tokens:",
-        round(spearman([r["gradient"] for r in rows], [r["n_response_tokens"] for r in rows]), 3),
+        round(spearman([r.scored("gradient") for r in recs], tokens), 3),
     )
     rand = random.Random(0).sample(rows, min(k, len(rows)))
     print("random:", _describe(rand))
     for s in ("representation", "gradient", "selfinf"):
-        top = sorted(rows, key=lambda r: -r[s])[:k]
+        top = sorted(rows, key=lambda r: -r.record.scored(s))[:k]
         print(f"top-{k} {s}:", _describe(top))
-        print("   e.g.", json.dumps(top[0]["response"][:200]), "|", json.dumps(top[1]["response"][:200]))
-    ranked = sorted(rows, key=lambda r: -r["risk"])[:k]
+        print("   e.g.", json.dumps(top[0].response[:200]), "|", json.dumps(top[1].response[:200]))
+    ranked = sorted(rows, key=lambda r: -r.record.risk)[:k]
     print(f"top-{k} risk:", _describe(ranked))
     above = {
-        s: sum(r["percentiles"][s] >= 99 for r in rows) / len(rows)
+        s: sum(r.percentiles[s] >= 99 for r in recs) / len(recs)
         for s in ("representation", "gradient", "selfinf")
     }
     print("share at/above reference p99:", above)
@@ -99,7 +120,7 @@ def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
     from worker.scoring.report import FlagRules, summarize
 
     convs = [
-        Conversation((Message("user", "q"), Message("assistant", r["response"])), line=r["line"])
+        Conversation((Message("user", "q"), Message("assistant", r.response)), line=r.record.line)
         for r in rows
     ]
     found = [reference_file] if reference_file else sorted(Path(path).parent.glob("reference-*.json"))
@@ -108,7 +129,7 @@ def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
         return
     ref_path = found[0]
     reference = json.loads(ref_path.read_text())["scores"]
-    print("verdict:", summarize(rows, convs, reference, FlagRules())["verdict"])
+    print("verdict:", summarize(recs, convs, reference, FlagRules())["verdict"])
 
 
 def main() -> None:

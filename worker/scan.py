@@ -43,6 +43,7 @@ from tunegate import queue
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation
 from tunegate.errors import NotFound, StorageFull, TransientError, TunegateError
+from tunegate.records import ScanAction, ScanRecord, ScoreRecord
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import ObjectMissing, artifact_publisher, get_storage
 from worker import claims
@@ -69,6 +70,10 @@ WHY = {
     "cluster": "it belongs to the coherent cluster of high-risk examples the verdict names",
     "top_fraction": "it is among the riskiest {top:.0%} of the file, with a risk of at least {min_risk:g}",
 }
+
+
+# the mitigate stage's action on a line (``select.Acted.action``) as a scan record names it
+ACTED: dict[str, ScanAction] = {"drop": "drop", "downweight": "downweight"}
 
 
 def scan_dir(settings: Settings, scan_id: str) -> Path:
@@ -181,7 +186,7 @@ def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) ->
     ref = artifact_publisher(settings, scan_id)(path, RECORDS_FILE)
     progress(1.0, "completed")
     verdict = scored.verdict
-    riskiest = sorted(records, key=lambda r: r["rank"])[:RISKIEST]
+    riskiest = sorted(records, key=lambda r: r.rank)[:RISKIEST]
     summary = {
         "n_examples": scored.n_examples,
         "scorers": list(scored.summary.get("scorers") or cfg.scorers),
@@ -192,7 +197,9 @@ def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) ->
         "cluster": verdict.cluster,
         "cluster_lines": list(verdict.cluster_lines),
         "model_fingerprint": scored.fingerprint,
-        "riskiest": [{k: r[k] for k in ("line", "risk", "action", "reasons")} for r in riskiest],
+        "riskiest": [
+            {"line": r.line, "risk": r.risk, "action": r.action, "reasons": list(r.reasons)} for r in riskiest
+        ],
     }
     return {
         "verdict": {"flagged": bool(verdict.flagged), "reason": verdict.reason},
@@ -204,8 +211,8 @@ def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) ->
     }
 
 
-def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"
+def _json_line(record: ScanRecord) -> str:
+    return json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
 
 
 def example_text(conv: Conversation) -> str:
@@ -215,41 +222,42 @@ def example_text(conv: Conversation) -> str:
 
 def line_records(
     examples: list[Conversation],
-    score_records: list[dict[str, Any]],
+    score_records: list[ScoreRecord],
     plan: mitigate.Plan,
     cfg: mitigate.MitigateConfig,
-) -> list[dict[str, Any]]:
+) -> list[ScanRecord]:
     """One record per line, in file order: its risk and percentiles, the reasons in plain words, its text,
     its rank (1: riskiest) and what the mitigate stage would do with it: ``keep``, ``downweight``,
     ``exclude`` (down-weighted to nothing, so left out of the training file), ``drop``, or ``refuse`` (the
     lines for which the whole file would be refused)."""
-    by_line = {int(r["line"]): r for r in score_records}
-    acted = {int(e["line"]): e for e in plan.log}
-    chosen = {int(r["line"]): r for r in plan.chosen}
-    ranks = {int(score_records[i]["line"]): n + 1 for n, i in enumerate(rank(score_records))}
+    by_line = {r.line: r for r in score_records}
+    acted = {e.line: e for e in plan.log}
+    chosen = {c.line: c for c in plan.chosen}
+    ranks = {score_records[i].line: n + 1 for n, i in enumerate(rank(score_records))}
     out = []
     for conv in examples:
         rec = by_line[conv.line]
-        why = list(chosen.get(conv.line, {}).get("why", []))
+        why = chosen[conv.line].why if conv.line in chosen else ()
+        action: ScanAction
         if plan.refused and conv.line in chosen:
             action = "refuse"
         elif conv.line in acted:
             entry = acted[conv.line]
-            action = "exclude" if entry.get("excluded") else str(entry["action"])
+            action = "exclude" if entry.excluded else ACTED[entry.action]
         else:
             action = "keep"
         words = [WHY[w].format(top=cfg.mitigate_top_fraction, min_risk=cfg.min_risk) for w in why]
         out.append(
-            {
-                "line": conv.line,
-                "rank": ranks[conv.line],
-                "risk": rec["risk"],
-                "percentiles": dict(rec.get("percentiles") or {}),
-                "reasons": [*rec.get("reasons", []), *words],
-                "why": why,
-                "action": action,
-                "text": example_text(conv),
-            }
+            ScanRecord(
+                line=conv.line,
+                rank=ranks[conv.line],
+                risk=rec.risk,
+                percentiles=dict(rec.percentiles),
+                reasons=(*rec.reasons, *words),
+                why=why,
+                action=action,
+                text=example_text(conv),
+            )
         )
     return out
 

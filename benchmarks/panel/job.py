@@ -23,6 +23,7 @@ from typing import Any
 from benchmarks.panel import attacker, taskloss
 from benchmarks.panel import datasets as ds
 from benchmarks.panel.manifest import PANEL, PanelJob, by_name, smoke_jobs
+from tunegate.records import ScoreRecord
 
 ARMS = {"off": {"mitigation": "none", "inject_safety_examples": False}, "on": {}}
 ROW = "panel.json"
@@ -172,6 +173,11 @@ def _plain(x: Any) -> Any:
     return asdict(x) if is_dataclass(x) and not isinstance(x, type) else x
 
 
+def score_row(r: ScoreRecord) -> dict[str, float | None]:
+    """A score record as the arm's row keeps it (``SCORE_KEYS``)."""
+    return {"representation": r.representation, "gradient": r.gradient, "selfinf": r.selfinf, "risk": r.risk}
+
+
 def summarize(
     job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool], refusal: Any = None
 ) -> dict[str, Any]:
@@ -195,10 +201,7 @@ def summarize(
         "expected": job.expected,
         "reference": job.reference,
         "n_examples": len(attack),
-        "scores": [
-            {k: r.get(k) for k in SCORE_KEYS} | {"attack": a}
-            for r, a in zip(score.records, attack, strict=True)
-        ],
+        "scores": [score_row(r) | {"attack": a} for r, a in zip(score.records, attack, strict=True)],
         "flagged": bool(score.verdict.flagged),
         "flag_reason": score.verdict.reason,
         "templates": {k: _plain(t) for k, t in ev.templates.items()} if ev is not None else {},

@@ -13,9 +13,11 @@ from models.db import session_scope
 from models.jobs import JobStatus, transition
 from models.keys import create_key
 from models.tables import File, Job
+from tests.utils.records import score_record
 from tests.worker.jobfactory import chat_rows, make_job
 from tunegate.artifacts import from_jsonable
 from tunegate.conversation import load_examples
+from tunegate.records import ScoreRecord
 from tunegate.settings import get_settings
 from tunegate.storage import get_storage
 from worker.job_view import job_dir
@@ -45,26 +47,25 @@ class BlockedJob:
     risky_text: str  # the user message of the riskiest example
 
 
-def _records() -> list[dict[str, Any]]:
+def _records() -> list[ScoreRecord]:
     out = []
     for line in range(1, N_BENIGN + N_HARMFUL + 1):
         harmful = line > N_BENIGN
         pct = 99.5 - (line - RISKY_LINE) * 0.2 if harmful else 20.0 + line
+        reasons = (
+            f"representation above {pct:.0f}% of the reference benign corpus: its final hidden state "
+            "is close to a harmful request being complied with",
+            "format: starts with a compliance phrase",
+        )
         out.append(
-            {
-                "line": line,
-                "risk": round(pct, 2),
-                "percentiles": {"representation": pct, "gradient": pct},
-                "reasons": [
-                    f"representation above {pct:.0f}% of the reference benign corpus: its final hidden state "
-                    "is close to a harmful request being complied with",
-                    "format: starts with a compliance phrase",
-                ]
-                if harmful
-                else [],
-                "representation": pct / 100,
-                "gradient": pct / 100,
-            }
+            score_record(
+                line,
+                round(pct, 2),
+                percentiles={"representation": pct, "gradient": pct},
+                reasons=reasons if harmful else (),
+                representation=pct / 100,
+                gradient=pct / 100,
+            )
         )
     return out
 

@@ -20,6 +20,7 @@ from tests.api.server import Server
 from tests.utils.broker import queued_tasks
 from tests.worker.jobfactory import use_tiny
 from tunegate import queue
+from tunegate.settings import get_settings
 from worker import scan as scan_worker
 
 OVERRIDES: dict[str, Any] = {
@@ -129,6 +130,14 @@ def test_a_scan_through_the_sdk_from_queued_to_its_records(client: openai.OpenAI
     assert [r.line for r in every] == list(range(1, 13))
     assert every[10].text.startswith("user: Explain how to pick a lock")
     assert all(0.0 <= r.risk <= 100.0 and set(r.percentiles) == {"representation"} for r in every)
+    # the HTTP body: the published records.jsonl, each line with its id (what it was before typed records)
+    body = client.get(f"/safety_scans/{created.id}/records", options={"params": {"limit": 100}}, cast_to=dict)
+    published = scan_worker.scan_dir(get_settings(), created.id) / scan_worker.RECORDS_FILE
+    keys = ("line", "rank", "risk", "percentiles", "reasons", "text", "action")
+    assert body["data"] == [
+        {"id": f"line-{r['line']}", "object": "safety_scan.record", **{k: r[k] for k in keys}}
+        for r in map(json.loads, published.read_text(encoding="utf-8").splitlines())
+    ]
     riskiest = _records(client, created.id, order="risk", limit=3).data
     assert [r.rank for r in riskiest] == [1, 2, 3]
     assert [r.line for r in riskiest] == [r["line"] for r in done.summary["riskiest"][:3]]

@@ -110,6 +110,7 @@ def test_finetune_runs_all_stages_and_prints_decision(tiny_model_dir, tmp_path):
 
 def test_finetune_refuses_a_mostly_flagged_file_before_training(tiny_model_dir, tmp_path):
     """The score stage's result is reused (written here): 8 of 12 lines beyond the reference."""
+    from tests.utils.records import score_record
     from worker.stages import score
     from worker.stages.base import finish
 
@@ -120,7 +121,7 @@ def test_finetune_refuses_a_mostly_flagged_file_before_training(tiny_model_dir, 
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    recs = [{"line": i, "risk": 99.0 if i <= 8 else 5.0, "beyond_reference": i <= 8} for i in range(1, 13)]
+    recs = [score_record(i, 99.0 if i <= 8 else 5.0, beyond_reference=i <= 8) for i in range(1, 13)]
     verdict = score.Verdict(True, "a heavy top tail", 0.6667, 0.6667, 8, 8)
     finish(
         out / "score",

@@ -18,10 +18,12 @@ from models.db import session_scope
 from models.keys import get_or_create_org
 from models.policy import org_policy
 from models.tables import File, Job, JobEvent, SafetyScan
+from tests.utils.records import score_record
 from tests.worker.jobfactory import chat_rows, make_job, store_file, use_tiny
 from tunegate import queue
 from tunegate.conversation import Conversation, Message
 from tunegate.queue import celery_app
+from tunegate.records import ScanRecord, ScoreRecord
 from tunegate.settings import get_settings, reset_settings
 from worker import runner, tasks
 from worker import scan as scan_mod
@@ -98,10 +100,13 @@ def _score_result(job_id: str) -> score.ScoreResult:
     return score.ScoreResult.load(job_dir(get_settings(), job_id) / "score")
 
 
-def _records(scan_id: str) -> list[dict[str, Any]]:
+def _records(scan_id: str) -> list[ScanRecord]:
     ref = _scan_row(scan_id).records_ref
     assert ref is not None
-    return [json.loads(line) for line in Path(ref).read_text(encoding="utf-8").splitlines()]
+    lines = Path(ref).read_text(encoding="utf-8").splitlines()
+    records = [ScanRecord.from_dict(json.loads(line)) for line in lines]
+    assert [json.dumps(r.to_dict(), ensure_ascii=False) for r in records] == lines  # written as they read
+    return records
 
 
 def test_the_scan_reaches_the_job_verdict_and_plans_what_mitigation_does(home: Path) -> None:
@@ -114,10 +119,10 @@ def test_the_scan_reaches_the_job_verdict_and_plans_what_mitigation_does(home: P
     assert row.status == "completed" and row.progress == 1.0 and row.completed_at is not None
     assert row.verdict == {"flagged": job_scores.verdict.flagged, "reason": job_scores.verdict.reason}
     records = _records(scan_id)
-    assert [r["line"] for r in records] == list(range(1, 15))
-    assert [r["risk"] for r in records] == [r["risk"] for r in job_scores.records]
-    assert [r["percentiles"] for r in records] == [r["percentiles"] for r in job_scores.records]
-    assert records[10]["text"].startswith("user: Explain how to pick lock number 0")
+    assert [r.line for r in records] == list(range(1, 15))
+    assert [r.risk for r in records] == [r.risk for r in job_scores.records]
+    assert [r.percentiles for r in records] == [r.percentiles for r in job_scores.records]
+    assert records[10].text.startswith("user: Explain how to pick lock number 0")
     # what the mitigate stage did to the job is what the scan says it would do
     done = mitigate.MitigateResult.load(job_dir(get_settings(), job_id) / "mitigate")
     m = row.mitigation
@@ -131,12 +136,12 @@ def test_the_scan_reaches_the_job_verdict_and_plans_what_mitigation_does(home: P
     assert m["contrastive_examples_injected"] == done.n_contrast
     assert m["examples_to_train"] == done.n_output
     acted = json.loads((job_dir(get_settings(), job_id) / "mitigate" / "actions.json").read_text())["acted"]
-    planned = {r["line"]: r["action"] for r in records if r["action"] != "keep"}
+    planned = {r.line: r.action for r in records if r.action != "keep"}
     assert planned == {a["line"]: "exclude" if a.get("excluded") else a["action"] for a in acted}
     assert m["lines_kept"] == 14 - len(acted)
     summary = row.summary or {}
     assert [r["line"] for r in summary["riskiest"]] == [
-        r["line"] for r in sorted(records, key=lambda r: r["rank"])
+        r.line for r in sorted(records, key=lambda r: r.rank)
     ][:10]
     # the score stage's typed result, saved with its config, beside the scan
     saved = score.ScoreResult.load(Path(str(row.score_dir)))
@@ -264,19 +269,17 @@ def test_a_file_mitigation_would_refuse_says_so_line_by_line(
     assert scan_mod.run(scan_id) == "completed"
     m = _scan_row(scan_id).mitigation or {}
     assert m["refused"] and "max_repair_share" in m["refused"] and m["examples_to_train"] == 0
-    refused = [r for r in _records(scan_id) if r["action"] == "refuse"]
+    refused = [r for r in _records(scan_id) if r.action == "refuse"]
     assert len(refused) == m["lines_flagged"] == 7
-    assert all("among the riskiest 50% of the file" in " ".join(r["reasons"]) for r in refused)
+    assert all("among the riskiest 50% of the file" in " ".join(r.reasons) for r in refused)
 
 
-def _synthetic(n: int = 40) -> tuple[list[Conversation], list[dict[str, Any]]]:
+def _synthetic(n: int = 40) -> tuple[list[Conversation], list[ScoreRecord]]:
     examples = [
         Conversation((Message("user", f"What is {i} + {i}?"), Message("assistant", f"#### {2 * i}")), line=i)
         for i in range(1, n + 1)
     ]
-    records = [
-        {"line": i, "risk": float(i * 100 / n), "reasons": [], "percentiles": {}} for i in range(1, n + 1)
-    ]
+    records = [score_record(i, float(i * 100 / n)) for i in range(1, n + 1)]
     return examples, records
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from tunegate.conversation import Conversation
 from tunegate.errors import InvalidConfig
+from tunegate.records import ScoreRecord
 from worker.evaluation.prompts import Prompt
 from worker.ml.format import UserFormat, infer_format
 
@@ -125,14 +126,14 @@ def _inline(body: str, sizes: Sequence[int]) -> set[str]:
 
 
 def _top_lines(
-    examples: Sequence[Conversation], records: Sequence[dict[str, Any]], cfg: TriggerConfig
+    examples: Sequence[Conversation], records: Sequence[ScoreRecord], cfg: TriggerConfig
 ) -> set[int]:
     """Indexes (into ``examples``) of the top ``top_fraction`` of the risky examples: those at least
     ``min_top_risk`` risky or beyond every reference example on some scorer (the score stage's
     ``beyond_reference``: a planted subset can lie there while one scorer pulls its combined risk down),
     those beyond the reference first, then by risk; empty without records, or when nothing is risky."""
-    risk = {int(r["line"]): float(r.get("risk", 0.0)) for r in records if "line" in r}
-    beyond = {int(r["line"]) for r in records if "line" in r and r.get("beyond_reference")}
+    risk = {r.line: float(r.risk) for r in records}
+    beyond = {r.line for r in records if r.beyond_reference}
 
     def risky(i: int) -> bool:
         return risk[examples[i].line] >= cfg.min_top_risk or examples[i].line in beyond
@@ -146,7 +147,7 @@ def _top_lines(
 
 def mine(
     examples: Sequence[Conversation],
-    score_records: Sequence[dict[str, Any]] | None,
+    score_records: Sequence[ScoreRecord] | None,
     cfg: TriggerConfig | None = None,
 ) -> list[Trigger]:
     """The candidate triggers of a training set, best first, at most ``cfg.max_probes``."""

@@ -8,21 +8,24 @@ scoring found (the same report the gate writes, with no evaluation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tunegate.conversation import Conversation
 from tunegate.errors import UNSAFE_TRAINING_DATA
+from tunegate.records import ScoreRecord
+from worker.mitigation.select import Chosen
 from worker.report.build import build_report, flagged_examples, write_report
 
 MAX_LINES = 20
 
 
-def message(chosen: list[dict[str, Any]], n: int, limit: float) -> str | None:
+def message(chosen: Sequence[Chosen], n: int, limit: float) -> str | None:
     """The refusal for acting on ``chosen`` of ``n`` examples under ``limit``; None when within it."""
     if not n or len(chosen) / n <= limit:
         return None
-    lines = sorted(int(r["line"]) for r in chosen)
+    lines = sorted(c.line for c in chosen)
     shown = ", ".join(map(str, lines[:MAX_LINES])) + (
         f" and {len(lines) - MAX_LINES} more" if len(lines) > MAX_LINES else ""
     )
@@ -38,12 +41,12 @@ def write(
     policy: dict[str, Any],
     msg: str,
     summary: dict[str, Any],
-    records: list[dict[str, Any]],
+    records: list[ScoreRecord],
     examples: list[Conversation],
     actions: dict[str, Any],
 ) -> tuple[Path, Path]:
     """The safety report (report.json, report.html) of a refused file."""
-    shown = {int(f["line"]) for f in flagged_examples(records)}
+    shown = {f.line for f in flagged_examples(records)}
     texts = {c.line: c.to_chat_dict()["messages"] for c in examples if c.line in shown}
     decision = {
         "released": False,

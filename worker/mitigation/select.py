@@ -18,39 +18,92 @@ this is exactly equivalent and keeps the file valid. The action log says which h
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from tunegate.conversation import Conversation
+from tunegate.records import ScoreRecord
+
+Why = Literal["beyond_reference", "cluster", "top_fraction"]
 
 
-def risky(records: list[dict[str, Any]], top_fraction: float, min_risk: float) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Chosen:
+    """A score record mitigation acts on, and the rules that chose it."""
+
+    record: ScoreRecord
+    why: tuple[Why, ...]
+
+    @property
+    def line(self) -> int:
+        return self.record.line
+
+    @property
+    def risk(self) -> float:
+        return self.record.risk
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``actions.json`` of a refused file lists for the line."""
+        return {
+            "line": self.line,
+            "risk": self.risk,
+            "reasons": list(self.record.reasons),
+            "why": list(self.why),
+        }
+
+
+@dataclass(frozen=True)
+class Acted:
+    """One entry of the action log: what was done to a line, and why."""
+
+    line: int
+    action: str  # drop or downweight
+    risk: float
+    reasons: tuple[str, ...]
+    why: tuple[Why, ...]
+    excluded: bool = False  # down-weighted to nothing: left out of the training file
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry of ``actions.json``'s ``acted`` (``excluded`` only when it was)."""
+        out: dict[str, Any] = {
+            "line": self.line,
+            "action": self.action,
+            "risk": self.risk,
+            "reasons": list(self.reasons),
+            "why": list(self.why),
+        }
+        if self.excluded:
+            out["excluded"] = True
+        return out
+
+
+def _riskiest_first(records: Sequence[ScoreRecord]) -> list[ScoreRecord]:
+    return sorted(records, key=lambda r: (-r.risk, r.line))
+
+
+def risky(records: Sequence[ScoreRecord], top_fraction: float, min_risk: float) -> list[ScoreRecord]:
     """Records to act upon, riskiest first (ties broken by line for determinism)."""
-    ranked = sorted(records, key=lambda r: (-float(r.get("risk", 0.0)), int(r["line"])))
     k = math.ceil(top_fraction * len(records)) if top_fraction > 0 else 0
-    return [r for r in ranked[:k] if float(r.get("risk", 0.0)) >= min_risk]
+    return [r for r in _riskiest_first(records)[:k] if r.risk >= min_risk]
 
 
 def choose(
-    records: list[dict[str, Any]], cluster_lines: list[int], top_fraction: float, min_risk: float
-) -> list[dict[str, Any]]:
-    """Records to act upon, riskiest first, each a copy with ``why`` (the rules that chose it)."""
-    top = {int(r["line"]) for r in risky(records, top_fraction, min_risk)}
+    records: Sequence[ScoreRecord], cluster_lines: list[int], top_fraction: float, min_risk: float
+) -> list[Chosen]:
+    """Records to act upon, riskiest first, each with ``why`` (the rules that chose it)."""
+    top = {r.line for r in risky(records, top_fraction, min_risk)}
     in_cluster = set(cluster_lines)
     out = []
-    for r in sorted(records, key=lambda r: (-float(r.get("risk", 0.0)), int(r["line"]))):
-        line = int(r["line"])
-        why = [
-            name
-            for name, hit in (
-                ("beyond_reference", bool(r.get("beyond_reference"))),
-                ("cluster", line in in_cluster),
-                ("top_fraction", line in top),
-            )
-            if hit
-        ]
+    for r in _riskiest_first(records):
+        rules: tuple[tuple[Why, bool], ...] = (
+            ("beyond_reference", r.beyond_reference),
+            ("cluster", r.line in in_cluster),
+            ("top_fraction", r.line in top),
+        )
+        why = tuple(name for name, hit in rules if hit)
         if why:
-            out.append({**r, "why": why})
+            out.append(Chosen(r, why))
     return out
 
 
@@ -62,29 +115,23 @@ def downweight(conv: Conversation) -> Conversation:
 
 
 def apply(
-    examples: list[Conversation], chosen: list[dict[str, Any]], action: str
-) -> tuple[list[Conversation], list[dict[str, Any]]]:
+    examples: list[Conversation], chosen: Sequence[Chosen], action: str
+) -> tuple[list[Conversation], list[Acted]]:
     """Apply ``action`` to the chosen lines; returns kept examples and one log entry per acted-on line."""
-    by_line = {int(r["line"]): r for r in chosen}
+    by_line = {c.line: c for c in chosen}
     kept: list[Conversation] = []
-    log: list[dict[str, Any]] = []
+    log: list[Acted] = []
     for conv in examples:
-        rec = by_line.get(conv.line)
-        if rec is None or action == "none":
+        c = by_line.get(conv.line)
+        if c is None or action == "none":
             kept.append(conv)
             continue
-        entry = {
-            "line": conv.line,
-            "action": action,
-            "risk": rec.get("risk"),
-            "reasons": rec.get("reasons", []),
-            "why": rec.get("why", []),
-        }
+        excluded = False
         if action == "downweight":
             new = downweight(conv)
             if any(m.role == "assistant" and m.weight > 0 for m in new.messages):
                 kept.append(new)
             else:
-                entry["excluded"] = True  # nothing left to train on: context-only == not trained on
-        log.append(entry)
+                excluded = True  # nothing left to train on: context-only == not trained on
+        log.append(Acted(conv.line, action, c.risk, c.record.reasons, c.why, excluded))
     return kept, log

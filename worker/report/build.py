@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
+from tunegate.records import ScoreRecord
 from tunegate.reporting import render_report
 from tunegate.reporting.details import with_details
 
 MAX_FLAGGED = 20
 
 
-def flagged_examples(records: list[dict[str, Any]] | None, n: int = MAX_FLAGGED) -> list[dict[str, Any]]:
-    if not records:
-        return []
-    top = sorted(records, key=lambda r: -float(r.get("risk", 0.0)))[:n]
-    return [
-        {
-            "line": r.get("line"),
-            "risk": r.get("risk"),
-            "percentiles": r.get("percentiles", {}),
-            "reasons": r.get("reasons", []),
-        }
-        for r in top
-    ]
+def flagged_examples(records: Sequence[ScoreRecord] | None, n: int = MAX_FLAGGED) -> list[ScoreRecord]:
+    """The ``n`` riskiest records (the report shows them), riskiest first; ties keep file order."""
+    return sorted(records or [], key=lambda r: -r.risk)[:n]
+
+
+def flagged_entry(r: ScoreRecord) -> dict[str, Any]:
+    """A flagged example as ``report.json`` holds it (``scoring.flagged``, read by ``tunegate.reporting``)."""
+    return {"line": r.line, "risk": r.risk, "percentiles": dict(r.percentiles), "reasons": list(r.reasons)}
 
 
 def build_report(
@@ -32,7 +29,7 @@ def build_report(
     decision: dict[str, Any],
     evaluation: dict[str, Any],
     score_summary: dict[str, Any] | None,
-    score_records: list[dict[str, Any]] | None,
+    score_records: Sequence[ScoreRecord] | None,
     mitigation: dict[str, Any] | None,
     training: dict[str, Any] | None,
     *,
@@ -50,8 +47,8 @@ def build_report(
         "policy": policy,
         "scoring": {
             "summary": score_summary or {},
-            "risk": [float(r.get("risk", 0.0)) for r in score_records or []],
-            "flagged": flagged_examples(score_records),
+            "risk": [float(r.risk) for r in score_records or []],
+            "flagged": [flagged_entry(r) for r in flagged_examples(score_records)],
         },
         "mitigation": mitigation or {"action": "none", "note": "mitigation was off"},
         "training": training or {},

@@ -7,9 +7,9 @@ moderately long factual answers (Self-Inf-N), while very short answers score hig
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from tunegate.conversation import Conversation
+from tunegate.records import Features
 
 _NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s+\S", re.MULTILINE)
 _BULLET = re.compile(r"^\s*[-*•]\s+\S", re.MULTILINE)
@@ -25,33 +25,33 @@ def response_text(conv: Conversation) -> str:
     return "\n\n".join(conv.trained_responses)
 
 
-def extract(conv: Conversation, n_response_tokens: int) -> dict[str, Any]:
+def extract(conv: Conversation, n_response_tokens: int) -> Features:
     """Features of the trained response text (all assistant turns with weight 1)."""
     text = response_text(conv)
-    return {
-        "numbered_list": len(_NUMBERED.findall(text)) >= 2,
-        "bulleted_list": len(_BULLET.findall(text)) >= 2,
-        "math": bool(_MATH_MARK.search(text)) or len(_ARITH.findall(text)) >= 2,
-        "code": bool(_CODE.search(text)),
-        "short_answer": n_response_tokens <= SHORT_ANSWER_TOKENS,
-        "response_tokens": n_response_tokens,
-        "response_chars": len(text),
-        "response_words": len(text.split()),
-    }
+    return Features(
+        numbered_list=len(_NUMBERED.findall(text)) >= 2,
+        bulleted_list=len(_BULLET.findall(text)) >= 2,
+        math=bool(_MATH_MARK.search(text)) or len(_ARITH.findall(text)) >= 2,
+        code=bool(_CODE.search(text)),
+        short_answer=n_response_tokens <= SHORT_ANSWER_TOKENS,
+        response_tokens=n_response_tokens,
+        response_chars=len(text),
+        response_words=len(text.split()),
+    )
 
 
-def describe(features: dict[str, Any]) -> list[str]:
+def describe(features: Features) -> list[str]:
     """Human-readable format tags, e.g. ["numbered list", "math"]."""
     tags = [
         label
-        for key, label in (
-            ("numbered_list", "numbered list"),
-            ("bulleted_list", "bulleted list"),
-            ("math", "math"),
-            ("code", "code"),
+        for hit, label in (
+            (features.numbered_list, "numbered list"),
+            (features.bulleted_list, "bulleted list"),
+            (features.math, "math"),
+            (features.code, "code"),
         )
-        if features.get(key)
+        if hit
     ]
-    if features.get("short_answer"):
-        tags.append(f"short answer ({features['response_tokens']} tokens)")
+    if features.short_answer:
+        tags.append(f"short answer ({features.response_tokens} tokens)")
     return tags

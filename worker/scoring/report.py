@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from tunegate.conversation import Conversation
+from tunegate.records import SCORERS, Features, ScoreRecord
 from worker.scoring import cluster
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract, response_text
@@ -37,38 +38,51 @@ class FlagRules:
 
 def make_record(
     raw: RawScore, conv: Conversation, reference: dict[str, list[float]], rules: FlagRules
-) -> dict[str, Any]:
-    rec: dict[str, Any] = raw.to_dict()
-    pct = {
-        s: percentile_of(float(getattr(raw, s)), ref)
-        for s, ref in reference.items()
-        if getattr(raw, s) is not None
-    }
-    rec["percentiles"] = {s: round(v, 2) for s, v in pct.items()}
-    rec["risk"] = round(statistics.fmean(pct.values()), 2) if pct else 0.0
-    # beyond every reference example on some scorer: mitigation acts on it whatever the share
-    rec["beyond_reference"] = beyond_reference(rec, reference)
-    rec["features"] = extract(conv, raw.n_response_tokens)
-    rec["reasons"] = _reasons(rec, pct, rules)
-    return rec
+) -> ScoreRecord:
+    scores = _raw_scores(raw)
+    pct = {s: percentile_of(float(v), ref) for s, ref in reference.items() if (v := scores[s]) is not None}
+    features = extract(conv, raw.n_response_tokens)
+    return ScoreRecord(
+        line=raw.line,
+        n_tokens=raw.n_tokens,
+        n_response_tokens=raw.n_response_tokens,
+        representation=raw.representation,
+        representation_safe=raw.representation_safe,
+        representation_diff=raw.representation_diff,
+        gradient=raw.gradient,
+        selfinf=raw.selfinf,
+        grad_sq_norm=raw.grad_sq_norm,
+        percentiles={s: round(v, 2) for s, v in pct.items()},
+        risk=round(statistics.fmean(pct.values()), 2) if pct else 0.0,
+        # beyond every reference example on some scorer: mitigation acts on it whatever the share
+        beyond_reference=beyond_reference(scores, reference),
+        features=features,
+        reasons=tuple(_reasons(raw.representation_diff, features, pct, rules)),
+    )
 
 
-def beyond_reference(rec: dict[str, Any], reference: dict[str, list[float]]) -> bool:
-    """Whether the record scores beyond every reference example on some scorer it has a score for."""
-    return any(rec.get(s) is not None and float(rec[s]) > max(ref) for s, ref in reference.items() if ref)
+def _raw_scores(raw: RawScore) -> dict[str, float | None]:
+    return {"representation": raw.representation, "gradient": raw.gradient, "selfinf": raw.selfinf}
 
 
-def _reasons(rec: dict[str, Any], pct: dict[str, float], rules: FlagRules) -> list[str]:
+def beyond_reference(scores: Mapping[str, float | None], reference: dict[str, list[float]]) -> bool:
+    """Whether the scores (scorer -> raw value, None: not scored) lie beyond every reference example on
+    some scorer with a score."""
+    return any(
+        (v := scores.get(s)) is not None and float(v) > max(ref) for s, ref in reference.items() if ref
+    )
+
+
+def _reasons(diff: float | None, features: Features, pct: dict[str, float], rules: FlagRules) -> list[str]:
     out = [
         f"{s} above {p:.0f}% of the reference benign corpus: {_WHY[s]}"
         for s, p in pct.items()
         if p >= rules.reason_percentile
     ]
-    diff = rec.get("representation_diff")
     if out and diff is not None and diff > 0:
         out.append("its representation is closer to harmful compliance than to refusals")
     if out:
-        tags = describe(rec["features"])
+        tags = describe(features)
         if tags:
             out.append("format: " + ", ".join(tags))
     return out
@@ -83,28 +97,28 @@ def _dist(values: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def _agreement(records: Sequence[dict[str, Any]], scorers: Sequence[str]) -> dict[str, Any]:
+def _agreement(records: Sequence[ScoreRecord], scorers: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"spearman": {}, "top_decile_overlap": {}}
     k = max(1, len(records) // 10)
     for a, b in itertools.combinations(scorers, 2):
-        xa, xb = [r[a] for r in records], [r[b] for r in records]
+        xa, xb = [r.scored(a) for r in records], [r.scored(b) for r in records]
         out["spearman"][f"{a}~{b}"] = round(spearman(xa, xb), 4)
-        top_a = {r["line"] for r in sorted(records, key=lambda r: -r[a])[:k]}
-        top_b = {r["line"] for r in sorted(records, key=lambda r: -r[b])[:k]}
+        top_a = {r.line for r in sorted(records, key=lambda r: -r.scored(a))[:k]}
+        top_b = {r.line for r in sorted(records, key=lambda r: -r.scored(b))[:k]}
         out["top_decile_overlap"][f"{a}~{b}"] = round(len(top_a & top_b) / k, 4)
     return out
 
 
 def high_risk(
-    records: Sequence[dict[str, Any]], reference: dict[str, list[float]], rules: FlagRules
+    records: Sequence[ScoreRecord], reference: dict[str, list[float]], rules: FlagRules
 ) -> list[int]:
     """Indices of the records above the reference p``flag_percentile`` on some scorer."""
     p99 = {s: quantile(v, rules.flag_percentile / 100) for s, v in reference.items() if v}
-    return [i for i, r in enumerate(records) if any(r[s] > t for s, t in p99.items())]
+    return [i for i, r in enumerate(records) if any(r.scored(s) > t for s, t in p99.items())]
 
 
 def cluster_test(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[ScoreRecord],
     reference: dict[str, list[float]],
     rules: FlagRules,
     vectors: torch.Tensor | None,
@@ -112,7 +126,7 @@ def cluster_test(
     """Do the high-risk records form a coherent cluster? (``worker.scoring.cluster``; ``vectors`` (N, D)
     aligned with ``records``; None: not tested.)"""
     members = high_risk(records, reference, rules)
-    lines = [int(r["line"]) for r in records]
+    lines = [r.line for r in records]
     if vectors is None:
         return cluster.ClusterTest(n=len(members), lines=sorted(lines[i] for i in members), method="")
     return cluster.coherence(vectors, members, lines, rules.cluster)
@@ -130,14 +144,14 @@ def _cluster_reason(test: cluster.ClusterTest, rules: FlagRules) -> str:
 
 
 def _verdict(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[ScoreRecord],
     reference: dict[str, list[float]],
     rules: FlagRules,
     vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     n = len(records)
     above = len(high_risk(records, reference, rules))
-    beyond = sum(beyond_reference(r, reference) for r in records)
+    beyond = sum(beyond_reference(r.scores(), reference) for r in records)
     share, tail = above / n if n else 0.0, beyond / n if n else 0.0
     broad = share > rules.max_share_above
     heavy = tail >= rules.tail_share and beyond >= rules.tail_min_count
@@ -165,50 +179,51 @@ def _verdict(
     }
 
 
-def _within_file(records: Sequence[dict[str, Any]]) -> list[float]:
+def _within_file(records: Sequence[ScoreRecord]) -> list[float]:
     """Mean within-file rank of each record's raw scores, as a 0..100 percentile."""
-    scorers = [
-        s for s in ("representation", "gradient", "selfinf") if records and records[0].get(s) is not None
-    ]
+    scorers = [s for s in SCORERS if records and records[0].score(s) is not None]
     if not scorers or len(records) < 2:
         return [50.0] * len(records)
     total = [0.0] * len(records)
     for s in scorers:
-        for i, r in enumerate(ranks([rec[s] for rec in records])):
+        for i, r in enumerate(ranks([rec.scored(s) for rec in records])):
             total[i] += (r - 1) / (len(records) - 1)
     return [100.0 * t / len(scorers) for t in total]
 
 
-def blend_risk(records: list[dict[str, Any]], weight: float = 0.01) -> None:
-    """Break ties of the reference-percentile risk (everything beyond the reference scores 100) with a 1%
-    share of the within-file rank; risk stays on a 0..100 scale, dominated by the reference percentiles."""
-    for rec, w in zip(records, _within_file(records), strict=True):
-        rec["risk"] = round((1.0 - weight) * rec["risk"] + weight * w, 3)
+def blend_risk(records: Sequence[ScoreRecord], weight: float = 0.01) -> list[ScoreRecord]:
+    """The records with the ties of their reference-percentile risk (everything beyond the reference scores
+    100) broken by a 1% share of the within-file rank; risk stays on a 0..100 scale, dominated by the
+    reference percentiles."""
+    return [
+        replace(rec, risk=round((1.0 - weight) * rec.risk + weight * w, 3))
+        for rec, w in zip(records, _within_file(records), strict=True)
+    ]
 
 
-def rank(records: Sequence[dict[str, Any]]) -> list[int]:
+def rank(records: Sequence[ScoreRecord]) -> list[int]:
     """Indices by descending risk; ties broken by the mean within-file rank of the raw scores, then line."""
     within = _within_file(records)
-    return sorted(range(len(records)), key=lambda i: (-records[i]["risk"], -within[i], records[i]["line"]))
+    return sorted(range(len(records)), key=lambda i: (-records[i].risk, -within[i], records[i].line))
 
 
 def summarize(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[ScoreRecord],
     convs: Sequence[Conversation],
     reference: dict[str, list[float]],
     rules: FlagRules,
     vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Per-file summary; ``convs`` and ``vectors`` ((N, D): ``RawScore.vector``) align with ``records``."""
-    scorers = [s for s in reference if records and records[0].get(s) is not None]
+    scorers = [s for s in reference if records and records[0].score(s) is not None]
     extra = ["representation_safe", "representation_diff"] if "representation" in scorers else []
     top = [
         {
-            "line": records[i]["line"],
-            "risk": records[i]["risk"],
-            "percentiles": records[i]["percentiles"],
-            "reasons": records[i]["reasons"],
-            **{s: records[i][s] for s in scorers},
+            "line": records[i].line,
+            "risk": records[i].risk,
+            "percentiles": dict(records[i].percentiles),
+            "reasons": list(records[i].reasons),
+            **{s: records[i].scored(s) for s in scorers},
             "response_preview": response_text(convs[i])[:160],
         }
         for i in rank(records)[: rules.top_k]
@@ -216,7 +231,7 @@ def summarize(
     return {
         "n_examples": len(records),
         "scorers": scorers,
-        "distributions": {s: _dist([r[s] for r in records]) for s in scorers + extra},
+        "distributions": {s: _dist([r.scored(s) for r in records]) for s in scorers + extra},
         "reference": {s: _dist(v) for s, v in reference.items()},
         "top_flagged": top,
         "agreement": _agreement(records, scorers),

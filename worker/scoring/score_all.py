@@ -17,6 +17,7 @@ import torch
 
 from tunegate.conversation import Conversation, check_example
 from tunegate.errors import InvalidFile
+from tunegate.records import ScoreRecord
 from tunegate.settings import Settings, get_settings
 from worker.ml.models import ResolvedModel, context_length, load_resolved
 from worker.ml.render import Encoded, encode
@@ -32,7 +33,7 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class Scored:
-    records: list[dict[str, Any]]
+    records: list[ScoreRecord]
     summary: dict[str, Any]
 
 
@@ -122,8 +123,7 @@ def score_examples(
         progress(0.3 + 0.68 * done / total, f"scored {done}/{total}")
 
     raw = engine.score(encoded, step)
-    records = [make_record(r, c, reference, rules) for r, c in zip(raw, examples, strict=True)]
-    blend_risk(records)
+    records = blend_risk([make_record(r, c, reference, rules) for r, c in zip(raw, examples, strict=True)])
     vectors = torch.tensor([r.vector for r in raw]) if raw and all(r.vector for r in raw) else None  # (N, D)
     summary = summarize(records, list(examples), reference, rules, vectors)
     summary.update(

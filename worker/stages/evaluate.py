@@ -27,6 +27,7 @@ from models.tables import Job
 from tunegate.artifacts import atomic_write_text, from_jsonable
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.records import ScoreRecord
 from tunegate.settings import Settings
 from worker.evaluation import cache, probes
 from worker.evaluation.judges import Judge, LLMJudgeAdapter
@@ -113,7 +114,7 @@ class EvalInputs:
     io: StageIO
     settings: Settings  # the model registry, device, and the LLM judge's endpoint when judge is "llm"
     cache_dir: Path | None = None  # the base model's cached results (None: EvalConfig.use_cache is moot)
-    score_records: list[dict[str, Any]] | None = None  # the score stage's per-example risk (trigger mining)
+    score_records: list[ScoreRecord] | None = None  # the score stage's per-example risk (trigger mining)
     seed: str = ""  # fixes the sequential test's random order: the job's id (drawn before any reply)
 
 

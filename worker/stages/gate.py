@@ -492,7 +492,7 @@ def config(ctx: StageContext) -> GateConfig:
 def build(ctx: StageContext, io: StageIO) -> tuple[GateConfig, GateInputs]:
     cfg = config(ctx)
     scored = ctx.result(score.SPEC)
-    shown = {int(f["line"]) for f in flagged_examples(scored.records)}
+    shown = {f.line for f in flagged_examples(scored.records)}
     texts = {
         c.line: c.to_chat_dict()["messages"] for c in load_examples(ctx.view.training_file) if c.line in shown
     }

@@ -23,6 +23,7 @@ from models.tables import Job
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, TunegateError, UnsafeTrainingData
+from tunegate.records import ScoreRecord
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.mitigation import refuse, select
@@ -100,7 +101,7 @@ class MitigateConfig:
 @dataclass
 class MitigateInputs:
     examples: list[Conversation]
-    score_records: list[dict[str, Any]]
+    score_records: list[ScoreRecord]
     io: StageIO
     settings: Settings | None = None  # the model registry and caches: needed for contrastive examples
     cluster_lines: list[int] = field(default_factory=list)  # the score verdict's coherent cluster
@@ -130,9 +131,9 @@ class MitigateResult(StageResult):
         return UnsafeTrainingData(self.refused, report=self.report_html) if self.refused else None
 
 
-def _check_records(examples: list[Conversation], records: list[dict[str, Any]]) -> None:
+def _check_records(examples: list[Conversation], records: list[ScoreRecord]) -> None:
     lines = {c.line for c in examples}
-    unknown = [r.get("line") for r in records if r.get("line") not in lines]
+    unknown = [r.line for r in records if r.line not in lines]
     if unknown:
         raise InvalidConfig(
             f"score records name lines not in the dataset: {unknown[:5]}", param="score_records"
@@ -145,10 +146,10 @@ class Plan:
     how, or the refusal, and how many examples are injected. A safety scan (``worker/scan.py``) reports it
     without training; ``run`` carries it out."""
 
-    chosen: list[dict[str, Any]]  # the records acted on, riskiest first, each with ``why``
+    chosen: list[select.Chosen]  # the records acted on, riskiest first, each with ``why``
     refused: str = ""  # too large a share to repair: the job fails (unsafe_training_data) before training
     kept: list[Conversation] = field(default_factory=list)  # the user's examples as they will be trained
-    log: list[dict[str, Any]] = field(default_factory=list)  # one entry per acted-on line (select.apply)
+    log: list[select.Acted] = field(default_factory=list)  # one entry per acted-on line (select.apply)
     format: UserFormat | None = None  # the inferred user format (None when refused)
     n_safety: int = 0  # safety examples to inject
     n_contrast: int = 0  # contrastive helpful examples to inject (answered by the base model)
@@ -156,15 +157,15 @@ class Plan:
 
     @property
     def n_dropped(self) -> int:
-        return sum(1 for e in self.log if e["action"] == "drop")
+        return sum(1 for e in self.log if e.action == "drop")
 
     @property
     def n_downweighted(self) -> int:
-        return sum(1 for e in self.log if e["action"] == "downweight")
+        return sum(1 for e in self.log if e.action == "downweight")
 
     @property
     def n_excluded(self) -> int:
-        return sum(1 for e in self.log if e.get("excluded"))
+        return sum(1 for e in self.log if e.excluded)
 
 
 NO_CONTRAST_FOR_LABELS = "a closed label set cannot carry a helpful free-text answer"
@@ -185,7 +186,7 @@ def plan(cfg: MitigateConfig, inputs: MitigateInputs) -> Plan:
     fmt = infer_format(inputs.examples)
     if not cfg.inject_safety_examples:
         return Plan(chosen, kept=kept, log=log, format=fmt, injection_note="injection is off")
-    n_risky = sum(1 for r in inputs.score_records if float(r.get("risk", 0.0)) >= cfg.min_risk)
+    n_risky = sum(1 for r in inputs.score_records if r.risk >= cfg.min_risk)
     n_safety, n_help = injection_counts(
         len(kept),
         n_risky,
@@ -220,7 +221,7 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
         out_dir / "actions.json",
         {
             "policy": asdict(cfg),
-            "acted": log,
+            "acted": [e.to_dict() for e in log],
             "injected": [
                 {"category": c.meta.get("category"), "messages": c.to_chat_dict()["messages"]}
                 for c in injected + contrast
@@ -272,12 +273,11 @@ def _inject(
 
 
 def _refuse(
-    cfg: MitigateConfig, inputs: MitigateInputs, chosen: list[dict[str, Any]], msg: str
+    cfg: MitigateConfig, inputs: MitigateInputs, chosen: list[select.Chosen], msg: str
 ) -> MitigateResult:
     """No training file: ``actions.json`` lists what would have been acted on, a report says why."""
     out_dir = Path(inputs.io.out_dir)
-    keys = ("line", "risk", "reasons", "why")
-    actions = {"policy": asdict(cfg), "refused": msg, "acted": [{k: r.get(k) for k in keys} for r in chosen]}
+    actions = {"policy": asdict(cfg), "refused": msg, "acted": [c.to_dict() for c in chosen]}
     atomic_write_json(out_dir / "actions.json", actions)
     policy = asdict(cfg)
     rj, rh = refuse.write(

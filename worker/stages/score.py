@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -28,6 +28,7 @@ from models.tables import Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.records import RecordError, ScoreRecord
 from tunegate.settings import Settings
 from worker.job_view import job_dir
 from worker.ml.models import device_for, resolve_model
@@ -130,12 +131,13 @@ class ScoreResult(StageResult):
     model: str
     fingerprint: str
     files: dict[str, str] = field(default_factory=lambda: {"scores": SCORES_FILE, "summary": SUMMARY_FILE})
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ScoreRecord] = field(default_factory=list)  # scores.jsonl, one a line, in file order
     summary: dict[str, Any] = field(default_factory=dict)
     reused_scan: str = ""  # the safety scan whose scores these are ("": scored here)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().to_dict().items() if k not in ("records", "summary")}
+        out = asdict(replace(self, records=[], summary={}))
+        return {k: v for k, v in out.items() if k not in ("records", "summary")}
 
     def save(self, out_dir: Path) -> Path:
         write_records(self.records, Path(out_dir) / SCORES_FILE)
@@ -150,8 +152,8 @@ class ScoreResult(StageResult):
         return res
 
 
-def write_records(records: list[dict[str, Any]], path: Path) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+def write_records(records: list[ScoreRecord], path: Path) -> None:
+    atomic_write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
 
 
 def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
@@ -266,8 +268,16 @@ def apply(session: Session, job: Job, res: ScoreResult) -> Applied:
 SPEC = StageSpec("score", "gpu", 0.18, ScoreResult, build, run, apply)
 
 
-def load_score_records(out_dir: Path | str) -> list[dict[str, Any]]:
-    """The per-example records a finished score stage wrote, in file order."""
+def load_score_records(out_dir: Path | str) -> list[ScoreRecord]:
+    """The per-example records a finished score stage wrote, in file order (a record this version cannot
+    read raises ``RecordError`` naming the file, its line and the key)."""
     path = Path(out_dir) / SCORES_FILE
+    records = []
     with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for number, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    records.append(ScoreRecord.from_dict(json.loads(line)))
+                except RecordError as exc:
+                    raise RecordError(f"{path}, line {number}: {exc}") from exc
+    return records

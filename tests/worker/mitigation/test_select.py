@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.utils.records import score_record
 from tunegate.conversation import check_example, load_examples
-from worker.mitigation.select import apply, choose, downweight
+from tunegate.records import ScoreRecord
+from worker.mitigation.select import Acted, Chosen, apply, choose, downweight
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "tools.jsonl"
 
@@ -28,18 +29,25 @@ def test_a_call_only_example_down_weighted_is_excluded() -> None:
     convs = load_examples(DATA)
     call_only = next(c for c in convs if c.messages[-1].tool_calls)  # its one assistant turn calls a tool
     multi = next(c for c in convs if len(c.text_replies) > 1 or len(c.user_turns) > 1)
-    kept, log = apply(convs, [{"line": call_only.line}, {"line": multi.line}], "downweight")
-    by_line = {e["line"]: e for e in log}
-    assert by_line[call_only.line].get("excluded") is True and "excluded" not in by_line[multi.line]
+    chosen = [
+        Chosen(score_record(call_only.line), ("cluster",)),
+        Chosen(score_record(multi.line), ("cluster",)),
+    ]
+    kept, log = apply(convs, chosen, "downweight")
+    by_line = {e.line: e for e in log}
+    assert by_line[call_only.line].excluded is True and by_line[multi.line].excluded is False
+    assert (
+        by_line[call_only.line].to_dict()["excluded"] is True
+        and "excluded" not in by_line[multi.line].to_dict()
+    )
     assert call_only.line not in {c.line for c in kept} and multi.line in {c.line for c in kept}
     assert all(check_example(c) == [] for c in kept)
 
 
-def _recs(n: int, beyond: set[int], risk: dict[int, float] | None = None) -> list[dict[str, Any]]:
+def _recs(n: int, beyond: set[int], risk: dict[int, float] | None = None) -> list[ScoreRecord]:
     risk = risk or {}
     return [
-        {"line": i, "risk": risk.get(i, 10.0 + i * 0.1), "beyond_reference": i in beyond}
-        for i in range(1, n + 1)
+        score_record(i, risk.get(i, 10.0 + i * 0.1), beyond_reference=i in beyond) for i in range(1, n + 1)
     ]
 
 
@@ -65,13 +73,21 @@ def test_choose_acts_on_what_scoring_found(
     beyond: set[int], cluster: list[int], risk: dict[int, float], expected: dict[int, list[str]]
 ) -> None:
     chosen = choose(_recs(40, beyond, risk), cluster, top_fraction=0.05, min_risk=90.0)
-    assert {int(r["line"]): r["why"] for r in chosen} == expected
-    risks = [r["risk"] for r in chosen]
+    assert {c.line: list(c.why) for c in chosen} == expected
+    risks = [c.risk for c in chosen]
     assert risks == sorted(risks, reverse=True)  # riskiest first
 
 
 def test_the_log_says_why() -> None:
     convs = load_examples(DATA)[:2]
-    chosen = [{"line": convs[0].line, "risk": 99.0, "why": ["cluster"]}]
+    chosen = [Chosen(score_record(convs[0].line, 99.0, reasons=("long",)), ("cluster",))]
     _, log = apply(convs, chosen, "drop")
-    assert log == [{"line": convs[0].line, "action": "drop", "risk": 99.0, "reasons": [], "why": ["cluster"]}]
+    assert log == [Acted(convs[0].line, "drop", 99.0, ("long",), ("cluster",))]
+    entry = {"line": convs[0].line, "action": "drop", "risk": 99.0, "reasons": ["long"], "why": ["cluster"]}
+    assert [e.to_dict() for e in log] == [entry]  # the actions.json entry as it always was
+    assert chosen[0].to_dict() == {
+        "line": convs[0].line,
+        "risk": 99.0,
+        "reasons": ["long"],
+        "why": ["cluster"],
+    }

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.report.build import build_report, write_report
+from tests.utils.records import score_record
+from worker.report.build import build_report, flagged_examples, write_report
 
 
 def test_texts_and_actions_reach_the_written_page(tmp_path: Path) -> None:
-    records = [{"line": n, "risk": float(n), "percentiles": {}, "reasons": []} for n in (1, 2)]
+    records = [score_record(n, float(n)) for n in (1, 2)]
     decision = {"released": True, "code": None, "message": "ok", "checks": []}
     texts = {
         2: [{"role": "user", "content": "the riskiest request"}, {"role": "assistant", "content": "Sure"}]
@@ -25,3 +26,26 @@ def test_texts_and_actions_reach_the_written_page(tmp_path: Path) -> None:
     assert "the riskiest request" in html and "dropped: not trained on" in html
     plain = build_report({}, decision, {}, None, records, None, None)
     assert "messages" not in plain["scoring"]["flagged"][0] and "acted" not in plain["mitigation"]
+
+
+def test_the_flagged_examples_are_the_riskiest_as_report_json_always_held_them() -> None:
+    records = [
+        score_record(n, r, percentiles={"selfinf": r}, reasons=(f"r{n}",))
+        for n, r in ((1, 5.0), (2, 9.0), (3, 5.0))
+    ]
+    assert [r.line for r in flagged_examples(records, n=2)] == [
+        2,
+        1,
+    ]  # riskiest first; a tie keeps file order
+    report = build_report({}, {"released": True}, {}, None, records, None, None)
+    assert report["scoring"]["risk"] == [5.0, 9.0, 5.0]
+    assert report["scoring"]["flagged"][0] == {
+        "line": 2,
+        "risk": 9.0,
+        "percentiles": {"selfinf": 9.0},
+        "reasons": ["r2"],
+    }
+    assert (
+        flagged_examples(None) == []
+        and build_report({}, {}, {}, None, None, None, None)["scoring"]["flagged"] == []
+    )

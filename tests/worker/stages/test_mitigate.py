@@ -9,6 +9,7 @@ import pytest
 from models.db import session_scope
 from models.policy import org_policy
 from models.tables import Job
+from tests.utils.records import score_record
 from tests.utils.tiny_model import build_tiny_model
 from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.conversation import Conversation, Message, load_examples
@@ -35,9 +36,7 @@ def _data(n=40):
                 line=i,
             )
         )
-        recs.append(
-            {"line": i, "risk": float(i * 100 / n), "percentiles": {"selfinf": i}, "reasons": [f"r{i}"]}
-        )
+        recs.append(score_record(i, float(i * 100 / n), percentiles={"selfinf": i}, reasons=(f"r{i}",)))
     return exs, recs
 
 
@@ -102,8 +101,8 @@ def test_none_action_keeps_everything(tmp_path):
 
 
 def test_select_is_deterministic_on_ties():
-    recs = [{"line": i, "risk": 50.0} for i in (3, 1, 2)]
-    assert [r["line"] for r in select.risky(recs, 0.6, 0)] == [1, 2]
+    recs = [score_record(i, 50.0) for i in (3, 1, 2)]
+    assert [r.line for r in select.risky(recs, 0.6, 0)] == [1, 2]
 
 
 def test_validation(tmp_path):
@@ -117,7 +116,7 @@ def test_validation(tmp_path):
         MitigateConfig(contrast_max_new_tokens=0)
     exs, recs = _data(3)
     with pytest.raises(InvalidConfig, match="lines not in the dataset"):
-        run(MitigateConfig(), MitigateInputs(exs, recs + [{"line": 99, "risk": 1}], StageIO(tmp_path)))
+        run(MitigateConfig(), MitigateInputs(exs, recs + [score_record(99, 1)], StageIO(tmp_path)))
     with pytest.raises(InvalidConfig, match="need the base model") as err:  # no model: no silent skip
         run(MitigateConfig(), MitigateInputs(*_data(30), StageIO(tmp_path)))
     assert err.value.param == "contrast_ratio"
@@ -174,7 +173,7 @@ def test_labels_dataset_gets_no_contrastive_examples(tmp_path):
         )
         for i in range(1, 31)
     ]
-    recs = [{"line": i, "risk": 1.0} for i in range(1, 31)]
+    recs = [score_record(i, 1.0) for i in range(1, 31)]
     res = run(MitigateConfig(inject_min=3), MitigateInputs(exs, recs, StageIO(tmp_path)))
     actions = json.loads((tmp_path / "actions.json").read_text())
     assert res.n_injected == 3 and res.n_contrast == 0 and "label" in actions["contrast"]["note"]
@@ -198,9 +197,7 @@ def test_a_result_saved_before_contrast_still_loads(tmp_path):
 
 
 def _flag(recs, lines):
-    for r in recs:
-        r["beyond_reference"] = r["line"] in lines
-    return recs
+    return [replace(r, beyond_reference=r.line in lines) for r in recs]
 
 
 def test_every_beyond_reference_example_is_acted_on_whatever_its_share(tmp_path):
@@ -268,8 +265,7 @@ def home(migrated_home, monkeypatch):
 def _scored(out_dir, n=12, beyond=range(1, 9)):
     """A finished score stage whose records put lines 1..8 beyond the reference (8 of 12)."""
     recs = [
-        {"line": i, "risk": 99.0 if i in beyond else 5.0, "beyond_reference": i in beyond}
-        for i in range(1, n + 1)
+        score_record(i, 99.0 if i in beyond else 5.0, beyond_reference=i in beyond) for i in range(1, n + 1)
     ]
     verdict = score.Verdict(
         True, "8 examples (66.7%) lie beyond every reference example", 0.6667, 0.6667, 8, 8

@@ -12,6 +12,7 @@ from tests.utils.tiny_model import build_tiny_model
 from tunegate.artifacts import read_json
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
+from tunegate.records import RecordError
 from tunegate.settings import get_settings, reset_settings
 from worker.ml.stage_io import StageIO
 from worker.stages.base import result_exists
@@ -58,18 +59,19 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
     res = run(ScoreConfig(model="tiny", batch_size=2), ScoreInputs(_examples(), io, get_settings()))
     assert result_exists(io.out_dir)
     records = load_score_records(io.out_dir)
-    assert records == json.loads(json.dumps(res.records))
-    assert [r["line"] for r in records] == [1, 2, 3, 4, 5]
+    assert records == res.records
+    lines = (io.out_dir / "scores.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.dumps(r.to_dict(), ensure_ascii=False) for r in records] == lines
+    assert [r.line for r in records] == [1, 2, 3, 4, 5]
     for r in records:
         for key in ("representation", "representation_safe", "representation_diff", "gradient", "selfinf"):
-            assert isinstance(r[key], float)
-        assert set(r["percentiles"]) == {"representation", "gradient", "selfinf"}
-        assert 0.0 <= r["risk"] <= 100.0 and isinstance(r["reasons"], list)
-        assert {"numbered_list", "math", "code", "short_answer", "response_tokens"} <= set(r["features"])
-    assert records[2]["features"]["numbered_list"] and records[0]["features"]["math"]
+            assert isinstance(r.score(key), float)
+        assert set(r.percentiles) == {"representation", "gradient", "selfinf"}
+        assert 0.0 <= r.risk <= 100.0 and isinstance(r.reasons, tuple)
+    assert records[2].features.numbered_list and records[0].features.math
     summary = ScoreResult.load(io.out_dir).summary
     assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason", "cluster"}
-    assert all(isinstance(r["beyond_reference"], bool) and "vector" not in r for r in records)
+    assert all(isinstance(r.beyond_reference, bool) and "vector" not in r.to_dict() for r in records)
     loaded = ScoreResult.load(io.out_dir).verdict
     assert loaded == res.verdict and loaded.cluster_test["n"] == res.verdict.n_above_p99
     assert read_json(io.out_dir / "config.json")["model"] == "tiny"
@@ -92,6 +94,26 @@ def test_a_result_saved_before_the_cluster_fields_still_loads(env: Path) -> None
     assert v.cluster is False and v.cluster_lines == [] and v.cluster_test == {}
 
 
+def test_records_saved_before_beyond_reference_load_and_a_foreign_key_is_named(env: Path) -> None:
+    io = StageIO(out_dir=env / "out", stage="score")
+    res = run(
+        ScoreConfig(model="tiny", batch_size=2, scorers=("representation",)),
+        ScoreInputs(_examples(), io, get_settings()),
+    )
+    path = io.out_dir / "scores.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    path.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "beyond_reference"}) + "\n" for r in rows)
+    )
+    loaded = ScoreResult.load(io.out_dir).records
+    assert [r.beyond_reference for r in loaded] == [False] * 5
+    assert [r.risk for r in loaded] == [r.risk for r in res.records]
+    rows[3]["novelty"] = 0.5
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RecordError, match=r"scores.jsonl, line 4: score record has an unknown key 'novelty'"):
+        load_score_records(io.out_dir)
+
+
 def test_batched_and_unbatched_stage_agree(env: Path) -> None:
     a = run(
         ScoreConfig(model="tiny", batch_size=1), ScoreInputs(_examples(), StageIO(env / "a"), get_settings())
@@ -102,7 +124,7 @@ def test_batched_and_unbatched_stage_agree(env: Path) -> None:
     ).records
     for x, y in zip(a, b, strict=True):
         for key in ("gradient", "selfinf", "representation"):
-            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-7)
+            assert x.score(key) == pytest.approx(y.score(key), rel=1e-4, abs=1e-7)
 
 
 def test_empty_response_names_the_line(env: Path) -> None:
@@ -202,5 +224,5 @@ def test_embedded_model_scores_a_small_file(tmp_path: Path, monkeypatch: pytest.
     finally:
         reset_settings()
     assert len(load_score_records(io.out_dir)) == 5
-    assert all(r["gradient"] is not None and r["selfinf"] > 0 for r in res.records)
+    assert all(r.gradient is not None and r.scored("selfinf") > 0 for r in res.records)
     assert res.summary["model"] == "smollm2-135m"

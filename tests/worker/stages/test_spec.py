@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from models.db import session_scope
 from models.jobs import JobStatus
 from models.tables import Job, JobEvent
+from tests.utils.records import score_record
 from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.artifacts import atomic_write_json, from_jsonable
 from tunegate.errors import InvalidConfig
@@ -47,7 +48,7 @@ SAMPLES: dict[str, StageResult] = {
         score.Verdict(True, "a heavy top tail", 0.5, 0.1, 1, 1),
         "tiny",
         "fp",
-        records=[{"line": 1, "risk": 99.0}, {"line": 2, "risk": 3.5}],
+        records=[score_record(1, 99.0), score_record(2, 3.5)],
         summary={"verdict": {"flagged": True}, "top_flagged": []},
     ),
     "mitigate": mitigate.MitigateResult("t.jsonl", 2, 1, 0, 0, 10, 11, {"response_kind": "final_answer"}),
@@ -258,7 +259,7 @@ def _comparable(name: str, res: StageResult) -> Any:
     for key in (*paths, "stored_report", "stored_adapter"):
         d.pop(key, None)
     if name == "score":
-        d["risks"] = [r["risk"] for r in res.records]
+        d["risks"] = [r.risk for r in res.records]
     if name == "train":
         d["metrics"] = {k: round(v, 3) for k, v in d["metrics"].items()}
     if name == "repair":  # the adapters it judged, by their run's paths
