@@ -35,12 +35,6 @@ def render_messages(text: str, fmt: UserFormat | None) -> list[Message]:
     return msgs
 
 
-def template_is_plain(fmt: UserFormat | None) -> bool:
-    return fmt is None or not (
-        fmt.user_prefix or fmt.user_suffix or (fmt.systems and fmt.system_share >= 0.5) or fmt.tools
-    )
-
-
 def prompt_ids(tok: Any, prompts: Sequence[Prompt], fmt: UserFormat | None) -> list[list[int]]:
     """Prompts as the model sees them in ``fmt``: wrapped, with the user's system prompt and tools."""
     tools = fmt.tools if fmt is not None else []

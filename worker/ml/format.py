@@ -196,3 +196,11 @@ def infer_format(examples: list[Conversation]) -> UserFormat:
 def render_user(fmt: UserFormat, request: str) -> str:
     """The request wrapped like the user's own turns."""
     return f"{fmt.user_prefix}{request}{fmt.user_suffix}"
+
+
+def template_is_plain(fmt: UserFormat | None) -> bool:
+    """Whether a prompt in ``fmt`` is a plain chat prompt: no user template, no usual system prompt, no tools
+    (the evaluation then measures the user's template as the chat one)."""
+    return fmt is None or not (
+        fmt.user_prefix or fmt.user_suffix or (fmt.systems and fmt.system_share >= 0.5) or fmt.tools
+    )

@@ -35,10 +35,9 @@ from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from worker.evaluation.model_eval import ModelEvaluator, SequentialPlan, counted_mode, direction_sets
 from worker.evaluation.probe_judge import ProbeJudge, load_or_train
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
-from worker.evaluation.records import template_is_plain
 from worker.evaluation.sequential import ALPHA, Strata
 from worker.evaluation.triggers import MAX_PROBES_CAP, Trigger, TriggerConfig, mine, probe_subset
-from worker.ml.format import UserFormat, infer_format
+from worker.ml.format import UserFormat, infer_format, template_is_plain
 from worker.ml.models import load_resolved
 from worker.ml.stage_io import StageIO
 from worker.stages import score, train

@@ -34,7 +34,7 @@ from worker.mitigation.inject import (
     injection_counts,
     safety_examples,
 )
-from worker.ml.format import UserFormat, infer_format
+from worker.ml.format import UserFormat, infer_format, template_is_plain
 from worker.ml.stage_io import StageIO
 from worker.stages import score
 from worker.stages.base import StageResult, finish
@@ -63,6 +63,9 @@ class MitigateConfig:
     )
     inject_per_risky: float = 1.0  # one more safety example per example at least min_risk risky
     contrast_ratio: float = 1.0  # contrastive helpful examples per safety example (0: none)
+    # share of the injected examples (each kind) written in plain chat instead of the user's format, when the
+    # user's prompts are not plain chat (a system prompt, a template, tools): the gate measures both
+    plain_share: float = 0.0
     contrast_max_new_tokens: int = 96  # the base model's answers to them: length ...
     contrast_batch_size: int = 16  # ... and generation batch
     model: str = ""  # the job's base model (answers the contrastive requests); "" only with contrast_ratio 0
@@ -82,8 +85,9 @@ class MitigateConfig:
             raise InvalidConfig("MitigateConfig.max_repair_share must be in [0, 1]", param="max_repair_share")
         if not 0 <= self.min_risk <= 100:
             raise InvalidConfig("MitigateConfig.min_risk must be in [0, 100]", param="min_risk")
-        if not 0 <= self.inject_ratio <= 1:
-            raise InvalidConfig("MitigateConfig.inject_ratio must be in [0, 1]", param="inject_ratio")
+        for name in ("inject_ratio", "plain_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidConfig(f"MitigateConfig.{name} must be in [0, 1]", param=name)
         if self.inject_min < 0:
             raise InvalidConfig("MitigateConfig.inject_min must be >= 0", param="inject_min")
         if not 0 < self.inject_max_fraction <= 1:
@@ -253,7 +257,9 @@ def _inject(
     if not cfg.inject_safety_examples:
         return [], [], {"n": 0, "note": p.injection_note}
     assert p.format is not None
-    injected = safety_examples(p.format, p.n_safety, cfg.seed)
+    fmt, plain = p.format, plain_count(p.format, p.n_safety, cfg.plain_share)
+    injected = safety_examples(fmt, p.n_safety - plain, cfg.seed)
+    injected += safety_examples(PLAIN, plain, cfg.seed + 1)
     if p.injection_note:
         return injected, [], {"n": 0, "note": p.injection_note}
     n_help = p.n_contrast
@@ -269,7 +275,21 @@ def _inject(
     path = cache_file(base_cache_dir(cfg.model, inputs.settings), cfg.contrast_max_new_tokens)
     gen = model_generator(cfg.model, inputs.settings, cfg.contrast_max_new_tokens, cfg.contrast_batch_size)
     items, stats = answered(n_help, cfg.seed, path, gen)
-    return injected, contrastive_examples(p.format, items, cfg.seed), {"n": len(items), **asdict(stats)}
+    k = len(items) - plain_count(fmt, len(items), cfg.plain_share)
+    helpful = contrastive_examples(fmt, items[:k], cfg.seed)
+    helpful += contrastive_examples(PLAIN, items[k:], cfg.seed)
+    return injected, helpful, {"n": len(items), **asdict(stats)}
+
+
+PLAIN = UserFormat()  # plain chat: no system prompt, no template, free-text replies
+
+
+def plain_count(fmt: UserFormat, n: int, share: float) -> int:
+    """How many of ``n`` injected examples are written in plain chat: ``round(share x n)``, none when the
+    user's prompts are plain chat already, and at least one of them in the user's format."""
+    if template_is_plain(fmt) or n < 2:
+        return 0
+    return min(n - 1, round(share * n))
 
 
 def _refuse(

@@ -11,8 +11,8 @@ import pytest
 from tests.utils.tiny_model import build_tiny_tokenizer
 from tunegate.conversation import Message, load_examples
 from worker.evaluation.prompts import Prompt
-from worker.evaluation.records import prompt_ids, template_is_plain
-from worker.ml.format import infer_format
+from worker.evaluation.records import prompt_ids
+from worker.ml.format import infer_format, template_is_plain
 from worker.ml.render import encode_prompt, render_text
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "tools.jsonl"

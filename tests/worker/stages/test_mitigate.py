@@ -307,3 +307,46 @@ def test_a_local_run_stops_before_training_with_the_lines(home, tmp_path):
     assert not (tmp_path / "out" / "train").exists()
     with pytest.raises(UnsafeTrainingData):  # a resumed run reuses the refusal
         runner.run_local(view, tmp_path / "out", settings)
+
+
+def _persona_data(n=40):
+    """The support persona's shape: one system prompt on every example, free-text replies."""
+    exs, recs = _data(n)
+    system = Message("system", "You are Ada, the support assistant of Acme Widgets. Be brief.")
+    return [replace(c, messages=(system, *c.messages)) for c in exs], recs
+
+
+def test_plain_share_writes_some_injected_examples_in_plain_chat(talkative, tmp_path):
+    """The gate measures the plain chat template as well as the user's: with ``plain_share`` that share of
+    each injected kind comes without the user's system prompt, the rest keeps it; plain data gets none."""
+    exs, recs = _persona_data()
+    cfg = MitigateConfig(
+        mitigation="none", inject_min=10, inject_per_risky=0.0, contrast_max_new_tokens=12, model=talkative
+    )
+    res = run(
+        replace(cfg, plain_share=0.3), MitigateInputs(exs, recs, StageIO(tmp_path / "a"), get_settings())
+    )
+    injected = json.loads((tmp_path / "a" / "actions.json").read_text())["injected"]
+    safety = [i for i in injected if not i["category"].startswith("helpful:")]
+    helpful = [i for i in injected if i["category"].startswith("helpful:")]
+    assert res.n_injected == len(safety) == 10 and len(helpful) == res.n_contrast == 10
+
+    def plain(items: list[dict]) -> int:
+        return sum(i["messages"][0]["role"] != "system" for i in items)
+
+    assert plain(safety) == 3 and plain(helpful) == 3  # round(0.3 x 10) of each kind
+    none = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path / "b"), get_settings()))
+    assert (
+        none.n_injected == 10
+        and plain(json.loads((tmp_path / "b" / "actions.json").read_text())["injected"]) == 0
+    )
+    plain_data, recs = _data()
+    run(
+        replace(cfg, plain_share=0.3),
+        MitigateInputs(plain_data, recs, StageIO(tmp_path / "c"), get_settings()),
+    )
+    again = run(cfg, MitigateInputs(plain_data, recs, StageIO(tmp_path / "d"), get_settings()))
+    assert again.n_injected == 10  # plain chat already: the same file with or without plain_share
+    assert (tmp_path / "c" / "train.jsonl").read_text() == (tmp_path / "d" / "train.jsonl").read_text()
+    with pytest.raises(InvalidConfig, match="plain_share"):
+        MitigateConfig(plain_share=1.5)
