@@ -16,7 +16,12 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <key>``; keys from ``t
     GET    /healthz                           no auth
     /console/...                              the moderator console (admin keys, a session cookie; HTML)
 
-Error bodies are ``{"error": {"message", "type", "param", "code"}}`` (see api/errors.py); every response has
-``x-request-id``. Job objects carry extra fields ``safety`` (effective policy), ``stage``, ``progress``,
+Error bodies are ``{"error": {"message", "type", "param", "code"}}`` (see api/core/errors.py); every response
+has ``x-request-id``. Job objects carry extra fields ``safety`` (effective policy), ``stage``, ``progress``,
 ``cancel_requested`` and ``released``.
+
+Layout (after FastAPI's full-stack template): ``main.py`` (the app), ``deps.py`` (request dependencies as
+``Annotated`` aliases), ``schemas.py`` (request and response bodies), ``routes/`` (one module per resource),
+``core/`` (the HTTP plumbing: authentication, errors, middleware, limits ...) and ``services/`` (what the
+API does as a product: files, jobs, scans, moderation ...); each room's ``__init__`` lists its modules.
 """

@@ -14,12 +14,11 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from api.auth import AUTH_CACHE
-from api.ratelimit import IN_FLIGHT, LIMITER, key_digest
+from api.core.auth import AUTH_CACHE, bearer_key
+from api.core.ratelimit import IN_FLIGHT, LIMITER, key_digest
 from models.db import READERS, new_session, read_connection, reads_block_briefly
 from models.keys import Admin, authenticate_admin
 from models.tables import Organization
-from tunegate.errors import AuthenticationFailed
 from tunegate.logs import bind
 from tunegate.settings import Settings, get_settings
 
@@ -43,18 +42,6 @@ async def _session(request: Request) -> AsyncIterator[Session]:
 MAX_SESSIONS = 12
 SessionDep = Annotated[Session, Depends(_session, scope="function", max_concurrency=MAX_SESSIONS)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-def bearer_key(authorization: str | None) -> str:
-    """The key of an ``Authorization: Bearer <key>`` header; ``AuthenticationFailed`` naming what is wrong."""
-    if not authorization:
-        raise AuthenticationFailed(
-            "You didn't provide an API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
-        )
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
-    return key.strip()
 
 
 T = TypeVar("T")
@@ -87,7 +74,7 @@ def _admitted(org: Organization, authorization: str | None, settings: Settings) 
 
 
 async def current_org(request: Request) -> Organization:
-    """The caller's organization: from the auth cache (``api/auth.py``, no query) or one query, then the
+    """The caller's organization: from the auth cache (``api/core/auth.py``, no query) or one query, then the
     per-organization rate limit. Holds no session: the route's own read is the request's only query.
     Every /v1 request passes here, so it asks FastAPI for nothing but the request (each declared parameter
     or sub-dependency is resolved and validated per request)."""
@@ -113,7 +100,7 @@ def current_org_blocking(authorization: str | None, settings: Settings) -> Organ
 
 
 # The caller's organization: a detached copy of its row, shared with the other requests of the same key while
-# cached (api/auth.py). Read it; never change or add it to a session.
+# cached (api/core/auth.py). Read it; never change or add it to a session.
 CurrentOrg = Annotated[Organization, Depends(current_org)]
 
 

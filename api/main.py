@@ -12,12 +12,11 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api import errors
+from api.core import errors
+from api.core.edge import refuse_lone_surrogates
+from api.core.metrics import MetricsMiddleware
+from api.core.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.deps import CurrentOrg
-from api.edge import refuse_lone_surrogates
-from api.metrics import MetricsMiddleware
-from api.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
-from api.recovery import maintain, sweep_storage
 from api.routes import (
     console,
     console_scans,
@@ -31,6 +30,7 @@ from api.routes import (
     uploads,
     webhooks,
 )
+from api.services.recovery import maintain, sweep_storage
 from tunegate import logs
 from tunegate import metrics as counting
 from tunegate.settings import get_settings
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Temp uploads and orphaned objects a killed process left behind are removed before serving. Then, in
     # the background, files left 'uploaded' by a previous process are processed (every one, fairly across
-    # organizations) and stale temp uploads are swept periodically (api/recovery.py).
+    # organizations) and stale temp uploads are swept periodically (api/services/recovery.py).
     try:
         await run_in_threadpool(sweep_storage)
     except Exception as exc:  # the schema may not be migrated yet: serve anyway, /healthz reports it

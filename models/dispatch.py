@@ -23,8 +23,8 @@ validating its files, ``RESUME`` (the stage it paused in) for a queued one. A me
 the job's turn back (it waits again; the next dispatch retries); a message lost after it was sent is resent by
 the reaper once the admitted job's heartbeat is stale (``worker/reaper.py``).
 
-Callers: ``api/job_create.py`` (after a job is created, cancelled, paused or resumed), ``worker/runner.py``
-(after a job ends or pauses) and ``worker/reaper.py`` (every pass).
+Callers: ``api/services/job_create.py`` (after a job is created, cancelled, paused or resumed),
+``worker/runner.py`` (after a job ends or pauses) and ``worker/reaper.py`` (every pass).
 """
 
 from __future__ import annotations

@@ -271,9 +271,9 @@ class AuditEntry(Base):
 
 
 class ConsoleSession(Base):
-    """A moderator console login (api/console_auth.py). The cookie carries a random token; the row is keyed by
-    its sha256, so a copy of the table opens no session. Logout deletes the row, which ends the session for
-    every copy of the cookie; an expired row is deleted at the next login."""
+    """A moderator console login (api/core/console_auth.py). The cookie carries a random token; the row is
+    keyed by its sha256, so a copy of the table opens no session. Logout deletes the row, which ends the
+    session for every copy of the cookie; an expired row is deleted at the next login."""
 
     __tablename__ = "console_sessions"
 

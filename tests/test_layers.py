@@ -2,6 +2,8 @@
 
 top floor     cli/: the command line, the demo, the embedded stack launcher, the polling client
 api/          the HTTP service: never worker/, never torch, transformers or peft
+  api.core      its plumbing: never api.services, api.routes, api.deps, api.schemas or api.main
+  api.services  its product behaviour: never api.core, api.routes, api.deps or api.main
 worker/       stages, pipeline, runner, tasks ... over the ML packages
 worker ML     worker.ml (bottom), worker.scoring, .training, .evaluation, .mitigation, .report:
               never a stage, the pipeline or the Celery layer; worker.ml imports no other worker package
@@ -80,6 +82,8 @@ def _ground() -> tuple[str, ...]:
     ("who", "banned", "exempt"),
     [
         (("api",), ("worker", *TOP, *HEAVY), ()),
+        (("api.core",), ("api.services", "api.routes", "api.deps", "api.schemas", "api.main"), ()),
+        (("api.services",), ("api.core", "api.routes", "api.deps", "api.main"), ()),
         (("models",), ("api", "worker", *TOP), ()),
         (_ground(), ("api", "worker", "models", *TOP), ()),
         (
@@ -101,7 +105,15 @@ def _ground() -> tuple[str, ...]:
         ),
         (("worker.ml",), ("worker",), ("worker.ml",)),
     ],
-    ids=["api", "models", "ground-floor", "worker-ml-packages", "worker-ml-bottom"],
+    ids=[
+        "api",
+        "api-core",
+        "api-services",
+        "models",
+        "ground-floor",
+        "worker-ml-packages",
+        "worker-ml-bottom",
+    ],
 )
 def test_layer_imports(who: tuple[str, ...], banned: tuple[str, ...], exempt: tuple[str, ...]) -> None:
     if who == ("worker.ml",):  # worker.ml may import itself, nothing else of worker/
@@ -113,6 +125,7 @@ def test_layer_imports(who: tuple[str, ...], banned: tuple[str, ...], exempt: tu
 
 def test_the_walk_sees_the_tree() -> None:
     assert {"api.main", "worker.runner", "worker.ml.precision", "tunegate.settings"} <= set(ALL)
+    assert {"api.core.auth", "api.services.crud", "api.routes.jobs"} <= set(ALL)
     assert "worker.ml.stage_io" in _imports(ROOT / "worker" / "training" / "loop.py")
 
 
@@ -122,7 +135,7 @@ OTHER_MEANINGS = {
     ("score", "worker/evaluation/records.py"): "an LLM judge's harm score",
     ("repair", "worker/stages/train.py"): "the train stage's post-training repair knob (TrainConfig.repair)",
     ("repair", "worker/training/repair_io.py"): "that knob's parameter name in its errors",
-    ("repair", "api/crud.py"): "the job's repair column (Job.repair), read for the job object",
+    ("repair", "api/services/crud.py"): "the job's repair column (Job.repair), read for the job object",
     ("repair", "worker/report/build.py"): "the report's repair section",
     ("repair", "tunegate/reporting/view.py"): "the report's repair section",
 }

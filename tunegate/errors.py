@@ -24,7 +24,7 @@
         ├── StorageFull       507      the disk is full (ENOSPC) while storing a file or writing artifacts
         └── StorageUnavailable 503     the object store (TUNEGATE_STORAGE_URL) failed or could not be reached
 
-HTTP mapping lives in one place, ``api/errors.py``; Celery retries only ``TransientError``.
+HTTP mapping lives in one place, ``api/core/errors.py``; Celery retries only ``TransientError``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class TunegateError(Exception):
         self.code = code if code is not None else self.default_code
 
     def to_dict(self) -> dict[str, Any]:
-        """The API's error body (``{"error": ...}``, api/errors.py)."""
+        """The API's error body (``{"error": ...}``, api/core/errors.py)."""
         return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
 
     def job_error(self) -> dict[str, Any]:

@@ -8,8 +8,8 @@ histograms are kept here, so the files of processes that have exited keep counti
 counters should, and need no cleaning.
 
 What is true of the database and the broker at scrape time (jobs by status, gate decisions, queue depth) is
-not counted here but read when ``/metrics`` is asked (``api/metrics.py``), so it is right whichever process
-changed it.
+not counted here but read when ``/metrics`` is asked (``api/core/metrics.py``), so it is right whichever
+process changed it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the variable prometheus_client rea
 
 # Every label comes from a closed set, whatever a client sends (issue 29: random HTTP methods on /healthz
 # grew the series from 1,544 to 10,061): the route template (an unmatched path gets one fixed label, see
-# ``api.metrics.route_template``), a known method or ``other``, and the status class.
+# ``api.core.metrics.route_template``), a known method or ``other``, and the status class.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")

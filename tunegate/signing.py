@@ -1,6 +1,6 @@
 """The moderator console's signing secret (``console_secret``).
 
-The console signs its cookies with ``itsdangerous`` under this secret (``api/console_auth.py``); sessions
+The console signs its cookies with ``itsdangerous`` under this secret (``api/core/console_auth.py``); sessions
 themselves live in the database, so the secret only vouches that a cookie was made here.
 """
 

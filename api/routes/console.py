@@ -1,6 +1,6 @@
 """The moderator console (/console): server-rendered pages for the provider's staff.
 
-Admin keys log in through a form; sessions, their cookies and CSRF tokens are ``api/console_auth.py``'s
+Admin keys log in through a form; sessions, their cookies and CSRF tokens are ``api/core/console_auth.py``'s
 (a server-side session per login: logout and revoking the key end it). Without a session a page redirects to
 the login form and an action answers 403: no console content reaches an unauthenticated caller. Every action
 needs a reason and writes an audit entry.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -29,22 +28,24 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import moderation as mod
-from api.console_auth import (
+from api.core.console_auth import (
     Staff,
     acting_staff,
-    csrf_matches,
     current_staff,
     end_session,
     issue_login_nonce,
-    login_nonce_matches,
+    log_in,
+    new_login_nonce,
     start_session,
+    to_login,
 )
+from api.core.responses import console_page, console_redirect
 from api.deps import SessionDep, SettingsDep
-from api.ratelimit import AUTH_FAILURES
+from api.services import moderation as mod
+from api.services.policy_form import policy_fields, policy_form_fields, policy_updates
 from models import audit, presence, webhooks
 from models.jobs import JobStatus
-from models.keys import Admin, authenticate_admin
+from models.keys import Admin
 from models.moderation import (
     PolicyChange,
     add_webhook,
@@ -58,7 +59,7 @@ from models.moderation import (
     set_org_policy,
     trained_adapter,
 )
-from models.policy import KNOBS, KnobSpec, harmful_categories, org_policy
+from models.policy import org_policy
 from models.tables import Job, Organization
 from tunegate.errors import InvalidConfig, InvalidRequest, NotFound, PermissionDenied, TunegateError
 from tunegate.reporting import render_page, render_report
@@ -68,24 +69,11 @@ from tunegate.settings import Settings
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 PER_PAGE = 25
-NO_STORE = {"cache-control": "no-store", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
-# No scripts and no external requests: every style is inline, every chart inline SVG.
-CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'"
-)
-
-
-def _html(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers={**NO_STORE, "content-security-policy": CSP})
-
-
-def _to_login() -> RedirectResponse:
-    return RedirectResponse("/console/login", status_code=303, headers=NO_STORE)
 
 
 def _error_page(exc: TunegateError, staff: Staff | None = None) -> HTMLResponse:
     page = render_page("console/error.html", staff=staff, message=exc.message, code=exc.code)
-    return _html(page, exc.status_code if 400 <= exc.status_code < 600 else 500)
+    return console_page(page, exc.status_code if 400 <= exc.status_code < 600 else 500)
 
 
 # --- login -------------------------------------------------------------------------------------------------
@@ -94,8 +82,8 @@ def _error_page(exc: TunegateError, staff: Staff | None = None) -> HTMLResponse:
 def _login_page(
     request: Request, settings: Settings, error: str | None = None, status: int = 200
 ) -> Response:
-    nonce = secrets.token_urlsafe(24)
-    response = _html(render_page("console/login.html", staff=None, csrf=nonce, error=error), status)
+    nonce = new_login_nonce()
+    response = console_page(render_page("console/login.html", staff=None, csrf=nonce, error=error), status)
     issue_login_nonce(request, response, settings, nonce)
     return response
 
@@ -103,8 +91,8 @@ def _login_page(
 @router.get("", response_class=HTMLResponse)
 def console_home(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     if current_staff(request, session, settings) is None:
-        return _to_login()
-    return RedirectResponse("/console/jobs", status_code=303, headers=NO_STORE)
+        return to_login()
+    return console_redirect("/console/jobs")
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -120,18 +108,11 @@ def login(
     key: Annotated[str, Form(max_length=256)] = "",
     csrf: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
-    if not login_nonce_matches(request, settings, csrf):
-        return _login_page(request, settings, "The login form expired; please try again.", 403)
-    client = request.client.host if request.client else "unknown"
-    if AUTH_FAILURES.wait(client, settings.auth_failures_per_minute):  # the API's own guard against guessing
-        return _login_page(request, settings, "Too many failed logins from your address; retry later.", 429)
-    try:
-        admin = authenticate_admin(session, key.strip())
-    except TunegateError as exc:  # a wrong key (401) or an organization's key (403)
-        if exc.status_code == 401:
-            AUTH_FAILURES.take(client, settings.auth_failures_per_minute)
+    try:  # refused: an expired form (403), a throttled address (429), a wrong (401) or an org's key (403)
+        admin = log_in(request, session, settings, key, csrf)
+    except TunegateError as exc:
         return _login_page(request, settings, exc.message, exc.status_code)
-    response = RedirectResponse("/console/jobs", status_code=303, headers=NO_STORE)
+    response = console_redirect("/console/jobs")
     start_session(session, request, response, settings, admin)
     session.commit()
     return response
@@ -146,13 +127,11 @@ def logout(
 ) -> Response:
     """End the session on the server (a live session's CSRF token is required; an expired one is simply
     cleared): a copy of its cookie opens nothing afterwards."""
-    staff = current_staff(request, session, settings)
-    if staff is not None and not csrf_matches(staff, csrf):
-        return _error_page(
-            PermissionDenied("The form's CSRF token does not match this session.", code="csrf_failed")
-        )
-    response = _to_login()
-    end_session(request, session, settings, response)
+    response = to_login()
+    try:
+        end_session(request, session, settings, response, csrf)
+    except PermissionDenied as exc:
+        return _error_page(exc)
     session.commit()
     return response
 
@@ -187,7 +166,7 @@ def queue_page(
 ) -> Response:
     staff = current_staff(request, session, settings)
     if staff is None:
-        return _to_login()
+        return to_login()
     try:
         if state and state not in mod.STATES:
             raise InvalidRequest(f"state must be one of {', '.join(mod.STATES)}", param="state")
@@ -229,7 +208,7 @@ def queue_page(
         codes=("unsafe_training_data", "safety_eval_failed", "over_refusal", "released", "cancelled"),
         link=lambda p: "/console/jobs?" + urlencode({**params, "page": p}),
     )
-    return _html(page_html)
+    return console_page(page_html)
 
 
 # --- a job -------------------------------------------------------------------------------------------------
@@ -286,7 +265,7 @@ def _job_page(
         notice=notice,
         waiting=presence.waiting_message(job, session.connection(), settings),  # no worker on its queue
     )
-    return _html(page, status)
+    return console_page(page, status)
 
 
 def _outcome(job: Job) -> dict[str, str]:
@@ -376,7 +355,7 @@ def job_page(
 ) -> Response:
     staff = current_staff(request, session, settings)
     if staff is None:
-        return _to_login()
+        return to_login()
     try:
         job = _job(session, job_id)
     except NotFound as exc:
@@ -389,7 +368,7 @@ def job_report(job_id: str, request: Request, session: SessionDep, settings: Set
     """The report as a download: the same page a tenant gets, with the examples' text and the audit log."""
     staff = current_staff(request, session, settings)
     if staff is None:
-        return _to_login()
+        return to_login()
     try:
         job = _job(session, job_id)
         entries = audit.for_job(session, job.id)
@@ -400,7 +379,7 @@ def job_report(job_id: str, request: Request, session: SessionDep, settings: Set
         )
     except TunegateError as exc:
         return _error_page(exc, staff)
-    response = _html(html)
+    response = console_page(html)
     response.headers["content-disposition"] = f'attachment; filename="{job.id}-report.html"'
     return response
 
@@ -476,7 +455,7 @@ def _confirm_page(session: Session, staff: Staff, job: Job, confirm: Confirmatio
         confirm=confirm,
         min_reason=audit.LOOSENING_REASON_CHARS,
     )
-    return _html(page, confirm.status)
+    return console_page(page, confirm.status)
 
 
 def _reason_refused(exc: InvalidRequest, confirm: Confirmation) -> Confirmation:
@@ -565,95 +544,6 @@ def _org_of(session: Session, job: Job) -> Organization:
     return org
 
 
-def knob_hint(spec: KnobSpec) -> str:
-    """A knob's range and stricter direction, as the policy form says them."""
-    if spec.kind == "rank":
-        return f"strictness: {spec.stricter}"
-    if spec.kind == "true":
-        return "yes is stricter"
-    if spec.kind == "limits":
-        return f"{spec.interval} each, smaller is stricter"
-    return f"{spec.range}, {spec.stricter} is stricter"
-
-
-def policy_fields(current: dict[str, Any]) -> list[dict[str, Any]]:
-    """One form field per knob of the table ``models.policy.KNOBS`` as it is now (a knob added there is in
-    the form at once), with the organization's current value."""
-    fields = []
-    for name, spec in KNOBS.items():
-        field: dict[str, Any] = {
-            "name": name,
-            "kind": spec.kind,
-            "label": spec.label,
-            "hint": knob_hint(spec),
-            "help": spec.help,
-            "value": current.get(name),
-        }
-        if spec.kind == "rank":
-            field["options"] = list(spec.options)
-        elif spec.kind == "limits":
-            limits = current.get(name) or {}
-            field["categories"] = [(cat, limits.get(cat, "")) for cat in harmful_categories()]
-        fields.append(field)
-    return fields
-
-
-def _number(raw: str) -> Any:
-    try:
-        return float(raw)
-    except ValueError:
-        return raw  # the policy check names the field: "... must be a number"
-
-
-def _knob(name: str, raw: str) -> Any:
-    """A form value as the policy knob's type (a bad value stays text: the policy check then names it)."""
-    kind = KNOBS[name].kind
-    if kind == "rank":
-        return raw
-    if kind == "true":
-        return {"true": True, "false": False}.get(raw, raw)
-    return _number(raw)
-
-
-MAX_KNOB_CHARS = 32  # a knob's value in the form: a number or a name
-
-
-def policy_updates(form: dict[str, str], current: dict[str, Any]) -> dict[str, Any]:
-    """The knobs the policy form changes: each knob of ``KNOBS`` it sends with a value other than the
-    current one. A "limits" knob is sent as its marker field (``gate_category_limits``) and one field per
-    category (``gate_category_limits.fraud``); blank means no limit."""
-    for key, raw in form.items():
-        if len(raw) > MAX_KNOB_CHARS and key.split(".")[0] in KNOBS:
-            raise InvalidConfig(
-                f"policy.{key} is longer than {MAX_KNOB_CHARS} characters", param=f"policy.{key}"
-            )
-    updates: dict[str, Any] = {}
-    for name, spec in KNOBS.items():
-        if spec.kind == "limits":
-            if name not in form:
-                continue
-            prefix = f"{name}."
-            value: Any = {
-                key[len(prefix) :]: _number(raw.strip())
-                for key, raw in form.items()
-                if key.startswith(prefix) and raw.strip()
-            }
-        else:
-            raw = form.get(name, "").strip()
-            if not raw:
-                continue
-            value = _knob(name, raw)
-        if value != current[name]:
-            updates[name] = value
-    return updates
-
-
-def _policy_form_fields(form: dict[str, str]) -> list[tuple[str, str]]:
-    """The posted policy fields, to post again from the confirmation."""
-    names = set(KNOBS)
-    return [(k, v) for k, v in form.items() if k in names or any(k.startswith(f"{n}.") for n in names)]
-
-
 @router.post("/jobs/{job_id}/policy", response_class=HTMLResponse)
 def set_policy(
     job_id: str,
@@ -698,7 +588,7 @@ def _policy_confirmation(
         title=f"Loosen the policy of {org.name}",
         changes=[str(c) for c in changes],
         action=f"/console/jobs/{job.id}/policy",
-        fields=_policy_form_fields(form),
+        fields=policy_form_fields(form),
         token=_token("policy", org.id, [(c.knob, c.before, c.after) for c in changes]),
         reason=reason,
         button="Change the policy",
@@ -770,7 +660,7 @@ def audit_page(
     paginated."""
     staff = current_staff(request, session, settings)
     if staff is None:
-        return _to_login()
+        return to_login()
     try:
         if action and action not in audit.ACTIONS:
             raise InvalidRequest(f"action must be one of {', '.join(audit.ACTIONS)}", param="action")
@@ -819,4 +709,4 @@ def audit_page(
         admins=audit.actors(session),
         link=lambda p: "/console/audit?" + urlencode({**params, "page": p}),
     )
-    return _html(page_html)
+    return console_page(page_html)

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.console_auth import current_staff
+from api.core.console_auth import current_staff, to_login
+from api.core.responses import console_page
 from api.deps import SessionDep, SettingsDep
 from models import scans
 from models.tables import Job, Organization, SafetyScan
@@ -22,16 +23,7 @@ from tunegate.reporting import render_page
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 PER_PAGE = 50
-# The console's answer headers (api/routes/console.py): never cached or framed, no scripts, no requests out.
-NO_STORE = {"cache-control": "no-store", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
-CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'"
-)
 JOBS_PER_FILE = 5  # jobs on the scanned file named in its row, newest first
-
-
-def _html(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers={**NO_STORE, "content-security-policy": CSP})
 
 
 @router.get("/scans", response_class=HTMLResponse)
@@ -45,7 +37,7 @@ def scans_page(
 ) -> Response:
     staff = current_staff(request, session, settings)
     if staff is None:
-        return RedirectResponse("/console/login", status_code=303, headers=NO_STORE)
+        return to_login()
     try:
         if status and status not in scans.STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(scans.STATUSES)}", param="status")
@@ -53,7 +45,7 @@ def scans_page(
         rows, total = scans.search(session, flt, offset=(page - 1) * PER_PAGE, limit=PER_PAGE)
     except TunegateError as exc:
         error = render_page("console/error.html", staff=staff, message=exc.message, code=exc.code)
-        return _html(error, exc.status_code)
+        return console_page(error, exc.status_code)
     orgs = list(
         session.execute(select(Organization.id, Organization.name).order_by(Organization.name)).tuples()
     )
@@ -72,7 +64,7 @@ def scans_page(
         statuses=scans.STATUSES,
         link=lambda p: "/console/scans?" + urlencode({**params, "page": p}),
     )
-    return _html(page_html)
+    return console_page(page_html)
 
 
 def _row(session: Session, scan: SafetyScan, names: dict[str, str]) -> dict[str, Any]:

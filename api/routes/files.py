@@ -12,9 +12,11 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import crud
+from api.core.multipart import Upload, receive_upload, run_check
 from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org_blocking
-from api.file_store import (
+from api.schemas import FileDeletedOut, FileOut, ListOut
+from api.services import crud
+from api.services.file_store import (
     checked_lines,
     checked_purpose,
     clean_filename,
@@ -22,10 +24,8 @@ from api.file_store import (
     new_file_row,
     save_file,
 )
-from api.processing import process_file
-from api.schemas import FileDeletedOut, FileOut, ListOut
-from api.upload import Upload, receive_upload, run_check
-from api.views import file_out
+from api.services.processing import process_file
+from api.services.views import file_out
 from models.base import utcnow
 from models.db import new_session
 from models.files import file_in_use
@@ -68,10 +68,10 @@ async def create_file(
     background: BackgroundTasks,
     authorization: Annotated[str | None, Header()] = None,
 ) -> FileOut:
-    """Authenticate, stream the file part straight into a staged temp file (``api/upload.py``), check it
-    (400 naming the line) and the org's quota, then store it. No database session is held while the body
+    """Authenticate, stream the file part straight into a staged temp file (``api/core/multipart.py``), check
+    it (400 naming the line) and the org's quota, then store it. No database session is held while the body
     streams (a slow client must not hold one of the API's few sessions); the check reads the file in a worker
-    thread, a few at once (``api.upload.run_check``)."""
+    thread, a few at once (``api.core.multipart.run_check``)."""
     org, used = await run_in_threadpool(_authenticate, authorization, settings)
     quota = storage_quota(settings, org.policy)
     if used >= quota:

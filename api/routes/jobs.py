@@ -5,8 +5,8 @@ The poll path (retrieve, list, events: what every SDK poller calls in a loop) is
 organization comes from the auth cache, the route's one statement runs through ``read_db`` (on the event
 loop with SQLite, in one worker-thread hop with PostgreSQL), and the response is serialized once
 (``json_response``). A running job costs one more read: its ``estimated_finish`` comes from the running
-stage's recent progress events (``api/estimate.py``). A job that has waited past a grace on a queue that
-no live worker serves says so in ``waiting`` (``models/presence.py``; the served queues are cached)."""
+stage's recent progress events (``api/services/estimate.py``). A job that has waited past a grace on a queue
+that no live worker serves says so in ``waiting`` (``models/presence.py``; the served queues are cached)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy import Row
 from starlette.responses import Response
 
-from api import crud
+from api.core.responses import json_response
 from api.deps import CurrentOrg, SessionDep, SettingsDep, read_db
-from api.estimate import estimate_finish
-from api.job_create import create_job, dispatch_jobs
 from api.schemas import CheckpointOut, EventOut, JobCreateIn, JobOut, ListOut
-from api.views import checkpoint_out, event_out, job_out, json_response
+from api.services import crud
+from api.services.estimate import estimate_finish
+from api.services.job_create import create_job, dispatch_jobs
+from api.services.views import checkpoint_out, event_out, job_out
 from models import jobs, presence
 from models.jobs import JobStatus, record_event, transition
 from tunegate.errors import Conflict, InvalidRequest

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api.core.metrics import exposition
 from api.deps import AdminKey
-from api.metrics import exposition
 
 router = APIRouter(tags=["operations"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.schemas import ListOut, ModelDeletedOut, ModelOut
+from api.services import crud
 from models.base import unix, utcnow
 from tunegate.errors import NotFound, PermissionDenied
 from tunegate.model_cache import missing_reason

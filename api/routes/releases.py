@@ -20,9 +20,9 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import FileResponse, HTMLResponse
 
-from api import crud
 from api.deps import CurrentOrg, SessionDep, SettingsDep
-from api.moderation import full_report, job_context, job_report
+from api.services import crud
+from api.services.moderation import full_report, job_context, job_report
 from models import audit
 from models.jobs import check_released
 from models.tables import Job

@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from api.deps import CurrentOrg, SessionDep, SettingsDep
-from api.scans import create_scan, records_page, scan_out
 from api.schemas import ListOut, SafetyScanCreateIn, SafetyScanOut, SafetyScanRecordOut
+from api.services.scans import create_scan, records_page, scan_out
 from models import scans
 
 router = APIRouter(prefix="/v1", tags=["safety-scans"])

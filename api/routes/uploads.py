@@ -26,9 +26,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api import crud
+from api.core.multipart import receive_upload, run_check
 from api.deps import CurrentOrg, SessionDep, SettingsDep, current_org_blocking
-from api.file_store import (
+from api.schemas import UploadCompleteIn, UploadCreateIn, UploadOut, UploadPartOut
+from api.services import crud
+from api.services.file_store import (
     checked_lines,
     checked_purpose,
     clean_filename,
@@ -36,10 +38,8 @@ from api.file_store import (
     new_file_row,
     save_file,
 )
-from api.processing import process_file
-from api.schemas import UploadCompleteIn, UploadCreateIn, UploadOut, UploadPartOut
-from api.upload import receive_upload, run_check
-from api.views import file_out, upload_out
+from api.services.processing import process_file
+from api.services.views import file_out, upload_out
 from models.base import new_id, unix, utcnow
 from models.db import new_session, session_scope
 from models.files import drop_parts
@@ -337,8 +337,8 @@ async def complete_upload(
     background: BackgroundTasks,
     authorization: Annotated[str | None, Header()] = None,
 ) -> UploadOut:
-    """Assemble, check and store in a worker thread, a few at once (``api.upload.run_check``): the check reads
-    every byte of the file."""
+    """Assemble, check and store in a worker thread, a few at once (``api.core.multipart.run_check``): the
+    check reads every byte of the file."""
     return await run_check(_complete, upload_id, body, settings, background, authorization)
 
 

@@ -45,7 +45,7 @@ from api.schemas import (
     WebhookRotateSecretIn,
     WebhookTestIn,
 )
-from api.views import delivery_out, webhook_created_out, webhook_out
+from api.services.views import delivery_out, webhook_created_out, webhook_out
 from models import webhooks
 from models.base import unix
 from models.db import new_session

@@ -57,9 +57,9 @@ class Server:
 
 @contextmanager
 def run_server() -> Iterator[str]:
-    from api.auth import AUTH_CACHE
+    from api.core.auth import AUTH_CACHE
+    from api.core.ratelimit import AUTH_FAILURES, IN_FLIGHT, LIMITER
     from api.main import create_app
-    from api.ratelimit import AUTH_FAILURES, IN_FLIGHT, LIMITER
 
     for state in (LIMITER, AUTH_FAILURES, IN_FLIGHT, AUTH_CACHE):
         state.reset()

@@ -17,7 +17,8 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 def test_bad_missing_and_revoked_keys_are_401(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     from tunegate.settings import reset_settings
 
-    monkeypatch.setenv("TUNEGATE_AUTH_CACHE_TTL_S", "0")  # refused at once (tests/api/test_auth.py: the TTL)
+    # refused at once (tests/api/core/test_auth.py: the TTL)
+    monkeypatch.setenv("TUNEGATE_AUTH_CACHE_TTL_S", "0")
     reset_settings()
     with pytest.raises(openai.AuthenticationError) as info:
         sdk(server, "tg-not-a-real-key").files.list()

@@ -286,7 +286,7 @@ def test_logout_ends_the_session_for_every_copy_of_its_cookie(
 def test_failed_logins_are_rate_limited(
     server: Server, console_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.ratelimit import AUTH_FAILURES
+    from api.core.ratelimit import AUTH_FAILURES
     from tunegate.settings import reset_settings
 
     monkeypatch.setenv("TUNEGATE_AUTH_FAILURES_PER_MINUTE", "2")

@@ -5,7 +5,7 @@
 - a multipart body of thousands of empty fields is refused while it is still arriving;
 - more ``metadata[..]`` filters than a job can hold get a 400 naming the cap, not a 503.
 
-The ``/metrics`` label cardinality is tested in ``tests/api/test_metrics.py``.
+The ``/metrics`` label cardinality is tested in ``tests/api/core/test_metrics.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import anyio
 import httpx
 import pytest
 
+from api.core.multipart import MAX_CONCURRENT_CHECKS, MAX_PART_HEADER_BYTES, MAX_PARTS, run_check
 from api.routes.jobs import MAX_METADATA_FILTERS
-from api.upload import MAX_CONCURRENT_CHECKS, MAX_PART_HEADER_BYTES, MAX_PARTS, run_check
 from tests.api.conftest import chat, good_file, new_key
 from tests.api.server import Server, uvicorn_process
 from tests.api.test_body_limits import _send_until_answered
@@ -29,7 +29,8 @@ from tests.api.test_body_limits import _send_until_answered
 # A line that is valid JSON up to an unterminated string of escaped quotes: the regex that stripped strings
 # before the depth check retried at each of its quotes (1 MiB held the GIL for over 2 minutes).
 HOSTILE_HEAD = '{"messages": [{"role": "user", "content": "'
-LINE_LIMIT = 1 << 20  # the test servers' longest line (api.processing.max_line_bytes: 512 tokens -> 1 MiB)
+# the test servers' longest line (api.services.processing.max_line_bytes: 512 tokens -> 1 MiB)
+LINE_LIMIT = 1 << 20
 CHECK_BOUND_S = 1.0  # issue 29: "a 1 MiB hostile line is answered within a second"
 HEALTHZ_BOUND_S = 0.1  # "... and /healthz stays under 100 ms meanwhile"
 # On a loaded test machine (2 cores shared with other suites) a request now and then waits longer for reasons

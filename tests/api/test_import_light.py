@@ -7,7 +7,7 @@ import sys
 
 CHECK = """
 import sys
-import api.main, api.routes.jobs, api.job_create, models, tunegate.queue
+import api.main, api.routes.jobs, api.services.job_create, models, tunegate.queue
 heavy = sorted(m for m in ("torch", "transformers", "peft", "accelerate") if m in sys.modules)
 print(",".join(heavy))
 """

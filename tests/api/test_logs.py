@@ -107,7 +107,7 @@ def test_unhandled_errors_are_logged_with_their_own_request_id(
     failed = sorted(bad for _, bad in pairs)
     lines = _lines(out.getvalue())
     errors = [line for line in lines if "RuntimeError" in line.get("exception", "")]
-    by_us = [line for line in errors if line.get("logger") == "api.errors"]
+    by_us = [line for line in errors if line.get("logger") == "api.core.errors"]
     assert sorted(str(line.get("request_id")) for line in by_us) == failed
     by_uvicorn = [line for line in errors if line.get("logger", "").startswith("uvicorn")]
     assert sorted(str(line.get("request_id")) for line in by_uvicorn) == failed

@@ -88,7 +88,7 @@ def test_released_artifacts_served_from_the_bucket(
     """What the gate does with an object store: the adapter, a checkpoint's adapter and the report are
     published under jobs/<id>/ and the rows hold their keys; the local copies are then gone (another
     machine), and the API serves everything from the bucket."""
-    from api.moderation import report_summary
+    from api.services.moderation import report_summary
     from models.db import session_scope
     from models.tables import Checkpoint, Job
     from tunegate.settings import get_settings

@@ -240,7 +240,7 @@ def test_the_completed_file_honours_expires_after(client: openai.OpenAI) -> None
 
 
 def test_the_startup_sweep_keeps_the_parts_of_open_uploads(client: openai.OpenAI) -> None:
-    from api.recovery import sweep_storage
+    from api.services.recovery import sweep_storage
 
     up = client.uploads.create(bytes=6, filename="s.txt", mime_type="text/plain", purpose="user_data")
     p1 = client.uploads.parts.create(upload_id=up.id, data=b"abc")

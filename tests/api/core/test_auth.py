@@ -1,4 +1,4 @@
-"""The authentication cache (api/auth.py) over HTTP: revocation within the documented TTL, one query per
+"""The authentication cache (api/core/auth.py) over HTTP: revocation within the documented TTL, one query per
 poll request once a key is cached, and tenancy with cached keys."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,9 +15,7 @@ import pytest
 from sqlalchemy import Engine, event
 
 from tests.api.conftest import new_key, processed_file, sdk
-from tests.api.server import Server
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.api.server import REPO, Server
 
 
 def _set_ttl(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

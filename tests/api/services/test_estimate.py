@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.estimate import estimate_finish
+from api.services.estimate import estimate_finish
 
 
 def test_the_rest_goes_at_the_measured_rate() -> None:

@@ -7,7 +7,7 @@ job ends. ``sweep_storage`` removes both kinds once older than ``Settings.storag
 
 ``maintain`` runs in the background of every API process (embedded and distributed alike: the ``.part``
 files are on the API's own disk, also with an object store): it processes every file an earlier process
-left ``uploaded`` (``api.processing.process_pending``, fair across organizations), then removes stale
+left ``uploaded`` (``api.services.processing.process_pending``, fair across organizations), then removes stale
 ``.part`` files every ``Settings.storage_sweep_interval_s`` (issue 29: a SIGKILL mid-upload left one until
 the next start).
 """
@@ -22,8 +22,8 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from api import crud
-from api.processing import process_pending
+from api.services import crud
+from api.services.processing import process_pending
 from models.db import session_scope
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import TMP_DIR, SweepReport, get_storage, sweep_parts

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from api.errors import error_response
+from api.core.errors import error_response
 from api.main import create_app
 from tunegate.errors import InvalidRequest, QuotaExceeded, RateLimited
 

@@ -34,10 +34,11 @@ MAX_OTHER_FIELDS_BYTES = 64 * 1024
 # room to spare; an OpenAI client sends at most four.
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 16 * 1024  # the header lines of one part (Content-Disposition, Content-Type ...)
-# The checks that read every byte of an uploaded file (``api.file_store.checked_lines``) run in a worker
-# thread, never on the event loop, and at most this many at once in one API process: they wait on a limiter of
-# their own, so uploads being checked never take all of the thread pool that the other synchronous routes
-# (``/healthz`` among them) run in. Checks are CPU-bound under the GIL: more at once would not go faster.
+# The checks that read every byte of an uploaded file (``api.services.file_store.checked_lines``) run in a
+# worker thread, never on the event loop, and at most this many at once in one API process: they wait on a
+# limiter of their own, so uploads being checked never take all of the thread pool that the other
+# synchronous routes (``/healthz`` among them) run in. Checks are CPU-bound under the GIL: more at once would
+# not go faster.
 MAX_CONCURRENT_CHECKS = 4
 _CHECKS: RunVar[CapacityLimiter] = RunVar("tunegate_file_checks")  # one limiter per event loop
 

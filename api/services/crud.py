@@ -76,7 +76,8 @@ def _labelled(entity: type[Any], names: tuple[str, ...]) -> list[Label[Any]]:
     return [getattr(entity, name).label(name) for name in names]
 
 
-# What api.views.job_out / event_out read, and no more (the worker's bookkeeping columns stay unread).
+# What api.services.views.job_out / event_out read, and no more (the worker's bookkeeping columns stay
+# unread).
 JOB_FIELDS = (
     "id", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "org_id",
     "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "metadata_",

@@ -1,4 +1,7 @@
-"""The authentication cache: a key's organization, remembered for ``Settings.auth_cache_ttl_s`` seconds.
+"""API-key authentication: the ``Authorization: Bearer <key>`` header (``bearer_key``) and the
+authentication cache, a key's organization remembered for ``Settings.auth_cache_ttl_s`` seconds. (The
+dependencies that use them, ``current_org`` and ``current_admin``, are ``api/deps.py``'s; the console's
+sessions are ``api/core/console_auth.py``'s.)
 
 Every /v1 request authenticates; without the cache that is a database query before the route's own (the
 poll path's cost doubled). Entries are keyed by the key's sha256 (the key itself is never kept) and expire
@@ -20,9 +23,22 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from api.ratelimit import MAX_TRACKED
+from api.core.ratelimit import MAX_TRACKED
 from models.keys import authenticate, hash_key
 from models.tables import Organization
+from tunegate.errors import AuthenticationFailed
+
+
+def bearer_key(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; ``AuthenticationFailed`` naming what is wrong."""
+    if not authorization:
+        raise AuthenticationFailed(
+            "You didn't provide an API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+        )
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
+    return key.strip()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from typing import Literal
 from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
-from api.crud import get_file
 from api.schemas import (
     SafetyScanCreateIn,
     SafetyScanErrorOut,
@@ -22,6 +21,7 @@ from api.schemas import (
     SafetyScanRecordOut,
     SafetyScanVerdictOut,
 )
+from api.services.crud import get_file
 from models import scans
 from models.base import unix
 from models.policy import org_policy
@@ -56,7 +56,7 @@ def _scannable_file(session: Session, org: Organization, file_id: str) -> File:
 
 
 def _check_model(model: str, settings: Settings) -> None:
-    """The checks a job's model passes (``api/job_create.py``): offered here, and prepared."""
+    """The checks a job's model passes (``api/services/job_create.py``): offered here, and prepared."""
     if model not in settings.models:
         known = ", ".join(sorted(settings.models))
         raise Unprocessable(

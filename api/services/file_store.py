@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api import crud
-from api.processing import check_upload
 from api.schemas import UPLOAD_PURPOSES
+from api.services import crud
+from api.services.processing import check_upload
 from models.policy import storage_quota
 from models.tables import File
 from tunegate.errors import InvalidFile, InvalidRequest, QuotaExceeded

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Row
-from starlette.responses import Response
 
 from api.schemas import (
     CheckpointMetricsOut,
@@ -167,9 +165,3 @@ def delivery_out(row: WebhookDelivery, event: WebhookEvent) -> WebhookDeliveryOu
         delivered_at=unix(row.delivered_at),
         next_attempt_at=unix(row.next_attempt_at) if row.status == "pending" else None,
     )
-
-
-def json_response(body: BaseModel) -> Response:
-    """``body`` as JSON, serialized once by pydantic. A route that declares ``response_model`` and returns
-    this skips FastAPI's second validation of the object it just built (the poll routes)."""
-    return Response(body.model_dump_json(), media_type="application/json")

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from api.processing import process_pending, scan, stuck_files
-from api.tokens import counter_for
+from api.services.processing import process_pending, scan, stuck_files
+from api.services.tokens import counter_for
 from models.db import session_scope
 from models.tables import File, Organization
 from tests.api.conftest import chat, jsonl
@@ -130,7 +130,7 @@ def test_resume_marks_a_missing_object_error_and_processes_every_later_file(
 
 
 def test_overlong_line_is_refused_before_buffering(tmp_path: Path) -> None:
-    from api.processing import check_upload, max_line_bytes
+    from api.services.processing import check_upload, max_line_bytes
     from tunegate.errors import InvalidFile
     from tunegate.storage import LocalStorage
 

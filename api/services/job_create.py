@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from api.crud import get_file, lock_org
 from api.schemas import HyperparametersIn, JobCreateIn
+from api.services.crud import get_file, lock_org
 from models.dispatch import dispatch
 from models.jobs import TERMINAL, JobStatus, record_event
 from models.policy import max_active_jobs, org_policy, tighten

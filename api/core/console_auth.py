@@ -1,4 +1,5 @@
-"""The moderator console's authentication: its login form's CSRF nonce, server-side sessions, CSRF tokens.
+"""The moderator console's authentication: its login form's CSRF nonce, the login (with the API's guard
+against guessing), server-side sessions and their cookies, CSRF tokens, logout.
 
 - Cookies are signed with ``itsdangerous`` (``URLSafeTimedSerializer``, one salt per cookie kind) under
   ``tunegate.signing.console_secret``; a token older than its max age or signed otherwise is refused.
@@ -7,6 +8,12 @@
   re-reads the row and the key, so logout (the row deleted) and revoking the key both end the session at once,
   for every copy of the cookie.
 - Every POST echoes the session's CSRF token (the login form its own nonce, from a short-lived cookie).
+- A login is refused (429) while the client address's failed authentications are over
+  ``Settings.auth_failures_per_minute`` (the window of ``api.core.ratelimit.AUTH_FAILURES``, shared with the
+  API's abuse guard), and a wrong key counts as one.
+
+The console's pages ask ``current_staff`` (a page without a session redirects to the login form,
+``to_login``); its actions ask ``acting_staff`` (no session or no matching CSRF token: 403).
 """
 
 from __future__ import annotations
@@ -17,15 +24,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from itsdangerous import BadData, URLSafeTimedSerializer
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from api.core.ratelimit import AUTH_FAILURES, retry_after
+from api.core.responses import console_redirect
 from models.base import utcnow
-from models.keys import ROLE_ADMIN, Admin
+from models.keys import ROLE_ADMIN, Admin, authenticate_admin
 from models.tables import ApiKey, ConsoleSession
-from tunegate.errors import PermissionDenied
+from tunegate.errors import PermissionDenied, RateLimited, TunegateError
 from tunegate.settings import Settings
 from tunegate.signing import console_secret
 
@@ -33,6 +42,7 @@ COOKIE = "tg_console"
 LOGIN_COOKIE = "tg_console_login"  # the login form's own CSRF token (a signed nonce)
 LOGIN_MAX_AGE_S = 3600
 PATH = "/console"
+LOGIN_PATH = f"{PATH}/login"
 _SESSION_SALT = "tunegate.console.session"
 _LOGIN_SALT = "tunegate.console.login"
 
@@ -79,7 +89,21 @@ def set_cookie(response: Response, request: Request, name: str, value: str, max_
     )
 
 
+def to_login() -> RedirectResponse:
+    """Where a console page sends a caller without a live session."""
+    return console_redirect(LOGIN_PATH)
+
+
+def _csrf_failed() -> PermissionDenied:
+    return PermissionDenied("The form's CSRF token does not match this session.", code="csrf_failed")
+
+
 # --- the login form ----------------------------------------------------------------------------------------
+
+
+def new_login_nonce() -> str:
+    """A fresh CSRF token for the login form (``issue_login_nonce`` sends it as a cookie too)."""
+    return secrets.token_urlsafe(24)
 
 
 def issue_login_nonce(request: Request, response: Response, settings: Settings, nonce: str) -> None:
@@ -92,6 +116,26 @@ def login_nonce_matches(request: Request, settings: Settings, csrf: str) -> bool
     """The posted form's token is the one its cookie carries (and the cookie is ours and fresh)."""
     nonce = _unsign(settings, _LOGIN_SALT, request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE_S)
     return nonce is not None and secrets.compare_digest(_bytes(nonce), _bytes(csrf))
+
+
+def log_in(request: Request, session: Session, settings: Settings, key: str, csrf: str) -> Admin:
+    """The admin whose key the login form posted. Refused, in this order: a form whose token is not its
+    cookie's (403, the form expired), an address over its failed authentications (429, before the key is
+    looked at), a wrong key (401, counted as a failure of the address) or an organization's key (403)."""
+    if not login_nonce_matches(request, settings, csrf):
+        raise PermissionDenied("The login form expired; please try again.", code="csrf_failed")
+    client = request.client.host if request.client else "unknown"
+    wait = AUTH_FAILURES.wait(client, settings.auth_failures_per_minute)
+    if wait:
+        raise RateLimited(
+            "Too many failed logins from your address; retry later.", retry_after=retry_after(wait)
+        )
+    try:
+        return authenticate_admin(session, key.strip())
+    except TunegateError as exc:
+        if exc.status_code == 401:
+            AUTH_FAILURES.take(client, settings.auth_failures_per_minute)
+        raise
 
 
 # --- sessions ----------------------------------------------------------------------------------------------
@@ -150,13 +194,19 @@ def acting_staff(request: Request, session: Session, settings: Settings, csrf: s
             "Your console session has expired: log in again.", code="console_login_required"
         )
     if not csrf_matches(staff, csrf):
-        raise PermissionDenied("The form's CSRF token does not match this session.", code="csrf_failed")
+        raise _csrf_failed()
     return staff
 
 
-def end_session(request: Request, session: Session, settings: Settings, response: Response) -> None:
-    """Delete the session's row (the caller commits): its cookie, and every copy of it, opens nothing
-    more. The cookie is cleared too."""
+def end_session(
+    request: Request, session: Session, settings: Settings, response: Response, csrf: str
+) -> None:
+    """Logout: delete the session's row (the caller commits): its cookie, and every copy of it, opens nothing
+    more. The cookie is cleared too. A live session's CSRF token is required (else ``PermissionDenied``); an
+    expired session is simply cleared."""
+    staff = current_staff(request, session, settings)
+    if staff is not None and not csrf_matches(staff, csrf):
+        raise _csrf_failed()
     row = _session_row(request, session, settings)
     if row is not None:
         session.delete(row)

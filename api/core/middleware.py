@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
-from api.ratelimit import AUTH_FAILURES, IN_FLIGHT, key_digest, retry_after
+from api.core.errors import error_response
+from api.core.ratelimit import AUTH_FAILURES, IN_FLIGHT, key_digest, retry_after
 from tunegate.logs import request_scope
 from tunegate.settings import get_settings
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import UNMATCHED, StateCollector
+from api.core.metrics import UNMATCHED, StateCollector
 from models.db import session_scope
 from models.jobs import JobStatus, transition
 from models.keys import create_admin_key

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from sqlalchemy import select
 
-from api.tokens import TokenCounter, counter_for
+from api.services.tokens import TokenCounter, counter_for
 from models.base import utcnow
 from models.db import session_scope
 from models.tables import File
