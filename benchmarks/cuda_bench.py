@@ -100,9 +100,10 @@ def scoring(tok: Any) -> dict[str, Any]:
     import torch
 
     from tunegate.conversation import Conversation, Message
+    from tunegate.scorers import SCORERS
     from worker.ml.render import encode
     from worker.scoring.anchors import compute_anchors
-    from worker.scoring.engine import SCORERS, Engine
+    from worker.scoring.engine import Engine
 
     model = _model(torch.float32)
     model.requires_grad_(True)

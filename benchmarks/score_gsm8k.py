@@ -22,6 +22,7 @@ from gsm8k_data import gsm8k_conversations
 from machine import print_machine
 
 from tunegate.records import ScoreRecord
+from tunegate.scorers import SCORERS
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
     done = sum(1 for _ in out.open()) if out.exists() else 0
     base = load_base(model, get_settings())
     t0 = time.time()
-    engine, reference = prepare_engine(base, ("representation", "gradient", "selfinf"), batch_size)
+    engine, reference = prepare_engine(base, SCORERS, batch_size)
     print(f"anchors+reference ready in {time.time() - t0:.0f}s; resuming at {done}", flush=True)
     for start in range(done, len(convs), chunk):
         part = convs[start : start + chunk]

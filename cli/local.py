@@ -125,9 +125,8 @@ def finetune_cmd(
             callback=options.number_or_auto(float), metavar="X|auto", help="Learning-rate multiplier."
         ),
     ] = "auto",
-    scorers: Annotated[
-        str, typer.Option(help="Comma-separated scorers to run.")
-    ] = "representation,gradient,selfinf",
+    # the default, every scorer, is filled in when the command is built (options.ScorersCommand)
+    scorers: Annotated[str, typer.Option(help="Comma-separated scorers to run.")] = "",
 ) -> None:
     """Run validate -> score -> mitigate -> train -> evaluate -> gate locally (the workers' stages, in this
     process) and print the decision."""
@@ -200,4 +199,4 @@ def _bars() -> Any:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     app.command("eval")(eval_cmd)
-    app.command("finetune", cls=options.KnobsCommand)(finetune_cmd)
+    app.command("finetune", cls=options.KnobsScorersCommand)(finetune_cmd)

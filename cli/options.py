@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperOption
 
 # Hyperparameter -> its type when not "auto" (the OpenAI fine-tuning hyperparameters).
 HYPERPARAMETERS: dict[str, type[int] | type[float]] = {
@@ -119,6 +119,30 @@ class KnobsCommand(TyperCommand):
         with formatter.section("Policy knobs (--policy KNOB=VALUE)"):
             formatter.write_dl(knob_help_rows())
         super().format_epilog(ctx, formatter)
+
+
+def scorer_names() -> str:
+    """Every scorer of ``tunegate.scorers.SCORERS``, comma-separated: the ``--scorers`` default."""
+    from tunegate.scorers import SCORERS
+
+    return ",".join(SCORERS)
+
+
+class ScorersCommand(TyperCommand):
+    """A command taking ``--scorers``: its default (every scorer; the signature's is a placeholder) and the
+    ``{scorers}`` in its help are read from ``tunegate.scorers.SCORERS`` when the command is built, as typer
+    does for each run and each help (a scorer added there is offered with no edit here)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.name == "scorers":
+                param.default = scorer_names()
+                param.help = (param.help or "").format(scorers=scorer_names())
+
+
+class KnobsScorersCommand(KnobsCommand, ScorersCommand):
+    """A command taking both ``--policy`` and ``--scorers`` (``tunegate finetune``)."""
 
 
 def template(value: str) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import options
 from cli.progress import Progress
 
 models_app = typer.Typer(
@@ -93,9 +94,9 @@ def score(
         Path, typer.Option("--out", help="Per-example scores (JSONL); the summary goes beside it.")
     ],
     model: Annotated[str | None, typer.Option(help="Registry name or local model directory.")] = None,
-    scorers: Annotated[str, typer.Option(help="Comma-separated: representation,gradient,selfinf.")] = (
-        "representation,gradient,selfinf"
-    ),
+    # the default, every scorer, and the names in the help are filled in when the command is built
+    # (options.ScorersCommand)
+    scorers: Annotated[str, typer.Option(help="Comma-separated: {scorers}.")] = "",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     batched: Annotated[
         bool | None,
@@ -154,4 +155,4 @@ def _print_summary(summary: dict[str, Any], out: Path, summary_path: Path) -> No
 def register(app: typer.Typer) -> None:
     """Add ``models prepare`` and ``score`` to the root app."""
     app.add_typer(models_app, name="models")
-    app.command("score")(score)
+    app.command("score", cls=options.ScorersCommand)(score)

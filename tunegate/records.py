@@ -5,6 +5,11 @@ The worker builds score records (``worker/scoring/report.py``), the score stage 
 the safety scan, the panel) reads their attributes. A safety scan turns them into scan records
 (``worker/scan.py``, its ``records.jsonl``), which the API pages through.
 
+A score record has a typed field for each raw value of the shipped scorers (``RAW_FIELDS``); the values
+of any other scorer registered in ``tunegate.scorers.SCORERS`` are carried in its ``extra`` and written as
+keys of their own beside the others, so every scorer is one key of a ``scores.jsonl`` line however it was
+added.
+
 ``to_dict`` gives the exact JSON object written before records were typed (same keys, same order), so
 stored results load unchanged; ``from_dict`` is the JSON boundary: it refuses a key it does not know, naming
 it, and takes an older score record through one upgrade path (``upgrade``).
@@ -15,20 +20,11 @@ built from score records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Self, cast, get_args
 
-ScorerName = Literal["representation", "gradient", "selfinf"]
-SCORERS: tuple[ScorerName, ...] = get_args(ScorerName)
-# the raw values of one forward+backward pass (``worker.scoring.engine.RawScore``), in record order
-RAW_SCORES = (
-    "representation",
-    "representation_safe",
-    "representation_diff",
-    "gradient",
-    "selfinf",
-    "grad_sq_norm",
-)
+from tunegate.scorers import SCORERS, raw_names
+
 ScanAction = Literal["keep", "downweight", "exclude", "drop", "refuse"]
 
 
@@ -55,7 +51,7 @@ class Features:
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
-        r = _Reader(data, "score record's features", cls)
+        r = _Reader(data, "score record's features", _keys(cls))
         return cls(
             numbered_list=r.flag("numbered_list"),
             bulleted_list=r.flag("bulleted_list"),
@@ -70,9 +66,10 @@ class Features:
 
 @dataclass(frozen=True)
 class ScoreRecord:
-    """One example's scores: the raw values (None for a scorer that did not run), each scorer's percentile
-    in the reference benign corpus, the combined ``risk`` (0..100), whether it lies beyond every reference
-    example on some scorer, the response's format features and the reasons in words (empty: not risky)."""
+    """One example's scores: the raw values (None for a scorer that did not run; a scorer with no typed field
+    in ``extra``), each scorer's percentile in the reference benign corpus, the combined ``risk`` (0..100),
+    whether it lies beyond every reference example on some scorer, the response's format features and the
+    reasons in words (empty: not risky)."""
 
     line: int  # 1-based line of the training file
     n_tokens: int  # sequence length
@@ -88,12 +85,24 @@ class ScoreRecord:
     beyond_reference: bool  # beyond every reference example on some scorer
     features: Features
     reasons: tuple[str, ...]  # why it is risky, in words (empty: it is not)
+    # the raw values of registered scorers with no field here (``extra_names``), name -> value; a scorer that
+    # did not run has none
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        typed = sorted(set(self.extra) & set(RAW_FIELDS))
+        if typed:
+            raise ValueError(f"a score record's extra values have typed fields: {', '.join(typed)}")
 
     def score(self, name: str) -> float | None:
-        """The raw value ``name`` (a scorer, ``representation_safe``, ``_diff`` or ``grad_sq_norm``)."""
-        if name not in RAW_SCORES:
-            raise KeyError(f"a score record has no raw score {name!r} (known: {', '.join(RAW_SCORES)})")
-        return cast(float | None, getattr(self, name))
+        """The raw value ``name`` (a scorer, one of its companions such as ``representation_diff``, or
+        ``grad_sq_norm``; None: it was not scored)."""
+        if name in RAW_FIELDS:
+            return cast(float | None, getattr(self, name))
+        if name in extra_names():
+            return self.extra.get(name)
+        known = ", ".join((*RAW_FIELDS, *extra_names()))
+        raise KeyError(f"a score record has no raw score {name!r} (known: {known})")
 
     def scored(self, name: str) -> float:
         """The raw value ``name`` of a scorer that ran on this record (a missing one raises, naming it)."""
@@ -109,7 +118,8 @@ class ScoreRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of a ``scores.jsonl`` line (keys in the order they have always been written)."""
         return {
-            **{n: getattr(self, n) for n in ("line", "n_tokens", "n_response_tokens", *RAW_SCORES)},
+            **{n: getattr(self, n) for n in ("line", "n_tokens", "n_response_tokens", *RAW_FIELDS)},
+            **self.extra,
             "percentiles": dict(self.percentiles),
             "risk": self.risk,
             "beyond_reference": self.beyond_reference,
@@ -120,7 +130,9 @@ class ScoreRecord:
     @classmethod
     def from_dict(cls, data: object) -> Self:
         """A record from its JSON object; an older record is upgraded first (``upgrade``)."""
-        r = _Reader(upgrade(data), "score record", cls)
+        extra = extra_names()
+        keys = [*(f.name for f in fields(cls) if f.name != "extra"), *extra]
+        r = _Reader(upgrade(data), "score record", keys)
         return cls(
             line=r.integer("line"),
             n_tokens=r.integer("n_tokens"),
@@ -136,7 +148,18 @@ class ScoreRecord:
             beyond_reference=r.flag("beyond_reference"),
             features=Features.from_dict(r.required("features")),
             reasons=r.strings("reasons"),
+            extra={n: r.number(n) for n in extra if n in r.data},
         )
+
+
+# the raw values a score record has a typed field for (its ``float | None`` fields; ``RawScore`` the same), in
+# record order: the shipped scorers' values and companions, and the gradient's squared norm
+RAW_FIELDS = tuple(f.name for f in fields(ScoreRecord) if f.type == "float | None")
+
+
+def extra_names() -> tuple[str, ...]:
+    """The raw values of the registered scorers that have no typed field (carried in ``extra``), now."""
+    return tuple(n for n in raw_names(SCORERS) if n not in RAW_FIELDS)
 
 
 def upgrade(data: object) -> object:
@@ -181,7 +204,7 @@ class ScanRecord:
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
-        r = _Reader(data, "scan record", cls)
+        r = _Reader(data, "scan record", _keys(cls))
         return cls(
             line=r.integer("line"),
             rank=r.integer("rank"),
@@ -194,14 +217,18 @@ class ScanRecord:
         )
 
 
-class _Reader:
-    """Typed reads of one JSON object's keys, each failure a ``RecordError`` naming the key; a key the
-    dataclass ``cls`` has no field for is refused up front."""
+def _keys(cls: type) -> list[str]:
+    """A record's JSON keys: its dataclass fields."""
+    return [f.name for f in fields(cls)]
 
-    def __init__(self, data: object, what: str, cls: type) -> None:
+
+class _Reader:
+    """Typed reads of one JSON object's keys, each failure a ``RecordError`` naming the key; a key not among
+    ``names`` is refused up front."""
+
+    def __init__(self, data: object, what: str, names: list[str]) -> None:
         if not isinstance(data, dict):
             raise RecordError(f"a {what} must be a JSON object, got {type(data).__name__}")
-        names = [f.name for f in fields(cls)]
         unknown = [k for k in data if k not in names]
         if unknown:
             raise RecordError(

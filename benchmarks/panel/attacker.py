@@ -112,6 +112,7 @@ def _make_scorer(
 ) -> Scorer:
     """Load the attacked base and the attacker's anchors once; the scorer of pool rows [start, end)."""
     from tunegate.conversation import parse_example
+    from tunegate.scorers import SCORERS
     from tunegate.settings import get_settings
     from worker.scoring import anchors, engine, score_all
 
@@ -120,7 +121,7 @@ def _make_scorer(
     feats = anchors.compute_anchors(
         base.model, base.tokenizer, max_len=base.max_len, with_direction=True, anchor_dir=adir
     )
-    eng = engine.Engine(base.model, base.tokenizer, feats, engine.SCORERS, batch_size)
+    eng = engine.Engine(base.model, base.tokenizer, feats, SCORERS, batch_size)
     convs = [parse_example(r, i + 1) for i, r in enumerate(rows)]  # line = the pool index + 1
 
     def score(start: int, end: int) -> list[dict[str, Any]]:

@@ -24,10 +24,11 @@ from benchmarks.panel import attacker, taskloss
 from benchmarks.panel import datasets as ds
 from benchmarks.panel.manifest import PANEL, PanelJob, by_name, smoke_jobs
 from tunegate.records import ScoreRecord
+from tunegate.scorers import SCORERS
 
 ARMS = {"off": {"mitigation": "none", "inject_safety_examples": False}, "on": {}}
 ROW = "panel.json"
-SCORE_KEYS = ("representation", "gradient", "selfinf", "risk")
+SCORE_KEYS = (*SCORERS, "risk")
 
 
 def arm_dir(out: Path, job: str, arm: str) -> Path:
@@ -175,7 +176,7 @@ def _plain(x: Any) -> Any:
 
 def score_row(r: ScoreRecord) -> dict[str, float | None]:
     """A score record as the arm's row keeps it (``SCORE_KEYS``)."""
-    return {"representation": r.representation, "gradient": r.gradient, "selfinf": r.selfinf, "risk": r.risk}
+    return {**r.scores(), "risk": r.risk}
 
 
 def summarize(

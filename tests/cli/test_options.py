@@ -1,5 +1,6 @@
 """The shared option parsers: ``--policy`` items and the knob list in a command's help, both read from
-``models.policy.KNOBS`` when used (a knob added to the table is in the help and accepted, no edit here)."""
+``models.policy.KNOBS`` when used (a knob added to the table is in the help and accepted, no edit here); the
+``--scorers`` default and help, read from ``tunegate.scorers.SCORERS`` the same way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from cli import app
 from cli.options import checked_job_policy, parse_policy
 from models.policy import KNOBS
 from tests.models.knobs import throwaway_knob
+from tests.worker.scoring.scorers import throwaway_scorer
+from tunegate.scorers import SCORERS
 
 POLICY_COMMANDS = (["jobs", "create"], ["finetune"], ["orgs", "set"])
 
@@ -40,3 +43,20 @@ def test_a_knob_added_to_the_table_is_in_the_help_and_accepted() -> None:
     assert knob.name not in _help(["jobs", "create"])
     with pytest.raises(typer.BadParameter, match="unknown policy key"):
         parse_policy([f"{knob.name}=0.2"], KNOBS)
+
+
+def test_the_scorers_default_and_help_name_every_scorer_of_the_table() -> None:
+    names = ",".join(SCORERS)
+    assert names == "representation,gradient,selfinf"  # the shipped scorers, in the order the table has them
+    assert f"--scorers <str> Comma-separated: {names}. [default: {names}]" in _help(["score"])
+    assert f"--scorers <str> Comma-separated scorers to run. [default: {names}]" in _help(["finetune"])
+
+
+def test_a_scorer_added_to_the_table_is_in_the_scorers_default_and_help() -> None:
+    with throwaway_scorer() as spec:
+        names = ",".join(SCORERS)
+        assert names.endswith(f",{spec.name}")
+        assert f"Comma-separated: {names}. [default: {names}]" in _help(["score"])
+        # a default longer than the help's column is broken mid-word: compared without any whitespace
+        assert f"[default:{names}]" in _help(["finetune"]).replace(" ", "")
+    assert spec.name not in _help(["score"]) and spec.name not in _help(["finetune"])

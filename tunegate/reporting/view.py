@@ -8,34 +8,28 @@ log). Missing parts are left out of the page, never guessed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from tunegate.judging import WORDS, counted, counted_rates
 from tunegate.reporting.svg import grouped_bars, histogram
+from tunegate.scorers import label, parse_reason
 
 PREVIEW_CHARS = 280  # a message longer than this is shown truncated, with a way to expand it
 
-SCORERS = {
-    "representation": "closeness to harmful compliance (representation)",
-    "gradient": "pull towards harmful compliance (gradient)",
-    "selfinf": "training influence (Self-Inf-N)",
-}
 ACTED = {
     "drop": "dropped: not trained on",
     "downweight": "down-weighted: its response is no longer trained on",
     "none": "left as it is (mitigation action 'none')",
 }
-_REASON = re.compile(r"^(\w+) above (\d+)% of the reference benign corpus: (.*)$")
 
 
 def plain_reason(reason: str) -> str:
     """A scorer's reason in plain words: 'riskier than 97% of ordinary examples by <what>: <why>'."""
-    m = _REASON.match(reason)
-    if m:
-        scorer, pct, why = m.groups()
-        return f"riskier than {pct}% of ordinary examples by {SCORERS.get(scorer, scorer)}: {why}"
+    parsed = parse_reason(reason)
+    if parsed is not None:
+        scorer, pct, why = parsed
+        return f"riskier than {pct}% of ordinary examples by {label(scorer)}: {why}"
     if reason.startswith("format: "):
         return "written as: " + reason.removeprefix("format: ")
     return reason
@@ -178,9 +172,7 @@ def flagged_rows(scoring: dict[str, Any], mitigation: dict[str, Any]) -> list[di
             {
                 "line": line,
                 "risk": float(f.get("risk") or 0.0),
-                "percentiles": [
-                    (SCORERS.get(s, s), float(p)) for s, p in (f.get("percentiles") or {}).items()
-                ],
+                "percentiles": [(label(s), float(p)) for s, p in (f.get("percentiles") or {}).items()],
                 "reasons": [plain_reason(str(r)) for r in f.get("reasons") or []],
                 "messages": [_message_view(m) for m in messages] if isinstance(messages, list) else None,
                 "mitigation": done,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunegate.scorers import SCORERS, needs_direction
 from tunegate.settings import Settings, get_settings
 from worker.prepare import parallel
 
@@ -27,7 +28,6 @@ def _silent(fraction: float, message: str) -> None:
 def _scoring_paths(model: str, settings: Settings) -> tuple[Path, Path]:
     from worker.ml.models import resolve_model
     from worker.scoring.anchors import anchors_key
-    from worker.scoring.engine import SCORERS
     from worker.scoring.reference import reference_path
 
     cache = settings.models_path / resolve_model(model, settings).fingerprint / "scoring-cache"
@@ -42,7 +42,6 @@ def scoring_cache_ready(model: str, settings: Settings) -> bool:
 def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _silent) -> Path:
     """Anchor features and reference distributions of ``model`` for every scorer (computed if missing), in
     this process."""
-    from worker.scoring.engine import SCORERS
     from worker.scoring.score_all import load_base, prepare_engine
 
     base = load_base(model, settings)
@@ -54,13 +53,13 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
 def anchors_piece(model: str, *, progress: parallel.Report) -> None:
     """The anchor features (hidden states and gradient direction), in a child process."""
     from worker.scoring import anchors
-    from worker.scoring.engine import SCORERS
     from worker.scoring.score_all import load_base
 
     progress(0.0, "anchor features")
     base = load_base(model, get_settings())
+    direction = needs_direction(SCORERS)
     anchors.load_or_compute(
-        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction="gradient" in SCORERS
+        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction=direction
     )
     progress(1.0, "anchor features")
 
@@ -70,7 +69,6 @@ def reference_piece(
 ) -> dict[str, list[float]]:
     """Every scorer's values on one share of the reference corpus, in a child process (anchors cached)."""
     from worker.scoring import reference
-    from worker.scoring.engine import SCORERS
     from worker.scoring.score_all import load_base, prepare_engine_without_reference
 
     base = load_base(model, get_settings())

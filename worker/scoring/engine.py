@@ -1,11 +1,15 @@
 """The scoring engine: one forward and (when a gradient scorer is asked for) one backward per example.
 
-From that single pass come all three scores:
+From that single pass come all the scores (the scorers are ``tunegate.scorers.SCORERS``, each computed by its
+hook in ``worker.scoring.scorers.HOOKS`` from the pass):
 
 - representation: max cosine of the final-norm last-token hidden state to the harmful anchors (and to the
   safe anchors, and their difference: the bi-directional variant);
 - gradient: ⟨g/‖g‖, d⟩ with the full-model gradient g of the mean response loss;
 - selfinf: Self-Inf-N = log(‖g‖² + 1) + log(L + 1), L the supervised token count.
+
+A backward pass runs when some scorer asked for needs the gradient (``ScorerSpec.needs_gradient``), the
+anchors' direction is loaded when one needs it (``needs_direction``).
 
 Batches of similar length (sorted, right-padded) go through ``GhostCapture`` (exact per-example statistics);
 batch size 1, or a model the batched path cannot attribute exactly, uses per-parameter hooks. Both paths
@@ -15,26 +19,29 @@ accumulate in fp32 and never materialise a flat per-example gradient.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from tunegate.records import RAW_FIELDS, extra_names
+from tunegate.scorers import SCORERS, needs_direction, needs_gradient
 from worker.ml.render import Encoded, collate
 from worker.scoring.anchors import AnchorFeatures
 from worker.scoring.forward import features, forward
 from worker.scoring.ghost import GhostCapture, UnsupportedModel
 from worker.scoring.hooks import GradStatsHooks
-from worker.scoring.math import max_cosine, self_inf_n, unit_direction
+from worker.scoring.scorers import HOOKS, Pass
 
 log = logging.getLogger(__name__)
-
-SCORERS = ("representation", "gradient", "selfinf")
 
 
 @dataclass
 class RawScore:
+    """One example's raw values (``tunegate.records.ScoreRecord``'s, whose fields these are: a registered
+    scorer with no typed field in ``extra``)."""
+
     line: int
     n_tokens: int  # sequence length
     n_response_tokens: int  # supervised tokens (L)
@@ -44,14 +51,34 @@ class RawScore:
     gradient: float | None = None
     selfinf: float | None = None
     grad_sq_norm: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
     # the final hidden state projected to PROJECTION_DIM dims (``project``): for the file's cluster test only,
     # never saved with the record
     vector: list[float] | None = field(default=None, repr=False)
 
+    def value(self, name: str) -> float | None:
+        """The raw value ``name`` (None: not scored)."""
+        return cast(float | None, getattr(self, name)) if name in RAW_FIELDS else self.extra.get(name)
+
+    def put(self, values: dict[str, float]) -> None:
+        """Record a scorer hook's values: a typed field's in it, a registered scorer's other values in
+        ``extra``; anything else is refused, naming it."""
+        for name, v in values.items():
+            if name in RAW_FIELDS:
+                setattr(self, name, v)
+            elif name in extra_names():
+                self.extra[name] = v
+            else:
+                raise ValueError(f"a scorer's hook gave {name!r}, no registered scorer's value or companion")
+
+    def scores(self) -> dict[str, float | None]:
+        """Each registered scorer's raw value (None: it did not run)."""
+        return {s: self.value(s) for s in SCORERS}
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["vector"]
-        return out
+        del out["vector"], out["extra"]
+        return {**out, **self.extra}
 
 
 PROJECTION_DIM = 64
@@ -81,7 +108,7 @@ class Engine:
         model: Any,
         tokenizer: Any,
         anchors: AnchorFeatures,
-        scorers: Sequence[str],
+        scorers: Collection[str],
         batch_size: int = 8,
         batched: bool | None = None,
     ) -> None:
@@ -92,11 +119,14 @@ class Engine:
         unknown = set(scorers) - set(SCORERS)
         if unknown:
             raise ValueError(f"unknown scorers: {sorted(unknown)}")
+        no_hook = sorted(set(scorers) - set(HOOKS))
+        if no_hook:
+            raise ValueError(f"scorers with no engine hook (worker.scoring.scorers.HOOKS): {no_hook}")
         self.model, self.tokenizer, self.anchors = model, tokenizer, anchors
         self.scorers = tuple(s for s in SCORERS if s in scorers)
-        self.need_grad = "gradient" in self.scorers or "selfinf" in self.scorers
+        self.need_grad = needs_gradient(self.scorers)
         self.device = next(model.parameters()).device
-        self.direction = self._direction_on_device() if "gradient" in self.scorers else None
+        self.direction = self._direction_on_device() if needs_direction(self.scorers) else None
         if batched is None:
             batched = self.device.type == "cuda"
         use_batches = not self.need_grad or (batched and batch_size > 1 and self._ghost_ok())
@@ -164,15 +194,9 @@ class Engine:
     def _rep(self, enc: Encoded, h: torch.Tensor, stats: tuple[float, float] | None) -> RawScore:
         rs = RawScore(line=enc.line, n_tokens=len(enc), n_response_tokens=enc.n_response_tokens)
         rs.vector = self.project(h)
-        if "representation" in self.scorers:
-            harm = float(max_cosine(h[None], self.anchors.harm_h.to(h.device))[0])
-            safe = float(max_cosine(h[None], self.anchors.safe_h.to(h.device))[0])
-            rs.representation, rs.representation_safe, rs.representation_diff = harm, safe, harm - safe
         if stats is not None:
-            dot, sq = stats
-            rs.grad_sq_norm = sq
-            if "gradient" in self.scorers:
-                rs.gradient = unit_direction(dot, sq)
-            if "selfinf" in self.scorers:
-                rs.selfinf = self_inf_n(sq, enc.n_response_tokens)
+            rs.grad_sq_norm = stats[1]
+        example = Pass(enc, h, self.anchors, stats)
+        for s in self.scorers:
+            rs.put(HOOKS[s](example))
         return rs

@@ -50,7 +50,7 @@ def score_part(
     convs = load_examples(corpus)[i::n]
     encoded = [encode(engine.tokenizer, c, max_len=max_len) for c in convs]
     raw = engine.score(encoded, progress)
-    return {s: [float(v) for r in raw if (v := getattr(r, s)) is not None] for s in engine.scorers}
+    return {s: [float(v) for r in raw if (v := r.value(s)) is not None] for s in engine.scorers}
 
 
 def store(path: Path, corpus: Path, parts: list[dict[str, list[float]]]) -> dict[str, list[float]]:

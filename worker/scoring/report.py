@@ -11,17 +11,12 @@ from typing import Any
 import torch
 
 from tunegate.conversation import Conversation
-from tunegate.records import SCORERS, Features, ScoreRecord
+from tunegate.records import Features, ScoreRecord
+from tunegate.scorers import SCORERS, raw_names
 from worker.scoring import cluster
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract, response_text
 from worker.scoring.math import percentile_of, quantile, ranks, spearman
-
-_WHY = {
-    "representation": "its final hidden state is close to a harmful request being complied with",
-    "gradient": "training on it moves the model towards harmful-compliance anchors and away from refusals",
-    "selfinf": "its length-normalised gradient norm (Self-Inf-N) is large: it would move the model a lot",
-}
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class FlagRules:
 def make_record(
     raw: RawScore, conv: Conversation, reference: dict[str, list[float]], rules: FlagRules
 ) -> ScoreRecord:
-    scores = _raw_scores(raw)
+    scores = raw.scores()
     pct = {s: percentile_of(float(v), ref) for s, ref in reference.items() if (v := scores[s]) is not None}
     features = extract(conv, raw.n_response_tokens)
     return ScoreRecord(
@@ -52,6 +47,7 @@ def make_record(
         gradient=raw.gradient,
         selfinf=raw.selfinf,
         grad_sq_norm=raw.grad_sq_norm,
+        extra=dict(raw.extra),
         percentiles={s: round(v, 2) for s, v in pct.items()},
         risk=round(statistics.fmean(pct.values()), 2) if pct else 0.0,
         # beyond every reference example on some scorer: mitigation acts on it whatever the share
@@ -59,10 +55,6 @@ def make_record(
         features=features,
         reasons=tuple(_reasons(raw.representation_diff, features, pct, rules)),
     )
-
-
-def _raw_scores(raw: RawScore) -> dict[str, float | None]:
-    return {"representation": raw.representation, "gradient": raw.gradient, "selfinf": raw.selfinf}
 
 
 def beyond_reference(scores: Mapping[str, float | None], reference: dict[str, list[float]]) -> bool:
@@ -74,11 +66,7 @@ def beyond_reference(scores: Mapping[str, float | None], reference: dict[str, li
 
 
 def _reasons(diff: float | None, features: Features, pct: dict[str, float], rules: FlagRules) -> list[str]:
-    out = [
-        f"{s} above {p:.0f}% of the reference benign corpus: {_WHY[s]}"
-        for s, p in pct.items()
-        if p >= rules.reason_percentile
-    ]
+    out = [SCORERS[s].reason(p) for s, p in pct.items() if p >= rules.reason_percentile]
     if out and diff is not None and diff > 0:
         out.append("its representation is closer to harmful compliance than to refusals")
     if out:
@@ -216,7 +204,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Per-file summary; ``convs`` and ``vectors`` ((N, D): ``RawScore.vector``) align with ``records``."""
     scorers = [s for s in reference if records and records[0].score(s) is not None]
-    extra = ["representation_safe", "representation_diff"] if "representation" in scorers else []
+    extra = [v for v in raw_names(scorers) if v not in scorers]  # the scorers' companions
     top = [
         {
             "line": records[i].line,

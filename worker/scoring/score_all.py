@@ -8,7 +8,7 @@ model, scores, and builds the per-example records and the per-file summary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 from tunegate.conversation import Conversation, check_example
 from tunegate.errors import InvalidFile
 from tunegate.records import ScoreRecord
+from tunegate.scorers import needs_direction
 from tunegate.settings import Settings, get_settings
 from worker.ml.models import ResolvedModel, context_length, load_resolved
 from worker.ml.render import Encoded, encode
@@ -73,7 +74,7 @@ def encode_all(tokenizer: Any, examples: Sequence[Conversation], max_len: int) -
 
 def prepare_engine(
     base: Loaded,
-    scorers: Sequence[str],
+    scorers: Collection[str],
     batch_size: int,
     progress: Progress = _silent,
     batched: bool | None = None,
@@ -90,11 +91,12 @@ def prepare_engine(
 
 
 def prepare_engine_without_reference(
-    base: Loaded, scorers: Sequence[str], batch_size: int, batched: bool | None = None
+    base: Loaded, scorers: Collection[str], batch_size: int, batched: bool | None = None
 ) -> Engine:
     """An engine on this model's anchor features (computed and cached if missing)."""
+    direction = needs_direction(scorers)
     feats = anchor_mod.load_or_compute(
-        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction="gradient" in scorers
+        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction=direction
     )
     return Engine(base.model, base.tokenizer, feats, scorers, batch_size, batched)
 
@@ -103,7 +105,7 @@ def score_examples(
     model: str,
     examples: Sequence[Conversation],
     *,
-    scorers: Sequence[str],
+    scorers: Collection[str],
     batch_size: int,
     batched: bool | None = None,
     seed: int = 0,

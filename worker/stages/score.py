@@ -1,9 +1,10 @@
 """Stage 1: score every training example for how much it would erode the base model's safety.
 
-Three scorers from one forward+backward per example (see ``worker/scoring``): representation anchoring and
-bi-directional gradient anchoring (He et al. 2024) and Self-Inf-N (Guan et al. 2025). Writes
-``scores.jsonl`` (one record per example, in file order) and ``summary.json`` (distributions, top flagged,
-agreement between scorers, dataset verdict), then ``config.json`` and ``result.json``.
+The scorers of ``tunegate.scorers.SCORERS`` (all of them unless the config names fewer) from one
+forward+backward per example (see ``worker/scoring``): representation anchoring and bi-directional gradient
+anchoring (He et al. 2024) and Self-Inf-N (Guan et al. 2025). Writes ``scores.jsonl`` (one record per
+example, in file order) and ``summary.json`` (distributions, top flagged, agreement between scorers, dataset
+verdict), then ``config.json`` and ``result.json``.
 
 A safety scan (``worker/scan.py``) runs this same stage on a file before any job: ``configure`` is the one
 place the stage's config is built, for a job and for a scan. A job's ``build`` looks for a completed scan of
@@ -29,11 +30,11 @@ from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.records import RecordError, ScoreRecord
+from tunegate.scorers import SCORERS
 from tunegate.settings import Settings
 from worker.job_view import job_dir
 from worker.ml.models import device_for, resolve_model
 from worker.ml.stage_io import StageIO
-from worker.scoring.engine import SCORERS
 from worker.scoring.report import FlagRules
 from worker.scoring.score_all import score_examples
 from worker.stages.base import StageResult, finish, result_exists
@@ -46,7 +47,7 @@ SUMMARY_FILE = "summary.json"
 @dataclass(frozen=True)
 class ScoreConfig:
     model: str
-    scorers: tuple[str, ...] = SCORERS
+    scorers: tuple[str, ...] = field(default_factory=lambda: tuple(SCORERS))  # every registered scorer
     batch_size: int = 8
     batched: bool | None = None  # gradient scorers in batches; None: on CUDA only (see docs/scoring.md)
     seed: int = 0

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.utils.tiny_model import build_tiny_model
+from tests.worker.scoring.scorers import throwaway_scorer
 from tunegate.artifacts import read_json
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
 from tunegate.records import RecordError
+from tunegate.reporting import render_report
 from tunegate.settings import get_settings, reset_settings
 from worker.ml.stage_io import StageIO
+from worker.report.build import build_report
 from worker.stages.base import result_exists
 from worker.stages.score import ScoreConfig, ScoreInputs, ScoreResult, load_score_records, run
 
@@ -112,6 +116,35 @@ def test_records_saved_before_beyond_reference_load_and_a_foreign_key_is_named(e
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(RecordError, match=r"scores.jsonl, line 4: score record has an unknown key 'novelty'"):
         load_score_records(io.out_dir)
+
+
+def test_a_scorer_added_to_the_registry_is_scored_given_as_a_reason_and_reported(env: Path) -> None:
+    """A scorer is one spec and one hook (``tests/worker/scoring/scorers.py``): the stage runs it by default,
+    its records carry its value, its reasons its words and the report its label, with no other edit."""
+    io = StageIO(out_dir=env / "out", stage="score")
+    with throwaway_scorer() as spec:
+        cfg = ScoreConfig(model="tiny", batch_size=2, reason_percentile=1.0)
+        assert cfg.scorers[-1] == spec.name  # every registered scorer unless the config names fewer
+        res = run(
+            replace(cfg, scorers=("representation", spec.name)), ScoreInputs(_examples(), io, get_settings())
+        )
+        records = load_score_records(io.out_dir)
+        assert records == res.records and [r.line for r in records] == [1, 2, 3, 4, 5]
+        rows = [json.loads(x) for x in (io.out_dir / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
+        for row, r in zip(rows, records, strict=True):
+            assert row[spec.name] == r.scored(spec.name) == float(r.n_response_tokens)
+            assert list(row)[list(row).index("grad_sq_norm") + 1] == spec.name  # beside the other raw values
+            assert set(r.percentiles) == {"representation", spec.name} and r.gradient is None
+            pct = r.percentiles[spec.name]
+            assert f"{spec.name} above {pct:.0f}% of the reference benign corpus: {spec.why}" in r.reasons
+        summary = res.summary
+        assert summary["scorers"] == ["representation", spec.name] and spec.name in summary["distributions"]
+        html = render_report(build_report({}, {}, {}, res.summary, records, None, None))
+        assert f"by {spec.label}: {spec.why}" in html and f"{spec.label}: riskier than" in html
+    with pytest.raises(RecordError, match=f"unknown key '{spec.name}'"):  # gone, it is another version's key
+        load_score_records(io.out_dir)
+    with pytest.raises(InvalidConfig, match=f"got \\['{spec.name}'\\]"):
+        ScoreConfig(model="tiny", scorers=(spec.name,))
 
 
 def test_batched_and_unbatched_stage_agree(env: Path) -> None:
