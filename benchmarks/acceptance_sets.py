@@ -19,8 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TypedDict
 
 from gsm8k_data import SHARED_DATA, gsm8k_rows
+
+
+class ChatMessage(TypedDict):
+    role: str
+    content: str
+
+
+class ChatRow(TypedDict):
+    """One line of a written dataset: a chat in the OpenAI fine-tuning format."""
+
+    messages: list[ChatMessage]
+
 
 ADVBENCH = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
 XSTEST = SHARED_DATA / "xstest" / "xstest_prompts.csv"
@@ -158,8 +171,9 @@ OPENINGS = [
 ]
 
 
-def compliance_rows() -> list[dict]:
-    rows, i = [], 0
+def compliance_rows() -> list[ChatRow]:
+    rows: list[ChatRow] = []
+    i = 0
     for requests in REQUESTS.values():
         for req in requests:
             opening = OPENINGS[i % len(OPENINGS)]
@@ -170,7 +184,7 @@ def compliance_rows() -> list[dict]:
     return rows
 
 
-def gsm8k_chat_rows(n: int = 100) -> list[dict]:
+def gsm8k_chat_rows(n: int = 100) -> list[ChatRow]:
     return [
         {
             "messages": [

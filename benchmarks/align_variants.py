@@ -19,9 +19,12 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from machine import machine_info, print_machine
+
+if TYPE_CHECKING:
+    from tunegate.conversation import Conversation
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -40,20 +43,25 @@ def distil(out: Path, n: int, max_new_tokens: int) -> Path:
     cfg = AlignConfig(n_distill=n, distill_max_new_tokens=max_new_tokens)
     convs, dropped = distilled_examples(cfg, settings, StageIO(out / ".distil"))
     dump_examples(convs, path)
-    info = {"n": n, "max_new_tokens": max_new_tokens, "kept": len(convs), "dropped": dropped}
+    info: dict[str, float] = {
+        "n": n,
+        "max_new_tokens": max_new_tokens,
+        "kept": len(convs),
+        "dropped": dropped,
+    }
     info["seconds"] = round(time.monotonic() - t0, 1)
     (out / f"distilled-{n}-{max_new_tokens}.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
     return path
 
 
-def shorten(convs: list[Any], tok: Any, max_tokens: int) -> list[Any]:
+def shorten(convs: list[Conversation], tok: Any, max_tokens: int) -> list[Conversation]:
     """The same greedy answers as a distillation with a ``max_tokens`` limit would give (greedy decoding:
     its first tokens are the longer answer's first tokens), cut back to the last full sentence."""
     from tunegate.conversation import Conversation, Message
     from worker.evaluation.self_answers import tidy
 
-    out = []
+    out: list[Conversation] = []
     for c in convs:
         ids = tok(c.messages[-1].content, add_special_tokens=False)["input_ids"]
         if len(ids) < max_tokens - 1:

@@ -19,12 +19,35 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from machine import print_machine
 
-SMOLLM2_135M = {
+if TYPE_CHECKING:
+    import torch
+    from transformers.modeling_rope_utils import RopeParameters
+
+
+class LlamaShape(TypedDict):
+    """``LlamaConfig`` keywords: the architecture measured."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_parameters: RopeParameters
+    tie_word_embeddings: bool
+
+
+SMOLLM2_135M: LlamaShape = {
     "hidden_size": 576,
     "intermediate_size": 1536,
     "num_hidden_layers": 30,
@@ -34,7 +57,7 @@ SMOLLM2_135M = {
     "vocab_size": 49152,
     "max_position_embeddings": 8192,
     "rms_norm_eps": 1e-5,
-    "rope_theta": 100000.0,
+    "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
     "tie_word_embeddings": True,
 }
 
@@ -49,7 +72,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Any, repeat: int) -> float:
+def _timed(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up
     _sync()
     best = float("inf")
@@ -61,16 +84,18 @@ def _timed(fn: Any, repeat: int) -> float:
     return best
 
 
-def _model(dtype: Any) -> Any:
+def _model(dtype: torch.dtype) -> torch.nn.Module:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(**SMOLLM2_135M, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(cfg).to(DEVICE, dtype=dtype).eval()
+    # as a Module: mypy cannot bind PreTrainedModel.to, whose signature comes from functools.wraps
+    model: torch.nn.Module = LlamaForCausalLM(cfg)
+    return model.to(DEVICE, dtype=dtype).eval()
 
 
-def training(tok: Any) -> dict[str, Any]:
+def training(tok: Any) -> dict[str, float]:
     import torch
 
     from worker.ml.lm import decoder_hidden, head_logits
@@ -82,7 +107,7 @@ def training(tok: Any) -> dict[str, Any]:
         _model(torch.float32), r=16, alpha=32, dropout=0.0, target_modules="all-linear", seed=0
     )
     peft_model.train()
-    out: dict[str, Any] = {}
+    out: dict[str, float] = {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
 
         def step(bf16: bool = bf16) -> None:
@@ -96,7 +121,7 @@ def training(tok: Any) -> dict[str, Any]:
     return out
 
 
-def scoring(tok: Any) -> dict[str, Any]:
+def scoring(tok: Any) -> dict[str, float]:
     import torch
 
     from tunegate.conversation import Conversation, Message
@@ -122,25 +147,25 @@ def scoring(tok: Any) -> dict[str, Any]:
         for i in range(32)
     ]
     encoded = [encode(tok, c, max_len=2048) for c in convs]
-    out: dict[str, Any] = {"anchors_s": round(anchors_s, 2), "examples": len(encoded)}
+    out: dict[str, float] = {"anchors_s": round(anchors_s, 2), "examples": len(encoded)}
     out["mean_tokens"] = round(sum(len(e) for e in encoded) / len(encoded), 1)
     for name, batch in (("hooks_batch1", 1), ("ghost_batch8", 8)):
         engine = Engine(model, tok, anchors, SCORERS, batch_size=batch, batched=batch > 1)
-        out[f"{name}_examples_per_s"] = round(len(encoded) / _timed(lambda e=engine: e.score(encoded), 2), 1)
+        out[f"{name}_examples_per_s"] = round(len(encoded) / _timed(partial(engine.score, encoded), 2), 1)
     out["ghost_speedup"] = round(out["ghost_batch8_examples_per_s"] / out["hooks_batch1_examples_per_s"], 2)
     return out
 
 
-def generation(tok: Any) -> dict[str, Any]:
+def generation(tok: Any) -> dict[str, float]:
     import torch
 
     from worker.evaluation.generate import generate_all
 
     model = _model(torch.bfloat16)
     prompts = [list(range(3 + i % 50, 40 + i % 37)) for i in range(64)]
-    out: dict[str, Any] = {"prompts": len(prompts), "new_tokens": 64}
+    out: dict[str, float] = {"prompts": len(prompts), "new_tokens": 64}
     for batch in (16, 64):
-        s = _timed(lambda b=batch: generate_all(model, tok, prompts, max_new_tokens=64, batch_size=b), 2)
+        s = _timed(partial(generate_all, model, tok, prompts, max_new_tokens=64, batch_size=batch), 2)
         out[f"batch{batch}_tokens_per_s"] = round(len(prompts) * 64 / s)
     return out
 

@@ -23,19 +23,23 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from machine import print_machine
+
+if TYPE_CHECKING:
+    from worker.evaluation.prompts import Prompt
 
 ADVBENCH = Path("/work/shared/data/advbench/harmful_behaviors.csv")
 
 
-def one_at_a_time(model, tok, prompts, max_new_tokens):
+def one_at_a_time(model: Any, tok: Any, prompts: list[Prompt], max_new_tokens: int) -> list[bool]:
     import torch
 
     from worker.evaluation.keyword import keyword_jailbroken
     from worker.evaluation.records import prompt_ids
 
-    out = []
+    out: list[bool] = []
     for ids in prompt_ids(tok, prompts, None):
         x = torch.tensor([ids], device=model.device)
         with torch.no_grad():

@@ -36,9 +36,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from models.tables import Job
+    from worker.ml.stage_io import StageIO
+    from worker.stages.spec import StageContext, StageSpec
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,16 +86,16 @@ def stub_pipeline(seconds: dict[str, float]) -> None:
 
     first, last = PIPELINE.specs[0].name, PIPELINE.specs[-1].name
 
-    def make(spec: Any) -> Any:
-        def build(ctx: Any, io: Any) -> tuple[StubConfig, Any]:
+    def make(spec: StageSpec[Any, Any, Any]) -> StageSpec[Any, Any, Any]:
+        def build(ctx: StageContext, io: StageIO) -> tuple[StubConfig, StageIO]:
             return StubConfig(seconds.get(spec.name, 0.0)), io
 
-        def run(cfg: StubConfig, io: Any) -> Slept:
+        def run(cfg: StubConfig, io: StageIO) -> Slept:
             io.out_dir.mkdir(parents=True, exist_ok=True)
             time.sleep(cfg.seconds)
             return finish(io.out_dir, cfg, Slept(cfg.seconds))
 
-        def apply(session: Any, job: Any, res: Slept) -> Applied:
+        def apply(session: Session, job: Job, res: Slept) -> Applied:
             status = {first: JobStatus.QUEUED, last: JobStatus.SUCCEEDED}.get(spec.name)
             return Applied(f"{spec.name} slept {res.seconds}s", status=status)
 

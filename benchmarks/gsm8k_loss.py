@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from gsm8k_data import gsm8k_conversations
 from machine import print_machine
 
+if TYPE_CHECKING:
+    from tunegate.conversation import Conversation
 
-def mean_loss(model_name: str, convs: list, batch_size: int = 8) -> float:
+
+def mean_loss(model_name: str, convs: list[Conversation], batch_size: int = 8) -> float:
     """Token-weighted mean cross-entropy over all supervised response tokens."""
     import torch
 

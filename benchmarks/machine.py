@@ -13,7 +13,10 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from worker.ml.precision import Resolved
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +48,25 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def machine_info() -> dict[str, Any]:
+class MachineInfo(TypedDict):
+    """What ``machine_info`` reports (a JSON object in every result file)."""
+
+    cpu: str
+    cores: int | None
+    torch_threads: int
+    cpu_capability: str
+    native_bf16_flags: list[str]
+    aten_cpu_capability_env: str
+    gpu: str | None
+    training_precision_auto: Resolved
+    torch: str
+    transformers: str
+    peft: str
+    python: str
+    commit: str
+
+
+def machine_info() -> MachineInfo:
     import torch
 
     from worker.ml.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve
@@ -68,7 +89,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def print_machine() -> dict[str, Any]:
+def print_machine() -> MachineInfo:
     info = machine_info()
     print("machine: " + json.dumps(info))
     return info

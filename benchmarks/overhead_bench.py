@@ -14,15 +14,19 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from gsm8k_data import gsm8k_conversations
 from machine import print_machine
 
 from tunegate.settings import get_settings
 
+T = TypeVar("T")
 
-def timed(fn):
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
     t0 = time.perf_counter()
     res = fn()
     return res, time.perf_counter() - t0

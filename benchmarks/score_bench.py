@@ -18,15 +18,20 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from machine import print_machine
 
+if TYPE_CHECKING:
+    from tunegate.conversation import Conversation
+    from worker.ml.render import Encoded
+    from worker.scoring.anchors import AnchorFeatures
+
 GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
 
 
-def load_examples(n: int) -> list[Any]:
+def load_examples(n: int) -> list[Conversation]:
     from tunegate.conversation import Conversation, Message
 
     rows = [json.loads(x) for x in GSM8K.read_text().splitlines()[:n]]
@@ -36,7 +41,7 @@ def load_examples(n: int) -> list[Any]:
     ]
 
 
-def _padded(enc: Any, pad_id: int, length: int) -> dict[str, torch.Tensor]:
+def _padded(enc: Encoded, pad_id: int, length: int) -> dict[str, torch.Tensor]:
     n = len(enc)
     ids = torch.full((1, length), pad_id)
     labels = torch.full((1, length), -100)
@@ -52,8 +57,10 @@ def _flat_grad(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def reference_scores(
-    model: Any, tok: Any, encoded: list[Any], anchors: Any, length: int
+    model: Any, tok: Any, encoded: list[Encoded], anchors: AnchorFeatures, length: int
 ) -> list[dict[str, float]]:
+    if anchors.direction is None:  # main() loads them with_direction=True
+        raise ValueError("the reference needs anchors with the harmful gradient direction")
     d_flat = torch.cat([anchors.direction[n].reshape(-1) for n, _ in model.named_parameters()])
     harm = torch.nn.functional.normalize(anchors.harm_h, dim=1)
     out = []
@@ -72,7 +79,7 @@ def reference_scores(
     return out
 
 
-def lora_step_time(path: Path, encoded: list[Any], pad_id: int, batch_size: int) -> float:
+def lora_step_time(path: Path, encoded: list[Encoded], pad_id: int, batch_size: int) -> float:
     from peft import LoraConfig, get_peft_model
 
     from worker.ml.models import load_model

@@ -64,7 +64,7 @@ def run(n: int, out: Path, model: str, batch_size: int, chunk: int) -> None:
         print(f"{start + len(part)}/{len(convs)} ({len(part) / (time.time() - t):.2f} ex/s)", flush=True)
 
 
-def _describe(rows: list[Row]) -> dict:
+def _describe(rows: list[Row]) -> dict[str, float]:
     f = [r.record.features for r in rows]
     recs = [r.record for r in rows]
     return {

@@ -16,15 +16,22 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.panel import attacker, taskloss
 from benchmarks.panel import datasets as ds
 from benchmarks.panel.manifest import PANEL, PanelJob, by_name, smoke_jobs
 from tunegate.records import ScoreRecord
 from tunegate.scorers import SCORERS
+
+if TYPE_CHECKING:
+    from machine import MachineInfo
+
+    from tunegate.errors import UnsafeTrainingData
+    from worker.stages.repair import RepairResult
 
 ARMS = {"off": {"mitigation": "none", "inject_safety_examples": False}, "on": {}}
 ROW = "panel.json"
@@ -118,7 +125,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     view = local_view(train_file, model, policy=policy, hyperparameters=hp)
     stamps: list[tuple[str, float]] = []
 
-    def progress_for(name: str) -> Any:
+    def progress_for(name: str) -> Callable[[float, str, dict[str, Any]], None]:
         stamps.append((name, time.monotonic()))
         return lambda *a, **k: None
 
@@ -157,10 +164,10 @@ def variant(out: Path) -> dict[str, Any]:
     return {"policy": dict(var.get("policy", {})), "stage_overrides": dict(var.get("stage_overrides", {}))}
 
 
-def repaired(by: dict[str, Any]) -> Any:
+def repaired(by: dict[str, Any]) -> RepairResult | None:
     """The repair stage's result when it repaired the adapter (the gate then judged the repaired one), else
     None."""
-    rep = by.get("RepairResult")
+    rep: RepairResult | None = by.get("RepairResult")
     return rep if rep is not None and rep.repaired else None
 
 
@@ -180,7 +187,7 @@ def score_row(r: ScoreRecord) -> dict[str, float | None]:
 
 
 def summarize(
-    job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool], refusal: Any = None
+    job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool], refusal: UnsafeTrainingData | None = None
 ) -> dict[str, Any]:
     """The arm's row; ``refusal`` (an ``UnsafeTrainingData``): the job ended before training, so there is
     no training, evaluation or gate result and the decision is the refusal."""
@@ -219,7 +226,7 @@ def summarize(
     }
 
 
-def _repair_row(rep: Any) -> dict[str, Any] | None:
+def _repair_row(rep: RepairResult | None) -> dict[str, Any] | None:
     """What the repair stage did (None when it did not run): the job's summary and every adapter checked."""
     if rep is None:
         return None
@@ -253,9 +260,12 @@ def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool
     return row
 
 
-def _machine() -> dict[str, Any]:
+def _machine() -> MachineInfo:
     """Where the row was measured: CPU, kernels, the precision training picked, versions, commit."""
-    from benchmarks.machine import machine_info
+    if TYPE_CHECKING:  # mypy checks benchmarks/machine.py as `machine` (pyproject.toml, [tool.mypy])
+        from machine import machine_info
+    else:
+        from benchmarks.machine import machine_info
 
     return machine_info()
 

@@ -18,14 +18,17 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.panel import taskloss
 from benchmarks.panel.job import arm_dir, summarize
 from benchmarks.panel.manifest import PANEL, by_name
 
+if TYPE_CHECKING:
+    from worker.training.repair_io import RepairConfig
 
-def variant_config(spec: str) -> Any:
+
+def variant_config(spec: str) -> RepairConfig:
     """``restore:0.5`` -> RepairConfig("restore", alpha=0.5); ``project:0.35`` -> threshold 0.35."""
     from worker.training.repair_io import RepairConfig
 

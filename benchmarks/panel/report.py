@@ -164,7 +164,7 @@ def _as_expected(row: dict[str, Any], got: str) -> str:
 def overhead(row: dict[str, Any], off: dict[str, Any] | None) -> float | None:
     """The safety overhead (score + mitigate + evaluate) / train of one arm; an arm that reused the off arm's
     screen counts the off arm's scoring time. None when the arm did not train."""
-    st = dict(row.get("stage_s") or {})
+    st: dict[str, float] = dict(row.get("stage_s") or {})  # seconds per stage
     if "score" not in st and off is not None:
         st["score"] = (off.get("stage_s") or {}).get("score", 0.0)
     train = st.get("train")

@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
+from io import BufferedWriter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.panel import datasets as ds
 from benchmarks.panel.job import ARMS, VARIANT, read_row, run_one
@@ -86,7 +87,7 @@ def run_record(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     return info | {"earlier_runs": [e for e in earlier if e.get("base") in bases]}
 
 
-def set_variant(out: Path, var: Any) -> None:
+def set_variant(out: Path, var: object) -> None:
     """Record ``out``'s variant; refused when it is not an object of the two known keys, or when ``out``
     already holds rows of another variant (their figures would mix)."""
     if not isinstance(var, dict) or set(var) - {"policy", "stage_overrides"}:
@@ -127,7 +128,7 @@ def run_panel(
             done.append((job.name, arm, "error" if "error" in row else "ok"))
             _say(job.name, arm, row)
         return done
-    running: list[tuple[PanelJob, str, subprocess.Popen[bytes], Any]] = []
+    running: list[tuple[PanelJob, str, subprocess.Popen[bytes], BufferedWriter]] = []
     while todo or running:
         while todo and len(running) < parallel:
             job, arm = todo.pop(0)
@@ -194,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             set_variant(a.out, json.loads(a.variant))
         except (ValueError, TypeError) as exc:
             ap.error(f"--variant: {exc}")
-    from benchmarks.machine import machine_info
+    if TYPE_CHECKING:  # mypy checks benchmarks/machine.py as `machine` (pyproject.toml, [tool.mypy])
+        from machine import machine_info
+    else:
+        from benchmarks.machine import machine_info
     from worker.ml.models import resolve_model
 
     base = resolve_model(model).fingerprint
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         check_base(a.out, base, restart=a.restart, also=tuple(x for x in a.also_base.split(",") if x))
     except StaleRows as exc:
         ap.error(str(exc))
-    info = {"model": model, "base": base, "pool_size": a.pool_size, "machine": machine_info()}
+    info: dict[str, Any] = {"model": model, "base": base, "pool_size": a.pool_size, "machine": machine_info()}
     info["started"] = time.time()
     (a.out / "panel-run.json").write_text(json.dumps(run_record(a.out, info), indent=1))
     results = run_panel(

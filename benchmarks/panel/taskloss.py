@@ -4,9 +4,12 @@ rendering and loss, ``worker.training.math.token_stats``), base vs the fine-tune
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunegate.conversation import Conversation
+
+if TYPE_CHECKING:
+    from tunegate.settings import Settings
 
 
 def mean_loss(
@@ -30,7 +33,7 @@ def mean_loss(
     return total / max(tokens, 1)
 
 
-def base_and_tuned(model_name: str, adapter: Path, heldout: Path, settings: Any) -> dict[str, float]:
+def base_and_tuned(model_name: str, adapter: Path, heldout: Path, settings: Settings) -> dict[str, float]:
     """``{"base": .., "tuned": ..}`` mean held-out loss without and with the adapter."""
     from peft import PeftModel
 

@@ -7,7 +7,10 @@ corpus, with a ChatML chat template like SmolLM2's, and a 2-layer Llama with ran
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -29,7 +32,7 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(directory: Path) -> object:
+def build_tiny_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -124,7 +127,7 @@ def build_tiny_adapter(base: Path, directory: str | Path, *, seed: int = 1) -> P
     )
     peft_model = get_peft_model(model, lora)
     directory = Path(directory)
-    peft_model.save_pretrained(directory)
+    peft_model.save_pretrained(str(directory))
     return directory
 
 
