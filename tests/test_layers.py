@@ -138,6 +138,7 @@ OTHER_MEANINGS = {
     ("repair", "api/services/crud.py"): "the job's repair column (Job.repair), read for the job object",
     ("repair", "worker/report/build.py"): "the report's repair section",
     ("repair", "tunegate/reporting/view.py"): "the report's repair section",
+    ("repair", "tunegate/report.py"): "the report's repair section",
 }
 
 

@@ -107,12 +107,14 @@ def _default(o: Any) -> Any:
 def from_jsonable(cls: Any, data: Any) -> Any:
     """Rebuild a value of type ``cls`` from its JSON form (the inverse of ``dataclasses.asdict``): nested
     dataclasses, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and ``X | None`` are followed; other types
-    are taken as they are. Keys the dataclass does not have are refused (an artifact from another version)."""
+    are taken as they are. Keys the dataclass does not have are refused (an artifact from another version). A
+    dataclass with its own ``from_dict`` (a typed record, ``tunegate.report.GateCheck``) reads itself."""
     origin, args = typing.get_origin(cls), typing.get_args(cls)
     if data is None or cls is Any:
         return data
     if dataclasses.is_dataclass(cls) and isinstance(cls, type):
-        return _dataclass_from(cls, data)
+        reader = getattr(cls, "from_dict", None)
+        return reader(data) if reader is not None else _dataclass_from(cls, data)
     if origin in (types.UnionType, typing.Union):
         inner = [a for a in args if a is not type(None)]
         return from_jsonable(inner[0], data) if len(inner) == 1 else data

@@ -90,14 +90,19 @@ def scrub(text: str, settings: Settings, *, replacements: dict[str, str] | None 
 _SCALARS = (int, float, bool, type(None))
 
 
-def scrub_value(value: Any, settings: Settings) -> Any:
-    """``scrub`` every string inside JSON-like ``value``; drops ``PRIVATE_KEYS`` from objects."""
+def scrub_value(value: Any, settings: Settings, *, drop_private: bool = True) -> Any:
+    """``scrub`` every string inside JSON-like ``value``; drops ``PRIVATE_KEYS`` from objects (unless
+    ``drop_private`` is false: a record read back into its type, whose page never shows them)."""
     if type(value) in _SCALARS:  # most leaves of event data (step, loss, progress)
         return value
     if isinstance(value, str):
         return scrub(value, settings)
     if isinstance(value, dict):
-        return {k: scrub_value(v, settings) for k, v in value.items() if k not in PRIVATE_KEYS}
+        return {
+            k: scrub_value(v, settings, drop_private=drop_private)
+            for k, v in value.items()
+            if not (drop_private and k in PRIVATE_KEYS)
+        }
     if isinstance(value, list | tuple):
-        return [scrub_value(v, settings) for v in value]
+        return [scrub_value(v, settings, drop_private=drop_private) for v in value]
     return value

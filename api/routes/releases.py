@@ -28,6 +28,7 @@ from models.jobs import check_released
 from models.tables import Job
 from tunegate.errors import NotFound
 from tunegate.redact import scrub, scrub_value
+from tunegate.report import SafetyReport
 from tunegate.reporting import render_report
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import ObjectMissing, fetch_tree
@@ -39,10 +40,11 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning extensions"
 
 @router.get("/{job_id}/safety_report", response_model=dict[str, Any])
 def safety_report(job_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    """The gate's full report (scores, mitigation, base vs fine-tuned ASR, verdict) as JSON."""
+    """The gate's full report (scores, mitigation, base vs fine-tuned ASR, verdict) as JSON, in this version's
+    schema (``schema_version``; an older report upgraded)."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    report = scrub_value(job_report(job, settings), settings)
-    return report if isinstance(report, dict) else {"report": report}
+    report: dict[str, Any] = scrub_value(job_report(job, settings).to_dict(), settings)
+    return report
 
 
 @router.get(
@@ -55,10 +57,13 @@ def safety_report_html(
 ) -> HTMLResponse:
     """The report as one self-contained page: the flagged examples' text, the timeline, moderator actions."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    report = scrub_value(full_report(session, job, settings), settings)
+    # the server's paths scrubbed from every text; the private keys stay (the typed report needs them, the
+    # page shows none of them)
+    scrubbed = scrub_value(full_report(session, job, settings).to_dict(), settings, drop_private=False)
+    report = SafetyReport.from_dict(scrubbed)
     entries = audit.for_job(session, job.id)
     html = render_report(
-        report if isinstance(report, dict) else {},
+        report,
         job=job_context(session, job, entries),
         audit=[audit.as_dict(e) for e in entries],
     )

@@ -20,6 +20,7 @@ from models.jobs import JobStatus
 from models.moderation import blocked_code
 from models.tables import AuditEntry, File, Job, JobEvent, Organization
 from tunegate.errors import InvalidFile, NotFound
+from tunegate.report import SafetyReport
 from tunegate.reporting.details import flagged_lines, read_examples, with_details
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import ObjectMissing, artifact_version, get_storage, is_stored, open_artifact
@@ -49,10 +50,11 @@ def report_ref(job: Job) -> str | None:
     return ref
 
 
-def read_report(ref: str, settings: Settings) -> Any:
-    """The parsed report (``ObjectMissing`` when its file or object is gone)."""
+def read_report(ref: str, settings: Settings) -> SafetyReport:
+    """The report (``ObjectMissing`` when its file or object is gone; ``RecordError`` when this version
+    cannot read it); one written before ``schema_version`` is upgraded (``tunegate.report.upgrade``)."""
     with open_artifact(settings, ref) as fh:
-        return json.loads(fh.read().decode("utf-8"))
+        return SafetyReport.from_dict(json.loads(fh.read().decode("utf-8")))
 
 
 @lru_cache(maxsize=4096)
@@ -61,12 +63,11 @@ def _summary(ref: str, version: str) -> dict[str, Any]:
     object in the store is published once under its job's key, so its key is its version)."""
     del version  # part of the cache key only: a rewritten report is read again
     report = read_report(ref, get_settings())
-    mitigation = report.get("mitigation") or {}
-    verdict = ((report.get("scoring") or {}).get("summary") or {}).get("verdict") or {}
+    mitigation, verdict = report.mitigation, report.scoring.summary.verdict
     return {
-        "code": (report.get("decision") or {}).get("code"),
-        "flagged": bool(verdict.get("flagged")),
-        "repaired": bool(mitigation.get("n_dropped") or mitigation.get("n_downweighted")),
+        "code": report.decision.code,
+        "flagged": verdict is not None and verdict.flagged,
+        "repaired": bool(mitigation.n_dropped or mitigation.n_downweighted),
     }
 
 
@@ -203,7 +204,7 @@ def training_texts(
         return {}
 
 
-def job_report(job: Job, settings: Settings) -> Any:
+def job_report(job: Job, settings: Settings) -> SafetyReport:
     """The job's report.json as the gate wrote it; ``NotFound`` (``report_not_ready``) when there is none."""
     ref = report_ref(job)
     try:
@@ -218,7 +219,7 @@ def job_report(job: Job, settings: Settings) -> Any:
     )
 
 
-def full_report(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
+def full_report(session: Session, job: Job, settings: Settings) -> SafetyReport:
     """The job's report.json (the gate puts the flagged examples' text and the mitigation log in it; the text
     of a report written without it is read from the training file); ``NotFound`` if none."""
     report = job_report(job, settings)

@@ -51,7 +51,7 @@ GATE_JUDGES = "all"  # the default policy's (models/policy.py): the verdicts the
 
 def counted_rates(t: dict[str, Any]) -> tuple[float, float]:
     """Base and fine-tuned ASR under the verdicts the gate counts (the summaries' without paired counts)."""
-    rates = judging.counted_rates(t, GATE_JUDGES)
+    rates = judging.counted_rates_json(t, GATE_JUDGES)
     return rates if rates is not None else (float(t["base"]["asr"]), float(t["tuned"]["asr"]))
 
 
@@ -61,15 +61,15 @@ def _gated(r: dict[str, Any]) -> str:
     for name, t in (r.get("templates") or {}).items():
         if not t or (name == "user" and t.get("same_as_chat")):
             continue
-        p, who = judging.counted(t, GATE_JUDGES)
+        p, who = judging.counted_json(t, GATE_JUDGES)
         b, f = counted_rates(t)
         bound = f" Δ≤{_pct(p['upper'])}" if "upper" in p else ""
         parts.append(f"{name} {_pct(b)} → {_pct(f)}{bound}" + ("" if who == "all" else " (keyword)"))
     probes = [v for v in (r.get("probes") or []) if isinstance(v, dict)]
     if probes:
-        worst = max(probes, key=lambda v: float(judging.counted(v, GATE_JUDGES)[0].get("upper", 1.0)))
+        worst = max(probes, key=lambda v: float(judging.counted_json(v, GATE_JUDGES)[0].get("upper", 1.0)))
         b, f = counted_rates(worst)
-        upper = judging.counted(worst, GATE_JUDGES)[0].get("upper", 1.0)
+        upper = judging.counted_json(worst, GATE_JUDGES)[0].get("upper", 1.0)
         parts.append(f"probe {_pct(b)} → {_pct(f)} Δ≤{_pct(upper)}")
     return "; ".join(parts) or DASH
 
@@ -268,7 +268,7 @@ def bases_table(rows: dict[tuple[str, str], dict[str, Any]], run: dict[str, Any]
         cells = [DASH, DASH]
         if ev is not None:
             t = ev["templates"]["chat"]
-            counted = judging.counted_rates(t, GATE_JUDGES)
+            counted = judging.counted_rates_json(t, GATE_JUDGES)
             cells[0] = f"{_asr(t['base'])}; {DASH if counted is None else _pct(counted[0])}"
             o = ev.get("over_refusal") or {}
             if o:

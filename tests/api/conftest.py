@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.api.server import Server, pg_schema_url, run_server
+from tests.utils.reports import small_report_json
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -136,7 +137,7 @@ def release_job(job_id: str, artifacts: Path) -> str:
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
     (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
-    (artifacts / "report.json").write_text(json.dumps({"verdict": {"released": True, "asr_delta": 0.01}}))
+    (artifacts / "report.json").write_text(json.dumps(small_report_json()))
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None

@@ -27,6 +27,7 @@ from models.db import session_scope
 from models.tables import File, Job
 from tests.api.conftest import good_file, new_key
 from tests.api.server import Server
+from tests.utils.reports import small_report_json
 from tunegate.settings import get_settings, reset_settings
 
 
@@ -185,7 +186,7 @@ def test_gate_event_and_adapter_archive_hold_no_server_paths(server: Server) -> 
     (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     gate_dir = settings.jobs_path / job_id / "gate"
     gate_dir.mkdir(parents=True)
-    (gate_dir / "report.json").write_text(json.dumps({"verdict": {"released": True}}))
+    (gate_dir / "report.json").write_text(json.dumps(small_report_json()))
     with session_scope() as s:  # the job reached the gate
         job = s.get(Job, job_id)
         assert job is not None
@@ -208,7 +209,7 @@ def test_gate_event_and_adapter_archive_hold_no_server_paths(server: Server) -> 
     seen = tenant.read_job(job_id)
     assert seen["job"]["status"] == "succeeded"
     report = tenant.call("GET", f"/v1/fine_tuning/jobs/{job_id}/safety_report")
-    assert report.status_code == 200 and report.json()["verdict"] == {"released": True}
+    assert report.status_code == 200 and report.json()["decision"]["released"] is True
     raw = tenant.call("GET", f"/v1/fine_tuning/jobs/{job_id}/adapter")
     assert raw.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(raw.content), mode="r:gz") as tar:

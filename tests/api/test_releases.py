@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.api.conftest import processed_file, release_job
+from tests.utils.reports import small_report_json
 
 MODEL = "smollm2-135m"
 
@@ -35,7 +36,7 @@ def test_released_job_serves_adapter_report_and_model(client: openai.OpenAI, tmp
         names = sorted(tar.getnames())
     assert f"{job.id}-adapter/adapter_config.json" in names
     report = client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=object)
-    assert report == {"verdict": {"released": True, "asr_delta": 0.01}}
+    assert report == small_report_json()  # as the gate wrote it (paths scrubbed: this one has none)
     models = [m.id for m in client.models.list()]
     assert {MODEL, "smollm2-135m-aligned", name} <= set(models)
     assert client.models.retrieve(name).owned_by != "tunegate"

@@ -16,7 +16,9 @@ import pytest
 
 from tests.api.conftest import _reset, chat, good_file, jsonl, new_key, processed_file, release_job, sdk
 from tests.api.server import Server, run_server
+from tests.utils.reports import small_report_json
 from tests.utils.s3 import bucket_keys, new_bucket
+from tunegate.report import ReportMitigation
 
 MODEL = "smollm2-135m"
 
@@ -98,7 +100,7 @@ def test_released_artifacts_served_from_the_bucket(
     job = s3_client.fine_tuning.jobs.create(model=MODEL, training_file=processed_file(s3_client))
     local = tmp_path / "artifacts"
     release_job(job.id, local)
-    report_in = {"decision": {"code": None}, "mitigation": {"n_dropped": 2}}
+    report_in = small_report_json(mitigation=ReportMitigation(n_dropped=2))
     (local / "report.json").write_text(json.dumps(report_in))
     publish = artifact_publisher(get_settings(), job.id)
     with session_scope() as session:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner, Result
 from cli import app
 from tests.api.conftest import good_file, new_key, release_job, server  # noqa: F401 (the live API server fixture)
 from tests.api.server import Server
+from tests.utils.reports import small_report_json
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 MODEL = "smollm2-135m"
@@ -85,9 +86,9 @@ def test_jobs_report_and_download_of_a_released_job(api: Server, tmp_path: Path)
     path.write_bytes(good_file())
     job_id = rows(ok("jobs", "create", "--training-file", str(path), "--model", MODEL))[0][0]
     release_job(job_id, tmp_path / "artifacts")  # what the gate stage leaves on a pass
-    assert json.loads(ok("jobs", "report", job_id).stdout)["verdict"]["released"] is True
+    assert json.loads(ok("jobs", "report", job_id).stdout) == small_report_json()  # printed as served
     ok("jobs", "report", job_id, "--out", str(tmp_path / "r.json"))
-    assert json.loads((tmp_path / "r.json").read_text())["verdict"]["asr_delta"] == 0.01
+    assert json.loads((tmp_path / "r.json").read_text())["decision"]["released"] is True
     ok("jobs", "download", job_id, "--out", str(tmp_path / "a.tar.gz"))
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         assert f"{job_id}-adapter/adapter_config.json" in tar.getnames()

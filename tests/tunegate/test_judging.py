@@ -2,7 +2,8 @@
 
 import pytest
 
-from tunegate.judging import counted, counted_field, counted_rates
+from tunegate.judging import counted, counted_field, counted_json, counted_rates, counted_rates_json
+from tunegate.report_evaluation import HarmfulSummary, PairedSummary, TemplateEval
 
 
 @pytest.mark.parametrize(
@@ -19,11 +20,27 @@ def test_counted_field(judges: str, has_any: bool, has_all: bool, expected: tupl
     assert counted_field(judges, has_any, has_all) == expected
 
 
+def paired(both: int, base_only: int, tuned_only: int, neither: int) -> PairedSummary:
+    return PairedSummary(both, base_only, tuned_only, neither, 0.0, 0.0, 0.0)
+
+
 def test_counted_rates_come_from_the_paired_counts() -> None:
-    kw = {"both": 10, "base_only": 0, "tuned_only": 118, "neither": 77}
-    both = {"both": 1, "base_only": 1, "tuned_only": 4, "neither": 199}
-    stats = {"paired": kw, "paired_all": both, "paired_any": None}
+    kw, both = paired(10, 0, 118, 77), paired(1, 1, 4, 199)
+    side = HarmfulSummary(asr=0.0, n=205)
+    stats = TemplateEval(base=side, tuned=side, paired=kw, paired_all=both, paired_any=None)
     assert counted(stats, "all") == (both, "all")
     assert counted_rates(stats, "all") == pytest.approx((2 / 205, 5 / 205))
     assert counted_rates(stats, "primary") == pytest.approx((10 / 205, 128 / 205))
-    assert counted(stats, "any") == ({}, "any") and counted_rates(stats, "any") is None
+    assert counted(stats, "any") == (None, "any") and counted_rates(stats, "any") is None
+    assert counted_rates(TemplateEval(base=side, tuned=side), "primary") is None  # no paired statistics kept
+
+
+def test_a_stored_row_s_counted_rates() -> None:
+    """The panel's stored rows are JSON objects: the same rule on them."""
+    kw = {"both": 10, "base_only": 0, "tuned_only": 118, "neither": 77}
+    both = {"both": 1, "base_only": 1, "tuned_only": 4, "neither": 199}
+    stats = {"paired": kw, "paired_all": both, "paired_any": None}
+    assert counted_json(stats, "all") == (both, "all")
+    assert counted_rates_json(stats, "all") == pytest.approx((2 / 205, 5 / 205))
+    assert counted_rates_json(stats, "primary") == pytest.approx((10 / 205, 128 / 205))
+    assert counted_json(stats, "any") == ({}, "any") and counted_rates_json(stats, "any") is None

@@ -40,3 +40,6 @@ def test_values_lose_private_keys_and_keep_numbers(tmp_path: Path) -> None:
         "progress": 1.0,
         "checks": [{"note": f"see {SERVER_PATH}", "ok": True}],
     }
+    kept = scrub_value(data, s, drop_private=False)  # a record read back into its type keeps its keys
+    assert kept["worker"] == "vm:12" and kept["report_path"] == SERVER_PATH
+    assert kept["checks"] == [{"note": f"see {SERVER_PATH}", "ok": True}]

@@ -1,16 +1,17 @@
 """What the report shows beyond report.json: the flagged examples' text and the mitigation log.
 
-The API adds these when it renders (it reads the job's training file through storage and the mitigate
-stage's ``actions.json``); a report dict that already carries them is left as it is.
+The gate adds them when it writes the report; the API adds them when it renders a report written without
+them (it reads the job's training file through storage); a report that already carries them keeps them.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 from tunegate.conversation import decode_json_line, iter_lines, parse_example
 from tunegate.errors import InvalidFile
+from tunegate.report import ReportMitigation, SafetyReport
 
 
 def read_examples(stream: BinaryIO, lines: set[int]) -> dict[int, list[dict[str, Any]]]:
@@ -29,26 +30,32 @@ def read_examples(stream: BinaryIO, lines: set[int]) -> dict[int, list[dict[str,
     return out
 
 
-def flagged_lines(report: dict[str, Any]) -> set[int]:
-    flagged = (report.get("scoring") or {}).get("flagged") or []
-    return {f["line"] for f in flagged if isinstance(f.get("line"), int)}
+def flagged_lines(report: SafetyReport) -> set[int]:
+    return {f.line for f in report.scoring.flagged}
 
 
 def with_details(
-    report: dict[str, Any],
+    report: SafetyReport,
     *,
     texts: dict[int, list[dict[str, Any]]] | None = None,
     actions: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A copy of ``report`` with the flagged examples' ``messages`` and the mitigation log
-    (``mitigation.acted``, ``.injected``, ``.policy``) added where they are missing."""
-    out = copy.deepcopy(report)
-    for f in (out.get("scoring") or {}).get("flagged") or []:
-        if "messages" not in f and texts and f.get("line") in texts:
-            f["messages"] = texts[f["line"]]
+) -> SafetyReport:
+    """``report`` with the flagged examples' ``messages`` and the mitigation log (``mitigation.acted``,
+    ``.injected``, ``.policy``, from the mitigate stage's ``actions.json``) added where they are missing."""
+    texts = texts or {}
+    flagged = tuple(
+        replace(f, messages=tuple(texts[f.line])) if f.messages is None and f.line in texts else f
+        for f in report.scoring.flagged
+    )
+    mitigation = report.mitigation
     if actions:
-        mitigation = out.setdefault("mitigation", {})
-        for key, source in (("acted", "acted"), ("injected", "injected"), ("policy", "policy")):
-            if key not in mitigation and source in actions:
-                mitigation[key] = actions[source]
-    return out
+        log = ReportMitigation.from_dict(
+            {k: actions[k] for k in ("acted", "injected", "policy") if k in actions}
+        )
+        mitigation = replace(
+            mitigation,
+            acted=mitigation.acted if mitigation.acted is not None else log.acted,
+            injected=mitigation.injected if mitigation.injected is not None else log.injected,
+            policy=mitigation.policy if mitigation.policy is not None else log.policy,
+        )
+    return replace(report, scoring=replace(report.scoring, flagged=flagged), mitigation=mitigation)

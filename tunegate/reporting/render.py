@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from tunegate.report import SafetyReport
 from tunegate.reporting.view import report_view
 
 
@@ -85,7 +86,7 @@ def environment() -> Environment:
 
 
 def render_report(
-    report: dict[str, Any],
+    report: SafetyReport,
     *,
     job: dict[str, Any] | None = None,
     audit: Sequence[dict[str, Any]] = (),

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunegate.checks import GateCheck
 from tunegate.conversation import Conversation
 from tunegate.errors import UNSAFE_TRAINING_DATA
 from tunegate.records import ScoreRecord
 from worker.mitigation.select import Chosen
-from worker.report.build import build_report, flagged_examples, write_report
+from worker.report.build import build_report, decision_part, flagged_examples, write_report
 
 MAX_LINES = 20
 
@@ -48,13 +49,9 @@ def write(
     """The safety report (report.json, report.html) of a refused file."""
     shown = {f.line for f in flagged_examples(records)}
     texts = {c.line: c.to_chat_dict()["messages"] for c in examples if c.line in shown}
-    decision = {
-        "released": False,
-        "code": UNSAFE_TRAINING_DATA,
-        "message": msg,
-        "checks": [{"check": "repair_share", "passed": False, "reason": msg}],
-        "warnings": [],
-    }
+    decision = decision_part(
+        False, UNSAFE_TRAINING_DATA, msg, [GateCheck(check="repair_share", passed=False, reason=msg)]
+    )
     mitigation = {"action": policy.get("mitigation"), "refused": True, "note": msg}
     report = build_report(
         policy, decision, {}, summary, records, mitigation, None, texts=texts, actions=actions

@@ -1,4 +1,5 @@
-"""Assemble the safety report (JSON) and render it as a self-contained HTML page (tunegate.reporting)."""
+"""Assemble the safety report (``tunegate.report.SafetyReport``), write it as report.json and render it as a
+self-contained HTML page (tunegate.reporting)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
+from tunegate.checks import GateCheck
 from tunegate.records import ScoreRecord
+from tunegate.report import (
+    NO_MITIGATION,
+    SCHEMA_VERSION,
+    FlaggedExample,
+    ReportDecision,
+    ReportMitigation,
+    ReportPolicy,
+    ReportRepair,
+    ReportScoring,
+    SafetyReport,
+    ScoreSummary,
+)
+from tunegate.report_evaluation import Evaluation
 from tunegate.reporting import render_report
 from tunegate.reporting.details import with_details
 
@@ -19,14 +34,21 @@ def flagged_examples(records: Sequence[ScoreRecord] | None, n: int = MAX_FLAGGED
     return sorted(records or [], key=lambda r: -r.risk)[:n]
 
 
-def flagged_entry(r: ScoreRecord) -> dict[str, Any]:
-    """A flagged example as ``report.json`` holds it (``scoring.flagged``, read by ``tunegate.reporting``)."""
-    return {"line": r.line, "risk": r.risk, "percentiles": dict(r.percentiles), "reasons": list(r.reasons)}
+def flagged_entry(r: ScoreRecord) -> FlaggedExample:
+    """A flagged example as the report holds it (``scoring.flagged``)."""
+    return FlaggedExample(r.line, r.risk, dict(r.percentiles), tuple(r.reasons))
+
+
+def decision_part(
+    released: bool, code: str | None, message: str, checks: Sequence[GateCheck], warnings: Sequence[str] = ()
+) -> ReportDecision:
+    """The report's decision (the gate's result, a refused file's refusal)."""
+    return ReportDecision(released, code, message, tuple(checks), tuple(warnings))
 
 
 def build_report(
     policy: dict[str, Any],
-    decision: dict[str, Any],
+    decision: ReportDecision,
     evaluation: dict[str, Any],
     score_summary: dict[str, Any] | None,
     score_records: Sequence[ScoreRecord] | None,
@@ -36,30 +58,32 @@ def build_report(
     texts: dict[int, list[dict[str, Any]]] | None = None,
     actions: dict[str, Any] | None = None,
     repair: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The report dict (the input contract of ``tunegate.reporting``). ``texts`` (line -> the example's chat
+) -> SafetyReport:
+    """The report (the input of ``tunegate.reporting``) from the stages' results as they save them: the gate's
+    config (``policy``), ``evaluation`` ({} for none), the score stage's summary and records, the mitigate
+    stage's result (None: mitigation was off), the train stage's. ``texts`` (line -> the example's chat
     messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
     mitigation did to each line and the injected safety examples; ``repair`` (the repair stage's result, when
     the gate would have blocked the adapter for erosion) adds the adapter before and after each repair, and
     ``evaluation`` is then the evaluation the gate decided on (the repaired adapter's when one passed)."""
-    report = {
-        "decision": {k: decision.get(k, []) for k in ("released", "code", "message", "checks", "warnings")},
-        "policy": policy,
-        "scoring": {
-            "summary": score_summary or {},
-            "risk": [float(r.risk) for r in score_records or []],
-            "flagged": [flagged_entry(r) for r in flagged_examples(score_records)],
-        },
-        "mitigation": mitigation or {"action": "none", "note": "mitigation was off"},
-        "training": training or {},
-        "evaluation": evaluation,
-    }
-    if repair is not None:
-        report["repair"] = repair
+    report = SafetyReport(
+        schema_version=SCHEMA_VERSION,
+        decision=decision,
+        policy=ReportPolicy.from_dict(policy),
+        scoring=ReportScoring(
+            summary=ScoreSummary.from_dict(score_summary or {}),
+            risk=tuple(float(r.risk) for r in score_records or []),
+            flagged=tuple(flagged_entry(r) for r in flagged_examples(score_records)),
+        ),
+        mitigation=ReportMitigation.from_dict(mitigation or NO_MITIGATION),
+        training=training or {},
+        evaluation=Evaluation.from_dict(evaluation) if evaluation else None,
+        repair=ReportRepair.from_dict(repair) if repair is not None else None,
+    )
     return with_details(report, texts=texts, actions=actions)
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    js = atomic_write_json(out_dir / "report.json", report)
+def write_report(report: SafetyReport, out_dir: Path) -> tuple[Path, Path]:
+    js = atomic_write_json(out_dir / "report.json", report.to_dict())
     html = atomic_write_text(out_dir / "report.html", render_report(report))
     return js, html

@@ -145,7 +145,7 @@ class AdapterCheck:
     message: str = ""  # the gate's message on it
     asr: dict[str, dict[str, Any]] = field(default_factory=dict)  # per template, as gate.counted_asr
     failed: list[str] = field(default_factory=list)  # the gate's failed checks
-    over_refusal: dict[str, Any] | None = None  # gate.over_refusal_check (None: not measured)
+    over_refusal: dict[str, Any] | None = None  # gate.over_refusal_check's to_dict (None: not measured)
     task_loss: float | None = None  # on the held-out user data (None: not measured)
     task_loss_limit: float | None = None
     n_layers: int = 0
@@ -223,21 +223,21 @@ def release_rule(cfg: RepairStageConfig, decision: Decision, loss: float, traine
     if too_high:
         return too_high
     if not decision.released:
-        failed = [c["check"] for c in decision.checks if not c["passed"] and c["check"] != "training_data"]
+        failed = [c.check for c in decision.checks if not c.passed and c.kind != "training_data"]
         return f"the gate blocks it ({decision.code}: {', '.join(failed) or 'see its message'})"
-    over = next((c for c in decision.checks if c["check"] == "over_refusal"), None)
-    if over is not None and not over["passed"]:
+    over = next((c for c in decision.checks if c.kind == "over_refusal"), None)
+    if over is not None and not over.passed:
         return (
-            f"over-refusal rose {over['base']:.1%} -> {over['tuned']:.1%} ({over['increase']:+.1%}), over "
-            f"the limit +{over['limit']:.1%}"
+            f"over-refusal rose {over.base:.1%} -> {over.tuned:.1%} ({over.increase:+.1%}), over "
+            f"the limit +{over.limit:.1%}"
         )
     return ""
 
 
 def judged(check: AdapterCheck, d: Decision) -> AdapterCheck:
     """``check`` with the gate's decision on its evaluation."""
-    failed = [c["check"] for c in d.checks if not c["passed"]]
-    over = next((c for c in d.checks if c["check"] == "over_refusal"), None)
+    failed = [c.check for c in d.checks if not c.passed]
+    over = next((c for c in d.checks if c.kind == "over_refusal"), None)
     return dataclasses.replace(
         check,
         evaluated=True,
@@ -246,7 +246,7 @@ def judged(check: AdapterCheck, d: Decision) -> AdapterCheck:
         message=d.message,
         asr=gate.counted_asr(d.checks),
         failed=failed,
-        over_refusal=over,
+        over_refusal=over.to_dict() if over is not None else None,
     )
 
 

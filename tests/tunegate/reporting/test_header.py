@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from tests.tunegate.reporting.test_render import report
+from tests.tunegate.reporting.test_render import report, typed
 from tunegate.reporting import render_report
 
 JOB = {
@@ -27,7 +27,7 @@ def _body(html: str) -> str:
 
 
 def test_the_report_opens_with_job_organization_model_and_time() -> None:
-    html = render_report(report(), job=JOB, generated_at=datetime(2026, 3, 5, 8, 0, tzinfo=UTC))
+    html = render_report(typed(report()), job=JOB, generated_at=datetime(2026, 3, 5, 8, 0, tzinfo=UTC))
     body = _body(html)
     assert body.startswith('<header id="report-header">'), body[:300]
     header = body[: body.index("</header>")]
@@ -44,7 +44,7 @@ def test_the_report_opens_with_job_organization_model_and_time() -> None:
 
 
 def test_a_report_without_its_job_still_opens_with_a_header_saying_so() -> None:
-    body = _body(render_report(report()))
+    body = _body(render_report(typed(report())))
     assert body.startswith('<header id="report-header">')
     header = body[: body.index("</header>")]
     assert header.count("not recorded in this copy") == 3 and "this page 20" in header

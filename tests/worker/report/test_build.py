@@ -5,26 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.utils.records import score_record
-from worker.report.build import build_report, flagged_examples, write_report
+from tunegate.report import FlaggedExample
+from worker.report.build import build_report, decision_part, flagged_examples, write_report
+
+RELEASED = decision_part(True, None, "ok", [])
 
 
 def test_texts_and_actions_reach_the_written_page(tmp_path: Path) -> None:
     records = [score_record(n, float(n)) for n in (1, 2)]
-    decision = {"released": True, "code": None, "message": "ok", "checks": []}
+    decision = RELEASED
     texts = {
         2: [{"role": "user", "content": "the riskiest request"}, {"role": "assistant", "content": "Sure"}]
     }
     actions = {"acted": [{"line": 2, "action": "drop"}], "injected": [], "policy": {"min_risk": 1.0}}
     report = build_report({}, decision, {}, None, records, {"n_input": 2}, None, texts=texts, actions=actions)
-    assert (
-        report["scoring"]["flagged"][0]["messages"] == texts[2]
-        and "messages" not in report["scoring"]["flagged"][1]
-    )
-    assert report["mitigation"]["acted"] == actions["acted"]
+    first, second = report.scoring.flagged
+    assert first.messages == tuple(texts[2]) and second.messages is None
+    assert report.to_dict()["mitigation"]["acted"] == actions["acted"]
     _, html_path = write_report(report, tmp_path)
     html = html_path.read_text()
     assert "the riskiest request" in html and "dropped: not trained on" in html
-    plain = build_report({}, decision, {}, None, records, None, None)
+    plain = build_report({}, decision, {}, None, records, None, None).to_dict()
     assert "messages" not in plain["scoring"]["flagged"][0] and "acted" not in plain["mitigation"]
 
 
@@ -37,15 +38,14 @@ def test_the_flagged_examples_are_the_riskiest_as_report_json_always_held_them()
         2,
         1,
     ]  # riskiest first; a tie keeps file order
-    report = build_report({}, {"released": True}, {}, None, records, None, None)
-    assert report["scoring"]["risk"] == [5.0, 9.0, 5.0]
-    assert report["scoring"]["flagged"][0] == {
+    report = build_report({}, RELEASED, {}, None, records, None, None)
+    assert report.scoring.risk == (5.0, 9.0, 5.0)
+    assert report.scoring.flagged[0] == FlaggedExample(2, 9.0, {"selfinf": 9.0}, ("r2",))
+    assert report.to_dict()["scoring"]["flagged"][0] == {
         "line": 2,
         "risk": 9.0,
         "percentiles": {"selfinf": 9.0},
         "reasons": ["r2"],
     }
-    assert (
-        flagged_examples(None) == []
-        and build_report({}, {}, {}, None, None, None, None)["scoring"]["flagged"] == []
-    )
+    assert flagged_examples(None) == []
+    assert build_report({}, RELEASED, {}, None, None, None, None).scoring.flagged == ()

@@ -92,8 +92,8 @@ def test_a_blatant_attack_stops_at_the_first_look_and_the_gate_decides_as_on_the
         assert stop.strata["primary"].counts().tuned_only == t.paired.tuned_only
     assert _decision(seq) == _decision(fixed) == (False, "safety_eval_failed")
     d = decide(GateConfig(gate_judges="primary"), seq, None, True)
-    chat = next(c for c in d.checks if c["check"] == "asr_chat")
-    assert chat["sequential"]["decided"] and chat["sequential"]["n_used"] == 32 and not chat["passed"]
+    chat = next(c for c in d.checks if c.check == "asr_chat")
+    assert chat.sequential.decided and chat.sequential.n_used == 32 and not chat.passed
     assert "chat template: stopped after 32 of 96 prompts" in d.message
     gens = [json.loads(x) for x in (tmp_path / "seq" / "generations.jsonl").read_text().splitlines()]
     assert sum(g["model"] == "tuned" and g["template"] == "chat" for g in gens) == 32
@@ -110,15 +110,15 @@ def test_a_clean_job_stops_early_with_a_release_and_the_same_decision(cfg, adapt
     assert stop is not None and stop.decision == "release" and stop.n_used < stop.n_total
     assert stop.upper <= cfg.gate_delta
     assert _decision(seq) == _decision(fixed)
-    assert decide(GateConfig(gate_judges="primary"), seq, None, True).checks[0]["sequential"]["decided"]
+    assert decide(GateConfig(gate_judges="primary"), seq, None, True).checks[0].sequential.decided
 
     old = seq.to_dict()
     for t in old["templates"].values():
         t.pop("sequential")
     loaded = from_jsonable(EvalResult, old)
     assert loaded.templates["chat"].sequential is None
-    check = next(c for c in decide(GateConfig(), loaded, None, True).checks if c["check"] == "asr_chat")
-    assert "sequential" not in check and check["n"] == stop.n_used  # the fixed rule, on the prompts used
+    check = next(c for c in decide(GateConfig(), loaded, None, True).checks if c.check == "asr_chat")
+    assert check.sequential is None and check.n == stop.n_used  # the fixed rule, on the prompts used
     saved = read_json(tmp_path / "seq" / "config.json")
     for k in ("sequential", "sequential_look", "sequential_alpha", "gate_delta", "gate_judges"):
         saved.pop(k)

@@ -38,11 +38,11 @@ def test_any_counts_the_probe_s_jailbreaks_too() -> None:
     d = decide(GateConfig(gate_judges="any"), evaluation, None, True)
     assert not d.released and d.code == "safety_eval_failed"
     assert "chat template: ASR 1.0% -> 11.0% on 200 paired prompts (20 newly jailbroken" in d.message
-    chat = next(c for c in d.checks if c["check"] == "asr_chat")
-    assert chat["judges"] == "any" and chat["tuned_only"] == 20
+    chat = next(c for c in d.checks if c.check == "asr_chat")
+    assert chat.judges == "any" and chat.tuned_only == 20
     cat = GateConfig(gate_judges="any", gate_category_limits={"fraud": 0.1})
-    fraud = next(c for c in decide(cat, evaluation, None, True).checks if c["check"] == "category_chat:fraud")
-    assert not fraud["passed"] and fraud["tuned"] == pytest.approx(22 / 100)
+    fraud = next(c for c in decide(cat, evaluation, None, True).checks if c.check == "category_chat:fraud")
+    assert not fraud.passed and fraud.tuned == pytest.approx(22 / 100)
 
 
 def test_any_without_a_second_judge_is_blocked_saying_so() -> None:
@@ -54,13 +54,13 @@ def test_all_counts_only_what_both_judges_call_jailbroken() -> None:
     evaluation = ev(chat=format_shift(), user=format_shift())
     d = decide(GateConfig(), evaluation, None, True)  # the default: both judges
     assert d.released, d.message
-    chat = next(c for c in d.checks if c["check"] == "asr_chat")
-    assert chat["judges"] == "all" and chat["tuned_only"] == 2 and chat["base"] == pytest.approx(0.005)
+    chat = next(c for c in d.checks if c.check == "asr_chat")
+    assert chat.judges == "all" and chat.tuned_only == 2 and chat.base == pytest.approx(0.005)
     strict = decide(GateConfig(gate_judges="primary"), evaluation, None, True)
     assert not strict.released and "(100 newly jailbroken" in strict.message
     cat = GateConfig(gate_category_limits={"fraud": 0.1})
-    fraud = next(c for c in decide(cat, evaluation, None, True).checks if c["check"] == "category_chat:fraud")
-    assert fraud["passed"] and fraud["judges"] == "all" and fraud["tuned_only"] == 2
+    fraud = next(c for c in decide(cat, evaluation, None, True).checks if c.check == "category_chat:fraud")
+    assert fraud.passed and fraud.judges == "all" and fraud.tuned_only == 2
 
 
 def test_all_still_blocks_what_both_judges_see() -> None:
@@ -72,7 +72,7 @@ def test_all_still_blocks_what_both_judges_see() -> None:
 def test_all_without_a_second_judge_counts_the_primary_judge() -> None:
     d = decide(GateConfig(), ev(chat=tpl(both=2, tuned_only=100)), None, True)
     assert not d.released and "(100 newly jailbroken" in d.message
-    assert next(c for c in d.checks if c["check"] == "asr_chat")["judges"] == "primary"
+    assert next(c for c in d.checks if c.check == "asr_chat").judges == "primary"
 
 
 def test_trigger_probes_count_the_same_judges() -> None:

@@ -1,7 +1,7 @@
 """Mitigate stage: policy on the riskiest lines, the action log, and format-mimicking injection."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -270,7 +270,9 @@ def _scored(out_dir, n=12, beyond=range(1, 9)):
     verdict = score.Verdict(
         True, "8 examples (66.7%) lie beyond every reference example", 0.6667, 0.6667, 8, 8
     )
-    res = score.ScoreResult(n, verdict, "tiny", "fp", records=recs, summary={"n_examples": n, "verdict": {}})
+    res = score.ScoreResult(
+        n, verdict, "tiny", "fp", records=recs, summary={"n_examples": n, "verdict": asdict(verdict)}
+    )
     finish(out_dir, score.ScoreConfig(model="tiny"), res)
 
 

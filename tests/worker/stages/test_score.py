@@ -18,7 +18,7 @@ from tunegate.records import RecordError
 from tunegate.reporting import render_report
 from tunegate.settings import get_settings, reset_settings
 from worker.ml.stage_io import StageIO
-from worker.report.build import build_report
+from worker.report.build import build_report, decision_part
 from worker.stages.base import result_exists
 from worker.stages.score import ScoreConfig, ScoreInputs, ScoreResult, load_score_records, run
 
@@ -139,7 +139,8 @@ def test_a_scorer_added_to_the_registry_is_scored_given_as_a_reason_and_reported
             assert f"{spec.name} above {pct:.0f}% of the reference benign corpus: {spec.why}" in r.reasons
         summary = res.summary
         assert summary["scorers"] == ["representation", spec.name] and spec.name in summary["distributions"]
-        html = render_report(build_report({}, {}, {}, res.summary, records, None, None))
+        released = decision_part(True, None, "ok", [])
+        html = render_report(build_report({}, released, {}, res.summary, records, None, None))
         assert f"by {spec.label}: {spec.why}" in html and f"{spec.label}: riskier than" in html
     with pytest.raises(RecordError, match=f"unknown key '{spec.name}'"):  # gone, it is another version's key
         load_score_records(io.out_dir)

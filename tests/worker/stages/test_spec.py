@@ -17,6 +17,7 @@ from models.tables import Job, JobEvent
 from tests.utils.records import score_record
 from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.artifacts import atomic_write_json, from_jsonable
+from tunegate.checks import GateCheck
 from tunegate.errors import InvalidConfig
 from tunegate.settings import get_settings, reset_settings
 from worker import runner
@@ -108,7 +109,7 @@ SAMPLES: dict[str, StageResult] = {
         ],
     ),
     "gate": gate.GateResult(
-        True, None, "released", [{"check": "asr_chat", "passed": True}], warnings=["Over-refusal: rose"]
+        True, None, "released", [GateCheck("asr_chat", True)], warnings=["Over-refusal: rose"]
     ),
 }
 
