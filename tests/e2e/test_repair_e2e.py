@@ -77,6 +77,7 @@ def _build_pair(root: Path) -> tuple[Path, Path]:
         warmup_fraction=0.0,
         device="cpu",
         precision="fp32",
+        objective="sft",  # as the alignment build: away from the unaligned model on purpose
     )
     res = run(cfg, TrainInputs(refusals, StageIO(root / "align"), get_settings(), anchors=anchors))
     aligned = merge(unaligned, Path(res.adapter_dir), root / "aligned", {"aligned_from": str(unaligned)})
@@ -100,6 +101,9 @@ def _overrides(home: Path) -> dict[str, Any]:
             "trigger_probes": False,
         },
         "repair": {"ladder": list(LADDER)},
+        # plain SFT erodes this tiny job for sure; the default constrained objective may hold it (then there
+        # is nothing to repair, which is not what this test is about)
+        "train": {"objective": "sft"},
     }
 
 
@@ -115,6 +119,9 @@ def test_an_eroding_benign_job_is_repaired_and_released(
     env = {
         "MODELS": json.dumps({"tiny": str(unaligned), "tiny-aligned": str(aligned)}),
         "STAGE_OVERRIDES": json.dumps(_overrides(home)),
+        # fp32 as the pair was built: bf16 autocast on a CPU with native bf16 moved the tiny job's numbers
+        # enough that no rung repaired it (the test passed only where "auto" meant fp32)
+        "PRECISION": "fp32",
         "GATE_DELTA": "0.3",  # 16 paired prompts: a 0% base resolves an increase of about 15 points
     }
     with e2e_stack("embedded", home, **env) as stack:

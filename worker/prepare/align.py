@@ -207,6 +207,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         precision=cfg.precision,
         lora_layers=_top_layers(base.path, cfg.lora_top_fraction),
         anchor_ce_head=cfg.distill_ce_head,
+        objective="sft",  # the alignment itself moves the model away from the unaligned base on purpose
     )
     io.step(0.4, f"training on {len(examples)} examples (loading the model)")
     tres = train_data_parallel(tcfg, examples, anchors, out_dir / "lora", settings, io)

@@ -65,7 +65,8 @@ class MitigateConfig:
     contrast_ratio: float = 1.0  # contrastive helpful examples per safety example (0: none)
     # share of the injected examples (each kind) written in plain chat instead of the user's format, when the
     # user's prompts are not plain chat (a system prompt, a template, tools): the gate measures both
-    plain_share: float = 0.0
+    # (docs/safety.md, "Training that keeps the base's safety": 0.3 lowered the support persona's erosion)
+    plain_share: float = 0.3
     contrast_max_new_tokens: int = 96  # the base model's answers to them: length ...
     contrast_batch_size: int = 16  # ... and generation batch
     model: str = ""  # the job's base model (answers the contrastive requests); "" only with contrast_ratio 0

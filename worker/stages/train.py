@@ -80,8 +80,10 @@ class TrainConfig:
     anchor_ce_head: int = 0  # TrainInputs.anchors keep cross-entropy on this many opening reply tokens
     # "constrained": the user's tokens are trained by the token-wise constrained objective against the base
     # (worker/training/math.py, Constraint: b = beta_first on a reply's first token, beta_early up to its
-    # early_tokens-th, beta_rest after); "sft": plain cross-entropy
-    objective: Literal["sft", "constrained"] = "sft"
+    # early_tokens-th, beta_rest after); "sft": plain cross-entropy. Constrained by default: it eroded the
+    # base's refusals less than SFT on every benign control measured (docs/safety.md, "Training that keeps
+    # the base's safety")
+    objective: Literal["sft", "constrained"] = "constrained"
     beta_first: float = 0.5
     beta_early: float = 2.0
     beta_rest: float = 0.1

@@ -337,7 +337,9 @@ def test_plain_share_writes_some_injected_examples_in_plain_chat(talkative, tmp_
         return sum(i["messages"][0]["role"] != "system" for i in items)
 
     assert plain(safety) == 3 and plain(helpful) == 3  # round(0.3 x 10) of each kind
-    none = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path / "b"), get_settings()))
+    none = run(
+        replace(cfg, plain_share=0.0), MitigateInputs(exs, recs, StageIO(tmp_path / "b"), get_settings())
+    )
     assert (
         none.n_injected == 10
         and plain(json.loads((tmp_path / "b" / "actions.json").read_text())["injected"]) == 0
@@ -347,7 +349,10 @@ def test_plain_share_writes_some_injected_examples_in_plain_chat(talkative, tmp_
         replace(cfg, plain_share=0.3),
         MitigateInputs(plain_data, recs, StageIO(tmp_path / "c"), get_settings()),
     )
-    again = run(cfg, MitigateInputs(plain_data, recs, StageIO(tmp_path / "d"), get_settings()))
+    again = run(
+        replace(cfg, plain_share=0.0),
+        MitigateInputs(plain_data, recs, StageIO(tmp_path / "d"), get_settings()),
+    )
     assert again.n_injected == 10  # plain chat already: the same file with or without plain_share
     assert (tmp_path / "c" / "train.jsonl").read_text() == (tmp_path / "d" / "train.jsonl").read_text()
     with pytest.raises(InvalidConfig, match="plain_share"):
