@@ -119,9 +119,6 @@ def test_an_eroding_benign_job_is_repaired_and_released(
     env = {
         "MODELS": json.dumps({"tiny": str(unaligned), "tiny-aligned": str(aligned)}),
         "STAGE_OVERRIDES": json.dumps(_overrides(home)),
-        # fp32 as the pair was built: bf16 autocast on a CPU with native bf16 moved the tiny job's numbers
-        # enough that no rung repaired it (the test passed only where "auto" meant fp32)
-        "PRECISION": "fp32",
         "GATE_DELTA": "0.3",  # 16 paired prompts: a 0% base resolves an increase of about 15 points
     }
     with e2e_stack("embedded", home, **env) as stack:
