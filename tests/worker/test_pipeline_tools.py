@@ -20,7 +20,9 @@ from tunegate.shipped import data_path, read_jsonl
 from worker import runner
 from worker.evaluation.keyword import is_refusal
 from worker.job_view import job_dir
+from worker.ml.format import UserFormat
 from worker.stages.all import PIPELINE
+from worker.stages.mitigate import plain_count
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tools.jsonl"
 POOL = {str(r["prompt"]) for r in read_jsonl(data_path("pool", "harmful.jsonl"))}
@@ -70,8 +72,11 @@ def test_tool_calling_dataset_runs_through_every_stage(home: Path) -> None:
     trained = load_examples(out["mitigate"] / "train.jsonl")
     injected = [c for c in trained if c.user_turns[0] in POOL]
     assert len(injected) == read_json(out["mitigate"] / "result.json")["n_injected"] > 0
+    # plain_share of them is written in plain chat (no tools), the rest in the user's format (the tools)
+    plain = plain_count(UserFormat(tool_sets=[(rows[0]["tools"], 1)], tools_share=1.0), len(injected), 0.3)
+    assert 0 < plain < len(injected) and sum(not c.tools for c in injected) == plain
     for c in trained:
-        assert list(c.tools) == rows[0]["tools"]
+        assert list(c.tools) == ([] if c in injected and not c.tools else rows[0]["tools"])
         if c in injected:
             assert not any(m.tool_calls for m in c.messages) and is_refusal(c.text_replies[-1])
         else:
