@@ -380,8 +380,9 @@ def split_injected(
     ``actions.json`` lists (safety refusals and contrastive helpful answers), matched by their messages."""
     actions = json.loads(actions_file.read_text(encoding="utf-8"))
     keys = {_chat_key(item["messages"]) for item in actions.get("injected", [])}
-    injected = [c for c in examples if _chat_key(c.to_chat_dict()["messages"]) in keys]
-    return [c for c in examples if _chat_key(c.to_chat_dict()["messages"]) not in keys], injected
+    is_injected = [_chat_key(c.to_chat_dict()["messages"]) in keys for c in examples]
+    user = [c for c, inj in zip(examples, is_injected, strict=True) if not inj]
+    return user, [c for c, inj in zip(examples, is_injected, strict=True) if inj]
 
 
 def publishing_checkpoints(io: StageIO, publish: Publish) -> StageIO:

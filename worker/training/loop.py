@@ -147,11 +147,17 @@ def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: in
     """Summed loss (with grad), supervised token count and argmax hits of one micro-batch: cross-entropy,
     or KL to the adapter-off base on anchor rows past their first ``ce_head`` tokens (``token_stats``'s
     loss), with the vocabulary projection only at the supervised positions (about half of a batch's)."""
-    mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
-    hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
-    pred = head_logits(model, hidden[:, :-1][mask])  # (N, V)
+    mask, kl, pred = _supervised_logits(model, batch, anchor, ce_head)
     teacher = _base_logits(model, batch, kl) if bool(kl.any()) else None  # (K, V)
     return selected_stats(pred, batch["labels"][:, 1:][mask], teacher, kl[mask])
+
+
+def _supervised_logits(model: Any, batch: dict[str, Any], anchor: Any, ce_head: int) -> tuple[Any, Any, Any]:
+    """(mask, kl) of ``supervised_positions`` (B, T-1) each, and the model's logits (N, V) at the masked
+    positions only (the vocabulary projection skips the rest)."""
+    mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
+    hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+    return mask, kl, head_logits(model, hidden[:, :-1][mask])  # (N, V)
 
 
 def micro_batch_objective(
@@ -166,9 +172,7 @@ def micro_batch_objective(
         return loss, loss.detach(), n, correct
     import torch
 
-    mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
-    hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
-    pred = head_logits(model, hidden[:, :-1][mask])  # (N, V)
+    mask, kl, pred = _supervised_logits(model, batch, anchor, ce_head)
     gold, use_kl = batch["labels"][:, 1:][mask], kl[mask]  # (N,) each
     base = _base_logits(model, batch, mask).float()  # (N, V)
     ref_logp = torch.log_softmax(base, -1).gather(1, gold[:, None]).squeeze(1)  # (N,)
