@@ -20,7 +20,8 @@ difference ``V = W_aligned - W_unaligned`` undoes much of that without data or t
 The release rule (``release_rule``): the gate releases the repaired adapter (every template, category and
 probe within its limits), its over-refusal rise is within ``over_refusal_delta`` (whatever
 ``over_refusal_action``), and its task loss on the held-out user data is at most ``1 +
-max_task_loss_increase`` times the trained adapter's. Held-out user data: the job's validation file, else
+max_task_loss_increase`` times the trained adapter's, or ``min_task_loss_slack`` nats above it where that is
+larger (``task_loss_rule``). Held-out user data: the job's validation file, else
 the share the train stage held out before training (``TrainResult.heldout_file``); without either, or on a
 base that records no model it was aligned from, nothing is tried.
 
@@ -75,6 +76,9 @@ class RepairStageConfig:
     ladder: tuple[str, ...] = LADDER  # METHOD:PARAMETER, tried in this order
     merge_weight: float = 0.2  # merge: a merged layer's update is (1 - w) dW + w V (SafeMERGE's 0.8 / 0.2)
     max_task_loss_increase: float = 0.1  # relative: a repair may raise the held-out task loss by this share
+    # ...or by this many nats per token, whichever is larger: on a task learned to a loss near 0 (the panel's
+    # JSON, 0.017 nats) 10% is 0.002 nats, a 0.2% change of per-token perplexity; 0.01 nats is 1%
+    min_task_loss_slack: float = 0.01
     max_evaluations: int = 3  # repaired adapters evaluated at most (each costs one evaluation)
     batch_size: int = 8  # the task loss's forward batches
     device: str = ""  # "": from settings
@@ -91,6 +95,10 @@ class RepairStageConfig:
         if not 0 <= self.max_task_loss_increase <= 10:
             raise InvalidConfig(
                 "RepairStageConfig.max_task_loss_increase must be in [0, 10]", param="max_task_loss_increase"
+            )
+        if not 0 <= self.min_task_loss_slack <= 1:
+            raise InvalidConfig(
+                "RepairStageConfig.min_task_loss_slack must be in [0, 1] nats", param="min_task_loss_slack"
             )
         if self.max_evaluations < 0 or self.batch_size < 1:
             raise InvalidConfig(
@@ -204,13 +212,17 @@ def plan(cfg: RepairStageConfig, decision: Decision, verdict: Verdict | None) ->
 
 
 def task_loss_rule(cfg: RepairStageConfig, loss: float, trained_loss: float) -> tuple[float, str]:
-    """(the limit, why the repair fails it: "" when within) for a repair's held-out task loss."""
-    limit = trained_loss * (1 + cfg.max_task_loss_increase)
+    """(the limit, why the repair fails it: "" when within) for a repair's held-out task loss: the trained
+    adapter's loss plus ``max_task_loss_increase`` of it, or plus ``min_task_loss_slack`` nats where that is
+    larger (a loss near 0 would otherwise leave a margin smaller than the measurement's own noise)."""
+    slack = max(trained_loss * cfg.max_task_loss_increase, cfg.min_task_loss_slack)
+    limit = trained_loss + slack
     if loss <= limit + 1e-12:
         return limit, ""
     return limit, (
-        f"task loss on the held-out user data {loss:.4f} is over {1 + cfg.max_task_loss_increase:.2f}x the "
-        f"trained adapter's {trained_loss:.4f} (limit {limit:.4f})"
+        f"task loss on the held-out user data {loss:.4f} is over the limit {limit:.4f}: the trained "
+        f"adapter's {trained_loss:.4f} plus the larger of {cfg.max_task_loss_increase:.0%} of it and "
+        f"{cfg.min_task_loss_slack:g} nats"
     )
 
 
@@ -218,7 +230,7 @@ def release_rule(cfg: RepairStageConfig, decision: Decision, loss: float, traine
     """Why a repaired adapter is not released ("" when it is), from the gate's decision on its evaluation
     and its held-out task loss: blocked by the gate (a template, category, probe or margin), its over-refusal
     over the limit even where the policy would release with a warning (a repair must not buy its release
-    with refusals), or its task loss over ``1 + max_task_loss_increase`` times the trained adapter's."""
+    with refusals), or its task loss over the limit of ``task_loss_rule``."""
     _, too_high = task_loss_rule(cfg, loss, trained_loss)
     if too_high:
         return too_high

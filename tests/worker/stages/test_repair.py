@@ -80,7 +80,20 @@ def test_the_task_loss_limit_is_relative_to_the_trained_adapter() -> None:
     cfg = RepairStageConfig(max_task_loss_increase=0.1)
     assert repair.task_loss_rule(cfg, 2.2, 2.0) == (pytest.approx(2.2), "")
     limit, why = repair.task_loss_rule(cfg, 2.3, 2.0)
-    assert limit == pytest.approx(2.2) and "2.3000 is over 1.10x the trained adapter's 2.0000" in why
+    assert limit == pytest.approx(2.2) and "2.3000 is over the limit 2.2000" in why
+    assert "the trained adapter's 2.0000" in why
+
+
+def test_a_loss_near_zero_gets_the_absolute_slack_not_a_tenth_of_itself() -> None:
+    # the panel's JSON job: trained 0.017 nats, restore 0.0187; 10% would allow 0.0017 nats of change
+    cfg = RepairStageConfig(max_task_loss_increase=0.1, min_task_loss_slack=0.01)
+    limit, why = repair.task_loss_rule(cfg, 0.0187, 0.017)
+    assert limit == pytest.approx(0.027) and why == ""
+    limit, why = repair.task_loss_rule(cfg, 0.03, 0.017)
+    assert limit == pytest.approx(0.027) and "0.0300 is over the limit 0.0270" in why
+    # a large loss keeps the relative limit, the floor does not widen it
+    assert repair.task_loss_rule(cfg, 2.25, 2.0)[1] != ""
+    assert repair.task_loss_rule(RepairStageConfig(min_task_loss_slack=0.0), 0.0188, 0.017)[1] != ""
 
 
 @pytest.mark.parametrize(
@@ -92,6 +105,7 @@ def test_the_task_loss_limit_is_relative_to_the_trained_adapter() -> None:
         ({"ladder": ("restore:3",)}, "repair_alpha"),
         ({"merge_weight": 1.5}, "merge_weight"),
         ({"max_task_loss_increase": -0.1}, "max_task_loss_increase"),
+        ({"min_task_loss_slack": -0.01}, "min_task_loss_slack"),
     ],
 )
 def test_a_bad_repair_config_is_refused_by_name(change: dict[str, Any], param: str) -> None:
