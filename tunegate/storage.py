@@ -1,12 +1,11 @@
-"""Where uploaded files and published job artifacts live: one interface, a local and an object-store
-implementation.
+"""Where uploaded files and published job artifacts live: one implementation over an fsspec filesystem, the
+local disk (``LocalStorage``) or an S3-compatible object store (``ObjectStorage``, s3fs).
 
 An upload is first *staged* (streamed to a temporary ``.part`` file while hashing and counting bytes),
-checked, and only then *committed* (renamed into place) or *discarded*. Nothing half-written is ever visible
-under a key. ``LocalStorage`` keeps objects under the files directory; ``ObjectStorage`` (fsspec, e.g. s3fs
-for ``storage_url = s3://bucket/prefix``) stages on the local disk the same way and uploads on commit
-(multipart, constant memory), so the API and the workers need no shared disk. A worker reads a training file
-through ``materialize`` (a local copy per key: keys are never reused, so a copy is never stale).
+checked, and only then *committed* (renamed into place on the local disk; uploaded, in parts and constant
+memory, to an object store) or *discarded*. Nothing half-written is ever visible under a key, and the API
+and the workers need no shared disk. A worker reads a training file through ``materialize`` (a local copy
+per key: keys are never reused, so a copy is never stale).
 
 Job artifacts (adapters, checkpoints' adapters, reports) are *published* by the stages that write them
 (``artifact_publisher``): with the local store the local path is the reference, as it always was; with an
@@ -28,13 +27,17 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
+
+from fsspec.implementations.local import LocalFileSystem
 
 from tunegate.artifacts import write_all
 from tunegate.errors import NotFound, PayloadTooLarge, StorageFull, StorageUnavailable
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 TMP_DIR = "tmp"
 PART_SUFFIX = ".part"
+FILES = "files"  # the uploads' prefix in an object store (job artifacts go under "jobs/")
+JOBS = "jobs"
 
 
 class ObjectMissing(NotFound):
@@ -71,6 +76,7 @@ class StagingWriter:
     """Bytes written to a ``.part`` temp file while hashing and counting them; nothing is visible under a
     key until the staged file is committed. ``abort`` (or a failed write) removes the temp file."""
 
+    # Our own: no library hashes, caps the size and maps a full disk while it streams to a temp file.
     def __init__(self, tmp_dir: Path, *, max_bytes: int) -> None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         self.fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=PART_SUFFIX)
@@ -119,122 +125,18 @@ class SweepReport:
     orphans_removed: int
 
 
-class Storage(Protocol):
-    def begin(self, *, max_bytes: int) -> StagingWriter: ...
-
-    def stage(self, stream: BinaryIO, *, max_bytes: int) -> Staged: ...
-
-    def commit(self, staged: Staged) -> str: ...
-
-    def discard(self, staged: Staged) -> None: ...
-
-    def open(self, key: str) -> BinaryIO: ...
-
-    def materialize(self, key: str, cache_dir: Path) -> Path: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def sweep(self, live_keys: Collection[str], *, older_than_s: float) -> SweepReport: ...
-
-
 def sweep_parts(tmp_dir: Path, cutoff: float) -> int:
     """Remove the ``.part`` temp files in ``tmp_dir`` last written before ``cutoff``; how many."""
-    parts = 0
-    if tmp_dir.is_dir():
-        for p in tmp_dir.iterdir():
-            if p.name.endswith(PART_SUFFIX) and p.is_file() and p.stat().st_mtime <= cutoff:
-                p.unlink(missing_ok=True)
-                parts += 1
-    return parts
-
-
-class LocalStorage:
-    """Files under ``root``: key ``ab/cd/<sha256>.<random>``; temp files in ``root/tmp``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tmp_dir = root / TMP_DIR
-
-    def begin(self, *, max_bytes: int) -> StagingWriter:
-        """A writer that stages bytes as they arrive (``finish`` or ``abort`` it)."""
-        return StagingWriter(self.tmp_dir, max_bytes=max_bytes)
-
-    def stage(self, stream: BinaryIO, *, max_bytes: int) -> Staged:
-        """Copy ``stream`` to a temp file in constant memory; ``PayloadTooLarge`` past ``max_bytes``,
-        ``StorageFull`` when the disk is full (the partial temp file is removed either way)."""
-        writer = self.begin(max_bytes=max_bytes)
-        try:
-            while chunk := stream.read(CHUNK):
-                writer.write(chunk)
-            return writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-
-    def commit(self, staged: Staged) -> str:
-        """Rename the staged file to a fresh key of its own (never one another row could hold)."""
-        key = f"{staged.sha256[:2]}/{staged.sha256[2:4]}/{staged.sha256}.{secrets.token_hex(8)}"
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.tmp_path, target)  # 64 random bits: no other row ever holds this key
-        return key
-
-    def discard(self, staged: Staged) -> None:
-        staged.tmp_path.unlink(missing_ok=True)
-
-    def path(self, key: str) -> Path:
-        p = (self.root / key).resolve()
-        if self.root.resolve() not in p.parents or p.parent == self.tmp_dir.resolve():
-            log.warning("storage key %r points outside the store", key)
-            raise ObjectMissing(key)
-        return p
-
-    def open(self, key: str) -> BinaryIO:
-        return self.materialize(key, self.root).open("rb")
-
-    def materialize(self, key: str, cache_dir: Path) -> Path:
-        """The object's own file (already local: ``cache_dir`` is not used)."""
-        del cache_dir
-        p = self.path(key)
-        if not p.is_file():
-            log.warning("stored object %r is missing", key)
-            raise ObjectMissing(key)
-        return p
-
-    def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
-
-    def sweep(self, live_keys: Collection[str], *, older_than_s: float) -> SweepReport:
-        """Remove ``.part`` temp files and objects not in ``live_keys``, if older than ``older_than_s``.
-
-        The age guard keeps what an upload in flight (in this or another API process) has written but not
-        yet recorded.
-        """
-        cutoff = time.time() - older_than_s
-        live = {str((self.root / k).resolve()) for k in live_keys}
-        parts, orphans = sweep_parts(self.tmp_dir, cutoff), 0
-        if not self.root.is_dir():
-            return SweepReport(parts, orphans)
-        if not live_keys:  # e.g. a fresh database pointed at an existing store: remove nothing on a guess
-            log.warning("storage sweep: no row references any object; not removing orphaned objects")
-            return SweepReport(parts, orphans)
-        for top in self.root.iterdir():
-            if top.name == TMP_DIR or not top.is_dir():
-                continue
-            for p in top.rglob("*"):
-                if p.is_file() and str(p.resolve()) not in live and p.stat().st_mtime <= cutoff:
-                    log.info("removing orphaned stored object %s", p.relative_to(self.root))
-                    p.unlink(missing_ok=True)
-                    orphans += 1
-        return SweepReport(parts, orphans)
-
-
-FILES = "files"  # the uploads' prefix in an object store (job artifacts go under "jobs/")
-JOBS = "jobs"
+    # Our own: staged uploads are plain local files (StagingWriter) whatever the store.
+    stale = [p for p in tmp_dir.glob(f"*{PART_SUFFIX}") if p.is_file() and p.stat().st_mtime <= cutoff]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _checked_key(key: str) -> str:
     """A relative key without ``..`` or empty parts (keys come from our rows, never from a client)."""
+    # Our own: fsspec joins whatever path it is given, ``..`` included.
     parts = PurePosixPath(key).parts
     if not parts or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         log.warning("storage key %r is not a plain relative key", key)
@@ -242,110 +144,107 @@ def _checked_key(key: str) -> str:
     return key
 
 
-class _Failures:
-    """Re-raise an object store's failures (other than a missing object) as ``StorageUnavailable``."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or isinstance(exc, FileNotFoundError | ObjectMissing | StorageUnavailable):
-            return
-        if isinstance(exc, Exception):  # any client, HTTP or connection error of the store's library
-            log.warning("object store operation failed: %r", exc)
-            raise StorageUnavailable("the file store is unavailable; retry later") from exc
+@contextmanager
+def _failures(key: str) -> Iterator[None]:
+    """A missing object raises ``ObjectMissing``; any other failure of the store ``StorageUnavailable``."""
+    # Our own: fsspec passes on each backend's errors (botocore's, aiohttp's, OSError) as they are.
+    try:
+        yield
+    except FileNotFoundError:
+        raise ObjectMissing(key) from None
+    except (ObjectMissing, StorageUnavailable):
+        raise
+    except Exception as exc:  # any client, HTTP, connection or OS error of the store's library
+        log.warning("file store operation on %r failed: %r", key, exc)
+        raise StorageUnavailable("the file store is unavailable; retry later") from exc
 
 
 class ObjectStore:
-    """Objects under ``root`` (``bucket/prefix``) of an fsspec filesystem, addressed by relative keys; a
-    failure of the store other than a missing object raises ``StorageUnavailable``."""
+    """Objects under ``root`` (a directory, or ``bucket/prefix``) of an fsspec filesystem, addressed by
+    relative keys: a missing object raises ``ObjectMissing``, any other failure ``StorageUnavailable``."""
 
     def __init__(self, fs: Any, root: str) -> None:
         self.fs = fs
-        self.root = root.strip("/")
-        self.failures = _Failures()
+        self.root: str = fs._strip_protocol(root)  # the form fsspec names paths in (find's keys)
 
     def full(self, key: str) -> str:
         return f"{self.root}/{_checked_key(key)}"
 
-    def put_file(self, local: Path, key: str) -> None:
-        """Upload one file (s3fs sends a large one in parts: constant memory)."""
-        with self.failures:
-            self.fs.put_file(str(local), self.full(key))
-
     def put(self, local: Path, key: str) -> None:
-        """Upload a file, or every file of a directory tree under ``key/``."""
+        """Upload a file, or every file (not link) of a directory tree under ``key/``; s3fs sends a large
+        file in parts (constant memory) and several files at once."""
         if local.is_dir():
-            for p in sorted(local.rglob("*")):
-                if p.is_file() and not p.is_symlink():
-                    self.put_file(p, f"{key}/{p.relative_to(local).as_posix()}")
+            files = sorted(p for p in local.rglob("*") if p.is_file() and not p.is_symlink())
+            keys = [f"{key}/{p.relative_to(local).as_posix()}" for p in files]
         else:
-            self.put_file(local, key)
+            files, keys = [local], [key]
+        with _failures(key):  # lists, not one path: fsspec would expand a glob character in a name
+            self.fs.put([str(p) for p in files], [self.full(k) for k in keys])
+
+    def move_in(self, local: Path, key: str) -> None:
+        """Move a local file to ``key``: a rename on the local disk (atomic), an upload to S3."""
+        if isinstance(self.fs, LocalFileSystem):
+            with _failures(key):
+                self.fs.mv(str(local), self.full(key))  # shutil.move: os.rename within one filesystem
+        else:
+            self.put(local, key)
+            local.unlink(missing_ok=True)
 
     def open(self, key: str) -> BinaryIO:
-        """A streaming reader (fetched in blocks as it is read)."""
-        try:
-            with self.failures:
-                return self.fs.open(self.full(key), "rb")  # type: ignore[no-any-return]
-        except FileNotFoundError:
-            log.warning("stored object %r is missing", key)
-            raise ObjectMissing(key) from None
+        """A streaming reader (from an object store, fetched in blocks as it is read)."""
+        with _failures(key):
+            return self.fs.open(self.full(key), "rb")  # type: ignore[no-any-return]
 
-    def info(self, key: str) -> dict[str, Any] | None:
-        try:
-            with self.failures:
-                return dict(self.fs.info(self.full(key)))
-        except FileNotFoundError:
-            return None
+    def info(self, key: str) -> dict[str, Any]:
+        with _failures(key):
+            return dict(self.fs.info(self.full(key)))
 
     def exists(self, key: str) -> bool:
-        info = self.info(key)
-        return info is not None and info.get("type") == "file"
+        try:
+            return self.info(key).get("type") == "file"
+        except ObjectMissing:
+            return False
 
     def size(self, key: str) -> int:
         info = self.info(key)
-        if info is None or info.get("type") != "file":
+        if info.get("type") != "file":
             raise ObjectMissing(key)
         return int(info["size"])
 
-    def listing(self, key: str) -> dict[str, dict[str, Any]]:
-        """Every object under ``key/``: relative key -> its info (size, LastModified, ETag)."""
-        try:
-            with self.failures:
-                found = self.fs.find(self.full(key), detail=True)
-        except FileNotFoundError:
-            return {}
+    def listing(self, key: str = "") -> dict[str, dict[str, Any]]:
+        """Every object under ``key/`` (all of them without a key): relative key -> its info."""
+        with _failures(key):
+            found = self.fs.find(self.full(key) if key else self.root, detail=True)
         return {path[len(self.root) + 1 :]: dict(info) for path, info in found.items()}
 
     def get_file(self, key: str, dest: Path) -> Path:
         """Download to ``dest`` through a temp file beside it (a reader never sees half a file)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Our own temp-then-rename: fsspec's get_file writes the destination in place.
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            with self.failures:
+            with _failures(key):
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(self.full(key), str(tmp))
-            os.replace(tmp, dest)
-        except FileNotFoundError:
-            log.warning("stored object %r is missing", key)
-            raise ObjectMissing(key) from None
+                os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
         return dest
 
     def get_tree(self, key: str, dest: Path) -> Path:
-        """Download every object under ``key/`` into ``dest`` (``ObjectMissing`` when there is none)."""
-        objects = self.listing(key)
-        if not objects:
+        """Download every object under ``key/`` into the fresh directory ``dest`` (``ObjectMissing`` when
+        there is none)."""
+        subs = list(self.listing(key))
+        if not subs:
             raise ObjectMissing(key)
-        for sub in objects:
-            self.get_file(sub, dest / sub[len(key) + 1 :])
+        with _failures(key):
+            self.fs.get([self.full(s) for s in subs], [str(dest / s[len(key) + 1 :]) for s in subs])
         return dest
 
     def delete(self, key: str) -> None:
         try:
-            with self.failures:
+            with _failures(key):
                 self.fs.rm_file(self.full(key))
-        except FileNotFoundError:
+        except ObjectMissing:
             pass  # already gone: deleting is idempotent
 
 
@@ -356,57 +255,99 @@ def _modified(info: dict[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) else time.time()
 
 
-class ObjectStorage:
-    """Uploads in an object store under ``files/<key>``; staged on the local disk (``tmp_dir``) while they
-    are received and checked, uploaded on commit."""
+class Storage:
+    """Uploads as objects of ``store`` under ``prefix``, staged in ``tmp_dir`` on the local disk while they
+    are received and checked (``LocalStorage`` or ``ObjectStorage``)."""
+
+    prefix = ""
 
     def __init__(self, store: ObjectStore, tmp_dir: Path) -> None:
         self.store = store
         self.tmp_dir = tmp_dir
 
+    def _key(self, key: str) -> str:
+        if _checked_key(key).split("/", 1)[0] == TMP_DIR:  # the local store's temp uploads are no objects
+            raise ObjectMissing(key)
+        return self.prefix + key
+
     def begin(self, *, max_bytes: int) -> StagingWriter:
+        """A writer that stages bytes as they arrive (``finish`` or ``abort`` it)."""
         return StagingWriter(self.tmp_dir, max_bytes=max_bytes)
 
     def stage(self, stream: BinaryIO, *, max_bytes: int) -> Staged:
-        return LocalStorage(self.tmp_dir.parent).stage(stream, max_bytes=max_bytes)
+        """Copy ``stream`` to a temp file in constant memory; ``PayloadTooLarge`` past ``max_bytes``,
+        ``StorageFull`` when the disk is full (the partial temp file is removed either way)."""
+        writer = self.begin(max_bytes=max_bytes)
+        try:
+            shutil.copyfileobj(stream, writer, CHUNK)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
 
     def commit(self, staged: Staged) -> str:
+        """Move the staged file to a fresh key of its own (64 random bits: never one another row holds)."""
         key = f"{staged.sha256[:2]}/{staged.sha256[2:4]}/{staged.sha256}.{secrets.token_hex(8)}"
-        self.store.put_file(staged.tmp_path, f"{FILES}/{key}")
-        staged.tmp_path.unlink(missing_ok=True)
+        self.store.move_in(staged.tmp_path, self._key(key))
         return key
 
     def discard(self, staged: Staged) -> None:
         staged.tmp_path.unlink(missing_ok=True)
 
     def open(self, key: str) -> BinaryIO:
-        return self.store.open(f"{FILES}/{_checked_key(key)}")
+        return self.store.open(self._key(key))
 
     def materialize(self, key: str, cache_dir: Path) -> Path:
         """A local copy of the object in ``cache_dir/<key>`` (downloaded once: a key is never reused)."""
         dest = cache_dir / _checked_key(key)
-        if dest.is_file():
-            return dest
-        return self.store.get_file(f"{FILES}/{key}", dest)
+        return dest if dest.is_file() else self.store.get_file(self._key(key), dest)
 
     def delete(self, key: str) -> None:
-        self.store.delete(f"{FILES}/{_checked_key(key)}")
+        self.store.delete(self._key(key))
 
     def sweep(self, live_keys: Collection[str], *, older_than_s: float) -> SweepReport:
-        """As ``LocalStorage.sweep``: local ``.part`` files, then objects under ``files/`` no row names."""
+        """Remove ``.part`` temp files and objects not in ``live_keys``, if older than ``older_than_s``.
+
+        The age guard keeps what an upload in flight (in this or another API process) has written but not
+        yet recorded.
+        """
         cutoff = time.time() - older_than_s
-        parts = sweep_parts(self.tmp_dir, cutoff)
-        if not live_keys:
+        parts, orphans = sweep_parts(self.tmp_dir, cutoff), 0
+        if not live_keys:  # e.g. a fresh database pointed at an existing store: remove nothing on a guess
             log.warning("storage sweep: no row references any object; not removing orphaned objects")
-            return SweepReport(parts, 0)
-        orphans = 0
-        for sub, info in self.store.listing(FILES).items():
-            key = sub[len(FILES) + 1 :]
-            if key not in live_keys and _modified(info) <= cutoff:
+            return SweepReport(parts, orphans)
+        for sub, info in self.store.listing(self.prefix.rstrip("/")).items():
+            key = sub.removeprefix(self.prefix)
+            top, _, rest = key.partition("/")  # objects live in subdirectories; temp uploads are no objects
+            if rest and top != TMP_DIR and key not in live_keys and _modified(info) <= cutoff:
                 log.info("removing orphaned stored object %s", key)
                 self.store.delete(sub)
                 orphans += 1
         return SweepReport(parts, orphans)
+
+
+class LocalStorage(Storage):
+    """Files under ``root``: key ``ab/cd/<sha256>.<random>``; temp files in ``root/tmp``."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(ObjectStore(LocalFileSystem(auto_mkdir=True), str(root)), root / TMP_DIR)
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return Path(self.store.full(self._key(key)))
+
+    def materialize(self, key: str, cache_dir: Path) -> Path:
+        """The object's own file (already local: ``cache_dir`` is not used)."""
+        del cache_dir
+        if not self.store.exists(self._key(key)):
+            raise ObjectMissing(key)
+        return self.path(key)
+
+
+class ObjectStorage(Storage):
+    """Uploads in an object store under ``files/<key>``; staged on the local disk, uploaded on commit."""
+
+    prefix = f"{FILES}/"
 
 
 def object_store(settings: Settings) -> ObjectStore | None:
@@ -424,8 +365,7 @@ def object_store(settings: Settings) -> ObjectStore | None:
         options["secret"] = settings.s3_secret_access_key
     if settings.s3_region:
         options["client_kwargs"] = {"region_name": settings.s3_region}
-    fs = fsspec.filesystem("s3", **options)
-    return ObjectStore(fs, settings.storage_url[len("s3://") :])
+    return ObjectStore(fsspec.filesystem("s3", **options), settings.storage_url[len("s3://") :])
 
 
 def get_storage(settings: Settings | None = None) -> Storage:
@@ -467,23 +407,29 @@ def is_stored(ref: str) -> bool:
     return bool(ref) and not os.path.isabs(ref)
 
 
+def _store_of(settings: Settings, ref: str) -> ObjectStore | None:
+    """The object store holding ``ref``; None when it is a local path."""
+    # A local reference is the very path its stage wrote: read in place with pathlib, nothing to fetch.
+    return object_store(settings) if is_stored(ref) else None
+
+
 def open_artifact(settings: Settings, ref: str) -> BinaryIO:
     """Read a published artifact file (``ObjectMissing`` when it is gone)."""
-    store = object_store(settings) if is_stored(ref) else None
-    if store is not None:
+    if store := _store_of(settings, ref):
         return store.open(ref)
-    p = Path(ref)
-    if not p.is_file():
+    if not Path(ref).is_file():
         raise ObjectMissing(ref)
-    return p.open("rb")
+    return Path(ref).open("rb")
 
 
 def artifact_version(settings: Settings, ref: str) -> str | None:
     """A token that changes when the artifact is rewritten (None: it is missing)."""
-    store = object_store(settings) if is_stored(ref) else None
-    if store is not None:
-        info = store.info(ref)
-        return None if info is None else f"{info.get('ETag')}:{info.get('size')}"
+    if store := _store_of(settings, ref):
+        try:
+            info = store.info(ref)
+        except ObjectMissing:
+            return None
+        return f"{info.get('ETag')}:{info.get('size')}"
     try:
         return str(Path(ref).stat().st_mtime_ns) if Path(ref).is_file() else None
     except OSError:
@@ -492,8 +438,7 @@ def artifact_version(settings: Settings, ref: str) -> str | None:
 
 def fetch_tree(settings: Settings, ref: str, dest: Path) -> Path:
     """A published directory on the local disk: its own path (local store), or downloaded into ``dest``."""
-    store = object_store(settings) if is_stored(ref) else None
-    if store is not None:
+    if store := _store_of(settings, ref):
         return store.get_tree(ref, dest)
     if not Path(ref).is_dir():
         raise ObjectMissing(ref)
@@ -502,7 +447,6 @@ def fetch_tree(settings: Settings, ref: str, dest: Path) -> Path:
 
 def tree_exists(settings: Settings, ref: str) -> bool:
     """Whether a published directory still has its files."""
-    store = object_store(settings) if is_stored(ref) else None
-    if store is not None:
+    if store := _store_of(settings, ref):
         return bool(store.listing(ref))
     return Path(ref).is_dir()
