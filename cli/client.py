@@ -4,14 +4,15 @@
     job = wait("ftjob-...", base_url="http://127.0.0.1:8000/v1", api_key="tg-...")
     job["status"], job["fine_tuned_model"], job["error"]
 
-It speaks through the official ``openai`` SDK. An unreachable API and 5xx answers are retried until the API
-has been away for ``unreachable_s`` (then ``WaitTimeout``); a 4xx answer (no such job, a bad key) raises the
-SDK's ``APIStatusError`` at once, which the CLI shows as the server's message.
+It speaks through the official ``openai`` SDK, whose own retries (``max_retries``) ride out an unreachable API
+and 5xx answers: ``wait`` gives its client enough of them to back off for ``unreachable_s`` at least, then
+says so (``WaitTimeout``); a 4xx answer (no such job, a bad key) raises the SDK's ``APIStatusError`` at
+once, which the CLI shows as the server's message.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,13 +22,29 @@ import openai
 from cli.errors import UNREACHABLE_S, WaitTimeout
 from cli.progress import Progress
 
-log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def sdk_client(base_url: str, api_key: str) -> openai.OpenAI:
-    """The SDK client of the CLI; retries are ours (``wait``), so the SDK makes one attempt."""
-    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
+# a host that drops packets costs each retry the connect timeout, not the whole 30 s
+TIMEOUT = openai.Timeout(30, connect=5)
+
+
+def sdk_client(
+    base_url: str, api_key: str, *, max_retries: int = openai.DEFAULT_MAX_RETRIES
+) -> openai.OpenAI:
+    """The SDK client of the CLI; the SDK retries connection errors, 429 and 5xx answers (its own rules)."""
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=TIMEOUT)
+
+
+def retries_for(seconds: float) -> int:
+    """The fewest SDK retries whose shortest backoff (the SDK's: 0.5 s doubling up to 8 s, less at most 25 %
+    jitter) lasts ``seconds``; ours because the SDK's budget is a count and ``follow --timeout``'s is time."""
+    waited = 0.0
+    for n in range(4):  # 0.375, 0.75, 1.5, 3 s
+        if waited >= seconds:
+            return n
+        waited += 0.75 * 0.5 * 2**n
+    return 4 + max(0, math.ceil((seconds - waited) / (0.75 * 8)))
 
 
 def new_events(client: openai.OpenAI, job_id: str, seen: set[str]) -> list[dict[str, Any]]:
@@ -69,32 +86,29 @@ def wait(
     said_waiting: str | None = None  # the job's `waiting` line last shown (once per change)
     prefix = f"{label}: " if label else ""
     with (
-        sdk_client(base_url, api_key) as client,
+        sdk_client(base_url, api_key, max_retries=retries_for(unreachable_s)) as client,
         Progress(label or job_id, enabled=progress, position=position) as bar,
     ):
         show = on_event or (lambda e: bar.write(f"  {prefix}[{e['level']}] {e['message']}"))
         while True:
             try:
                 job = _poll(client, job_id, seen, show)
-            except (openai.APIConnectionError, openai.InternalServerError) as exc:
+            except (openai.APIConnectionError, openai.InternalServerError) as exc:  # past the SDK's retries
                 away = time.monotonic() - last_contact
-                if away > unreachable_s:
-                    raise WaitTimeout(
-                        f"cannot reach the tunegate API at {base_url} (gave up after {away:.0f}s): "
-                        f"{exc.__cause__ or exc}"
-                    ) from exc
-                log.debug("polling %s: %s (retrying)", job_id, exc)
-            else:
-                last_contact = time.monotonic()
-                where = f"{job['status']}:{job.get('stage') or '-'}"
-                bar.describe(f"{label} {where}" if label else f"{job_id} {where}")
-                bar(float(job.get("progress") or 0.0))
-                if job.get("waiting") != said_waiting and job["status"] not in TERMINAL:
-                    said_waiting = job.get("waiting")
-                    if said_waiting:  # e.g. no worker is serving queue gpu (models/presence.py)
-                        bar.write(f"  {prefix}waiting: {said_waiting}")
-                if job["status"] in TERMINAL:
-                    return job
+                raise WaitTimeout(
+                    f"cannot reach the tunegate API at {base_url} (gave up after {away:.0f}s): "
+                    f"{exc.__cause__ or exc}"
+                ) from exc
+            last_contact = time.monotonic()
+            where = f"{job['status']}:{job.get('stage') or '-'}"
+            bar.describe(f"{label} {where}" if label else f"{job_id} {where}")
+            bar(float(job.get("progress") or 0.0))
+            if job.get("waiting") != said_waiting and job["status"] not in TERMINAL:
+                said_waiting = job.get("waiting")
+                if said_waiting:  # e.g. no worker is serving queue gpu (models/presence.py)
+                    bar.write(f"  {prefix}waiting: {said_waiting}")
+            if job["status"] in TERMINAL:
+                return job
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 raise WaitTimeout(f"job {job_id} still not finished after {timeout_s:.0f}s")
             time.sleep(poll_s)

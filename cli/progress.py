@@ -4,9 +4,11 @@
         score_examples(..., progress=bar)        # bar(fraction, message) or bar(fraction, message, metrics)
 
 A ``Progress`` is itself the callback the stages take (``StageIO.progress``, the scorers' ``progress``), so
-commands pass it straight through. Steps can be minutes apart on a CPU (a training step of the aligned base),
-so while the bar is open on a terminal a background thread redraws it every second: the elapsed time keeps
-moving and the ETA (from the average rate since the first report) stays current between reports.
+commands pass it straight through. The bar, its elapsed time and its ETA are tqdm's; the ETA is tqdm's average
+rate counted from the first report (not from the bar's start: time spent before it, such as loading a model,
+or work done before it, a job followed halfway, would skew it). Steps can be minutes apart on a CPU (a
+training step of the aligned base), so while the bar is open on a terminal a background thread redraws it
+every second: the elapsed time keeps moving and the ETA stays current between reports.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 from types import TracebackType
 from typing import Any
 
@@ -33,10 +34,27 @@ class _Text:
         return self.text
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+class _Bar(tqdm):  # type: ignore[misc]  # tqdm ships no types
+    """tqdm whose average rate (so its ETA) counts from the first report (``since``): tqdm's own counts from
+    the bar's start, which is also where its elapsed time counts from, as it should."""
+
+    since: tuple[float, int] | None = None  # (time, n) of the first report
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        shown: dict[str, Any] = super().format_dict
+        if self.since is not None:
+            t1, n1 = self.since
+            done, took = self.n - n1, self._time() - t1
+            shown["rate"] = done / took if done > 0 and took > 0 else None
+            shown["initial"] = n1  # no rate yet: tqdm's fallback, (n - initial) / elapsed, says 0: no ETA
+        return shown
+
+    def move_to(self, n: int) -> None:
+        """Set the count (the first call starts the rate's clock); the caller refreshes."""
+        self.n = n
+        if self.since is None:
+            self.since = (self._time(), n)
 
 
 class Progress:
@@ -44,22 +62,19 @@ class Progress:
 
     def __init__(self, label: str, *, enabled: bool = True, position: int = 0, tick_s: float = 1.0) -> None:
         self.label = label
-        self._bar = tqdm(
+        self._bar = _Bar(
             total=TICKS,
             desc=label,
             disable=not enabled,
             position=position,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
             file=sys.stderr,
         )
-        self._t0 = time.monotonic()
-        self._first: tuple[float, float] | None = None  # (time, fraction) of the first report
-        self._fraction = 0.0
-        self._message = ""
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._ticker: threading.Thread | None = None
         if enabled and tick_s > 0 and sys.stderr.isatty():
+            # ours: tqdm redraws only when the count moves, so between reports minutes apart it would freeze
             self._ticker = threading.Thread(target=self._tick, args=(tick_s,), daemon=True)
             self._ticker.start()
 
@@ -67,12 +82,9 @@ class Progress:
         """Report ``fraction`` (0..1) done; the signature of both ``StageIO.progress`` and the scorers'."""
         loss = (metrics or {}).get("train_loss")
         with self._lock:
-            now = time.monotonic()
-            if self._first is None:
-                self._first = (now, fraction)
-            self._fraction = max(0.0, min(1.0, fraction))
-            self._message = message[:60] + (f" loss={loss:.3f}" if isinstance(loss, float) else "")
-            self._draw(now)
+            self._bar.move_to(int(TICKS * max(0.0, min(1.0, fraction))))
+            self._bar.postfix = _Text(message[:60] + (f" loss={loss:.3f}" if isinstance(loss, float) else ""))
+            self._bar.refresh()
 
     def describe(self, label: str) -> None:
         """Change the label (``follow`` shows the job's status and stage there)."""
@@ -83,27 +95,10 @@ class Progress:
         """Print a line above the bar without breaking it."""
         self._bar.write(line, file=sys.stderr)
 
-    def eta(self, now: float) -> float | None:
-        """Seconds left at the average rate since the first report; None until there is a rate."""
-        if self._first is None:
-            return None
-        t1, f1 = self._first
-        done = self._fraction - f1
-        if done <= 0 or now <= t1:
-            return None
-        return (now - t1) * (1.0 - self._fraction) / done
-
-    def _draw(self, now: float) -> None:
-        eta = self.eta(now)
-        timing = f"[{_duration(now - self._t0)}" + (f"<{_duration(eta)}]" if eta is not None else "]")
-        self._bar.n = int(TICKS * self._fraction)
-        self._bar.postfix = _Text(f"{timing} {self._message}".rstrip())
-        self._bar.refresh()
-
     def _tick(self, every: float) -> None:
         while not self._closed.wait(every):
             with self._lock:
-                self._draw(time.monotonic())
+                self._bar.refresh()
 
     def close(self) -> None:
         self._closed.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
@@ -170,6 +171,7 @@ def _wait_scan(client: openai.OpenAI, scan: dict[str, Any]) -> dict[str, Any]:
     """Poll the scan until it has completed or failed, with a progress bar."""
     import time
 
+    # our own loop: a safety scan is not a file, so the SDK's files.wait_for_processing cannot poll it
     with Progress(f"scanning {scan['file_id']}") as bar:
         while scan["status"] in ("queued", "running"):
             bar(float(scan.get("progress") or 0.0), scan["status"])
@@ -301,6 +303,8 @@ def jobs_create(
             suffix=suffix,
             hyperparameters=hp or None,  # type: ignore[arg-type]  # numbers or "auto", as the API takes them
             extra_body={"safety": safety} if safety else None,
+            # the SDK's retries resend it: a create the API did but whose answer was lost is not made twice
+            extra_headers={"Idempotency-Key": f"tunegate-cli-{uuid.uuid4()}"},
         )
     except Exception:  # the files this command uploaded are removed again, then the failure is reported
         _remove_uploaded(client, uploaded)

@@ -153,7 +153,9 @@ class Settings(BaseSettings):
     heartbeat_s: int = 30
     stale_after_s: int = 600  # a running job whose worker stopped reporting this long is requeued
     task_max_retries: int = 5
-    retry_backoff_s: float = 10.0  # first retry delay of a transient error; doubles per retry (capped)
+    # first retry delay of a transient error, doubling per retry up to ten minutes (Celery's retry_backoff:
+    # whole seconds, at least 1); this and task_max_retries are read when the worker starts
+    retry_backoff_s: float = 10.0
     reap_interval_s: int = 60  # how often each worker requeues stale jobs and removes expired files/uploads
     event_interval_s: float = 2.0  # progress events are written at most this often per stage
     # How a paused job's `status` reads in the API: "queued" (the default: the openai SDK's status literal

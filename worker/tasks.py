@@ -5,8 +5,9 @@ safety scan (``worker/scan.py``, on the scoring queue).
 
 Tasks take a job id, never rows. ``acks_late`` with ``task_reject_on_worker_lost`` (set on the app) keeps a
 message until its stage has finished; the compare-and-set claim makes a second delivery a no-op. Only
-``TransientError`` is retried, with exponential backoff and at most ``Settings.task_max_retries`` times; after
-that the job fails with ``transient_error`` instead of looping forever.
+``TransientError`` is retried, by Celery's ``autoretry_for``: ``Settings.retry_backoff_s`` doubling per retry
+(whole seconds, capped at ten minutes, no jitter), at most ``Settings.task_max_retries`` times; the last try
+fails the job with ``transient_error`` instead of looping forever.
 """
 
 from __future__ import annotations
@@ -24,39 +25,42 @@ from worker.stages.all import PIPELINE
 from worker.stages.spec import StageSpec
 
 log = logging.getLogger(__name__)
-BACKOFF_CAP_S = 600.0
-
-
-def backoff_s(retries: int, base_s: float) -> float:
-    """Delay before retry number ``retries + 1``: base, 2*base, 4*base ... capped at ten minutes."""
-    return float(min(BACKOFF_CAP_S, base_s * (2**retries)))
-
-
-def run_stage_task(task: Task, stage: str, job_id: str) -> str:
-    settings = get_settings()
-    try:
-        return runner.execute(stage, job_id, settings=settings).status
-    except TransientError as exc:
-        retries = int(task.request.retries or 0)
-        if retries >= settings.task_max_retries:
-            log.error(
-                "job %s: %s failed %d times with transient errors; giving up", job_id, stage, retries + 1
-            )
-            runner.give_up(stage, job_id, exc)
-            return "failed"
-        delay = backoff_s(retries, settings.retry_backoff_s)
-        log.warning(
-            "job %s: %s hit a transient error (%s); retry %d in %.0fs", job_id, stage, exc, retries + 1, delay
-        )
-        raise task.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
-
-
+BACKOFF_CAP_S = 600  # Celery's retry_backoff_max
+_settings = get_settings()  # read once: Celery fixes a task's retry options when it registers the task
 _OPTS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
+    # a TransientError is retried by Celery: base, 2*base, 4*base ... seconds, capped at ten minutes
+    "autoretry_for": (TransientError,),
+    "max_retries": _settings.task_max_retries,
+    "retry_backoff": _settings.retry_backoff_s,
+    "retry_backoff_max": BACKOFF_CAP_S,
+    # no jitter: a worker runs a task or two at a time (no herd to spread), and full jitter would halve the
+    # outage a job rides out before it fails
+    "retry_jitter": False,
 }
+
+
+def last_try(task: Task) -> bool:
+    """Whether this run is the task's last: Celery's autoretry would re-raise instead of retrying."""
+    return int(task.request.retries or 0) >= int(task.max_retries or 0)
+
+
+def run_stage_task(task: Task, stage: str, job_id: str) -> str:
+    try:
+        return runner.execute(stage, job_id, settings=get_settings()).status
+    except TransientError as exc:
+        tries = int(task.request.retries or 0) + 1
+        if not last_try(task):
+            log.warning(
+                "job %s: %s hit a transient error (%s) on try %d; retrying", job_id, stage, exc, tries
+            )
+            raise  # autoretry_for
+        log.error("job %s: %s failed %d times with transient errors; giving up", job_id, stage, tries)
+        runner.give_up(stage, job_id, exc)
+        return "failed"
 
 
 def _stage_task(spec: StageSpec[Any, Any, Any]) -> Task:
@@ -111,19 +115,14 @@ def safety_scan(self: Task, scan_id: str) -> str:
     errors are retried as a stage's are; after ``task_max_retries`` the scan fails. A scan another worker is
     running is looked at again once that worker's heartbeat would be stale (a redelivery after its worker
     died then takes it over; a duplicate of a live one finds it finished)."""
-    settings = get_settings()
-    retries = int(self.request.retries or 0)
     try:
-        outcome = scan.run(scan_id, settings=settings)
+        outcome = scan.run(scan_id, settings=get_settings())
     except TransientError as exc:
-        if retries >= settings.task_max_retries:
-            scan.give_up(scan_id, exc)
-            return "failed"
-        delay = backoff_s(retries, settings.retry_backoff_s)
-        log.warning(
-            "safety scan %s hit a transient error (%s); retry %d in %.0fs", scan_id, exc, retries + 1, delay
-        )
-        raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
-    if outcome == "busy" and retries < settings.task_max_retries:
-        raise self.retry(countdown=settings.stale_after_s, max_retries=settings.task_max_retries)
+        if not last_try(self):
+            log.warning("safety scan %s hit a transient error (%s); retrying", scan_id, exc)
+            raise  # autoretry_for
+        scan.give_up(scan_id, exc)
+        return "failed"
+    if outcome == "busy" and not last_try(self):
+        raise self.retry(countdown=get_settings().stale_after_s)
     return outcome

@@ -75,6 +75,7 @@ class Attempt:
         return self.message.event_id
 
 
+# not Celery's retry_backoff: the schedule is the row's (next_attempt_at, attempts, sweep), not a message's
 def retry_delay_s(attempts: int, settings: Settings) -> float:
     """Delay after failed attempt number ``attempts``: base, 2*base, 4*base ... capped."""
     return float(

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from celery.exceptions import Retry
+from celery.signals import task_retry
 from sqlalchemy import Connection, select, update
 
 from models.db import reset_engine, session_scope
@@ -121,9 +123,71 @@ def test_database_outage_is_a_transient_error(home: Path, monkeypatch: pytest.Mo
         runner.execute("validate", "ftjob-missing")
 
 
-def test_retry_backoff_doubles_and_is_capped() -> None:
-    assert [tasks.backoff_s(r, 10) for r in range(3)] == [10, 20, 40]
-    assert tasks.backoff_s(20, 10) == tasks.BACKOFF_CAP_S
+class _Retries:
+    """The countdown of every retry Celery schedules (its ``task_retry`` signal), while connected."""
+
+    def __init__(self) -> None:
+        self.countdowns: list[float] = []
+
+    def __call__(self, sender: object, reason: Retry, **_: object) -> None:
+        self.countdowns.append(float(reason.when))
+
+    def __enter__(self) -> _Retries:
+        task_retry.connect(self, weak=False)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        task_retry.disconnect(self)
+
+
+def test_a_transient_error_is_retried_by_celery_with_doubling_capped_backoff_then_fails_the_job(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage task's retries are Celery's ``autoretry_for`` (run eagerly here: ``apply`` runs each retry
+    at once, the countdown is what a worker would wait); its last try gives up and fails the job."""
+    tried: list[str] = []
+    gave_up: list[tuple[str, str, str]] = []
+
+    def unavailable(stage: str, job_id: str, settings: object = None) -> runner.Outcome:
+        tried.append(stage)
+        raise TransientError("database unavailable")
+
+    monkeypatch.setattr(runner, "execute", unavailable)
+    monkeypatch.setattr(
+        runner, "give_up", lambda stage, job_id, exc: gave_up.append((stage, job_id, str(exc)))
+    )
+    task = tasks.STAGE_TASKS["validate"]
+    base = int(get_settings().retry_backoff_s)
+    assert task.max_retries == get_settings().task_max_retries
+    monkeypatch.setattr(task, "max_retries", 8)  # enough retries to reach the cap
+    with _Retries() as retries:
+        result = task.apply(args=["ftjob-x"])
+    assert result.get() == "failed"
+    assert tried == ["validate"] * 9 and gave_up == [("validate", "ftjob-x", "database unavailable")]
+    assert retries.countdowns == [min(tasks.BACKOFF_CAP_S, base * 2**i) for i in range(8)]
+    assert retries.countdowns[-1] == tasks.BACKOFF_CAP_S
+
+
+def test_a_scan_retries_transient_errors_and_a_busy_scan_then_gives_up(
+    tunegate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import scan
+
+    gave_up: list[str] = []
+    monkeypatch.setattr(scan, "give_up", lambda scan_id, exc: gave_up.append(scan_id))
+    n = get_settings().task_max_retries
+
+    def unavailable(scan_id: str, settings: object = None) -> str:
+        raise TransientError("database unavailable")
+
+    monkeypatch.setattr(scan, "run", unavailable)
+    with _Retries() as retries:
+        assert tasks.safety_scan.apply(args=["ss-x"]).get() == "failed"
+    assert gave_up == ["ss-x"] and len(retries.countdowns) == n
+    monkeypatch.setattr(scan, "run", lambda scan_id, settings=None: "busy")
+    with _Retries() as retries:  # another worker runs it: looked at again once its heartbeat would be stale
+        assert tasks.safety_scan.apply(args=["ss-y"]).get() == "busy"
+    assert retries.countdowns == [get_settings().stale_after_s] * n and gave_up == ["ss-x"]
 
 
 def _results(job_id: str) -> list[dict[str, str]]:
