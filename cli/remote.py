@@ -59,7 +59,10 @@ def _upload(client: openai.OpenAI, path: Path, wait: bool) -> Any:
     has checked it (a rejected file fails)."""
     size = path.stat().st_size
     with path.open("rb") as fh, ReadProgress(fh, size, path.name, enabled=size >= UPLOAD_BAR_BYTES) as body:
-        f = client.files.create(file=(path.name, cast("IO[bytes]", body)), purpose="fine-tune")
+        # never retried: the body is a stream read once, and the API keeps every upload it receives (a retry
+        # after a lost answer would store the file twice)
+        once = client.with_options(max_retries=0)
+        f = once.files.create(file=(path.name, cast("IO[bytes]", body)), purpose="fine-tune")
     if wait and f.status not in ("processed", "error"):
         try:
             f = client.files.wait_for_processing(f.id, poll_interval=0.5, max_wait_seconds=PROCESSING_S)
