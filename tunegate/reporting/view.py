@@ -12,6 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from tunegate.checks import GateCheck, Judges, SequentialCheck
+from tunegate.evaluation_records import (
+    HarmfulSummary,
+    OverRefusal,
+    PairedStats,
+    ProbeEval,
+    SequentialStop,
+    TemplateEval,
+)
+from tunegate.evaluation_records import Judges as JudgesReport
 from tunegate.judging import WORDS, counted, counted_rates
 from tunegate.report import (
     AdapterCheck,
@@ -21,15 +30,6 @@ from tunegate.report import (
     ReportScoring,
     SafetyReport,
 )
-from tunegate.report_evaluation import (
-    HarmfulSummary,
-    OverRefusal,
-    PairedStats,
-    ProbeEval,
-    SequentialStop,
-    TemplateEval,
-)
-from tunegate.report_evaluation import Judges as JudgesReport
 from tunegate.reporting.svg import grouped_bars, histogram
 from tunegate.scorers import label, parse_reason
 
@@ -328,10 +328,10 @@ def evaluation_view(report: SafetyReport) -> dict[str, Any]:
         "judges": judges_view(ev.judges),
         "jailbroken": [  # the evaluator's records of the replies (prompt, response, category ...)
             {
-                "category": j.get("category"),
+                "category": j.category,
                 "messages": [
-                    _message_view({"role": "prompt", "content": j.get("prompt")}),
-                    _message_view({"role": "response", "content": j.get("response")}),
+                    _message_view({"role": "prompt", "content": j.prompt}),
+                    _message_view({"role": "response", "content": j.response}),
                 ],
             }
             for j in ev.jailbroken_examples
