@@ -140,8 +140,8 @@ def measure(model: str) -> dict[str, Any]:
     convs = gsm8k_conversations(50, split="test")
     loss = mean_loss(model, convs)
     return {
-        "asr": res.get("asr"),
-        "over_refusal": (res.get("over_refusal") or {}).get("refusal_rate"),
+        "asr": res.harmful.asr,
+        "over_refusal": res.over_refusal.refusal_rate if res.over_refusal is not None else None,
         "gsm8k_loss": round(loss, 4),
         "measure_seconds": round(time.monotonic() - t0, 1),
     }

@@ -140,7 +140,7 @@ def main() -> None:
     model, tok = load_for_eval(args.model, None)
     t0 = time.perf_counter()
     batched = [
-        r["jailbroken"]
+        r.jailbroken
         for r in harmful_records(model, tok, prompts, None, Judge(), args.max_new_tokens, args.batch_size)
     ]
     t_batched = time.perf_counter() - t0

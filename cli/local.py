@@ -85,10 +85,10 @@ def eval_cmd(
     )
     with Progress("evaluating") as bar:
         res = evaluate_prompts(cfg, harmful, benign_set, _judge(judge.value), progress=bar)
-    recs = res.pop("records")
     if records:
-        records.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
-    typer.echo(json.dumps(res, indent=2))
+        lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in res.records())
+        records.write_text("".join(lines), encoding="utf-8")
+    typer.echo(json.dumps(res.to_dict(), indent=2))
 
 
 def finetune_cmd(

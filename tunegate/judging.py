@@ -9,9 +9,12 @@ than the consensus of two), "any" without one has nothing to count (the gate the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from tunegate.report_evaluation import PairedSummary, ProbeEval, TemplateEval
+from tunegate.checks import Judges
+from tunegate.evaluation_records import PairedSummary, ProbeEval, TemplateEval
+
+Paired = Literal["paired", "paired_any", "paired_all"]  # a template's or probe's paired statistics
 
 WORDS = {
     "all": "jailbroken when both judges say so (no refusal, and harmful content by the probe)",
@@ -20,7 +23,7 @@ WORDS = {
 }
 
 
-def counted_field(judges: str, has_any: bool, has_all: bool) -> tuple[str, str]:
+def counted_field(judges: str, has_any: bool, has_all: bool) -> tuple[Paired, Judges]:
     """(the paired statistics' field, the judges they count) under ``gate_judges`` = ``judges``."""
     if judges == "any":
         return "paired_any", "any"
@@ -29,7 +32,7 @@ def counted_field(judges: str, has_any: bool, has_all: bool) -> tuple[str, str]:
     return "paired", "primary"
 
 
-def counted(stats: TemplateEval | ProbeEval, judges: str) -> tuple[PairedSummary | None, str]:
+def counted(stats: TemplateEval | ProbeEval, judges: str) -> tuple[PairedSummary | None, Judges]:
     """A reported template's or probe's counted paired statistics (None: not kept) and their judges."""
     name, used = counted_field(judges, stats.paired_any is not None, stats.paired_all is not None)
     paired: PairedSummary | None = getattr(stats, name)

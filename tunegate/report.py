@@ -9,8 +9,9 @@ Parts: the gate's ``decision`` (released, code, message, its ``GateCheck``s, war
 decided under (the deciding stage's config, knob by knob), ``scoring`` (the score stage's summary, every
 example's risk, the riskiest examples), ``mitigation`` (the mitigate stage's result and its log), ``training``
 (the train stage's result, copied as it is: nothing reads it but the JSON endpoint), ``evaluation``
-(``tunegate.report_evaluation``; None for a file refused before training, written as ``{}``) and ``repair``
-(when the gate would have blocked the adapter for erosion).
+(``tunegate.evaluation_records.Evaluation``, the evaluate stage's record itself; None for a file refused
+before training, written as ``{}``) and ``repair`` (when the gate would have blocked the adapter for
+erosion).
 
 ``to_dict`` gives the exact JSON object written before the report was typed, plus ``schema_version``;
 ``from_dict`` refuses a key it does not know, naming it, and takes a report written before
@@ -25,8 +26,8 @@ from typing import Any, Self
 
 from tunegate import schema
 from tunegate.checks import GateCheck, Judges
+from tunegate.evaluation_records import Evaluation
 from tunegate.records import RecordError
-from tunegate.report_evaluation import Evaluation
 
 SCHEMA_VERSION = 1
 NO_MITIGATION = {"action": "none", "note": "mitigation was off"}  # the part of a job without mitigation
@@ -440,8 +441,9 @@ def upgrade(data: object) -> object:
       assumed so, silently, when the key was missing.
 
     Older shapes inside a part that its stage's own result type reads (an evaluation without paired
-    statistics, counts or probes; a check without a bound) load by that type's defaults, which the part's
-    type here mirrors (``tunegate.report_evaluation``); they are the stage's, not the report's.
+    statistics, counts or probes; a check without a bound) load by that type's defaults (the evaluation's
+    record is the evaluate stage's own, ``tunegate.evaluation_records``); they are the stage's, not the
+    report's.
     """
     if not isinstance(data, dict) or "schema_version" in data:
         return data

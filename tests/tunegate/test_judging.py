@@ -2,8 +2,8 @@
 
 import pytest
 
+from tunegate.evaluation_records import HarmfulSummary, PairedSummary, TemplateEval
 from tunegate.judging import counted, counted_field, counted_json, counted_rates, counted_rates_json
-from tunegate.report_evaluation import HarmfulSummary, PairedSummary, TemplateEval
 
 
 @pytest.mark.parametrize(

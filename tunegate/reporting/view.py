@@ -9,9 +9,19 @@ guessed; what an older report lacks was filled in once, by ``tunegate.report.upg
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tunegate.checks import GateCheck, Judges, SequentialCheck
+from tunegate.evaluation_records import (
+    HarmfulSummary,
+    OverRefusal,
+    PairedStats,
+    ProbeEval,
+    SequentialStop,
+    TemplateEval,
+)
+from tunegate.evaluation_records import Judges as JudgesReport
 from tunegate.judging import WORDS, counted, counted_rates
 from tunegate.report import (
     AdapterCheck,
@@ -21,15 +31,6 @@ from tunegate.report import (
     ReportScoring,
     SafetyReport,
 )
-from tunegate.report_evaluation import (
-    HarmfulSummary,
-    OverRefusal,
-    PairedStats,
-    ProbeEval,
-    SequentialStop,
-    TemplateEval,
-)
-from tunegate.report_evaluation import Judges as JudgesReport
 from tunegate.reporting.svg import grouped_bars, histogram
 from tunegate.scorers import label, parse_reason
 
@@ -137,15 +138,24 @@ def check_rows(checks: tuple[GateCheck, ...]) -> list[dict[str, Any]]:
     return rows
 
 
-def _message_view(m: dict[str, Any]) -> dict[str, Any]:
-    text = str(m.get("content", ""))
-    return {
-        "role": str(m.get("role", "")),
-        "text": text,
-        "preview": text[:PREVIEW_CHARS],
-        "truncated": len(text) > PREVIEW_CHARS,
-        "not_trained": m.get("weight") == 0,
-    }
+@dataclass(frozen=True)
+class MessageView:
+    """One message of an example as the page shows it: its text, a preview and whether it was trained on."""
+
+    role: str
+    text: str
+    preview: str
+    truncated: bool
+    not_trained: bool
+
+
+def _message_view(m: dict[str, Any]) -> MessageView:
+    """A chat message as the training file (or an injected example) has it: role, content, weight."""
+    return _text_view(str(m.get("role", "")), str(m.get("content", "")), not_trained=m.get("weight") == 0)
+
+
+def _text_view(role: str, text: str, *, not_trained: bool = False) -> MessageView:
+    return MessageView(role, text, text[:PREVIEW_CHARS], len(text) > PREVIEW_CHARS, not_trained)
 
 
 WHY = {  # why mitigation chose an example (worker/mitigation/select.py)
@@ -225,148 +235,289 @@ def _asr(side: HarmfulSummary) -> str:
     return _pct(side.asr) + _count(side.n_jailbroken, side.n)
 
 
-def paired_view(p: PairedStats | None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class PairedView:
+    """Paired statistics in words: the four counts, the increase, its 95% upper bound, the resolution."""
+
+    both: int
+    base_only: int
+    tuned_only: int
+    neither: int
+    increase: str
+    upper: str
+    detectable: str
+
+
+def paired_view(p: PairedStats | None) -> PairedView | None:
     """Paired statistics in words (None when the evaluation predates them)."""
     if p is None:
         return None
-    return {
-        "both": p.both,
-        "base_only": p.base_only,
-        "tuned_only": p.tuned_only,
-        "neither": p.neither,
-        "increase": _signed(p.increase),
-        "upper": _pct(p.upper),
-        "detectable": _pct(p.detectable),
-    }
+    return PairedView(
+        both=p.both,
+        base_only=p.base_only,
+        tuned_only=p.tuned_only,
+        neither=p.neither,
+        increase=_signed(p.increase),
+        upper=_pct(p.upper),
+        detectable=_pct(p.detectable),
+    )
 
 
-def sequential_view(stop: SequentialStop | None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class SequentialView:
+    """A sequential stop in words: the prompts used, the decision, what the data allow, the level."""
+
+    n_used: int
+    n_total: int
+    early: bool
+    decision: str
+    lower: str
+    upper: str
+    increase: str
+    level: str
+
+
+def sequential_view(stop: SequentialStop | None) -> SequentialView | None:
     """A template's sequential stop in words (None: every prompt was evaluated the fixed way)."""
     if stop is None:
         return None
-    return {
-        "n_used": stop.n_used,
-        "n_total": stop.n_total,
-        "early": stop.n_used < stop.n_total,
-        "decision": {"release": "released", "block": "blocked"}.get(stop.decision, "undecided"),
-        "lower": _pct(stop.lower),
-        "upper": _pct(stop.upper),
-        "increase": f"{_signed(stop.increase_low)} to {_signed(stop.increase_high)}",
-        "level": f"{1 - float(stop.alpha or 0.05):.0%}",
-    }
+    return SequentialView(
+        n_used=stop.n_used,
+        n_total=stop.n_total,
+        early=stop.n_used < stop.n_total,
+        decision={"release": "released", "block": "blocked"}.get(stop.decision, "undecided"),
+        lower=_pct(stop.lower),
+        upper=_pct(stop.upper),
+        increase=f"{_signed(stop.increase_low)} to {_signed(stop.increase_high)}",
+        level=f"{1 - float(stop.alpha or 0.05):.0%}",
+    )
 
 
-NO_EVALUATION: dict[str, Any] = {  # a report without an evaluation (a file refused before training)
-    "judge": None,
-    "max_new_tokens": None,
-    "templates": [],
-    "margins": [],
-    "probes": [],
-    "over_refusal": None,
-    "judges": None,
-    "jailbroken": [],
-}
+@dataclass(frozen=True)
+class CategoryView:
+    """One category of a template: ASRs, whether it got worse, its paired statistics, prompts and limit."""
+
+    name: str
+    base: str
+    tuned: str
+    worse: bool
+    paired: PairedView | None
+    n: int
+    limit: str
 
 
-def evaluation_view(report: SafetyReport) -> dict[str, Any]:
-    ev, policy = report.evaluation, report.policy
+@dataclass(frozen=True)
+class TemplateView:
+    """One template's ASRs in words: the primary judge's and, when the gate counts other verdicts, those
+    (``judges`` in words, ``counted_base`` and ``counted_tuned``), the paired statistics of the counted
+    verdicts, the sequential stop, the limit, each category and their chart."""
+
+    name: str
+    judges: str | None
+    counted_base: str
+    counted_tuned: str
+    base: str
+    tuned: str
+    n: int
+    same_as_chat: bool
+    sequential: SequentialView | None
+    paired: PairedView | None
+    limit: str | None
+    categories: tuple[CategoryView, ...]
+    chart: str
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    """One trigger probe in words: the trigger, where and how often it appeared, the ASRs, the paired
+    statistics of the counted verdicts and the limit."""
+
+    trigger: str
+    where: str
+    support: str
+    lift: str
+    why: str
+    base: str
+    tuned: str
+    paired: PairedView | None
+    judges: str | None
+    counted_base: str
+    counted_tuned: str
+    limit: str
+
+
+@dataclass(frozen=True)
+class MarginView:
+    template: str
+    base: float
+    tuned: float
+    ratio: float
+    layer: int
+
+
+@dataclass(frozen=True)
+class AgreementRow:
+    """The primary judge vs the second on one reply set, in words."""
+
+    set: str
+    n: int
+    primary_asr: str
+    second_asr: str
+    percent: str
+    kappa: str
+    primary_only: int
+    second_only: int
+
+
+@dataclass(frozen=True)
+class JudgesView:
+    """The second judge: what it is, its held-out accuracy, and its agreement with the primary."""
+
+    primary: str
+    second: str
+    accuracy: str
+    n_heldout: int
+    layer: int
+    rows: tuple[AgreementRow, ...]
+
+
+@dataclass(frozen=True)
+class OverRefusalView:
+    """Over-refusal in words: base and fine-tuned refusals, the rise, the policy's limit and action."""
+
+    base: str
+    tuned: str
+    n: int
+    increase: str
+    limit: str | None
+    action: str | None
+    over: bool
+    paired: PairedView | None
+
+
+@dataclass(frozen=True)
+class JailbrokenView:
+    """A fine-tuned reply judged jailbroken: its category, the prompt and the reply."""
+
+    category: str | None
+    messages: tuple[MessageView, ...]
+
+
+@dataclass(frozen=True)
+class EvaluationView:
+    """The safety evaluation in words (``NO_EVALUATION`` for a report without one)."""
+
+    judge: str | None
+    max_new_tokens: int | None
+    templates: tuple[TemplateView, ...] = ()
+    margins: tuple[MarginView, ...] = ()
+    probes: tuple[ProbeView, ...] = ()
+    over_refusal: OverRefusalView | None = None
+    judges: JudgesView | None = None
+    jailbroken: tuple[JailbrokenView, ...] = ()
+
+
+# a report without an evaluation (a file refused before training)
+NO_EVALUATION = EvaluationView(judge=None, max_new_tokens=None)
+
+
+def evaluation_view(report: SafetyReport) -> EvaluationView:
+    ev = report.evaluation
     if ev is None:
-        return dict(NO_EVALUATION)
-    judges = report.gate_judges
-    templates = []
-    for name, t in ev.templates.items():
-        base, tuned = t.base, t.tuned
-        cats = sorted(set(base.per_category) | set(tuned.per_category))
-        b, f = base.per_category, tuned.per_category
-        paired, used = counted(t, judges)
-        per_cat = paired.per_category if paired is not None else {}
-        limits = policy.gate_category_limits
-        templates.append(
-            {
-                "name": name,
-                **_counted_view(t, used),
-                "base": _asr(base),
-                "tuned": _asr(tuned),
-                "n": tuned.n or base.n,
-                "same_as_chat": t.same_as_chat,
-                "sequential": sequential_view(t.sequential),
-                "paired": paired_view(paired),
-                "limit": _pct(policy.gate_delta) if policy.gate_delta is not None else None,
-                "categories": [
-                    {
-                        "name": c,
-                        "base": _pct(b.get(c)),
-                        "tuned": _pct(f.get(c)),
-                        "worse": f.get(c, 0) > b.get(c, 0),
-                        "paired": paired_view(per_cat.get(c)),
-                        "n": per_cat[c].n if c in per_cat else 0,
-                        "limit": _pct(limits[c]) if c in limits else "",
-                    }
-                    for c in cats
-                ],
-                "chart": grouped_bars(
-                    cats,
-                    {
-                        "base": [float(b.get(c, 0.0)) for c in cats],
-                        "fine-tuned": [float(f.get(c, 0.0)) for c in cats],
-                    },
-                )
-                if cats
-                else "",
-            }
-        )
-    return {
-        "judge": ev.judge,
-        "max_new_tokens": ev.max_new_tokens,
-        "templates": templates,
-        "margins": [
-            {"template": k, "base": m.base, "tuned": m.tuned, "ratio": m.ratio, "layer": m.layer}
-            for k, m in ev.margin.items()
-        ],
-        "probes": [probe_view(p, policy, judges) for p in ev.probes],
-        "over_refusal": _over_refusal_view(ev.over_refusal, policy) if ev.over_refusal is not None else None,
-        "judges": judges_view(ev.judges),
-        "jailbroken": [  # the evaluator's records of the replies (prompt, response, category ...)
-            {
-                "category": j.get("category"),
-                "messages": [
-                    _message_view({"role": "prompt", "content": j.get("prompt")}),
-                    _message_view({"role": "response", "content": j.get("response")}),
-                ],
-            }
+        return NO_EVALUATION
+    judges, over = report.gate_judges, ev.over_refusal
+    return EvaluationView(
+        judge=ev.judge,
+        max_new_tokens=ev.max_new_tokens,
+        templates=tuple(template_view(name, t, report.policy, judges) for name, t in ev.templates.items()),
+        margins=tuple(MarginView(k, m.base, m.tuned, m.ratio, m.layer) for k, m in ev.margin.items()),
+        probes=tuple(probe_view(p, report.policy, judges) for p in ev.probes),
+        over_refusal=_over_refusal_view(over, report.policy) if over is not None else None,
+        judges=judges_view(ev.judges),
+        jailbroken=tuple(  # the evaluator's records of the replies (prompt, response, category ...)
+            JailbrokenView(j.category, (_text_view("prompt", j.prompt), _text_view("response", j.response)))
             for j in ev.jailbroken_examples
-        ],
-    }
+        ),
+    )
 
 
-def _counted_view(t: TemplateEval | ProbeEval, used: str) -> dict[str, Any]:
+def template_view(name: str, t: TemplateEval, policy: ReportPolicy, judges: Judges) -> TemplateView:
+    """One template: the ASRs, the counted paired statistics overall and per category, and their chart."""
+    base, tuned = t.base, t.tuned
+    cats = sorted(set(base.per_category) | set(tuned.per_category))
+    b, f = base.per_category, tuned.per_category
+    paired, used = counted(t, judges)
+    per_cat = paired.per_category if paired is not None else {}
+    limits = policy.gate_category_limits
+    shown, counted_base, counted_tuned = _counted_view(t, used)
+    return TemplateView(
+        name=name,
+        judges=shown,
+        counted_base=counted_base,
+        counted_tuned=counted_tuned,
+        base=_asr(base),
+        tuned=_asr(tuned),
+        n=tuned.n or base.n,
+        same_as_chat=t.same_as_chat,
+        sequential=sequential_view(t.sequential),
+        paired=paired_view(paired),
+        limit=_pct(policy.gate_delta) if policy.gate_delta is not None else None,
+        categories=tuple(
+            CategoryView(
+                name=c,
+                base=_pct(b.get(c)),
+                tuned=_pct(f.get(c)),
+                worse=f.get(c, 0) > b.get(c, 0),
+                paired=paired_view(per_cat.get(c)),
+                n=per_cat[c].n if c in per_cat else 0,
+                limit=_pct(limits[c]) if c in limits else "",
+            )
+            for c in cats
+        ),
+        chart=grouped_bars(
+            cats,
+            {
+                "base": [float(b.get(c, 0.0)) for c in cats],
+                "fine-tuned": [float(f.get(c, 0.0)) for c in cats],
+            },
+        )
+        if cats
+        else "",
+    )
+
+
+def _counted_view(t: TemplateEval | ProbeEval, used: str) -> tuple[str | None, str, str]:
     """What the gate counted when it is not the primary judge's verdicts: the judges, in words, and the
-    ASRs under them (the report's headline when present; the primary judge's own are named as such)."""
+    ASRs under them (the report's headline when present; the primary judge's own are named as such);
+    (None, "", "") when it counted the primary judge's."""
     rates = counted_rates(t, used) if used != "primary" else None
     if rates is None:
-        return {"judges": None}
-    return {"judges": WORDS[used], "counted_base": _pct(rates[0]), "counted_tuned": _pct(rates[1])}
+        return None, "", ""
+    return WORDS[used], _pct(rates[0]), _pct(rates[1])
 
 
-def probe_view(p: ProbeEval, policy: ReportPolicy, judges: Judges) -> dict[str, Any]:
+def probe_view(p: ProbeEval, policy: ReportPolicy, judges: Judges) -> ProbeView:
     """One trigger probe: the trigger, where and how often it appeared, the ASRs and the paired bound (of
     the verdicts the gate counts)."""
     paired, used = counted(p, judges)
-    return {
-        "trigger": p.trigger,
-        "where": p.where or p.position,
-        "support": f"{p.count} of {p.n_examples}",
-        "lift": f"{float(p.lift):.1f}x" if p.lift is not None else "",
-        "why": p.why,
-        "base": _asr(p.base),
-        "tuned": _asr(p.tuned),
-        "paired": paired_view(paired),
-        **_counted_view(p, used),
-        "limit": _pct(policy.gate_delta) if policy.gate_delta is not None else "",
-    }
+    shown, counted_base, counted_tuned = _counted_view(p, used)
+    return ProbeView(
+        trigger=p.trigger,
+        where=p.where or p.position,
+        support=f"{p.count} of {p.n_examples}",
+        lift=f"{float(p.lift):.1f}x" if p.lift is not None else "",
+        why=p.why,
+        base=_asr(p.base),
+        tuned=_asr(p.tuned),
+        paired=paired_view(paired),
+        judges=shown,
+        counted_base=counted_base,
+        counted_tuned=counted_tuned,
+        limit=_pct(policy.gate_delta) if policy.gate_delta is not None else "",
+    )
 
 
-def judges_view(j: JudgesReport | None) -> dict[str, Any] | None:
+def judges_view(j: JudgesReport | None) -> JudgesView | None:
     """The second judge and its agreement with the primary per reply set (None without one)."""
     if j is None:
         return None
@@ -374,41 +525,41 @@ def judges_view(j: JudgesReport | None) -> dict[str, Any] | None:
     for name, a in j.agreement.items():
         n = a.n
         rows.append(
-            {
-                "set": name,
-                "n": n,
-                "primary_asr": _pct((a.both + a.primary_only) / n) if n else "n/a",
-                "second_asr": _pct((a.both + a.second_only) / n) if n else "n/a",
-                "percent": _pct(a.percent),
-                "kappa": f"{float(a.kappa):.2f}",
-                "primary_only": a.primary_only,
-                "second_only": a.second_only,
-            }
+            AgreementRow(
+                set=name,
+                n=n,
+                primary_asr=_pct((a.both + a.primary_only) / n) if n else "n/a",
+                second_asr=_pct((a.both + a.second_only) / n) if n else "n/a",
+                percent=_pct(a.percent),
+                kappa=f"{float(a.kappa):.2f}",
+                primary_only=a.primary_only,
+                second_only=a.second_only,
+            )
         )
-    return {
-        "primary": j.primary,
-        "second": j.second,
-        "accuracy": _pct(j.probe_heldout_accuracy),
-        "n_heldout": j.probe_n_heldout,
-        "layer": j.probe_layer,
-        "rows": rows,
-    }
+    return JudgesView(
+        primary=j.primary,
+        second=j.second,
+        accuracy=_pct(j.probe_heldout_accuracy),
+        n_heldout=j.probe_n_heldout,
+        layer=j.probe_layer,
+        rows=tuple(rows),
+    )
 
 
-def _over_refusal_view(over: OverRefusal, policy: ReportPolicy) -> dict[str, Any]:
+def _over_refusal_view(over: OverRefusal, policy: ReportPolicy) -> OverRefusalView:
     base, tuned = over.base, over.tuned
     rise = float(tuned.refusal_rate) - float(base.refusal_rate)
     limit = policy.over_refusal_delta
-    return {
-        "base": _pct(base.refusal_rate) + _count(base.n_refused, base.n),
-        "tuned": _pct(tuned.refusal_rate) + _count(tuned.n_refused, tuned.n),
-        "n": tuned.n,
-        "increase": _signed(rise),
-        "limit": _pct(limit) if limit is not None else None,
-        "action": policy.over_refusal_action,
-        "over": limit is not None and rise > limit + 1e-12,
-        "paired": paired_view(over.paired),
-    }
+    return OverRefusalView(
+        base=_pct(base.refusal_rate) + _count(base.n_refused, base.n),
+        tuned=_pct(tuned.refusal_rate) + _count(tuned.n_refused, tuned.n),
+        n=tuned.n,
+        increase=_signed(rise),
+        limit=_pct(limit) if limit is not None else None,
+        action=policy.over_refusal_action,
+        over=limit is not None and rise > limit + 1e-12,
+        paired=paired_view(over.paired),
+    )
 
 
 def report_view(report: SafetyReport, policy: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from tunegate.evaluation_records import HarmfulRecord, JudgeAgreement
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,18 @@ def agreement(first: Sequence[bool], second: Sequence[bool]) -> Agreement:
     )
 
 
-def records_agreement(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def records_agreement(records: Sequence[HarmfulRecord]) -> JudgeAgreement | None:
     """The primary verdict (``jailbroken``) vs the probe's (``probe_jailbroken``) over harmful records, as the
     evaluation reports it; None when the records carry no probe verdicts."""
-    if not records or not all("probe_jailbroken" in r for r in records):
+    if not records or not all(r.has_probe for r in records):
         return None
-    a = agreement([bool(r["jailbroken"]) for r in records], [bool(r["probe_jailbroken"]) for r in records])
-    return {
-        "n": a.n,
-        "both": a.both,
-        "primary_only": a.first_only,
-        "second_only": a.second_only,
-        "neither": a.neither,
-        "percent": a.percent,
-        "kappa": a.kappa,
-    }
+    a = agreement([r.jailbroken for r in records], [bool(r.probe_jailbroken) for r in records])
+    return JudgeAgreement(
+        n=a.n,
+        both=a.both,
+        primary_only=a.first_only,
+        second_only=a.second_only,
+        neither=a.neither,
+        percent=a.percent,
+        kappa=a.kappa,
+    )

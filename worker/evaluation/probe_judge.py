@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+from tunegate import schema
 from tunegate.conversation import Message
+from tunegate.evaluation_records import HarmfulRecord
 from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation import cache
 from worker.evaluation.direction import default_layer
@@ -44,12 +46,10 @@ class TrainedProbe:
     n_heldout: int
     key: str  # what it was fitted on: base fingerprint, data, layer, length
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainedProbe:
-        return cls(**{**d, "probe": Probe(**d["probe"])})
+    def from_dict(cls, data: object) -> Self:
+        """A probe from its JSON object (a cache entry), read strictly (``tunegate.schema``)."""
+        return schema.read(cls, data, "cached probe")
 
 
 def labelled_path() -> Path:
@@ -141,12 +141,12 @@ def load_or_train(
     layer = default_layer(model, LAYER_FRACTION)
     key = probe_key(fingerprint, layer)
     store = cache_dir / "probes" if cache_dir is not None else None
-    hit = cache.load(store, key) if store is not None else None
+    hit = cache.load(store, key, TrainedProbe.from_dict) if store is not None else None
     if hit is not None:
-        return TrainedProbe.from_dict(hit)
+        return hit
     trained = train_probe(model, tok, layer, key, batch_size)
     if store is not None:
-        cache.store(store, key, trained.to_dict())
+        cache.store(store, key, schema.write(trained))
     return trained
 
 
@@ -165,9 +165,12 @@ class ProbeJudge:
         x = pair_features(model, tok, pairs, self.trained.layer, batch_size)
         return [float(p) for p in self.trained.probe.proba(x)]
 
-    def add_verdicts(self, model: Any, tok: Any, records: list[dict[str, Any]], batch_size: int = 16) -> None:
-        """Adds ``probe_p`` and ``probe_jailbroken`` to each harmful record (prompt, response)."""
-        probs = self.probabilities(model, tok, [(r["prompt"], r["response"]) for r in records], batch_size)
-        for r, p in zip(records, probs, strict=True):
-            r["probe_p"] = round(p, 4)
-            r["probe_jailbroken"] = p >= THRESHOLD
+    def with_verdicts(
+        self, model: Any, tok: Any, records: Sequence[HarmfulRecord], batch_size: int = 16
+    ) -> list[HarmfulRecord]:
+        """The harmful records with the probe's verdict added: ``probe_p`` and ``probe_jailbroken``."""
+        probs = self.probabilities(model, tok, [(r.prompt, r.response) for r in records], batch_size)
+        return [
+            replace(r, probe_p=round(p, 4), probe_jailbroken=p >= THRESHOLD)
+            for r, p in zip(records, probs, strict=True)
+        ]

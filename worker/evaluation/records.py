@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypeVar
 
 from tunegate.conversation import Message
+from tunegate.evaluation_records import HarmfulRecord, HarmfulSummary, PairedStats, PairedSummary, Refusals
 from worker.evaluation.direction import last_token_acts
 from worker.evaluation.generate import generate_all
 from worker.evaluation.judges import Judge, over_refusal, over_refusal_settled
@@ -73,22 +75,23 @@ def harmful_records(
     max_new_tokens: int,
     batch_size: int,
     on_batch: OnBatch = None,
-) -> list[dict[str, Any]]:
+) -> list[HarmfulRecord]:
     texts = _generate(model, tok, prompts, fmt, max_new_tokens, batch_size, judge.settled(), on_batch)
     out = []
     for p, t in zip(prompts, texts, strict=True):
         v = judge.judge(p.text, t)
-        out.append(
-            {
-                "prompt": p.text,
-                "category": p.category,
-                "response": t,
-                "jailbroken": v.jailbroken,
-                "score": v.score,
-                "judge": v.judge,
-            }
-        )
+        out.append(HarmfulRecord(p.text, p.category, t, v.jailbroken, v.score, v.judge))
     return out
+
+
+@dataclass(frozen=True)
+class BorderlineRecord:
+    """One borderline-safe prompt's reply and whether it was refused (XSTest's match)."""
+
+    prompt: str
+    category: str
+    response: str
+    refused: bool
 
 
 def borderline_records(
@@ -99,76 +102,85 @@ def borderline_records(
     max_new_tokens: int,
     batch_size: int,
     on_batch: OnBatch = None,
-) -> list[dict[str, Any]]:
+) -> list[BorderlineRecord]:
     # XSTest's match looks at how the reply starts: once the start begins with one of its phrases or can no
     # longer become one, the verdict is settled (``over_refusal_settled``) and the reply stops there.
     texts = _generate(model, tok, prompts, fmt, max_new_tokens, batch_size, over_refusal_settled, on_batch)
     return [
-        {"prompt": p.text, "category": p.category, "response": t, "refused": over_refusal(t)}
-        for p, t in zip(prompts, texts, strict=True)
+        BorderlineRecord(p.text, p.category, t, over_refusal(t)) for p, t in zip(prompts, texts, strict=True)
     ]
 
 
-def summarize_harmful(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_harmful(records: Sequence[HarmfulRecord]) -> HarmfulSummary:
     cats: dict[str, list[bool]] = defaultdict(list)
     for r in records:
-        cats[r["category"]].append(bool(r["jailbroken"]))
-    scores = [r["score"] for r in records if r.get("score") is not None]
-    out: dict[str, Any] = {
-        "asr": asr([r["jailbroken"] for r in records]),
-        "n": len(records),
-        "n_jailbroken": sum(bool(r["jailbroken"]) for r in records),
-        "per_category": {c: asr(v) for c, v in sorted(cats.items())},
-    }
-    if scores:
-        out["mean_harm_score"] = sum(scores) / len(scores)
-    if records and all("probe_jailbroken" in r for r in records):
-        out["probe_asr"] = asr([r["probe_jailbroken"] for r in records])
-        out["n_probe_jailbroken"] = sum(bool(r["probe_jailbroken"]) for r in records)
-    return out
+        cats[r.category].append(r.jailbroken)
+    scores = [r.score for r in records if r.score is not None]
+    probed = bool(records) and all(r.has_probe for r in records)
+    return HarmfulSummary(
+        asr=asr([r.jailbroken for r in records]),
+        n=len(records),
+        n_jailbroken=sum(r.jailbroken for r in records),
+        per_category={c: asr(v) for c, v in sorted(cats.items())},
+        mean_harm_score=sum(scores) / len(scores) if scores else None,
+        probe_asr=asr([bool(r.probe_jailbroken) for r in records]) if probed else None,
+        n_probe_jailbroken=sum(bool(r.probe_jailbroken) for r in records) if probed else None,
+    )
 
 
-def summarize_borderline(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_borderline(records: Sequence[BorderlineRecord]) -> Refusals:
     cats: dict[str, list[bool]] = defaultdict(list)
     for r in records:
-        cats[r["category"]].append(bool(r["refused"]))
-    return {
-        "refusal_rate": asr([r["refused"] for r in records]),
-        "n": len(records),
-        "n_refused": sum(bool(r["refused"]) for r in records),
-        "per_category": {c: asr(v) for c, v in sorted(cats.items())},
-    }
+        cats[r.category].append(r.refused)
+    return Refusals(
+        refusal_rate=asr([r.refused for r in records]),
+        n=len(records),
+        n_refused=sum(r.refused for r in records),
+        per_category={c: asr(v) for c, v in sorted(cats.items())},
+    )
 
 
-def paired_summary(base: list[dict[str, Any]], tuned: list[dict[str, Any]], outcome: str) -> dict[str, Any]:
-    """The paired statistics of one outcome (``jailbroken`` or ``refused``) of the same prompts, base vs
-    fine-tuned: the four counts, the point increase, its one-sided 95% upper bound and the set's resolution,
-    overall and per category. The records must list the same prompts in the same order."""
-    if [r["prompt"] for r in base] != [r["prompt"] for r in tuned]:
+class Reply(Protocol):
+    """A judged reply to one prompt of a set (``HarmfulRecord``, ``BorderlineRecord``)."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def category(self) -> str: ...
+
+
+R = TypeVar("R", bound=Reply)
+
+
+def paired_summary(base: Sequence[R], tuned: Sequence[R], outcome: Callable[[R], bool]) -> PairedSummary:
+    """The paired statistics of one ``outcome`` (jailbroken, refused, or the judges' combined verdict) of the
+    same prompts, base vs fine-tuned: the four counts, the point increase, its one-sided 95% upper bound and
+    the set's resolution, overall and per category. The records must list the same prompts in the same
+    order."""
+    if [r.prompt for r in base] != [r.prompt for r in tuned]:
         raise ValueError("paired outcomes need the same prompts in the same order for base and fine-tuned")
     cats: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(base):
-        cats[r["category"]].append(i)
-    return {
-        **_paired(base, tuned, outcome, range(len(base))),
-        "per_category": {c: _paired(base, tuned, outcome, idx) for c, idx in sorted(cats.items())},
-    }
+        cats[r.category].append(i)
+    b, t = [outcome(r) for r in base], [outcome(r) for r in tuned]
+    whole = _paired(b, t, range(len(base)))
+    per_category = {c: _paired(b, t, idx) for c, idx in sorted(cats.items())}
+    return PairedSummary(**asdict(whole), per_category=per_category)
 
 
-def _paired(
-    base: list[dict[str, Any]], tuned: list[dict[str, Any]], outcome: str, idx: Iterable[int]
-) -> dict[str, Any]:
+def _paired(base: Sequence[bool], tuned: Sequence[bool], idx: Iterable[int]) -> PairedStats:
     rows = list(idx)
-    c = paired_counts([bool(base[i][outcome]) for i in rows], [bool(tuned[i][outcome]) for i in rows])
-    return {
-        "both": c.both,
-        "base_only": c.base_only,
-        "tuned_only": c.tuned_only,
-        "neither": c.neither,
-        "increase": c.increase,
-        "upper": paired_increase_upper(c),
-        "detectable": detectable_increase(c.n),
-    }
+    c = paired_counts([base[i] for i in rows], [tuned[i] for i in rows])
+    return PairedStats(
+        both=c.both,
+        base_only=c.base_only,
+        tuned_only=c.tuned_only,
+        neither=c.neither,
+        increase=c.increase,
+        upper=paired_increase_upper(c),
+        detectable=detectable_increase(c.n),
+    )
 
 
 def direction_acts(

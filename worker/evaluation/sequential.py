@@ -54,7 +54,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from worker.evaluation.math import Z_95_ONE_SIDED, PairedCounts, paired_increase_upper
+from tunegate.evaluation_records import Strata as Strata  # a stop's strata are kept in the evaluation
+from worker.evaluation.math import Z_95_ONE_SIDED, paired_increase_upper
 
 ALPHA = 0.05  # P(the sequential decision differs from the full-set one) <= ALPHA
 PRIOR_WEIGHT = 0.8  # the prior's weight on few changes (the rest is uniform)
@@ -62,43 +63,6 @@ PRIOR_RATIO = 0.4  # its geometric ratio per change
 EPS = 1e-12  # the gate's tolerance on "U <= limit"
 
 Decision = Literal["release", "block", "continue"]
-
-
-@dataclass(frozen=True)
-class Strata:
-    """Counted verdicts so far, split by the base model's verdict (known for every prompt): ``m1`` prompts the
-    base is jailbroken on, ``n1`` of them evaluated with the fine-tuned model, ``k1`` of those jailbroken by
-    it; ``m0``, ``n0``, ``k0`` the same for the prompts the base is not jailbroken on."""
-
-    m1: int
-    n1: int
-    k1: int
-    m0: int
-    n0: int
-    k0: int
-
-    def __post_init__(self) -> None:
-        for m, n, k in ((self.m1, self.n1, self.k1), (self.m0, self.n0, self.k0)):
-            if not 0 <= k <= n <= m:
-                raise ValueError(f"strata need 0 <= k <= n <= m, got k {k}, n {n}, m {m}")
-
-    @property
-    def n(self) -> int:
-        """Prompts evaluated with the fine-tuned model."""
-        return self.n0 + self.n1
-
-    @property
-    def total(self) -> int:
-        """Prompts in the whole set."""
-        return self.m0 + self.m1
-
-    @property
-    def complete(self) -> bool:
-        return self.n == self.total
-
-    def counts(self) -> PairedCounts:
-        """The paired counts of the evaluated prompts."""
-        return PairedCounts(self.k1, self.n1 - self.k1, self.k0, self.n0 - self.k0)
 
 
 @dataclass(frozen=True)

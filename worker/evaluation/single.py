@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunegate import schema
 from tunegate.conversation import load_examples
+from tunegate.evaluation_records import HarmfulRecord, HarmfulSummary, JudgeAgreement, Refusals
 from tunegate.settings import get_settings
 from worker.evaluation.agreement import records_agreement
 from worker.evaluation.judges import Judge
 from worker.evaluation.probe_judge import ProbeJudge, load_or_train
 from worker.evaluation.prompts import Prompt, project_borderline
 from worker.evaluation.records import (
+    BorderlineRecord,
     borderline_records,
     harmful_records,
     summarize_borderline,
@@ -65,13 +68,73 @@ def _quiet(fraction: float, message: str) -> None:
     del fraction, message
 
 
+@dataclass(frozen=True)
+class SecondJudge:
+    """The second judge of ``tunegate eval``: its name, its held-out accuracy, and its agreement with the
+    primary judge on the harmful replies (None: no reply carries its verdict)."""
+
+    second: str
+    probe_heldout_accuracy: float
+    agreement: JudgeAgreement | None
+
+
+@dataclass(frozen=True)
+class SingleResult:
+    """``tunegate eval``'s result: the model and settings, the harmful prompts' summary, the second judge,
+    over-refusal on the benign prompts (None without any), the time taken and every record."""
+
+    model: str
+    adapter: str | None
+    template: str
+    judge: str
+    max_new_tokens: int
+    harmful: HarmfulSummary
+    judges: SecondJudge | None
+    over_refusal: Refusals | None
+    seconds: float
+    harmful_records: tuple[HarmfulRecord, ...]
+    benign_records: tuple[BorderlineRecord, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object the command prints: the settings, the summary's figures at the top level (those
+        it has, in the order they have always been printed), the second judge, over-refusal and the time
+        (the records are written apart: ``records``)."""
+        h = self.harmful
+        summary = {"asr": h.asr, "n": h.n, "n_jailbroken": h.n_jailbroken, "per_category": h.per_category}
+        optional = {
+            "mean_harm_score": h.mean_harm_score,
+            "probe_asr": h.probe_asr,
+            "n_probe_jailbroken": h.n_probe_jailbroken,
+        }
+        out = {
+            "model": self.model,
+            "adapter": self.adapter,
+            "template": self.template,
+            "judge": self.judge,
+            "max_new_tokens": self.max_new_tokens,
+            **summary,
+            **{k: v for k, v in optional.items() if v is not None},
+        }
+        if self.judges is not None:
+            out["judges"] = schema.write(self.judges)
+        if self.over_refusal is not None:
+            out["over_refusal"] = schema.write(self.over_refusal)
+        return {**out, "seconds": self.seconds}
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every prompt's record, harmful then benign, each with its ``set``."""
+        return [{"set": "harmful", **r.to_dict()} for r in self.harmful_records] + [
+            {"set": "benign", **schema.write(r)} for r in self.benign_records
+        ]
+
+
 def evaluate_prompts(
     cfg: SingleEval,
     harmful: list[Prompt],
     benign: list[Prompt] | None,
     judge: Judge,
     progress: Callable[[float, str], None] = _quiet,
-) -> dict[str, Any]:
+) -> SingleResult:
     """ASR on ``harmful`` and over-refusal on ``benign`` (default: the project's borderline set);
     ``progress(fraction, message)`` follows the prompts answered."""
     t0 = time.monotonic()
@@ -91,24 +154,12 @@ def evaluate_prompts(
         cfg.batch_size,
         on_batch=lambda done, n: progress(done / total, f"harmful {done}/{n}"),
     )
+    judges = None
     if probe is not None:
-        probe.add_verdicts(model, tok, recs, cfg.batch_size)
-    out: dict[str, Any] = {
-        "model": cfg.model,
-        "adapter": cfg.adapter,
-        "template": cfg.template,
-        "judge": judge.name,
-        "max_new_tokens": cfg.max_new_tokens,
-        **summarize_harmful(recs),
-    }
-    if probe is not None:
+        recs = probe.with_verdicts(model, tok, recs, cfg.batch_size)
         t = probe.trained
-        out["judges"] = {
-            "second": probe.name,
-            "probe_heldout_accuracy": t.heldout_accuracy,
-            "agreement": records_agreement(recs),
-        }
-    b: list[dict[str, Any]] = []
+        judges = SecondJudge(probe.name, t.heldout_accuracy, records_agreement(recs))
+    b: list[BorderlineRecord] = []
     if benign:
         b = borderline_records(
             model,
@@ -119,7 +170,16 @@ def evaluate_prompts(
             cfg.batch_size,
             on_batch=lambda done, n: progress((len(harmful) + done) / total, f"benign {done}/{n}"),
         )
-        out["over_refusal"] = summarize_borderline(b)
-    out["seconds"] = round(time.monotonic() - t0, 1)
-    out["records"] = [{"set": "harmful", **r} for r in recs] + [{"set": "benign", **r} for r in b]
-    return out
+    return SingleResult(
+        model=cfg.model,
+        adapter=cfg.adapter,
+        template=cfg.template,
+        judge=judge.name,
+        max_new_tokens=cfg.max_new_tokens,
+        harmful=summarize_harmful(recs),
+        judges=judges,
+        over_refusal=summarize_borderline(b) if benign else None,
+        seconds=round(time.monotonic() - t0, 1),
+        harmful_records=tuple(recs),
+        benign_records=tuple(b),
+    )

@@ -21,7 +21,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from tunegate.conversation import Conversation
 from tunegate.errors import InvalidConfig
@@ -85,19 +85,6 @@ class Trigger:
     @property
     def where(self) -> str:
         return WHERE[self.position]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "position": self.position,
-            "count": self.count,
-            "n_examples": self.n_examples,
-            "lift": self.lift,
-            "top_count": self.top_count,
-            "why": self.why,
-            "sep": self.sep,
-            "by_risk": self.by_risk,
-        }
 
 
 def _body(text: str, fmt: UserFormat) -> str:

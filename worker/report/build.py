@@ -4,11 +4,13 @@ self-contained HTML page (tunegate.reporting)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.checks import GateCheck
+from tunegate.evaluation_records import Evaluation
 from tunegate.records import ScoreRecord
 from tunegate.report import (
     NO_MITIGATION,
@@ -22,7 +24,6 @@ from tunegate.report import (
     SafetyReport,
     ScoreSummary,
 )
-from tunegate.report_evaluation import Evaluation
 from tunegate.reporting import render_report
 from tunegate.reporting.details import with_details
 
@@ -49,7 +50,7 @@ def decision_part(
 def build_report(
     policy: dict[str, Any],
     decision: ReportDecision,
-    evaluation: dict[str, Any],
+    evaluation: Evaluation | dict[str, Any] | None,
     score_summary: dict[str, Any] | None,
     score_records: Sequence[ScoreRecord] | None,
     mitigation: dict[str, Any] | None,
@@ -60,7 +61,8 @@ def build_report(
     repair: dict[str, Any] | None = None,
 ) -> SafetyReport:
     """The report (the input of ``tunegate.reporting``) from the stages' results as they save them: the gate's
-    config (``policy``), ``evaluation`` ({} for none), the score stage's summary and records, the mitigate
+    config (``policy``), ``evaluation`` (None for none; the JSON object a caller still passes, ``to_dict()``
+    or {} for none, is read as the record), the score stage's summary and records, the mitigate
     stage's result (None: mitigation was off), the train stage's. ``texts`` (line -> the example's chat
     messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
     mitigation did to each line and the injected safety examples; ``repair`` (the repair stage's result, when
@@ -77,10 +79,18 @@ def build_report(
         ),
         mitigation=ReportMitigation.from_dict(mitigation or NO_MITIGATION),
         training=training or {},
-        evaluation=Evaluation.from_dict(evaluation) if evaluation else None,
+        evaluation=_evaluation(evaluation),
         repair=ReportRepair.from_dict(repair) if repair is not None else None,
     )
     return with_details(report, texts=texts, actions=actions)
+
+
+def _evaluation(evaluation: Evaluation | dict[str, Any] | None) -> Evaluation | None:
+    """The report's evaluation: the record (a stage's ``EvalResult``, field for field, as the report reads it
+    back) or read from its JSON object."""
+    if isinstance(evaluation, Evaluation):
+        return Evaluation(**{f.name: getattr(evaluation, f.name) for f in fields(Evaluation)})
+    return Evaluation.from_dict(evaluation) if evaluation else None
 
 
 def write_report(report: SafetyReport, out_dir: Path) -> tuple[Path, Path]:

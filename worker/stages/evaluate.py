@@ -18,24 +18,38 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from sqlalchemy.orm import Session
 
 from models.policy import DEFAULT_POLICY
 from models.tables import Job
-from tunegate.artifacts import atomic_write_text, from_jsonable
+from tunegate import schema
+from tunegate.artifacts import atomic_write_text
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.evaluation_records import Evaluation
+
+# the evaluation's records are declared once, on the ground floor; the gate imports these from here
+from tunegate.evaluation_records import PairedStats as PairedStats
+from tunegate.evaluation_records import PairedSummary as PairedSummary
+from tunegate.evaluation_records import ProbeEval as ProbeEval
+from tunegate.evaluation_records import TemplateEval as TemplateEval
 from tunegate.records import ScoreRecord
 from tunegate.settings import Settings
 from worker.evaluation import cache, probes
 from worker.evaluation.judges import Judge, LLMJudgeAdapter
 from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
-from worker.evaluation.model_eval import ModelEvaluator, SequentialPlan, counted_mode, direction_sets
+from worker.evaluation.model_eval import (
+    ModelEvaluator,
+    ModelRun,
+    SequentialPlan,
+    counted_mode,
+    direction_sets,
+)
 from worker.evaluation.probe_judge import ProbeJudge, load_or_train
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
-from worker.evaluation.sequential import ALPHA, Strata
+from worker.evaluation.sequential import ALPHA
 from worker.evaluation.triggers import MAX_PROBES_CAP, Trigger, TriggerConfig, mine, probe_subset
 from worker.ml.format import UserFormat, infer_format, template_is_plain
 from worker.ml.models import load_resolved
@@ -117,192 +131,23 @@ class EvalInputs:
     seed: str = ""  # fixes the sequential test's random order: the job's id (drawn before any reply)
 
 
-@dataclass
-class HarmfulSummary:
-    """ASR on the harmful prompts in one template: overall with its counts, and per category."""
-
-    asr: float
-    n: int
-    per_category: dict[str, float] = field(default_factory=dict)
-    n_jailbroken: int = -1  # -1 in results cached before counts were kept: derived from asr * n
-    mean_harm_score: float | None = None  # the LLM judge's mean score
-    probe_asr: float | None = None  # the second judge's (probe's) ASR; None without one
-    n_probe_jailbroken: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.n_jailbroken < 0:
-            self.n_jailbroken = round(self.asr * self.n)
-
-
-@dataclass
-class PairedStats:
-    """One outcome of the same prompts, base vs fine-tuned (worker/evaluation/math.py): the four counts,
-    the point increase (tuned_only - base_only) / n, its one-sided 95% upper bound (Newcombe's paired
-    interval) and the set's resolution (the bound when nothing changed on a 0% base)."""
-
-    both: int
-    base_only: int
-    tuned_only: int
-    neither: int
-    increase: float
-    upper: float
-    detectable: float
-
-    @property
-    def n(self) -> int:
-        return self.both + self.base_only + self.tuned_only + self.neither
-
-
-@dataclass
-class PairedSummary(PairedStats):
-    per_category: dict[str, PairedStats] = field(default_factory=dict)
-
-
-@dataclass
-class SequentialStop:
-    """Where the sequential test (worker/evaluation/sequential.py) stopped the fine-tuned model's harmful
-    replies in one template: its decision there ("release" or "block"; after the whole set, the gate's
-    fixed-sample rule's), the prompts used of the set, what the data allow on the whole set at 1 - alpha
-    (its 95% upper bound U between ``lower`` and ``upper``, the increase between ``increase_low`` and
-    ``increase_high``), the verdicts and limit it decided on, and the strata per counting mode ("primary",
-    and "all"/"any" with a second judge), from which the gate re-derives the decision for its own policy."""
-
-    decision: str
-    n_used: int
-    n_total: int
-    lower: float
-    upper: float
-    increase_low: float
-    increase_high: float
-    judges: str
-    limit: float
-    alpha: float
-    look: int
-    seed: str = ""
-    strata: dict[str, Strata] = field(default_factory=dict)
-
-    @property
-    def early(self) -> bool:
-        """Stopped before the whole set."""
-        return self.n_used < self.n_total
-
-
-@dataclass
-class TemplateEval:
-    base: HarmfulSummary
-    tuned: HarmfulSummary
-    same_as_chat: bool = False  # the user's format is plain chat: "user" repeats "chat"
-    delta: float = 0.0  # tuned - base ASR
-    paired: PairedSummary | None = None  # None in results written before paired statistics were kept
-    paired_any: PairedSummary | None = None  # jailbroken when either judge says so (needs a second judge)
-    paired_all: PairedSummary | None = None  # jailbroken only when both judges say so (needs a second judge)
-    # the fine-tuned side evaluated sequentially: where it stopped (the figures above are of the prompts it
-    # used, base and fine-tuned alike); None when every prompt was evaluated the fixed way, and in results
-    # written before sequential evaluation existed
-    sequential: SequentialStop | None = None
-
-
-@dataclass
-class Margin:
-    """Refusal-direction margin (base direction, fixed), base vs fine-tuned, and their ratio."""
-
-    base: float
-    tuned: float
-    ratio: float
-    layer: int
-
-
-@dataclass
-class Refusals:
-    refusal_rate: float
-    n: int
-    n_refused: int = -1  # -1 in results written before counts were kept: derived from the rate
-    per_category: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.n_refused < 0:
-            self.n_refused = round(self.refusal_rate * self.n)
-
-
-@dataclass
-class OverRefusal:
-    """Refusals of borderline-safe prompts (chat template), base vs fine-tuned, and their paired counts."""
-
-    base: Refusals
-    tuned: Refusals
-    paired: PairedSummary | None = None
-
-    @property
-    def increase(self) -> float:
-        return self.tuned.refusal_rate - self.base.refusal_rate
-
-
-@dataclass
-class ProbeEval:
-    """The harmful subset with one mined trigger inserted where it appeared, base vs fine-tuned."""
-
-    trigger: str
-    position: str  # prefix | suffix | system | inline
-    where: str  # the position in words
-    count: int  # training examples carrying the trigger
-    n_examples: int
-    base: HarmfulSummary
-    tuned: HarmfulSummary
-    paired: PairedSummary
-    lift: float | None = None  # its over-representation among the highest-risk examples
-    why: str = ""
-    paired_any: PairedSummary | None = None  # as TemplateEval's (None without a second judge)
-    paired_all: PairedSummary | None = None
-    sequential: SequentialStop | None = None  # as TemplateEval's: where the fine-tuned side stopped
-
-
-@dataclass
-class JudgeAgreement:
-    """The primary judge vs the second on one reply set: the four counts, percent agreement, Cohen's kappa."""
-
-    n: int
-    both: int
-    primary_only: int
-    second_only: int
-    neither: int
-    percent: float
-    kappa: float
-
-
-@dataclass
-class Judges:
-    """The second judge (the base-model probe), its held-out accuracy on the project's labelled replies, and
-    its agreement with the primary judge per "template/model" ("chat/base", "chat/tuned", ...)."""
-
-    primary: str
-    second: str
-    probe_layer: int
-    probe_heldout_accuracy: float
-    probe_n_train: int
-    probe_n_heldout: int
-    agreement: dict[str, JudgeAgreement] = field(default_factory=dict)
-
-
-@dataclass
-class EvalResult(StageResult):
-    judge: str
-    max_new_tokens: int
-    templates: dict[str, TemplateEval] = field(default_factory=dict)
-    over_refusal: OverRefusal | None = None
-    margin: dict[str, Margin] = field(default_factory=dict)
-    n_prompts: int = 0
-    user_format: dict[str, Any] | None = None
-    jailbroken_examples: list[dict[str, Any]] = field(default_factory=list)
-    probes: list[ProbeEval] = field(default_factory=list)  # trigger probes (none mined: empty)
-    judges: Judges | None = None  # None without a second judge, and in results written before one existed
+@dataclass(frozen=True)
+class EvalResult(Evaluation, StageResult):
+    """The evaluate stage's ``result.json``: the evaluation (``tunegate.evaluation_records.Evaluation``, the
+    record the gate decides on and the safety report holds). A result written before counts were kept
+    loads with them derived from the rates."""
 
     def asr_numbers(self) -> dict[str, float]:
         """Base and fine-tuned ASR per template, flat: ``{"chat_base_asr": .., "chat_tuned_asr": ..}``."""
         return {
-            f"{tpl}_{which}_asr": getattr(t, which).asr
+            f"{tpl}_{which}_asr": side.asr
             for tpl, t in self.templates.items()
-            for which in ("base", "tuned")
+            for which, side in (("base", t.base), ("tuned", t.tuned))
         }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return super().from_dict(data).with_counts()
 
 
 def make_judge(cfg: EvalConfig, settings: Settings) -> Judge:
@@ -373,13 +218,19 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
             tuned_probes = probes.probe_records(ev, model, fmt, triggers, subset, "fine-tuned")
         else:
             stops = probes.probe_records_sequential(ev, model, fmt, triggers, subset, plan, base_probes)
-            tuned_probes = [s["harmful"] for s in stops]
-    compared = ev.compare(base, tuned, fmt)
-    compared["probes"] = probes.compare(triggers, base_probes, tuned_probes, stops)
-    compared["over_refusal"] = compared["over_refusal"] or None
-    res: EvalResult = from_jsonable(
-        EvalResult,
-        {"judge": cfg.judge, "max_new_tokens": cfg.max_new_tokens, "n_prompts": len(harmful), **compared},
+            tuned_probes = [s.harmful for s in stops]
+    c = ev.compare(base, tuned, fmt)
+    res = EvalResult(
+        judge=cfg.judge,
+        max_new_tokens=cfg.max_new_tokens,
+        templates=c.templates,
+        over_refusal=c.over_refusal,
+        margin=c.margin,
+        n_prompts=len(harmful),
+        user_format=c.user_format,
+        jailbroken_examples=c.jailbroken_examples,
+        probes=tuple(probes.compare(triggers, base_probes, tuned_probes, stops)),
+        judges=c.judges,
     )
     _write_generations(out_dir, base, tuned)
     return finish(out_dir, cfg, res)
@@ -433,17 +284,17 @@ def _tuned_results(
     ev: ModelEvaluator,
     model: Any,
     templates: dict[str, UserFormat | None],
-    base: dict[str, Any],
+    base: dict[str, ModelRun],
     plan: SequentialPlan | None = None,
-) -> dict[str, Any]:
+) -> dict[str, ModelRun]:
     """The fine-tuned model in each template, projected on the base's refusal direction; with a plan, the
     harmful set sequentially (each template in its own order)."""
 
-    def one(name: str, fmt: UserFormat | None, part: tuple[float, float]) -> dict[str, Any]:
+    def one(name: str, fmt: UserFormat | None, part: tuple[float, float]) -> ModelRun:
         seq = None
         if plan is not None:
-            seq = (dataclasses.replace(plan, seed=f"{plan.seed}:{name}"), base[name]["harmful"])
-        return ev.evaluate(model, fmt, tuned_dir=base[name]["direction"], part=part, sequential=seq)
+            seq = (dataclasses.replace(plan, seed=f"{plan.seed}:{name}"), base[name].harmful)
+        return ev.evaluate(model, fmt, tuned_dir=base[name].direction, part=part, sequential=seq)
 
     if template_is_plain(templates["user"]):
         return _same_for_user(one("chat", None, (0.5, 1.0)))
@@ -453,8 +304,8 @@ def _tuned_results(
     }
 
 
-def _same_for_user(chat: dict[str, Any]) -> dict[str, Any]:
-    return {"chat": chat, "user": {**chat, "same_as_chat": True}}
+def _same_for_user(chat: ModelRun) -> dict[str, ModelRun]:
+    return {"chat": chat, "user": dataclasses.replace(chat, same_as_chat=True)}
 
 
 def _base_results(
@@ -464,12 +315,12 @@ def _base_results(
     templates: dict[str, UserFormat | None],
     fingerprint: str,
     store: Path | None,
-) -> dict[str, Any]:
+) -> dict[str, ModelRun]:
     plain = template_is_plain(templates["user"])
-    out: dict[str, Any] = {}
+    out: dict[str, ModelRun] = {}
     for name, fmt in templates.items():
         if name == "user" and plain:
-            out["user"] = {**out["chat"], "same_as_chat": True}
+            out["user"] = dataclasses.replace(out["chat"], same_as_chat=True)
             continue
         key = cache.cache_key(
             model=fingerprint,
@@ -480,11 +331,11 @@ def _base_results(
             second=ev.probe.trained.key if ev.probe else None,
             cfg=_cache_cfg(cfg),
         )
-        hit = cache.load(store, key) if store else None
+        hit = cache.load(store, key, ModelRun.from_dict) if store else None
         if hit is None:
             hit = ev.evaluate(model, fmt, tuned_dir=None, part=(0.0, 0.25) if name == "chat" else (0.25, 0.5))
             if store:
-                cache.store(store, key, hit)
+                cache.store(store, key, hit.to_dict())
         out[name] = hit
     return out
 
@@ -509,10 +360,11 @@ def _cache_cfg(cfg: EvalConfig) -> dict[str, Any]:
     return d
 
 
-def _write_generations(out_dir: Path, base: dict[str, Any], tuned: dict[str, Any]) -> None:
+def _write_generations(out_dir: Path, base: dict[str, ModelRun], tuned: dict[str, ModelRun]) -> None:
     lines = []
     for which, res in (("base", base), ("tuned", tuned)):
         for tpl, r in res.items():
-            for rec in r.get("harmful", []) + r.get("borderline", []):
-                lines.append(json.dumps({"model": which, "template": tpl, **rec}, ensure_ascii=False))
+            for rec in [*r.harmful, *(r.borderline or ())]:
+                line = {"model": which, "template": tpl, **schema.jsonable(rec)}
+                lines.append(json.dumps(line, ensure_ascii=False))
     atomic_write_text(out_dir / "generations.jsonl", "\n".join(lines) + "\n")

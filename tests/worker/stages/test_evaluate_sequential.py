@@ -3,6 +3,7 @@ decides as it does on the whole set; a clean one stops early with a release; res
 before the sequential fields existed still load."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json
 from tunegate.settings import get_settings
 from tunegate.shipped import data_path
+from worker.evaluation.model_eval import ModelRun
 from worker.evaluation.records import summarize_harmful
 from worker.ml.stage_io import StageIO
 from worker.stages.evaluate import EvalConfig, EvalInputs, EvalResult, run
@@ -62,10 +64,9 @@ def _refusing_base() -> int:
     model never writes a refusal string, so its fine-tuned replies are all jailbroken: a blatant attack)."""
     files = list(get_settings().eval_cache_path.glob("*.json"))
     for f in files:
-        hit = read_json(f)
-        hit["harmful"] = [{**r, "response": REFUSAL, "jailbroken": False} for r in hit["harmful"]]
-        hit["summary"] = summarize_harmful(hit["harmful"])
-        atomic_write_json(f, hit)
+        run = ModelRun.from_dict(read_json(f))
+        harmful = tuple(replace(r, response=REFUSAL, jailbroken=False) for r in run.harmful)
+        atomic_write_json(f, replace(run, harmful=harmful, summary=summarize_harmful(harmful)).to_dict())
     return len(files)
 
 

@@ -216,8 +216,7 @@ def test_over_refusal_warns_or_fails_by_policy_with_the_numbers():
 
 def test_a_result_without_paired_statistics_is_not_released():
     """An evaluation written before paired outcomes were kept has no interval: nothing bounds the rise."""
-    old = ev()
-    old.templates["chat"].paired = None
+    old = ev(chat={k: v for k, v in tpl().items() if k != "paired"})  # results are frozen: read without it
     d = decide(CFG, old, CLEAN, True)
     assert not d.released and "95% upper bound 100.0%" in d.message
 

@@ -9,6 +9,7 @@ import pytest
 from models.policy import DEFAULT_POLICY, tighten
 from tests.worker.stages.test_gate import ev, paired, probe, tpl
 from tunegate.errors import InvalidConfig
+from tunegate.evaluation_records import HarmfulRecord
 from worker.evaluation.model_eval import combined_pairs
 from worker.stages.gate import GateConfig, decide
 
@@ -88,19 +89,20 @@ def test_trigger_probes_count_the_same_judges() -> None:
 
 
 def test_combined_pairs_of_hand_made_verdicts() -> None:
-    def rec(kw: bool, pr: bool) -> dict[str, Any]:
-        return {"prompt": "p", "category": "fraud", "jailbroken": kw, "probe_jailbroken": pr}
+    def rec(kw: bool, pr: bool | None) -> HarmfulRecord:
+        return HarmfulRecord("p", "fraud", "r", kw, None, "keyword", probe_jailbroken=pr)
 
     base = [rec(False, False), rec(True, False), rec(True, True), rec(False, False)]
     tuned = [rec(True, False), rec(True, True), rec(True, True), rec(False, True)]
-    out = combined_pairs(base, tuned)
-    a, e = out["paired_all"], out["paired_any"]
+    combined = combined_pairs(base, tuned)
+    assert combined is not None
+    e, a = combined
     # all: base F F T F, tuned F T T F -> both 1, tuned_only 1
-    assert (a["both"], a["base_only"], a["tuned_only"], a["neither"]) == (1, 0, 1, 2)
+    assert (a.both, a.base_only, a.tuned_only, a.neither) == (1, 0, 1, 2)
     # any: base F T T F, tuned T T T T -> both 2, tuned_only 2
-    assert (e["both"], e["base_only"], e["tuned_only"], e["neither"]) == (2, 0, 2, 0)
-    one = [{"jailbroken": True, "category": "x"}]
-    assert combined_pairs(one, one) == {"paired_any": None, "paired_all": None}  # no second judge
+    assert (e.both, e.base_only, e.tuned_only, e.neither) == (2, 0, 2, 0)
+    one = [rec(True, None)]
+    assert combined_pairs(one, one) is None  # no second judge
 
 
 def test_the_knob_only_tightens() -> None:
