@@ -63,7 +63,7 @@ from worker import claims
 from worker.claims import Claim
 from worker.events import StageReporter
 from worker.job_view import JobView, job_dir, job_view
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import ProgressFn, StageIO
 from worker.stages.all import PIPELINE
 from worker.stages.base import StageResult, result_exists
 from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec
@@ -440,7 +440,7 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
     dispatch_next(get_settings())
 
 
-ProgressFactory = Callable[[str], Callable[[float, str, dict[str, Any]], None]]
+ProgressFactory = Callable[[str], ProgressFn]
 
 
 def run_local(
