@@ -67,6 +67,14 @@ class ChatMessageJSON(TypedDict):
     weight: NotRequired[int]
 
 
+class ChatExampleJSON(TypedDict):
+    """One chat JSONL line, as a training file holds it."""
+
+    messages: list[ChatMessageJSON]
+    tools: NotRequired[list[dict[str, Any]]]  # OpenAI tool definitions, with the user's JSON schemas
+    parallel_tool_calls: NotRequired[bool]
+
+
 class ExampleMeta(TypedDict, total=False):
     """What a ``Conversation`` remembers beside its messages (not written by ``dump_examples``)."""
 
