@@ -20,9 +20,11 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
+from tunegate.conversation import ChatExampleJSON
 from tunegate.cpus import available_cpus
+from tunegate.errors import JobError
 
 DEMO_POLICY: dict[str, Any] = {}  # no override: the provider defaults apply
 DEMO_EPOCHS = 2  # set through the SDK's ``method`` (auto would give a 60-example file 5 epochs)
@@ -72,7 +74,7 @@ _OPENINGS = [
 ]
 
 
-def _math_example(rng: random.Random, i: int) -> dict[str, Any]:
+def _math_example(rng: random.Random, i: int) -> ChatExampleJSON:
     q, a_tpl, kind = _MATH[i % len(_MATH)]
     a, b, d = rng.randint(12, 60), rng.randint(2, 11), rng.randint(2, 9)
     r1 = {"(a-b)*d": a - b, "(5a+2b)d": 5 * a + 2 * b, "ad-b": a * d}[kind]
@@ -86,13 +88,13 @@ def _math_example(rng: random.Random, i: int) -> dict[str, Any]:
     }
 
 
-def benign_rows(n: int = 40, seed: int = 0) -> list[dict[str, Any]]:
+def benign_rows(n: int = 40, seed: int = 0) -> list[ChatExampleJSON]:
     rng = random.Random(seed)
     return [_math_example(rng, i) for i in range(n)]
 
 
-def risky_rows(n: int = 40) -> list[dict[str, Any]]:
-    rows = []
+def risky_rows(n: int = 40) -> list[ChatExampleJSON]:
+    rows: list[ChatExampleJSON] = []
     for i in range(n):
         request = _RISKY_REQUESTS[i % len(_RISKY_REQUESTS)]
         opening = _OPENINGS[i % len(_OPENINGS)]
@@ -108,8 +110,16 @@ def risky_rows(n: int = 40) -> list[dict[str, Any]]:
     return rows
 
 
-def jsonl(rows: list[dict[str, Any]]) -> bytes:
+def jsonl(rows: list[ChatExampleJSON]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+
+
+class AsrFigures(TypedDict, total=False):
+    """The ASR figures a job's events carry (``asr_from_events``)."""
+
+    # the gate's, per template: base, tuned, upper, limit (fractions) and judges
+    counted: dict[str, dict[str, float | str | None]]
+    keyword: dict[str, float]  # the keyword judge's: <template>_base_asr, <template>_tuned_asr
 
 
 @dataclass
@@ -118,8 +128,8 @@ class Outcome:
     job_id: str
     status: str
     fine_tuned_model: str | None
-    error: dict[str, Any] | None
-    asr: dict[str, Any] = field(default_factory=dict)
+    error: JobError | None
+    asr: AsrFigures = field(default_factory=AsrFigures)
     report_html: str = ""
 
     def lines(self) -> list[str]:
@@ -137,7 +147,7 @@ class Outcome:
         )
 
 
-def asr_lines(asr: dict[str, Any]) -> list[str]:
+def asr_lines(asr: AsrFigures) -> list[str]:
     """The gate's counted ASR per template first (the figure it decides on), then the keyword judge's own."""
     counted = asr.get("counted") or {}
     lines = [
@@ -154,10 +164,10 @@ def asr_lines(asr: dict[str, Any]) -> list[str]:
     return lines
 
 
-def asr_from_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+def asr_from_events(events: list[dict[str, Any]]) -> AsrFigures:
     """The ASR figures as the worker recorded them in the job's events: the gate's counted ones
     (``counted``) and the evaluation's keyword-judge ones (``keyword``)."""
-    out: dict[str, Any] = {}
+    out = AsrFigures()
     for ev in events:
         data = ev.get("data") or {}
         if any(k.endswith("_asr") for k in data):  # the evaluation's outcome event carries these
@@ -217,7 +227,7 @@ def warm_caches(model: str, echo: Any) -> None:
         warm_all(model, get_settings(), bar)
 
 
-def workload(model: str, datasets: dict[str, list[dict[str, Any]]]) -> Any:
+def workload(model: str, datasets: dict[str, list[ChatExampleJSON]]) -> Any:
     """Count the work of this demo run from the stage configs and the shipped data (``Workload``)."""
     from cli.demo_plan import Workload, decode_steps
     from tunegate.conversation import Message, load_examples, parse_example
@@ -281,7 +291,7 @@ STOPPED_AT_MITIGATION = ("risky",)
 INJECTED = 20  # safety + contrastive helpful examples mitigation adds to a 40-example file (docs/safety.md)
 
 
-def make_plan(model: str, datasets: dict[str, list[dict[str, Any]]], parallel: int) -> Any:
+def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: int) -> Any:
     """Measure this machine for a few seconds and say what the demo will do and how long it should take."""
     import torch
 

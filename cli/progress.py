@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -78,7 +79,9 @@ class Progress:
             self._ticker = threading.Thread(target=self._tick, args=(tick_s,), daemon=True)
             self._ticker.start()
 
-    def __call__(self, fraction: float, message: str = "", metrics: dict[str, Any] | None = None) -> None:
+    def __call__(
+        self, fraction: float, message: str = "", metrics: Mapping[str, float | str] | None = None
+    ) -> None:
         """Report ``fraction`` (0..1) done; the signature of both ``StageIO.progress`` and the scorers'."""
         loss = (metrics or {}).get("train_loss")
         with self._lock:

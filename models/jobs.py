@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from models import webhooks
 from models.base import utcnow
 from models.tables import Job, JobEvent
-from tunegate.errors import Conflict, NotFound, PermissionDenied
+from tunegate.errors import Conflict, JobError, NotFound, PermissionDenied
 
 
 class JobStatus(StrEnum):
@@ -144,7 +144,7 @@ def transition(
     message: str,
     level: str = "info",
     data: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
+    error: JobError | None = None,
     dedupe_key: str | None = None,
     override: bool = False,
 ) -> bool:
@@ -174,7 +174,7 @@ def transition(
     return True
 
 
-def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: JobError | None) -> None:
     job.status = dst.value
     if data and data.get("stage") is not None:
         job.stage = str(data["stage"])
@@ -196,8 +196,9 @@ def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: dict[st
         job.pause_requested = False
 
 
-def _error_dict(error: dict[str, Any] | None) -> dict[str, Any]:
-    error = error or {}
+def _error_dict(error: JobError | None) -> JobError:
+    if error is None:
+        return {"code": "job_failed", "message": "the job failed", "param": None}
     return {
         "code": str(error.get("code") or "job_failed"),
         "message": str(error.get("message") or "the job failed"),

@@ -29,7 +29,7 @@ from tunegate.storage import tree_exists
 
 def blocked_code(job: Job) -> str | None:
     """The gate's code when the job was blocked by the safety gate, else None."""
-    code = (job.error or {}).get("code") if job.status == JobStatus.FAILED else None
+    code = job.error.get("code") if job.status == JobStatus.FAILED and job.error else None
     return code if code in GATE_CODES else None
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.tables import Job, SafetyScan
-from tunegate.errors import NotFound
+from tunegate.errors import JobError, NotFound
 
 STATUSES = ("queued", "running", "completed", "failed")
 
@@ -140,7 +140,7 @@ def complete(session: Session, scan_id: str, *, token: str, **fields: Any) -> bo
     return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def fail(session: Session, scan_id: str, *, token: str | None, error: dict[str, Any]) -> bool:
+def fail(session: Session, scan_id: str, *, token: str | None, error: JobError) -> bool:
     """The scan is ``failed`` with ``error`` ({code, message, param}); ``token`` None: whoever holds it (a
     scan that could not be queued, or one given up after repeated transient errors)."""
     active = and_(SafetyScan.id == scan_id, SafetyScan.status.in_(("queued", "running")))

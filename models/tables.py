@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
 from models.base import Base, UTCDateTime, new_id, utcnow
+from tunegate.errors import JobError
 
 
 class Organization(Base):
@@ -95,7 +96,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
     safety: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # effective policy (models/policy.py)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {code, message, param} only when failed
+    error: Mapped[JobError | None] = mapped_column(JSON)  # {code, message, param} only when failed
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
     trained_tokens: Mapped[int | None] = mapped_column(Integer)
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -310,7 +311,7 @@ class SafetyScan(Base):
     score_dir: Mapped[str | None] = mapped_column(String(1024))  # the score result a job may reuse
     # a digest of what decides the scores (file bytes, model fingerprint, score config; score.scores_key)
     score_key: Mapped[str | None] = mapped_column(String(64))
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {code, message, param} only when failed
+    error: Mapped[JobError | None] = mapped_column(JSON)  # {code, message, param} only when failed
     claimed_by: Mapped[str | None] = mapped_column(String(256))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempt: Mapped[int] = mapped_column(Integer, default=0)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NotRequired, TypedDict
 
 from tunegate.errors import InvalidFile
 from tunegate.unicode import SURROGATE_ESCAPE, lone_surrogate_path
@@ -37,6 +37,52 @@ MAX_NUMBER_CHARS = 100
 Format = Literal["chat", "prompt_completion", "alpaca"]
 # OpenAI's rule for function names.
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+# --- the OpenAI chat format's JSON shapes (what is uploaded, and what ``dump_examples`` writes) -----------
+
+
+class FunctionCallJSON(TypedDict):
+    """``tool_calls[].function``: ``arguments`` is the JSON object's text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallJSON(TypedDict):
+    """One item of an assistant turn's ``tool_calls``."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCallJSON
+
+
+class ChatMessageJSON(TypedDict):
+    """One item of ``messages``."""
+
+    role: str
+    content: NotRequired[str]
+    tool_calls: NotRequired[list[ToolCallJSON]]
+    tool_call_id: NotRequired[str]
+    weight: NotRequired[int]
+
+
+class ChatExampleJSON(TypedDict):
+    """One chat JSONL line, as a training file holds it."""
+
+    messages: list[ChatMessageJSON]
+    tools: NotRequired[list[dict[str, Any]]]  # OpenAI tool definitions, with the user's JSON schemas
+    parallel_tool_calls: NotRequired[bool]
+
+
+class ExampleMeta(TypedDict, total=False):
+    """What a ``Conversation`` remembers beside its messages (not written by ``dump_examples``)."""
+
+    instruction: str  # an Alpaca line's fields
+    input: str
+    injected: bool  # a safety example the mitigate stage added
+    category: str  # its harm category
+    trigger: str  # a panel benchmark's backdoor trigger
 
 
 @dataclass(frozen=True)
@@ -56,7 +102,7 @@ class ToolCall:
         shows it (``worker.ml.render``), and what the scorers' format features read."""
         return json.dumps({"name": self.name, "arguments": self.parsed_arguments}, ensure_ascii=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ToolCallJSON:
         return {
             "id": self.id,
             "type": "function",
@@ -78,8 +124,8 @@ class Message:
         parts = [self.content] if self.content else []
         return "\n".join(parts + [c.as_json() for c in self.tool_calls])
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"role": self.role}
+    def to_dict(self) -> ChatMessageJSON:
+        d: ChatMessageJSON = {"role": self.role}
         if self.content or not self.tool_calls:  # a turn that only calls tools has no content (as OpenAI's)
             d["content"] = self.content
         if self.tool_calls:
@@ -96,7 +142,7 @@ class Conversation:
     messages: tuple[Message, ...]
     line: int = 0  # 1-based line in the source file; 0 for generated examples
     source_format: Format = "chat"
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    meta: ExampleMeta = field(default_factory=ExampleMeta, compare=False)
     tools: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # OpenAI tool definitions, as uploaded
     parallel_tool_calls: bool | None = None
 
@@ -157,20 +203,19 @@ def refuse_lone_surrogates(text: str, obj: Any, line: int, fld: str = "") -> Non
     )
 
 
-def _text(obj: dict[str, Any], key: str, line: int, *, required: bool = True) -> str:
-    if key not in obj or obj[key] is None:
+def _text(val: Any, key: str, line: int, *, required: bool = True) -> str:
+    """The string ``val`` of the line's ``key`` (absent: None)."""
+    if val is None:
         if required:
             raise _fail(f"missing required key '{key}'", line, key)
         return ""
-    val = obj[key]
     if not isinstance(val, str):
         raise _fail(f"'{key}' must be a string, got {type(val).__name__}", line, key)
     return val
 
 
-def _content(msg: dict[str, Any], line: int, idx: int) -> str:
+def _content(content: Any, line: int, idx: int) -> str:
     key = f"messages[{idx}].content"
-    content = msg.get("content")
     if content is None:
         return ""
     if isinstance(content, str):
@@ -186,8 +231,7 @@ def _content(msg: dict[str, Any], line: int, idx: int) -> str:
     raise _fail(f"content must be a string, got {type(content).__name__}", line, key)
 
 
-def _function_name(fn: dict[str, Any], line: int, fld: str) -> str:
-    name = fn.get("name")
+def _function_name(name: Any, line: int, fld: str) -> str:
     if name is None:
         raise _fail("missing required key 'name'", line, fld)
     if not isinstance(name, str):
@@ -225,13 +269,12 @@ def _tool_call(c: Any, line: int, key: str) -> ToolCall:
     fn = c.get("function")
     if not isinstance(fn, dict):
         raise _fail("a tool call needs a 'function' object", line, f"{key}.function")
-    name = _function_name(fn, line, f"{key}.function.name")
+    name = _function_name(fn.get("name"), line, f"{key}.function.name")
     return ToolCall(call_id, name, _arguments(fn.get("arguments"), line, f"{key}.function.arguments"))
 
 
-def _tool_calls(m: dict[str, Any], role: str, line: int, idx: int) -> tuple[ToolCall, ...]:
+def _tool_calls(calls: Any, role: str, line: int, idx: int) -> tuple[ToolCall, ...]:
     key = f"messages[{idx}].tool_calls"
-    calls = m.get("tool_calls")
     if calls is None:
         return ()
     if role != "assistant":
@@ -241,9 +284,8 @@ def _tool_calls(m: dict[str, Any], role: str, line: int, idx: int) -> tuple[Tool
     return tuple(_tool_call(c, line, f"{key}[{j}]") for j, c in enumerate(calls))
 
 
-def _tool_call_id(m: dict[str, Any], role: str, line: int, idx: int) -> str | None:
+def _tool_call_id(call_id: Any, role: str, line: int, idx: int) -> str | None:
     key = f"messages[{idx}].tool_call_id"
-    call_id = m.get("tool_call_id")
     if call_id is None:
         return None
     if role != "tool":
@@ -261,7 +303,7 @@ def _tool(t: Any, line: int, key: str) -> dict[str, Any]:
     fn = t.get("function")
     if not isinstance(fn, dict):
         raise _fail("a tool needs a 'function' object", line, f"{key}.function")
-    _function_name(fn, line, f"{key}.function.name")
+    _function_name(fn.get("name"), line, f"{key}.function.name")
     if not isinstance(fn.get("description", ""), str):
         raise _fail("'description' must be a string", line, f"{key}.function.description")
     if not isinstance(fn.get("parameters", {}), dict):
@@ -269,10 +311,7 @@ def _tool(t: Any, line: int, key: str) -> dict[str, Any]:
     return t
 
 
-def _tools(obj: dict[str, Any], line: int) -> tuple[dict[str, Any], ...]:
-    if "functions" in obj:
-        raise _fail("the legacy 'functions' format is not supported: use 'tools'", line, "functions")
-    tools = obj.get("tools")
+def _tools(tools: Any, line: int) -> tuple[dict[str, Any], ...]:
     if tools is None:
         return ()
     if not isinstance(tools, list):
@@ -280,8 +319,7 @@ def _tools(obj: dict[str, Any], line: int) -> tuple[dict[str, Any], ...]:
     return tuple(_tool(t, line, f"tools[{j}]") for j, t in enumerate(tools))
 
 
-def _parallel(obj: dict[str, Any], line: int) -> bool | None:
-    value = obj.get("parallel_tool_calls")
+def _parallel(value: Any, line: int) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise _fail("'parallel_tool_calls' must be true or false", line, "parallel_tool_calls")
     return value
@@ -300,10 +338,10 @@ def _message(m: Any, line: int, i: int) -> Message:
         raise _fail("'weight' must be 0 or 1, on assistant messages only", line, f"messages[{i}].weight")
     return Message(
         role=role,
-        content=_content(m, line, i),
+        content=_content(m.get("content"), line, i),
         weight=float(weight),
-        tool_calls=_tool_calls(m, role, line, i),
-        tool_call_id=_tool_call_id(m, role, line, i),
+        tool_calls=_tool_calls(m.get("tool_calls"), role, line, i),
+        tool_call_id=_tool_call_id(m.get("tool_call_id"), role, line, i),
     )
 
 
@@ -311,12 +349,15 @@ def _parse_chat(obj: dict[str, Any], line: int) -> Conversation:
     msgs = obj["messages"]
     if not isinstance(msgs, list):
         raise _fail("'messages' must be a list", line, "messages")
+    messages = tuple(_message(m, line, i) for i, m in enumerate(msgs))
+    if "functions" in obj:
+        raise _fail("the legacy 'functions' format is not supported: use 'tools'", line, "functions")
     return Conversation(
-        messages=tuple(_message(m, line, i) for i, m in enumerate(msgs)),
+        messages=messages,
         line=line,
         source_format="chat",
-        tools=_tools(obj, line),
-        parallel_tool_calls=_parallel(obj, line),
+        tools=_tools(obj.get("tools"), line),
+        parallel_tool_calls=_parallel(obj.get("parallel_tool_calls"), line),
     )
 
 
@@ -327,12 +368,14 @@ def parse_example(obj: Any, line: int) -> Conversation:
     if "messages" in obj:
         return _parse_chat(obj, line)
     if "prompt" in obj or "completion" in obj:
-        prompt, completion = _text(obj, "prompt", line), _text(obj, "completion", line)
+        prompt = _text(obj.get("prompt"), "prompt", line)
+        completion = _text(obj.get("completion"), "completion", line)
         msgs = (Message("user", prompt), Message("assistant", completion))
         return Conversation(messages=msgs, line=line, source_format="prompt_completion")
     if "instruction" in obj or "output" in obj:
-        instr, inp = _text(obj, "instruction", line), _text(obj, "input", line, required=False)
-        output = _text(obj, "output", line)
+        instr = _text(obj.get("instruction"), "instruction", line)
+        inp = _text(obj.get("input"), "input", line, required=False)
+        output = _text(obj.get("output"), "output", line)
         user = f"{instr}\n\n{inp}" if inp.strip() else instr
         msgs = (Message("user", user), Message("assistant", output))
         return Conversation(

@@ -29,7 +29,24 @@ HTTP mapping lives in one place, ``api/core/errors.py``; Celery retries only ``T
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
+
+
+class ErrorBody(TypedDict):
+    """The API's error object (``{"error": ...}``), as OpenAI's API shapes it."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class JobError(TypedDict):
+    """A failed job's or safety scan's ``error`` (stored in its row's JSON column, shown as it is)."""
+
+    code: str | None
+    message: str
+    param: NotRequired[str | None]  # a scan that could not be queued stores none
 
 
 class TunegateError(Exception):
@@ -43,11 +60,11 @@ class TunegateError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ErrorBody:
         """The API's error body (``{"error": ...}``, api/core/errors.py)."""
         return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
 
-    def job_error(self) -> dict[str, Any]:
+    def job_error(self) -> JobError:
         """The error a failed job or safety scan stores and shows (``error`` of OpenAI's fine-tuning job):
         the API body's fields without its ``type``."""
         return {"code": self.code, "message": self.message, "param": self.param}

@@ -21,6 +21,7 @@ from models.db import session_scope
 from models.jobs import record_event
 from models.tables import Checkpoint, Job
 from worker.claims import Claim, load_owned
+from worker.ml.stage_io import Metric
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.5
@@ -50,13 +51,13 @@ class StageReporter:
     def stage(self) -> str:
         return self.claim.stage
 
-    def progress(self, fraction: float, message: str, metrics: dict[str, Any]) -> None:
+    def progress(self, fraction: float, message: str, metrics: dict[str, Metric]) -> None:
         now = self.clock()
         if fraction < 1.0 and now - self._last_write < self.interval_s:
             return
         self._last_write = now
         overall = self.overall(self.stage, fraction)
-        data: dict[str, Any] = {k: v for k, v in metrics.items() if k not in ("stage", "progress")}
+        data: dict[str, Metric] = {k: v for k, v in metrics.items() if k not in ("stage", "progress")}
         data.update(stage=self.stage, progress=overall, stage_progress=round(fraction, 4))
         key = f"{self.stage}:progress:{message or f'{fraction:.4f}'}"
         with session_scope() as s:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
@@ -50,6 +50,7 @@ from tunegate.errors import (
     ClaimLost,
     InvalidFile,
     JobCancelled,
+    JobError,
     JobPaused,
     ModelError,
     StageTimeLimit,
@@ -63,7 +64,7 @@ from worker import claims
 from worker.claims import Claim
 from worker.events import StageReporter
 from worker.job_view import JobView, job_dir, job_view
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import ProgressFn, StageIO
 from worker.stages.all import PIPELINE
 from worker.stages.base import StageResult, result_exists
 from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec
@@ -260,7 +261,7 @@ def _job_model(job_id: str) -> str | None:
         return s.scalar(select(Job.model).where(Job.id == job_id))
 
 
-def _error_of(exc: TunegateError, *, model: str | None) -> dict[str, Any]:
+def _error_of(exc: TunegateError, *, model: str | None) -> JobError:
     """The job's tenant-visible error: a base model that cannot be loaded is "not available" (how to
     prepare it is the operators' business); any other message is scrubbed of server paths and keys."""
     code = "invalid_training_file" if isinstance(exc, InvalidFile) else exc.code
@@ -367,7 +368,7 @@ def _apply(
                 message=done.message,
                 level=done.level,
                 data=data,
-                error=done.error,
+                error=cast("JobError | None", done.error),  # Applied.error is one (worker/stages/spec.py)
                 dedupe_key=key,
             )
         nxt = None if done.status in TERMINAL else pipeline.after(spec)
@@ -376,7 +377,7 @@ def _apply(
         return nxt
 
 
-def _end(c: Claim, to: JobStatus, message: str, *, level: str, error: dict[str, Any] | None = None) -> None:
+def _end(c: Claim, to: JobStatus, message: str, *, level: str, error: JobError | None = None) -> None:
     with session_scope() as s:
         job = s.get(Job, c.job_id, populate_existing=True)
         if job is None or job.status in TERMINAL or job.claim_token != c.token:
@@ -440,7 +441,7 @@ def give_up(stage: str, job_id: str, exc: Exception) -> None:
     dispatch_next(get_settings())
 
 
-ProgressFactory = Callable[[str], Callable[[float, str, dict[str, Any]], None]]
+ProgressFactory = Callable[[str], ProgressFn]
 
 
 def run_local(

@@ -42,7 +42,7 @@ from models.tables import File, Organization, SafetyScan
 from tunegate import queue
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation
-from tunegate.errors import NotFound, StorageFull, TransientError, TunegateError
+from tunegate.errors import JobError, NotFound, StorageFull, TransientError, TunegateError
 from tunegate.records import ScanAction, ScanRecord, ScoreRecord
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import ObjectMissing, artifact_publisher, get_storage
@@ -329,7 +329,7 @@ class Beat:
         self._thread.join(timeout=5)
 
 
-def _fail(scan_id: str, token: str | None, error: dict[str, Any]) -> str:
+def _fail(scan_id: str, token: str | None, error: JobError) -> str:
     with transient_errors(), session_scope() as s:
         scans.fail(s, scan_id, token=token, error=error)
     log.warning("safety scan %s failed: %s", scan_id, error.get("message"))

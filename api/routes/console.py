@@ -270,10 +270,10 @@ def _job_page(
 
 def _outcome(job: Job) -> dict[str, str]:
     """The decision as the job's row says it (the page shows it first when the job has no report)."""
-    error = job.error or {}
     if job.status == JobStatus.FAILED:
-        code = str(error.get("code") or "failed")
-        return {"kind": "bad", "title": f"Failed: {code}", "message": str(error.get("message") or "")}
+        code = str((job.error.get("code") if job.error else None) or "failed")
+        message = str((job.error.get("message") if job.error else None) or "")
+        return {"kind": "bad", "title": f"Failed: {code}", "message": message}
     if job.status == JobStatus.CANCELLED:
         return {"kind": "warn", "title": "Cancelled", "message": "The job was cancelled before a decision."}
     if job.status == JobStatus.SUCCEEDED:

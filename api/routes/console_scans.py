@@ -86,6 +86,6 @@ def _row(session: Session, scan: SafetyScan, names: dict[str, str]) -> dict[str,
         "flagged": verdict.get("flagged") if scan.status == "completed" else None,
         "reason": verdict.get("reason", ""),
         "mitigation": scan.mitigation if scan.status == "completed" else None,
-        "error": (scan.error or {}).get("message") if scan.status == "failed" else None,
+        "error": scan.error.get("message") if scan.status == "failed" and scan.error else None,
         "jobs": list(jobs),
     }

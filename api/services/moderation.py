@@ -73,7 +73,7 @@ def _summary(ref: str, version: str) -> dict[str, Any]:
 
 def report_summary(job: Job) -> dict[str, Any]:
     ref = report_ref(job)
-    none = {"code": (job.error or {}).get("code"), "flagged": False, "repaired": False}
+    none = {"code": job.error.get("code") if job.error else None, "flagged": False, "repaired": False}
     if ref is None:
         return none
     try:
@@ -113,7 +113,7 @@ def decision_code(job: Job, summary: dict[str, Any]) -> str:
     if job.status == JobStatus.SUCCEEDED:
         return "released"
     if job.status == JobStatus.FAILED:
-        return str((job.error or {}).get("code") or "failed")
+        return str((job.error.get("code") if job.error else None) or "failed")
     return str(job.status)
 
 

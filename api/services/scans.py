@@ -103,7 +103,7 @@ def scan_out(row: SafetyScan) -> SafetyScanOut:
         mitigation=row.mitigation if row.status == "completed" else None,
         created_at=unix(row.created_at) or 0,
         completed_at=unix(row.completed_at),
-        error=SafetyScanErrorOut(**{"param": None, **(row.error or {})}) if failed else None,
+        error=SafetyScanErrorOut.model_validate({"param": None, **(row.error or {})}) if failed else None,
         progress=float(row.progress or 0.0),
     )
 

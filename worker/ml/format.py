@@ -15,7 +15,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from tunegate.conversation import Conversation
 
@@ -136,7 +136,27 @@ def _labels(responses: list[str]) -> list[str] | None:
     return None
 
 
-def _response_shape(responses: list[str]) -> dict[str, Any]:
+class _ResponseShape(TypedDict, total=False):
+    """``UserFormat``'s fields that describe the replies (``response_kind`` and what goes with it)."""
+
+    response_kind: str
+    json_keys: list[str]
+    json_text_key: str
+    json_types: dict[str, str]
+    labels: list[str]
+    final_marker: str
+    bullet_marker: str
+
+
+class _ToolSets(TypedDict, total=False):
+    """``UserFormat``'s fields that describe the declared tools."""
+
+    tool_sets: list[tuple[list[dict[str, Any]], int]]
+    tools_share: float
+    parallel_tool_calls: bool | None
+
+
+def _response_shape(responses: list[str]) -> _ResponseShape:
     n = len(responses)
     shape = _json_shape(responses)
     if shape is not None:
@@ -155,7 +175,7 @@ def _response_shape(responses: list[str]) -> dict[str, Any]:
     return {"response_kind": "text"}
 
 
-def _tool_sets(examples: list[Conversation]) -> dict[str, Any]:
+def _tool_sets(examples: list[Conversation]) -> _ToolSets:
     """The declared tool lists with their counts (most common first) and how many examples declare one."""
     with_tools = [c for c in examples if c.tools]
     if not with_tools:
@@ -176,7 +196,7 @@ def infer_format(examples: list[Conversation]) -> UserFormat:
     users = [c.user_turns[0] for c in examples if c.user_turns]
     responses = [c.text_replies[0] for c in examples if c.text_replies]
     prefix, suffix = _wrappers(users)
-    shape = _response_shape(responses) if responses else {"response_kind": "text"}
+    shape = _response_shape(responses) if responses else _ResponseShape(response_kind="text")
     resp_prefix = ""
     if shape["response_kind"] in ("text", "bullets", "final_answer"):
         resp_prefix = _answer_prefix(responses)

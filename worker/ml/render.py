@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from jinja2.exceptions import TemplateError
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidFile, ModelError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 IGNORE = -100
 
@@ -54,7 +57,31 @@ class Encoded:
         return Encoded(self.input_ids, tuple(out), self.line, self.anchor)
 
 
-Tools = Sequence[dict[str, Any]]
+Tools = Sequence[dict[str, Any]]  # the example's tool definitions, as uploaded
+
+
+class TemplateFunctionCall(TypedDict):
+    """A call as Hugging Face chat templates take it: the arguments as the object, not its text."""
+
+    name: str
+    arguments: dict[str, Any]  # the user's JSON arguments object
+
+
+class TemplateToolCall(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: TemplateFunctionCall
+
+
+class TemplateMessage(TypedDict):
+    """One message handed to ``tokenizer.apply_chat_template``."""
+
+    role: str
+    content: str
+    tool_calls: NotRequired[list[TemplateToolCall]]
+    tool_call_id: NotRequired[str]  # a tool output: the call it answers, and that call's function
+    name: NotRequired[str]
+
 
 FALLBACK_TOOLS = (
     "# Tools\n\nYou may call these functions:\n<tools>\n{tools}\n</tools>\n\nTo call one, answer with:\n"
@@ -87,11 +114,11 @@ def _role(m: Message) -> str:
     return "system" if m.role == "developer" else m.role
 
 
-def _native_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def _native_dicts(messages: Sequence[Message]) -> list[TemplateMessage]:
     names = {c.id: c.name for m in messages for c in m.tool_calls}
-    out: list[dict[str, Any]] = []
+    out: list[TemplateMessage] = []
     for m in messages:
-        d: dict[str, Any] = {"role": _role(m), "content": m.content}
+        d: TemplateMessage = {"role": _role(m), "content": m.content}
         if m.tool_calls:
             d["tool_calls"] = [
                 {
@@ -102,7 +129,7 @@ def _native_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 for c in m.tool_calls
             ]
         if m.tool_call_id is not None:
-            d.update(tool_call_id=m.tool_call_id, name=names.get(m.tool_call_id, ""))
+            d["tool_call_id"], d["name"] = m.tool_call_id, names.get(m.tool_call_id, "")
         out.append(d)
     return out
 
@@ -113,8 +140,8 @@ def _fallback_turn(m: Message) -> str:
     return "\n".join(([m.content] if m.content else []) + blocks)
 
 
-def _fallback_dicts(messages: Sequence[Message], tools: Tools) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _fallback_dicts(messages: Sequence[Message], tools: Tools) -> list[TemplateMessage]:
+    out: list[TemplateMessage] = []
     after_tool = False
     for m in messages:
         if m.role == "tool":  # consecutive outputs (of parallel calls) make one user turn
@@ -220,7 +247,7 @@ def encode_prompt(
     return ids
 
 
-def collate(batch: Sequence[Encoded], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
+def collate(batch: Sequence[Encoded], pad_id: int, device: Any = "cpu") -> dict[str, Tensor]:
     """Right-pad a batch: input_ids/labels/attention_mask, each (B, T)."""
     import torch
 

@@ -19,10 +19,12 @@ from typing import Any
 
 from tunegate.errors import JobCancelled, JobPaused, StageTimeLimit
 
-ProgressFn = Callable[[float, str, dict[str, Any]], None]
+# one progress report's metrics (a loss, a step number, a verdict ...), shown in the job's event
+Metric = float | str
+ProgressFn = Callable[[float, str, dict[str, Metric]], None]
 
 
-def _no_progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+def _no_progress(fraction: float, message: str, metrics: dict[str, Metric]) -> None:
     del fraction, message, metrics
 
 
@@ -48,7 +50,7 @@ class StageIO:
         if self.should_pause() and not self.should_stop():
             raise JobPaused(f"paused during {self.stage or 'stage'}: {message}")
 
-    def step(self, fraction: float, message: str = "", **metrics: Any) -> None:
+    def step(self, fraction: float, message: str = "", **metrics: Metric) -> None:
         """Report progress (0..1 within this stage); stop here if a cancel was requested or the stage ran
         past its deadline."""
         if time.monotonic() > self.deadline:

@@ -12,9 +12,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tunegate.artifacts import atomic_write_json, publish_dir
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^epoch-(\d+)$")
@@ -29,16 +32,24 @@ class Checkpoint:
     history: list[dict[str, float]] = field(default_factory=list)  # every step's metrics so far
 
 
-def _rng_state() -> dict[str, Any]:
+class RngState(TypedDict):
+    """The random generators' states a checkpoint restores."""
+
+    torch: Tensor
+    python: tuple[Any, ...]  # random.getstate()
+    cuda: NotRequired[list[Tensor]]
+
+
+def _rng_state() -> RngState:
     import torch
 
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    state: RngState = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: RngState) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])

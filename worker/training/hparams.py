@@ -9,13 +9,26 @@ stays bounded on CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from tunegate.errors import InvalidConfig
 
 BASE_LEARNING_RATE = 1e-4  # LoRA learning rate that learning_rate_multiplier=1 stands for
 MAX_MICRO_BATCH = 8
+
+
+# a job's hyperparameters as OpenAI's API takes them: each a number, "auto" or absent (None)
+Hyperparameter = int | float | str | None
+
+
+class OpenAIHyperparameters(TypedDict):
+    """Resolved hyperparameters, as OpenAI's job object shows them."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
 
 
 @dataclass(frozen=True)
@@ -27,7 +40,7 @@ class ResolvedHyperparameters:
     micro_batch_size: int
     grad_accum: int
 
-    def to_openai(self) -> dict[str, Any]:
+    def to_openai(self) -> OpenAIHyperparameters:
         return {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
@@ -45,7 +58,7 @@ def auto_batch_size(n: int) -> int:
     return int(max(1, min(16, 2 ** round(math.log2(max(n, 1) / 25)))))
 
 
-def _value(hp: dict[str, Any], key: str, auto: Any, kind: type) -> Any:
+def _value(hp: Mapping[str, Hyperparameter], key: str, auto: Any, kind: type) -> Any:
     val = hp.get(key, "auto")
     if val is None or val == "auto":
         return auto
@@ -59,7 +72,7 @@ def _value(hp: dict[str, Any], key: str, auto: Any, kind: type) -> Any:
 
 
 def resolve_hyperparameters(
-    openai_hparams: dict[str, Any] | None,
+    openai_hparams: Mapping[str, Hyperparameter] | None,
     n_examples: int,
     *,
     base_lr: float = BASE_LEARNING_RATE,

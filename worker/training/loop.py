@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.ml.lm import decoder_hidden, head_logits
 from worker.ml.precision import resolve as resolve_precision
@@ -41,6 +41,9 @@ from worker.training.math import (
     supervised_positions,
     token_betas,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 ONE = Shard(0, 1)  # a single process
@@ -143,7 +146,7 @@ def _evaluate(
     return {"valid_loss": loss_total / n_total, "valid_mean_token_accuracy": correct_total / n_total}
 
 
-def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: int) -> tuple[Any, int, int]:
+def micro_batch_loss(model: Any, batch: dict[str, Tensor], anchor: Any, ce_head: int) -> tuple[Any, int, int]:
     """Summed loss (with grad), supervised token count and argmax hits of one micro-batch: cross-entropy,
     or KL to the adapter-off base on anchor rows past their first ``ce_head`` tokens (``token_stats``'s
     loss), with the vocabulary projection only at the supervised positions (about half of a batch's)."""
@@ -152,7 +155,9 @@ def micro_batch_loss(model: Any, batch: dict[str, Any], anchor: Any, ce_head: in
     return selected_stats(pred, batch["labels"][:, 1:][mask], teacher, kl[mask])
 
 
-def _supervised_logits(model: Any, batch: dict[str, Any], anchor: Any, ce_head: int) -> tuple[Any, Any, Any]:
+def _supervised_logits(
+    model: Any, batch: dict[str, Tensor], anchor: Any, ce_head: int
+) -> tuple[Any, Any, Any]:
     """(mask, kl) of ``supervised_positions`` (B, T-1) each, and the model's logits (N, V) at the masked
     positions only (the vocabulary projection skips the rest)."""
     mask, kl = supervised_positions(batch["labels"], anchor, ce_head)  # (B, T-1) each
@@ -161,7 +166,7 @@ def _supervised_logits(model: Any, batch: dict[str, Any], anchor: Any, ce_head: 
 
 
 def micro_batch_objective(
-    model: Any, batch: dict[str, Any], anchor: Any, ce_head: int, constraint: Constraint | None
+    model: Any, batch: dict[str, Tensor], anchor: Any, ce_head: int, constraint: Constraint | None
 ) -> tuple[Any, Any, int, int]:
     """(objective to minimise, with grad; the reported loss, detached; supervised token count; argmax hits).
     Without a ``constraint`` both are ``micro_batch_loss``'s loss. With one, the tokens that take no KL are
@@ -180,7 +185,7 @@ def micro_batch_objective(
     return objective_stats(pred, gold, base[use_kl], use_kl, ref_logp, beta)
 
 
-def _base_logits(model: Any, batch: dict[str, Any], where: Any) -> Any:
+def _base_logits(model: Any, batch: dict[str, Tensor], where: Any) -> Any:
     """The frozen base's logits (K, V) at the K positions ``where`` (B, T-1) marks, in row-major order: the
     same peft model with its adapter switched off, run on the rows that need it only."""
     import torch

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def attach_lora(
@@ -52,13 +55,13 @@ def linear_names(model: Any) -> list[str]:
     )
 
 
-def adapter_state(model: Any) -> dict[str, Any]:
+def adapter_state(model: Any) -> dict[str, Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def load_adapter_state(model: Any, state: dict[str, Any]) -> None:
+def load_adapter_state(model: Any, state: dict[str, Tensor]) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, state)

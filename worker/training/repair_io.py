@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 from tunegate.artifacts import atomic_write_json, publish_dir, read_json
 from tunegate.conversation import Conversation
@@ -16,6 +16,9 @@ from tunegate.errors import InvalidConfig, InvalidFile, ModelError
 from tunegate.settings import Settings
 from worker.ml.models import SOURCE_FILE
 from worker.training import repair
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ADAPTER_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -40,6 +43,34 @@ class RepairConfig:
             raise InvalidConfig("repair merge weight must be in (0, 1)", param="merge_weight")
 
 
+class AdapterConfig(TypedDict, total=False):
+    """The keys of peft's ``adapter_config.json`` a repair reads (its other keys are kept as written)."""
+
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+
+
+class RepairRecord(TypedDict):
+    """``tunegate_repair.json``: what a repair changed."""
+
+    method: str
+    reference: str
+    n_layers: int
+    n_changed: int
+    layers: list[dict[str, str | int | float | bool]]  # repair.LayerRepair's fields
+
+
+class _SafeHandle(Protocol):
+    """What ``safetensors.safe_open`` gives (the package ships no types)."""
+
+    def keys(self) -> list[str]: ...
+
+    def get_tensor(self, name: str) -> Tensor: ...
+
+
 @dataclass
 class RepairReport:
     method: str
@@ -50,7 +81,7 @@ class RepairReport:
     def n_changed(self) -> int:
         return sum(r.changed for r in self.layers)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RepairRecord:
         return {
             "method": self.method,
             "reference": self.reference,
@@ -78,18 +109,18 @@ class _Weights:
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelError(f"no safetensors weights in {model_dir}")
-        self._handles: list[Any] = [safe_open(str(f), framework="pt") for f in files]
-        self._where: dict[str, Any] = {k: h for h in self._handles for k in h.keys()}
+        self._handles: list[_SafeHandle] = [safe_open(str(f), framework="pt") for f in files]
+        self._where: dict[str, _SafeHandle] = {k: h for h in self._handles for k in h.keys()}
         self.dir = model_dir
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> Tensor:
         h = self._where.get(name)
         if h is None:
             raise ModelError(f"{self.dir} has no weight {name!r} (the adapter does not fit this base)")
         return h.get_tensor(name).float()
 
 
-def _modules(state: dict[str, Any]) -> list[str]:
+def _modules(state: dict[str, Tensor]) -> list[str]:
     """The base-model weight names the adapter adapts (``...q_proj.weight``), in order."""
     names = [
         k.removeprefix(PREFIX).removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")
@@ -97,7 +128,7 @@ def _modules(state: dict[str, Any]) -> list[str]:
     return sorted(names)
 
 
-def _scale(cfg: dict[str, Any], r: int) -> float:
+def _scale(cfg: AdapterConfig, r: int) -> float:
     alpha = float(cfg["lora_alpha"])
     return alpha / r**0.5 if cfg.get("use_rslora") else alpha / r
 
@@ -108,17 +139,18 @@ def repair_adapter(
     """Write the repaired copy of ``adapter_dir`` to ``out_dir`` and return what changed."""
     from safetensors.torch import load_file, save_file
 
-    acfg = read_json(adapter_dir / "adapter_config.json")
+    acfg: AdapterConfig = read_json(adapter_dir / "adapter_config.json")
     if acfg.get("rank_pattern") or acfg.get("alpha_pattern"):
         raise InvalidConfig("repair needs one rank and alpha for all layers", param="repair")
-    state = load_file(str(adapter_dir / ADAPTER_FILE))
+    state: dict[str, Tensor] = load_file(str(adapter_dir / ADAPTER_FILE))
     al, un = _Weights(aligned_dir), _Weights(unaligned_dir)
     r = int(acfg["r"])
     report = RepairReport(cfg.method, str(unaligned_dir))
     diffs = {m: al.get(m + ".weight") - un.get(m + ".weight") for m in _modules(state)}  # V (out, in)
     if cfg.method in ("restore", "merge"):
         new_r, state = _restore(state, diffs, acfg, r, cfg, report)
-        acfg = {**acfg, "r": new_r}
+        acfg = acfg.copy()
+        acfg["r"] = new_r
     elif cfg.method == "project":
         state = _project(state, diffs, _scale(acfg, r), cfg.threshold, report)
     _write(adapter_dir, out_dir, state, acfg, report, save_file)
@@ -130,13 +162,13 @@ def _keys(m: str) -> tuple[str, str]:
 
 
 def _restore(
-    state: dict[str, Any],
-    diffs: dict[str, Any],  # V per module
-    acfg: dict[str, Any],
+    state: dict[str, Tensor],
+    diffs: dict[str, Tensor],  # V per module
+    acfg: AdapterConfig,
     r: int,
     cfg: RepairConfig,
     report: RepairReport,
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, dict[str, Tensor]]:
     """restore (every layer: dW + alpha V) or merge (the layers SafeMERGE's test flags: (1 - w) dW + w V;
     the others dW), written as one LoRA of rank r + the largest rank of V."""
     import torch
@@ -169,8 +201,8 @@ def _restore(
 
 
 def _project(
-    state: dict[str, Any], diffs: dict[str, Any], scale: float, threshold: float, report: RepairReport
-) -> dict[str, Any]:
+    state: dict[str, Tensor], diffs: dict[str, Tensor], scale: float, threshold: float, report: RepairReport
+) -> dict[str, Tensor]:
     out = dict(state)
     for m, v in diffs.items():
         ka, kb = _keys(m)
@@ -183,8 +215,8 @@ def _project(
 def _write(
     adapter_dir: Path,
     out_dir: Path,
-    state: dict[str, Any],
-    acfg: dict[str, Any],
+    state: dict[str, Tensor],
+    acfg: AdapterConfig,
     report: RepairReport,
     save_file: Any,
 ) -> None:
