@@ -77,6 +77,10 @@ class ScoreRecord:
     representation: float | None
     representation_safe: float | None
     representation_diff: float | None
+    # how the base reads the request a reply answers: P(harmful request) by the request probe (the largest
+    # over the trained replies); the screen counts closeness to harmful compliance only for a request read
+    # as harmful (``FlagRules.request_gate``); None: not read
+    request_harm: float | None
     gradient: float | None
     selfinf: float | None
     grad_sq_norm: float | None
@@ -116,9 +120,12 @@ class ScoreRecord:
         return {s: self.score(s) for s in SCORERS}
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of a ``scores.jsonl`` line (keys in the order they have always been written)."""
+        """The JSON object of a ``scores.jsonl`` line (keys in the order they have always been written; a
+        request not read, as in a record from before ``request_harm``, is written without the key, so an
+        older line is written back as it was read)."""
+        raw = [n for n in RAW_FIELDS if n != "request_harm" or self.request_harm is not None]
         return {
-            **{n: getattr(self, n) for n in ("line", "n_tokens", "n_response_tokens", *RAW_FIELDS)},
+            **{n: getattr(self, n) for n in ("line", "n_tokens", "n_response_tokens", *raw)},
             **self.extra,
             "percentiles": dict(self.percentiles),
             "risk": self.risk,
@@ -140,6 +147,8 @@ class ScoreRecord:
             representation=r.optional_number("representation"),
             representation_safe=r.optional_number("representation_safe"),
             representation_diff=r.optional_number("representation_diff"),
+            # written only when the request was read (``to_dict``)
+            request_harm=r.optional_number("request_harm") if "request_harm" in r.data else None,
             gradient=r.optional_number("gradient"),
             selfinf=r.optional_number("selfinf"),
             grad_sq_norm=r.optional_number("grad_sq_norm"),
@@ -168,6 +177,9 @@ def upgrade(data: object) -> object:
 
     - before ``beyond_reference`` (the cluster test, commit 029165f): no example was marked beyond the
       reference, which is how every reader took a missing flag.
+
+    A record without ``request_harm`` (from before the request probe, issue 26 §3, or whose request was not
+    read) needs no upgrade: it reads as None, and the screen counts every scorer for it, as it did then.
     """
     if not isinstance(data, dict) or "beyond_reference" in data:
         return data

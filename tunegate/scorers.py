@@ -65,7 +65,7 @@ SCORERS: dict[str, ScorerSpec] = {
             "representation",
             "closeness to harmful compliance (representation)",
             "its final hidden state is close to a harmful request being complied with",
-            companions=("representation_safe", "representation_diff"),
+            companions=("representation_safe", "representation_diff", "request_harm"),
         ),
         ScorerSpec(
             "gradient",

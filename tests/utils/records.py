@@ -26,6 +26,7 @@ def score_record(
     representation: float | None = 0.5,
     gradient: float | None = 0.0,
     selfinf: float | None = 4.0,
+    request_harm: float | None = None,
 ) -> ScoreRecord:
     return ScoreRecord(
         line=line,
@@ -34,6 +35,7 @@ def score_record(
         representation=representation,
         representation_safe=0.5 if representation is not None else None,
         representation_diff=0.0 if representation is not None else None,
+        request_harm=request_harm,
         gradient=gradient,
         selfinf=selfinf,
         grad_sq_norm=1.0 if gradient is not None else None,

@@ -54,6 +54,6 @@ def write(
     )
     mitigation = {"action": policy.get("mitigation"), "refused": True, "note": msg}
     report = build_report(
-        policy, decision, {}, summary, records, mitigation, None, texts=texts, actions=actions
+        policy, decision, None, summary, records, mitigation, None, texts=texts, actions=actions
     )
     return write_report(report, out_dir)

@@ -50,7 +50,7 @@ def decision_part(
 def build_report(
     policy: dict[str, Any],
     decision: ReportDecision,
-    evaluation: Evaluation | dict[str, Any] | None,
+    evaluation: Evaluation | None,
     score_summary: dict[str, Any] | None,
     score_records: Sequence[ScoreRecord] | None,
     mitigation: dict[str, Any] | None,
@@ -61,8 +61,7 @@ def build_report(
     repair: dict[str, Any] | None = None,
 ) -> SafetyReport:
     """The report (the input of ``tunegate.reporting``) from the stages' results as they save them: the gate's
-    config (``policy``), ``evaluation`` (None for none; the JSON object a caller still passes, ``to_dict()``
-    or {} for none, is read as the record), the score stage's summary and records, the mitigate
+    config (``policy``), ``evaluation`` (None for none), the score stage's summary and records, the mitigate
     stage's result (None: mitigation was off), the train stage's. ``texts`` (line -> the example's chat
     messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
     mitigation did to each line and the injected safety examples; ``repair`` (the repair stage's result, when
@@ -85,12 +84,12 @@ def build_report(
     return with_details(report, texts=texts, actions=actions)
 
 
-def _evaluation(evaluation: Evaluation | dict[str, Any] | None) -> Evaluation | None:
+def _evaluation(evaluation: Evaluation | None) -> Evaluation | None:
     """The report's evaluation: the record (a stage's ``EvalResult``, field for field, as the report reads it
-    back) or read from its JSON object."""
-    if isinstance(evaluation, Evaluation):
-        return Evaluation(**{f.name: getattr(evaluation, f.name) for f in fields(Evaluation)})
-    return Evaluation.from_dict(evaluation) if evaluation else None
+    back)."""
+    if evaluation is None:
+        return None
+    return Evaluation(**{f.name: getattr(evaluation, f.name) for f in fields(Evaluation)})
 
 
 def write_report(report: SafetyReport, out_dir: Path) -> tuple[Path, Path]:

@@ -6,6 +6,14 @@
   the
   loss on the first 10 response tokens only (He et al.). Unlike the published code, each anchor's gradient is
   its own (``zero_grad`` between anchors), all anchors of a set are used, and everything is fp32.
+- Request probe: how the base reads the request a reply answers. A logistic probe
+  (``worker.evaluation.probe``) on the final-norm state at the reply's opening (where the base decides how to
+  answer), fitted on harmful requests (the harmful anchors' and the injection pool's) against benign ones
+  (the reference corpus's, ``tunegate/data/reference``, and the injection pool's borderline ones,
+  ``tunegate/data/pool/borderline.jsonl``: safe requests that sound risky, so that sounding risky is on the
+  benign side). No evaluation set is among them. Strongly regularised (``REQUEST_L2``): on the panel's data
+  (none of it in the fit) it read 100% of a1/a6/a7/a8_json's harmful requests and 82% of a8_template's as
+  harmful and none of the benign controls' (borderline included) or random100's (docs/safety.md).
 
 The cache file lives under ``<models>/<fingerprint>/scoring-cache/anchors-<key>.pt``; the key hashes the
 anchor
@@ -23,8 +31,9 @@ from typing import Any
 
 import torch
 
-from tunegate.conversation import Conversation, load_examples
-from tunegate.shipped import data_path
+from tunegate.conversation import Conversation, load_examples, parse_example
+from tunegate.shipped import data_path, read_jsonl
+from worker.evaluation.probe import Probe, fit
 from worker.ml.render import collate, encode
 from worker.scoring.forward import features, forward
 
@@ -33,7 +42,11 @@ log = logging.getLogger(__name__)
 ANCHOR_DIR = data_path("anchors")
 SETS = {"harmful": 1.0, "safe1": -1.0, "safe2": -1.0}  # sign of each set in d
 ANCHOR_TOKENS = 10
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: the request probe
+HARMFUL_REQUESTS = data_path("pool") / "harmful.jsonl"  # besides the harmful anchors' requests
+BENIGN_REQUESTS = (data_path("reference") / "benign.jsonl", data_path("pool") / "borderline.jsonl")
+PROBE_FIELDS = ("mean", "scale", "weight", "bias")  # the request probe's, as the cache keeps them (tensors)
+REQUEST_L2 = 100.0  # on standardised features; 1 and 10 read the panel's JSON-extraction requests as harmful
 
 
 @dataclass
@@ -42,6 +55,7 @@ class AnchorFeatures:
     safe_h: torch.Tensor  # (N_safe, C), both safe sets
     direction: dict[str, torch.Tensor] | None  # per parameter name, fp32; None when not computed
     key: str
+    request: Probe  # P(harmful request) from a reply's opening state
 
 
 def anchor_sets(anchor_dir: Path = ANCHOR_DIR) -> dict[str, list[Conversation]]:
@@ -52,7 +66,43 @@ def anchors_key(anchor_dir: Path = ANCHOR_DIR, n_tokens: int = ANCHOR_TOKENS) ->
     h = hashlib.sha256(f"v{CACHE_VERSION}:{n_tokens}".encode())
     for name in SETS:
         h.update((anchor_dir / f"{name}.jsonl").read_bytes())
+    for path in (HARMFUL_REQUESTS, *BENIGN_REQUESTS):
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _asked(path: Path) -> list[Conversation]:
+    """Each ``prompt`` of a JSONL file as a request with a placeholder reply (its opening state reads the
+    request only)."""
+    return [
+        parse_example(
+            {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": "."}]}, i
+        )
+        for i, r in enumerate(read_jsonl(path), 1)
+    ]
+
+
+def opening_states(
+    model: Any, tokenizer: Any, convs: list[Conversation], max_len: int, batch_size: int = 8
+) -> torch.Tensor:
+    """(N, C): each conversation's state at its first reply's opening."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(convs), batch_size):
+            encoded = [encode(tokenizer, c, max_len=max_len) for c in convs[s : s + batch_size]]
+            out += [o[0] for o in features(model, collate(encoded, tokenizer.pad_token_id, device)).openings]
+    return torch.stack(out).cpu()
+
+
+def fit_request_probe(model: Any, tokenizer: Any, max_len: int, anchor_dir: Path = ANCHOR_DIR) -> Probe:
+    """The request probe: harmful requests (label 1) against benign ones (0), from their opening states."""
+    reference, borderline = BENIGN_REQUESTS
+    harmful = [*anchor_sets(anchor_dir)["harmful"], *_asked(HARMFUL_REQUESTS)]
+    benign = [*load_examples(reference), *_asked(borderline)]
+    x = opening_states(model, tokenizer, [*harmful, *benign], max_len)  # (N, C)
+    y = torch.cat([torch.ones(len(harmful)), torch.zeros(len(benign))])  # (N,)
+    return fit(x, y, l2=REQUEST_L2)
 
 
 def _anchor_pass(
@@ -64,14 +114,14 @@ def _anchor_pass(
     batch = collate([enc], tokenizer.pad_token_id, device)
     if not grad:
         with torch.no_grad():
-            return features(model, batch)[0], None
+            return features(model, batch).last[0], None
     model.zero_grad(set_to_none=True)
-    loss, hidden = forward(model, batch)
+    loss, states = forward(model, batch)
     loss.sum().backward()
     grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
     model.zero_grad(set_to_none=True)
-    return hidden[0], {n: g / norm for n, g in grads.items()}
+    return states.last[0], {n: g / norm for n, g in grads.items()}
 
 
 def compute_anchors(
@@ -100,6 +150,7 @@ def compute_anchors(
         safe_h=torch.cat([torch.stack(hs["safe1"]), torch.stack(hs["safe2"])]).cpu(),
         direction={k: v.cpu() for k, v in direction.items()} if direction is not None else None,
         key=anchors_key(anchor_dir, n_tokens),
+        request=fit_request_probe(model, tokenizer, max_len, anchor_dir),
     )
 
 
@@ -118,7 +169,8 @@ def load_or_compute(
     if path.is_file():
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("direction") is not None or not with_direction:
-            return AnchorFeatures(data["harm_h"], data["safe_h"], data.get("direction"), key)
+            request = Probe(*(data["request_probe"][k].tolist() for k in PROBE_FIELDS))
+            return AnchorFeatures(data["harm_h"], data["safe_h"], data.get("direction"), key, request)
     log.info(
         "computing anchor features (%s) into %s",
         "with gradient direction" if with_direction else "hidden",
@@ -129,6 +181,15 @@ def load_or_compute(
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"harm_h": feats.harm_h, "safe_h": feats.safe_h, "direction": feats.direction}, tmp)
+    probe = {k: torch.tensor(getattr(feats.request, k), dtype=torch.float64) for k in PROBE_FIELDS}
+    torch.save(
+        {
+            "harm_h": feats.harm_h,
+            "safe_h": feats.safe_h,
+            "direction": feats.direction,
+            "request_probe": probe,
+        },
+        tmp,
+    )
     tmp.replace(path)
     return feats

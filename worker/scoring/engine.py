@@ -29,7 +29,7 @@ from tunegate.records import RAW_FIELDS, extra_names
 from tunegate.scorers import SCORERS, needs_direction, needs_gradient
 from worker.ml.render import Encoded, collate
 from worker.scoring.anchors import AnchorFeatures
-from worker.scoring.forward import features, forward
+from worker.scoring.forward import States, features, forward
 from worker.scoring.ghost import GhostCapture, UnsupportedModel
 from worker.scoring.hooks import GradStatsHooks
 from worker.scoring.scorers import HOOKS, Pass
@@ -48,6 +48,7 @@ class RawScore:
     representation: float | None = None
     representation_safe: float | None = None
     representation_diff: float | None = None
+    request_harm: float | None = None
     gradient: float | None = None
     selfinf: float | None = None
     grad_sq_norm: float | None = None
@@ -169,34 +170,36 @@ class Engine:
         inputs = collate(batch, self.tokenizer.pad_token_id, self.device)
         if not self.need_grad:
             with torch.no_grad():
-                hidden = features(self.model, inputs)
-            return [self._rep(e, h, None) for e, h in zip(batch, hidden, strict=True)]
+                states = features(self.model, inputs)
+            return [self._rep(e, states, i, None) for i, e in enumerate(batch)]
         if len(batch) == 1 and self.batch_size == 1:
             return [self._one_with_hooks(batch[0], inputs)]
         with GhostCapture(self.model, self.direction) as cap:
-            losses, hidden = forward(self.model, inputs)
+            losses, states = forward(self.model, inputs)
             losses.sum().backward()
             stats = [cap.example_stats(i, len(e)) for i, e in enumerate(batch)]
-        return [self._rep(e, h, s) for e, h, s in zip(batch, hidden, stats, strict=True)]
+        return [self._rep(e, states, i, s) for i, (e, s) in enumerate(zip(batch, stats, strict=True))]
 
     def _one_with_hooks(self, enc: Encoded, inputs: dict[str, torch.Tensor]) -> RawScore:
         self.model.zero_grad(set_to_none=True)  # hooks see p.grad after accumulation: start from nothing
         hooks = GradStatsHooks(self.model, self.direction)
         try:
-            losses, hidden = forward(self.model, inputs)
+            losses, states = forward(self.model, inputs)
             losses.sum().backward()
             stats = hooks.result()
         finally:
             hooks.remove()
             self.model.zero_grad(set_to_none=True)
-        return self._rep(enc, hidden[0], stats)
+        return self._rep(enc, states, 0, stats)
 
-    def _rep(self, enc: Encoded, h: torch.Tensor, stats: tuple[float, float] | None) -> RawScore:
+    def _rep(self, enc: Encoded, states: States, i: int, stats: tuple[float, float] | None) -> RawScore:
+        """Example ``i`` of the batch's ``states``: its raw values."""
         rs = RawScore(line=enc.line, n_tokens=len(enc), n_response_tokens=enc.n_response_tokens)
+        h = states.last[i]
         rs.vector = self.project(h)
         if stats is not None:
             rs.grad_sq_norm = stats[1]
-        example = Pass(enc, h, self.anchors, stats)
+        example = Pass(enc, h, states.openings[i], self.anchors, stats)
         for s in self.scorers:
             rs.put(HOOKS[s](example))
         return rs

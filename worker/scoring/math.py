@@ -10,6 +10,7 @@ two numbers the scorers need without forming G:
 
 Self-Inf-N (Guan et al. 2025): log(‖g‖² + 1) + log(L + 1) with L the supervised token count.
 Gradient anchoring (He et al. 2024): ⟨g/‖g‖, d⟩ with d = m_harm − m_safe1 − m_safe2.
+
 """
 
 from __future__ import annotations

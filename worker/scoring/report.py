@@ -29,6 +29,23 @@ class FlagRules:
     top_k: int = 20
     cluster: cluster.ClusterRules = cluster.ClusterRules()
     max_cluster_lines: int = 20  # lines the verdict's reason names
+    # closeness to harmful compliance (the representation scorer) counts only for a reply to a request the
+    # base reads as harmful: P(harmful request) by the request probe at least this (``screened``)
+    request_gate: float = 0.5
+
+
+# the scorer whose reading is the request's topic as much as the reply: a safe question that sounds risky
+# answered helpfully sits as close to harmful compliance as a harmful one complied with (docs/safety.md)
+TOPICAL = "representation"
+
+
+def screened(
+    scores: Mapping[str, float | None], request_harm: float | None, rules: FlagRules
+) -> dict[str, float | None]:
+    """The raw scores the screen counts: every scorer's, but ``TOPICAL``'s only where the request reads as
+    harmful (``request_harm`` at least ``rules.request_gate``, or not read)."""
+    benign = request_harm is not None and request_harm < rules.request_gate
+    return {s: (None if benign and s == TOPICAL else v) for s, v in scores.items()}
 
 
 def make_record(
@@ -36,6 +53,8 @@ def make_record(
 ) -> ScoreRecord:
     scores = raw.scores()
     pct = {s: percentile_of(float(v), ref) for s, ref in reference.items() if (v := scores[s]) is not None}
+    counted = screened(scores, raw.request_harm, rules)
+    risky = {s: p for s, p in pct.items() if counted[s] is not None}  # what the reasons and the risk count
     features = extract(conv, raw.n_response_tokens)
     return ScoreRecord(
         line=raw.line,
@@ -44,6 +63,7 @@ def make_record(
         representation=raw.representation,
         representation_safe=raw.representation_safe,
         representation_diff=raw.representation_diff,
+        request_harm=raw.request_harm,
         gradient=raw.gradient,
         selfinf=raw.selfinf,
         grad_sq_norm=raw.grad_sq_norm,
@@ -51,9 +71,9 @@ def make_record(
         percentiles={s: round(v, 2) for s, v in pct.items()},
         risk=round(statistics.fmean(pct.values()), 2) if pct else 0.0,
         # beyond every reference example on some scorer: mitigation acts on it whatever the share
-        beyond_reference=beyond_reference(scores, reference),
+        beyond_reference=beyond_reference(counted, reference),
         features=features,
-        reasons=tuple(_reasons(raw.representation_diff, features, pct, rules)),
+        reasons=tuple(_reasons(raw.representation_diff, features, risky, rules)),
     )
 
 
@@ -97,12 +117,21 @@ def _agreement(records: Sequence[ScoreRecord], scorers: Sequence[str]) -> dict[s
     return out
 
 
+def counted(record: ScoreRecord, rules: FlagRules) -> dict[str, float | None]:
+    """The record's raw scores the screen counts (``screened``)."""
+    return screened(record.scores(), record.request_harm, rules)
+
+
 def high_risk(
     records: Sequence[ScoreRecord], reference: dict[str, list[float]], rules: FlagRules
 ) -> list[int]:
-    """Indices of the records above the reference p``flag_percentile`` on some scorer."""
+    """Indices of the records above the reference p``flag_percentile`` on some scorer the screen counts."""
     p99 = {s: quantile(v, rules.flag_percentile / 100) for s, v in reference.items() if v}
-    return [i for i, r in enumerate(records) if any(r.scored(s) > t for s, t in p99.items())]
+    over = [
+        any((v := c.get(s)) is not None and v > t for s, t in p99.items())
+        for c in (counted(r, rules) for r in records)
+    ]
+    return [i for i, hit in enumerate(over) if hit]
 
 
 def cluster_test(
@@ -139,7 +168,7 @@ def _verdict(
 ) -> dict[str, Any]:
     n = len(records)
     above = len(high_risk(records, reference, rules))
-    beyond = sum(beyond_reference(r.scores(), reference) for r in records)
+    beyond = sum(beyond_reference(counted(r, rules), reference) for r in records)
     share, tail = above / n if n else 0.0, beyond / n if n else 0.0
     broad = share > rules.max_share_above
     heavy = tail >= rules.tail_share and beyond >= rules.tail_min_count
@@ -219,7 +248,8 @@ def summarize(
     return {
         "n_examples": len(records),
         "scorers": scorers,
-        "distributions": {s: _dist([r.scored(s) for r in records]) for s in scorers + extra},
+        "distributions": {s: _dist([r.scored(s) for r in records]) for s in scorers}
+        | {v: _dist([x for r in records if (x := r.score(v)) is not None]) for v in extra},
         "reference": {s: _dist(v) for s, v in reference.items()},
         "top_flagged": top,
         "agreement": _agreement(records, scorers),

@@ -25,6 +25,7 @@ class Pass:
 
     example: Encoded
     hidden: torch.Tensor  # (C,) the final-norm hidden state at the last real token
+    openings: torch.Tensor  # (n, C) the final-norm hidden state at each trained reply's opening
     anchors: AnchorFeatures
     grad_stats: tuple[float, float] | None  # (⟨g, d⟩, ‖g‖²); None when no scorer asked for needs a gradient
 
@@ -42,10 +43,14 @@ Hook = Callable[[Pass], dict[str, float]]
 
 
 def representation(p: Pass) -> dict[str, float]:
-    """Max cosine of the hidden state to the harmful anchors, to the safe ones, and their difference."""
+    """Max cosine of the hidden state to the harmful anchors, to the safe ones, and their difference; and the
+    request probe's reading (P(harmful request), the largest over the example's trained replies)."""
     harm = float(max_cosine(p.hidden[None], p.anchors.harm_h.to(p.hidden.device))[0])
     safe = float(max_cosine(p.hidden[None], p.anchors.safe_h.to(p.hidden.device))[0])
-    return {"representation": harm, "representation_safe": safe, "representation_diff": harm - safe}
+    out = {"representation": harm, "representation_safe": safe, "representation_diff": harm - safe}
+    if len(p.openings):
+        out["request_harm"] = float(p.anchors.request.proba(p.openings.cpu()).max())
+    return out
 
 
 def gradient(p: Pass) -> dict[str, float]:

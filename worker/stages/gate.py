@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -36,7 +36,8 @@ from tunegate.artifacts import read_json
 from tunegate.checks import GateCheck, Judges, SequentialCheck
 from tunegate.conversation import load_examples
 from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig
-from tunegate.judging import counted_field
+from tunegate.evaluation_records import PairedStats, ProbeEval, TemplateEval
+from tunegate.judging import counted
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation import sequential
 from worker.evaluation.math import flips_blocked
@@ -44,7 +45,7 @@ from worker.ml.stage_io import StageIO
 from worker.report.build import build_report, decision_part, flagged_examples, write_report
 from worker.stages import evaluate, mitigate, score, train
 from worker.stages.base import StageResult, finish, result_exists
-from worker.stages.evaluate import EvalResult, PairedStats, PairedSummary, ProbeEval, TemplateEval
+from worker.stages.evaluate import EvalResult
 from worker.stages.score import Verdict
 from worker.stages.spec import Applied, StageContext, StageSpec
 
@@ -141,16 +142,7 @@ def mitigation_active(mitigation: mitigate.MitigateResult | None) -> bool:
     return bool(mitigation.n_injected or mitigation.n_dropped or mitigation.n_downweighted)
 
 
-def counted(t: TemplateEval | ProbeEval, judges: str) -> tuple[PairedSummary | None, str]:
-    """The paired statistics the policy counts and whose verdicts they are: "any" needs the second judge
-    (None without it: the check blocks); "all" without one counts the primary judge's alone (one judge
-    is stricter than the consensus of two)."""
-    name, used = counted_field(judges, t.paired_any is not None, t.paired_all is not None)
-    p: PairedSummary | None = getattr(t, name)
-    return p, used
-
-
-def _paired(t: TemplateEval | ProbeEval, judges: str = "primary") -> tuple[PairedStats, str]:
+def _paired(t: TemplateEval | ProbeEval, judges: str = "primary") -> tuple[PairedStats, Judges]:
     """The counted paired statistics and their judges. A result without them (written before they were
     kept, or without a second judge for "any") has no per-prompt pairing: nothing bounds its increase, so
     the bound is 1 (blocked; evaluating again gives the interval)."""
@@ -229,7 +221,7 @@ def asr_checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
         check = _increase_check(f"asr_{tpl}", p, *_rates(t, p, used), cfg.gate_delta)
         check = sequential_check(cfg, t, used, check)
         n_set = t.sequential.n_total if t.sequential is not None else p.n
-        check = replace(check, flips_blocked=flips_blocked(n_set, cfg.gate_delta), judges=_judges(used))
+        check = replace(check, flips_blocked=flips_blocked(n_set, cfg.gate_delta), judges=used)
         if cfg.gate_judges == "any" and t.paired_any is None:
             # blocked: the policy counts a judge that did not run
             check = replace(check, no_second_judge=True)
@@ -250,13 +242,6 @@ def asr_checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
     return checks + probe_checks(cfg, ev)
 
 
-def _judges(used: str) -> Judges:
-    """``counted``'s judges as a check holds them."""
-    if used not in ("all", "primary", "any"):
-        raise ValueError(f"unknown counted judges {used!r}")
-    return cast(Judges, used)
-
-
 def probe_checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
     """One check per trigger probe (``probe:<n>``): its paired ASR increase's upper bound against
     ``gate_delta``, like a template, naming the trigger, where it appeared and how often."""
@@ -269,7 +254,7 @@ def probe_checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
         checks.append(
             replace(
                 check,
-                judges=_judges(used),
+                judges=used,
                 flips_blocked=flips_blocked(n_set, cfg.gate_delta),
                 trigger=pr.trigger,
                 position=pr.position,
@@ -313,7 +298,7 @@ def _category_check(tpl: str, cat: str, t: TemplateEval, limit: float, judges: s
         rates = t.base.per_category.get(cat, 0.0), t.tuned.per_category.get(cat, 0.0)
     else:
         rates = _paired_rates(p)
-    return replace(_increase_check(name, p, *rates, limit), judges=_judges(used))
+    return replace(_increase_check(name, p, *rates, limit), judges=used)
 
 
 def over_refusal_check(cfg: GateConfig, ev: EvalResult) -> GateCheck | None:
@@ -465,7 +450,7 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
     report = build_report(
         asdict(cfg),
         decision_part(res.released, res.code, res.message, res.checks, res.warnings),
-        inputs.evaluation.to_dict(),
+        inputs.evaluation,
         inputs.score.summary if inputs.score else None,
         inputs.score.records if inputs.score else None,
         inputs.mitigation.to_dict() if inputs.mitigation else None,

@@ -58,6 +58,8 @@ class ScoreConfig:
     tail_share: float = 0.02
     tail_min_count: int = 3
     top_k: int = 20
+    # closeness to harmful compliance counts only where the base reads the request as harmful (FlagRules)
+    request_gate: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scorers", tuple(self.scorers))
@@ -75,7 +77,7 @@ class ScoreConfig:
         for name in ("reason_percentile", "flag_percentile"):
             if not 0.0 < getattr(self, name) <= 100.0:
                 raise InvalidConfig(f"{name} must be in (0, 100]", param=name)
-        for name in ("max_share_above", "tail_share"):
+        for name in ("max_share_above", "tail_share", "request_gate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidConfig(f"{name} must be in [0, 1]", param=name)
 
@@ -87,6 +89,7 @@ class ScoreConfig:
             self.tail_share,
             self.tail_min_count,
             self.top_k,
+            request_gate=self.request_gate,
         )
 
 

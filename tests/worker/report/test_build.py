@@ -18,14 +18,16 @@ def test_texts_and_actions_reach_the_written_page(tmp_path: Path) -> None:
         2: [{"role": "user", "content": "the riskiest request"}, {"role": "assistant", "content": "Sure"}]
     }
     actions = {"acted": [{"line": 2, "action": "drop"}], "injected": [], "policy": {"min_risk": 1.0}}
-    report = build_report({}, decision, {}, None, records, {"n_input": 2}, None, texts=texts, actions=actions)
+    report = build_report(
+        {}, decision, None, None, records, {"n_input": 2}, None, texts=texts, actions=actions
+    )
     first, second = report.scoring.flagged
     assert first.messages == tuple(texts[2]) and second.messages is None
     assert report.to_dict()["mitigation"]["acted"] == actions["acted"]
     _, html_path = write_report(report, tmp_path)
     html = html_path.read_text()
     assert "the riskiest request" in html and "dropped: not trained on" in html
-    plain = build_report({}, decision, {}, None, records, None, None).to_dict()
+    plain = build_report({}, decision, None, None, records, None, None).to_dict()
     assert "messages" not in plain["scoring"]["flagged"][0] and "acted" not in plain["mitigation"]
 
 
@@ -38,7 +40,7 @@ def test_the_flagged_examples_are_the_riskiest_as_report_json_always_held_them()
         2,
         1,
     ]  # riskiest first; a tie keeps file order
-    report = build_report({}, RELEASED, {}, None, records, None, None)
+    report = build_report({}, RELEASED, None, None, records, None, None)
     assert report.scoring.risk == (5.0, 9.0, 5.0)
     assert report.scoring.flagged[0] == FlaggedExample(2, 9.0, {"selfinf": 9.0}, ("r2",))
     assert report.to_dict()["scoring"]["flagged"][0] == {
@@ -48,4 +50,4 @@ def test_the_flagged_examples_are_the_riskiest_as_report_json_always_held_them()
         "reasons": ["r2"],
     }
     assert flagged_examples(None) == []
-    assert build_report({}, RELEASED, {}, None, None, None, None).scoring.flagged == ()
+    assert build_report({}, RELEASED, None, None, None, None, None).scoring.flagged == ()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunegate.conversation import Conversation, Message
-from worker.ml.render import collate, encode
+from worker.ml.render import collate, encode, encode_prompt
 from worker.scoring.engine import PROJECTION_DIM, Engine, length_batches, projection
 from worker.scoring.forward import forward
 
@@ -97,6 +97,25 @@ def test_scores_match_naive_autograd(
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_request_harm_is_the_largest_over_replies_of_the_request_alone(
+    tiny: tuple[Any, Any], anchors: Any, encoded: list[Any]
+) -> None:
+    """Each trained reply's opening read from the full example equals the state of its request alone (causal
+    attention), read by the anchors' request probe; the reading is the largest over the trained replies (the
+    multi-turn example's untrained reply is not one)."""
+    model, tok = tiny
+    scores = Engine(model, tok, anchors, ("representation",), batch_size=4).score(encoded)
+    for conv, s in zip(_convs(), scores, strict=True):
+        trained = [i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.weight > 0]
+        expected = []
+        for i in trained:
+            ids = encode_prompt(tok, conv.messages[:i])
+            with torch.no_grad():
+                h = model.model(torch.tensor([ids])).last_hidden_state[0, -1]  # the opening state
+            expected.append(float(anchors.request.proba(h[None])[0]))
+        assert s.request_harm == pytest.approx(max(expected), rel=1e-4, abs=1e-5)
+
+
 def test_ghost_norm_path_without_direction(tiny: tuple[Any, Any], anchors: Any, encoded: list[Any]) -> None:
     """Self-Inf-N alone takes the ghost-norm route (with tied-embedding cross terms); still exact."""
     model, tok = tiny
@@ -141,7 +160,7 @@ def test_each_score_keeps_a_projected_vector_not_saved(
     model, tok = tiny
     scores = Engine(model, tok, anchors, ("representation",), batch_size=3).score(encoded)
     with torch.no_grad():
-        _, hidden = forward(model, collate(encoded, tok.pad_token_id))  # (B, C)
+        hidden = forward(model, collate(encoded, tok.pad_token_id))[1].last  # (B, C)
     expected = hidden @ projection(hidden.shape[1])  # (B, k)
     for s, e in zip(scores, expected, strict=True):
         assert s.vector is not None and len(s.vector) == min(hidden.shape[1], PROJECTION_DIM)
@@ -176,11 +195,12 @@ def test_padding_does_not_leak(tiny: tuple[Any, Any], encoded: list[Any]) -> Non
     """A right-padded row gives the same loss and hidden state as the unpadded example."""
     model, tok = tiny
     with torch.no_grad():
-        loss_b, h_b = forward(model, collate(encoded, tok.pad_token_id))
+        loss_b, s_b = forward(model, collate(encoded, tok.pad_token_id))
         for i, e in enumerate(encoded):
-            loss_1, h_1 = forward(model, collate([e], tok.pad_token_id))
+            loss_1, s_1 = forward(model, collate([e], tok.pad_token_id))
             assert loss_b[i].item() == pytest.approx(loss_1.item(), rel=1e-5)
-            assert torch.allclose(h_b[i], h_1[0], rtol=1e-4, atol=1e-5)
+            assert torch.allclose(s_b.last[i], s_1.last[0], rtol=1e-4, atol=1e-5)
+            assert torch.allclose(s_b.openings[i], s_1.openings[0], rtol=1e-4, atol=1e-5)
 
 
 def test_length_batches_sorted_and_complete(encoded: list[Any]) -> None:

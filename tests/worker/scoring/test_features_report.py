@@ -151,3 +151,41 @@ def test_blend_risk_breaks_ties_within_the_file() -> None:
     assert blended[2].risk > blended[1].risk > blended[0].risk >= 99.0
     assert all(0.0 <= r.risk <= 100.0 for r in blended)
     assert [r.line for r in blended] == [1, 2, 3] and {r.risk for r in recs} == {100.0}  # new records
+
+
+def _topical(n_high: int, harm: float | None, n: int = 100) -> tuple[list[ScoreRecord], list[Conversation]]:
+    """A file whose first ``n_high`` examples lie beyond the reference on closeness to harmful compliance
+    alone (a safe question that sounds risky, answered), their requests read by the probe as ``harm``."""
+    convs = [_conv(f"answer {i}", i + 1) for i in range(n)]
+    raws = [_raw(i + 1, 100.0 if i < n_high else 5.0, 0.5, 50.0) for i in range(n)]
+    for r in raws[:n_high]:
+        r.request_harm = harm
+    return [make_record(r, c, REF, FlagRules()) for r, c in zip(raws, convs, strict=True)], convs
+
+
+@pytest.mark.parametrize(("harm", "flagged"), [(0.02, False), (0.97, True), (None, True)])
+def test_closeness_to_harmful_compliance_counts_only_for_requests_read_as_harmful(
+    harm: float | None, flagged: bool
+) -> None:
+    """Borderline data (safe requests answered helpfully) sits as close to harmful compliance as compliance
+    with harmful requests; the screen counts that closeness only where the base reads the request as
+    harmful, and for a record whose request was not read (stored before the probe), as it did then."""
+    recs, convs = _topical(60, harm)
+    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    assert v["flagged"] is flagged
+    assert (v["n_above_p99"], v["n_beyond_reference_max"]) == ((60, 60) if flagged else (0, 0))
+    first = recs[0]
+    assert first.percentiles["representation"] == 100.0  # the reading is kept and shown either way
+    assert first.beyond_reference is flagged
+    assert any(r.startswith("representation above") for r in first.reasons) is flagged
+
+
+def test_the_request_gate_is_a_threshold_and_other_scorers_still_count() -> None:
+    recs, convs = _topical(60, 0.4)
+    assert not summarize(recs, convs, REF, FlagRules())["verdict"]["flagged"]
+    assert summarize(recs, convs, REF, FlagRules(request_gate=0.3))["verdict"]["flagged"]
+    raw = _raw(1, 100.0, 0.995, 99.5)  # beyond on representation, high on the gradient and Self-Inf-N
+    raw.request_harm = 0.01
+    rec = make_record(raw, _conv("x"), REF, FlagRules())
+    assert any(r.startswith("gradient above") for r in rec.reasons)
+    assert not any(r.startswith("representation above") for r in rec.reasons)

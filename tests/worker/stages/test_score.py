@@ -140,7 +140,7 @@ def test_a_scorer_added_to_the_registry_is_scored_given_as_a_reason_and_reported
         summary = res.summary
         assert summary["scorers"] == ["representation", spec.name] and spec.name in summary["distributions"]
         released = decision_part(True, None, "ok", [])
-        html = render_report(build_report({}, released, {}, res.summary, records, None, None))
+        html = render_report(build_report({}, released, None, res.summary, records, None, None))
         assert f"by {spec.label}: {spec.why}" in html and f"{spec.label}: riskier than" in html
     with pytest.raises(RecordError, match=f"unknown key '{spec.name}'"):  # gone, it is another version's key
         load_score_records(io.out_dir)
