@@ -47,11 +47,23 @@ def read_row(out: Path, job: str, arm: str) -> dict[str, Any] | None:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
 
 
+def record_text(record: dict[str, Any], default: Callable[[Any], Any] | None = None) -> str:
+    """A stored record (a row, a repair row, the run record) as the panel writes it: compact JSON with one
+    top-level key a line, so ``json.loads`` and ``jq`` read it and a rerun's diff names the keys that
+    changed. ``default`` as ``json.dumps``'s."""
+    if not record:
+        return "{}\n"
+    items = [
+        f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), default=default)}" for k, v in record.items()
+    ]
+    return "{\n" + ",\n".join(items) + "\n}\n"
+
+
 def write_row(out: Path, job: str, arm: str, row: dict[str, Any]) -> None:
     d = arm_dir(out, job, arm)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f"{ROW}.tmp"
-    tmp.write_text(json.dumps(row, indent=1, default=str), encoding="utf-8")
+    tmp.write_text(record_text(row, default=str), encoding="utf-8")
     tmp.replace(d / ROW)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.panel import taskloss
-from benchmarks.panel.job import arm_dir, summarize
+from benchmarks.panel.job import arm_dir, record_text, summarize
 from benchmarks.panel.manifest import PANEL, by_name
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if path.is_file():
                 continue
             row = run_variant(a.out, job, a.arm, variant, model)
-            path.write_text(json.dumps(row, indent=1), encoding="utf-8")
+            path.write_text(record_text(row), encoding="utf-8")
             print(f"{job}/{a.arm} {variant}: released={row['released']} code={row['code']}", flush=True)
     return 0
 

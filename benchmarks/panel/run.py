@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.panel import datasets as ds
-from benchmarks.panel.job import ARMS, VARIANT, read_row, run_one
+from benchmarks.panel.job import ARMS, VARIANT, read_row, record_text, run_one
 from benchmarks.panel.manifest import PanelJob, by_name, smoke_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     info: dict[str, Any] = {"model": model, "base": base, "pool_size": a.pool_size, "machine": machine_info()}
     info["started"] = time.time()
-    (a.out / "panel-run.json").write_text(json.dumps(run_record(a.out, info), indent=1))
+    (a.out / "panel-run.json").write_text(record_text(run_record(a.out, info)), encoding="utf-8")
     results = run_panel(
         a.out, jobs, arms, model=model, data=a.data, pool_size=a.pool_size, parallel=a.parallel, smoke=a.smoke
     )

@@ -117,3 +117,29 @@ def test_a_variant_is_recorded_once_and_other_rows_refuse_another(tmp_path: Path
         set_variant(tmp_path, {"policy": {}})
     with pytest.raises(ValueError, match="expected an object"):
         set_variant(tmp_path, {"train": {}})
+
+
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "panel" / "results"
+
+
+def test_a_row_is_stored_compact_one_top_level_key_a_line_and_read_back_unchanged(tmp_path: Path) -> None:
+    from benchmarks.panel.job import read_row, record_text, write_row
+
+    row = {"job": "j", "scores": [{"risk": 1.5, "attack": True}], "probes": None, "when": Path("p")}
+    write_row(tmp_path, "j", "on", row)
+    text = (arm_dir(tmp_path, "j", "on") / "panel.json").read_text()
+    assert text == '{\n"job":"j",\n"scores":[{"risk":1.5,"attack":true}],\n"probes":null,\n"when":"p"\n}\n'
+    assert read_row(tmp_path, "j", "on") == {**row, "when": "p"}  # default=str, as before
+    assert record_text({}) == "{}\n" and json.loads(record_text({})) == {}
+
+
+def test_the_stored_results_are_in_the_writers_form() -> None:
+    """The kept rows, repair rows and run record (docs/panel.md's tables) are written as the writers write
+    them, not re-indented: a pretty-printed file here would bring back tens of thousands of lines."""
+    from benchmarks.panel.job import record_text
+
+    files = [RESULTS / "panel-run.json", *RESULTS.glob("*/*/panel.json"), *RESULTS.glob("*/*/repair-*.json")]
+    assert len(files) > 1 and files[0].is_file()  # the kept files only (.gitignore), not a run's stages
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        assert text == record_text(json.loads(text)), f.relative_to(RESULTS)

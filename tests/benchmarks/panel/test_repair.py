@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.panel import repair, run
+from benchmarks.panel.job import record_text
 from benchmarks.panel.manifest import smoke_jobs
 
 
@@ -37,6 +38,7 @@ def test_each_variant_is_judged_like_the_arm_and_a_second_run_skips_it(
         v: json.loads(repair.row_path(out, name, "on", v).read_text()) for v in ("restore:0.5", "project:1.0")
     }
     for variant, row in rows.items():
+        assert repair.row_path(out, name, "on", variant).read_text() == record_text(row)  # compact, as stored
         assert row["variant"] == variant and isinstance(row["released"], bool)
         assert row["templates"]["chat"]["tuned"]["n"] == 8
         assert row["task_loss"]["base"] > 0 and row["task_loss"]["tuned"] > 0
