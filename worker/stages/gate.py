@@ -35,7 +35,7 @@ from models.tables import Job, Organization
 from tunegate.artifacts import read_json
 from tunegate.checks import GateCheck, Judges, SequentialCheck
 from tunegate.conversation import load_examples
-from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig
+from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig, JobError
 from tunegate.evaluation_records import PairedStats, ProbeEval, TemplateEval
 from tunegate.judging import counted
 from tunegate.storage import Publish, artifact_publisher, keep_local
@@ -538,7 +538,7 @@ def apply(session: Session, job: Job, res: GateResult) -> Applied:
         "repair_method": res.repair_method or None,
     }
     if not res.released:
-        error = {"code": res.code or SAFETY_EVAL_FAILED, "message": res.message, "param": None}
+        error: JobError = {"code": res.code or SAFETY_EVAL_FAILED, "message": res.message, "param": None}
         return Applied(f"blocked: {res.message}", data, JobStatus.FAILED, level="error", error=error)
     org = session.get(Organization, job.org_id)
     job.released = True

@@ -50,7 +50,7 @@ from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import SAFETY_EVAL_FAILED, InvalidConfig
 from tunegate.settings import Settings
 from worker.ml.models import resolve_model
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import Metric, StageIO
 from worker.stages import evaluate, gate, mitigate, score, train
 from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.evaluate import EvalConfig, EvalInputs, EvalResult
@@ -397,7 +397,7 @@ def _evaluate(inputs: RepairInputs, work: Path, spec: str, part: tuple[float, fl
     lo, width = part
     io = inputs.io
 
-    def progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+    def progress(fraction: float, message: str, metrics: dict[str, Metric]) -> None:
         io.progress(lo + width * fraction, f"{spec}: {message}", metrics)
 
     sub = dataclasses.replace(io, out_dir=work / "evaluation", progress=progress, on_checkpoint=None)

@@ -35,7 +35,7 @@ from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
 from worker.ml.models import SOURCE_FILE, context_length, load_resolved, resolve_model
 from worker.ml.render import encode
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import CheckpointInfo, StageIO
 from worker.stages import mitigate, score
 from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.spec import Applied, StageContext, StageSpec
@@ -393,8 +393,8 @@ def publishing_checkpoints(io: StageIO, publish: Publish) -> StageIO:
     if record is None:
         return io
 
-    def on_checkpoint(info: dict[str, Any]) -> None:
-        path = Path(str(info["path"]))
+    def on_checkpoint(info: CheckpointInfo) -> None:
+        path = Path(info["path"])
         ref = publish(path / "adapter", f"checkpoints/{path.name}/adapter")
         record({**info, "path": ref.removesuffix("/adapter")})
 
