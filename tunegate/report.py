@@ -288,6 +288,13 @@ class CountedAsr:
     upper: float | None
     limit: float | None
 
+    def to_dict(self) -> dict[str, Any]:
+        return schema.write(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return schema.read(cls, data, "counted ASR")
+
 
 @dataclass(frozen=True)
 class AdapterCheck:

@@ -38,6 +38,7 @@ from tunegate.conversation import load_examples
 from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig, JobError
 from tunegate.evaluation_records import PairedStats, ProbeEval, TemplateEval
 from tunegate.judging import counted
+from tunegate.report import CountedAsr
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation import sequential
 from worker.evaluation.math import flips_blocked
@@ -513,11 +514,11 @@ def _repair_result(ctx: StageContext) -> RepairResult | None:
     return ctx.result(repair.SPEC) if result_exists(ctx.dir_of(repair.SPEC)) else None
 
 
-def counted_asr(checks: list[GateCheck]) -> dict[str, dict[str, Any]]:
+def counted_asr(checks: list[GateCheck]) -> dict[str, CountedAsr]:
     """Per template, the ASR the gate counted (base, fine-tuned, the judges whose verdicts count, the bound
     and its limit): the one figure a user should read (the keyword judge's own is the evaluation's)."""
     return {
-        c.template: {"base": c.base, "tuned": c.tuned, "judges": c.judges, "upper": c.upper, "limit": c.limit}
+        c.template: CountedAsr(base=c.base, tuned=c.tuned, judges=c.judges, upper=c.upper, limit=c.limit)
         for c in checks
         if c.kind == "asr"
     }
@@ -533,7 +534,7 @@ def apply(session: Session, job: Job, res: GateResult) -> Applied:
         "released": res.released,
         "code": res.code,
         "warnings": res.warnings,
-        "asr": counted_asr(res.checks),
+        "asr": {tpl: a.to_dict() for tpl, a in counted_asr(res.checks).items()},
         "repaired": res.repaired,
         "repair_method": res.repair_method or None,
     }
