@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from tunegate import schema
 from tunegate.checks import GateCheck, Judges
+from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
 from tunegate.records import RecordError
 
@@ -159,7 +160,7 @@ class FlaggedExample:
     risk: float
     percentiles: dict[str, float]
     reasons: tuple[str, ...]
-    messages: tuple[dict[str, Any], ...] | None = None  # None: its text is not in this copy
+    messages: tuple[ChatMessageJSON, ...] | None = None  # None: its text is not in this copy
 
     def to_dict(self) -> dict[str, Any]:
         return schema.write(self, omit_none=True)
@@ -211,7 +212,7 @@ class InjectedExample:
     """A safety (or contrastive helpful) example the mitigate stage added: its category and messages."""
 
     category: str | None
-    messages: tuple[dict[str, Any], ...]
+    messages: tuple[ChatMessageJSON, ...]
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from tunegate.conversation import decode_json_line, iter_lines, parse_example
+from tunegate.conversation import ChatMessageJSON, decode_json_line, iter_lines, parse_example
 from tunegate.errors import InvalidFile
 from tunegate.report import ReportMitigation, SafetyReport
 
 
-def read_examples(stream: BinaryIO, lines: set[int]) -> dict[int, list[dict[str, Any]]]:
+def read_examples(stream: BinaryIO, lines: set[int]) -> dict[int, list[ChatMessageJSON]]:
     """The messages of the given 1-based lines of a JSONL training file (a line that no longer parses is
     left out: the report then says its text is not available)."""
-    out: dict[int, list[dict[str, Any]]] = {}
+    out: dict[int, list[ChatMessageJSON]] = {}
     for number, text in iter_lines(stream):
         if number in lines:
             try:
@@ -37,7 +37,7 @@ def flagged_lines(report: SafetyReport) -> set[int]:
 def with_details(
     report: SafetyReport,
     *,
-    texts: dict[int, list[dict[str, Any]]] | None = None,
+    texts: dict[int, list[ChatMessageJSON]] | None = None,
     actions: dict[str, Any] | None = None,
 ) -> SafetyReport:
     """``report`` with the flagged examples' ``messages`` and the mitigation log (``mitigation.acted``,

@@ -10,6 +10,7 @@ from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.checks import GateCheck
+from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
 from tunegate.records import ScoreRecord
 from tunegate.report import (
@@ -56,7 +57,7 @@ def build_report(
     mitigation: dict[str, Any] | None,
     training: dict[str, Any] | None,
     *,
-    texts: dict[int, list[dict[str, Any]]] | None = None,
+    texts: dict[int, list[ChatMessageJSON]] | None = None,
     actions: dict[str, Any] | None = None,
     repair: dict[str, Any] | None = None,
 ) -> SafetyReport:

@@ -34,7 +34,7 @@ from models.policy import DEFAULT_POLICY
 from models.tables import Job, Organization
 from tunegate.artifacts import read_json
 from tunegate.checks import GateCheck, Judges, SequentialCheck
-from tunegate.conversation import load_examples
+from tunegate.conversation import ChatMessageJSON, load_examples
 from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig, JobError
 from tunegate.evaluation_records import PairedStats, ProbeEval, TemplateEval
 from tunegate.judging import counted
@@ -97,7 +97,7 @@ class GateInputs:
     io: StageIO
     mitigation: mitigate.MitigateResult | None = None  # None: mitigation did not run
     training: train.TrainResult | None = None
-    texts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # line -> messages, flagged lines
+    texts: dict[int, list[ChatMessageJSON]] = field(default_factory=dict)  # line -> messages, flagged lines
     # makes the report and the judged adapter readable by the API (tunegate.storage.artifact_publisher)
     publish: Publish = keep_local
     # the repair stage's result (None: it did not run); when it repaired the adapter, ``evaluation`` is the

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from models.policy import DEFAULT_POLICY
 from models.tables import File, Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
-from tunegate.conversation import Conversation, dump_examples, load_examples
+from tunegate.conversation import ChatMessageJSON, Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
@@ -369,7 +369,7 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     )
 
 
-def _chat_key(messages: list[dict[str, Any]]) -> str:
+def _chat_key(messages: list[ChatMessageJSON]) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
