@@ -280,6 +280,25 @@ class ReportMitigation:
 
 
 @dataclass(frozen=True)
+class MitigationLog:
+    """The mitigate stage's log (``actions.json``) as the report shows it: what was done to each line, the
+    examples it added and its config (the file's other keys, a refused file's ``refused``, are not the
+    report's: ``ReportMitigation`` holds the refusal)."""
+
+    acted: tuple[ActedLine, ...] | None = None
+    injected: tuple[InjectedExample, ...] | None = None
+    policy: MitigationPolicy | None = None
+
+    @classmethod
+    def from_actions(cls, data: object) -> Self:
+        """The log from ``actions.json``'s JSON object."""
+        if not isinstance(data, dict):
+            raise RecordError(f"actions.json must be a JSON object, got {type(data).__name__}")
+        keys = ("acted", "injected", "policy")
+        return schema.read(cls, {k: data[k] for k in keys if k in data}, "mitigation log")
+
+
+@dataclass(frozen=True)
 class CountedAsr:
     """The ASR the gate counted for one template (``worker.stages.gate.counted_asr``)."""
 

@@ -38,7 +38,14 @@ from tunegate.conversation import ChatMessageJSON, load_examples
 from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig, JobError
 from tunegate.evaluation_records import PairedStats, ProbeEval, TemplateEval
 from tunegate.judging import counted
-from tunegate.report import CountedAsr
+from tunegate.report import (
+    CountedAsr,
+    MitigationLog,
+    ReportMitigation,
+    ReportPolicy,
+    ReportRepair,
+    ScoreSummary,
+)
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation import sequential
 from worker.evaluation.math import flips_blocked
@@ -448,17 +455,18 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
     res = GateResult(d.released, d.code, d.message, d.checks, adapter_dir=adapter, warnings=d.warnings)
     if repaired and inputs.repair:
         res.repaired, res.repair_method, res.unrepaired_adapter_dir = True, inputs.repair.method, trained
+    needed = inputs.repair if inputs.repair and inputs.repair.needed else None
     report = build_report(
-        asdict(cfg),
+        ReportPolicy.from_dict(asdict(cfg)),
         decision_part(res.released, res.code, res.message, res.checks, res.warnings),
         inputs.evaluation,
-        inputs.score.summary if inputs.score else None,
+        ScoreSummary.from_dict(inputs.score.summary) if inputs.score else None,
         inputs.score.records if inputs.score else None,
-        inputs.mitigation.to_dict() if inputs.mitigation else None,
+        ReportMitigation.from_dict(inputs.mitigation.to_dict()) if inputs.mitigation else None,
         inputs.training.to_dict() if inputs.training else None,
         texts=inputs.texts,
         actions=_actions(inputs.mitigation),
-        repair=inputs.repair.to_dict() if inputs.repair and inputs.repair.needed else None,
+        repair=ReportRepair.from_dict(needed.to_dict()) if needed is not None else None,
     )
     res.report_json, res.report_html = (str(p) for p in write_report(report, out_dir))
     key = "repair/adapter" if repaired else "train/adapter"
@@ -469,12 +477,13 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
     return finish(out_dir, cfg, res)
 
 
-def _actions(mitigation: mitigate.MitigateResult | None) -> dict[str, Any] | None:
+def _actions(mitigation: mitigate.MitigateResult | None) -> MitigationLog | None:
+    """The mitigate stage's log (``actions.json``; None: none was written, or it is not a JSON object)."""
     path = Path(mitigation.actions_file) if mitigation and mitigation.actions_file else None
     if path is None or not path.is_file():
         return None
     data = read_json(path)
-    return data if isinstance(data, dict) else None
+    return MitigationLog.from_actions(data) if isinstance(data, dict) else None
 
 
 def config(ctx: StageContext) -> GateConfig:

@@ -24,6 +24,7 @@ from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, JobError, TunegateError, UnsafeTrainingData
 from tunegate.records import ScoreRecord
+from tunegate.report import MitigationLog, ReportPolicy, ScoreSummary
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.mitigation import refuse, select
@@ -302,7 +303,13 @@ def _refuse(
     atomic_write_json(out_dir / "actions.json", actions)
     policy = asdict(cfg)
     rj, rh = refuse.write(
-        out_dir, policy, msg, inputs.score_summary, inputs.score_records, inputs.examples, actions
+        out_dir,
+        ReportPolicy.from_dict(policy),
+        msg,
+        ScoreSummary.from_dict(inputs.score_summary),
+        inputs.score_records,
+        inputs.examples,
+        MitigationLog.from_actions(actions),
     )
     inputs.publish(rh, "mitigate/report.html")
     res = MitigateResult(
