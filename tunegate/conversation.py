@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NotRequired, TypedDict
+from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, cast
 
 from tunegate.errors import InvalidFile
 from tunegate.unicode import SURROGATE_ESCAPE, lone_surrogate_path
@@ -67,11 +67,26 @@ class ChatMessageJSON(TypedDict):
     weight: NotRequired[int]
 
 
+class FunctionDefinitionJSON(TypedDict):
+    """``tools[].function``: a function the example's assistant may call."""
+
+    name: str
+    description: NotRequired[str]
+    parameters: NotRequired[dict[str, Any]]  # the user's JSON schema of its arguments, as uploaded
+
+
+class ToolDefinition(TypedDict):
+    """One item of ``tools``: OpenAI's tool schema (checked by ``_tool``, kept as uploaded)."""
+
+    type: Literal["function"]
+    function: FunctionDefinitionJSON
+
+
 class ChatExampleJSON(TypedDict):
     """One chat JSONL line, as a training file holds it."""
 
     messages: list[ChatMessageJSON]
-    tools: NotRequired[list[dict[str, Any]]]  # OpenAI tool definitions, with the user's JSON schemas
+    tools: NotRequired[list[ToolDefinition]]
     parallel_tool_calls: NotRequired[bool]
 
 
@@ -143,7 +158,7 @@ class Conversation:
     line: int = 0  # 1-based line in the source file; 0 for generated examples
     source_format: Format = "chat"
     meta: ExampleMeta = field(default_factory=ExampleMeta, compare=False)
-    tools: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # OpenAI tool definitions, as uploaded
+    tools: tuple[ToolDefinition, ...] = field(default=(), hash=False)  # as uploaded
     parallel_tool_calls: bool | None = None
 
     @property
@@ -168,8 +183,8 @@ class Conversation:
     def trained_responses(self) -> list[str]:
         return [m.text for m in self.messages if m.role == "assistant" and m.weight > 0]
 
-    def to_chat_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages]}
+    def to_chat_dict(self) -> ChatExampleJSON:
+        d: ChatExampleJSON = {"messages": [m.to_dict() for m in self.messages]}
         if self.tools:
             d["tools"] = list(self.tools)
         if self.parallel_tool_calls is not None:
@@ -295,7 +310,7 @@ def _tool_call_id(call_id: Any, role: str, line: int, idx: int) -> str | None:
     return call_id
 
 
-def _tool(t: Any, line: int, key: str) -> dict[str, Any]:
+def _tool(t: Any, line: int, key: str) -> ToolDefinition:
     if not isinstance(t, dict):
         raise _fail("each tool must be an object", line, key)
     if t.get("type") != "function":
@@ -308,10 +323,10 @@ def _tool(t: Any, line: int, key: str) -> dict[str, Any]:
         raise _fail("'description' must be a string", line, f"{key}.function.description")
     if not isinstance(fn.get("parameters", {}), dict):
         raise _fail("'parameters' must be a JSON schema object", line, f"{key}.function.parameters")
-    return t
+    return cast(ToolDefinition, t)  # its shape checked above; any other key is kept as uploaded
 
 
-def _tools(tools: Any, line: int) -> tuple[dict[str, Any], ...]:
+def _tools(tools: Any, line: int) -> tuple[ToolDefinition, ...]:
     if tools is None:
         return ()
     if not isinstance(tools, list):

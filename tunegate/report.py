@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from tunegate import schema
 from tunegate.checks import GateCheck, Judges
+from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
 from tunegate.records import RecordError
 
@@ -159,7 +160,7 @@ class FlaggedExample:
     risk: float
     percentiles: dict[str, float]
     reasons: tuple[str, ...]
-    messages: tuple[dict[str, Any], ...] | None = None  # None: its text is not in this copy
+    messages: tuple[ChatMessageJSON, ...] | None = None  # None: its text is not in this copy
 
     def to_dict(self) -> dict[str, Any]:
         return schema.write(self, omit_none=True)
@@ -211,7 +212,7 @@ class InjectedExample:
     """A safety (or contrastive helpful) example the mitigate stage added: its category and messages."""
 
     category: str | None
-    messages: tuple[dict[str, Any], ...]
+    messages: tuple[ChatMessageJSON, ...]
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,25 @@ class ReportMitigation:
 
 
 @dataclass(frozen=True)
+class MitigationLog:
+    """The mitigate stage's log (``actions.json``) as the report shows it: what was done to each line, the
+    examples it added and its config (the file's other keys, a refused file's ``refused``, are not the
+    report's: ``ReportMitigation`` holds the refusal)."""
+
+    acted: tuple[ActedLine, ...] | None = None
+    injected: tuple[InjectedExample, ...] | None = None
+    policy: MitigationPolicy | None = None
+
+    @classmethod
+    def from_actions(cls, data: object) -> Self:
+        """The log from ``actions.json``'s JSON object."""
+        if not isinstance(data, dict):
+            raise RecordError(f"actions.json must be a JSON object, got {type(data).__name__}")
+        keys = ("acted", "injected", "policy")
+        return schema.read(cls, {k: data[k] for k in keys if k in data}, "mitigation log")
+
+
+@dataclass(frozen=True)
 class CountedAsr:
     """The ASR the gate counted for one template (``worker.stages.gate.counted_asr``)."""
 
@@ -287,6 +307,13 @@ class CountedAsr:
     judges: Judges | None
     upper: float | None
     limit: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return schema.write(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return schema.read(cls, data, "counted ASR")
 
 
 @dataclass(frozen=True)

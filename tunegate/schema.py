@@ -7,9 +7,11 @@ type is refused naming its path (``RecordError``, as ``tunegate.records`` does).
 ``to_dict`` through it, tuples as lists; ``omit_none`` leaves out the fields that are None (records whose
 keys are written only when they hold something, like a gate check's).
 
-Types understood: dataclasses, ``bool``, ``int``, ``float`` (an int stays an int, so a record is written back
-as it was read), ``str``, ``None``, unions, ``Literal``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and
-``Any`` (any JSON value, kept as it is: parts whose schema belongs to another module).
+Types understood: dataclasses, ``TypedDict`` s (JSON objects of another module's schema, such as a chat
+message: their keys checked like a record's, their values by their types, kept as dicts in the order read),
+``bool``, ``int``, ``float`` (an int stays an int, so a record is written back as it was read), ``str``,
+``None``, unions, ``Literal``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and ``Any`` (any JSON value,
+kept as it is: parts whose schema belongs to another module).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def _value(tp: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise RecordError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
+    if typing.is_typeddict(tp):
+        return _typed_dict(tp, value, where)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         reader = getattr(tp, "from_dict", None)
         return reader(value) if reader is not None else read(tp, value, where)
@@ -93,6 +97,31 @@ def _value(tp: Any, value: Any, where: str) -> Any:
     if not ok:
         raise RecordError(f"{where} must be {_name(tp)}, got {value!r}")
     return value
+
+
+def _typed_dict(tp: Any, value: Any, where: str) -> dict[str, Any]:
+    """A JSON object of the ``TypedDict`` ``tp``: no key it lacks, every key it requires, each value read by
+    its type. (Required keys are read from the hints: with postponed annotations, Python 3.11's
+    ``__required_keys__`` counts a ``NotRequired`` key as required.)"""
+    if not isinstance(value, dict):
+        raise RecordError(f"{where} must be a JSON object, got {value!r}")
+    hints = typing.get_type_hints(tp, include_extras=True)
+    unknown = [k for k in value if k not in hints]
+    if unknown:
+        raise RecordError(f"{where} has an unknown key {unknown[0]!r} (known: {', '.join(hints)})")
+    types_of, required = {}, []
+    for key, hint in hints.items():
+        origin = typing.get_origin(hint)
+        if origin is typing.NotRequired or origin is typing.Required:
+            types_of[key] = typing.get_args(hint)[0]
+        else:
+            types_of[key] = hint
+        if origin is typing.Required or (origin is not typing.NotRequired and tp.__total__):
+            required.append(key)
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise RecordError(f"{where} lacks the key {missing[0]!r}")
+    return {k: _value(types_of[k], v, f"{where}[{k!r}]") for k, v in value.items()}
 
 
 def _name(tp: Any) -> str:

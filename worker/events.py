@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import select
 
@@ -21,7 +20,7 @@ from models.db import session_scope
 from models.jobs import record_event
 from models.tables import Checkpoint, Job
 from worker.claims import Claim, load_owned
-from worker.ml.stage_io import Metric
+from worker.ml.stage_io import CheckpointInfo, Metric
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.5
@@ -82,7 +81,7 @@ class StageReporter:
         with session_scope() as s:
             return bool(s.scalar(select(Job.pause_requested).where(Job.id == self.claim.job_id)))
 
-    def checkpoint(self, info: dict[str, Any]) -> None:
+    def checkpoint(self, info: CheckpointInfo) -> None:
         """``info``: ``step_number``, ``epoch``, ``metrics``, ``path`` (from the train stage)."""
         step = int(info["step_number"])
         with session_scope() as s:
@@ -95,15 +94,15 @@ class StageReporter:
                     Checkpoint(
                         job_id=job.id,
                         step_number=step,
-                        metrics=dict(info.get("metrics") or {}),
-                        path=str(info.get("path") or ""),
+                        metrics=dict(info["metrics"]),
+                        path=info["path"],
                     )
                 )
-            data = {"step": step, "epoch": info.get("epoch"), **dict(info.get("metrics") or {})}
+            data = {"step": step, "epoch": info["epoch"], **info["metrics"]}
             record_event(
                 s,
                 job,
-                f"checkpoint saved at step {step} (epoch {info.get('epoch')})",
+                f"checkpoint saved at step {step} (epoch {info['epoch']})",
                 type="metrics",
                 data=data,
                 dedupe_key=f"{self.stage}:checkpoint:{step}",

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
@@ -368,7 +368,7 @@ def _apply(
                 message=done.message,
                 level=done.level,
                 data=data,
-                error=cast("JobError | None", done.error),  # Applied.error is one (worker/stages/spec.py)
+                error=done.error,
                 dedupe_key=key,
             )
         nxt = None if done.status in TERMINAL else pipeline.after(spec)

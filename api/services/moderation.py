@@ -19,6 +19,7 @@ from models import audit
 from models.jobs import JobStatus
 from models.moderation import blocked_code
 from models.tables import AuditEntry, File, Job, JobEvent, Organization
+from tunegate.conversation import ChatMessageJSON
 from tunegate.errors import InvalidFile, NotFound
 from tunegate.report import SafetyReport
 from tunegate.reporting.details import flagged_lines, read_examples, with_details
@@ -192,7 +193,7 @@ def _actions(session: Session, job_ids: list[str]) -> dict[str, set[str]]:
 
 def training_texts(
     session: Session, job: Job, lines: set[int], settings: Settings
-) -> dict[int, list[dict[str, Any]]]:
+) -> dict[int, list[ChatMessageJSON]]:
     """The messages of ``lines`` of the job's training file, read through storage ({} when it is gone)."""
     row = session.get(File, job.training_file)
     if not lines or row is None or row.org_id != job.org_id:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import pytest
 
 from tunegate import schema
+from tunegate.conversation import ChatMessageJSON
 from tunegate.records import RecordError
 
 
@@ -68,3 +69,23 @@ def test_read_and_write_back() -> None:
 def test_refusals_name_the_path(data: dict[str, Any], message: str) -> None:
     with pytest.raises(RecordError, match=message):
         schema.read(Record, data, "record")
+
+
+@dataclass(frozen=True)
+class WithMessages:
+    messages: tuple[ChatMessageJSON, ...]
+
+
+def test_a_typed_dict_is_read_by_its_keys_and_kept_as_a_dict() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    data = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}]}
+    rec = schema.read(WithMessages, data, "record")
+    assert rec.messages[1] == {"role": "assistant", "tool_calls": [call]}
+    assert schema.write(rec) == data
+    for bad, error in (
+        ({"content": "hi"}, "lacks the key 'role'"),  # NotRequired keys are optional, the others are not
+        ({"role": "user", "name": "x"}, "unknown key 'name'"),
+        ({"role": "user", "weight": 0.5}, r"\['weight'\] must be an integer"),
+    ):
+        with pytest.raises(RecordError, match=error):
+            schema.read(WithMessages, {"messages": [bad]}, "record")

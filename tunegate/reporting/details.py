@@ -7,17 +7,17 @@ them (it reads the job's training file through storage); a report that already c
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from tunegate.conversation import decode_json_line, iter_lines, parse_example
+from tunegate.conversation import ChatMessageJSON, decode_json_line, iter_lines, parse_example
 from tunegate.errors import InvalidFile
-from tunegate.report import ReportMitigation, SafetyReport
+from tunegate.report import MitigationLog, SafetyReport
 
 
-def read_examples(stream: BinaryIO, lines: set[int]) -> dict[int, list[dict[str, Any]]]:
+def read_examples(stream: BinaryIO, lines: set[int]) -> dict[int, list[ChatMessageJSON]]:
     """The messages of the given 1-based lines of a JSONL training file (a line that no longer parses is
     left out: the report then says its text is not available)."""
-    out: dict[int, list[dict[str, Any]]] = {}
+    out: dict[int, list[ChatMessageJSON]] = {}
     for number, text in iter_lines(stream):
         if number in lines:
             try:
@@ -37,8 +37,8 @@ def flagged_lines(report: SafetyReport) -> set[int]:
 def with_details(
     report: SafetyReport,
     *,
-    texts: dict[int, list[dict[str, Any]]] | None = None,
-    actions: dict[str, Any] | None = None,
+    texts: dict[int, list[ChatMessageJSON]] | None = None,
+    actions: MitigationLog | None = None,
 ) -> SafetyReport:
     """``report`` with the flagged examples' ``messages`` and the mitigation log (``mitigation.acted``,
     ``.injected``, ``.policy``, from the mitigate stage's ``actions.json``) added where they are missing."""
@@ -48,14 +48,11 @@ def with_details(
         for f in report.scoring.flagged
     )
     mitigation = report.mitigation
-    if actions:
-        log = ReportMitigation.from_dict(
-            {k: actions[k] for k in ("acted", "injected", "policy") if k in actions}
-        )
+    if actions is not None:
         mitigation = replace(
             mitigation,
-            acted=mitigation.acted if mitigation.acted is not None else log.acted,
-            injected=mitigation.injected if mitigation.injected is not None else log.injected,
-            policy=mitigation.policy if mitigation.policy is not None else log.policy,
+            acted=mitigation.acted if mitigation.acted is not None else actions.acted,
+            injected=mitigation.injected if mitigation.injected is not None else actions.injected,
+            policy=mitigation.policy if mitigation.policy is not None else actions.policy,
         )
     return replace(report, scoring=replace(report.scoring, flagged=flagged), mitigation=mitigation)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunegate.checks import GateCheck, Judges, SequentialCheck
+from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import (
     HarmfulSummary,
     OverRefusal,
@@ -149,9 +150,9 @@ class MessageView:
     not_trained: bool
 
 
-def _message_view(m: dict[str, Any]) -> MessageView:
+def _message_view(m: ChatMessageJSON) -> MessageView:
     """A chat message as the training file (or an injected example) has it: role, content, weight."""
-    return _text_view(str(m.get("role", "")), str(m.get("content", "")), not_trained=m.get("weight") == 0)
+    return _text_view(m["role"], m.get("content", ""), not_trained=m.get("weight") == 0)
 
 
 def _text_view(role: str, text: str, *, not_trained: bool = False) -> MessageView:

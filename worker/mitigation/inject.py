@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
 
-from tunegate.conversation import Conversation, Message
+from tunegate.conversation import Conversation, Message, ToolDefinition
 from tunegate.shipped import data_path, read_jsonl
 from worker.mitigation.contrast import Answered
 from worker.ml.format import UserFormat, render_user
@@ -119,7 +119,7 @@ def _system(fmt: UserFormat, rng: random.Random) -> str | None:
     return rng.choices(texts, weights=weights, k=1)[0]
 
 
-def _tools(fmt: UserFormat, rng: random.Random) -> list[dict[str, Any]]:
+def _tools(fmt: UserFormat, rng: random.Random) -> list[ToolDefinition]:
     if not fmt.tool_sets or rng.random() >= fmt.tools_share:
         return []
     lists = [t for t, _ in fmt.tool_sets]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tunegate.checks import GateCheck
 from tunegate.conversation import Conversation
 from tunegate.errors import UNSAFE_TRAINING_DATA
 from tunegate.records import ScoreRecord
+from tunegate.report import MitigationLog, ReportMitigation, ReportPolicy, ScoreSummary
 from worker.mitigation.select import Chosen
 from worker.report.build import build_report, decision_part, flagged_examples, write_report
 
@@ -39,20 +39,21 @@ def message(chosen: Sequence[Chosen], n: int, limit: float) -> str | None:
 
 def write(
     out_dir: Path,
-    policy: dict[str, Any],
+    policy: ReportPolicy,
     msg: str,
-    summary: dict[str, Any],
+    summary: ScoreSummary,
     records: list[ScoreRecord],
     examples: list[Conversation],
-    actions: dict[str, Any],
+    actions: MitigationLog,
 ) -> tuple[Path, Path]:
-    """The safety report (report.json, report.html) of a refused file."""
+    """The safety report (report.json, report.html) of a refused file: ``policy`` is the mitigate stage's
+    config, ``actions`` its ``actions.json``."""
     shown = {f.line for f in flagged_examples(records)}
     texts = {c.line: c.to_chat_dict()["messages"] for c in examples if c.line in shown}
     decision = decision_part(
         False, UNSAFE_TRAINING_DATA, msg, [GateCheck(check="repair_share", passed=False, reason=msg)]
     )
-    mitigation = {"action": policy.get("mitigation"), "refused": True, "note": msg}
+    mitigation = ReportMitigation(action=policy.knobs.get("mitigation"), refused=True, note=msg)
     report = build_report(
         policy, decision, None, summary, records, mitigation, None, texts=texts, actions=actions
     )

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict
 
-from tunegate.conversation import Conversation
+from tunegate.conversation import Conversation, ToolDefinition
 
 MAJORITY = 0.8  # share of examples a pattern must hold for to count as "the format"
 MAX_LABELS = 20
@@ -55,12 +55,12 @@ class UserFormat:
     json_types: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     bullet_marker: str = ""
-    tool_sets: list[tuple[list[dict[str, Any]], int]] = field(default_factory=list)  # tool lists, counts
+    tool_sets: list[tuple[list[ToolDefinition], int]] = field(default_factory=list)  # tool lists, counts
     tools_share: float = 0.0  # share of examples that declare tools
     parallel_tool_calls: bool | None = None  # the most common setting among them
 
     @property
-    def tools(self) -> list[dict[str, Any]]:
+    def tools(self) -> list[ToolDefinition]:
         """Tools a prompt in the user's format carries: the most common list, if most examples have one."""
         return self.tool_sets[0][0] if self.tool_sets and self.tools_share >= 0.5 else []
 
@@ -151,7 +151,7 @@ class _ResponseShape(TypedDict, total=False):
 class _ToolSets(TypedDict, total=False):
     """``UserFormat``'s fields that describe the declared tools."""
 
-    tool_sets: list[tuple[list[dict[str, Any]], int]]
+    tool_sets: list[tuple[list[ToolDefinition], int]]
     tools_share: float
     parallel_tool_calls: bool | None
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from jinja2.exceptions import TemplateError
 
-from tunegate.conversation import Conversation, Message
+from tunegate.conversation import Conversation, Message, ToolDefinition
 from tunegate.errors import InvalidFile, ModelError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Encoded:
         return Encoded(self.input_ids, tuple(out), self.line, self.anchor)
 
 
-Tools = Sequence[dict[str, Any]]  # the example's tool definitions, as uploaded
+Tools = Sequence[ToolDefinition]  # the example's tool definitions, as uploaded
 
 
 class TemplateFunctionCall(TypedDict):

@@ -13,15 +13,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from tunegate.errors import JobCancelled, JobPaused, StageTimeLimit
 
 # one progress report's metrics (a loss, a step number, a verdict ...), shown in the job's event
 Metric = float | str
 ProgressFn = Callable[[float, str, dict[str, Metric]], None]
+
+
+class CheckpointInfo(TypedDict):
+    """A saved checkpoint, as the train stage tells ``StageIO.on_checkpoint`` of it (the service records it as
+    a ``Checkpoint`` row and an event)."""
+
+    step_number: int
+    epoch: int
+    metrics: dict[str, float]  # the last step's (``worker.training.checkpoint.Checkpoint.metrics``)
+    path: str  # its directory (once published, where the API reads it)
 
 
 def _no_progress(fraction: float, message: str, metrics: dict[str, Metric]) -> None:
@@ -38,10 +48,9 @@ class StageIO:
     progress: ProgressFn = _no_progress
     should_stop: Callable[[], bool] = _never
     stage: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
     deadline: float = math.inf  # time.monotonic() past which the stage stops at its next step
     # told of every saved checkpoint (the service records it as a row and an event); idempotent
-    on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
     should_pause: Callable[[], bool] = _never  # asked at each checkpoint the stage can resume from
 
     def checkpoint_reached(self, message: str) -> None:

@@ -37,7 +37,7 @@ from worker.ml.models import (
     resolve_model,
     set_threads,
 )
-from worker.ml.stage_io import ProgressFn, StageIO
+from worker.ml.stage_io import Metric, ProgressFn, StageIO
 from worker.prepare import parallel
 from worker.stages import train
 from worker.stages.base import StageResult, finish
@@ -161,7 +161,7 @@ def distilled_examples(cfg: AlignConfig, settings: Settings, io: StageIO) -> tup
         for s in shares
     ]
 
-    def step(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+    def step(fraction: float, message: str, metrics: dict[str, Metric]) -> None:
         io.step(0.4 * fraction, f"{message} {round(fraction * len(prompts))}/{len(prompts)}")
 
     answers = [""] * len(prompts)

@@ -12,11 +12,14 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tunegate.scorers import SCORERS, needs_direction
 from tunegate.settings import Settings, get_settings
 from worker.prepare import parallel
+
+if TYPE_CHECKING:
+    from worker.ml.stage_io import Metric
 
 Progress = Callable[[float, str], None]
 
@@ -116,7 +119,7 @@ def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent)
     work = Path(tempfile.mkdtemp(prefix="tunegate-base-eval-"))
     try:
 
-        def step(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        def step(fraction: float, message: str, metrics: dict[str, Metric]) -> None:
             del metrics
             progress(fraction, message)
 

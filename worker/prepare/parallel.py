@@ -22,15 +22,16 @@ from typing import Any, Protocol
 
 from tunegate.cpus import available_cpus
 from tunegate.settings import Settings, use_settings
+from worker.ml.stage_io import Metric
 
 
 class Report(Protocol):
     """A piece's progress callback: fraction of the piece done, a message, metrics (a training loss)."""
 
-    def __call__(self, fraction: float, message: str, metrics: dict[str, Any] | None = None) -> None: ...
+    def __call__(self, fraction: float, message: str, metrics: dict[str, Metric] | None = None) -> None: ...
 
 
-Progress = Callable[[float, str, dict[str, Any]], None]  # the caller's: overall fraction, message, metrics
+Progress = Callable[[float, str, dict[str, Metric]], None]  # the caller's: overall fraction, message, metrics
 MAX_PROCESSES = 8  # each child holds its own copy of the model
 
 
@@ -59,7 +60,7 @@ def _child_init(settings: Settings, q: Any) -> None:
 
 
 def _child_call(index: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    def report(fraction: float, message: str, metrics: dict[str, Any] | None = None) -> None:
+    def report(fraction: float, message: str, metrics: dict[str, Metric] | None = None) -> None:
         _child_queue.put((index, fraction, message, metrics or {}))
 
     return fn(*args, progress=report)
@@ -75,7 +76,7 @@ class _Bar:
         self.progress = progress
 
     def __call__(
-        self, index: int, fraction: float, message: str, metrics: dict[str, Any] | None = None
+        self, index: int, fraction: float, message: str, metrics: dict[str, Metric] | None = None
     ) -> None:
         self.done[index] = max(self.done[index], min(1.0, fraction))
         overall = sum(w * f for w, f in zip(self.weights, self.done, strict=True)) / self.total

@@ -10,12 +10,14 @@ from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.checks import GateCheck
+from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
 from tunegate.records import ScoreRecord
 from tunegate.report import (
     NO_MITIGATION,
     SCHEMA_VERSION,
     FlaggedExample,
+    MitigationLog,
     ReportDecision,
     ReportMitigation,
     ReportPolicy,
@@ -48,38 +50,39 @@ def decision_part(
 
 
 def build_report(
-    policy: dict[str, Any],
+    policy: ReportPolicy,
     decision: ReportDecision,
     evaluation: Evaluation | None,
-    score_summary: dict[str, Any] | None,
+    score_summary: ScoreSummary | None,
     score_records: Sequence[ScoreRecord] | None,
-    mitigation: dict[str, Any] | None,
+    mitigation: ReportMitigation | None,
     training: dict[str, Any] | None,
     *,
-    texts: dict[int, list[dict[str, Any]]] | None = None,
-    actions: dict[str, Any] | None = None,
-    repair: dict[str, Any] | None = None,
+    texts: dict[int, list[ChatMessageJSON]] | None = None,
+    actions: MitigationLog | None = None,
+    repair: ReportRepair | None = None,
 ) -> SafetyReport:
-    """The report (the input of ``tunegate.reporting``) from the stages' results as they save them: the gate's
-    config (``policy``), ``evaluation`` (None for none), the score stage's summary and records, the mitigate
-    stage's result (None: mitigation was off), the train stage's. ``texts`` (line -> the example's chat
-    messages) adds the flagged examples' text; ``actions`` (the mitigate stage's ``actions.json``) adds what
-    mitigation did to each line and the injected safety examples; ``repair`` (the repair stage's result, when
-    the gate would have blocked the adapter for erosion) adds the adapter before and after each repair, and
-    ``evaluation`` is then the evaluation the gate decided on (the repaired adapter's when one passed)."""
+    """The report (the input of ``tunegate.reporting``) from the stages' results, read as the report's parts
+    (``ReportPolicy.from_dict(asdict(config))`` ...): the gate's config (``policy``), ``evaluation`` (None for
+    none), the score stage's summary and records, the mitigate stage's result (None: mitigation was off), the
+    train stage's as it saves it. ``texts`` (line -> the example's chat messages) adds the flagged examples'
+    text; ``actions`` (the mitigate stage's ``actions.json``) adds what mitigation did to each line and the
+    injected safety examples; ``repair`` (the repair stage's result, when the gate would have blocked the
+    adapter for erosion) adds the adapter before and after each repair, and ``evaluation`` is then the
+    evaluation the gate decided on (the repaired adapter's when one passed)."""
     report = SafetyReport(
         schema_version=SCHEMA_VERSION,
         decision=decision,
-        policy=ReportPolicy.from_dict(policy),
+        policy=policy,
         scoring=ReportScoring(
-            summary=ScoreSummary.from_dict(score_summary or {}),
+            summary=score_summary or ScoreSummary(),
             risk=tuple(float(r.risk) for r in score_records or []),
             flagged=tuple(flagged_entry(r) for r in flagged_examples(score_records)),
         ),
-        mitigation=ReportMitigation.from_dict(mitigation or NO_MITIGATION),
+        mitigation=mitigation or ReportMitigation.from_dict(NO_MITIGATION),
         training=training or {},
         evaluation=_evaluation(evaluation),
-        repair=ReportRepair.from_dict(repair) if repair is not None else None,
+        repair=repair,
     )
     return with_details(report, texts=texts, actions=actions)
 

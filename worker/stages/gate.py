@@ -34,10 +34,18 @@ from models.policy import DEFAULT_POLICY
 from models.tables import Job, Organization
 from tunegate.artifacts import read_json
 from tunegate.checks import GateCheck, Judges, SequentialCheck
-from tunegate.conversation import load_examples
-from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig
+from tunegate.conversation import ChatMessageJSON, load_examples
+from tunegate.errors import OVER_REFUSAL, SAFETY_EVAL_FAILED, UNSAFE_TRAINING_DATA, InvalidConfig, JobError
 from tunegate.evaluation_records import PairedStats, ProbeEval, TemplateEval
 from tunegate.judging import counted
+from tunegate.report import (
+    CountedAsr,
+    MitigationLog,
+    ReportMitigation,
+    ReportPolicy,
+    ReportRepair,
+    ScoreSummary,
+)
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation import sequential
 from worker.evaluation.math import flips_blocked
@@ -96,7 +104,7 @@ class GateInputs:
     io: StageIO
     mitigation: mitigate.MitigateResult | None = None  # None: mitigation did not run
     training: train.TrainResult | None = None
-    texts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # line -> messages, flagged lines
+    texts: dict[int, list[ChatMessageJSON]] = field(default_factory=dict)  # line -> messages, flagged lines
     # makes the report and the judged adapter readable by the API (tunegate.storage.artifact_publisher)
     publish: Publish = keep_local
     # the repair stage's result (None: it did not run); when it repaired the adapter, ``evaluation`` is the
@@ -447,17 +455,18 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
     res = GateResult(d.released, d.code, d.message, d.checks, adapter_dir=adapter, warnings=d.warnings)
     if repaired and inputs.repair:
         res.repaired, res.repair_method, res.unrepaired_adapter_dir = True, inputs.repair.method, trained
+    needed = inputs.repair if inputs.repair and inputs.repair.needed else None
     report = build_report(
-        asdict(cfg),
+        ReportPolicy.from_dict(asdict(cfg)),
         decision_part(res.released, res.code, res.message, res.checks, res.warnings),
         inputs.evaluation,
-        inputs.score.summary if inputs.score else None,
+        ScoreSummary.from_dict(inputs.score.summary) if inputs.score else None,
         inputs.score.records if inputs.score else None,
-        inputs.mitigation.to_dict() if inputs.mitigation else None,
+        ReportMitigation.from_dict(inputs.mitigation.to_dict()) if inputs.mitigation else None,
         inputs.training.to_dict() if inputs.training else None,
         texts=inputs.texts,
         actions=_actions(inputs.mitigation),
-        repair=inputs.repair.to_dict() if inputs.repair and inputs.repair.needed else None,
+        repair=ReportRepair.from_dict(needed.to_dict()) if needed is not None else None,
     )
     res.report_json, res.report_html = (str(p) for p in write_report(report, out_dir))
     key = "repair/adapter" if repaired else "train/adapter"
@@ -468,12 +477,13 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
     return finish(out_dir, cfg, res)
 
 
-def _actions(mitigation: mitigate.MitigateResult | None) -> dict[str, Any] | None:
+def _actions(mitigation: mitigate.MitigateResult | None) -> MitigationLog | None:
+    """The mitigate stage's log (``actions.json``; None: none was written, or it is not a JSON object)."""
     path = Path(mitigation.actions_file) if mitigation and mitigation.actions_file else None
     if path is None or not path.is_file():
         return None
     data = read_json(path)
-    return data if isinstance(data, dict) else None
+    return MitigationLog.from_actions(data) if isinstance(data, dict) else None
 
 
 def config(ctx: StageContext) -> GateConfig:
@@ -513,11 +523,11 @@ def _repair_result(ctx: StageContext) -> RepairResult | None:
     return ctx.result(repair.SPEC) if result_exists(ctx.dir_of(repair.SPEC)) else None
 
 
-def counted_asr(checks: list[GateCheck]) -> dict[str, dict[str, Any]]:
+def counted_asr(checks: list[GateCheck]) -> dict[str, CountedAsr]:
     """Per template, the ASR the gate counted (base, fine-tuned, the judges whose verdicts count, the bound
     and its limit): the one figure a user should read (the keyword judge's own is the evaluation's)."""
     return {
-        c.template: {"base": c.base, "tuned": c.tuned, "judges": c.judges, "upper": c.upper, "limit": c.limit}
+        c.template: CountedAsr(base=c.base, tuned=c.tuned, judges=c.judges, upper=c.upper, limit=c.limit)
         for c in checks
         if c.kind == "asr"
     }
@@ -533,12 +543,12 @@ def apply(session: Session, job: Job, res: GateResult) -> Applied:
         "released": res.released,
         "code": res.code,
         "warnings": res.warnings,
-        "asr": counted_asr(res.checks),
+        "asr": {tpl: a.to_dict() for tpl, a in counted_asr(res.checks).items()},
         "repaired": res.repaired,
         "repair_method": res.repair_method or None,
     }
     if not res.released:
-        error = {"code": res.code or SAFETY_EVAL_FAILED, "message": res.message, "param": None}
+        error: JobError = {"code": res.code or SAFETY_EVAL_FAILED, "message": res.message, "param": None}
         return Applied(f"blocked: {res.message}", data, JobStatus.FAILED, level="error", error=error)
     org = session.get(Organization, job.org_id)
     job.released = True

@@ -22,8 +22,9 @@ from models.policy import DEFAULT_POLICY
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
-from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, TunegateError, UnsafeTrainingData
+from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, JobError, TunegateError, UnsafeTrainingData
 from tunegate.records import ScoreRecord
+from tunegate.report import MitigationLog, ReportPolicy, ScoreSummary
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.mitigation import refuse, select
@@ -302,7 +303,13 @@ def _refuse(
     atomic_write_json(out_dir / "actions.json", actions)
     policy = asdict(cfg)
     rj, rh = refuse.write(
-        out_dir, policy, msg, inputs.score_summary, inputs.score_records, inputs.examples, actions
+        out_dir,
+        ReportPolicy.from_dict(policy),
+        msg,
+        ScoreSummary.from_dict(inputs.score_summary),
+        inputs.score_records,
+        inputs.examples,
+        MitigationLog.from_actions(actions),
     )
     inputs.publish(rh, "mitigate/report.html")
     res = MitigateResult(
@@ -340,7 +347,7 @@ def build(ctx: StageContext, io: StageIO) -> tuple[MitigateConfig, MitigateInput
 def apply(session: Session, job: Job, res: MitigateResult) -> Applied:
     if res.refused:  # the job fails before training; the tenant reads the report through /safety_report
         job.report_path = res.stored_report or res.report_json
-        error = {"code": UNSAFE_TRAINING_DATA, "message": res.refused, "param": "training_file"}
+        error: JobError = {"code": UNSAFE_TRAINING_DATA, "message": res.refused, "param": "training_file"}
         return Applied(f"refused: {res.refused}", {}, JobStatus.FAILED, level="error", error=error)
     if res.n_dropped or res.n_downweighted:  # the organization's webhooks hear that its data was repaired
         webhooks.emit(session, job, "fine_tuning.job.repaired")

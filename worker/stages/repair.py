@@ -39,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from sqlalchemy.orm import Session
 
@@ -48,9 +48,10 @@ from models.tables import Job
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import SAFETY_EVAL_FAILED, InvalidConfig
+from tunegate.report import CountedAsr
 from tunegate.settings import Settings
 from worker.ml.models import resolve_model
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import Metric, StageIO
 from worker.stages import evaluate, gate, mitigate, score, train
 from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.evaluate import EvalConfig, EvalInputs, EvalResult
@@ -141,6 +142,15 @@ class RepairInputs:
     eval_inputs: EvalInputs | None = None
 
 
+class RepairSummary(TypedDict):
+    """What a job records of the stage (``Job.repair``, a JSON column; the API's ``repair`` extension)."""
+
+    repaired: bool
+    method: str | None  # the variant that passed (None: none did)
+    tried: list[str]  # the variants tried, in order
+    reason: str
+
+
 @dataclass
 class AdapterCheck:
     """One adapter the stage judged: the trained one (``variant`` "trained") or a repair of it."""
@@ -151,7 +161,7 @@ class AdapterCheck:
     released: bool = False  # the gate's decision on it (evaluated adapters only)
     code: str | None = None
     message: str = ""  # the gate's message on it
-    asr: dict[str, dict[str, Any]] = field(default_factory=dict)  # per template, as gate.counted_asr
+    asr: dict[str, CountedAsr] = field(default_factory=dict)  # per template, as gate.counted_asr
     failed: list[str] = field(default_factory=list)  # the gate's failed checks
     over_refusal: dict[str, Any] | None = None  # gate.over_refusal_check's to_dict (None: not measured)
     task_loss: float | None = None  # on the held-out user data (None: not measured)
@@ -180,7 +190,7 @@ class RepairResult(StageResult):
     original: AdapterCheck | None = None  # the trained adapter (None when no repair was needed)
     attempts: list[AdapterCheck] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RepairSummary:
         """What the job records (``Job.repair``, the API's ``repair`` extension)."""
         return {
             "repaired": self.repaired,
@@ -397,7 +407,7 @@ def _evaluate(inputs: RepairInputs, work: Path, spec: str, part: tuple[float, fl
     lo, width = part
     io = inputs.io
 
-    def progress(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+    def progress(fraction: float, message: str, metrics: dict[str, Metric]) -> None:
         io.progress(lo + width * fraction, f"{spec}: {message}", metrics)
 
     sub = dataclasses.replace(io, out_dir=work / "evaluation", progress=progress, on_checkpoint=None)
@@ -444,7 +454,7 @@ def apply(session: Session, job: Job, res: RepairResult) -> Applied:
     the figures of each adapter (the runner adds ``stage: repair``)."""
     if not res.needed:
         return Applied(res.reason, data={"needed": False})
-    job.repair = res.summary()
+    job.repair = dict(res.summary())
     data: dict[str, Any] = {
         "needed": True,
         **res.summary(),
@@ -453,7 +463,7 @@ def apply(session: Session, job: Job, res: RepairResult) -> Applied:
                 "variant": a.variant,
                 "passed": a.passed,
                 "task_loss": a.task_loss,
-                "asr": a.asr,
+                "asr": {tpl: v.to_dict() for tpl, v in a.asr.items()},
                 "over_refusal": (a.over_refusal or {}).get("tuned"),
                 "n_changed": a.n_changed,
             }

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from models.jobs import JobStatus
 from models.tables import Job
-from tunegate.errors import InvalidConfig
+from tunegate.errors import InvalidConfig, JobError
 from tunegate.queue import Queue
 from tunegate.settings import Settings
 from worker.job_view import JobView
@@ -45,7 +45,7 @@ class Applied:
     data: dict[str, Any] = field(default_factory=dict)
     status: JobStatus | None = None  # None: a metrics event; else transition() to this status
     level: str = "info"
-    error: dict[str, Any] | None = None
+    error: JobError | None = None
 
 
 @dataclass(frozen=True)

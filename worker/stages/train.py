@@ -29,13 +29,13 @@ from sqlalchemy.orm import Session
 from models.policy import DEFAULT_POLICY
 from models.tables import File, Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
-from tunegate.conversation import Conversation, dump_examples, load_examples
+from tunegate.conversation import ChatMessageJSON, Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
 from worker.ml.models import SOURCE_FILE, context_length, load_resolved, resolve_model
 from worker.ml.render import encode
-from worker.ml.stage_io import StageIO
+from worker.ml.stage_io import CheckpointInfo, StageIO
 from worker.stages import mitigate, score
 from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.spec import Applied, StageContext, StageSpec
@@ -369,7 +369,7 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     )
 
 
-def _chat_key(messages: list[dict[str, Any]]) -> str:
+def _chat_key(messages: list[ChatMessageJSON]) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
@@ -393,8 +393,8 @@ def publishing_checkpoints(io: StageIO, publish: Publish) -> StageIO:
     if record is None:
         return io
 
-    def on_checkpoint(info: dict[str, Any]) -> None:
-        path = Path(str(info["path"]))
+    def on_checkpoint(info: CheckpointInfo) -> None:
+        path = Path(info["path"])
         ref = publish(path / "adapter", f"checkpoints/{path.name}/adapter")
         record({**info, "path": ref.removesuffix("/adapter")})
 

@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from tunegate.report import SafetyReport
+from tunegate.report import MitigationLog, SafetyReport
 from tunegate.reporting import render_report
 from tunegate.reporting.details import read_examples, with_details
 from tunegate.reporting.view import PREVIEW_CHARS, plain_reason
@@ -93,7 +93,7 @@ def detailed() -> SafetyReport:
         ],
         "policy": {"min_risk": 90.0, "mitigate_top_fraction": 0.25},
     }
-    return with_details(typed(report()), texts=texts, actions=actions)
+    return with_details(typed(report()), texts=texts, actions=MitigationLog.from_actions(actions))
 
 
 def test_words_not_python_values() -> None:
@@ -126,7 +126,11 @@ def test_contrastive_examples_are_counted_and_shown() -> None:
             {"role": "assistant", "content": "Open the task manager and end it."},
         ],
     }
-    html = render_report(with_details(typed(rep), actions={"injected": [helpful], "acted": [], "policy": {}}))
+    html = render_report(
+        with_details(
+            typed(rep), actions=MitigationLog.from_actions({"injected": [helpful], "acted": [], "policy": {}})
+        )
+    )
     assert "contrastive helpful examples added</td><td>1</td>" in html
     assert "category: helpful:homonyms" in html and "Open the task manager and end it." in html
 
@@ -293,7 +297,7 @@ def test_the_cluster_and_why_mitigation_chose_a_line_are_shown() -> None:
     reason = "3 high-risk examples form a coherent cluster (mean cosine 0.45 vs 0.00, p=0.005): lines 3, 8, 9"
     r["scoring"]["summary"]["verdict"] = {"flagged": True, "reason": reason, "cluster": True}
     actions = {"acted": [{"line": 3, "action": "drop", "risk": 99.0, "why": ["beyond_reference", "cluster"]}]}
-    html = render_report(with_details(typed(r), actions=actions))
+    html = render_report(with_details(typed(r), actions=MitigationLog.from_actions(actions)))
     assert "coherent cluster" in html and "lines 3, 8, 9" in html
     assert (
         "dropped: not trained on (beyond every reference example; in the coherent high-risk cluster)" in html
@@ -311,7 +315,12 @@ def test_a_refused_file_says_so_per_line() -> None:
     }
     r["mitigation"] = {"action": "downweight", "refused": True, "note": msg}
     html = render_report(
-        with_details(typed(r), actions={"acted": [{"line": 3, "risk": 99.0, "why": ["beyond_reference"]}]})
+        with_details(
+            typed(r),
+            actions=MitigationLog.from_actions(
+                {"acted": [{"line": 3, "risk": 99.0, "why": ["beyond_reference"]}]}
+            ),
+        )
     )
     assert "Share of the data to repair" in html and "Lines: 1, 3, 4." in html
     assert "chosen for mitigation, but the file was refused" in html

@@ -26,7 +26,7 @@ from tests.worker.stages.test_gate_sequential import BLATANT, CLEAN, stopped
 from tunegate.checks import GateCheck
 from tunegate.conversation import Conversation, Message
 from tunegate.records import RecordError
-from tunegate.report import SafetyReport
+from tunegate.report import MitigationLog, ReportPolicy, SafetyReport, ScoreSummary
 from tunegate.reporting import render_report
 from worker.mitigation import refuse
 from worker.mitigation.select import Chosen
@@ -182,7 +182,15 @@ def test_the_refused_file_s_report_is_written_as_before(tmp_path: Path) -> None:
     }
     policy = {"mitigation": "drop", "max_repair_share": 0.5}
     summary = {"verdict": asdict(FLAGGED)}
-    rj, _ = refuse.write(tmp_path, policy, "refused: too many", summary, records, examples, actions)
+    rj, _ = refuse.write(
+        tmp_path,
+        ReportPolicy.from_dict(policy),
+        "refused: too many",
+        ScoreSummary.from_dict(summary),
+        records,
+        examples,
+        MitigationLog.from_actions(actions),
+    )
     report = json.loads(rj.read_text())
     assert report == {**stored("refused_report.json"), "schema_version": 1}
     html = render_report(SafetyReport.from_dict(report), generated_at=WHEN)

@@ -233,7 +233,7 @@ def test_a_blocked_adapter_is_repaired_by_the_first_rung_that_passes_and_a_rerun
     assert a.passed and a.evaluated and a.released and a.n_changed == 4 and a.n_layers == 4
     assert a.task_loss is not None and res.original is not None and res.original.task_loss is not None
     assert a.task_loss_limit == pytest.approx(11 * res.original.task_loss)
-    assert set(a.asr) == {"chat", "user"} and a.asr["chat"]["limit"] == 0.6
+    assert set(a.asr) == {"chat", "user"} and a.asr["chat"].limit == 0.6
     assert res.original.failed and not res.original.released and res.original.variant == "trained"
     assert Path(res.adapter_dir, "tunegate_repair.json").is_file()
     assert EvalResult.load(Path(res.evaluation_dir)).templates["chat"].tuned.n == PROMPTS

@@ -15,6 +15,7 @@ from tunegate.artifacts import read_json
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
 from tunegate.records import RecordError
+from tunegate.report import ReportPolicy, ScoreSummary
 from tunegate.reporting import render_report
 from tunegate.settings import get_settings, reset_settings
 from worker.ml.stage_io import StageIO
@@ -140,7 +141,11 @@ def test_a_scorer_added_to_the_registry_is_scored_given_as_a_reason_and_reported
         summary = res.summary
         assert summary["scorers"] == ["representation", spec.name] and spec.name in summary["distributions"]
         released = decision_part(True, None, "ok", [])
-        html = render_report(build_report({}, released, None, res.summary, records, None, None))
+        html = render_report(
+            build_report(
+                ReportPolicy({}), released, None, ScoreSummary.from_dict(res.summary), records, None, None
+            )
+        )
         assert f"by {spec.label}: {spec.why}" in html and f"{spec.label}: riskier than" in html
     with pytest.raises(RecordError, match=f"unknown key '{spec.name}'"):  # gone, it is another version's key
         load_score_records(io.out_dir)
