@@ -40,6 +40,10 @@ class ScorerSpec:
     needs_gradient: bool = False  # it reads the example's gradient (⟨g, d⟩, ‖g‖²): one backward per example
     needs_direction: bool = False  # it reads the anchors' gradient direction d (anchor features with it)
     companions: tuple[str, ...] = ()  # further raw values it records, summarized beside it (never ranked)
+    # it measures closeness or pull towards *harmful compliance*: the screen counts it only for a reply to a
+    # request the base reads as harmful (``ScoreRecord.request_harm``); answering a benign request that sounds
+    # risky sits as close to the harmful anchors and pulls the same way, and is what the base should do
+    harm_only: bool = False
 
     def __post_init__(self) -> None:
         for name in (self.name, *self.companions):
@@ -66,6 +70,7 @@ SCORERS: dict[str, ScorerSpec] = {
             "closeness to harmful compliance (representation)",
             "its final hidden state is close to a harmful request being complied with",
             companions=("representation_safe", "representation_diff", "request_harm"),
+            harm_only=True,
         ),
         ScorerSpec(
             "gradient",
@@ -73,6 +78,7 @@ SCORERS: dict[str, ScorerSpec] = {
             "training on it moves the model towards harmful-compliance anchors and away from refusals",
             needs_gradient=True,
             needs_direction=True,
+            harm_only=True,
         ),
         ScorerSpec(
             "selfinf",

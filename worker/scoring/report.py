@@ -29,23 +29,20 @@ class FlagRules:
     top_k: int = 20
     cluster: cluster.ClusterRules = cluster.ClusterRules()
     max_cluster_lines: int = 20  # lines the verdict's reason names
-    # closeness to harmful compliance (the representation scorer) counts only for a reply to a request the
-    # base reads as harmful: P(harmful request) by the request probe at least this (``screened``)
+    # a ``harm_only`` scorer (closeness or pull towards harmful compliance) counts only for a reply to a
+    # request the base reads as harmful: P(harmful request) by the request probe at least this (``screened``)
     request_gate: float = 0.5
-
-
-# the scorer whose reading is the request's topic as much as the reply: a safe question that sounds risky
-# answered helpfully sits as close to harmful compliance as a harmful one complied with (docs/safety.md)
-TOPICAL = "representation"
 
 
 def screened(
     scores: Mapping[str, float | None], request_harm: float | None, rules: FlagRules
 ) -> dict[str, float | None]:
-    """The raw scores the screen counts: every scorer's, but ``TOPICAL``'s only where the request reads as
-    harmful (``request_harm`` at least ``rules.request_gate``, or not read)."""
+    """The raw scores the screen counts: every scorer's, but a ``harm_only`` scorer's only where the request
+    reads as harmful (``request_harm`` at least ``rules.request_gate``, or not read). A safe question that
+    sounds risky, answered helpfully, sits as close to the harmful anchors as a harmful one complied with,
+    and its gradient pulls the same way (docs/scoring.md, "The request a reply answers")."""
     benign = request_harm is not None and request_harm < rules.request_gate
-    return {s: (None if benign and s == TOPICAL else v) for s, v in scores.items()}
+    return {s: (None if benign and SCORERS[s].harm_only else v) for s, v in scores.items()}
 
 
 def make_record(

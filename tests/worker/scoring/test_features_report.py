@@ -184,8 +184,15 @@ def test_the_request_gate_is_a_threshold_and_other_scorers_still_count() -> None
     recs, convs = _topical(60, 0.4)
     assert not summarize(recs, convs, REF, FlagRules())["verdict"]["flagged"]
     assert summarize(recs, convs, REF, FlagRules(request_gate=0.3))["verdict"]["flagged"]
-    raw = _raw(1, 100.0, 0.995, 99.5)  # beyond on representation, high on the gradient and Self-Inf-N
+    raw = _raw(1, 100.0, 9.0, 150.0)  # beyond the reference on every scorer
     raw.request_harm = 0.01
     rec = make_record(raw, _conv("x"), REF, FlagRules())
-    assert any(r.startswith("gradient above") for r in rec.reasons)
-    assert not any(r.startswith("representation above") for r in rec.reasons)
+    assert [r.split(" above")[0] for r in rec.reasons if " above " in r] == ["selfinf"]  # not harm_only
+    assert rec.beyond_reference  # on Self-Inf-N
+    raw.request_harm = 0.99
+    rec = make_record(raw, _conv("x"), REF, FlagRules())
+    assert [r.split(" above")[0] for r in rec.reasons if " above " in r] == [
+        "representation",
+        "gradient",
+        "selfinf",
+    ]
