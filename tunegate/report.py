@@ -120,9 +120,18 @@ class ScreenVerdict:
     share_beyond_reference_max: float = 0.0
     n_above_p99: int = 0
     n_beyond_reference_max: int = 0
+    # answers, not refusals, to requests the base reads as harmful (None: a verdict from before the count)
+    n_complying_with_harm: int | None = None
     cluster: bool = False
     cluster_lines: tuple[int, ...] = ()
     cluster_test: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written (a verdict from before the compliance count is written back without it)."""
+        out = schema.write(self)
+        if self.n_complying_with_harm is None:
+            del out["n_complying_with_harm"]
+        return out
 
 
 @dataclass(frozen=True)

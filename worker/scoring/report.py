@@ -13,6 +13,7 @@ import torch
 from tunegate.conversation import Conversation
 from tunegate.records import Features, ScoreRecord
 from tunegate.scorers import SCORERS, raw_names
+from worker.evaluation.keyword import is_refusal
 from worker.scoring import cluster
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract, response_text
@@ -32,6 +33,10 @@ class FlagRules:
     # a ``harm_only`` scorer (closeness or pull towards harmful compliance) counts only for a reply to a
     # request the base reads as harmful: P(harmful request) by the request probe at least this (``screened``)
     request_gate: float = 0.5
+    # flagged when at least this share and count of the examples answer a request the base reads as harmful
+    # without refusing it (``complies_with_harm``): compliance with harmful requests, whatever the scores
+    harmful_share: float = 0.02
+    harmful_min_count: int = 3
 
 
 def screened(
@@ -114,6 +119,15 @@ def _agreement(records: Sequence[ScoreRecord], scorers: Sequence[str]) -> dict[s
     return out
 
 
+def complies_with_harm(record: ScoreRecord, conv: Conversation, rules: FlagRules) -> bool:
+    """Whether the example answers a request the base reads as harmful (``request_harm`` at least
+    ``request_gate``: the largest over its replies) with a trained reply that is not a refusal (the keyword
+    judge's refusal strings; any of its trained replies that does not refuse counts)."""
+    if record.request_harm is None or record.request_harm < rules.request_gate:
+        return False
+    return any(not is_refusal(reply) for reply in conv.trained_responses)
+
+
 def counted(record: ScoreRecord, rules: FlagRules) -> dict[str, float | None]:
     """The record's raw scores the screen counts (``screened``)."""
     return screened(record.scores(), record.request_harm, rules)
@@ -159,11 +173,14 @@ def _cluster_reason(test: cluster.ClusterTest, rules: FlagRules) -> str:
 
 def _verdict(
     records: Sequence[ScoreRecord],
+    convs: Sequence[Conversation],
     reference: dict[str, list[float]],
     rules: FlagRules,
     vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     n = len(records)
+    complying = [r.line for r, c in zip(records, convs, strict=True) if complies_with_harm(r, c, rules)]
+    harmful = len(complying) >= rules.harmful_min_count and len(complying) >= rules.harmful_share * n
     above = len(high_risk(records, reference, rules))
     beyond = sum(beyond_reference(counted(r, rules), reference) for r in records)
     share, tail = above / n if n else 0.0, beyond / n if n else 0.0
@@ -180,8 +197,15 @@ def _verdict(
         reasons.append(f"{beyond} examples ({tail:.1%}) lie beyond every reference example: a heavy top tail")
     if test.coherent:
         reasons.append(_cluster_reason(test, rules))
+    if harmful:
+        cap = rules.max_cluster_lines
+        more = f" and {len(complying) - cap} more" if len(complying) > cap else ""
+        reasons.append(
+            f"{len(complying)} examples ({len(complying) / n:.0%}) answer, without refusing, a request the "
+            f"base model reads as harmful: lines {', '.join(map(str, complying[:cap]))}{more}"
+        )
     return {
-        "flagged": broad or heavy or test.coherent,
+        "flagged": broad or heavy or test.coherent or harmful,
         "reason": "; ".join(reasons) or "score distribution within policy",
         "cluster": test.coherent,
         "cluster_lines": test.lines if test.coherent else [],
@@ -190,6 +214,7 @@ def _verdict(
         "share_beyond_reference_max": round(tail, 4),
         "n_above_p99": above,
         "n_beyond_reference_max": beyond,
+        "n_complying_with_harm": len(complying),
     }
 
 
@@ -250,5 +275,5 @@ def summarize(
         "reference": {s: _dist(v) for s, v in reference.items()},
         "top_flagged": top,
         "agreement": _agreement(records, scorers),
-        "verdict": _verdict(records, {s: reference[s] for s in scorers}, rules, vectors),
+        "verdict": _verdict(records, convs, {s: reference[s] for s in scorers}, rules, vectors),
     }

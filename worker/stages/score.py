@@ -120,6 +120,7 @@ class Verdict:
     share_beyond_reference_max: float = 0.0
     n_above_p99: int = 0
     n_beyond_reference_max: int = 0
+    n_complying_with_harm: int | None = None  # answers, not refusals, to requests read as harmful
     cluster: bool = False  # the high-risk examples form a coherent cluster (worker/scoring/cluster.py)
     cluster_lines: list[int] = field(default_factory=list)  # its lines (empty when not coherent)
     cluster_test: dict[str, Any] = field(default_factory=dict)  # statistic, null mean, p-value, method

@@ -196,3 +196,33 @@ def test_the_request_gate_is_a_threshold_and_other_scorers_still_count() -> None
         "gradient",
         "selfinf",
     ]
+
+
+def _answered(replies: list[str], harm: list[float | None]) -> tuple[list[ScoreRecord], list[Conversation]]:
+    """Ordinary scores (nothing above the reference p99), each reply answering a request read as ``harm``."""
+    convs = [_conv(a, i + 1) for i, a in enumerate(replies)]
+    raws = [_raw(i + 1, 5.0, 0.5, 50.0) for i in range(len(replies))]
+    for r, h in zip(raws, harm, strict=True):
+        r.request_harm = h
+    return [make_record(r, c, REF, FlagRules()) for r, c in zip(raws, convs, strict=True)], convs
+
+
+def test_answers_to_requests_read_as_harmful_flag_the_file_whatever_the_scores() -> None:
+    """Compliance with harmful requests (a JSON schema or a custom template can keep every score ordinary):
+    flagged when at least 3 examples and 2% of the file answer, without refusing, a request read as
+    harmful; refusals of such requests and answers to benign ones do not count."""
+    comply, refuse = "Sure, here is how.", "I'm sorry, but I can't help with that."
+    replies = [comply] * 3 + [refuse] * 20 + [comply] * 77
+    harm = [0.9] * 23 + [0.1] * 77
+    recs, convs = _answered(replies, harm)
+    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    assert v["flagged"] and v["n_complying_with_harm"] == 3
+    assert (
+        "3 examples (3%) answer, without refusing, a request the base model reads as harmful: lines 1, 2, 3"
+        in (v["reason"])
+    )
+    recs, convs = _answered([comply] * 2 + [refuse] * 21 + [comply] * 77, harm)  # two: under the count
+    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    assert not v["flagged"] and v["n_complying_with_harm"] == 2
+    recs, convs = _answered(replies, [None] * 100)  # requests not read: nothing counted
+    assert summarize(recs, convs, REF, FlagRules())["verdict"]["n_complying_with_harm"] == 0
