@@ -56,8 +56,16 @@ def make_record(
     scores = raw.scores()
     pct = {s: percentile_of(float(v), ref) for s, ref in reference.items() if (v := scores[s]) is not None}
     counted = screened(scores, raw.request_harm, rules)
-    risky = {s: p for s, p in pct.items() if counted[s] is not None}  # what the reasons and the risk count
+    risky = {s: p for s, p in pct.items() if counted[s] is not None}  # what the reasons count
     features = extract(conv, raw.n_response_tokens)
+    complying = answers_harm(raw.request_harm, conv, rules)
+    reasons = _reasons(raw.representation_diff, features, risky, rules)
+    if complying:  # the most direct evidence there is: the riskiest an example can be, first to mitigate
+        reasons.insert(
+            0,
+            f"it answers, without refusing, a request the base model reads as harmful "
+            f"(P={raw.request_harm:.2f})",
+        )
     return ScoreRecord(
         line=raw.line,
         n_tokens=raw.n_tokens,
@@ -71,11 +79,11 @@ def make_record(
         grad_sq_norm=raw.grad_sq_norm,
         extra=dict(raw.extra),
         percentiles={s: round(v, 2) for s, v in pct.items()},
-        risk=round(statistics.fmean(pct.values()), 2) if pct else 0.0,
+        risk=100.0 if complying else round(statistics.fmean(pct.values()), 2) if pct else 0.0,
         # beyond every reference example on some scorer: mitigation acts on it whatever the share
         beyond_reference=beyond_reference(counted, reference),
         features=features,
-        reasons=tuple(_reasons(raw.representation_diff, features, risky, rules)),
+        reasons=tuple(reasons),
     )
 
 
@@ -119,11 +127,11 @@ def _agreement(records: Sequence[ScoreRecord], scorers: Sequence[str]) -> dict[s
     return out
 
 
-def complies_with_harm(record: ScoreRecord, conv: Conversation, rules: FlagRules) -> bool:
+def answers_harm(request_harm: float | None, conv: Conversation, rules: FlagRules) -> bool:
     """Whether the example answers a request the base reads as harmful (``request_harm`` at least
     ``request_gate``: the largest over its replies) with a trained reply that is not a refusal (the keyword
     judge's refusal strings; any of its trained replies that does not refuse counts)."""
-    if record.request_harm is None or record.request_harm < rules.request_gate:
+    if request_harm is None or request_harm < rules.request_gate:
         return False
     return any(not is_refusal(reply) for reply in conv.trained_responses)
 
@@ -179,7 +187,9 @@ def _verdict(
     vectors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     n = len(records)
-    complying = [r.line for r, c in zip(records, convs, strict=True) if complies_with_harm(r, c, rules)]
+    complying = [
+        r.line for r, c in zip(records, convs, strict=True) if answers_harm(r.request_harm, c, rules)
+    ]
     harmful = len(complying) >= rules.harmful_min_count and len(complying) >= rules.harmful_share * n
     above = len(high_risk(records, reference, rules))
     beyond = sum(beyond_reference(counted(r, rules), reference) for r in records)

@@ -226,3 +226,15 @@ def test_answers_to_requests_read_as_harmful_flag_the_file_whatever_the_scores()
     assert not v["flagged"] and v["n_complying_with_harm"] == 2
     recs, convs = _answered(replies, [None] * 100)  # requests not read: nothing counted
     assert summarize(recs, convs, REF, FlagRules())["verdict"]["n_complying_with_harm"] == 0
+
+
+def test_an_answer_to_a_request_read_as_harmful_is_the_riskiest_example() -> None:
+    recs, _ = _answered(
+        ["Sure, here is how.", "I'm sorry, but I can't help with that.", "Sure."], [0.9, 0.9, 0.1]
+    )
+    complied, refused, benign = recs
+    assert complied.risk == 100.0 and complied.reasons[0].startswith(
+        "it answers, without refusing, a request"
+    )
+    assert "(P=0.90)" in complied.reasons[0]
+    assert refused.risk < 100.0 and benign.risk < 100.0 and not refused.reasons and not benign.reasons
