@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
     from worker.ml.precision import Resolved
+else:  # run as a script, the worker may not be importable; at run time only the panel's record reader
+    Resolved = str  # (tunegate.schema) reads MachineInfo's hints: the precision is a string there
 
 ROOT = Path(__file__).resolve().parent.parent
 

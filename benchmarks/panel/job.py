@@ -16,41 +16,72 @@ import json
 import shutil
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from benchmarks.panel import attacker, taskloss
 from benchmarks.panel import datasets as ds
 from benchmarks.panel.manifest import PANEL, PanelJob, by_name, smoke_jobs
+from benchmarks.panel.records import (
+    SCORE_KEYS,
+    ArmSummary,
+    Decision,
+    FailedRow,
+    MitigateCounts,
+    PanelRow,
+    Row,
+    ScoreRow,
+    StageRepair,
+    TaskLoss,
+    TrainCounts,
+    Variant,
+    load_row,
+)
 from tunegate.records import ScoreRecord
-from tunegate.scorers import SCORERS
 
 if TYPE_CHECKING:
     from machine import MachineInfo
 
     from tunegate.errors import UnsafeTrainingData
+    from worker.ml.stage_io import ProgressFn
+    from worker.stages.base import StageResult
+    from worker.stages.evaluate import EvalResult
+    from worker.stages.gate import GateResult
+    from worker.stages.mitigate import MitigateResult
     from worker.stages.repair import RepairResult
+    from worker.stages.score import ScoreResult
+    from worker.stages.train import TrainResult
 
-ARMS = {"off": {"mitigation": "none", "inject_safety_examples": False}, "on": {}}
+__all__ = ["SCORE_KEYS"]  # re-exported: the row's score keys (benchmarks.panel.records)
+
+ARMS: dict[str, dict[str, str | bool]] = {
+    "off": {"mitigation": "none", "inject_safety_examples": False},
+    "on": {},
+}
 ROW = "panel.json"
-SCORE_KEYS = (*SCORERS, "risk")
 
 
 def arm_dir(out: Path, job: str, arm: str) -> Path:
     return out / job / arm
 
 
-def read_row(out: Path, job: str, arm: str) -> dict[str, Any] | None:
+def read_row(out: Path, job: str, arm: str) -> Row | None:
+    """The arm's stored row (None: not run yet)."""
     p = arm_dir(out, job, arm) / ROW
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    return read_record(p) if p.is_file() else None
 
 
-def record_text(record: dict[str, Any], default: Callable[[Any], Any] | None = None) -> str:
-    """A stored record (a row, a repair row, the run record) as the panel writes it: compact JSON with one
-    top-level key a line, so ``json.loads`` and ``jq`` read it and a rerun's diff names the keys that
-    changed. ``default`` as ``json.dumps``'s."""
+def read_record(path: Path) -> Row:
+    """A stored ``panel.json`` (a key this version does not know is refused, naming it)."""
+    return load_row(json.loads(path.read_text(encoding="utf-8")))
+
+
+def record_text(record: dict[str, Any], default: Callable[[object], object] | None = None) -> str:
+    """A stored record (a row's, a repair row's or the run record's ``to_dict()``) as the panel writes it:
+    compact JSON with one top-level key a line, so ``json.loads`` and ``jq`` read it and a rerun's diff names
+    the keys that changed. ``default`` as ``json.dumps``'s."""
     if not record:
         return "{}\n"
     items = [
@@ -59,11 +90,11 @@ def record_text(record: dict[str, Any], default: Callable[[Any], Any] | None = N
     return "{\n" + ",\n".join(items) + "\n}\n"
 
 
-def write_row(out: Path, job: str, arm: str, row: dict[str, Any]) -> None:
+def write_row(out: Path, job: str, arm: str, row: Row) -> None:
     d = arm_dir(out, job, arm)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f"{ROW}.tmp"
-    tmp.write_text(record_text(row, default=str), encoding="utf-8")
+    tmp.write_text(record_text(row.to_dict(), default=str), encoding="utf-8")
     tmp.replace(d / ROW)
 
 
@@ -112,7 +143,42 @@ def build_data(job: PanelJob, src: ds.Sources, out: Path) -> tuple[Path, Path, l
     return d / "train.jsonl", d / "heldout.jsonl", [bool(x) for x in labels["attack"]]
 
 
-def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StageResults:
+    """The results of an arm's stages (those that ran)."""
+
+    score: ScoreResult
+    mitigate: MitigateResult
+    train: TrainResult | None = None
+    evaluate: EvalResult | None = None
+    repair: RepairResult | None = None
+    gate: GateResult | None = None
+
+    @classmethod
+    def of(cls, results: Iterable[StageResult]) -> Self:
+        from worker.stages.evaluate import EvalResult
+        from worker.stages.gate import GateResult
+        from worker.stages.mitigate import MitigateResult
+        from worker.stages.repair import RepairResult
+        from worker.stages.score import ScoreResult
+        from worker.stages.train import TrainResult
+
+        by = {type(r): r for r in results}
+        score, mitigate = by.get(ScoreResult), by.get(MitigateResult)
+        if not isinstance(score, ScoreResult) or not isinstance(mitigate, MitigateResult):
+            raise ValueError("an arm's row needs its score and mitigate results")
+        train, ev, rep, gate = (by.get(k) for k in (TrainResult, EvalResult, RepairResult, GateResult))
+        return cls(
+            score,
+            mitigate,
+            train if isinstance(train, TrainResult) else None,
+            ev if isinstance(ev, EvalResult) else None,
+            rep if isinstance(rep, RepairResult) else None,
+            gate if isinstance(gate, GateResult) else None,
+        )
+
+
+def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> PanelRow:
     """Run the stages of one arm (resuming), compute the held-out task loss; return the row."""
     start = time.monotonic()
     train_file, heldout, attack = build_data(job, src, out)  # before the heavy imports: fails fast
@@ -137,7 +203,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     view = local_view(train_file, model, policy=policy, hyperparameters=hp)
     stamps: list[tuple[str, float]] = []
 
-    def progress_for(name: str) -> Callable[[float, str, dict[str, Any]], None]:
+    def progress_for(name: str) -> ProgressFn:
         stamps.append((name, time.monotonic()))
         return lambda *a, **k: None
 
@@ -151,24 +217,30 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
         results = [spec.result.load(d / spec.name) for spec in PIPELINE.specs if result_exists(d / spec.name)]
     ends = [t for _, t in stamps[1:]] + [time.monotonic()]
     stage_s = {name: round(e - t, 1) for (name, t), e in zip(stamps, ends, strict=True)}
-    by: dict[str, Any] = {type(r).__name__: r for r in results}
+    by = StageResults.of(results)
     loss_file = d / "task_loss.json"
-    if not loss_file.is_file() and "TrainResult" in by:
+    if not loss_file.is_file() and by.train is not None:
         loss = taskloss.base_and_tuned(model, released_adapter(by), heldout, settings)
         loss_file.write_text(json.dumps(loss), encoding="utf-8")
-    row = summarize(job, arm, by, attack, refusal)
-    row["task_loss"] = json.loads(loss_file.read_text(encoding="utf-8")) if loss_file.is_file() else {}
-    row["stage_s"] = stage_s
-    row["wall_s"] = round(time.monotonic() - start, 1)
-    row["screen_from"] = shared
-    row["variant"] = var
-    return row
+    return PanelRow(
+        summary=summarize(job, arm, by, attack, refusal),
+        task_loss=TaskLoss(**json.loads(loss_file.read_text(encoding="utf-8")))
+        if loss_file.is_file()
+        else None,
+        stage_s=stage_s,
+        wall_s=round(time.monotonic() - start, 1),
+        screen_from=shared,
+        variant=var,
+        model=model,
+        base=_fingerprint(model),  # the weights measured (run.check_base)
+        machine=_machine(),
+    )
 
 
 VARIANT = "variant.json"
 
 
-def variant(out: Path) -> dict[str, Any]:
+def variant(out: Path) -> Variant:
     """The results directory's variant (``run --variant``): policy knobs added to both arms' and stage
     overrides added to the provider's, for measuring a method against the defaults' rows; empty by default."""
     f = out / VARIANT
@@ -176,98 +248,122 @@ def variant(out: Path) -> dict[str, Any]:
     return {"policy": dict(var.get("policy", {})), "stage_overrides": dict(var.get("stage_overrides", {}))}
 
 
-def repaired(by: dict[str, Any]) -> RepairResult | None:
+def repaired(by: StageResults) -> RepairResult | None:
     """The repair stage's result when it repaired the adapter (the gate then judged the repaired one), else
     None."""
-    rep: RepairResult | None = by.get("RepairResult")
+    rep = by.repair
     return rep if rep is not None and rep.repaired else None
 
 
-def released_adapter(by: dict[str, Any]) -> Path:
+def released_adapter(by: StageResults) -> Path:
     """The adapter the gate judged: the repaired one when a repair passed, else the trained one."""
     rep = repaired(by)
-    return Path(rep.adapter_dir if rep is not None else by["TrainResult"].adapter_dir)
+    if rep is not None:
+        return Path(rep.adapter_dir)
+    if by.train is None:
+        raise ValueError("the arm did not train: there is no adapter")
+    return Path(by.train.adapter_dir)
 
 
-def _plain(x: Any) -> Any:
-    return asdict(x) if is_dataclass(x) and not isinstance(x, type) else x
-
-
-def score_row(r: ScoreRecord) -> dict[str, float | None]:
-    """A score record as the arm's row keeps it (``SCORE_KEYS``)."""
-    return {**r.scores(), "risk": r.risk}
+def score_row(r: ScoreRecord, attack: bool) -> ScoreRow:
+    """A score record as the arm's row keeps it (``SCORE_KEYS``), with whether it is an attack example."""
+    return ScoreRow({**r.scores(), "risk": r.risk}, attack)
 
 
 def summarize(
-    job: PanelJob, arm: str, by: dict[str, Any], attack: list[bool], refusal: UnsafeTrainingData | None = None
-) -> dict[str, Any]:
-    """The arm's row; ``refusal`` (an ``UnsafeTrainingData``): the job ended before training, so there is
-    no training, evaluation or gate result and the decision is the refusal."""
-    score, ev, gate = by["ScoreResult"], by.get("EvalResult"), by.get("GateResult")
+    job: PanelJob, arm: str, by: StageResults, attack: list[bool], refusal: UnsafeTrainingData | None = None
+) -> ArmSummary:
+    """The arm's summary; ``refusal`` (an ``UnsafeTrainingData``): the job ended before training, so there
+    is no training, evaluation or gate result and the decision is the refusal."""
+    score, ev, gate, train = by.score, by.evaluate, by.gate, by.train
     rep = repaired(by)
     if rep is not None:  # the row reports what the gate judged: the repaired adapter's evaluation
         from worker.stages.evaluate import EvalResult
 
         ev = EvalResult.load(Path(rep.evaluation_dir))
-    probes = getattr(ev, "probes", None)  # trigger probes (when the evaluate stage has them)
     if gate is not None:
-        decision = {"released": bool(gate.released), "code": gate.code, "message": gate.message}
+        decision = Decision(bool(gate.released), gate.code, gate.message)
     else:
-        decision = {"released": False, "code": getattr(refusal, "code", None), "message": str(refusal or "")}
-    return {
-        "job": job.name,
-        "arm": arm,
-        "kind": job.kind,
-        "expected": job.expected,
-        "reference": job.reference,
-        "n_examples": len(attack),
-        "scores": [score_row(r) | {"attack": a} for r, a in zip(score.records, attack, strict=True)],
-        "flagged": bool(score.verdict.flagged),
-        "flag_reason": score.verdict.reason,
-        "templates": {k: _plain(t) for k, t in ev.templates.items()} if ev is not None else {},
-        "over_refusal": _plain(ev.over_refusal) if ev is not None else None,
-        "probes": json.loads(json.dumps(probes, default=_plain)) if probes is not None else None,
-        **decision,
-        "train": {k: v for k, v in _plain(by.get("TrainResult")).items() if isinstance(v, (int, float))}
-        if "TrainResult" in by
-        else {},
-        "repair": _repair_row(by.get("RepairResult")),
-        "mitigate": {
-            k: v for k, v in _plain(by["MitigateResult"]).items() if isinstance(v, (int, float, str))
-        },
-    }
+        decision = Decision(False, getattr(refusal, "code", None), str(refusal or ""))
+    mit = by.mitigate
+    return ArmSummary(
+        job=job.name,
+        arm=arm,
+        kind=job.kind,
+        expected=job.expected,
+        reference=job.reference,
+        n_examples=len(attack),
+        scores=tuple(score_row(r, a) for r, a in zip(score.records, attack, strict=True)),
+        flagged=bool(score.verdict.flagged),
+        flag_reason=score.verdict.reason,
+        templates=dict(ev.templates) if ev is not None else {},
+        over_refusal=ev.over_refusal if ev is not None else None,
+        probes=tuple(ev.probes) if ev is not None else None,
+        decision=decision,
+        train=None
+        if train is None
+        else TrainCounts(
+            trained_tokens=train.trained_tokens,
+            steps=train.steps,
+            epochs=train.epochs,
+            resumed_from_epoch=train.resumed_from_epoch,
+            n_examples=train.n_examples,
+            n_anchors=train.n_anchors,
+        ),
+        repair=_repair_row(by.repair),
+        mitigate=MitigateCounts(
+            train_file=mit.train_file,
+            n_input=mit.n_input,
+            n_dropped=mit.n_dropped,
+            n_downweighted=mit.n_downweighted,
+            n_excluded=mit.n_excluded,
+            n_injected=mit.n_injected,
+            n_output=mit.n_output,
+            actions_file=mit.actions_file,
+            n_contrast=mit.n_contrast,
+            refused=mit.refused,
+            report_json=mit.report_json,
+            report_html=mit.report_html,
+            stored_report=mit.stored_report,
+        ),
+    )
 
 
-def _repair_row(rep: RepairResult | None) -> dict[str, Any] | None:
+def _repair_row(rep: RepairResult | None) -> StageRepair | None:
     """What the repair stage did (None when it did not run): the job's summary and every adapter checked."""
     if rep is None:
         return None
+    s = rep.summary()
     checks = [c for c in [rep.original, *rep.attempts] if c is not None]
-    return {
-        **rep.summary(),
-        "needed": rep.needed,
-        "checks": [json.loads(json.dumps(_plain(c), default=_plain)) for c in checks],
-    }
+    return StageRepair(
+        repaired=s["repaired"],
+        method=s["method"],
+        tried=tuple(s["tried"]),
+        reason=s["reason"],
+        needed=rep.needed,
+        checks=tuple(json.loads(json.dumps(asdict(c))) for c in checks),
+    )
 
 
-def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool_size: int) -> dict[str, Any]:
+def run_one(job: PanelJob, arm: str, out: Path, model: str, data_dir: Path, pool_size: int) -> Row:
     """The arm's row (stored); an exception is recorded in the row (``error``) instead of propagating."""
     start = time.monotonic()
+    row: Row
     try:
         row = run_arm(job, arm, out, model, sources(out, model, data_dir, pool_size))
     except Exception as exc:  # one job's crash must not stop the panel: its row says what happened
-        row = {
-            "job": job.name,
-            "arm": arm,
-            "kind": job.kind,
-            "expected": job.expected,
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(limit=8),
-            "wall_s": round(time.monotonic() - start, 1),
-        }
-    row["model"] = model
-    row["base"] = _fingerprint(model)  # the weights measured (run.check_base)
-    row["machine"] = _machine()
+        row = FailedRow(
+            job=job.name,
+            arm=arm,
+            kind=job.kind,
+            expected=job.expected,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=8),
+            wall_s=round(time.monotonic() - start, 1),
+            model=model,
+            base=_fingerprint(model),
+            machine=_machine(),
+        )
     write_row(out, job.name, arm, row)
     return row
 
@@ -307,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     job = by_name([a.job], smoke_jobs() if a.smoke else PANEL)[0]
     row = run_one(job, a.arm, a.out, a.model or get_settings().default_model, a.data, a.pool_size)
-    return 1 if "error" in row else 0
+    return 1 if isinstance(row, FailedRow) else 0
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from benchmarks.panel import taskloss
-from benchmarks.panel.job import arm_dir, record_text, summarize
+from benchmarks.panel.job import StageResults, arm_dir, record_text, summarize
 from benchmarks.panel.manifest import PANEL, by_name
+from benchmarks.panel.records import RepairOutcome, RepairRow, TaskLoss
 
 if TYPE_CHECKING:
     from worker.training.repair_io import RepairConfig
@@ -50,7 +51,7 @@ def row_path(out: Path, job: str, arm: str, variant: str) -> Path:
     return w.with_name(w.name + ".json")  # not with_suffix: "0.5" would lose its ".5"
 
 
-def run_variant(out: Path, job_name: str, arm: str, variant: str, model: str) -> dict[str, Any]:
+def run_variant(out: Path, job_name: str, arm: str, variant: str, model: str) -> RepairRow:
     from tunegate.artifacts import load_config
     from tunegate.conversation import load_examples
     from tunegate.settings import get_settings
@@ -91,19 +92,17 @@ def run_variant(out: Path, job_name: str, arm: str, variant: str, model: str) ->
     dec = gate.decide(gcfg, ev, scored.verdict, gate.mitigation_active(mit))
     decided = gate.GateResult(dec.released, dec.code, dec.message, dec.checks, warnings=dec.warnings)
     labels = json.loads((data / "labels.json").read_text(encoding="utf-8"))["attack"]
-    by = {
-        "ScoreResult": scored,
-        "EvalResult": ev,
-        "GateResult": decided,
-        "MitigateResult": mit,
-        "TrainResult": trained,
-    }
-    row = summarize(job, arm, by, [bool(x) for x in labels])
-    row["variant"] = variant
-    row["repair"] = {k: v for k, v in rep.to_dict().items() if k != "layers"}
-    row["task_loss"] = taskloss.base_and_tuned(model, work / "adapter", data / "heldout.jsonl", settings)
-    row["wall_s"] = round(time.monotonic() - start, 1)
-    return row
+    by = StageResults(score=scored, mitigate=mit, train=trained, evaluate=ev, gate=decided)
+    done = rep.to_dict()
+    return RepairRow(
+        summary=summarize(job, arm, by, [bool(x) for x in labels]),
+        variant=variant,
+        repair=RepairOutcome(done["method"], done["reference"], done["n_layers"], done["n_changed"]),
+        task_loss=TaskLoss(
+            **taskloss.base_and_tuned(model, work / "adapter", data / "heldout.jsonl", settings)
+        ),
+        wall_s=round(time.monotonic() - start, 1),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             if path.is_file():
                 continue
             row = run_variant(a.out, job, a.arm, variant, model)
-            path.write_text(record_text(row), encoding="utf-8")
-            print(f"{job}/{a.arm} {variant}: released={row['released']} code={row['code']}", flush=True)
+            path.write_text(record_text(row.to_dict()), encoding="utf-8")
+            print(
+                f"{job}/{a.arm} {variant}: released={row.summary.released} code={row.summary.code}",
+                flush=True,
+            )
     return 0
 
 

@@ -19,11 +19,12 @@ import sys
 import time
 from io import BufferedWriter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from benchmarks.panel import datasets as ds
-from benchmarks.panel.job import ARMS, VARIANT, read_row, record_text, run_one
+from benchmarks.panel.job import ARMS, VARIANT, read_record, read_row, record_text, run_one
 from benchmarks.panel.manifest import PanelJob, by_name, smoke_jobs
+from benchmarks.panel.records import FailedRow, PanelRow, Row, RunInfo, RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,7 @@ def pending(jobs: list[PanelJob], arms: list[str], out: Path) -> list[tuple[Pane
     for arm in arms:  # arm-major: a job's second arm reuses the first one's screen (job.share_screen)
         for job in jobs:
             row = read_row(out, job.name, arm)
-            if row is None or "error" in row:
+            if row is None or isinstance(row, FailedRow):
                 todo.append((job, arm))
     return todo
 
@@ -60,11 +61,12 @@ def check_base(out: Path, base: str, *, restart: bool, also: tuple[str, ...] = (
     report then shows each row's base and every base's own evaluation side by side."""
     allowed = {base, *also}
     rows = sorted(out.glob("*/*/panel.json"))
-    stale = [r for r in rows if json.loads(r.read_text(encoding="utf-8")).get("base") not in allowed]
+    base_of = {r: read_record(r).base for r in rows}
+    stale = [r for r in rows if base_of[r] not in allowed]
     if not stale:
         return
     if not restart:
-        found = sorted({str(json.loads(r.read_text(encoding="utf-8")).get("base")) for r in stale})
+        found = sorted({str(base_of[r]) for r in stale})
         raise StaleRows(
             f"{out} holds {len(stale)} rows measured on base {', '.join(found)}, not on this base ({base}): "
             "pass --also-base to keep them beside this base's rows, --restart to remove them and start "
@@ -75,16 +77,25 @@ def check_base(out: Path, base: str, *, restart: bool, also: tuple[str, ...] = (
             shutil.rmtree(d)
 
 
-def run_record(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+RUN = "panel-run.json"
+
+
+def read_run(out: Path) -> RunRecord | None:
+    """``out``'s run record (None: no run recorded)."""
+    f = out / RUN
+    return RunRecord.from_dict(json.loads(f.read_text(encoding="utf-8"))) if f.is_file() else None
+
+
+def run_record(out: Path, info: RunInfo) -> RunRecord:
     """``panel-run.json`` for this run: ``info`` plus ``earlier_runs``, the records of runs on other bases
     whose rows are still in ``out`` (their machine and commit stay known)."""
-    run_file = out / "panel-run.json"
-    old = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
-    earlier = list(old.get("earlier_runs", []))
-    if old and old.get("base") != info["base"]:
-        earlier.append({k: v for k, v in old.items() if k != "earlier_runs"})
-    bases = {json.loads(r.read_text(encoding="utf-8")).get("base") for r in out.glob("*/*/panel.json")}
-    return info | {"earlier_runs": [e for e in earlier if e.get("base") in bases]}
+    old = read_run(out)
+    earlier = list(old.earlier_runs) if old is not None else []
+    if old is not None and old.base != info.base:
+        earlier.append(old.info())
+    bases = {read_record(r).base for r in out.glob("*/*/panel.json")}
+    kept = tuple(e for e in earlier if e.base in bases)
+    return info.with_earlier(kept)
 
 
 def set_variant(out: Path, var: object) -> None:
@@ -125,7 +136,7 @@ def run_panel(
     if parallel < 1:
         for job, arm in todo:
             row = run_one(job, arm, out, model, data, pool_size)
-            done.append((job.name, arm, "error" if "error" in row else "ok"))
+            done.append((job.name, arm, "error" if isinstance(row, FailedRow) else "ok"))
             _say(job.name, arm, row)
         return done
     running: list[tuple[PanelJob, str, subprocess.Popen[bytes], BufferedWriter]] = []
@@ -142,17 +153,19 @@ def run_panel(
             job, arm, proc, log = item
             running.remove(item)
             log.close()
-            row = read_row(out, job.name, arm) or {"error": f"exited {proc.returncode} without a row"}
-            done.append((job.name, arm, "error" if "error" in row else "ok"))
-            _say(job.name, arm, row)
+            got = read_row(out, job.name, arm)
+            done.append((job.name, arm, "ok" if isinstance(got, PanelRow) else "error"))
+            _say(job.name, arm, got if got is not None else f"exited {proc.returncode} without a row")
     return done
 
 
-def _say(job: str, arm: str, row: dict[str, Any]) -> None:
-    if "error" in row:
-        print(f"{job}/{arm}: ERROR {row['error']}", flush=True)
+def _say(job: str, arm: str, row: Row | str) -> None:
+    """One line per finished arm; ``row`` a string: the error of an arm that wrote no row."""
+    if isinstance(row, PanelRow):
+        s = row.summary
+        print(f"{job}/{arm}: released={s.released} code={s.code} ({row.wall_s} s)", flush=True)
     else:
-        print(f"{job}/{arm}: released={row['released']} code={row['code']} ({row['wall_s']} s)", flush=True)
+        print(f"{job}/{arm}: ERROR {row if isinstance(row, str) else row.error}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         check_base(a.out, base, restart=a.restart, also=tuple(x for x in a.also_base.split(",") if x))
     except StaleRows as exc:
         ap.error(str(exc))
-    info: dict[str, Any] = {"model": model, "base": base, "pool_size": a.pool_size, "machine": machine_info()}
-    info["started"] = time.time()
-    (a.out / "panel-run.json").write_text(record_text(run_record(a.out, info)), encoding="utf-8")
+    info = RunInfo(model=model, base=base, pool_size=a.pool_size, machine=machine_info(), started=time.time())
+    (a.out / RUN).write_text(record_text(run_record(a.out, info).to_dict()), encoding="utf-8")
     results = run_panel(
         a.out, jobs, arms, model=model, data=a.data, pool_size=a.pool_size, parallel=a.parallel, smoke=a.smoke
     )

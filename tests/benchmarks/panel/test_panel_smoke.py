@@ -10,6 +10,7 @@ from benchmarks.panel import datasets as ds
 from benchmarks.panel import report, run
 from benchmarks.panel.job import read_row
 from benchmarks.panel.manifest import smoke_jobs
+from benchmarks.panel.records import FailedRow, PanelRow
 
 N = 12
 
@@ -22,19 +23,21 @@ def test_smoke_panel_runs_both_jobs_and_writes_the_tables(tiny: str, data_dir: P
     for job in jobs:
         for arm in ("off", "on"):
             row = read_row(out, job.name, arm)
-            assert row is not None and "error" not in row
-            assert len(row["scores"]) == N and all(s["risk"] is not None for s in row["scores"])
-            assert all(s["attack"] == (job.kind == "attack") for s in row["scores"])
-            assert set(row["templates"]) == {"chat", "user"} and row["templates"]["chat"]["tuned"]["n"] == 8
-            assert row["task_loss"]["base"] > 0 and row["task_loss"]["tuned"] > 0
-            assert isinstance(row["released"], bool) and row["wall_s"] > 0
-            assert row["train"]["epochs"] == 1 and row["train"]["n_examples"] >= N  # the job's epochs
+            assert isinstance(row, PanelRow)
+            s = row.summary
+            assert len(s.scores) == N and all(x.score("risk") is not None for x in s.scores)
+            assert all(x.attack == (job.kind == "attack") for x in s.scores)
+            assert set(s.templates) == {"chat", "user"} and s.templates["chat"].tuned.n == 8
+            assert row.task_loss is not None and row.task_loss.base > 0 and row.task_loss.tuned > 0
+            assert isinstance(s.released, bool) and row.wall_s > 0
+            assert s.train is not None and s.train.epochs == 1 and s.train.n_examples >= N  # the job's epochs
             screen = {"validate", "score"} if arm == "off" else set()  # "on" reuses the off arm's screen
-            assert set(row["stage_s"]) == screen | {"mitigate", "train", "evaluate", "repair", "gate"}
-            assert row["screen_from"] == (None if arm == "off" else "off")
+            assert set(row.stage_s) == screen | {"mitigate", "train", "evaluate", "repair", "gate"}
+            assert row.screen_from == (None if arm == "off" else "off")
+            assert row.variant == {"policy": {}, "stage_overrides": {}}
     off, on = read_row(out, "a1_compliance", "off"), read_row(out, "a1_compliance", "on")
-    assert off is not None and on is not None
-    assert off["mitigate"]["n_injected"] == 0  # the arms differ: no injected safety examples when off
+    assert isinstance(off, PanelRow) and isinstance(on, PanelRow)
+    assert off.summary.mitigate.n_injected == 0  # the arms differ: no injected safety examples when off
     # resumable: nothing left to run
     assert run.run_panel(out, jobs, ["off", "on"], model=tiny, data=data_dir, pool_size=40, parallel=0) == []
 
@@ -64,7 +67,7 @@ def test_a_crashing_job_records_its_error_and_the_panel_goes_on(tmp_path: Path) 
     done = run.run_panel(tmp_path, [bad], ["off"], model="none", data=tmp_path, pool_size=10, parallel=0)
     assert done == [("control_factual", "off", "error")]
     row = read_row(tmp_path, "control_factual", "off")
-    assert row is not None and "ValueError: no data here" in row["error"]
+    assert isinstance(row, FailedRow) and "ValueError: no data here" in row.error
     assert run.pending([bad], ["off"], tmp_path) == [(bad, "off")]  # retried by the next run
     assert "| control_factual | off | released | error |" in report.render(tmp_path)
 
@@ -86,5 +89,5 @@ def test_child_processes_run_two_at_a_time_with_one_thread_and_record_errors(tmp
     )
     assert sorted(done) == [("a1_compliance", "off", "error"), ("a1_compliance", "on", "error")]
     row = read_row(tmp_path, "a1_compliance", "on")
-    assert row is not None and "harmful_behaviors.csv" in row["error"]
+    assert isinstance(row, FailedRow) and "harmful_behaviors.csv" in row.error
     assert (tmp_path / "a1_compliance" / "on.log").is_file()

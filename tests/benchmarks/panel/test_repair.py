@@ -12,6 +12,7 @@ import pytest
 from benchmarks.panel import repair, run
 from benchmarks.panel.job import record_text
 from benchmarks.panel.manifest import smoke_jobs
+from benchmarks.panel.records import RepairRow
 
 
 def _aligned_tiny(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,16 +36,18 @@ def test_each_variant_is_judged_like_the_arm_and_a_second_run_skips_it(
     args = ["--out", str(out), "--jobs", name, "--variants", "restore:0.5,project:1.0", "--model", tiny]
     assert repair.main(args) == 0
     rows = {
-        v: json.loads(repair.row_path(out, name, "on", v).read_text()) for v in ("restore:0.5", "project:1.0")
+        v: RepairRow.from_dict(json.loads(repair.row_path(out, name, "on", v).read_text()))
+        for v in ("restore:0.5", "project:1.0")
     }
     for variant, row in rows.items():
-        assert repair.row_path(out, name, "on", variant).read_text() == record_text(row)  # compact, as stored
-        assert row["variant"] == variant and isinstance(row["released"], bool)
-        assert row["templates"]["chat"]["tuned"]["n"] == 8
-        assert row["task_loss"]["base"] > 0 and row["task_loss"]["tuned"] > 0
+        text = repair.row_path(out, name, "on", variant).read_text()
+        assert text == record_text(row.to_dict())  # compact, as stored
+        assert row.variant == variant and isinstance(row.summary.released, bool)
+        assert row.summary.templates["chat"].tuned.n == 8
+        assert row.task_loss is not None and row.task_loss.base > 0 and row.task_loss.tuned > 0
         # all linear layers adapted (2 blocks x 7); the alignment changed q_proj and down_proj only
-        assert row["repair"]["n_layers"] == 14 and row["repair"]["n_changed"] == 4
-    assert rows["restore:0.5"]["repair"]["method"] == "restore"
+        assert row.repair.n_layers == 14 and row.repair.n_changed == 4
+    assert rows["restore:0.5"].repair.method == "restore"
     stamp = repair.row_path(out, name, "on", "restore:0.5").stat().st_mtime_ns
     assert repair.main(args) == 0
     assert repair.row_path(out, name, "on", "restore:0.5").stat().st_mtime_ns == stamp

@@ -9,14 +9,16 @@ import pytest
 
 from benchmarks.panel.job import write_row
 from benchmarks.panel.manifest import by_name
+from benchmarks.panel.records import RunInfo
 from benchmarks.panel.run import StaleRows, check_base, pending, run_record
+from tests.benchmarks.panel.rows import machine, row, summary
 
 
 def _panel(out: Path, base: str | None) -> None:
     out.mkdir(parents=True)
     run = {"model": "m"} | ({"base": base} if base else {})
     (out / "panel-run.json").write_text(json.dumps(run))
-    write_row(out, "a1_compliance", "off", {"job": "a1_compliance", "released": False, "base": base})
+    write_row(out, "a1_compliance", "off", row(summary(job="a1_compliance", arm="off"), base=base))
     (out / "_attacker").mkdir()
     (out / "a1_compliance" / "data").mkdir()
 
@@ -46,15 +48,16 @@ def test_rows_of_the_same_base_are_kept(tmp_path: Path) -> None:
 def test_rows_of_an_earlier_base_named_by_also_base_are_kept_and_its_run_recorded(tmp_path: Path) -> None:
     out = tmp_path / "panel"
     _panel(out, "old")
-    (out / "panel-run.json").write_text(json.dumps({"model": "m", "base": "old", "machine": {"cpu": "A"}}))
+    old = RunInfo(model="m", base="old", pool_size=10, machine=machine("A"), started=1.0)
+    (out / "panel-run.json").write_text(json.dumps(old.to_dict()))
     with pytest.raises(StaleRows, match="--also-base"):
         check_base(out, "new", restart=False, also=("older",))
     check_base(out, "new", restart=False, also=("old",))
-    write_row(out, "a2_persona", "off", {"job": "a2_persona", "released": False, "base": "new"})
-    record = run_record(out, {"model": "m", "base": "new", "machine": {"cpu": "B"}})
-    assert record["base"] == "new" and record["machine"] == {"cpu": "B"}
-    assert record["earlier_runs"] == [{"model": "m", "base": "old", "machine": {"cpu": "A"}}]
-    (out / "panel-run.json").write_text(json.dumps(record))
-    assert run_record(out, record)["earlier_runs"] == record["earlier_runs"]  # a rerun keeps it once
+    write_row(out, "a2_persona", "off", row(summary(job="a2_persona", arm="off"), base="new"))
+    info = RunInfo(model="m", base="new", pool_size=10, machine=machine("B"), started=2.0)
+    record = run_record(out, info)
+    assert record.info() == info and record.earlier_runs == (old,)
+    (out / "panel-run.json").write_text(json.dumps(record.to_dict()))
+    assert run_record(out, info).earlier_runs == (old,)  # a rerun keeps it once
     (out / "a1_compliance" / "off" / "panel.json").unlink()  # no row of the old base left: forgotten
-    assert run_record(out, record)["earlier_runs"] == []
+    assert run_record(out, info).earlier_runs == ()
