@@ -29,9 +29,40 @@ from tunegate.checks import GateCheck, Judges
 from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
 from tunegate.records import RecordError
+from tunegate.scorers import SCORERS
 
 SCHEMA_VERSION = 1
 NO_MITIGATION = {"action": "none", "note": "mitigation was off"}  # the part of a job without mitigation
+
+# A value of a stage's config as its JSON holds it (``dataclasses.asdict`` of ``GateConfig``,
+# ``MitigateConfig``: a knob's number, name, flag or per-category limits, a list of names such as the gate's
+# templates); None for a knob an older config wrote as null.
+ConfigValue = str | int | float | bool | list[str] | dict[str, float] | None
+
+
+def _config_value(value: object, where: str) -> ConfigValue:
+    """A config value read from JSON (a tuple, as ``asdict`` leaves one, as a list), refused naming
+    ``where`` when it is not one of ``ConfigValue``'s shapes."""
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return [str(v) for v in value]
+    numbers = isinstance(value, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+    )
+    if isinstance(value, dict) and numbers:
+        return {str(k): v for k, v in value.items()}
+    raise RecordError(
+        f"{where} must be a number, a string, true or false, a list of strings or an object of numbers, "
+        f"got {value!r}"
+    )
+
+
+def _config(data: object, what: str) -> dict[str, ConfigValue]:
+    """A stage config's JSON object, every value a ``ConfigValue`` (a copy: the caller's is not kept)."""
+    if not isinstance(data, dict):
+        raise RecordError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return {str(k): _config_value(v, f"{what} key {k!r}") for k, v in data.items()}
 
 
 @dataclass(frozen=True)
@@ -52,7 +83,7 @@ class ReportDecision:
         return schema.read(cls, data, "safety report's decision")
 
 
-def _typed(knobs: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+def _typed(knobs: dict[str, ConfigValue], name: str, kinds: tuple[type, ...], what: str) -> Any:
     """The knob ``name`` (None when the policy has none), refused naming it when not of ``kinds``."""
     value = knobs.get(name)
     if value is None:
@@ -71,15 +102,17 @@ class ReportPolicy:
     they are, older reports with older names). The knobs readers interpret are typed below, None where this
     policy has none."""
 
-    knobs: dict[str, Any]
+    knobs: dict[str, ConfigValue]
     gate_judges: Judges | None = field(init=False)  # whose verdicts the gate counted
     gate_delta: float | None = field(init=False)
     gate_category_limits: dict[str, float] = field(init=False)
     over_refusal_delta: float | None = field(init=False)
     over_refusal_action: str | None = field(init=False)
+    mitigation: str | None = field(init=False)  # a refused file's: the mitigate stage's action
 
     def __post_init__(self) -> None:
         what = "safety report's policy"
+        object.__setattr__(self, "mitigation", _typed(self.knobs, "mitigation", (str,), what))
         judges = _typed(self.knobs, "gate_judges", (str,), what)
         if judges not in (None, "all", "primary", "any"):
             raise RecordError(f"{what} key 'gate_judges' must be 'all', 'primary' or 'any', got {judges!r}")
@@ -105,9 +138,23 @@ class ReportPolicy:
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
-        if not isinstance(data, dict):
-            raise RecordError(f"the safety report's policy must be a JSON object, got {type(data).__name__}")
-        return cls(copy.deepcopy(data))
+        return cls(_config(data, "the safety report's policy"))
+
+
+@dataclass(frozen=True)
+class ClusterTest:
+    """The screen's cluster test (``worker.scoring.cluster.ClusterTest``, the same fields): do the high-risk
+    examples form a coherent cluster, by how much (mean cosine against random subsets' and the p-value; None:
+    not tested) and which lines (the extended ones joined by closeness)."""
+
+    coherent: bool = False
+    n: int = 0
+    lines: tuple[int, ...] = ()
+    statistic: float | None = None
+    null_mean: float | None = None
+    p_value: float | None = None
+    method: str = ""
+    extended: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,26 +171,76 @@ class ScreenVerdict:
     n_complying_with_harm: int | None = None
     cluster: bool = False
     cluster_lines: tuple[int, ...] = ()
-    cluster_test: dict[str, Any] = field(default_factory=dict)
+    cluster_test: ClusterTest | None = None  # None: a verdict that stored none, written back as {}
 
     def to_dict(self) -> dict[str, Any]:
         """As written (a verdict from before the compliance count is written back without it)."""
         out = schema.write(self)
         if self.n_complying_with_harm is None:
             del out["n_complying_with_harm"]
+        out["cluster_test"] = out["cluster_test"] or {}
         return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        """A verdict from its JSON object (a stored ``cluster_test`` of ``{}`` reads as None)."""
+        if isinstance(data, dict) and data.get("cluster_test") == {}:
+            data = {k: v for k, v in data.items() if k != "cluster_test"}
+        return schema.read(cls, data, "screen verdict")
+
+
+@dataclass(frozen=True)
+class TopFlagged:
+    """One of the score summary's riskiest examples (``worker.scoring.report.summarize``): its line, risk,
+    reference percentiles and reasons, each scorer's raw score under the scorer's own name (a scorer of
+    ``tunegate.scorers.SCORERS``) and the start of its reply."""
+
+    line: int
+    risk: float
+    percentiles: dict[str, float]
+    reasons: tuple[str, ...]
+    scores: dict[str, float]  # scorer -> raw score, each written as a key of its own
+    response_preview: str
+
+    def score(self, scorer: str) -> float | None:
+        """The raw score of ``scorer`` (None: it did not run on this file)."""
+        return self.scores.get(scorer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object as ``summarize`` writes it: the scores between the reasons and the preview."""
+        return {
+            "line": self.line,
+            "risk": self.risk,
+            "percentiles": dict(self.percentiles),
+            "reasons": list(self.reasons),
+            **self.scores,
+            "response_preview": self.response_preview,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        """An entry from its JSON object: a key that is no field is a scorer's score, or refused naming it."""
+        what = "score summary's flagged example"
+        if not isinstance(data, dict):
+            raise RecordError(f"a {what} must be a JSON object, got {type(data).__name__}")
+        if "scores" in data:
+            raise RecordError(f"a {what} has an unknown key 'scores'")
+        scores = {k: v for k, v in data.items() if k in SCORERS}
+        rest = {k: v for k, v in data.items() if k not in SCORERS}
+        return schema.read(cls, {**rest, "scores": scores}, what)
 
 
 @dataclass(frozen=True)
 class ScoreSummary:
     """The score stage's ``summary.json`` (``worker.scoring.report.summarize``; empty without scoring): the
-    verdict is typed, the statistics are kept as written (the JSON endpoint serves them)."""
+    verdict and the riskiest examples are typed, the statistics are numbers by name (the JSON endpoint
+    serves them)."""
 
     n_examples: int | None = None
     scorers: tuple[str, ...] | None = None
     distributions: dict[str, dict[str, float]] | None = None
     reference: dict[str, dict[str, float]] | None = None
-    top_flagged: tuple[dict[str, Any], ...] | None = None
+    top_flagged: tuple[TopFlagged, ...] | None = None
     agreement: dict[str, dict[str, float]] | None = None
     verdict: ScreenVerdict | None = None
     # added by the scoring run (worker/scoring/score_all.py): what scored the file
@@ -229,7 +326,7 @@ class MitigationPolicy:
     """The mitigate stage's config as its log holds it (``actions.json``'s ``policy``), every knob in
     ``knobs``; the two the report draws on the risk histogram typed."""
 
-    knobs: dict[str, Any]
+    knobs: dict[str, ConfigValue]
     min_risk: float | None = field(init=False)  # mitigation acts from this risk
     mitigate_top_fraction: float | None = field(init=False)  # ... on at most this share
 
@@ -244,9 +341,7 @@ class MitigationPolicy:
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
-        if not isinstance(data, dict):
-            raise RecordError(f"a mitigation policy must be a JSON object, got {type(data).__name__}")
-        return cls(copy.deepcopy(data))
+        return cls(_config(data, "a mitigation policy"))
 
 
 @dataclass(frozen=True)

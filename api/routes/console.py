@@ -63,7 +63,7 @@ from models.policy import org_policy
 from models.tables import Job, Organization
 from tunegate.errors import InvalidConfig, InvalidRequest, NotFound, PermissionDenied, TunegateError
 from tunegate.reporting import render_page, render_report
-from tunegate.reporting.view import report_view
+from tunegate.reporting.view import ReportView, report_view
 from tunegate.settings import Settings
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -236,7 +236,10 @@ def _job_page(
     entries = audit.for_job(session, job.id)
     context = mod.job_context(session, job, entries)
     try:
-        view: dict[str, Any] | None = report_view(mod.full_report(session, job, settings), context["policy"])
+        share = (context["policy"] or {}).get("mitigate_top_fraction")  # the job's policy (its JSON)
+        view: ReportView | None = report_view(
+            mod.full_report(session, job, settings), share if isinstance(share, int | float) else None
+        )
     except NotFound:
         view = None
     org = session.get(Organization, job.org_id)
@@ -283,7 +286,7 @@ def _outcome(job: Job) -> dict[str, str]:
 
 
 def _possible_actions(
-    settings: Settings, job: Job, view: dict[str, Any] | None, org: Organization | None
+    settings: Settings, job: Job, view: ReportView | None, org: Organization | None
 ) -> dict[str, Any]:
     """Which of the page's actions can work on ``job`` as it is now (the page offers no other), and why an
     action the moderator might look for is missing."""

@@ -102,6 +102,15 @@ def test_the_upgrade_fills_gate_judges_only_for_a_report_with_an_evaluation() ->
         (lambda r: r["repair"].update(tried=[]), "repair has an unknown key 'tried'"),
         (lambda r: r["policy"].update(gate_judges="both"), "'gate_judges' must be 'all', 'primary' or 'any'"),
         (lambda r: r["policy"].update(gate_delta="5%"), "'gate_delta' must be int or float"),
+        (lambda r: r["policy"].update(templates=[1]), "policy key 'templates' must be a number, a string"),
+        (
+            lambda r: r["scoring"]["summary"]["verdict"]["cluster_test"].update(p=0.1),
+            "cluster_test' has an unknown key 'p'",
+        ),
+        (
+            lambda r: r["scoring"]["summary"].update(top_flagged=[{"line": 1, "scores": {}}]),
+            "flagged example has an unknown key 'scores'",
+        ),
     ],
 )
 def test_what_this_version_cannot_read_is_refused_by_name(change: Any, message: str) -> None:

@@ -98,12 +98,12 @@ def render_report(
     copy the gate writes beside report.json) the header says what this copy does not record. ``audit``
     (``models.audit.as_dict`` entries) adds the moderators' actions."""
     job = job_fields(job)
-    policy = (job or {}).get("policy") or {}
+    share = ((job or {}).get("policy") or {}).get("mitigate_top_fraction")  # the job's policy (JSON)
     return (
         environment()
         .get_template("report.html")
         .render(
-            view=report_view(report, policy),
+            view=report_view(report, share if isinstance(share, int | float) else None),
             job=job,
             audit=list(audit),
             generated_at=generated_at or datetime.now(UTC),

@@ -10,7 +10,6 @@ guessed; what an older report lacks was filled in once, by ``tunegate.report.upg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from tunegate.checks import GateCheck, Judges, SequentialCheck
 from tunegate.conversation import ChatMessageJSON
@@ -26,11 +25,13 @@ from tunegate.evaluation_records import Judges as JudgesReport
 from tunegate.judging import WORDS, counted, counted_rates
 from tunegate.report import (
     AdapterCheck,
+    ConfigValue,
     ReportMitigation,
     ReportPolicy,
     ReportRepair,
     ReportScoring,
     SafetyReport,
+    ScreenVerdict,
 )
 from tunegate.reporting.svg import grouped_bars, histogram
 from tunegate.scorers import label, parse_reason
@@ -97,7 +98,16 @@ def _signed(v: float | None) -> str:
     return f"{float(v):+.1%}" if isinstance(v, int | float) else "n/a"
 
 
-def check_rows(checks: tuple[GateCheck, ...]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class CheckRow:
+    """One of the gate's checks as the page shows it: a plain label, passed or not, its numbers in words."""
+
+    label: str
+    passed: bool
+    detail: str
+
+
+def check_rows(checks: tuple[GateCheck, ...]) -> list[CheckRow]:
     """The gate's checks, each with a plain label and its numbers in words."""
     rows = []
     for c in checks:
@@ -135,7 +145,7 @@ def check_rows(checks: tuple[GateCheck, ...]) -> list[dict[str, Any]]:
             label, detail = "Share of the data to repair", str(c.reason or "")
         else:
             label, detail = c.check, ""
-        rows.append({"label": label, "passed": c.passed, "detail": detail})
+        rows.append(CheckRow(label, c.passed, detail))
     return rows
 
 
@@ -166,7 +176,19 @@ WHY = {  # why mitigation chose an example (worker/mitigation/select.py)
 }
 
 
-def flagged_rows(scoring: ReportScoring, mitigation: ReportMitigation) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class FlaggedRow:
+    """One of the riskiest examples as the page shows it."""
+
+    line: int
+    risk: float
+    percentiles: list[tuple[str, float]]  # (scorer's label, percentile)
+    reasons: list[str]  # in words
+    messages: list[MessageView] | None  # None: its text is not in this copy
+    mitigation: str  # what was done to it, and why
+
+
+def flagged_rows(scoring: ReportScoring, mitigation: ReportMitigation) -> list[FlaggedRow]:
     """The riskiest examples: line, risk, per-scorer percentiles and reasons in words, text, what was done."""
     acted = {a.line: a for a in mitigation.acted or ()}
     known = mitigation.acted is not None
@@ -184,23 +206,23 @@ def flagged_rows(scoring: ReportScoring, mitigation: ReportMitigation) -> list[d
         else:
             done = "kept as it is (below the mitigation threshold)" if known else "not recorded"
         rows.append(
-            {
-                "line": f.line,
-                "risk": float(f.risk),
-                "percentiles": [(label(s), float(p)) for s, p in f.percentiles.items()],
-                "reasons": [plain_reason(r) for r in f.reasons],
-                "messages": [_message_view(m) for m in f.messages] if f.messages is not None else None,
-                "mitigation": done,
-            }
+            FlaggedRow(
+                line=f.line,
+                risk=float(f.risk),
+                percentiles=[(label(s), float(p)) for s, p in f.percentiles.items()],
+                reasons=[plain_reason(r) for r in f.reasons],
+                messages=[_message_view(m) for m in f.messages] if f.messages is not None else None,
+                mitigation=done,
+            )
         )
     return rows
 
 
 def risk_marks(
-    risk: list[float], mitigation: ReportMitigation, policy: dict[str, Any]
+    risk: list[float], mitigation: ReportMitigation, job_share: float | None = None
 ) -> list[tuple[float, str]]:
     """Thresholds on the 0..100 risk axis: the risk from which mitigation acts, and the top-share cutoff
-    (the mitigate stage's, else the job's ``policy``)."""
+    (the mitigate stage's, else the job's policy's ``mitigate_top_fraction``, ``job_share``)."""
     marks: list[tuple[float, str]] = []
     mpol = mitigation.policy
     min_risk = mpol.min_risk if mpol is not None else None
@@ -208,8 +230,8 @@ def risk_marks(
         marks.append((float(min_risk), f"acts from risk {min_risk:g}"))
     share = mpol.mitigate_top_fraction if mpol is not None else None
     if share is None:
-        share = policy.get("mitigate_top_fraction")
-    if isinstance(share, int | float) and 0 < share <= 1 and risk:
+        share = job_share
+    if share is not None and 0 < share <= 1 and risk:
         k = max(1, round(share * len(risk)))
         cutoff = sorted(risk, reverse=True)[min(k, len(risk)) - 1]
         marks.append((cutoff, f"top {share:.0%} from {cutoff:.0f}"))
@@ -563,45 +585,109 @@ def _over_refusal_view(over: OverRefusal, policy: ReportPolicy) -> OverRefusalVi
     )
 
 
-def report_view(report: SafetyReport, policy: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the report templates show, computed once (the templates only lay it out); ``policy`` is
-    the job's (its mitigation share marks the histogram when the report's mitigation log does not)."""
+@dataclass(frozen=True)
+class DecisionView:
+    """The gate's decision as the page shows it."""
+
+    released: bool
+    code: str | None
+    message: str
+    checks: list[CheckRow]
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class InjectedView:
+    """An example the mitigate stage added, as the page shows it."""
+
+    category: str | None
+    messages: list[MessageView]
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """Everything the report templates show (``report_view``)."""
+
+    decision: DecisionView
+    gate_policy: dict[str, ConfigValue]  # the policy's knobs as written
+    verdict: ScreenVerdict | None
+    n_examples: int
+    histogram: str  # the risk histogram's SVG ("": no scores)
+    flagged: list[FlaggedRow]
+    mitigation_counts: list[tuple[str, int]]  # (what, how many), the counts the mitigation part has
+    mitigation_note: str | None
+    injected: list[InjectedView]
+    injected_known: bool  # the mitigation log is in this copy
+    evaluation: EvaluationView
+    repair: RepairView | None
+
+
+def report_view(report: SafetyReport, job_share: float | None = None) -> ReportView:
+    """Everything the report templates show, computed once (the templates only lay it out); ``job_share``
+    is the job's policy's ``mitigate_top_fraction`` (it marks the histogram when the report's mitigation
+    log does not)."""
     decision, mitigation = report.decision, report.mitigation
     risk = [float(r) for r in report.scoring.risk]
-    return {
-        "decision": {
-            "released": decision.released,
-            "code": decision.code,
-            "message": decision.message,
-            "checks": check_rows(decision.checks),
-            "warnings": list(decision.warnings),
-        },
-        "gate_policy": report.policy.to_dict(),
-        "verdict": report.scoring.summary.verdict,
-        "n_examples": len(risk),
-        "histogram": histogram(
-            risk, label="risk (0-100, vs ordinary examples)", marks=risk_marks(risk, mitigation, policy or {})
+    counts = [(label, getattr(mitigation, k)) for k, label in MITIGATION_COUNTS]
+    return ReportView(
+        decision=DecisionView(
+            released=decision.released,
+            code=decision.code,
+            message=decision.message,
+            checks=check_rows(decision.checks),
+            warnings=list(decision.warnings),
+        ),
+        gate_policy=report.policy.to_dict(),
+        verdict=report.scoring.summary.verdict,
+        n_examples=len(risk),
+        histogram=histogram(
+            risk, label="risk (0-100, vs ordinary examples)", marks=risk_marks(risk, mitigation, job_share)
         )
         if risk
         else "",
-        "flagged": flagged_rows(report.scoring, mitigation),
-        "mitigation_counts": [
-            (label, getattr(mitigation, k))
-            for k, label in MITIGATION_COUNTS
-            if getattr(mitigation, k) is not None
-        ],
-        "mitigation_note": mitigation.note,
-        "injected": [
-            {"category": i.category, "messages": [_message_view(m) for m in i.messages]}
+        flagged=flagged_rows(report.scoring, mitigation),
+        mitigation_counts=[(label, n) for label, n in counts if n is not None],
+        mitigation_note=mitigation.note,
+        injected=[
+            InjectedView(i.category, [_message_view(m) for m in i.messages])
             for i in mitigation.injected or ()
         ],
-        "injected_known": mitigation.injected is not None,
-        "evaluation": evaluation_view(report),
-        "repair": repair_view(report.repair),
-    }
+        injected_known=mitigation.injected is not None,
+        evaluation=evaluation_view(report),
+        repair=repair_view(report.repair),
+    )
 
 
-def repair_view(repair: ReportRepair | None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class AdapterRow:
+    """One adapter of the repair table: the figures the release rule reads, in words."""
+
+    variant: str
+    layers: str
+    layers_changed: list[str]
+    evaluated: bool
+    asr: list[str]  # per template
+    over_refusal: str
+    task_loss: str
+    passed: bool
+    outcome: str
+
+
+@dataclass(frozen=True)
+class RepairView:
+    """The repair stage's record as the page shows it."""
+
+    repaired: bool
+    method: str
+    attempted: bool
+    reason: str
+    repair_on: str
+    heldout: str
+    n_heldout: int
+    rows: list[AdapterRow]  # the adapter as trained, then each repair tried
+
+
+def repair_view(repair: ReportRepair | None) -> RepairView | None:
     """The repair stage's record (``worker/stages/repair.py``) in words: the adapter as trained and each
     repair tried, with the ASR the gate counts per template, over-refusal, the held-out task loss, the
     layers changed and the outcome. None when the gate had no erosion to repair (or the report predates
@@ -611,19 +697,19 @@ def repair_view(repair: ReportRepair | None) -> dict[str, Any] | None:
     original = repair.original
     rows = [_adapter_row(original, trained=True)] if original is not None else []
     rows += [_adapter_row(a, trained=False) for a in repair.attempts]
-    return {
-        "repaired": repair.repaired,
-        "method": repair.method,
-        "attempted": repair.attempted,
-        "reason": repair.reason,
-        "repair_on": repair.repair_on,
-        "heldout": repair.heldout,
-        "n_heldout": repair.n_heldout,
-        "rows": rows,
-    }
+    return RepairView(
+        repaired=repair.repaired,
+        method=repair.method,
+        attempted=repair.attempted,
+        reason=repair.reason,
+        repair_on=repair.repair_on,
+        heldout=repair.heldout,
+        n_heldout=repair.n_heldout,
+        rows=rows,
+    )
 
 
-def _adapter_row(a: AdapterCheck, *, trained: bool) -> dict[str, Any]:
+def _adapter_row(a: AdapterCheck, *, trained: bool) -> AdapterRow:
     """One adapter of the repair table: the figures the release rule reads."""
     asr = [
         f"{tpl} {_pct(v.base)} → {_pct(v.tuned)} (bound {_pct(v.upper)}, limit {_pct(v.limit)})"
@@ -638,18 +724,18 @@ def _adapter_row(a: AdapterCheck, *, trained: bool) -> dict[str, Any]:
     else:
         outcome = "passed: released" if a.passed else f"not released: {a.why or 'n/a'}"
         layers = f"{a.n_changed} of {a.n_layers}"
-    return {
-        "variant": "as trained" if trained else a.variant,
-        "layers": layers,
-        "layers_changed": list(a.layers_changed),
-        "evaluated": a.evaluated,
-        "asr": asr if a.evaluated else [],
-        "over_refusal": (
+    return AdapterRow(
+        variant="as trained" if trained else a.variant,
+        layers=layers,
+        layers_changed=list(a.layers_changed),
+        evaluated=a.evaluated,
+        asr=asr if a.evaluated else [],
+        over_refusal=(
             f"{_pct(over.base)} → {_pct(over.tuned)} ({_signed(over.increase)}, limit +{_pct(over.limit)})"
             if over is not None
             else ("not measured" if a.evaluated else "")
         ),
-        "task_loss": loss_text,
-        "passed": a.passed,
-        "outcome": outcome,
-    }
+        task_loss=loss_text,
+        passed=a.passed,
+        outcome=outcome,
+    )

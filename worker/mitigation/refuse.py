@@ -53,7 +53,7 @@ def write(
     decision = decision_part(
         False, UNSAFE_TRAINING_DATA, msg, [GateCheck(check="repair_share", passed=False, reason=msg)]
     )
-    mitigation = ReportMitigation(action=policy.knobs.get("mitigation"), refused=True, note=msg)
+    mitigation = ReportMitigation(action=policy.mitigation, refused=True, note=msg)
     report = build_report(
         policy, decision, None, summary, records, mitigation, None, texts=texts, actions=actions
     )

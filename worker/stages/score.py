@@ -30,6 +30,7 @@ from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.records import RecordError, ScoreRecord
+from tunegate.report import ClusterTest, ScreenVerdict
 from tunegate.scorers import SCORERS
 from tunegate.settings import Settings
 from worker.job_view import job_dir
@@ -123,7 +124,28 @@ class Verdict:
     n_complying_with_harm: int | None = None  # answers, not refusals, to requests read as harmful
     cluster: bool = False  # the high-risk examples form a coherent cluster (worker/scoring/cluster.py)
     cluster_lines: list[int] = field(default_factory=list)  # its lines (empty when not coherent)
-    cluster_test: dict[str, Any] = field(default_factory=dict)  # statistic, null mean, p-value, method
+    cluster_test: ClusterTest | None = None  # statistic, null mean, p-value, method (None: stored as {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written (no cluster test: ``{}``)."""
+        return {**asdict(self), "cluster_test": asdict(self.cluster_test) if self.cluster_test else {}}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        """The verdict from its JSON object, read as the report reads it (``ScreenVerdict``)."""
+        v = ScreenVerdict.from_dict(data)
+        return cls(
+            flagged=v.flagged,
+            reason=v.reason,
+            share_above_p99=v.share_above_p99,
+            share_beyond_reference_max=v.share_beyond_reference_max,
+            n_above_p99=v.n_above_p99,
+            n_beyond_reference_max=v.n_beyond_reference_max,
+            n_complying_with_harm=v.n_complying_with_harm,
+            cluster=v.cluster,
+            cluster_lines=list(v.cluster_lines),
+            cluster_test=v.cluster_test,
+        )
 
 
 @dataclass
@@ -142,6 +164,7 @@ class ScoreResult(StageResult):
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(replace(self, records=[], summary={}))
+        out["verdict"] = self.verdict.to_dict()
         return {k: v for k, v in out.items() if k not in ("records", "summary")}
 
     def save(self, out_dir: Path) -> Path:
@@ -182,7 +205,7 @@ def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
     summary = scored.summary
     result = ScoreResult(
         n_examples=len(scored.records),
-        verdict=Verdict(**summary["verdict"]),
+        verdict=Verdict.from_dict(summary["verdict"]),
         model=str(summary.get("model")),
         fingerprint=str(summary.get("fingerprint")),
         records=scored.records,
@@ -264,7 +287,7 @@ def apply(session: Session, job: Job, res: ScoreResult) -> Applied:
     flagged = "flagged as high-risk" if res.verdict.flagged else "not flagged"
     how = f" (the scores of the safety scan {res.reused_scan}, reused)" if res.reused_scan else ""
     msg = f"scored {res.n_examples} examples{how}; dataset {flagged}: {res.verdict.reason}".rstrip(": ")
-    data: dict[str, Any] = {"verdict": res.to_dict()["verdict"]}
+    data: dict[str, Any] = {"verdict": res.verdict.to_dict()}
     if res.reused_scan:
         data["reused_scan"] = res.reused_scan
     return Applied(msg, data=data)

@@ -76,9 +76,18 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
     assert records[2].features.numbered_list and records[0].features.math
     summary = ScoreResult.load(io.out_dir).summary
     assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason", "cluster"}
+    typed = ScoreSummary.from_dict(res.summary)  # the report's record writes the summary back as it was
+    assert json.dumps(typed.to_dict(), sort_keys=True) == json.dumps(res.summary, sort_keys=True)
+    assert typed.top_flagged and [json.dumps(t.to_dict()) for t in typed.top_flagged] == [
+        json.dumps(t) for t in res.summary["top_flagged"]
+    ]
+    assert typed.top_flagged[0].score("representation") == summary["top_flagged"][0]["representation"]
+    stored = (io.out_dir / "result.json").read_text(encoding="utf-8")
+    assert json.dumps(ScoreResult.load(io.out_dir).to_dict(), indent=2, sort_keys=True) + "\n" == stored
     assert all(isinstance(r.beyond_reference, bool) and "vector" not in r.to_dict() for r in records)
     loaded = ScoreResult.load(io.out_dir).verdict
-    assert loaded == res.verdict and loaded.cluster_test["n"] == res.verdict.n_above_p99
+    assert loaded == res.verdict and loaded.cluster_test is not None
+    assert loaded.cluster_test.n == res.verdict.n_above_p99
     assert read_json(io.out_dir / "config.json")["model"] == "tiny"
     assert read_json(io.out_dir / "result.json")["n_examples"] == 5
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)
@@ -96,7 +105,7 @@ def test_a_result_saved_before_the_cluster_fields_still_loads(env: Path) -> None
         del old["verdict"][key]
     path.write_text(json.dumps(old))
     v = ScoreResult.load(io.out_dir).verdict
-    assert v.cluster is False and v.cluster_lines == [] and v.cluster_test == {}
+    assert v.cluster is False and v.cluster_lines == [] and v.cluster_test is None
 
 
 def test_records_saved_before_beyond_reference_load_and_a_foreign_key_is_named(env: Path) -> None:
