@@ -19,6 +19,7 @@ from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.artifacts import atomic_write_json, from_jsonable
 from tunegate.checks import GateCheck
 from tunegate.errors import InvalidConfig
+from tunegate.report import CountedAsr
 from tunegate.settings import get_settings, reset_settings
 from worker import runner
 from worker.job_view import job_dir, local_view
@@ -97,7 +98,7 @@ SAMPLES: dict[str, StageResult] = {
                 "repair/restore-0.25/adapter",
                 evaluated=True,
                 released=True,
-                asr={"chat": {"base": 0.05, "tuned": 0.05, "judges": "all", "upper": 0.03, "limit": 0.05}},
+                asr={"chat": CountedAsr(base=0.05, tuned=0.05, judges="all", upper=0.03, limit=0.05)},
                 over_refusal={"check": "over_refusal", "passed": True, "increase": 0.02},
                 task_loss=1.51,
                 task_loss_limit=1.65,
