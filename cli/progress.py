@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -46,16 +47,21 @@ class _Bar(tqdm):  # type: ignore[misc]  # tqdm ships no types
         shown: dict[str, Any] = super().format_dict
         if self.since is not None:
             t1, n1 = self.since
-            done, took = self.n - n1, self._time() - t1
+            done, took = self.n - n1, self._clock() - t1
             shown["rate"] = done / took if done > 0 and took > 0 else None
             shown["initial"] = n1  # no rate yet: tqdm's fallback, (n - initial) / elapsed, says 0: no ETA
         return shown
+
+    def _clock(self) -> float:
+        """tqdm's own clock; a disabled bar (``--quiet``, no terminal) is left without one."""
+        clock = getattr(self, "_time", time.time)
+        return float(clock())
 
     def move_to(self, n: int) -> None:
         """Set the count (the first call starts the rate's clock); the caller refreshes."""
         self.n = n
         if self.since is None:
-            self.since = (self._time(), n)
+            self.since = (self._clock(), n)
 
 
 class Progress:

@@ -66,3 +66,12 @@ def test_eta_is_unknown_before_anything_moved(clock: Clock) -> None:
         clock.now += 1e6
         bar(0.3, "loading")  # one fraction so far: no rate yet
         assert "<?] loading" in last_draw(err)
+
+
+def test_a_disabled_bar_takes_reports() -> None:
+    """``--quiet`` and non-interactive runs disable the bar; reports must still be taken (tqdm leaves a
+    disabled bar without its clock)."""
+    bar = Progress("quiet", enabled=False)
+    bar(0.1, "start")
+    bar(0.5, "half", {"train_loss": 1.0})
+    bar.close()
