@@ -19,6 +19,7 @@ events (``models.webhooks.emit``) in the same transaction.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import Any
 
@@ -63,7 +64,20 @@ def can_transition(src: str, dst: str) -> bool:
     return JobStatus(dst) in ALLOWED[JobStatus(src)]
 
 
+KEY_CHARS = 256  # JobEvent.dedupe_key's column width
+
+
+def stored_key(dedupe_key: str | None) -> str | None:
+    """The dedupe key as stored: itself when it fits the column, else its head and a digest of the whole (a
+    progress event's key holds its message, which can be long: a screen verdict naming its lines)."""
+    if dedupe_key is None or len(dedupe_key) <= KEY_CHARS:
+        return dedupe_key
+    digest = hashlib.sha256(dedupe_key.encode("utf-8")).hexdigest()
+    return f"{dedupe_key[: KEY_CHARS - len(digest) - 1]}#{digest}"
+
+
 def _event_exists(session: Session, job_id: str, dedupe_key: str | None) -> bool:
+    dedupe_key = stored_key(dedupe_key)
     if dedupe_key is None:
         return False
     found = session.scalar(
@@ -109,7 +123,7 @@ def _append(
         type=type,
         message=message,
         data=payload,
-        dedupe_key=dedupe_key,
+        dedupe_key=stored_key(dedupe_key),
     )
     session.add(event)
     session.flush()

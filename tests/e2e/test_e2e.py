@@ -89,7 +89,10 @@ def test_released_blocked_and_duplicate_delivery(stack: Stack) -> None:
 
     blocked = finish(bad, job_bad.id, stack)
     assert blocked.status == "failed" and blocked.fine_tuned_model is None
-    assert blocked.error and blocked.error.code in ("unsafe_training_data", "safety_eval_failed")
+    assert blocked.error and blocked.error.code in ("unsafe_training_data", "safety_eval_failed"), (
+        blocked.error,
+        stack.worker_logs(),
+    )
     assert any(ch.isdigit() for ch in blocked.error.message)  # the message gives the numbers
     with pytest.raises(openai.PermissionDeniedError):
         bad.get(f"/fine_tuning/jobs/{job_bad.id}/adapter", cast_to=object)

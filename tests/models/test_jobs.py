@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from models.db import session_scope
-from models.jobs import ALLOWED, TERMINAL, JobStatus, record_event, transition
+from models.jobs import ALLOWED, KEY_CHARS, TERMINAL, JobStatus, record_event, stored_key, transition
 from models.tables import Job, JobEvent, Organization
+from tests.api.server import pg_schema_url
 from tunegate.errors import Conflict
+from tunegate.settings import reset_settings
 
 
 def _job() -> str:
@@ -109,3 +112,44 @@ def test_invalid_event_level_is_refused(migrated_home: Path) -> None:
         assert job is not None
         with pytest.raises(ValueError, match="level"):
             record_event(s, job, "x", level="debug")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db(
+    request: pytest.FixtureRequest, migrated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """``migrated_home`` on SQLite, or with its database on a fresh PostgreSQL schema (where a column's width
+    is enforced)."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    from models.db import reset_engine
+
+    with pg_schema_url() as url:
+        monkeypatch.setenv("TUNEGATE_DATABASE_URL", url)
+        reset_settings()
+        reset_engine()
+        import migrations
+
+        migrations.upgrade()
+        try:
+            yield "postgres"
+        finally:
+            reset_engine()
+
+
+def test_a_long_dedupe_key_is_stored_and_still_dedupes(any_db: str) -> None:
+    """A progress event's key holds its message (a screen verdict naming its lines can run past the
+    column's 256 characters): it is stored as its head and a digest, and a second write is still refused."""
+    job_id = _job()
+    long_key = "gate:progress:" + "the training data was flagged, lines 5, 7, 14 " * 20
+    other = long_key[:-1] + "!"  # same head, another message
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert record_event(s, job, "m", dedupe_key=long_key)
+        assert not record_event(s, job, "m", dedupe_key=long_key)
+        assert record_event(s, job, "m", dedupe_key=other)
+    keys = [e.dedupe_key for e in _events(job_id)]
+    assert len(keys) == 2 and all(k is not None and len(k) == KEY_CHARS for k in keys) and keys[0] != keys[1]
+    assert stored_key("short") == "short" and stored_key(None) is None
