@@ -13,9 +13,8 @@ from sqlalchemy import select
 from models.db import session_scope
 from models.jobs import ALLOWED, KEY_CHARS, TERMINAL, JobStatus, record_event, stored_key, transition
 from models.tables import Job, JobEvent, Organization
-from tests.api.server import pg_schema_url
+from tests.utils.databases import KINDS, database
 from tunegate.errors import Conflict
-from tunegate.settings import reset_settings
 
 
 def _job() -> str:
@@ -114,28 +113,13 @@ def test_invalid_event_level_is_refused(migrated_home: Path) -> None:
             record_event(s, job, "x", level="debug")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=KINDS)
 def any_db(
     request: pytest.FixtureRequest, migrated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    """``migrated_home`` on SQLite, or with its database on a fresh PostgreSQL schema (where a column's width
-    is enforced)."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    from models.db import reset_engine
-
-    with pg_schema_url() as url:
-        monkeypatch.setenv("TUNEGATE_DATABASE_URL", url)
-        reset_settings()
-        reset_engine()
-        import migrations
-
-        migrations.upgrade()
-        try:
-            yield "postgres"
-        finally:
-            reset_engine()
+    """``migrated_home`` on SQLite, or with its database on a fresh PostgreSQL schema."""
+    with database(request.param, monkeypatch) as kind:
+        yield kind
 
 
 def test_a_long_dedupe_key_is_stored_and_still_dedupes(any_db: str) -> None:

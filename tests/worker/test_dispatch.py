@@ -22,8 +22,8 @@ from models.dispatch import dispatch, in_flight
 from models.jobs import JobStatus, pause, resume, transition
 from models.keys import get_or_create_org
 from models.tables import Job
-from tests.api.server import pg_schema_url
 from tests.utils.broker import queued_tasks
+from tests.utils.databases import KINDS, database
 from tests.worker.jobfactory import chat_rows, store_file
 from tunegate import queue
 from tunegate.settings import reset_settings
@@ -41,25 +41,11 @@ def home(migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return migrated_home
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=KINDS)
 def any_db(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """``home`` on SQLite, or with its database on a fresh PostgreSQL schema (the broker stays embedded)."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    from models.db import reset_engine
-
-    with pg_schema_url() as url:
-        monkeypatch.setenv("TUNEGATE_DATABASE_URL", url)
-        reset_settings()
-        reset_engine()
-        import migrations
-
-        migrations.upgrade()
-        try:
-            yield "postgres"
-        finally:
-            reset_engine()
+    """``home`` on SQLite, or with its database on a fresh PostgreSQL schema."""
+    with database(request.param, monkeypatch) as kind:
+        yield kind
 
 
 def _jobs(org: str, n: int, **fields: Any) -> list[str]:
