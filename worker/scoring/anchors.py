@@ -72,8 +72,8 @@ def anchors_key(anchor_dir: Path = ANCHOR_DIR, n_tokens: int = ANCHOR_TOKENS) ->
 
 
 def _asked(path: Path) -> list[Conversation]:
-    """Each ``prompt`` of a JSONL file as a request with a placeholder reply (its opening state reads the
-    request only)."""
+    """Each ``prompt`` of a JSONL file as a request answered with ".": the reply's content never reaches its
+    opening state, which reads the request only (causal attention)."""
     return [
         parse_example(
             {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": "."}]}, i
