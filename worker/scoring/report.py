@@ -55,8 +55,8 @@ def make_record(
 ) -> ScoreRecord:
     scores = raw.scores()
     pct = {s: percentile_of(float(v), ref) for s, ref in reference.items() if (v := scores[s]) is not None}
-    counted = screened(scores, raw.request_harm, rules)
-    risky = {s: p for s, p in pct.items() if counted[s] is not None}  # what the reasons count
+    kept = screened(scores, raw.request_harm, rules)  # what the screen counts (``counted`` of the record)
+    risky = {s: p for s, p in pct.items() if kept[s] is not None}  # what the reasons count
     features = extract(conv, raw.n_response_tokens)
     complying = answers_harm(raw.request_harm, conv, rules)
     reasons = _reasons(raw.representation_diff, features, risky, rules)
@@ -81,7 +81,7 @@ def make_record(
         percentiles={s: round(v, 2) for s, v in pct.items()},
         risk=100.0 if complying else round(statistics.fmean(pct.values()), 2) if pct else 0.0,
         # beyond every reference example on some scorer: mitigation acts on it whatever the share
-        beyond_reference=beyond_reference(counted, reference),
+        beyond_reference=beyond_reference(kept, reference),
         features=features,
         reasons=tuple(reasons),
     )
