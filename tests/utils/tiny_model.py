@@ -64,9 +64,12 @@ def build_tiny_model(
     hidden: int = 32,
     context: int = 512,
     tied: bool = True,
+    init_range: float = 0.02,
 ) -> Path:
     """``tied=False``: an output layer of its own. The tied random model echoes its last input token (a
-    chat prompt ends in a newline, so it answers with blank lines); an untied one writes visible text."""
+    chat prompt ends in a newline, so it answers with blank lines); an untied one writes visible text.
+    ``init_range``: the weights' initial spread (transformers' 0.02 gives near-uniform logits that a LoRA
+    adapter can hardly move; a larger one gives a model whose loss training visibly changes)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -85,6 +88,7 @@ def build_tiny_model(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=tied,
+        initializer_range=init_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)

@@ -7,6 +7,7 @@ import torch
 
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, JobCancelled
+from tests.utils.tiny_model import build_tiny_model
 from tunegate.settings import get_settings
 from worker.ml.stage_io import StageIO
 from worker.stages.train import TrainConfig, TrainInputs, TrainResult, config_from_openai, run
@@ -176,12 +177,13 @@ def test_a_repair_on_a_base_without_an_alignment_source_is_refused_before_traini
         _cfg(tiny_model_dir, repair="merge")
 
 
-def test_the_constrained_objective_trains_less_far_from_the_base_and_reports_cross_entropy(
-    tiny_model_dir, tmp_path
-):
+def test_the_constrained_objective_trains_less_far_from_the_base_and_reports_cross_entropy(tmp_path):
     """Same data, same steps: the constrained objective holds the reply tokens near the base, so its
     adapter moves the model's loss on the data less than SFT's; the reported loss is still cross-entropy
     (the first step, where the adapter is the base, reports the same figure for both)."""
+    # weights spread wide enough that the adapter moves the loss (the shared tiny model's near-uniform
+    # logits hardly move, and the two objectives' difference is then within the arithmetic's noise)
+    tiny_model_dir = build_tiny_model(tmp_path / "m", init_range=0.3)
     kw = {"n_epochs": 8, "lora_dropout": 0.0, "learning_rate": 5e-2, "lora_r": 8}
     losses = {}
     for objective in ("sft", "constrained"):
@@ -192,7 +194,7 @@ def test_the_constrained_objective_trains_less_far_from_the_base_and_reports_cro
         losses[objective] = [h["train_loss"] for h in hist]
     assert losses["sft"][0] == pytest.approx(losses["constrained"][0], rel=1e-4)
     last = {k: sum(v[-2:]) / 2 for k, v in losses.items()}
-    assert last["sft"] < losses["sft"][0] - 0.1 and last["constrained"] > last["sft"] + 0.05, losses
+    assert last["sft"] < losses["sft"][0] - 1.0 and last["constrained"] > last["sft"] + 0.5, losses
     saved = json.loads((tmp_path / "constrained" / "config.json").read_text())
     assert saved["objective"] == "constrained" and saved["beta_rest"] == 5.0
     with pytest.raises(InvalidConfig, match="objective"):
