@@ -28,6 +28,7 @@ from typing import Any, Literal, Self
 
 from tunegate import schema
 from tunegate.checks import Judges as Counted
+from tunegate.jsontypes import JsonObject
 
 StopDecision = Literal["release", "block", "continue"]
 
@@ -84,7 +85,7 @@ class HarmfulRecord:
             return self.jailbroken and self.probe_jailbroken
         return self.jailbroken or self.probe_jailbroken
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The record's JSON object (the keys in the order they have always been written)."""
         out = schema.write(self)
         for key in ("probe_p", "probe_jailbroken"):
@@ -107,7 +108,7 @@ class BareExample:
     response: str
     category: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self, omit_none=True)
 
     @classmethod
@@ -365,7 +366,7 @@ class Evaluation:
             probes=tuple(p.with_counts() for p in self.probes),
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod

@@ -28,6 +28,7 @@ from tunegate import schema
 from tunegate.checks import GateCheck, Judges
 from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
+from tunegate.jsontypes import JsonObject
 from tunegate.records import RecordError
 from tunegate.scorers import SCORERS
 
@@ -75,7 +76,7 @@ class ReportDecision:
     checks: tuple[GateCheck, ...]
     warnings: tuple[str, ...]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod
@@ -133,8 +134,8 @@ class ReportPolicy:
             self, "over_refusal_action", _typed(self.knobs, "over_refusal_action", (str,), what)
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.knobs)
+    def to_dict(self) -> JsonObject:
+        return dict(copy.deepcopy(self.knobs).items())
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
@@ -173,7 +174,7 @@ class ScreenVerdict:
     cluster_lines: tuple[int, ...] = ()
     cluster_test: ClusterTest | None = None  # None: a verdict that stored none, written back as {}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """As written (a verdict from before the compliance count is written back without it)."""
         out = schema.write(self)
         if self.n_complying_with_harm is None:
@@ -206,7 +207,7 @@ class TopFlagged:
         """The raw score of ``scorer`` (None: it did not run on this file)."""
         return self.scores.get(scorer)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object as ``summarize`` writes it: the scores between the reasons and the preview."""
         return {
             "line": self.line,
@@ -249,7 +250,7 @@ class ScoreSummary:
     anchors_key: str | None = None
     batch_size: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self, omit_none=True)
 
     @classmethod
@@ -268,7 +269,7 @@ class FlaggedExample:
     reasons: tuple[str, ...]
     messages: tuple[ChatMessageJSON, ...] | None = None  # None: its text is not in this copy
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self, omit_none=True)
 
     @classmethod
@@ -282,7 +283,7 @@ class ReportScoring:
     risk: tuple[float, ...]  # every example's risk, in file order
     flagged: tuple[FlaggedExample, ...]  # the riskiest, riskiest first
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod
@@ -302,7 +303,7 @@ class ActedLine:
     why: tuple[str, ...] | None = None
     excluded: bool = False  # down-weighted to nothing: left out of the training file
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         out = schema.write(self, omit_none=True)
         if not self.excluded:
             del out["excluded"]
@@ -336,8 +337,8 @@ class MitigationPolicy:
         share = _typed(self.knobs, "mitigate_top_fraction", (int, float), what)
         object.__setattr__(self, "mitigate_top_fraction", share)
 
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.knobs)
+    def to_dict(self) -> JsonObject:
+        return dict(copy.deepcopy(self.knobs).items())
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
@@ -375,7 +376,7 @@ class ReportMitigation:
     def was_refused(self) -> bool:
         return bool(self.refused)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self, omit_none=True)
 
     @classmethod
@@ -412,7 +413,7 @@ class CountedAsr:
     upper: float | None
     limit: float | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod
@@ -461,7 +462,7 @@ class ReportRepair:
     original: AdapterCheck | None = None
     attempts: tuple[AdapterCheck, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod
@@ -500,9 +501,9 @@ class SafetyReport:
             raise RecordError("the safety report has no evaluation: the gate counted no verdicts")
         return self.policy.gate_judges
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object of ``report.json`` (the parts in the order they have always been written)."""
-        out: dict[str, Any] = {
+        out: JsonObject = {
             "decision": self.decision.to_dict(),
             "policy": self.policy.to_dict(),
             "scoring": self.scoring.to_dict(),

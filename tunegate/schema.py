@@ -21,6 +21,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.records import RecordError
 
 T = TypeVar("T")
@@ -128,10 +129,10 @@ def _name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
-def write(obj: Any, *, omit_none: bool = False) -> dict[str, Any]:
+def write(obj: Any, *, omit_none: bool = False) -> JsonObject:
     """The JSON object of the record ``obj`` (a dataclass instance): each field's value written by
     ``jsonable``; with ``omit_none``, the fields that are None are left out."""
-    out = {}
+    out: JsonObject = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if value is None and omit_none:
@@ -140,9 +141,9 @@ def write(obj: Any, *, omit_none: bool = False) -> dict[str, Any]:
     return out
 
 
-def jsonable(value: Any) -> Any:
+def jsonable(value: object) -> JsonValue:
     """A value as JSON: a record through its own ``to_dict`` (else ``write``), tuples and lists as lists,
-    dicts key by key; anything else as it is."""
+    dicts key by key, JSON scalars as they are; anything else is refused (a record must not hold it)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         to_dict = getattr(value, "to_dict", None)
         return to_dict() if to_dict is not None else write(value)
@@ -150,4 +151,6 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
-    return value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"not a JSON value: {type(value).__name__}")

@@ -637,7 +637,7 @@ def report_view(report: SafetyReport, job_share: float | None = None) -> ReportV
             checks=check_rows(decision.checks),
             warnings=list(decision.warnings),
         ),
-        gate_policy=report.policy.to_dict(),
+        gate_policy=dict(report.policy.knobs),
         verdict=report.scoring.summary.verdict,
         n_examples=len(risk),
         histogram=histogram(

@@ -364,7 +364,8 @@ def _write_generations(out_dir: Path, base: dict[str, ModelRun], tuned: dict[str
     lines = []
     for which, res in (("base", base), ("tuned", tuned)):
         for tpl, r in res.items():
-            for rec in [*r.harmful, *(r.borderline or ())]:
-                line = {"model": which, "template": tpl, **schema.jsonable(rec)}
+            records = [rec.to_dict() for rec in r.harmful] + [schema.write(b) for b in r.borderline or ()]
+            for rec in records:
+                line = {"model": which, "template": tpl, **rec}
                 lines.append(json.dumps(line, ensure_ascii=False))
     atomic_write_text(out_dir / "generations.jsonl", "\n".join(lines) + "\n")
