@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from tests.utils.tiny_model import build_tiny_model
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, JobCancelled
-from tests.utils.tiny_model import build_tiny_model
 from tunegate.settings import get_settings
 from worker.ml.stage_io import StageIO
 from worker.stages.train import TrainConfig, TrainInputs, TrainResult, config_from_openai, run
