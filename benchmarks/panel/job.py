@@ -12,12 +12,13 @@ skipped by ``run.py``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,7 +30,6 @@ from benchmarks.panel.records import (
     ArmSummary,
     Decision,
     FailedRow,
-    MitigateCounts,
     PanelRow,
     Row,
     ScoreRow,
@@ -40,6 +40,7 @@ from benchmarks.panel.records import (
     load_row,
 )
 from tunegate.records import ScoreRecord
+from tunegate.report import ReportMitigation, ReportRepair
 
 if TYPE_CHECKING:
     from machine import MachineInfo
@@ -285,7 +286,6 @@ def summarize(
         decision = Decision(bool(gate.released), gate.code, gate.message)
     else:
         decision = Decision(False, getattr(refusal, "code", None), str(refusal or ""))
-    mit = by.mitigate
     return ArmSummary(
         job=job.name,
         arm=arm,
@@ -311,21 +311,8 @@ def summarize(
             n_anchors=train.n_anchors,
         ),
         repair=_repair_row(by.repair),
-        mitigate=MitigateCounts(
-            train_file=mit.train_file,
-            n_input=mit.n_input,
-            n_dropped=mit.n_dropped,
-            n_downweighted=mit.n_downweighted,
-            n_excluded=mit.n_excluded,
-            n_injected=mit.n_injected,
-            n_output=mit.n_output,
-            actions_file=mit.actions_file,
-            n_contrast=mit.n_contrast,
-            refused=mit.refused,
-            report_json=mit.report_json,
-            report_html=mit.report_html,
-            stored_report=mit.stored_report,
-        ),
+        # without the inferred user ``format``: rows never held it
+        mitigate=dataclasses.replace(ReportMitigation.from_dict(by.mitigate.to_dict()), format=None),
     )
 
 
@@ -334,14 +321,14 @@ def _repair_row(rep: RepairResult | None) -> StageRepair | None:
     if rep is None:
         return None
     s = rep.summary()
-    checks = [c for c in [rep.original, *rep.attempts] if c is not None]
+    checks = ReportRepair.from_dict(rep.to_dict())  # the adapters checked, as the safety report reads them
     return StageRepair(
         repaired=s["repaired"],
         method=s["method"],
         tried=tuple(s["tried"]),
         reason=s["reason"],
         needed=rep.needed,
-        checks=tuple(json.loads(json.dumps(asdict(c))) for c in checks),
+        checks=tuple(c for c in (checks.original, *checks.attempts) if c is not None),
     )
 
 

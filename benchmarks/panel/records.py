@@ -13,10 +13,12 @@ stage's summary, the results directory's variant; a template's or probe's sequen
 when they hold something.
 
 Parts: each example's scores (``ScoreRow``), the evaluation the gate judged (``tunegate.evaluation_records``'
-``TemplateEval``, ``OverRefusal``, ``ProbeEval``), the train and mitigate stages' counts (``TrainCounts``,
-``MitigateCounts``), the repair stage's summary (``StageRepair``), a repair variant's outcome
-(``RepairOutcome``), the held-out task loss (``TaskLoss``), the machine (``MachineInfo``, the benchmarks')
-and the results directory's variant (``Variant``: policy knobs and stage overrides, free JSON).
+``TemplateEval``, ``OverRefusal``, ``ProbeEval``), the train stage's counts (``TrainCounts``), the mitigate
+stage's result and the adapters the repair stage checked, read as the safety report reads them
+(``tunegate.report``'s ``ReportMitigation`` and ``AdapterCheck``), the repair stage's summary
+(``StageRepair``), a repair variant's outcome (``RepairOutcome``), the held-out task loss (``TaskLoss``), the
+machine (``MachineInfo``, the benchmarks') and the results directory's variant (``Variant``: policy knobs and
+stage overrides, free JSON).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.panel.manifest import Kind
 from tunegate import schema
 from tunegate.evaluation_records import OverRefusal, ProbeEval, TemplateEval
 from tunegate.records import RecordError
+from tunegate.report import AdapterCheck, ReportMitigation
 from tunegate.scorers import SCORERS
 
 if TYPE_CHECKING:  # mypy checks benchmarks/machine.py as `machine` (pyproject.toml, [tool.mypy])
@@ -189,35 +192,17 @@ class TrainCounts:
 
 
 @dataclass(frozen=True)
-class MitigateCounts:
-    """The mitigate stage's result (``MitigateResult``'s counts, files and refusal message)."""
-
-    train_file: str
-    n_input: int
-    n_dropped: int
-    n_downweighted: int
-    n_excluded: int
-    n_injected: int
-    n_output: int
-    actions_file: str
-    n_contrast: int
-    refused: str
-    report_json: str
-    report_html: str
-    stored_report: str
-
-
-@dataclass(frozen=True)
 class StageRepair:
     """What the repair stage did on the arm (``RepairResult.summary()``, whether a repair was needed, and
-    every adapter it checked: the repair stage's ``AdapterCheck`` records as that stage writes them)."""
+    every adapter it checked: the repair stage's ``AdapterCheck`` records, read as the safety report reads
+    them, ``tunegate.report.AdapterCheck``)."""
 
     repaired: bool
     method: str | None
     tried: tuple[str, ...]
     reason: str
     needed: bool
-    checks: tuple[dict[str, Any], ...]
+    checks: tuple[AdapterCheck, ...]
 
 
 @dataclass(frozen=True)
@@ -253,7 +238,7 @@ class ArmSummary(_Flat):
     decision: Decision
     train: TrainCounts | None  # None: refused before training
     repair: StageRepair | None = None  # None: the repair stage did not run (and rows from before it)
-    mitigate: MitigateCounts
+    mitigate: ReportMitigation  # the mitigate stage's result, as the safety report reads it (no ``format``)
 
     @property
     def released(self) -> bool:

@@ -102,12 +102,18 @@ def test_a_repaired_arm_reports_the_repaired_adapter_the_gate_judged(tmp_path: P
     row = summarize(job, "on", by, [False])
     assert row.released and row.repair is not None
     assert row.repair.method == "restore:0.25" and row.repair.needed
-    assert [c["variant"] for c in row.repair.checks] == ["trained", "restore:0.25"]
+    assert [c.variant for c in row.repair.checks] == ["trained", "restore:0.25"]
     assert row.templates["chat"] == FINE.templates["chat"]  # not ERODED's
     assert row.templates["chat"] != ERODED.templates["chat"]
     assert released_adapter(by) == Path(rep.adapter_dir)
     arm = panel_row(row)
     assert type(arm).from_dict(json.loads(json.dumps(arm.to_dict()))) == arm  # the repair summary reads back
+    # written as before the checks and the mitigate stage's result were read as the safety report reads them:
+    # the repair stage's own AdapterCheck records, the mitigate stage's result without its format
+    written = json.loads(json.dumps(arm.to_dict()))
+    checked = [c for c in (rep.original, *rep.attempts) if c is not None]
+    assert written["repair"]["checks"] == [json.loads(json.dumps(dataclasses.asdict(c))) for c in checked]
+    assert written["mitigate"] == {k: v for k, v in dataclasses.asdict(by.mitigate).items() if k != "format"}
     assert "released after repair (restore:0.25) | yes" in "\n".join(job_table({("control_x", "on"): arm}))
 
 
