@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from benchmarks.panel import attacker, taskloss
 from benchmarks.panel import datasets as ds
@@ -39,6 +39,8 @@ from benchmarks.panel.records import (
     Variant,
     load_row,
 )
+from tunegate import schema
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.report import ReportMitigation, ReportRepair
 
@@ -79,7 +81,7 @@ def read_record(path: Path) -> Row:
     return load_row(json.loads(path.read_text(encoding="utf-8")))
 
 
-def record_text(record: dict[str, Any], default: Callable[[object], object] | None = None) -> str:
+def record_text(record: JsonObject, default: Callable[[object], object] | None = None) -> str:
     """A stored record (a row's, a repair row's or the run record's ``to_dict()``) as the panel writes it:
     compact JSON with one top-level key a line, so ``json.loads`` and ``jq`` read it and a rerun's diff names
     the keys that changed. ``default`` as ``json.dumps``'s."""
@@ -194,13 +196,14 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
 
     var = variant(out)
     settings = get_settings()
-    if var["stage_overrides"]:
+    if var.stage_overrides:
         merged = {**settings.stage_overrides}
-        for stage, knobs in var["stage_overrides"].items():
+        for stage, knobs in var.stage_overrides.items():
             merged[stage] = {**merged.get(stage, {}), **knobs}
         settings = settings.model_copy(update={"stage_overrides": merged})
     hp = {"n_epochs": job.epochs} if job.epochs else {}
-    policy = org_policy(settings, {**ARMS[arm], **var["policy"]})
+    arm_policy: JsonObject = {**ARMS[arm], **var.policy}
+    policy = org_policy(settings, arm_policy)
     view = local_view(train_file, model, policy=policy, hyperparameters=hp)
     stamps: list[tuple[str, float]] = []
 
@@ -225,7 +228,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
         loss_file.write_text(json.dumps(loss), encoding="utf-8")
     return PanelRow(
         summary=summarize(job, arm, by, attack, refusal),
-        task_loss=TaskLoss(**json.loads(loss_file.read_text(encoding="utf-8")))
+        task_loss=schema.read(TaskLoss, json.loads(loss_file.read_text(encoding="utf-8")), str(loss_file))
         if loss_file.is_file()
         else None,
         stage_s=stage_s,
@@ -245,8 +248,7 @@ def variant(out: Path) -> Variant:
     """The results directory's variant (``run --variant``): policy knobs added to both arms' and stage
     overrides added to the provider's, for measuring a method against the defaults' rows; empty by default."""
     f = out / VARIANT
-    var = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
-    return {"policy": dict(var.get("policy", {})), "stage_overrides": dict(var.get("stage_overrides", {}))}
+    return Variant.from_dict(json.loads(f.read_text(encoding="utf-8"))) if f.is_file() else Variant()
 
 
 def repaired(by: StageResults) -> RepairResult | None:

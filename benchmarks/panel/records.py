@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypedDict
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from benchmarks.panel.manifest import Kind
 from tunegate import schema
 from tunegate.evaluation_records import OverRefusal, ProbeEval, TemplateEval
+from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.records import RecordError
-from tunegate.report import AdapterCheck, ReportMitigation
+from tunegate.report import AdapterCheck, ConfigValue, ReportMitigation
 from tunegate.scorers import SCORERS
 
 if TYPE_CHECKING:  # mypy checks benchmarks/machine.py as `machine` (pyproject.toml, [tool.mypy])
@@ -43,12 +44,18 @@ SCORE_KEYS = (*SCORERS, "risk")  # an example's scores in a row: each scorer's r
 Expected = Literal["blocked", "released"]
 
 
-class Variant(TypedDict):
-    """The results directory's variant (``run --variant``): policy knobs added to both arms and stage
-    overrides added to the provider's; their values are the policy's and the stages' configs' (free JSON)."""
+@dataclass(frozen=True)
+class Variant:
+    """The results directory's variant (``run --variant``, ``variant.json``): policy knobs added to both arms
+    and stage overrides added to the provider's, each a value of a stage's config as its JSON holds it
+    (``tunegate.report.ConfigValue``); none by default."""
 
-    policy: dict[str, Any]
-    stage_overrides: dict[str, dict[str, Any]]
+    policy: dict[str, ConfigValue] = field(default_factory=dict)
+    stage_overrides: dict[str, dict[str, ConfigValue]] = field(default_factory=dict)  # stage -> knobs
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return schema.read(cls, data, "the results directory's variant")
 
 
 class _Flat:
@@ -75,8 +82,8 @@ class _Flat:
                 out.append(name)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_dict(self) -> JsonObject:
+        out: JsonObject = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if f.name in self.FLAT:
@@ -108,7 +115,7 @@ class _Flat:
         return schema.read(cls, d, cls.WHAT)
 
 
-def _json(value: Any) -> Any:
+def _json(value: object) -> JsonValue:
     """``schema.jsonable``, with a template's or probe's ``sequential`` written only when it stopped early
     (rows written before the sequential test existed have no such key)."""
     if isinstance(value, TemplateEval | ProbeEval):
@@ -175,7 +182,7 @@ class Decision:
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
 
@@ -337,7 +344,7 @@ class RunInfo:
     machine: MachineInfo
     started: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod
