@@ -142,8 +142,7 @@ def build_data(job: PanelJob, src: ds.Sources, out: Path) -> tuple[Path, Path, l
     d = out / job.name / "data"
     if not (d / "labels.json").is_file():
         ds.write_built(job.builder(src, job.n), d)
-    labels = json.loads((d / "labels.json").read_text(encoding="utf-8"))
-    return d / "train.jsonl", d / "heldout.jsonl", [bool(x) for x in labels["attack"]]
+    return d / "train.jsonl", d / "heldout.jsonl", list(ds.read_labels(d).attack)
 
 
 @dataclass(frozen=True)
