@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from machine import machine_info, print_machine
 
 if TYPE_CHECKING:
     from tunegate.conversation import Conversation
+    from tunegate.jsontypes import JsonObject
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -73,8 +75,9 @@ def shorten(convs: list[Conversation], tok: Any, max_tokens: int) -> list[Conver
     return out
 
 
-def parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def parse_sets(pairs: list[str]) -> JsonObject:
+    """``--set KEY=VALUE`` overrides of ``AlignConfig``: each value as JSON, else as the string it is."""
+    out: JsonObject = {}
     for p in pairs:
         k, v = p.split("=", 1)
         try:
@@ -84,8 +87,10 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def build(out: Path, name: str, sets: dict[str, Any], distilled_file: Path) -> dict[str, Any]:
+def build(out: Path, name: str, sets: JsonObject, distilled_file: Path) -> JsonObject:
+    """The variant's ``result.json`` (built and measured, or as a previous build wrote it)."""
     from tunegate.conversation import load_examples
+    from tunegate.schema import jsonable, read
     from tunegate.settings import EMBEDDED_BASE, get_settings
     from worker.ml.models import load_tokenizer, resolve_model
     from worker.ml.stage_io import StageIO
@@ -94,9 +99,13 @@ def build(out: Path, name: str, sets: dict[str, Any], distilled_file: Path) -> d
     vdir = out / name
     result_file = vdir / "result.json"
     if result_file.is_file():
-        return dict(json.loads(result_file.read_text()))
+        return _object(json.loads(result_file.read_text()), result_file)
     settings = get_settings()
-    cfg = replace(AlignConfig(precision=settings.precision), **sets)
+    # the overrides read as the config's fields (a key it does not have, a value of the wrong type: refused)
+    unknown = sorted(set(sets) - {f.name for f in fields(AlignConfig)})
+    if unknown:
+        raise SystemExit(f"--set: AlignConfig has no {', '.join(unknown)}")
+    cfg = read(AlignConfig, {**asdict(AlignConfig(precision=settings.precision)), **sets}, "--set")
     tok = load_tokenizer(resolve_model(EMBEDDED_BASE, settings).path)
     wanted = set(distill_prompts(cfg.n_distill, cfg.seed))
     pool = [c for c in load_examples(distilled_file) if c.messages[0].content in wanted]
@@ -105,24 +114,47 @@ def build(out: Path, name: str, sets: dict[str, Any], distilled_file: Path) -> d
     if not (model_dir / "config.json").is_file():
         t0 = time.monotonic()
         res = run(cfg, AlignInputs(StageIO(vdir / "work", stage="align"), model_dir, settings, distilled))
-        build_info = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train}
-        (vdir / "build.json").write_text(json.dumps(build_info, indent=2))
-    build_info = json.loads((vdir / "build.json").read_text())
+        trained = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train}
+        (vdir / "build.json").write_text(json.dumps(trained, indent=2))
+    build_info = _object(json.loads((vdir / "build.json").read_text()), vdir / "build.json")
     measured = measure(str(model_dir))
-    row = {
+    row: JsonObject = {
         "name": name,
         "overrides": sets,
         "config": asdict(cfg),
         "n_distilled": len(distilled),
         **build_info,
-        **measured,
-        "machine": machine_info(),
+        **measured.to_dict(),
+        "machine": jsonable(machine_info()),
     }
     result_file.write_text(json.dumps(row, indent=2))
     return row
 
 
-def measure(model: str) -> dict[str, Any]:
+def _object(data: object, path: Path) -> JsonObject:
+    """A JSON object read from ``path`` (refused, naming it, when the file holds something else)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A variant's four goals: keyword ASR on AdvBench, XSTest's safe prompts refused (None: not measured),
+    GSM8K answer loss, and how long measuring took."""
+
+    asr: float
+    over_refusal: float | None
+    gsm8k_loss: float
+    measure_seconds: float
+
+    def to_dict(self) -> JsonObject:
+        from tunegate.schema import write
+
+        return write(self)
+
+
+def measure(model: str) -> Measured:
     from gsm8k_data import gsm8k_conversations
     from gsm8k_loss import mean_loss
 
@@ -139,22 +171,24 @@ def measure(model: str) -> dict[str, Any]:
     res = evaluate_prompts(cfg, harmful, safe, judge)
     convs = gsm8k_conversations(50, split="test")
     loss = mean_loss(model, convs)
-    return {
-        "asr": res.harmful.asr,
-        "over_refusal": res.over_refusal.refusal_rate if res.over_refusal is not None else None,
-        "gsm8k_loss": round(loss, 4),
-        "measure_seconds": round(time.monotonic() - t0, 1),
-    }
+    return Measured(
+        asr=res.harmful.asr,
+        over_refusal=res.over_refusal.refusal_rate if res.over_refusal is not None else None,
+        gsm8k_loss=round(loss, 4),
+        measure_seconds=round(time.monotonic() - t0, 1),
+    )
 
 
 def table(out: Path) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
+    rows = [_object(json.loads(p.read_text()), p) for p in sorted(out.glob("*/result.json"))]
     print(
         "| variant | overrides | distilled | steps | tokens | train s | ASR | XSTest refused | GSM8K loss |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        t = r["train"]
+        t = r["train"]  # the align stage's training result
+        if not isinstance(t, Mapping):
+            raise ValueError(f"variant {r['name']}'s train must be a JSON object, got {t!r}")
         print(
             f"| {r['name']} | {r['overrides']} | {r['n_distilled']} | {t.get('steps')} | "
             f"{t.get('trained_tokens')} | {r['train_seconds']} | {r['asr']} | {r['over_refusal']} | "
@@ -180,7 +214,7 @@ def main() -> None:
     if args.command == "distil":
         distil(args.out, args.n, args.max_new_tokens)
     elif args.command == "measure":
-        print(json.dumps(measure(args.model), indent=2))
+        print(json.dumps(measure(args.model).to_dict(), indent=2))
     else:
         path = distil(args.out, args.n, args.max_new_tokens)
         print(json.dumps(build(args.out, args.name, parse_sets(args.set), path), indent=2, default=str))

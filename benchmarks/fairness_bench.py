@@ -36,7 +36,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
 
@@ -303,14 +303,40 @@ def heavy_seconds(
     return total
 
 
-def report(firsts: dict[str, datetime], heavy: set[str]) -> dict[str, Any]:
+class OrgShare(TypedDict):
+    """One organization's jobs in the run: when its first started and its last ended (seconds from its
+    first submission), how many of the big organization's jobs started before its first, and its share of
+    the heavy stages' seconds, over the whole run and while the small organizations waited."""
+
+    jobs: int
+    first_start_s: float
+    last_end_s: float
+    big_jobs_started_before: int
+    heavy_share_all: float
+    heavy_share_contended: float
+
+
+@dataclass(frozen=True)
+class Fairness:
+    """The run's figures: each organization's share, the contended window and the whole run (seconds)."""
+
+    orgs: dict[str, OrgShare]
+    contended_window_s: float
+    run_s: float
+
+    def to_dict(self) -> dict[str, OrgShare | float]:
+        """As the result file's ``orgs`` holds it: each organization by name, then the two durations."""
+        return {**self.orgs, "contended_window_s": self.contended_window_s, "run_s": self.run_s}
+
+
+def report(firsts: dict[str, datetime], heavy: set[str]) -> Fairness:
     org_of, by_org, jobs = spans()
     small_first = min(firsts[o] for o in ORGS[1:])
     small_end = max(j["end"] for job, j in jobs.items() if org_of[job] != "big")
     everything = (min(firsts.values()), max(j["end"] for j in jobs.values()))
     total_all = sum(heavy_seconds(r, heavy, *everything) for r in by_org.values())
     total_window = sum(heavy_seconds(r, heavy, small_first, small_end) for r in by_org.values())
-    out: dict[str, Any] = {}
+    out: dict[str, OrgShare] = {}
     for org in ORGS:
         mine = [j for job, j in jobs.items() if org_of[job] == org]
         first_start = min(j["start"] for j in mine)
@@ -325,9 +351,11 @@ def report(firsts: dict[str, datetime], heavy: set[str]) -> dict[str, Any]:
                 heavy_seconds(by_org[org], heavy, small_first, small_end) / total_window, 3
             ),
         }
-    out["contended_window_s"] = round((small_end - small_first).total_seconds(), 1)
-    out["run_s"] = round((everything[1] - everything[0]).total_seconds(), 1)
-    return out
+    return Fairness(
+        out,
+        contended_window_s=round((small_end - small_first).total_seconds(), 1),
+        run_s=round((everything[1] - everything[0]).total_seconds(), 1),
+    )
 
 
 def main() -> None:
@@ -424,7 +452,7 @@ def main() -> None:
             "machine": info,
             "queues": list(QUEUES),
             "stage_seconds": args.stage_seconds,
-            "orgs": report(firsts, heavy),
+            "orgs": report(firsts, heavy).to_dict(),
         }
     print(json.dumps(result["orgs"], indent=2))
     if args.out:

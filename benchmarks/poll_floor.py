@@ -7,23 +7,32 @@ endpoint (threadpool) that runs ``SELECT 1`` on a pooled SQLAlchemy session of t
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 from sqlalchemy import text
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from models.db import new_session
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
 
+class Floor(TypedDict):
+    object: str
+    status: str
+
+
+class Select1(TypedDict):
+    object: str
+    value: int | None  # SELECT 1's
+
+
 @app.get("/floor")
-async def floor() -> dict[str, Any]:
+async def floor() -> Floor:
     return {"object": "floor", "status": "ok"}
 
 
 @app.get("/select1")
-def select1() -> dict[str, Any]:
+def select1() -> Select1:
     with new_session(readonly=True) as session:
         value = session.scalar(text("SELECT 1"))
     return {"object": "select1", "value": value}

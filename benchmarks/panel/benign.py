@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from typing import Any
 
-Row = dict[str, Any]
+from tunegate.conversation import ChatExampleJSON, ChatMessageJSON
+
+Row = ChatExampleJSON  # one chat JSONL line
 
 SUPPORT_SYSTEM = (
     "You are Pip, the support assistant of Brightkettle, a small shop selling kitchen appliances. "
@@ -211,10 +212,8 @@ COUNTRIES = {
 
 
 def _chat(user: str, assistant: str, system: str | None = None) -> Row:
-    msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user},
-        {"role": "assistant", "content": assistant},
-    ]
+    msgs: list[ChatMessageJSON] = [{"role": "system", "content": system}] if system else []
+    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return {"messages": msgs}
 
 

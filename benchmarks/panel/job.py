@@ -12,14 +12,15 @@ skipped by ``run.py``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from benchmarks.panel import attacker, taskloss
 from benchmarks.panel import datasets as ds
@@ -29,7 +30,6 @@ from benchmarks.panel.records import (
     ArmSummary,
     Decision,
     FailedRow,
-    MitigateCounts,
     PanelRow,
     Row,
     ScoreRow,
@@ -39,7 +39,10 @@ from benchmarks.panel.records import (
     Variant,
     load_row,
 )
+from tunegate import schema
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
+from tunegate.report import ReportMitigation, ReportRepair
 
 if TYPE_CHECKING:
     from machine import MachineInfo
@@ -78,7 +81,7 @@ def read_record(path: Path) -> Row:
     return load_row(json.loads(path.read_text(encoding="utf-8")))
 
 
-def record_text(record: dict[str, Any], default: Callable[[object], object] | None = None) -> str:
+def record_text(record: JsonObject, default: Callable[[object], object] | None = None) -> str:
     """A stored record (a row's, a repair row's or the run record's ``to_dict()``) as the panel writes it:
     compact JSON with one top-level key a line, so ``json.loads`` and ``jq`` read it and a rerun's diff names
     the keys that changed. ``default`` as ``json.dumps``'s."""
@@ -139,8 +142,7 @@ def build_data(job: PanelJob, src: ds.Sources, out: Path) -> tuple[Path, Path, l
     d = out / job.name / "data"
     if not (d / "labels.json").is_file():
         ds.write_built(job.builder(src, job.n), d)
-    labels = json.loads((d / "labels.json").read_text(encoding="utf-8"))
-    return d / "train.jsonl", d / "heldout.jsonl", [bool(x) for x in labels["attack"]]
+    return d / "train.jsonl", d / "heldout.jsonl", list(ds.read_labels(d).attack)
 
 
 @dataclass(frozen=True)
@@ -193,13 +195,14 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
 
     var = variant(out)
     settings = get_settings()
-    if var["stage_overrides"]:
+    if var.stage_overrides:
         merged = {**settings.stage_overrides}
-        for stage, knobs in var["stage_overrides"].items():
+        for stage, knobs in var.stage_overrides.items():
             merged[stage] = {**merged.get(stage, {}), **knobs}
         settings = settings.model_copy(update={"stage_overrides": merged})
     hp = {"n_epochs": job.epochs} if job.epochs else {}
-    policy = org_policy(settings, {**ARMS[arm], **var["policy"]})
+    arm_policy: JsonObject = {**ARMS[arm], **var.policy}
+    policy = org_policy(settings, arm_policy)
     view = local_view(train_file, model, policy=policy, hyperparameters=hp)
     stamps: list[tuple[str, float]] = []
 
@@ -224,7 +227,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
         loss_file.write_text(json.dumps(loss), encoding="utf-8")
     return PanelRow(
         summary=summarize(job, arm, by, attack, refusal),
-        task_loss=TaskLoss(**json.loads(loss_file.read_text(encoding="utf-8")))
+        task_loss=schema.read(TaskLoss, json.loads(loss_file.read_text(encoding="utf-8")), str(loss_file))
         if loss_file.is_file()
         else None,
         stage_s=stage_s,
@@ -244,8 +247,7 @@ def variant(out: Path) -> Variant:
     """The results directory's variant (``run --variant``): policy knobs added to both arms' and stage
     overrides added to the provider's, for measuring a method against the defaults' rows; empty by default."""
     f = out / VARIANT
-    var = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
-    return {"policy": dict(var.get("policy", {})), "stage_overrides": dict(var.get("stage_overrides", {}))}
+    return Variant.from_dict(json.loads(f.read_text(encoding="utf-8"))) if f.is_file() else Variant()
 
 
 def repaired(by: StageResults) -> RepairResult | None:
@@ -285,7 +287,6 @@ def summarize(
         decision = Decision(bool(gate.released), gate.code, gate.message)
     else:
         decision = Decision(False, getattr(refusal, "code", None), str(refusal or ""))
-    mit = by.mitigate
     return ArmSummary(
         job=job.name,
         arm=arm,
@@ -311,21 +312,8 @@ def summarize(
             n_anchors=train.n_anchors,
         ),
         repair=_repair_row(by.repair),
-        mitigate=MitigateCounts(
-            train_file=mit.train_file,
-            n_input=mit.n_input,
-            n_dropped=mit.n_dropped,
-            n_downweighted=mit.n_downweighted,
-            n_excluded=mit.n_excluded,
-            n_injected=mit.n_injected,
-            n_output=mit.n_output,
-            actions_file=mit.actions_file,
-            n_contrast=mit.n_contrast,
-            refused=mit.refused,
-            report_json=mit.report_json,
-            report_html=mit.report_html,
-            stored_report=mit.stored_report,
-        ),
+        # without the inferred user ``format``: rows never held it
+        mitigate=dataclasses.replace(ReportMitigation.from_dict(by.mitigate.to_dict()), format=None),
     )
 
 
@@ -334,14 +322,14 @@ def _repair_row(rep: RepairResult | None) -> StageRepair | None:
     if rep is None:
         return None
     s = rep.summary()
-    checks = [c for c in [rep.original, *rep.attempts] if c is not None]
+    checks = ReportRepair.from_dict(rep.to_dict())  # the adapters checked, as the safety report reads them
     return StageRepair(
         repaired=s["repaired"],
         method=s["method"],
         tried=tuple(s["tried"]),
         reason=s["reason"],
         needed=rep.needed,
-        checks=tuple(json.loads(json.dumps(asdict(c))) for c in checks),
+        checks=tuple(c for c in (checks.original, *checks.attempts) if c is not None),
     )
 
 

@@ -13,22 +13,26 @@ stage's summary, the results directory's variant; a template's or probe's sequen
 when they hold something.
 
 Parts: each example's scores (``ScoreRow``), the evaluation the gate judged (``tunegate.evaluation_records``'
-``TemplateEval``, ``OverRefusal``, ``ProbeEval``), the train and mitigate stages' counts (``TrainCounts``,
-``MitigateCounts``), the repair stage's summary (``StageRepair``), a repair variant's outcome
-(``RepairOutcome``), the held-out task loss (``TaskLoss``), the machine (``MachineInfo``, the benchmarks')
-and the results directory's variant (``Variant``: policy knobs and stage overrides, free JSON).
+``TemplateEval``, ``OverRefusal``, ``ProbeEval``), the train stage's counts (``TrainCounts``), the mitigate
+stage's result and the adapters the repair stage checked, read as the safety report reads them
+(``tunegate.report``'s ``ReportMitigation`` and ``AdapterCheck``), the repair stage's summary
+(``StageRepair``), a repair variant's outcome (``RepairOutcome``), the held-out task loss (``TaskLoss``), the
+machine (``MachineInfo``, the benchmarks') and the results directory's variant (``Variant``: policy knobs and
+stage overrides, free JSON).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypedDict
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from benchmarks.panel.manifest import Kind
 from tunegate import schema
 from tunegate.evaluation_records import OverRefusal, ProbeEval, TemplateEval
+from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.records import RecordError
+from tunegate.report import AdapterCheck, ConfigValue, ReportMitigation
 from tunegate.scorers import SCORERS
 
 if TYPE_CHECKING:  # mypy checks benchmarks/machine.py as `machine` (pyproject.toml, [tool.mypy])
@@ -40,12 +44,18 @@ SCORE_KEYS = (*SCORERS, "risk")  # an example's scores in a row: each scorer's r
 Expected = Literal["blocked", "released"]
 
 
-class Variant(TypedDict):
-    """The results directory's variant (``run --variant``): policy knobs added to both arms and stage
-    overrides added to the provider's; their values are the policy's and the stages' configs' (free JSON)."""
+@dataclass(frozen=True)
+class Variant:
+    """The results directory's variant (``run --variant``, ``variant.json``): policy knobs added to both arms
+    and stage overrides added to the provider's, each a value of a stage's config as its JSON holds it
+    (``tunegate.report.ConfigValue``); none by default."""
 
-    policy: dict[str, Any]
-    stage_overrides: dict[str, dict[str, Any]]
+    policy: dict[str, ConfigValue] = field(default_factory=dict)
+    stage_overrides: dict[str, dict[str, ConfigValue]] = field(default_factory=dict)  # stage -> knobs
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        return schema.read(cls, data, "the results directory's variant")
 
 
 class _Flat:
@@ -72,8 +82,8 @@ class _Flat:
                 out.append(name)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_dict(self) -> JsonObject:
+        out: JsonObject = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if f.name in self.FLAT:
@@ -105,7 +115,7 @@ class _Flat:
         return schema.read(cls, d, cls.WHAT)
 
 
-def _json(value: Any) -> Any:
+def _json(value: object) -> JsonValue:
     """``schema.jsonable``, with a template's or probe's ``sequential`` written only when it stopped early
     (rows written before the sequential test existed have no such key)."""
     if isinstance(value, TemplateEval | ProbeEval):
@@ -172,7 +182,7 @@ class Decision:
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
 
@@ -189,35 +199,17 @@ class TrainCounts:
 
 
 @dataclass(frozen=True)
-class MitigateCounts:
-    """The mitigate stage's result (``MitigateResult``'s counts, files and refusal message)."""
-
-    train_file: str
-    n_input: int
-    n_dropped: int
-    n_downweighted: int
-    n_excluded: int
-    n_injected: int
-    n_output: int
-    actions_file: str
-    n_contrast: int
-    refused: str
-    report_json: str
-    report_html: str
-    stored_report: str
-
-
-@dataclass(frozen=True)
 class StageRepair:
     """What the repair stage did on the arm (``RepairResult.summary()``, whether a repair was needed, and
-    every adapter it checked: the repair stage's ``AdapterCheck`` records as that stage writes them)."""
+    every adapter it checked: the repair stage's ``AdapterCheck`` records, read as the safety report reads
+    them, ``tunegate.report.AdapterCheck``)."""
 
     repaired: bool
     method: str | None
     tried: tuple[str, ...]
     reason: str
     needed: bool
-    checks: tuple[dict[str, Any], ...]
+    checks: tuple[AdapterCheck, ...]
 
 
 @dataclass(frozen=True)
@@ -253,7 +245,7 @@ class ArmSummary(_Flat):
     decision: Decision
     train: TrainCounts | None  # None: refused before training
     repair: StageRepair | None = None  # None: the repair stage did not run (and rows from before it)
-    mitigate: MitigateCounts
+    mitigate: ReportMitigation  # the mitigate stage's result, as the safety report reads it (no ``format``)
 
     @property
     def released(self) -> bool:
@@ -352,7 +344,7 @@ class RunInfo:
     machine: MachineInfo
     started: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self)
 
     @classmethod

@@ -15,11 +15,11 @@ subspace).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.panel import datasets as ds
 from benchmarks.panel import taskloss
 from benchmarks.panel.job import StageResults, arm_dir, record_text, summarize
 from benchmarks.panel.manifest import PANEL, by_name
@@ -91,11 +91,11 @@ def run_variant(out: Path, job_name: str, arm: str, variant: str, model: str) ->
     gcfg = load_config(gate.GateConfig, d / "gate")
     dec = gate.decide(gcfg, ev, scored.verdict, gate.mitigation_active(mit))
     decided = gate.GateResult(dec.released, dec.code, dec.message, dec.checks, warnings=dec.warnings)
-    labels = json.loads((data / "labels.json").read_text(encoding="utf-8"))["attack"]
+    labels = ds.read_labels(data).attack
     by = StageResults(score=scored, mitigate=mit, train=trained, evaluate=ev, gate=decided)
     done = rep.to_dict()
     return RepairRow(
-        summary=summarize(job, arm, by, [bool(x) for x in labels]),
+        summary=summarize(job, arm, by, list(labels)),
         variant=variant,
         repair=RepairOutcome(done["method"], done["reference"], done["n_layers"], done["n_changed"]),
         task_loss=TaskLoss(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from benchmarks.panel import datasets as ds
 from benchmarks.panel.job import ARMS, VARIANT, read_record, read_row, record_text, run_one
 from benchmarks.panel.manifest import PanelJob, by_name, smoke_jobs
-from benchmarks.panel.records import FailedRow, PanelRow, Row, RunInfo, RunRecord
+from benchmarks.panel.records import FailedRow, PanelRow, Row, RunInfo, RunRecord, Variant
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,10 +99,12 @@ def run_record(out: Path, info: RunInfo) -> RunRecord:
 
 
 def set_variant(out: Path, var: object) -> None:
-    """Record ``out``'s variant; refused when it is not an object of the two known keys, or when ``out``
-    already holds rows of another variant (their figures would mix)."""
+    """Record ``out``'s variant; refused when it is not an object of the two known keys, when a knob's value
+    is not a config value (``Variant``, naming it), or when ``out`` already holds rows of another variant
+    (their figures would mix)."""
     if not isinstance(var, dict) or set(var) - {"policy", "stage_overrides"}:
         raise ValueError('expected an object with "policy" and/or "stage_overrides"')
+    Variant.from_dict(var)
     f = out / VARIANT
     old = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
     rows = list(out.glob("*/*/panel.json"))

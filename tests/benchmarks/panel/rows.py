@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.panel.records import ArmSummary, Decision, MitigateCounts, PanelRow, ScoreRow
+from benchmarks.panel.records import ArmSummary, Decision, PanelRow, ScoreRow
 from tunegate.evaluation_records import HarmfulSummary, PairedSummary, ProbeEval, TemplateEval
+from tunegate.report import ReportMitigation
 
 if TYPE_CHECKING:
     from machine import MachineInfo
 else:
     from benchmarks.machine import MachineInfo
 
-MITIGATE = MitigateCounts(
+MITIGATE = ReportMitigation(
     train_file="",
     n_input=2,
     n_dropped=0,

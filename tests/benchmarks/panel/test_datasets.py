@@ -60,6 +60,29 @@ def test_top_picks_the_highest_scores_of_each_key() -> None:
     assert attacker.top(scores, "representation", 2) == [1, 2]
     assert attacker.top(scores, "gradient", 1) == [0]
     assert attacker.top(scores, "selfinf", 2) == [1, 2]
+    with pytest.raises(ValueError, match="pool example 1 has no gradient score"):
+        attacker.top([*scores[:1], {"gradient": None}], "gradient", 1)
+
+
+def test_the_cached_pool_scores_and_the_labels_are_read_strictly(tmp_path: Path, data_dir: Path) -> None:
+    """A chunk line that is not numbers or nulls, a labels.json key the builders do not write and a GSM8K
+    line without its question are refused, naming the file."""
+    chunk = tmp_path / "pool-scores-8" / "chunk-00000.jsonl"
+    chunk.parent.mkdir()
+    chunk.write_text('{"line": 1, "gradient": 0.5, "selfinf": null}\n{"line": 2, "gradient": "high"}\n')
+    with pytest.raises(ValueError, match="chunk-00000.jsonl line 2 is not a pool example's raw scores"):
+        attacker.pool_scores(ds.Sources(data_dir=data_dir, pool_size=2), "tiny", tmp_path, chunk=8)
+    built = ds.Built([benign.factual(1)[0]], [False], [], {"pool_indices": [3], "trigger": "t"})
+    ds.write_built(built, tmp_path / "built")
+    assert ds.read_labels(tmp_path / "built") == ds.Labels((False,), {"pool_indices": [3], "trigger": "t"})
+    (tmp_path / "built" / "labels.json").write_text('{"attack": [true], "meta": {"seed": 1}}')
+    with pytest.raises(ValueError, match="labels.json.*unknown key 'seed'"):
+        ds.read_labels(tmp_path / "built")
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "q?", "answer": "a"}\n{"answer": "b"}\n')
+    assert ds.gsm8k(ds.Sources(data_dir=tmp_path), 0, 1) == [ds._chat("q?", "a")]
+    with pytest.raises(ValueError, match="train.jsonl line 2 is not a GSM8K row"):
+        ds.gsm8k(ds.Sources(data_dir=tmp_path), 0, 2)
 
 
 @needs_shared
@@ -73,6 +96,7 @@ def test_every_builder_is_deterministic_valid_and_free_of_evaluation_prompts(tmp
         assert built.train == job.builder(src, job.n).train, job.name
         assert any(built.attack) == (job.kind == "attack"), job.name
         train, held = ds.write_built(built, tmp_path / job.name)
+        assert ds.read_labels(tmp_path / job.name) == ds.Labels(tuple(built.attack), built.meta), job.name
         assert len(load_examples(train)) == job.n and len(load_examples(held)) == ds.N_HELDOUT
         texts = sorted(set(_users(built.train + built.heldout)))
         dups = near_duplicates(texts, evals, threshold=0.7)

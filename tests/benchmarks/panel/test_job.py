@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.panel.job import ARMS, SCORE_KEYS, SCREEN, arm_dir, share_screen
+from benchmarks.panel.records import PanelRow, Row
 from worker.stages.score import ScoreConfig
 from worker.stages.validate import ValidateConfig
 
@@ -102,30 +103,49 @@ def test_a_repaired_arm_reports_the_repaired_adapter_the_gate_judged(tmp_path: P
     row = summarize(job, "on", by, [False])
     assert row.released and row.repair is not None
     assert row.repair.method == "restore:0.25" and row.repair.needed
-    assert [c["variant"] for c in row.repair.checks] == ["trained", "restore:0.25"]
+    assert [c.variant for c in row.repair.checks] == ["trained", "restore:0.25"]
     assert row.templates["chat"] == FINE.templates["chat"]  # not ERODED's
     assert row.templates["chat"] != ERODED.templates["chat"]
     assert released_adapter(by) == Path(rep.adapter_dir)
     arm = panel_row(row)
     assert type(arm).from_dict(json.loads(json.dumps(arm.to_dict()))) == arm  # the repair summary reads back
+    # written as before the checks and the mitigate stage's result were read as the safety report reads them:
+    # the repair stage's own AdapterCheck records, the mitigate stage's result without its format
+    written = json.loads(json.dumps(arm.to_dict()))
+    checked = [c for c in (rep.original, *rep.attempts) if c is not None]
+    assert written["repair"]["checks"] == [json.loads(json.dumps(dataclasses.asdict(c))) for c in checked]
+    assert written["mitigate"] == {k: v for k, v in dataclasses.asdict(by.mitigate).items() if k != "format"}
     assert "released after repair (restore:0.25) | yes" in "\n".join(job_table({("control_x", "on"): arm}))
 
 
 def test_a_variant_is_recorded_once_and_other_rows_refuse_another(tmp_path: Path) -> None:
     from benchmarks.panel.job import variant, write_row
+    from benchmarks.panel.records import Variant
     from benchmarks.panel.run import set_variant
     from tests.benchmarks.panel.rows import row
+    from tunegate.records import RecordError
 
-    assert variant(tmp_path) == {"policy": {}, "stage_overrides": {}}
+    assert variant(tmp_path) == Variant({}, {})
     var = {"policy": {"repair_on": "never"}, "stage_overrides": {"train": {"objective": "constrained"}}}
     set_variant(tmp_path, var)
-    assert variant(tmp_path) == var
+    assert variant(tmp_path) == Variant({"repair_on": "never"}, {"train": {"objective": "constrained"}})
+    with_variant = row(variant=variant(tmp_path))
+    assert with_variant.to_dict()["variant"] == var and read_back(with_variant) == with_variant
     write_row(tmp_path, "control_gsm8k", "on", row())
     set_variant(tmp_path, var)  # the same again: fine
     with pytest.raises(ValueError, match="another variant"):
         set_variant(tmp_path, {"policy": {}})
     with pytest.raises(ValueError, match="expected an object"):
         set_variant(tmp_path, {"train": {}})
+    with pytest.raises(RecordError, match="'policy'.*'repair_on'"):  # not a config's value: refused by name
+        set_variant(tmp_path / "other", {"policy": {"repair_on": {"when": ["never"]}}})
+
+
+def read_back(r: PanelRow) -> Row:
+    from benchmarks.panel.job import record_text
+    from benchmarks.panel.records import load_row
+
+    return load_row(json.loads(record_text(r.to_dict())))
 
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "panel" / "results"

@@ -10,7 +10,7 @@ from benchmarks.panel import datasets as ds
 from benchmarks.panel import report, run
 from benchmarks.panel.job import read_row
 from benchmarks.panel.manifest import smoke_jobs
-from benchmarks.panel.records import FailedRow, PanelRow
+from benchmarks.panel.records import FailedRow, PanelRow, Variant
 
 N = 12
 
@@ -34,7 +34,7 @@ def test_smoke_panel_runs_both_jobs_and_writes_the_tables(tiny: str, data_dir: P
             screen = {"validate", "score"} if arm == "off" else set()  # "on" reuses the off arm's screen
             assert set(row.stage_s) == screen | {"mitigate", "train", "evaluate", "repair", "gate"}
             assert row.screen_from == (None if arm == "off" else "off")
-            assert row.variant == {"policy": {}, "stage_overrides": {}}
+            assert row.variant == Variant()
     off, on = read_row(out, "a1_compliance", "off"), read_row(out, "a1_compliance", "on")
     assert isinstance(off, PanelRow) and isinstance(on, PanelRow)
     assert off.summary.mitigate.n_injected == 0  # the arms differ: no injected safety examples when off
