@@ -26,7 +26,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
 from models.base import Base, UTCDateTime, new_id, utcnow
+from models.policy import Policy
 from tunegate.errors import JobError
+from tunegate.jsontypes import JsonObject
 
 
 class Organization(Base):
@@ -34,7 +36,8 @@ class Organization(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("org-"))
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # see models/policy.py
+    # what an admin stored (free-form JSON, checked when read: models/policy.py org_policy, _org_limit)
+    policy: Mapped[JsonObject] = mapped_column(JSON, default=dict)
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the provider default
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # the dispatcher's last admission of one of its jobs: its last turn (models/dispatch.py); None: never
@@ -95,7 +98,8 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer, default=0)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
-    safety: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # effective policy (models/policy.py)
+    # the effective policy (models/policy.py) as of the job's creation: a knob added since is absent
+    safety: Mapped[Policy] = mapped_column(JSON, default=dict)
     error: Mapped[JobError | None] = mapped_column(JSON)  # {code, message, param} only when failed
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
     trained_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -301,7 +305,7 @@ class SafetyScan(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     file_id: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(256))
-    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the org's effective policy
+    policy: Mapped[Policy] = mapped_column(JSON, default=dict)  # the org's effective policy
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | completed | failed
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {flagged, reason} once completed

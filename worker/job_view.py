@@ -7,12 +7,13 @@ never DB rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.policy import Policy
 from models.tables import File, Job, Organization
 from tunegate.errors import NotFound
 from tunegate.settings import Settings
@@ -35,7 +36,9 @@ class JobView:
     hyperparameters: dict[str, Any]
     seed: int
     suffix: str | None
-    safety: dict[str, Any] = field(default_factory=dict)
+    # the effective policy stored on the job (a job created before a knob existed lacks it: its readers fall
+    # back to ``DEFAULT_POLICY``, as the stage configs' defaults do)
+    safety: Policy
 
 
 def _file_path(session: Session, org_id: str, file_id: str, settings: Settings) -> Path:
@@ -64,7 +67,7 @@ def local_view(
     training_file: Path,
     model: str,
     *,
-    policy: dict[str, Any],
+    policy: Policy,
     hyperparameters: dict[str, Any] | None = None,
     validation_file: Path | None = None,
     seed: int = 0,
@@ -79,7 +82,7 @@ def local_view(
         hyperparameters=dict(hyperparameters or {}),
         seed=seed,
         suffix=None,
-        safety=dict(policy),
+        safety=policy.copy(),
     )
 
 
@@ -95,5 +98,5 @@ def job_view(session: Session, job: Job, settings: Settings) -> JobView:
         hyperparameters=merged_hyperparameters(job),
         seed=int(job.seed or 0),
         suffix=job.suffix,
-        safety=dict(job.safety or {}),
+        safety=job.safety.copy(),
     )

@@ -103,7 +103,7 @@ def job_out(
         user_provided_suffix=row.suffix,
         metadata=row.metadata_ or None,
         method=row.method or {},
-        safety=row.safety or {},
+        safety=dict(row.safety or {}),
         stage=row.stage,
         progress=row.progress or 0.0,
         cancel_requested=row.cancel_requested,
