@@ -27,6 +27,7 @@ from sqlalchemy.sql.expression import false
 
 from models.base import Base, UTCDateTime, new_id, utcnow
 from models.policy import Policy
+from models.records import Hyperparameters, JobMethod
 from tunegate.errors import JobError
 from tunegate.jsontypes import JsonObject
 
@@ -93,8 +94,8 @@ class Job(Base):
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32), default="validating_files")  # models.jobs.JobStatus
-    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    method: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hyperparameters: Mapped[Hyperparameters] = mapped_column(JSON, default=dict)
+    method: Mapped[JobMethod] = mapped_column(JSON, default=dict)
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer, default=0)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
