@@ -1,7 +1,8 @@
 """The records that JSON columns hold when their content is always one known shape (``models/tables.py``):
-a job's OpenAI hyperparameters and ``method``. The effective safety policy (``Job.safety``,
-``SafetyScan.policy``) is ``models.policy.Policy``. Free-form JSON (an organization's stored policy, an
-event's data, an audit entry's details) is ``tunegate.jsontypes``'s ``JsonObject``."""
+a job's OpenAI hyperparameters and ``method``, the repair stage's record, a safety scan's verdict. The
+effective safety policy (``Job.safety``, ``SafetyScan.policy``) is ``models.policy.Policy``. Free-form JSON
+(an organization's stored policy, an event's data, an audit entry's details) is ``tunegate.jsontypes``'s
+``JsonObject``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ class JobMethod(TypedDict, total=False):
 
     type: Literal["supervised"]
     supervised: SupervisedMethod
+
+
+class RepairSummary(TypedDict):
+    """What a job records of the repair stage (``Job.repair``; the API's ``repair`` extension)."""
+
+    repaired: bool
+    method: str | None  # the variant that passed (None: none did)
+    tried: list[str]  # the variants tried, in order
+    reason: str
+
+
+class ScanVerdict(TypedDict):
+    """A completed safety scan's verdict (``SafetyScan.verdict``): the score stage's, on the file."""
+
+    flagged: bool
+    reason: str
 
 
 def _whole_or_auto(value: object, key: str) -> int | Literal["auto"]:

@@ -114,7 +114,7 @@ def job_out(
         released=row.released,
         paused=paused,
         pause_requested=row.pause_requested,
-        repair=row.repair,
+        repair=dict(row.repair) if row.repair is not None else None,
         waiting=waiting,
     )
 
