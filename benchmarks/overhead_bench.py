@@ -66,8 +66,8 @@ def main() -> None:
     from tunegate.conversation import load_examples
 
     train_set = load_examples(mres.train_file)
-    hp = {"n_epochs": args.epochs if args.epochs == "auto" else int(args.epochs)}
-    tcfg = train.config_from_openai(args.model, hp, len(train_set))
+    epochs = args.epochs if args.epochs == "auto" else int(args.epochs)
+    tcfg = train.config_from_openai(args.model, {"n_epochs": epochs}, len(train_set))
     tres, t_train = timed(
         lambda: train.run(tcfg, train.TrainInputs(train_set, StageIO(work / "train"), get_settings()))
     )

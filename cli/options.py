@@ -6,10 +6,13 @@ import json
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperOption
+
+if TYPE_CHECKING:
+    from models.records import Hyperparameters
 
 # Hyperparameter -> its type when not "auto" (the OpenAI fine-tuning hyperparameters).
 HYPERPARAMETERS: dict[str, type[int] | type[float]] = {
@@ -44,9 +47,11 @@ def number_or_auto(kind: type[int] | type[float]) -> Callable[[str | None], int 
     return parse
 
 
-def hyperparameters(**given: int | float | str | None) -> dict[str, Any]:
+def hyperparameters(**given: int | float | str | None) -> Hyperparameters:
     """The hyperparameters that were given (already parsed by ``number_or_auto``)."""
-    return {k: v for k, v in given.items() if v is not None}
+    from models.records import as_hyperparameters
+
+    return as_hyperparameters(given)
 
 
 def _value(text: str) -> object:

@@ -9,9 +9,10 @@ organization's entries (the console's audit page, ``tunegate audit``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TypedDict
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from models.keys import Admin
 from models.tables import AuditEntry
 from tunegate.errors import InvalidRequest
+from tunegate.jsontypes import JsonObject, JsonValue
 
 OVERRIDE = "override_release"
 REVOKE = "revoke_adapter"
@@ -59,7 +61,7 @@ def append(
     *,
     org_id: str | None = None,
     job_id: str | None = None,
-    details: dict[str, Any] | None = None,
+    details: Mapping[str, JsonValue] | None = None,
 ) -> AuditEntry:
     if action not in ACTIONS:
         raise ValueError(f"audit action must be one of {ACTIONS}, got {action!r}")
@@ -137,7 +139,19 @@ def actors(session: Session) -> list[str]:
     return [str(n) for n in session.scalars(stmt)]
 
 
-def as_dict(entry: AuditEntry) -> dict[str, Any]:
+class AuditRow(TypedDict):
+    """An entry as the report templates read it."""
+
+    id: str
+    at: datetime
+    who: str
+    action: str
+    reason: str
+    job_id: str | None
+    details: JsonObject
+
+
+def as_dict(entry: AuditEntry) -> AuditRow:
     """The plain form the report templates read."""
     return {
         "id": entry.id,

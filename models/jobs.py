@@ -20,8 +20,8 @@ events (``models.webhooks.emit``) in the same transaction.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -30,6 +30,7 @@ from models import webhooks
 from models.base import utcnow
 from models.tables import Job, JobEvent
 from tunegate.errors import Conflict, JobError, NotFound, PermissionDenied
+from tunegate.jsontypes import JsonValue
 
 
 class JobStatus(StrEnum):
@@ -105,7 +106,7 @@ def _append(
     *,
     type: str,
     level: str,
-    data: dict[str, Any] | None,
+    data: Mapping[str, JsonValue] | None,
     dedupe_key: str | None,
 ) -> JobEvent:
     if level not in LEVELS:
@@ -137,7 +138,7 @@ def record_event(
     *,
     type: str = "message",
     level: str = "info",
-    data: dict[str, Any] | None = None,
+    data: Mapping[str, JsonValue] | None = None,
     dedupe_key: str | None = None,
 ) -> bool:
     """Append a non-status event; returns False (and writes nothing) if ``dedupe_key`` was already used.
@@ -157,7 +158,7 @@ def transition(
     *,
     message: str,
     level: str = "info",
-    data: dict[str, Any] | None = None,
+    data: Mapping[str, JsonValue] | None = None,
     error: JobError | None = None,
     dedupe_key: str | None = None,
     override: bool = False,
@@ -188,12 +189,13 @@ def transition(
     return True
 
 
-def _apply(job: Job, dst: JobStatus, data: dict[str, Any] | None, error: JobError | None) -> None:
+def _apply(job: Job, dst: JobStatus, data: Mapping[str, JsonValue] | None, error: JobError | None) -> None:
     job.status = dst.value
     if data and data.get("stage") is not None:
         job.stage = str(data["stage"])
-    if data and data.get("progress") is not None:
-        job.progress = float(data["progress"])
+    progress = data.get("progress") if data else None
+    if isinstance(progress, int | float):
+        job.progress = float(progress)
     if dst == JobStatus.SUCCEEDED:
         job.progress = 1.0
         job.error = None  # an overridden block no longer reads as failed

@@ -9,8 +9,8 @@ confirmation that names the change, ``policy_changes`` / ``override_change``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,8 @@ from models.keys import Admin
 from models.policy import KNOBS, org_policy
 from models.tables import AuditEntry, Job, Organization, WebhookEndpoint
 from tunegate.errors import GATE_CODES, Conflict, InvalidConfig, NotFound
+from tunegate.jsontypes import JsonObject, JsonValue
+from tunegate.schema import jsonable
 from tunegate.settings import Settings
 from tunegate.storage import tree_exists
 
@@ -104,8 +106,8 @@ def override_change(job: Job) -> str:
 @dataclass(frozen=True)
 class PolicyChange:
     knob: str
-    before: Any
-    after: Any
+    before: JsonValue
+    after: JsonValue
     looser: bool
 
     def __str__(self) -> str:
@@ -113,7 +115,7 @@ class PolicyChange:
         return f"{self.knob} {_shown(self.before)} → {_shown(self.after)} ({direction})"
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -123,28 +125,41 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def is_looser(knob: str, before: Any, after: Any) -> bool:
+def is_looser(knob: str, before: object, after: object) -> bool:
     """Whether moving ``knob`` from ``before`` to ``after`` loosens the policy (``models.policy``'s order)."""
     return not KNOBS[knob].at_least_as_strict(after, before)
 
 
 def policy_changes(
-    settings: Settings, org: Organization, updates: dict[str, Any]
-) -> tuple[dict[str, Any], list[PolicyChange]]:
-    """The organization's stored policy with ``updates`` applied, and each knob that changes with its
-    direction; ``InvalidConfig`` names an unknown knob or a value out of its range (nothing is changed)."""
+    settings: Settings, org: Organization, updates: Mapping[str, JsonValue]
+) -> tuple[JsonObject, list[PolicyChange]]:
+    """The organization's stored policy with ``updates`` (an admin's, JSON) applied, and each knob that
+    changes with its direction; ``InvalidConfig`` names an unknown knob or a value out of its range (nothing
+    is changed)."""
     unknown = sorted(set(updates) - set(KNOBS))
     if unknown:
         raise InvalidConfig(f"policy.{unknown[0]}: unknown safety setting", param=f"policy.{unknown[0]}")
-    before = org_policy(settings, org.policy)
-    merged = {**(org.policy or {}), **updates}
-    after = org_policy(settings, merged)  # validates every knob within its range
+    before: Mapping[str, object] = org_policy(settings, org.policy)
+    merged: JsonObject = {**(org.policy or {}), **updates}
+    after: Mapping[str, object] = org_policy(settings, merged)  # validates every knob within its range
     changes = [
-        PolicyChange(k, before[k], after[k], is_looser(k, before[k], after[k]))
+        PolicyChange(k, jsonable(before[k]), jsonable(after[k]), is_looser(k, before[k], after[k]))
         for k in KNOBS
         if before[k] != after[k]
     ]
     return merged, changes
+
+
+def _changed_knobs(details: JsonObject) -> list[tuple[str, JsonValue, JsonValue]]:
+    """A policy change's audit details as (knob, from, to)."""
+    changed = details.get("changed")
+    if not isinstance(changed, Mapping):
+        return []
+    return [
+        (knob, change.get("from"), change.get("to"))
+        for knob, change in changed.items()
+        if isinstance(change, Mapping)
+    ]
 
 
 def describe_entry(entry: AuditEntry) -> str:
@@ -153,8 +168,7 @@ def describe_entry(entry: AuditEntry) -> str:
     details = entry.details or {}
     if entry.action == audit.SET_POLICY:
         parts = []
-        for knob, change in (details.get("changed") or {}).items():
-            before, after = change.get("from"), change.get("to")
+        for knob, before, after in _changed_knobs(details):
             try:
                 parts.append(str(PolicyChange(knob, before, after, is_looser(knob, before, after))))
             except (KeyError, TypeError, ValueError):  # a knob since removed, or a value of another kind
@@ -174,7 +188,7 @@ def set_org_policy(
     session: Session,
     admin: Admin,
     org: Organization,
-    updates: dict[str, Any],
+    updates: Mapping[str, JsonValue],
     reason: str,
     settings: Settings,
 ) -> AuditEntry:
@@ -196,7 +210,7 @@ def add_webhook(
     """Register a webhook endpoint for ``org`` on its behalf (the caller shows the secret once)."""
     reason = audit.check_reason(reason)
     row = webhooks.create_endpoint(session, org_id=org.id, url=url, events=events)
-    details = {"endpoint": row.id, "url": row.url, "events": list(row.events)}
+    details: JsonObject = {"endpoint": row.id, "url": row.url, "events": list(row.events)}
     audit.append(session, admin, audit.ADD_WEBHOOK, reason, org_id=org.id, details=details)
     return row
 

@@ -28,11 +28,13 @@ other key is refused, naming it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict, TypeGuard
 
 from tunegate.errors import InvalidConfig
+from tunegate.jsontypes import JsonValue
 from tunegate.settings import Settings
 from tunegate.shipped import data_path, read_jsonl
 
@@ -124,11 +126,24 @@ class KnobSpec:
             self._check_number(value, param)
 
     def _check_number(self, value: Any, param: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not _is_number(value):
             raise InvalidConfig(f"{param} must be a number", param=param)
         low, high = self.bounds
         if not ((value > low if self.open_low else value >= low) and value <= high):
             raise InvalidConfig(f"{param} must be within {self.interval}, got {value}", param=param)
+
+    def has_type(self, value: object) -> bool:
+        """Whether ``value`` is of the knob's type (a ranked knob's: one of its options); its range is
+        ``check``'s."""
+        if self.kind == "rank":
+            return value in self.options
+        if self.kind == "true":
+            return isinstance(value, bool)
+        if self.kind == "limits":
+            return isinstance(value, dict) and all(
+                isinstance(cat, str) and _is_number(limit) for cat, limit in value.items()
+            )
+        return _is_number(value)
 
     def at_least_as_strict(self, new: Any, base: Any) -> bool:
         """Whether ``new`` is as strict as ``base`` or stricter (both valid values)."""
@@ -141,6 +156,10 @@ class KnobSpec:
         if self.kind == "limits":  # every limit the base has must stay, at most as large; new ones only add
             return all(cat in new and new[cat] <= limit for cat, limit in base.items())
         return bool(new <= base)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # The knob table, in the order the console, the CLI and the README show it. Read when used (never copied at
@@ -273,13 +292,29 @@ class Policy(TypedDict):
     repair_on: Literal["always", "unflagged", "never"]
 
 
-def provider_defaults(settings: Settings | None = None) -> dict[str, Any]:
+def provider_defaults(settings: Settings | None = None) -> Policy:
     """Every knob's default, the provider-set ones as ``settings`` has them (declared defaults without)."""
-    return {name: spec.default_for(settings) for name, spec in KNOBS.items()}
+    return _policy({name: spec.default_for(settings) for name, spec in KNOBS.items()})
 
 
-# the declared defaults, typed: the stage configs' field defaults
-DEFAULT_POLICY: Policy = cast(Policy, provider_defaults())
+def _is_policy(values: Mapping[str, object]) -> TypeGuard[Policy]:
+    """Whether ``values`` has exactly the table's knobs, each of its knob's type (the ranges are checked
+    where a value comes in: ``org_policy``, ``tighten``)."""
+    return values.keys() == KNOBS.keys() and all(spec.has_type(values[n]) for n, spec in KNOBS.items())
+
+
+def _policy(values: dict[str, object]) -> Policy:
+    """``values`` (every knob, each checked) as the typed ``Policy``; a value of the wrong type is a
+    provider setting of the wrong type (``InvalidConfig`` names the knob)."""
+    if not _is_policy(values):
+        fits = {n for n, spec in KNOBS.items() if n in values and spec.has_type(values[n])}
+        wrong = sorted((KNOBS.keys() | values.keys()) - fits)
+        raise InvalidConfig(f"policy.{wrong[0]}: not a valid {wrong[0]} value", param=f"policy.{wrong[0]}")
+    return values
+
+
+# the declared defaults: the stage configs' field defaults
+DEFAULT_POLICY: Policy = provider_defaults()
 
 
 def knob_table_markdown() -> str:
@@ -332,19 +367,20 @@ def harmful_categories() -> tuple[str, ...]:
     return tuple(sorted({str(r["category"]) for r in read_jsonl(data_path("eval", "harmful.jsonl"))}))
 
 
-def org_policy(settings: Settings, stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Provider defaults overridden by the organization's stored policy; an unknown key is refused."""
-    policy = provider_defaults(settings)
+def org_policy(settings: Settings, stored: Mapping[str, JsonValue] | None) -> Policy:
+    """Provider defaults overridden by the organization's stored policy (JSON an admin wrote:
+    ``Organization.policy``); an unknown key is refused."""
+    policy: dict[str, object] = dict(provider_defaults(settings))
     for name, value in (stored or {}).items():
         if name in LIMIT_KEYS:
             continue
         _check_name(name, f"policy.{name}", [*KNOBS, *LIMIT_KEYS], "policy")
         KNOBS[name].check(value, f"policy.{name}")
         policy[name] = value
-    return policy
+    return _policy(policy)
 
 
-def check_requested(requested: dict[str, Any], *, param: str = "safety") -> None:
+def check_requested(requested: Mapping[str, JsonValue], *, param: str = "safety") -> None:
     """Refuse an unknown knob or a value of the wrong kind, as ``tighten`` would, without the organization's
     policy (a client checks what it can before it uploads anything)."""
     for name, value in requested.items():
@@ -353,11 +389,11 @@ def check_requested(requested: dict[str, Any], *, param: str = "safety") -> None
             KNOBS[name].check(value, f"{param}.{name}")
 
 
-def tighten(
-    base: dict[str, Any], requested: dict[str, Any] | None, *, param: str = "safety"
-) -> dict[str, Any]:
-    """Apply a job's requested knobs to ``base``; ``InvalidConfig`` names a loosened or unknown field."""
-    effective = dict(base)
+def tighten(base: Policy, requested: Mapping[str, JsonValue] | None, *, param: str = "safety") -> Policy:
+    """Apply a job's requested knobs (JSON from the client) to ``base``; ``InvalidConfig`` names a loosened
+    or unknown field."""
+    knobs: Mapping[str, object] = base
+    effective = dict(knobs)
     for name, value in (requested or {}).items():
         field = f"{param}.{name}"
         _check_name(name, field, list(KNOBS), "safety")
@@ -365,25 +401,25 @@ def tighten(
             continue
         spec = KNOBS[name]
         spec.check(value, field)
-        if not spec.at_least_as_strict(value, base[name]):
+        if not spec.at_least_as_strict(value, knobs[name]):
             raise InvalidConfig(
-                f"{field}={value!r} would loosen the organization's policy ({base[name]!r}); "
+                f"{field}={value!r} would loosen the organization's policy ({knobs[name]!r}); "
                 "a job may only tighten it",
                 param=field,
             )
         effective[name] = value
-    return effective
+    return _policy(effective)
 
 
 STORAGE_QUOTA_KEY = "storage_quota_bytes"
 
 
-def storage_quota(settings: Settings, stored: dict[str, Any] | None) -> int:
+def storage_quota(settings: Settings, stored: Mapping[str, JsonValue] | None) -> int:
     """The organization's storage quota in bytes: its stored policy's override, else the provider default."""
     return _org_limit(stored, STORAGE_QUOTA_KEY, settings.storage_quota_bytes)
 
 
-def _org_limit(stored: dict[str, Any] | None, key: str, default: int) -> int:
+def _org_limit(stored: Mapping[str, JsonValue] | None, key: str, default: int) -> int:
     """An organization's limit ``key``: its stored policy's non-negative integer, else ``default``."""
     value = (stored or {}).get(key)
     if value is None:
@@ -397,7 +433,7 @@ MAX_ACTIVE_JOBS_KEY = "max_active_jobs"
 LIMIT_KEYS = (STORAGE_QUOTA_KEY, MAX_ACTIVE_JOBS_KEY)  # an org's limits kept beside its safety knobs
 
 
-def max_active_jobs(settings: Settings, stored: dict[str, Any] | None) -> int:
+def max_active_jobs(settings: Settings, stored: Mapping[str, JsonValue] | None) -> int:
     """The jobs the organization may have active at once: its stored policy's override, else the provider
     default (``Settings.max_active_jobs_per_org``)."""
     return _org_limit(stored, MAX_ACTIVE_JOBS_KEY, settings.max_active_jobs_per_org)

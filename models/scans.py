@@ -22,15 +22,16 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
+from models.policy import Policy
 from models.tables import Job, SafetyScan
 from tunegate.errors import JobError, NotFound
 
 STATUSES = ("queued", "running", "completed", "failed")
 
 
-def create(session: Session, *, org_id: str, file_id: str, model: str, policy: dict[str, Any]) -> SafetyScan:
+def create(session: Session, *, org_id: str, file_id: str, model: str, policy: Policy) -> SafetyScan:
     row = SafetyScan(
-        org_id=org_id, file_id=file_id, model=model, policy=dict(policy), status="queued", progress=0.0
+        org_id=org_id, file_id=file_id, model=model, policy=policy.copy(), status="queued", progress=0.0
     )
     session.add(row)
     session.flush()
@@ -117,15 +118,12 @@ def _held(scan_id: str, token: str) -> Any:
 
 def beat(session: Session, scan_id: str, *, token: str, progress: float | None = None) -> bool:
     """Refresh the holder's heartbeat and progress (which only grows); False when the claim was lost."""
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    stmt = update(SafetyScan).where(_held(scan_id, token)).values(heartbeat_at=utcnow())
     if progress is not None:
-        values["progress"] = case((SafetyScan.progress < progress, progress), else_=SafetyScan.progress)
-    res = session.execute(
-        update(SafetyScan)
-        .where(_held(scan_id, token))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+        stmt = stmt.values(
+            progress=case((SafetyScan.progress < progress, progress), else_=SafetyScan.progress)
+        )
+    res = session.execute(stmt.execution_options(synchronize_session=False))
     return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 

@@ -8,7 +8,6 @@ exactly like a missing one. Timestamps are timezone-aware UTC; the API renders t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -26,7 +25,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
 from models.base import Base, UTCDateTime, new_id, utcnow
+from models.policy import Policy
+from models.records import Hyperparameters, JobMethod, RepairSummary, ScanVerdict
 from tunegate.errors import JobError
+from tunegate.jsontypes import JsonObject, JsonValue
 
 
 class Organization(Base):
@@ -34,7 +36,8 @@ class Organization(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("org-"))
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # see models/policy.py
+    # what an admin stored (free-form JSON, checked when read: models/policy.py org_policy, _org_limit)
+    policy: Mapped[JsonObject] = mapped_column(JSON, default=dict)
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the provider default
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # the dispatcher's last admission of one of its jobs: its last turn (models/dispatch.py); None: never
@@ -90,12 +93,13 @@ class Job(Base):
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32), default="validating_files")  # models.jobs.JobStatus
-    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    method: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hyperparameters: Mapped[Hyperparameters] = mapped_column(JSON, default=dict)
+    method: Mapped[JobMethod] = mapped_column(JSON, default=dict)
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer, default=0)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
-    safety: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # effective policy (models/policy.py)
+    # the effective policy (models/policy.py) as of the job's creation: a knob added since is absent
+    safety: Mapped[Policy] = mapped_column(JSON, default=dict)
     error: Mapped[JobError | None] = mapped_column(JSON)  # {code, message, param} only when failed
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
     trained_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -119,7 +123,7 @@ class Job(Base):
     released: Mapped[bool] = mapped_column(Boolean, default=False)
     # the repair stage's record when the gate would have blocked the adapter for erosion (worker/stages/
     # repair.py): {"repaired", "method", "tried", "reason"}; None when there was nothing to repair
-    repair: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    repair: Mapped[RepairSummary | None] = mapped_column(JSON)
     # set when provider staff revoke a released adapter: no download, not in /v1/models (released stays)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     adapter_path: Mapped[str | None] = mapped_column(String(1024))
@@ -145,7 +149,7 @@ class JobEvent(Base):
     level: Mapped[str] = mapped_column(String(8), default="info")  # info | warn | error
     type: Mapped[str] = mapped_column(String(16), default="message")  # message | metrics
     message: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    data: Mapped[JsonObject] = mapped_column(JSON, default=dict)
     dedupe_key: Mapped[str | None] = mapped_column(String(256))
 
 
@@ -156,7 +160,7 @@ class Checkpoint(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftckpt_"))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step_number: Mapped[int] = mapped_column(Integer)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     path: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -268,7 +272,7 @@ class AuditEntry(Base):
     reason: Mapped[str] = mapped_column(Text)
     org_id: Mapped[str | None] = mapped_column(String(64), index=True)  # no foreign keys: the log outlives
     job_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the rows it talks about
-    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    details: Mapped[JsonObject] = mapped_column(JSON, default=dict)
 
 
 class ConsoleSession(Base):
@@ -301,12 +305,14 @@ class SafetyScan(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     file_id: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(256))
-    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the org's effective policy
+    policy: Mapped[Policy] = mapped_column(JSON, default=dict)  # the org's effective policy
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | completed | failed
     progress: Mapped[float] = mapped_column(Float, default=0.0)
-    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {flagged, reason} once completed
-    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    mitigation: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what the mitigate stage would do
+    verdict: Mapped[ScanVerdict | None] = mapped_column(JSON)  # once completed
+    # JSON objects (``JsonObject | None``, spelled out: SQLAlchemy evaluates the annotation, and the alias is
+    # a string at run time)
+    summary: Mapped[dict[str, JsonValue] | None] = mapped_column(JSON)
+    mitigation: Mapped[dict[str, JsonValue] | None] = mapped_column(JSON)  # what the mitigate stage would do
     records_ref: Mapped[str | None] = mapped_column(String(1024))  # records.jsonl (path or object-store key)
     score_dir: Mapped[str | None] = mapped_column(String(1024))  # the score result a job may reuse
     # a digest of what decides the scores (file bytes, model fingerprint, score config; score.scores_key)

@@ -21,7 +21,6 @@ import json
 import logging
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import event, select
@@ -32,6 +31,7 @@ from models.base import new_id, unix, utcnow
 from models.tables import Job, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tunegate import netguard, queue
 from tunegate.errors import InvalidRequest, NotFound
+from tunegate.jsontypes import JsonObject
 from tunegate.settings import Settings, get_settings
 from tunegate.webhook_send import Message
 
@@ -196,15 +196,16 @@ def update_endpoint(
     """Change what is given (None: unchanged); a new URL passes ``check_target`` like a registration.
     ``updated_at`` moves only when something actually changed."""
     row = get_endpoint(session, org_id=org_id, endpoint_id=endpoint_id)
-    changes: dict[str, Any] = {}
+    changes: dict[str, list[str] | str] = {}
     if events is not None:
         changes["events"] = check_events(events, param="event_types")
     if name is not None:
         changes["name"] = check_name(name)
     if url is not None:
-        changes["url"] = check_url(url)
-        if changes["url"] != row.url:
-            check_target(changes["url"], settings)
+        new_url = check_url(url)
+        if new_url != row.url:
+            check_target(new_url, settings)
+        changes["url"] = new_url
     changed = {k: v for k, v in changes.items() if getattr(row, k) != v}
     if changed:
         for k, v in changed.items():
@@ -317,7 +318,7 @@ def list_deliveries(
 
 def event_body(event_id: str, event_type: str, created_at: datetime, job_id: str) -> str:
     """OpenAI's webhook event object, serialized once: every attempt sends (and signs) these bytes."""
-    payload: dict[str, Any] = {
+    payload: JsonObject = {
         "object": "event",
         "id": event_id,
         "type": event_type,

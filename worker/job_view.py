@@ -7,12 +7,13 @@ never DB rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.policy import Policy
+from models.records import Hyperparameters
 from models.tables import File, Job, Organization
 from tunegate.errors import NotFound
 from tunegate.settings import Settings
@@ -32,10 +33,12 @@ class JobView:
     model: str
     training_file: Path
     validation_file: Path | None
-    hyperparameters: dict[str, Any]
+    hyperparameters: Hyperparameters
     seed: int
     suffix: str | None
-    safety: dict[str, Any] = field(default_factory=dict)
+    # the effective policy stored on the job (a job created before a knob existed lacks it: its readers fall
+    # back to ``DEFAULT_POLICY``, as the stage configs' defaults do)
+    safety: Policy
 
 
 def _file_path(session: Session, org_id: str, file_id: str, settings: Settings) -> Path:
@@ -52,11 +55,17 @@ def _file_path(session: Session, org_id: str, file_id: str, settings: Settings) 
         ) from None
 
 
-def merged_hyperparameters(job: Job) -> dict[str, Any]:
-    """Top-level ``hyperparameters`` overridden by ``method.supervised.hyperparameters`` (as OpenAI)."""
-    hp = dict(job.hyperparameters or {})
+def merged_hyperparameters(job: Job) -> Hyperparameters:
+    """Top-level ``hyperparameters`` overridden by ``method.supervised.hyperparameters`` (as OpenAI; a null
+    there overrides nothing)."""
+    hp = (job.hyperparameters or {}).copy()
     sup = ((job.method or {}).get("supervised") or {}).get("hyperparameters") or {}
-    hp.update({k: v for k, v in sup.items() if v is not None})
+    if (batch_size := sup.get("batch_size")) is not None:
+        hp["batch_size"] = batch_size
+    if (multiplier := sup.get("learning_rate_multiplier")) is not None:
+        hp["learning_rate_multiplier"] = multiplier
+    if (n_epochs := sup.get("n_epochs")) is not None:
+        hp["n_epochs"] = n_epochs
     return hp
 
 
@@ -64,8 +73,8 @@ def local_view(
     training_file: Path,
     model: str,
     *,
-    policy: dict[str, Any],
-    hyperparameters: dict[str, Any] | None = None,
+    policy: Policy,
+    hyperparameters: Hyperparameters | None = None,
     validation_file: Path | None = None,
     seed: int = 0,
 ) -> JobView:
@@ -76,10 +85,10 @@ def local_view(
         model=model,
         training_file=Path(training_file),
         validation_file=validation_file,
-        hyperparameters=dict(hyperparameters or {}),
+        hyperparameters=(hyperparameters or {}).copy(),
         seed=seed,
         suffix=None,
-        safety=dict(policy),
+        safety=policy.copy(),
     )
 
 
@@ -95,5 +104,5 @@ def job_view(session: Session, job: Job, settings: Settings) -> JobView:
         hyperparameters=merged_hyperparameters(job),
         seed=int(job.seed or 0),
         suffix=job.suffix,
-        safety=dict(job.safety or {}),
+        safety=job.safety.copy(),
     )

@@ -32,6 +32,7 @@ from models.jobs import JobStatus, record_event, transition
 from models.tables import Job
 from tunegate import queue
 from tunegate.errors import TransientError
+from tunegate.jsontypes import JsonObject
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import get_storage
 from worker import webhooks
@@ -76,7 +77,7 @@ def _requeue_one(session: Session, job_id: str, settings: Settings) -> str | Non
     log.warning("job %s: requeuing %s; %s went silent", job_id, stage, job.claimed_by or "its queued message")
     who = "its worker" if job.claimed_by else "no worker (the queued message was lost)"
     msg = f"requeued {stage}: {who} stopped reporting for over {settings.stale_after_s}s"
-    data = {"stage": stage, "progress": job.progress, "attempt": job.attempt}
+    data: JsonObject = {"stage": stage, "progress": job.progress, "attempt": job.attempt}
     key = f"reap:{stage}:{job.attempt}:{seen.isoformat() if seen else 'new'}"
     session.refresh(job)
     if job.status == JobStatus.RUNNING:

@@ -58,6 +58,7 @@ from tunegate.errors import (
     TransientError,
     TunegateError,
 )
+from tunegate.jsontypes import JsonObject
 from tunegate.redact import scrub
 from tunegate.settings import Settings, get_settings
 from worker import claims
@@ -305,7 +306,7 @@ def _begin(c: Claim, pipeline: Pipeline, settings: Settings) -> JobView | None:
             f"{c.stage} started" if first else f"{c.stage} resumed after an interruption (claim #{c.attempt})"
         )
         log.info("job %s: %s claimed by worker %s (attempt %d)", c.job_id, c.stage, c.worker, c.attempt)
-        data = {
+        data: JsonObject = {
             "stage": c.stage,
             "progress": max(job.progress or 0.0, pipeline.progress(c.stage, 0.0)),
             "attempt": c.attempt,
@@ -382,7 +383,7 @@ def _end(c: Claim, to: JobStatus, message: str, *, level: str, error: JobError |
         job = s.get(Job, c.job_id, populate_existing=True)
         if job is None or job.status in TERMINAL or job.claim_token != c.token:
             return
-        data = {"stage": c.stage, "progress": job.progress}
+        data: JsonObject = {"stage": c.stage, "progress": job.progress}
         transition(
             s,
             job,
@@ -401,7 +402,7 @@ def _pause(c: Claim, message: str) -> None:
         job = s.get(Job, c.job_id, populate_existing=True)
         if job is None or job.status in TERMINAL or job.claim_token != c.token:
             return
-        data = {"stage": c.stage, "progress": job.progress}
+        data: JsonObject = {"stage": c.stage, "progress": job.progress}
         log.info("job %s: %s", c.job_id, message)
         transition(
             s, job, JobStatus.PAUSED, message=message, data=data, dedupe_key=f"{c.stage}:paused:{c.attempt}"

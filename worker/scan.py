@@ -153,7 +153,7 @@ def snapshot(session: Session, row: SafetyScan | None, settings: Settings) -> Jo
         hyperparameters={},
         seed=0,
         suffix=None,
-        safety=dict(row.policy or {}),
+        safety=row.policy.copy(),
     )
 
 

@@ -74,7 +74,7 @@ def _row(session: Session, scan: SafetyScan, names: dict[str, str]) -> dict[str,
         .order_by(Job.id.desc())
         .limit(JOBS_PER_FILE)
     )
-    verdict = scan.verdict or {}
+    verdict = scan.verdict
     return {
         "id": scan.id,
         "org": names.get(scan.org_id, scan.org_id),
@@ -83,8 +83,8 @@ def _row(session: Session, scan: SafetyScan, names: dict[str, str]) -> dict[str,
         "status": scan.status,
         "created_at": scan.created_at,
         "completed_at": scan.completed_at,
-        "flagged": verdict.get("flagged") if scan.status == "completed" else None,
-        "reason": verdict.get("reason", ""),
+        "flagged": verdict.get("flagged") if scan.status == "completed" and verdict else None,
+        "reason": verdict.get("reason", "") if verdict else "",
         "mitigation": scan.mitigation if scan.status == "completed" else None,
         "error": scan.error.get("message") if scan.status == "failed" and scan.error else None,
         "jobs": list(jobs),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Literal, TypedDict, TypeVar
 
 from kombu.exceptions import KombuError
 from sqlalchemy import func, select
@@ -17,7 +17,8 @@ from api.schemas import HyperparametersIn, JobCreateIn
 from api.services.crud import get_file, lock_org
 from models.dispatch import dispatch
 from models.jobs import TERMINAL, JobStatus, record_event
-from models.policy import max_active_jobs, org_policy, tighten
+from models.policy import Policy, max_active_jobs, org_policy, tighten
+from models.records import Hyperparameters, JobMethod
 from models.tables import File, Job, Organization
 from tunegate.errors import (
     Conflict,
@@ -58,20 +59,30 @@ def _usable_file(session: Session, org: Organization, file_id: str, param: str) 
     return row
 
 
-def _merge_hparams(body: JobCreateIn) -> dict[str, Any]:
+N = TypeVar("N", int, float)
+
+
+def _merged(key: str, a: N | Literal["auto"] | None, b: N | Literal["auto"] | None) -> N | Literal["auto"]:
+    """One hyperparameter given at the top level (``a``) and under ``method.supervised`` (``b``)."""
+    if a is not None and b is not None and a != b:
+        raise Unprocessable(
+            f"hyperparameters.{key}={a!r} contradicts method.supervised.hyperparameters.{key}={b!r}",
+            param=f"hyperparameters.{key}",
+        )
+    return b if b is not None else (a if a is not None else "auto")
+
+
+def _merge_hparams(body: JobCreateIn) -> Hyperparameters:
     top = body.hyperparameters or HyperparametersIn()
     sup = body.method.supervised if body.method and body.method.supervised else None
     inner = sup.hyperparameters if sup and sup.hyperparameters else HyperparametersIn()
-    merged: dict[str, Any] = {}
-    for key in ("batch_size", "learning_rate_multiplier", "n_epochs"):
-        a, b = getattr(top, key), getattr(inner, key)
-        if a is not None and b is not None and a != b:
-            raise Unprocessable(
-                f"hyperparameters.{key}={a!r} contradicts method.supervised.hyperparameters.{key}={b!r}",
-                param=f"hyperparameters.{key}",
-            )
-        merged[key] = b if b is not None else (a if a is not None else "auto")
-    return merged
+    return {  # in this order (the stored JSON's)
+        "batch_size": _merged("batch_size", top.batch_size, inner.batch_size),
+        "learning_rate_multiplier": _merged(
+            "learning_rate_multiplier", top.learning_rate_multiplier, inner.learning_rate_multiplier
+        ),
+        "n_epochs": _merged("n_epochs", top.n_epochs, inner.n_epochs),
+    }
 
 
 def _check_supported(body: JobCreateIn) -> None:
@@ -91,7 +102,15 @@ def _check_supported(body: JobCreateIn) -> None:
         )
 
 
-def validate(session: Session, *, org: Organization, body: JobCreateIn, settings: Settings) -> dict[str, Any]:
+class JobColumns(TypedDict):
+    """A new job's resolved columns."""
+
+    hyperparameters: Hyperparameters
+    method: JobMethod
+    safety: Policy
+
+
+def validate(session: Session, *, org: Organization, body: JobCreateIn, settings: Settings) -> JobColumns:
     """Every check a job must pass before it is stored; returns the resolved columns."""
     _check_supported(body)
     if body.model not in settings.models:

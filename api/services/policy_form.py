@@ -4,10 +4,12 @@ knob's type; a bad value stays text, so the policy check names the field)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import NotRequired, TypedDict
 
-from models.policy import KNOBS, KnobSpec, harmful_categories
+from models.policy import KNOBS, Kind, KnobSpec, Policy, harmful_categories
 from tunegate.errors import InvalidConfig
+from tunegate.jsontypes import JsonObject
 
 
 def knob_hint(spec: KnobSpec) -> str:
@@ -21,36 +23,51 @@ def knob_hint(spec: KnobSpec) -> str:
     return f"{spec.range}, {spec.stricter} is stricter"
 
 
-def policy_fields(current: dict[str, Any]) -> list[dict[str, Any]]:
+class PolicyField(TypedDict):
+    """One knob of the console's policy form, as its template reads it."""
+
+    name: str
+    kind: Kind
+    label: str
+    hint: str
+    help: str
+    value: object  # the organization's current value, shown as is
+    options: NotRequired[list[str]]  # kind "rank"
+    categories: NotRequired[list[tuple[str, object]]]  # kind "limits": each category and its limit ("": none)
+
+
+def policy_fields(current: Policy) -> list[PolicyField]:
     """One form field per knob of the table ``models.policy.KNOBS`` as it is now (a knob added there is in
     the form at once), with the organization's current value."""
+    knobs: Mapping[str, object] = current
     fields = []
     for name, spec in KNOBS.items():
-        field: dict[str, Any] = {
+        field: PolicyField = {
             "name": name,
             "kind": spec.kind,
             "label": spec.label,
             "hint": knob_hint(spec),
             "help": spec.help,
-            "value": current.get(name),
+            "value": knobs.get(name),
         }
         if spec.kind == "rank":
             field["options"] = list(spec.options)
         elif spec.kind == "limits":
-            limits = current.get(name) or {}
-            field["categories"] = [(cat, limits.get(cat, "")) for cat in harmful_categories()]
+            limits = knobs.get(name)
+            given: Mapping[str, object] = limits if isinstance(limits, Mapping) else {}
+            field["categories"] = [(cat, given.get(cat, "")) for cat in harmful_categories()]
         fields.append(field)
     return fields
 
 
-def _number(raw: str) -> Any:
+def _number(raw: str) -> float | str:
     try:
         return float(raw)
     except ValueError:
         return raw  # the policy check names the field: "... must be a number"
 
 
-def _knob(name: str, raw: str) -> Any:
+def _knob(name: str, raw: str) -> float | str | bool:
     """A form value as the policy knob's type (a bad value stays text: the policy check then names it)."""
     kind = KNOBS[name].kind
     if kind == "rank":
@@ -63,7 +80,7 @@ def _knob(name: str, raw: str) -> Any:
 MAX_KNOB_CHARS = 32  # a knob's value in the form: a number or a name
 
 
-def policy_updates(form: dict[str, str], current: dict[str, Any]) -> dict[str, Any]:
+def policy_updates(form: dict[str, str], current: Policy) -> JsonObject:
     """The knobs the policy form changes: each knob of ``KNOBS`` it sends with a value other than the
     current one. A "limits" knob is sent as its marker field (``gate_category_limits``) and one field per
     category (``gate_category_limits.fraud``); blank means no limit."""
@@ -72,13 +89,15 @@ def policy_updates(form: dict[str, str], current: dict[str, Any]) -> dict[str, A
             raise InvalidConfig(
                 f"policy.{key} is longer than {MAX_KNOB_CHARS} characters", param=f"policy.{key}"
             )
-    updates: dict[str, Any] = {}
+    knobs: Mapping[str, object] = current
+    updates: JsonObject = {}
     for name, spec in KNOBS.items():
+        value: float | str | bool | dict[str, float | str]
         if spec.kind == "limits":
             if name not in form:
                 continue
             prefix = f"{name}."
-            value: Any = {
+            value = {
                 key[len(prefix) :]: _number(raw.strip())
                 for key, raw in form.items()
                 if key.startswith(prefix) and raw.strip()
@@ -88,7 +107,7 @@ def policy_updates(form: dict[str, str], current: dict[str, Any]) -> dict[str, A
             if not raw:
                 continue
             value = _knob(name, raw)
-        if value != current[name]:
+        if value != knobs[name]:
             updates[name] = value
     return updates
 

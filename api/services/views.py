@@ -15,6 +15,7 @@ from api.schemas import (
     CheckpointOut,
     EventOut,
     FileOut,
+    HyperparametersOut,
     JobErrorOut,
     JobOut,
     UploadOut,
@@ -24,6 +25,7 @@ from api.schemas import (
 )
 from models.base import unix, utcnow
 from models.jobs import fine_tuned_model_name
+from models.records import Hyperparameters
 from models.tables import (
     Checkpoint,
     File,
@@ -37,8 +39,6 @@ from models.tables import (
 from tunegate.netguard import recorded_outcome
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
-
-HPARAM_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 
 
 def file_out(row: File) -> FileOut:
@@ -72,8 +72,12 @@ def upload_out(row: Upload, file: FileOut | None = None) -> UploadOut:
     )
 
 
-def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
-    return {k: stored.get(k, "auto") for k in HPARAM_KEYS}
+def _hparams(stored: Hyperparameters) -> HyperparametersOut:
+    return HyperparametersOut(
+        batch_size=stored.get("batch_size", "auto"),
+        learning_rate_multiplier=stored.get("learning_rate_multiplier", "auto"),
+        n_epochs=stored.get("n_epochs", "auto"),
+    )
 
 
 def job_out(
@@ -90,7 +94,7 @@ def job_out(
         error=err,
         fine_tuned_model=row.fine_tuned_model if row.released else None,
         finished_at=unix(row.finished_at),
-        hyperparameters=_hparams(row.hyperparameters or {}),  # type: ignore[arg-type]
+        hyperparameters=_hparams(row.hyperparameters or {}),
         model=row.model,
         organization_id=row.org_id,
         result_files=list(row.result_files or []),
@@ -102,15 +106,15 @@ def job_out(
         estimated_finish=estimated_finish,
         user_provided_suffix=row.suffix,
         metadata=row.metadata_ or None,
-        method=row.method or {},
-        safety=row.safety or {},
+        method=dict(row.method or {}),
+        safety=dict(row.safety or {}),
         stage=row.stage,
         progress=row.progress or 0.0,
         cancel_requested=row.cancel_requested,
         released=row.released,
         paused=paused,
         pause_requested=row.pause_requested,
-        repair=row.repair,
+        repair=dict(row.repair) if row.repair is not None else None,
         waiting=waiting,
     )
 

@@ -186,6 +186,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     train_file, heldout, attack = build_data(job, src, out)  # before the heavy imports: fails fast
 
     from models.policy import org_policy
+    from models.records import Hyperparameters
     from tunegate.errors import UnsafeTrainingData
     from tunegate.settings import get_settings
     from worker.job_view import local_view
@@ -200,7 +201,7 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
         for stage, knobs in var.stage_overrides.items():
             merged[stage] = {**merged.get(stage, {}), **knobs}
         settings = settings.model_copy(update={"stage_overrides": merged})
-    hp = {"n_epochs": job.epochs} if job.epochs else {}
+    hp: Hyperparameters = {"n_epochs": job.epochs} if job.epochs else {}
     arm_policy: JsonObject = {**ARMS[arm], **var.policy}
     policy = org_policy(settings, arm_policy)
     view = local_view(train_file, model, policy=policy, hyperparameters=hp)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -89,7 +89,7 @@ def render_report(
     report: SafetyReport,
     *,
     job: dict[str, Any] | None = None,
-    audit: Sequence[dict[str, Any]] = (),
+    audit: Sequence[Mapping[str, object]] = (),
     generated_at: datetime | None = None,
 ) -> str:
     """The full report page. It opens with a header (``_report_header.html``): the job, its organization,

@@ -39,11 +39,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
 from models.policy import DEFAULT_POLICY, KNOBS
+from models.records import RepairSummary
 from models.tables import Job
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json
 from tunegate.conversation import Conversation, load_examples
@@ -140,15 +141,6 @@ class RepairInputs:
     # the evaluate stage's config and inputs: each repaired adapter is evaluated by its ``run`` with them
     eval_config: EvalConfig | None = None
     eval_inputs: EvalInputs | None = None
-
-
-class RepairSummary(TypedDict):
-    """What a job records of the stage (``Job.repair``, a JSON column; the API's ``repair`` extension)."""
-
-    repaired: bool
-    method: str | None  # the variant that passed (None: none did)
-    tried: list[str]  # the variants tried, in order
-    reason: str
 
 
 @dataclass
@@ -454,7 +446,7 @@ def apply(session: Session, job: Job, res: RepairResult) -> Applied:
     the figures of each adapter (the runner adds ``stage: repair``)."""
     if not res.needed:
         return Applied(res.reason, data={"needed": False})
-    job.repair = dict(res.summary())
+    job.repair = res.summary()
     data: dict[str, Any] = {
         "needed": True,
         **res.summary(),

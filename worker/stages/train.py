@@ -27,6 +27,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from models.policy import DEFAULT_POLICY
+from models.records import Hyperparameters
 from models.tables import File, Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import ChatMessageJSON, Conversation, dump_examples, load_examples
@@ -140,7 +141,7 @@ class TrainConfig:
 
 
 def config_from_openai(
-    model: str, hparams: dict[str, Any] | None, n_examples: int, **overrides: Any
+    model: str, hparams: Hyperparameters | None, n_examples: int, **overrides: Any
 ) -> TrainConfig:
     """A TrainConfig from a job's OpenAI hyperparameters (``"auto"`` resolved from the dataset size)."""
     r: ResolvedHyperparameters = resolve_hyperparameters(hparams, n_examples)

@@ -19,10 +19,6 @@ BASE_LEARNING_RATE = 1e-4  # LoRA learning rate that learning_rate_multiplier=1 
 MAX_MICRO_BATCH = 8
 
 
-# a job's hyperparameters as OpenAI's API takes them: each a number, "auto" or absent (None)
-Hyperparameter = int | float | str | None
-
-
 class OpenAIHyperparameters(TypedDict):
     """Resolved hyperparameters, as OpenAI's job object shows them."""
 
@@ -58,7 +54,7 @@ def auto_batch_size(n: int) -> int:
     return int(max(1, min(16, 2 ** round(math.log2(max(n, 1) / 25)))))
 
 
-def _value(hp: Mapping[str, Hyperparameter], key: str, auto: Any, kind: type) -> Any:
+def _value(hp: Mapping[str, object], key: str, auto: Any, kind: type) -> Any:
     val = hp.get(key, "auto")
     if val is None or val == "auto":
         return auto
@@ -72,13 +68,14 @@ def _value(hp: Mapping[str, Hyperparameter], key: str, auto: Any, kind: type) ->
 
 
 def resolve_hyperparameters(
-    openai_hparams: Mapping[str, Hyperparameter] | None,
+    openai_hparams: Mapping[str, object] | None,
     n_examples: int,
     *,
     base_lr: float = BASE_LEARNING_RATE,
     max_micro_batch: int = MAX_MICRO_BATCH,
 ) -> ResolvedHyperparameters:
-    """Resolve ``"auto"``/missing values; raises ``InvalidConfig`` naming a bad field."""
+    """Resolve ``"auto"``/missing values of a job's hyperparameters as OpenAI's API takes them (each a number,
+    ``"auto"`` or absent: None), checking each; raises ``InvalidConfig`` naming a bad field."""
     hp = dict(openai_hparams or {})
     unknown = set(hp) - {"n_epochs", "batch_size", "learning_rate_multiplier"}
     if unknown:
