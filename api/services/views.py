@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import Row
 
 from api.schemas import (
@@ -15,8 +16,11 @@ from api.schemas import (
     CheckpointOut,
     EventOut,
     FileOut,
+    HyperparametersOut,
     JobErrorOut,
     JobOut,
+    MethodOut,
+    RepairOut,
     UploadOut,
     WebhookCreatedOut,
     WebhookDeliveryOut,
@@ -34,6 +38,7 @@ from models.tables import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from tunegate.jsontypes import JsonObject
 from tunegate.netguard import recorded_outcome
 from tunegate.redact import scrub, scrub_value
 from tunegate.settings import get_settings
@@ -72,8 +77,12 @@ def upload_out(row: Upload, file: FileOut | None = None) -> UploadOut:
     )
 
 
-def _hparams(stored: dict[str, Any]) -> dict[str, Any]:
-    return {k: stored.get(k, "auto") for k in HPARAM_KEYS}
+_METHOD = TypeAdapter(MethodOut)
+_REPAIR = TypeAdapter(RepairOut)
+
+
+def _hparams(stored: JsonObject) -> HyperparametersOut:
+    return HyperparametersOut.model_validate({k: stored.get(k, "auto") for k in HPARAM_KEYS})
 
 
 def job_out(
@@ -90,7 +99,7 @@ def job_out(
         error=err,
         fine_tuned_model=row.fine_tuned_model if row.released else None,
         finished_at=unix(row.finished_at),
-        hyperparameters=_hparams(row.hyperparameters or {}),  # type: ignore[arg-type]
+        hyperparameters=_hparams(row.hyperparameters or {}),
         model=row.model,
         organization_id=row.org_id,
         result_files=list(row.result_files or []),
@@ -102,7 +111,7 @@ def job_out(
         estimated_finish=estimated_finish,
         user_provided_suffix=row.suffix,
         metadata=row.metadata_ or None,
-        method=row.method or {},
+        method=_METHOD.validate_python(row.method or {}),
         safety=row.safety or {},
         stage=row.stage,
         progress=row.progress or 0.0,
@@ -110,7 +119,7 @@ def job_out(
         released=row.released,
         paused=paused,
         pause_requested=row.pause_requested,
-        repair=row.repair,
+        repair=None if row.repair is None else _REPAIR.validate_python(row.repair),
         waiting=waiting,
     )
 
