@@ -722,7 +722,7 @@ def audit_page(
     params = {k: v for k, v in filters.items() if v}
     rows = [
         {
-            **audit.as_dict(e),
+            **mod.audit_line(e),
             "org_id": e.org_id,
             "org": names.get(e.org_id or "", e.org_id or ""),
             "key_id": e.actor_key_id,
