@@ -7,7 +7,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +32,7 @@ from api.routes import (
 from api.services.recovery import maintain, sweep_storage
 from tunegate import logs
 from tunegate import metrics as counting
+from tunegate.jsontypes import JsonObject
 from tunegate.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware)
 
-    @app.get("/openapi.json", include_in_schema=False)
-    def read_openapi(org: CurrentOrg) -> dict[str, Any]:
+    @app.get("/openapi.json", include_in_schema=False, response_model=None)
+    def read_openapi(org: CurrentOrg) -> JsonObject:
         del org
         return app.openapi()
 

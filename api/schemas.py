@@ -6,10 +6,12 @@ Nullable fields are always present and ``null`` (never ``{}``). Our additions to
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast
+from typing import Any, Generic, Literal, NotRequired, Protocol, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, with_config
+from typing_extensions import TypedDict
 
+from tunegate.jsonfields import JsonField, JsonObjectField
 from tunegate.netguard import Outcome
 from tunegate.unicode import replaced
 
@@ -88,6 +90,60 @@ class HyperparametersOut(BaseModel):
     n_epochs: int | Literal["auto"]
 
 
+# What a job stored in a JSON column, typed: a TypedDict (not a model) so that the answer holds the keys
+# stored and no others (one it does not know, from another version, is kept); pydantic writes them in the
+# order declared here, the order the API stores them in.
+_STORED = ConfigDict(extra="allow")
+
+
+@with_config(_STORED)
+class MethodHyperparametersOut(TypedDict, total=False):
+    batch_size: int | Literal["auto"] | None
+    learning_rate_multiplier: float | Literal["auto"] | None
+    n_epochs: int | Literal["auto"] | None
+
+
+@with_config(_STORED)
+class SupervisedOut(TypedDict, total=False):
+    hyperparameters: MethodHyperparametersOut
+
+
+@with_config(_STORED)
+class MethodOut(TypedDict, total=False):
+    """The SDK's ``Method``. The API stores ``type`` and ``supervised`` (it refuses the other methods)."""
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedOut
+    dpo: JsonObjectField
+    reinforcement: JsonObjectField
+
+
+@with_config(_STORED)
+class RepairOut(TypedDict, total=False):
+    """The repair stage's record (``Job.repair``): whether a repair passed, which (``method``, e.g.
+    "restore:0.25"; null: none did), the variants tried in order and why, in words."""
+
+    repaired: bool
+    method: str | None
+    tried: list[str]
+    reason: str
+
+
+class WandbOut(TypedDict):
+    project: str
+    entity: NotRequired[str | None]
+    name: NotRequired[str | None]
+    tags: NotRequired[list[str] | None]
+    run_id: str
+
+
+class IntegrationOut(TypedDict):
+    """The SDK's ``FineTuningJobWandbIntegrationObject`` (refused by this gateway: a job has none)."""
+
+    type: Literal["wandb"]
+    wandb: WandbOut
+
+
 class JobOut(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -105,12 +161,12 @@ class JobOut(BaseModel):
     training_file: str
     validation_file: str | None
     estimated_finish: int | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[IntegrationOut] | None = None
     user_provided_suffix: str | None = None
     metadata: dict[str, str] | None
-    method: dict[str, Any]
+    method: MethodOut
     # extensions
-    safety: dict[str, Any]
+    safety: JsonObjectField  # the job's effective policy as stored (models/policy.py)
     stage: str | None
     progress: float
     cancel_requested: bool
@@ -119,9 +175,9 @@ class JobOut(BaseModel):
     pause_requested: bool = False  # the worker pauses at its next checkpoint
     # why an admitted job makes no progress, e.g. "no worker is serving queue gpu" (models/presence.py)
     waiting: str | None = None
-    # the repair stage's record when the gate would have blocked the adapter for erosion: {"repaired": bool,
-    # "method": "restore:0.25" | null, "tried": [...], "reason": "..."}; null when there was nothing to repair
-    repair: dict[str, Any] | None = None
+    # the repair stage's record when the gate would have blocked the adapter for erosion; null when there was
+    # nothing to repair
+    repair: RepairOut | None = None
 
     _printable = field_validator("metadata", "safety", "method", "integrations", mode="before")(
         _printable_text
@@ -134,7 +190,7 @@ class EventOut(BaseModel):
     created_at: int
     level: Literal["info", "warn", "error"]
     message: str
-    data: dict[str, Any]
+    data: JsonObjectField  # what the worker recorded with the event (metrics, the stage, the gate's figures)
     type: Literal["message", "metrics"]
 
     _printable = field_validator("message", "data", mode="before")(_printable_text)
@@ -319,8 +375,8 @@ class SupervisedIn(BaseModel):
 class MethodIn(BaseModel):
     type: str = Field(max_length=64, description="Only 'supervised' is offered; other types answer 400.")
     supervised: SupervisedIn | None = None
-    dpo: dict[str, Any] | None = None
-    reinforcement: dict[str, Any] | None = None
+    dpo: JsonObjectField | None = None  # not offered: any JSON object is taken, and not used
+    reinforcement: JsonObjectField | None = None
 
 
 class JobCreateIn(BaseModel):
@@ -333,8 +389,8 @@ class JobCreateIn(BaseModel):
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
-    safety: dict[str, Any] | None = Field(
+    integrations: list[JsonObjectField] | None = None  # not offered: a job with integrations answers 400
+    safety: JsonObjectField | None = Field(
         default=None, description="Tighten the organization's safety policy (see models/policy.py)."
     )
 
@@ -353,6 +409,15 @@ class JobCreateIn(BaseModel):
         return v
 
 
+class ExpiresAfterIn(TypedDict, total=False):
+    """The SDK's ``ExpiresAfter``, ``{"anchor": "created_at", "seconds": N}``: its parts are taken as any JSON
+    here, and checked by ``file_store.expires_after_seconds`` (a 400 naming the part); a TypedDict, so that
+    anything but an object is refused in the words of any other object field."""
+
+    anchor: JsonField
+    seconds: JsonField
+
+
 class UploadCreateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bytes: int = Field(
@@ -361,7 +426,7 @@ class UploadCreateIn(BaseModel):
     filename: str = Field(min_length=1, max_length=512)
     mime_type: str = Field(min_length=1, max_length=128)
     purpose: str = Field(max_length=64)
-    expires_after: dict[str, Any] | None = Field(
+    expires_after: ExpiresAfterIn | None = Field(
         default=None, description="The completed file's expiry: {'anchor': 'created_at', 'seconds': N}."
     )
 
@@ -446,10 +511,10 @@ class SafetyScanOut(BaseModel):
     file_id: str
     model: str
     verdict: SafetyScanVerdictOut | None = Field(description="null until the scan has completed.")
-    summary: dict[str, Any] | None = Field(
+    summary: JsonObjectField | None = Field(
         description="Counts, the scorers, the cluster and the ten riskiest lines; null until completed."
     )
-    mitigation: dict[str, Any] | None = Field(
+    mitigation: JsonObjectField | None = Field(
         description="What the mitigate stage would do: lines kept, down-weighted, dropped; examples injected."
     )
     created_at: int

@@ -6,12 +6,16 @@ directly, not the API. The console's audit page (``/console/audit``) shows the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import typer
 
 from cli.errors import fail
 from cli.options import AsJson, emit
+from tunegate.jsontypes import JsonObject
+
+if TYPE_CHECKING:
+    from models.tables import AuditEntry
 
 
 def audit_log(
@@ -56,7 +60,23 @@ def audit_log(
     emit(rows, _line, as_json)
 
 
-def _row(entry: Any, names: dict[str, str], change: str) -> dict[str, Any]:
+class AuditRow(TypedDict):
+    """One audit entry as ``tunegate audit`` prints it (a line, or an object of --json)."""
+
+    id: str
+    created_at: str  # ISO 8601
+    org_id: str | None
+    org: str | None  # its name (the id when the organization is gone)
+    action: str
+    actor: str
+    actor_key_id: str
+    job_id: str | None
+    change: str  # the change in words
+    reason: str
+    details: JsonObject
+
+
+def _row(entry: AuditEntry, names: dict[str, str], change: str) -> AuditRow:
     return {
         "id": entry.id,
         "created_at": entry.created_at.isoformat(),
@@ -72,12 +92,12 @@ def _row(entry: Any, names: dict[str, str], change: str) -> dict[str, Any]:
     }
 
 
-def _flat(text: Any) -> str:
+def _flat(text: str | None) -> str:
     """One line of a tab-separated row: tabs and line breaks as spaces."""
     return " ".join(str(text if text is not None else "-").split()) or "-"
 
 
-def _line(r: dict[str, Any]) -> str:
+def _line(r: AuditRow) -> str:
     when = r["created_at"][:16].replace("T", " ")
     fields = (when, r["org"], r["action"], r["actor"], r["job_id"], r["change"], r["reason"])
     return "\t".join(_flat(f) for f in fields)

@@ -2,7 +2,7 @@
 
     from cli.client import wait
     job = wait("ftjob-...", base_url="http://127.0.0.1:8000/v1", api_key="tg-...")
-    job["status"], job["fine_tuned_model"], job["error"]
+    job.status, job.fine_tuned_model, job.error  # the SDK's FineTuningJob
 
 It speaks through the official ``openai`` SDK, whose own retries (``max_retries``) ride out an unreachable API
 and 5xx answers: ``wait`` gives its client enough of them to back off for ``unreachable_s`` at least, then
@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import openai
+from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
 from cli.errors import UNREACHABLE_S, WaitTimeout
 from cli.progress import Progress
@@ -47,18 +48,38 @@ def retries_for(seconds: float) -> int:
     return 4 + max(0, math.ceil((seconds - waited) / (0.75 * 8)))
 
 
-def new_events(client: openai.OpenAI, job_id: str, seen: set[str]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class JobExtensions:
+    """Our extensions of the job object (``api.schemas.JobOut``) that following it reads; the SDK keeps them
+    as fields it does not know."""
+
+    stage: str | None
+    progress: float
+    waiting: str | None  # why the job makes no progress (e.g. no worker is serving queue gpu)
+
+    @classmethod
+    def of(cls, job: FineTuningJob) -> JobExtensions:
+        extra = job.model_extra or {}
+        stage, progress, waiting = extra.get("stage"), extra.get("progress"), extra.get("waiting")
+        return cls(
+            stage=stage if isinstance(stage, str) else None,
+            progress=float(progress) if isinstance(progress, int | float) else 0.0,
+            waiting=waiting if isinstance(waiting, str) else None,
+        )
+
+
+def new_events(client: openai.OpenAI, job_id: str, seen: set[str]) -> list[FineTuningJobEvent]:
     """Events not seen yet, oldest first (the API lists newest first; one page is enough when polling)."""
     page = client.fine_tuning.jobs.list_events(job_id, limit=100)
-    fresh = [e.model_dump() for e in page.data if e.id not in seen]
-    seen.update(e["id"] for e in fresh)
+    fresh = [e for e in page.data if e.id not in seen]
+    seen.update(e.id for e in fresh)
     return list(reversed(fresh))
 
 
 def _poll(
-    client: openai.OpenAI, job_id: str, seen: set[str], on_event: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    job = client.fine_tuning.jobs.retrieve(job_id).model_dump()
+    client: openai.OpenAI, job_id: str, seen: set[str], on_event: Callable[[FineTuningJobEvent], None]
+) -> FineTuningJob:
+    job = client.fine_tuning.jobs.retrieve(job_id)
     for ev in new_events(client, job_id, seen):
         on_event(ev)
     return job
@@ -73,10 +94,10 @@ def wait(
     timeout_s: float | None = None,
     unreachable_s: float = UNREACHABLE_S,
     progress: bool = True,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[FineTuningJobEvent], None] | None = None,
     position: int = 0,
     label: str = "",
-) -> dict[str, Any]:
+) -> FineTuningJob:
     """Poll ``job_id`` until it is succeeded, failed or cancelled; returns the final job object.
     ``timeout_s`` bounds the whole wait (None: until the job ends); ``position`` and ``label`` place and
     name the bar when several jobs are followed at once."""
@@ -89,7 +110,7 @@ def wait(
         sdk_client(base_url, api_key, max_retries=retries_for(unreachable_s)) as client,
         Progress(label or job_id, enabled=progress, position=position) as bar,
     ):
-        show = on_event or (lambda e: bar.write(f"  {prefix}[{e['level']}] {e['message']}"))
+        show = on_event or (lambda e: bar.write(f"  {prefix}[{e.level}] {e.message}"))
         while True:
             try:
                 job = _poll(client, job_id, seen, show)
@@ -100,14 +121,15 @@ def wait(
                     f"{exc.__cause__ or exc}"
                 ) from exc
             last_contact = time.monotonic()
-            where = f"{job['status']}:{job.get('stage') or '-'}"
+            ext = JobExtensions.of(job)
+            where = f"{job.status}:{ext.stage or '-'}"
             bar.describe(f"{label} {where}" if label else f"{job_id} {where}")
-            bar(float(job.get("progress") or 0.0))
-            if job.get("waiting") != said_waiting and job["status"] not in TERMINAL:
-                said_waiting = job.get("waiting")
+            bar(ext.progress)
+            if ext.waiting != said_waiting and job.status not in TERMINAL:
+                said_waiting = ext.waiting
                 if said_waiting:  # e.g. no worker is serving queue gpu (models/presence.py)
                     bar.write(f"  {prefix}waiting: {said_waiting}")
-            if job["status"] in TERMINAL:
+            if job.status in TERMINAL:
                 return job
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 raise WaitTimeout(f"job {job_id} still not finished after {timeout_s:.0f}s")

@@ -19,14 +19,19 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from tunegate.conversation import ChatExampleJSON
 from tunegate.cpus import available_cpus
 from tunegate.errors import JobError
+from tunegate.jsontypes import JsonObject, JsonValue
 
-DEMO_POLICY: dict[str, Any] = {}  # no override: the provider defaults apply
+if TYPE_CHECKING:
+    from openai.types.fine_tuning import FineTuningJob
+
+DEMO_POLICY: JsonObject = {}  # no override: the provider defaults apply
 DEMO_EPOCHS = 2  # set through the SDK's ``method`` (auto would give a 60-example file 5 epochs)
 
 _MATH = [
@@ -164,16 +169,25 @@ def asr_lines(asr: AsrFigures) -> list[str]:
     return lines
 
 
-def asr_from_events(events: list[dict[str, Any]]) -> AsrFigures:
-    """The ASR figures as the worker recorded them in the job's events: the gate's counted ones
-    (``counted``) and the evaluation's keyword-judge ones (``keyword``)."""
+def asr_from_events(events: Sequence[JsonValue]) -> AsrFigures:
+    """The ASR figures as the worker recorded them in the job's events (their JSON, as the API lists them):
+    the gate's counted ones (``counted``) and the evaluation's keyword-judge ones (``keyword``)."""
     out = AsrFigures()
     for ev in events:
-        data = ev.get("data") or {}
+        data = ev.get("data") if isinstance(ev, Mapping) else None
+        if not isinstance(data, Mapping):
+            continue
         if any(k.endswith("_asr") for k in data):  # the evaluation's outcome event carries these
-            out["keyword"] = {k: float(v) for k, v in data.items() if k.endswith("_asr")}
-        if isinstance(data.get("asr"), dict) and "released" in data:  # the gate's decision event
-            out["counted"] = data["asr"]
+            out["keyword"] = {
+                k: float(v) for k, v in data.items() if k.endswith("_asr") and isinstance(v, int | float)
+            }
+        asr = data.get("asr")
+        if isinstance(asr, Mapping) and "released" in data:  # the gate's decision event
+            out["counted"] = {
+                tpl: {k: v for k, v in figures.items() if v is None or isinstance(v, int | float | str)}
+                for tpl, figures in asr.items()
+                if isinstance(figures, Mapping)
+            }
     return out
 
 
@@ -447,7 +461,7 @@ def follow_all(jobs: dict[str, str], base_url: str, key: str, timeout_s: float |
         return [f.result() for f in futures]
 
 
-def outcome(name: str, job: dict[str, Any], base_url: str, key: str) -> Outcome:
+def outcome(name: str, job: FineTuningJob, base_url: str, key: str) -> Outcome:
     import httpx
 
     from tunegate.settings import get_settings
@@ -455,19 +469,13 @@ def outcome(name: str, job: dict[str, Any], base_url: str, key: str) -> Outcome:
     from worker.stages import gate
     from worker.stages.base import result_exists
 
-    events = httpx.get(
-        f"{base_url}/fine_tuning/jobs/{job['id']}/events",
+    events: list[JsonValue] = httpx.get(
+        f"{base_url}/fine_tuning/jobs/{job.id}/events",
         params={"limit": 100},
         headers={"Authorization": f"Bearer {key}"},
     ).json()["data"]
-    gate_dir = job_dir(get_settings(), job["id"]) / gate.SPEC.name  # the embedded stack shares this disk
+    gate_dir = job_dir(get_settings(), job.id) / gate.SPEC.name  # the embedded stack shares this disk
     html = gate.GateResult.load(gate_dir).report_html if result_exists(gate_dir) else ""
-    return Outcome(
-        name,
-        job["id"],
-        job["status"],
-        job.get("fine_tuned_model"),
-        job.get("error"),
-        asr_from_events(events),
-        html,
-    )
+    err = job.error
+    error: JobError | None = {"code": err.code, "message": err.message, "param": err.param} if err else None
+    return Outcome(name, job.id, job.status, job.fine_tuned_model, error, asr_from_events(events), html)

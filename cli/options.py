@@ -6,13 +6,17 @@ import json
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperOption
 
 if TYPE_CHECKING:
     from models.records import Hyperparameters
+
+from tunegate.jsontypes import JsonObject, JsonValue
+
+T = TypeVar("T")
 
 # Hyperparameter -> its type when not "auto" (the OpenAI fine-tuning hyperparameters).
 HYPERPARAMETERS: dict[str, type[int] | type[float]] = {
@@ -54,18 +58,20 @@ def hyperparameters(**given: int | float | str | None) -> Hyperparameters:
     return as_hyperparameters(given)
 
 
-def _value(text: str) -> object:
+def _value(text: str) -> JsonValue:
     """A policy value: JSON when it parses (numbers, true/false), else the plain string."""
     try:
-        return json.loads(text)
+        value: JsonValue = json.loads(text)
     except json.JSONDecodeError:
         return text
+    return value
 
 
-def parse_policy(items: Iterable[str], known: Iterable[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` items as a dict; a malformed item or an unknown key is a usage error."""
+def parse_policy(items: Iterable[str], known: Iterable[str]) -> JsonObject:
+    """``KEY=VALUE`` items as a JSON object (what the service takes as a policy); a malformed item or an
+    unknown key is a usage error."""
     known = tuple(known)
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -79,7 +85,7 @@ def parse_policy(items: Iterable[str], known: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def checked_job_policy(items: Iterable[str]) -> dict[str, Any]:
+def checked_job_policy(items: Iterable[str]) -> JsonObject:
     """A job's ``--policy`` items, each knob's name and value checked as the service checks them (whether a
     value loosens the organization's policy only the service can tell)."""
     from models.policy import check_requested
@@ -160,11 +166,13 @@ def template(value: str) -> str:
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab-separated rows.")]
 
 
-def emit(items: Iterable[Any], row: Callable[[Any], str], as_json: bool) -> None:
+def emit(items: Iterable[T], row: Callable[[T], str], as_json: bool) -> None:
     """Print ``items`` one row each, or as one JSON array (an SDK object is dumped as the API sent it)."""
     if not as_json:
         for item in items:
             typer.echo(row(item))
         return
-    dumped = [item.model_dump(mode="json") if hasattr(item, "model_dump") else item for item in items]
+    from pydantic import BaseModel
+
+    dumped = [item.model_dump(mode="json") if isinstance(item, BaseModel) else item for item in items]
     typer.echo(json.dumps(dumped, indent=2, default=str))

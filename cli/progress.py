@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 
 from tqdm import tqdm
 
@@ -36,6 +36,26 @@ class _Text:
         return self.text
 
 
+class _Format(TypedDict, total=False):
+    """tqdm's ``format_dict``: the arguments of its ``format_meter`` (a disabled bar has a few of them)."""
+
+    n: float
+    total: float | None
+    elapsed: float
+    ncols: int | None
+    nrows: int | None
+    prefix: str | None
+    ascii: str | bool | None
+    unit: str
+    unit_scale: bool | float
+    rate: float | None
+    bar_format: str | None
+    postfix: str | _Text | None
+    unit_divisor: float
+    initial: float
+    colour: str | None
+
+
 class _Bar(tqdm):  # type: ignore[misc]  # tqdm ships no types
     """tqdm whose average rate (so its ETA) counts from the first report (``since``): tqdm's own counts from
     the bar's start, which is also where its elapsed time counts from, as it should."""
@@ -43,8 +63,8 @@ class _Bar(tqdm):  # type: ignore[misc]  # tqdm ships no types
     since: tuple[float, int] | None = None  # (time, n) of the first report
 
     @property
-    def format_dict(self) -> dict[str, Any]:
-        shown: dict[str, Any] = super().format_dict
+    def format_dict(self) -> _Format:
+        shown: _Format = super().format_dict
         if self.since is not None:
             t1, n1 = self.since
             done, took = self.n - n1, self._clock() - t1

@@ -13,16 +13,22 @@ import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, cast
+from typing import IO, TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from cli import options
 from cli.errors import UsageError, WaitTimeout, fail
 from cli.progress import Progress, ReadProgress
+from tunegate.jsontypes import JsonObject
 
 if TYPE_CHECKING:
     import openai
+    from openai.types import FileObject
+    from openai.types.fine_tuning import FineTuningJob
+    from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
+
+    from api.schemas import SafetyScanOut, SafetyScanRecordOut
 
 files_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Training files on the service.")
 jobs_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Fine-tuning jobs on the service.")
@@ -50,11 +56,11 @@ def _when(timestamp: int | None) -> str:
     return f"{datetime.fromtimestamp(timestamp, UTC):%Y-%m-%d %H:%M:%S}" if timestamp else "-"
 
 
-def _file_row(f: Any) -> str:
+def _file_row(f: FileObject) -> str:
     return f"{f.id}\t{f.filename}\t{f.bytes}\t{f.status}\t{_when(f.created_at)}"
 
 
-def _upload(client: openai.OpenAI, path: Path, wait: bool) -> Any:
+def _upload(client: openai.OpenAI, path: Path, wait: bool) -> FileObject:
     """Upload ``path`` (with a progress bar from ``UPLOAD_BAR_BYTES`` on); with ``wait``, until the service
     has checked it (a rejected file fails)."""
     size = path.stat().st_size
@@ -108,9 +114,8 @@ def files_rm(file_ids: Annotated[list[str], typer.Argument(help="File ids (file-
         typer.echo(f"deleted {file_id}")
 
 
-def _job_row(job: Any) -> str:
-    extra = getattr(job, "error", None)
-    outcome = job.fine_tuned_model or (extra.code if extra and extra.code else "-")
+def _job_row(job: FineTuningJob) -> str:
+    outcome = job.fine_tuned_model or (job.error.code if job.error and job.error.code else "-")
     return f"{job.id}\t{job.status}\t{job.model}\t{outcome}\t{_when(job.created_at)}"
 
 
@@ -166,25 +171,32 @@ RISKIEST_LINES = 10
 FLAGGED_EXIT = 3  # `files scan`: the file is flagged or would be refused (as `finetune` when blocked)
 
 
-def _scan_row(scan: dict[str, Any]) -> str:
-    return f"{scan['id']}\t{scan['status']}\t{scan['model']}\t{scan['file_id']}\t{_when(scan['created_at'])}"
+def _scan_row(scan: SafetyScanOut) -> str:
+    return f"{scan.id}\t{scan.status}\t{scan.model}\t{scan.file_id}\t{_when(scan.created_at)}"
 
 
-def _wait_scan(client: openai.OpenAI, scan: dict[str, Any]) -> dict[str, Any]:
+def _scan(answer: object) -> SafetyScanOut:
+    """The safety scan the API answered (an extension: the SDK has no type of it, the API's own is used)."""
+    from api.schemas import SafetyScanOut
+
+    return SafetyScanOut.model_validate(answer)
+
+
+def _wait_scan(client: openai.OpenAI, scan: SafetyScanOut) -> SafetyScanOut:
     """Poll the scan until it has completed or failed, with a progress bar."""
     import time
 
     # our own loop: a safety scan is not a file, so the SDK's files.wait_for_processing cannot poll it
-    with Progress(f"scanning {scan['file_id']}") as bar:
-        while scan["status"] in ("queued", "running"):
-            bar(float(scan.get("progress") or 0.0), scan["status"])
+    with Progress(f"scanning {scan.file_id}") as bar:
+        while scan.status in ("queued", "running"):
+            bar(scan.progress, scan.status)
             time.sleep(SCAN_POLL_S)
-            scan = client.get(f"/safety_scans/{scan['id']}", cast_to=dict)
-        bar(float(scan.get("progress") or 0.0), scan["status"])
+            scan = _scan(client.get(f"/safety_scans/{scan.id}", cast_to=dict))
+        bar(scan.progress, scan.status)
     return scan
 
 
-def _mitigation_line(m: dict[str, Any]) -> str:
+def _mitigation_line(m: JsonObject) -> str:
     if m.get("refused"):
         return f"mitigation: the file would be refused before training: {m['refused']}"
     return (
@@ -195,9 +207,9 @@ def _mitigation_line(m: dict[str, Any]) -> str:
     )
 
 
-def _line_row(r: dict[str, Any]) -> str:
-    why = r["reasons"][0] if r["reasons"] else " ".join(r["text"].split())[:80]
-    return f"line {r['line']}\trisk {r['risk']:.1f}\t{r['action']}\t{why}"
+def _line_row(r: SafetyScanRecordOut) -> str:
+    why = r.reasons[0] if r.reasons else " ".join(r.text.split())[:80]
+    return f"line {r.line}\trisk {r.risk:.1f}\t{r.action}\t{why}"
 
 
 @files_app.command("scan")
@@ -216,6 +228,7 @@ def files_scan(
     (a local file is uploaded first). Prints the scan's row; with --wait, the verdict, what mitigation would
     do and the ten riskiest lines. Exit status 3 when the file is flagged or would be refused, 1 when the
     scan failed."""
+    from api.schemas import SafetyScanRecordOut
     from tunegate.settings import get_settings
 
     target = _file_arg(file, "'FILE_OR_ID'")
@@ -225,34 +238,33 @@ def files_scan(
     uploaded: list[str] = []
     try:
         file_id = _file_id(client, target, uploaded)
-        scan: dict[str, Any] = client.post(
-            f"/files/{file_id}/safety_scan", body={"model": model}, cast_to=dict
-        )
+        scan = _scan(client.post(f"/files/{file_id}/safety_scan", body={"model": model}, cast_to=dict))
     except Exception:  # a file uploaded only for this scan is removed again, then the failure is reported
         _remove_uploaded(client, uploaded)
         raise
     if wait:
         scan = _wait_scan(client, scan)
-    riskiest: list[dict[str, Any]] = []
-    if scan["status"] == "completed":
+    riskiest: list[SafetyScanRecordOut] = []
+    if scan.status == "completed":
         params = {"order": "risk", "limit": RISKIEST_LINES}
-        page = client.get(f"/safety_scans/{scan['id']}/records", options={"params": params}, cast_to=dict)
-        riskiest = list(page["data"])
+        page = client.get(f"/safety_scans/{scan.id}/records", options={"params": params}, cast_to=dict)
+        riskiest = [SafetyScanRecordOut.model_validate(r) for r in page["data"]]
+    verdict, m = scan.verdict, scan.mitigation or {}  # both set once the scan has completed
     if as_json:
-        typer.echo(json.dumps({"scan": scan, "riskiest": riskiest}, indent=2))
+        lines = [r.model_dump(mode="json") for r in riskiest]
+        typer.echo(json.dumps({"scan": scan.model_dump(mode="json"), "riskiest": lines}, indent=2))
     else:
         typer.echo(_scan_row(scan))
-        if scan["status"] == "completed":
-            verdict, m = scan["verdict"], scan["mitigation"]
-            typer.echo(f"verdict: {'FLAGGED' if verdict['flagged'] else 'ok'} - {verdict['reason']}")
+        if scan.status == "completed" and verdict is not None:
+            typer.echo(f"verdict: {'FLAGGED' if verdict.flagged else 'ok'} - {verdict.reason}")
             typer.echo(_mitigation_line(m))
             typer.echo(f"riskiest lines ({len(riskiest)}): line, risk, action, why")
             for r in riskiest:
                 typer.echo(_line_row(r))
-    if scan["status"] == "failed":
-        why = (scan.get("error") or {}).get("message", "no reason given")
-        fail(f"safety scan {scan['id']} failed: {why}")
-    if scan["status"] == "completed" and (scan["verdict"]["flagged"] or scan["mitigation"].get("refused")):
+    if scan.status == "failed":
+        why = scan.error.message if scan.error else "no reason given"
+        fail(f"safety scan {scan.id} failed: {why}")
+    if scan.status == "completed" and ((verdict is not None and verdict.flagged) or m.get("refused")):
         raise typer.Exit(FLAGGED_EXIT)
 
 
@@ -364,7 +376,7 @@ def jobs_resume(job_id: JobId) -> None:
     typer.echo(f"{job.id}\t{job.status}")
 
 
-def _checkpoint_row(cp: Any) -> str:
+def _checkpoint_row(cp: FineTuningJobCheckpoint) -> str:
     loss = (cp.metrics.train_loss if cp.metrics else None) or "-"
     return f"{cp.id}\t{cp.step_number}\t{cp.fine_tuned_model_checkpoint}\t{loss}\t{_when(cp.created_at)}"
 
@@ -395,7 +407,7 @@ def jobs_report(
 ) -> None:
     """The job's safety report (scores, mitigation, base vs fine-tuned attack success rate, verdict)."""
     client, _ = connect()
-    report: dict[str, Any] = client.get(f"/fine_tuning/jobs/{job_id}/safety_report", cast_to=dict)
+    report: JsonObject = client.get(f"/fine_tuning/jobs/{job_id}/safety_report", cast_to=dict)
     text = json.dumps(report, indent=2)
     if out is None:
         typer.echo(text)

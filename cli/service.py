@@ -219,13 +219,10 @@ def follow_job(job_id: str, *, base_url: str, api_key: str, unreachable_s: float
     from cli.client import wait
 
     job = wait(job_id, base_url=base_url, api_key=api_key, unreachable_s=unreachable_s)
-    typer.echo(
-        f"{job_id}: {job['status']}"
-        + (f" ({job['error']['code']}: {job['error']['message']})" if job.get("error") else "")
-    )
-    if job.get("fine_tuned_model"):
-        typer.echo(f"fine_tuned_model: {job['fine_tuned_model']}")
-    raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+    typer.echo(f"{job_id}: {job.status}" + (f" ({job.error.code}: {job.error.message})" if job.error else ""))
+    if job.fine_tuned_model:
+        typer.echo(f"fine_tuned_model: {job.fine_tuned_model}")
+    raise typer.Exit(0 if job.status == "succeeded" else 1)
 
 
 def demo(

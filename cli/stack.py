@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TypedDict
 
 import httpx
 
@@ -49,7 +49,14 @@ MIGRATE_LOCK = "migrate.lock"  # in the home: held while one process runs the mi
 SHORT_CONCURRENCY = 3  # the light worker's threads: short tasks of several jobs and deliveries at once
 
 
-def proxy_options(settings: Settings) -> dict[str, Any]:
+class ProxyOptions(TypedDict):
+    """uvicorn's keyword arguments for proxy headers."""
+
+    proxy_headers: bool
+    forwarded_allow_ips: str | None
+
+
+def proxy_options(settings: Settings) -> ProxyOptions:
     """uvicorn's proxy-header options: X-Forwarded-For/-Proto are believed only from the proxies of
     ``Settings.forwarded_allow_ips``; with none (the default) they are ignored, as uvicorn would otherwise
     trust them from 127.0.0.1 (and any local process could pick its own client address)."""

@@ -141,7 +141,7 @@ def _merge_then_gguf(
     src: AdapterSource,
     base: Path,
     target: Path,
-    source: dict[str, Any],
+    source: dict[str, str | None],
     gguf_type: GgufType | None,
     out: Path,
 ) -> None:

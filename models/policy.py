@@ -34,7 +34,8 @@ from functools import cache
 from typing import Any, Literal, TypedDict, TypeGuard
 
 from tunegate.errors import InvalidConfig
-from tunegate.jsontypes import JsonValue
+from tunegate.jsontypes import JsonObject, JsonValue
+from tunegate.schema import jsonable
 from tunegate.settings import Settings
 from tunegate.shipped import data_path, read_jsonl
 
@@ -290,6 +291,11 @@ class Policy(TypedDict):
     over_refusal_action: Literal["warn", "fail"]
     gate_judges: Literal["all", "primary", "any"]
     repair_on: Literal["always", "unflagged", "never"]
+
+
+def policy_json(policy: Mapping[str, object]) -> JsonObject:
+    """A policy as the JSON object it is stored and answered as (each value checked to be JSON)."""
+    return {name: jsonable(value) for name, value in policy.items()}
 
 
 def provider_defaults(settings: Settings | None = None) -> Policy:

@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tunegate.jsontypes import JsonObject
+
 CONFIG_NAME = "config.json"
 T = TypeVar("T")
 
@@ -72,15 +74,11 @@ def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> Path:
     return final_dir
 
 
-def config_dict(cfg: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return dataclasses.asdict(cfg)
-    raise TypeError(f"not a dataclass instance: {cfg!r}")
-
-
-def save_config(cfg: Any, directory: str | Path) -> Path:
+def save_config(cfg: object, directory: str | Path) -> Path:
     """Save a stage's frozen config dataclass as sorted JSON beside its artifacts."""
-    payload = {"stage_config": type(cfg).__name__, **config_dict(cfg)}
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"not a dataclass instance: {cfg!r}")
+    payload = {"stage_config": type(cfg).__name__, **dataclasses.asdict(cfg)}
     return atomic_write_json(Path(directory) / CONFIG_NAME, payload)
 
 
@@ -126,7 +124,7 @@ def from_jsonable(cls: Any, data: Any) -> Any:
     return data
 
 
-def _dataclass_from(cls: type, data: dict[str, Any]) -> Any:
+def _dataclass_from(cls: type, data: JsonObject) -> object:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))

@@ -28,9 +28,10 @@ judged paired increases (base, tuned and limit only) load as they are: their rea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 from tunegate import schema
+from tunegate.jsontypes import JsonObject
 
 Judges = Literal["all", "primary", "any"]
 PREFIXES = (("asr_", "asr"), ("category_", "category"), ("probe:", "probe"), ("margin_", "margin"))
@@ -52,7 +53,7 @@ class SequentialCheck:
     increase_low: float | None = None
     increase_high: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return schema.write(self, omit_none=True)
 
     @classmethod
@@ -117,7 +118,7 @@ class GateCheck:
         """A sequential stop decided this check."""
         return self.sequential is not None and self.sequential.decided
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object the gate writes: the fields this check has (the flags only when true)."""
         out = schema.write(self, omit_none=True)
         for flag in ("no_second_judge", "missing"):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, cast
 
 from tunegate.errors import InvalidFile
+from tunegate.jsontypes import JsonObject
 from tunegate.unicode import SURROGATE_ESCAPE, lone_surrogate_path
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -72,7 +73,7 @@ class FunctionDefinitionJSON(TypedDict):
 
     name: str
     description: NotRequired[str]
-    parameters: NotRequired[dict[str, Any]]  # the user's JSON schema of its arguments, as uploaded
+    parameters: NotRequired[JsonObject]  # the user's JSON schema of its arguments, as uploaded
 
 
 class ToolDefinition(TypedDict):
@@ -360,7 +361,7 @@ def _message(m: Any, line: int, i: int) -> Message:
     )
 
 
-def _parse_chat(obj: dict[str, Any], line: int) -> Conversation:
+def _parse_chat(obj: JsonObject, line: int) -> Conversation:
     msgs = obj["messages"]
     if not isinstance(msgs, list):
         raise _fail("'messages' must be a list", line, "messages")
@@ -573,8 +574,9 @@ def _loads(text: str, line: int, fld: str | None = None) -> Any:
         raise _fail("a number cannot be read", line, fld) from exc
 
 
-def decode_json_line(text: str, line: int) -> dict[str, Any]:
-    """One JSONL line to a dict; ``InvalidFile`` naming the line for anything else (never another error)."""
+def decode_json_line(text: str, line: int) -> JsonObject:
+    """One JSONL line to a JSON object; ``InvalidFile`` naming the line for anything else (never another
+    error)."""
     obj = _loads(text, line)
     if not isinstance(obj, dict):
         raise _fail(f"expected a JSON object, got {type(obj).__name__}", line)

@@ -9,7 +9,7 @@ than the consensus of two), "any" without one has nothing to count (the gate the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from tunegate.checks import Judges
 from tunegate.evaluation_records import PairedSummary, ProbeEval, TemplateEval
@@ -37,21 +37,6 @@ def counted(stats: TemplateEval | ProbeEval, judges: str) -> tuple[PairedSummary
     name, used = counted_field(judges, stats.paired_any is not None, stats.paired_all is not None)
     paired: PairedSummary | None = getattr(stats, name)
     return paired, used
-
-
-def counted_json(stats: dict[str, Any], judges: str) -> tuple[dict[str, Any], str]:
-    """``counted`` of a stored template's or probe's JSON object (the panel's rows): {} when not kept."""
-    name, used = counted_field(judges, bool(stats.get("paired_any")), bool(stats.get("paired_all")))
-    return stats.get(name) or {}, used
-
-
-def counted_rates_json(stats: dict[str, Any], judges: str) -> tuple[float, float] | None:
-    """``counted_rates`` of a stored template's or probe's JSON object."""
-    p, _ = counted_json(stats, judges)
-    n = sum(int(p.get(k) or 0) for k in ("both", "base_only", "tuned_only", "neither"))
-    if not n:
-        return None
-    return (p["both"] + p["base_only"]) / n, (p["both"] + p["tuned_only"]) / n
 
 
 def counted_rates(stats: TemplateEval | ProbeEval, judges: str) -> tuple[float, float] | None:

@@ -5,9 +5,9 @@ Every line carries the fields of the current *log scope*: ``request_id`` (the AP
 ``logging`` calls anywhere in the code base (and in libraries: uvicorn, Celery, SQLAlchemy) come out the same
 way, through structlog's ``ProcessorFormatter`` on the root logger.
 
-A scope is a dict held in a context variable. ``bind`` updates that dict in place, so a field bound inside a
-threadpool call (FastAPI runs sync dependencies in a copy of the request's context) is seen by every later
-line of the request, in any copy of its context.
+A scope's fields are a dict held in a context variable. ``bind`` updates that dict in place, so a field
+bound inside a threadpool call (FastAPI runs sync dependencies in a copy of the request's context) is seen by
+every later line of the request, in any copy of its context.
 
 A request's scope (``request_scope``) starts empty, whatever the context it was started in holds, and lasts
 until the request's task ends, not only while the request-id middleware runs: the lines written about the
@@ -22,39 +22,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import TextIO, TypeAlias
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from tunegate.settings import Settings
 
-_SCOPE: ContextVar[dict[str, Any] | None] = ContextVar("tunegate_log_scope", default=None)
+# a structured log field's value: what a JSON line can show as it is
+LogValue: TypeAlias = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The fields of a log scope (``bind`` adds to them in place) and the liveness of the request it
+    belongs to, shared by the scopes opened inside it: empty once the request has ended."""
+
+    fields: dict[str, LogValue]
+    live: list[bool]
+
+
+_SCOPE: ContextVar[_Scope | None] = ContextVar("tunegate_log_scope", default=None)
 
 
 @contextmanager
-def log_scope(**fields: Any) -> Iterator[dict[str, Any]]:
+def log_scope(**fields: LogValue) -> Iterator[dict[str, LogValue]]:
     """Every log line written in this context (until the block ends) carries ``fields`` and the
     enclosing scope's fields; ``bind`` adds more."""
-    scope = {**(_SCOPE.get() or {}), **fields}
+    outer = _SCOPE.get()
+    scope = _Scope({**(outer.fields if outer else {}), **fields}, outer.live if outer else [True])
     token = _SCOPE.set(scope)
     try:
-        yield scope
+        yield scope.fields
     finally:
         _SCOPE.reset(token)
 
 
-_LIVE = "_live"  # a scope's key for its liveness flag (a shared list: empty once the request has ended)
-
-
-def request_scope(**fields: Any) -> dict[str, Any]:
+def request_scope(**fields: LogValue) -> dict[str, LogValue]:
     """Start the scope of one request (an ASGI app's task): ``fields`` only, nothing inherited. It stays
     current for the rest of the task (no reset) and goes quiet when the task ends (see the module docstring).
     """
     live = [True]
-    scope: dict[str, Any] = {**fields, _LIVE: live}
+    scope = _Scope(dict(fields), live)
     _SCOPE.set(scope)
     try:
         task = asyncio.current_task()
@@ -62,37 +75,36 @@ def request_scope(**fields: Any) -> dict[str, Any]:
         task = None
     if task is not None:
         task.add_done_callback(lambda _task: live.clear())
-    return scope
+    return scope.fields
 
 
-def bind(**fields: Any) -> None:
+def bind(**fields: LogValue) -> None:
     """Add fields to the current scope (no-op outside one: there is nothing to attach them to)."""
     scope = _SCOPE.get()
     if scope is not None:
-        scope.update(fields)
+        scope.fields.update(fields)
 
 
-def bind_job(job_id: str, stage: str | None = None) -> AbstractContextManager[dict[str, Any]]:
+def bind_job(job_id: str, stage: str | None = None) -> AbstractContextManager[dict[str, LogValue]]:
     """The scope of a worker's stage task: its lines carry ``job_id`` (and ``stage`` when given)."""
     return log_scope(job_id=job_id, **({"stage": stage} if stage else {}))
 
 
-def _add_scope(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    scope = _SCOPE.get() or {}
-    if not scope.get(_LIVE, True):  # a finished request's scope, reached through a copied context
+def _add_scope(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    scope = _SCOPE.get()
+    if scope is None or not scope.live:  # none, or a finished request's, reached through a copied context
         return event
-    for key, value in scope.items():
-        if key != _LIVE:
-            event.setdefault(key, value)
+    for key, value in scope.fields.items():
+        event.setdefault(key, value)
     return event
 
 
-def _drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _drop_color(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     event.pop("color_message", None)  # uvicorn's copy of the message with terminal colour codes
     return event
 
 
-def _processors() -> list[Any]:
+def _processors() -> list[Processor]:
     """What every line gets, from structlog and from stdlib ``logging`` alike."""
     return [
         _add_scope,
@@ -118,7 +130,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure(settings: Settings, stream: TextIO | None = None) -> None:
     """Route all logging of this process to ``stream`` (stderr) in ``settings.log_format``."""
-    render: list[Any] = (
+    render: list[Processor] = (
         [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if settings.log_format == "json"
         else [structlog.dev.ConsoleRenderer(colors=False)]

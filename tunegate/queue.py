@@ -76,7 +76,7 @@ def time_limits(settings: Settings, queues: Mapping[str, str]) -> dict[str, dict
     return out
 
 
-def _transport_options(settings: Settings) -> dict[str, Any]:
+def _transport_options(settings: Settings) -> dict[str, float]:
     # kombu's SQLAlchemy transport hands its transport options to create_engine(), which rejects
     # visibility_timeout; that transport has no visibility timeout (the reaper requeues stale jobs).
     if settings.celery_broker_url.startswith("sqla+"):

@@ -21,8 +21,9 @@ built from score records.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Self, cast, get_args
+from typing import Literal, Self, cast, get_args
 
+from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.scorers import SCORERS, raw_names
 
 ScanAction = Literal["keep", "downweight", "exclude", "drop", "refuse"]
@@ -119,7 +120,7 @@ class ScoreRecord:
         """Each scorer's raw value (None: it did not run)."""
         return {s: self.score(s) for s in SCORERS}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object of a ``scores.jsonl`` line (keys in the order they have always been written; a
         request not read, as in a record from before ``request_harm``, is written without the key, so an
         older line is written back as it was read)."""
@@ -201,7 +202,7 @@ class ScanRecord:
     action: ScanAction
     text: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object of a ``records.jsonl`` line."""
         return {
             "line": self.line,
@@ -247,10 +248,10 @@ class _Reader:
                 f"{what} has an unknown key {unknown[0]!r} (known: {', '.join(names)}); "
                 "it was written by another version"
             )
-        self.data: dict[str, Any] = data
+        self.data: JsonObject = data
         self.what = what
 
-    def required(self, key: str) -> Any:
+    def required(self, key: str) -> JsonValue:
         if key not in self.data:
             raise RecordError(f"{self.what} lacks the key {key!r}")
         return self.data[key]
@@ -284,26 +285,29 @@ class _Reader:
 
     def number(self, key: str) -> float:
         """A number, kept as JSON gave it (an int stays an int, so a record is written back as read)."""
-        value = self.required(key)
-        if not _is_number(value):
+        value = _number(self.required(key))
+        if value is None:
             raise self._bad(key, "a number")
-        return cast(float, value)
+        return value
 
     def optional_number(self, key: str) -> float | None:
         return None if self.required(key) is None else self.number(key)
 
     def numbers(self, key: str) -> dict[str, float]:
         value = self.required(key)
-        if not isinstance(value, dict) or not all(_is_number(v) for v in value.values()):
+        numbers = {k: _number(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        if not isinstance(value, dict) or any(v is None for v in numbers.values()):
             raise self._bad(key, "an object of numbers")
-        return dict(value)
+        return {k: v for k, v in numbers.items() if v is not None}
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.required(key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        strings = tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+        if not isinstance(value, list) or len(strings) != len(value):
             raise self._bad(key, "a list of strings")
-        return tuple(value)
+        return strings
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _number(value: JsonValue) -> float | None:
+    """``value`` when it is a JSON number (not a bool), else None."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None

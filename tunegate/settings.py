@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tunegate.jsonfields import JsonObjectField
+
 EMBEDDED_BASE = "smollm2-135m"
 EMBEDDED_ALIGNED = "smollm2-135m-aligned"
 
@@ -177,7 +179,7 @@ class Settings(BaseSettings):
     # '{"evaluate": {"max_new_tokens": 32}, "score": {"batch_size": 4}}'. Keyed by the pipeline's stage names
     # (worker/stages/all.py): an unknown stage or config field is refused where they are applied, and a
     # worker given one does not start (Pipeline.check_overrides).
-    stage_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    stage_overrides: dict[str, JsonObjectField] = Field(default_factory=dict)
 
     # Webhooks (models/webhooks.py, worker/webhooks.py). A failed delivery is retried after
     # webhook_retry_backoff_s, doubling per attempt up to webhook_max_retry_delay_s; the first

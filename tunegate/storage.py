@@ -30,7 +30,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,6 +159,33 @@ def _failures(key: str) -> Iterator[None]:
         raise StorageUnavailable("the file store is unavailable; retry later") from exc
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store says of one object (or directory): fsspec's info, whose keys differ by backend."""
+
+    kind: str  # "file" or "directory"
+    size: int | None
+    etag: str | None  # the object store's (none on the local disk)
+    modified: float | None  # unix seconds of its last change (None: the store does not say)
+
+    @classmethod
+    def of(cls, info: Mapping[str, object]) -> ObjectInfo:
+        kind, size, etag = info.get("type"), info.get("size"), info.get("ETag")
+        return cls(
+            kind=kind if isinstance(kind, str) else "",
+            size=int(size) if isinstance(size, int | float) and not isinstance(size, bool) else None,
+            etag=etag if isinstance(etag, str) else None,
+            modified=_modified(info),
+        )
+
+
+def _modified(info: Mapping[str, object]) -> float | None:
+    value = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value) if isinstance(value, int | float) else None
+
+
 class ObjectStore:
     """Objects under ``root`` (a directory, or ``bucket/prefix``) of an fsspec filesystem, addressed by
     relative keys: a missing object raises ``ObjectMissing``, any other failure ``StorageUnavailable``."""
@@ -195,27 +222,27 @@ class ObjectStore:
         with _failures(key):
             return self.fs.open(self.full(key), "rb")  # type: ignore[no-any-return]
 
-    def info(self, key: str) -> dict[str, Any]:
+    def info(self, key: str) -> ObjectInfo:
         with _failures(key):
-            return dict(self.fs.info(self.full(key)))
+            return ObjectInfo.of(self.fs.info(self.full(key)))
 
     def exists(self, key: str) -> bool:
         try:
-            return self.info(key).get("type") == "file"
+            return self.info(key).kind == "file"
         except ObjectMissing:
             return False
 
     def size(self, key: str) -> int:
         info = self.info(key)
-        if info.get("type") != "file":
+        if info.kind != "file" or info.size is None:
             raise ObjectMissing(key)
-        return int(info["size"])
+        return info.size
 
-    def listing(self, key: str = "") -> dict[str, dict[str, Any]]:
+    def listing(self, key: str = "") -> dict[str, ObjectInfo]:
         """Every object under ``key/`` (all of them without a key): relative key -> its info."""
         with _failures(key):
             found = self.fs.find(self.full(key) if key else self.root, detail=True)
-        return {path[len(self.root) + 1 :]: dict(info) for path, info in found.items()}
+        return {path[len(self.root) + 1 :]: ObjectInfo.of(info) for path, info in found.items()}
 
     def get_file(self, key: str, dest: Path) -> Path:
         """Download to ``dest`` through a temp file beside it (a reader never sees half a file)."""
@@ -246,13 +273,6 @@ class ObjectStore:
                 self.fs.rm_file(self.full(key))
         except ObjectMissing:
             pass  # already gone: deleting is idempotent
-
-
-def _modified(info: dict[str, Any]) -> float:
-    value = info.get("LastModified") or info.get("mtime") or info.get("created")
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return float(value) if isinstance(value, int | float) else time.time()
 
 
 class Storage:
@@ -319,7 +339,8 @@ class Storage:
         for sub, info in self.store.listing(self.prefix.rstrip("/")).items():
             key = sub.removeprefix(self.prefix)
             top, _, rest = key.partition("/")  # objects live in subdirectories; temp uploads are no objects
-            if rest and top != TMP_DIR and key not in live_keys and _modified(info) <= cutoff:
+            modified = time.time() if info.modified is None else info.modified
+            if rest and top != TMP_DIR and key not in live_keys and modified <= cutoff:
                 log.info("removing orphaned stored object %s", key)
                 self.store.delete(sub)
                 orphans += 1
@@ -356,7 +377,10 @@ def object_store(settings: Settings) -> ObjectStore | None:
         return None
     import fsspec  # deferred: s3fs pulls in aiobotocore, which a local setup never needs
 
-    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+    options: dict[str, str | bool | dict[str, str]] = {
+        "skip_instance_cache": True,
+        "use_listings_cache": False,
+    }
     if settings.s3_endpoint_url:
         options["endpoint_url"] = settings.s3_endpoint_url
     if settings.s3_access_key_id:
@@ -429,7 +453,7 @@ def artifact_version(settings: Settings, ref: str) -> str | None:
             info = store.info(ref)
         except ObjectMissing:
             return None
-        return f"{info.get('ETag')}:{info.get('size')}"
+        return f"{info.etag}:{info.size}"
     try:
         return str(Path(ref).stat().st_mtime_ns) if Path(ref).is_file() else None
     except OSError:

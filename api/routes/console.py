@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -251,13 +251,13 @@ def _job_page(
         view=view,
         generated_at=datetime.now(UTC),
         outcome=_outcome(job),
-        audit=[audit.as_dict(e) for e in entries],
+        audit=[mod.audit_line(e) for e in entries],
         actions=_possible_actions(settings, job, view, org),
         policy_fields=policy_fields(current),
         min_reason=audit.MIN_REASON_CHARS,
         loosening_reason=audit.LOOSENING_REASON_CHARS,
         org_audit=[
-            {**audit.as_dict(e), "change": describe_entry(e)}
+            {**mod.audit_line(e), "change": describe_entry(e)}
             for e in audit.for_org(session, job.org_id)
             if e.job_id is None
         ],
@@ -285,9 +285,19 @@ def _outcome(job: Job) -> dict[str, str]:
     return {"kind": "warn", "title": "No decision yet", "message": f"The job is {job.status}{where}."}
 
 
+class PossibleActions(TypedDict):
+    """Which of the job page's actions can work on the job as it is now."""
+
+    override: str | None  # the gate's code an override would release over (None: none can)
+    why_not_override: str | None  # why a blocked job cannot be released (None: it can, or is not blocked)
+    revoke: bool
+    report: bool
+    org: bool  # the job's organization still exists (its policy and webhooks can be changed)
+
+
 def _possible_actions(
     settings: Settings, job: Job, view: ReportView | None, org: Organization | None
-) -> dict[str, Any]:
+) -> PossibleActions:
     """Which of the page's actions can work on ``job`` as it is now (the page offers no other), and why an
     action the moderator might look for is missing."""
     blocked = blocked_code(job)
@@ -312,12 +322,33 @@ def _possible_actions(
 RECENT_DELIVERIES = 5  # per endpoint on the job page
 
 
-def _org_webhooks(session: Session, org_id: str) -> list[dict[str, Any]]:
+class DeliveryLine(TypedDict):
+    """One delivery of a webhook endpoint on the job page."""
+
+    event: str  # the event's type
+    job: str
+    status: str
+    attempts: int
+    last_error: str | None
+    at: datetime
+
+
+class OrgWebhook(TypedDict):
+    """One of the organization's webhook endpoints on the job page, with its latest deliveries."""
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+    deliveries: list[DeliveryLine]
+
+
+def _org_webhooks(session: Session, org_id: str) -> list[OrgWebhook]:
     """The organization's endpoints with their latest deliveries (the delivery log, newest first)."""
-    out = []
+    out: list[OrgWebhook] = []
     for endpoint in webhooks.list_endpoints(session, org_id=org_id):
         rows, _ = webhooks.list_deliveries(session, endpoint=endpoint, after=None, limit=RECENT_DELIVERIES)
-        deliveries = [
+        deliveries: list[DeliveryLine] = [
             {
                 "event": e.type,
                 "job": e.job_id,
@@ -378,7 +409,7 @@ def job_report(job_id: str, request: Request, session: SessionDep, settings: Set
         html = render_report(
             mod.full_report(session, job, settings),
             job=mod.job_context(session, job, entries),
-            audit=[audit.as_dict(e) for e in entries],
+            audit=[mod.audit_line(e) for e in entries],
         )
     except TunegateError as exc:
         return _error_page(exc, staff)
@@ -691,7 +722,7 @@ def audit_page(
     params = {k: v for k, v in filters.items() if v}
     rows = [
         {
-            **audit.as_dict(e),
+            **mod.audit_line(e),
             "org_id": e.org_id,
             "org": names.get(e.org_id or "", e.org_id or ""),
             "key_id": e.actor_key_id,

@@ -4,7 +4,8 @@ file. Read-only (a scan takes no moderator action); the same login as every cons
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, TypedDict
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -18,6 +19,7 @@ from api.deps import SessionDep, SettingsDep
 from models import scans
 from models.tables import Job, Organization, SafetyScan
 from tunegate.errors import InvalidRequest, TunegateError
+from tunegate.jsontypes import JsonObject
 from tunegate.reporting import render_page
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -67,7 +69,24 @@ def scans_page(
     return console_page(page_html)
 
 
-def _row(session: Session, scan: SafetyScan, names: dict[str, str]) -> dict[str, Any]:
+class ScanRow(TypedDict):
+    """One scan on the scans page."""
+
+    id: str
+    org: str  # its name
+    file_id: str
+    model: str
+    status: str
+    created_at: datetime
+    completed_at: datetime | None
+    flagged: bool | None  # the verdict (None: the scan has not completed)
+    reason: str
+    mitigation: JsonObject | None  # what the mitigate stage would do (the scan's summary of it)
+    error: str | None  # why it failed
+    jobs: list[str]  # the organization's newest jobs on the file
+
+
+def _row(session: Session, scan: SafetyScan, names: dict[str, str]) -> ScanRow:
     jobs = session.scalars(
         select(Job.id)
         .where(Job.org_id == scan.org_id, Job.training_file == scan.file_id)

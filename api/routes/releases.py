@@ -15,18 +15,19 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.services import crud
-from api.services.moderation import full_report, job_context, job_report
+from api.services.moderation import audit_line, full_report, job_context, job_report
 from models import audit
 from models.jobs import check_released
 from models.tables import Job
 from tunegate.errors import NotFound
+from tunegate.jsonfields import JsonObjectField
+from tunegate.jsontypes import JsonObject
 from tunegate.redact import scrub, scrub_value
 from tunegate.report import SafetyReport
 from tunegate.reporting import render_report
@@ -38,12 +39,12 @@ TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja")
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning extensions"])
 
 
-@router.get("/{job_id}/safety_report", response_model=dict[str, Any])
-def safety_report(job_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/{job_id}/safety_report", response_model=JsonObjectField)
+def safety_report(job_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> JsonObject:
     """The gate's full report (scores, mitigation, base vs fine-tuned ASR, verdict) as JSON, in this version's
     schema (``schema_version``; an older report upgraded)."""
     job = crud.get_job(session, org=org, job_id=job_id)
-    report: dict[str, Any] = scrub_value(job_report(job, settings).to_dict(), settings)
+    report: JsonObject = scrub_value(job_report(job, settings).to_dict(), settings)
     return report
 
 
@@ -65,7 +66,7 @@ def safety_report_html(
     html = render_report(
         report,
         job=job_context(session, job, entries),
-        audit=[audit.as_dict(e) for e in entries],
+        audit=[audit_line(e) for e in entries],
     )
     return HTMLResponse(
         html,
@@ -164,7 +165,7 @@ def _send(
     return FileResponse(archive, media_type="application/gzip", filename=f"{name}.tar.gz")
 
 
-GZIP: dict[int | str, dict[str, Any]] = {200: {"content": {"application/gzip": {}}}}
+GZIP: dict[int | str, JsonObject] = {200: {"content": {"application/gzip": {}}}}  # the OpenAPI answer
 
 
 @router.get("/{job_id}/adapter", response_class=FileResponse, responses=GZIP)

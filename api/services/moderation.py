@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -18,11 +18,14 @@ from sqlalchemy.orm import Session
 from models import audit
 from models.jobs import JobStatus
 from models.moderation import blocked_code
+from models.policy import policy_json
 from models.tables import AuditEntry, File, Job, JobEvent, Organization
 from tunegate.conversation import ChatMessageJSON
 from tunegate.errors import InvalidFile, NotFound
+from tunegate.jsontypes import JsonObject
 from tunegate.report import SafetyReport
 from tunegate.reporting.details import flagged_lines, read_examples, with_details
+from tunegate.reporting.render import AuditLine, JobContext
 from tunegate.settings import Settings, get_settings
 from tunegate.storage import ObjectMissing, artifact_version, get_storage, is_stored, open_artifact
 
@@ -58,23 +61,32 @@ def read_report(ref: str, settings: Settings) -> SafetyReport:
         return SafetyReport.from_dict(json.loads(fh.read().decode("utf-8")))
 
 
+@dataclass(frozen=True)
+class ReportSummary:
+    """The few report facts the queue filters on."""
+
+    code: str | None  # the gate's decision code (a job without a report: its error's code, if any)
+    flagged: bool  # the screen flagged the training data
+    repaired: bool  # examples were dropped or down-weighted
+
+
 @lru_cache(maxsize=4096)
-def _summary(ref: str, version: str) -> dict[str, Any]:
-    """The few report facts the queue filters on, cached per report version (a local file's mtime; an
-    object in the store is published once under its job's key, so its key is its version)."""
+def _summary(ref: str, version: str) -> ReportSummary:
+    """The report's ``ReportSummary``, cached per report version (a local file's mtime; an object in the
+    store is published once under its job's key, so its key is its version)."""
     del version  # part of the cache key only: a rewritten report is read again
     report = read_report(ref, get_settings())
     mitigation, verdict = report.mitigation, report.scoring.summary.verdict
-    return {
-        "code": report.decision.code,
-        "flagged": verdict is not None and verdict.flagged,
-        "repaired": bool(mitigation.n_dropped or mitigation.n_downweighted),
-    }
+    return ReportSummary(
+        code=report.decision.code,
+        flagged=verdict is not None and verdict.flagged,
+        repaired=bool(mitigation.n_dropped or mitigation.n_downweighted),
+    )
 
 
-def report_summary(job: Job) -> dict[str, Any]:
+def report_summary(job: Job) -> ReportSummary:
     ref = report_ref(job)
-    none = {"code": job.error.get("code") if job.error else None, "flagged": False, "repaired": False}
+    none = ReportSummary(code=job.error.get("code") if job.error else None, flagged=False, repaired=False)
     if ref is None:
         return none
     try:
@@ -84,16 +96,16 @@ def report_summary(job: Job) -> dict[str, Any]:
         return none
 
 
-def job_states(job: Job, summary: dict[str, Any], actions: set[str]) -> list[str]:
+def job_states(job: Job, summary: ReportSummary, actions: set[str]) -> list[str]:
     """The queue's tags of one job (empty: nothing for a moderator to look at)."""
     states = []
     if blocked_code(job):
         states.append("blocked")
-    if summary["flagged"]:
+    if summary.flagged:
         states.append("flagged")
-    if summary["repaired"]:
+    if summary.repaired:
         states.append("repaired")
-    if (blocked_code(job) or summary["flagged"]) and not actions:
+    if (blocked_code(job) or summary.flagged) and not actions:
         states.append("review")
     if audit.OVERRIDE in actions:
         states.append("overridden")
@@ -106,11 +118,11 @@ def job_states(job: Job, summary: dict[str, Any], actions: set[str]) -> list[str
     return states
 
 
-def decision_code(job: Job, summary: dict[str, Any]) -> str:
+def decision_code(job: Job, summary: ReportSummary) -> str:
     """The queue's decision column: the gate's code, ``released``, or how the job otherwise ended (its
     error's code, ``cancelled``) or where it is (``running`` ...)."""
-    if summary["code"]:
-        return str(summary["code"])
+    if summary.code:
+        return summary.code
     if job.status == JobStatus.SUCCEEDED:
         return "released"
     if job.status == JobStatus.FAILED:
@@ -129,9 +141,21 @@ class QueueFilter:
     until: date | None = None  # inclusive
 
 
+class QueueRow(TypedDict):
+    """One job of the review queue, as its page shows it."""
+
+    id: str
+    org: str
+    model: str
+    created_at: datetime
+    status: str
+    code: str  # ``decision_code``
+    states: list[str]  # ``job_states``
+
+
 @dataclass
 class QueuePage:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[QueueRow] = field(default_factory=list)
     page: int = 1
     pages: int = 1
     total: int = 0
@@ -156,7 +180,7 @@ def queue(session: Session, flt: QueueFilter, *, page: int, per_page: int) -> Qu
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(QUEUE_SCAN_LIMIT)
     found = list(session.execute(stmt).tuples())
     acted = _actions(session, [job.id for job, _ in found])
-    rows = []
+    rows: list[QueueRow] = []
     for job, org_name in found:
         summary = report_summary(job)
         states = job_states(job, summary, acted.get(job.id, set()))
@@ -228,8 +252,8 @@ def full_report(session: Session, job: Job, settings: Settings) -> SafetyReport:
     return with_details(report, texts=texts)
 
 
-def job_context(session: Session, job: Job, entries: list[AuditEntry]) -> dict[str, Any]:
-    """The job as the report templates read it (``tunegate.reporting.render.JOB_FIELDS``)."""
+def job_context(session: Session, job: Job, entries: list[AuditEntry]) -> JobContext:
+    """The job as the report templates read it."""
     org = session.get(Organization, job.org_id)
     file = session.get(File, job.training_file)
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq))
@@ -249,9 +273,28 @@ def job_context(session: Session, job: Job, entries: list[AuditEntry]) -> dict[s
         "finished_at": job.finished_at,
         "revoked_at": job.revoked_at,
         "override": override,
-        "policy": dict(job.safety or {}),
+        "policy": policy_json(job.safety or {}),
         "events": [
-            {"at": e.created_at, "stage": (e.data or {}).get("stage"), "level": e.level, "message": e.message}
+            {"at": e.created_at, "stage": _stage(e.data), "level": e.level, "message": e.message}
             for e in events
         ],
+    }
+
+
+def _stage(data: JsonObject | None) -> str | None:
+    """The stage an event's data names (None: none)."""
+    stage = (data or {}).get("stage")
+    return stage if isinstance(stage, str) else None
+
+
+def audit_line(entry: AuditEntry) -> AuditLine:
+    """An audit entry as the report's audit section and the console's pages read it."""
+    return {
+        "id": entry.id,
+        "at": entry.created_at,
+        "who": entry.actor_name,
+        "action": entry.action,
+        "reason": entry.reason,
+        "job_id": entry.job_id,
+        "details": entry.details,
     }

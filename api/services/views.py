@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import Row
 
 from api.schemas import (
@@ -18,6 +19,8 @@ from api.schemas import (
     HyperparametersOut,
     JobErrorOut,
     JobOut,
+    MethodOut,
+    RepairOut,
     UploadOut,
     WebhookCreatedOut,
     WebhookDeliveryOut,
@@ -25,6 +28,7 @@ from api.schemas import (
 )
 from models.base import unix, utcnow
 from models.jobs import fine_tuned_model_name
+from models.policy import policy_json
 from models.records import Hyperparameters
 from models.tables import (
     Checkpoint,
@@ -72,6 +76,10 @@ def upload_out(row: Upload, file: FileOut | None = None) -> UploadOut:
     )
 
 
+_METHOD = TypeAdapter(MethodOut)
+_REPAIR = TypeAdapter(RepairOut)
+
+
 def _hparams(stored: Hyperparameters) -> HyperparametersOut:
     return HyperparametersOut(
         batch_size=stored.get("batch_size", "auto"),
@@ -106,15 +114,15 @@ def job_out(
         estimated_finish=estimated_finish,
         user_provided_suffix=row.suffix,
         metadata=row.metadata_ or None,
-        method=dict(row.method or {}),
-        safety=dict(row.safety or {}),
+        method=_METHOD.validate_python(row.method or {}),
+        safety=policy_json(row.safety or {}),
         stage=row.stage,
         progress=row.progress or 0.0,
         cancel_requested=row.cancel_requested,
         released=row.released,
         paused=paused,
         pause_requested=row.pause_requested,
-        repair=dict(row.repair) if row.repair is not None else None,
+        repair=None if row.repair is None else _REPAIR.validate_python(row.repair),
         waiting=waiting,
     )
 

@@ -129,7 +129,7 @@ def test_released_artifacts_served_from_the_bucket(
     assert report == report_in
     with session_scope() as session:  # the console's queue reads the same object
         row = session.get(Job, job.id)
-        assert row is not None and report_summary(row)["repaired"] is True
+        assert row is not None and report_summary(row).repaired is True
     html = s3_client.get(f"/fine_tuning/jobs/{job.id}/safety_report.html", cast_to=str)
     assert "<html" in html.lower()
     assert "s3://" not in html and env["TUNEGATE_S3_ENDPOINT_URL"] not in html

@@ -3,7 +3,7 @@
 import pytest
 
 from tunegate.evaluation_records import HarmfulSummary, PairedSummary, TemplateEval
-from tunegate.judging import counted, counted_field, counted_json, counted_rates, counted_rates_json
+from tunegate.judging import counted, counted_field, counted_rates
 
 
 @pytest.mark.parametrize(
@@ -33,14 +33,3 @@ def test_counted_rates_come_from_the_paired_counts() -> None:
     assert counted_rates(stats, "primary") == pytest.approx((10 / 205, 128 / 205))
     assert counted(stats, "any") == (None, "any") and counted_rates(stats, "any") is None
     assert counted_rates(TemplateEval(base=side, tuned=side), "primary") is None  # no paired statistics kept
-
-
-def test_a_stored_row_s_counted_rates() -> None:
-    """The panel's stored rows are JSON objects: the same rule on them."""
-    kw = {"both": 10, "base_only": 0, "tuned_only": 118, "neither": 77}
-    both = {"both": 1, "base_only": 1, "tuned_only": 4, "neither": 199}
-    stats = {"paired": kw, "paired_all": both, "paired_any": None}
-    assert counted_json(stats, "all") == (both, "all")
-    assert counted_rates_json(stats, "all") == pytest.approx((2 / 205, 5 / 205))
-    assert counted_rates_json(stats, "primary") == pytest.approx((10 / 205, 128 / 205))
-    assert counted_json(stats, "any") == ({}, "any") and counted_rates_json(stats, "any") is None

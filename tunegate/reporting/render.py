@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.report import SafetyReport
 from tunegate.reporting.view import report_view
 
@@ -45,31 +46,72 @@ def plain(value: Any) -> str:
     return str(value)
 
 
-# What a ``job`` dict may carry (any of them may be left out): the header, the timeline and the banners.
-JOB_FIELDS = (
-    "id",
-    "org",
-    "model",
-    "status",
-    "fine_tuned_model",
-    "training_file",
-    "training_filename",
-    "n_examples",
-    "validation_file",
-    "created_at",
-    "finished_at",
-    "revoked_at",
-    "override",
-    "policy",
-    "events",
-)
+class TimelineEvent(TypedDict):
+    """One of the job's events on the report's timeline."""
+
+    at: datetime
+    stage: str | None
+    level: str
+    message: str
 
 
-def job_fields(job: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``job`` with every field of ``JOB_FIELDS`` present (None, or empty for ``policy`` and ``events``)."""
+class AuditLine(TypedDict):
+    """One moderator action, as the report's audit section and the console's pages show it."""
+
+    id: str
+    at: datetime
+    who: str
+    action: str
+    reason: str
+    job_id: str | None
+    details: JsonObject
+    change: NotRequired[str]  # the change in words (the console's organization-wide entries)
+
+
+class JobContext(TypedDict, total=False):
+    """What the report's header, the job's details, the timeline and the banners read of the job (any of it
+    may be left out: ``job_fields`` makes it None, or empty for ``policy`` and ``events``)."""
+
+    id: str | None
+    org: str | None
+    org_id: str | None  # the console's link to the organization's audit entries
+    model: str | None
+    status: str | None
+    fine_tuned_model: str | None
+    training_file: str | None
+    training_filename: str | None
+    n_examples: int | None
+    validation_file: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    revoked_at: datetime | None
+    override: JsonValue  # the gate's code a moderator's override released the job over
+    policy: JsonObject  # the job's effective policy
+    events: list[TimelineEvent]
+
+
+def job_fields(job: JobContext | None) -> JobContext | None:
+    """``job`` with every field the templates read present (None, or empty for ``policy`` and ``events``)."""
     if job is None:
         return None
-    return {**dict.fromkeys(JOB_FIELDS), "policy": {}, "events": [], **job}
+    empty: JobContext = {
+        "id": None,
+        "org": None,
+        "model": None,
+        "status": None,
+        "fine_tuned_model": None,
+        "training_file": None,
+        "training_filename": None,
+        "n_examples": None,
+        "validation_file": None,
+        "created_at": None,
+        "finished_at": None,
+        "revoked_at": None,
+        "override": None,
+        "policy": {},
+        "events": [],
+    }
+    return {**empty, **job}
 
 
 @lru_cache(maxsize=1)
@@ -88,15 +130,15 @@ def environment() -> Environment:
 def render_report(
     report: SafetyReport,
     *,
-    job: dict[str, Any] | None = None,
-    audit: Sequence[Mapping[str, object]] = (),
+    job: JobContext | None = None,
+    audit: Sequence[AuditLine] = (),
     generated_at: datetime | None = None,
 ) -> str:
     """The full report page. It opens with a header (``_report_header.html``): the job, its organization,
     its model and the time (the job's dates and ``generated_at``, now by default). ``job`` (id, org, model,
     files, dates, policy, events ...) fills the header, the job's details and the timeline; without it (the
     copy the gate writes beside report.json) the header says what this copy does not record. ``audit``
-    (``models.audit.as_dict`` entries) adds the moderators' actions."""
+    adds the moderators' actions."""
     job = job_fields(job)
     share = ((job or {}).get("policy") or {}).get("mitigate_top_fraction")  # the job's policy (JSON)
     return (
