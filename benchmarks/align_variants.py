@@ -105,7 +105,7 @@ def build(out: Path, name: str, sets: dict[str, Any], distilled_file: Path) -> d
     if not (model_dir / "config.json").is_file():
         t0 = time.monotonic()
         res = run(cfg, AlignInputs(StageIO(vdir / "work", stage="align"), model_dir, settings, distilled))
-        build_info = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train}
+        build_info = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train.to_dict()}
         (vdir / "build.json").write_text(json.dumps(build_info, indent=2))
     build_info = json.loads((vdir / "build.json").read_text())
     measured = measure(str(model_dir))

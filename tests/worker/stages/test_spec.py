@@ -99,7 +99,7 @@ SAMPLES: dict[str, StageResult] = {
                 evaluated=True,
                 released=True,
                 asr={"chat": CountedAsr(base=0.05, tuned=0.05, judges="all", upper=0.03, limit=0.05)},
-                over_refusal={"check": "over_refusal", "passed": True, "increase": 0.02},
+                over_refusal=GateCheck("over_refusal", True, increase=0.02),
                 task_loss=1.51,
                 task_loss_limit=1.65,
                 n_layers=14,
