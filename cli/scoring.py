@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli import options
 from cli.progress import Progress
+
+if TYPE_CHECKING:
+    from tunegate.report import ScoreSummary
 
 models_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Base models: convert the embedded model, build caches."
@@ -135,20 +138,21 @@ def score(
         )
     write_records(scored.records, out)
     summary_path = out.with_name(out.stem + ".summary.json")
-    summary_path.write_text(json.dumps(scored.summary, indent=2), encoding="utf-8")
+    summary_path.write_text(json.dumps(scored.summary.to_dict(), indent=2), encoding="utf-8")
     _print_summary(scored.summary, out, summary_path)
 
 
-def _print_summary(summary: dict[str, Any], out: Path, summary_path: Path) -> None:
-    typer.echo(f"scored {summary['n_examples']} examples with {summary['model']} -> {out}")
-    for s, dist in summary["distributions"].items():
+def _print_summary(summary: ScoreSummary, out: Path, summary_path: Path) -> None:
+    typer.echo(f"scored {summary.n_examples} examples with {summary.model} -> {out}")
+    for s, dist in (summary.distributions or {}).items():
         typer.echo(f"  {s:<20} median {dist['p50']:.4g}  p95 {dist['p95']:.4g}  max {dist['max']:.4g}")
-    for pair, rho in summary["agreement"]["spearman"].items():
+    for pair, rho in (summary.agreement["spearman"] if summary.agreement else {}).items():
         typer.echo(f"  spearman {pair}: {rho:.3f}")
-    for item in summary["top_flagged"][:5]:
-        typer.echo(f"  line {item['line']}: risk {item['risk']:.1f}  {item['response_preview'][:70]!r}")
-    verdict = summary["verdict"]
-    typer.echo(f"verdict: {'FLAGGED' if verdict['flagged'] else 'ok'} - {verdict['reason']}")
+    for item in (summary.top_flagged or ())[:5]:
+        typer.echo(f"  line {item.line}: risk {item.risk:.1f}  {item.response_preview[:70]!r}")
+    if summary.verdict is not None:
+        verdict = summary.verdict
+        typer.echo(f"verdict: {'FLAGGED' if verdict.flagged else 'ok'} - {verdict.reason}")
     typer.echo(f"summary: {summary_path}")
 
 

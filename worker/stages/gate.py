@@ -44,7 +44,6 @@ from tunegate.report import (
     ReportMitigation,
     ReportPolicy,
     ReportRepair,
-    ScoreSummary,
 )
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation import sequential
@@ -457,7 +456,7 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
         ReportPolicy.from_dict(asdict(cfg)),
         decision_part(res.released, res.code, res.message, res.checks, res.warnings),
         inputs.evaluation,
-        ScoreSummary.from_dict(inputs.score.summary) if inputs.score else None,
+        inputs.score.summary if inputs.score else None,
         inputs.score.records if inputs.score else None,
         ReportMitigation.from_dict(inputs.mitigation.to_dict()) if inputs.mitigation else None,
         inputs.training.to_dict() if inputs.training else None,

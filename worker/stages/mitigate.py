@@ -111,7 +111,7 @@ class MitigateInputs:
     io: StageIO
     settings: Settings | None = None  # the model registry and caches: needed for contrastive examples
     cluster_lines: list[int] = field(default_factory=list)  # the score verdict's coherent cluster
-    score_summary: dict[str, Any] = field(default_factory=dict)  # for the report of a refused file
+    score_summary: ScoreSummary = field(default_factory=ScoreSummary)  # for the report of a refused file
     publish: Publish = keep_local  # makes that report readable by the API (tunegate.storage)
 
 
@@ -328,7 +328,7 @@ def _refuse(
         out_dir,
         ReportPolicy.from_dict(policy),
         msg,
-        ScoreSummary.from_dict(inputs.score_summary),
+        inputs.score_summary,
         inputs.score_records,
         inputs.examples,
         MitigationLog.from_actions(actions),
