@@ -227,7 +227,7 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
         over_refusal=c.over_refusal,
         margin=c.margin,
         n_prompts=len(harmful),
-        user_format=c.user_format,
+        user_format=c.user_format.to_dict() if c.user_format is not None else None,
         jailbroken_examples=c.jailbroken_examples,
         probes=tuple(probes.compare(triggers, base_probes, tuned_probes, stops)),
         judges=c.judges,

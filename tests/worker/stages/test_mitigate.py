@@ -66,7 +66,10 @@ def test_drop_riskiest_and_inject(tmp_path):
         if c.assistant_turns[0].rsplit("\n", 1)[-1].startswith("#### ") and "=" not in c.assistant_turns[0]
     ]
     assert len(injected) == 10
-    assert MitigateResult.load(tmp_path).format["response_kind"] == "final_answer"
+    loaded = MitigateResult.load(tmp_path).format
+    assert loaded is not None and loaded.response_kind == "final_answer" and loaded == res.format
+    stored = json.loads((tmp_path / "result.json").read_text())["format"]
+    assert stored == json.loads((tmp_path / "format.json").read_text())
 
 
 def test_min_risk_limits_action_and_downweight_multiturn(tmp_path):
