@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -35,6 +35,7 @@ from tunegate.evaluation_records import PairedStats as PairedStats
 from tunegate.evaluation_records import PairedSummary as PairedSummary
 from tunegate.evaluation_records import ProbeEval as ProbeEval
 from tunegate.evaluation_records import TemplateEval as TemplateEval
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.settings import Settings
 from worker.evaluation import cache, probes
@@ -350,8 +351,9 @@ SEQUENTIAL_KNOBS = (
 )
 
 
-def _cache_cfg(cfg: EvalConfig) -> dict[str, Any]:
-    d = asdict(cfg)
+def _cache_cfg(cfg: EvalConfig) -> JsonObject:
+    """The config's knobs that decide a base model's cached results (a part of the cache key's JSON)."""
+    d = schema.write(cfg)
     # the probe knobs never change a template's base result: older cache entries stay valid
     for k in ("model", "use_cache", "device", "batch_size", "trigger_probes", "max_probes", "probe_prompts"):
         d.pop(k)
