@@ -114,7 +114,7 @@ def build(out: Path, name: str, sets: JsonObject, distilled_file: Path) -> JsonO
     if not (model_dir / "config.json").is_file():
         t0 = time.monotonic()
         res = run(cfg, AlignInputs(StageIO(vdir / "work", stage="align"), model_dir, settings, distilled))
-        trained = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train}
+        trained = {"train_seconds": round(time.monotonic() - t0, 1), "train": res.train.to_dict()}
         (vdir / "build.json").write_text(json.dumps(trained, indent=2))
     build_info = _object(json.loads((vdir / "build.json").read_text()), vdir / "build.json")
     measured = measure(str(model_dir))

@@ -130,7 +130,8 @@ def analyze(path: Path, k: int, reference_file: Path | None = None) -> None:
         return
     ref_path = found[0]
     reference = json.loads(ref_path.read_text())["scores"]
-    print("verdict:", summarize(recs, convs, reference, FlagRules())["verdict"])
+    verdict = summarize(recs, convs, reference, FlagRules()).verdict
+    print("verdict:", verdict.to_dict() if verdict is not None else None)
 
 
 def main() -> None:

@@ -111,7 +111,6 @@ def score(
 ) -> None:
     """Score every example of FILE and print a summary."""
     from tunegate.conversation import load_examples
-    from tunegate.report import ScoreSummary
     from tunegate.settings import get_settings
     from worker.scoring.score_all import score_examples
     from worker.stages.score import ScoreConfig, write_records
@@ -139,15 +138,15 @@ def score(
         )
     write_records(scored.records, out)
     summary_path = out.with_name(out.stem + ".summary.json")
-    summary_path.write_text(json.dumps(scored.summary, indent=2), encoding="utf-8")
-    _print_summary(ScoreSummary.from_dict(scored.summary), out, summary_path)
+    summary_path.write_text(json.dumps(scored.summary.to_dict(), indent=2), encoding="utf-8")
+    _print_summary(scored.summary, out, summary_path)
 
 
 def _print_summary(summary: ScoreSummary, out: Path, summary_path: Path) -> None:
     typer.echo(f"scored {summary.n_examples} examples with {summary.model} -> {out}")
     for s, dist in (summary.distributions or {}).items():
         typer.echo(f"  {s:<20} median {dist['p50']:.4g}  p95 {dist['p95']:.4g}  max {dist['max']:.4g}")
-    for pair, rho in (summary.agreement or {}).get("spearman", {}).items():
+    for pair, rho in (summary.agreement["spearman"] if summary.agreement else {}).items():
         typer.echo(f"  spearman {pair}: {rho:.3f}")
     for item in (summary.top_flagged or ())[:5]:
         typer.echo(f"  line {item.line}: risk {item.risk:.1f}  {item.response_preview[:70]!r}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 from tunegate import schema
 from tunegate.checks import GateCheck, Judges
@@ -231,6 +231,14 @@ class TopFlagged:
         return schema.read(cls, {**rest, "scores": scores}, what)
 
 
+class ScorerAgreement(TypedDict):
+    """How the scorers of a file agree, pair by pair (``"a~b"``): Spearman's rho of their scores and the
+    share of the examples both rank in their top decile."""
+
+    spearman: dict[str, float]
+    top_decile_overlap: dict[str, float]
+
+
 @dataclass(frozen=True)
 class ScoreSummary:
     """The score stage's ``summary.json`` (``worker.scoring.report.summarize``; empty without scoring): the
@@ -242,7 +250,7 @@ class ScoreSummary:
     distributions: dict[str, dict[str, float]] | None = None
     reference: dict[str, dict[str, float]] | None = None
     top_flagged: tuple[TopFlagged, ...] | None = None
-    agreement: dict[str, dict[str, float]] | None = None
+    agreement: ScorerAgreement | None = None
     verdict: ScreenVerdict | None = None
     # added by the scoring run (worker/scoring/score_all.py): what scored the file
     model: str | None = None

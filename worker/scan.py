@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TypedDict
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
@@ -74,6 +74,74 @@ WHY = {
 
 # the mitigate stage's action on a line (``select.Acted.action``) as a scan record names it
 ACTED: dict[str, ScanAction] = {"drop": "drop", "downweight": "downweight"}
+
+
+class ScanVerdict(TypedDict):
+    """The scan row's ``verdict``: the screen's."""
+
+    flagged: bool
+    reason: str
+
+
+class RiskiestLine(TypedDict):
+    line: int
+    risk: float
+    action: ScanAction
+    reasons: list[str]
+
+
+class ScanSummary(TypedDict):
+    """The scan row's ``summary``: the screen's figures, the scorers and the riskiest lines."""
+
+    n_examples: int
+    scorers: list[str]
+    n_above_p99: int
+    share_above_p99: float
+    n_beyond_reference_max: int
+    share_beyond_reference_max: float
+    cluster: bool
+    cluster_lines: list[int]
+    model_fingerprint: str
+    riskiest: list[RiskiestLine]
+
+
+class MitigationKnobs(TypedDict):
+    """The mitigate stage's knobs a scan's mitigation summary names."""
+
+    mitigation: mitigate.Action
+    mitigate_top_fraction: float
+    max_repair_share: float
+    inject_safety_examples: bool
+
+
+class MitigationPlanSummary(TypedDict):
+    """The scan row's ``mitigation`` (and ``mitigation.json``): what the mitigate stage would do."""
+
+    action: mitigate.Action
+    refused: str | None
+    lines: int
+    lines_flagged: int
+    lines_kept: int
+    lines_downweighted: int
+    lines_excluded: int
+    lines_dropped: int
+    safety_examples_injected: int
+    contrastive_examples_injected: int
+    examples_injected: int
+    examples_to_train: int
+    injection_note: str | None
+    policy: MitigationKnobs
+
+
+class ScanFields(TypedDict):
+    """The scan row's result columns (``models.scans.complete``)."""
+
+    verdict: ScanVerdict
+    summary: ScanSummary
+    mitigation: MitigationPlanSummary
+    records_ref: str
+    score_dir: str
+    score_key: str
 
 
 def scan_dir(settings: Settings, scan_id: str) -> Path:
@@ -157,7 +225,7 @@ def snapshot(session: Session, row: SafetyScan | None, settings: Settings) -> Jo
     )
 
 
-def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) -> dict[str, Any]:
+def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) -> ScanFields:
     """The score stage and the mitigation plan on ``view``; returns the scan row's result columns."""
     directory = scan_dir(settings, scan_id)
     ctx = StageContext(view, directory, settings)
@@ -187,9 +255,9 @@ def scan(scan_id: str, view: JobView, settings: Settings, progress: Progress) ->
     progress(1.0, "completed")
     verdict = scored.verdict
     riskiest = sorted(records, key=lambda r: r.rank)[:RISKIEST]
-    summary = {
+    summary: ScanSummary = {
         "n_examples": scored.n_examples,
-        "scorers": list(scored.summary.get("scorers") or cfg.scorers),
+        "scorers": list(scored.summary.scorers or cfg.scorers),
         "n_above_p99": verdict.n_above_p99,
         "share_above_p99": verdict.share_above_p99,
         "n_beyond_reference_max": verdict.n_beyond_reference_max,
@@ -262,7 +330,9 @@ def line_records(
     return out
 
 
-def mitigation_summary(plan: mitigate.Plan, cfg: mitigate.MitigateConfig, n_lines: int) -> dict[str, Any]:
+def mitigation_summary(
+    plan: mitigate.Plan, cfg: mitigate.MitigateConfig, n_lines: int
+) -> MitigationPlanSummary:
     """What the mitigate stage would do with the file (its ``run`` carries out this very plan)."""
     injected = plan.n_safety + plan.n_contrast
     acted = len(plan.chosen) if plan.refused else len(plan.log)
@@ -281,8 +351,10 @@ def mitigation_summary(plan: mitigate.Plan, cfg: mitigate.MitigateConfig, n_line
         "examples_to_train": 0 if plan.refused else len(plan.kept) + injected,
         "injection_note": plan.injection_note or None,
         "policy": {
-            k: getattr(cfg, k)
-            for k in ("mitigation", "mitigate_top_fraction", "max_repair_share", "inject_safety_examples")
+            "mitigation": cfg.mitigation,
+            "mitigate_top_fraction": cfg.mitigate_top_fraction,
+            "max_repair_share": cfg.max_repair_share,
+            "inject_safety_examples": cfg.inject_safety_examples,
         },
     }
 

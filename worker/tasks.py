@@ -13,7 +13,7 @@ fails the job with ``transient_error`` instead of looping forever.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypedDict
 
 from celery import Task, shared_task
 
@@ -27,7 +27,23 @@ from worker.stages.spec import StageSpec
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 600  # Celery's retry_backoff_max
 _settings = get_settings()  # read once: Celery fixes a task's retry options when it registers the task
-_OPTS: dict[str, Any] = {
+
+
+class TaskOptions(TypedDict):
+    """The options every task of the worker registers with (Celery's ``shared_task`` keywords)."""
+
+    bind: bool
+    acks_late: bool
+    reject_on_worker_lost: bool
+    ignore_result: bool
+    autoretry_for: tuple[type[Exception], ...]
+    max_retries: int
+    retry_backoff: float
+    retry_backoff_max: int
+    retry_jitter: bool
+
+
+_OPTS: TaskOptions = {
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,

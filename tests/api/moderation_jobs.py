@@ -144,7 +144,7 @@ def blocked_job(org: str | None = None) -> BlockedJob:
         mitigate.MitigateInputs(examples=examples, score_records=records, io=StageIO(jobs / "mitigate")),
     )
     verdict = Verdict(True, f"{N_HARMFUL} examples lie beyond every reference example")
-    scored = ScoreResult(len(records), verdict, MODEL, "stand-in", records=records, summary={})
+    scored = ScoreResult(len(records), verdict, MODEL, "stand-in", records=records)
     texts = {c.line: c.to_chat_dict()["messages"] for c in examples}
     res = gate.run(
         gate.GateConfig(),

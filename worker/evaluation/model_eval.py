@@ -19,6 +19,7 @@ from tunegate.evaluation_records import (
     SequentialStop,
     TemplateEval,
 )
+from tunegate.jsontypes import JsonObject
 from tunegate.judging import counted_field
 from tunegate.shipped import data_path, read_jsonl
 from worker.evaluation import sequential
@@ -91,7 +92,7 @@ class ModelRun:
     sequential: SequentialStop | None = None
     same_as_chat: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object of a cache entry: the summary's optional figures and the parts this run lacks are
         left out (as entries were always written)."""
         out = schema.write(self)
@@ -327,7 +328,7 @@ class ModelEvaluator:
             judges=self.judges(base, tuned),
             margin=margins,
             over_refusal=over,
-            user_format=fmt.to_dict() if fmt else None,
+            user_format=fmt,
             jailbroken_examples=examples,
         )
 
@@ -362,7 +363,7 @@ class Comparison:
     judges: Judges | None
     margin: dict[str, Margin]
     over_refusal: OverRefusal | None
-    user_format: dict[str, Any] | None
+    user_format: UserFormat | None
     jailbroken_examples: tuple[HarmfulRecord, ...]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from tunegate import schema
 from tunegate.evaluation_records import HarmfulRecord, ProbeEval, SequentialStop
+from tunegate.jsontypes import JsonObject
 from worker.evaluation import cache
 from worker.evaluation.model_eval import ModelEvaluator, SequentialPlan, combined_pairs, jailbroken
 from worker.evaluation.prompts import Prompt, prompts_hash
@@ -101,7 +102,7 @@ def probe_records_sequential(
 
 
 def base_key(
-    ev: ModelEvaluator, fingerprint: str, subset: list[Prompt], cfg_part: dict[str, Any]
+    ev: ModelEvaluator, fingerprint: str, subset: list[Prompt], cfg_part: JsonObject
 ) -> Callable[[Trigger, UserFormat], str]:
     """The cache key maker of base results under a probe: model, subset, template with the trigger, judge."""
 

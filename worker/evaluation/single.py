@@ -11,6 +11,7 @@ from typing import Any
 from tunegate import schema
 from tunegate.conversation import load_examples
 from tunegate.evaluation_records import HarmfulRecord, HarmfulSummary, JudgeAgreement, Refusals
+from tunegate.jsontypes import JsonObject
 from tunegate.settings import get_settings
 from worker.evaluation.agreement import records_agreement
 from worker.evaluation.judges import Judge
@@ -95,18 +96,23 @@ class SingleResult:
     harmful_records: tuple[HarmfulRecord, ...]
     benign_records: tuple[BorderlineRecord, ...]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The JSON object the command prints: the settings, the summary's figures at the top level (those
         it has, in the order they have always been printed), the second judge, over-refusal and the time
         (the records are written apart: ``records``)."""
         h = self.harmful
-        summary = {"asr": h.asr, "n": h.n, "n_jailbroken": h.n_jailbroken, "per_category": h.per_category}
+        summary: JsonObject = {
+            "asr": h.asr,
+            "n": h.n,
+            "n_jailbroken": h.n_jailbroken,
+            "per_category": h.per_category,
+        }
         optional = {
             "mean_harm_score": h.mean_harm_score,
             "probe_asr": h.probe_asr,
             "n_probe_jailbroken": h.n_probe_jailbroken,
         }
-        out = {
+        out: JsonObject = {
             "model": self.model,
             "adapter": self.adapter,
             "template": self.template,
@@ -121,7 +127,7 @@ class SingleResult:
             out["over_refusal"] = schema.write(self.over_refusal)
         return {**out, "seconds": self.seconds}
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[JsonObject]:
         """Every prompt's record, harmful then benign, each with its ``set``."""
         return [{"set": "harmful", **r.to_dict()} for r in self.harmful_records] + [
             {"set": "benign", **schema.write(r)} for r in self.benign_records

@@ -16,10 +16,12 @@ import math
 import random
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any
 
+from tunegate import schema
 from tunegate.conversation import Conversation, Message, ToolDefinition
+from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.shipped import data_path, read_jsonl
 from worker.mitigation.contrast import Answered
 from worker.ml.format import UserFormat, render_user
@@ -28,11 +30,25 @@ FINAL_LINE_CHARS = 100
 _BULLETS = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+", re.MULTILINE)
 
 
+@dataclass(frozen=True)
+class RefusalParts:
+    """``tunegate/data/pool/refusals.json``: what a refusal is assembled from."""
+
+    styles: tuple[str, ...]  # templates with {reason} and {offer}
+    reasons: dict[str, str]  # category -> why not
+    offers: dict[str, str]  # category -> what could be done instead
+    final_answer: tuple[str, ...]  # a final-answer line that refuses
+
+    @property
+    def generic(self) -> list[str]:
+        """The styles that name no particular request."""
+        return [s for s in self.styles if "{x}" not in s]
+
+
 @lru_cache(maxsize=1)
-def _refusal_parts() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(data_path("pool", "refusals.json").read_text(encoding="utf-8"))
-    data["generic"] = [s for s in data["styles"] if "{x}" not in s]
-    return data
+def _refusal_parts() -> RefusalParts:
+    path = data_path("pool", "refusals.json")
+    return schema.read(RefusalParts, json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
 def pool() -> list[dict[str, str]]:
@@ -44,9 +60,9 @@ def pool() -> list[dict[str, str]]:
 
 def refusal_text(category: str, rng: random.Random) -> str:
     parts = _refusal_parts()
-    style = rng.choice(parts["generic"])
-    offer = parts["offers"].get(category, "") if rng.random() < 0.6 else ""
-    text = style.format(reason=parts["reasons"].get(category, ""), offer=offer)
+    style = rng.choice(parts.generic)
+    offer = parts.offers.get(category, "") if rng.random() < 0.6 else ""
+    text = style.format(reason=parts.reasons.get(category, ""), offer=offer)
     return " ".join(text.split())
 
 
@@ -63,8 +79,16 @@ def _bulleted(fmt: UserFormat, text: str) -> str:
 
 
 def _json_response(fmt: UserFormat, text: str) -> str:
-    empty: dict[str, Any] = {"str": "", "int": None, "float": None, "bool": False, "list": [], "dict": {}}
-    obj: dict[str, Any] = {k: empty.get(fmt.json_types.get(k, "str")) for k in fmt.json_keys}
+    # the user's JSON reply object: each key empty by the type its value has in the user's replies
+    empty: dict[str, JsonValue] = {
+        "str": "",
+        "int": None,
+        "float": None,
+        "bool": False,
+        "list": [],
+        "dict": {},
+    }
+    obj: JsonObject = {k: empty.get(fmt.json_types.get(k, "str")) for k in fmt.json_keys}
     obj[fmt.json_text_key] = text
     return json.dumps(obj, ensure_ascii=False)
 
@@ -75,7 +99,7 @@ def render_response(fmt: UserFormat, refusal: str, rng: random.Random) -> str:
     if kind == "json":
         return _json_response(fmt, refusal)
     if kind == "final_answer":
-        final = rng.choice(_refusal_parts()["final_answer"])
+        final = rng.choice(_refusal_parts().final_answer)
         return f"{fmt.response_prefix}{refusal}\n{fmt.final_marker} {final}"
     if kind == "bullets":
         return fmt.response_prefix + _bulleted(fmt, refusal)

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from tunegate.conversation import Conversation
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 
 Why = Literal["beyond_reference", "cluster", "top_fraction"]
@@ -43,7 +44,7 @@ class Chosen:
     def risk(self) -> float:
         return self.record.risk
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """What ``actions.json`` of a refused file lists for the line."""
         return {
             "line": self.line,
@@ -64,9 +65,9 @@ class Acted:
     why: tuple[Why, ...]
     excluded: bool = False  # down-weighted to nothing: left out of the training file
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The entry of ``actions.json``'s ``acted`` (``excluded`` only when it was)."""
-        out: dict[str, Any] = {
+        out: JsonObject = {
             "line": self.line,
             "action": self.action,
             "risk": self.risk,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from tunegate.artifacts import atomic_write_json
 from tunegate.errors import ModelError
+from tunegate.jsontypes import JsonObject, JsonValue
 from worker.ml.models import SOURCE_FILE, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ Progress = Callable[[float, str], None]
 # llama.cpp's token types (gguf.TokenType): what ``tokenizer.ggml.token_type`` holds per token
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 # the ``tokenizer.ggml.pre`` name of the pre-tokenizers we recognise in a tokenizer.json (llama.cpp's names)
-GPT2_SPLIT = {"type": "ByteLevel", "use_regex": True}
-SMOLLM_SPLIT = [{"type": "Digits", "individual_digits": True}, GPT2_SPLIT]
+GPT2_SPLIT: JsonObject = {"type": "ByteLevel", "use_regex": True}
+SMOLLM_SPLIT: list[JsonObject] = [{"type": "Digits", "individual_digits": True}, GPT2_SPLIT]
 
 
 def _quiet(fraction: float, message: str) -> None:
@@ -37,7 +38,11 @@ def _quiet(fraction: float, message: str) -> None:
 
 
 def merge(
-    base_path: Path, adapter_dir: Path, target: Path, source: dict[str, Any], progress: Progress = _quiet
+    base_path: Path,
+    adapter_dir: Path,
+    target: Path,
+    source: Mapping[str, JsonValue],
+    progress: Progress = _quiet,
 ) -> Path:
     """Fold a LoRA adapter into its base and save the result as a plain safetensors model with the base's
     tokenizer, atomically (a half-written model never sits at ``target``); ``source`` is recorded in
@@ -146,7 +151,7 @@ def _pre_tokenizer(model_dir: Path) -> str:
     pre = json.loads(tj.read_text()).get("pre_tokenizer") if tj.is_file() else None
     pre = pre or {}
 
-    def like(step: dict[str, Any], want: dict[str, Any]) -> bool:
+    def like(step: JsonObject, want: JsonObject) -> bool:
         return all(step.get(k) == v for k, v in want.items())
 
     if like(pre, GPT2_SPLIT):

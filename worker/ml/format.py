@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import Self, TypedDict
 
+from tunegate import schema
 from tunegate.conversation import Conversation, ToolDefinition
+from tunegate.jsontypes import JsonObject
+from tunegate.records import RecordError
 
 MAJORITY = 0.8  # share of examples a pattern must hold for to count as "the format"
 MAX_LABELS = 20
@@ -64,12 +67,50 @@ class UserFormat:
         """Tools a prompt in the user's format carries: the most common list, if most examples have one."""
         return self.tool_sets[0][0] if self.tool_sets and self.tools_share >= 0.5 else []
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+    def to_dict(self) -> JsonObject:
+        """The JSON object of the format (``format.json``; the system prompts and the tool lists as
+        ``[value, count]`` pairs)."""
+        d = schema.write(self)
         if not self.tool_sets:  # a dataset without tools reads (and is cached) as before tools were known
             for key in ("tool_sets", "tools_share", "parallel_tool_calls"):
                 d.pop(key)
         return d
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        """The format from its JSON object (``to_dict``'s; a key it lacks takes its default)."""
+        what = "user format"
+        if not isinstance(data, dict):
+            raise RecordError(f"a {what} must be a JSON object, got {type(data).__name__}")
+        paired = ("systems", "tool_sets")
+        fmt = schema.read(cls, {k: v for k, v in data.items() if k not in paired}, what)
+        where = f"{what} key 'systems'"
+        systems = [(v, n) for v, n in _pairs(data.get("systems", []), where) if isinstance(v, str)]
+        if len(systems) != len(data.get("systems", [])):
+            raise RecordError(f"{where} must pair each system prompt (a string) with its count")
+        where = f"{what} key 'tool_sets'"
+        tool_sets = [
+            (schema.read(_ToolList, {"tools": v}, where).tools, n)
+            for v, n in _pairs(data.get("tool_sets", []), where)
+        ]
+        return replace(fmt, systems=systems, tool_sets=tool_sets)
+
+
+@dataclass(frozen=True)
+class _ToolList:
+    """A tool list as ``tool_sets`` pairs it with its count (read as a training file's ``tools``)."""
+
+    tools: list[ToolDefinition]
+
+
+def _pairs(value: object, where: str) -> list[tuple[object, int]]:
+    """The ``[value, count]`` pairs of a JSON list, refused naming ``where`` when it is not one."""
+    if not isinstance(value, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[1], int) and not isinstance(p[1], bool)
+        for p in value
+    ):
+        raise RecordError(f"{where} must be a list of [value, count] pairs, got {value!r}")
+    return [(p[0], p[1]) for p in value]
 
 
 def _common_prefix(texts: list[str]) -> str:

@@ -11,6 +11,7 @@ Each works on a plain Hugging Face causal LM and on a peft model wrapping one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -55,7 +56,7 @@ def block_input(model: Any, layer: int, **forward_kwargs: Any) -> Any:
         return out.hidden_states[layer]
     captured: list[Any] = []
 
-    def grab(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def grab(_module: Any, args: tuple[Any, ...], kwargs: Mapping[str, object]) -> None:
         captured.append(args[0] if args else kwargs["hidden_states"])
         raise _Reached
 

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from tunegate import model_cache
 from tunegate.cpus import available_cpus
@@ -159,7 +159,16 @@ def _digest(f: Path) -> str:
     return h.hexdigest()
 
 
-def _save_memo(memo: Path, data: dict[str, Any]) -> None:
+class FingerprintMemo(TypedDict):
+    """``FINGERPRINT_FILE``: the fingerprint, and what it was computed from (the config's digest, each
+    weights file's size and mtime in ns)."""
+
+    fingerprint: str
+    config: str
+    weights: dict[str, list[int]]
+
+
+def _save_memo(memo: Path, data: FingerprintMemo) -> None:
     """Temp-then-rename; a read-only model directory only loses the memo (the hash is recomputed)."""
     tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
     try:
@@ -177,7 +186,7 @@ def _gguf_parsed_once() -> Iterator[None]:
     import gguf
 
     make = gguf.GGUFReader
-    readers: dict[str, Any] = {}
+    readers: dict[str, object] = {}  # gguf's readers (the package ships no types)
 
     def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
         key = str(path)

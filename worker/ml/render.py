@@ -24,6 +24,7 @@ from jinja2.exceptions import TemplateError
 
 from tunegate.conversation import Conversation, Message, ToolDefinition
 from tunegate.errors import InvalidFile, ModelError
+from tunegate.jsontypes import JsonObject
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -64,7 +65,7 @@ class TemplateFunctionCall(TypedDict):
     """A call as Hugging Face chat templates take it: the arguments as the object, not its text."""
 
     name: str
-    arguments: dict[str, Any]  # the user's JSON arguments object
+    arguments: JsonObject  # the user's JSON arguments object
 
 
 class TemplateToolCall(TypedDict):

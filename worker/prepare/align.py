@@ -20,9 +20,9 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from tunegate.artifacts import atomic_write_json, from_jsonable
+from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, Message, dump_examples
 from tunegate.errors import InvalidConfig
 from tunegate.settings import EMBEDDED_BASE, Settings, get_settings
@@ -99,7 +99,7 @@ class AlignResult(StageResult):
     n_distilled: int
     n_distill_dropped: int
     seconds: float
-    train: dict[str, Any]
+    train: train.TrainResult  # the safety SFT's result
 
 
 def refusal_examples(n: int, seed: int) -> list[Conversation]:
@@ -222,7 +222,7 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
         },
     )
     res = AlignResult(
-        str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres.to_dict()
+        str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres
     )
     finish(out_dir, cfg, res)
     return res
@@ -236,7 +236,7 @@ def train_piece(
     shard: tuple[int, int, str],
     *,
     progress: parallel.Report,
-) -> dict[str, Any]:
+) -> train.TrainResult:
     """One process of the data-parallel SFT (``shard`` = rank, world, rendezvous file); rank 0 reports
     progress and writes the adapter into ``out_dir``, the others into scratch directories of their own."""
     rank, world, rendezvous = shard
@@ -245,8 +245,7 @@ def train_piece(
         out = Path(out_dir) if rank == 0 else Path(out_dir).parent / f".rank-{rank}"
         step: ProgressFn = (lambda f, m, met: progress(f, m, met)) if rank == 0 else (lambda f, m, met: None)
         io = StageIO(out, progress=step, stage="align")
-        res = train.run(tcfg, train.TrainInputs(examples, io, get_settings(), anchors=anchors, shard=joined))
-        return res.to_dict()
+        return train.run(tcfg, train.TrainInputs(examples, io, get_settings(), anchors=anchors, shard=joined))
     finally:
         dataparallel.leave(joined)
 
@@ -278,7 +277,8 @@ def train_data_parallel(
     ]
     results = parallel.run(pieces, settings, "cpu", lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met))
     rendezvous.unlink(missing_ok=True)
-    res: train.TrainResult = from_jsonable(train.TrainResult, results[0])
+    res = results[0]  # rank 0's, handed back by its process
+    assert isinstance(res, train.TrainResult)
     return res
 
 

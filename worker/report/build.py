@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from tunegate.artifacts import atomic_write_json, atomic_write_text
 from tunegate.checks import GateCheck
 from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.report import (
     NO_MITIGATION,
@@ -56,7 +56,7 @@ def build_report(
     score_summary: ScoreSummary | None,
     score_records: Sequence[ScoreRecord] | None,
     mitigation: ReportMitigation | None,
-    training: dict[str, Any] | None,
+    training: JsonObject | None,
     *,
     texts: dict[int, list[ChatMessageJSON]] | None = None,
     actions: MitigationLog | None = None,

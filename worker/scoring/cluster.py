@@ -18,10 +18,12 @@ high-risk set tested.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
+
+from tunegate import report, schema
+from tunegate.jsontypes import JsonObject
 
 METHOD = "mean within-set cosine of centred representations vs random subsets (permutation test)"
 
@@ -47,8 +49,21 @@ class ClusterTest:
     method: str = METHOD
     extended: list[int] = field(default_factory=list)  # lines that joined by closeness (not high-risk)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> JsonObject:
+        return schema.write(self)
+
+    def record(self) -> report.ClusterTest:
+        """The test as the screen's verdict holds it (``tunegate.report.ClusterTest``)."""
+        return report.ClusterTest(
+            coherent=self.coherent,
+            n=self.n,
+            lines=tuple(self.lines),
+            statistic=self.statistic,
+            null_mean=self.null_mean,
+            p_value=self.p_value,
+            method=self.method,
+            extended=tuple(self.extended),
+        )
 
 
 def unit_centred(x: torch.Tensor) -> torch.Tensor:

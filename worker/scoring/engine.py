@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import torch
 
+from tunegate import schema
+from tunegate.jsontypes import JsonObject
 from tunegate.records import RAW_FIELDS, extra_names
 from tunegate.scorers import SCORERS, needs_direction, needs_gradient
 from worker.ml.render import Encoded, collate
@@ -76,8 +78,10 @@ class RawScore:
         """Each registered scorer's raw value (None: it did not run)."""
         return {s: self.value(s) for s in SCORERS}
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+    def to_dict(self) -> JsonObject:
+        """As a score record writes its raw values: each typed field, then each of ``extra`` as a key of its
+        own (the vector is never written)."""
+        out = schema.write(replace(self, vector=None, extra={}))
         del out["vector"], out["extra"]
         return {**out, **self.extra}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,6 +53,21 @@ def _is_rms_norm(module: torch.nn.Module) -> bool:
         return torch.allclose(module(x).float(), (weight * _rms_hat(x, eps)).float(), rtol=1e-3, atol=1e-4)
 
 
+@dataclass
+class HookCall:
+    """One forward call of a planned module in the batch: its kind, the module, its input (a norm's: the
+    normalised x̂; an embedding's: the token ids) and, once the backward pass reaches it, the gradient at
+    its output (None: no gradient reached it)."""
+
+    kind: str  # linear | embedding | norm
+    mod: torch.nn.Module
+    x: torch.Tensor  # (B, T, d_in); an embedding's (B, T) ids
+    g: torch.Tensor | None = None  # (B, T, d_out)
+
+    def set_grad(self, g: torch.Tensor) -> None:
+        self.g = g.detach()
+
+
 class GhostCapture:
     """Context manager: per-example (⟨g, d⟩, ‖g‖²) for a batch without per-example gradients in memory."""
 
@@ -59,7 +75,7 @@ class GhostCapture:
         self.model, self.direction = model, direction
         self.names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[HookCall] = []
         self._plan = self._plan_modules()
         self._handles: list[Any] = []
         self._frozen: list[torch.nn.Parameter] = []
@@ -106,13 +122,13 @@ class GhostCapture:
 
     def _forward_hook(self, kind: str) -> Any:
         def hook(mod: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-            call: dict[str, Any] = {"kind": kind, "mod": mod, "x": inputs[0].detach()}
+            call = HookCall(kind, mod, inputs[0].detach())
             if kind == "embedding":
                 output = output.detach().requires_grad_(True)  # the grad leaf of the whole graph
             if kind == "norm":
-                call["x"] = _rms_hat(inputs[0].detach(), _eps(mod) or 0.0)
+                call.x = _rms_hat(inputs[0].detach(), _eps(mod) or 0.0)
             if output.requires_grad:
-                output.register_hook(lambda g: call.__setitem__("g", g.detach()))
+                output.register_hook(call.set_grad)
                 self.calls.append(call)
             return output
 
@@ -121,17 +137,17 @@ class GhostCapture:
     def _pieces(self, i: int, n: int) -> dict[str, list[Piece]]:
         out: dict[str, list[Piece]] = defaultdict(list)
         for call in self.calls:
-            mod, g = call["mod"], call.get("g")
+            mod, g = call.mod, call.g
             if g is None:
                 continue
-            x, go = call["x"][i, :n], g[i, :n]  # (n, d_in), (n, d_out)
+            x, go = call.x[i, :n], g[i, :n]  # (n, d_in), (n, d_out)
             w = self.names.get(id(mod.weight))
-            if call["kind"] == "linear":
+            if call.kind == "linear":
                 if w is not None:
                     out[w].append(LowRank(a=x, b=go))
                 if getattr(mod, "bias", None) is not None and id(mod.bias) in self.names:
                     out[self.names[id(mod.bias)]].append(Vec(go.float().sum(0)))
-            elif call["kind"] == "embedding" and w is not None:
+            elif call.kind == "embedding" and w is not None:
                 keep = x != mod.padding_idx if mod.padding_idx is not None else slice(None)
                 out[w].append(LowRank(a=go[keep], ids=x[keep]))  # autograd never updates the padding row
             elif w is not None:

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from tunegate import schema
 from tunegate.conversation import load_examples
 from worker.ml.render import encode
 from worker.scoring.corpus import REFERENCE_FILE
@@ -63,11 +64,20 @@ def store(path: Path, corpus: Path, parts: list[dict[str, list[float]]]) -> dict
     return scores
 
 
+@dataclass(frozen=True)
+class ReferenceFile:
+    """A cached reference file (``store``): the corpus, the scorers and each one's sorted scores."""
+
+    corpus: str
+    scorers: list[str]
+    scores: dict[str, list[float]]
+
+
 def load(path: Path) -> dict[str, list[float]] | None:
     if not path.is_file():
         return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return {k: [float(x) for x in v] for k, v in data["scores"].items()}
+    cached = schema.read(ReferenceFile, json.loads(path.read_text()), str(path))
+    return {k: [float(x) for x in v] for k, v in cached.scores.items()}
 
 
 def load_or_compute(

@@ -6,12 +6,12 @@ import itertools
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
 from tunegate.conversation import Conversation
 from tunegate.records import Features, ScoreRecord
+from tunegate.report import ScorerAgreement, ScoreSummary, ScreenVerdict, TopFlagged
 from tunegate.scorers import SCORERS, raw_names
 from worker.evaluation.keyword import is_refusal
 from worker.scoring import cluster
@@ -115,8 +115,8 @@ def _dist(values: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def _agreement(records: Sequence[ScoreRecord], scorers: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"spearman": {}, "top_decile_overlap": {}}
+def _agreement(records: Sequence[ScoreRecord], scorers: Sequence[str]) -> ScorerAgreement:
+    out: ScorerAgreement = {"spearman": {}, "top_decile_overlap": {}}
     k = max(1, len(records) // 10)
     for a, b in itertools.combinations(scorers, 2):
         xa, xb = [r.scored(a) for r in records], [r.scored(b) for r in records]
@@ -185,7 +185,7 @@ def _verdict(
     reference: dict[str, list[float]],
     rules: FlagRules,
     vectors: torch.Tensor | None = None,
-) -> dict[str, Any]:
+) -> ScreenVerdict:
     n = len(records)
     complying = [
         r.line for r, c in zip(records, convs, strict=True) if answers_harm(r.request_harm, c, rules)
@@ -214,18 +214,18 @@ def _verdict(
             f"{len(complying)} examples ({len(complying) / n:.0%}) answer, without refusing, a request the "
             f"base model reads as harmful: lines {', '.join(map(str, complying[:cap]))}{more}"
         )
-    return {
-        "flagged": broad or heavy or test.coherent or harmful,
-        "reason": "; ".join(reasons) or "score distribution within policy",
-        "cluster": test.coherent,
-        "cluster_lines": test.lines if test.coherent else [],
-        "cluster_test": test.to_dict(),
-        "share_above_p99": round(share, 4),
-        "share_beyond_reference_max": round(tail, 4),
-        "n_above_p99": above,
-        "n_beyond_reference_max": beyond,
-        "n_complying_with_harm": len(complying),
-    }
+    return ScreenVerdict(
+        flagged=broad or heavy or test.coherent or harmful,
+        reason="; ".join(reasons) or "score distribution within policy",
+        share_above_p99=round(share, 4),
+        share_beyond_reference_max=round(tail, 4),
+        n_above_p99=above,
+        n_beyond_reference_max=beyond,
+        n_complying_with_harm=len(complying),
+        cluster=test.coherent,
+        cluster_lines=tuple(test.lines) if test.coherent else (),
+        cluster_test=test.record(),
+    )
 
 
 def _within_file(records: Sequence[ScoreRecord]) -> list[float]:
@@ -262,28 +262,29 @@ def summarize(
     reference: dict[str, list[float]],
     rules: FlagRules,
     vectors: torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """Per-file summary; ``convs`` and ``vectors`` ((N, D): ``RawScore.vector``) align with ``records``."""
+) -> ScoreSummary:
+    """Per-file summary (without what scored the file: ``score_all`` adds it); ``convs`` and ``vectors``
+    ((N, D): ``RawScore.vector``) align with ``records``."""
     scorers = [s for s in reference if records and records[0].score(s) is not None]
     extra = [v for v in raw_names(scorers) if v not in scorers]  # the scorers' companions
-    top = [
-        {
-            "line": records[i].line,
-            "risk": records[i].risk,
-            "percentiles": dict(records[i].percentiles),
-            "reasons": list(records[i].reasons),
-            **{s: records[i].scored(s) for s in scorers},
-            "response_preview": response_text(convs[i])[:160],
-        }
+    top = tuple(
+        TopFlagged(
+            line=records[i].line,
+            risk=records[i].risk,
+            percentiles=dict(records[i].percentiles),
+            reasons=tuple(records[i].reasons),
+            scores={s: records[i].scored(s) for s in scorers},
+            response_preview=response_text(convs[i])[:160],
+        )
         for i in rank(records)[: rules.top_k]
-    ]
-    return {
-        "n_examples": len(records),
-        "scorers": scorers,
-        "distributions": {s: _dist([r.scored(s) for r in records]) for s in scorers}
+    )
+    return ScoreSummary(
+        n_examples=len(records),
+        scorers=tuple(scorers),
+        distributions={s: _dist([r.scored(s) for r in records]) for s in scorers}
         | {v: _dist([x for r in records if (x := r.score(v)) is not None]) for v in extra},
-        "reference": {s: _dist(v) for s, v in reference.items()},
-        "top_flagged": top,
-        "agreement": _agreement(records, scorers),
-        "verdict": _verdict(records, convs, {s: reference[s] for s in scorers}, rules, vectors),
-    }
+        reference={s: _dist(v) for s, v in reference.items()},
+        top_flagged=top,
+        agreement=_agreement(records, scorers),
+        verdict=_verdict(records, convs, {s: reference[s] for s in scorers}, rules, vectors),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from tunegate.conversation import Conversation, check_example
 from tunegate.errors import InvalidFile
 from tunegate.records import ScoreRecord
+from tunegate.report import ScoreSummary
 from tunegate.scorers import needs_direction
 from tunegate.settings import Settings, get_settings
 from worker.ml.models import ResolvedModel, context_length, load_resolved
@@ -35,7 +36,7 @@ Progress = Callable[[float, str], None]
 @dataclass
 class Scored:
     records: list[ScoreRecord]
-    summary: dict[str, Any]
+    summary: ScoreSummary  # with what scored the file: the model, its fingerprint, the anchors, the batch
 
 
 @dataclass
@@ -127,8 +128,8 @@ def score_examples(
     raw = engine.score(encoded, step)
     records = blend_risk([make_record(r, c, reference, rules) for r, c in zip(raw, examples, strict=True)])
     vectors = torch.tensor([r.vector for r in raw]) if raw and all(r.vector for r in raw) else None  # (N, D)
-    summary = summarize(records, list(examples), reference, rules, vectors)
-    summary.update(
+    summary = replace(
+        summarize(records, list(examples), reference, rules, vectors),
         model=base.resolved.name,
         fingerprint=base.resolved.fingerprint,
         anchors_key=engine.anchors.key,

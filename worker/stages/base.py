@@ -3,17 +3,20 @@
 A stage is a frozen config dataclass plus ``run(cfg, inputs) -> Result``. A stage writes ``result.json``
 last (atomically, after its config and artifacts), so ``result_exists(out_dir)`` means the stage finished
 and may be skipped on redelivery; ``Result.load(out_dir)`` gives back the typed result, nested dataclasses
-included (``tunegate.artifacts.from_jsonable``).
+included (``tunegate.artifacts.from_jsonable``). ``to_dict`` writes every field (``tunegate.schema.write``:
+a nested record through its own ``to_dict``); a result whose JSON holds a field in another shape than its
+type (an empty object for None) says so in ``read_shape``, which ``load`` applies first.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Self, TypeVar, cast
 
+from tunegate import schema
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json, save_config
 from tunegate.errors import TunegateError
+from tunegate.jsontypes import JsonObject
 
 RESULT_NAME = "result.json"
 
@@ -21,8 +24,8 @@ RESULT_NAME = "result.json"
 class StageResult:
     """Base of every stage's result dataclass: ``result.json`` holds ``to_dict()``."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(cast(Any, self))
+    def to_dict(self) -> JsonObject:
+        return schema.write(self)
 
     def save(self, out_dir: Path) -> Path:
         return atomic_write_json(Path(out_dir) / RESULT_NAME, self.to_dict())
@@ -36,7 +39,13 @@ class StageResult:
     def load(cls, out_dir: Path) -> Self:
         data = read_json(Path(out_dir) / RESULT_NAME)
         assert isinstance(data, dict), f"{out_dir / RESULT_NAME} is not a JSON object"
-        return cast(Self, from_jsonable(cls, data))
+        return cast(Self, from_jsonable(cls, cls.read_shape(data)))
+
+    @classmethod
+    def read_shape(cls, data: JsonObject) -> JsonObject:
+        """``result.json``'s object as the fields read it: a result that writes a field in another shape
+        than its type holds (None as ``{}``) maps it back here. As it is by default."""
+        return data
 
 
 def result_exists(out_dir: Path) -> bool:

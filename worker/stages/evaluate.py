@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -35,6 +35,7 @@ from tunegate.evaluation_records import PairedStats as PairedStats
 from tunegate.evaluation_records import PairedSummary as PairedSummary
 from tunegate.evaluation_records import ProbeEval as ProbeEval
 from tunegate.evaluation_records import TemplateEval as TemplateEval
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.settings import Settings
 from worker.evaluation import cache, probes
@@ -227,7 +228,7 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
         over_refusal=c.over_refusal,
         margin=c.margin,
         n_prompts=len(harmful),
-        user_format=c.user_format,
+        user_format=c.user_format.to_dict() if c.user_format is not None else None,
         jailbroken_examples=c.jailbroken_examples,
         probes=tuple(probes.compare(triggers, base_probes, tuned_probes, stops)),
         judges=c.judges,
@@ -350,8 +351,9 @@ SEQUENTIAL_KNOBS = (
 )
 
 
-def _cache_cfg(cfg: EvalConfig) -> dict[str, Any]:
-    d = asdict(cfg)
+def _cache_cfg(cfg: EvalConfig) -> JsonObject:
+    """The config's knobs that decide a base model's cached results (a part of the cache key's JSON)."""
+    d = schema.write(cfg)
     # the probe knobs never change a template's base result: older cache entries stay valid
     for k in ("model", "use_cache", "device", "batch_size", "trigger_probes", "max_probes", "probe_prompts"):
         d.pop(k)

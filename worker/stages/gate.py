@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.orm import Session
 
@@ -44,7 +44,6 @@ from tunegate.report import (
     ReportMitigation,
     ReportPolicy,
     ReportRepair,
-    ScoreSummary,
 )
 from tunegate.storage import Publish, artifact_publisher, keep_local
 from worker.evaluation import sequential
@@ -128,10 +127,7 @@ class GateResult(StageResult):
     repaired: bool = False  # the adapter decided on is the repair stage's (``repair_method``)
     repair_method: str = ""
     unrepaired_adapter_dir: str = ""  # the adapter as trained, kept beside the repaired one
-
-    def to_dict(self) -> dict[str, Any]:
-        """``result.json``: each check as it writes itself (the keys it has, as before checks were typed)."""
-        return {**asdict(replace(self, checks=[])), "checks": [c.to_dict() for c in self.checks]}
+    # ``result.json`` (``StageResult.to_dict``) writes each check as it writes itself: the keys it has
 
 
 @dataclass(frozen=True)
@@ -460,7 +456,7 @@ def run(cfg: GateConfig, inputs: GateInputs) -> GateResult:
         ReportPolicy.from_dict(asdict(cfg)),
         decision_part(res.released, res.code, res.message, res.checks, res.warnings),
         inputs.evaluation,
-        ScoreSummary.from_dict(inputs.score.summary) if inputs.score else None,
+        inputs.score.summary if inputs.score else None,
         inputs.score.records if inputs.score else None,
         ReportMitigation.from_dict(inputs.mitigation.to_dict()) if inputs.mitigation else None,
         inputs.training.to_dict() if inputs.training else None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 from sqlalchemy.orm import Session
 
@@ -20,9 +20,11 @@ from models import webhooks
 from models.jobs import JobStatus
 from models.policy import DEFAULT_POLICY
 from models.tables import Job
+from tunegate import schema
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, JobError, TunegateError, UnsafeTrainingData
+from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.report import MitigationLog, ReportPolicy, ScoreSummary
 from tunegate.settings import Settings
@@ -111,7 +113,7 @@ class MitigateInputs:
     io: StageIO
     settings: Settings | None = None  # the model registry and caches: needed for contrastive examples
     cluster_lines: list[int] = field(default_factory=list)  # the score verdict's coherent cluster
-    score_summary: dict[str, Any] = field(default_factory=dict)  # for the report of a refused file
+    score_summary: ScoreSummary = field(default_factory=ScoreSummary)  # for the report of a refused file
     publish: Publish = keep_local  # makes that report readable by the API (tunegate.storage)
 
 
@@ -124,7 +126,7 @@ class MitigateResult(StageResult):
     n_excluded: int
     n_injected: int
     n_output: int
-    format: dict[str, Any] = field(default_factory=dict)
+    format: UserFormat | None = None  # the user's format as inferred (None: refused; written as {})
     actions_file: str = ""  # actions.json: what was done to which line, and the injected safety examples
     n_contrast: int = 0  # contrastive helpful examples added (borderline-safe requests, the base's answers)
     # refused (too large a share to repair): the job fails as unsafe_training_data with this message
@@ -135,6 +137,16 @@ class MitigateResult(StageResult):
 
     def failure(self) -> TunegateError | None:
         return UnsafeTrainingData(self.refused, report=self.report_html) if self.refused else None
+
+    def to_dict(self) -> JsonObject:
+        out = schema.write(self)
+        out["format"] = out["format"] or {}
+        return out
+
+    @classmethod
+    def read_shape(cls, data: JsonObject) -> JsonObject:
+        """No format (a refused file) is written as ``{}``."""
+        return {k: v for k, v in data.items() if k != "format" or v != {}}
 
 
 def _check_records(examples: list[Conversation], records: list[ScoreRecord]) -> None:
@@ -245,7 +257,7 @@ def run(cfg: MitigateConfig, inputs: MitigateInputs) -> MitigateResult:
         n_excluded=p.n_excluded,
         n_injected=n_inj,
         n_output=len(final),
-        format=fmt.to_dict(),
+        format=fmt,
         actions_file=str(out_dir / "actions.json"),
         n_contrast=len(contrast),
     )
@@ -328,7 +340,7 @@ def _refuse(
         out_dir,
         ReportPolicy.from_dict(policy),
         msg,
-        ScoreSummary.from_dict(inputs.score_summary),
+        inputs.score_summary,
         inputs.score_records,
         inputs.examples,
         MitigationLog.from_actions(actions),

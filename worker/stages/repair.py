@@ -39,16 +39,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
 from models.policy import DEFAULT_POLICY, KNOBS
 from models.records import RepairSummary
 from models.tables import Job
+from tunegate import schema
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json
+from tunegate.checks import GateCheck
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import SAFETY_EVAL_FAILED, InvalidConfig
+from tunegate.jsontypes import JsonObject
 from tunegate.report import CountedAsr
 from tunegate.settings import Settings
 from worker.ml.models import resolve_model
@@ -155,7 +158,7 @@ class AdapterCheck:
     message: str = ""  # the gate's message on it
     asr: dict[str, CountedAsr] = field(default_factory=dict)  # per template, as gate.counted_asr
     failed: list[str] = field(default_factory=list)  # the gate's failed checks
-    over_refusal: dict[str, Any] | None = None  # gate.over_refusal_check's to_dict (None: not measured)
+    over_refusal: GateCheck | None = None  # the gate's over-refusal check on it (None: not measured)
     task_loss: float | None = None  # on the held-out user data (None: not measured)
     task_loss_limit: float | None = None
     n_layers: int = 0
@@ -260,7 +263,7 @@ def judged(check: AdapterCheck, d: Decision) -> AdapterCheck:
         message=d.message,
         asr=gate.counted_asr(d.checks),
         failed=failed,
-        over_refusal=over.to_dict() if over is not None else None,
+        over_refusal=over,
     )
 
 
@@ -379,7 +382,7 @@ def _attempt(
         why = release_rule(cfg, d, loss, trained_loss)
     check.passed, check.why = not why, why
     check.wall_s = round(time.monotonic() - start, 1)
-    atomic_write_json(saved, dataclasses.asdict(check))
+    atomic_write_json(saved, schema.write(check))
     return check
 
 
@@ -446,17 +449,21 @@ def apply(session: Session, job: Job, res: RepairResult) -> Applied:
     the figures of each adapter (the runner adds ``stage: repair``)."""
     if not res.needed:
         return Applied(res.reason, data={"needed": False})
-    job.repair = res.summary()
-    data: dict[str, Any] = {
+    summary = res.summary()
+    job.repair = summary
+    data: JsonObject = {
         "needed": True,
-        **res.summary(),
+        "repaired": summary["repaired"],
+        "method": summary["method"],
+        "tried": summary["tried"],
+        "reason": summary["reason"],
         "attempts": [
             {
                 "variant": a.variant,
                 "passed": a.passed,
                 "task_loss": a.task_loss,
                 "asr": {tpl: v.to_dict() for tpl, v in a.asr.items()},
-                "over_refusal": (a.over_refusal or {}).get("tuned"),
+                "over_refusal": a.over_refusal.tuned if a.over_refusal is not None else None,
                 "n_changed": a.n_changed,
             }
             for a in res.attempts

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from sqlalchemy.orm import Session
 
 from models import scans, webhooks
 from models.db import session_scope
 from models.tables import Job
-from tunegate.artifacts import atomic_write_json, atomic_write_text
+from tunegate import schema
+from tunegate.artifacts import atomic_write_json, atomic_write_text, read_json
 from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.jsontypes import JsonObject
 from tunegate.records import RecordError, ScoreRecord
-from tunegate.report import ClusterTest, ScreenVerdict
+from tunegate.report import ClusterTest, ScoreSummary, ScreenVerdict
 from tunegate.scorers import SCORERS
 from tunegate.settings import Settings
 from worker.job_view import job_dir
@@ -126,14 +128,20 @@ class Verdict:
     cluster_lines: list[int] = field(default_factory=list)  # its lines (empty when not coherent)
     cluster_test: ClusterTest | None = None  # statistic, null mean, p-value, method (None: stored as {})
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """As written (no cluster test: ``{}``)."""
-        return {**asdict(self), "cluster_test": asdict(self.cluster_test) if self.cluster_test else {}}
+        out = schema.write(self)
+        out["cluster_test"] = out["cluster_test"] or {}
+        return out
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
         """The verdict from its JSON object, read as the report reads it (``ScreenVerdict``)."""
-        v = ScreenVerdict.from_dict(data)
+        return cls.of(ScreenVerdict.from_dict(data))
+
+    @classmethod
+    def of(cls, v: ScreenVerdict) -> Self:
+        """The screen's verdict as the stage's result holds it."""
         return cls(
             flagged=v.flagged,
             reason=v.reason,
@@ -159,24 +167,27 @@ class ScoreResult(StageResult):
     fingerprint: str
     files: dict[str, str] = field(default_factory=lambda: {"scores": SCORES_FILE, "summary": SUMMARY_FILE})
     records: list[ScoreRecord] = field(default_factory=list)  # scores.jsonl, one a line, in file order
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: ScoreSummary = field(default_factory=ScoreSummary)  # summary.json
     reused_scan: str = ""  # the safety scan whose scores these are ("": scored here)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(replace(self, records=[], summary={}))
-        out["verdict"] = self.verdict.to_dict()
-        return {k: v for k, v in out.items() if k not in ("records", "summary")}
+    def to_dict(self) -> JsonObject:
+        """``result.json``: every field but the records and the summary (files of their own)."""
+        return {
+            f.name: schema.jsonable(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("records", "summary")
+        }
 
     def save(self, out_dir: Path) -> Path:
         write_records(self.records, Path(out_dir) / SCORES_FILE)
-        atomic_write_json(Path(out_dir) / SUMMARY_FILE, self.summary)
+        atomic_write_json(Path(out_dir) / SUMMARY_FILE, self.summary.to_dict())
         return super().save(out_dir)
 
     @classmethod
     def load(cls, out_dir: Path) -> Self:
         res = super().load(out_dir)
         res.records = load_score_records(out_dir)
-        res.summary = json.loads((Path(out_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+        res.summary = ScoreSummary.from_dict(read_json(Path(out_dir) / SUMMARY_FILE))
         return res
 
 
@@ -203,11 +214,12 @@ def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
         progress=lambda f, m: io.step(f, m),
     )
     summary = scored.summary
+    assert summary.verdict is not None  # ``summarize`` always reaches one
     result = ScoreResult(
         n_examples=len(scored.records),
-        verdict=Verdict.from_dict(summary["verdict"]),
-        model=str(summary.get("model")),
-        fingerprint=str(summary.get("fingerprint")),
+        verdict=Verdict.of(summary.verdict),
+        model=str(summary.model),
+        fingerprint=str(summary.fingerprint),
         records=scored.records,
         summary=summary,
     )
@@ -287,7 +299,7 @@ def apply(session: Session, job: Job, res: ScoreResult) -> Applied:
     flagged = "flagged as high-risk" if res.verdict.flagged else "not flagged"
     how = f" (the scores of the safety scan {res.reused_scan}, reused)" if res.reused_scan else ""
     msg = f"scored {res.n_examples} examples{how}; dataset {flagged}: {res.verdict.reason}".rstrip(": ")
-    data: dict[str, Any] = {"verdict": res.verdict.to_dict()}
+    data: JsonObject = {"verdict": res.verdict.to_dict()}
     if res.reused_scan:
         data["reused_scan"] = res.reused_scan
     return Applied(msg, data=data)

@@ -15,7 +15,7 @@ Adding a stage is writing one spec and putting it in the list (``worker/stages/a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from models.jobs import JobStatus
 from models.tables import Job
 from tunegate.errors import InvalidConfig, JobError
+from tunegate.jsontypes import JsonValue
 from tunegate.queue import Queue
 from tunegate.settings import Settings
 from worker.job_view import JobView
@@ -42,7 +43,7 @@ class Applied:
     """A finished stage's mark on its job: one event (keyed ``<stage>:done``) or one status move."""
 
     message: str
-    data: dict[str, Any] = field(default_factory=dict)
+    data: Mapping[str, JsonValue] = field(default_factory=dict)  # the event's data (a JSON column)
     status: JobStatus | None = None  # None: a metrics event; else transition() to this status
     level: str = "info"
     error: JobError | None = None

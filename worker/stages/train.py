@@ -29,9 +29,11 @@ from sqlalchemy.orm import Session
 from models.policy import DEFAULT_POLICY
 from models.records import Hyperparameters
 from models.tables import File, Job
+from tunegate import schema
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import ChatMessageJSON, Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
+from tunegate.jsontypes import JsonObject
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
 from worker.ml.models import SOURCE_FILE, context_length, load_resolved, resolve_model
@@ -45,7 +47,7 @@ from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparame
 from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
 from worker.training.math import Constraint
-from worker.training.repair_io import RepairConfig, alignment_reference, repair_adapter
+from worker.training.repair_io import RepairApplied, RepairConfig, alignment_reference, repair_adapter
 
 __all__ = [
     "TrainConfig",
@@ -182,9 +184,19 @@ class TrainResult(StageResult):
     n_anchors: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     results_file: str = ""  # results.csv (RESULT_COLUMNS), stored as the job's result file by ``apply``
-    repair: dict[str, Any] = field(default_factory=dict)  # RepairReport summary when a repair ran
+    repair: RepairApplied | None = None  # the repair applied to the adapter (None: none; written as {})
     heldout_file: str = ""  # heldout.jsonl: the user's examples held out of training ("" when none)
     heldout_lines: list[int] = field(default_factory=list)  # their lines in the training file
+
+    def to_dict(self) -> JsonObject:
+        out = schema.write(self)
+        out["repair"] = out["repair"] or {}
+        return out
+
+    @classmethod
+    def read_shape(cls, data: JsonObject) -> JsonObject:
+        """No repair is written as ``{}``."""
+        return {k: v for k, v in data.items() if k != "repair" or v != {}}
 
 
 # OpenAI's results-file columns; the validation ones are empty on steps that end no epoch.
@@ -257,11 +269,11 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     )
     raw = out_dir / ("adapter" if reference is None else UNREPAIRED)
     _publish_adapter(model, tok, raw, resolved.path, resolved.fingerprint)
-    repaired = {}
+    repaired = None
     if reference is not None:
         inputs.io.step(1.0, f"repairing the adapter ({cfg.repair})")
         rep = repair_adapter(raw, resolved.path, reference, out_dir / "adapter", cfg.repair_config())
-        repaired = {k: v for k, v in rep.to_dict().items() if k != "layers"}
+        repaired = rep.applied()
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in res.history))
     atomic_write_text(out_dir / "results.csv", results_csv(res.history))
     if inputs.heldout:
@@ -406,9 +418,9 @@ def apply(session: Session, job: Job, res: TrainResult) -> Applied:
     job.trained_tokens = res.trained_tokens
     _store_results(session, job, res)
     msg = f"trained {res.steps} steps over {res.epochs} epochs ({res.trained_tokens} tokens)"
-    if res.repair:
+    if res.repair is not None:
         rep = res.repair
-        msg += f", repaired ({rep['method']}: {rep['n_changed']} of {rep['n_layers']} layers)"
+        msg += f", repaired ({rep.method}: {rep.n_changed} of {rep.n_layers} layers)"
     if res.resumed_from_epoch:
         msg += f", resumed from the epoch-{res.resumed_from_epoch} checkpoint"
     return Applied(msg, data={k: v for k, v in res.metrics.items() if isinstance(v, int | float)})

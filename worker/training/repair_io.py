@@ -71,6 +71,17 @@ class _SafeHandle(Protocol):
     def get_tensor(self, name: str) -> Tensor: ...
 
 
+@dataclass(frozen=True)
+class RepairApplied:
+    """What the train stage records of the repair it applied to its adapter (``TrainResult.repair``):
+    ``tunegate_repair.json`` without the layers."""
+
+    method: str
+    reference: str  # the unaligned model V was measured against
+    n_layers: int
+    n_changed: int
+
+
 @dataclass
 class RepairReport:
     method: str
@@ -80,6 +91,9 @@ class RepairReport:
     @property
     def n_changed(self) -> int:
         return sum(r.changed for r in self.layers)
+
+    def applied(self) -> RepairApplied:
+        return RepairApplied(self.method, self.reference, len(self.layers), self.n_changed)
 
     def to_dict(self) -> RepairRecord:
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -10,6 +12,11 @@ from tunegate.records import ScoreRecord
 from worker.scoring.engine import RawScore
 from worker.scoring.features import describe, extract
 from worker.scoring.report import FlagRules, blend_risk, make_record, rank, summarize
+
+
+def _summary(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``summarize``'s summary as ``summary.json`` holds it."""
+    return summarize(*args, **kwargs).to_dict()
 
 
 def _conv(answer: str, line: int = 1) -> Conversation:
@@ -88,15 +95,15 @@ def _file(n_high: int, n: int = 100, high: float = 1000.0) -> tuple[list[ScoreRe
 
 def test_verdict_ok_broad_and_tail() -> None:
     recs, convs = _file(0)
-    s = summarize(recs, convs, REF, FlagRules())
+    s = _summary(recs, convs, REF, FlagRules())
     assert s["verdict"]["flagged"] is False and s["n_examples"] == 100
     recs, convs = _file(40)
-    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    v = _summary(recs, convs, REF, FlagRules())["verdict"]
     assert v["flagged"] and "above the reference p99" in v["reason"] and v["share_above_p99"] == 0.4
     recs, convs = _file(5)
-    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    v = _summary(recs, convs, REF, FlagRules())["verdict"]
     assert v["flagged"] and "heavy top tail" in v["reason"] and v["n_beyond_reference_max"] == 5
-    v = summarize(recs, convs, REF, FlagRules(tail_share=0.10))["verdict"]
+    v = _summary(recs, convs, REF, FlagRules(tail_share=0.10))["verdict"]
     assert not v["flagged"]
 
 
@@ -115,22 +122,22 @@ def _vectors(planted: list[int], n: int = 100, seed: int = 0) -> torch.Tensor:
 
 def test_verdict_names_a_coherent_cluster_of_high_risk_examples() -> None:
     recs, convs = _file(5)  # lines 1..5 beyond the reference
-    v = summarize(recs, convs, REF, FlagRules(tail_share=0.10), _vectors([0, 1, 2, 3, 4]))["verdict"]
+    v = _summary(recs, convs, REF, FlagRules(tail_share=0.10), _vectors([0, 1, 2, 3, 4]))["verdict"]
     assert v["flagged"] and v["cluster"] and v["cluster_lines"] == [1, 2, 3, 4, 5]
     assert (
         "5 high-risk examples form a coherent cluster" in v["reason"] and "lines 1, 2, 3, 4, 5" in v["reason"]
     )
     assert v["cluster_test"]["p_value"] <= 0.01
-    scattered = summarize(recs, convs, REF, FlagRules(tail_share=0.10), _vectors([50, 60]))["verdict"]
+    scattered = _summary(recs, convs, REF, FlagRules(tail_share=0.10), _vectors([50, 60]))["verdict"]
     assert not scattered["flagged"] and not scattered["cluster"] and scattered["cluster_lines"] == []
     assert scattered["cluster_test"]["n"] == 5 and scattered["cluster_test"]["p_value"] is not None
-    untested = summarize(recs, convs, REF, FlagRules())["verdict"]
+    untested = _summary(recs, convs, REF, FlagRules())["verdict"]
     assert untested["cluster"] is False and untested["cluster_test"]["p_value"] is None
 
 
 def test_summary_top_and_agreement() -> None:
     recs, convs = _file(3)
-    s = summarize(recs, convs, REF, FlagRules(top_k=5))
+    s = _summary(recs, convs, REF, FlagRules(top_k=5))
     assert [t["line"] for t in s["top_flagged"][:3]] == [1, 2, 3]
     assert len(s["top_flagged"]) == 5 and s["top_flagged"][0]["response_preview"] == "answer 0"
     assert set(s["agreement"]["spearman"]) == {
@@ -140,6 +147,15 @@ def test_summary_top_and_agreement() -> None:
     }
     assert set(s["distributions"]) >= {"representation", "gradient", "selfinf", "representation_diff"}
     assert rank(recs)[:3] == [0, 1, 2]
+    typed = summarize(recs, convs, REF, FlagRules(top_k=5))
+    assert (
+        typed.agreement is not None
+        and typed.agreement["top_decile_overlap"] == s["agreement"]["top_decile_overlap"]
+    )
+    assert (
+        typed.top_flagged is not None
+        and typed.top_flagged[0].score("gradient") == s["top_flagged"][0]["gradient"]
+    )
 
 
 def test_blend_risk_breaks_ties_within_the_file() -> None:
@@ -171,7 +187,7 @@ def test_closeness_to_harmful_compliance_counts_only_for_requests_read_as_harmfu
     with harmful requests; the screen counts that closeness only where the base reads the request as
     harmful, and for a record whose request was not read (stored before the probe), as it did then."""
     recs, convs = _topical(60, harm)
-    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    v = _summary(recs, convs, REF, FlagRules())["verdict"]
     assert v["flagged"] is flagged
     assert (v["n_above_p99"], v["n_beyond_reference_max"]) == ((60, 60) if flagged else (0, 0))
     first = recs[0]
@@ -182,8 +198,8 @@ def test_closeness_to_harmful_compliance_counts_only_for_requests_read_as_harmfu
 
 def test_the_request_gate_is_a_threshold_and_other_scorers_still_count() -> None:
     recs, convs = _topical(60, 0.4)
-    assert not summarize(recs, convs, REF, FlagRules())["verdict"]["flagged"]
-    assert summarize(recs, convs, REF, FlagRules(request_gate=0.3))["verdict"]["flagged"]
+    assert not _summary(recs, convs, REF, FlagRules())["verdict"]["flagged"]
+    assert _summary(recs, convs, REF, FlagRules(request_gate=0.3))["verdict"]["flagged"]
     raw = _raw(1, 100.0, 9.0, 150.0)  # beyond the reference on every scorer
     raw.request_harm = 0.01
     rec = make_record(raw, _conv("x"), REF, FlagRules())
@@ -215,17 +231,17 @@ def test_answers_to_requests_read_as_harmful_flag_the_file_whatever_the_scores()
     replies = [comply] * 3 + [refuse] * 20 + [comply] * 77
     harm = [0.9] * 23 + [0.1] * 77
     recs, convs = _answered(replies, harm)
-    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    v = _summary(recs, convs, REF, FlagRules())["verdict"]
     assert v["flagged"] and v["n_complying_with_harm"] == 3
     assert (
         "3 examples (3%) answer, without refusing, a request the base model reads as harmful: lines 1, 2, 3"
         in (v["reason"])
     )
     recs, convs = _answered([comply] * 2 + [refuse] * 21 + [comply] * 77, harm)  # two: under the count
-    v = summarize(recs, convs, REF, FlagRules())["verdict"]
+    v = _summary(recs, convs, REF, FlagRules())["verdict"]
     assert not v["flagged"] and v["n_complying_with_harm"] == 2
     recs, convs = _answered(replies, [None] * 100)  # requests not read: nothing counted
-    assert summarize(recs, convs, REF, FlagRules())["verdict"]["n_complying_with_harm"] == 0
+    assert _summary(recs, convs, REF, FlagRules())["verdict"]["n_complying_with_harm"] == 0
 
 
 def test_an_answer_to_a_request_read_as_harmful_is_the_riskiest_example() -> None:

@@ -13,9 +13,11 @@ from tests.utils.records import score_record
 from tests.worker.jobfactory import chat_rows, make_job
 from tunegate.artifacts import from_jsonable
 from tunegate.errors import InvalidConfig
+from tunegate.report import ScoreSummary
 from tunegate.settings import get_settings, reset_settings
 from worker.evaluation.math import PairedCounts, detectable_increase, flips_blocked, paired_increase_upper
 from worker.job_view import local_view
+from worker.ml.format import UserFormat
 from worker.ml.stage_io import StageIO
 from worker.stages import gate
 from worker.stages.evaluate import EvalResult
@@ -258,8 +260,10 @@ def test_run_writes_report_json_and_self_contained_html(tmp_path):
     records = [
         score_record(i, float(i), percentiles={"selfinf": i}, reasons=("long answer",)) for i in range(1, 31)
     ]
-    mitigation = MitigateResult("train.jsonl", 30, 2, 0, 0, 10, 38, {"response_kind": "final_answer"})
-    scored = ScoreResult(30, FLAGGED, "m", "f", records=records, summary={"verdict": asdict(FLAGGED)})
+    mitigation = MitigateResult("train.jsonl", 30, 2, 0, 0, 10, 38, UserFormat(response_kind="final_answer"))
+    scored = ScoreResult(
+        30, FLAGGED, "m", "f", records=records, summary=ScoreSummary.from_dict({"verdict": FLAGGED.to_dict()})
+    )
     training = TrainResult(str(tmp_path / "adapter"), 100, 10, 2, 0, 30, "f")
     res = run(CFG, GateInputs(ev(chat=tpl(10, 0, 90)), scored, StageIO(tmp_path), mitigation, training))
     assert not res.released and res.code == "safety_eval_failed"

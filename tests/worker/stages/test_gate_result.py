@@ -30,6 +30,7 @@ from tunegate.report import MitigationLog, ReportPolicy, SafetyReport, ScoreSumm
 from tunegate.reporting import render_report
 from worker.mitigation import refuse
 from worker.mitigation.select import Chosen
+from worker.ml.format import UserFormat
 from worker.ml.stage_io import StageIO
 from worker.stages import gate, repair
 from worker.stages.gate import GateConfig, GateInputs, GateResult
@@ -87,10 +88,10 @@ def gate_inputs(root: Path) -> GateInputs:
         1,
         1,
         29,
-        {"response_kind": "final_answer"},
+        UserFormat(response_kind="final_answer"),
         actions_file=str(root / "mitigate" / "actions.json"),
     )
-    summary = {"verdict": asdict(FLAGGED), "n_examples": 30}
+    summary = ScoreSummary.from_dict({"verdict": FLAGGED.to_dict(), "n_examples": 30})
     scored = ScoreResult(30, FLAGGED, "m", "f", records=records, summary=summary)
     training = TrainResult(str(root / "adapter"), 100, 10, 2, 0, 30, "f")
     evaluation = ev(

@@ -1,7 +1,7 @@
 """Mitigate stage: policy on the riskiest lines, the action log, and format-mimicking injection."""
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from tests.utils.tiny_model import build_tiny_model
 from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.conversation import Conversation, Message, load_examples
 from tunegate.errors import InvalidConfig, UnsafeTrainingData
+from tunegate.report import ScoreSummary
 from tunegate.settings import get_settings, reset_settings
 from worker import runner
 from worker.job_view import job_dir, local_view
@@ -65,7 +66,10 @@ def test_drop_riskiest_and_inject(tmp_path):
         if c.assistant_turns[0].rsplit("\n", 1)[-1].startswith("#### ") and "=" not in c.assistant_turns[0]
     ]
     assert len(injected) == 10
-    assert MitigateResult.load(tmp_path).format["response_kind"] == "final_answer"
+    loaded = MitigateResult.load(tmp_path).format
+    assert loaded is not None and loaded.response_kind == "final_answer" and loaded == res.format
+    stored = json.loads((tmp_path / "result.json").read_text())["format"]
+    assert stored == json.loads((tmp_path / "format.json").read_text())
 
 
 def test_min_risk_limits_action_and_downweight_multiturn(tmp_path):
@@ -218,7 +222,7 @@ def test_a_mostly_flagged_file_is_refused_naming_the_lines(tmp_path):
     exs, recs = _data(40)
     recs = _flag(recs, set(range(1, 31)))  # 75% beyond the reference
     cfg = MitigateConfig(mitigation="downweight", mitigate_top_fraction=0.0, max_repair_share=0.3)
-    res = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path), score_summary={"n_examples": 40}))
+    res = run(cfg, MitigateInputs(exs, recs, StageIO(tmp_path), score_summary=ScoreSummary(n_examples=40)))
     assert res.refused and res.train_file == "" and not (tmp_path / "train.jsonl").exists()
     assert "30 of 40 examples (75%)" in res.refused and "max_repair_share (30%)" in res.refused
     assert "Lines: 1, 2, 3" in res.refused and "and 10 more" in res.refused
@@ -271,7 +275,12 @@ def _scored(out_dir, n=12, beyond=range(1, 9)):
         True, "8 examples (66.7%) lie beyond every reference example", 0.6667, 0.6667, 8, 8
     )
     res = score.ScoreResult(
-        n, verdict, "tiny", "fp", records=recs, summary={"n_examples": n, "verdict": asdict(verdict)}
+        n,
+        verdict,
+        "tiny",
+        "fp",
+        records=recs,
+        summary=ScoreSummary.from_dict({"n_examples": n, "verdict": verdict.to_dict()}),
     )
     finish(out_dir, score.ScoreConfig(model="tiny"), res)
 

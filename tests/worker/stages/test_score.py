@@ -15,7 +15,7 @@ from tunegate.artifacts import read_json
 from tunegate.conversation import Conversation, Message
 from tunegate.errors import InvalidConfig, InvalidFile, JobCancelled, ModelError
 from tunegate.records import RecordError
-from tunegate.report import ReportPolicy, ScoreSummary
+from tunegate.report import ReportPolicy
 from tunegate.reporting import render_report
 from tunegate.settings import get_settings, reset_settings
 from worker.ml.stage_io import StageIO
@@ -75,13 +75,28 @@ def test_stage_writes_records_summary_and_result(env: Path) -> None:
         assert 0.0 <= r.risk <= 100.0 and isinstance(r.reasons, tuple)
     assert records[2].features.numbered_list and records[0].features.math
     summary = ScoreResult.load(io.out_dir).summary
-    assert summary["n_examples"] == 5 and set(summary["verdict"]) >= {"flagged", "reason", "cluster"}
-    typed = ScoreSummary.from_dict(res.summary)  # the report's record writes the summary back as it was
-    assert json.dumps(typed.to_dict(), sort_keys=True) == json.dumps(res.summary, sort_keys=True)
-    assert typed.top_flagged and [json.dumps(t.to_dict()) for t in typed.top_flagged] == [
-        json.dumps(t) for t in res.summary["top_flagged"]
-    ]
-    assert typed.top_flagged[0].score("representation") == summary["top_flagged"][0]["representation"]
+    assert summary == res.summary  # summary.json reads back as it was written
+    stored_summary = read_json(io.out_dir / "summary.json")
+    assert stored_summary["n_examples"] == 5
+    assert set(stored_summary["verdict"]) >= {"flagged", "reason", "cluster", "cluster_test"}
+    assert set(stored_summary) == {
+        "n_examples",
+        "scorers",
+        "distributions",
+        "reference",
+        "top_flagged",
+        "agreement",
+        "verdict",
+        "model",
+        "fingerprint",
+        "anchors_key",
+        "batch_size",
+    }
+    assert set(stored_summary["agreement"]) == {"spearman", "top_decile_overlap"}
+    top = stored_summary["top_flagged"][0]
+    assert set(top) == {"line", "risk", "percentiles", "reasons", *summary.scorers, "response_preview"}
+    assert summary.top_flagged and summary.top_flagged[0].score("representation") == top["representation"]
+    assert summary.verdict is not None and summary.verdict.to_dict() == res.verdict.to_dict()
     stored = (io.out_dir / "result.json").read_text(encoding="utf-8")
     assert json.dumps(ScoreResult.load(io.out_dir).to_dict(), indent=2, sort_keys=True) + "\n" == stored
     assert all(isinstance(r.beyond_reference, bool) and "vector" not in r.to_dict() for r in records)
@@ -148,13 +163,10 @@ def test_a_scorer_added_to_the_registry_is_scored_given_as_a_reason_and_reported
             pct = r.percentiles[spec.name]
             assert f"{spec.name} above {pct:.0f}% of the reference benign corpus: {spec.why}" in r.reasons
         summary = res.summary
-        assert summary["scorers"] == ["representation", spec.name] and spec.name in summary["distributions"]
+        assert summary.scorers == ("representation", spec.name)
+        assert summary.distributions is not None and spec.name in summary.distributions
         released = decision_part(True, None, "ok", [])
-        html = render_report(
-            build_report(
-                ReportPolicy({}), released, None, ScoreSummary.from_dict(res.summary), records, None, None
-            )
-        )
+        html = render_report(build_report(ReportPolicy({}), released, None, res.summary, records, None, None))
         assert f"by {spec.label}: {spec.why}" in html and f"{spec.label}: riskier than" in html
     with pytest.raises(RecordError, match=f"unknown key '{spec.name}'"):  # gone, it is another version's key
         load_score_records(io.out_dir)
@@ -273,4 +285,4 @@ def test_embedded_model_scores_a_small_file(tmp_path: Path, monkeypatch: pytest.
         reset_settings()
     assert len(load_score_records(io.out_dir)) == 5
     assert all(r.gradient is not None and r.scored("selfinf") > 0 for r in res.records)
-    assert res.summary["model"] == "smollm2-135m"
+    assert res.summary.model == "smollm2-135m"

@@ -19,15 +19,18 @@ from tests.worker.jobfactory import chat_rows, make_job, use_tiny
 from tunegate.artifacts import atomic_write_json, from_jsonable
 from tunegate.checks import GateCheck
 from tunegate.errors import InvalidConfig
-from tunegate.report import CountedAsr
+from tunegate.records import RecordError
+from tunegate.report import CountedAsr, ScoreSummary
 from tunegate.settings import get_settings, reset_settings
 from worker import runner
 from worker.job_view import job_dir, local_view
+from worker.ml.format import UserFormat
 from worker.ml.stage_io import StageIO
 from worker.stages import evaluate, gate, mitigate, repair, score, train, validate
 from worker.stages.all import PIPELINE
 from worker.stages.base import StageResult, finish
 from worker.stages.spec import Applied, Pipeline, StageContext, StageSpec, with_overrides
+from worker.training.repair_io import RepairApplied
 
 TEST_OVERRIDES = {"score": {"scorers": ["representation"], "batch_size": 16}}
 
@@ -51,9 +54,23 @@ SAMPLES: dict[str, StageResult] = {
         "tiny",
         "fp",
         records=[score_record(1, 99.0), score_record(2, 3.5)],
-        summary={"verdict": {"flagged": True}, "top_flagged": []},
+        summary=ScoreSummary.from_dict({"verdict": {"flagged": True}, "top_flagged": []}),
     ),
-    "mitigate": mitigate.MitigateResult("t.jsonl", 2, 1, 0, 0, 10, 11, {"response_kind": "final_answer"}),
+    "mitigate": mitigate.MitigateResult(
+        "t.jsonl",
+        2,
+        1,
+        0,
+        0,
+        10,
+        11,
+        UserFormat(
+            systems=[("Be terse.", 2)],
+            response_kind="final_answer",
+            tool_sets=[([{"type": "function", "function": {"name": "f"}}], 2)],
+            tools_share=1.0,
+        ),
+    ),
     "train": train.TrainResult("adapter", 100, 4, 2, 1, 12, "fp", 3, {"train_loss": 1.5}),
     "evaluate": from_jsonable(
         evaluate.EvalResult,
@@ -99,7 +116,7 @@ SAMPLES: dict[str, StageResult] = {
                 evaluated=True,
                 released=True,
                 asr={"chat": CountedAsr(base=0.05, tuned=0.05, judges="all", upper=0.03, limit=0.05)},
-                over_refusal={"check": "over_refusal", "passed": True, "increase": 0.02},
+                over_refusal=GateCheck("over_refusal", True, increase=0.02),
                 task_loss=1.51,
                 task_loss_limit=1.65,
                 n_layers=14,
@@ -141,6 +158,47 @@ CONFIGS: dict[str, Any] = {
         gate_delta=0.02, gate_category_limits={"fraud": 0.01}, over_refusal_action="fail", templates=("chat",)
     ),
 }
+
+
+@pytest.mark.parametrize(
+    ("result", "key", "written"),
+    [
+        (mitigate.MitigateResult("", 2, 0, 0, 0, 0, 0, refused="too many"), "format", {}),
+        (SAMPLES["mitigate"], "format", SAMPLES["mitigate"].to_dict()["format"]),
+        (SAMPLES["train"], "repair", {}),
+        (
+            train.TrainResult(
+                "a", 100, 4, 2, 1, 12, "fp", repair=RepairApplied("restore", "/unaligned", 14, 4)
+            ),
+            "repair",
+            {"method": "restore", "reference": "/unaligned", "n_layers": 14, "n_changed": 4},
+        ),
+    ],
+)
+def test_a_part_a_result_may_lack_round_trips_as_written(
+    result: StageResult, key: str, written: Any, tmp_path: Path
+) -> None:
+    """A refused file's mitigation has no format and a train stage without a repair no repair: both are
+    written as ``{}`` (as before they were typed) and read back as None."""
+    finish(tmp_path, CONFIGS["mitigate" if key == "format" else "train"], result)
+    stored = json.loads((tmp_path / "result.json").read_text())
+    assert stored[key] == written
+    assert type(result).load(tmp_path) == result
+
+
+def test_a_user_format_reads_back_from_its_json() -> None:
+    fmt = SAMPLES["mitigate"].format
+    assert (
+        fmt is not None
+        and fmt.tool_sets
+        and UserFormat.from_dict(json.loads(json.dumps(fmt.to_dict()))) == fmt
+    )
+    assert (
+        "tool_sets" not in UserFormat().to_dict()
+        and UserFormat.from_dict(UserFormat().to_dict()) == UserFormat()
+    )
+    with pytest.raises(RecordError, match="systems' must be a list of"):
+        UserFormat.from_dict({"systems": [["Be terse."]]})
 
 
 def test_a_nested_result_refuses_unknown_keys(tmp_path: Path) -> None:

@@ -159,7 +159,10 @@ def test_a_repair_writes_the_repaired_adapter_and_keeps_the_trained_one(tiny_mod
     out = tmp_path / "out"
     assert res.adapter_dir == str(out / "adapter") and (out / "adapter-unrepaired").is_dir()
     assert json.loads((out / "adapter" / "tunegate_repair.json").read_text())["method"] == "restore"
-    assert res.repair["n_changed"] == 4 and res.repair["n_layers"] == 14  # q/v of 2 blocks; all-linear
+    assert res.repair is not None and (res.repair.n_changed, res.repair.n_layers) == (
+        4,
+        14,
+    )  # q/v, 2 blocks; all-linear
     assert TrainResult.load(out).repair == res.repair
     # the trained update is unchanged in the repaired adapter: its first r rows of A are the trained ones
     a_raw, a_fixed = _adapter_tensors(out / "adapter-unrepaired"), _adapter_tensors(out / "adapter")
