@@ -24,7 +24,7 @@ as it always did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 from tunegate import schema
 from tunegate.checks import Judges as Counted
@@ -351,7 +351,7 @@ class Evaluation:
     over_refusal: OverRefusal | None = None
     margin: dict[str, Margin] = field(default_factory=dict)
     n_prompts: int = 0
-    user_format: dict[str, Any] | None = None
+    user_format: JsonObject | None = None  # worker.ml.format.UserFormat as written
     jailbroken_examples: tuple[JailbrokenExample, ...] = ()
     probes: tuple[ProbeEval, ...] = ()  # trigger probes (none mined: empty)
     judges: Judges | None = None  # None without a second judge, and in results written before one existed

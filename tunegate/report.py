@@ -367,7 +367,7 @@ class ReportMitigation:
     n_excluded: int | None = None
     n_injected: int | None = None
     n_output: int | None = None
-    format: dict[str, Any] | None = None
+    format: JsonObject | None = None  # the user's format as worker.ml.format.UserFormat writes it
     actions_file: str | None = None
     n_contrast: int | None = None
     refused: str | bool | None = None  # the result's refusal message ("": none); a refused file's true
@@ -487,7 +487,7 @@ class SafetyReport:
     policy: ReportPolicy
     scoring: ReportScoring
     mitigation: ReportMitigation
-    training: dict[str, Any]  # the train stage's result as written ({}: no training)
+    training: JsonObject  # the train stage's result as written ({}: no training)
     evaluation: Evaluation | None  # None: no evaluation (a file refused before training), written as {}
     repair: ReportRepair | None = None  # None: nothing to repair, and reports from before the repair stage
 
