@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TypedDict
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 from models.keys import Admin
 from models.tables import AuditEntry
 from tunegate.errors import InvalidRequest
-from tunegate.jsontypes import JsonObject, JsonValue
+from tunegate.jsontypes import JsonValue
 
 OVERRIDE = "override_release"
 REVOKE = "revoke_adapter"
@@ -137,28 +136,3 @@ def actors(session: Session) -> list[str]:
     """The names of the admins who wrote an entry (the audit page's filter)."""
     stmt = select(AuditEntry.actor_name).distinct().order_by(AuditEntry.actor_name)
     return [str(n) for n in session.scalars(stmt)]
-
-
-class AuditRow(TypedDict):
-    """An entry as the report templates read it."""
-
-    id: str
-    at: datetime
-    who: str
-    action: str
-    reason: str
-    job_id: str | None
-    details: JsonObject
-
-
-def as_dict(entry: AuditEntry) -> AuditRow:
-    """The plain form the report templates read."""
-    return {
-        "id": entry.id,
-        "at": entry.created_at,
-        "who": entry.actor_name,
-        "action": entry.action,
-        "reason": entry.reason,
-        "job_id": entry.job_id,
-        "details": entry.details,
-    }

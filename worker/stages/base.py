@@ -4,14 +4,15 @@ A stage is a frozen config dataclass plus ``run(cfg, inputs) -> Result``. A stag
 last (atomically, after its config and artifacts), so ``result_exists(out_dir)`` means the stage finished
 and may be skipped on redelivery; ``Result.load(out_dir)`` gives back the typed result, nested dataclasses
 included (``tunegate.artifacts.from_jsonable``). ``to_dict`` writes every field (``tunegate.schema.write``:
-a nested record through its own ``to_dict``); a result whose JSON holds a field in another shape than its
-type (an empty object for None) says so in ``read_shape``, which ``load`` applies first.
+a nested record through its own ``to_dict``); a result whose JSON writes a None field as an empty object
+(as results have always written a missing format, repair or cluster test) names it in ``EMPTY_AS_OBJECT``;
+``read_shape`` maps it back, and ``load`` applies that first.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from tunegate import schema
 from tunegate.artifacts import atomic_write_json, from_jsonable, read_json, save_config
@@ -24,8 +25,13 @@ RESULT_NAME = "result.json"
 class StageResult:
     """Base of every stage's result dataclass: ``result.json`` holds ``to_dict()``."""
 
+    EMPTY_AS_OBJECT: ClassVar[tuple[str, ...]] = ()  # fields whose None is written as {}
+
     def to_dict(self) -> JsonObject:
-        return schema.write(self)
+        out = schema.write(self)
+        for name in self.EMPTY_AS_OBJECT:
+            out[name] = out[name] or {}
+        return out
 
     def save(self, out_dir: Path) -> Path:
         return atomic_write_json(Path(out_dir) / RESULT_NAME, self.to_dict())
@@ -43,9 +49,8 @@ class StageResult:
 
     @classmethod
     def read_shape(cls, data: JsonObject) -> JsonObject:
-        """``result.json``'s object as the fields read it: a result that writes a field in another shape
-        than its type holds (None as ``{}``) maps it back here. As it is by default."""
-        return data
+        """``result.json``'s object as the fields read it: an ``EMPTY_AS_OBJECT`` field's ``{}`` is None."""
+        return {k: v for k, v in data.items() if k not in cls.EMPTY_AS_OBJECT or v != {}}
 
 
 def result_exists(out_dir: Path) -> bool:

@@ -20,11 +20,9 @@ from models import webhooks
 from models.jobs import JobStatus
 from models.policy import DEFAULT_POLICY
 from models.tables import Job
-from tunegate import schema
 from tunegate.artifacts import atomic_write_json
 from tunegate.conversation import Conversation, dump_examples, load_examples
 from tunegate.errors import UNSAFE_TRAINING_DATA, InvalidConfig, JobError, TunegateError, UnsafeTrainingData
-from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.report import MitigationLog, ReportPolicy, ScoreSummary
 from tunegate.settings import Settings
@@ -138,15 +136,7 @@ class MitigateResult(StageResult):
     def failure(self) -> TunegateError | None:
         return UnsafeTrainingData(self.refused, report=self.report_html) if self.refused else None
 
-    def to_dict(self) -> JsonObject:
-        out = schema.write(self)
-        out["format"] = out["format"] or {}
-        return out
-
-    @classmethod
-    def read_shape(cls, data: JsonObject) -> JsonObject:
-        """No format (a refused file) is written as ``{}``."""
-        return {k: v for k, v in data.items() if k != "format" or v != {}}
+    EMPTY_AS_OBJECT = ("format",)  # no format (a refused file)
 
 
 def _check_records(examples: list[Conversation], records: list[ScoreRecord]) -> None:

@@ -29,11 +29,9 @@ from sqlalchemy.orm import Session
 from models.policy import DEFAULT_POLICY
 from models.records import Hyperparameters
 from models.tables import File, Job
-from tunegate import schema
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import ChatMessageJSON, Conversation, dump_examples, load_examples
 from tunegate.errors import InvalidConfig
-from tunegate.jsontypes import JsonObject
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
 from worker.ml.models import SOURCE_FILE, context_length, load_resolved, resolve_model
@@ -188,15 +186,7 @@ class TrainResult(StageResult):
     heldout_file: str = ""  # heldout.jsonl: the user's examples held out of training ("" when none)
     heldout_lines: list[int] = field(default_factory=list)  # their lines in the training file
 
-    def to_dict(self) -> JsonObject:
-        out = schema.write(self)
-        out["repair"] = out["repair"] or {}
-        return out
-
-    @classmethod
-    def read_shape(cls, data: JsonObject) -> JsonObject:
-        """No repair is written as ``{}``."""
-        return {k: v for k, v in data.items() if k != "repair" or v != {}}
+    EMPTY_AS_OBJECT = ("repair",)  # no repair
 
 
 # OpenAI's results-file columns; the validation ones are empty on steps that end no epoch.
