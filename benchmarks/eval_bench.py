@@ -82,7 +82,8 @@ def sequential_comparison(args: argparse.Namespace) -> None:
         res = evaluate.run(dataclasses.replace(cfg, sequential=sequential), inputs)
         return res, time.perf_counter() - t0
 
-    one("warm", False)  # fills the base's cache when cold: both timed runs then see it warm, as jobs do
+    if not args.base_cached:
+        one("warm", False)  # fills the base's cache when cold: both timed runs then see it warm, as jobs do
     fixed, t_fixed = one("fixed", False)
     seq, t_seq = one("sequential", True)
     gate = GateConfig(gate_judges=args.gate_judges)
@@ -123,6 +124,12 @@ def main() -> None:
     ap.add_argument("--adapter", default="", help="--sequential: the fine-tuned adapter directory")
     ap.add_argument("--train-file", default="", help="--sequential: its training file (trigger probes)")
     ap.add_argument("--gate-judges", default="all", choices=("all", "primary", "any"))
+    ap.add_argument(
+        "--base-cached",
+        action="store_true",
+        help="--sequential: the base's side of every template is already cached (a job on this adapter's "
+        "data ran); skip the warming evaluation",
+    )
     args = ap.parse_args()
     print_machine()
     if args.sequential:
