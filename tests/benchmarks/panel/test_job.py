@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.panel.job import ARMS, SCORE_KEYS, SCREEN, arm_dir, share_screen
 from benchmarks.panel.records import PanelRow, Row
+from tunegate import schema
 from worker.stages.score import ScoreConfig
 from worker.stages.validate import ValidateConfig
 
@@ -113,7 +114,7 @@ def test_a_repaired_arm_reports_the_repaired_adapter_the_gate_judged(tmp_path: P
     # the repair stage's own AdapterCheck records, the mitigate stage's result without its format
     written = json.loads(json.dumps(arm.to_dict()))
     checked = [c for c in (rep.original, *rep.attempts) if c is not None]
-    assert written["repair"]["checks"] == [json.loads(json.dumps(dataclasses.asdict(c))) for c in checked]
+    assert written["repair"]["checks"] == [json.loads(json.dumps(schema.write(c))) for c in checked]
     assert written["mitigate"] == {k: v for k, v in dataclasses.asdict(by.mitigate).items() if k != "format"}
     assert "released after repair (restore:0.25) | yes" in "\n".join(job_table({("control_x", "on"): arm}))
 
