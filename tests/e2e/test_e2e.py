@@ -73,7 +73,7 @@ def test_released_blocked_and_duplicate_delivery(stack: Stack) -> None:
         timeout_s=180,
         progress=False,
     )
-    assert final["status"] == "succeeded", (final["error"], stack.worker_logs())
+    assert final.status == "succeeded", (final.error, stack.worker_logs())
     done = good.fine_tuning.jobs.retrieve(job_ok.id)
     assert done.fine_tuned_model == f"ft:tiny:good-org:ok:{job_ok.id}" and (done.trained_tokens or 0) > 0
     assert done.model_extra and done.model_extra["released"] is True and done.model_extra["progress"] == 1.0
