@@ -63,7 +63,7 @@ def sequential_comparison(args: argparse.Namespace) -> None:
     from tunegate.conversation import load_examples
     from tunegate.settings import get_settings
     from worker.ml.stage_io import StageIO
-    from worker.stages import evaluate
+    from worker.stages import evaluate, score
     from worker.stages.gate import GateConfig, decide
     from worker.stages.spec import with_overrides
 
@@ -71,12 +71,21 @@ def sequential_comparison(args: argparse.Namespace) -> None:
     cfg = with_overrides(evaluate.EvalConfig(model=args.model), evaluate.SPEC.name, settings)
     cfg = dataclasses.replace(cfg, gate_judges=args.gate_judges, batch_size=args.batch_size)
     examples = load_examples(Path(args.train_file)) if args.train_file else []
+    # the job's score records, as the job's evaluation mines trigger probes with them (without them, a
+    # recurring prefix of benign data qualifies by support alone and is probed)
+    records = score.ScoreResult.load(Path(args.score_dir)).records if args.score_dir else None
     adapter = Path(args.adapter)
     work = Path(tempfile.mkdtemp(prefix="tg-eval-seq-"))
 
     def one(name: str, sequential: bool) -> tuple[evaluate.EvalResult, float]:
         inputs = evaluate.EvalInputs(
-            adapter, examples, StageIO(work / name), settings, settings.eval_cache_path, seed="bench"
+            adapter,
+            examples,
+            StageIO(work / name),
+            settings,
+            settings.eval_cache_path,
+            score_records=records,
+            seed="bench",
         )
         t0 = time.perf_counter()
         res = evaluate.run(dataclasses.replace(cfg, sequential=sequential), inputs)
@@ -124,6 +133,7 @@ def main() -> None:
     ap.add_argument("--adapter", default="", help="--sequential: the fine-tuned adapter directory")
     ap.add_argument("--train-file", default="", help="--sequential: its training file (trigger probes)")
     ap.add_argument("--gate-judges", default="all", choices=("all", "primary", "any"))
+    ap.add_argument("--score-dir", default="", help="--sequential: the job's score stage directory")
     ap.add_argument(
         "--base-cached",
         action="store_true",
