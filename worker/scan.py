@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from models import scans
 from models.db import session_scope
+from models.records import ScanVerdict
 from models.tables import File, Organization, SafetyScan
 from tunegate import queue
 from tunegate.artifacts import atomic_write_json, atomic_write_text
@@ -74,13 +75,6 @@ WHY = {
 
 # the mitigate stage's action on a line (``select.Acted.action``) as a scan record names it
 ACTED: dict[str, ScanAction] = {"drop": "drop", "downweight": "downweight"}
-
-
-class ScanVerdict(TypedDict):
-    """The scan row's ``verdict``: the screen's."""
-
-    flagged: bool
-    reason: str
 
 
 class RiskiestLine(TypedDict):
