@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -94,24 +94,8 @@ def job_fields(job: JobContext | None) -> JobContext | None:
     """``job`` with every field the templates read present (None, or empty for ``policy`` and ``events``)."""
     if job is None:
         return None
-    empty: JobContext = {
-        "id": None,
-        "org": None,
-        "model": None,
-        "status": None,
-        "fine_tuned_model": None,
-        "training_file": None,
-        "training_filename": None,
-        "n_examples": None,
-        "validation_file": None,
-        "created_at": None,
-        "finished_at": None,
-        "revoked_at": None,
-        "override": None,
-        "policy": {},
-        "events": [],
-    }
-    return {**empty, **job}
+    empty: dict[str, object] = {**dict.fromkeys(JobContext.__annotations__), "policy": {}, "events": []}
+    return cast(JobContext, {**empty, **job})  # the TypedDict's own keys: declared once, above
 
 
 @lru_cache(maxsize=1)
