@@ -15,13 +15,12 @@ the name and follows no redirect. Only the answer's status is read, never its bo
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
+from standardwebhooks.webhooks import Webhook
 
 from tunegate import netguard
 from tunegate.settings import Settings
@@ -57,10 +56,11 @@ class Result:
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
-    """One ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
-    key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
+    """One ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``, by the
+    ``standardwebhooks`` package (the spec's reference library). A ``whsec_`` secret is base64 and decoded;
+    any other is used as its UTF-8 bytes."""
+    key: str | bytes = secret if secret.startswith("whsec_") else secret.encode()
+    return Webhook(key).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body)
 
 
 def signed_headers(message: Message, timestamp: int) -> dict[str, str]:

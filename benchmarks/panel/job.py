@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from machine import MachineInfo
 
     from tunegate.errors import UnsafeTrainingData
+    from tunegate.settings import Settings
+    from worker.job_view import JobView
     from worker.ml.stage_io import ProgressFn
     from worker.stages.base import StageResult
     from worker.stages.evaluate import EvalResult
@@ -185,26 +187,13 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
     start = time.monotonic()
     train_file, heldout, attack = build_data(job, src, out)  # before the heavy imports: fails fast
 
-    from models.policy import org_policy
-    from models.records import Hyperparameters
     from tunegate.errors import UnsafeTrainingData
-    from tunegate.settings import get_settings
-    from worker.job_view import local_view
     from worker.runner import run_local
     from worker.stages.all import PIPELINE
     from worker.stages.base import result_exists
 
     var = variant(out)
-    settings = get_settings()
-    if var.stage_overrides:
-        merged = {**settings.stage_overrides}
-        for stage, knobs in var.stage_overrides.items():
-            merged[stage] = {**merged.get(stage, {}), **knobs}
-        settings = settings.model_copy(update={"stage_overrides": merged})
-    hp: Hyperparameters = {"n_epochs": job.epochs} if job.epochs else {}
-    arm_policy: JsonObject = {**ARMS[arm], **var.policy}
-    policy = org_policy(settings, arm_policy)
-    view = local_view(train_file, model, policy=policy, hyperparameters=hp)
+    view, settings = arm_job(job, arm, var, model, train_file)
     stamps: list[tuple[str, float]] = []
 
     def progress_for(name: str) -> ProgressFn:
@@ -239,6 +228,32 @@ def run_arm(job: PanelJob, arm: str, out: Path, model: str, src: ds.Sources) -> 
         base=_fingerprint(model),  # the weights measured (run.check_base)
         machine=_machine(),
     )
+
+
+def arm_job(
+    job: PanelJob, arm: str, var: Variant, model: str, train_file: Path, extra: Variant | None = None
+) -> tuple[JobView, Settings]:
+    """The job one arm runs and the settings it runs under: the arm's policy knobs, then the results
+    directory's variant (``var``) and ``extra``'s (the repair experiment's), each added to the provider's."""
+    from models.policy import org_policy
+    from models.records import Hyperparameters
+    from tunegate.settings import get_settings
+    from worker.job_view import local_view
+
+    settings = get_settings()
+    layers = [v for v in (var, extra) if v is not None]
+    merged = {**settings.stage_overrides}
+    for layer in layers:
+        for stage, knobs in layer.stage_overrides.items():
+            merged[stage] = {**merged.get(stage, {}), **knobs}
+    if merged != settings.stage_overrides:
+        settings = settings.model_copy(update={"stage_overrides": merged})
+    hp: Hyperparameters = {"n_epochs": job.epochs} if job.epochs else {}
+    arm_policy: JsonObject = dict(ARMS[arm])
+    for layer in layers:
+        arm_policy.update(layer.policy)
+    policy = org_policy(settings, arm_policy)
+    return local_view(train_file, model, policy=policy, hyperparameters=hp), settings
 
 
 VARIANT = "variant.json"

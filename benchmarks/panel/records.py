@@ -317,15 +317,17 @@ class RepairOutcome:
 @dataclass(frozen=True, kw_only=True)
 class RepairRow(_Flat):
     """A repair variant's row (``benchmarks/panel/repair.py``): the arm's summary with the repaired adapter's
-    evaluation and decision, the variant, what it changed, the task loss and the time it took."""
+    evaluation and decision, the variant, what it changed, the task loss and the time it took (no repair and
+    no task loss when the repair stage did not try the variant)."""
 
     WHAT: ClassVar[str] = "repair row"
     FLAT = ("summary",)
     EMPTY = ("task_loss",)
+    OMIT = ("repair",)
 
     summary: ArmSummary
     variant: str
-    repair: RepairOutcome
+    repair: RepairOutcome | None = None  # None: the repair stage did not try it (the summary says why)
     task_loss: TaskLoss | None
     wall_s: float
 

@@ -342,7 +342,8 @@ def repair_table(rows: Rows, repaired: list[RepairRow]) -> list[str]:
 
 def _repair_line(label: str, x: PanelRow | RepairRow) -> str:
     s = x.summary
-    changed = f"{x.repair.n_changed} of {x.repair.n_layers}" if isinstance(x, RepairRow) else DASH
+    rep = x.repair if isinstance(x, RepairRow) else None
+    changed = f"{rep.n_changed} of {rep.n_layers}" if rep is not None else DASH
     return (
         f"| {s.job} | {s.arm} | {label} | {changed} | {_gate(s)} | {_gated(s)} "
         f"| {_over_refusal(s.over_refusal)} | {_loss(x.task_loss)} |"
