@@ -37,6 +37,14 @@ def prepare(
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild the aligned base even if it is already built.")
     ] = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Build the aligned base from scratch by the recipe (minutes) instead of folding the shipped "
+            "alignment adapter into the embedded model (seconds); implies --force.",
+        ),
+    ] = False,
 ) -> None:
     """Convert the embedded GGUF model once into a cached safetensors directory (no download).
     Only what is missing is built: an aligned base already in the cache is kept unless --force."""
@@ -48,15 +56,15 @@ def prepare(
         resolved = resolve_model(model, settings)
         bar(1.0, "ready")
     typer.echo(f"{resolved.name}: {resolved.path} (fingerprint {resolved.fingerprint})")
-    if aligned:
-        _prepare_aligned(EMBEDDED_ALIGNED, settings, force)
+    if aligned or rebuild:
+        _prepare_aligned(EMBEDDED_ALIGNED, settings, force or rebuild, rebuild)
     if scoring:
         _prepare_scoring(model, settings)
         if aligned:
             _prepare_scoring(EMBEDDED_ALIGNED, settings)
 
 
-def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
+def _prepare_aligned(name: str, settings: Any, force: bool, rebuild: bool) -> None:
     from tunegate.model_cache import ALIGNED_SOURCE, embedded_dir, model_available
     from worker.prepare.align import prepare_aligned
 
@@ -66,7 +74,7 @@ def _prepare_aligned(name: str, settings: Any, force: bool) -> None:
         )
         return
     with Progress("aligning") as bar:
-        target = prepare_aligned(settings, progress=bar)
+        target = prepare_aligned(settings, progress=bar, rebuild=rebuild)
     typer.echo(f"aligned base: {target}")
 
 
@@ -81,6 +89,24 @@ def _prepare_scoring(model: str, settings: Any) -> None:
     with Progress("contrastive answers") as bar:
         answers = warm_contrast_answers(model, settings, progress=bar)
     typer.echo(f"contrastive answers ready in {answers}")
+
+
+@models_app.command("export-aligned")
+def export_aligned(
+    dest: Annotated[Path, typer.Option("--to", help="Where to write the shipped adapter.")] = Path(
+        "tunegate/data/aligned"
+    ),
+) -> None:
+    """For maintainers: turn this machine's aligned base, built by the recipe (models prepare --aligned
+    --rebuild), into the shipped alignment adapter (float16), recording the fingerprint folding it gives."""
+    from tunegate.model_cache import ALIGNED_SOURCE, embedded_dir
+    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from worker.ml.models import resolve_model
+    from worker.prepare.shipped import export
+
+    settings = get_settings()
+    build = export(embedded_dir(ALIGNED_SOURCE, settings), resolve_model(EMBEDDED_BASE, settings).path, dest)
+    typer.echo(f"shipped adapter in {dest}: folds into {build.fingerprint} (from {build.source_fingerprint})")
 
 
 def score(

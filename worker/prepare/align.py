@@ -38,7 +38,7 @@ from worker.ml.models import (
     set_threads,
 )
 from worker.ml.stage_io import Metric, ProgressFn, StageIO
-from worker.prepare import parallel
+from worker.prepare import parallel, shipped
 from worker.stages import train
 from worker.stages.base import StageResult, finish
 from worker.training import dataparallel
@@ -221,6 +221,9 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
             "source_fingerprint": base.fingerprint,
         },
     )
+    # kept beside the merged weights (not a weights file of the model: the fingerprint ignores it), so the
+    # build can become the shipped adapter (worker/prepare/shipped.py: export)
+    shutil.copytree(tres.adapter_dir, inputs.target_dir / shipped.KEPT_ADAPTER)
     res = AlignResult(
         str(inputs.target_dir), len(refusals), len(distilled), dropped, time.monotonic() - t0, tres
     )
@@ -296,12 +299,25 @@ def prepare_aligned(
     progress: ProgressFn | None = None,
     cfg: AlignConfig | None = None,
     distilled: list[Conversation] | None = None,
+    rebuild: bool = False,
 ) -> Path:
-    """Build (or rebuild) the aligned embedded base and return its directory (``models prepare``);
-    ``progress`` gets (fraction, message, metrics) at each distillation batch and training step."""
+    """Make the aligned embedded base and return its directory (``models prepare``, the demo's first run):
+    the shipped adapter folded into the embedded model (seconds, the same weights on every machine) when
+    one is shipped for it, else (or with ``rebuild``, or a recipe ``cfg`` of the caller's) built by the
+    recipe; ``progress`` gets (fraction, message, metrics) at each distillation batch and training step."""
     settings = settings or get_settings()
-    cfg = cfg or AlignConfig(precision=settings.precision)
     target = embedded_dir(ALIGNED_SOURCE, settings)
+    if cfg is None and distilled is None and not rebuild:
+        base = resolve_model(EMBEDDED_BASE, settings)
+        build = shipped.shipped_for(base.fingerprint)
+        if build is not None:
+            if progress is not None:
+                progress(0.0, "folding the shipped alignment adapter into the embedded model", {})
+            shipped.fold_shipped(base.path, target, build)
+            if progress is not None:
+                progress(1.0, f"aligned base {build.fingerprint} (the shipped adapter)", {})
+            return target
+    cfg = cfg or AlignConfig(precision=settings.precision)
     work = settings.models_path / ".align-work"
     shutil.rmtree(work, ignore_errors=True)
     io = StageIO(work, stage="align") if progress is None else StageIO(work, progress=progress, stage="align")
