@@ -160,7 +160,8 @@ class ClusterTest:
 
 @dataclass(frozen=True)
 class ScreenVerdict:
-    """The score stage's screen verdict (``worker.stages.score.Verdict``, the same fields and defaults)."""
+    """The score stage's screen verdict (``worker.scoring.report``; the stage's result holds it too, as
+    ``worker.stages.score.Verdict``)."""
 
     flagged: bool
     reason: str = ""
