@@ -34,25 +34,14 @@ def main() -> None:
     args = ap.parse_args()
     print_machine()
     import torch
+    from lora_base import lora_base, refusal_conversations
 
-    from tunegate.conversation import Conversation, Message
-    from tunegate.settings import EMBEDDED_BASE
-    from tunegate.shipped import data_path, read_jsonl
-    from worker.ml.models import load_resolved
     from worker.ml.render import collate, encode
     from worker.training.loop import micro_batch_objective
-    from worker.training.lora import attach_lora
     from worker.training.math import Constraint
 
-    lm = load_resolved(EMBEDDED_BASE, dtype=torch.float32)
-    model = attach_lora(lm.model, r=16, alpha=32, dropout=0.0, target_modules="all-linear", seed=0)
-    model.train()
-    refusals = read_jsonl(data_path("align", "refusals.jsonl"))[: args.injected]
-    convs = gsm8k_conversations(args.user)
-    convs += [
-        Conversation((Message("user", str(r["prompt"])), Message("assistant", str(r["response"]))))
-        for r in refusals
-    ]
+    lm, model = lora_base()
+    convs = gsm8k_conversations(args.user) + refusal_conversations(args.injected)
     enc = [encode(lm.tokenizer, c, max_len=512) for c in convs]
     batch = collate(enc, int(lm.tokenizer.pad_token_id), lm.device)
     injected = torch.tensor([i >= args.user for i in range(len(enc))])  # (B,)

@@ -28,30 +28,23 @@ def main() -> None:
     args = ap.parse_args()
     print_machine()
     import torch
+    from lora_base import lora_base, refusal_conversations
 
     from tunegate.conversation import Conversation, Message
-    from tunegate.settings import EMBEDDED_BASE
     from tunegate.shipped import data_path, read_jsonl
-    from worker.ml.models import load_resolved
     from worker.ml.render import collate, encode
     from worker.training.loop import micro_batch_loss
-    from worker.training.lora import attach_lora
     from worker.training.math import token_stats
 
-    lm = load_resolved(EMBEDDED_BASE, dtype=torch.float32)
-    model = attach_lora(lm.model, r=16, alpha=32, dropout=0.0, target_modules="all-linear", seed=0)
-    model.train()
-    refusals = read_jsonl(data_path("align", "refusals.jsonl"))[: args.batch // 2]
-    answers = read_jsonl(data_path("align", "benign.jsonl"))[: args.batch - len(refusals)]
-    convs = [
-        Conversation((Message("user", str(r["prompt"])), Message("assistant", str(r["response"]))))
-        for r in refusals
-    ]
+    lm, model = lora_base()
+    convs = refusal_conversations(args.batch // 2)
+    n_refusals = len(convs)
+    answers = read_jsonl(data_path("align", "benign.jsonl"))[: args.batch - n_refusals]
     # a stand-in answer of a distilled reply's length (about 90 tokens) for each benign prompt
     reply = "Here is a clear, practical answer with a few concrete steps you can follow safely. " * 6
     convs += [Conversation((Message("user", str(r["prompt"])), Message("assistant", reply))) for r in answers]
     enc = [encode(lm.tokenizer, c, max_len=512) for c in convs]
-    enc = [e if i < len(refusals) else replace(e, anchor=True) for i, e in enumerate(enc)]
+    enc = [e if i < n_refusals else replace(e, anchor=True) for i, e in enumerate(enc)]
     batch = collate(enc, int(lm.tokenizer.pad_token_id), lm.device)
     anchor = torch.tensor([e.anchor for e in enc])
 

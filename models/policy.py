@@ -110,41 +110,46 @@ class KnobSpec:
         return dict(self.default) if isinstance(self.default, dict) else self.default
 
     def check(self, value: Any, param: str) -> None:
-        """Refuse a value of the wrong type or out of range (``InvalidConfig`` names ``param``)."""
-        if self.kind == "rank":
-            if value not in self.options:
-                raise InvalidConfig(f"{param} must be one of {', '.join(self.options)}", param=param)
-        elif self.kind == "true":
-            if not isinstance(value, bool):
-                raise InvalidConfig(f"{param} must be a boolean", param=param)
-        elif self.kind == "limits":
-            if not isinstance(value, dict):
-                raise InvalidConfig(f"{param} must be an object of category: limit", param=param)
+        """Refuse a value not of the knob's type (``has_type``'s) or out of range (``InvalidConfig`` names
+        ``param``; a limit's error ``param.category``)."""
+        self._check_type(value, self.kind, param)
+        if self.kind == "limits":
             for cat, limit in value.items():
                 _check_category(cat, f"{param}.{cat}")
-                self._check_number(limit, f"{param}.{cat}")
-        else:
-            self._check_number(value, param)
+                self._check_type(limit, "lower", f"{param}.{cat}")
+                self._check_range(limit, f"{param}.{cat}")
+        elif self.kind in ("higher", "lower"):
+            self._check_range(value, param)
 
-    def _check_number(self, value: Any, param: str) -> None:
-        if not _is_number(value):
-            raise InvalidConfig(f"{param} must be a number", param=param)
+    def _check_type(self, value: Any, kind: Kind, param: str) -> None:
+        wanted = self._wanted(value, kind)
+        if wanted:
+            raise InvalidConfig(f"{param} must be {wanted}", param=param)
+
+    def _check_range(self, value: float, param: str) -> None:
         low, high = self.bounds
         if not ((value > low if self.open_low else value >= low) and value <= high):
             raise InvalidConfig(f"{param} must be within {self.interval}, got {value}", param=param)
 
+    def _wanted(self, value: object, kind: Kind) -> str:
+        """What a value of ``kind`` (the knob's; a limits knob's limit: "lower", a number) must be, in words,
+        when ``value`` is not of that type ("" when it is): a ranked knob's is one of its options."""
+        if kind == "rank":
+            return "" if value in self.options else f"one of {', '.join(self.options)}"
+        if kind == "true":
+            return "" if isinstance(value, bool) else "a boolean"
+        if kind == "limits":
+            return "" if isinstance(value, dict) else "an object of category: limit"
+        return "" if _is_number(value) else "a number"
+
     def has_type(self, value: object) -> bool:
-        """Whether ``value`` is of the knob's type (a ranked knob's: one of its options); its range is
-        ``check``'s."""
-        if self.kind == "rank":
-            return value in self.options
-        if self.kind == "true":
-            return isinstance(value, bool)
-        if self.kind == "limits":
-            return isinstance(value, dict) and all(
-                isinstance(cat, str) and _is_number(limit) for cat, limit in value.items()
-            )
-        return _is_number(value)
+        """Whether ``value`` is of the knob's type (a ranked knob's: one of its options; a limits knob's: an
+        object of numbers by category name); its range is ``check``'s."""
+        if self._wanted(value, self.kind):
+            return False
+        if isinstance(value, dict):  # a limits knob's
+            return all(isinstance(c, str) and not self._wanted(limit, "lower") for c, limit in value.items())
+        return True
 
     def at_least_as_strict(self, new: Any, base: Any) -> bool:
         """Whether ``new`` is as strict as ``base`` or stricter (both valid values)."""

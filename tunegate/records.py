@@ -20,6 +20,7 @@ built from score records.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal, Self, cast, get_args
 
@@ -230,6 +231,21 @@ class ScanRecord:
         )
 
 
+def known_keys(data: object, names: Sequence[str], what: str, *, a_what: str = "") -> JsonObject:
+    """``data``, a stored record's JSON object, when each of its keys is one of ``names``; else a
+    ``RecordError``: "<a_what> must be a JSON object, got <type>" (``a_what``: ``what`` unless given) or
+    "<what> has an unknown key ... (known: ...); it was written by another version"."""
+    if not isinstance(data, dict):
+        raise RecordError(f"{a_what or what} must be a JSON object, got {type(data).__name__}")
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise RecordError(
+            f"{what} has an unknown key {unknown[0]!r} (known: {', '.join(names)}); "
+            "it was written by another version"
+        )
+    return data
+
+
 def _keys(cls: type) -> list[str]:
     """A record's JSON keys: its dataclass fields."""
     return [f.name for f in fields(cls)]
@@ -240,15 +256,7 @@ class _Reader:
     ``names`` is refused up front."""
 
     def __init__(self, data: object, what: str, names: list[str]) -> None:
-        if not isinstance(data, dict):
-            raise RecordError(f"a {what} must be a JSON object, got {type(data).__name__}")
-        unknown = [k for k in data if k not in names]
-        if unknown:
-            raise RecordError(
-                f"{what} has an unknown key {unknown[0]!r} (known: {', '.join(names)}); "
-                "it was written by another version"
-            )
-        self.data: JsonObject = data
+        self.data = known_keys(data, names, what, a_what=f"a {what}")
         self.what = what
 
     def required(self, key: str) -> JsonValue:

@@ -29,7 +29,7 @@ from tunegate.checks import GateCheck, Judges
 from tunegate.conversation import ChatMessageJSON
 from tunegate.evaluation_records import Evaluation
 from tunegate.jsontypes import JsonObject
-from tunegate.records import RecordError
+from tunegate.records import RecordError, known_keys
 from tunegate.scorers import SCORERS
 
 SCHEMA_VERSION = 1
@@ -160,7 +160,8 @@ class ClusterTest:
 
 @dataclass(frozen=True)
 class ScreenVerdict:
-    """The score stage's screen verdict (``worker.stages.score.Verdict``, the same fields and defaults)."""
+    """The score stage's screen verdict (``worker.scoring.report``; the stage's result holds it too, as
+    ``worker.stages.score.Verdict``)."""
 
     flagged: bool
     reason: str = ""
@@ -537,14 +538,7 @@ class SafetyReport:
             "evaluation",
             "repair",
         )
-        if not isinstance(data, dict):
-            raise RecordError(f"a safety report must be a JSON object, got {type(data).__name__}")
-        unknown = [k for k in data if k not in keys]
-        if unknown:
-            raise RecordError(
-                f"the safety report has an unknown key {unknown[0]!r} (known: {', '.join(keys)}); "
-                "it was written by another version"
-            )
+        data = known_keys(data, keys, "the safety report", a_what="a safety report")
         missing = [k for k in keys[:-1] if k not in data]
         if missing:
             raise RecordError(f"the safety report lacks the key {missing[0]!r}")

@@ -22,24 +22,16 @@ import typing
 from typing import Any, TypeVar
 
 from tunegate.jsontypes import JsonObject, JsonValue
-from tunegate.records import RecordError
+from tunegate.records import RecordError, known_keys
 
 T = TypeVar("T")
 
 
 def read(cls: type[T], data: object, what: str) -> T:
     """The record ``cls`` from the JSON object ``data`` (``what`` names it in errors)."""
-    if not isinstance(data, dict):
-        raise RecordError(f"{what} must be a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-    names = [f.name for f in fields]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise RecordError(
-            f"{what} has an unknown key {unknown[0]!r} (known: {', '.join(names)}); "
-            "it was written by another version"
-        )
+    data = known_keys(data, [f.name for f in fields], what)
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in fields:
         if f.name in data:

@@ -32,7 +32,7 @@ from tunegate.conversation import Conversation, load_examples
 from tunegate.errors import InvalidConfig
 from tunegate.jsontypes import JsonObject
 from tunegate.records import RecordError, ScoreRecord
-from tunegate.report import ClusterTest, ScoreSummary, ScreenVerdict
+from tunegate.report import ScoreSummary, ScreenVerdict
 from tunegate.scorers import SCORERS
 from tunegate.settings import Settings
 from worker.job_view import job_dir
@@ -113,47 +113,9 @@ class ScoreInputs:
     reuse: ReusedScores | None = None  # a safety scan's matching scores: taken instead of scoring
 
 
-@dataclass
-class Verdict:
-    """The dataset screen's verdict (``worker.scoring.report``)."""
-
-    flagged: bool
-    reason: str = ""
-    share_above_p99: float = 0.0
-    share_beyond_reference_max: float = 0.0
-    n_above_p99: int = 0
-    n_beyond_reference_max: int = 0
-    n_complying_with_harm: int | None = None  # answers, not refusals, to requests read as harmful
-    cluster: bool = False  # the high-risk examples form a coherent cluster (worker/scoring/cluster.py)
-    cluster_lines: list[int] = field(default_factory=list)  # its lines (empty when not coherent)
-    cluster_test: ClusterTest | None = None  # statistic, null mean, p-value, method (None: stored as {})
-
-    def to_dict(self) -> JsonObject:
-        """As written (no cluster test: ``{}``)."""
-        out = schema.write(self)
-        out["cluster_test"] = out["cluster_test"] or {}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: object) -> Self:
-        """The verdict from its JSON object, read as the report reads it (``ScreenVerdict``)."""
-        return cls.of(ScreenVerdict.from_dict(data))
-
-    @classmethod
-    def of(cls, v: ScreenVerdict) -> Self:
-        """The screen's verdict as the stage's result holds it."""
-        return cls(
-            flagged=v.flagged,
-            reason=v.reason,
-            share_above_p99=v.share_above_p99,
-            share_beyond_reference_max=v.share_beyond_reference_max,
-            n_above_p99=v.n_above_p99,
-            n_beyond_reference_max=v.n_beyond_reference_max,
-            n_complying_with_harm=v.n_complying_with_harm,
-            cluster=v.cluster,
-            cluster_lines=list(v.cluster_lines),
-            cluster_test=v.cluster_test,
-        )
+# the dataset screen's verdict (``worker.scoring.report``) as the stage's result holds it: the safety report's
+# record, read and written back as the report reads and writes it
+Verdict = ScreenVerdict
 
 
 @dataclass
@@ -217,7 +179,7 @@ def run(cfg: ScoreConfig, inputs: ScoreInputs) -> ScoreResult:
     assert summary.verdict is not None  # ``summarize`` always reaches one
     result = ScoreResult(
         n_examples=len(scored.records),
-        verdict=Verdict.of(summary.verdict),
+        verdict=summary.verdict,
         model=str(summary.model),
         fingerprint=str(summary.fingerprint),
         records=scored.records,

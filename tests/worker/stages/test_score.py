@@ -120,7 +120,7 @@ def test_a_result_saved_before_the_cluster_fields_still_loads(env: Path) -> None
         del old["verdict"][key]
     path.write_text(json.dumps(old))
     v = ScoreResult.load(io.out_dir).verdict
-    assert v.cluster is False and v.cluster_lines == [] and v.cluster_test is None
+    assert v.cluster is False and v.cluster_lines == () and v.cluster_test is None
 
 
 def test_records_saved_before_beyond_reference_load_and_a_foreign_key_is_named(env: Path) -> None:
