@@ -205,9 +205,20 @@ def ensure_model(model: str, echo: Any) -> None:
     from cli.progress import Progress
     from worker.prepare.align import prepare_aligned
 
-    echo(f"building {model} (one-time safety alignment of the embedded SmolLM2)...")
+    how = "folding the shipped alignment adapter into" if shipped_applies() else "safety-aligning"
+    echo(f"making {model} once: {how} the embedded SmolLM2...")
     with Progress("aligning") as bar:
         prepare_aligned(get_settings(), progress=bar)
+
+
+def shipped_applies() -> bool:
+    """Whether the aligned base is made from the shipped adapter here (it was trained on this embedded
+    model), not built by the recipe."""
+    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from worker.ml.models import resolve_model
+    from worker.prepare.shipped import shipped_for
+
+    return shipped_for(resolve_model(EMBEDDED_BASE, get_settings()).fingerprint) is not None
 
 
 def model_ready(model: str) -> bool:
@@ -310,7 +321,7 @@ def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: 
     import torch
 
     from cli.demo_plan import estimate
-    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from tunegate.settings import EMBEDDED_ALIGNED, EMBEDDED_BASE, get_settings
     from worker.ml.models import device_for, load_resolved
     from worker.ml.precision import hardware
     from worker.prepare import parallel as side_by_side
@@ -319,6 +330,7 @@ def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: 
     settings = get_settings()
     build = not model_ready(model)
     caches = not caches_ready(model)
+    shipped = build and model == EMBEDDED_ALIGNED and shipped_applies()
     processes = side_by_side.processes(settings, device_for(settings), 8)
     threads = torch.get_num_threads()
     # measured as the build's and the caches' one-thread processes run (their BLAS included)
@@ -334,6 +346,7 @@ def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: 
         units,
         build=build,
         caches=caches,
+        shipped=shipped,
         parallel=parallel,
         machine=machine,
         n_examples=(sizes[0], sizes[1]),

@@ -19,6 +19,9 @@ from typing import Any
 # build and caches run as one per core; the jobs run in one worker with every core.
 OVERHEAD = {"distill": 0.94, "align_train": 0.77, "scoring_cache": 0.94, "base_eval": 0.70, "job": 0.23}
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
+# folding the shipped alignment adapter into the embedded model (worker/prepare/shipped.py): reading and
+# writing 538 MB of weights and hashing them, about the same on every machine (measured, docs/benchmarks.md)
+FOLD_S = 20.0
 
 
 @dataclass
@@ -68,16 +71,26 @@ def estimate(
     *,
     build: bool,
     caches: bool,
+    shipped: bool = False,
     parallel: int,
     machine: str,
     n_examples: tuple[int, int],
     processes: int = 1,
 ) -> DemoPlan:
     """A plan with each phase's expected seconds; ``units`` is a ``worker.prepare.calibrate.UnitCosts``
-    measured as one of the ``processes`` one-thread processes that share the build and the caches."""
+    measured as one of the ``processes`` one-thread processes that share the build and the caches;
+    ``shipped``: the aligned base is made by folding the shipped adapter, not built by the recipe."""
     plan = DemoPlan(machine=machine)
     side = f" ({processes} processes side by side)" if processes > 1 else ""
-    if build:
+    if build and shipped:
+        plan.phases.append(
+            Phase(
+                "build",
+                "make the aligned base once: fold the shipped alignment adapter into the embedded model",
+                FOLD_S,
+            )
+        )
+    elif build:
         plan.phases.append(
             Phase(
                 "build",

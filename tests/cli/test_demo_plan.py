@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli.demo import worker_layout
-from cli.demo_plan import EVAL_BATCH_COST, OVERHEAD, Workload, decode_steps, estimate
+from cli.demo_plan import EVAL_BATCH_COST, FOLD_S, OVERHEAD, DemoPlan, Workload, decode_steps, estimate
 from worker.prepare.calibrate import UnitCosts
 
 WORK = Workload(
@@ -41,6 +41,25 @@ def test_first_run_has_every_phase_with_counted_times() -> None:
     assert plan.total_s == pytest.approx(sum(by.values()))
     text = "\n".join(plan.lines())
     assert "build the aligned base" in text and "2 Celery workers" in text and "(m)" in text
+
+
+def test_with_the_shipped_adapter_the_build_is_a_fold_whatever_the_machine() -> None:
+    def plan_at(scale: float) -> DemoPlan:
+        return estimate(
+            WORK,
+            units(scale),
+            build=True,
+            caches=True,
+            shipped=True,
+            parallel=2,
+            machine="m",
+            n_examples=(40, 40),
+        )
+
+    plan, slow = plan_at(1.0), plan_at(3.0)
+    assert [p.name for p in plan.phases] == ["build", "caches", "jobs"]
+    assert plan.phases[0].seconds == slow.phases[0].seconds == FOLD_S
+    assert "fold the shipped alignment adapter" in "\n".join(plan.lines())
 
 
 def test_later_runs_skip_what_is_built_and_a_slower_machine_takes_longer() -> None:

@@ -62,7 +62,12 @@ def anchors_piece(model: str, *, progress: parallel.Report) -> None:
     base = load_base(model, get_settings())
     direction = needs_direction(SCORERS)
     anchors.load_or_compute(
-        base.model, base.tokenizer, base.cache_dir, max_len=base.max_len, with_direction=direction
+        base.model,
+        base.tokenizer,
+        base.cache_dir,
+        max_len=base.max_len,
+        with_direction=direction,
+        progress=lambda d, t: progress(d / t, f"anchor features {d}/{t}"),
     )
     progress(1.0, "anchor features")
 
@@ -85,6 +90,12 @@ def base_eval_piece(model: str, *, progress: parallel.Report) -> None:
     warm_base_eval(model, get_settings(), progress)
 
 
+# each part's share of the bar: the core-minutes it took on a 2-core AMD EPYC (the demo of 2026-12-07,
+# docs/benchmarks.md): the anchors 6.2 and the base's evaluation 5.0, side by side, then the reference corpus
+# 5.4 over both cores, so the bar (and tqdm's ETA, its average rate) moves with the time spent
+WEIGHTS = {"anchors": 6.2, "base_eval": 5.0, "reference": 5.4}
+
+
 def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> None:
     """The scoring caches and the base's evaluation of ``model``, each part skipped when cached: the
     anchors and the evaluation side by side, then the reference corpus in shares (one process per core)."""
@@ -94,12 +105,12 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
 
     anchors_file, reference_file = _scoring_paths(model, settings)
     device = device_for(settings)
-    first = [parallel.Piece(base_eval_piece, (model,), 2.0)]  # skips itself when cached
+    first = [parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"])]  # skips itself when cached
     if not anchors_file.is_file():
-        first.insert(0, parallel.Piece(anchors_piece, (model,), 2.0))
+        first.insert(0, parallel.Piece(anchors_piece, (model,), WEIGHTS["anchors"]))
     n = parallel.processes(settings, device, 8) if not reference_file.is_file() else 0
-    ref_share = 4.0 / max(n, 1)
-    total = sum(p.weight for p in first) + (4.0 if n else 0.0)
+    ref_share = WEIGHTS["reference"] / max(n, 1)
+    total = sum(p.weight for p in first) + (WEIGHTS["reference"] if n else 0.0)
     done = sum(p.weight for p in first) / total
     parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
     if n:

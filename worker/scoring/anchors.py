@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,16 +133,23 @@ def compute_anchors(
     with_direction: bool,
     n_tokens: int = ANCHOR_TOKENS,
     anchor_dir: Path = ANCHOR_DIR,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AnchorFeatures:
+    """``progress(done, total)`` after each anchor pass."""
     direction: dict[str, torch.Tensor] | None = None
     if with_direction:
         direction = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
     hs: dict[str, list[torch.Tensor]] = {}
-    for name, convs in anchor_sets(anchor_dir).items():
+    sets = anchor_sets(anchor_dir)
+    total, done = sum(len(c) for c in sets.values()), 0
+    for name, convs in sets.items():
         hs[name] = []
         for conv in convs:
             h, unit = _anchor_pass(model, tokenizer, conv, n_tokens, max_len, with_direction)
             hs[name].append(h)
+            done += 1
+            if progress is not None:
+                progress(done, total)
             if direction is not None and unit is not None:
                 for pname, g in unit.items():
                     direction[pname].add_(g, alpha=SETS[name] / len(convs))  # d += ± ĝ_a / |S|
@@ -162,8 +170,10 @@ def load_or_compute(
     max_len: int,
     with_direction: bool,
     anchor_dir: Path = ANCHOR_DIR,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AnchorFeatures:
-    """Cached anchor features for this model (recomputed when missing or lacking the direction)."""
+    """Cached anchor features for this model (recomputed when missing or lacking the direction;
+    ``progress(done, total)`` after each anchor pass)."""
     key = anchors_key(anchor_dir)
     path = cache_dir / f"anchors-{key}.pt"
     if path.is_file():
@@ -177,7 +187,12 @@ def load_or_compute(
         path,
     )
     feats = compute_anchors(
-        model, tokenizer, max_len=max_len, with_direction=with_direction, anchor_dir=anchor_dir
+        model,
+        tokenizer,
+        max_len=max_len,
+        with_direction=with_direction,
+        anchor_dir=anchor_dir,
+        progress=progress,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -190,6 +190,7 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
     store = inputs.cache_dir if cfg.use_cache else None  # where base results are cached (None: kept nowhere)
     probe = None
     if cfg.second_judge == "probe":  # fitted on the base (or read from the cache) before any adapter
+        inputs.io.step(0.0, "the probe judge")
         probe = ProbeJudge(load_or_train(model, tok, resolved.fingerprint, store, cfg.batch_size))
     ev = ModelEvaluator(
         cfg,
@@ -201,7 +202,9 @@ def run(cfg: EvalConfig, inputs: EvalInputs) -> EvalResult:
         inputs.io,
         probe,
     )
-    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, store)
+    # the base's side is the whole run when there is no adapter (the base's own evaluation, cached)
+    whole = inputs.adapter_dir is None
+    base = _base_results(cfg, ev, model, templates, resolved.fingerprint, store, whole=whole)
     triggers = mine_triggers(cfg, inputs)
     subset = probe_subset(harmful, cfg.probe_prompts)
     key = probes.base_key(ev, resolved.fingerprint, subset, _cache_cfg(cfg))
@@ -316,8 +319,15 @@ def _base_results(
     templates: dict[str, UserFormat | None],
     fingerprint: str,
     store: Path | None,
+    *,
+    whole: bool = False,
 ) -> dict[str, ModelRun]:
+    """The base's runs per template, from the cache or evaluated (and cached); ``whole``: they are the
+    whole of this run's progress (after the probe judge's fit, its first 15%), else its first half."""
     plain = template_is_plain(templates["user"])
+    parts = (
+        {"chat": (0.15, 1.0), "user": (0.15, 1.0)} if whole else {"chat": (0.0, 0.25), "user": (0.25, 0.5)}
+    )
     out: dict[str, ModelRun] = {}
     for name, fmt in templates.items():
         if name == "user" and plain:
@@ -334,7 +344,7 @@ def _base_results(
         )
         hit = cache.load(store, key, ModelRun.from_dict) if store else None
         if hit is None:
-            hit = ev.evaluate(model, fmt, tuned_dir=None, part=(0.0, 0.25) if name == "chat" else (0.25, 0.5))
+            hit = ev.evaluate(model, fmt, tuned_dir=None, part=parts[name])
             if store:
                 cache.store(store, key, hit.to_dict())
         out[name] = hit
