@@ -84,8 +84,10 @@ def lora_updates(adapter_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     cfg = read_json(adapter_dir / ADAPTER_CONFIG)
-    if cfg.get("use_dora") or cfg.get("use_rslora"):
-        raise ModelError(f"{adapter_dir}: only a plain LoRA adapter folds exactly (no DoRA, no rsLoRA)")
+    if any(cfg.get(k) for k in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern")):
+        raise ModelError(
+            f"{adapter_dir}: only a plain LoRA adapter folds exactly (no DoRA, rsLoRA or per-module ranks)"
+        )
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not isinstance(r, int) or not isinstance(alpha, int | float) or r < 1:
         raise ModelError(f"{adapter_dir / ADAPTER_CONFIG}: r and lora_alpha must be numbers")
