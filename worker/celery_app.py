@@ -24,6 +24,7 @@ from tunegate import logs, metrics
 from tunegate.queue import celery_app, time_limits
 from tunegate.settings import get_settings
 from worker import tasks as _tasks  # noqa: F401  (registers the task bodies)
+from worker.ml.preload import preload
 from worker.reaper import ReaperThread
 from worker.stages.all import PIPELINE
 
@@ -65,6 +66,11 @@ def _logging(**_: Any) -> None:
 @worker_init.connect
 def _metrics(**_: Any) -> None:
     metrics.setup(get_settings())  # before the pool forks: every child counts into the same directory
+
+
+@worker_init.connect
+def _preload(**_: Any) -> None:
+    preload()  # before a threads pool's threads: transformers' lazy first import is not thread-safe
 
 
 @worker_process_init.connect

@@ -67,7 +67,11 @@ def anchors_piece(model: str, *, progress: parallel.Report) -> None:
         base.cache_dir,
         max_len=base.max_len,
         with_direction=direction,
-        progress=lambda d, t: progress(d / t, f"anchor features {d}/{t}"),
+        progress=lambda d, t: progress(
+            # the passes take about half the piece; the request probe's fit (after them) the other half
+            0.5 * d / t,
+            f"anchor features {d}/{t}" if d < t else "anchor features: the request probe",
+        ),
     )
     progress(1.0, "anchor features")
 
@@ -90,10 +94,11 @@ def base_eval_piece(model: str, *, progress: parallel.Report) -> None:
     warm_base_eval(model, get_settings(), progress)
 
 
-# each part's share of the bar: the core-minutes it took on a 2-core AMD EPYC (the demo of 2026-12-07,
-# docs/benchmarks.md): the anchors 6.2 and the base's evaluation 5.0, side by side, then the reference corpus
-# 5.4 over both cores, so the bar (and tqdm's ETA, its average rate) moves with the time spent
-WEIGHTS = {"anchors": 6.2, "base_eval": 5.0, "reference": 5.4}
+# each part's share of the bar: the core-minutes it took on a 2-core AMD EPYC (the demo of 2026-12-07 on a
+# fresh home, docs/benchmarks.md): the anchors 4.1 (passes 2.1, request probe 2.0) beside the base's
+# evaluation 3.0, then the reference corpus 5.2 over both cores, so the bar (and tqdm's ETA, its average
+# rate) moves with the time spent
+WEIGHTS = {"anchors": 4.1, "base_eval": 3.0, "reference": 5.2}
 
 
 def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> None:
