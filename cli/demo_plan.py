@@ -13,15 +13,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# actual seconds / (counted units x unit cost), per phase, from the measured first run of 2026-12-04
-# (docs/benchmarks.md, "First run"): build 188 s, caches 258 s, jobs 216 s, each the previous factor times
-# that run's actual / estimated (0.85, 0.82, 0.32). The units are measured as one one-thread process when the
-# build and caches run as one per core; the jobs run in one worker with every core.
-OVERHEAD = {"distill": 0.94, "align_train": 0.77, "scoring_cache": 0.94, "base_eval": 0.70, "job": 0.23}
+# actual seconds / (counted units x unit cost), per phase, from measured first runs (docs/benchmarks.md,
+# "First run"): the build's from 2026-12-04 (188 s; actual / estimated 0.85), the caches' and the jobs' from
+# the fresh-home demo of 2026-12-07 on a 2-core AMD EPYC with native bf16 (caches 7.1 min where 4.5 were
+# estimated: x 1.58, the request probe's fit and the anchors' save being uncounted; jobs 4.1 where 4.4 were:
+# x 0.93). The units are measured as one one-thread process when the build and caches run as one per core;
+# the jobs run in one worker with every core.
+OVERHEAD = {"distill": 0.94, "align_train": 0.77, "scoring_cache": 1.48, "base_eval": 1.10, "job": 0.21}
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
 # folding the shipped alignment adapter into the embedded model (worker/prepare/shipped.py): reading and
-# writing 538 MB of weights and hashing them, about the same on every machine (measured, docs/benchmarks.md)
-FOLD_S = 20.0
+# writing 538 MB of weights and hashing them, 2-4 s measured (docs/benchmarks.md), about the same anywhere
+FOLD_S = 5.0
 
 
 @dataclass
