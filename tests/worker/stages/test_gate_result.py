@@ -182,7 +182,7 @@ def test_the_refused_file_s_report_is_written_as_before(tmp_path: Path) -> None:
         "acted": [Chosen(records[-1], ("beyond_reference",)).to_dict()],
     }
     policy = {"mitigation": "drop", "max_repair_share": 0.5}
-    summary = {"verdict": asdict(FLAGGED)}
+    summary = {"verdict": json.loads(json.dumps(asdict(FLAGGED)))}  # as the score stage writes it
     rj, _ = refuse.write(
         tmp_path,
         ReportPolicy.from_dict(policy),
