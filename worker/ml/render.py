@@ -57,6 +57,15 @@ class Encoded:
                 out.append(IGNORE)
         return Encoded(self.input_ids, tuple(out), self.line, self.anchor)
 
+    def through_first_opening(self) -> Encoded:
+        """The sequence cut after its first supervised token: the state where the first reply opens is all a
+        request probe reads, and under causal attention no later token changes it (the reply's forward pass
+        would be wasted). Unchanged when nothing is supervised."""
+        first = next((i for i, t in enumerate(self.labels) if t != IGNORE), None)
+        if first is None:
+            return self
+        return Encoded(self.input_ids[: first + 1], self.labels[: first + 1], self.line, self.anchor)
+
 
 Tools = Sequence[ToolDefinition]  # the example's tool definitions, as uploaded
 

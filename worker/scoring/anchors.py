@@ -91,7 +91,8 @@ def opening_states(
     out = []
     with torch.no_grad():
         for s in range(0, len(convs), batch_size):
-            encoded = [encode(tokenizer, c, max_len=max_len) for c in convs[s : s + batch_size]]
+            chunk = convs[s : s + batch_size]
+            encoded = [encode(tokenizer, c, max_len=max_len).through_first_opening() for c in chunk]
             out += [o[0] for o in features(model, collate(encoded, tokenizer.pad_token_id, device)).openings]
     return torch.stack(out).cpu()
 

@@ -95,3 +95,22 @@ def test_first_response_tokens_edge(tiny: tuple[Any, Any], n: int) -> None:
     _, tok = tiny
     enc = encode(tok, A.anchor_sets()["harmful"][0], max_len=512)
     assert enc.first_response_tokens(n).n_response_tokens == n
+
+
+def test_the_request_probe_reads_the_same_opening_states_from_the_cut_sequences(
+    tiny: tuple[Any, Any],
+) -> None:
+    """``opening_states`` forwards each conversation only through its first supervised token; the state
+    where the reply opens is what the full sequence gives there (causal attention)."""
+    from worker.scoring.forward import features
+
+    model, tok = tiny
+    convs = [*A.anchor_sets()["harmful"][:3], *A.anchor_sets()["safe1"][:2]]
+    full = [encode(tok, c, max_len=512) for c in convs]
+    cut = [e.through_first_opening() for e in full]
+    assert all(len(c) < len(f) and c.n_response_tokens == 1 for c, f in zip(cut, full, strict=True))
+    assert all(c.input_ids == f.input_ids[: len(c)] for c, f in zip(cut, full, strict=True))
+    with torch.no_grad():
+        whole = [features(model, collate([e], tok.pad_token_id, "cpu")).openings[0][0] for e in full]
+    got = A.opening_states(model, tok, convs, max_len=512, batch_size=2)
+    assert torch.allclose(got, torch.stack(whole), atol=1e-5)
