@@ -214,11 +214,10 @@ def ensure_model(model: str, echo: Any) -> None:
 def shipped_applies() -> bool:
     """Whether the aligned base is made from the shipped adapter here (it was trained on this embedded
     model), not built by the recipe."""
-    from tunegate.settings import EMBEDDED_BASE, get_settings
-    from worker.ml.models import resolve_model
-    from worker.prepare.shipped import shipped_for
+    from tunegate.settings import get_settings
+    from worker.prepare.shipped import for_embedded
 
-    return shipped_for(resolve_model(EMBEDDED_BASE, get_settings()).fingerprint) is not None
+    return for_embedded(get_settings()) is not None
 
 
 def model_ready(model: str) -> bool:

@@ -307,16 +307,15 @@ def prepare_aligned(
     recipe; ``progress`` gets (fraction, message, metrics) at each distillation batch and training step."""
     settings = settings or get_settings()
     target = embedded_dir(ALIGNED_SOURCE, settings)
-    if cfg is None and distilled is None and not rebuild:
-        base = resolve_model(EMBEDDED_BASE, settings)
-        build = shipped.shipped_for(base.fingerprint)
-        if build is not None:
-            if progress is not None:
-                progress(0.0, "folding the shipped alignment adapter into the embedded model", {})
-            shipped.fold_shipped(base.path, target, build)
-            if progress is not None:
-                progress(1.0, f"aligned base {build.fingerprint} (the shipped adapter)", {})
-            return target
+    found = shipped.for_embedded(settings) if cfg is None and distilled is None and not rebuild else None
+    if found is not None:
+        base_dir, build = found
+        if progress is not None:
+            progress(0.0, "folding the shipped alignment adapter into the embedded model", {})
+        shipped.fold_shipped(base_dir, target, build)
+        if progress is not None:
+            progress(1.0, f"aligned base {build.fingerprint} (the shipped adapter)", {})
+        return target
     cfg = cfg or AlignConfig(precision=settings.precision)
     work = settings.models_path / ".align-work"
     shutil.rmtree(work, ignore_errors=True)

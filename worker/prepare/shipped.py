@@ -28,8 +28,9 @@ from tunegate import schema
 from tunegate.artifacts import atomic_write_json, read_json
 from tunegate.errors import ModelError
 from tunegate.jsontypes import JsonObject
+from tunegate.settings import EMBEDDED_BASE, Settings
 from tunegate.shipped import data_path
-from worker.ml.models import FINGERPRINT_FILE, SOURCE_FILE, fingerprint
+from worker.ml.models import FINGERPRINT_FILE, SOURCE_FILE, fingerprint, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +66,14 @@ def shipped_for(source_fingerprint: str, directory: Path | None = None) -> Shipp
     """The shipped build when it was trained on the model with this fingerprint, else None."""
     build = ShippedBuild.read(directory)
     return build if build is not None and build.source_fingerprint == source_fingerprint else None
+
+
+def for_embedded(settings: Settings) -> tuple[Path, ShippedBuild] | None:
+    """The embedded model's directory and the shipped build trained on it (None: none is shipped for this
+    embedded model, so the aligned base is built by the recipe)."""
+    base = resolve_model(EMBEDDED_BASE, settings)
+    build = shipped_for(base.fingerprint)
+    return (base.path, build) if build is not None else None
 
 
 def exact_product(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
