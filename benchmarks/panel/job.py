@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import time
 import traceback
@@ -130,13 +131,21 @@ def share_screen(out: Path, job: str, arm: str) -> str | None:
         src = arm_dir(out, job, other)
         if other == arm or not all(result_exists(src / stage) for stage in SCREEN):
             continue
-        for stage in SCREEN:
-            dst = arm_dir(out, job, arm) / stage
-            if not result_exists(dst):
-                shutil.rmtree(dst, ignore_errors=True)
-                shutil.copytree(src / stage, dst)
+        reuse_stages(src, arm_dir(out, job, arm), SCREEN)
         return other
     return None
+
+
+def reuse_stages(src: Path, dst: Path, stages: Iterable[str], *, link: bool = False) -> None:
+    """Each finished stage output of ``src`` into ``dst`` (one already finished there is kept; an unfinished
+    one is replaced), copied, or with ``link`` hard-linked (stage outputs are written once, by rename, so a
+    link never sees a change)."""
+    from worker.stages.base import result_exists
+
+    for stage in stages:
+        if not result_exists(dst / stage):
+            shutil.rmtree(dst / stage, ignore_errors=True)
+            shutil.copytree(src / stage, dst / stage, copy_function=os.link if link else shutil.copy2)
 
 
 def build_data(job: PanelJob, src: ds.Sources, out: Path) -> tuple[Path, Path, list[bool]]:

@@ -22,15 +22,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks.panel import datasets as ds
 from benchmarks.panel import taskloss
-from benchmarks.panel.job import StageResults, arm_dir, arm_job, record_text, summarize, variant
+from benchmarks.panel.job import (
+    StageResults,
+    arm_dir,
+    arm_job,
+    record_text,
+    reuse_stages,
+    summarize,
+    variant,
+)
 from benchmarks.panel.manifest import PANEL, by_name
 from benchmarks.panel.records import ArmSummary, Decision, RepairOutcome, RepairRow, TaskLoss, Variant
 
@@ -72,17 +78,14 @@ def row_path(out: Path, job: str, arm: str, variant: str) -> Path:
 
 
 def link_finished(arm: Path, work: Path) -> None:
-    """The arm's finished stages into ``work`` as hard links (stage outputs are written once, by rename, so a
-    link never sees a change); a stage already there is kept."""
+    """The arm's finished stages into ``work`` as hard links (``job.reuse_stages``); refused, naming the
+    stage, when the arm has not finished one."""
     from worker.stages.base import result_exists
 
-    for stage in FINISHED:
-        src, dst = arm / stage, work / stage
-        if not result_exists(src):
-            raise SystemExit(f"{arm} has no finished {stage} stage: run the arm first (benchmarks.panel.run)")
-        if not result_exists(dst):
-            shutil.rmtree(dst, ignore_errors=True)
-            shutil.copytree(src, dst, copy_function=os.link)
+    missing = next((stage for stage in FINISHED if not result_exists(arm / stage)), None)
+    if missing is not None:
+        raise SystemExit(f"{arm} has no finished {missing} stage: run the arm first (benchmarks.panel.run)")
+    reuse_stages(arm, work, FINISHED, link=True)
 
 
 def run_variant(out: Path, job_name: str, arm: str, spec: str, model: str) -> RepairRow:
