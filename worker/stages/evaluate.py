@@ -325,9 +325,10 @@ def _base_results(
     """The base's runs per template, from the cache or evaluated (and cached); ``whole``: they are the
     whole of this run's progress (after the probe judge's fit, its first 15%), else its first half."""
     plain = template_is_plain(templates["user"])
-    parts = (
-        {"chat": (0.15, 1.0), "user": (0.15, 1.0)} if whole else {"chat": (0.0, 0.25), "user": (0.25, 0.5)}
-    )
+    lo, hi = (0.15, 1.0) if whole else (0.0, 0.5)
+    # a plain user template reuses chat's run; in the base's own evaluation chat then spans the whole
+    mid = hi if whole and plain else (lo + hi) / 2
+    parts = {"chat": (lo, mid), "user": (mid, hi)}
     out: dict[str, ModelRun] = {}
     for name, fmt in templates.items():
         if name == "user" and plain:
