@@ -220,6 +220,17 @@ def shipped_applies() -> bool:
     return for_embedded(get_settings()) is not None
 
 
+def shipped_caches_apply(model: str) -> bool:
+    """Whether ``model``, built already, is the shipped base, whose reference scores and own evaluation
+    are shipped with it (``worker/prepare/shipped_caches.py``)."""
+    from tunegate.settings import get_settings
+    from worker.ml.models import resolve_model
+    from worker.prepare.shipped import ShippedBuild
+
+    build = ShippedBuild.read()
+    return build is not None and resolve_model(model, get_settings()).fingerprint == build.fingerprint
+
+
 def model_ready(model: str) -> bool:
     """Whether a worker can load ``model`` now (the check the API makes before it accepts a job)."""
     from tunegate.model_cache import model_available
@@ -275,8 +286,8 @@ def workload(model: str, datasets: dict[str, list[ChatExampleJSON]]) -> Any:
     answer = int(0.8 * a.distill_max_new_tokens)
     align = sum(n_tokens(tok, c) for c in refusal_examples(a.n_refusals, a.seed))
     align += sum(len(encode_prompt(tok, [Message("user", p)])) + answer for p in prompts)
-    cache = [c for name in SETS for c in load_examples(ANCHOR_DIR / f"{name}.jsonl")]
-    cache += load_examples(REFERENCE_FILE)
+    anchors = [c for name in SETS for c in load_examples(ANCHOR_DIR / f"{name}.jsonl")]
+    cache = anchors + load_examples(REFERENCE_FILE)
     ev = with_overrides(EvalConfig(model=model), evaluate.SPEC.name, settings)
     harm = decode_steps(len(project_harmful()), ev.max_new_tokens, ev.batch_size)
     border = decode_steps(len(project_borderline()), ev.borderline_max_new_tokens, ev.batch_size)
@@ -296,6 +307,7 @@ def workload(model: str, datasets: dict[str, list[ChatExampleJSON]]) -> Any:
         distill_steps=math.ceil(a.n_distill / a.distill_batch_size) * a.distill_max_new_tokens,
         align_tokens=align * a.n_epochs,
         cache_tokens=sum(n_tokens(tok, c) for c in cache),
+        anchor_tokens=sum(n_tokens(tok, c) for c in anchors),
         base_eval_steps=harm + border,
         job_train_tokens=train_tokens,
         job_score_tokens=score_tokens,
@@ -330,6 +342,7 @@ def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: 
     build = not model_ready(model)
     caches = not caches_ready(model)
     shipped = build and model == EMBEDDED_ALIGNED and shipped_applies()
+    with_caches = shipped or (model == EMBEDDED_ALIGNED and not build and shipped_caches_apply(model))
     processes = side_by_side.processes(settings, device_for(settings), 8)
     threads = torch.get_num_threads()
     # measured as the build's and the caches' one-thread processes run (their BLAS included)
@@ -346,6 +359,7 @@ def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: 
         build=build,
         caches=caches,
         shipped=shipped,
+        shipped_caches=with_caches,
         parallel=parallel,
         machine=machine,
         n_examples=(sizes[0], sizes[1]),

@@ -19,7 +19,14 @@ from typing import Any
 # estimated: x 1.58, the request probe's fit and the anchors' save being uncounted; jobs 4.1 where 4.4 were:
 # x 0.93). The units are measured as one one-thread process when the build and caches run as one per core;
 # the jobs run in one worker with every core.
-OVERHEAD = {"distill": 0.94, "align_train": 0.77, "scoring_cache": 1.48, "base_eval": 1.10, "job": 0.21}
+OVERHEAD = {
+    "distill": 0.94,
+    "align_train": 0.77,
+    "scoring_cache": 1.48,
+    "base_eval": 1.10,
+    "anchors_alone": 1.0,
+    "job": 0.21,
+}
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
 # folding the shipped alignment adapter into the embedded model (worker/prepare/shipped.py): reading and
 # writing 538 MB of weights and hashing them, 2-4 s measured (docs/benchmarks.md), about the same anywhere
@@ -61,6 +68,7 @@ class Workload:
     distill_steps: int  # decoding steps of a batch of 32 (self-distillation)
     align_tokens: int  # training tokens of the alignment SFT (all epochs)
     cache_tokens: int  # tokens scored for the anchor and reference caches
+    anchor_tokens: int  # of those, the anchor sets' (all a base with shipped caches scores)
     base_eval_steps: float  # decoding steps (batch-32 equivalents) of the base model's chat-template results
     job_train_tokens: int  # training tokens of both jobs together
     job_score_tokens: int  # tokens scored in both jobs
@@ -74,6 +82,7 @@ def estimate(
     build: bool,
     caches: bool,
     shipped: bool = False,
+    shipped_caches: bool = False,
     parallel: int,
     machine: str,
     n_examples: tuple[int, int],
@@ -81,7 +90,9 @@ def estimate(
 ) -> DemoPlan:
     """A plan with each phase's expected seconds; ``units`` is a ``worker.prepare.calibrate.UnitCosts``
     measured as one of the ``processes`` one-thread processes that share the build and the caches;
-    ``shipped``: the aligned base is made by folding the shipped adapter, not built by the recipe."""
+    ``shipped``: the aligned base is made by folding the shipped adapter, not built by the recipe;
+    ``shipped_caches``: its reference scores and own evaluation come with it, so the caches are the anchors
+    alone, in one process with every thread."""
     plan = DemoPlan(machine=machine)
     side = f" ({processes} processes side by side)" if processes > 1 else ""
     if build and shipped:
@@ -105,7 +116,16 @@ def estimate(
                 / processes,
             )
         )
-    if caches:
+    if caches and shipped_caches:
+        plan.phases.append(
+            Phase(
+                "caches",
+                "score the base model's anchor sets (its reference scores and its own evaluation are "
+                "shipped with it)",
+                OVERHEAD["anchors_alone"] * work.anchor_tokens * units.fp32_token_s,
+            )
+        )
+    elif caches:
         plan.phases.append(
             Phase(
                 "caches",

@@ -96,15 +96,33 @@ def export_aligned(
     dest: Annotated[Path, typer.Option("--to", help="Where to write the shipped adapter.")] = Path(
         "tunegate/data/aligned"
     ),
+    caches: Annotated[
+        bool,
+        typer.Option(
+            "--caches",
+            help="Instead: copy this home's caches of the shipped base (its reference distributions and "
+            "its own evaluation in chat) beside the shipped adapter.",
+        ),
+    ] = False,
 ) -> None:
     """For maintainers: turn this machine's aligned base, built by the recipe (models prepare --aligned
-    --rebuild), into the shipped alignment adapter (float16), recording the fingerprint folding it gives."""
+    --rebuild), into the shipped alignment adapter (float16), recording the fingerprint folding it gives.
+    Then, with the shipped adapter folded here (models prepare --aligned --scoring --model
+    smollm2-135m-aligned), --caches ships the caches computed on it."""
     from tunegate.model_cache import ALIGNED_SOURCE, embedded_dir
-    from tunegate.settings import EMBEDDED_BASE, get_settings
+    from tunegate.settings import EMBEDDED_ALIGNED, EMBEDDED_BASE, get_settings
     from worker.ml.models import resolve_model
+    from worker.prepare import shipped_caches
     from worker.prepare.shipped import export
 
     settings = get_settings()
+    if caches:
+        aligned = resolve_model(EMBEDDED_ALIGNED, settings)
+        files = shipped_caches.export(
+            settings, aligned.fingerprint, shipped_caches.layers(aligned.path), dest
+        )
+        typer.echo(f"{len(files)} cache files of {aligned.fingerprint} in {dest / shipped_caches.CACHES}")
+        return
     build = export(embedded_dir(ALIGNED_SOURCE, settings), resolve_model(EMBEDDED_BASE, settings).path, dest)
     typer.echo(f"shipped adapter in {dest}: folds into {build.fingerprint} (from {build.source_fingerprint})")
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     eval_cache_dir: Path | None = Field(
         default=None, description="Cached base-model evaluation results; default <model cache>/eval-cache."
     )
+    # The shipped aligned base's reference scores and its own evaluation come with it (computed once on
+    # those weights, worker/prepare/shipped_caches.py); false: every one is computed on this machine.
+    shipped_caches: bool = True
 
     # Base-model registry: job `model` name -> local HF directory, GGUF file or "embedded:<id>".
     models: dict[str, str] = Field(default_factory=_default_models)
@@ -268,6 +271,10 @@ class Settings(BaseSettings):
     @property
     def eval_cache_path(self) -> Path:
         return (self.eval_cache_dir or self.models_path / "eval-cache").expanduser()
+
+    def scoring_cache_path(self, fingerprint: str) -> Path:
+        """The scoring caches (anchors, reference distributions) of the base model with ``fingerprint``."""
+        return self.models_path / fingerprint / "scoring-cache"
 
     @property
     def metrics_path(self) -> Path:

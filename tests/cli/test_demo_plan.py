@@ -12,6 +12,7 @@ WORK = Workload(
     distill_steps=100,
     align_tokens=1000,
     cache_tokens=500,
+    anchor_tokens=200,
     base_eval_steps=10.0,
     job_train_tokens=400,
     job_score_tokens=100,
@@ -60,6 +61,24 @@ def test_with_the_shipped_adapter_the_build_is_a_fold_whatever_the_machine() -> 
     assert [p.name for p in plan.phases] == ["build", "caches", "jobs"]
     assert plan.phases[0].seconds == slow.phases[0].seconds == FOLD_S
     assert "fold the shipped alignment adapter" in "\n".join(plan.lines())
+
+
+def test_with_shipped_caches_only_the_anchors_are_scored() -> None:
+    plan = estimate(
+        WORK,
+        units(),
+        build=True,
+        caches=True,
+        shipped=True,
+        shipped_caches=True,
+        parallel=2,
+        machine="m",
+        n_examples=(40, 40),
+        processes=2,
+    )
+    caches = plan.phases[1]
+    assert caches.name == "caches" and caches.seconds == pytest.approx(OVERHEAD["anchors_alone"] * 200 * 0.02)
+    assert "shipped with it" in caches.what
 
 
 def test_later_runs_skip_what_is_built_and_a_slower_machine_takes_longer() -> None:

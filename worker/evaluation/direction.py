@@ -18,6 +18,11 @@ def default_layer(model: Any, fraction: float) -> int:
         getattr(getattr(model, "config", None), "num_hidden_layers", 0)
         or model.get_base_model().config.num_hidden_layers
     )
+    return layer_at(n_layers, fraction)
+
+
+def layer_at(n_layers: int, fraction: float) -> int:
+    """The block at ``fraction`` of a model's depth, kept off the first and the last."""
     return max(1, min(n_layers - 1, round(fraction * n_layers)))
 
 

@@ -38,7 +38,7 @@ from worker.ml.models import (
     set_threads,
 )
 from worker.ml.stage_io import Metric, ProgressFn, StageIO
-from worker.prepare import parallel, shipped
+from worker.prepare import parallel, shipped, shipped_caches
 from worker.stages import train
 from worker.stages.base import StageResult, finish
 from worker.training import dataparallel
@@ -313,6 +313,7 @@ def prepare_aligned(
         if progress is not None:
             progress(0.0, "folding the shipped alignment adapter into the embedded model", {})
         shipped.fold_shipped(base_dir, target, build)
+        shipped_caches.install(settings, build.fingerprint)
         if progress is not None:
             progress(1.0, f"aligned base {build.fingerprint} (the shipped adapter)", {})
         return target

@@ -19,7 +19,9 @@ from tunegate.settings import Settings, get_settings
 from worker.prepare import parallel
 
 if TYPE_CHECKING:
+    from worker.evaluation.probe import Probe
     from worker.ml.stage_io import Metric
+    from worker.scoring.anchors import AnchorPasses
 
 Progress = Callable[[float, str], None]
 
@@ -30,12 +32,11 @@ def _silent(fraction: float, message: str) -> None:
 
 def _scoring_paths(model: str, settings: Settings) -> tuple[Path, Path]:
     from worker.ml.models import resolve_model
-    from worker.scoring.anchors import anchors_key
+    from worker.scoring.anchors import anchors_key, cache_file
     from worker.scoring.reference import reference_path
 
-    cache = settings.models_path / resolve_model(model, settings).fingerprint / "scoring-cache"
-    key = anchors_key()
-    return cache / f"anchors-{key}.pt", reference_path(cache, key, tuple(SCORERS))
+    cache = settings.scoring_cache_path(resolve_model(model, settings).fingerprint)
+    return cache_file(cache), reference_path(cache, anchors_key(), tuple(SCORERS))
 
 
 def scoring_cache_ready(model: str, settings: Settings) -> bool:
@@ -53,27 +54,35 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
     return base.cache_dir
 
 
-def anchors_piece(model: str, *, progress: parallel.Report) -> None:
-    """The anchor features (hidden states and gradient direction), in a child process."""
+def anchor_passes_piece(model: str, *, progress: parallel.Report) -> AnchorPasses:
+    """The anchors' passes (hidden states and gradient direction), in a child process."""
     from worker.scoring import anchors
     from worker.scoring.score_all import load_base
 
     progress(0.0, "anchor features")
     base = load_base(model, get_settings())
-    direction = needs_direction(SCORERS)
-    anchors.load_or_compute(
+    return anchors.anchor_passes(
         base.model,
         base.tokenizer,
-        base.cache_dir,
         max_len=base.max_len,
-        with_direction=direction,
-        progress=lambda d, t: progress(
-            # the passes take about 60% of the piece; the request probe's fit (after them) the rest
-            0.6 * d / t,
-            f"anchor features {d}/{t}" if d < t else "anchor features: the request probe",
-        ),
+        with_direction=needs_direction(SCORERS),
+        progress=lambda d, t: progress(d / t, f"anchor features {d}/{t}"),
     )
-    progress(1.0, "anchor features")
+
+
+def request_probe_piece(model: str, *, progress: parallel.Report) -> Probe:
+    """The request probe's fit on the base's opening states, in a child process."""
+    from worker.scoring import anchors
+    from worker.scoring.score_all import load_base
+
+    progress(0.0, "the request probe")
+    base = load_base(model, get_settings())
+    return anchors.fit_request_probe(
+        base.model,
+        base.tokenizer,
+        base.max_len,
+        progress=lambda d, t: progress(d / t, f"the request probe {d}/{t}"),
+    )
 
 
 def reference_piece(
@@ -98,31 +107,60 @@ def base_eval_piece(model: str, *, progress: parallel.Report) -> None:
 # fresh home, docs/benchmarks.md): the anchors 3.3 (passes 2.1, then the request probe: 2.0 in that run,
 # 0.63x since its sequences end at the reply's opening) beside the base's evaluation 3.0, then the reference
 # corpus 5.2 over both cores, so the bar (and tqdm's ETA, its average rate) moves with the time spent
-WEIGHTS = {"anchors": 3.3, "base_eval": 3.0, "reference": 5.2}
+WEIGHTS = {"anchor_passes": 2.1, "request_probe": 1.3, "base_eval": 3.0, "reference": 5.2}
 
 
 def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> None:
     """The scoring caches and the base's evaluation of ``model``, each part skipped when cached: the
     anchors and the evaluation side by side, then the reference corpus in shares (one process per core)."""
-    from worker.ml.models import device_for
-    from worker.scoring import reference
+    from worker.ml.models import device_for, resolve_model
+    from worker.prepare import shipped_caches
+    from worker.scoring import anchors, reference
     from worker.scoring.corpus import REFERENCE_FILE
 
+    shipped_caches.install(settings, resolve_model(model, settings).fingerprint)  # the shipped base's
     anchors_file, reference_file = _scoring_paths(model, settings)
     device = device_for(settings)
-    first = [parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"])]  # skips itself when cached
+    first = []  # side by side, the longest first (one process per core); a single piece runs here
+    if not base_eval_cached(model, settings):
+        first.append(parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"]))
     if not anchors_file.is_file():
-        first.insert(0, parallel.Piece(anchors_piece, (model,), WEIGHTS["anchors"]))
+        first.append(parallel.Piece(anchor_passes_piece, (model,), WEIGHTS["anchor_passes"]))
+        first.append(parallel.Piece(request_probe_piece, (model,), WEIGHTS["request_probe"]))
     n = parallel.processes(settings, device, 8) if not reference_file.is_file() else 0
     ref_share = WEIGHTS["reference"] / max(n, 1)
     total = sum(p.weight for p in first) + (WEIGHTS["reference"] if n else 0.0)
-    done = sum(p.weight for p in first) / total
-    parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
+    done = sum(p.weight for p in first) / total if total else 1.0
+    if first:
+        got = parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
+        if not anchors_file.is_file():
+            passes, probe = got[-2:]
+            anchors.save(anchors_file, passes.with_probe(probe, anchors.anchors_key()))
     if n:
         pieces = [parallel.Piece(reference_piece, (model, (i, n)), ref_share) for i in range(n)]
         parts = parallel.run(pieces, settings, device, lambda f, m, met: progress(done + f * (1 - done), m))
         reference.store(reference_file, REFERENCE_FILE, parts)
     progress(1.0, "ready")
+
+
+def base_eval_entries(model: str, settings: Settings, fingerprint: str, n_layers: int) -> list[Path]:
+    """The evaluation cache's files (relative) that ``warm_base_eval`` fills for the base with
+    ``fingerprint`` (``n_layers`` blocks): the probe judge and the chat run."""
+    from worker.stages import evaluate
+    from worker.stages.spec import with_overrides
+
+    cfg = with_overrides(evaluate.EvalConfig(model=model), evaluate.SPEC.name, settings)
+    return evaluate.base_chat_entries(cfg, settings, fingerprint, n_layers)
+
+
+def base_eval_cached(model: str, settings: Settings) -> bool:
+    """Whether the base's own evaluation in chat is in the evaluation cache (shipped or computed)."""
+    from worker.ml.models import resolve_model
+    from worker.prepare.shipped_caches import layers
+
+    resolved = resolve_model(model, settings)
+    entries = base_eval_entries(model, settings, resolved.fingerprint, layers(resolved.path))
+    return all((settings.eval_cache_path / e).is_file() for e in entries)
 
 
 def warm_base_eval(model: str, settings: Settings, progress: Progress = _silent) -> None:

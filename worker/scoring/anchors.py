@@ -84,9 +84,15 @@ def _asked(path: Path) -> list[Conversation]:
 
 
 def opening_states(
-    model: Any, tokenizer: Any, convs: list[Conversation], max_len: int, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    convs: list[Conversation],
+    max_len: int,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """(N, C): each conversation's state at its first reply's opening."""
+    """(N, C): each conversation's state at its first reply's opening; ``progress(done, total)`` after
+    each batch."""
     device = next(model.parameters()).device
     out = []
     with torch.no_grad():
@@ -94,15 +100,23 @@ def opening_states(
             chunk = convs[s : s + batch_size]
             encoded = [encode(tokenizer, c, max_len=max_len).through_first_opening() for c in chunk]
             out += [o[0] for o in features(model, collate(encoded, tokenizer.pad_token_id, device)).openings]
+            if progress is not None:
+                progress(len(out), len(convs))
     return torch.stack(out).cpu()
 
 
-def fit_request_probe(model: Any, tokenizer: Any, max_len: int, anchor_dir: Path = ANCHOR_DIR) -> Probe:
+def fit_request_probe(
+    model: Any,
+    tokenizer: Any,
+    max_len: int,
+    anchor_dir: Path = ANCHOR_DIR,
+    progress: Callable[[int, int], None] | None = None,
+) -> Probe:
     """The request probe: harmful requests (label 1) against benign ones (0), from their opening states."""
     reference, borderline = BENIGN_REQUESTS
     harmful = [*anchor_sets(anchor_dir)["harmful"], *_asked(HARMFUL_REQUESTS)]
     benign = [*load_examples(reference), *_asked(borderline)]
-    x = opening_states(model, tokenizer, [*harmful, *benign], max_len)  # (N, C)
+    x = opening_states(model, tokenizer, [*harmful, *benign], max_len, progress=progress)  # (N, C)
     y = torch.cat([torch.ones(len(harmful)), torch.zeros(len(benign))])  # (N,)
     return fit(x, y, l2=REQUEST_L2)
 
@@ -126,6 +140,18 @@ def _anchor_pass(
     return states.last[0], {n: g / norm for n, g in grads.items()}
 
 
+@dataclass
+class AnchorPasses:
+    """What the anchors' own passes give (all of ``AnchorFeatures`` but the request probe)."""
+
+    harm_h: torch.Tensor  # (N_harm, C)
+    safe_h: torch.Tensor  # (N_safe, C)
+    direction: dict[str, torch.Tensor] | None
+
+    def with_probe(self, request: Probe, key: str) -> AnchorFeatures:
+        return AnchorFeatures(self.harm_h, self.safe_h, self.direction, key, request)
+
+
 def compute_anchors(
     model: Any,
     tokenizer: Any,
@@ -137,6 +163,31 @@ def compute_anchors(
     progress: Callable[[int, int], None] | None = None,
 ) -> AnchorFeatures:
     """``progress(done, total)`` after each anchor pass."""
+    passes = anchor_passes(
+        model,
+        tokenizer,
+        max_len=max_len,
+        with_direction=with_direction,
+        n_tokens=n_tokens,
+        anchor_dir=anchor_dir,
+        progress=progress,
+    )
+    request = fit_request_probe(model, tokenizer, max_len, anchor_dir)
+    return passes.with_probe(request, anchors_key(anchor_dir, n_tokens))
+
+
+def anchor_passes(
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_len: int,
+    with_direction: bool,
+    n_tokens: int = ANCHOR_TOKENS,
+    anchor_dir: Path = ANCHOR_DIR,
+    progress: Callable[[int, int], None] | None = None,
+) -> AnchorPasses:
+    """One pass per anchor: its hidden state and (``with_direction``) its unit gradient into d;
+    ``progress(done, total)`` after each."""
     direction: dict[str, torch.Tensor] | None = None
     if with_direction:
         direction = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
@@ -154,13 +205,32 @@ def compute_anchors(
             if direction is not None and unit is not None:
                 for pname, g in unit.items():
                     direction[pname].add_(g, alpha=SETS[name] / len(convs))  # d += ± ĝ_a / |S|
-    return AnchorFeatures(
+    return AnchorPasses(
         harm_h=torch.stack(hs["harmful"]).cpu(),
         safe_h=torch.cat([torch.stack(hs["safe1"]), torch.stack(hs["safe2"])]).cpu(),
         direction={k: v.cpu() for k, v in direction.items()} if direction is not None else None,
-        key=anchors_key(anchor_dir, n_tokens),
-        request=fit_request_probe(model, tokenizer, max_len, anchor_dir),
     )
+
+
+def cache_file(cache_dir: Path, anchor_dir: Path = ANCHOR_DIR) -> Path:
+    return cache_dir / f"anchors-{anchors_key(anchor_dir)}.pt"
+
+
+def save(path: Path, feats: AnchorFeatures) -> None:
+    """Cache ``feats`` at ``path`` (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    probe = {k: torch.tensor(getattr(feats.request, k), dtype=torch.float64) for k in PROBE_FIELDS}
+    torch.save(
+        {
+            "harm_h": feats.harm_h,
+            "safe_h": feats.safe_h,
+            "direction": feats.direction,
+            "request_probe": probe,
+        },
+        tmp,
+    )
+    tmp.replace(path)
 
 
 def load_or_compute(
@@ -176,7 +246,7 @@ def load_or_compute(
     """Cached anchor features for this model (recomputed when missing or lacking the direction;
     ``progress(done, total)`` after each anchor pass)."""
     key = anchors_key(anchor_dir)
-    path = cache_dir / f"anchors-{key}.pt"
+    path = cache_file(cache_dir, anchor_dir)
     if path.is_file():
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("direction") is not None or not with_direction:
@@ -195,17 +265,5 @@ def load_or_compute(
         anchor_dir=anchor_dir,
         progress=progress,
     )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    probe = {k: torch.tensor(getattr(feats.request, k), dtype=torch.float64) for k in PROBE_FIELDS}
-    torch.save(
-        {
-            "harm_h": feats.harm_h,
-            "safe_h": feats.safe_h,
-            "direction": feats.direction,
-            "request_probe": probe,
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    save(path, feats)
     return feats

@@ -56,8 +56,7 @@ def load_base(model: str, settings: Settings, max_tokens: int = 0) -> Loaded:
     loaded = load_resolved(model, settings)
     resolved, net, tok = loaded.resolved, loaded.model, loaded.tokenizer
     limits = [context_length(net), settings.max_example_tokens] + ([max_tokens] if max_tokens > 0 else [])
-    cache = settings.models_path / resolved.fingerprint / "scoring-cache"
-    return Loaded(resolved, net, tok, min(limits), cache)
+    return Loaded(resolved, net, tok, min(limits), settings.scoring_cache_path(resolved.fingerprint))
 
 
 def encode_all(tokenizer: Any, examples: Sequence[Conversation], max_len: int) -> list[Encoded]:

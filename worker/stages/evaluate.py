@@ -39,6 +39,7 @@ from tunegate.jsontypes import JsonObject
 from tunegate.records import ScoreRecord
 from tunegate.settings import Settings
 from worker.evaluation import cache, probes
+from worker.evaluation.direction import layer_at
 from worker.evaluation.judges import Judge, LLMJudgeAdapter
 from worker.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from worker.evaluation.model_eval import (
@@ -48,7 +49,8 @@ from worker.evaluation.model_eval import (
     counted_mode,
     direction_sets,
 )
-from worker.evaluation.probe_judge import ProbeJudge, load_or_train
+from worker.evaluation.probe_judge import LAYER_FRACTION as PROBE_LAYER
+from worker.evaluation.probe_judge import ProbeJudge, load_or_train, probe_key
 from worker.evaluation.prompts import Prompt, load_prompts, project_borderline, project_harmful, prompts_hash
 from worker.evaluation.sequential import ALPHA
 from worker.evaluation.triggers import MAX_PROBES_CAP, Trigger, TriggerConfig, mine, probe_subset
@@ -334,15 +336,8 @@ def _base_results(
         if name == "user" and plain:
             out["user"] = dataclasses.replace(out["chat"], same_as_chat=True)
             continue
-        key = cache.cache_key(
-            model=fingerprint,
-            harmful=prompts_hash(ev.harmful),
-            border=prompts_hash(ev.borderline),
-            fmt=fmt.to_dict() if fmt else None,
-            judge=ev.judge.name,
-            second=ev.probe.trained.key if ev.probe else None,
-            cfg=_cache_cfg(cfg),
-        )
+        second = ev.probe.trained.key if ev.probe else None
+        key = base_entry_key(cfg, fingerprint, ev.harmful, ev.borderline, ev.judge.name, second, fmt)
         hit = cache.load(store, key, ModelRun.from_dict) if store else None
         if hit is None:
             hit = ev.evaluate(model, fmt, tuned_dir=None, part=parts[name])
@@ -350,6 +345,39 @@ def _base_results(
                 cache.store(store, key, hit.to_dict())
         out[name] = hit
     return out
+
+
+def base_entry_key(
+    cfg: EvalConfig,
+    fingerprint: str,
+    harmful: list[Prompt],
+    borderline: list[Prompt],
+    judge: str,
+    second: str | None,
+    fmt: UserFormat | None,
+) -> str:
+    """The cache key of a base model's run in one template: its weights, the prompt sets, the judges (the
+    second one by its fitted probe's key) and the config's knobs that decide the base's results."""
+    return cache.cache_key(
+        model=fingerprint,
+        harmful=prompts_hash(harmful),
+        border=prompts_hash(borderline),
+        fmt=fmt.to_dict() if fmt else None,
+        judge=judge,
+        second=second,
+        cfg=_cache_cfg(cfg),
+    )
+
+
+def base_chat_entries(cfg: EvalConfig, settings: Settings, fingerprint: str, n_layers: int) -> list[Path]:
+    """Where the base's own evaluation in plain chat keeps its results, relative to the evaluation cache:
+    the fitted probe judge (when ``cfg`` asks for it) and the chat run, as ``run`` with no adapter and no
+    training file stores them (a model of ``n_layers`` blocks)."""
+    second = probe_key(fingerprint, layer_at(n_layers, PROBE_LAYER)) if cfg.second_judge == "probe" else None
+    borderline = project_borderline() if cfg.borderline else []
+    judge = make_judge(cfg, settings).name
+    key = base_entry_key(cfg, fingerprint, harmful_prompts(cfg), borderline, judge, second, None)
+    return ([Path("probes", f"{second}.json")] if second else []) + [Path(f"{key}.json")]
 
 
 SEQUENTIAL_KNOBS = (

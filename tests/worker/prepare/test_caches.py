@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.worker.jobfactory import use_tiny
 from tunegate.settings import get_settings
+from worker.ml.models import resolve_model
 from worker.prepare import caches
+from worker.prepare.shipped_caches import layers
 
 
 def test_warm_scoring_cache_then_ready(
@@ -28,8 +31,15 @@ def test_warm_base_eval_fills_the_evaluate_cache(
 ) -> None:
     small = '{"evaluate": {"max_new_tokens": 4, "borderline_max_new_tokens": 2, "n_direction": 4}}'
     use_tiny(monkeypatch, eval_cache_dir=str(tmp_path / "eval-cache"), stage_overrides=small)
-    caches.warm_base_eval("tiny", get_settings())
-    assert list((tmp_path / "eval-cache").glob("*.json"))
+    settings = get_settings()
+    assert not caches.base_eval_cached("tiny", settings)
+    caches.warm_base_eval("tiny", settings)
+    assert caches.base_eval_cached("tiny", settings)
+    # the entries named ahead (what a shipped base ships, what warm_all skips) are the ones the run wrote
+    resolved = resolve_model("tiny", settings)
+    named = caches.base_eval_entries("tiny", settings, resolved.fingerprint, layers(resolved.path))
+    written = {p.relative_to(tmp_path / "eval-cache") for p in (tmp_path / "eval-cache").rglob("*.json")}
+    assert written == set(named) and len(named) == 2
 
 
 def test_warm_contrast_answers_fills_the_cache_the_stage_reads(
@@ -72,12 +82,22 @@ def test_warm_all_in_two_processes_gives_what_one_process_computes(
     caches.warm_all("tiny", settings, lambda f, m: seen.append(f))
     assert caches.scoring_cache_ready("tiny", settings)
     assert list((tmp_path / "eval-cache").glob("*.json"))
-    _, ref_file = caches._scoring_paths("tiny", settings)
+    anchors_file, ref_file = caches._scoring_paths("tiny", settings)
     two = json.loads(ref_file.read_text())["scores"]
     assert len(two["selfinf"]) == 250
+    # the anchors' passes and the request probe were two pieces, joined here
+    two_anchors = torch.load(anchors_file, weights_only=True)
     ref_file.unlink()
-    caches.warm_scoring_cache("tiny", settings)  # in this process, from the cached anchors
+    anchors_file.unlink()
+    caches.warm_scoring_cache("tiny", settings)  # in this process, anchors and all
     one = json.loads(ref_file.read_text())["scores"]
     for scorer, values in one.items():
         assert two[scorer] == pytest.approx(values, rel=1e-4, abs=1e-6), scorer
+    one_anchors = torch.load(anchors_file, weights_only=True)
+    for k in ("harm_h", "safe_h"):
+        assert torch.allclose(two_anchors[k], one_anchors[k], rtol=1e-4, atol=1e-5), k
+    for name, d in one_anchors["direction"].items():
+        assert torch.allclose(two_anchors["direction"][name], d, rtol=1e-3, atol=1e-6), name
+    for k, v in one_anchors["request_probe"].items():
+        assert torch.allclose(two_anchors["request_probe"][k], v, rtol=1e-3, atol=1e-5), k
     assert seen[-1] == 1.0 and seen == sorted(seen)

@@ -50,9 +50,13 @@ def test_a_recipe_build_exported_folds_back_the_same_everywhere(
     assert not dest.with_name("aligned.fold-check").exists()
 
     monkeypatch.setattr(shipped, "SHIPPED_DIR", dest)
+    entry = dest / "caches" / "eval-cache" / "entry.json"
+    entry.parent.mkdir(parents=True)
+    entry.write_text("{}")
     shutil.rmtree(built)
     target = prepare_aligned(settings)  # no recipe asked for: the shipped adapter, folded
     assert target == built and fingerprint(target) == build.fingerprint
+    assert (settings.eval_cache_path / "entry.json").is_file()  # its shipped caches come with it
     source = json.loads((target / SOURCE_FILE).read_text())
     assert source["adapter"] == "shipped" and source["aligned_from"] == str(base.path)
     folded, original = load_file(str(target / shipped.WEIGHTS)), load_file(str(base.path / shipped.WEIGHTS))
