@@ -15,17 +15,21 @@ from typing import Any
 
 # actual seconds / (counted units x unit cost), per phase, from measured first runs (docs/benchmarks.md,
 # "First run"): the build's from 2026-12-04 (188 s; actual / estimated 0.85), the caches' and the jobs' from
-# the fresh-home demo of 2026-12-07 on a 2-core AMD EPYC with native bf16 (caches 7.1 min where 4.5 were
-# estimated: x 1.58, the request probe's fit and the anchors' save being uncounted; jobs 4.1 where 4.4 were:
-# x 0.93). The units are measured as one one-thread process when the build and caches run as one per core;
-# the jobs run in one worker with every core.
+# the fresh-home demos of 2026-12-07: on a 2-core AMD EPYC with native bf16 (caches 7.1 min where 4.5 were
+# estimated: x 1.58, the request probe's fit and the anchors' save being uncounted; jobs 4.6 where 4.0 were),
+# and with the shipped caches on a 2-core AMD EPYC with AVX2 only, training in fp32 (the anchors 3.8 min
+# where 2.4 were: x 1.58; jobs 8.4 where 5.9 were). The units are measured as one one-thread process when
+# the build and caches run as one per core; the jobs run in one worker with every core, whose fp32 products
+# on AMD go through MKL rather than the one-thread OpenBLAS measured (docs/benchmarks.md, "CPU matrix
+# products"), hence the larger factor for fp32 training.
 OVERHEAD = {
     "distill": 0.94,
     "align_train": 0.77,
     "scoring_cache": 1.48,
     "base_eval": 1.10,
-    "anchors_alone": 1.0,
-    "job": 0.21,
+    "anchors_alone": 1.58,
+    "job": 0.24,
+    "job_fp32": 0.30,
 }
 EVAL_BATCH_COST = 0.6  # a decoding step of a batch of 16 costs this share of one of 32 (measured)
 # folding the shipped alignment adapter into the embedded model (worker/prepare/shipped.py): reading and
@@ -138,7 +142,7 @@ def estimate(
                 / processes,
             )
         )
-    job_s = OVERHEAD["job"] * (
+    job_s = OVERHEAD["job_fp32" if units.precision == "fp32" else "job"] * (
         work.job_train_tokens * units.train_token_s
         + work.job_score_tokens * units.fp32_token_s
         + work.job_eval_steps * units.decode_step_s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cli.demo import worker_layout
@@ -38,7 +40,8 @@ def test_first_run_has_every_phase_with_counted_times() -> None:
         OVERHEAD["distill"] * 100 * 0.5 + OVERHEAD["align_train"] * 1000 * 0.01
     )
     assert by["caches"] == pytest.approx(OVERHEAD["scoring_cache"] * 500 * 0.02 + OVERHEAD["base_eval"] * 5)
-    assert by["jobs"] == pytest.approx(OVERHEAD["job"] * (400 * 0.01 + 100 * 0.02 + 20 * 0.5))
+    # units() trains in fp32: the jobs' factor for fp32 training
+    assert by["jobs"] == pytest.approx(OVERHEAD["job_fp32"] * (400 * 0.01 + 100 * 0.02 + 20 * 0.5))
     assert plan.total_s == pytest.approx(sum(by.values()))
     text = "\n".join(plan.lines())
     assert "build the aligned base" in text and "2 Celery workers" in text and "(m)" in text
@@ -86,6 +89,12 @@ def test_later_runs_skip_what_is_built_and_a_slower_machine_takes_longer() -> No
     assert [p.name for p in plan.phases] == ["jobs"]
     slow = estimate(WORK, units(3.0), build=False, caches=False, parallel=1, machine="m", n_examples=(40, 40))
     assert slow.total_s == pytest.approx(3 * plan.total_s)
+
+
+def test_training_in_bf16_has_its_own_jobs_factor() -> None:
+    bf16 = dataclasses.replace(units(), precision="bf16")
+    plan = estimate(WORK, bf16, build=False, caches=False, parallel=1, machine="m", n_examples=(40, 40))
+    assert plan.total_s == pytest.approx(OVERHEAD["job"] * (400 * 0.01 + 100 * 0.02 + 20 * 0.5))
 
 
 def test_decode_steps_count_batches() -> None:
