@@ -19,7 +19,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response  # what starlette.testclient answers with (its httpx)
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.fastpath import FastPath
@@ -31,6 +31,7 @@ from models.keys import revoke_key
 from models.tables import Job
 from tests.api.conftest import new_key, processed_file, sdk
 from tests.api.server import Server
+from tunegate.jsontypes import JsonObject
 from tunegate.settings import reset_settings
 
 MODEL = "smollm2-135m"
@@ -116,7 +117,8 @@ def pair(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
     spy = _spied(fast_app)
     # no lifespan: the real server's already runs the upkeep on this database
     scopes = Scopes(fast_app), Scopes(create_app(fast_path=False))
-    yield Pair(*(TestClient(app, follow_redirects=False) for app in scopes), spy, scopes)
+    fast, slow = (TestClient(app, follow_redirects=False) for app in scopes)
+    yield Pair(fast, slow, spy, scopes)
 
 
 @dataclass
@@ -142,7 +144,7 @@ def _org(server: Server) -> Org:
             transition(session, job, JobStatus.QUEUED, message="queued")
         transition(session, running, JobStatus.RUNNING, message="started", data={"stage": "train"})
         for step in range(4):
-            data = {"stage": "train", "progress": 0.1 * (step + 1), "step": step}
+            data: JsonObject = {"stage": "train", "progress": 0.1 * (step + 1), "step": step}
             record_event(session, running, f"step {step} in {server.home}", type="metrics", data=data)
         transition(
             session,
