@@ -217,11 +217,25 @@ def reset_engine() -> None:
             engines.popitem()[1].dispose()
 
 
+_URL: tuple[Settings, str] | None = None  # the settings object and its db_url
+
+
+def _db_url() -> str:
+    """``Settings.db_url`` of the current settings, derived once per settings object (the poll path asks
+    twice per request; deriving it builds the home directory's path each time)."""
+    global _URL
+    settings = get_settings()
+    cached = _URL
+    if cached is None or cached[0] is not settings:
+        cached = _URL = (settings, settings.db_url)
+    return cached[1]
+
+
 def reads_block_briefly() -> bool:
     """True for SQLite: a read of one statement is a few dozen microseconds of in-process work that never
     waits for a writer (WAL), cheaper than the thread hop and GIL hand-offs that would move it off the
     event loop. PostgreSQL reads wait on the network, so they run in worker threads."""
-    return get_settings().db_url.startswith("sqlite")
+    return _db_url().startswith("sqlite")
 
 
 _THREAD = threading.local()  # SQLite: each thread's read connection, kept open
@@ -232,7 +246,7 @@ def read_connection() -> AbstractContextManager[Connection]:
     it, and never rely on two statements seeing the same snapshot. PostgreSQL: from the read engine's pool
     (pre-pinged). SQLite: the calling thread's own, kept open (nothing goes stale in-process, and a pool
     checkout and return cost as much as the read)."""
-    url = get_settings().db_url
+    url = _db_url()
     engine = _READ_ENGINES.get(url)
     if engine is None:
         get_engine()  # creates the home directory of an embedded database
