@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
+from api import deps
 from api.deps import read_db
 from models.db import read_kept
 from tests.api.server import PG_ADMIN_URL
@@ -26,9 +27,19 @@ def _backend_pid(conn: Connection) -> int:
     return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
+@pytest.fixture
+def own_readers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Reader threads of this test's own (the process's may have several threads from earlier tests, and
+    consecutive reads may then go to different ones)."""
+    monkeypatch.setattr(deps, "_READERS", None)
+    yield
+    if deps._READERS is not None:
+        deps._READERS.shutdown()
+
+
 @pytest.mark.postgres
-def test_reads_keep_their_connection_and_survive_its_loss(postgres: str) -> None:
-    del postgres
+def test_reads_keep_their_connection_and_survive_its_loss(postgres: str, own_readers: None) -> None:
+    del postgres, own_readers
     first = asyncio.run(read_db(_backend_pid))
     # one read at a time goes to the same reader thread, on the same connection: no checkout, no ping
     assert asyncio.run(read_db(_backend_pid)) == first
