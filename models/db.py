@@ -10,8 +10,9 @@ read-only requests do not queue behind writers.
 
 ``read_connection()`` is the poll path's: a Core connection of a second engine in autocommit mode, for reads
 of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and no
-ORM session are paid per request). ``reads_block_briefly()``: SQLite reads are local and short enough to run
-on the event loop.
+ORM session are paid per request); ``read_kept(read)`` runs a read on the calling thread's own such
+connection, kept open (the API's poll reads: on the event loop with SQLite, on its reader threads with
+PostgreSQL). ``reads_block_briefly()``: SQLite reads are local and short enough to run on the event loop.
 
 Timeouts (``Settings.database_*``): a database that accepts connections but never answers must fail a
 request, not hold it. PostgreSQL connections get libpq's ``connect_timeout`` (the handshake included) and a
