@@ -126,7 +126,7 @@ class MovingWindows:
             self._hits.clear()
 
 
-_MEMORY_WINDOWS = MovingWindows()  # every namespace's in-process windows, keyed "namespace/key"
+_MEMORY_WINDOWS = MovingWindows()  # every namespace's in-process windows, keyed "namespace/key/limit"
 
 
 class Windows:
@@ -146,7 +146,7 @@ class Windows:
             return 0.0
         url = _storage_url()
         if url.startswith(MEMORY):
-            return _MEMORY_WINDOWS.take(f"{self.namespace}/{key}", per_minute)
+            return _MEMORY_WINDOWS.take(self._local_key(key, per_minute), per_minute)
         limiter, item = _moving_window(url), RateLimitItemPerMinute(per_minute)
         try:
             if limiter.hit(item, self.namespace, key):
@@ -162,13 +162,18 @@ class Windows:
             return 0.0
         url = _storage_url()
         if url.startswith(MEMORY):
-            return _MEMORY_WINDOWS.wait(f"{self.namespace}/{key}", per_minute)
+            return _MEMORY_WINDOWS.wait(self._local_key(key, per_minute), per_minute)
         limiter, item = _moving_window(url), RateLimitItemPerMinute(per_minute)
         try:
             return 0.0 if limiter.test(item, self.namespace, key) else self._wait(limiter, item, key)
         except StorageError as exc:
             log.warning("rate limit storage unreachable (%s): %s let through", exc, self.namespace)
             return 0.0
+
+    def _local_key(self, key: str, per_minute: int) -> str:
+        """As ``limits`` keys a window: by namespace, key AND limit (a window counted under another limit,
+        e.g. before an organization's limit changed, is another window)."""
+        return f"{self.namespace}/{key}/{per_minute}"
 
     def _wait(self, limiter: MovingWindowRateLimiter, item: RateLimitItemPerMinute, key: str) -> float:
         # the moving window frees a slot when its oldest hit is 60 s old

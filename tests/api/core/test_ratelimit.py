@@ -29,18 +29,21 @@ def test_in_process_windows_count_as_limits_memory_storage_did(monkeypatch: pyte
     fake_time = SimpleNamespace(time=lambda: clock.now)
     monkeypatch.setattr(ratelimit, "time", fake_time)
     monkeypatch.setattr(limits.storage.memory, "time", fake_time)
-    ours, theirs = ratelimit.MovingWindows(), MovingWindowRateLimiter(MemoryStorage())
-    limit_of = {"a": 1, "b": 2, "c": 5}
+    monkeypatch.setattr(ratelimit, "_MEMORY_WINDOWS", ratelimit.MovingWindows())
+    monkeypatch.setattr(ratelimit, "_storage_url", lambda: ratelimit.MEMORY)
+    ours, theirs = ratelimit.Windows("n"), MovingWindowRateLimiter(MemoryStorage())
     rng = random.Random(7)
     for _ in range(5_000):
         clock.now += rng.choice([0.001, 0.5, 3.0, 10.0, 59.999, 60.0, 60.001]) * rng.random()
-        key = rng.choice("abc")
-        item = RateLimitItemPerMinute(limit_of[key])
+        key, per_minute = rng.choice("abc"), rng.choice([1, 2, 5])  # a key's limit may change, too
+        item = RateLimitItemPerMinute(per_minute)
         if rng.random() < 0.3:
-            got, allowed = ours.wait(key, limit_of[key]), theirs.test(item, key)
+            got, allowed = ours.wait(key, per_minute), theirs.test(item, "n", key)
         else:
-            got, allowed = ours.take(key, limit_of[key]), theirs.hit(item, key)
-        expected = 0.0 if allowed else max(0.0, theirs.get_window_stats(item, key).reset_time - clock.now)
+            got, allowed = ours.take(key, per_minute), theirs.hit(item, "n", key)
+        expected = (
+            0.0 if allowed else max(0.0, theirs.get_window_stats(item, "n", key).reset_time - clock.now)
+        )
         assert got == pytest.approx(expected, abs=1e-9)
 
 
