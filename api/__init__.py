@@ -24,4 +24,6 @@ Layout (after FastAPI's full-stack template): ``main.py`` (the app), ``deps.py``
 ``Annotated`` aliases), ``schemas.py`` (request and response bodies), ``routes/`` (one module per resource),
 ``core/`` (the HTTP plumbing: authentication, errors, middleware, limits ...) and ``services/`` (what the
 API does as a product: files, jobs, scans, moderation ...); each room's ``__init__`` lists its modules.
+``fastpath.py`` serves the poll routes' usual requests in front of FastAPI's router (the one departure
+from this layout, for throughput; its docstring and docs/architecture.md say why).
 """

@@ -4,19 +4,20 @@ for the poll path's single-statement reads."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Annotated, TypeVar
-from weakref import WeakKeyDictionary
 
-import anyio
 from fastapi import Depends, Header, Request
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from api.core.auth import AUTH_CACHE, bearer_key
 from api.core.ratelimit import IN_FLIGHT, LIMITER, key_digest
-from models.db import READERS, new_session, read_connection, reads_block_briefly
+from models.db import READERS, new_session, read_connection, read_kept, reads_block_briefly
 from models.keys import Admin, authenticate_admin
 from models.tables import Organization
 from tunegate.logs import bind
@@ -45,25 +46,29 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 T = TypeVar("T")
-_READ_LIMITERS: WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = WeakKeyDictionary()
+_READERS: ThreadPoolExecutor | None = None
+_READERS_LOCK = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    """PostgreSQL's reader threads: ``READERS`` threads that do nothing but the poll path's reads, each on
+    its own kept connection (``models.db.read_kept``); the read engine's pool has room for them."""
+    global _READERS
+    with _READERS_LOCK:
+        if _READERS is None:
+            _READERS = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="tunegate-reader")
+        return _READERS
 
 
 async def read_db(read: Callable[[Connection], T]) -> T:
-    """``read(connection)`` on a ``models.db.read_connection`` (autocommit: ONE statement per read), no ORM
-    session. SQLite: right here on the event loop (``reads_block_briefly``); PostgreSQL: in one worker-thread
-    hop, at most ``READERS`` at once (the read pool's size, so no reader waits for a connection)."""
+    """``read(connection)`` on a kept read connection (``models.db.read_kept``; autocommit: ONE statement
+    per read), no ORM session. SQLite: right here on the event loop (``reads_block_briefly``); PostgreSQL:
+    in one hop to a reader thread (at most ``READERS`` reads at once; the others wait their turn in order),
+    in this request's context (its log fields, its deadlines)."""
     if reads_block_briefly():
-        return _on_read_connection(read)
-    loop = asyncio.get_running_loop()
-    limiter = _READ_LIMITERS.get(loop)
-    if limiter is None:
-        limiter = _READ_LIMITERS[loop] = anyio.CapacityLimiter(READERS)
-    return await anyio.to_thread.run_sync(_on_read_connection, read, limiter=limiter)
-
-
-def _on_read_connection(read: Callable[[Connection], T]) -> T:
-    with read_connection() as conn:
-        return read(conn)
+        return read_kept(read)
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_readers(), context.run, read_kept, read)
 
 
 def _admitted(org: Organization, authorization: str | None, settings: Settings) -> Organization:

@@ -16,6 +16,7 @@ from api.core.edge import refuse_lone_surrogates
 from api.core.metrics import MetricsMiddleware
 from api.core.middleware import AbuseGuardMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.deps import CurrentOrg
+from api.fastpath import FastPath
 from api.routes import (
     console,
     console_scans,
@@ -63,7 +64,7 @@ def _upkeep_ended(task: asyncio.Task[None]) -> None:
         log.error("the background upkeep stopped", exc_info=task.exception())
 
 
-def create_app() -> FastAPI:
+def create_app(*, fast_path: bool = True) -> FastAPI:
     # Only /healthz is public: the schema is served to authenticated callers, /metrics to admin keys, and no
     # docs UI is mounted. Each API process logs JSON lines and counts into the shared metrics directory.
     settings = get_settings()
@@ -96,7 +97,10 @@ def create_app() -> FastAPI:
     ):
         app.include_router(router)
     # outermost last: request timing, request id, then the abuse guard (before any body is read), then the
-    # body limits; every answer of the inner two carries the request id and is timed
+    # body limits, then the poll path's fast lane (api/fastpath.py; ``fast_path=False``: FastAPI serves
+    # every request, as the tests compare); every answer of the inner ones carries the request id and is timed
+    if fast_path:
+        app.add_middleware(FastPath)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AbuseGuardMiddleware)
     app.add_middleware(RequestIdMiddleware)

@@ -10,8 +10,9 @@ read-only requests do not queue behind writers.
 
 ``read_connection()`` is the poll path's: a Core connection of a second engine in autocommit mode, for reads
 of one statement each (one statement reads one snapshot by itself, so no BEGIN/ROLLBACK round trips and no
-ORM session are paid per request). ``reads_block_briefly()``: SQLite reads are local and short enough to run
-on the event loop.
+ORM session are paid per request); ``read_kept(read)`` runs a read on the calling thread's own such
+connection, kept open (the API's poll reads: on the event loop with SQLite, on its reader threads with
+PostgreSQL). ``reads_block_briefly()``: SQLite reads are local and short enough to run on the event loop.
 
 Timeouts (``Settings.database_*``): a database that accepts connections but never answers must fail a
 request, not hold it. PostgreSQL connections get libpq's ``connect_timeout`` (the handshake included) and a
@@ -25,10 +26,11 @@ timeout, SQLite's wait for another writer by the busy timeout.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
@@ -38,6 +40,7 @@ import psycopg
 from psycopg.abc import PQGen
 from psycopg.errors import _WaitTimeout  # psycopg's own "the wait's timeout expired" (internal, stable)
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunegate.settings import Settings, get_settings
@@ -47,6 +50,7 @@ ANSWER_GRACE_S = 2.0  # past statement_timeout: the server's own cancellation ar
 MIN_CONNECT_TIMEOUT_S = 2  # libpq's (a smaller connect_timeout counts as 2)
 
 RV = TypeVar("RV")
+log = logging.getLogger(__name__)
 _DEADLINE: ContextVar[float | None] = ContextVar("tunegate_db_deadline", default=None)
 
 
@@ -217,14 +221,37 @@ def reset_engine() -> None:
             engines.popitem()[1].dispose()
 
 
+_URL: tuple[Settings, str] | None = None  # the settings object and its db_url
+
+
+def _db_url() -> str:
+    """``Settings.db_url`` of the current settings, derived once per settings object (the poll path asks
+    twice per request; deriving it builds the home directory's path each time)."""
+    global _URL
+    settings = get_settings()
+    cached = _URL
+    if cached is None or cached[0] is not settings:
+        cached = _URL = (settings, settings.db_url)
+    return cached[1]
+
+
 def reads_block_briefly() -> bool:
     """True for SQLite: a read of one statement is a few dozen microseconds of in-process work that never
     waits for a writer (WAL), cheaper than the thread hop and GIL hand-offs that would move it off the
     event loop. PostgreSQL reads wait on the network, so they run in worker threads."""
-    return get_settings().db_url.startswith("sqlite")
+    return _db_url().startswith("sqlite")
 
 
-_THREAD = threading.local()  # SQLite: each thread's read connection, kept open
+_THREAD = threading.local()  # each thread's kept read connection (SQLite: any thread; PostgreSQL: readers)
+
+
+def _read_engine() -> Engine:
+    url = _db_url()
+    engine = _READ_ENGINES.get(url)
+    if engine is None:
+        get_engine()  # creates the home directory of an embedded database
+        engine = _READ_ENGINES[url] = make_engine(url, autocommit=True)
+    return engine
 
 
 def read_connection() -> AbstractContextManager[Connection]:
@@ -232,19 +259,41 @@ def read_connection() -> AbstractContextManager[Connection]:
     it, and never rely on two statements seeing the same snapshot. PostgreSQL: from the read engine's pool
     (pre-pinged). SQLite: the calling thread's own, kept open (nothing goes stale in-process, and a pool
     checkout and return cost as much as the read)."""
-    url = get_settings().db_url
-    engine = _READ_ENGINES.get(url)
-    if engine is None:
-        get_engine()  # creates the home directory of an embedded database
-        engine = _READ_ENGINES[url] = make_engine(url, autocommit=True)
+    engine = _read_engine()
     if engine.dialect.name != "sqlite":
         return engine.connect()
-    conn: Connection | None = getattr(_THREAD, "sqlite_reader", None)
-    if conn is None or conn.engine is not engine or conn.invalidated:
-        if conn is not None:
-            conn.close()
-        conn = _THREAD.sqlite_reader = engine.connect()
-    return nullcontext(conn)
+    return nullcontext(_kept_connection(engine)[0])
+
+
+def _kept_connection(engine: Engine) -> tuple[Connection, bool]:
+    """The calling thread's own read connection of ``engine``, kept open between reads, and whether it was
+    opened now (a connection of another engine, or one closed or invalidated by a disconnect, is replaced)."""
+    conn: Connection | None = getattr(_THREAD, "reader", None)
+    if conn is not None and conn.engine is engine and not (conn.invalidated or conn.closed):
+        return conn, False
+    _THREAD.reader = None  # should connecting fail, the next read tries again
+    if conn is not None:
+        conn.close()
+    conn = _THREAD.reader = engine.connect()
+    return conn, True
+
+
+def read_kept(read: Callable[[Connection], RV]) -> RV:
+    """``read(connection)`` on the calling thread's kept read connection (``read_connection``'s rules: ONE
+    statement). SQLite: any thread. PostgreSQL: only a thread that does nothing but such reads (``api.deps``'s
+    readers, at most ``READERS``): each holds one of the read pool's connections for as long as it lives, so
+    no read pays a pool checkout and its pre-ping round trip. A kept connection can have gone stale (the
+    server restarted, or closed it idle): a read that finds it disconnected runs once more on a new
+    connection, which is what the pre-ping did before the statement. A new connection's failure is the
+    read's (``OperationalError``: the API's 503)."""
+    conn, new = _kept_connection(_read_engine())
+    try:
+        return read(conn)
+    except DBAPIError as exc:
+        if new or not exc.connection_invalidated:
+            raise
+        log.info("a kept read connection was lost (%s); reading on a new one", exc.orig)
+    return read(_kept_connection(_read_engine())[0])
 
 
 def new_session(*, readonly: bool = False) -> Session:

@@ -4,6 +4,7 @@ top floor     cli/: the command line, the demo, the embedded stack launcher, the
 api/          the HTTP service: never worker/, never torch, transformers or peft
   api.core      its plumbing: never api.services, api.routes, api.deps, api.schemas or api.main
   api.services  its product behaviour: never api.core, api.routes, api.deps or api.main
+  api.fastpath  the poll path's fast lane: plugged in by api.main, imported by nothing else
 worker/       stages, pipeline, runner, tasks ... over the ML packages
 worker ML     worker.ml (bottom), worker.scoring, .training, .evaluation, .mitigation, .report:
               never a stage, the pipeline or the Celery layer; worker.ml imports no other worker package
@@ -84,6 +85,8 @@ def _ground() -> tuple[str, ...]:
         (("api",), ("worker", *TOP, *HEAVY), ()),
         (("api.core",), ("api.services", "api.routes", "api.deps", "api.schemas", "api.main"), ()),
         (("api.services",), ("api.core", "api.routes", "api.deps", "api.main"), ()),
+        # the poll path's fast lane sits in front of the routes: only the app factory plugs it in
+        (("api",), ("api.fastpath",), ("api.main", "api.fastpath")),
         (("models",), ("api", "worker", *TOP), ()),
         (_ground(), ("api", "worker", "models", *TOP), ()),
         (
@@ -109,6 +112,7 @@ def _ground() -> tuple[str, ...]:
         "api",
         "api-core",
         "api-services",
+        "api-fastpath",
         "models",
         "ground-floor",
         "worker-ml-packages",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from tunegate.jsontypes import JsonObject, JsonValue
 from tunegate.records import RecordError, known_keys
@@ -133,9 +133,19 @@ def write(obj: Any, *, omit_none: bool = False) -> JsonObject:
     return out
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(value: object) -> JsonValue:
     """A value as JSON: a record through its own ``to_dict`` (else ``write``), tuples and lists as lists,
     dicts key by key, JSON scalars as they are; anything else is refused (a record must not hold it)."""
+    kind = type(value)  # the built-in types first, by exact type (none is a record): the common case, cheap
+    if kind in _SCALARS:
+        return cast(JsonValue, value)
+    if kind is dict and isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if kind is list and isinstance(value, list):
+        return [jsonable(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         to_dict = getattr(value, "to_dict", None)
         return to_dict() if to_dict is not None else write(value)

@@ -39,8 +39,10 @@ def replaced(value: Any) -> Any:
 
 def holds_surrogate(value: Any) -> bool:
     """Whether any string (or key) of a decoded JSON value holds a lone surrogate (a fast walk, no paths)."""
-    stack = [value]
     search = SURROGATE.search
+    if isinstance(value, str):  # most fields: one string, no walk
+        return search(value) is not None
+    stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):

@@ -8,6 +8,7 @@ tunegate's error tree carries its own status code; FastAPI/Starlette 404/405/422
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from tunegate.errors import RateLimited, TooManyActiveJobs, TunegateError
 from tunegate.unicode import escaped
@@ -162,11 +164,30 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+# The errors answered in this shape (each class and its subclasses, the most specific entry winning, as
+# Starlette's lookup does). Any other exception is unexpected: ``_unexpected``'s 500, from the outermost
+# middleware (FastAPI installs an ``Exception`` handler there, past the request-id and abuse-guard layers).
+HANDLERS: dict[type[Exception], Handler] = {
+    TunegateError: _tunegate,
+    RequestValidationError: _validation,
+    StarletteHTTPException: _http,
+    OperationalError: _database,
+    PoolTimeout: _database,  # no pooled connection freed in time
+    DataError: _data,
+}
+HANDLED: tuple[type[Exception], ...] = tuple(HANDLERS)
+
+
+async def render(request: Request, exc: Exception) -> Response:
+    """The answer to ``exc``, one of ``HANDLED``, rendered by the handler FastAPI would call for it (the poll
+    path's fast lane, ``api/fastpath.py``, which runs in front of FastAPI's exception middleware)."""
+    handler = next(HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS)
+    return await handler(request, exc)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(TunegateError, _tunegate)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(OperationalError, _database)
-    app.add_exception_handler(PoolTimeout, _database)  # no pooled connection freed in time
-    app.add_exception_handler(DataError, _data)
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
     app.add_exception_handler(Exception, _unexpected)

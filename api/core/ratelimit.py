@@ -8,10 +8,13 @@ concurrency.
 - ``IN_FLIGHT``: requests in flight per organization (per API key until its organization is known), counted
   in this API process.
 
-The two windows are kept by the ``limits`` library in ``Settings.rate_limit_storage``: Redis when a Redis URL
-is configured (the broker's by default), so every API process shares them and the limits hold for the whole
-deployment; this process's memory otherwise (embedded mode, one API process). If the shared storage cannot
-be reached a request is let through (logged): the limiter must not take the API down with it.
+The two windows are kept in ``Settings.rate_limit_storage``: in Redis by the ``limits`` library when a Redis
+URL is configured (the broker's by default), so every API process shares them and the limits hold for the
+whole deployment; in this process's memory otherwise (embedded mode, one API process), by ``MovingWindows``,
+which counts the same way as ``limits``' memory storage without its expiry thread (that storage started a
+timer thread up to 100 times a second, on the event loop, under steady traffic: the largest single cost of an
+authenticated poll; ``docs/benchmarks.md``, "Poll path"). If the shared storage cannot be reached a request
+is let through (logged): the limiter must not take the API down with it.
 """
 
 from __future__ import annotations
@@ -21,16 +24,17 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from functools import lru_cache
 from typing import cast
 
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from tunegate.errors import RateLimited
-from tunegate.settings import get_settings
+from tunegate.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +43,13 @@ KEY_PREFIX = "tunegate-ratelimit"  # of the limiter's keys in a shared Redis
 REDIS_TIMEOUT_S = 1.0  # a Redis that does not answer lets the request through after this, not never
 
 
+WINDOW_S = 60.0  # every limit here is per minute, a moving window
+MEMORY = "memory://"
+
+
 @lru_cache(maxsize=4)
 def _storage(url: str) -> Storage:
-    """One storage (one connection pool) per URL for the whole process."""
-    if url.startswith("memory://"):
-        return MemoryStorage(wrap_exceptions=True)
+    """One storage (one connection pool) per URL for the whole process (a Redis URL)."""
     timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
     options = timeouts if url.startswith("redis") else {}
     # a synchronous storage: the settings document redis:// and memory:// URLs, not async+... ones
@@ -55,6 +61,74 @@ def _moving_window(url: str) -> MovingWindowRateLimiter:
     return MovingWindowRateLimiter(_storage(url))
 
 
+_URL: tuple[Settings, str] | None = None  # the settings object and its rate_limit_storage
+
+
+def _storage_url() -> str:
+    """``Settings.rate_limit_storage`` of the current settings, derived once per settings object (twice per
+    request otherwise, each time deriving the broker URL and the home directory's path)."""
+    global _URL
+    settings = get_settings()
+    cached = _URL
+    if cached is None or cached[0] is not settings:
+        cached = _URL = (settings, settings.rate_limit_storage)
+    return cached[1]
+
+
+class MovingWindows:
+    """In-process moving windows: the times of each key's hits in the last minute, oldest first.
+
+    A hit is allowed while fewer than ``per_minute`` hits of its key are less than a minute old; the wait
+    of a refused one lasts until the oldest of them is a minute old. That is ``limits``' moving window
+    (``MovingWindowRateLimiter`` on its memory storage), which kept the same list per key newest first,
+    inserted at its front, and trimmed by a timer thread. Keys whose hits have all expired are dropped once
+    ``MAX_TRACKED`` keys are held (bounded memory under a spray of keys or addresses)."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, per_minute: int) -> float:
+        """Count one hit; 0 when it was allowed, else the seconds until one is (nothing counted)."""
+        now = time.time()
+        with self._lock:
+            hits = self._hits.get(key)
+            if hits is None:
+                if len(self._hits) >= MAX_TRACKED:
+                    self._prune(now)
+                hits = self._hits[key] = deque()
+            wait = self._wait(hits, per_minute, now)
+            if not wait:
+                hits.append(now)
+            return wait
+
+    def wait(self, key: str, per_minute: int) -> float:
+        """Seconds until ``key`` may have a hit (0 when it may now); counts nothing."""
+        now = time.time()
+        with self._lock:
+            hits = self._hits.get(key)
+            return 0.0 if hits is None else self._wait(hits, per_minute, now)
+
+    @staticmethod
+    def _wait(hits: deque[float], per_minute: int, now: float) -> float:
+        while hits and hits[0] < now - WINDOW_S:  # a hit exactly a minute old still counts, as in limits
+            hits.popleft()
+        if len(hits) < per_minute:
+            return 0.0
+        return max(0.0, hits[0] + WINDOW_S - now)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, hits in self._hits.items() if not hits or hits[-1] < now - WINDOW_S]:
+            del self._hits[key]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hits.clear()
+
+
+_MEMORY_WINDOWS = MovingWindows()  # every namespace's in-process windows, keyed "namespace/key/limit"
+
+
 class Windows:
     """Moving-window counters keyed by any string, each allowing ``per_minute`` hits in any 60 seconds."""
 
@@ -62,19 +136,18 @@ class Windows:
         self.namespace = namespace
 
     @property
-    def _limiter(self) -> MovingWindowRateLimiter:
-        return _moving_window(get_settings().rate_limit_storage)
-
-    @property
     def shared(self) -> bool:
         """True when the counters live outside this process (a call may wait on the network)."""
-        return not get_settings().rate_limit_storage.startswith("memory://")
+        return not _storage_url().startswith(MEMORY)
 
     def take(self, key: str, per_minute: int) -> float:
         """Count one hit; returns 0 when it was allowed, else the seconds until one is."""
         if per_minute <= 0:
             return 0.0
-        limiter, item = self._limiter, RateLimitItemPerMinute(per_minute)
+        url = _storage_url()
+        if url.startswith(MEMORY):
+            return _MEMORY_WINDOWS.take(self._local_key(key, per_minute), per_minute)
+        limiter, item = _moving_window(url), RateLimitItemPerMinute(per_minute)
         try:
             if limiter.hit(item, self.namespace, key):
                 return 0.0
@@ -87,12 +160,20 @@ class Windows:
         """Seconds until ``key`` may have a hit (0 when it may now); counts nothing."""
         if per_minute <= 0:
             return 0.0
-        limiter, item = self._limiter, RateLimitItemPerMinute(per_minute)
+        url = _storage_url()
+        if url.startswith(MEMORY):
+            return _MEMORY_WINDOWS.wait(self._local_key(key, per_minute), per_minute)
+        limiter, item = _moving_window(url), RateLimitItemPerMinute(per_minute)
         try:
             return 0.0 if limiter.test(item, self.namespace, key) else self._wait(limiter, item, key)
         except StorageError as exc:
             log.warning("rate limit storage unreachable (%s): %s let through", exc, self.namespace)
             return 0.0
+
+    def _local_key(self, key: str, per_minute: int) -> str:
+        """As ``limits`` keys a window: by namespace, key AND limit (a window counted under another limit,
+        e.g. before an organization's limit changed, is another window)."""
+        return f"{self.namespace}/{key}/{per_minute}"
 
     def _wait(self, limiter: MovingWindowRateLimiter, item: RateLimitItemPerMinute, key: str) -> float:
         # the moving window frees a slot when its oldest hit is 60 s old
@@ -100,7 +181,11 @@ class Windows:
 
     def reset(self) -> None:
         """Forget every window in the storage (tests: each server starts with none)."""
-        _storage(get_settings().rate_limit_storage).reset()
+        url = _storage_url()
+        if url.startswith(MEMORY):
+            _MEMORY_WINDOWS.reset()
+        else:
+            _storage(url).reset()
 
 
 def key_digest(key: str) -> str:

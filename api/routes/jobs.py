@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy import Row
 from starlette.responses import Response
 
 from api.core.responses import json_response
@@ -34,7 +33,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-async def _out(row: Any) -> JobOut:
+async def _out(row: crud.JobRow) -> JobOut:
     """The job; a running one with ``estimated_finish`` from its running stage's measured speed; one that
     has waited past the grace on a queue no live worker serves with ``waiting`` saying so."""
     waiting = await _waiting(row)
@@ -44,7 +43,7 @@ async def _out(row: Any) -> JobOut:
     return job_out(row, estimated_finish=estimate_finish(points, now=time.time()), waiting=waiting)
 
 
-async def _waiting(row: Any) -> str | None:
+async def _waiting(row: crud.JobRow) -> str | None:
     """``models.presence``: the served queues come from this process's cache, or one read of a small table
     (at most every few seconds, and only for a job that has waited past the grace)."""
     settings = get_settings()
@@ -101,7 +100,7 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 async def retrieve(job_id: str, org: CurrentOrg) -> Response:
-    row: Row[Any] = await read_db(partial(crud.job_row, org_id=org.id, job_id=job_id))
+    row = await read_db(partial(crud.job_row, org_id=org.id, job_id=job_id))
     return json_response(await _out(row))
 
 

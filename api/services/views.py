@@ -6,10 +6,7 @@ the worker stopped writing them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import TypeAdapter
-from sqlalchemy import Row
 
 from api.schemas import (
     CheckpointMetricsOut,
@@ -26,6 +23,7 @@ from api.schemas import (
     WebhookDeliveryOut,
     WebhookOut,
 )
+from api.services.crud import EventRow, JobRow
 from models.base import unix, utcnow
 from models.jobs import fine_tuned_model_name
 from models.policy import policy_json
@@ -88,9 +86,7 @@ def _hparams(stored: Hyperparameters) -> HyperparametersOut:
     )
 
 
-def job_out(
-    row: Job | Row[Any], *, estimated_finish: int | None = None, waiting: str | None = None
-) -> JobOut:
+def job_out(row: Job | JobRow, *, estimated_finish: int | None = None, waiting: str | None = None) -> JobOut:
     """A paused job's ``status`` reads ``Settings.paused_status`` (``paused: true`` either way)."""
     settings = get_settings()
     failed = row.status == "failed" and row.error
@@ -127,7 +123,7 @@ def job_out(
     )
 
 
-def event_out(row: JobEvent | Row[Any]) -> EventOut:
+def event_out(row: JobEvent | EventRow) -> EventOut:
     settings = get_settings()
     return EventOut(
         id=row.id,
