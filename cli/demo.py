@@ -220,15 +220,20 @@ def shipped_applies() -> bool:
     return for_embedded(get_settings()) is not None
 
 
-def shipped_caches_apply(model: str) -> bool:
-    """Whether ``model``, built already, is the shipped base, whose reference scores and own evaluation
-    are shipped with it (``worker/prepare/shipped_caches.py``)."""
-    from tunegate.settings import get_settings
+def shipped_caches_apply(model: str, folded: bool) -> bool:
+    """Whether ``model`` gets its reference scores and own evaluation from the shipped caches
+    (``worker/prepare/shipped_caches.py``); ``folded``: this run makes it by folding the shipped adapter."""
+    from tunegate.settings import EMBEDDED_ALIGNED, get_settings
     from worker.ml.models import resolve_model
+    from worker.prepare import shipped_caches
     from worker.prepare.shipped import ShippedBuild
 
     build = ShippedBuild.read()
-    return build is not None and resolve_model(model, get_settings()).fingerprint == build.fingerprint
+    if model != EMBEDDED_ALIGNED or build is None:
+        return False
+    settings = get_settings()
+    fingerprint = build.fingerprint if folded else resolve_model(model, settings).fingerprint
+    return shipped_caches.applies(settings, fingerprint)
 
 
 def model_ready(model: str) -> bool:
@@ -342,7 +347,7 @@ def make_plan(model: str, datasets: dict[str, list[ChatExampleJSON]], parallel: 
     build = not model_ready(model)
     caches = not caches_ready(model)
     shipped = build and model == EMBEDDED_ALIGNED and shipped_applies()
-    with_caches = shipped or (model == EMBEDDED_ALIGNED and not build and shipped_caches_apply(model))
+    with_caches = (shipped or not build) and shipped_caches_apply(model, folded=shipped)
     processes = side_by_side.processes(settings, device_for(settings), 8)
     threads = torch.get_num_threads()
     # measured as the build's and the caches' one-thread processes run (their BLAS included)

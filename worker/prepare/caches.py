@@ -104,15 +104,16 @@ def base_eval_piece(model: str, *, progress: parallel.Report) -> None:
 
 
 # each part's share of the bar: the core-minutes it took on a 2-core AMD EPYC (the demo of 2026-12-07 on a
-# fresh home, docs/benchmarks.md): the anchors 3.3 (passes 2.1, then the request probe: 2.0 in that run,
-# 0.63x since its sequences end at the reply's opening) beside the base's evaluation 3.0, then the reference
+# fresh home, docs/benchmarks.md): the anchors' passes 2.1 and their request probe 1.3 (2.0 in that run,
+# 0.63x since its sequences end at the reply's opening), the base's evaluation 3.0, then the reference
 # corpus 5.2 over both cores, so the bar (and tqdm's ETA, its average rate) moves with the time spent
 WEIGHTS = {"anchor_passes": 2.1, "request_probe": 1.3, "base_eval": 3.0, "reference": 5.2}
 
 
 def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> None:
-    """The scoring caches and the base's evaluation of ``model``, each part skipped when cached: the
-    anchors and the evaluation side by side, then the reference corpus in shares (one process per core)."""
+    """The scoring caches and the base's evaluation of ``model``, each part skipped when cached (the
+    shipped base's installed first): the evaluation, the anchors' passes and their request probe side by
+    side, then the reference corpus in shares (one process per core)."""
     from worker.ml.models import device_for, resolve_model
     from worker.prepare import shipped_caches
     from worker.scoring import anchors, reference
@@ -121,10 +122,11 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
     shipped_caches.install(settings, resolve_model(model, settings).fingerprint)  # the shipped base's
     anchors_file, reference_file = _scoring_paths(model, settings)
     device = device_for(settings)
+    need_anchors = not anchors_file.is_file()
     first = []  # side by side, the longest first (one process per core); a single piece runs here
     if not base_eval_cached(model, settings):
         first.append(parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"]))
-    if not anchors_file.is_file():
+    if need_anchors:
         first.append(parallel.Piece(anchor_passes_piece, (model,), WEIGHTS["anchor_passes"]))
         first.append(parallel.Piece(request_probe_piece, (model,), WEIGHTS["request_probe"]))
     n = parallel.processes(settings, device, 8) if not reference_file.is_file() else 0
@@ -133,7 +135,7 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
     done = sum(p.weight for p in first) / total if total else 1.0
     if first:
         got = parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
-        if not anchors_file.is_file():
+        if need_anchors:  # the last two pieces
             passes, probe = got[-2:]
             anchors.save(anchors_file, passes.with_probe(probe, anchors.anchors_key()))
     if n:

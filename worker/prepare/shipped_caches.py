@@ -59,13 +59,19 @@ def layers(model_dir: Path) -> int:
     return int(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
 
 
+def applies(settings: Settings, fingerprint: str, directory: Path | None = None) -> bool:
+    """Whether the shipped caches serve the model with ``fingerprint`` here: they were computed on it (the
+    shipped build's fingerprint) and the provider did not turn them off (``Settings.shipped_caches``)."""
+    build = ShippedBuild.read(directory or shipped.SHIPPED_DIR)
+    return settings.shipped_caches and build is not None and build.fingerprint == fingerprint
+
+
 def install(settings: Settings, fingerprint: str, directory: Path | None = None) -> list[Path]:
     """Copy the shipped caches into this home for the model with ``fingerprint`` when they were computed
     on it (the shipped build's fingerprint), each file only where none is, unless the provider turned
     them off (``Settings.shipped_caches``); the files installed."""
     directory = directory or shipped.SHIPPED_DIR
-    build = ShippedBuild.read(directory)
-    if not settings.shipped_caches or build is None or build.fingerprint != fingerprint:
+    if not applies(settings, fingerprint, directory):
         return []
     installed = []
     for part, target in targets(settings, fingerprint).items():

@@ -66,6 +66,7 @@ def test_install_copies_only_for_its_model_and_never_over_a_file(tiny_registry: 
     assert shipped_caches.install(settings, "f" * 16, ship) == []  # computed on another model: not here
     off = settings.model_copy(update={"shipped_caches": False})
     assert shipped_caches.install(off, FP, ship) == []  # the provider computes every cache itself
+    assert shipped_caches.applies(settings, FP, ship) and not shipped_caches.applies(off, FP, ship)
     assert not settings.scoring_cache_path(FP).exists()
     got = shipped_caches.install(settings, FP, ship)
     ref = settings.scoring_cache_path(FP) / "reference-x.json"
