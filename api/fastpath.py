@@ -43,8 +43,7 @@ from models.tables import Organization
 
 JOBS = "/v1/fine_tuning/jobs"
 EVENTS = "/events"
-PAGE_PARAMS = frozenset({"after", "limit"})  # list and list_events (``jobs.Limit``: 1..1000)
-MAX_LIMIT = 1000
+PAGE_PARAMS = frozenset({"after", "limit"})  # list and list_events (``jobs.Limit``: 1..jobs.MAX_PAGE)
 Call = Callable[[Organization], Awaitable[Response]]  # the route, its other arguments bound
 
 
@@ -104,13 +103,13 @@ def _pick(request: Request) -> tuple[Callable[..., Any], dict[str, str], Call] |
 def _page(query: list[tuple[str, str]], *, metadata: bool) -> dict[str, Any] | None:
     """``after`` and ``limit`` as the route's keyword arguments (its own defaults for those not given); None
     for a parameter it does not declare (``metadata[key]`` filters: the list's, read by the route itself) or
-    a ``limit`` that is not a plain decimal in 1..MAX_LIMIT."""
+    a ``limit`` that is not a plain decimal in 1..jobs.MAX_PAGE."""
     page: dict[str, Any] = {}
     for name, value in query:
         if name == "after":
             page["after"] = value
         elif name == "limit":
-            if not (value.isascii() and value.isdigit() and value[0] != "0" and int(value) <= MAX_LIMIT):
+            if not (value.isascii() and value.isdigit() and value[0] != "0" and int(value) <= jobs.MAX_PAGE):
                 return None
             page["limit"] = int(value)
         elif not (metadata and name.startswith("metadata[") and name.endswith("]")):

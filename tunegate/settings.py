@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     # One-time work (the aligned-base build, a base model's caches) runs in this many one-thread processes
     # side by side (worker/prepare/parallel.py); 0: one per core (at most 8), 1: in the calling process
     prepare_processes: int = 0
+    # A job's CPU training runs data-parallel in this many one-thread processes, the worker's own process
+    # as the first (worker/stages/train_ranks.py); 0: one per torch thread the worker has (at most 8) for a
+    # model whose weights take at least 20 MB; 1: in the worker's process with all its threads. 1 by
+    # default: on a quiet 2-core AMD EPYC the demo's job trained as fast either way (docs/benchmarks.md)
+    train_processes: int = Field(default=1, ge=0)
     worker_concurrency: int = 1
     visibility_timeout_s: int = 12 * 3600  # above the longest stage, or a running task is redelivered
     # Per-queue limits on one stage task (Celery time_limit; the soft limit, which ends the job with

@@ -30,7 +30,8 @@ from tunegate.errors import Conflict, InvalidRequest
 from tunegate.settings import get_settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
+MAX_PAGE = 1000  # the largest ``limit`` of a list (the fast lane, api/fastpath.py, checks the same bound)
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 
 async def _out(row: crud.JobRow) -> JobOut:

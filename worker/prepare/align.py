@@ -41,7 +41,6 @@ from worker.ml.stage_io import Metric, ProgressFn, StageIO
 from worker.prepare import parallel, shipped, shipped_caches
 from worker.stages import train
 from worker.stages.base import StageResult, finish
-from worker.training import dataparallel
 
 log = logging.getLogger(__name__)
 ALIGNED_SOURCE = "embedded:smollm2-aligned"
@@ -231,28 +230,6 @@ def run(cfg: AlignConfig, inputs: AlignInputs) -> AlignResult:
     return res
 
 
-def train_piece(
-    tcfg: train.TrainConfig,
-    examples: list[Conversation],
-    anchors: list[Conversation],
-    out_dir: str,
-    shard: tuple[int, int, str],
-    *,
-    progress: parallel.Report,
-) -> train.TrainResult:
-    """One process of the data-parallel SFT (``shard`` = rank, world, rendezvous file); rank 0 reports
-    progress and writes the adapter into ``out_dir``, the others into scratch directories of their own."""
-    rank, world, rendezvous = shard
-    joined = dataparallel.join(rank, world, Path(rendezvous))
-    try:
-        out = Path(out_dir) if rank == 0 else Path(out_dir).parent / f".rank-{rank}"
-        step: ProgressFn = (lambda f, m, met: progress(f, m, met)) if rank == 0 else (lambda f, m, met: None)
-        io = StageIO(out, progress=step, stage="align")
-        return train.run(tcfg, train.TrainInputs(examples, io, get_settings(), anchors=anchors, shard=joined))
-    finally:
-        dataparallel.leave(joined)
-
-
 def train_data_parallel(
     tcfg: train.TrainConfig,
     examples: list[Conversation],
@@ -261,28 +238,13 @@ def train_data_parallel(
     settings: Settings,
     io: StageIO,
 ) -> train.TrainResult:
-    """The safety SFT, data-parallel over one process per core (``worker/training/dataparallel.py``); on
-    CUDA or one core, in this process."""
+    """The safety SFT, data-parallel over one process per core, this one the first
+    (``worker/stages/train_ranks.py``); on CUDA or one core, in this process alone."""
     world = parallel.processes(settings, tcfg.device or device_for(settings), MAX_TRAIN_PROCESSES)
-    if world == 1:
-        sub = StageIO(
-            out_dir, progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met), should_stop=io.should_stop
-        )
-        return train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    rendezvous = out_dir.parent / ".rendezvous"
-    rendezvous.unlink(missing_ok=True)
-    pieces = [
-        parallel.Piece(
-            train_piece, (tcfg, examples, anchors, str(out_dir), (r, world, str(rendezvous))), r == 0
-        )
-        for r in range(world)
-    ]
-    results = parallel.run(pieces, settings, "cpu", lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met))
-    rendezvous.unlink(missing_ok=True)
-    res = results[0]  # rank 0's, handed back by its process
-    assert isinstance(res, train.TrainResult)
-    return res
+    sub = StageIO(
+        out_dir, progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met), should_stop=io.should_stop
+    )
+    return train.run(tcfg, train.TrainInputs(examples, sub, settings, anchors=anchors, processes=world))
 
 
 def _top_layers(model_dir: Path, fraction: float) -> tuple[int, ...]:

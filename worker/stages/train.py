@@ -31,16 +31,17 @@ from models.records import Hyperparameters
 from models.tables import File, Job
 from tunegate.artifacts import atomic_write_json, atomic_write_text, publish_dir
 from tunegate.conversation import ChatMessageJSON, Conversation, dump_examples, load_examples
+from tunegate.cpus import available_cpus
 from tunegate.errors import InvalidConfig
 from tunegate.settings import Settings
 from tunegate.storage import Publish, artifact_publisher, get_storage
-from worker.ml.models import SOURCE_FILE, context_length, load_resolved, resolve_model
+from worker.ml.models import SOURCE_FILE, context_length, device_for, load_resolved, resolve_model
 from worker.ml.render import encode
 from worker.ml.stage_io import CheckpointInfo, StageIO
 from worker.stages import mitigate, score
 from worker.stages.base import StageResult, finish, result_exists
 from worker.stages.spec import Applied, StageContext, StageSpec
-from worker.training.dataparallel import Shard
+from worker.training.dataparallel import Shard, cpu_world
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
@@ -164,7 +165,9 @@ class TrainInputs:
     # assistant tokens instead of toward the text: keeps the base's behaviour there without sharpening it
     anchors: list[Conversation] = field(default_factory=list)
     validation: list[Conversation] = field(default_factory=list)  # measured at each epoch's end
-    shard: Shard = ONE  # this process's place among data-parallel ones (the aligned-base build)
+    shard: Shard = ONE  # this process's place among data-parallel ones (set by train_ranks)
+    # train in this many data-parallel CPU processes, this one the first (``train_ranks``); 1: here alone
+    processes: int = 1
     # the user's examples held out of ``examples`` (not trained on): written to heldout.jsonl for the repair
     # stage's task loss, their lines recorded
     heldout: list[Conversation] = field(default_factory=list)
@@ -216,6 +219,10 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
 
     if not inputs.examples and not inputs.anchors:
         raise InvalidConfig("no training examples left to train on", param="examples")
+    if inputs.processes > 1 and inputs.shard.world == 1:
+        from worker.stages import train_ranks
+
+        return train_ranks.run(cfg, inputs)
     out_dir = Path(inputs.io.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_resolved(cfg.model, inputs.settings, device=cfg.device, dtype=torch.float32)
@@ -368,8 +375,25 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
     if cfg.anchor_injected and mitigated.actions_file:
         examples, anchors = split_injected(examples, Path(mitigated.actions_file))
     return cfg, TrainInputs(
-        examples, io, ctx.settings, anchors=anchors, validation=validation, heldout=heldout
+        examples,
+        io,
+        ctx.settings,
+        anchors=anchors,
+        validation=validation,
+        heldout=heldout,
+        processes=processes(cfg, ctx.settings),
     )
+
+
+def processes(cfg: TrainConfig, settings: Settings) -> int:
+    """The data-parallel processes a job's training runs in here (``dataparallel.cpu_world``): one per
+    torch thread of this worker on CPU, for a model big enough to pay for their start."""
+    kind = "cuda" if (cfg.device or device_for(settings)).startswith("cuda") else "cpu"
+    path = resolve_model(cfg.model, settings).path
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    threads = settings.torch_threads or available_cpus()
+    step = cfg.batch_size * cfg.grad_accum
+    return cpu_world(settings.train_processes, kind, threads, step, weights)
 
 
 def _chat_key(messages: list[ChatMessageJSON]) -> str:

@@ -4,18 +4,34 @@ and the gradients are summed across them (gloo, on this machine) before the step
 The loss of a step is the sum over its supervised tokens divided by the step's token count, so each process
 divides its share by the whole step's count, and the summed gradient is the one a single process would
 compute. Every process then clips and steps the same way from the same state: the adapters stay identical.
-Used by the aligned-base build (``worker/prepare/align.py``), where one thread per process multiplies faster
-than several threads in one (``worker/prepare/parallel.py``).
+Used by the aligned-base build (``worker/prepare/align.py``) and a job's CPU training
+(``worker/stages/train_ranks.py``, ``TUNEGATE_TRAIN_PROCESSES``; docs/benchmarks.md, "Data-parallel CPU
+training of a job").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+MAX_WORLD = 8  # each process holds its own copy of the model
+# below this size of weights (about 10M parameters in bf16) the processes' start costs more than they save
+MIN_MODEL_BYTES = 20_000_000
+JOIN_TIMEOUT = timedelta(minutes=10)  # a process that never arrives (or a collective that never completes)
+
+
+def cpu_world(requested: int, device_kind: str, threads: int, step_examples: int, model_bytes: int) -> int:
+    """How many data-parallel processes train on ``device_kind`` (1: this process alone). ``requested``:
+    the setting (0: auto, one per torch thread ``threads`` for a model of ``model_bytes`` of at least
+    ``MIN_MODEL_BYTES``); never more than an optimizer step's examples or ``MAX_WORLD``."""
+    if device_kind != "cpu" or requested == 1:
+        return 1
+    wanted = requested or (threads if model_bytes >= MIN_MODEL_BYTES else 1)
+    return max(1, min(wanted, step_examples, MAX_WORLD))
 
 
 @dataclass(frozen=True)
@@ -47,7 +63,9 @@ def join(rank: int, world: int, rendezvous: Path) -> Shard:
     import torch.distributed as dist
 
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+        dist.init_process_group(
+            "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=JOIN_TIMEOUT
+        )
     return Shard(rank, world)
 
 
