@@ -18,7 +18,8 @@ from typing import Any
 # the fresh-home demos of 2026-12-07: on a 2-core AMD EPYC with native bf16 (caches 7.1 min where 4.5 were
 # estimated: x 1.58, the request probe's fit and the anchors' save being uncounted; jobs 4.6 where 4.0 were),
 # and with the shipped caches on a 2-core AMD EPYC with AVX2 only, training in fp32 (the anchors 3.8 min
-# where 2.4 were: x 1.58; jobs 8.4 where 5.9 were). The units are measured as one one-thread process when
+# where 2.4 were: x 1.58, then x 1.34 once the passes were cut into shares that end with the probe, 0.85x
+# the time side by side; jobs 8.4 where 5.9 were). The units are measured as one one-thread process when
 # the build and caches run as one per core; the jobs run in one worker with every core, whose fp32 products
 # on AMD go through MKL rather than the one-thread OpenBLAS measured (docs/benchmarks.md, "CPU matrix
 # products"), hence the larger factor for fp32 training.
@@ -27,7 +28,7 @@ OVERHEAD = {
     "align_train": 0.77,
     "scoring_cache": 1.48,
     "base_eval": 1.10,
-    "anchors_alone": 1.58,
+    "anchors_alone": 1.34,
     "job": 0.24,
     "job_fp32": 0.30,
 }

@@ -54,8 +54,8 @@ def warm_scoring_cache(model: str, settings: Settings, progress: Progress = _sil
     return base.cache_dir
 
 
-def anchor_passes_piece(model: str, *, progress: parallel.Report) -> AnchorPasses:
-    """The anchors' passes (hidden states and gradient direction), in a child process."""
+def anchor_passes_piece(model: str, share: tuple[int, int], *, progress: parallel.Report) -> AnchorPasses:
+    """The passes (hidden states and gradient direction) of the anchors in ``share``, in a child process."""
     from worker.scoring import anchors
     from worker.scoring.score_all import load_base
 
@@ -67,7 +67,24 @@ def anchor_passes_piece(model: str, *, progress: parallel.Report) -> AnchorPasse
         max_len=base.max_len,
         with_direction=needs_direction(SCORERS),
         progress=lambda d, t: progress(d / t, f"anchor features {d}/{t}"),
+        share=share,
     )
+
+
+def anchor_shares(n_anchors: int, processes: int, w_passes: float, w_probe: float) -> list[tuple[int, int]]:
+    """The anchors' passes cut into ranges so that they and the request probe (``w_passes`` and ``w_probe``
+    of work) end together on ``processes`` cores: the last range fills the probe's core up to the mean
+    load, the others take a mean load each (``parallel.run`` starts them first, the probe next, the last
+    range when the probe is done). Where the probe alone is above the mean, the passes share the other
+    cores evenly."""
+    if processes < 2 or n_anchors < 2:
+        return [(0, n_anchors)]
+    mean = (w_passes + w_probe) / processes
+    tail = 0 if mean <= w_probe else min(n_anchors - 1, round((mean - w_probe) / w_passes * n_anchors))
+    body = n_anchors - tail
+    k = processes - 1
+    bounds = sorted({round(i * body / k) for i in range(k + 1)} | {n_anchors})
+    return list(zip(bounds, bounds[1:], strict=False))
 
 
 def request_probe_piece(model: str, *, progress: parallel.Report) -> Probe:
@@ -112,8 +129,8 @@ WEIGHTS = {"anchor_passes": 2.1, "request_probe": 1.3, "base_eval": 3.0, "refere
 
 def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> None:
     """The scoring caches and the base's evaluation of ``model``, each part skipped when cached (the
-    shipped base's installed first): the evaluation, the anchors' passes and their request probe side by
-    side, then the reference corpus in shares (one process per core)."""
+    shipped base's installed first): the evaluation, the anchors' passes (in shares, ``anchor_shares``) and
+    their request probe side by side, then the reference corpus in shares (one process per core)."""
     from worker.ml.models import device_for, resolve_model
     from worker.prepare import shipped_caches
     from worker.scoring import anchors, reference
@@ -126,18 +143,32 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
     first = []  # side by side, the longest first (one process per core); a single piece runs here
     if not base_eval_cached(model, settings):
         first.append(parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"]))
+    shares: list[tuple[int, int]] = []
     if need_anchors:
-        first.append(parallel.Piece(anchor_passes_piece, (model,), WEIGHTS["anchor_passes"]))
+        shares = anchor_shares(
+            n := anchors.n_anchors(),
+            parallel.processes(settings, device, 8),
+            WEIGHTS["anchor_passes"],
+            WEIGHTS["request_probe"],
+        )
+        passes = [
+            parallel.Piece(anchor_passes_piece, (model, s), WEIGHTS["anchor_passes"] * (s[1] - s[0]) / n)
+            for s in shares
+        ]  # the probe's core's share last
+        first += passes[:-1] if len(passes) > 1 else passes
         first.append(parallel.Piece(request_probe_piece, (model,), WEIGHTS["request_probe"]))
+        first += passes[-1:] if len(passes) > 1 else []
     n = parallel.processes(settings, device, 8) if not reference_file.is_file() else 0
     ref_share = WEIGHTS["reference"] / max(n, 1)
     total = sum(p.weight for p in first) + (WEIGHTS["reference"] if n else 0.0)
     done = sum(p.weight for p in first) / total if total else 1.0
     if first:
         got = parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
-        if need_anchors:  # the last two pieces
-            passes, probe = got[-2:]
-            anchors.save(anchors_file, passes.with_probe(probe, anchors.anchors_key()))
+        if need_anchors:  # the last pieces: the passes' shares, the probe before the last share
+            parts = got[len(got) - len(shares) - 1 :]
+            probe = parts.pop(-2 if len(shares) > 1 else -1)
+            joined = anchors.join(parts)
+            anchors.save(anchors_file, joined.with_probe(probe, anchors.anchors_key()))
     if n:
         pieces = [parallel.Piece(reference_piece, (model, (i, n)), ref_share) for i in range(n)]
         parts = parallel.run(pieces, settings, device, lambda f, m, met: progress(done + f * (1 - done), m))

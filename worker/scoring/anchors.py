@@ -185,31 +185,63 @@ def anchor_passes(
     n_tokens: int = ANCHOR_TOKENS,
     anchor_dir: Path = ANCHOR_DIR,
     progress: Callable[[int, int], None] | None = None,
+    share: tuple[int, int] | None = None,
 ) -> AnchorPasses:
     """One pass per anchor: its hidden state and (``with_direction``) its unit gradient into d;
-    ``progress(done, total)`` after each."""
+    ``progress(done, total)`` after each. ``share`` = (start, stop): only the anchors at those places of the
+    sets' order (``n_anchors``), for ``join`` to put together with the other shares."""
+    sets = anchor_sets(anchor_dir)
+    start, stop = share if share is not None else (0, sum(len(c) for c in sets.values()))
     direction: dict[str, torch.Tensor] | None = None
     if with_direction:
         direction = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
-    hs: dict[str, list[torch.Tensor]] = {}
-    sets = anchor_sets(anchor_dir)
-    total, done = sum(len(c) for c in sets.values()), 0
+    hs: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
+    place, done = 0, 0
     for name, convs in sets.items():
-        hs[name] = []
         for conv in convs:
+            place += 1
+            if not start < place <= stop:
+                continue
             h, unit = _anchor_pass(model, tokenizer, conv, n_tokens, max_len, with_direction)
-            hs[name].append(h)
+            hs[name].append(h.cpu())
             done += 1
             if progress is not None:
-                progress(done, total)
+                progress(done, stop - start)
             if direction is not None and unit is not None:
                 for pname, g in unit.items():
                     direction[pname].add_(g, alpha=SETS[name] / len(convs))  # d += ± ĝ_a / |S|
     return AnchorPasses(
-        harm_h=torch.stack(hs["harmful"]).cpu(),
-        safe_h=torch.cat([torch.stack(hs["safe1"]), torch.stack(hs["safe2"])]).cpu(),
+        harm_h=_stack(hs["harmful"]),
+        safe_h=_stack(hs["safe1"] + hs["safe2"]),
         direction={k: v.cpu() for k, v in direction.items()} if direction is not None else None,
     )
+
+
+def n_anchors(anchor_dir: Path = ANCHOR_DIR) -> int:
+    """How many anchors there are (``anchor_passes``'s shares are ranges of 0..n)."""
+    return sum(len(c) for c in anchor_sets(anchor_dir).values())
+
+
+def _stack(hs: list[torch.Tensor]) -> torch.Tensor:
+    """(K, C) of K states; (0,) when there are none (a share without anchors of that kind)."""
+    return torch.stack(hs) if hs else torch.zeros(0)
+
+
+def join(shares: list[AnchorPasses]) -> AnchorPasses:
+    """The passes of consecutive shares (ranges in the sets' order) as one: their states in that order
+    (each share's safe states are its safe1 then its safe2 ones, so the shares' safe states follow each
+    other), their directions summed."""
+
+    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return _stack([]) if not (kept := [t for t in parts if t.numel()]) else torch.cat(kept)
+
+    directions = [s.direction for s in shares if s.direction is not None]
+    total = (
+        {k: sum((d[k] for d in directions[1:]), directions[0][k].clone()) for k in directions[0]}
+        if directions
+        else None
+    )
+    return AnchorPasses(cat([s.harm_h for s in shares]), cat([s.safe_h for s in shares]), total)
 
 
 def cache_file(cache_dir: Path, anchor_dir: Path = ANCHOR_DIR) -> Path:

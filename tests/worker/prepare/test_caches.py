@@ -101,3 +101,21 @@ def test_warm_all_in_two_processes_gives_what_one_process_computes(
     for k, v in one_anchors["request_probe"].items():
         assert torch.allclose(two_anchors["request_probe"][k], v, rtol=1e-3, atol=1e-5), k
     assert seen[-1] == 1.0 and seen == sorted(seen)
+
+
+@pytest.mark.parametrize(
+    ("n", "processes", "want"),
+    [
+        (120, 1, [(0, 120)]),  # one process: the passes whole, then the probe
+        (120, 2, [(0, 97), (97, 120)]),  # 2.1 + 1.3 over 2 cores: 1.7 each; the probe's core takes 23 passes
+        (120, 3, [(0, 60), (60, 120)]),  # the probe alone is above the mean: the passes share two cores
+        (1, 2, [(0, 1)]),
+    ],
+)
+def test_anchor_shares_balance_the_passes_and_the_probe(
+    n: int, processes: int, want: list[tuple[int, int]]
+) -> None:
+    shares = caches.anchor_shares(n, processes, 2.1, 1.3)
+    assert shares == want
+    assert shares[0][0] == 0 and shares[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))

@@ -114,3 +114,26 @@ def test_the_request_probe_reads_the_same_opening_states_from_the_cut_sequences(
         whole = [features(model, collate([e], tok.pad_token_id, "cpu")).openings[0][0] for e in full]
     got = A.opening_states(model, tok, convs, max_len=512, batch_size=2)
     assert torch.allclose(got, torch.stack(whole), atol=1e-5)
+
+
+def test_shares_joined_give_the_whole_passes(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    """Consecutive ranges of the anchors, one cutting the harmful set and one cutting safe1 from safe2,
+    joined: the whole run's states in order and its direction."""
+    model, tok = tiny
+    adir = _small_anchor_dir(tmp_path, n=3)  # harmful 0-2, safe1 3-5, safe2 6-8
+    assert A.n_anchors(adir) == 9
+    kw: dict[str, Any] = {"max_len": 512, "with_direction": True, "anchor_dir": adir}
+    whole = A.anchor_passes(model, tok, **kw)
+    seen: list[tuple[int, int]] = []
+    parts = [
+        A.anchor_passes(model, tok, share=s, progress=lambda d, t: seen.append((d, t)), **kw)
+        for s in ((0, 2), (2, 7), (7, 9))
+    ]
+    assert parts[2].harm_h.numel() == 0 and parts[0].safe_h.numel() == 0
+    assert seen[-1] == (2, 2) and (5, 5) in seen
+    joined = A.join(parts)
+    assert torch.allclose(joined.harm_h, whole.harm_h, atol=1e-6)
+    assert torch.allclose(joined.safe_h, whole.safe_h, atol=1e-6)
+    assert whole.direction is not None and joined.direction is not None
+    for name, d in whole.direction.items():
+        assert torch.allclose(joined.direction[name], d, rtol=1e-4, atol=1e-7), name
