@@ -55,11 +55,13 @@ def main() -> None:
                 one = settings.model_copy(update={"torch_threads": threads})
                 t0 = time.perf_counter()
                 stamps: list[float] = []
-                io = StageIO(
-                    Path(tmp) / f"{arm}-{rep}",
-                    stage="train",
-                    progress=lambda f, m, met, stamps=stamps: stamps.append(time.perf_counter()),
-                )
+
+                def stamp(
+                    fraction: float, message: str, metrics: object, stamps: list[float] = stamps
+                ) -> None:
+                    stamps.append(time.perf_counter())
+
+                io = StageIO(Path(tmp) / f"{arm}-{rep}", stage="train", progress=stamp)
                 last[arm] = train.run(cfg, train.TrainInputs(examples, io, one, processes=processes))
                 times[arm].append(time.perf_counter() - t0)
                 steady = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
