@@ -145,14 +145,11 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
         first.append(parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"]))
     shares: list[tuple[int, int]] = []
     if need_anchors:
-        shares = anchor_shares(
-            n := anchors.n_anchors(),
-            parallel.processes(settings, device, 8),
-            WEIGHTS["anchor_passes"],
-            WEIGHTS["request_probe"],
-        )
+        count = anchors.n_anchors()
+        cores = parallel.processes(settings, device, 8)
+        shares = anchor_shares(count, cores, WEIGHTS["anchor_passes"], WEIGHTS["request_probe"])
         passes = [
-            parallel.Piece(anchor_passes_piece, (model, s), WEIGHTS["anchor_passes"] * (s[1] - s[0]) / n)
+            parallel.Piece(anchor_passes_piece, (model, s), WEIGHTS["anchor_passes"] * (s[1] - s[0]) / count)
             for s in shares
         ]  # the probe's core's share last
         first += passes[:-1] if len(passes) > 1 else passes

@@ -388,6 +388,8 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
 def processes(cfg: TrainConfig, settings: Settings) -> int:
     """The data-parallel processes a job's training runs in here (``dataparallel.cpu_world``): one per
     torch thread of this worker on CPU, for a model big enough to pay for their start."""
+    if settings.train_processes == 1:  # the default: nothing to look up
+        return 1
     kind = "cuda" if (cfg.device or device_for(settings)).startswith("cuda") else "cpu"
     path = resolve_model(cfg.model, settings).path
     weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
