@@ -143,27 +143,28 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
     first = []  # side by side, the longest first (one process per core); a single piece runs here
     if not base_eval_cached(model, settings):
         first.append(parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"]))
-    shares: list[tuple[int, int]] = []
+    cores = parallel.processes(settings, device, 8)
+    start = probe_at = 0  # where the anchors' pieces begin in ``first``, and the probe's place among them
     if need_anchors:
         count = anchors.n_anchors()
-        cores = parallel.processes(settings, device, 8)
         shares = anchor_shares(count, cores, WEIGHTS["anchor_passes"], WEIGHTS["request_probe"])
-        passes = [
+        pieces = [
             parallel.Piece(anchor_passes_piece, (model, s), WEIGHTS["anchor_passes"] * (s[1] - s[0]) / count)
             for s in shares
-        ]  # the probe's core's share last
-        first += passes[:-1] if len(passes) > 1 else passes
-        first.append(parallel.Piece(request_probe_piece, (model,), WEIGHTS["request_probe"]))
-        first += passes[-1:] if len(passes) > 1 else []
-    n = parallel.processes(settings, device, 8) if not reference_file.is_file() else 0
+        ]
+        probe_at = max(len(pieces) - 1, 1)  # before the last share (the probe's core's), after a lone one
+        pieces.insert(probe_at, parallel.Piece(request_probe_piece, (model,), WEIGHTS["request_probe"]))
+        start = len(first)
+        first += pieces
+    n = cores if not reference_file.is_file() else 0
     ref_share = WEIGHTS["reference"] / max(n, 1)
     total = sum(p.weight for p in first) + (WEIGHTS["reference"] if n else 0.0)
     done = sum(p.weight for p in first) / total if total else 1.0
     if first:
         got = parallel.run(first, settings, device, lambda f, m, met: progress(f * done, m))
-        if need_anchors:  # the last pieces: the passes' shares, the probe before the last share
-            parts = got[len(got) - len(shares) - 1 :]
-            probe = parts.pop(-2 if len(shares) > 1 else -1)
+        if need_anchors:
+            parts = got[start:]
+            probe = parts.pop(probe_at)
             joined = anchors.join(parts)
             anchors.save(anchors_file, joined.with_probe(probe, anchors.anchors_key()))
     if n:
