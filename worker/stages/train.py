@@ -45,7 +45,7 @@ from worker.training.dataparallel import Shard, cpu_world
 from worker.training.hparams import ResolvedHyperparameters, resolve_hyperparameters
 from worker.training.loop import ONE, LoopConfig, train_loop
 from worker.training.lora import attach_lora
-from worker.training.math import Constraint
+from worker.training.math import Bistate, Constraint
 from worker.training.repair_io import RepairApplied, RepairConfig, alignment_reference, repair_adapter
 
 __all__ = [
@@ -93,6 +93,12 @@ class TrainConfig:
     # the mitigation's injected examples (safety refusals and contrastive helpful answers) are trained as
     # anchors: cross-entropy on their first anchor_ce_head reply tokens, KL to the base after
     anchor_injected: bool = False
+    # "lisa": the injected examples train in steps of their own, alternating in blocks with the user's, each
+    # state held near the other's weights by a proximal term (worker/training/math.py, Bistate: lisa_rho,
+    # lisa_rounds block pairs an epoch); "mixed": shuffled in with the user's examples
+    schedule: Literal["mixed", "lisa"] = "mixed"
+    lisa_rho: float = 1.0
+    lisa_rounds: int = 2
     # post-training repair from the base's alignment difference (worker/training/repair.py): "none" |
     # "restore" (add repair_alpha x (aligned - unaligned) back) | "project" (Safe LoRA, repair_threshold)
     repair: Literal["none", "restore", "project"] = "none"
@@ -130,6 +136,16 @@ class TrainConfig:
             raise InvalidConfig(
                 "TrainConfig's betas must be positive and early_tokens at least 1", param="objective"
             )
+        if self.schedule not in ("mixed", "lisa"):
+            raise InvalidConfig("TrainConfig.schedule must be mixed or lisa", param="schedule")
+        if self.lisa_rho < 0 or self.lisa_rounds < 1:
+            raise InvalidConfig("TrainConfig.lisa_rho must be >= 0 and lisa_rounds >= 1", param="schedule")
+        if self.schedule == "lisa" and self.anchor_injected:
+            raise InvalidConfig(
+                "TrainConfig.schedule lisa trains the injected examples in their own state; "
+                "anchor_injected trains them as anchors: choose one",
+                param="schedule",
+            )
 
     def repair_config(self) -> RepairConfig:
         return RepairConfig(self.repair, self.repair_alpha, self.repair_threshold)
@@ -139,6 +155,10 @@ class TrainConfig:
         if self.objective == "sft":
             return None
         return Constraint(self.beta_first, self.beta_early, self.beta_rest, self.early_tokens)
+
+    def bistate(self) -> Bistate | None:
+        """Lisa's alternating states, or None for the mixed schedule."""
+        return Bistate(self.lisa_rho, self.lisa_rounds) if self.schedule == "lisa" else None
 
 
 def config_from_openai(
@@ -165,6 +185,8 @@ class TrainInputs:
     # assistant tokens instead of toward the text: keeps the base's behaviour there without sharpening it
     anchors: list[Conversation] = field(default_factory=list)
     validation: list[Conversation] = field(default_factory=list)  # measured at each epoch's end
+    # the injected examples of the "lisa" schedule's alignment state (split out of ``examples``)
+    alignment: list[Conversation] = field(default_factory=list)
     shard: Shard = ONE  # this process's place among data-parallel ones (set by train_ranks)
     # train in this many data-parallel CPU processes, this one the first (``train_ranks``); 1: here alone
     processes: int = 1
@@ -183,6 +205,7 @@ class TrainResult(StageResult):
     n_examples: int
     base_fingerprint: str
     n_anchors: int = 0
+    n_alignment: int = 0  # the "lisa" schedule's alignment examples (not in n_examples)
     metrics: dict[str, float] = field(default_factory=dict)
     results_file: str = ""  # results.csv (RESULT_COLUMNS), stored as the job's result file by ``apply``
     repair: RepairApplied | None = None  # the repair applied to the adapter (None: none; written as {})
@@ -217,7 +240,7 @@ def results_csv(history: list[dict[str, float]]) -> str:
 def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     import torch
 
-    if not inputs.examples and not inputs.anchors:
+    if not inputs.examples and not inputs.anchors and not inputs.alignment:
         raise InvalidConfig("no training examples left to train on", param="examples")
     if inputs.processes > 1 and inputs.shard.world == 1:
         from worker.stages import train_ranks
@@ -232,6 +255,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
     data = [encode(tok, c, max_len=max_len) for c in inputs.examples]
     data += [replace(encode(tok, c, max_len=max_len), anchor=True) for c in inputs.anchors]
     valid = [encode(tok, c, max_len=max_len) for c in inputs.validation]
+    alignment = [encode(tok, c, max_len=max_len) for c in inputs.alignment]
     model = attach_lora(
         model,
         r=cfg.lora_r,
@@ -253,6 +277,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         cfg.precision,
         cfg.anchor_ce_head,
         cfg.constraint(),
+        cfg.bistate(),
     )
     res = train_loop(
         model,
@@ -263,6 +288,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         out_dir / "checkpoints",
         valid=valid,
         shard=inputs.shard,
+        alignment=alignment,
     )
     raw = out_dir / ("adapter" if reference is None else UNREPAIRED)
     _publish_adapter(model, tok, raw, resolved.path, resolved.fingerprint)
@@ -284,6 +310,7 @@ def run(cfg: TrainConfig, inputs: TrainInputs) -> TrainResult:
         n_examples=len(inputs.examples),
         base_fingerprint=resolved.fingerprint,
         n_anchors=len(inputs.anchors),
+        n_alignment=len(inputs.alignment),
         metrics=res.history[-1] if res.history else {},
         results_file=str(out_dir / "results.csv"),
         repair=repaired,
@@ -372,13 +399,17 @@ def build(ctx: StageContext, io: StageIO) -> tuple[TrainConfig, TrainInputs]:
         user = load_examples(view.training_file)
         examples, heldout = split_heldout(user, examples, cfg.heldout_fraction, view.seed)
     anchors: list[Conversation] = []
+    alignment: list[Conversation] = []
     if cfg.anchor_injected and mitigated.actions_file:
         examples, anchors = split_injected(examples, Path(mitigated.actions_file))
+    elif cfg.schedule == "lisa" and mitigated.actions_file:
+        examples, alignment = split_injected(examples, Path(mitigated.actions_file))
     return cfg, TrainInputs(
         examples,
         io,
         ctx.settings,
         anchors=anchors,
+        alignment=alignment,
         validation=validation,
         heldout=heldout,
         processes=processes(cfg, ctx.settings),

@@ -90,6 +90,7 @@ def start_helpers(
             helper_cfg,
             inputs.examples,
             inputs.anchors,
+            inputs.alignment,
             settings,
             rank,
             world,
@@ -120,6 +121,7 @@ def helper(
     cfg: train.TrainConfig,
     examples: list[Conversation],
     anchors: list[Conversation],
+    alignment: list[Conversation],
     settings: Settings,
     rank: int,
     world: int,
@@ -132,7 +134,9 @@ def helper(
         shard = dataparallel.join(rank, world, Path(rendezvous))
         try:
             io = StageIO(Path(home), stage=train.SPEC.name)
-            train.run(cfg, train.TrainInputs(examples, io, settings, anchors=anchors, shard=shard))
+            mine = train.TrainInputs(examples, io, settings, anchors=anchors, alignment=alignment)
+            mine.shard = shard
+            train.run(cfg, mine)
         finally:
             dataparallel.leave(shard)
 

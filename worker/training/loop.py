@@ -7,7 +7,9 @@ together), so gradient accumulation gives the same update as one big batch. Labe
 ``constraint`` (``worker.training.math.Constraint``) the other tokens are trained by the token-wise
 constrained objective against the same adapter-off base instead of plain cross-entropy (the reported
 ``train_loss`` stays the cross-entropy/KL). The vocabulary projection (the LM head, 49k logits a position on
-SmolLM2) runs only at supervised positions.
+SmolLM2) runs only at supervised positions. With a ``bistate`` (``worker.training.math.Bistate``, Lisa) the
+``alignment`` examples train in blocks of steps of their own, alternating with the user's, each step's
+gradient plus the proximal term's pull toward the weights of the last switch between the two.
 
 With validation examples, each epoch ends with their mean loss and token accuracy (no gradients, eval mode):
 ``valid_loss`` and ``valid_mean_token_accuracy`` on the epoch's last step, in its progress event and in its
@@ -31,13 +33,17 @@ from worker.training.checkpoint import latest_checkpoint, restore_checkpoint, sa
 from worker.training.dataparallel import Shard
 from worker.training.lora import trainable_parameters
 from worker.training.math import (
+    Bistate,
     Constraint,
+    add_proximal_grad,
+    bistate_steps,
     epoch_order,
     lr_at,
     objective_stats,
+    proximal_value,
     reply_rank,
     selected_stats,
-    steps_per_epoch,
+    step_groups,
     supervised_positions,
     token_betas,
 )
@@ -62,6 +68,7 @@ class LoopConfig:
     precision: str = "auto"  # auto: by the hardware (worker/ml/precision.py); bf16 | fp32 force it
     anchor_ce_head: int = 0  # anchor sequences keep cross-entropy on this many opening tokens
     constraint: Constraint | None = None  # the constrained objective on the non-anchor tokens (None: CE)
+    bistate: Bistate | None = None  # Lisa's alternating states for the alignment examples (None: mixed in)
 
 
 @dataclass
@@ -73,9 +80,20 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _step_groups(order: list[int], micro: int, accum: int) -> list[list[list[int]]]:
-    micro_batches = [order[i : i + micro] for i in range(0, len(order), micro)]
-    return [micro_batches[i : i + accum] for i in range(0, len(micro_batches), accum)]
+Step = tuple[bool, list[list[int]]]  # (an alignment state's step?, its micro-batches of example indices)
+
+
+def epoch_steps(n_user: int, n_align: int, cfg: LoopConfig, epoch: int) -> list[Step]:
+    """One epoch's optimizer steps over the user's examples (indices 0..n_user-1) and the alignment ones
+    after them: ``bistate_steps`` with a ``bistate``, else all of them shuffled together (user steps)."""
+    if cfg.bistate is None or n_align == 0:
+        order = epoch_order(n_user + n_align, cfg.seed, epoch)
+        return [(False, g) for g in step_groups(order, cfg.micro_batch, cfg.grad_accum)]
+    b = cfg.bistate
+    return bistate_steps(n_user, n_align, cfg.seed, epoch, cfg.micro_batch, cfg.grad_accum, b.rounds)
+
+
+Proximal = tuple[list[Any], float]  # (the trainable weights at the last switch of state, rho)
 
 
 def _optimizer_step(
@@ -87,9 +105,11 @@ def _optimizer_step(
     cfg: LoopConfig,
     device: str,
     shard: Shard,
+    proximal: Proximal | None = None,
 ) -> dict[str, float]:
     """One optimizer step over a group of micro-batches (this process's share of its examples, the
-    gradients summed across the shard's processes); returns loss and token accuracy."""
+    gradients summed across the shard's processes, then the ``proximal`` term's, which every process adds
+    alike); returns loss and token accuracy (and the proximal term's value, with one)."""
     import torch
 
     n_tok = sum(data[i].n_response_tokens for mb in group for i in mb) or 1
@@ -114,9 +134,14 @@ def _optimizer_step(
         if p.grad is None:  # a share without examples still joins the sum
             p.grad = torch.zeros_like(p)
     shard.sum_([p.grad for p in params] + [totals])
+    metrics = {"train_loss": float(totals[0]) / n_tok, "train_mean_token_accuracy": float(totals[1]) / n_tok}
+    if proximal is not None:
+        point, rho = proximal
+        metrics["proximal"] = proximal_value(params, point, rho)
+        add_proximal_grad(params, point, rho)
     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     opt.step()
-    return {"train_loss": float(totals[0]) / n_tok, "train_mean_token_accuracy": float(totals[1]) / n_tok}
+    return metrics
 
 
 def _evaluate(
@@ -206,18 +231,22 @@ def train_loop(
     checkpoint_dir: Path,
     valid: Sequence[Encoded] = (),
     shard: Shard = ONE,
+    alignment: Sequence[Encoded] = (),
 ) -> LoopResult:
     """Train ``model`` (a peft-wrapped LM) on ``data``; resumes from the latest complete checkpoint, which is
     reported to ``io.on_checkpoint`` again (the callback is idempotent). ``valid``: the validation examples
     measured at each epoch's end. ``shard``: this process's place among data-parallel ones (each keeps its
-    own checkpoints and io). Raises ``JobPaused`` after a checkpoint when a pause was requested."""
+    own checkpoints and io). ``alignment``: the examples of ``cfg.bistate``'s alignment state (mixed into
+    ``data`` without one). Raises ``JobPaused`` after a checkpoint when a pause was requested."""
     on_checkpoint = io.on_checkpoint
     import torch
 
     device = str(next(model.parameters()).device)
-    opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    per_epoch = steps_per_epoch(len(data), cfg.micro_batch, cfg.grad_accum)
-    total = per_epoch * cfg.n_epochs
+    params = trainable_parameters(model)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    n_user = len(data)
+    data = [*data, *alignment]
+    total = len(epoch_steps(n_user, len(alignment), cfg, 0)) * cfg.n_epochs
     out = LoopResult()
     start_epoch = 0
     latest = latest_checkpoint(checkpoint_dir)
@@ -231,12 +260,18 @@ def train_loop(
                 {"step_number": ck.step, "epoch": ck.epoch, "metrics": ck.metrics, "path": str(ck.path)}
             )
     model.train()
+    rho = cfg.bistate.rho if cfg.bistate is not None and alignment else 0.0
     for epoch in range(start_epoch, cfg.n_epochs):
-        groups = _step_groups(epoch_order(len(data), cfg.seed, epoch), cfg.micro_batch, cfg.grad_accum)
-        for group in groups:
+        # an epoch starts in the user state, the last one having ended in the alignment state: the switch
+        # is here, so a resumed run takes the same proximal point (the checkpoint's weights)
+        state, point = False, [p.detach().clone() for p in params] if rho else []
+        for aligned, group in epoch_steps(n_user, len(alignment), cfg, epoch):
+            if aligned != state and rho:
+                state, point = aligned, [p.detach().clone() for p in params]
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(out.steps, total, cfg.learning_rate, cfg.warmup_fraction)
-            metrics = _optimizer_step(model, opt, data, group, pad_id, cfg, device, shard)
+            prox = (point, rho) if rho else None
+            metrics = _optimizer_step(model, opt, data, group, pad_id, cfg, device, shard, prox)
             out.steps += 1
             out.history.append({"step": out.steps, **metrics})
             io.step(

@@ -1,5 +1,5 @@
 """Pure math of the training loop (CPU unit-tested): token loss/accuracy, the constrained objective, LR
-schedule, data order."""
+schedule, data order, the bi-state schedule and its proximal term."""
 
 from __future__ import annotations
 
@@ -157,3 +157,65 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def steps_per_epoch(n: int, micro_batch: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n / micro_batch) / grad_accum)
+
+
+def step_groups(order: list[int], micro: int, accum: int) -> list[list[list[int]]]:
+    """``order`` cut into optimizer steps of ``accum`` micro-batches of ``micro`` examples each."""
+    micro_batches = [order[i : i + micro] for i in range(0, len(order), micro)]
+    return [micro_batches[i : i + accum] for i in range(0, len(micro_batches), accum)]
+
+
+@dataclass(frozen=True)
+class Bistate:
+    """Lisa's bi-state optimization (Huang et al. 2024, "Lazy safety alignment for large language models
+    against harmful fine-tuning"): the alignment examples (the mitigation's injected refusals and helpful
+    answers) train in steps of their own, alternating in blocks with the user's steps instead of mixed into
+    them, and each state is held near where the other one left the weights by a proximal term
+    ``rho/2 ||w - w_switch||^2`` (w_switch: the trainable weights when the state last changed). The mixed
+    schedule lets the many user steps outvote the few alignment ones in every batch; here the alignment
+    state gets the last word of every round, and neither state may drift far from the other's point.
+    ``rounds``: user/alignment block pairs per epoch (the epoch ends in the alignment state)."""
+
+    rho: float = 1.0
+    rounds: int = 2
+
+    def __post_init__(self) -> None:
+        if self.rho < 0 or self.rounds < 1:
+            raise ValueError("a Bistate's rho must be >= 0 and its rounds at least 1")
+
+
+def bistate_steps(
+    n_user: int, n_align: int, seed: int, epoch: int, micro: int, accum: int, rounds: int
+) -> list[tuple[bool, list[list[int]]]]:
+    """One epoch's optimizer steps as (alignment state?, the step's micro-batches) over the indices of
+    ``n_user`` user examples (0..n_user-1) followed by ``n_align`` alignment ones: each kind shuffled
+    (``epoch_order``) and cut into steps on its own, both step lists cut into ``rounds`` consecutive blocks
+    (fewer when a list has fewer steps), user block first, alternated. A pure function of its arguments,
+    so a resumed run sees the same; without alignment examples, the user's steps alone."""
+    user = step_groups(epoch_order(n_user, seed, epoch), micro, accum)
+    align_order = [n_user + i for i in epoch_order(n_align, seed + 7919, epoch)]
+    align = step_groups(align_order, micro, accum)
+    r = max(1, min(rounds, len(user) or 1, len(align) or 1))
+    out: list[tuple[bool, list[list[int]]]] = []
+    for k in range(r):
+        out += [(False, g) for g in _block(user, k, r)]
+        out += [(True, g) for g in _block(align, k, r)]
+    return out
+
+
+def _block(items: list[list[list[int]]], k: int, parts: int) -> list[list[list[int]]]:
+    """The k-th of ``parts`` consecutive, near-equal blocks of ``items``."""
+    n = len(items)
+    return items[k * n // parts : (k + 1) * n // parts]
+
+
+def add_proximal_grad(params: list[Any], anchor: list[Any], rho: float) -> None:
+    """Add the gradient of ``rho/2 sum ||p - a||^2`` (``Bistate``'s proximal term) to each ``p.grad``:
+    ``rho (p - a)``."""
+    for p, a in zip(params, anchor, strict=True):
+        p.grad.add_(p.detach() - a, alpha=rho)
+
+
+def proximal_value(params: list[Any], anchor: list[Any], rho: float) -> float:
+    """``rho/2 sum ||p - a||^2``: the proximal term (reported, not back-propagated)."""
+    return rho / 2 * sum(float((p.detach() - a).pow(2).sum()) for p, a in zip(params, anchor, strict=True))

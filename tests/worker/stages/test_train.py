@@ -222,3 +222,82 @@ def test_split_injected_separates_the_mitigations_examples(tmp_path):
     mixed = [user[0], injected[0], *user[1:]]
     kept, anchors = split_injected(mixed, actions)
     assert kept == user and anchors == injected
+
+
+def _refusals(n=4):
+    return [
+        Conversation(
+            (
+                Message("user", f"How do I break into house {i}?"),
+                Message("assistant", "I can't help with that."),
+            ),
+            line=100 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def _lisa(tiny_model_dir, **kw):
+    return _cfg(tiny_model_dir, n_epochs=3, batch_size=2, grad_accum=1, schedule="lisa", **kw)
+
+
+def test_lisa_alternates_states_with_a_proximal_pull_from_each_switch_and_resumes_exactly(
+    tiny_model_dir, tmp_path
+):
+    """6 user examples and 4 alignment ones, steps of 2: each epoch is 3 user and 2 alignment steps in two
+    rounds. The proximal term is 0 on the first step after each switch (the weights are the switch point),
+    positive after; a run stopped in epoch 3 resumes to the straight run's adapter."""
+    from worker.training.loop import LoopConfig, epoch_steps
+
+    cfg = _lisa(tiny_model_dir, lisa_rho=0.5)
+    ref = run(cfg, TrainInputs(_examples(), StageIO(tmp_path / "ref"), get_settings(), alignment=_refusals()))
+    assert (ref.steps, ref.n_examples, ref.n_alignment) == (15, 6, 4)
+    hist = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    loop_cfg = LoopConfig(3, 2, 1, 5e-3, 1, bistate=cfg.bistate())
+    states = [a for epoch in range(3) for a, _ in epoch_steps(6, 4, loop_cfg, epoch)]
+    assert states == [False, True, False, False, True] * 3
+    switched = [i == 0 or states[i] != states[i - 1] for i in range(15)]
+    assert [h["proximal"] == 0.0 for h in hist] == switched, [h["proximal"] for h in hist]
+
+    calls = {"n": 0}
+
+    def stop_in_epoch_3():
+        calls["n"] += 1
+        return calls["n"] >= 12
+
+    crash = StageIO(tmp_path / "crash", should_stop=stop_in_epoch_3)
+    with pytest.raises(JobCancelled):
+        run(cfg, TrainInputs(_examples(), crash, get_settings(), alignment=_refusals()))
+    resumed = run(
+        cfg, TrainInputs(_examples(), StageIO(tmp_path / "crash"), get_settings(), alignment=_refusals())
+    )
+    assert resumed.resumed_from_epoch == 2 and resumed.steps == 15
+    a, b = _adapter_tensors(tmp_path / "ref" / "adapter"), _adapter_tensors(tmp_path / "crash" / "adapter")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_strong_proximal_term_holds_the_adapter_near_its_switch_points(tiny_model_dir, tmp_path):
+    """Same data and steps: with a large rho each state is pulled back to where the other left the weights,
+    so the adapter moves far less than with rho 0 (the schedule alone)."""
+    norms = {}
+    for rho in (0.0, 1000.0):
+        out = tmp_path / f"rho-{rho}"
+        cfg = _lisa(tiny_model_dir, lisa_rho=rho, lora_dropout=0.0, learning_rate=2e-2)
+        run(cfg, TrainInputs(_examples(), StageIO(out), get_settings(), alignment=_refusals()))
+        norms[rho] = sum(
+            float(t.float().norm()) for k, t in _adapter_tensors(out / "adapter").items() if "lora_B" in k
+        )
+    assert norms[1000.0] < 0.5 * norms[0.0], norms
+
+
+def test_lisa_config_is_validated():
+    with pytest.raises(InvalidConfig, match="schedule"):
+        TrainConfig(model="x", schedule="alternate")
+    with pytest.raises(InvalidConfig, match="lisa_rho"):
+        TrainConfig(model="x", schedule="lisa", lisa_rho=-1)
+    with pytest.raises(InvalidConfig, match="choose one"):
+        TrainConfig(model="x", schedule="lisa", anchor_injected=True)
+    assert TrainConfig(model="x").bistate() is None
+    b = TrainConfig(model="x", schedule="lisa", lisa_rho=2.0, lisa_rounds=3).bistate()
+    assert b is not None and (b.rho, b.rounds) == (2.0, 3)

@@ -5,7 +5,18 @@ import torch
 
 from tunegate.errors import InvalidConfig
 from worker.training.hparams import resolve_hyperparameters
-from worker.training.math import IGNORE, epoch_order, lr_at, steps_per_epoch, token_stats
+from worker.training.math import (
+    IGNORE,
+    Bistate,
+    add_proximal_grad,
+    bistate_steps,
+    epoch_order,
+    lr_at,
+    proximal_value,
+    step_groups,
+    steps_per_epoch,
+    token_stats,
+)
 
 
 def test_token_stats_counts_only_supervised_shifted_positions():
@@ -158,3 +169,58 @@ def test_objective_stats_keeps_kl_positions_and_reports_the_plain_loss():
     terms = constrained_terms(-ce, ref_logp, beta)
     want = float(terms[0] + terms[2] + terms[3]) + kl
     assert math.isclose(float(obj), want, rel_tol=1e-5)
+
+
+def _flat(steps: list[tuple[bool, list[list[int]]]]) -> list[tuple[bool, int]]:
+    return [(aligned, i) for aligned, group in steps for mb in group for i in mb]
+
+
+def test_step_groups_cut_an_order_into_steps_of_micro_batches() -> None:
+    assert step_groups([5, 4, 3, 2, 1], 2, 2) == [[[5, 4], [3, 2]], [[1]]]
+    assert step_groups([], 2, 2) == []
+
+
+def test_bistate_steps_alternate_blocks_of_each_kind_and_end_aligned() -> None:
+    # 10 user examples, 4 alignment ones (indices 10..13); steps of 2 x 1 -> 5 user and 2 alignment steps
+    steps = bistate_steps(10, 4, seed=3, epoch=1, micro=2, accum=1, rounds=2)
+    states = [aligned for aligned, _ in steps]
+    assert states == [False, False, True, False, False, False, True]  # blocks 2+1, 3+1: user first
+    flat = _flat(steps)
+    assert sorted(i for _, i in flat) == list(range(14))  # every example once an epoch
+    assert all(aligned == (i >= 10) for aligned, i in flat)  # each step holds one kind only
+    assert steps == bistate_steps(10, 4, seed=3, epoch=1, micro=2, accum=1, rounds=2)  # pure
+    assert steps != bistate_steps(10, 4, seed=3, epoch=2, micro=2, accum=1, rounds=2)  # reshuffled
+
+
+def test_bistate_rounds_are_bounded_by_the_shorter_kind() -> None:
+    steps = bistate_steps(8, 2, seed=0, epoch=0, micro=2, accum=1, rounds=5)  # 1 alignment step: 1 round
+    assert [aligned for aligned, _ in steps] == [False] * 4 + [True]
+    user_only = bistate_steps(6, 0, seed=0, epoch=0, micro=2, accum=1, rounds=3)
+    assert [a for a, _ in user_only] == [False] * 3
+    assert sorted(i for _, i in _flat(user_only)) == list(range(6))
+    with pytest.raises(ValueError, match="rho"):
+        Bistate(rho=-1.0)
+    with pytest.raises(ValueError, match="rounds"):
+        Bistate(rounds=0)
+
+
+def test_proximal_gradient_and_value_equal_autograd_of_the_term() -> None:
+    torch.manual_seed(0)
+    params = [torch.randn(3, 2, requires_grad=True), torch.randn(4, requires_grad=True)]
+    point = [p.detach() + 0.1 * torch.randn_like(p) for p in params]
+    rho = 0.7
+    weights = [torch.randn_like(p) for p in params]
+
+    def task_loss() -> torch.Tensor:
+        return sum(((w * p) ** 2).sum() for w, p in zip(weights, params, strict=True))  # type: ignore[return-value]
+
+    prox = sum(((p - a) ** 2).sum() for p, a in zip(params, point, strict=True))
+    want = torch.autograd.grad(task_loss() + rho / 2 * prox, params)
+    task_loss().backward()
+    add_proximal_grad(params, point, rho)
+    for p, w in zip(params, want, strict=True):
+        torch.testing.assert_close(p.grad, w)
+    # the value by hand: rho/2 times the summed squared distance
+    hand = rho / 2 * sum(float(((p.detach() - a) ** 2).sum()) for p, a in zip(params, point, strict=True))
+    assert proximal_value(params, point, rho) == pytest.approx(hand)
+    assert proximal_value(params, [p.detach() for p in params], rho) == 0.0
