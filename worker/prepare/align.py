@@ -41,10 +41,10 @@ from worker.ml.stage_io import Metric, ProgressFn, StageIO
 from worker.prepare import parallel, shipped, shipped_caches
 from worker.stages import train
 from worker.stages.base import StageResult, finish
+from worker.training import dataparallel
 
 log = logging.getLogger(__name__)
 ALIGNED_SOURCE = "embedded:smollm2-aligned"
-MAX_TRAIN_PROCESSES = 4  # gradients are summed every step: more processes, more waiting on the slowest
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def train_data_parallel(
 ) -> train.TrainResult:
     """The safety SFT, data-parallel over one process per core, this one the first
     (``worker/stages/train_ranks.py``); on CUDA or one core, in this process alone."""
-    world = parallel.processes(settings, tcfg.device or device_for(settings), MAX_TRAIN_PROCESSES)
+    world = parallel.processes(settings, tcfg.device or device_for(settings), dataparallel.MAX_WORLD)
     sub = StageIO(
         out_dir, progress=lambda f, m, met: io.step(0.4 + 0.55 * f, m, **met), should_stop=io.should_stop
     )

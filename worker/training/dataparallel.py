@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-MAX_WORLD = 8  # each process holds its own copy of the model
+# gradients are summed every step, so every process waits on the slowest: more processes, more waiting
+# (and each holds its own copy of the model); the one bound for a job's training and the aligned-base build
+MAX_WORLD = 4
 # below this size of weights (about 10M parameters in bf16) the processes' start costs more than they save
 MIN_MODEL_BYTES = 20_000_000
 JOIN_TIMEOUT = timedelta(minutes=10)  # a process that never arrives (or a collective that never completes)

@@ -63,7 +63,7 @@ def _assert_same(got: train.TrainResult, want: train.TrainResult) -> None:
         (0, "cpu", 2, 4, MIN_MODEL_BYTES, 2),  # auto: one process per thread
         (0, "cpu", 2, 4, MIN_MODEL_BYTES - 1, 1),  # a tiny model: not worth the processes' start
         (0, "cpu", 16, 4, MIN_MODEL_BYTES, 4),  # never more than a step's examples
-        (0, "cpu", 32, 64, MIN_MODEL_BYTES, 8),  # nor more than MAX_WORLD
+        (0, "cpu", 32, 64, MIN_MODEL_BYTES, 4),  # nor more than MAX_WORLD (4)
         (0, "cuda", 8, 8, MIN_MODEL_BYTES, 1),  # a GPU trains in its one process
         (1, "cpu", 8, 8, MIN_MODEL_BYTES, 1),  # explicitly one
         (3, "cpu", 2, 8, 1, 3),  # explicit wins over the size and the threads
