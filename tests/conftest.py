@@ -88,3 +88,18 @@ def s3_endpoint() -> Iterator[str]:
 
     with moto_server() as url:
         yield url
+
+
+@pytest.fixture
+def own_readers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One reader thread of this test's own for ``api.deps.read_db``'s PostgreSQL reads, so consecutive reads
+    run on one thread and its kept connection: the process's pool may hold threads of earlier tests, and a
+    pool's thread counts as idle only after the awaiting loop already has its result, so a next read may
+    start another thread (seen under load)."""
+    from api import deps
+
+    monkeypatch.setattr(deps, "_READERS", None)
+    monkeypatch.setattr(deps, "READERS", 1)
+    yield
+    if deps._READERS is not None:
+        deps._READERS.shutdown()

@@ -1,12 +1,14 @@
 """Database access for the routes (keyword-only functions). Every lookup is scoped to one organization,
 so another tenant's id answers exactly like a missing one.
 
-The poll path (``job_row``, ``job_page``, ``event_page``) reads with ONE Core statement on a connection
-(``api.deps.read_db``), no session, into plain named tuples whose fields are named like the ORM's
-attributes (``row.metadata_``): ``JobRow`` and ``EventRow``."""
+The poll path (``job_row``, ``job_page``, ``event_page``, ``progress_points``) reads with ONE prebuilt Core
+statement on a connection (``api.deps.read_db``), no session, run as a ``models.prepared.PreparedRead`` (past
+SQLAlchemy's per-execution machinery, which cost more CPU than the read itself), into plain named tuples
+whose fields are named like the ORM's attributes (``row.metadata_``): ``JobRow`` and ``EventRow``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 from models.base import utcnow
 from models.files import OPEN_UPLOAD, UNFINISHED
 from models.policy import Policy
+from models.prepared import PreparedRead
 from models.records import Hyperparameters, JobMethod, RepairSummary
 from models.tables import Checkpoint, File, Job, JobEvent, Organization, Upload, UploadPart
 from tunegate.errors import JobError, NotFound
@@ -132,6 +135,9 @@ EVENT_FIELDS = EventRow._fields
 _JOBS = select(*_labelled(Job, JOB_FIELDS))
 _JOB_BY_ID = _JOBS.where(Job.id == bindparam("job_id"), Job.org_id == bindparam("org_id"))
 _ORG_JOBS = _JOBS.where(Job.org_id == bindparam("org_id")).order_by(Job.id.desc()).limit(bindparam("limit"))
+_JOB_PAGE = {False: _ORG_JOBS, True: _ORG_JOBS.where(Job.id < bindparam("after"))}  # by whether ``after``
+_READ_JOB = PreparedRead(_JOB_BY_ID)
+_READ_JOB_PAGE = {after: PreparedRead(stmt) for after, stmt in _JOB_PAGE.items()}
 
 
 def _no_such_job(job_id: str) -> NotFound:
@@ -139,23 +145,28 @@ def _no_such_job(job_id: str) -> NotFound:
 
 
 def job_row(conn: Connection, *, org_id: str, job_id: str) -> JobRow:
-    row = conn.execute(_JOB_BY_ID, {"job_id": job_id, "org_id": org_id}).first()
-    if row is None:
+    rows = _READ_JOB.rows(conn, {"job_id": job_id, "org_id": org_id})
+    if not rows:
         raise _no_such_job(job_id)
-    return JobRow._make(row)
+    return JobRow._make(rows[0])
 
 
 def job_page(
     conn: Connection, *, org_id: str, after: str | None, limit: int, metadata: dict[str, str]
 ) -> tuple[list[JobRow], bool]:
-    """Newest first; ``after`` is the last job id the client saw; ``metadata`` pairs must all match."""
-    stmt = _ORG_JOBS
-    sqlite = conn.dialect.name == "sqlite"
-    for key, value in metadata.items():
-        stmt = stmt.where(_metadata_equals(key, value, sqlite=sqlite))
-    if after:
-        stmt = stmt.where(Job.id < after)
-    rows = [JobRow._make(r) for r in conn.execute(stmt, {"org_id": org_id, "limit": limit + 1})]
+    """Newest first; ``after`` is the last job id the client saw; ``metadata`` pairs must all match (a
+    filtered list's SQL depends on its keys: it runs as a plain ``conn.execute``, the others prepared)."""
+    params = {"org_id": org_id, "limit": limit + 1, "after": after}
+    found: Sequence[Sequence[Any]]
+    if metadata:
+        stmt = _JOB_PAGE[bool(after)]
+        sqlite = conn.dialect.name == "sqlite"
+        for key, value in metadata.items():
+            stmt = stmt.where(_metadata_equals(key, value, sqlite=sqlite))
+        found = conn.execute(stmt, params).all()
+    else:
+        found = _READ_JOB_PAGE[bool(after)].rows(conn, params)
+    rows = [JobRow._make(r) for r in found]
     return rows[:limit], len(rows) > limit
 
 
@@ -192,6 +203,7 @@ def _event_page_statement(*, after: bool) -> Select[Any]:
 
 
 _EVENT_PAGE = {after: _event_page_statement(after=after) for after in (False, True)}
+_READ_EVENT_PAGE = {after: PreparedRead(stmt) for after, stmt in _EVENT_PAGE.items()}
 
 
 def event_page(
@@ -200,12 +212,12 @@ def event_page(
     """Newest first; ``after`` is an event id of this job. One statement, so no row means no such job,
     and a row without an event id an empty page (or, with an ``after`` this job lacks, an unknown cursor)."""
     params = {"job_id": job_id, "org_id": org_id, "after": after, "limit": limit + 1}
-    rows = list(conn.execute(_EVENT_PAGE[bool(after)], params))
+    rows = _READ_EVENT_PAGE[bool(after)].rows(conn, params)
     if not rows:
         raise _no_such_job(job_id)
-    if after and rows[0].after_seq is None:
+    if after and rows[0][0] is None:  # [0]: after_seq
         raise NotFound(f"No such event for job {job_id}: {after}", param="after")
-    events = [EventRow._make(r[1:]) for r in rows if r.id is not None]  # r[0]: after_seq
+    events = [EventRow._make(r[1:]) for r in rows if r[1] is not None]  # [1]: the event's id
     return events[:limit], len(events) > limit
 
 
@@ -218,11 +230,12 @@ _RECENT_EVENTS = (
     .order_by(JobEvent.seq.desc())
     .limit(PROGRESS_WINDOW)
 )
+_READ_RECENT_EVENTS = PreparedRead(_RECENT_EVENTS)
 
 
 def progress_points(conn: Connection, *, job_id: str, stage: str | None) -> list[tuple[float, float]]:
     """(unix time, overall progress) of the newest events of the job's current stage."""
-    rows = conn.execute(_RECENT_EVENTS, {"job_id": job_id}).all()
+    rows = _READ_RECENT_EVENTS.rows(conn, {"job_id": job_id})
     points = []
     for created_at, data in rows:
         progress = (data or {}).get("progress")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from api import deps
 from api.deps import read_db
 from models.db import read_kept
 from tests.api.server import PG_ADMIN_URL
@@ -25,16 +24,6 @@ def postgres(migrated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 def _backend_pid(conn: Connection) -> int:
     return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-
-
-@pytest.fixture
-def own_readers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Reader threads of this test's own (the process's may have several threads from earlier tests, and
-    consecutive reads may then go to different ones)."""
-    monkeypatch.setattr(deps, "_READERS", None)
-    yield
-    if deps._READERS is not None:
-        deps._READERS.shutdown()
 
 
 @pytest.mark.postgres
