@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from sqlalchemy import select
 from models.db import session_scope
 from models.jobs import ALLOWED, KEY_CHARS, TERMINAL, JobStatus, record_event, stored_key, transition
 from models.tables import Job, JobEvent, Organization
-from tests.utils.databases import KINDS, database
 from tunegate.errors import Conflict
 
 
@@ -111,15 +109,6 @@ def test_invalid_event_level_is_refused(migrated_home: Path) -> None:
         assert job is not None
         with pytest.raises(ValueError, match="level"):
             record_event(s, job, "x", level="debug")
-
-
-@pytest.fixture(params=KINDS)
-def any_db(
-    request: pytest.FixtureRequest, migrated_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """``migrated_home`` on SQLite, or with its database on a fresh PostgreSQL schema."""
-    with database(request.param, monkeypatch) as kind:
-        yield kind
 
 
 def test_a_long_dedupe_key_is_stored_and_still_dedupes(any_db: str) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,18 +32,8 @@ from models.db import read_connection, read_kept, session_scope
 from models.prepared import PreparedRead
 from models.tables import Job, JobEvent, Organization
 from tests.api.server import PG_ADMIN_URL
-from tests.utils.databases import KINDS, database
 
 WHEN = datetime(2026, 12, 8, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
-
-
-@pytest.fixture(params=KINDS)
-def any_db(
-    request: pytest.FixtureRequest, migrated_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """``migrated_home`` on SQLite, or with its database on a fresh PostgreSQL schema."""
-    with database(request.param, monkeypatch) as kind:
-        yield kind
 
 
 def _seed() -> tuple[str, str, str, list[str]]:
