@@ -217,5 +217,8 @@ def add_proximal_grad(params: list[Any], anchor: list[Any], rho: float) -> None:
 
 
 def proximal_value(params: list[Any], anchor: list[Any], rho: float) -> float:
-    """``rho/2 sum ||p - a||^2``: the proximal term (reported, not back-propagated)."""
-    return rho / 2 * sum(float((p.detach() - a).pow(2).sum()) for p, a in zip(params, anchor, strict=True))
+    """``rho/2 sum ||p - a||^2``: the proximal term (reported, not back-propagated; one device read)."""
+    if not params:
+        return 0.0
+    total = sum((p.detach() - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
+    return rho / 2 * float(total)
