@@ -155,10 +155,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return [int(i) for i in torch.randperm(n, generator=g)]
 
 
-def steps_per_epoch(n: int, micro_batch: int, grad_accum: int) -> int:
-    return math.ceil(math.ceil(n / micro_batch) / grad_accum)
-
-
 def step_groups(order: list[int], micro: int, accum: int) -> list[list[list[int]]]:
     """``order`` cut into optimizer steps of ``accum`` micro-batches of ``micro`` examples each."""
     micro_batches = [order[i : i + micro] for i in range(0, len(order), micro)]
