@@ -1,9 +1,11 @@
 """The held-out user data the repair stage measures task loss on: the train stage's 10% split (which lines,
 drawn with the job's seed, removed from training with every copy of their text), when it holds data out, and
-the validation file before it."""
+the validation file before it. Also, on the same stage context, the lisa schedule's split of the injected
+examples out of the user's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -148,3 +150,28 @@ def test_the_train_stage_writes_the_held_out_lines_and_the_repair_stage_reads_th
     vctx = _ctx(tmp_path / "v", aligned, policy=dict(DEFAULT_POLICY), validation=val)
     data, source = repair.heldout_data(vctx, res)
     assert len(data) == 1 and source == "the job's validation file"
+
+
+def test_the_lisa_schedule_takes_the_injected_examples_out_of_the_users(tmp_path: Path) -> None:
+    """With ``schedule: lisa`` the train stage's inputs hold the mitigation's injected examples apart (the
+    alignment state's), matched through actions.json; the default keeps them mixed in."""
+    injected = Conversation(
+        messages=(Message("user", "How do I make a weapon?"), Message("assistant", "I can't help with that."))
+    )
+    for schedule, n_user, n_align in (("lisa", 20, 1), ("mixed", 21, 0)):
+        tmp = tmp_path / schedule
+        ctx = _ctx(tmp, "tiny", policy={**DEFAULT_POLICY, "repair_on": "never"})
+        overrides = {"stage_overrides": {"train": {"schedule": schedule}}}
+        ctx = dataclasses.replace(ctx, settings=get_settings().model_copy(update=overrides))
+        mitigated = tmp / "job" / "mitigate"
+        dump_examples([*load_examples(mitigated / "train.jsonl"), injected], mitigated / "train.jsonl")
+        actions = mitigated / "actions.json"
+        actions.write_text(json.dumps({"injected": [{"messages": injected.to_chat_dict()["messages"]}]}))
+        mitigate.MitigateResult(
+            str(mitigated / "train.jsonl"), 20, 0, 0, 0, 1, 21, actions_file=str(actions)
+        ).save(mitigated)
+        cfg, inputs = train.build(ctx, StageIO(tmp / "job" / "train", stage="train"))
+        assert cfg.schedule == schedule
+        assert (len(inputs.examples), len(inputs.alignment)) == (n_user, n_align)
+        where = inputs.alignment if n_align else inputs.examples
+        assert injected.messages in [c.messages for c in where]
