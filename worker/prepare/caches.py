@@ -143,7 +143,7 @@ def warm_all(model: str, settings: Settings, progress: Progress = _silent) -> No
     first = []  # side by side, the longest first (one process per core); a single piece runs here
     if not base_eval_cached(model, settings):
         first.append(parallel.Piece(base_eval_piece, (model,), WEIGHTS["base_eval"]))
-    cores = parallel.processes(settings, device, 8)
+    cores = parallel.processes(settings, device, parallel.MAX_PROCESSES)  # as many as the machine gives
     start = probe_at = 0  # where the anchors' pieces begin in ``first``, and the probe's place among them
     if need_anchors:
         count = anchors.n_anchors()

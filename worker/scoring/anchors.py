@@ -191,7 +191,7 @@ def anchor_passes(
     ``progress(done, total)`` after each. ``share`` = (start, stop): only the anchors at those places of the
     sets' order (``n_anchors``), for ``join`` to put together with the other shares."""
     sets = anchor_sets(anchor_dir)
-    start, stop = share if share is not None else (0, sum(len(c) for c in sets.values()))
+    start, stop = share if share is not None else (0, _count(sets))
     direction: dict[str, torch.Tensor] | None = None
     if with_direction:
         direction = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
@@ -219,7 +219,11 @@ def anchor_passes(
 
 def n_anchors(anchor_dir: Path = ANCHOR_DIR) -> int:
     """How many anchors there are (``anchor_passes``'s shares are ranges of 0..n)."""
-    return sum(len(c) for c in anchor_sets(anchor_dir).values())
+    return _count(anchor_sets(anchor_dir))
+
+
+def _count(sets: dict[str, list[Conversation]]) -> int:
+    return sum(len(c) for c in sets.values())
 
 
 def _stack(hs: list[torch.Tensor]) -> torch.Tensor:

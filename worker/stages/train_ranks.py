@@ -134,8 +134,9 @@ def helper(
         shard = dataparallel.join(rank, world, Path(rendezvous))
         try:
             io = StageIO(Path(home), stage=train.SPEC.name)
-            mine = train.TrainInputs(examples, io, settings, anchors=anchors, alignment=alignment)
-            mine.shard = shard
+            mine = train.TrainInputs(
+                examples, io, settings, anchors=anchors, alignment=alignment, shard=shard
+            )
             train.run(cfg, mine)
         finally:
             dataparallel.leave(shard)

@@ -85,8 +85,9 @@ Step = tuple[bool, list[list[int]]]  # (an alignment state's step?, its micro-ba
 
 def epoch_steps(n_user: int, n_align: int, cfg: LoopConfig, epoch: int) -> list[Step]:
     """One epoch's optimizer steps over the user's examples (indices 0..n_user-1) and the alignment ones
-    after them: ``bistate_steps`` with a ``bistate``, else all of them shuffled together (user steps)."""
-    if cfg.bistate is None or n_align == 0:
+    after them: ``bistate_steps`` with a ``bistate`` (the user's steps alone when there are no alignment
+    ones), else all of them shuffled together (user steps)."""
+    if cfg.bistate is None:
         order = epoch_order(n_user + n_align, cfg.seed, epoch)
         return [(False, g) for g in step_groups(order, cfg.micro_batch, cfg.grad_accum)]
     b = cfg.bistate
